@@ -1,0 +1,156 @@
+// The demo chat page. Everything it knows of the protocol comes from the SDK.
+import { connect } from './client/index.js'
+
+const $ = (id) => document.getElementById(id)
+const config = await (await fetch('config.json')).json()
+const wsUrl = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}${config.path}`
+
+let client
+let room
+let roomOff = []
+
+$('nickname').value = localStorage.getItem('nickname') ?? ''
+
+$('login').addEventListener('submit', async (event) => {
+  event.preventDefault()
+  const name = $('nickname').value.trim()
+  $('login-error').textContent = ''
+  try {
+    client = await connect(wsUrl, { name })
+  } catch (err) {
+    $('login-error').textContent = `Could not connect: ${err.message}`
+    return
+  }
+  localStorage.setItem('nickname', name)
+  showState(client.state)
+  client.on('state', showState)
+  client.on('error', (err) => { $('room-error').textContent = err.message })
+  $('login').hidden = true
+  $('chat').hidden = false
+  refreshRooms()
+  setInterval(refreshRooms, 3000)
+  await enter(new URLSearchParams(location.search).get('room') ?? 'lobby')
+})
+
+$('new-room').addEventListener('submit', async (event) => {
+  event.preventDefault()
+  await enter($('room-name').value.trim())
+  $('room-name').value = ''
+})
+
+$('send').addEventListener('submit', async (event) => {
+  event.preventDefault()
+  const text = $('text').value.trim()
+  if (text === '' || room === undefined) return
+  $('text').value = ''
+  try {
+    await room.publish({ text })
+    $('room-error').textContent = ''
+  } catch (err) {
+    $('room-error').textContent = err.message
+  }
+})
+
+async function enter (name) {
+  if (room?.name === name) return
+  $('room-error').textContent = ''
+  let next
+  try {
+    next = await client.join(name)
+  } catch (err) {
+    $('room-error').textContent = err.message
+    return
+  }
+  const previous = room
+  room = next
+  for (const off of roomOff) off()
+  if (previous !== undefined) previous.leave().catch(() => {})
+  $('messages').replaceChildren()
+  $('room-title').textContent = `# ${name}`
+  $('text').disabled = false
+  $('send').querySelector('button').disabled = false
+  $('text').focus()
+  roomOff = [
+    room.on('message', (message) => addMessage(message)),
+    room.on('presence', (event) => {
+      addEvent(`${event.member.name} ${event.event === 'join' ? 'joined' : 'left'}`)
+      showMembers()
+    }),
+    room.on('joined', ({ recovered }) => {
+      if (recovered === true) addEvent('reconnected: nothing missed')
+      showMembers()
+    }),
+    room.on('gap', () => addEvent('reconnected: some messages could not be recovered'))
+  ]
+  showMembers()
+  refreshRooms()
+}
+
+function addMessage (message) {
+  const li = document.createElement('li')
+  const mine = message.from?.id === client.user?.id
+  if (mine) li.className = 'me'
+  const who = document.createElement('span')
+  who.className = 'who'
+  who.textContent = message.from?.name ?? 'server'
+  const text = document.createElement('span')
+  text.className = 'text'
+  text.textContent = typeof message.data?.text === 'string' ? message.data.text : JSON.stringify(message.data)
+  const time = document.createElement('time')
+  time.textContent = new Date(message.ts).toLocaleTimeString()
+  li.append(who, text, time)
+  append(li)
+}
+
+function addEvent (text) {
+  const li = document.createElement('li')
+  li.className = 'event'
+  li.textContent = text
+  append(li)
+}
+
+function append (li) {
+  const list = $('messages')
+  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40
+  list.append(li)
+  if (atBottom) list.scrollTop = list.scrollHeight
+}
+
+function showMembers () {
+  const items = room.members.map((member) => {
+    const li = document.createElement('li')
+    li.textContent = member.name + (member.id === client.user?.id ? ' (you)' : '')
+    return li
+  })
+  $('members').replaceChildren(...items)
+  $('count').textContent = `(${room.members.length})`
+}
+
+async function refreshRooms () {
+  if (config.prefix === false) return
+  let page
+  try {
+    page = await (await fetch(`${config.prefix}?limit=100`)).json()
+  } catch {
+    return
+  }
+  const items = page.rooms.map(({ name, count }) => {
+    const li = document.createElement('li')
+    li.dataset.room = name
+    if (name === room?.name) li.className = 'current'
+    const label = document.createElement('span')
+    label.textContent = `# ${name}`
+    const n = document.createElement('span')
+    n.className = 'n'
+    n.textContent = String(count)
+    li.append(label, n)
+    li.addEventListener('click', () => enter(name))
+    return li
+  })
+  $('rooms').replaceChildren(...items)
+}
+
+function showState (state) {
+  $('state').dataset.state = state
+  $('state').textContent = state
+}

@@ -1,0 +1,108 @@
+import type { FastifyBaseLogger } from 'fastify'
+import type { Member } from '../protocol.js'
+
+/**
+ * What an adapter calls on the node it serves. Frames arrive encoded once, so
+ * the node writes the same bytes to every local member.
+ */
+export interface AdapterListener {
+  /** A `message` frame of `room`, called in offset order per room. */
+  message (room: string, offset: number, frame: string | Buffer): void
+  /** A `presence` frame of `room`, caused by connection `origin` (which does not get it). */
+  presence (room: string, frame: string, origin: string): void
+  /** A `direct` frame for one connection; true when that connection is on this node. */
+  direct (connectionId: string, frame: string): boolean
+}
+
+/** Limits and history settings every adapter honours, from the plugin options. */
+export interface AdapterConfig {
+  log: FastifyBaseLogger
+  /** Members (users) per room; a join past it fails with `ROOM_FULL`. */
+  maxMembersPerRoom: number
+  /** Messages kept per room for recovery and REST history. */
+  historySize: number
+  /** How long a room's history is kept after its last publish, in ms. */
+  historyTtlMs: number
+  /** Rooms whose history is kept at once; the least recently published go first. */
+  maxHistoryRooms: number
+}
+
+/** The cluster-wide state of a room when a connection has just joined it. */
+export interface JoinResult {
+  members: Member[]
+  count: number
+  /** Last offset in the room: the joiner gets every message after it. */
+  offset: number
+  epoch: string
+}
+
+/** A room as the REST API and `app.rooms.get` show it. */
+export interface RoomInfo {
+  name: string
+  count: number
+  members: Member[]
+  offset: number
+  epoch: string
+}
+
+export interface RoomQuery {
+  prefix?: string | undefined
+  after?: string | undefined
+  limit: number
+}
+
+export interface RoomPage {
+  rooms: Array<{ name: string, count: number }>
+  next: string | null
+}
+
+/** One stored message: its offset and its encoded `message` frame. */
+export interface StoredMessage {
+  offset: number
+  frame: string
+}
+
+export interface HistoryPage {
+  epoch: string
+  /** Last offset in the room. */
+  offset: number
+  /** Messages after the asked offset, oldest first, at most the asked limit. */
+  messages: StoredMessage[]
+}
+
+/**
+ * Everything that crosses nodes goes through this interface: offsets, history,
+ * fan-out, presence and room counts. The registry and the routes call only it,
+ * so the memory adapter (one node) and the Redis adapter (many) are
+ * interchangeable with one option.
+ */
+export interface Adapter {
+  /** Called once by the plugin before it serves anything. */
+  start (listener: AdapterListener, config: AdapterConfig): Promise<void>
+  /** Called once on `app.close()`. */
+  close (): Promise<void>
+  /**
+   * Assign the room's next offset, store the message and deliver it to every
+   * node's members, in offset order.
+   * @returns the message's offset
+   */
+  publish (room: string, data: unknown, from?: Member): Promise<number>
+  /**
+   * Record that a connection joined. When it is the user's first connection in
+   * the room, every member is sent `presence join`.
+   */
+  join (room: string, connectionId: string, member: Member): Promise<JoinResult>
+  /**
+   * Record that a connection left. When it was the user's last connection in
+   * the room, every member is sent `presence leave`.
+   */
+  leave (room: string, connectionId: string, member: Member): Promise<void>
+  /** Send a `direct` frame to a connection on whichever node holds it. */
+  direct (connectionId: string, data: unknown, from?: Member): Promise<boolean>
+  /** A room with at least one member, or null. */
+  room (room: string): Promise<RoomInfo | null>
+  /** Rooms with members, sorted by name. */
+  rooms (query: RoomQuery): Promise<RoomPage>
+  /** Stored messages after `after`, oldest first. */
+  history (room: string, after: number, limit: number): Promise<HistoryPage>
+}

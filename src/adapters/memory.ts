@@ -1,0 +1,206 @@
+import { randomBytes } from 'node:crypto'
+import type { Member } from '../protocol.js'
+import { encodeDirect, encodeMessage, encodePresence } from '../protocol.js'
+import { RoomsError } from '../errors.js'
+import type {
+  Adapter, AdapterConfig, AdapterListener, HistoryPage, JoinResult,
+  RoomInfo, RoomPage, RoomQuery, StoredMessage
+} from './adapter.js'
+
+interface UserEntry {
+  member: Member
+  connections: Set<string>
+}
+
+interface RoomState {
+  epoch: string
+  offset: number
+  users: Map<string, UserEntry>
+  history: StoredMessage[]
+  lastPublish: number
+}
+
+/**
+ * The default adapter: one node, everything in this process. A restart loses
+ * the history, and every room then starts a new epoch, so clients resuming
+ * with an old position learn that they have a gap.
+ */
+export class MemoryAdapter implements Adapter {
+  private listener: AdapterListener | undefined
+  private config: AdapterConfig | undefined
+  private readonly states = new Map<string, RoomState>()
+  /** Names of rooms with members, kept sorted so listing pages cost O(log n + page). */
+  private readonly active: string[] = []
+  /** Rooms holding history, least recently published first (Map keeps insertion order). */
+  private readonly withHistory = new Map<string, RoomState>()
+  private sweepTimer: NodeJS.Timeout | undefined
+
+  async start (listener: AdapterListener, config: AdapterConfig): Promise<void> {
+    if (this.listener !== undefined) throw new Error('This adapter is already in use: create one adapter per plugin registration.')
+    this.listener = listener
+    this.config = config
+    const every = Math.min(Math.max(config.historyTtlMs / 2, 1000), 60_000)
+    this.sweepTimer = setInterval(() => this.sweep(Date.now()), every)
+    this.sweepTimer.unref()
+  }
+
+  async close (): Promise<void> {
+    clearInterval(this.sweepTimer)
+    this.states.clear()
+    this.withHistory.clear()
+    this.active.length = 0
+  }
+
+  async publish (room: string, data: unknown, from?: Member): Promise<number> {
+    const { listener, config } = this.started()
+    const state = this.state(room)
+    const offset = ++state.offset
+    const ts = Date.now()
+    const frame = encodeMessage(room, data, offset, ts, from)
+    if (config.historySize > 0) {
+      state.history.push({ offset, frame })
+      if (state.history.length > config.historySize) state.history.shift()
+      state.lastPublish = ts
+      this.withHistory.delete(room)
+      this.withHistory.set(room, state)
+      if (this.withHistory.size > config.maxHistoryRooms) this.dropHistory(this.withHistory.keys().next().value as string)
+    }
+    listener.message(room, offset, frame)
+    return offset
+  }
+
+  async join (room: string, connectionId: string, member: Member): Promise<JoinResult> {
+    const { listener, config } = this.started()
+    const state = this.state(room)
+    let entry = state.users.get(member.id)
+    if (entry === undefined) {
+      if (state.users.size >= config.maxMembersPerRoom) {
+        this.forgetIfIdle(room, state)
+        throw new RoomsError('ROOM_FULL', `Room "${room}" is full (${config.maxMembersPerRoom} members): try again later.`, room)
+      }
+      entry = { member, connections: new Set() }
+      state.users.set(member.id, entry)
+      if (state.users.size === 1) insertSorted(this.active, room)
+      listener.presence(room, encodePresence(room, 'join', member, state.users.size), connectionId)
+    }
+    entry.connections.add(connectionId)
+    return { members: membersOf(state), count: state.users.size, offset: state.offset, epoch: state.epoch }
+  }
+
+  async leave (room: string, connectionId: string, member: Member): Promise<void> {
+    const { listener } = this.started()
+    const state = this.states.get(room)
+    const entry = state?.users.get(member.id)
+    if (state === undefined || entry === undefined || !entry.connections.delete(connectionId)) return
+    if (entry.connections.size > 0) return
+    state.users.delete(member.id)
+    if (state.users.size === 0) removeSorted(this.active, room)
+    listener.presence(room, encodePresence(room, 'leave', entry.member, state.users.size), connectionId)
+    this.forgetIfIdle(room, state)
+  }
+
+  async direct (connectionId: string, data: unknown, from?: Member): Promise<boolean> {
+    return this.started().listener.direct(connectionId, encodeDirect(data, from))
+  }
+
+  async room (room: string): Promise<RoomInfo | null> {
+    const state = this.states.get(room)
+    if (state === undefined || state.users.size === 0) return null
+    return { name: room, count: state.users.size, members: membersOf(state), offset: state.offset, epoch: state.epoch }
+  }
+
+  async rooms (query: RoomQuery): Promise<RoomPage> {
+    const { prefix = '', after, limit } = query
+    const from = after !== undefined && after >= prefix ? after : prefix
+    let i = lowerBound(this.active, from)
+    if (i < this.active.length && this.active[i] === after) i++
+    const rooms: RoomPage['rooms'] = []
+    for (; i < this.active.length && rooms.length < limit; i++) {
+      const name = this.active[i] as string
+      if (!name.startsWith(prefix)) break
+      rooms.push({ name, count: (this.states.get(name) as RoomState).users.size })
+    }
+    const more = i < this.active.length && (this.active[i] as string).startsWith(prefix)
+    return { rooms, next: more && rooms.length > 0 ? (rooms[rooms.length - 1] as { name: string }).name : null }
+  }
+
+  async history (room: string, after: number, limit: number): Promise<HistoryPage> {
+    const state = this.states.get(room)
+    if (state === undefined) return { epoch: '', offset: 0, messages: [] }
+    this.expire(room, state, Date.now())
+    const { history } = state
+    const first = history.length > 0 ? (history[0] as StoredMessage).offset : state.offset + 1
+    const start = Math.max(0, after + 1 - first)
+    return { epoch: state.epoch, offset: state.offset, messages: history.slice(start, start + limit) }
+  }
+
+  private started (): { listener: AdapterListener, config: AdapterConfig } {
+    if (this.listener === undefined || this.config === undefined) throw new Error('The adapter was not started: register it through the fastify-rooms plugin.')
+    return { listener: this.listener, config: this.config }
+  }
+
+  private state (room: string): RoomState {
+    let state = this.states.get(room)
+    if (state === undefined) {
+      state = { epoch: randomBytes(6).toString('base64url'), offset: 0, users: new Map(), history: [], lastPublish: 0 }
+      this.states.set(room, state)
+    }
+    return state
+  }
+
+  /** A room with neither members nor history is forgotten, and its next life gets a new epoch. */
+  private forgetIfIdle (room: string, state: RoomState): void {
+    if (state.users.size === 0 && state.history.length === 0) this.states.delete(room)
+  }
+
+  private dropHistory (room: string): void {
+    const state = this.withHistory.get(room)
+    if (state === undefined) return
+    this.withHistory.delete(room)
+    state.history = []
+    this.forgetIfIdle(room, state)
+  }
+
+  private expire (room: string, state: RoomState, now: number): void {
+    if (state.history.length > 0 && now - state.lastPublish >= (this.config as AdapterConfig).historyTtlMs) this.dropHistory(room)
+  }
+
+  /** Oldest publish first, so the sweep stops at the first room still fresh. */
+  private sweep (now: number): void {
+    for (const [room, state] of this.withHistory) {
+      if (now - state.lastPublish < (this.config as AdapterConfig).historyTtlMs) break
+      this.dropHistory(room)
+    }
+  }
+}
+
+/** Create the default in-process adapter. */
+export function memoryAdapter (): Adapter {
+  return new MemoryAdapter()
+}
+
+function membersOf (state: RoomState): Member[] {
+  const members: Member[] = []
+  for (const entry of state.users.values()) members.push(entry.member)
+  return members
+}
+
+function lowerBound (sorted: string[], value: string): number {
+  let lo = 0
+  let hi = sorted.length
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1
+    if ((sorted[mid] as string) < value) lo = mid + 1
+    else hi = mid
+  }
+  return lo
+}
+
+function insertSorted (sorted: string[], value: string): void {
+  sorted.splice(lowerBound(sorted, value), 0, value)
+}
+
+function removeSorted (sorted: string[], value: string): void {
+  const i = lowerBound(sorted, value)
+  if (sorted[i] === value) sorted.splice(i, 1)
+}

@@ -1,0 +1,205 @@
+import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
+import type { WebSocket, RawData } from 'ws'
+import {
+  isFrameError, parseClientFrame, PROTOCOL_VERSION,
+  type ClientFrame, type DataValidator, type ErrorFrame, type JoinFrame, type Member,
+  type PublishFrame, type RequestId, type WelcomeFrame
+} from './protocol.js'
+import { isRoomsError, RoomsError, forbidden } from './errors.js'
+import { notInRoom, type Peer, type Registry } from './registry.js'
+import type { ResolvedOptions } from './options.js'
+
+/** What every connection of one plugin registration shares. */
+export interface ConnectionContext {
+  registry: Registry
+  options: ResolvedOptions
+  log: FastifyBaseLogger
+  validateData: DataValidator | undefined
+}
+
+const OPEN = 1
+const noop = (): void => {}
+
+/**
+ * One socket's life: parse and validate each frame, apply limits and hooks,
+ * dispatch to the registry, answer, and clean up when it closes. Frames of one
+ * connection are handled strictly in order, even when a hook is async.
+ */
+export class Connection implements Peer {
+  readonly id: string
+  readonly user: Member
+  /** Set by every frame and pong; cleared by each heartbeat round. */
+  alive = true
+  private readonly socket: WebSocket
+  private readonly request: FastifyRequest
+  private readonly ctx: ConnectionContext
+  private busy = false
+  private readonly queue: Buffer[] = []
+  private closed = false
+
+  constructor (socket: WebSocket, request: FastifyRequest, id: string, user: Member, ctx: ConnectionContext) {
+    this.socket = socket
+    this.request = request
+    this.id = id
+    this.user = user
+    this.ctx = ctx
+  }
+
+  /** Register with the registry, say `welcome`, and start reading frames. */
+  start (): void {
+    const { registry, options } = this.ctx
+    registry.add(this)
+    const welcome: WelcomeFrame = { type: 'welcome', connectionId: this.id, user: this.user, protocol: PROTOCOL_VERSION, heartbeatMs: options.heartbeatMs }
+    this.sendEncoded(JSON.stringify(welcome))
+    this.socket.on('message', (data, isBinary) => this.onFrame(data, isBinary))
+    this.socket.on('pong', () => { this.alive = true })
+    this.socket.on('close', () => this.onClose())
+  }
+
+  sendEncoded (frame: Buffer | string): void {
+    const { socket } = this
+    if (socket.readyState !== OPEN) return
+    if (socket.bufferedAmount > this.ctx.options.maxBufferedBytes) {
+      this.ctx.log.warn({ connectionId: this.id, bufferedAmount: socket.bufferedAmount }, 'fastify-rooms: closing a slow consumer')
+      this.close(1013, 'Slow consumer: reconnect and resume with since')
+      return
+    }
+    socket.send(frame, { binary: false })
+  }
+
+  /** One heartbeat round: terminate a peer that did not answer the last ping. */
+  heartbeat (): void {
+    if (!this.alive) {
+      this.ctx.log.info({ connectionId: this.id }, 'fastify-rooms: terminating a connection that missed its heartbeat')
+      this.socket.terminate()
+      return
+    }
+    this.alive = false
+    if (this.socket.readyState === OPEN) this.socket.ping()
+  }
+
+  close (code: number, reason: string): void {
+    if (this.socket.readyState === OPEN) this.socket.close(code, reason)
+  }
+
+  /** Force the socket shut (shutdown past its grace time). */
+  terminate (): void {
+    this.socket.terminate()
+  }
+
+  private onFrame (data: RawData, isBinary: boolean): void {
+    this.alive = true
+    const buffer = data as Buffer
+    if (buffer.length > this.ctx.options.maxFrameBytes) {
+      this.close(1009, 'Frame too large')
+      return
+    }
+    if (isBinary) {
+      this.sendError(new RoomsError('INVALID_FRAME', 'Binary frames are not accepted: send JSON as text frames.'))
+      return
+    }
+    if (this.busy) {
+      this.queue.push(buffer)
+      return
+    }
+    this.handle(buffer)
+  }
+
+  private handle (buffer: Buffer): void {
+    const frame = parseClientFrame(buffer.toString())
+    if (isFrameError(frame)) {
+      this.sendError(frame.error, frame.id)
+      return
+    }
+    let pending: Promise<void> | undefined
+    try {
+      pending = this.dispatch(frame, buffer.length)
+    } catch (err) {
+      this.fail(err, frame)
+      return
+    }
+    if (pending === undefined) return
+    this.busy = true
+    pending.catch((err: unknown) => this.fail(err, frame)).then(() => this.drain(), noop)
+  }
+
+  private drain (): void {
+    this.busy = false
+    while (!this.busy && !this.closed) {
+      const next = this.queue.shift()
+      if (next === undefined) return
+      this.handle(next)
+    }
+  }
+
+  private dispatch (frame: ClientFrame, size: number): Promise<void> | undefined {
+    switch (frame.type) {
+      case 'ping':
+        this.sendEncoded(frame.id === undefined ? '{"type":"pong"}' : JSON.stringify({ type: 'pong', id: frame.id }))
+        return undefined
+      case 'join':
+        return this.join(frame)
+      case 'leave':
+        return this.leave(frame.room, frame.id)
+      case 'publish':
+        return this.publish(frame, size)
+    }
+  }
+
+  private async join (frame: JoinFrame): Promise<void> {
+    const { registry, options } = this.ctx
+    if (options.onJoin !== undefined && !registry.isMember(this, frame.room)) {
+      const verdict = await options.onJoin({ connectionId: this.id, user: this.user, room: frame.room, request: this.request })
+      if (verdict === false) throw forbidden(`You may not join room "${frame.room}".`)
+    }
+    if (this.closed) return
+    await registry.join(this, frame.room, { id: frame.id, since: frame.since })
+  }
+
+  private async leave (room: string, id: RequestId | undefined): Promise<void> {
+    await this.ctx.registry.leave(this, room)
+    this.sendEncoded(JSON.stringify(id === undefined ? { type: 'left', room } : { type: 'left', id, room }))
+  }
+
+  private async publish (frame: PublishFrame, size: number): Promise<void> {
+    const { registry, options, validateData } = this.ctx
+    const { room } = frame
+    if (!registry.isMember(this, room)) throw notInRoom(room)
+    let data = frame.data
+    if (size > options.maxMessageBytes && Buffer.byteLength(JSON.stringify(data)) > options.maxMessageBytes) {
+      throw new RoomsError('PAYLOAD_TOO_LARGE', `Message data is larger than ${options.maxMessageBytes} bytes: send less per message.`, room)
+    }
+    const invalid = validateData?.(data)
+    if (invalid !== undefined) throw new RoomsError('INVALID_DATA', invalid, room)
+    if (options.onPublish !== undefined) {
+      const verdict = await options.onPublish({ connectionId: this.id, user: this.user, room, data: data as never, request: this.request })
+      if (verdict === false) throw forbidden(`You may not publish to room "${room}".`)
+      if (typeof verdict === 'object' && verdict !== null) data = verdict.data
+    }
+    const offset = await registry.publish(room, data, this.user)
+    if (frame.id !== undefined) this.sendEncoded(JSON.stringify({ type: 'ack', id: frame.id, room, offset }))
+  }
+
+  private fail (err: unknown, frame: ClientFrame): void {
+    const room = 'room' in frame ? frame.room : undefined
+    if (isRoomsError(err)) {
+      this.sendError(err.room === undefined && room !== undefined ? new RoomsError(err.code, err.message, room) : err, frame.id)
+      return
+    }
+    this.ctx.log.error({ err, connectionId: this.id, room, type: frame.type }, 'fastify-rooms: a hook or the adapter failed')
+    this.sendError(new RoomsError('INTERNAL', 'The server failed to handle this request; it has been logged. Try again later.', room), frame.id)
+  }
+
+  private sendError (error: RoomsError, id?: RequestId): void {
+    const frame: ErrorFrame = { type: 'error', code: error.code, message: error.message }
+    if (id !== undefined) frame.id = id
+    if (error.room !== undefined) frame.room = error.room
+    this.sendEncoded(JSON.stringify(frame))
+  }
+
+  private onClose (): void {
+    this.closed = true
+    this.queue.length = 0
+    void this.ctx.registry.remove(this)
+  }
+}

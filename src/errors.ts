@@ -1,0 +1,63 @@
+import createError from '@fastify/error'
+
+/**
+ * Every code an `error` frame can carry. Clients match on the code, never on
+ * the message, exactly as Fastify users match on `FST_ERR_*`.
+ */
+export const ERROR_CODES = [
+  'INVALID_FRAME',
+  'UNKNOWN_TYPE',
+  'INVALID_ROOM',
+  'INVALID_DATA',
+  'NOT_IN_ROOM',
+  'PAYLOAD_TOO_LARGE',
+  'ROOM_FULL',
+  'TOO_MANY_ROOMS',
+  'FORBIDDEN',
+  'RATE_LIMITED',
+  'INTERNAL'
+] as const
+
+export type ErrorCode = (typeof ERROR_CODES)[number]
+
+/**
+ * An error with a protocol code. Thrown anywhere inside the server, it becomes
+ * an `error` frame whose `message` is shown to the client as is, so the message
+ * must be a sentence a person can act on and must not leak internals.
+ */
+export class RoomsError extends Error {
+  readonly code: ErrorCode
+  readonly room: string | undefined
+
+  constructor (code: ErrorCode, message: string, room?: string) {
+    super(message)
+    this.name = 'RoomsError'
+    this.code = code
+    this.room = room
+  }
+}
+
+/**
+ * Build the error an `onJoin` or `onPublish` hook throws to refuse with its own
+ * message (returning `false` refuses with a generic one).
+ * @param message shown to the client in the `FORBIDDEN` error frame
+ */
+export function forbidden (message = 'You are not allowed to do that.'): RoomsError {
+  return new RoomsError('FORBIDDEN', message)
+}
+
+/** Tells whether an unknown thrown value is one of ours. */
+export function isRoomsError (err: unknown): err is RoomsError {
+  return err instanceof RoomsError
+}
+
+/** REST: the room has no members (rooms exist while someone is in them). */
+export const RoomNotFoundError = createError<[string]>('ROOM_NOT_FOUND', 'Room "%s" has no members.', 404)
+/** REST and upgrade: a room name outside the contract's alphabet or length. */
+export const InvalidRoomError = createError<[string]>('INVALID_ROOM', '%s', 400)
+/** Upgrade: `authenticate` threw or returned nothing. */
+export const UnauthorizedError = createError('UNAUTHORIZED', 'Authentication failed: the upgrade request carried no valid credentials.', 401)
+/** Upgrade: the anonymous `name` query parameter is not 1-32 printable characters. */
+export const InvalidNameError = createError('INVALID_NAME', 'The name query parameter must be 1-32 printable characters.', 400)
+/** Upgrade: the server is shutting down. */
+export const ShuttingDownError = createError('SHUTTING_DOWN', 'The server is shutting down; reconnect to another instance.', 503)

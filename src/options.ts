@@ -1,0 +1,107 @@
+import Type, { type Static, type TSchema } from 'typebox'
+import { Compile } from 'typebox/compile'
+import type { FastifyRequest } from 'fastify'
+import type { Adapter } from './adapters/adapter.js'
+import { describeErrors, type Member } from './protocol.js'
+
+/**
+ * Declaration-merging hook for the type of published `data`. Apps that pass a
+ * `dataSchema` add `interface RoomsRegister { data: Static<typeof MySchema> }`
+ * inside `declare module 'fastify-rooms'`, and every hook and `app.rooms`
+ * method is typed with it.
+ */
+// eslint-disable-next-line @typescript-eslint/no-empty-interface
+export interface RoomsRegister {}
+
+/** The type of `data`: from `RoomsRegister` when the app declared it, else unknown. */
+export type RoomData = RoomsRegister extends { data: infer D } ? D : unknown
+
+/** The plain (non-function) options, with their defaults: the one source of their types. */
+export const SettingsSchema = Type.Object({
+  path: Type.String({ pattern: '^/', default: '/ws' }),
+  prefix: Type.Union([Type.String({ pattern: '^/' }), Type.Literal(false)], { default: '/rooms' }),
+  demo: Type.Union([Type.Boolean(), Type.String({ pattern: '^/' })], { default: false }),
+  heartbeatMs: Type.Integer({ minimum: 10, default: 25_000 }),
+  maxMessageBytes: Type.Integer({ minimum: 1, default: 64 * 1024 }),
+  maxFrameBytes: Type.Integer({ minimum: 64, default: 256 * 1024 }),
+  maxRoomsPerConnection: Type.Integer({ minimum: 1, default: 100 }),
+  maxMembersPerRoom: Type.Integer({ minimum: 1, default: 10_000 }),
+  maxConnections: Type.Integer({ minimum: 1, default: 10_000 }),
+  maxBufferedBytes: Type.Integer({ minimum: 1024, default: 4 * 1024 * 1024 }),
+  historySize: Type.Integer({ minimum: 0, default: 100 }),
+  historyTtlMs: Type.Integer({ minimum: 1, default: 5 * 60_000 }),
+  maxHistoryRooms: Type.Integer({ minimum: 1, default: 10_000 }),
+  closeTimeoutMs: Type.Integer({ minimum: 0, default: 2_000 }),
+  allowedOrigins: Type.Optional(Type.Array(Type.String()))
+})
+
+export type Settings = Static<typeof SettingsSchema>
+
+/** What `onJoin` is asked about. */
+export interface JoinContext {
+  connectionId: string
+  user: Member
+  room: string
+  /** The upgrade request of the connection (headers, query, your decorations). */
+  request: FastifyRequest
+}
+
+/** What `onPublish` is asked about. */
+export interface PublishContext extends JoinContext {
+  data: RoomData
+}
+
+/** Hooks the app passes as options. */
+export interface RoomsHooks {
+  /**
+   * Identify the user of an upgrade request. Return `{ id, name, ...extra }`;
+   * throw or return nothing to refuse the upgrade with 401.
+   */
+  authenticate?: (request: FastifyRequest) => Member | null | undefined | Promise<Member | null | undefined>
+  /** Authorize a join: return `false` or throw `forbidden(msg)` to refuse with `FORBIDDEN`. */
+  onJoin?: (ctx: JoinContext) => boolean | undefined | void | Promise<boolean | undefined | void>
+  /**
+   * Authorize or transform a publish: return `false` or throw `forbidden(msg)`
+   * to refuse; return `{ data }` to publish other data instead.
+   */
+  onPublish?: (ctx: PublishContext) => PublishVerdict | Promise<PublishVerdict>
+}
+
+export type PublishVerdict = boolean | undefined | void | { data: RoomData }
+
+/** Options of `app.register(rooms, options)`; every field is optional. */
+export type RoomsOptions = Partial<Settings> & RoomsHooks & {
+  /** Where cluster-wide state lives: `memoryAdapter()` (default) or `redisAdapter(...)`. */
+  adapter?: Adapter
+  /** A TypeBox schema every published `data` must match (`INVALID_DATA`). */
+  dataSchema?: TSchema
+}
+
+export type ResolvedOptions = Settings & RoomsHooks & { adapter?: Adapter, dataSchema?: TSchema }
+
+const settingsValidator = Compile(SettingsSchema)
+const HOOKS = ['authenticate', 'onJoin', 'onPublish'] as const
+
+/**
+ * Fill defaults and check every option, so a mistake fails `app.register`
+ * with a sentence naming the option rather than misbehaving later.
+ */
+export function resolveOptions (input: RoomsOptions = {}): ResolvedOptions {
+  const { adapter, dataSchema, authenticate, onJoin, onPublish, ...plain } = input
+  const settings = settingsValidator.Default(structuredClone(plain))
+  if (!settingsValidator.Check(settings)) {
+    throw new TypeError(`fastify-rooms: invalid options: ${describeErrors(settingsValidator.Errors(settings), 'options')}.`)
+  }
+  for (const name of HOOKS) {
+    if (input[name] !== undefined && typeof input[name] !== 'function') {
+      throw new TypeError(`fastify-rooms: invalid options: ${name} must be a function.`)
+    }
+  }
+  if (settings.maxFrameBytes <= settings.maxMessageBytes) {
+    throw new TypeError('fastify-rooms: invalid options: maxFrameBytes must be larger than maxMessageBytes, or a full message could not fit in a frame.')
+  }
+  if (dataSchema !== undefined && (dataSchema === null || typeof dataSchema !== 'object')) {
+    throw new TypeError('fastify-rooms: invalid options: dataSchema must be a TypeBox schema.')
+  }
+  return { ...settings, adapter, dataSchema, authenticate, onJoin, onPublish }
+}

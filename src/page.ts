@@ -1,0 +1,28 @@
+import { existsSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
+import type { FastifyPluginAsync } from 'fastify'
+import fastifyStatic from '@fastify/static'
+
+/** The demo page's files, and the browser build of the client SDK. */
+const publicDir = fileURLToPath(new URL('../public/', import.meta.url))
+// From src/ (tsx) and from dist/ alike, ../dist/client is the compiled SDK.
+const clientDir = fileURLToPath(new URL('../dist/client/', import.meta.url))
+
+export interface PageOptions {
+  /** WebSocket path and REST prefix the page should talk to. */
+  path: string
+  restPrefix: string | false
+}
+
+/**
+ * Serve the demo chat page, the browser SDK under `client/` beside it, and
+ * `config.json` telling the page where the socket and the REST API are.
+ */
+export const page: FastifyPluginAsync<PageOptions> = async (app, { path, restPrefix }) => {
+  if (!existsSync(clientDir)) {
+    throw new Error(`fastify-rooms: the demo needs the built client SDK in ${clientDir}: run "npm run build".`)
+  }
+  await app.register(fastifyStatic, { root: publicDir, decorateReply: false, redirect: true, index: 'index.html', wildcard: true })
+  await app.register(fastifyStatic, { root: clientDir, prefix: '/client/', decorateReply: false })
+  app.get('/config.json', async () => ({ path, prefix: restPrefix }))
+}

@@ -1,0 +1,248 @@
+import Type, { type Static, type TSchema } from 'typebox'
+import { Compile } from 'typebox/compile'
+import { ERROR_CODES, RoomsError, type ErrorCode } from './errors.js'
+
+/** Version sent in `welcome`; bumped only on incompatible wire changes. */
+export const PROTOCOL_VERSION = 1
+
+export const ROOM_PATTERN = '^[A-Za-z0-9_.:-]{1,128}$'
+const roomRegExp = new RegExp(ROOM_PATTERN)
+
+export const RoomName = Type.String({ minLength: 1, maxLength: 128, pattern: ROOM_PATTERN })
+export const RequestId = Type.Union([Type.String({ minLength: 1, maxLength: 64 }), Type.Integer()])
+export const Member = Type.Object(
+  { id: Type.String({ minLength: 1 }), name: Type.String() },
+  { additionalProperties: true }
+)
+export const Position = Type.Object({
+  offset: Type.Integer({ minimum: 0 }),
+  epoch: Type.String({ maxLength: 64 })
+})
+
+export const JoinFrame = Type.Object({
+  type: Type.Literal('join'),
+  id: Type.Optional(RequestId),
+  room: RoomName,
+  since: Type.Optional(Position)
+})
+export const LeaveFrame = Type.Object({
+  type: Type.Literal('leave'),
+  id: Type.Optional(RequestId),
+  room: RoomName
+})
+export const PublishFrame = Type.Object({
+  type: Type.Literal('publish'),
+  id: Type.Optional(RequestId),
+  room: RoomName,
+  data: Type.Unknown()
+})
+export const PingFrame = Type.Object({
+  type: Type.Literal('ping'),
+  id: Type.Optional(RequestId)
+})
+export const ClientFrame = Type.Union([JoinFrame, LeaveFrame, PublishFrame, PingFrame])
+
+export const ErrorCodeSchema = Type.Enum(ERROR_CODES)
+
+export const WelcomeFrame = Type.Object({
+  type: Type.Literal('welcome'),
+  connectionId: Type.String(),
+  user: Member,
+  protocol: Type.Literal(PROTOCOL_VERSION),
+  heartbeatMs: Type.Integer()
+})
+export const JoinedFrame = Type.Object({
+  type: Type.Literal('joined'),
+  id: Type.Optional(RequestId),
+  room: RoomName,
+  members: Type.Array(Member),
+  offset: Type.Integer(),
+  epoch: Type.String(),
+  recovered: Type.Optional(Type.Boolean())
+})
+export const LeftFrame = Type.Object({
+  type: Type.Literal('left'),
+  id: Type.Optional(RequestId),
+  room: RoomName
+})
+export const AckFrame = Type.Object({
+  type: Type.Literal('ack'),
+  id: RequestId,
+  room: RoomName,
+  offset: Type.Integer()
+})
+export const PongFrame = Type.Object({
+  type: Type.Literal('pong'),
+  id: Type.Optional(RequestId)
+})
+export const MessageFrame = Type.Object({
+  type: Type.Literal('message'),
+  room: RoomName,
+  data: Type.Unknown(),
+  offset: Type.Integer(),
+  ts: Type.Integer(),
+  from: Type.Optional(Member)
+})
+export const PresenceFrame = Type.Object({
+  type: Type.Literal('presence'),
+  room: RoomName,
+  event: Type.Union([Type.Literal('join'), Type.Literal('leave')]),
+  member: Member,
+  count: Type.Integer()
+})
+export const DirectFrame = Type.Object({
+  type: Type.Literal('direct'),
+  data: Type.Unknown(),
+  from: Type.Optional(Member)
+})
+export const ErrorFrame = Type.Object({
+  type: Type.Literal('error'),
+  id: Type.Optional(RequestId),
+  code: ErrorCodeSchema,
+  message: Type.String(),
+  room: Type.Optional(RoomName)
+})
+export const ServerFrame = Type.Union([
+  WelcomeFrame, JoinedFrame, LeftFrame, AckFrame, PongFrame,
+  MessageFrame, PresenceFrame, DirectFrame, ErrorFrame
+])
+
+export type RoomName = Static<typeof RoomName>
+export type RequestId = Static<typeof RequestId>
+export type Member = Static<typeof Member>
+export type Position = Static<typeof Position>
+export type JoinFrame = Static<typeof JoinFrame>
+export type LeaveFrame = Static<typeof LeaveFrame>
+export type PublishFrame = Static<typeof PublishFrame>
+export type PingFrame = Static<typeof PingFrame>
+export type ClientFrame = Static<typeof ClientFrame>
+export type WelcomeFrame = Static<typeof WelcomeFrame>
+export type JoinedFrame = Static<typeof JoinedFrame>
+export type LeftFrame = Static<typeof LeftFrame>
+export type AckFrame = Static<typeof AckFrame>
+export type PongFrame = Static<typeof PongFrame>
+export type MessageFrame = Static<typeof MessageFrame>
+export type PresenceFrame = Static<typeof PresenceFrame>
+export type DirectFrame = Static<typeof DirectFrame>
+export type ErrorFrame = Static<typeof ErrorFrame>
+export type ServerFrame = Static<typeof ServerFrame>
+
+const validators = {
+  join: Compile(JoinFrame),
+  leave: Compile(LeaveFrame),
+  publish: Compile(PublishFrame),
+  ping: Compile(PingFrame)
+}
+const requestIdValidator = Compile(RequestId)
+
+/** A frame that failed validation, with the `id` to answer when it had a usable one. */
+export interface FrameError {
+  error: RoomsError
+  id: RequestId | undefined
+}
+
+/** Tells whether a room name is inside the contract's alphabet and length. */
+export function isRoomName (room: unknown): room is string {
+  return typeof room === 'string' && roomRegExp.test(room)
+}
+
+/** The sentence sent with `INVALID_ROOM`. */
+export function invalidRoomMessage (room: unknown): string {
+  const shown = typeof room === 'string' ? JSON.stringify(room.length > 40 ? room.slice(0, 40) + '...' : room) : typeof room
+  return `Room name ${shown} is invalid: use 1-128 characters of A-Z a-z 0-9 _ - . :`
+}
+
+/**
+ * Parse and validate one text frame from a client. This is the only place a
+ * client frame is checked: everything past it trusts the returned type.
+ * @param text the frame's text
+ * @returns the typed frame, or the error to answer with
+ */
+export function parseClientFrame (text: string): ClientFrame | FrameError {
+  let value: unknown
+  try {
+    value = JSON.parse(text)
+  } catch {
+    return fail('INVALID_FRAME', 'Frame is not valid JSON: send one JSON object per text frame.')
+  }
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    return fail('INVALID_FRAME', 'Frame must be a JSON object with a "type" field.')
+  }
+  const frame = value as Record<string, unknown>
+  const id = requestIdValidator.Check(frame.id) ? frame.id : undefined
+  const type = frame.type
+  if (typeof type !== 'string') {
+    return fail('INVALID_FRAME', 'Frame must have a string "type" field.', id)
+  }
+  const validator = Object.hasOwn(validators, type) ? validators[type as keyof typeof validators] : undefined
+  if (validator === undefined) {
+    return fail('UNKNOWN_TYPE', `Unknown frame type ${JSON.stringify(type.slice(0, 32))}: use join, leave, publish or ping.`, id)
+  }
+  if (validator.Check(frame)) return frame
+  if ('room' in frame && !isRoomName(frame.room)) {
+    return fail('INVALID_ROOM', invalidRoomMessage(frame.room), id)
+  }
+  return fail('INVALID_FRAME', `Invalid "${type}" frame: ${describeErrors(validator.Errors(frame))}.`, id)
+}
+
+/** True when `parseClientFrame` returned an error rather than a frame. */
+export function isFrameError (result: ClientFrame | FrameError): result is FrameError {
+  return 'error' in result
+}
+
+function fail (code: ErrorCode, message: string, id?: RequestId): FrameError {
+  return { error: new RoomsError(code, message), id }
+}
+
+/** The JSON pointer of a field inside the user's `data`, as shown in `INVALID_DATA`. */
+interface SchemaError { instancePath: string, message: string, keyword?: string, params?: unknown }
+
+/**
+ * One short sentence naming the first failing path. The first error is the
+ * most specific one TypeBox reports, so it is the one a person should fix.
+ */
+export function describeErrors (errors: readonly SchemaError[], root = ''): string {
+  const first = errors.find((e) => e.keyword !== 'anyOf') ?? errors[0]
+  if (first === undefined) return 'it does not match the schema'
+  const path = root + first.instancePath
+  if (first.keyword === 'required') {
+    const props = (first.params as { requiredProperties?: string[] } | undefined)?.requiredProperties
+    if (props !== undefined && props.length > 0) return `${path === '' ? 'the frame' : path} is missing ${props.map((p) => `"${p}"`).join(', ')}`
+  }
+  return `${path === '' ? 'the value' : path} ${first.message}`
+}
+
+/** A compiled check of the user's `dataSchema`. */
+export interface DataValidator {
+  /** Returns an error sentence naming the failing path, or undefined when valid. */
+  (data: unknown): string | undefined
+}
+
+/**
+ * Compile the app's `dataSchema` once; published `data` is checked with it.
+ * @param schema a TypeBox schema
+ */
+export function compileDataValidator (schema: TSchema): DataValidator {
+  const validator = Compile(schema)
+  return (data) => validator.Check(data) ? undefined : `Invalid data: ${describeErrors(validator.Errors(data), '/data')}.`
+}
+
+/** Encode a `message` frame once; the same string goes to every member and into history. */
+export function encodeMessage (room: string, data: unknown, offset: number, ts: number, from?: Member): string {
+  const frame: MessageFrame = { type: 'message', room, data, offset, ts }
+  if (from !== undefined) frame.from = from
+  return JSON.stringify(frame)
+}
+
+/** Encode a `presence` frame. */
+export function encodePresence (room: string, event: 'join' | 'leave', member: Member, count: number): string {
+  const frame: PresenceFrame = { type: 'presence', room, event, member, count }
+  return JSON.stringify(frame)
+}
+
+/** Encode a `direct` frame. */
+export function encodeDirect (data: unknown, from?: Member): string {
+  const frame: DirectFrame = { type: 'direct', data }
+  if (from !== undefined) frame.from = from
+  return JSON.stringify(frame)
+}

@@ -1,0 +1,261 @@
+import type { FastifyBaseLogger } from 'fastify'
+import type { Adapter, AdapterListener, HistoryPage, RoomInfo, RoomPage, RoomQuery } from './adapters/adapter.js'
+import type { JoinedFrame, Member, Position, RequestId } from './protocol.js'
+import { RoomsError } from './errors.js'
+
+/** What the registry needs of a connection: who it is and a way to write encoded frames. */
+export interface Peer {
+  readonly id: string
+  readonly user: Member
+  /** Write one encoded frame; the same buffer may be written to many peers. */
+  sendEncoded (frame: Buffer | string): void
+}
+
+interface Pending {
+  offset: number
+  frame: Buffer | string
+}
+
+/**
+ * One connection in one room. Until its `joined` is written it is not live:
+ * frames for it wait in `pending`, so that the joiner sees `joined`, then the
+ * replayed history, then everything published meanwhile, each offset once.
+ */
+interface Membership {
+  readonly peer: Peer
+  live: boolean
+  lastOffset: number
+  pending: Pending[]
+}
+
+export interface RegistryOptions {
+  log: FastifyBaseLogger
+  maxRoomsPerConnection: number
+}
+
+export interface JoinRequest {
+  id?: RequestId | undefined
+  since?: Position | undefined
+}
+
+/** Offset of frames that are not room messages (presence): always delivered, never deduplicated. */
+const UNORDERED = -1
+
+/**
+ * Rooms and members on this node, and the fan-out to them. It keeps only local
+ * connections; whatever is cluster-wide (offsets, presence, counts, history)
+ * it asks the adapter for.
+ */
+export class Registry implements AdapterListener {
+  private readonly rooms = new Map<string, Map<string, Membership>>()
+  private readonly peers = new Map<string, { peer: Peer, rooms: Map<string, Membership> }>()
+  private readonly adapter: Adapter
+  private readonly options: RegistryOptions
+
+  constructor (adapter: Adapter, options: RegistryOptions) {
+    this.adapter = adapter
+    this.options = options
+  }
+
+  /** Number of connections on this node. */
+  get connectionCount (): number {
+    return this.peers.size
+  }
+
+  /** Local connections, for heartbeats and shutdown. */
+  connections (): IterableIterator<Peer> {
+    return mapIterator(this.peers.values(), (entry) => entry.peer)
+  }
+
+  /** Names of the rooms a connection is in. */
+  roomsOf (connectionId: string): string[] {
+    const entry = this.peers.get(connectionId)
+    return entry === undefined ? [] : [...entry.rooms.keys()]
+  }
+
+  /** Local members of a room (connections, not users), for tests and diagnostics. */
+  localMembers (room: string): number {
+    return this.rooms.get(room)?.size ?? 0
+  }
+
+  add (peer: Peer): void {
+    this.peers.set(peer.id, { peer, rooms: new Map() })
+  }
+
+  /** True when the connection is in the room (or joining it). */
+  isMember (peer: Peer, room: string): boolean {
+    return this.peers.get(peer.id)?.rooms.has(room) === true
+  }
+
+  /**
+   * Join a room: write `joined` (with the replayed history when `since` is
+   * given and still covered), then go live.
+   */
+  async join (peer: Peer, room: string, request: JoinRequest): Promise<void> {
+    const entry = this.peers.get(peer.id)
+    if (entry === undefined) return
+    const existing = entry.rooms.get(room)
+    if (existing !== undefined) {
+      const info = await this.adapter.room(room)
+      const joined: JoinedFrame = { type: 'joined', room, members: info?.members ?? [peer.user], offset: existing.lastOffset, epoch: info?.epoch ?? '' }
+      if (request.id !== undefined) joined.id = request.id
+      peer.sendEncoded(JSON.stringify(joined))
+      return
+    }
+    if (entry.rooms.size >= this.options.maxRoomsPerConnection) {
+      throw new RoomsError('TOO_MANY_ROOMS', `You are in ${entry.rooms.size} rooms, the most one connection may join: leave one first.`, room)
+    }
+    const membership: Membership = { peer, live: false, lastOffset: 0, pending: [] }
+    entry.rooms.set(room, membership)
+    this.localRoom(room).set(peer.id, membership)
+    let result
+    let history: HistoryPage | undefined
+    try {
+      result = await this.adapter.join(room, peer.id, peer.user)
+      const { since } = request
+      if (since !== undefined && since.epoch === result.epoch && since.offset < result.offset) {
+        history = await this.adapter.history(room, since.offset, result.offset - since.offset)
+      }
+    } catch (err) {
+      this.forget(peer.id, room, membership)
+      throw err
+    }
+    if (this.peers.get(peer.id)?.rooms.get(room) !== membership) {
+      // The connection closed (or left) while the adapter was answering: undo the join.
+      await this.adapter.leave(room, peer.id, peer.user)
+      return
+    }
+    const joined: JoinedFrame = { type: 'joined', room, members: result.members, offset: result.offset, epoch: result.epoch }
+    if (request.id !== undefined) joined.id = request.id
+    if (request.since !== undefined) joined.recovered = recovered(request.since, result.epoch, result.offset, history)
+    peer.sendEncoded(JSON.stringify(joined))
+    if (joined.recovered === true && history !== undefined) {
+      for (const message of history.messages) peer.sendEncoded(message.frame)
+    }
+    membership.lastOffset = result.offset
+    membership.live = true
+    const pending = membership.pending
+    membership.pending = []
+    for (const item of pending) this.deliver(membership, item.offset, item.frame)
+  }
+
+  /** Leave a room; `NOT_IN_ROOM` when the connection is not in it. */
+  async leave (peer: Peer, room: string): Promise<void> {
+    const membership = this.peers.get(peer.id)?.rooms.get(room)
+    if (membership === undefined) throw notInRoom(room)
+    this.forget(peer.id, room, membership)
+    await this.adapter.leave(room, peer.id, peer.user)
+  }
+
+  /**
+   * Remove a closed connection from every room. Local state goes at once, so
+   * nothing more is written to it; the cluster-wide leave follows.
+   */
+  async remove (peer: Peer): Promise<void> {
+    const entry = this.peers.get(peer.id)
+    if (entry === undefined) return
+    this.peers.delete(peer.id)
+    const leaves: Array<Promise<void>> = []
+    for (const [room, membership] of entry.rooms) {
+      this.forget(peer.id, room, membership)
+      leaves.push(this.adapter.leave(room, peer.id, peer.user).catch((err: unknown) => {
+        this.options.log.error({ err, connectionId: peer.id, room }, 'fastify-rooms: adapter failed to remove a member')
+      }))
+    }
+    await Promise.all(leaves)
+  }
+
+  /** Publish to a room as a member (`from`) or as the server. */
+  async publish (room: string, data: unknown, from?: Member): Promise<number> {
+    return await this.adapter.publish(room, data, from)
+  }
+
+  /** Send a `direct` frame to a connection on any node. */
+  async sendDirect (connectionId: string, data: unknown, from?: Member): Promise<boolean> {
+    return await this.adapter.direct(connectionId, data, from)
+  }
+
+  async room (room: string): Promise<RoomInfo | null> {
+    return await this.adapter.room(room)
+  }
+
+  async list (query: RoomQuery): Promise<RoomPage> {
+    return await this.adapter.rooms(query)
+  }
+
+  async history (room: string, after: number, limit: number): Promise<HistoryPage> {
+    return await this.adapter.history(room, after, limit)
+  }
+
+  message (room: string, offset: number, frame: string | Buffer): void {
+    const members = this.rooms.get(room)
+    if (members === undefined) return
+    // Encode to bytes once: ws would otherwise convert the string for every member.
+    const bytes = typeof frame === 'string' ? Buffer.from(frame) : frame
+    for (const membership of members.values()) this.deliver(membership, offset, bytes)
+  }
+
+  presence (room: string, frame: string, origin: string): void {
+    const members = this.rooms.get(room)
+    if (members === undefined) return
+    const bytes = Buffer.from(frame)
+    for (const membership of members.values()) {
+      if (membership.peer.id !== origin) this.deliver(membership, UNORDERED, bytes)
+    }
+  }
+
+  direct (connectionId: string, frame: string): boolean {
+    const entry = this.peers.get(connectionId)
+    if (entry === undefined) return false
+    entry.peer.sendEncoded(frame)
+    return true
+  }
+
+  private deliver (membership: Membership, offset: number, frame: Buffer | string): void {
+    if (!membership.live) {
+      membership.pending.push({ offset, frame })
+    } else if (offset === UNORDERED) {
+      membership.peer.sendEncoded(frame)
+    } else if (offset > membership.lastOffset) {
+      membership.lastOffset = offset
+      membership.peer.sendEncoded(frame)
+    }
+  }
+
+  private localRoom (room: string): Map<string, Membership> {
+    let members = this.rooms.get(room)
+    if (members === undefined) {
+      members = new Map()
+      this.rooms.set(room, members)
+    }
+    return members
+  }
+
+  private forget (connectionId: string, room: string, membership: Membership): void {
+    const entry = this.peers.get(connectionId)
+    if (entry?.rooms.get(room) === membership) entry.rooms.delete(room)
+    const members = this.rooms.get(room)
+    if (members?.get(connectionId) === membership) {
+      members.delete(connectionId)
+      if (members.size === 0) this.rooms.delete(room)
+    }
+  }
+}
+
+/** The error for publishing to or leaving a room one is not in. */
+export function notInRoom (room: string): RoomsError {
+  return new RoomsError('NOT_IN_ROOM', `You are not in room "${room}": join it first.`, room)
+}
+
+/** History covers the gap when it starts right after the client's offset and reaches the room's last one. */
+function recovered (since: Position, epoch: string, offset: number, history: HistoryPage | undefined): boolean {
+  if (since.epoch !== epoch || since.offset > offset) return false
+  if (since.offset === offset) return true
+  if (history === undefined || history.epoch !== epoch) return false
+  const { messages } = history
+  return messages.length === offset - since.offset && messages[0]?.offset === since.offset + 1
+}
+
+function * mapIterator<T, U> (it: Iterable<T>, fn: (value: T) => U): IterableIterator<U> {
+  for (const value of it) yield fn(value)
+}

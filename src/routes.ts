@@ -1,0 +1,87 @@
+import Type from 'typebox'
+import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
+import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import { Member, RoomName, invalidRoomMessage } from './protocol.js'
+import { InvalidRoomError, RoomNotFoundError } from './errors.js'
+import type { Registry } from './registry.js'
+
+export const HttpError = Type.Object({
+  statusCode: Type.Integer(),
+  code: Type.String(),
+  error: Type.String(),
+  message: Type.String()
+})
+
+export const RoomSummary = Type.Object({ name: RoomName, count: Type.Integer() })
+
+export const RoomListQuery = Type.Object({
+  prefix: Type.Optional(Type.String({ maxLength: 128 })),
+  after: Type.Optional(Type.String({ maxLength: 128 })),
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, description: 'default 100' }))
+})
+
+export const RoomList = Type.Object({
+  rooms: Type.Array(RoomSummary),
+  next: Type.Union([RoomName, Type.Null()])
+})
+
+export const RoomParams = Type.Object({ room: RoomName })
+
+export const RoomDetail = Type.Object({
+  name: RoomName,
+  count: Type.Integer(),
+  members: Type.Array(Member),
+  offset: Type.Integer(),
+  epoch: Type.String()
+})
+
+/** Rooms per page when `limit` is not given. */
+export const DEFAULT_PAGE = 100
+
+export interface RoutesOptions {
+  registry: Registry
+}
+
+/**
+ * The REST API: room listing and room details. Registered in its own
+ * encapsulated context, so its validator and error handler stay ours.
+ */
+export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { registry }) => {
+  const app = parent.withTypeProvider<TypeBoxTypeProvider>()
+  app.setValidatorCompiler(TypeBoxValidatorCompiler)
+  app.setErrorHandler(roomErrors)
+
+  app.get('/', {
+    schema: {
+      summary: 'List rooms with members, sorted by name',
+      querystring: RoomListQuery,
+      response: { 200: RoomList, 400: HttpError }
+    }
+  }, async (request) => {
+    const { prefix, after, limit = DEFAULT_PAGE } = request.query
+    return await registry.list({ prefix, after, limit })
+  })
+
+  app.get('/:room', {
+    schema: {
+      summary: 'A room with its members, last offset and epoch',
+      params: RoomParams,
+      response: { 200: RoomDetail, 400: HttpError, 404: HttpError }
+    }
+  }, async (request) => {
+    const room = await registry.room(request.params.room)
+    if (room === null) throw new RoomNotFoundError(request.params.room)
+    return room
+  })
+}
+
+/** A bad room name in the path is `INVALID_ROOM`, as on the socket; other errors keep Fastify's shape. */
+function roomErrors (this: FastifyInstance, error: Error & { validationContext?: string, statusCode?: number }, request: { params: unknown }, reply: { send: (e: unknown) => void }): void {
+  if (error.validationContext === 'params') {
+    const room = (request.params as { room?: unknown }).room
+    reply.send(new InvalidRoomError(invalidRoomMessage(room)))
+    return
+  }
+  reply.send(error)
+}
+

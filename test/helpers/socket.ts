@@ -1,0 +1,129 @@
+import WebSocket from 'ws'
+import type { ServerFrame, WelcomeFrame } from '../../src/protocol.js'
+
+type Frame = ServerFrame & Record<string, any>
+
+/** How long a wait for a frame may take before the test fails (a guard, not a synchronisation). */
+const WAIT_MS = 10_000
+
+interface Waiter {
+  match: (frame: Frame) => boolean
+  resolve: (frame: Frame) => void
+  reject: (err: Error) => void
+  timer: NodeJS.Timeout
+}
+
+/**
+ * A raw protocol client for tests: every frame received is kept, and `next`
+ * waits for the first unread frame matching a predicate.
+ */
+export class TestSocket {
+  readonly ws: WebSocket
+  readonly frames: Frame[] = []
+  welcome!: WelcomeFrame
+  closed: Promise<{ code: number, reason: string }>
+  private unread: Frame[] = []
+  private readonly waiters: Waiter[] = []
+  private nextId = 1
+
+  private constructor (ws: WebSocket) {
+    this.ws = ws
+    ws.on('message', (data, isBinary) => {
+      const frame = JSON.parse(data.toString()) as Frame
+      if (isBinary) throw new Error('server sent a binary frame')
+      this.frames.push(frame)
+      const i = this.waiters.findIndex((w) => w.match(frame))
+      if (i === -1) {
+        this.unread.push(frame)
+        return
+      }
+      const [waiter] = this.waiters.splice(i, 1) as [Waiter]
+      clearTimeout(waiter.timer)
+      waiter.resolve(frame)
+    })
+    this.closed = new Promise((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() })))
+  }
+
+  /** Connect and wait for `welcome`. */
+  static async open (url: string, options: WebSocket.ClientOptions = {}): Promise<TestSocket> {
+    const ws = new WebSocket(url, options)
+    const socket = new TestSocket(ws)
+    await new Promise<void>((resolve, reject) => {
+      ws.once('open', () => resolve())
+      ws.once('error', reject)
+      ws.once('unexpected-response', (_req, res) => reject(new Error(`upgrade refused with ${res.statusCode}`)))
+    })
+    socket.welcome = await socket.next((f) => f.type === 'welcome') as WelcomeFrame
+    return socket
+  }
+
+  /** Resolve with the HTTP status an upgrade is refused with. */
+  static async refused (url: string, options: WebSocket.ClientOptions = {}): Promise<{ status: number, body: any }> {
+    const ws = new WebSocket(url, options)
+    return await new Promise((resolve, reject) => {
+      ws.once('open', () => { ws.close(); reject(new Error('upgrade was accepted')) })
+      ws.once('error', () => {})
+      ws.once('unexpected-response', (_req, res) => {
+        let body = ''
+        res.on('data', (chunk: Buffer) => { body += chunk.toString() })
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: body === '' ? undefined : JSON.parse(body) }))
+      })
+    })
+  }
+
+  send (frame: unknown): void {
+    this.ws.send(typeof frame === 'string' ? frame : JSON.stringify(frame))
+  }
+
+  /** Wait for the first unread frame that matches. */
+  async next (match: (frame: Frame) => boolean = () => true, what = 'a frame'): Promise<Frame> {
+    const i = this.unread.findIndex(match)
+    if (i !== -1) return (this.unread.splice(i, 1) as [Frame])[0]
+    return await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiters.splice(this.waiters.indexOf(waiter), 1)
+        reject(new Error(`timed out waiting for ${what}; unread: ${JSON.stringify(this.unread).slice(0, 500)}`))
+      }, WAIT_MS)
+      const waiter: Waiter = { match, resolve, reject, timer }
+      this.waiters.push(waiter)
+    })
+  }
+
+  /** Send a frame with a fresh id and wait for the reply carrying it. */
+  async request (frame: Record<string, unknown>): Promise<Frame> {
+    const id = this.nextId++
+    this.send({ ...frame, id })
+    return await this.next((f) => 'id' in f && f.id === id, `the reply to ${JSON.stringify(frame).slice(0, 80)}`)
+  }
+
+  async join (room: string, extra: Record<string, unknown> = {}): Promise<Frame> {
+    return await this.request({ type: 'join', room, ...extra })
+  }
+
+  /**
+   * A round trip: every frame the server wrote to this socket before it
+   * answered is now in `frames`. Used to assert that something did not come.
+   */
+  async sync (): Promise<void> {
+    const reply = await this.request({ type: 'ping' })
+    if (reply.type !== 'pong') throw new Error(`expected pong, got ${JSON.stringify(reply)}`)
+  }
+
+  /** Frames received and not yet consumed by `next`, optionally of one type. */
+  pending (type?: string): Frame[] {
+    return this.unread.filter((f) => type === undefined || f.type === type)
+  }
+
+  /** Consume and return every unread frame of a type. */
+  take (type: string): Frame[] {
+    const taken = this.unread.filter((f) => f.type === type)
+    this.unread = this.unread.filter((f) => f.type !== type)
+    return taken
+  }
+
+  async close (): Promise<void> {
+    if (this.ws.readyState === WebSocket.CLOSED) return
+    this.ws.close()
+    await this.closed
+  }
+}
