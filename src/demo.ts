@@ -8,7 +8,8 @@ import rooms from './index.js'
 const port = Number(process.env.PORT ?? 3000)
 const host = process.env.HOST ?? '127.0.0.1'
 
-const app = Fastify({ logger: { level: process.env.LOG_LEVEL ?? 'warn' } })
+// Room names may be 128 characters; Fastify's router allows 100 per path parameter by default.
+const app = Fastify({ logger: { level: process.env.LOG_LEVEL ?? 'warn' }, routerOptions: { maxParamLength: 256 } })
 await app.register(rooms, { demo: true })
 await app.listen({ port, host })
 const shown = host.includes(':') ? `[${host}]` : host

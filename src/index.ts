@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import type { Server } from 'node:http'
+import type { Duplex } from 'node:stream'
 import fp from 'fastify-plugin'
 import websocket from '@fastify/websocket'
 import type { FastifyPluginAsync } from 'fastify'
@@ -70,9 +71,16 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     for (const connection of open) connection.heartbeat()
   }, options.heartbeatMs)
 
+  // A refused upgrade's socket has no HTTP parser to end it; a client that
+  // keeps it open would hold it (and server.close()) for ever. During shutdown
+  // Fastify itself answers 503, after the listeners that run before this one.
+  const endRefusedUpgrade = (_request: unknown, socket: Duplex): void => {
+    if (state.closing) setImmediate(() => socket.end())
+  }
   // Added before @fastify/websocket's own preClose, so clients get 1001 rather than a bare close.
   app.addHook('preClose', async () => {
     state.closing = true
+    app.server.on('upgrade', endRefusedUpgrade)
     clearInterval(heartbeat)
     if (open.size === 0) return
     const closed = new Promise<void>((resolve) => { allClosed = resolve })
@@ -82,6 +90,7 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     clearTimeout(timer)
   })
   app.addHook('onClose', async () => {
+    app.server.off('upgrade', endRefusedUpgrade)
     clearInterval(heartbeat)
     await adapter.close()
   })
@@ -95,7 +104,14 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
   }
 
   const guard = upgradeGuard(options, state)
-  app.get(options.path, { websocket: true, preValidation: guard.hook }, (socket, request) => {
+  app.get(options.path, {
+    websocket: true,
+    preValidation: guard.hook,
+    onResponse: async (request) => {
+      // Only refusals get here (an accepted upgrade is hijacked): end their socket, see above.
+      if (request.headers.upgrade !== undefined) request.raw.socket.end()
+    }
+  }, (socket, request) => {
     const connection = new Connection(socket, request, `${nodeId}-${(++sequence).toString(36)}`, guard.userOf(request), ctx)
     open.add(connection)
     socket.on('close', () => {
@@ -105,9 +121,9 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     connection.start()
   })
 
-  if (options.prefix !== false) await app.register(routes, { prefix: options.prefix, registry })
+  if (options.rest) await app.register(routes, { prefix: options.prefix, registry })
   if (options.demo !== false) {
-    await app.register(page, { prefix: options.demo === true ? '/' : options.demo, path: options.path, restPrefix: options.prefix })
+    await app.register(page, { prefix: options.demo === true ? '/' : options.demo, path: options.path, restPrefix: options.rest ? options.prefix : false })
   }
 
   const api: RoomsApi = {

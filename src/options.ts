@@ -19,7 +19,8 @@ export type RoomData = RoomsRegister extends { data: infer D } ? D : unknown
 /** The plain (non-function) options, with their defaults: the one source of their types. */
 export const SettingsSchema = Type.Object({
   path: Type.String({ pattern: '^/', default: '/ws' }),
-  prefix: Type.Union([Type.String({ pattern: '^/' }), Type.Literal(false)], { default: '/rooms' }),
+  prefix: Type.String({ pattern: '^/', default: '/rooms' }),
+  rest: Type.Boolean({ default: true }),
   demo: Type.Union([Type.Boolean(), Type.String({ pattern: '^/' })], { default: false }),
   heartbeatMs: Type.Integer({ minimum: 10, default: 25_000 }),
   maxMessageBytes: Type.Integer({ minimum: 1, default: 64 * 1024 }),

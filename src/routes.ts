@@ -35,6 +35,9 @@ export const RoomDetail = Type.Object({
   epoch: Type.String()
 })
 
+/** Longest room name of the contract, which the router must let through as a path parameter. */
+const MAX_ROOM_LENGTH = 128
+
 /** Rooms per page when `limit` is not given. */
 export const DEFAULT_PAGE = 100
 
@@ -50,6 +53,10 @@ export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { regist
   const app = parent.withTypeProvider<TypeBoxTypeProvider>()
   app.setValidatorCompiler(TypeBoxValidatorCompiler)
   app.setErrorHandler(roomErrors)
+  const maxParamLength = (app.initialConfig as { routerOptions?: { maxParamLength?: number } }).routerOptions?.maxParamLength ?? 100
+  if (maxParamLength < MAX_ROOM_LENGTH) {
+    app.log.warn({ maxParamLength }, `fastify-rooms: room names longer than ${maxParamLength} characters will get 414 from the REST routes; create Fastify with { routerOptions: { maxParamLength: 256 } }`)
+  }
 
   app.get('/', {
     schema: {

@@ -13,7 +13,7 @@ interface Teardown { teardown: (fn: () => unknown) => void }
 
 /** Build an app with the plugin, listen on a free port, and close it at teardown. */
 export async function startApp (t: Teardown, options: RoomsOptions = {}, setup?: (app: FastifyInstance) => unknown, serverOptions: FastifyServerOptions = {}): Promise<Started> {
-  const app = Fastify({ logger: false, ...serverOptions })
+  const app = Fastify({ logger: false, routerOptions: { maxParamLength: 256 }, ...serverOptions })
   if (setup !== undefined) await setup(app)
   await app.register(rooms, options)
   await app.listen({ port: 0, host: '127.0.0.1' })

@@ -1,0 +1,141 @@
+import t, { type Test } from 'tap'
+import Type from 'typebox'
+import { startApp } from './helpers/server.js'
+import { TestSocket } from './helpers/socket.js'
+
+/** Send something bad, expect exactly this error, then prove the connection still works. */
+async function expectError (t: Test, socket: TestSocket, bad: unknown, expected: Record<string, unknown>): Promise<void> {
+  socket.send(bad)
+  const error = await socket.next((f) => f.type === 'error', `an error for ${String(bad).slice(0, 60)}`)
+  t.match(error, { type: 'error', ...expected }, `${expected.code as string} for ${typeof bad === 'string' ? bad.slice(0, 60) : JSON.stringify(bad).slice(0, 60)}`)
+  t.type(error.message, 'string')
+  t.ok(error.message.length > 10, 'the message is a sentence')
+  await socket.sync()
+}
+
+t.test('INVALID_FRAME for anything that is not a well-typed frame; the connection stays usable', async (t) => {
+  const { wsUrl } = await startApp(t)
+  const a = await TestSocket.open(wsUrl)
+  t.teardown(() => a.close())
+  const cases: Array<[unknown, Record<string, unknown>]> = [
+    ['not json', {}],
+    ['{"type":"join",', {}],
+    ['42', {}],
+    ['"join"', {}],
+    ['null', {}],
+    ['[{"type":"join","room":"r"}]', {}],
+    [{ room: 'r' }, {}],
+    [{ type: 7 }, {}],
+    [{ type: 'join' }, {}],
+    [{ type: 'join', room: 'r', id: 1.5 }, {}],
+    [{ type: 'join', room: 'r', id: '' }, {}],
+    [{ type: 'join', room: 'r', id: 'x'.repeat(65) }, {}],
+    [{ type: 'join', room: 'r', since: { offset: -1, epoch: 'e' }, id: 'a' }, { id: 'a' }],
+    [{ type: 'join', room: 'r', since: { offset: 1 }, id: 2 }, { id: 2 }],
+    [{ type: 'publish', room: 'r', id: 'no-data' }, { id: 'no-data' }],
+    [{ type: 'leave', id: 'x' }, { id: 'x' }]
+  ]
+  for (const [bad, extra] of cases) await expectError(t, a, bad, { code: 'INVALID_FRAME', ...extra })
+  const error = a.frames.find((f) => f.type === 'error' && f.id === 'no-data')
+  t.match(error?.message, /data/, 'the message names the missing field')
+})
+
+t.test('a binary frame is INVALID_FRAME and the connection stays open', async (t) => {
+  const { wsUrl } = await startApp(t)
+  const a = await TestSocket.open(wsUrl)
+  t.teardown(() => a.close())
+  a.ws.send(Buffer.from(JSON.stringify({ type: 'ping' })), { binary: true })
+  t.match(await a.next((f) => f.type === 'error'), { code: 'INVALID_FRAME', message: /Binary/ })
+  await a.sync()
+})
+
+t.test('UNKNOWN_TYPE for a type outside the contract, with the id echoed', async (t) => {
+  const { wsUrl } = await startApp(t)
+  const a = await TestSocket.open(wsUrl)
+  t.teardown(() => a.close())
+  await expectError(t, a, { type: 'subscribe', room: 'r', id: 9 }, { code: 'UNKNOWN_TYPE', id: 9 })
+  await expectError(t, a, { type: '__proto__' }, { code: 'UNKNOWN_TYPE' })
+  await expectError(t, a, { type: 'toString' }, { code: 'UNKNOWN_TYPE' })
+})
+
+t.test('INVALID_ROOM for names outside 1-128 of A-Z a-z 0-9 _ - . :', async (t) => {
+  const { wsUrl } = await startApp(t)
+  const a = await TestSocket.open(wsUrl)
+  t.teardown(() => a.close())
+  for (const room of ['', 'has space', 'x'.repeat(129), 'é', 'a/b', 7, null]) {
+    await expectError(t, a, { type: 'join', room, id: 'j' }, { code: 'INVALID_ROOM', id: 'j' })
+  }
+  await expectError(t, a, { type: 'publish', room: 'no#hash', data: 1 }, { code: 'INVALID_ROOM' })
+  const ok = await a.join('A-z_0.9:' + 'x'.repeat(120))
+  t.equal(ok.type, 'joined', 'every allowed character and 128 characters are accepted')
+})
+
+t.test('NOT_IN_ROOM for publish and leave outside a room', async (t) => {
+  const { wsUrl } = await startApp(t)
+  const a = await TestSocket.open(wsUrl)
+  t.teardown(() => a.close())
+  await expectError(t, a, { type: 'publish', room: 'r', data: 1, id: 1 }, { code: 'NOT_IN_ROOM', id: 1, room: 'r' })
+  await expectError(t, a, { type: 'leave', room: 'r', id: 2 }, { code: 'NOT_IN_ROOM', id: 2, room: 'r' })
+  await a.join('r')
+  await a.request({ type: 'leave', room: 'r' })
+  await expectError(t, a, { type: 'publish', room: 'r', data: 1, id: 3 }, { code: 'NOT_IN_ROOM', id: 3 })
+})
+
+t.test('PAYLOAD_TOO_LARGE for data over maxMessageBytes; nothing is published', async (t) => {
+  const { wsUrl, app } = await startApp(t, { maxMessageBytes: 1000, maxFrameBytes: 4000 })
+  const a = await TestSocket.open(wsUrl)
+  t.teardown(() => a.close())
+  await a.join('r')
+  await expectError(t, a, { type: 'publish', room: 'r', id: 1, data: 'x'.repeat(1000) }, { code: 'PAYLOAD_TOO_LARGE', id: 1, room: 'r' })
+  t.equal((await app.rooms.get('r'))?.offset, 0, 'nothing was published')
+  const ack = await a.request({ type: 'publish', room: 'r', data: 'x'.repeat(990) })
+  t.equal(ack.offset, 1, 'data just under the limit goes through')
+})
+
+t.test('a frame over maxFrameBytes closes with 1009', async (t) => {
+  const { wsUrl } = await startApp(t, { maxMessageBytes: 1000, maxFrameBytes: 4000 })
+  const a = await TestSocket.open(wsUrl)
+  a.send({ type: 'publish', room: 'r', data: 'x'.repeat(5000) })
+  t.equal((await a.closed).code, 1009)
+})
+
+t.test('INVALID_DATA names the failing path', async (t) => {
+  const dataSchema = Type.Object({ text: Type.String({ maxLength: 10 }), tags: Type.Optional(Type.Array(Type.String())) })
+  const { wsUrl } = await startApp(t, { dataSchema })
+  const a = await TestSocket.open(wsUrl)
+  t.teardown(() => a.close())
+  await a.join('r')
+  await expectError(t, a, { type: 'publish', room: 'r', id: 1, data: { text: 5 } }, { code: 'INVALID_DATA', id: 1, room: 'r', message: /\/data\/text/ })
+  await expectError(t, a, { type: 'publish', room: 'r', id: 2, data: { text: 'ok', tags: ['a', 3] } }, { code: 'INVALID_DATA', message: /\/data\/tags\/1/ })
+  await expectError(t, a, { type: 'publish', room: 'r', id: 3, data: {} }, { code: 'INVALID_DATA', message: /text/ })
+  await expectError(t, a, { type: 'publish', room: 'r', id: 4, data: 'str' }, { code: 'INVALID_DATA', message: /\/data/ })
+  t.equal((await a.request({ type: 'publish', room: 'r', data: { text: 'fine' } })).offset, 1)
+})
+
+t.test('TOO_MANY_ROOMS past maxRoomsPerConnection', async (t) => {
+  const { wsUrl } = await startApp(t, { maxRoomsPerConnection: 2 })
+  const a = await TestSocket.open(wsUrl)
+  t.teardown(() => a.close())
+  await a.join('r1')
+  await a.join('r2')
+  await expectError(t, a, { type: 'join', room: 'r3', id: 3 }, { code: 'TOO_MANY_ROOMS', id: 3, room: 'r3' })
+  t.equal((await a.join('r2')).type, 'joined', 'rejoining a room one is in does not count')
+  await a.request({ type: 'leave', room: 'r1' })
+  t.equal((await a.join('r3')).type, 'joined', 'after a leave there is room again')
+})
+
+t.test('ROOM_FULL past maxMembersPerRoom; a second tab of a member still gets in', async (t) => {
+  const { wsUrl, app } = await startApp(t, {
+    maxMembersPerRoom: 1,
+    authenticate: (request) => ({ id: String(request.headers['x-user']), name: String(request.headers['x-user']) })
+  })
+  const a1 = await TestSocket.open(wsUrl, { headers: { 'x-user': 'a' } })
+  const a2 = await TestSocket.open(wsUrl, { headers: { 'x-user': 'a' } })
+  const b = await TestSocket.open(wsUrl, { headers: { 'x-user': 'b' } })
+  t.teardown(() => Promise.all([a1.close(), a2.close(), b.close()]))
+  await a1.join('r')
+  await expectError(t, b, { type: 'join', room: 'r', id: 1 }, { code: 'ROOM_FULL', id: 1, room: 'r' })
+  t.equal((await a2.join('r')).type, 'joined')
+  await expectError(t, b, { type: 'publish', room: 'r', data: 1 }, { code: 'NOT_IN_ROOM' })
+  t.same((await app.rooms.get('r'))?.members, [{ id: 'a', name: 'a' }], 'the refused join left no trace')
+})

@@ -1,0 +1,136 @@
+import t from 'tap'
+import { connect } from 'node:net'
+import { once } from 'node:events'
+import { forbidden } from '../src/index.js'
+import { startApp } from './helpers/server.js'
+import { TestSocket } from './helpers/socket.js'
+
+t.test('authenticate: its user is the identity; nothing or a throw is 401 before the upgrade', async (t) => {
+  const { wsUrl } = await startApp(t, {
+    authenticate: async (request) => {
+      const token = request.headers.authorization
+      if (token === 'Bearer boom') throw new Error('token store down')
+      return token === 'Bearer good' ? { id: 'u-1', name: 'Ada', plan: 'pro' } : undefined
+    }
+  })
+  const a = await TestSocket.open(wsUrl, { headers: { authorization: 'Bearer good' } })
+  t.teardown(() => a.close())
+  t.same(a.welcome.user, { id: 'u-1', name: 'Ada', plan: 'pro' })
+  for (const headers of [{}, { authorization: 'Bearer bad' }, { authorization: 'Bearer boom' }]) {
+    const refused = await TestSocket.refused(wsUrl, { headers })
+    t.equal(refused.status, 401)
+    t.match(refused.body, { statusCode: 401, code: 'UNAUTHORIZED', error: 'Unauthorized' })
+  }
+})
+
+t.test('authenticate returning a malformed user is a server error, not a connection', async (t) => {
+  const { wsUrl } = await startApp(t, { authenticate: () => ({ name: 'no id' }) as never })
+  t.equal((await TestSocket.refused(wsUrl)).status, 500)
+})
+
+t.test('anonymous names: 1-32 printable characters, else 400', async (t) => {
+  const { wsUrl } = await startApp(t)
+  const ok = await TestSocket.open(`${wsUrl}?name=${encodeURIComponent('Zoë 🦊')}`)
+  t.teardown(() => ok.close())
+  t.equal(ok.welcome.user.name, 'Zoë 🦊')
+  for (const name of ['x'.repeat(33), 'bell\u0007', 'new\nline', '   ']) {
+    const refused = await TestSocket.refused(`${wsUrl}?name=${encodeURIComponent(name)}`)
+    t.equal(refused.status, 400, JSON.stringify(name))
+    t.equal(refused.body.code, 'INVALID_NAME')
+  }
+})
+
+t.test('onJoin: false or forbidden() refuse with FORBIDDEN; the room is untouched', async (t) => {
+  const seen: string[] = []
+  const { wsUrl, app } = await startApp(t, {
+    onJoin: async ({ room, user, connectionId, request }) => {
+      seen.push(`${room}:${user.name}:${typeof connectionId}:${typeof request.headers}`)
+      if (room === 'secret') return false
+      if (room.startsWith('vip')) throw forbidden('VIP rooms need a VIP pass.')
+      return true
+    }
+  })
+  const a = await TestSocket.open(`${wsUrl}?name=ada`)
+  t.teardown(() => a.close())
+  t.match(await a.join('secret'), { type: 'error', code: 'FORBIDDEN', room: 'secret', message: /may not join/ })
+  t.match(await a.join('vip-lounge'), { type: 'error', code: 'FORBIDDEN', room: 'vip-lounge', message: 'VIP rooms need a VIP pass.' })
+  t.equal(await app.rooms.get('secret'), null)
+  t.equal((await a.join('open')).type, 'joined')
+  t.same(seen, ['secret:ada:string:object', 'vip-lounge:ada:string:object', 'open:ada:string:object'])
+})
+
+t.test('onPublish: refuse, transform, or pass through', async (t) => {
+  const { wsUrl, app } = await startApp(t, {
+    onPublish: ({ data, user }) => {
+      const text = (data as { text?: string }).text ?? ''
+      if (text.includes('spam')) return false
+      if (text.includes('shout')) throw forbidden('No shouting here.')
+      if (text.includes('darn')) return { data: { text: text.replaceAll('darn', '****'), by: user.name } }
+      return undefined
+    }
+  })
+  const a = await TestSocket.open(`${wsUrl}?name=ada`)
+  t.teardown(() => a.close())
+  await a.join('r')
+  t.match(await a.request({ type: 'publish', room: 'r', data: { text: 'buy spam' } }), { type: 'error', code: 'FORBIDDEN', room: 'r' })
+  t.match(await a.request({ type: 'publish', room: 'r', data: { text: 'shout' } }), { type: 'error', code: 'FORBIDDEN', message: 'No shouting here.' })
+  t.equal((await app.rooms.get('r'))?.offset, 0, 'refused publishes got no offset')
+  t.same(await a.request({ type: 'publish', room: 'r', data: { text: 'oh darn' } }), { type: 'ack', id: 4, room: 'r', offset: 1 })
+  t.same((await a.next((f) => f.type === 'message')).data, { text: 'oh ****', by: 'ada' }, 'members get the transformed data')
+  await a.request({ type: 'publish', room: 'r', data: { text: 'plain' } })
+  t.same((await a.next((f) => f.type === 'message')).data, { text: 'plain' })
+})
+
+t.test('a hook that throws something else gives INTERNAL, logs the details, and harms nobody', async (t) => {
+  const logged: Array<Record<string, unknown>> = []
+  const stream = { write: (line: string) => { logged.push(JSON.parse(line)) } }
+  const { wsUrl } = await startApp(t, {
+    onJoin: ({ room }) => { if (room === 'bad') throw new Error('database password is hunter2') },
+    onPublish: async ({ data }) => { if (data === 'boom') throw new TypeError('secret detail') }
+  }, undefined, { logger: { level: 'error', stream } })
+  const a = await TestSocket.open(wsUrl)
+  const b = await TestSocket.open(wsUrl)
+  t.teardown(() => Promise.all([a.close(), b.close()]))
+  const error = await a.join('bad')
+  t.match(error, { type: 'error', code: 'INTERNAL', room: 'bad', id: 1 })
+  t.notMatch(error.message, /hunter2/, 'details stay on the server')
+  await a.join('ok')
+  await b.join('ok')
+  t.match(await a.request({ type: 'publish', room: 'ok', data: 'boom' }), { code: 'INTERNAL' })
+  t.equal((await b.request({ type: 'publish', room: 'ok', data: 'fine' })).offset, 1, 'others keep going')
+  t.equal((await a.request({ type: 'publish', room: 'ok', data: 'fine too' })).offset, 2, 'and so does the one that hit the error')
+  const entries = logged.filter((l) => l.msg === 'fastify-rooms: a hook or the adapter failed')
+  t.equal(entries.length, 2)
+  t.match(entries[0], { connectionId: a.welcome.connectionId, room: 'bad', err: { message: 'database password is hunter2' } })
+})
+
+t.test('frames of one connection are handled in order even when hooks are slow', async (t) => {
+  let first = true
+  const { wsUrl } = await startApp(t, {
+    onPublish: async () => {
+      // The first publish's hook resolves last; order must still hold.
+      if (first) { first = false; await new Promise((resolve) => setImmediate(resolve)); await new Promise((resolve) => setImmediate(resolve)) }
+    }
+  })
+  const a = await TestSocket.open(wsUrl)
+  t.teardown(() => a.close())
+  a.send({ type: 'join', room: 'r' })
+  for (let i = 0; i < 5; i++) a.send({ type: 'publish', room: 'r', data: i, id: i })
+  const messages = []
+  for (let i = 0; i < 5; i++) messages.push(await a.next((f) => f.type === 'message'))
+  t.same(messages.map((m) => [m.offset, m.data]), [[1, 0], [2, 1], [3, 2], [4, 3], [5, 4]])
+})
+
+t.test('the server closes the socket of a refused upgrade even when the client would keep it open', async (t) => {
+  const { url } = await startApp(t, { authenticate: () => undefined })
+  const { port } = new URL(url)
+  const socket = connect(Number(port), '127.0.0.1')
+  let response = ''
+  socket.on('data', (chunk) => { response += chunk.toString() })
+  socket.write([
+    'GET /ws HTTP/1.1', `Host: 127.0.0.1:${port}`, 'Connection: Upgrade', 'Upgrade: websocket',
+    'Sec-WebSocket-Version: 13', 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==', '', ''
+  ].join('\r\n'))
+  await once(socket, 'close')
+  t.match(response, /^HTTP\/1\.1 401 /, 'refused with 401, then closed by the server')
+})

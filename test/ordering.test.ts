@@ -1,0 +1,41 @@
+import t from 'tap'
+import { startApp } from './helpers/server.js'
+import { TestSocket } from './helpers/socket.js'
+
+t.test('1,000 rapid publishes from several clients: no loss, no duplicate, no reordering', async (t) => {
+  const { wsUrl } = await startApp(t)
+  const publishers = 5
+  const perPublisher = 200
+  const total = publishers * perPublisher
+  const clients = await Promise.all(Array.from({ length: publishers + 2 }, async () => await TestSocket.open(wsUrl)))
+  t.teardown(() => Promise.all(clients.map(async (c) => await c.close())))
+  for (const c of clients) await c.join('busy')
+
+  const received = clients.map(() => [] as Array<{ offset: number, data: { p: number, n: number } }>)
+  const done = clients.map((c, i) => new Promise<void>((resolve) => {
+    c.ws.on('message', (raw) => {
+      const frame = JSON.parse(raw.toString())
+      if (frame.type !== 'message') return
+      received[i]!.push(frame)
+      if (received[i]!.length === total) resolve()
+    })
+  }))
+  // Every publisher fires all its frames at once, without waiting for acks.
+  for (let p = 0; p < publishers; p++) {
+    for (let n = 0; n < perPublisher; n++) clients[p]!.send({ type: 'publish', room: 'busy', id: `p${p}-${n}`, data: { p, n } })
+  }
+  await Promise.all(done)
+
+  for (const [i, list] of received.entries()) {
+    t.same(list.map((m) => m.offset), Array.from({ length: total }, (_, k) => k + 1), `client ${i}: offsets 1..${total} once each, in order`)
+    for (let p = 0; p < publishers; p++) {
+      const mine = list.filter((m) => m.data.p === p).map((m) => m.data.n)
+      t.same(mine, Array.from({ length: perPublisher }, (_, k) => k), `client ${i}: publisher ${p}'s messages in the order sent`)
+    }
+  }
+  for (let p = 0; p < publishers; p++) {
+    const acks = clients[p]!.frames.filter((f) => f.type === 'ack')
+    t.equal(acks.length, perPublisher, `publisher ${p} got one ack per publish`)
+    t.ok(acks.every((a, k) => a.id === `p${p}-${k}`), 'acks come in publish order')
+  }
+})

@@ -1,0 +1,69 @@
+import t from 'tap'
+import Fastify from 'fastify'
+import WebSocket from 'ws'
+import rooms from '../src/index.js'
+import { TestSocket } from './helpers/socket.js'
+import { until } from './helpers/until.js'
+
+function resources (): Record<string, number> {
+  const counts: Record<string, number> = {}
+  for (const name of process.getActiveResourcesInfo()) counts[name] = (counts[name] ?? 0) + 1
+  return counts
+}
+
+t.test('app.close(): every client gets 1001, every member is removed, no handle stays open', async (t) => {
+  const before = resources()
+  const app = Fastify()
+  await app.register(rooms, { heartbeatMs: 50 })
+  let roomsAtClose: unknown
+  app.addHook('onClose', async () => { roomsAtClose = await app.rooms.list() })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const url = `ws://127.0.0.1:${(app.server.address() as { port: number }).port}/ws`
+  const clients = await Promise.all([1, 2, 3].map(async () => await TestSocket.open(url)))
+  for (const c of clients) await c.join('r')
+  await clients[0]!.join('s')
+
+  await app.close()
+  for (const c of clients) t.equal((await c.closed).code, 1001)
+  t.same(roomsAtClose, { rooms: [], next: null }, 'no member was left in any room')
+  t.equal(app.rooms.connections, 0)
+  for (const kind of ['TCPServerWrap', 'TCPSocketWrap', 'Timeout']) {
+    // Node releases a closed handle a turn or two after its close callback.
+    await until(() => (resources()[kind] ?? 0) <= (before[kind] ?? 0), `no ${kind} is left open`)
+    t.equal(resources()[kind] ?? 0, before[kind] ?? 0, `no ${kind} left open`)
+  }
+})
+
+t.test('close finishes within closeTimeoutMs even when a client never answers the close', async (t) => {
+  const app = Fastify()
+  await app.register(rooms, { closeTimeoutMs: 200 })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const url = `ws://127.0.0.1:${(app.server.address() as { port: number }).port}/ws`
+  const stuck = await TestSocket.open(url)
+  // Stop reading: the client never sees the close frame, so it never answers it.
+  ;(stuck.ws as unknown as { _socket: { pause: () => void } })._socket.pause()
+  const started = Date.now()
+  await app.close()
+  const took = Date.now() - started
+  t.ok(took < 5_000, `closed in ${took} ms, bounded by closeTimeoutMs rather than ws's 30 s`)
+  stuck.ws.terminate()
+})
+
+t.test('upgrades during shutdown are refused', async (t) => {
+  const app = Fastify()
+  await app.register(rooms, { closeTimeoutMs: 5_000 })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const url = `ws://127.0.0.1:${(app.server.address() as { port: number }).port}/ws`
+  const holder = await TestSocket.open(url)
+  ;(holder.ws as unknown as { _socket: { pause: () => void } })._socket.pause()
+  const closing = app.close()
+  const late = new WebSocket(url)
+  const outcome = await new Promise<string>((resolve) => {
+    late.once('open', () => resolve('open'))
+    late.once('unexpected-response', (_req, res) => resolve(String(res.statusCode)))
+    late.once('error', () => resolve('error'))
+  })
+  t.not(outcome, 'open', `a new connection during shutdown is not accepted (${outcome})`)
+  holder.ws.terminate()
+  await closing
+})
