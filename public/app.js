@@ -130,7 +130,10 @@ async function refreshRooms () {
   if (config.prefix === false) return
   let page
   try {
-    page = await (await fetch(`${config.prefix}?limit=100`)).json()
+    const res = await fetch(`${config.prefix}?limit=100`)
+    // While the server restarts the list is unavailable; keep the last one shown.
+    if (!res.ok) return
+    page = await res.json()
   } catch {
     return
   }

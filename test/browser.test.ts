@@ -1,0 +1,83 @@
+import t from 'tap'
+import { mkdirSync } from 'node:fs'
+import Fastify, { type FastifyInstance } from 'fastify'
+import type { Page } from 'playwright-core'
+import rooms from '../src/index.js'
+import { CHROMIUM, launchChromium } from './helpers/browser.js'
+import { needs } from './helpers/needs.js'
+
+const skip = needs(CHROMIUM, 'apt-get install -y chromium')
+const output = new URL('./output/', import.meta.url)
+
+async function demoApp (port = 0): Promise<FastifyInstance> {
+  const app = Fastify()
+  await app.register(rooms, { demo: true, heartbeatMs: 1000 })
+  await app.listen({ port, host: '127.0.0.1' })
+  return app
+}
+
+async function enter (page: Page, url: string, nickname: string): Promise<void> {
+  await page.goto(url)
+  await page.fill('#nickname', nickname)
+  await page.click('#login button')
+  await page.waitForSelector('#room-title:text("# lobby")')
+}
+
+async function say (page: Page, text: string): Promise<void> {
+  await page.fill('#text', text)
+  await page.press('#text', 'Enter')
+}
+
+const messageFrom = (who: string, text: string): string => `#messages li:has(.who:text-is("${who}")):has(.text:text-is("${text}"))`
+
+t.test('the demo page in real Chromium: two people chat both ways and see each other', { skip }, async (t) => {
+  let app = await demoApp()
+  const port = (app.server.address() as { port: number }).port
+  const url = `http://127.0.0.1:${port}/`
+  t.teardown(async () => await app.close())
+  const browser = await launchChromium()
+  t.teardown(async () => await browser.close())
+  const errors: string[] = []
+  const ada = await browser.newPage()
+  const bob = await browser.newPage({ viewport: { width: 390, height: 800 } })
+  for (const page of [ada, bob]) page.on('pageerror', (err) => errors.push(err.message))
+
+  await enter(ada, url, 'ada')
+  await enter(bob, url, 'bob')
+  await ada.waitForSelector('#members li:text-is("bob")')
+  await bob.waitForSelector('#members li:text-is("ada")')
+  await ada.waitForSelector('#messages .event:text-is("bob joined")')
+
+  await say(ada, 'hello bob')
+  await bob.waitForSelector(messageFrom('ada', 'hello bob'))
+  await say(bob, 'hi ada')
+  await ada.waitForSelector(messageFrom('bob', 'hi ada'))
+  await ada.waitForSelector('#rooms li[data-room="lobby"] .n:text-is("2")')
+  t.equal(await ada.textContent('#state'), 'open')
+
+  // Switch rooms: bob moves to "random" and ada sees him leave the lobby.
+  await bob.fill('#room-name', 'random')
+  await bob.press('#room-name', 'Enter')
+  await bob.waitForSelector('#room-title:text("# random")')
+  await ada.waitForSelector('#messages .event:text-is("bob left")')
+  await ada.waitForSelector('#rooms li[data-room="random"]')
+  await bob.click('#rooms li[data-room="lobby"]')
+  await bob.waitForSelector('#room-title:text("# lobby")')
+  await ada.waitForSelector('#members li:text-is("bob")')
+
+  mkdirSync(output, { recursive: true })
+  await ada.screenshot({ path: new URL('demo-desktop.png', output).pathname })
+  await bob.screenshot({ path: new URL('demo-phone.png', output).pathname })
+
+  // Restart the server on the same port: the pages reconnect, rejoin, say they had a gap, and chat on.
+  await app.close()
+  await ada.waitForSelector('#state:text-is("reconnecting")')
+  app = await demoApp(port)
+  await ada.waitForSelector('#state:text-is("open")')
+  await bob.waitForSelector('#state:text-is("open")')
+  await ada.waitForSelector('#messages .event:text-is("reconnected: some messages could not be recovered")')
+  await ada.waitForSelector('#members li:text-is("bob")')
+  await say(bob, 'still here')
+  await ada.waitForSelector(messageFrom('bob', 'still here'))
+  t.same(errors, [], 'no errors in the pages')
+})

@@ -1,0 +1,157 @@
+import t from 'tap'
+import WebSocket from 'ws'
+import { connect, RoomsClient, RoomsClientError, type RoomMessage, type ConnectionState } from '../src/client/index.js'
+import { startApp } from './helpers/server.js'
+
+const Impl = WebSocket as never
+
+/** Resolve with the next value a handler is called with. */
+async function nextEvent<T> (on: (handler: (value: T) => void) => () => void, match: (value: T) => boolean = () => true): Promise<T> {
+  return await new Promise((resolve) => {
+    const off = on((value) => {
+      if (!match(value)) return
+      off()
+      resolve(value)
+    })
+  })
+}
+
+t.test('connect, welcome, join with members, publish resolving with the offset, messages and presence', async (t) => {
+  const { wsUrl } = await startApp(t)
+  const ada = await connect(wsUrl, { WebSocket: Impl, name: 'ada' })
+  const bob = await RoomsClient.connect(wsUrl, { WebSocket: Impl, name: 'bob' })
+  t.teardown(() => { ada.close(); bob.close() })
+  t.equal(ada.state, 'open')
+  t.equal(ada.user?.name, 'ada')
+  t.type(ada.connectionId, 'string')
+
+  const adaRoom = await ada.join('lobby')
+  t.same(adaRoom.members.map((m) => m.name), ['ada'])
+  const presence = nextEvent((h) => adaRoom.on('presence', h))
+  const bobRoom = await bob.join('lobby')
+  t.same(bobRoom.members.map((m) => m.name), ['ada', 'bob'])
+  t.match(await presence, { event: 'join', member: { name: 'bob' }, count: 2 })
+  t.same(adaRoom.members.map((m) => m.name), ['ada', 'bob'], 'members follow presence')
+
+  const got = nextEvent<RoomMessage>((h) => bobRoom.on('message', h))
+  const offset = await adaRoom.publish({ text: 'hi' })
+  t.equal(offset, 1)
+  t.match(await got, { room: 'lobby', data: { text: 'hi' }, offset: 1, from: { name: 'ada' } })
+  t.equal(bobRoom.offset, 1)
+  t.equal(await ada.join('lobby'), adaRoom, 'joining again returns the same handle')
+  t.equal(ada.room('lobby'), adaRoom)
+
+  const left = nextEvent((h) => adaRoom.on('presence', h))
+  await bobRoom.leave()
+  t.match(await left, { event: 'leave', member: { name: 'bob' }, count: 1 })
+  t.equal(bob.room('lobby'), undefined)
+  t.ok((await ada.ping()) >= 0)
+})
+
+t.test('refusals reject with the server error code', async (t) => {
+  const { wsUrl } = await startApp(t, { onJoin: ({ room }) => room !== 'private', maxMessageBytes: 100, maxFrameBytes: 1000 })
+  const client = await connect(wsUrl, { WebSocket: Impl })
+  t.teardown(() => client.close())
+  await t.rejects(client.join('private'), { name: 'RoomsClientError', code: 'FORBIDDEN', room: 'private' })
+  t.equal(client.room('private'), undefined, 'a refused join leaves no handle')
+  await t.rejects(client.join('bad name'), { code: 'INVALID_ROOM' })
+  const room = await client.join('open')
+  await t.rejects(room.publish('x'.repeat(200)), { code: 'PAYLOAD_TOO_LARGE' })
+  t.equal(await room.publish('small'), 1, 'still usable')
+})
+
+t.test('direct frames reach client.on("direct")', async (t) => {
+  const { wsUrl, app } = await startApp(t)
+  const client = await connect(wsUrl, { WebSocket: Impl })
+  t.teardown(() => client.close())
+  const direct = nextEvent<unknown>((h) => client.on('direct', h))
+  await app.rooms.send(client.connectionId, { hello: 'you' })
+  t.same(await direct, { hello: 'you' })
+})
+
+t.test('a first connection that fails rejects with CONNECT_FAILED', async (t) => {
+  const { wsUrl } = await startApp(t, { authenticate: () => undefined })
+  await t.rejects(connect(wsUrl, { WebSocket: Impl }), { code: 'CONNECT_FAILED' })
+})
+
+t.test('close() stops everything: pending and later calls reject with CLOSED', async (t) => {
+  const { wsUrl } = await startApp(t)
+  const client = await connect(wsUrl, { WebSocket: Impl })
+  const room = await client.join('r')
+  const states: ConnectionState[] = []
+  client.on('state', (s) => states.push(s))
+  client.close()
+  t.same(states, ['closed'])
+  await t.rejects(room.publish(1), { code: 'CLOSED' })
+  await t.rejects(client.join('other'), { code: 'CLOSED' })
+  t.throws(() => client.reconnect(), { code: 'CLOSED' })
+})
+
+t.test('the client reconnects after the socket is destroyed, rejoins, and resumes with nothing missed', async (t) => {
+  const { wsUrl, app } = await startApp(t)
+  const client = await connect(wsUrl, { WebSocket: Impl, reconnect: { initialDelayMs: 10, maxDelayMs: 50 } })
+  t.teardown(() => client.close())
+  const room = await client.join('r')
+  const offsets: number[] = []
+  room.on('message', (m) => offsets.push(m.offset))
+  await room.publish('one')
+  const states: ConnectionState[] = []
+  client.on('state', (s) => states.push(s))
+
+  const reopened = nextEvent<ConnectionState>((h) => client.on('state', h), (s) => s === 'open')
+  const rejoined = nextEvent<{ recovered: boolean | undefined }>((h) => room.on('joined', h))
+  // Kill the server side of the connection without a close frame, and publish while it is gone.
+  const oldId = client.connectionId
+  const server = [...app.websocketServer.clients][0]!
+  server.terminate()
+  await app.rooms.broadcast('r', 'two')
+  await app.rooms.broadcast('r', 'three')
+  await reopened
+  t.same(await rejoined, { recovered: true })
+  t.not(client.connectionId, oldId, 'a new connection')
+  t.same(states, ['reconnecting', 'open'])
+  await room.publish('four')
+  t.same(offsets, [1, 2, 3, 4], 'every message once, in order, across the reconnect')
+})
+
+t.test('publishes while disconnected are queued, bounded, and sent after the rejoin', async (t) => {
+  const { wsUrl, app } = await startApp(t)
+  const client = await connect(wsUrl, { WebSocket: Impl, maxQueue: 2, reconnect: { initialDelayMs: 10, maxDelayMs: 20 } })
+  t.teardown(() => client.close())
+  const room = await client.join('r')
+  const reconnecting = nextEvent<ConnectionState>((h) => client.on('state', h), (s) => s === 'reconnecting')
+  ;[...app.websocketServer.clients][0]!.terminate()
+  await reconnecting
+  const first = room.publish('queued-1')
+  const second = room.publish('queued-2')
+  await t.rejects(room.publish('overflow'), { code: 'QUEUE_FULL' })
+  t.same(await Promise.all([first, second]), [1, 2], 'queued publishes go out in order once back')
+})
+
+t.test('an ack that never comes rejects with TIMEOUT', async (t) => {
+  const { wsUrl } = await startApp(t, {
+    onPublish: async () => await new Promise<undefined>(() => {})
+  })
+  const client = await connect(wsUrl, { WebSocket: Impl, ackTimeoutMs: 50 })
+  t.teardown(() => client.close())
+  const room = await client.join('r')
+  const err = await room.publish('never acked').catch((e: RoomsClientError) => e)
+  t.match(err, { code: 'TIMEOUT' })
+})
+
+t.test('reconnect: false closes on a drop; explicit reconnect() rejoins', async (t) => {
+  const { wsUrl, app } = await startApp(t)
+  const client = await connect(wsUrl, { WebSocket: Impl, reconnect: false })
+  const room = await client.join('r')
+  const rejoined = nextEvent((h) => room.on('joined', h))
+  client.reconnect()
+  await rejoined
+  t.equal((await app.rooms.get('r'))?.count, 1)
+  const closed = nextEvent<ConnectionState>((h) => client.on('state', h), (s) => s === 'closed')
+  ;[...app.websocketServer.clients][0]!.terminate()
+  t.equal(await closed, 'closed')
+})
+
+t.test('in Node without a WebSocket implementation, connect says what to pass', async (t) => {
+  await t.rejects(connect('ws://127.0.0.1:1/ws'), /No WebSocket implementation: pass options.WebSocket/)
+})
