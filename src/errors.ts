@@ -53,6 +53,8 @@ export function isRoomsError (err: unknown): err is RoomsError {
 
 /** REST: the room has no members (rooms exist while someone is in them). */
 export const RoomNotFoundError = createError<[string]>('ROOM_NOT_FOUND', 'Room "%s" has no members.', 404)
+/** REST history: the room has neither members nor stored messages. */
+export const NoHistoryError = createError<[string]>('ROOM_NOT_FOUND', 'Room "%s" has no members and no stored messages.', 404)
 /** REST and upgrade: a room name outside the contract's alphabet or length. */
 export const InvalidRoomError = createError<[string]>('INVALID_ROOM', '%s', 400)
 /** Upgrade: `authenticate` threw or returned nothing. */

@@ -25,8 +25,8 @@ export interface RoomsApi {
   list (query?: Partial<RoomQuery>): Promise<RoomPage>
   /** A room with its members, or null when nobody is in it. */
   get (room: string): Promise<RoomInfo | null>
-  /** Stored messages of a room after `after`, oldest first. */
-  history (room: string, after?: number, limit?: number): Promise<HistoryPage>
+  /** Stored messages of a room after `after`, oldest first; null when the room has neither members nor history. */
+  history (room: string, after?: number, limit?: number): Promise<HistoryPage | null>
   /** Open connections of this registration on this node. */
   readonly connections: number
 }
@@ -160,7 +160,7 @@ const rooms = fp(roomsPlugin, { fastify: '5.x', name: 'fastify-rooms' })
 export default rooms
 export { rooms }
 
-export { memoryAdapter, MemoryAdapter } from './adapters/memory.js'
+export { memoryAdapter, MemoryAdapter, type MemoryAdapterOptions } from './adapters/memory.js'
 export type { Adapter, AdapterConfig, AdapterListener, JoinResult, RoomInfo, RoomPage, RoomQuery, HistoryPage, StoredMessage } from './adapters/adapter.js'
 export { RoomsError, forbidden, ERROR_CODES, type ErrorCode } from './errors.js'
 export type { RoomsOptions, RoomsHooks, JoinContext, PublishContext, PublishVerdict, RoomsRegister, RoomData, Settings } from './options.js'

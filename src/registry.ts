@@ -109,7 +109,7 @@ export class Registry implements AdapterListener {
     entry.rooms.set(room, membership)
     this.localRoom(room).set(peer.id, membership)
     let result
-    let history: HistoryPage | undefined
+    let history: HistoryPage | null = null
     try {
       result = await this.adapter.join(room, peer.id, peer.user)
       const { since } = request
@@ -129,7 +129,7 @@ export class Registry implements AdapterListener {
     if (request.id !== undefined) joined.id = request.id
     if (request.since !== undefined) joined.recovered = recovered(request.since, result.epoch, result.offset, history)
     peer.sendEncoded(JSON.stringify(joined))
-    if (joined.recovered === true && history !== undefined) {
+    if (joined.recovered === true && history !== null) {
       for (const message of history.messages) peer.sendEncoded(message.frame)
     }
     membership.lastOffset = result.offset
@@ -183,7 +183,7 @@ export class Registry implements AdapterListener {
     return await this.adapter.rooms(query)
   }
 
-  async history (room: string, after: number, limit: number): Promise<HistoryPage> {
+  async history (room: string, after: number, limit: number): Promise<HistoryPage | null> {
     return await this.adapter.history(room, after, limit)
   }
 
@@ -248,10 +248,10 @@ export function notInRoom (room: string): RoomsError {
 }
 
 /** History covers the gap when it starts right after the client's offset and reaches the room's last one. */
-function recovered (since: Position, epoch: string, offset: number, history: HistoryPage | undefined): boolean {
+function recovered (since: Position, epoch: string, offset: number, history: HistoryPage | null): boolean {
   if (since.epoch !== epoch || since.offset > offset) return false
   if (since.offset === offset) return true
-  if (history === undefined || history.epoch !== epoch) return false
+  if (history === null || history.epoch !== epoch) return false
   const { messages } = history
   return messages.length === offset - since.offset && messages[0]?.offset === since.offset + 1
 }

@@ -1,8 +1,8 @@
-import Type from 'typebox'
+import Type, { type Static } from 'typebox'
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { Member, RoomName, invalidRoomMessage } from './protocol.js'
-import { InvalidRoomError, RoomNotFoundError } from './errors.js'
+import { InvalidRoomError, NoHistoryError, RoomNotFoundError } from './errors.js'
 import type { Registry } from './registry.js'
 
 export const HttpError = Type.Object({
@@ -40,6 +40,25 @@ const MAX_ROOM_LENGTH = 128
 
 /** Rooms per page when `limit` is not given. */
 export const DEFAULT_PAGE = 100
+
+export const HistoryQuery = Type.Object({
+  after: Type.Optional(Type.Integer({ minimum: 0, description: 'default 0' })),
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, description: 'default 100' }))
+})
+
+/** A stored message as REST shows it: the `message` frame without its type. */
+export const StoredMessageSchema = Type.Object({
+  room: RoomName,
+  data: Type.Unknown(),
+  offset: Type.Integer(),
+  ts: Type.Integer(),
+  from: Type.Optional(Member)
+})
+
+export const HistoryResponse = Type.Object({
+  messages: Type.Array(StoredMessageSchema),
+  epoch: Type.String()
+})
 
 export interface RoutesOptions {
   registry: Registry
@@ -79,6 +98,21 @@ export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { regist
     const room = await registry.room(request.params.room)
     if (room === null) throw new RoomNotFoundError(request.params.room)
     return room
+  })
+
+  app.get('/:room/messages', {
+    schema: {
+      summary: 'Stored messages of a room after an offset, oldest first',
+      params: RoomParams,
+      querystring: HistoryQuery,
+      response: { 200: HistoryResponse, 400: HttpError, 404: HttpError }
+    }
+  }, async (request) => {
+    const { after = 0, limit = DEFAULT_PAGE } = request.query
+    const page = await registry.history(request.params.room, after, limit)
+    if (page === null) throw new NoHistoryError(request.params.room)
+    // Stored frames are parsed only here, on the rare REST read, so the hot path stores one string.
+    return { epoch: page.epoch, messages: page.messages.map((m) => JSON.parse(m.frame) as Static<typeof StoredMessageSchema>) }
   })
 }
 

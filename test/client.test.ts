@@ -3,7 +3,6 @@ import WebSocket from 'ws'
 import { connect, RoomsClient, RoomsClientError, type RoomMessage, type ConnectionState } from '../src/client/index.js'
 import { startApp } from './helpers/server.js'
 
-const Impl = WebSocket as never
 
 /** Resolve with the next value a handler is called with. */
 async function nextEvent<T> (on: (handler: (value: T) => void) => () => void, match: (value: T) => boolean = () => true): Promise<T> {
@@ -18,8 +17,8 @@ async function nextEvent<T> (on: (handler: (value: T) => void) => () => void, ma
 
 t.test('connect, welcome, join with members, publish resolving with the offset, messages and presence', async (t) => {
   const { wsUrl } = await startApp(t)
-  const ada = await connect(wsUrl, { WebSocket: Impl, name: 'ada' })
-  const bob = await RoomsClient.connect(wsUrl, { WebSocket: Impl, name: 'bob' })
+  const ada = await connect(wsUrl, { WebSocket, name: 'ada' })
+  const bob = await RoomsClient.connect(wsUrl, { WebSocket, name: 'bob' })
   t.teardown(() => { ada.close(); bob.close() })
   t.equal(ada.state, 'open')
   t.equal(ada.user?.name, 'ada')
@@ -50,7 +49,7 @@ t.test('connect, welcome, join with members, publish resolving with the offset, 
 
 t.test('refusals reject with the server error code', async (t) => {
   const { wsUrl } = await startApp(t, { onJoin: ({ room }) => room !== 'private', maxMessageBytes: 100, maxFrameBytes: 1000 })
-  const client = await connect(wsUrl, { WebSocket: Impl })
+  const client = await connect(wsUrl, { WebSocket })
   t.teardown(() => client.close())
   await t.rejects(client.join('private'), { name: 'RoomsClientError', code: 'FORBIDDEN', room: 'private' })
   t.equal(client.room('private'), undefined, 'a refused join leaves no handle')
@@ -62,7 +61,7 @@ t.test('refusals reject with the server error code', async (t) => {
 
 t.test('direct frames reach client.on("direct")', async (t) => {
   const { wsUrl, app } = await startApp(t)
-  const client = await connect(wsUrl, { WebSocket: Impl })
+  const client = await connect(wsUrl, { WebSocket })
   t.teardown(() => client.close())
   const direct = nextEvent<unknown>((h) => client.on('direct', h))
   await app.rooms.send(client.connectionId, { hello: 'you' })
@@ -71,12 +70,12 @@ t.test('direct frames reach client.on("direct")', async (t) => {
 
 t.test('a first connection that fails rejects with CONNECT_FAILED', async (t) => {
   const { wsUrl } = await startApp(t, { authenticate: () => undefined })
-  await t.rejects(connect(wsUrl, { WebSocket: Impl }), { code: 'CONNECT_FAILED' })
+  await t.rejects(connect(wsUrl, { WebSocket }), { code: 'CONNECT_FAILED' })
 })
 
 t.test('close() stops everything: pending and later calls reject with CLOSED', async (t) => {
   const { wsUrl } = await startApp(t)
-  const client = await connect(wsUrl, { WebSocket: Impl })
+  const client = await connect(wsUrl, { WebSocket })
   const room = await client.join('r')
   const states: ConnectionState[] = []
   client.on('state', (s) => states.push(s))
@@ -89,7 +88,7 @@ t.test('close() stops everything: pending and later calls reject with CLOSED', a
 
 t.test('the client reconnects after the socket is destroyed, rejoins, and resumes with nothing missed', async (t) => {
   const { wsUrl, app } = await startApp(t)
-  const client = await connect(wsUrl, { WebSocket: Impl, reconnect: { initialDelayMs: 10, maxDelayMs: 50 } })
+  const client = await connect(wsUrl, { WebSocket, reconnect: { initialDelayMs: 10, maxDelayMs: 50 } })
   t.teardown(() => client.close())
   const room = await client.join('r')
   const offsets: number[] = []
@@ -116,7 +115,7 @@ t.test('the client reconnects after the socket is destroyed, rejoins, and resume
 
 t.test('publishes while disconnected are queued, bounded, and sent after the rejoin', async (t) => {
   const { wsUrl, app } = await startApp(t)
-  const client = await connect(wsUrl, { WebSocket: Impl, maxQueue: 2, reconnect: { initialDelayMs: 10, maxDelayMs: 20 } })
+  const client = await connect(wsUrl, { WebSocket, maxQueue: 2, reconnect: { initialDelayMs: 10, maxDelayMs: 20 } })
   t.teardown(() => client.close())
   const room = await client.join('r')
   const reconnecting = nextEvent<ConnectionState>((h) => client.on('state', h), (s) => s === 'reconnecting')
@@ -132,7 +131,7 @@ t.test('an ack that never comes rejects with TIMEOUT', async (t) => {
   const { wsUrl } = await startApp(t, {
     onPublish: async () => await new Promise<undefined>(() => {})
   })
-  const client = await connect(wsUrl, { WebSocket: Impl, ackTimeoutMs: 50 })
+  const client = await connect(wsUrl, { WebSocket, ackTimeoutMs: 50 })
   t.teardown(() => client.close())
   const room = await client.join('r')
   const err = await room.publish('never acked').catch((e: RoomsClientError) => e)
@@ -141,7 +140,7 @@ t.test('an ack that never comes rejects with TIMEOUT', async (t) => {
 
 t.test('reconnect: false closes on a drop; explicit reconnect() rejoins', async (t) => {
   const { wsUrl, app } = await startApp(t)
-  const client = await connect(wsUrl, { WebSocket: Impl, reconnect: false })
+  const client = await connect(wsUrl, { WebSocket, reconnect: false })
   const room = await client.join('r')
   const rejoined = nextEvent((h) => room.on('joined', h))
   client.reconnect()

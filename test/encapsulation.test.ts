@@ -47,6 +47,6 @@ t.test('sibling registrations without a root @fastify/websocket fail with a clea
   const app = Fastify()
   app.register(async (child) => { await child.register(rooms) })
   app.register(async (child) => { await child.register(rooms, { path: '/two', prefix: '/two' }) })
-  await t.rejects(app.ready(), /register @fastify\/websocket once at the root/)
+  await t.rejects(async () => { await app.ready() }, /register @fastify\/websocket once at the root/)
   await app.close().catch(() => {})
 })

@@ -16,7 +16,8 @@ t.test('authenticate: its user is the identity; nothing or a throw is 401 before
   const a = await TestSocket.open(wsUrl, { headers: { authorization: 'Bearer good' } })
   t.teardown(() => a.close())
   t.same(a.welcome.user, { id: 'u-1', name: 'Ada', plan: 'pro' })
-  for (const headers of [{}, { authorization: 'Bearer bad' }, { authorization: 'Bearer boom' }]) {
+  const attempts: Array<Record<string, string>> = [{}, { authorization: 'Bearer bad' }, { authorization: 'Bearer boom' }]
+  for (const headers of attempts) {
     const refused = await TestSocket.refused(wsUrl, { headers })
     t.equal(refused.status, 401)
     t.match(refused.body, { statusCode: 401, code: 'UNAUTHORIZED', error: 'Unauthorized' })

@@ -14,7 +14,7 @@ t.test('invalid options fail registration with a sentence naming the option', as
   ]
   for (const [options, message] of cases) {
     const app = Fastify()
-    await t.rejects(app.register(rooms, options as never).ready(), message, JSON.stringify(options))
+    await t.rejects(async () => { await app.register(rooms, options as never).ready() }, message, JSON.stringify(options))
     await app.close().catch(() => {})
   }
 })

@@ -103,6 +103,6 @@ export interface Adapter {
   room (room: string): Promise<RoomInfo | null>
   /** Rooms with members, sorted by name. */
   rooms (query: RoomQuery): Promise<RoomPage>
-  /** Stored messages after `after`, oldest first. */
-  history (room: string, after: number, limit: number): Promise<HistoryPage>
+  /** Stored messages after `after`, oldest first; null for a room with neither members nor history. */
+  history (room: string, after: number, limit: number): Promise<HistoryPage | null>
 }

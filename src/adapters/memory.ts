@@ -25,7 +25,13 @@ interface RoomState {
  * the history, and every room then starts a new epoch, so clients resuming
  * with an old position learn that they have a gap.
  */
+export interface MemoryAdapterOptions {
+  /** Clock for message timestamps and history expiry (default `Date.now`). */
+  now?: () => number
+}
+
 export class MemoryAdapter implements Adapter {
+  private readonly now: () => number
   private listener: AdapterListener | undefined
   private config: AdapterConfig | undefined
   private readonly states = new Map<string, RoomState>()
@@ -35,12 +41,16 @@ export class MemoryAdapter implements Adapter {
   private readonly withHistory = new Map<string, RoomState>()
   private sweepTimer: NodeJS.Timeout | undefined
 
+  constructor (options: MemoryAdapterOptions = {}) {
+    this.now = options.now ?? Date.now
+  }
+
   async start (listener: AdapterListener, config: AdapterConfig): Promise<void> {
     if (this.listener !== undefined) throw new Error('This adapter is already in use: create one adapter per plugin registration.')
     this.listener = listener
     this.config = config
     const every = Math.min(Math.max(config.historyTtlMs / 2, 1000), 60_000)
-    this.sweepTimer = setInterval(() => this.sweep(Date.now()), every)
+    this.sweepTimer = setInterval(() => this.sweep(this.now()), every)
     this.sweepTimer.unref()
   }
 
@@ -55,7 +65,7 @@ export class MemoryAdapter implements Adapter {
     const { listener, config } = this.started()
     const state = this.state(room)
     const offset = ++state.offset
-    const ts = Date.now()
+    const ts = this.now()
     const frame = encodeMessage(room, data, offset, ts, from)
     if (config.historySize > 0) {
       state.history.push({ offset, frame })
@@ -124,10 +134,12 @@ export class MemoryAdapter implements Adapter {
     return { rooms, next: more && rooms.length > 0 ? (rooms[rooms.length - 1] as { name: string }).name : null }
   }
 
-  async history (room: string, after: number, limit: number): Promise<HistoryPage> {
+  async history (room: string, after: number, limit: number): Promise<HistoryPage | null> {
+    const found = this.states.get(room)
+    if (found !== undefined) this.expire(room, found, this.now())
+    // Expiry may have forgotten the room altogether.
     const state = this.states.get(room)
-    if (state === undefined) return { epoch: '', offset: 0, messages: [] }
-    this.expire(room, state, Date.now())
+    if (state === undefined) return null
     const { history } = state
     const first = history.length > 0 ? (history[0] as StoredMessage).offset : state.offset + 1
     const start = Math.max(0, after + 1 - first)
@@ -175,8 +187,8 @@ export class MemoryAdapter implements Adapter {
 }
 
 /** Create the default in-process adapter. */
-export function memoryAdapter (): Adapter {
-  return new MemoryAdapter()
+export function memoryAdapter (options?: MemoryAdapterOptions): Adapter {
+  return new MemoryAdapter(options)
 }
 
 function membersOf (state: RoomState): Member[] {

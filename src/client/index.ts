@@ -11,9 +11,11 @@ export interface WebSocketLike {
   readonly readyState: number
   send (data: string): void
   close (code?: number, reason?: string): void
+  // Events are `any`: the browser's and ws's event classes differ, and handler
+  // parameters are compared contravariantly, so a narrower type would reject ws.
   onopen: ((event: any) => void) | null
-  onmessage: ((event: { data: unknown }) => void) | null
-  onclose: ((event: { code: number, reason: string }) => void) | null
+  onmessage: ((event: any) => void) | null
+  onclose: ((event: any) => void) | null
   onerror: ((event: any) => void) | null
 }
 
@@ -320,8 +322,8 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> {
       return
     }
     this.socket = socket
-    socket.onmessage = (event) => { if (this.socket === socket) this.onFrame(event.data) }
-    socket.onclose = (event) => this.onSocketClosed(socket, event.code, event.reason)
+    socket.onmessage = (event: { data: unknown }) => { if (this.socket === socket) this.onFrame(event.data) }
+    socket.onclose = (event: { code: number, reason: string }) => this.onSocketClosed(socket, event.code, event.reason)
     socket.onerror = () => {}
   }
 

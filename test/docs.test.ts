@@ -1,0 +1,126 @@
+import t, { type Test } from 'tap'
+import { execFile, spawn, type ChildProcess } from 'node:child_process'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { once } from 'node:events'
+import { fileURLToPath } from 'node:url'
+import { promisify } from 'node:util'
+import { startApp } from './helpers/server.js'
+import { TestSocket } from './helpers/socket.js'
+
+/**
+ * Every ```ts block of plugin.md and README.md whose first line is
+ * `// example: NAME` is written out, type-checked against the built package
+ * (imported by its published name) and run here.
+ */
+const root = fileURLToPath(new URL('..', import.meta.url))
+const dir = fileURLToPath(new URL('./output/docs/', import.meta.url))
+
+function examples (file: string): Map<string, string> {
+  const found = new Map<string, string>()
+  const text = readFileSync(new URL(`../${file}`, import.meta.url), 'utf8')
+  for (const match of text.matchAll(/```ts\n\/\/ example: ([\w-]+)\n([\s\S]*?)```/g)) found.set(match[1]!, match[2]!)
+  return found
+}
+
+const all = new Map([...examples('plugin.md'), ...examples('README.md')])
+mkdirSync(dir, { recursive: true })
+for (const [name, code] of all) writeFileSync(`${dir}${name}.ts`, code)
+
+async function freePort (): Promise<number> {
+  const server = createServer().listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const { port } = server.address() as { port: number }
+  await new Promise((resolve) => server.close(resolve))
+  return port
+}
+
+/** Run an example; resolve once it printed `until` (or exited 0 when until is undefined). */
+async function run (t: Test, name: string, env: Record<string, string>, until?: string): Promise<{ child: ChildProcess, output: () => string }> {
+  const child = spawn(process.execPath, ['--import=tsx', `${dir}${name}.ts`], { cwd: root, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  let output = ''
+  child.stdout.on('data', (chunk: Buffer) => { output += chunk.toString() })
+  child.stderr.on('data', (chunk: Buffer) => { output += chunk.toString() })
+  t.teardown(() => { child.kill() })
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.on('data', () => { if (until !== undefined && output.includes(until)) resolve() })
+    child.once('exit', (code) => code === 0 && until === undefined ? resolve() : reject(new Error(`example ${name} exited with ${code}: ${output}`)))
+  })
+  return { child, output: () => output }
+}
+
+t.test('the docs have the examples this test knows how to check', async (t) => {
+  t.same([...all.keys()].sort(), ['node-client', 'quick-start', 'readme-register', 'signed-token-auth', 'two-registrations', 'typed-data'])
+})
+
+t.test('every example type-checks against the published types', async (t) => {
+  for (const name of all.keys()) {
+    // One program per example: typed-data's declaration merging must not leak into the others.
+    const tsconfig = `${dir}tsconfig.${name}.json`
+    writeFileSync(tsconfig, JSON.stringify({ extends: '../../../tsconfig.json', compilerOptions: { noEmit: true, rootDir: '.', types: ['node'] }, files: [`${name}.ts`], include: [] }))
+    const result = await promisify(execFile)(process.execPath, [`${root}node_modules/typescript/bin/tsc`, '-p', tsconfig], { cwd: root }).then(() => '', (err: { stdout: string }) => err.stdout)
+    t.equal(result, '', `${name} compiles`)
+  }
+})
+
+t.test('quick-start: demo page, REST listing, broadcast from a route', async (t) => {
+  const port = await freePort()
+  await run(t, 'quick-start', { PORT: String(port) }, 'listening')
+  const base = `http://127.0.0.1:${port}`
+  const a = await TestSocket.open(`ws://127.0.0.1:${port}/ws`)
+  t.teardown(() => a.close())
+  await a.join('lobby')
+  const res = await fetch(`${base}/announce`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"text":"deploy at 5"}' })
+  t.same(await res.json(), { offset: 1 })
+  t.same((await a.next((f) => f.type === 'message')).data, { text: 'deploy at 5' })
+  t.same(await (await fetch(`${base}/rooms`)).json(), { rooms: [{ name: 'lobby', count: 1 }], next: null })
+  t.match(await (await fetch(`${base}/`)).text(), /<title>fastify-rooms demo<\/title>/)
+})
+
+t.test('readme-register: the README snippet serves rooms and its route broadcasts', async (t) => {
+  const port = await freePort()
+  await run(t, 'readme-register', { PORT: String(port) }, 'listening')
+  const a = await TestSocket.open(`ws://127.0.0.1:${port}/ws`)
+  t.teardown(() => a.close())
+  await a.join('alerts')
+  await fetch(`http://127.0.0.1:${port}/alerts`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"level":"warn"}' })
+  t.same((await a.next((f) => f.type === 'message')).data, { level: 'warn' })
+})
+
+t.test('two-registrations: both instances answer on their own prefixes', async (t) => {
+  const port = await freePort()
+  await run(t, 'two-registrations', { PORT: String(port) }, 'listening')
+  for (const name of ['support', 'sales']) {
+    t.equal((await fetch(`http://127.0.0.1:${port}/${name}/rooms`)).status, 200)
+    const s = await TestSocket.open(`ws://127.0.0.1:${port}/${name}/ws`)
+    await s.close()
+  }
+})
+
+t.test('signed-token-auth: tokens, 401, onJoin and onPublish refusals', async (t) => {
+  const port = await freePort()
+  await run(t, 'signed-token-auth', { PORT: String(port), TOKEN_SECRET: 'test-secret' }, 'listening')
+  const { token } = await (await fetch(`http://127.0.0.1:${port}/token/ada`)).json() as { token: string }
+  const ws = `ws://127.0.0.1:${port}/ws`
+  t.equal((await TestSocket.refused(ws)).status, 401)
+  t.equal((await TestSocket.refused(`${ws}?token=${encodeURIComponent(token.replace(/.$/, (c) => c === 'A' ? 'B' : 'A'))}`)).status, 401)
+  const a = await TestSocket.open(`${ws}?token=${encodeURIComponent(token)}`)
+  t.teardown(() => a.close())
+  t.same(a.welcome.user, { id: 'ada', name: 'ada' })
+  t.match(await a.join('admin:ops'), { code: 'FORBIDDEN' })
+  await a.join('general')
+  t.match(await a.request({ type: 'publish', room: 'general', data: '<script>x</script>' }), { code: 'FORBIDDEN', message: 'Markup is not allowed in messages.' })
+  t.match(await a.request({ type: 'publish', room: 'general', data: 'hello' }), { type: 'ack', offset: 1 })
+})
+
+t.test('typed-data runs to completion', async (t) => {
+  const { output } = await run(t, 'typed-data', {})
+  t.match(output(), /done/)
+})
+
+t.test('node-client: connects, joins, publishes, leaves and closes', async (t) => {
+  const { wsUrl, app } = await startApp(t)
+  const { output } = await run(t, 'node-client', { ROOMS_URL: wsUrl })
+  t.match(output(), /published at offset 1 members: ada/)
+  t.equal(await app.rooms.get('lobby'), null, 'it left')
+})

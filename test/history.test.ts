@@ -1,0 +1,106 @@
+import t from 'tap'
+import { memoryAdapter } from '../src/index.js'
+import { startApp } from './helpers/server.js'
+import { TestSocket } from './helpers/socket.js'
+
+async function get (url: string): Promise<{ status: number, body: any }> {
+  const res = await fetch(url)
+  return { status: res.status, body: await res.json() }
+}
+
+t.test('GET /rooms/:room/messages pages through history with after and limit', async (t) => {
+  const { wsUrl, url, app } = await startApp(t)
+  const a = await TestSocket.open(`${wsUrl}?name=ada`)
+  t.teardown(() => a.close())
+  const { epoch } = await a.join('r')
+  for (let i = 1; i <= 5; i++) await a.request({ type: 'publish', room: 'r', data: { n: i } })
+  await app.rooms.broadcast('r', 'from the server')
+
+  const all = await get(`${url}/rooms/r/messages`)
+  t.equal(all.status, 200)
+  t.equal(all.body.epoch, epoch)
+  t.same(all.body.messages.map((m: { offset: number }) => m.offset), [1, 2, 3, 4, 5, 6])
+  t.match(all.body.messages[0], { room: 'r', data: { n: 1 }, offset: 1, ts: Number, from: { id: a.welcome.user.id, name: 'ada' } })
+  t.notOk('type' in all.body.messages[0], 'REST shows the message without the frame type')
+  t.notOk('from' in all.body.messages[5], 'server messages have no from')
+  t.same((await get(`${url}/rooms/r/messages?after=2&limit=2`)).body.messages.map((m: { offset: number }) => m.offset), [3, 4])
+  t.same((await get(`${url}/rooms/r/messages?after=6`)).body, { messages: [], epoch })
+})
+
+t.test('REST history: 404 for a room with neither members nor history, 400 for bad input', async (t) => {
+  const { url } = await startApp(t)
+  t.match(await get(`${url}/rooms/never/messages`), { status: 404, body: { statusCode: 404, code: 'ROOM_NOT_FOUND' } })
+  t.match(await get(`${url}/rooms/bad%20name/messages`), { status: 400, body: { code: 'INVALID_ROOM' } })
+  for (const q of ['after=-1', 'after=x', 'limit=0', 'limit=1001']) {
+    t.match(await get(`${url}/rooms/r/messages?${q}`), { status: 400, body: { code: 'FST_ERR_VALIDATION' } }, q)
+  }
+})
+
+t.test('history outlives the last member; the room itself does not', async (t) => {
+  const { wsUrl, url } = await startApp(t)
+  const a = await TestSocket.open(wsUrl)
+  t.teardown(() => a.close())
+  const { epoch } = await a.join('r')
+  await a.request({ type: 'publish', room: 'r', data: 'kept' })
+  await a.request({ type: 'leave', room: 'r' })
+  t.equal((await get(`${url}/rooms/r`)).status, 404, 'no members: no room')
+  t.same((await get(`${url}/rooms/r/messages`)).body.messages.map((m: { data: string }) => m.data), ['kept'])
+  t.match(await a.join('r', { since: { offset: 0, epoch } }), { recovered: true, offset: 1, epoch }, 'the same history continues')
+  t.equal((await a.next((f) => f.type === 'message')).data, 'kept')
+})
+
+t.test('historySize keeps the last N messages', async (t) => {
+  const { url, app } = await startApp(t, { historySize: 3 })
+  for (let i = 1; i <= 7; i++) await app.rooms.broadcast('r', i)
+  t.same((await get(`${url}/rooms/r/messages`)).body.messages.map((m: { offset: number }) => m.offset), [5, 6, 7])
+  t.same((await get(`${url}/rooms/r/messages?after=1`)).body.messages.map((m: { offset: number }) => m.offset), [5, 6, 7], 'the first offset above after + 1 tells the caller of the gap')
+})
+
+t.test('historySize 0 keeps nothing: any gap is unrecoverable', async (t) => {
+  const { wsUrl, app } = await startApp(t, { historySize: 0 })
+  const a = await TestSocket.open(wsUrl)
+  const b = await TestSocket.open(wsUrl)
+  t.teardown(() => Promise.all([a.close(), b.close()]))
+  const { epoch } = await a.join('r')
+  await b.join('r')
+  await a.request({ type: 'leave', room: 'r' })
+  await app.rooms.broadcast('r', 1)
+  t.match(await a.join('r', { since: { offset: 0, epoch } }), { recovered: false, offset: 1 })
+})
+
+t.test('historyTtlMs drops a room\'s history that long after its last publish; then a new epoch begins', async (t) => {
+  let now = 1_000_000
+  const { wsUrl, url, app } = await startApp(t, { historyTtlMs: 60_000, adapter: memoryAdapter({ now: () => now }) })
+  await app.rooms.broadcast('r', 'old')
+  now += 59_999
+  t.equal((await get(`${url}/rooms/r/messages`)).body.messages.length, 1, 'kept until the TTL')
+  await app.rooms.broadcast('r', 'refreshes the TTL')
+  now += 59_999
+  t.equal((await get(`${url}/rooms/r/messages`)).body.messages.length, 2)
+  const epoch = (await get(`${url}/rooms/r/messages`)).body.epoch
+  now += 1
+  t.equal((await get(`${url}/rooms/r/messages`)).status, 404, 'expired with no members: forgotten')
+  const a = await TestSocket.open(wsUrl)
+  t.teardown(() => a.close())
+  const rejoined = await a.join('r', { since: { offset: 2, epoch } })
+  t.match(rejoined, { recovered: false, offset: 0 })
+  t.not(rejoined.epoch, epoch)
+})
+
+t.test('maxHistoryRooms: past the cap, the least recently published room loses its history first', async (t) => {
+  const { wsUrl, url, app } = await startApp(t, { maxHistoryRooms: 2 })
+  const a = await TestSocket.open(wsUrl)
+  t.teardown(() => a.close())
+  const { epoch } = await a.join('one')
+  await app.rooms.broadcast('one', 1)
+  await app.rooms.broadcast('two', 2)
+  await app.rooms.broadcast('one', 'one is fresher now')
+  await app.rooms.broadcast('three', 3)
+  t.equal((await get(`${url}/rooms/two/messages`)).status, 404, '"two" was the least recently published')
+  t.equal((await get(`${url}/rooms/one/messages`)).body.messages.length, 2)
+  t.equal((await get(`${url}/rooms/three/messages`)).body.messages.length, 1)
+  await app.rooms.broadcast('four', 4)
+  const one = await get(`${url}/rooms/one/messages`)
+  t.same(one.body, { messages: [], epoch }, 'a room with members keeps its epoch and offsets, but no history')
+  t.equal((await app.rooms.get('one'))?.offset, 2)
+})
