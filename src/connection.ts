@@ -1,7 +1,7 @@
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { WebSocket, RawData } from 'ws'
 import {
-  isFrameError, parseClientFrame, PROTOCOL_VERSION,
+  encodeData, encodeMember, isFrameError, parseClientFrame, PROTOCOL_VERSION,
   type ClientFrame, type DataValidator, type ErrorFrame, type JoinFrame, type Member,
   type PublishFrame, type RequestId, type WelcomeFrame
 } from './protocol.js'
@@ -28,11 +28,18 @@ const noop = (): void => {}
 export class Connection implements Peer {
   readonly id: string
   readonly user: Member
+  /** The user as JSON, encoded once for every message this connection publishes. */
+  private readonly userJson: string
   /** Set by every frame and pong; cleared by each heartbeat round. */
   alive = true
   private readonly socket: WebSocket
   private readonly request: FastifyRequest
   private readonly ctx: ConnectionContext
+  /** Token bucket of the frame rate limit. */
+  private tokens: number
+  private refilledAt = Date.now()
+  /** Frames refused in the current flood; past `frameBurst` the client is not backing off. */
+  private refused = 0
   private busy = false
   private readonly queue: Buffer[] = []
   private closed = false
@@ -42,7 +49,9 @@ export class Connection implements Peer {
     this.request = request
     this.id = id
     this.user = user
+    this.userJson = encodeMember(user)
     this.ctx = ctx
+    this.tokens = ctx.options.frameBurst
   }
 
   /** Register with the registry, say `welcome`, and start reading frames. */
@@ -62,6 +71,9 @@ export class Connection implements Peer {
     if (socket.bufferedAmount > this.ctx.options.maxBufferedBytes) {
       this.ctx.log.warn({ connectionId: this.id, bufferedAmount: socket.bufferedAmount }, 'fastify-rooms: closing a slow consumer')
       this.close(1013, 'Slow consumer: reconnect and resume with since')
+      // A peer that does not read will not read the close frame either: cut it
+      // after the grace time so its buffer is freed, without waiting ws's 30 s.
+      setTimeout(() => socket.terminate(), this.ctx.options.closeTimeoutMs).unref()
       return
     }
     socket.send(frame, { binary: false })
@@ -94,6 +106,7 @@ export class Connection implements Peer {
       this.close(1009, 'Frame too large')
       return
     }
+    if (!this.takeToken()) return
     if (isBinary) {
       this.sendError(new RoomsError('INVALID_FRAME', 'Binary frames are not accepted: send JSON as text frames.'))
       return
@@ -103,6 +116,30 @@ export class Connection implements Peer {
       return
     }
     this.handle(buffer)
+  }
+
+  /**
+   * The per-connection frame rate limit, a token bucket. A refused frame is not
+   * handled and gets `RATE_LIMITED`; a client that keeps flooding through a
+   * whole burst of refusals without backing off is closed with 1008.
+   */
+  private takeToken (): boolean {
+    const { maxFramesPerSecond, frameBurst } = this.ctx.options
+    const now = Date.now()
+    this.tokens = Math.min(frameBurst, this.tokens + (now - this.refilledAt) * maxFramesPerSecond / 1000)
+    this.refilledAt = now
+    if (this.tokens >= 1) {
+      this.tokens -= 1
+      if (this.tokens >= frameBurst / 2) this.refused = 0
+      return true
+    }
+    if (++this.refused > frameBurst) {
+      this.ctx.log.warn({ connectionId: this.id }, 'fastify-rooms: closing a connection that keeps flooding past its rate limit')
+      this.close(1008, 'Rate limit exceeded')
+      return false
+    }
+    this.sendError(new RoomsError('RATE_LIMITED', `Too many frames: at most ${maxFramesPerSecond} per second (bursts of ${frameBurst}); slow down.`))
+    return false
   }
 
   private handle (buffer: Buffer): void {
@@ -166,7 +203,9 @@ export class Connection implements Peer {
     const { room } = frame
     if (!registry.isMember(this, room)) throw notInRoom(room)
     let data = frame.data
-    if (size > options.maxMessageBytes && Buffer.byteLength(JSON.stringify(data)) > options.maxMessageBytes) {
+    let json = encodeData(data, room)
+    // The frame is larger than its data, so only large frames need measuring.
+    if (size > options.maxMessageBytes && Buffer.byteLength(json) > options.maxMessageBytes) {
       throw new RoomsError('PAYLOAD_TOO_LARGE', `Message data is larger than ${options.maxMessageBytes} bytes: send less per message.`, room)
     }
     const invalid = validateData?.(data)
@@ -174,9 +213,12 @@ export class Connection implements Peer {
     if (options.onPublish !== undefined) {
       const verdict = await options.onPublish({ connectionId: this.id, user: this.user, room, data: data as never, request: this.request })
       if (verdict === false) throw forbidden(`You may not publish to room "${room}".`)
-      if (typeof verdict === 'object' && verdict !== null) data = verdict.data
+      if (typeof verdict === 'object' && verdict !== null) {
+        data = verdict.data
+        json = encodeData(data, room)
+      }
     }
-    const offset = await registry.publish(room, data, this.user)
+    const offset = await registry.publish(room, { data: json, from: this.userJson })
     if (frame.id !== undefined) this.sendEncoded(JSON.stringify({ type: 'ack', id: frame.id, room, offset }))
   }
 

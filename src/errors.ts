@@ -53,6 +53,12 @@ export function isRoomsError (err: unknown): err is RoomsError {
 
 /** REST: the room has no members (rooms exist while someone is in them). */
 export const RoomNotFoundError = createError<[string]>('ROOM_NOT_FOUND', 'Room "%s" has no members.', 404)
+/** A protocol error as an HTTP error in Fastify's shape, keeping its code. */
+export function httpError (code: ErrorCode, message: string, statusCode: number): Error {
+  const Err = createError(code, '%s', statusCode)
+  return new Err(message)
+}
+
 /** REST history: the room has neither members nor stored messages. */
 export const NoHistoryError = createError<[string]>('ROOM_NOT_FOUND', 'Room "%s" has no members and no stored messages.', 404)
 /** REST and upgrade: a room name outside the contract's alphabet or length. */

@@ -10,7 +10,7 @@ import { Connection, type ConnectionContext } from './connection.js'
 import { RoomsError } from './errors.js'
 import { resolveOptions, type RoomData, type RoomsOptions } from './options.js'
 import { page } from './page.js'
-import { compileDataValidator, invalidRoomMessage, isRoomName } from './protocol.js'
+import { compileDataValidator, encodeData, invalidRoomMessage, isRoomName } from './protocol.js'
 import { Registry } from './registry.js'
 import { DEFAULT_PAGE, routes } from './routes.js'
 import { upgradeGuard } from './upgrade.js'
@@ -103,6 +103,18 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     await app.register(websocket, { options: { maxPayload: options.maxFrameBytes } })
   }
 
+  /** A publish by the server (`broadcast`, REST): the same checks as a member's publish, no `from`. */
+  async function serverPublish (room: string, data: unknown): Promise<number> {
+    if (!isRoomName(room)) throw new RoomsError('INVALID_ROOM', invalidRoomMessage(room))
+    const json = encodeData(data, room)
+    if (Buffer.byteLength(json) > options.maxMessageBytes) {
+      throw new RoomsError('PAYLOAD_TOO_LARGE', `Message data is larger than ${options.maxMessageBytes} bytes: send less per message.`, room)
+    }
+    const invalid = ctx.validateData?.(data)
+    if (invalid !== undefined) throw new RoomsError('INVALID_DATA', invalid, room)
+    return await registry.publish(room, { data: json })
+  }
+
   const guard = upgradeGuard(options, state)
   app.get(options.path, {
     websocket: true,
@@ -121,18 +133,13 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     connection.start()
   })
 
-  if (options.rest) await app.register(routes, { prefix: options.prefix, registry })
+  if (options.rest) await app.register(routes, { prefix: options.prefix, registry, publish: options.restPublish === undefined ? undefined : { guard: options.restPublish, serverPublish, bodyLimit: options.maxFrameBytes } })
   if (options.demo !== false) {
     await app.register(page, { prefix: options.demo === true ? '/' : options.demo, path: options.path, restPrefix: options.rest ? options.prefix : false })
   }
 
   const api: RoomsApi = {
-    async broadcast (room, data) {
-      if (!isRoomName(room)) throw new RoomsError('INVALID_ROOM', invalidRoomMessage(room))
-      const invalid = ctx.validateData?.(data)
-      if (invalid !== undefined) throw new RoomsError('INVALID_DATA', invalid, room)
-      return await registry.publish(room, data)
-    },
+    broadcast: serverPublish,
     async send (connectionId, data) {
       return await registry.sendDirect(connectionId, data)
     },

@@ -1,6 +1,6 @@
 import Type, { type Static, type TSchema } from 'typebox'
 import { Compile } from 'typebox/compile'
-import type { FastifyRequest } from 'fastify'
+import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Adapter } from './adapters/adapter.js'
 import { describeErrors, type Member } from './protocol.js'
 
@@ -29,6 +29,8 @@ export const SettingsSchema = Type.Object({
   maxMembersPerRoom: Type.Integer({ minimum: 1, default: 10_000 }),
   maxConnections: Type.Integer({ minimum: 1, default: 10_000 }),
   maxBufferedBytes: Type.Integer({ minimum: 1024, default: 4 * 1024 * 1024 }),
+  maxFramesPerSecond: Type.Number({ exclusiveMinimum: 0, default: 100 }),
+  frameBurst: Type.Integer({ minimum: 1, default: 200 }),
   historySize: Type.Integer({ minimum: 0, default: 100 }),
   historyTtlMs: Type.Integer({ minimum: 1, default: 5 * 60_000 }),
   maxHistoryRooms: Type.Integer({ minimum: 1, default: 10_000 }),
@@ -70,25 +72,33 @@ export interface RoomsHooks {
 
 export type PublishVerdict = boolean | undefined | void | { data: RoomData }
 
+/**
+ * Turns on `POST {prefix}/:room/messages` and authorizes it: a Fastify
+ * preHandler that throws (or replies) to refuse, e.g. with a 401.
+ */
+export type RestPublishGuard = (request: FastifyRequest, reply: FastifyReply) => Promise<void> | void
+
 /** Options of `app.register(rooms, options)`; every field is optional. */
 export type RoomsOptions = Partial<Settings> & RoomsHooks & {
   /** Where cluster-wide state lives: `memoryAdapter()` (default) or `redisAdapter(...)`. */
   adapter?: Adapter
   /** A TypeBox schema every published `data` must match (`INVALID_DATA`). */
   dataSchema?: TSchema
+  /** Turns on the REST publish route, guarded by this preHandler; off when absent. */
+  restPublish?: RestPublishGuard
 }
 
-export type ResolvedOptions = Settings & RoomsHooks & { adapter?: Adapter, dataSchema?: TSchema }
+export type ResolvedOptions = Settings & RoomsHooks & { adapter?: Adapter, dataSchema?: TSchema, restPublish?: RestPublishGuard }
 
 const settingsValidator = Compile(SettingsSchema)
-const HOOKS = ['authenticate', 'onJoin', 'onPublish'] as const
+const HOOKS = ['authenticate', 'onJoin', 'onPublish', 'restPublish'] as const
 
 /**
  * Fill defaults and check every option, so a mistake fails `app.register`
  * with a sentence naming the option rather than misbehaving later.
  */
 export function resolveOptions (input: RoomsOptions = {}): ResolvedOptions {
-  const { adapter, dataSchema, authenticate, onJoin, onPublish, ...plain } = input
+  const { adapter, dataSchema, authenticate, onJoin, onPublish, restPublish, ...plain } = input
   const settings = settingsValidator.Default(structuredClone(plain))
   if (!settingsValidator.Check(settings)) {
     throw new TypeError(`fastify-rooms: invalid options: ${describeErrors(settingsValidator.Errors(settings), 'options')}.`)
@@ -104,5 +114,5 @@ export function resolveOptions (input: RoomsOptions = {}): ResolvedOptions {
   if (dataSchema !== undefined && (dataSchema === null || typeof dataSchema !== 'object')) {
     throw new TypeError('fastify-rooms: invalid options: dataSchema must be a TypeBox schema.')
   }
-  return { ...settings, adapter, dataSchema, authenticate, onJoin, onPublish }
+  return { ...settings, adapter, dataSchema, authenticate, onJoin, onPublish, restPublish }
 }

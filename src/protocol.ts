@@ -227,11 +227,50 @@ export function compileDataValidator (schema: TSchema): DataValidator {
   return (data) => validator.Check(data) ? undefined : `Invalid data: ${describeErrors(validator.Errors(data), '/data')}.`
 }
 
-/** Encode a `message` frame once; the same string goes to every member and into history. */
-export function encodeMessage (room: string, data: unknown, offset: number, ts: number, from?: Member): string {
-  const frame: MessageFrame = { type: 'message', room, data, offset, ts }
-  if (from !== undefined) frame.from = from
-  return JSON.stringify(frame)
+/** A publish as it travels to the adapter: data and sender already encoded, once. */
+export interface EncodedPublish {
+  /** `data` as JSON. */
+  data: string
+  /** The publishing member as JSON; absent for server publishes. */
+  from?: string | undefined
+}
+
+/**
+ * Encode published data once, at the edge. Data that cannot be encoded (nested
+ * deeper than the JSON encoder's stack) is refused here, before it could take
+ * an offset.
+ */
+export function encodeData (data: unknown, room: string): string {
+  let json: string | undefined
+  try {
+    json = JSON.stringify(data)
+  } catch {
+    throw new RoomsError('INVALID_DATA', 'Message data cannot be encoded as JSON (nested too deeply, a cycle, or a BigInt): send plain JSON.', room)
+  }
+  if (json === undefined) throw new RoomsError('INVALID_DATA', 'Message data must be a JSON value (not undefined or a function).', room)
+  return json
+}
+
+const memberJson = new WeakMap<Member, string>()
+
+/** A member as JSON, encoded once per member object. */
+export function encodeMember (member: Member): string {
+  let json = memberJson.get(member)
+  if (json === undefined) {
+    json = JSON.stringify(member)
+    memberJson.set(member, json)
+  }
+  return json
+}
+
+/**
+ * Build a `message` frame from pre-encoded parts. Room names are ASCII without
+ * quotes or backslashes (the contract's alphabet), so they need no escaping;
+ * `ts` and `offset` are integers.
+ */
+export function messageFrame (room: string, publish: EncodedPublish, offset: number, ts: number): string {
+  const from = publish.from === undefined ? '' : `,"from":${publish.from}`
+  return `{"type":"message","room":"${room}","data":${publish.data},"offset":${offset},"ts":${ts}${from}}`
 }
 
 /** Encode a `presence` frame. */

@@ -1,6 +1,6 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { Adapter, AdapterListener, HistoryPage, RoomInfo, RoomPage, RoomQuery } from './adapters/adapter.js'
-import type { JoinedFrame, Member, Position, RequestId } from './protocol.js'
+import type { EncodedPublish, JoinedFrame, Member, Position, RequestId } from './protocol.js'
 import { RoomsError } from './errors.js'
 
 /** What the registry needs of a connection: who it is and a way to write encoded frames. */
@@ -165,9 +165,9 @@ export class Registry implements AdapterListener {
     await Promise.all(leaves)
   }
 
-  /** Publish to a room as a member (`from`) or as the server. */
-  async publish (room: string, data: unknown, from?: Member): Promise<number> {
-    return await this.adapter.publish(room, data, from)
+  /** Publish data encoded at the edge, as a member (`from`) or as the server. */
+  async publish (room: string, message: EncodedPublish): Promise<number> {
+    return await this.adapter.publish(room, message)
   }
 
   /** Send a `direct` frame to a connection on any node. */

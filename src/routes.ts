@@ -2,7 +2,8 @@ import Type, { type Static } from 'typebox'
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { Member, RoomName, invalidRoomMessage } from './protocol.js'
-import { InvalidRoomError, NoHistoryError, RoomNotFoundError } from './errors.js'
+import { InvalidRoomError, NoHistoryError, RoomNotFoundError, httpError, isRoomsError, type ErrorCode } from './errors.js'
+import type { RestPublishGuard } from './options.js'
 import type { Registry } from './registry.js'
 
 export const HttpError = Type.Object({
@@ -60,15 +61,27 @@ export const HistoryResponse = Type.Object({
   epoch: Type.String()
 })
 
+export const PublishBody = Type.Object({ data: Type.Unknown() })
+export const PublishResult = Type.Object({ offset: Type.Integer() })
+
 export interface RoutesOptions {
   registry: Registry
+  /** The REST publish route, when the app turned it on. */
+  publish?: {
+    guard: RestPublishGuard
+    serverPublish: (room: string, data: unknown) => Promise<number>
+    bodyLimit: number
+  } | undefined
 }
+
+/** HTTP status of each protocol error the REST publish route can meet. */
+const STATUS: Partial<Record<ErrorCode, number>> = { INVALID_ROOM: 400, INVALID_DATA: 400, PAYLOAD_TOO_LARGE: 413 }
 
 /**
  * The REST API: room listing and room details. Registered in its own
  * encapsulated context, so its validator and error handler stay ours.
  */
-export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { registry }) => {
+export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { registry, publish }) => {
   const app = parent.withTypeProvider<TypeBoxTypeProvider>()
   app.setValidatorCompiler(TypeBoxValidatorCompiler)
   app.setErrorHandler(roomErrors)
@@ -113,6 +126,26 @@ export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { regist
     if (page === null) throw new NoHistoryError(request.params.room)
     // Stored frames are parsed only here, on the rare REST read, so the hot path stores one string.
     return { epoch: page.epoch, messages: page.messages.map((m) => JSON.parse(m.frame) as Static<typeof StoredMessageSchema>) }
+  })
+
+  if (publish === undefined) return
+  app.post('/:room/messages', {
+    preHandler: publish.guard,
+    bodyLimit: publish.bodyLimit,
+    schema: {
+      summary: 'Publish to a room as the server (no from); guarded by the restPublish option',
+      params: RoomParams,
+      body: PublishBody,
+      response: { 201: PublishResult, 400: HttpError, 401: HttpError, 403: HttpError, 413: HttpError }
+    }
+  }, async (request, reply) => {
+    try {
+      const offset = await publish.serverPublish(request.params.room, request.body.data)
+      return await reply.code(201).send({ offset })
+    } catch (err) {
+      if (isRoomsError(err) && STATUS[err.code] !== undefined) throw httpError(err.code, err.message, STATUS[err.code] as number)
+      throw err
+    }
   })
 }
 

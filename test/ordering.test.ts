@@ -3,7 +3,8 @@ import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
 
 t.test('1,000 rapid publishes from several clients: no loss, no duplicate, no reordering', async (t) => {
-  const { wsUrl } = await startApp(t)
+  // Far above the default rate limit, on purpose: this is a stress of ordering, not of limits.
+  const { wsUrl } = await startApp(t, { maxFramesPerSecond: 1e6, frameBurst: 10_000 })
   const publishers = 5
   const perPublisher = 200
   const total = publishers * perPublisher

@@ -97,7 +97,7 @@ t.test('1,000 messages while 20 clients drop and reconnect at random moments: ev
   const total = 1000
   const clients = 20
   const rand = random(20261124)
-  const { wsUrl } = await startApp(t, { historySize: total })
+  const { wsUrl } = await startApp(t, { historySize: total, maxFramesPerSecond: 1e6, frameBurst: 10_000 })
 
   // Every message frame each client receives on the wire, across all its connections.
   const wire: number[][] = Array.from({ length: clients }, () => [])

@@ -1,5 +1,5 @@
 import type { FastifyBaseLogger } from 'fastify'
-import type { Member } from '../protocol.js'
+import type { EncodedPublish, Member } from '../protocol.js'
 
 /**
  * What an adapter calls on the node it serves. Frames arrive encoded once, so
@@ -86,7 +86,7 @@ export interface Adapter {
    * node's members, in offset order.
    * @returns the message's offset
    */
-  publish (room: string, data: unknown, from?: Member): Promise<number>
+  publish (room: string, message: EncodedPublish): Promise<number>
   /**
    * Record that a connection joined. When it is the user's first connection in
    * the room, every member is sent `presence join`.

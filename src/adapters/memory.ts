@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto'
-import type { Member } from '../protocol.js'
-import { encodeDirect, encodeMessage, encodePresence } from '../protocol.js'
+import type { EncodedPublish, Member } from '../protocol.js'
+import { encodeDirect, encodePresence, messageFrame } from '../protocol.js'
 import { RoomsError } from '../errors.js'
 import type {
   Adapter, AdapterConfig, AdapterListener, HistoryPage, JoinResult,
@@ -61,12 +61,12 @@ export class MemoryAdapter implements Adapter {
     this.active.length = 0
   }
 
-  async publish (room: string, data: unknown, from?: Member): Promise<number> {
+  async publish (room: string, message: EncodedPublish): Promise<number> {
     const { listener, config } = this.started()
     const state = this.state(room)
     const offset = ++state.offset
     const ts = this.now()
-    const frame = encodeMessage(room, data, offset, ts, from)
+    const frame = messageFrame(room, message, offset, ts)
     if (config.historySize > 0) {
       state.history.push({ offset, frame })
       if (state.history.length > config.historySize) state.history.shift()
