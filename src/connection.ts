@@ -1,7 +1,7 @@
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { WebSocket, RawData } from 'ws'
 import {
-  encodeData, encodeMember, isFrameError, parseClientFrame, PROTOCOL_VERSION,
+  encodeData, encodeMember, isFrameError, parseClientFrame, peekRequestId, PROTOCOL_VERSION,
   type ClientFrame, type DataValidator, type ErrorFrame, type JoinFrame, type Member,
   type PublishFrame, type RequestId, type WelcomeFrame
 } from './protocol.js'
@@ -106,7 +106,7 @@ export class Connection implements Peer {
       this.close(1009, 'Frame too large')
       return
     }
-    if (!this.takeToken()) return
+    if (!this.takeToken(buffer, isBinary)) return
     if (isBinary) {
       this.sendError(new RoomsError('INVALID_FRAME', 'Binary frames are not accepted: send JSON as text frames.'))
       return
@@ -123,7 +123,7 @@ export class Connection implements Peer {
    * handled and gets `RATE_LIMITED`; a client that keeps flooding through a
    * whole burst of refusals without backing off is closed with 1008.
    */
-  private takeToken (): boolean {
+  private takeToken (buffer: Buffer, isBinary: boolean): boolean {
     const { maxFramesPerSecond, frameBurst } = this.ctx.options
     const now = Date.now()
     this.tokens = Math.min(frameBurst, this.tokens + (now - this.refilledAt) * maxFramesPerSecond / 1000)
@@ -138,7 +138,8 @@ export class Connection implements Peer {
       this.close(1008, 'Rate limit exceeded')
       return false
     }
-    this.sendError(new RoomsError('RATE_LIMITED', `Too many frames: at most ${maxFramesPerSecond} per second (bursts of ${frameBurst}); slow down.`))
+    const id = isBinary ? undefined : peekRequestId(buffer.toString())
+    this.sendError(new RoomsError('RATE_LIMITED', `Too many frames: at most ${maxFramesPerSecond} per second (bursts of ${frameBurst}); slow down.`), id)
     return false
   }
 

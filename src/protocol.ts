@@ -185,6 +185,20 @@ export function parseClientFrame (text: string): ClientFrame | FrameError {
   return fail('INVALID_FRAME', `Invalid "${type}" frame: ${describeErrors(validator.Errors(frame))}.`, id)
 }
 
+/**
+ * The `id` of a frame that is refused before it is handled (rate limit), so
+ * that even the refusal answers the request it refuses.
+ */
+export function peekRequestId (text: string): RequestId | undefined {
+  try {
+    const value: unknown = JSON.parse(text)
+    const id = typeof value === 'object' && value !== null ? (value as { id?: unknown }).id : undefined
+    return requestIdValidator.Check(id) ? id : undefined
+  } catch {
+    return undefined
+  }
+}
+
 /** True when `parseClientFrame` returned an error rather than a frame. */
 export function isFrameError (result: ClientFrame | FrameError): result is FrameError {
   return 'error' in result

@@ -139,3 +139,38 @@ t.test('ROOM_FULL past maxMembersPerRoom; a second tab of a member still gets in
   await expectError(t, b, { type: 'publish', room: 'r', data: 1 }, { code: 'NOT_IN_ROOM' })
   t.same((await app.rooms.get('r'))?.members, [{ id: 'a', name: 'a' }], 'the refused join left no trace')
 })
+
+t.test('data nested deeper than JSON can encode is INVALID_DATA and takes no offset', async (t) => {
+  const { wsUrl, app } = await startApp(t, { maxMessageBytes: 200_000, maxFrameBytes: 400_000 })
+  const a = await TestSocket.open(wsUrl)
+  const b = await TestSocket.open(wsUrl)
+  t.teardown(() => Promise.all([a.close(), b.close()]))
+  await a.join('r')
+  await b.join('r')
+  const depth = 50_000
+  await expectError(t, a, `{"type":"publish","room":"r","id":"deep","data":${'['.repeat(depth)}${']'.repeat(depth)}}`, { code: 'INVALID_DATA', id: 'deep', room: 'r' })
+  t.equal((await app.rooms.get('r'))?.offset, 0, 'no offset was taken')
+  t.equal((await a.request({ type: 'publish', room: 'r', data: 'next' })).offset, 1, 'the next publish gets offset 1: no hole')
+  t.equal((await b.next((f) => f.type === 'message')).offset, 1)
+})
+
+t.test('prototype keys are plain data: no pollution, rooms named like Object members work', async (t) => {
+  const { wsUrl, app } = await startApp(t)
+  const a = await TestSocket.open(wsUrl)
+  t.teardown(() => a.close())
+  a.send('{"type":"join","room":"__proto__","id":1,"__proto__":{"admin":true}}')
+  t.match(await a.next((f) => f.id === 1), { type: 'joined', room: '__proto__' })
+  await a.join('constructor')
+  const ack = await a.request({ type: 'publish', room: '__proto__', data: JSON.parse('{"__proto__":{"polluted":true}}') })
+  t.equal(ack.offset, 1)
+  t.same((await a.next((f) => f.type === 'message')).data, JSON.parse('{"__proto__":{"polluted":true}}'), 'delivered as sent')
+  t.equal(({} as Record<string, unknown>).polluted, undefined)
+  t.equal(({} as Record<string, unknown>).admin, undefined)
+  t.same((await app.rooms.list()).rooms.map((r) => r.name), ['__proto__', 'constructor'])
+})
+
+t.test('undefined data from the server API is INVALID_DATA', async (t) => {
+  const { app } = await startApp(t)
+  await t.rejects(app.rooms.broadcast('r', undefined), { code: 'INVALID_DATA' })
+  await t.rejects(app.rooms.broadcast('r', { n: 1n }), { code: 'INVALID_DATA' })
+})

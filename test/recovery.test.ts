@@ -5,6 +5,7 @@ import rooms from '../src/index.js'
 import { connect, type RoomsClient } from '../src/client/index.js'
 import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
+import { seeded } from './helpers/random.js'
 
 t.test('a client killed mid-stream rejoins with since and gets exactly the missed messages, in order', async (t) => {
   const { wsUrl, app } = await startApp(t)
@@ -83,20 +84,10 @@ t.test('after a server restart the epoch differs: recovered: false', async (t) =
   t.match(rejoined, { recovered: false, offset: 2 })
 })
 
-/** Small seeded PRNG (mulberry32), so the chaos below is the same every run. */
-function random (seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6D2B79F5) | 0
-    let x = Math.imul(seed ^ (seed >>> 15), 1 | seed)
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
-}
-
 t.test('1,000 messages while 20 clients drop and reconnect at random moments: every client gets every offset once, in order', async (t) => {
   const total = 1000
   const clients = 20
-  const rand = random(20261124)
+  const rand = seeded(20261124)
   const { wsUrl } = await startApp(t, { historySize: total, maxFramesPerSecond: 1e6, frameBurst: 10_000 })
 
   // Every message frame each client receives on the wire, across all its connections.

@@ -1,0 +1,40 @@
+import t from 'tap'
+import { MemoryAdapter, type EncodedPublish } from '../src/index.js'
+import { startApp } from './helpers/server.js'
+import { TestSocket } from './helpers/socket.js'
+
+/** A user-written adapter (through the public interface) whose store fails for one room. */
+class FlakyStore extends MemoryAdapter {
+  override async publish (room: string, message: EncodedPublish): Promise<number> {
+    if (room === 'broken') throw new Error('store timeout (secret connection string here)')
+    return await super.publish(room, message)
+  }
+
+  override async join (...args: Parameters<MemoryAdapter['join']>): ReturnType<MemoryAdapter['join']> {
+    if (args[0] === 'unjoinable') throw new Error('store refused')
+    return await super.join(...args)
+  }
+}
+
+t.test('an adapter that throws gives the client INTERNAL and leaves everyone else unaffected', async (t) => {
+  const logged: Array<Record<string, any>> = []
+  const { wsUrl, app } = await startApp(t, { adapter: new FlakyStore() }, undefined, {
+    logger: { level: 'error', stream: { write: (line: string) => { logged.push(JSON.parse(line)) } } }
+  })
+  const a = await TestSocket.open(wsUrl)
+  const b = await TestSocket.open(wsUrl)
+  t.teardown(() => Promise.all([a.close(), b.close()]))
+  await a.join('broken')
+  await b.join('broken')
+  const error = await a.request({ type: 'publish', room: 'broken', data: 1 })
+  t.match(error, { type: 'error', code: 'INTERNAL', room: 'broken' })
+  t.notMatch(error.message, /secret/)
+  t.match(await a.join('unjoinable'), { type: 'error', code: 'INTERNAL', room: 'unjoinable' })
+  t.same(await app.rooms.get('unjoinable'), null, 'the failed join left no member')
+  t.equal((await a.request({ type: 'leave', room: 'broken' })).type, 'left', 'the connection still works')
+  await b.join('fine')
+  t.equal((await b.request({ type: 'publish', room: 'fine', data: 2 })).offset, 1, 'other rooms are unaffected')
+  t.match(logged.find((l) => l.room === 'broken'), { connectionId: a.welcome.connectionId, err: { message: /store timeout/ } })
+  t.match(logged.find((l) => l.room === 'unjoinable'), { err: { message: 'store refused' } })
+  await t.rejects(app.rooms.broadcast('broken', 1), /store timeout/, 'the server API passes adapter errors to the app')
+})

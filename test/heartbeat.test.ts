@@ -1,0 +1,33 @@
+import t from 'tap'
+import { startApp } from './helpers/server.js'
+import { TestSocket } from './helpers/socket.js'
+
+t.test('a peer that stops answering pings is terminated and leaves every room', async (t) => {
+  const { wsUrl, app } = await startApp(t, { heartbeatMs: 50, authenticate: (r) => ({ id: String(r.headers['x-user']), name: String(r.headers['x-user']) }) })
+  const watcher = await TestSocket.open(wsUrl, { headers: { 'x-user': 'watcher' } })
+  t.teardown(() => watcher.close())
+  // autoPong: false makes this client keep its socket open but never answer a ping, like a dead peer behind a NAT.
+  const silent = await TestSocket.open(wsUrl, { headers: { 'x-user': 'silent' }, autoPong: false })
+  await watcher.join('r')
+  await silent.join('r')
+  await silent.join('s')
+  await watcher.next((f) => f.type === 'presence' && f.event === 'join')
+  const pinged = new Promise<void>((resolve) => silent.ws.once('ping', () => resolve()))
+  await pinged
+  t.same(await watcher.next((f) => f.type === 'presence' && f.event === 'leave'), { type: 'presence', room: 'r', event: 'leave', member: { id: 'silent', name: 'silent' }, count: 1 })
+  t.equal((await silent.closed).code, 1006, 'terminated, not closed politely')
+  t.equal(await app.rooms.get('s'), null, 'gone from every room')
+  t.equal(app.rooms.connections, 1)
+})
+
+t.test('a peer that answers pings stays, even when it sends nothing else', async (t) => {
+  const { wsUrl, app } = await startApp(t, { heartbeatMs: 20 })
+  const quiet = await TestSocket.open(wsUrl)
+  t.teardown(() => quiet.close())
+  await quiet.join('r')
+  // Five heartbeat rounds, counted by the pings that arrive.
+  let pings = 0
+  await new Promise<void>((resolve) => quiet.ws.on('ping', () => { if (++pings === 5) resolve() }))
+  t.equal(quiet.ws.readyState, quiet.ws.OPEN)
+  t.equal((await app.rooms.get('r'))?.count, 1)
+})

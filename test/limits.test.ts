@@ -1,0 +1,63 @@
+import t from 'tap'
+import { startApp } from './helpers/server.js'
+import { TestSocket } from './helpers/socket.js'
+
+t.test('maxConnections: the next upgrade gets 503, and a slot frees when one leaves', async (t) => {
+  const { wsUrl } = await startApp(t, { maxConnections: 2 })
+  const a = await TestSocket.open(wsUrl)
+  const b = await TestSocket.open(wsUrl)
+  t.teardown(() => b.close())
+  const refused = await TestSocket.refused(wsUrl)
+  t.equal(refused.status, 503)
+  t.match(refused.body, { statusCode: 503, code: 'TOO_MANY_CONNECTIONS', message: /maximum of 2 connections/ })
+  await a.close()
+  // The server counts a connection until it has seen it close: wait for that, not for a time.
+  let c: TestSocket | undefined
+  while (c === undefined) c = await TestSocket.open(wsUrl).catch(() => undefined)
+  t.ok(c, 'a slot freed')
+  await c.close()
+})
+
+t.test('allowedOrigins: other origins and none get 403 before the upgrade', async (t) => {
+  const { wsUrl } = await startApp(t, { allowedOrigins: ['https://chat.example'] })
+  const ok = await TestSocket.open(wsUrl, { origin: 'https://chat.example' })
+  t.teardown(() => ok.close())
+  t.equal(ok.welcome.type, 'welcome')
+  for (const origin of ['https://evil.example', 'https://chat.example.evil.example', undefined]) {
+    const refused = await TestSocket.refused(wsUrl, origin === undefined ? {} : { origin })
+    t.equal(refused.status, 403, String(origin))
+    t.equal(refused.body.code, 'ORIGIN_NOT_ALLOWED')
+  }
+})
+
+t.test('rate limit: frames past the burst get RATE_LIMITED and are not handled; the connection recovers', async (t) => {
+  const { wsUrl, app } = await startApp(t, { maxFramesPerSecond: 1, frameBurst: 5 })
+  const a = await TestSocket.open(wsUrl)
+  t.teardown(() => a.close())
+  a.send({ type: 'join', room: 'r', id: 'j' })
+  for (let i = 0; i < 6; i++) a.send({ type: 'publish', room: 'r', data: i, id: i })
+  await a.next((f) => f.id === 'j')
+  const replies = [] as Array<Record<string, unknown>>
+  for (let i = 0; i < 6; i++) replies.push(await a.next((f) => f.id === i))
+  t.same(replies.map((r) => r.type), ['ack', 'ack', 'ack', 'ack', 'error', 'error'], 'the burst of 5 (join + 4 publishes) passes, the rest are refused')
+  t.match(replies[4], { code: 'RATE_LIMITED', message: /at most 1 per second/ })
+  t.equal((await app.rooms.get('r'))?.offset, 4, 'refused publishes were not published')
+  t.equal(a.ws.readyState, a.ws.OPEN, 'the connection stays open')
+})
+
+t.test('rate limit: sustained flooding closes the connection with 1008', async (t) => {
+  const { wsUrl } = await startApp(t, { maxFramesPerSecond: 1, frameBurst: 10 })
+  const a = await TestSocket.open(wsUrl)
+  for (let i = 0; i < 100; i++) a.send({ type: 'ping' })
+  t.equal((await a.closed).code, 1008)
+  t.equal(a.frames.filter((f) => f.type === 'error' && f.code === 'RATE_LIMITED').length, 10, 'warned once per refused frame first')
+})
+
+t.test('a member\'s second connection counts against maxConnections but not against ROOM_FULL', async (t) => {
+  const { wsUrl, app } = await startApp(t, { maxConnections: 3, maxMembersPerRoom: 1, authenticate: () => ({ id: 'same', name: 'same' }) })
+  const tabs = [await TestSocket.open(wsUrl), await TestSocket.open(wsUrl), await TestSocket.open(wsUrl)]
+  t.teardown(() => Promise.all(tabs.map(async (s) => await s.close())))
+  for (const tab of tabs) t.equal((await tab.join('r')).type, 'joined')
+  t.equal((await app.rooms.get('r'))?.count, 1)
+  t.equal((await TestSocket.refused(wsUrl)).status, 503)
+})

@@ -1,0 +1,48 @@
+import t from 'tap'
+import Type from 'typebox'
+import { startApp } from './helpers/server.js'
+import { TestSocket } from './helpers/socket.js'
+
+async function post (url: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number, body: any }> {
+  const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) })
+  return { status: res.status, body: await res.json() }
+}
+
+t.test('POST /rooms/:room/messages is off unless the app turns it on', async (t) => {
+  const { url } = await startApp(t)
+  t.equal((await post(`${url}/rooms/r/messages`, { data: 1 })).status, 404)
+})
+
+t.test('with a guard: 201 and a server message; the guard refuses with its own 401', async (t) => {
+  const { url, wsUrl } = await startApp(t, {
+    dataSchema: Type.Object({ text: Type.String() }),
+    maxMessageBytes: 100,
+    restPublish: async (request, reply) => {
+      if (request.headers.authorization !== 'Bearer ops-token') {
+        await reply.code(401).send({ statusCode: 401, code: 'UNAUTHORIZED', error: 'Unauthorized', message: 'Publishing needs the ops token.' })
+      }
+    }
+  })
+  const a = await TestSocket.open(wsUrl)
+  t.teardown(() => a.close())
+  await a.join('ops')
+  const auth = { authorization: 'Bearer ops-token' }
+
+  t.same(await post(`${url}/rooms/ops/messages`, { data: { text: 'deploying' } }), {
+    status: 401, body: { statusCode: 401, code: 'UNAUTHORIZED', error: 'Unauthorized', message: 'Publishing needs the ops token.' }
+  })
+  t.same(await post(`${url}/rooms/ops/messages`, { data: { text: 'deploying' } }, auth), { status: 201, body: { offset: 1 } })
+  const message = await a.next((f) => f.type === 'message')
+  t.match(message, { room: 'ops', data: { text: 'deploying' }, offset: 1 })
+  t.notOk('from' in message, 'a server publish')
+
+  t.match(await post(`${url}/rooms/ops/messages`, { data: { text: 5 } }, auth), { status: 400, body: { code: 'INVALID_DATA', message: /\/data\/text/ } })
+  t.match(await post(`${url}/rooms/ops/messages`, { data: { text: 'x'.repeat(200) } }, auth), { status: 413, body: { statusCode: 413, code: 'PAYLOAD_TOO_LARGE' } })
+  t.match(await post(`${url}/rooms/ops/messages`, { nodata: 1 }, auth), { status: 400, body: { code: 'FST_ERR_VALIDATION' } })
+  t.match(await post(`${url}/rooms/bad%20room/messages`, { data: { text: 'x' } }, auth), { status: 400, body: { code: 'INVALID_ROOM' } })
+  t.equal((await app(url)).offset, 1, 'none of the refused publishes took an offset')
+})
+
+async function app (url: string): Promise<{ offset: number }> {
+  return await (await fetch(`${url}/rooms/ops`)).json() as { offset: number }
+}

@@ -1,0 +1,63 @@
+import t from 'tap'
+import { startApp } from './helpers/server.js'
+import { TestSocket } from './helpers/socket.js'
+
+t.test('a client that never reads is closed with 1013; fast members miss nothing; server memory stays bounded', async (t) => {
+  const maxBufferedBytes = 256 * 1024
+  const { wsUrl, app } = await startApp(t, { maxBufferedBytes, closeTimeoutMs: 200, historySize: 0, maxFramesPerSecond: 1e6, frameBurst: 10_000, authenticate: (r) => ({ id: String(r.headers['x-user']), name: String(r.headers['x-user']) }) })
+  const fast = await Promise.all(['f1', 'f2', 'f3'].map(async (id) => await TestSocket.open(wsUrl, { headers: { 'x-user': id } })))
+  const slow = await TestSocket.open(wsUrl, { headers: { 'x-user': 'slow' } })
+  t.teardown(() => Promise.all(fast.map(async (f) => await f.close())))
+  for (const f of fast) await f.join('firehose')
+  await slow.join('firehose')
+  // From here on the slow client reads nothing: its TCP window fills, then the server's buffer for it grows.
+  ;(slow.ws as unknown as { _socket: { pause: () => void } })._socket.pause()
+  const serverSide = [...app.websocketServer.clients].at(-1)!
+  let peak = 0
+  const closed = new Promise<number>((resolve) => serverSide.once('close', (code) => resolve(code)))
+
+  const total = 3000
+  const payload = 'x'.repeat(2000)
+  const received = fast.map(() => 0)
+  const done = fast.map((f, i) => new Promise<void>((resolve) => f.ws.on('message', (raw) => {
+    const frame = JSON.parse(raw.toString())
+    if (frame.type === 'message' && ++received[i]! === total) resolve()
+  })))
+  // The first fast member publishes as fast as acks come back, a bounded window of them in flight.
+  const publisher = fast[0]!
+  const inFlight: Array<Promise<unknown>> = []
+  for (let n = 1; n <= total; n++) {
+    inFlight.push(publisher.request({ type: 'publish', room: 'firehose', data: { n, payload } }))
+    if (inFlight.length >= 32) await inFlight.shift()
+    peak = Math.max(peak, serverSide.bufferedAmount)
+  }
+  await Promise.all(inFlight)
+  await Promise.all(done)
+  t.equal(await closed, 1006, 'cut after the grace time, since it never read the 1013 close frame')
+  t.ok(peak <= maxBufferedBytes + 4096, `the server buffered at most ${peak} bytes for it (limit ${maxBufferedBytes})`)
+  t.same(received, [total, total, total], 'every fast member got every message')
+  const leave = await fast[0]!.next((f) => f.type === 'presence' && f.event === 'leave')
+  t.match(leave, { member: { id: 'slow' }, count: 3 })
+  t.equal(publisher.frames.filter((f) => f.type === 'error').length, 0, 'no publish was refused')
+  t.equal(app.rooms.connections, 3)
+})
+
+t.test('a slow reader that does read its buffer sees close code 1013', async (t) => {
+  const { wsUrl, app } = await startApp(t, { maxBufferedBytes: 64 * 1024, closeTimeoutMs: 5_000, historySize: 0 })
+  const slow = await TestSocket.open(wsUrl)
+  await slow.join('r')
+  const socket = (slow.ws as unknown as { _socket: { pause: () => void, resume: () => void } })._socket
+  socket.pause()
+  const serverSide = [...app.websocketServer.clients][0]!
+  const closing = new Promise<void>((resolve) => {
+    const check = (): void => { if (serverSide.readyState === serverSide.CLOSING) resolve() }
+    serverSide.on('close', () => resolve())
+    void app.rooms.broadcast('r', 'x'.repeat(4000)).then(function more (): void {
+      check()
+      if (serverSide.readyState === serverSide.OPEN) void app.rooms.broadcast('r', 'x'.repeat(4000)).then(more)
+    })
+  })
+  await closing
+  socket.resume()
+  t.equal((await slow.closed).code, 1013)
+})
