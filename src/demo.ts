@@ -1,5 +1,5 @@
 import Fastify from 'fastify'
-import rooms from './index.js'
+import rooms, { redisAdapter } from './index.js'
 
 /**
  * `npm start`: a small app with the plugin and its demo chat page. PORT and
@@ -10,10 +10,12 @@ const host = process.env.HOST ?? '127.0.0.1'
 
 // Room names may be 128 characters; Fastify's router allows 100 per path parameter by default.
 const app = Fastify({ logger: { level: process.env.LOG_LEVEL ?? 'warn' }, routerOptions: { maxParamLength: 256 } })
-await app.register(rooms, { demo: true })
+// REDIS_URL switches to the Redis adapter: run two instances on two ports and they share everything.
+const redisUrl = process.env.REDIS_URL
+await app.register(rooms, { demo: true, adapter: redisUrl === undefined || redisUrl === '' ? undefined : redisAdapter({ url: redisUrl }) })
 await app.listen({ port, host })
 const shown = host.includes(':') ? `[${host}]` : host
-console.log(`fastify-rooms demo: open http://${shown}:${(app.server.address() as { port: number }).port}/ (in-memory rooms; Ctrl+C to stop)`)
+console.log(`fastify-rooms demo: open http://${shown}:${(app.server.address() as { port: number }).port}/ (${redisUrl === undefined || redisUrl === '' ? 'in-memory rooms' : 'rooms shared through Redis'}; Ctrl+C to stop)`)
 
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   process.once(signal, () => {

@@ -15,6 +15,7 @@ export const ERROR_CODES = [
   'TOO_MANY_ROOMS',
   'FORBIDDEN',
   'RATE_LIMITED',
+  'UNAVAILABLE',
   'INTERNAL'
 ] as const
 

@@ -47,8 +47,10 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
   }
   const adapter = options.adapter ?? memoryAdapter()
   const registry = new Registry(adapter, { log: app.log, maxRoomsPerConnection: options.maxRoomsPerConnection })
+  const nodeId = randomBytes(4).toString('hex')
   await adapter.start(registry, {
     log: app.log,
+    nodeId,
     maxMembersPerRoom: options.maxMembersPerRoom,
     historySize: options.historySize,
     historyTtlMs: options.historyTtlMs,
@@ -64,7 +66,6 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
   const open = new Set<Connection>()
   let allClosed: (() => void) | undefined
   const state = { closing: false, connections: () => open.size }
-  const nodeId = randomBytes(4).toString('hex')
   let sequence = 0
 
   const heartbeat = setInterval(() => {
@@ -92,6 +93,7 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
   app.addHook('onClose', async () => {
     app.server.off('upgrade', endRefusedUpgrade)
     clearInterval(heartbeat)
+    await registry.idle()
     await adapter.close()
   })
 
@@ -168,6 +170,7 @@ export default rooms
 export { rooms }
 
 export { memoryAdapter, MemoryAdapter, type MemoryAdapterOptions } from './adapters/memory.js'
+export { redisAdapter, RedisAdapter, type RedisAdapterOptions } from './adapters/redis.js'
 export type { Adapter, AdapterConfig, AdapterListener, JoinResult, RoomInfo, RoomPage, RoomQuery, HistoryPage, StoredMessage } from './adapters/adapter.js'
 export { RoomsError, forbidden, ERROR_CODES, type ErrorCode } from './errors.js'
 export type { RoomsOptions, RoomsHooks, JoinContext, PublishContext, PublishVerdict, RoomsRegister, RoomData, Settings } from './options.js'

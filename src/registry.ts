@@ -9,6 +9,8 @@ export interface Peer {
   readonly user: Member
   /** Write one encoded frame; the same buffer may be written to many peers. */
   sendEncoded (frame: Buffer | string): void
+  /** Close the connection (it will leave its rooms as it closes). */
+  close (code: number, reason: string): void
 }
 
 interface Pending {
@@ -51,6 +53,7 @@ export class Registry implements AdapterListener {
   private readonly peers = new Map<string, { peer: Peer, rooms: Map<string, Membership> }>()
   private readonly adapter: Adapter
   private readonly options: RegistryOptions
+  private readonly removals = new Set<Promise<void>>()
 
   constructor (adapter: Adapter, options: RegistryOptions) {
     this.adapter = adapter
@@ -152,6 +155,18 @@ export class Registry implements AdapterListener {
    * nothing more is written to it; the cluster-wide leave follows.
    */
   async remove (peer: Peer): Promise<void> {
+    const removal = this.removeNow(peer)
+    this.removals.add(removal)
+    await removal
+    this.removals.delete(removal)
+  }
+
+  /** Resolves when every removal under way has reached the adapter (before it closes). */
+  async idle (): Promise<void> {
+    await Promise.all([...this.removals])
+  }
+
+  private async removeNow (peer: Peer): Promise<void> {
     const entry = this.peers.get(peer.id)
     if (entry === undefined) return
     this.peers.delete(peer.id)
@@ -209,6 +224,15 @@ export class Registry implements AdapterListener {
     if (entry === undefined) return false
     entry.peer.sendEncoded(frame)
     return true
+  }
+
+  reset (room?: string): void {
+    const peers = room === undefined
+      ? [...this.connections()]
+      : [...(this.rooms.get(room)?.values() ?? [])].map((m) => m.peer)
+    this.options.log.warn({ room, connections: peers.length }, 'fastify-rooms: cluster state was lost; disconnecting local members so they rejoin')
+    // 1012 (service restart): reconnect and rejoin with since; the epoch tells the client of the gap.
+    for (const peer of peers) peer.close(1012, 'Room state was reset: reconnect and rejoin')
   }
 
   private deliver (membership: Membership, offset: number, frame: Buffer | string): void {

@@ -12,11 +12,19 @@ export interface AdapterListener {
   presence (room: string, frame: string, origin: string): void
   /** A `direct` frame for one connection; true when that connection is on this node. */
   direct (connectionId: string, frame: string): boolean
+  /**
+   * The cluster-wide state of a room (or of every room, when undefined) was
+   * lost or taken from this node (data loss, this node's lease expired): its
+   * local members are disconnected so they rejoin and learn of the gap.
+   */
+  reset (room?: string): void
 }
 
 /** Limits and history settings every adapter honours, from the plugin options. */
 export interface AdapterConfig {
   log: FastifyBaseLogger
+  /** This node's id; connection ids start with it followed by `-`. */
+  nodeId: string
   /** Members (users) per room; a join past it fails with `ROOM_FULL`. */
   maxMembersPerRoom: number
   /** Messages kept per room for recovery and REST history. */

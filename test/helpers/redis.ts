@@ -1,0 +1,53 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { createServer } from 'node:net'
+import { once } from 'node:events'
+import { needs } from './needs.js'
+
+export const REDIS_SERVER = '/usr/bin/redis-server'
+/** Reason to skip outside CI when redis-server is missing (under CI=true a missing binary fails). */
+export const skipRedis = needs(REDIS_SERVER, 'apt-get install -y redis-server')
+
+export async function freePort (): Promise<number> {
+  const server = createServer().listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const { port } = server.address() as { port: number }
+  await new Promise((resolve) => server.close(resolve))
+  return port
+}
+
+export interface RedisServer {
+  port: number
+  url: string
+  /** SIGKILL the server (no persistence: its data is gone). */
+  kill: () => Promise<void>
+  /** Start a fresh, empty server on the same port. */
+  restart: () => Promise<void>
+}
+
+/** Start a real redis-server on a free port for one test file; it is killed at teardown. */
+export async function startRedis (t: { teardown: (fn: () => unknown) => void }): Promise<RedisServer> {
+  const port = await freePort()
+  let child: ChildProcess | undefined
+  const launch = async (): Promise<void> => {
+    const proc = spawn(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: ['ignore', 'pipe', 'pipe'] })
+    child = proc
+    let out = ''
+    await new Promise<void>((resolve, reject) => {
+      proc.stdout?.on('data', (chunk: Buffer) => {
+        out += chunk.toString()
+        if (out.includes('Ready to accept connections')) resolve()
+      })
+      proc.once('exit', (code) => reject(new Error(`redis-server exited with ${code}: ${out}`)))
+    })
+  }
+  const kill = async (): Promise<void> => {
+    const proc = child
+    if (proc === undefined || proc.exitCode !== null) return
+    const exited = once(proc, 'exit')
+    proc.kill('SIGKILL')
+    await exited
+  }
+  await launch()
+  t.teardown(kill)
+  return { port, url: `redis://127.0.0.1:${port}`, kill, restart: launch }
+}

@@ -1,0 +1,223 @@
+import t, { type Test } from 'tap'
+import { spawn } from 'node:child_process'
+import { Redis } from 'ioredis'
+import WebSocket from 'ws'
+import { redisAdapter } from '../src/index.js'
+import { connect } from '../src/client/index.js'
+import { startApp, type Started } from './helpers/server.js'
+import { TestSocket } from './helpers/socket.js'
+import { skipRedis, startRedis, type RedisServer } from './helpers/redis.js'
+import { until } from './helpers/until.js'
+
+const named = { authenticate: (r: { headers: Record<string, unknown> }) => ({ id: String(r.headers['x-user']), name: String(r.headers['x-user']) }) }
+const as = (user: string): WebSocket.ClientOptions => ({ headers: { 'x-user': user } })
+
+async function cluster (t: { teardown: Test['teardown'] }, redis: RedisServer, n: number, extra: Record<string, unknown> = {}): Promise<Started[]> {
+  const nodes: Started[] = []
+  for (let i = 0; i < n; i++) {
+    nodes.push(await startApp(t, { ...named, maxFramesPerSecond: 1e6, frameBurst: 10_000, adapter: redisAdapter({ url: redis.url, leaseMs: 1000 }), ...extra }))
+  }
+  return nodes
+}
+
+t.test('redis scale-out', { skip: skipRedis }, async (t) => {
+  const redis = await startRedis(t)
+
+  t.test('cross-node delivery in offset order under concurrent publishers on different nodes', async (t) => {
+    const nodes = await cluster(t, redis, 3)
+    const clients = await Promise.all(nodes.map(async (node, i) => await TestSocket.open(node.wsUrl, as(`u${i}`))))
+    t.teardown(() => Promise.all(clients.map(async (c) => await c.close())))
+    for (const c of clients) await c.join('order')
+    const each = 200
+    const total = each * clients.length
+    const seen = clients.map(() => [] as number[])
+    const done = clients.map((c, i) => new Promise<void>((resolve) => c.ws.on('message', (raw) => {
+      const f = JSON.parse(raw.toString())
+      if (f.type === 'message' && f.room === 'order' && seen[i]!.push(f.offset) === total) resolve()
+    })))
+    await Promise.all(clients.map(async (c, p) => {
+      const window: Array<Promise<unknown>> = []
+      for (let n = 0; n < each; n++) {
+        window.push(c.request({ type: 'publish', room: 'order', data: { p, n } }))
+        if (window.length >= 20) await window.shift()
+      }
+      await Promise.all(window)
+    }))
+    await Promise.all(done)
+    for (const [i, list] of seen.entries()) t.same(list, Array.from({ length: total }, (_, k) => k + 1), `node ${i}'s client: 1..${total}, once each, in order`)
+  })
+
+  t.test('presence, listing and counts are cluster-wide and exact on every node', async (t) => {
+    const [a, b, c] = await cluster(t, redis, 3) as [Started, Started, Started]
+    const ada = await TestSocket.open(a.wsUrl, as('ada'))
+    const bob = await TestSocket.open(b.wsUrl, as('bob'))
+    const bobTab2 = await TestSocket.open(c.wsUrl, as('bob'))
+    t.teardown(() => Promise.all([ada.close(), bob.close(), bobTab2.close()]))
+    await ada.join('p:room')
+    const joined = await bob.join('p:room')
+    t.same(joined.members.map((m: { id: string }) => m.id), ['ada', 'bob'])
+    t.match(await ada.next((f) => f.type === 'presence'), { event: 'join', member: { id: 'bob' }, count: 2 }, 'presence crosses nodes')
+    await bobTab2.join('p:room')
+    await ada.sync()
+    t.equal(ada.pending('presence').length, 0, 'bob\'s second tab on a third node is not a new member')
+    for (const node of [a, b, c]) {
+      t.same(await (await fetch(`${node.url}/rooms?prefix=p:`)).json(), { rooms: [{ name: 'p:room', count: 2 }], next: null }, 'listing from any node')
+      t.match(await (await fetch(`${node.url}/rooms/p:room`)).json(), { count: 2, members: [{ id: 'ada' }, { id: 'bob' }] })
+    }
+    await bob.close()
+    await bobTab2.sync()
+    t.equal(ada.pending('presence').length, 0, 'closing one of bob\'s tabs is not a leave')
+    await bobTab2.request({ type: 'leave', room: 'p:room' })
+    t.match(await ada.next((f) => f.type === 'presence'), { event: 'leave', member: { id: 'bob' }, count: 1 })
+    t.equal((await a.app.rooms.list({ prefix: 'p:' })).rooms[0]?.count, 1)
+  })
+
+  t.test('recovery works whichever node the client comes back to', async (t) => {
+    const [a, b] = await cluster(t, redis, 2) as [Started, Started]
+    const ada = await TestSocket.open(a.wsUrl, as('ada'))
+    const { epoch } = await ada.join('rec')
+    await b.app.rooms.broadcast('rec', 1)
+    await ada.next((f) => f.type === 'message')
+    ada.ws.terminate()
+    for (let i = 2; i <= 5; i++) await b.app.rooms.broadcast('rec', i)
+    const back = await TestSocket.open(b.wsUrl, as('ada'))
+    t.teardown(() => back.close())
+    t.match(await back.join('rec', { since: { offset: 1, epoch } }), { recovered: true, offset: 5, epoch })
+    await back.sync()
+    t.same(back.take('message').map((m) => m.data), [2, 3, 4, 5])
+    t.same((await (await fetch(`${a.url}/rooms/rec/messages?after=3`)).json()).messages.map((m: { data: number }) => m.data), [4, 5], 'REST history from another node')
+  })
+
+  t.test('direct frames reach a connection on another node', async (t) => {
+    const [a, b] = await cluster(t, redis, 2) as [Started, Started]
+    const ada = await TestSocket.open(a.wsUrl, as('ada'))
+    t.teardown(() => ada.close())
+    t.equal(await b.app.rooms.send(ada.welcome.connectionId, { hi: 'from b' }), true)
+    t.same((await ada.next((f) => f.type === 'direct')).data, { hi: 'from b' })
+  })
+
+  t.test('ROOM_FULL counts members across nodes', async (t) => {
+    const [a, b] = await cluster(t, redis, 2, { maxMembersPerRoom: 1 }) as [Started, Started]
+    const ada = await TestSocket.open(a.wsUrl, as('ada'))
+    const bob = await TestSocket.open(b.wsUrl, as('bob'))
+    t.teardown(() => Promise.all([ada.close(), bob.close()]))
+    await ada.join('full')
+    t.match(await bob.join('full'), { type: 'error', code: 'ROOM_FULL' })
+  })
+
+  /** A cluster node in a child process, so it can be killed or paused for real. */
+  async function childNode (t: Test): Promise<{ child: ReturnType<typeof spawn>, wsUrl: string }> {
+    const child = spawn(process.execPath, ['--import=tsx', 'test/fixtures/node.ts'], { env: { ...process.env, REDIS_URL: redis.url, LEASE_MS: '1000' }, stdio: ['ignore', 'pipe', 'inherit'] })
+    t.teardown(() => { child.kill('SIGKILL') })
+    const port = await new Promise<number>((resolve) => {
+      let out = ''
+      child.stdout!.on('data', (chunk: Buffer) => { out += chunk.toString(); const m = /port=(\d+)/.exec(out); if (m !== null) resolve(Number(m[1])) })
+    })
+    return { child, wsUrl: `ws://127.0.0.1:${port}/ws` }
+  }
+
+  t.test('a node killed without cleanup disappears within its lease time', async (t) => {
+    const [a] = await cluster(t, redis, 1) as [Started]
+    const { child, wsUrl } = await childNode(t)
+    const watcher = await TestSocket.open(a.wsUrl, as('watcher'))
+    t.teardown(() => watcher.close())
+    await watcher.join('lease')
+    const doomed = await TestSocket.open(wsUrl)
+    await doomed.join('lease')
+    await doomed.join('lease-2')
+    await watcher.next((f) => f.type === 'presence' && f.event === 'join')
+    const killedAt = Date.now()
+    child.kill('SIGKILL')
+    const leave = await watcher.next((f) => f.type === 'presence' && f.event === 'leave')
+    const took = Date.now() - killedAt
+    t.match(leave, { room: 'lease', member: { id: doomed.welcome.user.id }, count: 1 })
+    // The guarantee is lease + one reap interval (1.5 s here); the margin is for a loaded CI machine.
+    t.ok(took < 3000, `gone ${took} ms after the kill (lease 1000 ms, reaped every 500 ms)`)
+    t.equal(await a.app.rooms.get('lease-2'), null, 'gone from every room')
+  })
+
+  t.test('a node that comes back after a pause longer than its lease does not resurrect its members', async (t) => {
+    const [a] = await cluster(t, redis, 1) as [Started]
+    const { child, wsUrl } = await childNode(t)
+    const watcher = await TestSocket.open(a.wsUrl, as('watcher'))
+    t.teardown(() => watcher.close())
+    await watcher.join('stale')
+    const paused = await TestSocket.open(wsUrl)
+    await paused.join('stale')
+    await watcher.next((f) => f.type === 'presence' && f.event === 'join')
+    child.kill('SIGSTOP')
+    await watcher.next((f) => f.type === 'presence' && f.event === 'leave')
+    t.equal((await a.app.rooms.get('stale'))?.count, 1, 'the paused node\'s member was reaped')
+    child.kill('SIGCONT')
+    t.equal((await paused.closed).code, 1012, 'on waking, the node saw its lease was reaped and disconnected its clients so they rejoin')
+    await watcher.sync()
+    t.equal(watcher.pending('presence').length, 0, 'no presence join: the member did not come back by itself')
+    t.equal((await a.app.rooms.get('stale'))?.count, 1)
+  })
+
+  t.test('Redis killed and restarted mid-traffic: UNAVAILABLE while down, then recovery by itself', async (t) => {
+    const [a, b] = await cluster(t, redis, 2) as [Started, Started]
+    const client = await connect(a.wsUrl, { WebSocket, reconnect: { initialDelayMs: 10, maxDelayMs: 100 } })
+    t.teardown(() => client.close())
+    const room = await client.join('outage')
+    const bob = await TestSocket.open(b.wsUrl, as('bob'))
+    t.teardown(() => bob.close())
+    await bob.join('outage')
+    await room.publish('before')
+    await redis.kill()
+    const refused = await bob.request({ type: 'publish', room: 'outage', data: 'during' })
+    t.match(refused, { type: 'error', code: 'UNAVAILABLE', message: /retry/ })
+    t.equal(bob.ws.readyState, WebSocket.OPEN, 'connections stay open while Redis is down')
+    const gap = new Promise((resolve) => room.on('gap', resolve))
+    await redis.restart()
+    // The restarted Redis is empty: the rooms' epochs changed, so members are told to rejoin (1012).
+    t.equal((await bob.closed).code, 1012)
+    t.match(await gap, { room: 'outage' }, 'the SDK client rejoined and learned of the gap')
+    const bob2 = await TestSocket.open(b.wsUrl, as('bob'))
+    t.teardown(() => bob2.close())
+    await bob2.join('outage')
+    const got = new Promise((resolve) => room.on('message', (m) => resolve(m.data)))
+    await bob2.request({ type: 'publish', room: 'outage', data: 'after' })
+    t.equal(await got, 'after', 'cross-node traffic flows again')
+  })
+
+  t.test('the demo runs clustered: two `npm start` instances on one Redis share rooms, presence, listing and history', async (t) => {
+    const start = async (): Promise<string> => {
+      const child = spawn(process.execPath, ['dist/demo.js'], { env: { ...process.env, REDIS_URL: redis.url, PORT: '0' }, stdio: ['ignore', 'pipe', 'inherit'] })
+      t.teardown(() => { child.kill() })
+      return await new Promise<string>((resolve) => {
+        let out = ''
+        child.stdout!.on('data', (chunk: Buffer) => { out += chunk.toString(); const m = /open (http:\/\/\S+?)\/ \(rooms shared through Redis/.exec(out); if (m !== null) resolve(m[1]!) })
+      })
+    }
+    const [one, two] = await Promise.all([start(), start()])
+    t.not(one, two)
+    const ada = await TestSocket.open(`${one!.replace('http', 'ws')}/ws?name=ada`)
+    const bob = await TestSocket.open(`${two!.replace('http', 'ws')}/ws?name=bob`)
+    t.teardown(() => Promise.all([ada.close(), bob.close()]))
+    await ada.join('demo-lobby')
+    await bob.join('demo-lobby')
+    t.match(await ada.next((f) => f.type === 'presence'), { event: 'join', member: { name: 'bob' }, count: 2 })
+    await bob.request({ type: 'publish', room: 'demo-lobby', data: { text: 'hello from instance two' } })
+    t.match(await ada.next((f) => f.type === 'message'), { data: { text: 'hello from instance two' }, from: { name: 'bob' } })
+    for (const base of [one, two]) {
+      t.same((await (await fetch(`${base}/rooms?prefix=demo-`)).json()).rooms, [{ name: 'demo-lobby', count: 2 }])
+      t.equal((await (await fetch(`${base}/rooms/demo-lobby/messages`)).json()).messages.length, 1)
+    }
+  })
+
+  t.test('no keys are left behind once everyone left and the nodes stopped, except history within its TTL', async (t) => {
+    const inspect = new Redis(redis.url)
+    t.teardown(() => inspect.disconnect())
+    await inspect.flushall()
+    const nodes = await cluster({ teardown: () => {} }, redis, 2)
+    const clients = await Promise.all(nodes.map(async (n, i) => await TestSocket.open(n.wsUrl, as(`k${i}`))))
+    for (const c of clients) { await c.join('keys-a'); await c.join('keys-quiet') }
+    await clients[0]!.request({ type: 'publish', room: 'keys-a', data: 1 })
+    for (const c of clients) await c.close()
+    for (const n of nodes) await n.app.close()
+    const keys = (await inspect.keys('*')).sort()
+    t.same(keys, ['fastify-rooms:r:keys-a:epoch', 'fastify-rooms:r:keys-a:hist', 'fastify-rooms:r:keys-a:seq'])
+    for (const key of keys) t.ok(await inspect.pttl(key) > 0, `${key} expires`)
+  })
+})
