@@ -1,5 +1,7 @@
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
+import type { Socket } from 'node:net'
 import type { WebSocket, RawData } from 'ws'
+import { writeCoalesced } from './frame.js'
 import {
   encodeData, encodeMember, isFrameError, parseClientFrame, peekRequestId, PROTOCOL_VERSION,
   type ClientFrame, type DataValidator, type ErrorFrame, type JoinFrame, type Member,
@@ -33,6 +35,12 @@ export class Connection implements Peer {
   /** Set by every frame and pong; cleared by each heartbeat round. */
   alive = true
   private readonly socket: WebSocket
+  /**
+   * The TCP socket under ws, written to directly for pre-framed fan-out. Only
+   * without permessage-deflate, where ws keeps no queue of its own, so direct
+   * writes and ws.send() writes stay in the order they were made.
+   */
+  private readonly raw: Socket | undefined
   private readonly request: FastifyRequest
   private readonly ctx: ConnectionContext
   /** Token bucket of the frame rate limit. */
@@ -46,6 +54,8 @@ export class Connection implements Peer {
 
   constructor (socket: WebSocket, request: FastifyRequest, id: string, user: Member, ctx: ConnectionContext) {
     this.socket = socket
+    const internals = socket as unknown as { _socket?: Socket, _extensions?: Record<string, unknown> }
+    this.raw = internals._extensions?.['permessage-deflate'] === undefined ? internals._socket : undefined
     this.request = request
     this.id = id
     this.user = user
@@ -65,18 +75,30 @@ export class Connection implements Peer {
     this.socket.on('close', () => this.onClose())
   }
 
-  sendEncoded (frame: Buffer | string): void {
-    const { socket } = this
-    if (socket.readyState !== OPEN) return
-    if (socket.bufferedAmount > this.ctx.options.maxBufferedBytes) {
-      this.ctx.log.warn({ connectionId: this.id, bufferedAmount: socket.bufferedAmount }, 'fastify-rooms: closing a slow consumer')
-      this.close(1013, 'Slow consumer: reconnect and resume with since')
-      // A peer that does not read will not read the close frame either: cut it
-      // after the grace time so its buffer is freed, without waiting ws's 30 s.
-      setTimeout(() => socket.terminate(), this.ctx.options.closeTimeoutMs).unref()
+  sendFramed (framed: Buffer, payload: Buffer): void {
+    if (this.raw === undefined) {
+      this.sendEncoded(payload)
       return
     }
-    socket.send(frame, { binary: false })
+    if (this.socket.readyState !== OPEN || this.slow()) return
+    writeCoalesced(this.raw, framed)
+  }
+
+  sendEncoded (frame: Buffer | string): void {
+    if (this.socket.readyState !== OPEN || this.slow()) return
+    this.socket.send(frame, { binary: false })
+  }
+
+  /** Close a slow consumer: its unsent data passed maxBufferedBytes. */
+  private slow (): boolean {
+    const { socket } = this
+    if (socket.bufferedAmount <= this.ctx.options.maxBufferedBytes) return false
+    this.ctx.log.warn({ connectionId: this.id, bufferedAmount: socket.bufferedAmount }, 'fastify-rooms: closing a slow consumer')
+    this.close(1013, 'Slow consumer: reconnect and resume with since')
+    // A peer that does not read will not read the close frame either: cut it
+    // after the grace time so its buffer is freed, without waiting ws's 30 s.
+    setTimeout(() => socket.terminate(), this.ctx.options.closeTimeoutMs).unref()
+    return true
   }
 
   /** One heartbeat round: terminate a peer that did not answer the last ping. */

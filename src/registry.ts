@@ -2,6 +2,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { Adapter, AdapterListener, HistoryPage, RoomInfo, RoomPage, RoomQuery } from './adapters/adapter.js'
 import type { EncodedPublish, JoinedFrame, Member, Position, RequestId } from './protocol.js'
 import { RoomsError } from './errors.js'
+import { textFrame } from './frame.js'
 
 /** What the registry needs of a connection: who it is and a way to write encoded frames. */
 export interface Peer {
@@ -9,13 +10,16 @@ export interface Peer {
   readonly user: Member
   /** Write one encoded frame; the same buffer may be written to many peers. */
   sendEncoded (frame: Buffer | string): void
+  /** Write a fan-out frame: `framed` is the complete WebSocket frame of `payload`, built once for every member. */
+  sendFramed (framed: Buffer, payload: Buffer): void
   /** Close the connection (it will leave its rooms as it closes). */
   close (code: number, reason: string): void
 }
 
 interface Pending {
   offset: number
-  frame: Buffer | string
+  framed: Buffer
+  payload: Buffer
 }
 
 /**
@@ -139,7 +143,7 @@ export class Registry implements AdapterListener {
     membership.live = true
     const pending = membership.pending
     membership.pending = []
-    for (const item of pending) this.deliver(membership, item.offset, item.frame)
+    for (const item of pending) this.deliver(membership, item.offset, item.framed, item.payload)
   }
 
   /** Leave a room; `NOT_IN_ROOM` when the connection is not in it. */
@@ -205,17 +209,19 @@ export class Registry implements AdapterListener {
   message (room: string, offset: number, frame: string | Buffer): void {
     const members = this.rooms.get(room)
     if (members === undefined) return
-    // Encode to bytes once: ws would otherwise convert the string for every member.
-    const bytes = typeof frame === 'string' ? Buffer.from(frame) : frame
-    for (const membership of members.values()) this.deliver(membership, offset, bytes)
+    // Encode and frame once: every member gets the same bytes, with no per-member work but the write.
+    const payload = typeof frame === 'string' ? Buffer.from(frame) : frame
+    const framed = textFrame(payload)
+    for (const membership of members.values()) this.deliver(membership, offset, framed, payload)
   }
 
   presence (room: string, frame: string, origin: string): void {
     const members = this.rooms.get(room)
     if (members === undefined) return
-    const bytes = Buffer.from(frame)
+    const payload = Buffer.from(frame)
+    const framed = textFrame(payload)
     for (const membership of members.values()) {
-      if (membership.peer.id !== origin) this.deliver(membership, UNORDERED, bytes)
+      if (membership.peer.id !== origin) this.deliver(membership, UNORDERED, framed, payload)
     }
   }
 
@@ -235,14 +241,14 @@ export class Registry implements AdapterListener {
     for (const peer of peers) peer.close(1012, 'Room state was reset: reconnect and rejoin')
   }
 
-  private deliver (membership: Membership, offset: number, frame: Buffer | string): void {
+  private deliver (membership: Membership, offset: number, framed: Buffer, payload: Buffer): void {
     if (!membership.live) {
-      membership.pending.push({ offset, frame })
+      membership.pending.push({ offset, framed, payload })
     } else if (offset === UNORDERED) {
-      membership.peer.sendEncoded(frame)
+      membership.peer.sendFramed(framed, payload)
     } else if (offset > membership.lastOffset) {
       membership.lastOffset = offset
-      membership.peer.sendEncoded(frame)
+      membership.peer.sendFramed(framed, payload)
     }
   }
 

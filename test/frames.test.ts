@@ -121,3 +121,28 @@ t.test('after leave, no more messages from the room', async (t) => {
   await a.sync()
   t.equal(a.pending('message').length, 0)
 })
+
+t.test('fan-out frames of every header length arrive intact (7-bit, 16-bit and 64-bit lengths)', async (t) => {
+  const { wsUrl, app } = await startApp(t, { maxMessageBytes: 200_000, maxFrameBytes: 400_000 })
+  const a = await TestSocket.open(wsUrl)
+  t.teardown(() => a.close())
+  await a.join('sizes')
+  const overhead = '{"type":"message","room":"sizes","data":"","offset":1,"ts":1795516225414}'.length
+  for (const total of [125, 126, 65_535, 65_536, 150_000]) {
+    const text = 'x'.repeat(total - overhead)
+    const offset = await app.rooms.broadcast('sizes', text)
+    const message = await a.next((f) => f.type === 'message' && f.offset === offset)
+    t.equal(message.data, text, `a ${total}-byte frame payload`)
+  }
+})
+
+t.test('many messages to one member in one turn of the event loop arrive complete and in order', async (t) => {
+  const { wsUrl, app } = await startApp(t)
+  const a = await TestSocket.open(wsUrl)
+  t.teardown(() => a.close())
+  await a.join('burst')
+  await Promise.all(Array.from({ length: 500 }, async (_, i) => await app.rooms.broadcast('burst', i)))
+  const got = []
+  for (let i = 1; i <= 500; i++) got.push((await a.next((f) => f.type === 'message')).offset)
+  t.same(got, Array.from({ length: 500 }, (_, i) => i + 1))
+})

@@ -1,0 +1,111 @@
+/**
+ * One benchmark server per process: `node --expose-gc --import=tsx bench/servers.ts KIND [REDIS_URL]`.
+ * Prints `ready PORT`; answers `{ cmd: 'stats' }` over IPC with its CPU time and
+ * memory (after a full GC), so the runner measures the server alone.
+ *
+ * Every kind speaks the same tiny dialect of the fastify-rooms protocol (join ->
+ * joined, publish -> message to every member + ack) except Socket.IO, which
+ * speaks its own events over engine.io v4.
+ */
+import { createServer } from 'node:http'
+import Fastify from 'fastify'
+import { WebSocketServer, WebSocket } from 'ws'
+import rooms, { redisAdapter } from '../src/index.js'
+
+const kind = process.argv[2]
+const redisUrl = process.argv[3]
+const gc = (globalThis as { gc?: () => void }).gc
+
+async function start (): Promise<number> {
+  switch (kind) {
+    case 'rooms':
+    case 'rooms-redis': {
+      const app = Fastify({ logger: false })
+      await app.register(rooms, {
+        maxConnections: 100_000,
+        maxMembersPerRoom: 100_000,
+        maxFramesPerSecond: 1e9,
+        frameBurst: 1e9,
+        maxBufferedBytes: 64 * 1024 * 1024,
+        heartbeatMs: 60_000,
+        historySize: 100,
+        adapter: kind === 'rooms-redis' ? redisAdapter({ url: redisUrl as string }) : undefined
+      })
+      await app.listen({ port: 0, host: '127.0.0.1' })
+      return (app.server.address() as { port: number }).port
+    }
+    case 'ws-stringify':
+    case 'ws-preframed':
+      return await plainWs(kind === 'ws-preframed')
+    case 'socketio': {
+      const { Server } = await import('socket.io')
+      const http = createServer()
+      const io = new Server(http, { transports: ['websocket'], serveClient: false, pingInterval: 60_000, pingTimeout: 60_000 })
+      const offsets = new Map<string, number>()
+      io.on('connection', (socket) => {
+        socket.on('join', (room: string, ack: () => void) => { void socket.join(room); ack() })
+        socket.on('publish', (room: string, data: unknown, ack: (offset: number) => void) => {
+          const offset = (offsets.get(room) ?? 0) + 1
+          offsets.set(room, offset)
+          io.to(room).emit('message', { type: 'message', room, data, offset })
+          ack(offset)
+        })
+      })
+      await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve))
+      return (http.address() as { port: number }).port
+    }
+    default:
+      throw new Error(`unknown server kind ${String(kind)}`)
+  }
+}
+
+/** Plain ws with a Map of Sets: stringify once per broadcast, or build one frame and write it to every socket. */
+async function plainWs (preframed: boolean): Promise<number> {
+  const http = createServer()
+  const wss = new WebSocketServer({ server: http, perMessageDeflate: false })
+  const members = new Map<string, Set<WebSocket>>()
+  const offsets = new Map<string, number>()
+  wss.on('connection', (ws) => {
+    ws.send(JSON.stringify({ type: 'welcome' }))
+    const mine = new Set<string>()
+    ws.on('message', (raw) => {
+      const frame = JSON.parse(raw.toString())
+      if (frame.type === 'join') {
+        let set = members.get(frame.room)
+        if (set === undefined) members.set(frame.room, set = new Set())
+        set.add(ws)
+        mine.add(frame.room)
+        ws.send(JSON.stringify({ type: 'joined', room: frame.room, id: frame.id }))
+      } else if (frame.type === 'publish') {
+        const offset = (offsets.get(frame.room) ?? 0) + 1
+        offsets.set(frame.room, offset)
+        const text = JSON.stringify({ type: 'message', room: frame.room, data: frame.data, offset, ts: Date.now() })
+        const set = members.get(frame.room) ?? new Set()
+        if (preframed) {
+          const payload = Buffer.from(text)
+          const sender = (WebSocket as unknown as { Sender: { frame: (data: Buffer, options: object) => Buffer[] } }).Sender
+          const frameBytes = Buffer.concat(sender.frame(payload, { fin: true, opcode: 1, mask: false, readOnly: false, rsv1: false }))
+          for (const member of set) (member as unknown as { _socket: { write: (b: Buffer) => void } })._socket.write(frameBytes)
+        } else {
+          for (const member of set) member.send(text)
+        }
+        ws.send(JSON.stringify({ type: 'ack', id: frame.id, room: frame.room, offset }))
+      }
+    })
+    ws.on('close', () => { for (const room of mine) members.get(room)?.delete(ws) })
+  })
+  await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve))
+  return (http.address() as { port: number }).port
+}
+
+const port = await start()
+process.on('message', (message: { cmd: string }) => {
+  if (message.cmd === 'stats') {
+    gc?.()
+    gc?.()
+    const { rss, heapUsed } = process.memoryUsage()
+    process.send?.({ cpu: process.cpuUsage(), rss, heapUsed })
+  }
+})
+process.on('disconnect', () => process.exit(0))
+console.log(`ready ${port}`)
