@@ -7,7 +7,7 @@
  */
 import WebSocket from 'ws'
 
-export type Kind = 'rooms' | 'rooms-redis' | 'ws-stringify' | 'ws-preframed' | 'socketio'
+export type Kind = 'rooms' | 'rooms-quiet' | 'rooms-redis' | 'ws-stringify' | 'ws-preframed' | 'fastify-websocket' | 'socketio'
 
 export interface BenchClient {
   join: (room: string) => Promise<void>
@@ -20,7 +20,7 @@ export interface BenchClient {
 
 export function wsUrl (kind: Kind, port: number): string {
   if (kind === 'socketio') return `ws://127.0.0.1:${port}/socket.io/?EIO=4&transport=websocket`
-  return kind === 'rooms' || kind === 'rooms-redis' ? `ws://127.0.0.1:${port}/ws` : `ws://127.0.0.1:${port}/`
+  return kind.startsWith('rooms') ? `ws://127.0.0.1:${port}/ws` : `ws://127.0.0.1:${port}/`
 }
 
 export async function open (kind: Kind, url: string): Promise<BenchClient> {

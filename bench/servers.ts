@@ -10,6 +10,7 @@
 import { createServer } from 'node:http'
 import Fastify from 'fastify'
 import { WebSocketServer, WebSocket } from 'ws'
+import websocket from '@fastify/websocket'
 import rooms, { redisAdapter } from '../src/index.js'
 
 const kind = process.argv[2]
@@ -19,6 +20,7 @@ const gc = (globalThis as { gc?: () => void }).gc
 async function start (): Promise<number> {
   switch (kind) {
     case 'rooms':
+    case 'rooms-quiet':
     case 'rooms-redis': {
       const app = Fastify({ logger: false })
       await app.register(rooms, {
@@ -29,14 +31,29 @@ async function start (): Promise<number> {
         maxBufferedBytes: 64 * 1024 * 1024,
         heartbeatMs: 60_000,
         historySize: 100,
+        presenceEvents: kind !== 'rooms-quiet',
         adapter: kind === 'rooms-redis' ? redisAdapter({ url: redisUrl as string }) : undefined
       })
       await app.listen({ port: 0, host: '127.0.0.1' })
       return (app.server.address() as { port: number }).port
     }
     case 'ws-stringify':
-    case 'ws-preframed':
-      return await plainWs(kind === 'ws-preframed')
+    case 'ws-preframed': {
+      const http = createServer()
+      const wss = new WebSocketServer({ server: http, perMessageDeflate: false })
+      wss.on('connection', mapOfSets(kind === 'ws-preframed'))
+      await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve))
+      return (http.address() as { port: number }).port
+    }
+    case 'fastify-websocket': {
+      // The stack fastify-rooms stands on, with the plain handler: what Fastify and @fastify/websocket cost alone.
+      const app = Fastify({ logger: false })
+      await app.register(websocket)
+      const handle = mapOfSets(false)
+      app.get('/', { websocket: true }, (socket) => handle(socket))
+      await app.listen({ port: 0, host: '127.0.0.1' })
+      return (app.server.address() as { port: number }).port
+    }
     case 'socketio': {
       const { Server } = await import('socket.io')
       const http = createServer()
@@ -59,13 +76,11 @@ async function start (): Promise<number> {
   }
 }
 
-/** Plain ws with a Map of Sets: stringify once per broadcast, or build one frame and write it to every socket. */
-async function plainWs (preframed: boolean): Promise<number> {
-  const http = createServer()
-  const wss = new WebSocketServer({ server: http, perMessageDeflate: false })
+/** A Map of Sets: stringify once per broadcast, or build one frame and write it to every socket. */
+function mapOfSets (preframed: boolean): (ws: WebSocket) => void {
   const members = new Map<string, Set<WebSocket>>()
   const offsets = new Map<string, number>()
-  wss.on('connection', (ws) => {
+  return (ws) => {
     ws.send(JSON.stringify({ type: 'welcome' }))
     const mine = new Set<string>()
     ws.on('message', (raw) => {
@@ -93,9 +108,7 @@ async function plainWs (preframed: boolean): Promise<number> {
       }
     })
     ws.on('close', () => { for (const room of mine) members.get(room)?.delete(ws) })
-  })
-  await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve))
-  return (http.address() as { port: number }).port
+  }
 }
 
 const port = await start()

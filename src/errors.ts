@@ -68,5 +68,9 @@ export const InvalidRoomError = createError<[string]>('INVALID_ROOM', '%s', 400)
 export const UnauthorizedError = createError('UNAUTHORIZED', 'Authentication failed: the upgrade request carried no valid credentials.', 401)
 /** Upgrade: the anonymous `name` query parameter is not 1-32 printable characters. */
 export const InvalidNameError = createError('INVALID_NAME', 'The name query parameter must be 1-32 printable characters.', 400)
+/** Upgrade: `allowedOrigins` is set and the Origin header is not in it. */
+export const OriginNotAllowedError = createError<[string]>('ORIGIN_NOT_ALLOWED', 'Origin %s is not allowed to open a connection.', 403)
+/** Upgrade: `maxConnections` reached. */
+export const TooManyConnectionsError = createError<[number]>('TOO_MANY_CONNECTIONS', 'The server holds its maximum of %d connections: retry later or on another instance.', 503)
 /** Upgrade: the server is shutting down. */
 export const ShuttingDownError = createError('SHUTTING_DOWN', 'The server is shutting down; reconnect to another instance.', 503)

@@ -46,7 +46,7 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     throw new Error('fastify-rooms: already registered in this context; register it again inside its own encapsulated plugin (app.register(async (child) => child.register(rooms, ...))).')
   }
   const adapter = options.adapter ?? memoryAdapter()
-  const registry = new Registry(adapter, { log: app.log, maxRoomsPerConnection: options.maxRoomsPerConnection })
+  const registry = new Registry(adapter, { log: app.log, maxRoomsPerConnection: options.maxRoomsPerConnection, presenceEvents: options.presenceEvents })
   const nodeId = randomBytes(4).toString('hex')
   await adapter.start(registry, {
     log: app.log,

@@ -35,6 +35,7 @@ export const SettingsSchema = Type.Object({
   historyTtlMs: Type.Integer({ minimum: 1, default: 5 * 60_000 }),
   maxHistoryRooms: Type.Integer({ minimum: 1, default: 10_000 }),
   closeTimeoutMs: Type.Integer({ minimum: 0, default: 2_000 }),
+  presenceEvents: Type.Boolean({ default: true }),
   allowedOrigins: Type.Optional(Type.Array(Type.String()))
 })
 

@@ -37,6 +37,8 @@ interface Membership {
 export interface RegistryOptions {
   log: FastifyBaseLogger
   maxRoomsPerConnection: number
+  /** Send `presence` frames; off for large broadcast rooms, where each join would reach every member. */
+  presenceEvents: boolean
 }
 
 export interface JoinRequest {
@@ -64,25 +66,9 @@ export class Registry implements AdapterListener {
     this.options = options
   }
 
-  /** Number of connections on this node. */
-  get connectionCount (): number {
-    return this.peers.size
-  }
-
   /** Local connections, for heartbeats and shutdown. */
   connections (): IterableIterator<Peer> {
     return mapIterator(this.peers.values(), (entry) => entry.peer)
-  }
-
-  /** Names of the rooms a connection is in. */
-  roomsOf (connectionId: string): string[] {
-    const entry = this.peers.get(connectionId)
-    return entry === undefined ? [] : [...entry.rooms.keys()]
-  }
-
-  /** Local members of a room (connections, not users), for tests and diagnostics. */
-  localMembers (room: string): number {
-    return this.rooms.get(room)?.size ?? 0
   }
 
   add (peer: Peer): void {
@@ -217,7 +203,7 @@ export class Registry implements AdapterListener {
 
   presence (room: string, frame: string, origin: string): void {
     const members = this.rooms.get(room)
-    if (members === undefined) return
+    if (members === undefined || !this.options.presenceEvents) return
     const payload = Buffer.from(frame)
     const framed = textFrame(payload)
     for (const membership of members.values()) {

@@ -1,7 +1,7 @@
 import Type, { type Static } from 'typebox'
 import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
-import { Member, RoomName, invalidRoomMessage } from './protocol.js'
+import { Member, MessageFrame, RoomName, invalidRoomMessage } from './protocol.js'
 import { InvalidRoomError, NoHistoryError, RoomNotFoundError, httpError, isRoomsError, type ErrorCode } from './errors.js'
 import type { RestPublishGuard } from './options.js'
 import type { Registry } from './registry.js'
@@ -48,13 +48,7 @@ export const HistoryQuery = Type.Object({
 })
 
 /** A stored message as REST shows it: the `message` frame without its type. */
-export const StoredMessageSchema = Type.Object({
-  room: RoomName,
-  data: Type.Unknown(),
-  offset: Type.Integer(),
-  ts: Type.Integer(),
-  from: Type.Optional(Member)
-})
+export const StoredMessageSchema = Type.Omit(MessageFrame, ['type'])
 
 export const HistoryResponse = Type.Object({
   messages: Type.Array(StoredMessageSchema),

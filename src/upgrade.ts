@@ -2,12 +2,8 @@ import { randomBytes, randomUUID } from 'node:crypto'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { Compile } from 'typebox/compile'
 import { Member } from './protocol.js'
-import { InvalidNameError, ShuttingDownError, UnauthorizedError } from './errors.js'
-import createError from '@fastify/error'
+import { InvalidNameError, OriginNotAllowedError, ShuttingDownError, TooManyConnectionsError, UnauthorizedError } from './errors.js'
 import type { ResolvedOptions } from './options.js'
-
-const OriginNotAllowedError = createError('ORIGIN_NOT_ALLOWED', 'Origin %s is not allowed to open a connection.', 403)
-const TooManyConnectionsError = createError('TOO_MANY_CONNECTIONS', 'The server holds its maximum of %d connections: retry later or on another instance.', 503)
 
 const memberValidator = Compile(Member)
 /** 1-32 characters, none of them control or format characters. */

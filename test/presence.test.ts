@@ -77,3 +77,17 @@ t.test('presence reaches only members of that room', async (t) => {
   await ada.sync()
   t.equal(ada.pending('presence').length, 0)
 })
+
+t.test('presenceEvents: false sends no presence frames, but joined and REST still list members', async (t) => {
+  const { wsUrl, url } = await startApp(t, { ...options, presenceEvents: false })
+  const ada = await TestSocket.open(wsUrl, as('tok-ada'))
+  const bob = await TestSocket.open(wsUrl, as('tok-bob'))
+  t.teardown(() => Promise.all([ada.close(), bob.close()]))
+  await ada.join('big')
+  t.same((await bob.join('big')).members.map((m: { id: string }) => m.id), ['u-ada', 'u-bob'])
+  await bob.close()
+  await ada.request({ type: 'publish', room: 'big', data: 'after bob left' })
+  await ada.sync()
+  t.equal(ada.pending('presence').length, 0, 'no join or leave frames')
+  t.same((await (await fetch(`${url}/rooms/big`)).json()).members.map((m: { id: string }) => m.id), ['u-ada'])
+})

@@ -1,5 +1,5 @@
 import t from 'tap'
-import Fastify from 'fastify'
+import Fastify, { type FastifyInstance } from 'fastify'
 import WebSocket from 'ws'
 import rooms from '../src/index.js'
 import { TestSocket } from './helpers/socket.js'
@@ -34,14 +34,19 @@ t.test('app.close(): every client gets 1001, every member is removed, no handle 
   }
 })
 
-t.test('close finishes within closeTimeoutMs even when a client never answers the close', async (t) => {
+/** An app this test file closes itself (no teardown close), and its socket URL. */
+async function listening (closeTimeoutMs: number): Promise<{ app: FastifyInstance, url: string }> {
   const app = Fastify()
-  await app.register(rooms, { closeTimeoutMs: 200 })
+  await app.register(rooms, { closeTimeoutMs })
   await app.listen({ port: 0, host: '127.0.0.1' })
-  const url = `ws://127.0.0.1:${(app.server.address() as { port: number }).port}/ws`
+  return { app, url: `ws://127.0.0.1:${(app.server.address() as { port: number }).port}/ws` }
+}
+
+t.test('close finishes within closeTimeoutMs even when a client never answers the close', async (t) => {
+  const { app, url } = await listening(200)
   const stuck = await TestSocket.open(url)
-  // Stop reading: the client never sees the close frame, so it never answers it.
-  ;(stuck.ws as unknown as { _socket: { pause: () => void } })._socket.pause()
+  // The client never sees the close frame, so it never answers it.
+  stuck.stopReading()
   const started = Date.now()
   await app.close()
   const took = Date.now() - started
@@ -50,12 +55,9 @@ t.test('close finishes within closeTimeoutMs even when a client never answers th
 })
 
 t.test('upgrades during shutdown are refused', async (t) => {
-  const app = Fastify()
-  await app.register(rooms, { closeTimeoutMs: 5_000 })
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  const url = `ws://127.0.0.1:${(app.server.address() as { port: number }).port}/ws`
+  const { app, url } = await listening(5_000)
   const holder = await TestSocket.open(url)
-  ;(holder.ws as unknown as { _socket: { pause: () => void } })._socket.pause()
+  holder.stopReading()
   const closing = app.close()
   const late = new WebSocket(url)
   const outcome = await new Promise<string>((resolve) => {

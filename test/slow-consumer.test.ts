@@ -11,7 +11,7 @@ t.test('a client that never reads is closed with 1013; fast members miss nothing
   for (const f of fast) await f.join('firehose')
   await slow.join('firehose')
   // From here on the slow client reads nothing: its TCP window fills, then the server's buffer for it grows.
-  ;(slow.ws as unknown as { _socket: { pause: () => void } })._socket.pause()
+  slow.stopReading()
   const serverSide = [...app.websocketServer.clients].at(-1)!
   let peak = 0
   const closed = new Promise<number>((resolve) => serverSide.once('close', (code) => resolve(code)))
@@ -46,8 +46,7 @@ t.test('a slow reader that does read its buffer sees close code 1013', async (t)
   const { wsUrl, app } = await startApp(t, { maxBufferedBytes: 64 * 1024, closeTimeoutMs: 5_000, historySize: 0 })
   const slow = await TestSocket.open(wsUrl)
   await slow.join('r')
-  const socket = (slow.ws as unknown as { _socket: { pause: () => void, resume: () => void } })._socket
-  socket.pause()
+  slow.stopReading()
   const serverSide = [...app.websocketServer.clients][0]!
   const closing = new Promise<void>((resolve) => {
     const check = (): void => { if (serverSide.readyState === serverSide.CLOSING) resolve() }
@@ -58,6 +57,6 @@ t.test('a slow reader that does read its buffer sees close code 1013', async (t)
     })
   })
   await closing
-  socket.resume()
+  slow.resumeReading()
   t.equal((await slow.closed).code, 1013)
 })

@@ -121,6 +121,16 @@ export class TestSocket {
     return taken
   }
 
+  /** Stop reading from the socket, like a peer that never reads (its TCP window fills up). */
+  stopReading (): void {
+    (this.ws as unknown as { _socket: { pause: () => void } })._socket.pause()
+  }
+
+  /** Read again after stopReading(). */
+  resumeReading (): void {
+    (this.ws as unknown as { _socket: { resume: () => void } })._socket.resume()
+  }
+
   async close (): Promise<void> {
     if (this.ws.readyState === WebSocket.CLOSED) return
     this.ws.close()
