@@ -3,7 +3,7 @@ import type { Socket } from 'node:net'
 import type { WebSocket, RawData } from 'ws'
 import { writeCoalesced } from './frame.js'
 import {
-  encodeData, encodeMember, isFrameError, parseClientFrame, peekRequestId, PROTOCOL_VERSION,
+  checkPublish, encodeData, encodeMember, isFrameError, parseClientFrame, peekRequestId, PROTOCOL_VERSION,
   type ClientFrame, type DataValidator, type ErrorFrame, type JoinFrame, type Member,
   type PublishFrame, type RequestId, type WelcomeFrame
 } from './protocol.js'
@@ -226,13 +226,7 @@ export class Connection implements Peer {
     const { room } = frame
     if (!registry.isMember(this, room)) throw notInRoom(room)
     let data = frame.data
-    let json = encodeData(data, room)
-    // The frame is larger than its data, so only large frames need measuring.
-    if (size > options.maxMessageBytes && Buffer.byteLength(json) > options.maxMessageBytes) {
-      throw new RoomsError('PAYLOAD_TOO_LARGE', `Message data is larger than ${options.maxMessageBytes} bytes: send less per message.`, room)
-    }
-    const invalid = validateData?.(data)
-    if (invalid !== undefined) throw new RoomsError('INVALID_DATA', invalid, room)
+    let json = checkPublish(data, room, options.maxMessageBytes, validateData, size)
     if (options.onPublish !== undefined) {
       const verdict = await options.onPublish({ connectionId: this.id, user: this.user, room, data: data as never, request: this.request })
       if (verdict === false) throw forbidden(`You may not publish to room "${room}".`)

@@ -10,7 +10,7 @@ import { Connection, type ConnectionContext } from './connection.js'
 import { RoomsError } from './errors.js'
 import { resolveOptions, type RoomData, type RoomsOptions } from './options.js'
 import { page } from './page.js'
-import { compileDataValidator, encodeData, invalidRoomMessage, isRoomName } from './protocol.js'
+import { checkPublish, compileDataValidator, invalidRoomMessage, isRoomName } from './protocol.js'
 import { Registry } from './registry.js'
 import { DEFAULT_PAGE, routes } from './routes.js'
 import { upgradeGuard } from './upgrade.js'
@@ -108,13 +108,7 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
   /** A publish by the server (`broadcast`, REST): the same checks as a member's publish, no `from`. */
   async function serverPublish (room: string, data: unknown): Promise<number> {
     if (!isRoomName(room)) throw new RoomsError('INVALID_ROOM', invalidRoomMessage(room))
-    const json = encodeData(data, room)
-    if (Buffer.byteLength(json) > options.maxMessageBytes) {
-      throw new RoomsError('PAYLOAD_TOO_LARGE', `Message data is larger than ${options.maxMessageBytes} bytes: send less per message.`, room)
-    }
-    const invalid = ctx.validateData?.(data)
-    if (invalid !== undefined) throw new RoomsError('INVALID_DATA', invalid, room)
-    return await registry.publish(room, { data: json })
+    return await registry.publish(room, { data: checkPublish(data, room, options.maxMessageBytes, ctx.validateData) })
   }
 
   const guard = upgradeGuard(options, state)

@@ -265,6 +265,23 @@ export function encodeData (data: unknown, room: string): string {
   return json
 }
 
+/**
+ * Everything a publish's data must pass, for a member's publish and a server
+ * publish alike: it encodes as JSON, fits `maxMessageBytes`, and matches the
+ * data schema. Returns the encoded data.
+ * @param frameBytes size of the frame that carried the data, when known: the
+ *   data is smaller than its frame, so a small frame needs no measuring
+ */
+export function checkPublish (data: unknown, room: string, maxMessageBytes: number, validate: DataValidator | undefined, frameBytes = Infinity): string {
+  const json = encodeData(data, room)
+  if (frameBytes > maxMessageBytes && Buffer.byteLength(json) > maxMessageBytes) {
+    throw new RoomsError('PAYLOAD_TOO_LARGE', `Message data is larger than ${maxMessageBytes} bytes: send less per message.`, room)
+  }
+  const invalid = validate?.(data)
+  if (invalid !== undefined) throw new RoomsError('INVALID_DATA', invalid, room)
+  return json
+}
+
 const memberJson = new WeakMap<Member, string>()
 
 /** A member as JSON, encoded once per member object. */

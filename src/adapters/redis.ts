@@ -27,6 +27,8 @@ export interface RedisAdapterOptions {
  *   R..'conns' connection id -> user id, P..'rooms' sorted set of rooms with
  *   members, P..'nodes' node id -> lease expiry (Redis clock, ms),
  *   P..'n:'..node..':conns' set of room.."\n"..connection of a node.
+ * The message and presence frames built here must stay byte-compatible with
+ * messageFrame and encodePresence in protocol.ts (the memory adapter's twins).
  * Channels: P..'c:'..room carries `m<offset>|<epoch>|<frame>` and
  * `p<connection>|<frame>`; P..'n:'..node carries `d<connection>|<frame>`.
  */
