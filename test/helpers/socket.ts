@@ -7,6 +7,7 @@ type Frame = ServerFrame & Record<string, any>
 const WAIT_MS = 10_000
 
 interface Waiter {
+  what: string
   match: (frame: Frame) => boolean
   resolve: (frame: Frame) => void
   reject: (err: Error) => void
@@ -15,13 +16,17 @@ interface Waiter {
 
 /**
  * A raw protocol client for tests: every frame received is kept, and `next`
- * waits for the first unread frame matching a predicate.
+ * waits for the first unread frame matching a predicate. A wait fails at once
+ * when the socket closes, with the close code and reason, rather than timing
+ * out later with nothing to say.
  */
 export class TestSocket {
   readonly ws: WebSocket
   readonly frames: Frame[] = []
   welcome!: WelcomeFrame
   closed: Promise<{ code: number, reason: string }>
+  /** Set once the socket has closed. */
+  closedWith: { code: number, reason: string } | undefined
   private unread: Frame[] = []
   private readonly waiters: Waiter[] = []
   private nextId = 1
@@ -41,7 +46,15 @@ export class TestSocket {
       clearTimeout(waiter.timer)
       waiter.resolve(frame)
     })
-    this.closed = new Promise((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() })))
+    this.closed = new Promise((resolve) => ws.on('close', (code, reason) => {
+      const closed = { code, reason: reason.toString() }
+      this.closedWith = closed
+      for (const waiter of this.waiters.splice(0)) {
+        clearTimeout(waiter.timer)
+        waiter.reject(new Error(`socket closed (${code}${closed.reason === '' ? '' : ` ${closed.reason}`}) while waiting for ${waiter.what}; unread: ${JSON.stringify(this.unread).slice(0, 300)}`))
+      }
+      resolve(closed)
+    }))
   }
 
   /** Connect and wait for `welcome`. */
@@ -79,12 +92,15 @@ export class TestSocket {
   async next (match: (frame: Frame) => boolean = () => true, what = 'a frame'): Promise<Frame> {
     const i = this.unread.findIndex(match)
     if (i !== -1) return (this.unread.splice(i, 1) as [Frame])[0]
+    if (this.closedWith !== undefined) {
+      throw new Error(`socket closed (${this.closedWith.code} ${this.closedWith.reason}) before ${what} came; unread: ${JSON.stringify(this.unread).slice(0, 300)}`)
+    }
     return await new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.waiters.splice(this.waiters.indexOf(waiter), 1)
         reject(new Error(`timed out waiting for ${what}; unread: ${JSON.stringify(this.unread).slice(0, 500)}`))
       }, WAIT_MS)
-      const waiter: Waiter = { match, resolve, reject, timer }
+      const waiter: Waiter = { what, match, resolve, reject, timer }
       this.waiters.push(waiter)
     })
   }
