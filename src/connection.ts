@@ -3,7 +3,7 @@ import type { Socket } from 'node:net'
 import type { WebSocket, RawData } from 'ws'
 import { writeCoalesced } from './frame.js'
 import {
-  checkPublish, encodeData, encodeMember, isFrameError, parseClientFrame, peekRequestId, PROTOCOL_VERSION,
+  checkPublish, encodeMember, isFrameError, parseClientFrame, peekRequestId, PROTOCOL_VERSION,
   type ClientFrame, type DataValidator, type ErrorFrame, type JoinFrame, type Member,
   type PublishFrame, type RequestId, type WelcomeFrame
 } from './protocol.js'
@@ -213,7 +213,7 @@ export class Connection implements Peer {
       if (verdict === false) throw forbidden(`You may not join room "${frame.room}".`)
     }
     if (this.closed) return
-    await registry.join(this, frame.room, { id: frame.id, since: frame.since })
+    await registry.join(this, frame.room, { id: frame.id, since: frame.since, history: frame.history })
   }
 
   private async leave (room: string, id: RequestId | undefined): Promise<void> {
@@ -231,8 +231,9 @@ export class Connection implements Peer {
       const verdict = await options.onPublish({ connectionId: this.id, user: this.user, room, data: data as never, request: this.request })
       if (verdict === false) throw forbidden(`You may not publish to room "${room}".`)
       if (typeof verdict === 'object' && verdict !== null) {
+        // What the hook returns goes out as if the member had sent it: same limits, same schema.
         data = verdict.data
-        json = encodeData(data, room)
+        json = checkPublish(data, room, options.maxMessageBytes, validateData)
       }
     }
     const offset = await registry.publish(room, { data: json, from: this.userJson })

@@ -52,11 +52,23 @@ export function isRoomsError (err: unknown): err is RoomsError {
   return err instanceof RoomsError
 }
 
+/** REST: an unexpected failure; the details go to the log, never to the client. */
+export const InternalError = createError('INTERNAL', 'The server failed to handle this request; it has been logged. Try again later.', 500)
+/** REST: a valid room name longer than the router's `maxParamLength`. */
+export const RoomNameTooLongError = createError<[number, number]>('ROOM_NAME_TOO_LONG', 'This room name has %d characters, more than this server\'s router takes (routerOptions.maxParamLength = %d): create Fastify with { routerOptions: { maxParamLength: 256 } }.', 414)
 /** REST: the room has no members (rooms exist while someone is in them). */
 export const RoomNotFoundError = createError<[string]>('ROOM_NOT_FOUND', 'Room "%s" has no members.', 404)
+/** One error class per code and status, made once, as Fastify's own errors are. */
+const httpErrors = new Map<string, ReturnType<typeof createError>>()
+
 /** A protocol error as an HTTP error in Fastify's shape, keeping its code. */
 export function httpError (code: ErrorCode, message: string, statusCode: number): Error {
-  const Err = createError(code, '%s', statusCode)
+  const key = `${code} ${statusCode}`
+  let Err = httpErrors.get(key)
+  if (Err === undefined) {
+    Err = createError(code, '%s', statusCode)
+    httpErrors.set(key, Err)
+  }
   return new Err(message)
 }
 

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto'
-import type { Server } from 'node:http'
+import type { IncomingMessage, Server } from 'node:http'
 import type { Duplex } from 'node:stream'
 import fp from 'fastify-plugin'
 import websocket from '@fastify/websocket'
@@ -7,7 +7,7 @@ import type { FastifyPluginAsync } from 'fastify'
 import { memoryAdapter } from './adapters/memory.js'
 import type { HistoryPage, RoomInfo, RoomPage, RoomQuery } from './adapters/adapter.js'
 import { Connection, type ConnectionContext } from './connection.js'
-import { RoomsError } from './errors.js'
+import { RoomsError, ShuttingDownError } from './errors.js'
 import { resolveOptions, type RoomData, type RoomsOptions } from './options.js'
 import { page } from './page.js'
 import { checkPublish, compileDataValidator, invalidRoomMessage, isRoomName } from './protocol.js'
@@ -37,6 +37,14 @@ declare module 'fastify' {
   }
 }
 
+/** The 503 body of an upgrade refused during shutdown, in Fastify's error shape. */
+const SHUTTING_DOWN_BODY = JSON.stringify({ statusCode: 503, code: 'SHUTTING_DOWN', error: 'Service Unavailable', message: new ShuttingDownError().message })
+
+function pathOf (url: string | undefined): string {
+  const end = url?.indexOf('?') ?? -1
+  return end === -1 ? url ?? '' : (url as string).slice(0, end)
+}
+
 /** Servers on which this package registered @fastify/websocket, to catch a second, conflicting registration. */
 const ownWebsocket = new WeakSet<Server>()
 
@@ -54,7 +62,8 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     maxMembersPerRoom: options.maxMembersPerRoom,
     historySize: options.historySize,
     historyTtlMs: options.historyTtlMs,
-    maxHistoryRooms: options.maxHistoryRooms
+    maxHistoryRooms: options.maxHistoryRooms,
+    maxHistoryBytes: options.maxHistoryBytes
   })
 
   const ctx: ConnectionContext = {
@@ -72,16 +81,22 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     for (const connection of open) connection.heartbeat()
   }, options.heartbeatMs)
 
-  // A refused upgrade's socket has no HTTP parser to end it; a client that
-  // keeps it open would hold it (and server.close()) for ever. During shutdown
-  // Fastify itself answers 503, after the listeners that run before this one.
-  const endRefusedUpgrade = (_request: unknown, socket: Duplex): void => {
-    if (state.closing) setImmediate(() => socket.end())
+  // From the moment app.close() starts, Fastify's router answers every request
+  // with a bare 503 and, once @fastify/websocket has let go of the server,
+  // nobody answers an upgrade at all. Upgrades to our path get the contract's
+  // 503 SHUTTING_DOWN instead; any other upgrade's socket is ended, since it
+  // has no HTTP parser to end it and a client holding it would hold
+  // server.close() for ever.
+  const shuttingDown = `HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(SHUTTING_DOWN_BODY)}\r\n\r\n${SHUTTING_DOWN_BODY}`
+  const refuseUpgrade = (request: IncomingMessage, socket: Duplex): void => {
+    if (!state.closing) return
+    if (pathOf(request.url) === options.path) socket.end(shuttingDown)
+    else setImmediate(() => socket.end())
   }
   // Added before @fastify/websocket's own preClose, so clients get 1001 rather than a bare close.
   app.addHook('preClose', async () => {
     state.closing = true
-    app.server.on('upgrade', endRefusedUpgrade)
+    app.server.prependListener('upgrade', refuseUpgrade)
     clearInterval(heartbeat)
     if (open.size === 0) return
     const closed = new Promise<void>((resolve) => { allClosed = resolve })
@@ -91,7 +106,7 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     clearTimeout(timer)
   })
   app.addHook('onClose', async () => {
-    app.server.off('upgrade', endRefusedUpgrade)
+    app.server.off('upgrade', refuseUpgrade)
     clearInterval(heartbeat)
     await registry.idle()
     await adapter.close()
@@ -163,7 +178,7 @@ const rooms = fp(roomsPlugin, { fastify: '5.x', name: 'fastify-rooms' })
 export default rooms
 export { rooms }
 
-export { memoryAdapter, MemoryAdapter, type MemoryAdapterOptions } from './adapters/memory.js'
+export { memoryAdapter, MemoryAdapter, type MemoryAdapterOptions, type MemoryAdapterStats } from './adapters/memory.js'
 export { redisAdapter, RedisAdapter, type RedisAdapterOptions } from './adapters/redis.js'
 export type { Adapter, AdapterConfig, AdapterListener, JoinResult, RoomInfo, RoomPage, RoomQuery, HistoryPage, StoredMessage } from './adapters/adapter.js'
 export { RoomsError, forbidden, ERROR_CODES, type ErrorCode } from './errors.js'

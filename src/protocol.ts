@@ -23,7 +23,9 @@ export const JoinFrame = Type.Object({
   type: Type.Literal('join'),
   id: Type.Optional(RequestId),
   room: RoomName,
-  since: Type.Optional(Position)
+  since: Type.Optional(Position),
+  /** Replay the last n retained messages after `joined` (a first visit); `since` wins when both are given. */
+  history: Type.Optional(Type.Integer({ minimum: 0 }))
 })
 export const LeaveFrame = Type.Object({
   type: Type.Literal('leave'),

@@ -1,5 +1,5 @@
 import type { FastifyBaseLogger } from 'fastify'
-import type { Adapter, AdapterListener, HistoryPage, RoomInfo, RoomPage, RoomQuery } from './adapters/adapter.js'
+import type { Adapter, AdapterListener, HistoryPage, JoinResult, RoomInfo, RoomPage, RoomQuery, StoredMessage } from './adapters/adapter.js'
 import type { EncodedPublish, JoinedFrame, Member, Position, RequestId } from './protocol.js'
 import { RoomsError } from './errors.js'
 import { textFrame } from './frame.js'
@@ -44,6 +44,16 @@ export interface RegistryOptions {
 export interface JoinRequest {
   id?: RequestId | undefined
   since?: Position | undefined
+  /** Replay the last n retained messages (a first visit); ignored with `since`. */
+  history?: number | undefined
+}
+
+/** What a join replays after `joined`, and the `recovered` it answers. */
+interface Replay {
+  recovered: boolean | undefined
+  /** The offset the joiner already has: nothing at or below it is written again. */
+  after: number
+  messages: StoredMessage[]
 }
 
 /** Offset of frames that are not room messages (presence): always delivered, never deduplicated. */
@@ -81,8 +91,10 @@ export class Registry implements AdapterListener {
   }
 
   /**
-   * Join a room: write `joined` (with the replayed history when `since` is
-   * given and still covered), then go live.
+   * Join a room: write `joined`, then the messages the join asked for (the gap
+   * after `since`, every retained message of a new epoch, or the last
+   * `history` ones), then go live. Every offset reaches the joiner once, in
+   * order, even while messages are published during the join.
    */
   async join (peer: Peer, room: string, request: JoinRequest): Promise<void> {
     const entry = this.peers.get(peer.id)
@@ -102,13 +114,10 @@ export class Registry implements AdapterListener {
     entry.rooms.set(room, membership)
     this.localRoom(room).set(peer.id, membership)
     let result
-    let history: HistoryPage | null = null
+    let replay: Replay
     try {
       result = await this.adapter.join(room, peer.id, peer.user)
-      const { since } = request
-      if (since !== undefined && since.epoch === result.epoch && since.offset < result.offset) {
-        history = await this.adapter.history(room, since.offset, result.offset - since.offset)
-      }
+      replay = await this.replay(room, request, result)
     } catch (err) {
       this.forget(peer.id, room, membership)
       throw err
@@ -120,16 +129,49 @@ export class Registry implements AdapterListener {
     }
     const joined: JoinedFrame = { type: 'joined', room, members: result.members, offset: result.offset, epoch: result.epoch }
     if (request.id !== undefined) joined.id = request.id
-    if (request.since !== undefined) joined.recovered = recovered(request.since, result.epoch, result.offset, history)
+    if (replay.recovered !== undefined) joined.recovered = replay.recovered
     peer.sendEncoded(JSON.stringify(joined))
-    if (joined.recovered === true && history !== null) {
-      for (const message of history.messages) peer.sendEncoded(message.frame)
+    // Messages published after the adapter's answer may be both in the replay
+    // and pending: lastOffset lets each through once.
+    membership.lastOffset = replay.after
+    for (const message of replay.messages) {
+      if (message.offset > membership.lastOffset) {
+        membership.lastOffset = message.offset
+        peer.sendEncoded(message.frame)
+      }
     }
-    membership.lastOffset = result.offset
+    membership.lastOffset = Math.max(membership.lastOffset, result.offset)
     membership.live = true
     const pending = membership.pending
     membership.pending = []
     for (const item of pending) this.deliver(membership, item.offset, item.framed, item.payload)
+  }
+
+  /**
+   * What follows `joined`. With `since` in the room's epoch: the gap, when the
+   * history still covers it (else nothing, `recovered: false`). With `since`
+   * from another epoch, the old history is gone: every retained message of
+   * the current one, so the client loses at most what the old epoch held and
+   * never what was published since. With `history: n`: the last n.
+   */
+  private async replay (room: string, request: JoinRequest, result: JoinResult): Promise<Replay> {
+    const { since, history: wanted } = request
+    if (since !== undefined) {
+      if (since.epoch !== result.epoch) {
+        const page = result.offset > 0 ? await this.adapter.history(room, 0, result.offset) : null
+        return { recovered: false, after: 0, messages: page?.epoch === result.epoch ? page.messages : [] }
+      }
+      if (since.offset >= result.offset) return { recovered: since.offset === result.offset, after: result.offset, messages: [] }
+      const page = await this.adapter.history(room, since.offset, result.offset - since.offset)
+      const covered = recovered(since, result.epoch, result.offset, page)
+      return { recovered: covered, after: since.offset, messages: covered && page !== null ? page.messages : [] }
+    }
+    if (wanted !== undefined && wanted > 0 && result.offset > 0) {
+      const after = Math.max(0, result.offset - wanted)
+      const page = await this.adapter.history(room, after, result.offset - after)
+      return { recovered: undefined, after, messages: page?.epoch === result.epoch ? page.messages : [] }
+    }
+    return { recovered: undefined, after: 0, messages: [] }
   }
 
   /** Leave a room; `NOT_IN_ROOM` when the connection is not in it. */
@@ -265,8 +307,6 @@ export function notInRoom (room: string): RoomsError {
 
 /** History covers the gap when it starts right after the client's offset and reaches the room's last one. */
 function recovered (since: Position, epoch: string, offset: number, history: HistoryPage | null): boolean {
-  if (since.epoch !== epoch || since.offset > offset) return false
-  if (since.offset === offset) return true
   if (history === null || history.epoch !== epoch) return false
   const { messages } = history
   return messages.length === offset - since.offset && messages[0]?.offset === since.offset + 1

@@ -1,8 +1,8 @@
 import Type, { type Static } from 'typebox'
-import type { FastifyInstance, FastifyPluginAsync } from 'fastify'
+import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
-import { Member, MessageFrame, RoomName, invalidRoomMessage } from './protocol.js'
-import { InvalidRoomError, NoHistoryError, RoomNotFoundError, httpError, isRoomsError, type ErrorCode } from './errors.js'
+import { Member, MessageFrame, RoomName, invalidRoomMessage, isRoomName } from './protocol.js'
+import { InternalError, InvalidRoomError, NoHistoryError, RoomNameTooLongError, RoomNotFoundError, httpError, isRoomsError, type ErrorCode } from './errors.js'
 import type { RestPublishGuard } from './options.js'
 import type { Registry } from './registry.js'
 
@@ -68,8 +68,14 @@ export interface RoutesOptions {
   } | undefined
 }
 
-/** HTTP status of each protocol error the REST publish route can meet. */
-const STATUS: Partial<Record<ErrorCode, number>> = { INVALID_ROOM: 400, INVALID_DATA: 400, PAYLOAD_TOO_LARGE: 413 }
+/** HTTP status of each protocol error a REST route can meet; any other is a 500. */
+const STATUS: Partial<Record<ErrorCode, number>> = {
+  INVALID_ROOM: 400,
+  INVALID_DATA: 400,
+  PAYLOAD_TOO_LARGE: 413,
+  FORBIDDEN: 403,
+  UNAVAILABLE: 503
+}
 
 /**
  * The REST API: room listing and room details. Registered in its own
@@ -83,6 +89,8 @@ export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { regist
   if (maxParamLength < MAX_ROOM_LENGTH) {
     app.log.warn({ maxParamLength }, `fastify-rooms: room names longer than ${maxParamLength} characters will get 414 from the REST routes; create Fastify with { routerOptions: { maxParamLength: 256 } }`)
   }
+
+  tooLongForRouter(app, maxParamLength, publish !== undefined)
 
   app.get('/', {
     schema: {
@@ -124,7 +132,8 @@ export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { regist
 
   if (publish === undefined) return
   app.post('/:room/messages', {
-    preHandler: publish.guard,
+    // Wrapped, so that a guard written as a plain function (no done callback) cannot stall the request.
+    preHandler: async (request, reply) => { await publish.guard(request, reply) },
     bodyLimit: publish.bodyLimit,
     schema: {
       summary: 'Publish to a room as the server (no from); guarded by the restPublish option',
@@ -133,23 +142,50 @@ export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { regist
       response: { 201: PublishResult, 400: HttpError, 401: HttpError, 403: HttpError, 413: HttpError }
     }
   }, async (request, reply) => {
-    try {
-      const offset = await publish.serverPublish(request.params.room, request.body.data)
-      return await reply.code(201).send({ offset })
-    } catch (err) {
-      if (isRoomsError(err) && STATUS[err.code] !== undefined) throw httpError(err.code, err.message, STATUS[err.code] as number)
-      throw err
-    }
+    const offset = await publish.serverPublish(request.params.room, request.body.data)
+    return await reply.code(201).send({ offset })
   })
 }
 
-/** A bad room name in the path is `INVALID_ROOM`, as on the socket; other errors keep Fastify's shape. */
-function roomErrors (this: FastifyInstance, error: Error & { validationContext?: string, statusCode?: number }, request: { params: unknown }, reply: { send: (e: unknown) => void }): void {
+/**
+ * The router refuses a path parameter longer than `maxParamLength` with its
+ * own 414 before any route runs; a wildcard is not length-limited, so paths
+ * the `:room` routes could not take land here and get the contract's answer.
+ */
+function tooLongForRouter (app: FastifyInstance, maxParamLength: number, withPublish: boolean): void {
+  const handler = async (request: FastifyRequest<{ Params: { '*': string } }>, reply: FastifyReply): Promise<void> => {
+    const [room, rest, ...more] = request.params['*'].split('/')
+    if (more.length > 0 || (rest !== undefined && rest !== 'messages') || room === undefined || room === '') return await reply.callNotFound()
+    if (!isRoomName(room)) throw new InvalidRoomError(invalidRoomMessage(room))
+    throw new RoomNameTooLongError(room.length, maxParamLength)
+  }
+  app.get('/*', handler)
+  if (withPublish) app.post('/*', handler)
+}
+
+/**
+ * Errors in Fastify's shape. A bad room name in the path is `INVALID_ROOM`, as
+ * on the socket; protocol errors keep their code with an HTTP status; anything
+ * unexpected (an adapter's own error text, say) is logged and answered with a
+ * generic 500, so no internal detail reaches a client.
+ */
+function roomErrors (this: FastifyInstance, error: Error & { validationContext?: string, statusCode?: number }, request: FastifyRequest, reply: FastifyReply): void {
   if (error.validationContext === 'params') {
     const room = (request.params as { room?: unknown }).room
-    reply.send(new InvalidRoomError(invalidRoomMessage(room)))
+    void reply.send(new InvalidRoomError(invalidRoomMessage(room)))
     return
   }
-  reply.send(error)
+  if (isRoomsError(error)) {
+    const status = STATUS[error.code]
+    if (status !== undefined) {
+      void reply.send(httpError(error.code, error.message, status))
+      return
+    }
+  } else if (error.statusCode !== undefined && error.statusCode < 500) {
+    void reply.send(error)
+    return
+  }
+  request.log.error({ err: error }, 'fastify-rooms: a REST request failed')
+  void reply.send(new InternalError())
 }
 

@@ -16,8 +16,30 @@ interface RoomState {
   epoch: string
   offset: number
   users: Map<string, UserEntry>
-  history: StoredMessage[]
+  history: Kept[]
+  /** What `history` costs, counted against `maxHistoryBytes`. */
+  historyBytes: number
   lastPublish: number
+}
+
+/** A stored message with what it counts against the budget. */
+interface Kept extends StoredMessage {
+  bytes: number
+}
+
+/** Bookkeeping a stored message costs beside its frame's bytes (the entry object and its array slot). */
+const ENTRY_OVERHEAD = 64
+
+/** What the memory adapter holds now, for tests and metrics. */
+export interface MemoryAdapterStats {
+  /** Rooms with members, history or both. */
+  rooms: number
+  /** Rooms holding history. */
+  roomsWithHistory: number
+  /** Messages held for recovery and REST history. */
+  retainedMessages: number
+  /** Bytes those messages cost, as counted against `maxHistoryBytes`. */
+  retainedBytes: number
 }
 
 /**
@@ -40,6 +62,7 @@ export class MemoryAdapter implements Adapter {
   /** Rooms holding history, least recently published first (Map keeps insertion order). */
   private readonly withHistory = new Map<string, RoomState>()
   private sweepTimer: NodeJS.Timeout | undefined
+  private retainedBytes = 0
 
   constructor (options: MemoryAdapterOptions = {}) {
     this.now = options.now ?? Date.now
@@ -58,6 +81,7 @@ export class MemoryAdapter implements Adapter {
     clearInterval(this.sweepTimer)
     this.states.clear()
     this.withHistory.clear()
+    this.retainedBytes = 0
     this.active.length = 0
   }
 
@@ -67,16 +91,52 @@ export class MemoryAdapter implements Adapter {
     const offset = ++state.offset
     const ts = this.now()
     const frame = messageFrame(room, message, offset, ts)
-    if (config.historySize > 0) {
-      state.history.push({ offset, frame })
-      if (state.history.length > config.historySize) state.history.shift()
-      state.lastPublish = ts
-      this.withHistory.delete(room)
-      this.withHistory.set(room, state)
-      if (this.withHistory.size > config.maxHistoryRooms) this.dropHistory(this.withHistory.keys().next().value as string)
+    // Encoded once here: its length is what the budget counts, and the fan-out writes these bytes.
+    const payload = Buffer.from(frame)
+    if (config.historySize > 0 && payload.length + ENTRY_OVERHEAD <= config.maxHistoryBytes) {
+      this.retain(room, state, { offset, frame, bytes: payload.length + ENTRY_OVERHEAD }, ts)
+    } else {
+      // Nothing kept: a room without members must not stay behind for every broadcast to it.
+      this.forgetIfIdle(room, state)
     }
-    listener.message(room, offset, frame)
+    listener.message(room, offset, payload)
     return offset
+  }
+
+  /** What this adapter holds now. */
+  stats (): MemoryAdapterStats {
+    let retainedMessages = 0
+    for (const state of this.withHistory.values()) retainedMessages += state.history.length
+    return { rooms: this.states.size, roomsWithHistory: this.withHistory.size, retainedMessages, retainedBytes: this.retainedBytes }
+  }
+
+  /**
+   * Keep a message, then hold the limits: `historySize` per room,
+   * `maxHistoryRooms` rooms, and `maxHistoryBytes` in all, giving up the least
+   * recently published rooms' history first.
+   */
+  private retain (room: string, state: RoomState, message: Kept, ts: number): void {
+    const { historySize, maxHistoryRooms, maxHistoryBytes } = this.started().config
+    state.history.push(message)
+    state.historyBytes += message.bytes
+    this.retainedBytes += message.bytes
+    if (state.history.length > historySize) this.dropOldest(state)
+    state.lastPublish = ts
+    this.withHistory.delete(room)
+    this.withHistory.set(room, state)
+    if (this.withHistory.size > maxHistoryRooms) this.dropHistory(this.withHistory.keys().next().value as string)
+    while (this.retainedBytes > maxHistoryBytes) {
+      const oldest = this.withHistory.keys().next().value as string
+      // Only this room is left over the budget: it gives up its own oldest messages.
+      if (oldest === room) this.dropOldest(state)
+      else this.dropHistory(oldest)
+    }
+  }
+
+  private dropOldest (state: RoomState): void {
+    const { bytes } = state.history.shift() as Kept
+    state.historyBytes -= bytes
+    this.retainedBytes -= bytes
   }
 
   async join (room: string, connectionId: string, member: Member): Promise<JoinResult> {
@@ -141,9 +201,9 @@ export class MemoryAdapter implements Adapter {
     const state = this.states.get(room)
     if (state === undefined) return null
     const { history } = state
-    const first = history.length > 0 ? (history[0] as StoredMessage).offset : state.offset + 1
+    const first = history.length > 0 ? (history[0] as Kept).offset : state.offset + 1
     const start = Math.max(0, after + 1 - first)
-    return { epoch: state.epoch, offset: state.offset, messages: history.slice(start, start + limit) }
+    return { epoch: state.epoch, offset: state.offset, messages: history.slice(start, start + limit).map(({ offset, frame }) => ({ offset, frame })) }
   }
 
   private started (): { listener: AdapterListener, config: AdapterConfig } {
@@ -154,7 +214,7 @@ export class MemoryAdapter implements Adapter {
   private state (room: string): RoomState {
     let state = this.states.get(room)
     if (state === undefined) {
-      state = { epoch: randomBytes(6).toString('base64url'), offset: 0, users: new Map(), history: [], lastPublish: 0 }
+      state = { epoch: randomBytes(6).toString('base64url'), offset: 0, users: new Map(), history: [], historyBytes: 0, lastPublish: 0 }
       this.states.set(room, state)
     }
     return state
@@ -170,6 +230,8 @@ export class MemoryAdapter implements Adapter {
     if (state === undefined) return
     this.withHistory.delete(room)
     state.history = []
+    this.retainedBytes -= state.historyBytes
+    state.historyBytes = 0
     this.forgetIfIdle(room, state)
   }
 

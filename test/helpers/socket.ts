@@ -75,7 +75,8 @@ export class TestSocket {
     const ws = new WebSocket(url, options)
     return await new Promise((resolve, reject) => {
       ws.once('open', () => { ws.close(); reject(new Error('upgrade was accepted')) })
-      ws.once('error', () => {})
+      // A socket ended without an HTTP answer: settle rather than wait for ever.
+      ws.once('error', (err) => reject(new Error(`upgrade failed without an HTTP answer: ${err.message}`)))
       ws.once('unexpected-response', (_req, res) => {
         let body = ''
         res.on('data', (chunk: Buffer) => { body += chunk.toString() })

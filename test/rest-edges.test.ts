@@ -1,0 +1,75 @@
+import t from 'tap'
+import Type from 'typebox'
+import { MemoryAdapter, type EncodedPublish } from '../src/index.js'
+import { startApp } from './helpers/server.js'
+import { TestSocket } from './helpers/socket.js'
+
+t.test('onPublish output passes the same limits as client data: maxMessageBytes and dataSchema', async (t) => {
+  const { wsUrl } = await startApp(t, {
+    maxMessageBytes: 100,
+    dataSchema: Type.Object({ text: Type.String() }),
+    onPublish: ({ data }) => {
+      const { text } = data as { text: string }
+      if (text === 'grow') return { data: { text: 'x'.repeat(5_000) } }
+      if (text === 'break') return { data: { text: 42 } }
+      return { data: { text: text.toUpperCase() } }
+    }
+  })
+  const a = await TestSocket.open(wsUrl)
+  t.teardown(() => a.close())
+  await a.join('r')
+  t.match(await a.request({ type: 'publish', room: 'r', data: { text: 'grow' } }), { type: 'error', code: 'PAYLOAD_TOO_LARGE', room: 'r' })
+  t.match(await a.request({ type: 'publish', room: 'r', data: { text: 'break' } }), { type: 'error', code: 'INVALID_DATA', room: 'r', message: /\/data\/text/ })
+  t.match(await a.request({ type: 'publish', room: 'r', data: { text: 'ok' } }), { type: 'ack', offset: 1 }, 'refused publishes took no offset')
+  await a.sync()
+  t.same(a.take('message').map((m) => m.data), [{ text: 'OK' }], 'only the valid one went out')
+})
+
+t.test('REST: any invalid room name is 400 INVALID_ROOM, however long', async (t) => {
+  const { url } = await startApp(t, { restPublish: async () => {} })
+  for (const length of [129, 256, 257, 300, 5_000]) {
+    for (const [method, path] of [['GET', ''], ['GET', '/messages'], ['POST', '/messages']] as const) {
+      const response = await fetch(`${url}/rooms/${'a'.repeat(length)}${path}`, method === 'POST' ? { method, headers: { 'content-type': 'application/json' }, body: '{"data":1}' } : {})
+      t.equal(response.status, 400, `${method} ${length} characters${path}`)
+      t.match(await response.json(), { statusCode: 400, code: 'INVALID_ROOM', error: 'Bad Request', message: /is invalid/ })
+    }
+  }
+  t.match(await (await fetch(`${url}/rooms/${'%C3%A9'.repeat(200)}`)).json(), { code: 'INVALID_ROOM' })
+  const other = await fetch(`${url}/rooms/${'a'.repeat(300)}/elsewhere`)
+  t.equal(other.status, 404, 'a path that is no route of ours stays a 404')
+})
+
+t.test('REST: a valid name longer than the router\'s maxParamLength says how to fix it', async (t) => {
+  const { url } = await startApp(t, {}, undefined, { routerOptions: { maxParamLength: 100 } })
+  const response = await fetch(`${url}/rooms/${'b'.repeat(120)}`)
+  t.equal(response.status, 414)
+  t.match(await response.json(), { statusCode: 414, code: 'ROOM_NAME_TOO_LONG', message: /maxParamLength/ })
+})
+
+/** A user-written adapter (through the public interface) whose store fails with internal detail in its error. */
+class LeakyStore extends MemoryAdapter {
+  override async room (room: string): ReturnType<MemoryAdapter['room']> {
+    if (room === 'broken') throw new Error('ERR wrong number of arguments (secret: redis://user:pass@host)')
+    return await super.room(room)
+  }
+
+  override async publish (room: string, message: EncodedPublish): Promise<number> {
+    if (room === 'broken') throw new Error('ERR secret')
+    return await super.publish(room, message)
+  }
+}
+
+t.test('REST: an adapter failure is a generic 500 INTERNAL; its text goes to the log only', async (t) => {
+  const logged: Array<Record<string, any>> = []
+  const { url } = await startApp(t, { adapter: new LeakyStore(), restPublish: () => {} }, undefined, {
+    logger: { level: 'error', stream: { write: (line: string) => { logged.push(JSON.parse(line)) } } }
+  })
+  for (const [method, path] of [['GET', '/rooms/broken'], ['POST', '/rooms/broken/messages']] as const) {
+    const response = await fetch(`${url}${path}`, method === 'POST' ? { method, headers: { 'content-type': 'application/json' }, body: '{"data":1}' } : {})
+    t.equal(response.status, 500)
+    const body = await response.text()
+    t.same(JSON.parse(body), { statusCode: 500, code: 'INTERNAL', error: 'Internal Server Error', message: 'The server failed to handle this request; it has been logged. Try again later.' })
+    t.notMatch(body, /secret/)
+  }
+  t.ok(logged.some((l) => /secret/.test(l.err?.message)), 'the real error is logged')
+})
