@@ -99,6 +99,19 @@ t.test('a frame over maxFrameBytes closes with 1009', async (t) => {
   t.equal((await a.closed).code, 1009)
 })
 
+t.test('a text frame that is not valid UTF-8 closes with 1007; the member leaves; the process carries on', async (t) => {
+  const { wsUrl, app } = await startApp(t)
+  const a = await TestSocket.open(wsUrl)
+  const b = await TestSocket.open(wsUrl)
+  t.teardown(() => b.close())
+  await a.join('r')
+  await b.join('r')
+  a.ws.send(Buffer.from([0x7b, 0xff, 0xfe, 0x7d]), { binary: false })
+  t.equal((await a.closed).code, 1007)
+  t.match(await b.next((f) => f.type === 'presence'), { event: 'leave', member: { id: a.welcome.user.id } })
+  t.equal((await app.rooms.get('r'))?.count, 1)
+})
+
 t.test('INVALID_DATA names the failing path', async (t) => {
   const dataSchema = Type.Object({ text: Type.String({ maxLength: 10 }), tags: Type.Optional(Type.Array(Type.String())) })
   const { wsUrl } = await startApp(t, { dataSchema })
