@@ -113,13 +113,16 @@ export class Registry implements AdapterListener {
     const membership: Membership = { peer, live: false, lastOffset: 0, pending: [] }
     entry.rooms.set(room, membership)
     this.localRoom(room).set(peer.id, membership)
-    let result
+    let result: JoinResult | undefined
     let replay: Replay
     try {
       result = await this.adapter.join(room, peer.id, peer.user)
       replay = await this.replay(room, request, result)
     } catch (err) {
       this.forget(peer.id, room, membership)
+      // Joined in the store but the replay failed (the store went away in
+      // between): undo the join there too, or the member would stay for good.
+      if (result !== undefined) await this.leaveQuietly(room, peer)
       throw err
     }
     if (this.peers.get(peer.id)?.rooms.get(room) !== membership) {
@@ -205,11 +208,16 @@ export class Registry implements AdapterListener {
     const leaves: Array<Promise<void>> = []
     for (const [room, membership] of entry.rooms) {
       this.forget(peer.id, room, membership)
-      leaves.push(this.adapter.leave(room, peer.id, peer.user).catch((err: unknown) => {
-        this.options.log.error({ err, connectionId: peer.id, room }, 'fastify-rooms: adapter failed to remove a member')
-      }))
+      leaves.push(this.leaveQuietly(room, peer))
     }
     await Promise.all(leaves)
+  }
+
+  /** A leave nobody waits on the answer of: a failure is logged, not thrown. */
+  private async leaveQuietly (room: string, peer: Peer): Promise<void> {
+    await this.adapter.leave(room, peer.id, peer.user).catch((err: unknown) => {
+      this.options.log.error({ err, connectionId: peer.id, room }, 'fastify-rooms: adapter failed to remove a member')
+    })
   }
 
   /** Publish data encoded at the edge, as a member (`from`) or as the server. */

@@ -14,6 +14,11 @@ class FlakyStore extends MemoryAdapter {
     if (args[0] === 'unjoinable') throw new Error('store refused')
     return await super.join(...args)
   }
+
+  override async history (...args: Parameters<MemoryAdapter['history']>): ReturnType<MemoryAdapter['history']> {
+    if (args[0] === 'no-history') throw new Error('store went away between join and history')
+    return await super.history(...args)
+  }
 }
 
 t.test('an adapter that throws gives the client INTERNAL and leaves everyone else unaffected', async (t) => {
@@ -37,4 +42,14 @@ t.test('an adapter that throws gives the client INTERNAL and leaves everyone els
   t.match(logged.find((l) => l.room === 'broken'), { connectionId: a.welcome.connectionId, err: { message: /store timeout/ } })
   t.match(logged.find((l) => l.room === 'unjoinable'), { err: { message: 'store refused' } })
   await t.rejects(app.rooms.broadcast('broken', 1), /store timeout/, 'the server API passes adapter errors to the app')
+})
+
+t.test('a join whose replay fails after the store recorded it leaves no member behind', async (t) => {
+  const { wsUrl, app } = await startApp(t, { adapter: new FlakyStore() })
+  const a = await TestSocket.open(wsUrl)
+  t.teardown(() => a.close())
+  await app.rooms.broadcast('no-history', 1)
+  t.match(await a.join('no-history', { history: 5 }), { type: 'error', code: 'INTERNAL', room: 'no-history' })
+  t.same(await app.rooms.get('no-history'), null, 'the store forgot the member too')
+  t.match(await a.request({ type: 'publish', room: 'no-history', data: 2 }), { code: 'NOT_IN_ROOM' })
 })
