@@ -104,3 +104,35 @@ eachAdapter(t, 'presenceEvents: false sends no presence frames, but joined and R
   t.equal(ada.frames.filter((f) => f.type === 'presence').length, 0, 'no join or leave frames')
   t.same((await (await fetch(`${d.node(1).url}/rooms/big`, as('tok-ada'))).json()).members.map((m: { id: string }) => m.id), ['u-ada'])
 })
+
+eachAdapter(t, 'presence after joined tells only of changes since the joined snapshot, while others join and leave at the same time', async (t, deploy) => {
+  const d = await deploy()
+  const z = await TestSocket.open(d.node(0).wsUrl)
+  t.teardown(() => z.close())
+  // Every interleaving is valid; what a joiner builds from joined + presence must always be the truth.
+  for (let round = 0; round < 20; round++) {
+    const room = `busy-${round}`
+    const w = await TestSocket.open(d.node(0).wsUrl)
+    await z.join(room)
+    await w.join(room)
+    const x = await TestSocket.open(d.node(1).wsUrl)
+    const y = await TestSocket.open(d.node(0).wsUrl)
+    const [joined] = await Promise.all([x.join(room), y.join(room), w.request({ type: 'leave', room })])
+    // Every join and leave above is done: anything about them reaches x before this message.
+    await d.app.rooms.broadcast(room, 'barrier')
+    await x.next((f) => f.type === 'message' && f.room === room)
+    const members = new Set<string>(joined.members.map((m: { id: string }) => m.id))
+    const problems: string[] = []
+    for (const p of x.take('presence')) {
+      const id = p.member.id as string
+      if (p.event === 'join' && members.has(id)) problems.push(`join of ${id}, already a member`)
+      if (p.event === 'leave' && !members.has(id)) problems.push(`leave of ${id}, not a member`)
+      if (p.event === 'join') members.add(id)
+      else members.delete(id)
+      if (p.count !== members.size) problems.push(`count ${p.count as number} where the list has ${members.size}`)
+    }
+    t.same(problems, [], `round ${round}: joined, then presence, are consistent`)
+    t.same([...members].sort(), [z, x, y].map((s) => s.welcome.user.id).sort(), `round ${round}: x ends with the room's real members`)
+    await Promise.all([x.close(), y.close(), w.close()])
+  }
+})
