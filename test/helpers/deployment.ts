@@ -56,14 +56,14 @@ export function eachAdapter (t: Test, name: string, fn: (t: Test, deploy: Deploy
 }
 
 async function deploy (t: Test, kind: AdapterKind, options: RoomsOptions, setup?: Setup): Promise<Deployment> {
-  if (options.adapter !== undefined) throw new TypeError('deploy() chooses the adapter: start a memory-only test with startApp() to pass one.')
+  if (kind === 'redis' && options.adapter !== undefined) throw new TypeError('deploy() chooses the Redis adapter itself: a test that passes its own adapter is memory-only (use startApp).')
   const memberships = new Memberships()
   const count = kind === 'memory' ? 1 : 2
   const server = kind === 'redis' ? await sharedRedis() : undefined
   const keyPrefix = `t${++prefixes}:`
   const nodes: Started[] = []
   for (let i = 0; i < count; i++) {
-    const adapter = server === undefined ? memoryAdapter() : redisAdapter({ url: server.url, keyPrefix })
+    const adapter = server === undefined ? options.adapter ?? memoryAdapter() : redisAdapter({ url: server.url, keyPrefix })
     const perInstance = setup === undefined ? undefined : async (app: FastifyInstance) => await setup(app, i)
     nodes.push(await startApp(t, { ...options, adapter: memberships.watch(adapter) }, perInstance))
   }
