@@ -2,19 +2,21 @@ import t from 'tap'
 import { memoryAdapter } from '../src/index.js'
 import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
+import { eachAdapter } from './helpers/deployment.js'
 
 async function get (url: string): Promise<{ status: number, body: any }> {
   const res = await fetch(url)
   return { status: res.status, body: await res.json() }
 }
 
-t.test('GET /rooms/:room/messages pages through history with after and limit', async (t) => {
-  const { wsUrl, url, app } = await startApp(t)
-  const a = await TestSocket.open(`${wsUrl}?name=ada`)
+eachAdapter(t, 'GET /rooms/:room/messages pages through history with after and limit', async (t, deploy) => {
+  const d = await deploy()
+  const a = await TestSocket.open(`${d.node(0).wsUrl}?name=ada`)
+  const { url } = d.node(1)
   t.teardown(() => a.close())
   const { epoch } = await a.join('r')
   for (let i = 1; i <= 5; i++) await a.request({ type: 'publish', room: 'r', data: { n: i } })
-  await app.rooms.broadcast('r', 'from the server')
+  await d.app.rooms.broadcast('r', 'from the server')
 
   const all = await get(`${url}/rooms/r/messages`)
   t.equal(all.status, 200)
@@ -27,8 +29,8 @@ t.test('GET /rooms/:room/messages pages through history with after and limit', a
   t.same((await get(`${url}/rooms/r/messages?after=6`)).body, { messages: [], epoch })
 })
 
-t.test('REST history: 404 for a room with neither members nor history, 400 for bad input', async (t) => {
-  const { url } = await startApp(t)
+eachAdapter(t, 'REST history: 404 for a room with neither members nor history, 400 for bad input', async (t, deploy) => {
+  const { url } = (await deploy()).node(1)
   t.match(await get(`${url}/rooms/never/messages`), { status: 404, body: { statusCode: 404, code: 'ROOM_NOT_FOUND' } })
   t.match(await get(`${url}/rooms/bad%20name/messages`), { status: 400, body: { code: 'INVALID_ROOM' } })
   for (const q of ['after=-1', 'after=x', 'limit=0', 'limit=1001']) {
@@ -36,9 +38,10 @@ t.test('REST history: 404 for a room with neither members nor history, 400 for b
   }
 })
 
-t.test('history outlives the last member; the room itself does not', async (t) => {
-  const { wsUrl, url } = await startApp(t)
-  const a = await TestSocket.open(wsUrl)
+eachAdapter(t, 'history outlives the last member; the room itself does not', async (t, deploy) => {
+  const d = await deploy()
+  const a = await TestSocket.open(d.node(0).wsUrl)
+  const { url } = d.node(1)
   t.teardown(() => a.close())
   const { epoch } = await a.join('r')
   await a.request({ type: 'publish', room: 'r', data: 'kept' })
@@ -49,25 +52,27 @@ t.test('history outlives the last member; the room itself does not', async (t) =
   t.equal((await a.next((f) => f.type === 'message')).data, 'kept')
 })
 
-t.test('historySize keeps the last N messages', async (t) => {
-  const { url, app } = await startApp(t, { historySize: 3 })
-  for (let i = 1; i <= 7; i++) await app.rooms.broadcast('r', i)
+eachAdapter(t, 'historySize keeps the last N messages', async (t, deploy) => {
+  const d = await deploy({ historySize: 3 })
+  const { url } = d.node(1)
+  for (let i = 1; i <= 7; i++) await d.app.rooms.broadcast('r', i)
   t.same((await get(`${url}/rooms/r/messages`)).body.messages.map((m: { offset: number }) => m.offset), [5, 6, 7])
   t.same((await get(`${url}/rooms/r/messages?after=1`)).body.messages.map((m: { offset: number }) => m.offset), [5, 6, 7], 'the first offset above after + 1 tells the caller of the gap')
 })
 
-t.test('historySize 0 keeps nothing: any gap is unrecoverable', async (t) => {
-  const { wsUrl, app } = await startApp(t, { historySize: 0 })
-  const a = await TestSocket.open(wsUrl)
-  const b = await TestSocket.open(wsUrl)
+eachAdapter(t, 'historySize 0 keeps nothing: any gap is unrecoverable', async (t, deploy) => {
+  const d = await deploy({ historySize: 0 })
+  const a = await TestSocket.open(d.node(0).wsUrl)
+  const b = await TestSocket.open(d.node(1).wsUrl)
   t.teardown(() => Promise.all([a.close(), b.close()]))
   const { epoch } = await a.join('r')
   await b.join('r')
   await a.request({ type: 'leave', room: 'r' })
-  await app.rooms.broadcast('r', 1)
+  await d.node(1).app.rooms.broadcast('r', 1)
   t.match(await a.join('r', { since: { offset: 0, epoch } }), { recovered: false, offset: 1 })
 })
 
+// Memory only: the expiry is driven through the memory adapter's clock seam, without waiting for real time.
 t.test('historyTtlMs drops a room\'s history that long after its last publish; then a new epoch begins', async (t) => {
   let now = 1_000_000
   const { wsUrl, url, app } = await startApp(t, { historyTtlMs: 60_000, adapter: memoryAdapter({ now: () => now }) })
@@ -87,9 +92,11 @@ t.test('historyTtlMs drops a room\'s history that long after its last publish; t
   t.not(rejoined.epoch, epoch)
 })
 
-t.test('maxHistoryRooms: past the cap, the least recently published room loses its history first', async (t) => {
-  const { wsUrl, url, app } = await startApp(t, { maxHistoryRooms: 2 })
-  const a = await TestSocket.open(wsUrl)
+eachAdapter(t, 'maxHistoryRooms: past the cap, the least recently published room loses its history first', async (t, deploy) => {
+  const d = await deploy({ maxHistoryRooms: 2 })
+  const { app } = d
+  const { url } = d.node(1)
+  const a = await TestSocket.open(d.node(0).wsUrl)
   t.teardown(() => a.close())
   const { epoch } = await a.join('one')
   await app.rooms.broadcast('one', 1)

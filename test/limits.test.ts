@@ -1,7 +1,9 @@
 import t from 'tap'
 import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
+import { eachAdapter } from './helpers/deployment.js'
 
+// Memory only: maxConnections counts the connections of one instance.
 t.test('maxConnections: the next upgrade gets 503, and a slot frees when one leaves', async (t) => {
   const { wsUrl } = await startApp(t, { maxConnections: 2 })
   const a = await TestSocket.open(wsUrl)
@@ -18,6 +20,7 @@ t.test('maxConnections: the next upgrade gets 503, and a slot frees when one lea
   await c.close()
 })
 
+// Memory only: each instance checks the Origin of its own upgrades.
 t.test('allowedOrigins: other origins and none get 403 before the upgrade', async (t) => {
   const { wsUrl } = await startApp(t, { allowedOrigins: ['https://chat.example'] })
   const ok = await TestSocket.open(wsUrl, { origin: 'https://chat.example' })
@@ -30,6 +33,7 @@ t.test('allowedOrigins: other origins and none get 403 before the upgrade', asyn
   }
 })
 
+// Memory only: the rate limit is per connection, kept by the instance that holds it.
 t.test('rate limit: frames past the burst get RATE_LIMITED and are not handled; the connection recovers', async (t) => {
   const { wsUrl, app } = await startApp(t, { maxFramesPerSecond: 1, frameBurst: 5 })
   const a = await TestSocket.open(wsUrl)
@@ -45,6 +49,7 @@ t.test('rate limit: frames past the burst get RATE_LIMITED and are not handled; 
   t.equal(a.ws.readyState, a.ws.OPEN, 'the connection stays open')
 })
 
+// Memory only: as above, per connection.
 t.test('rate limit: sustained flooding closes the connection with 1008', async (t) => {
   const { wsUrl } = await startApp(t, { maxFramesPerSecond: 1, frameBurst: 10 })
   const a = await TestSocket.open(wsUrl)
@@ -53,6 +58,7 @@ t.test('rate limit: sustained flooding closes the connection with 1008', async (
   t.equal(a.frames.filter((f) => f.type === 'error' && f.code === 'RATE_LIMITED').length, 10, 'warned once per refused frame first')
 })
 
+// Memory only: maxConnections is per instance; ROOM_FULL across instances is the next test.
 t.test('a member\'s second connection counts against maxConnections but not against ROOM_FULL', async (t) => {
   const { wsUrl, app } = await startApp(t, { maxConnections: 3, maxMembersPerRoom: 1, authenticate: () => ({ id: 'same', name: 'same' }) })
   const tabs = [await TestSocket.open(wsUrl), await TestSocket.open(wsUrl), await TestSocket.open(wsUrl)]
@@ -60,4 +66,18 @@ t.test('a member\'s second connection counts against maxConnections but not agai
   for (const tab of tabs) t.equal((await tab.join('r')).type, 'joined')
   t.equal((await app.rooms.get('r'))?.count, 1)
   t.equal((await TestSocket.refused(wsUrl)).status, 503)
+})
+
+eachAdapter(t, 'ROOM_FULL counts members, not connections, across every instance; a slot frees when the member leaves', async (t, deploy) => {
+  const d = await deploy({ maxMembersPerRoom: 1, authenticate: (request) => ({ id: String(request.headers['x-user']), name: String(request.headers['x-user']) }) })
+  const as = (user: string) => ({ headers: { 'x-user': user } })
+  const tabs = [await TestSocket.open(d.node(0).wsUrl, as('ada')), await TestSocket.open(d.node(1).wsUrl, as('ada'))]
+  const bob = await TestSocket.open(d.node(1).wsUrl, as('bob'))
+  t.teardown(() => Promise.all([...tabs, bob].map(async (s) => await s.close())))
+  for (const tab of tabs) t.match(await tab.join('r'), { type: 'joined', room: 'r', members: [{ id: 'ada' }] }, 'every tab of the one member gets in')
+  t.equal((await d.node(1).app.rooms.get('r'))?.count, 1)
+  t.same(await bob.join('r'), { type: 'error', id: 1, code: 'ROOM_FULL', room: 'r', message: 'Room "r" is full (1 members): try again later.' }, 'another user is refused, on any instance')
+  t.equal(bob.ws.readyState, bob.ws.OPEN, 'the connection stays open')
+  for (const tab of tabs) await tab.request({ type: 'leave', room: 'r' })
+  t.match(await bob.join('r'), { type: 'joined', room: 'r', members: [{ id: 'bob' }] }, 'once the member left, the slot is free')
 })

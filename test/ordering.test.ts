@@ -1,14 +1,15 @@
 import t from 'tap'
-import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
+import { eachAdapter } from './helpers/deployment.js'
 
-t.test('1,000 rapid publishes from several clients: no loss, no duplicate, no reordering', async (t) => {
+eachAdapter(t, '1,000 rapid publishes from several clients: no loss, no duplicate, no reordering', async (t, deploy) => {
   // Far above the default rate limit, on purpose: this is a stress of ordering, not of limits.
-  const { wsUrl } = await startApp(t, { maxFramesPerSecond: 1e6, frameBurst: 10_000 })
+  const d = await deploy({ maxFramesPerSecond: 1e6, frameBurst: 10_000 })
   const publishers = 5
   const perPublisher = 200
   const total = publishers * perPublisher
-  const clients = await Promise.all(Array.from({ length: publishers + 2 }, async () => await TestSocket.open(wsUrl)))
+  // Publishers and listeners alternate between the instances.
+  const clients = await Promise.all(Array.from({ length: publishers + 2 }, async (_, i) => await TestSocket.open(d.node(i).wsUrl)))
   t.teardown(() => Promise.all(clients.map(async (c) => await c.close())))
   for (const c of clients) await c.join('busy')
 

@@ -1,16 +1,19 @@
 import t from 'tap'
 import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
+import { eachAdapter } from './helpers/deployment.js'
 
 async function get (url: string): Promise<{ status: number, body: any }> {
   const res = await fetch(url)
   return { status: res.status, body: await res.json() }
 }
 
-t.test('GET /rooms lists rooms with members, sorted by name, paged with after/limit', async (t) => {
-  const { wsUrl, url } = await startApp(t)
-  const a = await TestSocket.open(wsUrl)
-  const b = await TestSocket.open(wsUrl)
+eachAdapter(t, 'GET /rooms lists rooms with members, sorted by name, paged with after/limit', async (t, deploy) => {
+  const d = await deploy()
+  const a = await TestSocket.open(d.node(0).wsUrl)
+  const b = await TestSocket.open(d.node(1).wsUrl)
+  // Asked of the instance that a, who joined most rooms, is not on.
+  const { url } = d.node(1)
   t.teardown(() => Promise.all([a.close(), b.close()]))
   for (const room of ['delta', 'alpha', 'chat:b', 'chat:a', 'charlie']) await a.join(room)
   await b.join('alpha')
@@ -35,8 +38,8 @@ t.test('GET /rooms lists rooms with members, sorted by name, paged with after/li
   t.notOk((await get(`${url}/rooms`)).body.rooms.some((r: { name: string }) => r.name === 'delta'), 'a room without members is not listed')
 })
 
-t.test('GET /rooms rejects bad paging with 400 in Fastify\'s error shape', async (t) => {
-  const { url } = await startApp(t)
+eachAdapter(t, 'GET /rooms rejects bad paging with 400 in Fastify\'s error shape', async (t, deploy) => {
+  const { url } = (await deploy()).node(1)
   for (const q of ['limit=0', 'limit=1001', 'limit=abc', `prefix=${'x'.repeat(129)}`]) {
     const res = await get(`${url}/rooms?${q}`)
     t.equal(res.status, 400, q)
@@ -44,9 +47,10 @@ t.test('GET /rooms rejects bad paging with 400 in Fastify\'s error shape', async
   }
 })
 
-t.test('GET /rooms/:room: details, 404 ROOM_NOT_FOUND, 400 INVALID_ROOM', async (t) => {
-  const { wsUrl, url } = await startApp(t)
-  const a = await TestSocket.open(`${wsUrl}?name=ada`)
+eachAdapter(t, 'GET /rooms/:room: details, 404 ROOM_NOT_FOUND, 400 INVALID_ROOM', async (t, deploy) => {
+  const d = await deploy()
+  const a = await TestSocket.open(`${d.node(0).wsUrl}?name=ada`)
+  const { url } = d.node(1)
   t.teardown(() => a.close())
   const joined = await a.join('lobby')
   await a.request({ type: 'publish', room: 'lobby', data: 'x' })
@@ -72,6 +76,7 @@ t.test('extra member fields from authenticate are listed as is', async (t) => {
   t.same((await get(`${url}/rooms/r`)).body.members, [{ id: 'u1', name: 'ada', avatar: '/a.png', role: 'admin' }])
 })
 
+// Memory only: which routes an instance registers is its own configuration; no adapter is involved.
 t.test('prefix moves the REST API; rest: false turns it off', async (t) => {
   const moved = await startApp(t, { prefix: '/api/chat-rooms' })
   t.equal((await fetch(`${moved.url}/api/chat-rooms`)).status, 200)
@@ -80,6 +85,7 @@ t.test('prefix moves the REST API; rest: false turns it off', async (t) => {
   t.equal((await fetch(`${off.url}/rooms`)).status, 404)
 })
 
+// Memory only: the router's parameter length and its warning belong to each instance.
 t.test('long room names: 128 characters work over REST when the router allows them; a warning says how otherwise', async (t) => {
   const { wsUrl, url } = await startApp(t)
   const a = await TestSocket.open(wsUrl)
