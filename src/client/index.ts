@@ -1,10 +1,14 @@
 import type {
-  ErrorFrame, JoinedFrame, Member, MessageFrame, PresenceFrame, RequestId, ServerFrame, WelcomeFrame
+  ErrorFrame, JoinedFrame, Member, MessageFrame, Position, PresenceFrame, RequestId, ServerFrame, WelcomeFrame
 } from '../protocol.js'
 import type { ErrorCode } from '../errors.js'
 import { Emitter } from './emitter.js'
+import { RoomsClientError, type ClientErrorCode, type CloseInfo } from './errors.js'
+import { Room, type Gap, type LeftInfo, type RoomEvents, type RoomMessage, type RoomOwner, type RoomStatus } from './room.js'
 
 export type { Member, MessageFrame, PresenceFrame, WelcomeFrame, ErrorCode }
+export { Room, RoomsClientError }
+export type { ClientErrorCode, CloseInfo, Gap, LeftInfo, RoomEvents, RoomMessage, RoomStatus }
 
 /** The part of the WebSocket API the client uses: the browser's and `ws` both have it. */
 export interface WebSocketLike {
@@ -20,21 +24,6 @@ export interface WebSocketLike {
 }
 
 export type WebSocketConstructor = new (url: string) => WebSocketLike
-
-/** Codes the client itself rejects with, beside the server's error codes. */
-export type ClientErrorCode = ErrorCode | 'TIMEOUT' | 'DISCONNECTED' | 'CLOSED' | 'QUEUE_FULL' | 'CONNECT_FAILED'
-
-/** A refused or failed request: `code` is the server's error code or one of the client's own. */
-export class RoomsClientError extends Error {
-  readonly code: ClientErrorCode
-  readonly room: string | undefined
-  constructor (code: ClientErrorCode, message: string, room?: string) {
-    super(message)
-    this.name = 'RoomsClientError'
-    this.code = code
-    this.room = room
-  }
-}
 
 export interface ReconnectOptions {
   /** First retry delay ceiling, ms (default 500). */
@@ -52,156 +41,136 @@ export interface ClientOptions {
   name?: string
   /** Reconnect with exponential backoff and full jitter (default on); `false` to turn off. */
   reconnect?: ReconnectOptions | false
-  /** How long a request waits for its reply before rejecting with `TIMEOUT`, ms (default 10000). */
+  /**
+   * The longest any call waits before it rejects with `TIMEOUT`, ms (default
+   * 10000): a reply, a connection for a queued publish or join, the first
+   * `welcome`. Each reconnect attempt gets as long to reach `welcome`.
+   */
+  requestTimeoutMs?: number
+  /** @deprecated Use `requestTimeoutMs`; used only when that is not given. */
   ackTimeoutMs?: number
   /** Publishes held while disconnected (default 1000); past it they reject with `QUEUE_FULL`. */
   maxQueue?: number
+  /** Aborting it closes the client, as `close()` does; `connect()` then rejects with `CLOSED`. */
+  signal?: AbortSignal
+}
+
+export interface JoinOptions {
+  /**
+   * On the first join of this handle, ask for the last `history` stored
+   * messages: they come through the `message` handlers, oldest first. Rejoins
+   * after a reconnect ask for what was missed instead.
+   */
+  history?: number
 }
 
 export type ConnectionState = 'connecting' | 'open' | 'reconnecting' | 'closed'
 
-/** A message as the app sees it. */
-export interface RoomMessage<TData = unknown> {
-  room: string
-  data: TData
-  offset: number
-  ts: number
-  /** The publishing member; absent for server publishes. */
-  from?: Member
+/** How the connection ended and when the client tries again. */
+export interface ReconnectInfo extends CloseInfo {
+  /** Failed attempts in a row so far: 1 after the first drop, 0 after `reconnect()`. */
+  attempt: number
+  /** Delay before the next attempt, ms. */
+  delayMs: number
 }
 
-/** Told when a rejoin could not replay what was missed: refetch `after..` via REST if it matters. */
-export interface Gap {
-  room: string
-  /** Last offset this client had seen. */
-  after: number
-  /** Epoch it had seen, and the room's epoch now (differs when history was lost). */
-  epoch: string
-  currentEpoch: string
-  /** The room's last offset now. */
-  offset: number
-}
-
-type RoomEvents<TData> = {
-  message: (message: RoomMessage<TData>) => void
-  presence: (event: PresenceFrame) => void
-  gap: (gap: Gap) => void
-  /** Each time the room is (re)joined, with whether missed messages were replayed. */
-  joined: (info: { recovered: boolean | undefined }) => void
-}
+/**
+ * What a `state` event came with; narrow on its `state`:
+ * `on('state', (state, change) => { if (change.state === 'closed') show(change.reason) })`.
+ * `reconnecting` fires again for each failed attempt.
+ */
+export type StateChange =
+  | { state: 'open', welcome: WelcomeFrame }
+  | ({ state: 'reconnecting' } & ReconnectInfo)
+  | ({ state: 'closed' } & CloseInfo)
 
 type ClientEvents = {
-  state: (state: ConnectionState) => void
+  state: (state: StateChange['state'], change: StateChange) => void
   welcome: (welcome: WelcomeFrame) => void
   direct: (data: unknown, from: Member | undefined) => void
-  /** An `error` frame that answered no request of ours. */
+  /** Errors no call awaits: an `error` frame that answered no request, or a refused rejoin. */
   error: (error: RoomsClientError) => void
+}
+
+/** What a join request sent, so that its `joined` is applied to the right handle. */
+interface JoinRequest {
+  handle: Room<any>
+  since: Position | undefined
+  history: number | undefined
 }
 
 interface Request {
   resolve: (frame: any) => void
   reject: (error: RoomsClientError) => void
-  timer: ReturnType<typeof setTimeout> | undefined
+  timer: ReturnType<typeof setTimeout>
   room: string | undefined
+  join: JoinRequest | undefined
 }
 
-interface Queued {
-  frame: { type: 'publish', room: string, data: unknown }
-  resolve: (offset: number) => void
+/** A call waiting for a connection, until its deadline. */
+interface Waiting<T> {
+  resolve: (value: T) => void
   reject: (error: RoomsClientError) => void
+  deadline: number
+  timer: ReturnType<typeof setTimeout> | undefined
+}
+
+interface Queued extends Waiting<number> {
+  frame: { type: 'publish', room: string, data: unknown }
+  handle: Room<any>
+}
+
+interface FirstJoin<TData> extends Waiting<Room<TData>> {
+  promise: Promise<Room<TData>>
+  history: number | undefined
 }
 
 const OPEN = 1
-
-/**
- * A room this client is in. It stays valid across reconnects: the client
- * rejoins it and replays what was missed through the same `message` handlers.
- */
-export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
-  readonly name: string
-  /** Members now (one entry per user), kept up to date from presence. */
-  members: Member[] = []
-  /** Last offset delivered to this handle. */
-  offset = 0
-  epoch = ''
-  private readonly client: RoomsClient<TData>
-
-  /** @internal */
-  constructor (client: RoomsClient<TData>, name: string) {
-    super()
-    this.client = client
-    this.name = name
-  }
-
-  /** Publish to the room; resolves with the message's offset. Queued while disconnected. */
-  async publish (data: TData): Promise<number> {
-    return await this.client.publishTo(this.name, data)
-  }
-
-  /** Leave the room; the handle stops receiving. */
-  async leave (): Promise<void> {
-    await this.client.leaveRoom(this.name)
-  }
-
-  /** @internal */
-  applyJoined (frame: JoinedFrame): void {
-    const previous = { offset: this.offset, epoch: this.epoch }
-    this.members = frame.members
-    if (frame.recovered === false) {
-      this.emit('gap', { room: this.name, after: previous.offset, epoch: previous.epoch, currentEpoch: frame.epoch, offset: frame.offset })
-    }
-    if (frame.recovered !== true) this.offset = frame.offset
-    this.epoch = frame.epoch
-    this.emit('joined', { recovered: frame.recovered })
-  }
-
-  /** @internal */
-  applyMessage (frame: MessageFrame): void {
-    // A replay can overlap what the handle already has; each offset is shown once.
-    if (frame.offset <= this.offset) return
-    this.offset = frame.offset
-    this.emit('message', frame as RoomMessage<TData>)
-  }
-
-  /** @internal */
-  applyPresence (frame: PresenceFrame): void {
-    const rest = this.members.filter((m) => m.id !== frame.member.id)
-    this.members = frame.event === 'join' ? [...rest, frame.member] : rest
-    this.emit('presence', frame)
-  }
-}
+/** setTimeout's largest delay; longer ones fire at once. */
+const MAX_TIMEOUT = 2 ** 31 - 1
+/** The server said go away (4003) or that the credentials are not good (4001): retrying would not help. */
+const TERMINAL_CLOSE_CODES = new Set([4001, 4003])
 
 /**
  * The fastify-rooms client for browsers and Node. Create it with
- * `RoomsClient.connect(url, options)`.
+ * `RoomsClient.connect(url, options)`. Every call resolves or rejects within
+ * `requestTimeoutMs`.
  */
-export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> {
+export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implements RoomOwner<TData> {
   state: ConnectionState = 'connecting'
   /** From the latest `welcome`: this connection's id, user and heartbeat. */
   connectionId = ''
   user: Member | undefined
   heartbeatMs = 25_000
+  /** How the latest connection ended (undefined until one did). */
+  lastClose: CloseInfo | undefined
   private readonly url: string
   private readonly WebSocketImpl: WebSocketConstructor
   private readonly reconnectOptions: Required<ReconnectOptions> | false
-  private readonly ackTimeoutMs: number
+  private readonly requestTimeoutMs: number
   private readonly maxQueue: number
   private socket: WebSocketLike | undefined
   private readonly rooms = new Map<string, Room<TData>>()
+  private readonly joining = new Map<Room<TData>, FirstJoin<TData>>()
+  /** New handles holding the messages that came with their first `joined`. */
+  private readonly holding = new Set<Room<TData>>()
   private readonly requests = new Map<number, Request>()
   private readonly queue: Queued[] = []
   private nextId = 1
   private attempts = 0
   private retryTimer: ReturnType<typeof setTimeout> | undefined
+  private welcomeTimer: ReturnType<typeof setTimeout> | undefined
   private watchdog: ReturnType<typeof setInterval> | undefined
   private lastSeen = 0
-  private ready: Promise<void>
+  private readonly ready: Promise<void>
   private settleReady: { resolve: () => void, reject: (e: RoomsClientError) => void } | undefined
+  private unlisten: (() => void) | undefined
 
   /**
    * Open a connection and resolve once the server's `welcome` arrived. The
    * first attempt must succeed (so a wrong URL or refused credentials fail
-   * fast); after that the client reconnects on its own.
+   * fast with `CONNECT_FAILED`, a server that never answers with `TIMEOUT`);
+   * after that the client reconnects on its own.
    */
   static async connect<TData = unknown> (url: string, options: ClientOptions = {}): Promise<RoomsClient<TData>> {
     const client = new RoomsClient<TData>(url, options)
@@ -213,14 +182,28 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> {
     super()
     const WebSocketImpl = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket
     if (WebSocketImpl === undefined) throw new TypeError('No WebSocket implementation: pass options.WebSocket (for example the ws package in Node).')
+    const timeout = options.requestTimeoutMs ?? options.ackTimeoutMs ?? 10_000
+    if (typeof timeout !== 'number' || !(timeout > 0 && timeout <= MAX_TIMEOUT)) {
+      throw new TypeError(`requestTimeoutMs must be a number of ms above 0 and at most ${MAX_TIMEOUT}, got ${String(timeout)}.`)
+    }
     this.WebSocketImpl = WebSocketImpl
+    this.requestTimeoutMs = timeout
     this.url = options.name === undefined ? url : withQuery(url, 'name', options.name)
     this.reconnectOptions = options.reconnect === false
       ? false
       : { initialDelayMs: 500, maxDelayMs: 10_000, maxAttempts: Infinity, ...options.reconnect }
-    this.ackTimeoutMs = options.ackTimeoutMs ?? 10_000
     this.maxQueue = options.maxQueue ?? 1000
     this.ready = new Promise((resolve, reject) => { this.settleReady = { resolve, reject } })
+    const signal = options.signal
+    if (signal !== undefined) {
+      const onAbort = (): void => this.shutdown({ code: 1000, reason: 'signal aborted', byClient: true }, new RoomsClientError('CLOSED', 'The client was closed: its signal was aborted.'))
+      signal.addEventListener('abort', onAbort, { once: true })
+      this.unlisten = () => signal.removeEventListener('abort', onAbort)
+      if (signal.aborted) {
+        onAbort()
+        return
+      }
+    }
     this.open()
   }
 
@@ -230,32 +213,26 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> {
   }
 
   /**
-   * Join a room (or get the handle of one already joined). The handle's
-   * `members`, `offset` and `epoch` are set when this resolves.
+   * Join a room, or get the handle of one already joined (or being joined:
+   * the options of that first call apply). The handle's `members`, `offset`
+   * and `epoch` are set when this resolves. While disconnected, the join is
+   * sent once the client is back. Rejects with the server's code when
+   * refused, `TIMEOUT` when not joined within `requestTimeoutMs`, `CLOSED`
+   * when the client closes first, `NOT_IN_ROOM` when left first.
    */
-  async join (name: string): Promise<Room<TData>> {
+  async join (name: string, options: JoinOptions = {}): Promise<Room<TData>> {
     this.assertNotClosed()
-    let room = this.rooms.get(name)
-    if (room !== undefined) return room
-    room = new Room<TData>(this, name)
+    const existing = this.rooms.get(name)
+    if (existing !== undefined) return await (this.joining.get(existing)?.promise ?? existing)
+    const room = new Room<TData>(this, name)
     this.rooms.set(name, room)
-    if (this.state !== 'open') {
-      // Joined on (re)connect with the rest; wait for that.
-      await new Promise<void>((resolve, reject) => {
-        const off = room!.on('joined', () => { off(); offState(); resolve() })
-        const offState = this.on('state', (state) => {
-          if (state === 'closed') { off(); offState(); reject(new RoomsClientError('CLOSED', 'The client was closed before the room was joined.', name)) }
-        })
-      })
-      return room
-    }
-    try {
-      await this.sendJoin(room)
-    } catch (err) {
-      if (this.rooms.get(name) === room && (err as RoomsClientError).code !== 'DISCONNECTED') this.rooms.delete(name)
-      throw err
-    }
-    return room
+    let settle!: Pick<FirstJoin<TData>, 'resolve' | 'reject'>
+    const promise = new Promise<Room<TData>>((resolve, reject) => { settle = { resolve, reject } })
+    const first: FirstJoin<TData> = { ...settle, promise, history: options.history, deadline: Date.now() + this.requestTimeoutMs, timer: undefined }
+    this.joining.set(room, first)
+    if (this.state === 'open') this.sendJoin(room)
+    else this.waitForConnection(room, first)
+    return await promise
   }
 
   /** Round-trip time of an application-level ping, in ms. */
@@ -271,64 +248,76 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> {
     clearTimeout(this.retryTimer)
     this.attempts = 0
     this.dropSocket()
+    const info = { code: 1000, reason: 'reconnect() was called', byClient: true }
+    this.lastClose = info
+    this.setState('reconnecting', { ...info, attempt: 0, delayMs: 0 })
     this.open()
   }
 
-  /** Close for good: no reconnect; pending requests and queued publishes reject with `CLOSED`. */
+  /** Close for good: no reconnect; pending calls and queued publishes reject with `CLOSED`. */
   close (): void {
-    if (this.state === 'closed') return
-    clearTimeout(this.retryTimer)
-    this.dropSocket()
-    this.setState('closed')
-    const closed = new RoomsClientError('CLOSED', 'The client was closed.')
-    this.failRequests(closed)
-    for (const item of this.queue.splice(0)) item.reject(closed)
-    this.settleReady?.reject(closed)
+    this.shutdown({ code: 1000, reason: 'client closed', byClient: true }, new RoomsClientError('CLOSED', 'The client was closed.'))
   }
 
   /** @internal */
-  async publishTo (room: string, data: TData): Promise<number> {
+  async publishTo (room: Room<TData>, data: TData): Promise<number> {
     this.assertNotClosed()
-    const frame = { type: 'publish' as const, room, data }
-    if (this.state === 'open' && this.rooms.has(room)) {
-      const ack = await this.request(frame, room)
+    if (this.rooms.get(room.name) !== room) {
+      throw new RoomsClientError('NOT_IN_ROOM', `Not in room "${room.name}": this handle has left it; join it again to publish.`, room.name)
+    }
+    const frame = { type: 'publish' as const, room: room.name, data }
+    const deadline = Date.now() + this.requestTimeoutMs
+    if (this.state === 'open') {
+      const ack = await this.request(frame, room.name, deadline)
       return ack.offset as number
     }
     if (this.queue.length >= this.maxQueue) {
-      throw new RoomsClientError('QUEUE_FULL', `${this.maxQueue} publishes are already waiting for the connection: retry later.`, room)
+      throw new RoomsClientError('QUEUE_FULL', `${this.maxQueue} publishes are already waiting for the connection: retry later.`, room.name)
     }
-    return await new Promise((resolve, reject) => this.queue.push({ frame, resolve, reject }))
+    return await new Promise((resolve, reject) => {
+      const item: Queued = { frame, handle: room, resolve, reject, deadline, timer: undefined }
+      item.timer = setTimeout(() => {
+        this.queue.splice(this.queue.indexOf(item), 1)
+        reject(this.notSent('publish', room.name))
+      }, this.requestTimeoutMs)
+      this.queue.push(item)
+    })
   }
 
   /** @internal */
-  async leaveRoom (name: string): Promise<void> {
-    const room = this.rooms.get(name)
-    if (room === undefined) return
-    this.rooms.delete(name)
-    for (const item of this.queue.filter((q) => q.frame.room === name)) {
-      this.queue.splice(this.queue.indexOf(item), 1)
-      item.reject(new RoomsClientError('NOT_IN_ROOM', `Left room "${name}" before the message could be sent.`, name))
+  async leaveRoom (room: Room<TData>): Promise<void> {
+    if (this.rooms.get(room.name) !== room) return
+    const first = this.removeRoom(room, { cause: 'leave', reason: undefined }, () => new RoomsClientError('NOT_IN_ROOM', `Left room "${room.name}" before the publish could be sent.`, room.name))
+    first?.reject(new RoomsClientError('NOT_IN_ROOM', `Left room "${room.name}" before it was joined.`, room.name))
+    if (this.state !== 'open') return
+    try {
+      await this.request({ type: 'leave', room: room.name }, room.name)
+    } catch (err) {
+      // Either way the connection is no longer in the room.
+      const code = (err as RoomsClientError).code
+      if (code !== 'DISCONNECTED' && code !== 'NOT_IN_ROOM') throw err
     }
-    if (this.state === 'open') await this.request({ type: 'leave', room: name }, name)
   }
 
   private open (): void {
-    this.setState(this.connectionId === '' && this.attempts === 0 ? 'connecting' : 'reconnecting')
     let socket: WebSocketLike
     try {
       socket = new this.WebSocketImpl(this.url)
     } catch (err) {
-      this.onSocketClosed(undefined, 1006, String(err))
+      this.onSocketClosed(undefined, 1006, String(err), false)
       return
     }
     this.socket = socket
     socket.onmessage = (event: { data: unknown }) => { if (this.socket === socket) this.onFrame(event.data) }
-    socket.onclose = (event: { code: number, reason: string }) => this.onSocketClosed(socket, event.code, event.reason)
+    socket.onclose = (event: { code: number, reason: string }) => this.onSocketClosed(socket, event.code, event.reason, false)
+    // Kept after dropSocket: ws emits 'error' when a connecting socket is closed, and an unhandled one would throw.
     socket.onerror = () => {}
+    this.welcomeTimer = setTimeout(() => this.onWelcomeTimeout(), this.requestTimeoutMs)
   }
 
   private onFrame (raw: unknown): void {
     this.lastSeen = Date.now()
+    for (const room of this.holding) if (room.release()) this.holding.delete(room)
     let frame: ServerFrame
     try {
       frame = JSON.parse(typeof raw === 'string' ? raw : String(raw)) as ServerFrame
@@ -352,9 +341,11 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> {
         this.onError(frame)
         break
       case 'joined':
-        // Applied before the replayed messages that follow it are handled.
-        this.rooms.get(frame.room)?.applyJoined(frame)
-        this.settle(frame.id, frame)
+        this.onJoined(frame)
+        break
+      case 'left':
+        if (frame.id === undefined) this.onRemoved(frame.room, (frame as { reason?: unknown }).reason)
+        else this.settle(frame.id, frame)
         break
       default:
         this.settle(frame.id, frame)
@@ -362,39 +353,114 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> {
   }
 
   private onWelcome (frame: WelcomeFrame): void {
+    clearTimeout(this.welcomeTimer)
     this.connectionId = frame.connectionId
     this.user = frame.user
     this.heartbeatMs = frame.heartbeatMs
     this.attempts = 0
-    this.setState('open')
+    this.state = 'open'
     this.startWatchdog()
+    // Rejoins and queued publishes go out before the app hears of `open`, so
+    // that anything it sends then follows them; the server handles a
+    // connection's frames in order, so the publishes follow the joins.
+    for (const room of this.rooms.values()) this.sendJoin(room)
+    for (const item of this.queue.splice(0)) {
+      clearTimeout(item.timer)
+      this.request(item.frame, item.frame.room, item.deadline).then((ack) => item.resolve(ack.offset as number), item.reject)
+    }
+    this.emit('state', 'open', { state: 'open', welcome: frame })
     this.emit('welcome', frame)
     this.settleReady?.resolve()
     this.settleReady = undefined
-    for (const room of this.rooms.values()) {
-      this.sendJoin(room).catch((err: RoomsClientError) => {
-        if (err.code !== 'DISCONNECTED' && err.code !== 'CLOSED') {
-          this.rooms.delete(room.name)
-          this.emit('error', err)
-        }
-      })
-    }
-    // The server handles a connection's frames in order, so these follow the joins.
-    for (const item of this.queue.splice(0)) {
-      this.request(item.frame, item.frame.room).then((ack) => item.resolve(ack.offset as number), item.reject)
-    }
   }
 
-  private async sendJoin (room: Room<TData>): Promise<void> {
-    const frame: { type: 'join', room: string, since?: { offset: number, epoch: string } } = { type: 'join', room: room.name }
-    if (room.epoch !== '') frame.since = { offset: room.offset, epoch: room.epoch }
-    await this.request(frame, room.name)
+  private sendJoin (room: Room<TData>): void {
+    const first = this.joining.get(room)
+    const since = first === undefined ? { offset: room.offset, epoch: room.epoch } : undefined
+    const history = first?.history
+    const frame: Record<string, unknown> = { type: 'join', room: room.name }
+    if (since !== undefined) frame.since = since
+    if (history !== undefined) frame.history = history
+    if (first !== undefined) clearTimeout(first.timer)
+    this.request(frame, room.name, first?.deadline, { handle: room, since, history }).then(() => {
+      if (first === undefined || this.joining.get(room) !== first) return
+      this.joining.delete(room)
+      first.resolve(room)
+    }, (err: RoomsClientError) => this.onJoinFailed(room, first, err))
+  }
+
+  private onJoinFailed (room: Room<TData>, first: FirstJoin<TData> | undefined, err: RoomsClientError): void {
+    // Settled already by leave(), a kick or close().
+    if (this.rooms.get(room.name) !== room || this.state === 'closed') return
+    if (err.code === 'DISCONNECTED') {
+      // Sent again on the next welcome.
+      if (first !== undefined) this.waitForConnection(room, first)
+      return
+    }
+    if (err.code === 'TIMEOUT' && first === undefined) {
+      // A server that does not answer a rejoin is treated like a silent one.
+      this.abandonSocket(`No reply to the rejoin of room "${room.name}" within ${this.requestTimeoutMs} ms`)
+      return
+    }
+    if (err.code === 'TIMEOUT' && this.state === 'open') {
+      // The join may still be applied: undo it so that the server does not keep a member nobody reads.
+      this.request({ type: 'leave', room: room.name }, room.name).catch(() => {})
+    }
+    this.removeRoom(room, { cause: 'refused', reason: err.message, error: err }, () => err)
+    if (first !== undefined) first.reject(err)
+    else this.emit('error', err)
+  }
+
+  private onJoined (frame: JoinedFrame): void {
+    const join = typeof frame.id === 'number' ? this.requests.get(frame.id)?.join : undefined
+    // A reply to a join whose handle was dropped (timed out, left) must not touch a newer handle.
+    if (join !== undefined && this.rooms.get(frame.room) === join.handle) {
+      join.handle.applyJoined(frame, join.since, join.history)
+      if (join.since === undefined) this.holding.add(join.handle)
+    }
+    this.settle(frame.id, frame)
+  }
+
+  /** The server removed this connection from a room (a kick). */
+  private onRemoved (name: string, reason: unknown): void {
+    const room = this.rooms.get(name)
+    if (room === undefined) return
+    const why = typeof reason === 'string' && reason !== '' ? reason : undefined
+    const error = (): RoomsClientError => new RoomsClientError('NOT_IN_ROOM', `The server removed this connection from room "${name}"${why === undefined ? '' : ` (${why})`}.`, name)
+    this.removeRoom(room, { cause: 'server', reason: why }, error)?.reject(error())
+  }
+
+  /**
+   * Forget a room: its queued publishes reject, the handle is told. Returns
+   * its pending first join, for the caller to reject with its own reason.
+   */
+  private removeRoom (room: Room<TData>, info: LeftInfo, queuedError: () => RoomsClientError): FirstJoin<TData> | undefined {
+    this.rooms.delete(room.name)
+    const first = this.joining.get(room)
+    this.joining.delete(room)
+    clearTimeout(first?.timer)
+    for (const item of this.queue.filter((q) => q.handle === room)) {
+      this.queue.splice(this.queue.indexOf(item), 1)
+      clearTimeout(item.timer)
+      item.reject(queuedError())
+    }
+    room.markLeft(info)
+    return first
+  }
+
+  private waitForConnection (room: Room<TData>, first: FirstJoin<TData>): void {
+    clearTimeout(first.timer)
+    first.timer = setTimeout(() => {
+      if (this.joining.get(room) !== first) return
+      this.removeRoom(room, { cause: 'refused', reason: undefined }, () => this.notSent('publish', room.name))
+      first.reject(this.notSent('join', room.name))
+    }, Math.max(0, first.deadline - Date.now()))
   }
 
   private onError (frame: ErrorFrame): void {
     const error = new RoomsClientError(frame.code, frame.message, frame.room)
-    if (frame.id !== undefined && this.requests.has(frame.id as number)) {
-      const request = this.requests.get(frame.id as number) as Request
+    const request = typeof frame.id === 'number' ? this.requests.get(frame.id) : undefined
+    if (request !== undefined) {
       this.requests.delete(frame.id as number)
       clearTimeout(request.timer)
       request.reject(error)
@@ -412,46 +478,71 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> {
     request.resolve(frame)
   }
 
-  private async request (frame: Record<string, unknown>, room: string | undefined): Promise<any> {
+  /** Send a request and wait for its reply until `deadline` (epoch ms). */
+  private async request (frame: Record<string, unknown>, room: string | undefined, deadline = Date.now() + this.requestTimeoutMs, join?: JoinRequest): Promise<any> {
+    this.assertNotClosed()
     const socket = this.socket
     if (socket === undefined || socket.readyState !== OPEN || this.state !== 'open') {
       throw new RoomsClientError('DISCONNECTED', 'Not connected: the request was not sent.', room)
     }
+    const wait = deadline - Date.now()
+    if (wait <= 0) throw this.notSent(String(frame.type), room)
     const id = this.nextId++
     return await new Promise((resolve, reject) => {
-      const timer = this.ackTimeoutMs > 0
-        ? setTimeout(() => {
-          this.requests.delete(id)
-          reject(new RoomsClientError('TIMEOUT', `No reply within ${this.ackTimeoutMs} ms: the request may or may not have been applied.`, room))
-        }, this.ackTimeoutMs)
-        : undefined
-      this.requests.set(id, { resolve, reject, timer, room })
+      const timer = setTimeout(() => {
+        this.requests.delete(id)
+        reject(new RoomsClientError('TIMEOUT', `No reply within ${this.requestTimeoutMs} ms: the ${String(frame.type)} may or may not have been applied.`, room))
+      }, wait)
+      this.requests.set(id, { resolve, reject, timer, room, join })
       socket.send(JSON.stringify({ ...frame, id }))
     })
   }
 
-  private onSocketClosed (socket: WebSocketLike | undefined, code: number, reason: string): void {
+  private notSent (what: string, room: string | undefined): RoomsClientError {
+    return new RoomsClientError('TIMEOUT', `Not connected within ${this.requestTimeoutMs} ms: the ${what} was not sent, so it was not applied.`, room)
+  }
+
+  private onSocketClosed (socket: WebSocketLike | undefined, code: number, reason: string, byClient: boolean): void {
     if (socket !== undefined && this.socket !== socket) return
     this.socket = undefined
     clearInterval(this.watchdog)
-    this.failRequests(new RoomsClientError('DISCONNECTED', 'The connection dropped before the reply came: the request may or may not have been applied.'))
+    clearTimeout(this.welcomeTimer)
+    const info: CloseInfo = { code, reason, byClient }
+    this.lastClose = info
+    const shown = `close code ${code}${reason === '' ? '' : `: ${reason}`}`
+    this.failRequests(new RoomsClientError('DISCONNECTED', `The connection dropped (${shown}) before the reply came: the request may or may not have been applied.`, undefined, info))
     if (this.state === 'closed') return
     if (this.settleReady !== undefined && this.connectionId === '') {
       // The very first attempt failed: report it rather than retry a wrong URL or refused credentials forever.
-      this.settleReady.reject(new RoomsClientError('CONNECT_FAILED', `Could not connect to ${this.url} (close code ${code}${reason === '' ? '' : `: ${reason}`}).`))
-      this.settleReady = undefined
-      this.setState('closed')
+      this.shutdown(info, new RoomsClientError('CONNECT_FAILED', `Could not connect to ${this.url} (${shown}).`, undefined, info))
       return
     }
     const options = this.reconnectOptions
-    if (options === false || this.attempts >= options.maxAttempts) {
-      this.close()
+    if (options === false || this.attempts >= options.maxAttempts || TERMINAL_CLOSE_CODES.has(code)) {
+      this.shutdown(info, new RoomsClientError('CLOSED', `The connection ended (${shown}) and the client does not reconnect.`, undefined, info))
       return
     }
     const ceiling = Math.min(options.maxDelayMs, options.initialDelayMs * 2 ** this.attempts)
     this.attempts++
-    this.setState('reconnecting')
-    this.retryTimer = setTimeout(() => this.open(), Math.random() * ceiling)
+    const delayMs = Math.random() * ceiling
+    this.setState('reconnecting', { ...info, attempt: this.attempts, delayMs })
+    this.retryTimer = setTimeout(() => this.open(), delayMs)
+  }
+
+  private onWelcomeTimeout (): void {
+    const reason = `No welcome from the server within ${this.requestTimeoutMs} ms`
+    if (this.settleReady !== undefined && this.connectionId === '') {
+      const info = { code: 1006, reason, byClient: true }
+      this.shutdown(info, new RoomsClientError('TIMEOUT', `${reason} at ${this.url}: check the URL and that the server is up.`, undefined, info))
+      return
+    }
+    this.abandonSocket(reason)
+  }
+
+  /** Give up on the current socket (silent server) and go through the reconnect path. */
+  private abandonSocket (reason: string): void {
+    this.dropSocket()
+    this.onSocketClosed(undefined, 1006, reason, true)
   }
 
   /** Notice a dead link the browser cannot see (no TCP reset): ping when quiet, reconnect when silent. */
@@ -461,18 +552,42 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> {
     this.watchdog = setInterval(() => {
       const quiet = Date.now() - this.lastSeen
       if (quiet > this.heartbeatMs * 2) {
-        this.dropSocket()
-        this.onSocketClosed(undefined, 1006, 'no traffic from the server')
+        this.abandonSocket('No traffic from the server')
       } else if (quiet > this.heartbeatMs && this.socket?.readyState === OPEN) {
         this.socket.send('{"type":"ping"}')
       }
     }, Math.max(this.heartbeatMs / 2, 10))
   }
 
+  private shutdown (info: CloseInfo, error: RoomsClientError): void {
+    if (this.state === 'closed') return
+    this.state = 'closed'
+    this.lastClose = info
+    clearTimeout(this.retryTimer)
+    clearTimeout(this.welcomeTimer)
+    this.unlisten?.()
+    this.failRequests(error)
+    this.dropSocket()
+    for (const item of this.queue.splice(0)) {
+      clearTimeout(item.timer)
+      item.reject(error)
+    }
+    for (const [room, first] of this.joining) {
+      clearTimeout(first.timer)
+      first.reject(new RoomsClientError(error.code, error.message, room.name, error.close))
+    }
+    this.joining.clear()
+    this.holding.clear()
+    this.settleReady?.reject(error)
+    this.settleReady = undefined
+    this.emit('state', 'closed', { state: 'closed', ...info })
+  }
+
   private dropSocket (): void {
     const socket = this.socket
     this.socket = undefined
     clearInterval(this.watchdog)
+    clearTimeout(this.welcomeTimer)
     if (socket === undefined) return
     socket.onmessage = null
     socket.onclose = null
@@ -486,18 +601,17 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> {
     for (const [id, request] of this.requests) {
       this.requests.delete(id)
       clearTimeout(request.timer)
-      request.reject(new RoomsClientError(error.code, error.message, request.room))
+      request.reject(new RoomsClientError(error.code, error.message, request.room, error.close))
     }
   }
 
-  private setState (state: ConnectionState): void {
-    if (this.state === state) return
+  private setState (state: 'reconnecting', info: ReconnectInfo): void {
     this.state = state
-    this.emit('state', state)
+    this.emit('state', state, { state, ...info })
   }
 
   private assertNotClosed (): void {
-    if (this.state === 'closed') throw new RoomsClientError('CLOSED', 'The client is closed: create a new one.')
+    if (this.state === 'closed') throw new RoomsClientError('CLOSED', 'The client is closed: create a new one.', undefined, this.lastClose)
   }
 }
 

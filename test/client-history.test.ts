@@ -1,0 +1,104 @@
+import t from 'tap'
+import WebSocket from 'ws'
+import { connect, type WebSocketConstructor, type WebSocketLike } from '../src/client/index.js'
+import { startApp } from './helpers/server.js'
+
+/** The real ws client, keeping every frame the SDK sends. */
+function recording (): { WebSocket: WebSocketConstructor, sent: Array<Record<string, unknown>> } {
+  const sent: Array<Record<string, unknown>> = []
+  class Recorded extends WebSocket {
+    override send (data: unknown, ...rest: unknown[]): void {
+      sent.push(JSON.parse(String(data)))
+      ;(super.send as (...args: unknown[]) => void)(data, ...rest)
+    }
+  }
+  return { WebSocket: Recorded as unknown as WebSocketConstructor, sent }
+}
+
+// Needs `history: n` in the registry (PROTOCOL v2): on a server without it
+// nothing is replayed after `joined`.
+t.test('join(room, { history }) delivers the last n stored messages through the message handlers; a rejoin uses since, not history', async (t) => {
+  const { app, wsUrl } = await startApp(t)
+  for (const n of [1, 2, 3, 4, 5]) await app.rooms.broadcast('r', n)
+  const { WebSocket: Recorded, sent } = recording()
+  const client = await connect(wsUrl, { WebSocket: Recorded, reconnect: { initialDelayMs: 10, maxDelayMs: 20 } })
+  t.teardown(() => client.close())
+
+  const room = await client.join('r', { history: 3 })
+  // Handlers attached once join() resolved still get the history that came with `joined`.
+  const delivered: unknown[] = []
+  room.on('message', (m) => delivered.push(m.data))
+  await client.ping()
+  await app.rooms.broadcast('r', 6)
+  await client.ping()
+  t.same(delivered, [3, 4, 5, 6], 'the last three, oldest first, then live')
+
+  const rejoined = new Promise((resolve) => room.on('joined', resolve))
+  for (const socket of app.websocketServer.clients) socket.terminate()
+  t.same(await rejoined, { recovered: true })
+  await client.ping()
+  t.same(delivered, [3, 4, 5, 6], 'nothing twice after the rejoin')
+  const joins = sent.filter((f) => f.type === 'join').map(({ id, ...frame }) => frame)
+  t.same(joins, [
+    { type: 'join', room: 'r', history: 3 },
+    { type: 'join', room: 'r', since: { offset: 6, epoch: room.epoch } }
+  ])
+})
+
+/**
+ * The real ws client, except that the first `joined` is handed to the SDK
+ * only together with the frame after it, in one turn: what ws does when both
+ * arrive in one TCP read.
+ */
+function coalescing (): { WebSocket: WebSocketConstructor, joinedHeld: Promise<void> } {
+  let onHeld!: () => void
+  const joinedHeld = new Promise<void>((resolve) => { onHeld = resolve })
+  class Coalescing implements WebSocketLike {
+    onopen: ((event: any) => void) | null = null
+    onmessage: ((event: any) => void) | null = null
+    onclose: ((event: any) => void) | null = null
+    onerror: ((event: any) => void) | null = null
+    private readonly ws: WebSocket
+    constructor (url: string) {
+      this.ws = new WebSocket(url)
+      let held: string | undefined
+      let holding = true
+      this.ws.on('message', (raw) => {
+        const text = raw.toString()
+        if (holding && (JSON.parse(text) as { type: string }).type === 'joined') {
+          holding = false
+          held = text
+          onHeld()
+          return
+        }
+        if (held !== undefined) this.onmessage?.({ data: held })
+        held = undefined
+        this.onmessage?.({ data: text })
+      })
+      this.ws.on('close', (code, reason) => this.onclose?.({ code, reason: reason.toString() }))
+      this.ws.on('error', (err) => this.onerror?.(err))
+    }
+
+    get readyState (): number { return this.ws.readyState }
+    send (data: string): void { this.ws.send(data) }
+    close (code?: number, reason?: string): void { this.ws.close(code, reason) }
+  }
+  return { WebSocket: Coalescing, joinedHeld }
+}
+
+t.test('the handlers of a new handle, attached once join() resolved, get the messages read in the same turn as joined', async (t) => {
+  const { app, wsUrl } = await startApp(t)
+  await app.rooms.broadcast('r', 'before')
+  const { WebSocket: Coalescing, joinedHeld } = coalescing()
+  const client = await connect(wsUrl, { WebSocket: Coalescing })
+  t.teardown(() => client.close())
+  const joining = client.join('r')
+  await joinedHeld
+  await app.rooms.broadcast('r', 'same read as joined')
+  const room = await joining
+  const delivered: unknown[] = []
+  room.on('message', (m) => delivered.push(m.data))
+  await client.ping()
+  t.same(delivered, ['same read as joined'])
+  t.equal(room.offset, 2)
+})

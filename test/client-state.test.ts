@@ -1,0 +1,112 @@
+import t from 'tap'
+import WebSocket from 'ws'
+import { connect, type CloseInfo, type RoomsClient, type StateChange } from '../src/client/index.js'
+import { startApp } from './helpers/server.js'
+
+/** Every state change of a client, in order. */
+function record (client: RoomsClient): StateChange[] {
+  const changes: StateChange[] = []
+  client.on('state', (state, change) => {
+    if (state !== change.state) throw new Error(`state ${state} came with a change of ${change.state}`)
+    changes.push(change)
+  })
+  return changes
+}
+
+async function nextState (client: RoomsClient, state: StateChange['state']): Promise<StateChange> {
+  return await new Promise((resolve) => {
+    const off = client.on('state', (_state, change) => { if (change.state === state) { off(); resolve(change) } })
+  })
+}
+
+/** What an app writes to show the state: it compiles only if the change narrows on its state. */
+function describe (change: StateChange): string {
+  switch (change.state) {
+    case 'open': return `open as ${change.welcome.connectionId}`
+    case 'reconnecting': return `reconnecting (attempt ${change.attempt}) after ${change.code} ${change.reason}`
+    case 'closed': return `closed: ${change.code} ${change.reason}${change.byClient ? ' (by this client)' : ''}`
+  }
+}
+
+t.test('a server shutting down is told as 1001 "Server shutting down": reconnecting, or closed without reconnect', async (t) => {
+  const { wsUrl, app } = await startApp(t)
+  const stays = await connect(wsUrl, { WebSocket, reconnect: { initialDelayMs: 10, maxDelayMs: 50 } })
+  const once = await connect(wsUrl, { WebSocket, reconnect: false })
+  t.teardown(() => { stays.close(); once.close() })
+  const reconnecting = nextState(stays, 'reconnecting')
+  const closed = nextState(once, 'closed')
+  await app.close()
+  const expected: CloseInfo = { code: 1001, reason: 'Server shutting down', byClient: false }
+  t.match(await reconnecting, { state: 'reconnecting', ...expected, attempt: 1 })
+  t.same(await closed, { state: 'closed', ...expected })
+  t.same(once.lastClose, expected)
+  t.match(describe(await closed), 'closed: 1001 Server shutting down')
+  await t.rejects(once.join('r'), { code: 'CLOSED', close: expected }, 'later calls say why the client closed')
+})
+
+t.test('a close with 4003 and a reason (disconnected by the server) ends the client for good with that reason', async (t) => {
+  const { wsUrl, app } = await startApp(t)
+  const client = await connect(wsUrl, { WebSocket, reconnect: { initialDelayMs: 10, maxDelayMs: 20 } })
+  const changes = record(client)
+  const closed = nextState(client, 'closed')
+  for (const socket of app.websocketServer.clients) socket.close(4003, 'kicked by admin')
+  t.same(await closed, { state: 'closed', code: 4003, reason: 'kicked by admin', byClient: false })
+  t.same(changes.map((c) => c.state), ['closed'], 'no reconnect after the server said go')
+})
+
+t.test('1012 (state reset) reconnects; reconnecting says why, open carries the welcome', async (t) => {
+  const { wsUrl, app } = await startApp(t)
+  const client = await connect(wsUrl, { WebSocket, reconnect: { initialDelayMs: 10, maxDelayMs: 20 } })
+  t.teardown(() => client.close())
+  const changes = record(client)
+  const open = nextState(client, 'open')
+  for (const socket of app.websocketServer.clients) socket.close(1012, 'Room state was reset: reconnect and rejoin')
+  const opened = await open
+  t.equal(changes.length, 2)
+  t.match(changes[0], { state: 'reconnecting', code: 1012, reason: 'Room state was reset: reconnect and rejoin', byClient: false, attempt: 1 })
+  t.ok((changes[0] as { delayMs: number }).delayMs >= 0 && (changes[0] as { delayMs: number }).delayMs < 10)
+  t.match(opened, { state: 'open', welcome: { type: 'welcome', connectionId: client.connectionId } })
+  t.same(client.lastClose, { code: 1012, reason: 'Room state was reset: reconnect and rejoin', byClient: false })
+})
+
+t.test('close() and reconnect() are told as the client\'s own, with code 1000', async (t) => {
+  const { wsUrl } = await startApp(t)
+  const client = await connect(wsUrl, { WebSocket })
+  const changes = record(client)
+  const open = nextState(client, 'open')
+  client.reconnect()
+  await open
+  client.close()
+  t.match(changes, [
+    { state: 'reconnecting', code: 1000, reason: 'reconnect() was called', byClient: true, attempt: 0, delayMs: 0 },
+    { state: 'open' },
+    { state: 'closed', code: 1000, reason: 'client closed', byClient: true }
+  ])
+  client.close()
+  t.equal(changes.length, 3, 'closing twice is told once')
+})
+
+t.test('after maxAttempts failed attempts the client closes with the last close, and waiting calls reject with CLOSED', async (t) => {
+  const { wsUrl, app } = await startApp(t)
+  const client = await connect(wsUrl, { WebSocket, reconnect: { initialDelayMs: 1, maxDelayMs: 5, maxAttempts: 2 } })
+  const changes = record(client)
+  const room = await client.join('r')
+  const closed = nextState(client, 'closed')
+  await app.close()
+  const queued = room.publish('never sent')
+  const waiting = client.join('other')
+  const last = await closed
+  t.match(changes.map((c) => c.state), ['reconnecting', 'reconnecting', 'closed'])
+  t.match(last, { state: 'closed', code: 1006, byClient: false }, 'the refused attempt, not the shutdown')
+  await t.rejects(queued, { code: 'CLOSED', close: { code: 1006 } })
+  await t.rejects(waiting, { code: 'CLOSED', room: 'other' })
+})
+
+t.test('a first connection that is refused rejects with CONNECT_FAILED and the close it got', async (t) => {
+  const { wsUrl } = await startApp(t, { authenticate: () => undefined })
+  await t.rejects(connect(wsUrl, { WebSocket }), { code: 'CONNECT_FAILED', message: /close code 1006/, close: { code: 1006, byClient: false } })
+})
+
+t.test('a URL the WebSocket implementation refuses rejects with CONNECT_FAILED', async (t) => {
+  await t.rejects(connect('not a url', { WebSocket }), { code: 'CONNECT_FAILED', message: /Could not connect to not a url/ })
+})
