@@ -74,7 +74,7 @@ t.test('verifyToken: REST needs Authorization: Bearer with a good token; 401 wit
   await ada.join('open')
   await ada.join('secret')
   for (const route of routes(url)) {
-    for (const headers of [{}, { authorization: 'Bearer tok-nobody' }, { authorization: 'Bearer tok-old' }, { authorization: 'Basic dG9rLWFkYQ==' }, { authorization: 'Bearer ' }]) {
+    for (const headers of [{}, { authorization: 'Bearer tok-nobody' }, { authorization: 'Bearer tok-old' }, { authorization: 'Basic dG9rLWFkYQ==' }, { authorization: 'Bearer ' }] as Array<Record<string, string>>) {
       const refused = await request(route, headers)
       t.equal(refused.status, 401, `${route} ${JSON.stringify(headers)}`)
       t.match(refused.body, UNAUTHORIZED)

@@ -221,3 +221,22 @@ t.test('a connection closed while its token is being verified is never welcomed 
   t.equal(await app.rooms.disconnectUser(ADA.id, 'bye'), 1, 'only the live connection is registered as ada')
   t.same(await other.closed, { code: 4003, reason: 'bye' })
 })
+
+t.test('threat model: before auth no hook runs, no room state is made, and a refused connection leaves nothing behind', async (t) => {
+  const calls: string[] = []
+  const { wsUrl, app } = await startApp(t, {
+    verifyToken: tokens(),
+    onJoin: () => { calls.push('onJoin') },
+    onPublish: () => { calls.push('onPublish') }
+  })
+  for (const frame of [{ type: 'join', room: 'lobby' }, { type: 'publish', room: 'lobby', data: 'x' }]) {
+    const s = await TestSocket.connect(wsUrl)
+    s.send(frame)
+    t.equal((await s.closed).code, 4001)
+  }
+  await until(() => app.rooms.connections === 0, 'both are gone')
+  t.same(calls, [])
+  t.same(await app.rooms.list(), { rooms: [], next: null })
+  t.equal(await app.rooms.history('lobby'), null, 'no history either')
+  t.equal(await app.rooms.disconnectUser(ADA.id), 0)
+})
