@@ -4,10 +4,11 @@ import type { WebSocket, RawData } from 'ws'
 import { writeCoalesced } from './frame.js'
 import {
   checkPublish, encodeMember, isFrameError, parseClientFrame, peekRequestId, PROTOCOL_VERSION,
-  type ClientFrame, type DataValidator, type ErrorFrame, type JoinFrame, type Member,
+  type AuthenticatedFrame, type AuthFrame, type ClientFrame, type DataValidator, type ErrorFrame, type JoinFrame, type Member,
   type PublishFrame, type RequestId, type WelcomeFrame
 } from './protocol.js'
-import { isRoomsError, RoomsError, forbidden } from './errors.js'
+import { isRoomsError, RoomsError, forbidden, tokensNotEnabled, unauthorized } from './errors.js'
+import { publicView, type Credentials, type Identity } from './identity.js'
 import { notInRoom, type Peer, type Registry } from './registry.js'
 import type { ResolvedOptions } from './options.js'
 
@@ -17,10 +18,24 @@ export interface ConnectionContext {
   options: ResolvedOptions
   log: FastifyBaseLogger
   validateData: DataValidator | undefined
+  credentials: Credentials
+  /** `publicUserFields` as a set: what other clients see of a user. */
+  publicFields: ReadonlySet<string>
 }
 
 const OPEN = 1
 const noop = (): void => {}
+/** The longest wait setTimeout holds (2^31-1 ms, about 24.8 days); longer ones fire at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1
+/** A WebSocket close reason is at most 123 bytes of UTF-8. */
+const MAX_REASON_BYTES = 123
+
+/**
+ * Where a connection stands with its credentials: `pending` until its first
+ * frame (in-band token auth only), `verifying` while `verifyToken` runs,
+ * `done` once `welcome` is sent, `refused` once it is being closed for them.
+ */
+type AuthState = 'pending' | 'verifying' | 'done' | 'refused'
 
 /**
  * One socket's life: parse and validate each frame, apply limits and hooks,
@@ -29,9 +44,16 @@ const noop = (): void => {}
  */
 export class Connection implements Peer {
   readonly id: string
-  readonly user: Member
-  /** The user as JSON, encoded once for every message this connection publishes. */
-  private readonly userJson: string
+  /** The full user and its expiry: shown to this connection and to the hooks. Set once authenticated. */
+  private identity: Identity | undefined
+  /** What other clients see of the user (`publicUserFields`). */
+  private publicUser: Member | undefined
+  /** The public user as JSON, encoded once for every message this connection publishes. */
+  private userJson = ''
+  private auth: AuthState = 'pending'
+  private authTimer: NodeJS.Timeout | undefined
+  private expiryTimer: NodeJS.Timeout | undefined
+  private readonly openedAt = Date.now()
   /** Set by every frame and pong; cleared by each heartbeat round. */
   alive = true
   private readonly socket: WebSocket
@@ -52,27 +74,136 @@ export class Connection implements Peer {
   private readonly queue: Buffer[] = []
   private closed = false
 
-  constructor (socket: WebSocket, request: FastifyRequest, id: string, user: Member, ctx: ConnectionContext) {
+  constructor (socket: WebSocket, request: FastifyRequest, id: string, ctx: ConnectionContext) {
     this.socket = socket
     const internals = socket as unknown as { _socket?: Socket, _extensions?: Record<string, unknown> }
     this.raw = internals._extensions?.['permessage-deflate'] === undefined ? internals._socket : undefined
     this.request = request
     this.id = id
-    this.user = user
-    this.userJson = encodeMember(user)
     this.ctx = ctx
     this.tokens = ctx.options.frameBurst
   }
 
-  /** Register with the registry, say `welcome`, and start reading frames. */
-  start (): void {
-    const { registry, options } = this.ctx
-    registry.add(this)
-    const welcome: WelcomeFrame = { type: 'welcome', connectionId: this.id, user: this.user, protocol: PROTOCOL_VERSION, heartbeatMs: options.heartbeatMs }
-    this.sendEncoded(JSON.stringify(welcome))
+  /** What other clients see of this connection's user (the registry's view of it). */
+  get user (): Member {
+    return this.publicUser as Member
+  }
+
+  /**
+   * Start reading frames. With an identity settled at the upgrade, register
+   * and say `welcome` now; without one, wait for an `auth` frame, at most
+   * `authTimeoutMs`.
+   */
+  start (identity: Identity | undefined): void {
     this.socket.on('message', (data, isBinary) => this.onFrame(data, isBinary))
     this.socket.on('pong', () => { this.alive = true })
-    this.socket.on('close', () => this.onClose())
+    this.socket.on('close', (code, reason) => this.onClose(code, reason))
+    if (identity !== undefined) {
+      this.begin(identity, undefined)
+      return
+    }
+    this.authTimer = setTimeout(() => this.refuse(unauthorized('timeout')), this.ctx.options.authTimeoutMs)
+  }
+
+  /** Authenticated: register with the registry, say `welcome`, and watch the expiry. */
+  private begin (identity: Identity, id: RequestId | undefined): void {
+    clearTimeout(this.authTimer)
+    this.auth = 'done'
+    this.identity = identity
+    this.publicUser = publicView(identity.user, this.ctx.publicFields)
+    this.userJson = encodeMember(this.publicUser)
+    this.ctx.registry.add(this)
+    const welcome: WelcomeFrame = { type: 'welcome', connectionId: this.id, user: identity.user, protocol: PROTOCOL_VERSION, heartbeatMs: this.ctx.options.heartbeatMs }
+    if (identity.expiresAt !== undefined) welcome.expiresAt = identity.expiresAt
+    if (id !== undefined) welcome.id = id
+    this.sendEncoded(JSON.stringify(welcome))
+    this.watchExpiry(identity.expiresAt)
+    this.request.log.info({ connectionId: this.id, userId: identity.user.id, expiresAt: identity.expiresAt }, 'fastify-rooms: connected')
+  }
+
+  /**
+   * The only frame a connection may send before `welcome`: `auth` with a token.
+   * Anything else, or a second frame while the token is being verified, is
+   * refused, so an unauthenticated peer holds at most one frame of memory.
+   */
+  private first (buffer: Buffer, isBinary: boolean): void {
+    if (this.auth !== 'pending') {
+      if (this.auth === 'verifying') this.refuse(unauthorized('early'), isBinary ? undefined : peekRequestId(buffer.toString()))
+      return
+    }
+    const frame = isBinary ? undefined : parseClientFrame(buffer.toString())
+    if (frame === undefined || isFrameError(frame) || frame.type !== 'auth') {
+      this.refuse(unauthorized('notAuth'), frame?.id)
+      return
+    }
+    this.auth = 'verifying'
+    this.ctx.credentials.verify(frame.token, this.request).then((identity) => {
+      if (this.auth === 'verifying' && !this.closed) this.begin(identity, frame.id)
+    }, (err: unknown) => this.authFailed(err, frame.id))
+  }
+
+  /** A token refresh: same user, new expiry, answered with `authenticated`. */
+  private async refresh (frame: AuthFrame): Promise<void> {
+    const { credentials } = this.ctx
+    if (!credentials.tokens) throw tokensNotEnabled()
+    let identity: Identity
+    try {
+      identity = await credentials.verify(frame.token, this.request)
+    } catch (err) {
+      this.authFailed(err, frame.id)
+      return
+    }
+    const current = this.identity as Identity
+    if (this.auth !== 'done' || this.closed) return
+    if (identity.user.id !== current.user.id) {
+      this.refuse(unauthorized('otherUser'), frame.id)
+      return
+    }
+    current.expiresAt = identity.expiresAt
+    this.watchExpiry(identity.expiresAt)
+    const reply: AuthenticatedFrame = { type: 'authenticated' }
+    if (frame.id !== undefined) reply.id = frame.id
+    if (identity.expiresAt !== undefined) reply.expiresAt = identity.expiresAt
+    this.sendEncoded(JSON.stringify(reply))
+    this.request.log.info({ connectionId: this.id, userId: current.user.id, expiresAt: identity.expiresAt }, 'fastify-rooms: token refreshed')
+  }
+
+  /** Close with 4001 when the credentials run out, unless a refresh moves the time. */
+  private watchExpiry (expiresAt: number | undefined): void {
+    clearTimeout(this.expiryTimer)
+    this.expiryTimer = undefined
+    if (expiresAt === undefined) return
+    this.expiryTimer = setTimeout(() => {
+      if (Date.now() >= expiresAt) this.refuse(unauthorized('expired'))
+      else this.watchExpiry(expiresAt)
+    }, Math.max(0, Math.min(expiresAt - Date.now(), MAX_TIMER_MS)))
+  }
+
+  private authFailed (err: unknown, id: RequestId | undefined): void {
+    if (isRoomsError(err)) {
+      this.refuse(err, id)
+      return
+    }
+    this.auth = 'refused'
+    this.stopTimers()
+    this.ctx.log.error({ err, connectionId: this.id }, 'fastify-rooms: verifyToken failed')
+    this.sendError(new RoomsError('INTERNAL', 'The server failed to check your credentials; it has been logged. Try again later.'), id)
+    this.close(1011, 'Server error while checking credentials')
+  }
+
+  /** `UNAUTHORIZED`, then close 4001 with the same sentence, so a browser client can show it. */
+  private refuse (error: RoomsError, id?: RequestId): void {
+    if (this.auth === 'refused') return
+    this.auth = 'refused'
+    this.stopTimers()
+    this.request.log.info({ connectionId: this.id, userId: this.identity?.user.id, reason: error.message }, 'fastify-rooms: authentication failed')
+    this.sendError(error, id)
+    this.close(4001, error.message)
+  }
+
+  private stopTimers (): void {
+    clearTimeout(this.authTimer)
+    clearTimeout(this.expiryTimer)
   }
 
   sendFramed (framed: Buffer, payload: Buffer): void {
@@ -113,7 +244,7 @@ export class Connection implements Peer {
   }
 
   close (code: number, reason: string): void {
-    if (this.socket.readyState === OPEN) this.socket.close(code, reason)
+    if (this.socket.readyState === OPEN) this.socket.close(code, closeReason(reason))
   }
 
   /** Force the socket shut (shutdown past its grace time). */
@@ -129,6 +260,10 @@ export class Connection implements Peer {
       return
     }
     if (!this.takeToken(buffer, isBinary)) return
+    if (this.auth !== 'done') {
+      this.first(buffer, isBinary)
+      return
+    }
     if (isBinary) {
       this.sendError(new RoomsError('INVALID_FRAME', 'Binary frames are not accepted: send JSON as text frames.'))
       return
@@ -185,7 +320,7 @@ export class Connection implements Peer {
 
   private drain (): void {
     this.busy = false
-    while (!this.busy && !this.closed) {
+    while (!this.busy && !this.closed && this.auth === 'done') {
       const next = this.queue.shift()
       if (next === undefined) return
       this.handle(next)
@@ -203,13 +338,15 @@ export class Connection implements Peer {
         return this.leave(frame.room, frame.id)
       case 'publish':
         return this.publish(frame, size)
+      case 'auth':
+        return this.refresh(frame)
     }
   }
 
   private async join (frame: JoinFrame): Promise<void> {
     const { registry, options } = this.ctx
     if (options.onJoin !== undefined && !registry.isMember(this, frame.room)) {
-      const verdict = await options.onJoin({ connectionId: this.id, user: this.user, room: frame.room, request: this.request })
+      const verdict = await options.onJoin({ connectionId: this.id, user: (this.identity as Identity).user, room: frame.room, request: this.request })
       if (verdict === false) throw forbidden(`You may not join room "${frame.room}".`)
     }
     if (this.closed) return
@@ -228,7 +365,7 @@ export class Connection implements Peer {
     let data = frame.data
     let json = checkPublish(data, room, options.maxMessageBytes, validateData, size)
     if (options.onPublish !== undefined) {
-      const verdict = await options.onPublish({ connectionId: this.id, user: this.user, room, data: data as never, request: this.request })
+      const verdict = await options.onPublish({ connectionId: this.id, user: (this.identity as Identity).user, room, data: data as never, request: this.request })
       if (verdict === false) throw forbidden(`You may not publish to room "${room}".`)
       if (typeof verdict === 'object' && verdict !== null) {
         // What the hook returns goes out as if the member had sent it: same limits, same schema.
@@ -257,9 +394,24 @@ export class Connection implements Peer {
     this.sendEncoded(JSON.stringify(frame))
   }
 
-  private onClose (): void {
+  private onClose (code: number, reason: Buffer): void {
     this.closed = true
     this.queue.length = 0
-    void this.ctx.registry.remove(this)
+    this.stopTimers()
+    this.request.log.info({ connectionId: this.id, userId: this.identity?.user.id, code, reason: reason.toString(), durationMs: Date.now() - this.openedAt }, 'fastify-rooms: disconnected')
+    if (this.identity !== undefined) void this.ctx.registry.remove(this)
   }
+}
+
+/** Cut a close reason to what a close frame holds, on a character boundary. */
+function closeReason (reason: string): string {
+  if (Buffer.byteLength(reason) <= MAX_REASON_BYTES) return reason
+  let cut = ''
+  let bytes = 3
+  for (const char of reason) {
+    bytes += Buffer.byteLength(char)
+    if (bytes > MAX_REASON_BYTES) break
+    cut += char
+  }
+  return cut + '...'
 }

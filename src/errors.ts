@@ -14,6 +14,7 @@ export const ERROR_CODES = [
   'ROOM_FULL',
   'TOO_MANY_ROOMS',
   'FORBIDDEN',
+  'UNAUTHORIZED',
   'RATE_LIMITED',
   'UNAVAILABLE',
   'INTERNAL'
@@ -47,6 +48,32 @@ export function forbidden (message = 'You are not allowed to do that.'): RoomsEr
   return new RoomsError('FORBIDDEN', message)
 }
 
+/**
+ * Why a connection is refused with `UNAUTHORIZED`. Each sentence is both the
+ * `error` frame's message and the reason of the 4001 close that follows, so it
+ * stays under the 123 bytes a close reason may hold, and never quotes the token.
+ */
+export const UNAUTHORIZED_REASONS = {
+  badToken: 'Authentication failed: the token was not accepted.',
+  notAuth: 'Authenticate first: the first frame must be {"type":"auth","token":"..."}.',
+  early: 'Wait for welcome: send nothing after auth until welcome arrives.',
+  timeout: 'Authentication timed out: send an auth frame as soon as the socket opens.',
+  expired: 'Token expired: reconnect with a fresh token.',
+  otherUser: 'Token refresh refused: the new token is for another user.'
+} as const
+
+export type UnauthorizedReason = keyof typeof UNAUTHORIZED_REASONS
+
+/** The `UNAUTHORIZED` error for one of the reasons above; the connection closes with 4001 after it. */
+export function unauthorized (reason: UnauthorizedReason): RoomsError {
+  return new RoomsError('UNAUTHORIZED', UNAUTHORIZED_REASONS[reason])
+}
+
+/** An `auth` frame reached a server that identifies connections at the upgrade only. */
+export function tokensNotEnabled (): RoomsError {
+  return new RoomsError('INVALID_FRAME', 'This server takes no auth frames: it identifies connections when they connect.')
+}
+
 /** Tells whether an unknown thrown value is one of ours. */
 export function isRoomsError (err: unknown): err is RoomsError {
   return err instanceof RoomsError
@@ -78,6 +105,10 @@ export const NoHistoryError = createError<[string]>('ROOM_NOT_FOUND', 'Room "%s"
 export const InvalidRoomError = createError<[string]>('INVALID_ROOM', '%s', 400)
 /** Upgrade: `authenticate` threw or returned nothing. */
 export const UnauthorizedError = createError('UNAUTHORIZED', 'Authentication failed: the upgrade request carried no valid credentials.', 401)
+/** REST: auth is configured and the request carries no credentials a connection would be accepted with. */
+export const RestUnauthorizedError = createError('UNAUTHORIZED', 'This API needs the credentials a connection needs: the session cookie or header, or Authorization: Bearer <token>.', 401)
+/** REST: `onJoin` refused this user the room the route is about. */
+export const RoomForbiddenError = createError<[string]>('FORBIDDEN', 'You may not see room "%s".', 403)
 /** Upgrade: the anonymous `name` query parameter is not 1-32 printable characters. */
 export const InvalidNameError = createError('INVALID_NAME', 'The name query parameter must be 1-32 printable characters.', 400)
 /** Upgrade: `allowedOrigins` is set and the Origin header is not in it. */

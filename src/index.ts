@@ -8,11 +8,12 @@ import { memoryAdapter } from './adapters/memory.js'
 import type { HistoryPage, RoomInfo, RoomPage, RoomQuery } from './adapters/adapter.js'
 import { Connection, type ConnectionContext } from './connection.js'
 import { RoomsError, ShuttingDownError } from './errors.js'
+import { Credentials } from './identity.js'
 import { resolveOptions, type RoomData, type RoomsOptions } from './options.js'
 import { page } from './page.js'
 import { checkPublish, compileDataValidator, invalidRoomMessage, isRoomName } from './protocol.js'
 import { Registry } from './registry.js'
-import { DEFAULT_PAGE, routes } from './routes.js'
+import { DEFAULT_PAGE, restAccess, routes } from './routes.js'
 import { upgradeGuard } from './upgrade.js'
 
 /** The server API, decorated as `app.rooms`. */
@@ -27,7 +28,29 @@ export interface RoomsApi {
   get (room: string): Promise<RoomInfo | null>
   /** Stored messages of a room after `after`, oldest first; null when the room has neither members nor history. */
   history (room: string, after?: number, limit?: number): Promise<HistoryPage | null>
-  /** Open connections of this registration on this node. */
+  /**
+   * Close one connection, on whichever node holds it, with 4003 and `reason`.
+   * Resolves true when it was open on this node or its node got the command
+   * (as `send` does), false when no node holds it.
+   */
+  disconnect (connectionId: string, reason?: string): Promise<boolean>
+  /**
+   * Close every connection of a user, on every node, with 4003 and `reason`.
+   * Resolves with how many this node closed (other nodes close theirs too).
+   */
+  disconnectUser (userId: string, reason?: string): Promise<number>
+  /**
+   * Take one connection out of a room without closing it: it gets
+   * `{type:'left', room, reason}`, the others see it leave. Resolves as `disconnect`
+   * does; false also when this node holds it and it is not in the room.
+   */
+  removeFromRoom (connectionId: string, room: string, reason?: string): Promise<boolean>
+  /**
+   * Take every connection of a user out of a room, on every node. Resolves with
+   * how many this node removed. To keep them out, make `onJoin` refuse them.
+   */
+  removeUserFromRoom (userId: string, room: string, reason?: string): Promise<number>
+  /** Open connections of this registration on this node, including those still to authenticate. */
   readonly connections: number
 }
 
@@ -66,11 +89,14 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     maxHistoryBytes: options.maxHistoryBytes
   })
 
+  const credentials = new Credentials(options)
   const ctx: ConnectionContext = {
     registry,
     options,
     log: app.log,
-    validateData: options.dataSchema === undefined ? undefined : compileDataValidator(options.dataSchema)
+    validateData: options.dataSchema === undefined ? undefined : compileDataValidator(options.dataSchema),
+    credentials,
+    publicFields: new Set(options.publicUserFields)
   }
   const open = new Set<Connection>()
   let allClosed: (() => void) | undefined
@@ -126,7 +152,7 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     return await registry.publish(room, { data: checkPublish(data, room, options.maxMessageBytes, ctx.validateData) })
   }
 
-  const guard = upgradeGuard(options, state)
+  const guard = upgradeGuard(options, credentials, state)
   app.get(options.path, {
     websocket: true,
     preValidation: guard.hook,
@@ -135,16 +161,16 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
       if (request.headers.upgrade !== undefined) request.raw.socket.end()
     }
   }, (socket, request) => {
-    const connection = new Connection(socket, request, `${nodeId}-${(++sequence).toString(36)}`, guard.userOf(request), ctx)
+    const connection = new Connection(socket, request, `${nodeId}-${(++sequence).toString(36)}`, ctx)
     open.add(connection)
     socket.on('close', () => {
       open.delete(connection)
       if (open.size === 0) allClosed?.()
     })
-    connection.start()
+    connection.start(guard.identityOf(request))
   })
 
-  if (options.rest) await app.register(routes, { prefix: options.prefix, registry, publish: options.restPublish === undefined ? undefined : { guard: options.restPublish, serverPublish, bodyLimit: options.maxFrameBytes } })
+  if (options.rest) await app.register(routes, { prefix: options.prefix, registry, access: restAccess(options, credentials), publish: options.restPublish === undefined ? undefined : { guard: options.restPublish, serverPublish, bodyLimit: options.maxFrameBytes } })
   if (options.demo !== false) {
     await app.register(page, { prefix: options.demo === true ? '/' : options.demo, path: options.path, restPrefix: options.rest ? options.prefix : false })
   }
@@ -163,11 +189,36 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     async history (room, after = 0, limit = options.historySize) {
       return await registry.history(room, after, limit)
     },
+    async disconnect (connectionId, reason = DISCONNECTED) {
+      return await adapter.control({ kind: 'disconnect', target: { connectionId: text(connectionId, 'connectionId') }, reason: text(reason, 'reason') }) > 0
+    },
+    async disconnectUser (userId, reason = DISCONNECTED) {
+      return await adapter.control({ kind: 'disconnect', target: { userId: text(userId, 'userId') }, reason: text(reason, 'reason') })
+    },
+    async removeFromRoom (connectionId, room, reason = REMOVED) {
+      return await adapter.control({ kind: 'remove', target: { connectionId: text(connectionId, 'connectionId') }, room: roomName(room), reason: text(reason, 'reason') }) > 0
+    },
+    async removeUserFromRoom (userId, room, reason = REMOVED) {
+      return await adapter.control({ kind: 'remove', target: { userId: text(userId, 'userId') }, room: roomName(room), reason: text(reason, 'reason') })
+    },
     get connections () {
       return open.size
     }
   }
   app.decorate('rooms', api)
+}
+
+const DISCONNECTED = 'Disconnected by the server.'
+const REMOVED = 'Removed from the room by the server.'
+
+function text (value: unknown, name: string): string {
+  if (typeof value !== 'string' || value === '') throw new TypeError(`fastify-rooms: ${name} must be a non-empty string.`)
+  return value
+}
+
+function roomName (room: unknown): string {
+  if (!isRoomName(room)) throw new RoomsError('INVALID_ROOM', invalidRoomMessage(room))
+  return room
 }
 
 /**
@@ -180,7 +231,7 @@ export { rooms }
 
 export { memoryAdapter, MemoryAdapter, type MemoryAdapterOptions, type MemoryAdapterStats } from './adapters/memory.js'
 export { redisAdapter, RedisAdapter, type RedisAdapterOptions } from './adapters/redis.js'
-export type { Adapter, AdapterConfig, AdapterListener, JoinResult, RoomInfo, RoomPage, RoomQuery, HistoryPage, StoredMessage } from './adapters/adapter.js'
-export { RoomsError, forbidden, ERROR_CODES, type ErrorCode } from './errors.js'
-export type { RoomsOptions, RoomsHooks, JoinContext, PublishContext, PublishVerdict, RoomsRegister, RoomData, Settings } from './options.js'
+export type { Adapter, AdapterConfig, AdapterListener, ControlCommand, ControlTarget, JoinResult, RoomInfo, RoomPage, RoomQuery, HistoryPage, StoredMessage } from './adapters/adapter.js'
+export { RoomsError, forbidden, ERROR_CODES, UNAUTHORIZED_REASONS, type ErrorCode, type UnauthorizedReason } from './errors.js'
+export type { RoomsOptions, RoomsHooks, TokenIdentity, JoinContext, PublishContext, PublishVerdict, RoomsRegister, RoomData, Settings } from './options.js'
 export * from './protocol.js'

@@ -37,17 +37,22 @@ export const SettingsSchema = Type.Object({
   maxHistoryBytes: Type.Integer({ minimum: 0, default: 64 * 1024 * 1024 }),
   closeTimeoutMs: Type.Integer({ minimum: 0, default: 2_000 }),
   presenceEvents: Type.Boolean({ default: true }),
-  allowedOrigins: Type.Optional(Type.Array(Type.String()))
+  allowedOrigins: Type.Optional(Type.Array(Type.String())),
+  authTimeoutMs: Type.Integer({ minimum: 10, default: 10_000 }),
+  publicRest: Type.Boolean({ default: false }),
+  publicUserFields: Type.Array(Type.String({ minLength: 1 }), { default: ['id', 'name'] })
 })
 
 export type Settings = Static<typeof SettingsSchema>
 
 /** What `onJoin` is asked about. */
 export interface JoinContext {
+  /** The joining connection; `''` when a REST request about the room is being authorized. */
   connectionId: string
+  /** The full user (all its fields, whatever `publicUserFields` shows others). */
   user: Member
   room: string
-  /** The upgrade request of the connection (headers, query, your decorations). */
+  /** The upgrade request of the connection, or the REST request (headers, query, your decorations). */
   request: FastifyRequest
 }
 
@@ -56,13 +61,30 @@ export interface PublishContext extends JoinContext {
   data: RoomData
 }
 
+/** What `verifyToken` resolves with: the user, and when the token stops being valid. */
+export interface TokenIdentity {
+  user: Member
+  /** Epoch ms; at this time a connection that did not send a fresh token is closed with 4001. */
+  expiresAt?: number | undefined
+}
+
 /** Hooks the app passes as options. */
 export interface RoomsHooks {
   /**
-   * Identify the user of an upgrade request. Return `{ id, name, ...extra }`;
-   * throw or return nothing to refuse the upgrade with 401.
+   * Identify the user of an upgrade (or REST) request from its cookie or
+   * headers. Return `{ id, name, ...extra }`; throw to refuse with 401. Return
+   * nothing to refuse with 401, or, when `verifyToken` is set, to let the
+   * connection authenticate in band with a token instead.
    */
   authenticate?: (request: FastifyRequest) => Member | null | undefined | Promise<Member | null | undefined>
+  /**
+   * Verify a token: the one a client sends in its first frame (`auth`), a
+   * refresh, or a REST request's `Authorization: Bearer`. Resolve with
+   * `{ user, expiresAt? }`; throw to refuse (the client gets `UNAUTHORIZED`).
+   * With it set, a connection may connect without credentials and authenticate
+   * in band within `authTimeoutMs`.
+   */
+  verifyToken?: (token: string, request: FastifyRequest) => TokenIdentity | Promise<TokenIdentity>
   /** Authorize a join: return `false` or throw `forbidden(msg)` to refuse with `FORBIDDEN`. */
   onJoin?: (ctx: JoinContext) => boolean | undefined | void | Promise<boolean | undefined | void>
   /**
@@ -93,14 +115,14 @@ export type RoomsOptions = Partial<Settings> & RoomsHooks & {
 export type ResolvedOptions = Settings & RoomsHooks & { adapter?: Adapter, dataSchema?: TSchema, restPublish?: RestPublishGuard }
 
 const settingsValidator = Compile(SettingsSchema)
-const HOOKS = ['authenticate', 'onJoin', 'onPublish', 'restPublish'] as const
+const HOOKS = ['authenticate', 'verifyToken', 'onJoin', 'onPublish', 'restPublish'] as const
 
 /**
  * Fill defaults and check every option, so a mistake fails `app.register`
  * with a sentence naming the option rather than misbehaving later.
  */
 export function resolveOptions (input: RoomsOptions = {}): ResolvedOptions {
-  const { adapter, dataSchema, authenticate, onJoin, onPublish, restPublish, ...plain } = input
+  const { adapter, dataSchema, authenticate, verifyToken, onJoin, onPublish, restPublish, ...plain } = input
   const settings = settingsValidator.Default(structuredClone(plain))
   if (!settingsValidator.Check(settings)) {
     throw new TypeError(`fastify-rooms: invalid options: ${describeErrors(settingsValidator.Errors(settings), 'options')}.`)
@@ -113,8 +135,11 @@ export function resolveOptions (input: RoomsOptions = {}): ResolvedOptions {
   if (settings.maxFrameBytes <= settings.maxMessageBytes) {
     throw new TypeError('fastify-rooms: invalid options: maxFrameBytes must be larger than maxMessageBytes, or a full message could not fit in a frame.')
   }
+  if (!settings.publicUserFields.includes('id') || !settings.publicUserFields.includes('name')) {
+    throw new TypeError('fastify-rooms: invalid options: publicUserFields must include "id" and "name", the fields every member has.')
+  }
   if (dataSchema !== undefined && (dataSchema === null || typeof dataSchema !== 'object')) {
     throw new TypeError('fastify-rooms: invalid options: dataSchema must be a TypeBox schema.')
   }
-  return { ...settings, adapter, dataSchema, authenticate, onJoin, onPublish, restPublish }
+  return { ...settings, adapter, dataSchema, authenticate, verifyToken, onJoin, onPublish, restPublish }
 }

@@ -42,7 +42,14 @@ export const PingFrame = Type.Object({
   type: Type.Literal('ping'),
   id: Type.Optional(RequestId)
 })
-export const ClientFrame = Type.Union([JoinFrame, LeaveFrame, PublishFrame, PingFrame])
+/** Longest token an `auth` frame may carry (JWTs with many claims stay far below it). */
+export const MAX_TOKEN_LENGTH = 16_384
+export const AuthFrame = Type.Object({
+  type: Type.Literal('auth'),
+  id: Type.Optional(RequestId),
+  token: Type.String({ minLength: 1, maxLength: MAX_TOKEN_LENGTH })
+})
+export const ClientFrame = Type.Union([JoinFrame, LeaveFrame, PublishFrame, PingFrame, AuthFrame])
 
 export const ErrorCodeSchema = Type.Enum(ERROR_CODES)
 
@@ -51,7 +58,16 @@ export const WelcomeFrame = Type.Object({
   connectionId: Type.String(),
   user: Member,
   protocol: Type.Literal(PROTOCOL_VERSION),
-  heartbeatMs: Type.Integer()
+  heartbeatMs: Type.Integer(),
+  /** When the connection's token expires (epoch ms), if it does. */
+  expiresAt: Type.Optional(Type.Integer()),
+  /** The `id` of the `auth` frame this welcome answers, when it had one. */
+  id: Type.Optional(RequestId)
+})
+export const AuthenticatedFrame = Type.Object({
+  type: Type.Literal('authenticated'),
+  id: Type.Optional(RequestId),
+  expiresAt: Type.Optional(Type.Integer())
 })
 export const JoinedFrame = Type.Object({
   type: Type.Literal('joined'),
@@ -65,7 +81,9 @@ export const JoinedFrame = Type.Object({
 export const LeftFrame = Type.Object({
   type: Type.Literal('left'),
   id: Type.Optional(RequestId),
-  room: RoomName
+  room: RoomName,
+  /** Set on an unsolicited `left`: the server removed the connection from the room, and says why. */
+  reason: Type.Optional(Type.String())
 })
 export const AckFrame = Type.Object({
   type: Type.Literal('ack'),
@@ -106,7 +124,7 @@ export const ErrorFrame = Type.Object({
 })
 export const ServerFrame = Type.Union([
   WelcomeFrame, JoinedFrame, LeftFrame, AckFrame, PongFrame,
-  MessageFrame, PresenceFrame, DirectFrame, ErrorFrame
+  MessageFrame, PresenceFrame, DirectFrame, ErrorFrame, AuthenticatedFrame
 ])
 
 export type RoomName = Static<typeof RoomName>
@@ -117,6 +135,8 @@ export type JoinFrame = Static<typeof JoinFrame>
 export type LeaveFrame = Static<typeof LeaveFrame>
 export type PublishFrame = Static<typeof PublishFrame>
 export type PingFrame = Static<typeof PingFrame>
+export type AuthFrame = Static<typeof AuthFrame>
+export type AuthenticatedFrame = Static<typeof AuthenticatedFrame>
 export type ClientFrame = Static<typeof ClientFrame>
 export type WelcomeFrame = Static<typeof WelcomeFrame>
 export type JoinedFrame = Static<typeof JoinedFrame>
@@ -133,7 +153,8 @@ const validators = {
   join: Compile(JoinFrame),
   leave: Compile(LeaveFrame),
   publish: Compile(PublishFrame),
-  ping: Compile(PingFrame)
+  ping: Compile(PingFrame),
+  auth: Compile(AuthFrame)
 }
 const requestIdValidator = Compile(RequestId)
 
@@ -178,7 +199,7 @@ export function parseClientFrame (text: string): ClientFrame | FrameError {
   }
   const validator = Object.hasOwn(validators, type) ? validators[type as keyof typeof validators] : undefined
   if (validator === undefined) {
-    return fail('UNKNOWN_TYPE', `Unknown frame type ${JSON.stringify(type.slice(0, 32))}: use join, leave, publish or ping.`, id)
+    return fail('UNKNOWN_TYPE', `Unknown frame type ${JSON.stringify(type.slice(0, 32))}: use auth, join, leave, publish or ping.`, id)
   }
   if (validator.Check(frame)) return frame
   if ('room' in frame && !isRoomName(frame.room)) {

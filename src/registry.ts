@@ -1,5 +1,6 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { Adapter, AdapterListener, HistoryPage, JoinResult, RoomInfo, RoomPage, RoomQuery, StoredMessage } from './adapters/adapter.js'
+import type { ControlCommand } from './adapters/adapter.js'
 import type { EncodedPublish, JoinedFrame, Member, Position, RequestId } from './protocol.js'
 import { RoomsError } from './errors.js'
 import { textFrame } from './frame.js'
@@ -266,6 +267,36 @@ export class Registry implements AdapterListener {
     if (entry === undefined) return false
     entry.peer.sendEncoded(frame)
     return true
+  }
+
+  /**
+   * A server command for local connections: close them with 4003, or take them
+   * out of a room as a `leave` would, telling them with an unsolicited `left`.
+   */
+  control (command: ControlCommand): number {
+    const { target } = command
+    const entries = 'connectionId' in target
+      ? [this.peers.get(target.connectionId)].filter((e) => e !== undefined)
+      : [...this.peers.values()].filter((e) => e.peer.user.id === target.userId)
+    let affected = 0
+    for (const { peer, rooms } of entries) {
+      if (command.kind === 'disconnect') {
+        peer.close(4003, command.reason)
+        affected++
+        continue
+      }
+      const membership = rooms.get(command.room)
+      if (membership === undefined) continue
+      this.forget(peer.id, command.room, membership)
+      peer.sendEncoded(JSON.stringify({ type: 'left', room: command.room, reason: command.reason }))
+      const leaving = this.adapter.leave(command.room, peer.id, peer.user).catch((err: unknown) => {
+        this.options.log.error({ err, connectionId: peer.id, room: command.room }, 'fastify-rooms: adapter failed to remove a member')
+      })
+      this.removals.add(leaving)
+      void leaving.then(() => this.removals.delete(leaving))
+      affected++
+    }
+    return affected
   }
 
   reset (room?: string): void {

@@ -2,8 +2,9 @@ import Type, { type Static } from 'typebox'
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { Member, MessageFrame, RoomName, invalidRoomMessage, isRoomName } from './protocol.js'
-import { InternalError, InvalidRoomError, NoHistoryError, RoomNameTooLongError, RoomNotFoundError, httpError, isRoomsError, type ErrorCode } from './errors.js'
-import type { RestPublishGuard } from './options.js'
+import { InternalError, InvalidRoomError, NoHistoryError, RestUnauthorizedError, RoomForbiddenError, RoomNameTooLongError, RoomNotFoundError, httpError, isRoomsError, type ErrorCode } from './errors.js'
+import type { Credentials } from './identity.js'
+import type { ResolvedOptions, RestPublishGuard } from './options.js'
 import type { Registry } from './registry.js'
 
 export const HttpError = Type.Object({
@@ -58,8 +59,53 @@ export const HistoryResponse = Type.Object({
 export const PublishBody = Type.Object({ data: Type.Unknown() })
 export const PublishResult = Type.Object({ offset: Type.Integer() })
 
+/**
+ * REST is never more open than the socket: with authentication configured,
+ * every route asks for the credentials a connection would need, and routes
+ * about one room ask `onJoin` too.
+ */
+export interface RestAccess {
+  /** Reads (GET) need no credentials: the app opted in with `publicRest`. */
+  publicReads: boolean
+  /** The request's user; throws 401 without valid credentials. */
+  identify: (request: FastifyRequest, reply: FastifyReply) => Promise<Member>
+  /** Throws 403 when `onJoin` refuses the user the room. */
+  mayJoin: (user: Member, room: string, request: FastifyRequest) => Promise<void>
+}
+
+/** The access checks for the configured credentials; undefined when the app configured none. */
+export function restAccess (options: ResolvedOptions, credentials: Credentials): RestAccess | undefined {
+  if (!credentials.required) return undefined
+  const { onJoin } = options
+  return {
+    publicReads: options.publicRest,
+    async identify (request, reply) {
+      const identity = await credentials.identify(request).catch((err: unknown) => {
+        if (isRoomsError(err)) return null
+        throw err
+      })
+      if (identity !== null) return identity.user
+      if (credentials.tokens) void reply.header('www-authenticate', 'Bearer')
+      throw new RestUnauthorizedError()
+    },
+    async mayJoin (user, room, request) {
+      if (onJoin === undefined) return
+      let verdict
+      try {
+        verdict = await onJoin({ connectionId: '', user, room, request })
+      } catch (err) {
+        if (isRoomsError(err) && err.code === 'FORBIDDEN') throw httpError('FORBIDDEN', err.message, 403)
+        throw err
+      }
+      if (verdict === false) throw new RoomForbiddenError(room)
+    }
+  }
+}
+
 export interface RoutesOptions {
   registry: Registry
+  /** Credentials and room checks; absent when the app configured no authentication. */
+  access: RestAccess | undefined
   /** The REST publish route, when the app turned it on. */
   publish?: {
     guard: RestPublishGuard
@@ -81,10 +127,24 @@ const STATUS: Partial<Record<ErrorCode, number>> = {
  * The REST API: room listing and room details. Registered in its own
  * encapsulated context, so its validator and error handler stay ours.
  */
-export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { registry, publish }) => {
+export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { registry, access, publish }) => {
   const app = parent.withTypeProvider<TypeBoxTypeProvider>()
   app.setValidatorCompiler(TypeBoxValidatorCompiler)
   app.setErrorHandler(roomErrors)
+  const users = new WeakMap<FastifyRequest, Member>()
+  if (access !== undefined) {
+    // onRequest, before any validation: without credentials nothing is answered but 401.
+    app.addHook('onRequest', async (request, reply) => {
+      if (access.publicReads && isRead(request)) return
+      users.set(request, await access.identify(request, reply))
+    })
+  }
+  /** preHandler of the routes about one room: `onJoin` must let the user in. */
+  const roomAccess = async (request: FastifyRequest): Promise<void> => {
+    const user = users.get(request)
+    if (access === undefined || user === undefined) return
+    await access.mayJoin(user, (request.params as { room: string }).room, request)
+  }
   const maxParamLength = (app.initialConfig as { routerOptions?: { maxParamLength?: number } }).routerOptions?.maxParamLength ?? 100
   if (maxParamLength < MAX_ROOM_LENGTH) {
     app.log.warn({ maxParamLength }, `fastify-rooms: room names longer than ${maxParamLength} characters will get 414 from the REST routes; create Fastify with { routerOptions: { maxParamLength: 256 } }`)
@@ -96,7 +156,7 @@ export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { regist
     schema: {
       summary: 'List rooms with members, sorted by name',
       querystring: RoomListQuery,
-      response: { 200: RoomList, 400: HttpError }
+      response: { 200: RoomList, 400: HttpError, 401: HttpError }
     }
   }, async (request) => {
     const { prefix, after, limit = DEFAULT_PAGE } = request.query
@@ -104,10 +164,11 @@ export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { regist
   })
 
   app.get('/:room', {
+    preHandler: roomAccess,
     schema: {
       summary: 'A room with its members, last offset and epoch',
       params: RoomParams,
-      response: { 200: RoomDetail, 400: HttpError, 404: HttpError }
+      response: { 200: RoomDetail, 400: HttpError, 401: HttpError, 403: HttpError, 404: HttpError }
     }
   }, async (request) => {
     const room = await registry.room(request.params.room)
@@ -116,11 +177,12 @@ export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { regist
   })
 
   app.get('/:room/messages', {
+    preHandler: roomAccess,
     schema: {
       summary: 'Stored messages of a room after an offset, oldest first',
       params: RoomParams,
       querystring: HistoryQuery,
-      response: { 200: HistoryResponse, 400: HttpError, 404: HttpError }
+      response: { 200: HistoryResponse, 400: HttpError, 401: HttpError, 403: HttpError, 404: HttpError }
     }
   }, async (request) => {
     const { after = 0, limit = DEFAULT_PAGE } = request.query
@@ -132,8 +194,8 @@ export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { regist
 
   if (publish === undefined) return
   app.post('/:room/messages', {
-    // Wrapped, so that a guard written as a plain function (no done callback) cannot stall the request.
-    preHandler: async (request, reply) => { await publish.guard(request, reply) },
+    // Awaited here, so a guard written as a plain function that lets the request through does not hang it.
+    preHandler: [roomAccess, async (request, reply) => { await publish.guard(request, reply) }],
     bodyLimit: publish.bodyLimit,
     schema: {
       summary: 'Publish to a room as the server (no from); guarded by the restPublish option',
@@ -189,3 +251,6 @@ function roomErrors (this: FastifyInstance, error: Error & { validationContext?:
   void reply.send(new InternalError())
 }
 
+function isRead (request: FastifyRequest): boolean {
+  return request.method === 'GET' || request.method === 'HEAD'
+}

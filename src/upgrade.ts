@@ -1,32 +1,34 @@
 import { randomBytes, randomUUID } from 'node:crypto'
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import { Compile } from 'typebox/compile'
-import { Member } from './protocol.js'
-import { InvalidNameError, OriginNotAllowedError, ShuttingDownError, TooManyConnectionsError, UnauthorizedError } from './errors.js'
+import { InvalidNameError, OriginNotAllowedError, ShuttingDownError, TooManyConnectionsError, UnauthorizedError, isRoomsError } from './errors.js'
+import type { Credentials, Identity } from './identity.js'
 import type { ResolvedOptions } from './options.js'
 
-const memberValidator = Compile(Member)
 /** 1-32 characters, none of them control or format characters. */
 const printableName = /^[^\p{C}]{1,32}$/u
 
 export interface UpgradeState {
   /** Set once `app.close()` starts. */
   closing: boolean
-  /** Open connections of this registration. */
+  /** Open connections of this registration, authenticated or not. */
   connections: () => number
 }
 
 /**
  * Build the `preValidation` hook of the WebSocket route: everything that can
  * refuse a connection does so here, with an HTTP status, before the upgrade.
- * @returns the hook, and a lookup of the identity it settled for a request
+ * @returns the hook, and a lookup of the identity it settled for a request:
+ *   undefined when the connection is to authenticate in band with a token
  */
-export function upgradeGuard (options: ResolvedOptions, state: UpgradeState): {
+export function upgradeGuard (options: ResolvedOptions, credentials: Credentials, state: UpgradeState): {
   hook: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
-  userOf: (request: FastifyRequest) => Member
+  identityOf: (request: FastifyRequest) => Identity | undefined
 } {
-  const users = new WeakMap<FastifyRequest, Member>()
+  const identities = new WeakMap<FastifyRequest, Identity>()
   const allowed = options.allowedOrigins === undefined ? undefined : new Set(options.allowedOrigins)
+  // Cookies ride along on a cross-site WebSocket upgrade (no CORS for WebSockets):
+  // with cookie auth and no allow-list, only pages of the server's own origin may connect.
+  const sameOriginOnly = allowed === undefined && options.authenticate !== undefined
 
   async function hook (request: FastifyRequest): Promise<void> {
     if (state.closing) throw new ShuttingDownError()
@@ -34,29 +36,39 @@ export function upgradeGuard (options: ResolvedOptions, state: UpgradeState): {
     if (allowed !== undefined && (origin === undefined || !allowed.has(origin))) {
       throw new OriginNotAllowedError(origin ?? '(none)')
     }
+    if (sameOriginOnly && origin !== undefined && !isSameOrigin(origin, request.host)) {
+      throw new OriginNotAllowedError(origin)
+    }
     if (state.connections() >= options.maxConnections) throw new TooManyConnectionsError(options.maxConnections)
-    users.set(request, options.authenticate === undefined ? anonymous(request) : await authenticated(request))
-  }
-
-  async function authenticated (request: FastifyRequest): Promise<Member> {
-    let user: unknown
+    if (!credentials.required) {
+      identities.set(request, { user: anonymous(request) })
+      return
+    }
+    let identity: Identity | null
     try {
-      user = await (options.authenticate as NonNullable<ResolvedOptions['authenticate']>)(request)
+      identity = await credentials.identify(request)
     } catch (err) {
-      request.log.info({ err }, 'fastify-rooms: authenticate refused an upgrade')
-      throw new UnauthorizedError()
+      if (isRoomsError(err)) throw new UnauthorizedError()
+      throw err
     }
-    if (user === undefined || user === null) throw new UnauthorizedError()
-    if (!memberValidator.Check(user)) {
-      throw new Error('fastify-rooms: authenticate must return an object with a non-empty string id and a string name.')
-    }
-    return user
+    if (identity !== null) identities.set(request, identity)
+    else if (!credentials.tokens) throw new UnauthorizedError()
   }
 
-  return { hook, userOf: (request) => users.get(request) as Member }
+  return { hook, identityOf: (request) => identities.get(request) }
 }
 
-function anonymous (request: FastifyRequest): Member {
+/** Origin `scheme://host[:port]` names the host the request was sent to (Host, or X-Forwarded-Host with trustProxy). */
+function isSameOrigin (origin: string, host: string): boolean {
+  try {
+    const url = new URL(origin)
+    return url.host === new URL(`${url.protocol}//${host}`).host
+  } catch {
+    return false
+  }
+}
+
+function anonymous (request: FastifyRequest): Identity['user'] {
   const name = (request.query as Record<string, unknown> | undefined)?.name
   if (name === undefined || name === '') return { id: randomUUID(), name: `guest-${randomBytes(2).toString('hex')}` }
   if (typeof name !== 'string' || !printableName.test(name) || name.trim() === '') throw new InvalidNameError()

@@ -68,8 +68,8 @@ eachAdapter(t, 'GET /rooms/:room: details, 404 ROOM_NOT_FOUND, 400 INVALID_ROOM'
   t.equal((await get(`${url}/rooms/${'x'.repeat(129)}`)).status, 400, 'too long')
 })
 
-t.test('extra member fields from authenticate are listed as is', async (t) => {
-  const { wsUrl, url } = await startApp(t, { authenticate: () => ({ id: 'u1', name: 'ada', avatar: '/a.png', role: 'admin' }) })
+t.test('extra member fields from authenticate that publicUserFields shows are listed as is', async (t) => {
+  const { wsUrl, url } = await startApp(t, { authenticate: () => ({ id: 'u1', name: 'ada', avatar: '/a.png', role: 'admin' }), publicUserFields: ['id', 'name', 'avatar', 'role'] })
   const a = await TestSocket.open(wsUrl)
   t.teardown(() => a.close())
   await a.join('r')

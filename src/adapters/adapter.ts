@@ -18,7 +18,20 @@ export interface AdapterListener {
    * local members are disconnected so they rejoin and learn of the gap.
    */
   reset (room?: string): void
+  /** Apply a server command to this node's connections; returns how many it affected here. */
+  control (command: ControlCommand): number
 }
+
+/** Whom a server command is for: one connection, or every connection of one user. */
+export type ControlTarget = { connectionId: string } | { userId: string }
+
+/**
+ * A server command that crosses nodes: close connections with 4003, or take
+ * them out of one room (they get an unsolicited `left` with the reason).
+ */
+export type ControlCommand =
+  | { kind: 'disconnect', target: ControlTarget, reason: string }
+  | { kind: 'remove', target: ControlTarget, room: string, reason: string }
 
 /** Limits and history settings every adapter honours, from the plugin options. */
 export interface AdapterConfig {
@@ -107,6 +120,13 @@ export interface Adapter {
    * the room, every member is sent `presence leave`.
    */
   leave (room: string, connectionId: string, member: Member): Promise<void>
+  /**
+   * Apply a server command on every node that holds its target: for a
+   * connection, only its node; for a user, every node.
+   * @returns for a connection, 1 when it was on this node or its node got the
+   *   command, else 0; for a user, the connections affected on this node
+   */
+  control (command: ControlCommand): Promise<number>
   /** Send a `direct` frame to a connection on whichever node holds it. */
   direct (connectionId: string, data: unknown, from?: Member): Promise<boolean>
   /** A room with at least one member, or null. */

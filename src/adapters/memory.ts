@@ -6,6 +6,7 @@ import type {
   Adapter, AdapterConfig, AdapterListener, HistoryPage, JoinResult,
   RoomInfo, RoomPage, RoomQuery, StoredMessage
 } from './adapter.js'
+import type { ControlCommand } from './adapter.js'
 
 interface UserEntry {
   member: Member
@@ -171,6 +172,10 @@ export class MemoryAdapter implements Adapter {
 
   async direct (connectionId: string, data: unknown, from?: Member): Promise<boolean> {
     return this.started().listener.direct(connectionId, encodeDirect(data, from))
+  }
+
+  async control (command: ControlCommand): Promise<number> {
+    return this.started().listener.control(command)
   }
 
   async room (room: string): Promise<RoomInfo | null> {

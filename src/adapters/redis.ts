@@ -7,6 +7,7 @@ import type {
   Adapter, AdapterConfig, AdapterListener, HistoryPage, JoinResult,
   RoomInfo, RoomPage, RoomQuery, StoredMessage
 } from './adapter.js'
+import type { ControlCommand } from './adapter.js'
 
 export interface RedisAdapterOptions {
   /** `redis://host:port/db`; the adapter opens its own two connections. */
@@ -204,6 +205,8 @@ export class RedisAdapter implements Adapter {
     this.sub.on('messageBuffer', (channel: Buffer, message: Buffer) => this.onMessage(channel, message))
     await Promise.all([ready(this.redis), ready(this.sub)])
     await this.sub.subscribe(`${this.prefix}n:${config.nodeId}`)
+    // Server commands for a user (disconnect, remove from a room) reach every node: `x<origin node>|<command JSON>`.
+    await this.sub.subscribe(`${this.prefix}all`)
     await this.renew()
     const every = (ms: number, fn: () => Promise<unknown>): void => {
       const timer = setInterval(() => { fn().catch((err: unknown) => config.log.debug({ err }, 'fastify-rooms: redis upkeep failed')) }, ms)
@@ -267,6 +270,19 @@ export class RedisAdapter implements Adapter {
     if (node === '' || node === this.config.nodeId) return false
     const receivers = await this.guard(this.redis.publish(`${this.prefix}n:${node}`, `d${connectionId}|${frame}`))
     return receivers > 0
+  }
+
+  async control (command: ControlCommand): Promise<number> {
+    const here = this.listener.control(command)
+    const message = `x${this.config.nodeId}|${JSON.stringify(command)}`
+    if ('connectionId' in command.target) {
+      const { connectionId } = command.target
+      const node = connectionId.slice(0, connectionId.indexOf('-'))
+      if (here > 0 || node === '' || node === this.config.nodeId) return here
+      return await this.guard(this.redis.publish(`${this.prefix}n:${node}`, message)) > 0 ? 1 : 0
+    }
+    await this.guard(this.redis.publish(`${this.prefix}all`, message))
+    return here
   }
 
   async room (room: string): Promise<RoomInfo | null> {
@@ -398,6 +414,8 @@ export class RedisAdapter implements Adapter {
       }
     } else if (kind === 100) { // 'd': d<connection>|<frame>
       this.listener.direct(message.toString('latin1', 1, bar), message.toString('utf8', bar + 1))
+    } else if (kind === 120 && message.toString('latin1', 1, bar) !== this.config.nodeId) { // 'x': x<origin>|<command>, done at the origin already
+      this.listener.control(JSON.parse(message.toString('utf8', bar + 1)) as ControlCommand)
     }
   }
 }

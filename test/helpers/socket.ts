@@ -57,6 +57,25 @@ export class TestSocket {
     }))
   }
 
+  /** Connect without waiting for `welcome`: for connections that must authenticate in band first. */
+  static async connect (url: string, options: WebSocket.ClientOptions = {}): Promise<TestSocket> {
+    const ws = new WebSocket(url, options)
+    const socket = new TestSocket(ws)
+    await new Promise<void>((resolve, reject) => {
+      ws.once('open', () => resolve())
+      ws.once('error', reject)
+      ws.once('unexpected-response', (_req, res) => reject(new Error(`upgrade refused with ${res.statusCode}`)))
+    })
+    return socket
+  }
+
+  /** Send `auth` as the first frame and wait for its `welcome`. */
+  async authenticate (token: string): Promise<WelcomeFrame> {
+    this.send({ type: 'auth', token })
+    this.welcome = await this.next((f) => f.type === 'welcome', 'welcome') as WelcomeFrame
+    return this.welcome
+  }
+
   /** Connect and wait for `welcome`. */
   static async open (url: string, options: WebSocket.ClientOptions = {}): Promise<TestSocket> {
     const ws = new WebSocket(url, options)

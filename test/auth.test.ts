@@ -1,0 +1,242 @@
+import t from 'tap'
+import { UNAUTHORIZED_REASONS, type RoomsOptions } from '../src/index.js'
+import { startApp } from './helpers/server.js'
+import { TestSocket } from './helpers/socket.js'
+import { until } from './helpers/until.js'
+
+const ADA = { id: 'u-ada', name: 'ada', email: 'ada@example.com' }
+const TOKEN = 'tok-ada-5f1c0e'
+
+/** verifyToken over a fixed table: a known token is its user, anything else throws. */
+function tokens (table: Record<string, { user: typeof ADA, expiresAt?: number }> = { [TOKEN]: { user: ADA } }): NonNullable<RoomsOptions['verifyToken']> {
+  return (token) => {
+    const found = table[token]
+    if (found === undefined) throw new Error('unknown token')
+    return found
+  }
+}
+
+t.test('in-band auth: welcome comes only after a good auth frame, with the full user, expiresAt and the auth id', async (t) => {
+  const expiresAt = Date.now() + 60_000
+  const { wsUrl, app } = await startApp(t, { verifyToken: tokens({ [TOKEN]: { user: ADA, expiresAt } }) })
+  const s = await TestSocket.connect(wsUrl)
+  t.teardown(() => s.close())
+  s.send({ type: 'auth', token: TOKEN, id: 'a1' })
+  const welcome = await s.next((f) => f.type === 'welcome')
+  t.match(welcome, { type: 'welcome', id: 'a1', user: ADA, expiresAt, protocol: 1, heartbeatMs: 25_000 })
+  t.same(s.frames.map((f) => f.type), ['welcome'], 'nothing came before welcome')
+  t.equal((await s.join('lobby')).type, 'joined')
+  t.equal(app.rooms.connections, 1)
+})
+
+t.test('a refused first frame gets UNAUTHORIZED (with its id) and nothing else, then close 4001 with the same sentence', async (t) => {
+  const { wsUrl } = await startApp(t, { verifyToken: tokens() })
+  const cases: Array<[string, unknown, RegExp, unknown]> = [
+    ['a bad token', { type: 'auth', token: 'tok-nobody', id: 3 }, /token was not accepted/, 3],
+    ['a join before auth', { type: 'join', room: 'lobby', id: 7 }, /first frame must be/, 7],
+    ['a ping before auth', { type: 'ping' }, /first frame must be/, undefined],
+    ['an auth frame without a token', { type: 'auth', id: 'x' }, /first frame must be/, 'x'],
+    ['an auth frame with an empty token', { type: 'auth', token: '' }, /first frame must be/, undefined],
+    ['garbage', 'not json', /first frame must be/, undefined],
+    ['a binary frame', Buffer.from('{"type":"auth","token":"tok-ada-5f1c0e"}'), /first frame must be/, undefined]
+  ]
+  for (const [what, frame, message, id] of cases) {
+    const s = await TestSocket.connect(wsUrl)
+    if (Buffer.isBuffer(frame)) s.ws.send(frame, { binary: true })
+    else s.send(frame)
+    const closed = await s.closed
+    t.equal(s.frames.length, 1, `${what}: one frame`)
+    const error = s.frames[0]
+    t.match(error, { type: 'error', code: 'UNAUTHORIZED', message }, what)
+    t.equal(error?.id, id, `${what}: the reply carries the request id`)
+    t.same(closed, { code: 4001, reason: error?.message }, `${what}: close 4001 with the same reason`)
+    t.notMatch(error?.message, /tok-/, `${what}: the token is not quoted`)
+  }
+})
+
+t.test('a silent client is refused after authTimeoutMs and held no room state', async (t) => {
+  const { wsUrl, app } = await startApp(t, { verifyToken: tokens(), authTimeoutMs: 100 })
+  const opened = Date.now()
+  const s = await TestSocket.connect(wsUrl)
+  t.equal(app.rooms.connections, 1, 'it counts as a connection while it waits')
+  const closed = await s.closed
+  t.ok(Date.now() - opened >= 90, 'not before the timeout')
+  t.match(s.frames, [{ type: 'error', code: 'UNAUTHORIZED', message: UNAUTHORIZED_REASONS.timeout }])
+  t.same(closed, { code: 4001, reason: UNAUTHORIZED_REASONS.timeout })
+  await until(() => app.rooms.connections === 0, 'the connection is gone')
+  t.same(await app.rooms.list(), { rooms: [], next: null })
+})
+
+t.test('the auth timeout also bounds a verifyToken that never answers', async (t) => {
+  const { wsUrl } = await startApp(t, { verifyToken: async () => await new Promise(() => {}), authTimeoutMs: 100 })
+  const s = await TestSocket.connect(wsUrl)
+  s.send({ type: 'auth', token: TOKEN })
+  t.equal((await s.closed).code, 4001)
+  t.match(s.frames, [{ code: 'UNAUTHORIZED', message: UNAUTHORIZED_REASONS.timeout }])
+})
+
+t.test('a second frame before welcome is refused: an unauthenticated peer holds at most one frame', async (t) => {
+  let release!: () => void
+  const gate = new Promise<void>((resolve) => { release = resolve })
+  let verified = 0
+  const { wsUrl } = await startApp(t, {
+    verifyToken: async (token) => {
+      await gate
+      verified++
+      return tokens()(token, undefined as never)
+    }
+  })
+  const s = await TestSocket.connect(wsUrl)
+  s.send({ type: 'auth', token: TOKEN })
+  s.send({ type: 'join', room: 'lobby', id: 1 })
+  const closed = await s.closed
+  t.same(closed, { code: 4001, reason: UNAUTHORIZED_REASONS.early })
+  t.match(s.frames, [{ type: 'error', code: 'UNAUTHORIZED', id: 1, message: UNAUTHORIZED_REASONS.early }])
+  release()
+  await gate
+  t.equal(verified, 1)
+  t.equal(s.frames.length, 1, 'no welcome after the refusal')
+})
+
+t.test('frame size and frame rate limits apply before auth', async (t) => {
+  let release!: () => void
+  const gate = new Promise<void>((resolve) => { release = resolve })
+  t.teardown(() => release())
+  const { wsUrl } = await startApp(t, { verifyToken: async () => { await gate; return { user: ADA } }, maxFrameBytes: 1024, maxMessageBytes: 512, frameBurst: 1, maxFramesPerSecond: 0.001 })
+  const big = await TestSocket.connect(wsUrl)
+  big.send({ type: 'auth', token: 'x'.repeat(2000) })
+  t.equal((await big.closed).code, 1009, 'a frame over maxFrameBytes closes with 1009')
+
+  const flood = await TestSocket.connect(wsUrl)
+  flood.send({ type: 'auth', token: TOKEN })
+  flood.send({ type: 'ping', id: 1 })
+  t.match(await flood.next(), { type: 'error', code: 'RATE_LIMITED', id: 1 }, 'the rate limit answers before anything else')
+  flood.send({ type: 'ping', id: 2 })
+  t.equal((await flood.closed).code, 1008, 'a flood past the burst closes with 1008')
+})
+
+t.test('authenticate runs first: its user is welcomed at once, without one the token decides, a throw is 401', async (t) => {
+  const { wsUrl } = await startApp(t, {
+    authenticate: (request) => {
+      if (request.headers.cookie === 'session=boom') throw new Error('session store down')
+      return request.headers.cookie === 'session=bob' ? { id: 'u-bob', name: 'bob' } : undefined
+    },
+    verifyToken: tokens()
+  })
+  const bob = await TestSocket.open(wsUrl, { headers: { cookie: 'session=bob' } })
+  t.teardown(() => bob.close())
+  t.same(bob.welcome.user, { id: 'u-bob', name: 'bob' })
+  t.notOk('expiresAt' in bob.welcome, 'cookie credentials do not expire')
+
+  const ada = await TestSocket.connect(wsUrl)
+  t.teardown(() => ada.close())
+  t.same((await ada.authenticate(TOKEN)).user, ADA)
+
+  const refused = await TestSocket.refused(wsUrl, { headers: { cookie: 'session=boom' } })
+  t.equal(refused.status, 401)
+  t.match(refused.body, { statusCode: 401, code: 'UNAUTHORIZED', error: 'Unauthorized' })
+})
+
+t.test('a Bearer header on the upgrade is checked there: welcome at once, or 401', async (t) => {
+  const { wsUrl } = await startApp(t, { verifyToken: tokens() })
+  const ada = await TestSocket.open(wsUrl, { headers: { authorization: `Bearer ${TOKEN}` } })
+  t.teardown(() => ada.close())
+  t.same(ada.welcome.user, ADA)
+  t.equal((await TestSocket.refused(wsUrl, { headers: { authorization: 'Bearer tok-nobody' } })).status, 401)
+})
+
+t.test('an expired token on the upgrade or in the first frame is refused', async (t) => {
+  const { wsUrl } = await startApp(t, { verifyToken: tokens({ [TOKEN]: { user: ADA, expiresAt: Date.now() - 1 } }) })
+  t.equal((await TestSocket.refused(wsUrl, { headers: { authorization: `Bearer ${TOKEN}` } })).status, 401)
+  const s = await TestSocket.connect(wsUrl)
+  s.send({ type: 'auth', token: TOKEN })
+  t.same(await s.closed, { code: 4001, reason: UNAUTHORIZED_REASONS.expired })
+})
+
+t.test('an auth frame on a server that identifies at the upgrade is INVALID_FRAME, and the connection stays', async (t) => {
+  const { wsUrl } = await startApp(t)
+  const s = await TestSocket.open(wsUrl)
+  t.teardown(() => s.close())
+  t.match(await s.request({ type: 'auth', token: TOKEN }), { type: 'error', code: 'INVALID_FRAME', message: /takes no auth frames/ })
+  await s.sync()
+})
+
+t.test('verifyToken resolving with something malformed is INTERNAL and close 1011; the details go to the log', async (t) => {
+  const logged: Array<Record<string, any>> = []
+  const stream = { write: (line: string) => { logged.push(JSON.parse(line)) } }
+  const results: unknown[] = [{ user: { name: 'no id' } }, { user: ADA, expiresAt: 'soon' }, null]
+  const { wsUrl } = await startApp(t, { verifyToken: () => results.shift() as never }, undefined, { logger: { level: 'error', stream } })
+  for (let i = 0; i < 3; i++) {
+    const s = await TestSocket.connect(wsUrl)
+    s.send({ type: 'auth', token: TOKEN, id: i })
+    t.same(await s.closed, { code: 1011, reason: 'Server error while checking credentials' })
+    t.match(s.frames, [{ type: 'error', code: 'INTERNAL', id: i }])
+  }
+  t.match(logged.map((l) => l.err?.message), [/verifyToken must resolve with a user/, /expiresAt as epoch milliseconds/, /verifyToken must resolve with \{ user/])
+})
+
+t.test('connections waiting to authenticate count against maxConnections', async (t) => {
+  const { wsUrl, app } = await startApp(t, { verifyToken: tokens(), maxConnections: 2 })
+  const a = await TestSocket.connect(wsUrl)
+  const b = await TestSocket.connect(wsUrl)
+  t.teardown(() => Promise.all([a.close(), b.close()]))
+  const refused = await TestSocket.refused(wsUrl)
+  t.equal(refused.status, 503)
+  t.equal(refused.body.code, 'TOO_MANY_CONNECTIONS')
+  await a.close()
+  await until(() => app.rooms.connections === 1, 'the first one is gone')
+  const c = await TestSocket.connect(wsUrl)
+  t.teardown(() => c.close())
+  await c.authenticate(TOKEN)
+})
+
+t.test('every UNAUTHORIZED sentence fits a close frame (123 bytes) and says what to do', async (t) => {
+  for (const [reason, sentence] of Object.entries(UNAUTHORIZED_REASONS)) {
+    t.ok(Buffer.byteLength(sentence) <= 123, `${reason} fits`)
+    t.match(sentence, /^[A-Z].*\.$/, `${reason} is a sentence`)
+  }
+})
+
+t.test('a connection closed while its token is being verified is never welcomed nor registered', async (t) => {
+  let release!: () => void
+  const gate = new Promise<void>((resolve) => { release = resolve })
+  let verified!: () => void
+  const done = new Promise<void>((resolve) => { verified = resolve })
+  const { wsUrl, app } = await startApp(t, {
+    verifyToken: async () => {
+      await gate
+      setImmediate(verified)
+      return { user: ADA }
+    }
+  })
+  const s = await TestSocket.connect(wsUrl)
+  s.send({ type: 'auth', token: TOKEN })
+  await s.close()
+  await until(() => app.rooms.connections === 0, 'the server saw the close')
+  release()
+  await done
+  const other = await TestSocket.connect(wsUrl)
+  t.teardown(() => other.close())
+  await other.authenticate(TOKEN)
+  t.equal(await app.rooms.disconnectUser(ADA.id, 'bye'), 1, 'only the live connection is registered as ada')
+  t.same(await other.closed, { code: 4003, reason: 'bye' })
+})
+
+t.test('threat model: before auth no hook runs, no room state is made, and a refused connection leaves nothing behind', async (t) => {
+  const calls: string[] = []
+  const { wsUrl, app } = await startApp(t, {
+    verifyToken: tokens(),
+    onJoin: () => { calls.push('onJoin') },
+    onPublish: () => { calls.push('onPublish') }
+  })
+  for (const frame of [{ type: 'join', room: 'lobby' }, { type: 'publish', room: 'lobby', data: 'x' }]) {
+    const s = await TestSocket.connect(wsUrl)
+    s.send(frame)
+    t.equal((await s.closed).code, 4001)
+  }
+  await until(() => app.rooms.connections === 0, 'both are gone')
+  t.same(calls, [])
+  t.same(await app.rooms.list(), { rooms: [], next: null })
+  t.equal(await app.rooms.history('lobby'), null, 'no history either')
+  t.equal(await app.rooms.disconnectUser(ADA.id), 0)
+})
