@@ -72,6 +72,8 @@ export class Connection implements Peer {
   private refused = 0
   private busy = false
   private readonly queue: Buffer[] = []
+  /** Bytes of the frames in `queue`. */
+  private queuedBytes = 0
   private closed = false
 
   constructor (socket: WebSocket, request: FastifyRequest, id: string, ctx: ConnectionContext) {
@@ -269,6 +271,14 @@ export class Connection implements Peer {
       return
     }
     if (this.busy) {
+      // Frames wait in order behind a slow hook or adapter call, but only up
+      // to maxBufferedBytes: past that a flood would hold memory the rate
+      // limit alone does not bound (a burst of full-size frames).
+      if (this.queuedBytes + buffer.length > this.ctx.options.maxBufferedBytes) {
+        this.sendError(new RoomsError('RATE_LIMITED', 'Too many frames are waiting for earlier ones to be handled: wait for replies before sending more.'), peekRequestId(buffer.toString()))
+        return
+      }
+      this.queuedBytes += buffer.length
       this.queue.push(buffer)
       return
     }
@@ -323,6 +333,7 @@ export class Connection implements Peer {
     while (!this.busy && !this.closed && this.auth === 'done') {
       const next = this.queue.shift()
       if (next === undefined) return
+      this.queuedBytes -= next.length
       this.handle(next)
     }
   }
@@ -397,6 +408,7 @@ export class Connection implements Peer {
   private onClose (code: number, reason: Buffer): void {
     this.closed = true
     this.queue.length = 0
+    this.queuedBytes = 0
     this.stopTimers()
     this.request.log.info({ connectionId: this.id, userId: this.identity?.user.id, code, reason: reason.toString(), durationMs: Date.now() - this.openedAt }, 'fastify-rooms: disconnected')
     if (this.identity !== undefined) void this.ctx.registry.remove(this)

@@ -97,23 +97,29 @@ t.test('two-registrations: both instances answer on their own prefixes', async (
   }
 })
 
-t.test('signed-token-auth: tokens, 401, onJoin and onPublish refusals', async (t) => {
+t.test('signed-token-auth: tokens in band, REST behind the Bearer token, onJoin and onPublish refusals', async (t) => {
   const port = await freePort()
   await run(t, 'signed-token-auth', { PORT: String(port), TOKEN_SECRET: 'test-secret' }, 'listening')
-  const { token } = await (await fetch(`http://127.0.0.1:${port}/token/ada`)).json() as { token: string }
+  const base = `http://127.0.0.1:${port}`
   const ws = `ws://127.0.0.1:${port}/ws`
-  t.equal((await TestSocket.refused(ws)).status, 401)
-  t.equal((await TestSocket.refused(`${ws}?token=${encodeURIComponent(token.replace(/.$/, (c) => c === 'A' ? 'B' : 'A'))}`)).status, 401)
-  const a = await TestSocket.open(`${ws}?token=${encodeURIComponent(token)}`)
+  const { token } = await (await fetch(`${base}/token/ada`)).json() as { token: string }
+  t.equal((await fetch(`${base}/rooms`)).status, 401, 'REST needs the token')
+  t.equal((await fetch(`${base}/rooms`, { headers: { authorization: `Bearer ${token}` } })).status, 200)
+  const forged = await TestSocket.connect(ws)
+  forged.send({ type: 'auth', token: token.replace(/.$/, (c) => c === 'A' ? 'B' : 'A') })
+  t.equal((await forged.closed).code, 4001, 'a forged token is refused with 4001')
+  const a = await TestSocket.connect(ws)
   t.teardown(() => a.close())
-  t.same(a.welcome.user, { id: 'ada', name: 'ada' })
+  const welcome = await a.authenticate(token)
+  t.same(welcome.user, { id: 'ada', name: 'ada' })
+  t.ok((welcome.expiresAt as number) > Date.now(), 'welcome says when the token expires')
   t.match(await a.join('admin:ops'), { code: 'FORBIDDEN' })
   await a.join('general')
   t.match(await a.request({ type: 'publish', room: 'general', data: '<script>x</script>' }), { code: 'FORBIDDEN', message: 'Markup is not allowed in messages.' })
   t.match(await a.request({ type: 'publish', room: 'general', data: 'hello' }), { type: 'ack', offset: 1 })
-  const publish = async (token: string): Promise<Response> => await fetch(`http://127.0.0.1:${port}/rooms/general/messages?token=${encodeURIComponent(token)}`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` }, body: '{"data":"from ops"}' })
-  t.equal((await publish(token)).status, 401, 'ada is not ops')
-  const ops = (await (await fetch(`http://127.0.0.1:${port}/token/ops`)).json() as { token: string }).token
+  const publish = async (token: string): Promise<Response> => await fetch(`${base}/rooms/general/messages`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` }, body: '{"data":"from ops"}' })
+  t.equal((await publish(token)).status, 403, 'ada is not ops')
+  const ops = (await (await fetch(`${base}/token/ops`)).json() as { token: string }).token
   const res = await publish(ops)
   t.equal(res.status, 201)
   t.same(await res.json(), { offset: 2 })

@@ -81,3 +81,19 @@ eachAdapter(t, 'ROOM_FULL counts members, not connections, across every instance
   for (const tab of tabs) await tab.request({ type: 'leave', room: 'r' })
   t.match(await bob.join('r'), { type: 'joined', room: 'r', members: [{ id: 'bob' }] }, 'once the member left, the slot is free')
 })
+
+t.test('frames waiting behind a slow hook are capped at maxBufferedBytes; past it RATE_LIMITED, in order after that', async (t) => {
+  let release!: () => void
+  const gate = new Promise<void>((resolve) => { release = resolve })
+  const { wsUrl } = await startApp(t, { maxBufferedBytes: 64 * 1024, onJoin: async ({ room }) => { if (room === 'slow') await gate } })
+  const a = await TestSocket.open(wsUrl)
+  t.teardown(() => a.close())
+  a.send({ type: 'join', room: 'slow', id: 'j' })
+  const pad = 'x'.repeat(20 * 1024)
+  for (let i = 1; i <= 4; i++) a.send({ type: 'publish', room: 'slow', id: i, data: pad })
+  const refused = await a.next((f) => f.id === 4)
+  t.match(refused, { type: 'error', code: 'RATE_LIMITED', message: /waiting/ }, 'the fourth 20 KiB frame does not fit behind the hook')
+  release()
+  t.match(await a.next((f) => f.id === 'j'), { type: 'joined', room: 'slow' })
+  for (let i = 1; i <= 3; i++) t.match(await a.next((f) => f.id === i), { type: 'ack', offset: i }, `queued publish ${i} handled in order`)
+})
