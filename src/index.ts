@@ -54,7 +54,8 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     maxMembersPerRoom: options.maxMembersPerRoom,
     historySize: options.historySize,
     historyTtlMs: options.historyTtlMs,
-    maxHistoryRooms: options.maxHistoryRooms
+    maxHistoryRooms: options.maxHistoryRooms,
+    maxHistoryBytes: options.maxHistoryBytes
   })
 
   const ctx: ConnectionContext = {

@@ -34,6 +34,7 @@ export const SettingsSchema = Type.Object({
   historySize: Type.Integer({ minimum: 0, default: 100 }),
   historyTtlMs: Type.Integer({ minimum: 1, default: 5 * 60_000 }),
   maxHistoryRooms: Type.Integer({ minimum: 1, default: 10_000 }),
+  maxHistoryBytes: Type.Integer({ minimum: 1, default: 64 * 1024 * 1024 }),
   closeTimeoutMs: Type.Integer({ minimum: 0, default: 2_000 }),
   presenceEvents: Type.Boolean({ default: true }),
   allowedOrigins: Type.Optional(Type.Array(Type.String()))

@@ -33,6 +33,8 @@ export interface AdapterConfig {
   historyTtlMs: number
   /** Rooms whose history is kept at once; the least recently published go first. */
   maxHistoryRooms: number
+  /** Bytes of retained history frames across all rooms; the least recently published rooms go first. */
+  maxHistoryBytes: number
 }
 
 /** The cluster-wide state of a room when a connection has just joined it. */
