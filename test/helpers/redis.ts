@@ -51,3 +51,18 @@ export async function startRedis (t: { teardown: (fn: () => unknown) => void }):
   t.teardown(kill)
   return { port, url: `redis://127.0.0.1:${port}`, kill, restart: launch }
 }
+
+/**
+ * Ask Redis until its answer passes `done`; fail after `ms`. Only for states
+ * Redis reaches with no event to await: a key's own expiry, a channel's last
+ * subscriber gone after a connection closed.
+ */
+export async function eventually<T> (ask: () => Promise<T>, done: (value: T) => boolean, what: string, ms = 5_000): Promise<T> {
+  const deadline = Date.now() + ms
+  for (;;) {
+    const value = await ask()
+    if (done(value)) return value
+    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}; last answer: ${JSON.stringify(value)}`)
+    await new Promise((resolve) => setTimeout(resolve, 5))
+  }
+}
