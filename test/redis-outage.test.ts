@@ -156,6 +156,7 @@ t.test('redis adapter under faults', { skip: skipRedis }, async (t) => {
     await inspect.call('CLIENT', 'KILL', 'TYPE', 'normal')
     t.match(await joined, { type: 'error', code: 'UNAVAILABLE' })
     await ready(a)
+    await ready(b)
     await eventually(async () => (await b.app.rooms.get('cutjoin'))?.members.map((m) => m.id).sort(), (ids) => JSON.stringify(ids) === '["anchor","watcher"]', 'only the members who joined are in the room')
     const retried = await ada.join('cutjoin')
     t.same(retried.members.map((m: { id: string }) => m.id).sort(), ['ada', 'anchor', 'watcher'], 'the retried join works')
