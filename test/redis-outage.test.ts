@@ -1,7 +1,7 @@
 import t, { type Test } from 'tap'
 import { Redis } from 'ioredis'
 import WebSocket from 'ws'
-import { redisAdapter, type RoomsOptions } from '../src/index.js'
+import { redisAdapter, type RedisAdapterOptions, type RoomsOptions } from '../src/index.js'
 import { startApp, type Started } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
 import { eventually, skipRedis, startRedis, type RedisServer } from './helpers/redis.js'
@@ -41,12 +41,12 @@ t.test('redis adapter under faults', { skip: skipRedis }, async (t) => {
   t.teardown(() => inspect.disconnect())
   let prefixes = 0
 
-  async function cluster (t: Test, n: number, extra: RoomsOptions = {}, log?: LogSink): Promise<{ nodes: Started[], prefix: string }> {
+  async function cluster (t: Test, n: number, extra: RoomsOptions = {}, log?: LogSink, adapter: Partial<RedisAdapterOptions> = {}): Promise<{ nodes: Started[], prefix: string }> {
     const prefix = `f${++prefixes}:`
     const nodes: Started[] = []
     for (let i = 0; i < n; i++) {
       const serverOptions = log === undefined ? {} : { logger: { level: 'debug', stream: log.stream } }
-      nodes.push(await startApp(t, { ...named, maxFramesPerSecond: 1e6, frameBurst: 10_000, ...extra, adapter: redisAdapter({ url: redis.url, keyPrefix: prefix, leaseMs: 1000 }) }, undefined, serverOptions))
+      nodes.push(await startApp(t, { ...named, maxFramesPerSecond: 1e6, frameBurst: 10_000, ...extra, adapter: redisAdapter({ url: redis.url, keyPrefix: prefix, leaseMs: 1000, ...adapter }) }, undefined, serverOptions))
     }
     return { nodes, prefix }
   }
@@ -98,6 +98,38 @@ t.test('redis adapter under faults', { skip: skipRedis }, async (t) => {
     const at = new Map(entries)
     const misplaced = [...acked].filter(([value, offset]) => at.get(offset) !== value)
     t.same(misplaced, [], 'every acked message is in history at its acked offset')
+    for (const member of members) t.same(await receivedUpTo(member, last), entries, 'every member got every stored message once, in order')
+  })
+
+  t.test('Redis hung mid-publish (DEBUG SLEEP): every call settles, and each publish is applied once', async (t) => {
+    const log = new LogSink()
+    // A lease longer than the hang, so nobody is reaped meanwhile.
+    const { nodes: [a, b], prefix } = await cluster(t, 2, { historySize: 100_000 }, log, { leaseMs: 10_000, commandTimeoutMs: 300 }) as unknown as { nodes: [Started, Started], prefix: string }
+    const members = [await TestSocket.open(a.wsUrl, as('m0')), await TestSocket.open(b.wsUrl, as('m1'))]
+    t.teardown(() => Promise.all(members.map(async (m) => await m.close())))
+    for (const m of members) await m.join('hung')
+    // Paused, Redis queues the sleep, then the batch behind it: the batch runs only after a
+    // 1 s sleep, long after the instance gave up on the connection (300 ms) and closed it.
+    await inspect.call('CLIENT', 'PAUSE', '100', 'ALL')
+    const asleep = inspect.call('DEBUG', 'SLEEP', '1')
+    const acked = new Map<number, number>()
+    const refused = new Map<number, string | undefined>()
+    const batch: Array<Promise<void>> = []
+    for (let value = 0; value < 300; value++) {
+      batch.push(a.app.rooms.broadcast('hung', value).then((offset) => { acked.set(value, offset) }, (err: { code?: string }) => { refused.set(value, err.code) }))
+    }
+    await Promise.all(batch)
+    await asleep
+    t.ok(log.lines.some((l) => l.level === 40 && /lost the link/.test(l.msg)), 'the instance gave up on the hung connection')
+    await ready(a)
+    const entries = await stream(`${prefix}r:hung:hist`)
+    const last = Number(await inspect.get(`${prefix}r:hung:seq`))
+    t.ok(acked.size > 0, `${acked.size} acked, ${refused.size} refused`)
+    t.same(new Set(refused.values()), new Set(refused.size === 0 ? [] : ['UNAVAILABLE']), 'a publish that could not be confirmed is refused as retryable')
+    t.same(entries.map(([offset]) => offset), Array.from({ length: last }, (_, i) => i + 1), 'offsets are contiguous in the stream')
+    t.equal(new Set(entries.map(([, d]) => d)).size, entries.length, 'no message holds two offsets')
+    const at = new Map(entries)
+    t.same([...acked].filter(([value, offset]) => at.get(offset) !== value), [], 'every acked message is in history at its acked offset')
     for (const member of members) t.same(await receivedUpTo(member, last), entries, 'every member got every stored message once, in order')
   })
 

@@ -17,6 +17,12 @@ export interface RedisAdapterOptions {
   keyPrefix?: string
   /** A node whose lease is this old is dead: its members are removed (default 10000 ms). */
   leaseMs?: number
+  /**
+   * A connection with a call unanswered this long is taken for dead (Redis
+   * hung, or the network dropped it silently): it is reconnected, and its
+   * calls settle as for a broken connection (default 5000 ms).
+   */
+  commandTimeoutMs?: number
 }
 
 /**
@@ -315,6 +321,7 @@ export class RedisAdapter implements Adapter {
   private readonly options: RedisAdapterOptions
   private readonly prefix: string
   private readonly leaseMs: number
+  private readonly commandTimeoutMs: number
   private redis!: Cluster
   private sub!: Redis
   /** The command connection and the subscriber connection, whose calls always settle. */
@@ -348,6 +355,7 @@ export class RedisAdapter implements Adapter {
     this.options = options
     this.prefix = options.keyPrefix ?? 'fastify-rooms:'
     this.leaseMs = options.leaseMs ?? 10_000
+    this.commandTimeoutMs = options.commandTimeoutMs ?? 5_000
   }
 
   async start (listener: AdapterListener, config: AdapterConfig): Promise<void> {
@@ -374,8 +382,8 @@ export class RedisAdapter implements Adapter {
     this.redis.on('error', (err: Error) => config.log.debug({ err, nodeId: config.nodeId }, 'fastify-rooms: redis connection error'))
     this.sub.on('error', (err: Error) => config.log.debug({ err, nodeId: config.nodeId }, 'fastify-rooms: redis subscriber error'))
     const fail = (err: unknown, what: string): Error => this.failure(err, what)
-    this.cmd = new Link(this.redis, fail, () => this.linkLost(), () => this.maybeRecover())
-    this.subLink = new Link(this.sub, fail, () => this.subscriberBroke(), () => this.maybeRecover())
+    this.cmd = new Link(this.redis, this.commandTimeoutMs, fail, () => this.linkLost(), () => this.maybeRecover())
+    this.subLink = new Link(this.sub, this.commandTimeoutMs, fail, () => this.subscriberBroke(), () => this.maybeRecover())
     this.sub.on('messageBuffer', (channel: Buffer, message: Buffer) => this.onMessage(channel, message))
     await Promise.all([ready(this.redis), ready(this.sub)])
     await this.subLink.call('subscribe', async () => await this.sub.subscribe(this.nodeChannel()))
@@ -388,7 +396,8 @@ export class RedisAdapter implements Adapter {
     }
     every(Math.max(this.leaseMs / 3, 10), async () => {
       this.maybeRecover()
-      await this.renew()
+      // A subscriber connection dropped silently carries no call to notice it by: ask it something.
+      await Promise.all([this.renew(), this.subLink.call('ping', async () => await this.sub.ping())])
     })
     every(Math.max(this.leaseMs / 2, 10), async () => await this.call('reap'))
   }
@@ -778,6 +787,8 @@ interface Call {
   reject: (err: Error) => void
   /** Sent again after a cut rather than failed (the script applies it once whatever the number of sends). */
   resend: boolean
+  /** When it was last sent. */
+  sentAt: number
   /** For a call held after a cut: when it gives up. */
   until?: number
 }
@@ -788,18 +799,26 @@ interface Call {
  * a publish could be applied twice, and a promise could wait for as long as
  * Redis is away. Here a call in flight at a break fails at once with
  * UNAVAILABLE, except a `resend` call (a publish), which is sent again if the
- * connection is back within RESEND_WITHIN_MS and fails after that.
+ * connection is back within RESEND_WITHIN_MS and fails after that. A call
+ * unanswered for `timeoutMs` breaks the connection the same way (a hung
+ * Redis, or a connection the network dropped without a word).
  */
 class Link {
   private readonly client: Redis
+  private readonly timeoutMs: number
   private readonly failure: (err: unknown, what: string) => Error
+  /** In the order they were sent: the first is the oldest. */
   private readonly inflight = new Set<Call>()
   private held: Call[] = []
   private timer: NodeJS.Timeout | undefined
+  private readonly watchdog: NodeJS.Timeout
 
-  constructor (client: Redis, failure: (err: unknown, what: string) => Error, onLost: () => void, onReady: () => void) {
+  constructor (client: Redis, timeoutMs: number, failure: (err: unknown, what: string) => Error, onLost: () => void, onReady: () => void) {
     this.client = client
+    this.timeoutMs = timeoutMs
     this.failure = failure
+    this.watchdog = setInterval(() => this.check(), Math.max(timeoutMs / 4, 5))
+    this.watchdog.unref()
     client.on('close', () => {
       this.cut()
       onLost()
@@ -816,11 +835,12 @@ class Link {
 
   async call<T> (what: string, issue: () => Promise<T>, resend = false): Promise<T> {
     if (!this.ready) throw unavailable()
-    return await new Promise<T>((resolve, reject) => this.send({ what, issue, resolve, reject, resend }))
+    return await new Promise<T>((resolve, reject) => this.send({ what, issue, resolve, reject, resend, sentAt: 0 }))
   }
 
   /** Fail every call: the adapter is closing. */
   close (): void {
+    clearInterval(this.watchdog)
     clearTimeout(this.timer)
     for (const call of [...this.inflight, ...this.held]) call.reject(unavailable())
     this.inflight.clear()
@@ -828,6 +848,7 @@ class Link {
   }
 
   private send (call: Call): void {
+    call.sentAt = Date.now()
     this.inflight.add(call)
     call.issue().then((value) => {
       if (this.inflight.delete(call)) call.resolve(value)
@@ -849,6 +870,15 @@ class Link {
     }
     this.inflight.clear()
     this.expire()
+  }
+
+  /** The oldest call waited too long: settle what is in flight as for a break, and reconnect. */
+  private check (): void {
+    const oldest = this.inflight.values().next().value
+    if (oldest === undefined || Date.now() - oldest.sentAt < this.timeoutMs) return
+    this.cut()
+    // Ends the socket, destroys it if that does not finish; 'close' and a reconnection follow.
+    this.client.disconnect(true)
   }
 
   private resume (): void {
