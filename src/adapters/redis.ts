@@ -81,49 +81,54 @@ local function drop_history (room)
   if redis.call('EXISTS', r .. 'members') == 0 then redis.call('DEL', r .. 'seq', r .. 'epoch') end
 end
 
--- Remove a stream's n oldest entries; returns the bytes freed.
-local function trim_oldest (hist, n)
+-- Remove the n oldest of a stream's len entries; returns the bytes freed.
+local function trim_oldest (hist, n, len)
   local freed = 0
   for _, entry in ipairs(redis.call('XRANGE', hist, '-', '+', 'COUNT', n)) do freed = freed + #entry[2][2] end
-  redis.call('XTRIM', hist, 'MAXLEN', math.max(redis.call('XLEN', hist) - n, 0))
+  redis.call('XTRIM', hist, 'MAXLEN', len - n)
   return freed
 end
 
 -- Append a frame to a room's stream, then hold every bound: historySize per
 -- room, historyTtlMs, maxHistoryRooms and maxHistoryBytes across rooms (the
 -- least recently published rooms go first; a room alone loses its oldest).
-local function store (room, offset, frame, size, ttl, max_rooms, max_bytes)
+-- us: the publish time in microseconds, the rooms' order of last publish.
+local function store (room, offset, frame, size, ttl, max_rooms, max_bytes, us)
   local hist = p .. 'r:' .. room .. ':hist'
-  if redis.call('EXISTS', hist) == 0 then
-    -- The room's previous stream expired: its bytes are no longer held.
+  local len = redis.call('XLEN', hist)
+  if len == 0 then
+    -- A new stream, or the room's previous one expired: its bytes are no longer held.
     local stale = tonumber(redis.call('HGET', history_bytes, room) or '0')
     if stale ~= 0 then count_bytes(room, -stale) end
   end
   redis.call('XADD', hist, string.format('%d', offset) .. '-0', 'f', frame)
+  len = len + 1
   local added = #frame
-  local over = redis.call('XLEN', hist) - size
-  if over > 0 then added = added - trim_oldest(hist, over) end
+  if len > size then
+    added = added - trim_oldest(hist, len - size, len)
+    len = size
+  end
   local total = count_bytes(room, added)
   redis.call('PEXPIRE', hist, ttl)
-  -- Scored in microseconds, kept strictly increasing: publishes within one
-  -- millisecond still leave the rooms in the order they were published.
-  local t = redis.call('TIME')
-  local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local top = redis.call('ZRANGE', rooms_with_history, -1, -1, 'WITHSCORES')
-  if top[2] and tonumber(top[2]) >= us then us = tonumber(top[2]) + 1 end
-  redis.call('ZADD', rooms_with_history, string.format('%d', us), room)
-  for _, old in ipairs(redis.call('ZRANGEBYSCORE', rooms_with_history, '-inf', string.format('%d', us - ttl * 1000), 'LIMIT', 0, 100)) do drop_history(old) end
-  while redis.call('ZCARD', rooms_with_history) > max_rooms do drop_history(oldest_other(room)) end
-  total = tonumber(redis.call('HGET', history_bytes, '#') or '0')
+  redis.call('ZADD', rooms_with_history, us, room)
+  local expired = redis.call('ZRANGEBYSCORE', rooms_with_history, '-inf', string.format('%d', us - ttl * 1000), 'LIMIT', 0, 100)
+  local dropped = #expired > 0
+  for _, old in ipairs(expired) do drop_history(old) end
+  while redis.call('ZCARD', rooms_with_history) > max_rooms do
+    drop_history(oldest_other(room))
+    dropped = true
+  end
+  if dropped then total = tonumber(redis.call('HGET', history_bytes, '#') or '0') end
   while total > max_bytes do
     local victim = oldest_other(room)
     if victim then
       drop_history(victim)
       total = tonumber(redis.call('HGET', history_bytes, '#') or '0')
+    elseif len > 1 then
+      total = count_bytes(room, -trim_oldest(hist, 1, len))
+      len = len - 1
     else
-      local freed = trim_oldest(hist, 1)
-      if freed == 0 then break end
-      total = count_bytes(room, -freed)
+      break
     end
   end
   redis.call('PEXPIRE', rooms_with_history, ttl)
@@ -177,27 +182,31 @@ local function forget (node)
 end
 
 if cmd == 'publish' then
-  -- node, publish id, lowest id of the node still in flight, room, data JSON,
-  -- from JSON or '', historySize, historyTtlMs, maxHistoryRooms, maxHistoryBytes, new epoch
-  local node, id, low, room, data, from = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-  local size, ttl, max_rooms, max_bytes = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
+  -- node, publish id, lowest id of the node still in flight, sent before ('1'), room,
+  -- data JSON, from JSON or '', historySize, historyTtlMs, maxHistoryRooms, maxHistoryBytes, new epoch
+  local node, id, low, again, room, data, from = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+  local size, ttl, max_rooms, max_bytes = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
   local pubs = p .. 'n:' .. node .. ':pubs'
-  -- Sent again after a cut connection: the offset it got the first time, never a second one.
-  local seen = redis.call('ZRANGEBYSCORE', pubs, id, id)
-  if seen[1] then return tonumber(string.sub(seen[1], string.find(seen[1], ':', 1, true) + 1)) end
-  -- Ids below the lowest in flight are settled: the node will never send them again.
-  redis.call('ZREMRANGEBYSCORE', pubs, '-inf', '(' .. low)
+  if again == '1' then
+    -- Sent again after a cut connection: the offset it got the first time, never a second one.
+    local seen = redis.call('ZRANGEBYSCORE', pubs, id, id)
+    if seen[1] then return tonumber(string.sub(seen[1], string.find(seen[1], ':', 1, true) + 1)) end
+  end
+  -- Ids below the lowest in flight are settled: the node never sends them again (swept now and then).
+  if tonumber(id) % 64 == 0 then redis.call('ZREMRANGEBYSCORE', pubs, '-inf', '(' .. low) end
+  local t = redis.call('TIME')
   local r = p .. 'r:' .. room .. ':'
   local members = redis.call('EXISTS', r .. 'members') == 1
   local epoch = redis.call('GET', r .. 'epoch')
   local offset = 1
   -- With no member to deliver to and no history to keep, nothing is written.
   if epoch or members or size > 0 then
-    if not epoch then epoch = new_epoch(room, ARGV[13]) end
+    if not epoch then epoch = new_epoch(room, ARGV[14]) end
     offset = redis.call('INCR', r .. 'seq')
     if from ~= '' then from = ',"from":' .. from end
-    local frame = '{"type":"message","room":"' .. room .. '","data":' .. data .. ',"offset":' .. string.format('%d', offset) .. ',"ts":' .. string.format('%d', now()) .. from .. '}'
-    if size > 0 then store(room, offset, frame, size, ttl, max_rooms, max_bytes) end
+    local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    local frame = '{"type":"message","room":"' .. room .. '","data":' .. data .. ',"offset":' .. string.format('%d', offset) .. ',"ts":' .. string.format('%d', ts) .. from .. '}'
+    if size > 0 then store(room, offset, frame, size, ttl, max_rooms, max_bytes, string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2]))) end
     if members then
       redis.call('PUBLISH', p .. 'c:' .. room, 'm' .. string.format('%d', offset) .. '|' .. epoch .. '|' .. frame)
     else
@@ -420,8 +429,8 @@ export class RedisAdapter implements Adapter {
     const id = ++this.lastPublishId
     this.publishing.add(id)
     try {
-      const issue = async (): Promise<unknown> => await this.redis.rooms(
-        this.prefix, 'publish', this.config.nodeId, id, this.publishing.values().next().value as number,
+      const issue = async (again: boolean): Promise<unknown> => await this.redis.rooms(
+        this.prefix, 'publish', this.config.nodeId, id, this.publishing.values().next().value as number, again ? '1' : '0',
         room, message.data, message.from ?? '', historySize, historyTtlMs, maxHistoryRooms, maxHistoryBytes, newEpoch()
       )
       return await this.cmd.call('publish', issue, true) as number
@@ -782,12 +791,13 @@ export class RedisAdapter implements Adapter {
 /** A call on a Link: settled by the link whatever becomes of the connection. */
 interface Call {
   what: string
-  issue: () => Promise<unknown>
+  /** Send it; `again` when it was sent before (cut off in flight). */
+  issue: (again: boolean) => Promise<unknown>
   resolve: (value: any) => void
   reject: (err: Error) => void
   /** Sent again after a cut rather than failed (the script applies it once whatever the number of sends). */
   resend: boolean
-  /** When it was last sent. */
+  /** When it was last sent (0: never). */
   sentAt: number
   /** For a call held after a cut: when it gives up. */
   until?: number
@@ -833,7 +843,7 @@ class Link {
     return this.client.status === 'ready'
   }
 
-  async call<T> (what: string, issue: () => Promise<T>, resend = false): Promise<T> {
+  async call<T> (what: string, issue: (again: boolean) => Promise<T>, resend = false): Promise<T> {
     if (!this.ready) throw unavailable()
     return await new Promise<T>((resolve, reject) => this.send({ what, issue, resolve, reject, resend, sentAt: 0 }))
   }
@@ -848,9 +858,10 @@ class Link {
   }
 
   private send (call: Call): void {
+    const again = call.sentAt !== 0
     call.sentAt = Date.now()
     this.inflight.add(call)
-    call.issue().then((value) => {
+    call.issue(again).then((value) => {
       if (this.inflight.delete(call)) call.resolve(value)
     }, (err: unknown) => {
       if (this.inflight.delete(call)) call.reject(this.ready ? this.failure(err, call.what) : unavailable())
