@@ -109,9 +109,10 @@ t.test('redis scale-out', { skip: skipRedis }, async (t) => {
   async function childNode (t: Test): Promise<{ child: ReturnType<typeof spawn>, wsUrl: string }> {
     const child = spawn(process.execPath, ['--import=tsx', 'test/fixtures/node.ts'], { env: { ...process.env, REDIS_URL: redis.url, LEASE_MS: '1000' }, stdio: ['ignore', 'pipe', 'inherit'] })
     t.teardown(() => { child.kill('SIGKILL') })
-    const port = await new Promise<number>((resolve) => {
+    const port = await new Promise<number>((resolve, reject) => {
       let out = ''
       child.stdout!.on('data', (chunk: Buffer) => { out += chunk.toString(); const m = /port=(\d+)/.exec(out); if (m !== null) resolve(Number(m[1])) })
+      child.once('exit', (code) => reject(new Error(`the node exited with ${code} before listening: ${out}`)))
     })
     return { child, wsUrl: `ws://127.0.0.1:${port}/ws` }
   }
@@ -203,9 +204,11 @@ t.test('redis scale-out', { skip: skipRedis }, async (t) => {
     const start = async (): Promise<string> => {
       const child = spawn(process.execPath, ['dist/demo.js'], { env: { ...process.env, REDIS_URL: redis.url, PORT: '0' }, stdio: ['ignore', 'pipe', 'inherit'] })
       t.teardown(() => { child.kill() })
-      return await new Promise<string>((resolve) => {
+      return await new Promise<string>((resolve, reject) => {
         let out = ''
         child.stdout!.on('data', (chunk: Buffer) => { out += chunk.toString(); const m = /open (http:\/\/\S+?)\/ \(rooms shared through Redis/.exec(out); if (m !== null) resolve(m[1]!) })
+        // dist/ is built by `npm test` (npm run build); a missing build fails here at once rather than at the timeout.
+        child.once('exit', (code) => reject(new Error(`the demo exited with ${code} before listening: ${out}`)))
       })
     }
     const [one, two] = await Promise.all([start(), start()])
