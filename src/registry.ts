@@ -21,6 +21,8 @@ interface Pending {
   offset: number
   framed: Buffer
   payload: Buffer
+  /** A presence frame's sequence, when the adapter numbers them. */
+  presenceSeq?: number | undefined
 }
 
 /**
@@ -32,6 +34,12 @@ interface Membership {
   readonly peer: Peer
   live: boolean
   lastOffset: number
+  /**
+   * The last presence sequence this member has (numbered presence only): its
+   * frames travel apart from the join's answer, so an older one can arrive
+   * after the member list that already reflects it.
+   */
+  presenceSeq: number
   pending: Pending[]
 }
 
@@ -111,7 +119,7 @@ export class Registry implements AdapterListener {
     if (entry.rooms.size >= this.options.maxRoomsPerConnection) {
       throw new RoomsError('TOO_MANY_ROOMS', `You are in ${entry.rooms.size} rooms, the most one connection may join: leave one first.`, room)
     }
-    const membership: Membership = { peer, live: false, lastOffset: 0, pending: [] }
+    const membership: Membership = { peer, live: false, lastOffset: 0, presenceSeq: 0, pending: [] }
     entry.rooms.set(room, membership)
     this.localRoom(room).set(peer.id, membership)
     let result: JoinResult | undefined
@@ -148,7 +156,8 @@ export class Registry implements AdapterListener {
     membership.live = true
     const pending = membership.pending
     membership.pending = []
-    for (const item of pending) this.deliver(membership, item.offset, item.framed, item.payload)
+    membership.presenceSeq = result.presenceSeq ?? 0
+    for (const item of pending) this.deliver(membership, item.offset, item.framed, item.payload, item.presenceSeq)
   }
 
   /**
@@ -252,13 +261,13 @@ export class Registry implements AdapterListener {
     for (const membership of members.values()) this.deliver(membership, offset, framed, payload)
   }
 
-  presence (room: string, frame: string, origin: string): void {
+  presence (room: string, frame: string, origin: string, seq?: number): void {
     const members = this.rooms.get(room)
     if (members === undefined || !this.options.presenceEvents) return
     const payload = Buffer.from(frame)
     const framed = textFrame(payload)
     for (const membership of members.values()) {
-      if (membership.peer.id !== origin) this.deliver(membership, UNORDERED, framed, payload)
+      if (membership.peer.id !== origin) this.deliver(membership, UNORDERED, framed, payload, seq)
     }
   }
 
@@ -299,19 +308,26 @@ export class Registry implements AdapterListener {
     return affected
   }
 
-  reset (room?: string): void {
-    const peers = room === undefined
-      ? [...this.connections()]
-      : [...(this.rooms.get(room)?.values() ?? [])].map((m) => m.peer)
+  reset (room?: string, connections?: readonly string[]): void {
+    const peers = connections !== undefined
+      ? connections.flatMap((id) => this.peers.get(id)?.peer ?? [])
+      : room === undefined
+        ? [...this.connections()]
+        : [...(this.rooms.get(room)?.values() ?? [])].map((m) => m.peer)
     this.options.log.warn({ room, connections: peers.length }, 'fastify-rooms: cluster state was lost; disconnecting local members so they rejoin')
     // 1012 (service restart): reconnect and rejoin with since; the epoch tells the client of the gap.
     for (const peer of peers) peer.close(1012, 'Room state was reset: reconnect and rejoin')
   }
 
-  private deliver (membership: Membership, offset: number, framed: Buffer, payload: Buffer): void {
+  private deliver (membership: Membership, offset: number, framed: Buffer, payload: Buffer, presenceSeq?: number): void {
     if (!membership.live) {
-      membership.pending.push({ offset, framed, payload })
+      membership.pending.push({ offset, framed, payload, presenceSeq })
     } else if (offset === UNORDERED) {
+      if (presenceSeq !== undefined) {
+        // Already reflected by the member list or by a later frame.
+        if (presenceSeq <= membership.presenceSeq) return
+        membership.presenceSeq = presenceSeq
+      }
       membership.peer.sendFramed(framed, payload)
     } else if (offset > membership.lastOffset) {
       membership.lastOffset = offset

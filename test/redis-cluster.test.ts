@@ -6,7 +6,7 @@ import { redisAdapter } from '../src/index.js'
 import { connect } from '../src/client/index.js'
 import { startApp, type Started } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
-import { skipRedis, startRedis, type RedisServer } from './helpers/redis.js'
+import { eventually, skipRedis, startRedis, type RedisServer } from './helpers/redis.js'
 import { until } from './helpers/until.js'
 
 const named = { authenticate: (r: { headers: Record<string, unknown> }) => ({ id: String(r.headers['x-user']), name: String(r.headers['x-user']) }) }
@@ -109,9 +109,10 @@ t.test('redis scale-out', { skip: skipRedis }, async (t) => {
   async function childNode (t: Test): Promise<{ child: ReturnType<typeof spawn>, wsUrl: string }> {
     const child = spawn(process.execPath, ['--import=tsx', 'test/fixtures/node.ts'], { env: { ...process.env, REDIS_URL: redis.url, LEASE_MS: '1000' }, stdio: ['ignore', 'pipe', 'inherit'] })
     t.teardown(() => { child.kill('SIGKILL') })
-    const port = await new Promise<number>((resolve) => {
+    const port = await new Promise<number>((resolve, reject) => {
       let out = ''
       child.stdout!.on('data', (chunk: Buffer) => { out += chunk.toString(); const m = /port=(\d+)/.exec(out); if (m !== null) resolve(Number(m[1])) })
+      child.once('exit', (code) => reject(new Error(`the node exited with ${code} before listening: ${out}`)))
     })
     return { child, wsUrl: `ws://127.0.0.1:${port}/ws` }
   }
@@ -159,7 +160,11 @@ t.test('redis scale-out', { skip: skipRedis }, async (t) => {
     const [a, b] = await cluster(t, redis, 2) as [Started, Started]
     const client = await connect(a.wsUrl, { WebSocket, reconnect: { initialDelayMs: 10, maxDelayMs: 100 } })
     t.teardown(() => client.close())
+    let reconnects = 0
+    client.on('state', (state) => { if (state === 'reconnecting') reconnects++ })
     const room = await client.join('outage')
+    let gaps = 0
+    room.on('gap', () => { gaps++ })
     const bob = await TestSocket.open(b.wsUrl, as('bob'))
     t.teardown(() => bob.close())
     await bob.join('outage')
@@ -176,18 +181,36 @@ t.test('redis scale-out', { skip: skipRedis }, async (t) => {
     const bob2 = await TestSocket.open(b.wsUrl, as('bob'))
     t.teardown(() => bob2.close())
     await bob2.join('outage')
-    const got = new Promise((resolve) => room.on('message', (m) => resolve(m.data)))
+    const received: unknown[] = []
+    const got = new Promise((resolve) => room.on('message', (m) => { if (received.push(m.data) === 2) resolve(received) }))
     await bob2.request({ type: 'publish', room: 'outage', data: 'after' })
-    t.equal(await got, 'after', 'cross-node traffic flows again')
+    await bob2.request({ type: 'publish', room: 'outage', data: 'again' })
+    t.same(await got, ['after', 'again'], 'cross-node traffic flows again')
+    await bob2.sync()
+    t.equal(reconnects, 1, 'the SDK client was closed once, not again by stale room state')
+    t.equal(gaps, 1)
+    t.equal(bob2.closedWith, undefined, 'a member who joined after the restart stays')
+    t.same(bob2.take('message').map((m) => m.data), ['after', 'again'])
+    // Once everyone left, no instance is still subscribed to the room.
+    const inspect = new Redis(redis.url)
+    // Its reconnect attempts while a test has Redis down are expected: not unhandled errors.
+    inspect.on('error', () => {})
+    t.teardown(() => inspect.disconnect())
+    client.close()
+    await bob2.close()
+    await eventually(async () => await inspect.pubsub('NUMSUB', 'fastify-rooms:c:outage'), (reply) => reply[1] === 0, 'no instance is subscribed to the room')
+    t.equal(await a.app.rooms.get('outage'), null)
   })
 
   t.test('the demo runs clustered: two `npm start` instances on one Redis share rooms, presence, listing and history', async (t) => {
     const start = async (): Promise<string> => {
       const child = spawn(process.execPath, ['dist/demo.js'], { env: { ...process.env, REDIS_URL: redis.url, PORT: '0' }, stdio: ['ignore', 'pipe', 'inherit'] })
       t.teardown(() => { child.kill() })
-      return await new Promise<string>((resolve) => {
+      return await new Promise<string>((resolve, reject) => {
         let out = ''
         child.stdout!.on('data', (chunk: Buffer) => { out += chunk.toString(); const m = /open (http:\/\/\S+?)\/ \(rooms shared through Redis/.exec(out); if (m !== null) resolve(m[1]!) })
+        // dist/ is built by `npm test` (npm run build); a missing build fails here at once rather than at the timeout.
+        child.once('exit', (code) => reject(new Error(`the demo exited with ${code} before listening: ${out}`)))
       })
     }
     const [one, two] = await Promise.all([start(), start()])
@@ -208,6 +231,8 @@ t.test('redis scale-out', { skip: skipRedis }, async (t) => {
 
   t.test('no keys are left behind once everyone left and the nodes stopped, except history within its TTL', async (t) => {
     const inspect = new Redis(redis.url)
+    // Its reconnect attempts while a test has Redis down are expected: not unhandled errors.
+    inspect.on('error', () => {})
     t.teardown(() => inspect.disconnect())
     await inspect.flushall()
     const nodes = await cluster({ teardown: () => {} }, redis, 2)
@@ -217,7 +242,7 @@ t.test('redis scale-out', { skip: skipRedis }, async (t) => {
     for (const c of clients) await c.close()
     for (const n of nodes) await n.app.close()
     const keys = (await inspect.keys('*')).sort()
-    t.same(keys, ['fastify-rooms:r:keys-a:epoch', 'fastify-rooms:r:keys-a:hist', 'fastify-rooms:r:keys-a:seq'])
+    t.same(keys, ['fastify-rooms:history', 'fastify-rooms:history:bytes', 'fastify-rooms:r:keys-a:epoch', 'fastify-rooms:r:keys-a:hist', 'fastify-rooms:r:keys-a:seq'])
     for (const key of keys) t.ok(await inspect.pttl(key) > 0, `${key} expires`)
   })
 })

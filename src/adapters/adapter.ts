@@ -8,16 +8,22 @@ import type { EncodedPublish, Member } from '../protocol.js'
 export interface AdapterListener {
   /** A `message` frame of `room`, called in offset order per room. */
   message (room: string, offset: number, frame: string | Buffer): void
-  /** A `presence` frame of `room`, caused by connection `origin` (which does not get it). */
-  presence (room: string, frame: string, origin: string): void
+  /**
+   * A `presence` frame of `room`, caused by connection `origin` (which does
+   * not get it). `seq` is the room's presence sequence when the adapter keeps
+   * one (see `JoinResult.presenceSeq`).
+   */
+  presence (room: string, frame: string, origin: string, seq?: number): void
   /** A `direct` frame for one connection; true when that connection is on this node. */
   direct (connectionId: string, frame: string): boolean
   /**
    * The cluster-wide state of a room (or of every room, when undefined) was
    * lost or taken from this node (data loss, this node's lease expired): its
-   * local members are disconnected so they rejoin and learn of the gap.
+   * local members are disconnected so they rejoin and learn of the gap. With
+   * `connections`, only those: a member that joined the room's new state
+   * stays.
    */
-  reset (room?: string): void
+  reset (room?: string, connections?: readonly string[]): void
   /** Apply a server command to this node's connections; returns how many it affected here. */
   control (command: ControlCommand): number
 }
@@ -57,6 +63,12 @@ export interface JoinResult {
   /** Last offset in the room: the joiner gets every message after it. */
   offset: number
   epoch: string
+  /**
+   * The room's presence sequence that `members` reflects, for adapters whose
+   * presence frames can reach a joiner before its join is applied (they pass
+   * the frame's sequence to `presence`); the joiner gets only later ones.
+   */
+  presenceSeq?: number
 }
 
 /** A room as the REST API and `app.rooms.get` show it. */

@@ -18,6 +18,12 @@ export interface RedisAdapterOptions {
   keyPrefix?: string
   /** A node whose lease is this old is dead: its members are removed (default 10000 ms). */
   leaseMs?: number
+  /**
+   * A connection with a call unanswered this long is taken for dead (Redis
+   * hung, or the network dropped it silently): it is reconnected, and its
+   * calls settle as for a broken connection (default 5000 ms).
+   */
+  commandTimeoutMs?: number
 }
 
 /**
@@ -25,29 +31,135 @@ export interface RedisAdapterOptions {
  * costs one round trip. Keys (P = prefix, R = P..'r:'..room..':'):
  *   R..'seq' offset counter, R..'epoch' history id, R..'hist' stream of frames,
  *   R..'members' user id -> member JSON, R..'counts' user id -> connections,
- *   R..'conns' connection id -> user id, P..'rooms' sorted set of rooms with
+ *   R..'conns' connection id -> user id, R..'pseq' presence sequence (while
+ *   the room has members), P..'rooms' sorted set of rooms with
  *   members, P..'nodes' node id -> lease expiry (Redis clock, ms),
- *   P..'n:'..node..':conns' set of room.."\n"..connection of a node.
+ *   P..'n:'..node..':conns' set of room.."\n"..connection of a node,
+ *   P..'n:'..node..':pubs' sorted set of the node's recent publish ids
+ *   (score id, member id..':'..offset), P..'history' sorted set of rooms with
+ *   a stream (score: last publish, µs), P..'history:bytes' hash room -> frame
+ *   bytes in its stream, '#' -> their total.
+ * A room's seq, epoch and hist expire together, historyTtlMs after its last
+ * publish, unless the room has members (then seq and epoch stay).
  * The message and presence frames built here must stay byte-compatible with
- * messageFrame and encodePresence in protocol.ts (the memory adapter's twins).
+ * messageFrame and encodePresence in protocol.ts (test/redis-frames.test.ts).
  * Channels: P..'c:'..room carries `m<offset>|<epoch>|<frame>` and
- * `p<connection>|<frame>`; P..'n:'..node carries `d<connection>|<frame>`.
+ * `p<connection>|<presence seq>|<frame>`; P..'n:'..node carries
+ * `d<connection>|<frame>` and `x<origin node>|<command>` (one connection's),
+ * P..'all' carries `x<origin node>|<command>` (a user's, on any node).
  */
 const SCRIPT = `
 local p = ARGV[1]
 local cmd = ARGV[2]
+local rooms_with_history, history_bytes = p .. 'history', p .. 'history:bytes'
 
 local function now ()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- The least recently published room other than this one, or nil.
+local function oldest_other (room)
+  local two = redis.call('ZRANGE', rooms_with_history, 0, 1)
+  if two[1] ~= room then return two[1] end
+  return two[2]
+end
+
+-- Presence carries the room's presence sequence, so that a joiner can drop
+-- what its member list already reflects. R..'pseq' exists while the room has
+-- members; it starts from Redis's clock in microseconds, so that no frame of
+-- an earlier life of the room can compare higher.
 local function presence (room, event, member, count, origin)
-  redis.call('PUBLISH', p .. 'c:' .. room, 'p' .. origin .. '|{"type":"presence","room":"' .. room .. '","event":"' .. event .. '","member":' .. member .. ',"count":' .. count .. '}')
+  local r = p .. 'r:' .. room .. ':'
+  if redis.call('EXISTS', r .. 'pseq') == 0 then
+    local t = redis.call('TIME')
+    redis.call('SET', r .. 'pseq', string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2])))
+  end
+  local seq = redis.call('INCR', r .. 'pseq')
+  redis.call('PUBLISH', p .. 'c:' .. room, 'p' .. origin .. '|' .. string.format('%d', seq) .. '|{"type":"presence","room":"' .. room .. '","event":"' .. event .. '","member":' .. member .. ',"count":' .. count .. '}')
+end
+
+local function count_bytes (room, bytes)
+  redis.call('HINCRBY', history_bytes, room, bytes)
+  return redis.call('HINCRBY', history_bytes, '#', bytes)
+end
+
+-- Forget a room's stream (evicted or expired); a room with no members goes with it.
+local function drop_history (room)
+  local r = p .. 'r:' .. room .. ':'
+  redis.call('DEL', r .. 'hist')
+  redis.call('ZREM', rooms_with_history, room)
+  local bytes = tonumber(redis.call('HGET', history_bytes, room) or '0')
+  if bytes ~= 0 then count_bytes(room, -bytes) end
+  redis.call('HDEL', history_bytes, room)
+  if redis.call('EXISTS', r .. 'members') == 0 then redis.call('DEL', r .. 'seq', r .. 'epoch') end
+end
+
+-- Remove the n oldest of a stream's len entries; returns the bytes freed.
+local function trim_oldest (hist, n, len)
+  local freed = 0
+  for _, entry in ipairs(redis.call('XRANGE', hist, '-', '+', 'COUNT', n)) do freed = freed + #entry[2][2] end
+  redis.call('XTRIM', hist, 'MAXLEN', len - n)
+  return freed
+end
+
+-- Append a frame to a room's stream, then hold every bound: historySize per
+-- room, historyTtlMs, maxHistoryRooms and maxHistoryBytes across rooms (the
+-- least recently published rooms go first; a room alone loses its oldest).
+-- us: the publish time in microseconds, the rooms' order of last publish.
+local function store (room, offset, frame, size, ttl, max_rooms, max_bytes, us)
+  local hist = p .. 'r:' .. room .. ':hist'
+  local len = redis.call('XLEN', hist)
+  if len == 0 then
+    -- A new stream, or the room's previous one expired: its bytes are no longer held.
+    local stale = tonumber(redis.call('HGET', history_bytes, room) or '0')
+    if stale ~= 0 then count_bytes(room, -stale) end
+  end
+  redis.call('XADD', hist, string.format('%d', offset) .. '-0', 'f', frame)
+  len = len + 1
+  local added = #frame
+  if len > size then
+    added = added - trim_oldest(hist, len - size, len)
+    len = size
+  end
+  local total = count_bytes(room, added)
+  redis.call('PEXPIRE', hist, ttl)
+  redis.call('ZADD', rooms_with_history, us, room)
+  local expired = redis.call('ZRANGEBYSCORE', rooms_with_history, '-inf', string.format('%d', us - ttl * 1000), 'LIMIT', 0, 100)
+  local dropped = #expired > 0
+  for _, old in ipairs(expired) do drop_history(old) end
+  while redis.call('ZCARD', rooms_with_history) > max_rooms do
+    drop_history(oldest_other(room))
+    dropped = true
+  end
+  if dropped then total = tonumber(redis.call('HGET', history_bytes, '#') or '0') end
+  while total > max_bytes do
+    local victim = oldest_other(room)
+    if victim then
+      drop_history(victim)
+      total = tonumber(redis.call('HGET', history_bytes, '#') or '0')
+    elseif len > 1 then
+      total = count_bytes(room, -trim_oldest(hist, 1, len))
+      len = len - 1
+    else
+      break
+    end
+  end
+  redis.call('PEXPIRE', rooms_with_history, ttl)
+  redis.call('PEXPIRE', history_bytes, ttl)
+end
+
+-- A new epoch starts from nothing: leftovers of a lost one must not mix in.
+local function new_epoch (room, epoch)
+  local r = p .. 'r:' .. room .. ':'
+  drop_history(room)
+  redis.call('DEL', r .. 'seq')
+  redis.call('SET', r .. 'epoch', epoch)
+  return epoch
 end
 
 -- Remove one connection from a room; presence leave when it was the user's last.
-local function leave (room, conn, ttl)
+local function leave (room, conn)
   local r = p .. 'r:' .. room .. ':'
   local user = redis.call('HGET', r .. 'conns', conn)
   if not user then return 0 end
@@ -58,50 +170,67 @@ local function leave (room, conn, ttl)
   redis.call('HDEL', r .. 'members', user)
   local n = redis.call('HLEN', r .. 'members')
   presence(room, 'leave', member, n, conn)
+  if n == 0 then redis.call('DEL', r .. 'pseq') end
   if n == 0 then
     redis.call('ZREM', p .. 'rooms', room)
-    if redis.call('EXISTS', r .. 'hist') == 1 then
-      redis.call('PEXPIRE', r .. 'seq', ttl)
-      redis.call('PEXPIRE', r .. 'epoch', ttl)
+    -- The offsets live exactly as long as the history that uses them.
+    local left = redis.call('PTTL', r .. 'hist')
+    if left > 0 then
+      redis.call('PEXPIRE', r .. 'seq', left)
+      redis.call('PEXPIRE', r .. 'epoch', left)
     else
-      redis.call('DEL', r .. 'seq', r .. 'epoch')
+      drop_history(room)
     end
   end
   return 1
 end
 
 -- Drop every member of a node (its lease expired, or it shut down).
-local function forget (node, ttl)
+local function forget (node)
   local set = p .. 'n:' .. node .. ':conns'
   for _, entry in ipairs(redis.call('SMEMBERS', set)) do
     local cut = string.find(entry, '\\n', 1, true)
-    leave(string.sub(entry, 1, cut - 1), string.sub(entry, cut + 1), ttl)
+    leave(string.sub(entry, 1, cut - 1), string.sub(entry, cut + 1))
   end
-  redis.call('DEL', set)
+  redis.call('DEL', set, p .. 'n:' .. node .. ':pubs')
   redis.call('ZREM', p .. 'nodes', node)
 end
 
 if cmd == 'publish' then
-  -- room, data JSON, from JSON or '', historySize, ttl, new epoch
-  local room, data, from, size, ttl = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
+  -- node, publish id, lowest id of the node still in flight, sent before ('1'), room,
+  -- data JSON, from JSON or '', historySize, historyTtlMs, maxHistoryRooms, maxHistoryBytes, new epoch
+  local node, id, low, again, room, data, from = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+  local size, ttl, max_rooms, max_bytes = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
+  local pubs = p .. 'n:' .. node .. ':pubs'
+  if again == '1' then
+    -- Sent again after a cut connection: the offset it got the first time, never a second one.
+    local seen = redis.call('ZRANGEBYSCORE', pubs, id, id)
+    if seen[1] then return tonumber(string.sub(seen[1], string.find(seen[1], ':', 1, true) + 1)) end
+  end
+  -- Ids below the lowest in flight are settled: the node never sends them again (swept now and then).
+  if tonumber(id) % 64 == 0 then redis.call('ZREMRANGEBYSCORE', pubs, '-inf', '(' .. low) end
+  local t = redis.call('TIME')
   local r = p .. 'r:' .. room .. ':'
+  local members = redis.call('EXISTS', r .. 'members') == 1
   local epoch = redis.call('GET', r .. 'epoch')
-  if not epoch then
-    epoch = ARGV[8]
-    redis.call('SET', r .. 'epoch', epoch)
+  local offset = 1
+  -- With no member to deliver to and no history to keep, nothing is written.
+  if epoch or members or size > 0 then
+    if not epoch then epoch = new_epoch(room, ARGV[14]) end
+    offset = redis.call('INCR', r .. 'seq')
+    if from ~= '' then from = ',"from":' .. from end
+    local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    local frame = '{"type":"message","room":"' .. room .. '","data":' .. data .. ',"offset":' .. string.format('%d', offset) .. ',"ts":' .. string.format('%d', ts) .. from .. '}'
+    if size > 0 then store(room, offset, frame, size, ttl, max_rooms, max_bytes, string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2]))) end
+    if members then
+      redis.call('PUBLISH', p .. 'c:' .. room, 'm' .. string.format('%d', offset) .. '|' .. epoch .. '|' .. frame)
+    else
+      -- Only nodes with members subscribe; a joiner in flight gets an offset past this one.
+      redis.call('PEXPIRE', r .. 'seq', ttl)
+      redis.call('PEXPIRE', r .. 'epoch', ttl)
+    end
   end
-  local offset = redis.call('INCR', r .. 'seq')
-  if from ~= '' then from = ',"from":' .. from end
-  local frame = '{"type":"message","room":"' .. room .. '","data":' .. data .. ',"offset":' .. offset .. ',"ts":' .. string.format('%d', now()) .. from .. '}'
-  if size > 0 then
-    redis.call('XADD', r .. 'hist', 'MAXLEN', size, offset .. '-0', 'f', frame)
-    redis.call('PEXPIRE', r .. 'hist', ttl)
-  end
-  if redis.call('EXISTS', r .. 'members') == 0 then
-    redis.call('PEXPIRE', r .. 'seq', ttl)
-    redis.call('PEXPIRE', r .. 'epoch', ttl)
-  end
-  redis.call('PUBLISH', p .. 'c:' .. room, 'm' .. offset .. '|' .. epoch .. '|' .. frame)
+  redis.call('ZADD', pubs, id, id .. ':' .. string.format('%d', offset))
   return offset
 elseif cmd == 'join' then
   -- room, connection, user id, member JSON, node, max members, new epoch
@@ -119,32 +248,48 @@ elseif cmd == 'join' then
       presence(room, 'join', member, redis.call('HLEN', r .. 'members'), conn)
     end
   end
-  local epoch = redis.call('GET', r .. 'epoch')
-  if not epoch then
-    epoch = ARGV[9]
-    redis.call('SET', r .. 'epoch', epoch)
-  end
+  local epoch = redis.call('GET', r .. 'epoch') or new_epoch(room, ARGV[9])
   -- A room with members keeps its offsets and epoch however long it stays quiet.
   redis.call('PERSIST', r .. 'epoch')
   redis.call('PERSIST', r .. 'seq')
-  return { 'OK', tonumber(redis.call('GET', r .. 'seq') or '0'), epoch, redis.call('HVALS', r .. 'members') }
+  return { 'OK', tonumber(redis.call('GET', r .. 'seq') or '0'), epoch, redis.call('HVALS', r .. 'members'), redis.call('GET', r .. 'pseq') or '0' }
 elseif cmd == 'leave' then
-  -- room, connection, node, ttl
+  -- room, connection, node
   redis.call('SREM', p .. 'n:' .. ARGV[5] .. ':conns', ARGV[3] .. '\\n' .. ARGV[4])
-  return leave(ARGV[3], ARGV[4], ARGV[6])
+  return leave(ARGV[3], ARGV[4])
+elseif cmd == 'history' then
+  -- room, first offset wanted, most messages: nil when the room has no epoch
+  local r = p .. 'r:' .. ARGV[3] .. ':'
+  local epoch = redis.call('GET', r .. 'epoch')
+  if not epoch then return false end
+  local seq = tonumber(redis.call('GET', r .. 'seq') or '0')
+  local entries = {}
+  if tonumber(ARGV[5]) > 0 and tonumber(ARGV[4]) <= seq then
+    entries = redis.call('XRANGE', r .. 'hist', ARGV[4] .. '-0', '+', 'COUNT', ARGV[5])
+  end
+  return { epoch, seq, entries }
+elseif cmd == 'state' then
+  -- rooms...: for each, its epoch ('' for none) and its last offset
+  local out = {}
+  for i = 3, #ARGV do
+    local r = p .. 'r:' .. ARGV[i] .. ':'
+    out[#out + 1] = redis.call('GET', r .. 'epoch') or ''
+    out[#out + 1] = tonumber(redis.call('GET', r .. 'seq') or '0')
+  end
+  return out
 elseif cmd == 'renew' then
   -- node, lease ms, registered before ('1'): a node whose lease was reaped must not come back silently
   if ARGV[5] == '1' and not redis.call('ZSCORE', p .. 'nodes', ARGV[3]) then return 'REAPED' end
   redis.call('ZADD', p .. 'nodes', now() + tonumber(ARGV[4]), ARGV[3])
   return 'OK'
 elseif cmd == 'reap' then
-  -- ttl: forget every node whose lease expired
+  -- forget every node whose lease expired
   local dead = redis.call('ZRANGEBYSCORE', p .. 'nodes', '-inf', now())
-  for _, node in ipairs(dead) do forget(node, ARGV[3]) end
+  for _, node in ipairs(dead) do forget(node) end
   return #dead
 elseif cmd == 'forget' then
-  -- node, ttl: a node shutting down cleanly
-  forget(ARGV[3], ARGV[4])
+  -- node: a node shutting down cleanly
+  forget(ARGV[3])
   return 1
 end
 return redis.error_reply('unknown command ' .. cmd)
@@ -154,7 +299,41 @@ type Cluster = Redis & {
   rooms: (prefix: string, cmd: string, ...args: Array<string | number>) => Promise<unknown>
 }
 
+/**
+ * How long a publish cut off in flight waits for its connection to come back
+ * and be sent again (it is applied once whatever the number of sends). Past
+ * it the publish answers UNAVAILABLE, and may or may not have been applied.
+ */
+const RESEND_WITHIN_MS = 2_000
+
 const unavailable = (): RoomsError => new RoomsError('UNAVAILABLE', 'The message store is unreachable right now: retry in a moment.')
+const internal = (): RoomsError => new RoomsError('INTERNAL', 'The server failed to handle this request; it has been logged. Try again later.')
+
+/** A room channel this node is subscribed to. */
+interface Subscription {
+  /** Local joins holding it (joined, or joining). */
+  holders: number
+  /** Resolves once Redis confirmed the subscription. */
+  ready: Promise<unknown>
+  /** The room's epoch as this node's members know it; undefined until a join tells. */
+  epoch: string | undefined
+  /** Highest offset passed to the listener. */
+  offset: number
+  /**
+   * Messages held back, in arrival order: while the epoch is unknown (they
+   * may belong to an older one), and while a gap left by a broken subscriber
+   * connection is being filled from history.
+   */
+  held: Array<{ offset: number, epoch: string, frame: Buffer }> | undefined
+  /** The subscriber connection broke since this room's last message: resync before delivering. */
+  gap: boolean
+}
+
+interface LocalMember {
+  room: string
+  connectionId: string
+  member: Member
+}
 
 /**
  * Several app instances act as one through Redis: offsets, history, presence
@@ -166,101 +345,152 @@ export class RedisAdapter implements Adapter {
   private readonly options: RedisAdapterOptions
   private readonly prefix: string
   private readonly leaseMs: number
+  private readonly commandTimeoutMs: number
   private redis!: Cluster
   private sub!: Redis
+  /** The command connection and the subscriber connection, whose calls always settle. */
+  private cmd!: Link
+  private subLink!: Link
   private listener!: AdapterListener
   private config!: AdapterConfig
-  /** Subscribed room channels, with how many local joins hold each. */
-  private readonly subscriptions = new Map<string, { holders: number, epoch: string | undefined, ready: Promise<unknown> }>()
-  /** Leaves that failed while Redis was away, retried when it is back. */
+  private readonly subscriptions = new Map<string, Subscription>()
+  /** Leaves that failed while Redis was away, done when it is back. */
   private readonly pendingLeaves = new Map<string, { room: string, connectionId: string }>()
   /** Local memberships, to re-register them after an outage. */
-  private readonly local = new Map<string, { room: string, connectionId: string, member: Member }>()
+  private readonly local = new Map<string, LocalMember>()
+  /** Ids of this node's publishes not yet settled; the script forgets ids below the lowest. */
+  private readonly publishing = new Set<number>()
+  private lastPublishId = 0
   private timers: NodeJS.Timeout[] = []
   private registered = false
-  private wasDown = false
+  private running = false
   private closed = false
+  /** A connection broke and the node has not resynchronised yet: joins wait or fail. */
+  private down = false
+  /** The subscriber connection broke since the last resync: rooms are resubscribed. */
+  private subscriberLost = false
+  /** How many times the subscriber connection broke, to notice a break during a join. */
+  private subscriberBreaks = 0
+  private recovering: Promise<void> | undefined
+  private renewing: Promise<void> | undefined
 
   constructor (options: RedisAdapterOptions) {
     if (options.url === undefined && options.client === undefined) throw new TypeError('redisAdapter needs a url or a client.')
     this.options = options
     this.prefix = options.keyPrefix ?? 'fastify-rooms:'
     this.leaseMs = options.leaseMs ?? 10_000
+    this.commandTimeoutMs = options.commandTimeoutMs ?? 5_000
   }
 
   async start (listener: AdapterListener, config: AdapterConfig): Promise<void> {
     if (this.listener !== undefined) throw new Error('This adapter is already in use: create one adapter per plugin registration.')
     this.listener = listener
     this.config = config
-    // Fail fast while Redis is away instead of queueing: the client gets UNAVAILABLE and may retry.
-    const settings: RedisOptions = { enableOfflineQueue: false, maxRetriesPerRequest: 1, retryStrategy: (times) => Math.min(50 * times, 1000) }
+    const name = `fastify-rooms:${config.nodeId}`
+    // Fail fast while Redis is away instead of queueing, and never let ioredis
+    // replay commands or subscriptions after a reconnect: the Links settle
+    // every call, and recover() restores the subscriptions this node needs.
+    const settings: RedisOptions = {
+      enableOfflineQueue: false,
+      autoResendUnfulfilledCommands: false,
+      autoResubscribe: false,
+      maxRetriesPerRequest: 1,
+      retryStrategy: (times) => Math.min(50 * times, 1000),
+      connectionName: `${name}:cmd`
+    }
     const base = this.options.client !== undefined ? this.options.client.duplicate(settings) : new Redis(this.options.url as string, settings)
     this.redis = base as Cluster
     this.redis.defineCommand('rooms', { numberOfKeys: 0, lua: SCRIPT })
-    this.sub = this.redis.duplicate(settings)
-    this.redis.on('error', (err: Error) => config.log.debug({ err }, 'fastify-rooms: redis connection error'))
-    this.sub.on('error', (err: Error) => config.log.debug({ err }, 'fastify-rooms: redis subscriber error'))
-    this.redis.on('close', () => { if (!this.closed) this.wasDown = true })
-    this.redis.on('ready', () => { if (this.wasDown) void this.recover() })
+    this.sub = this.redis.duplicate({ ...settings, connectionName: `${name}:sub` })
+    // Every retry emits an error: debug only; a lost or restored link is one warn line each.
+    this.redis.on('error', (err: Error) => config.log.debug({ err, nodeId: config.nodeId }, 'fastify-rooms: redis connection error'))
+    this.sub.on('error', (err: Error) => config.log.debug({ err, nodeId: config.nodeId }, 'fastify-rooms: redis subscriber error'))
+    const fail = (err: unknown, what: string): Error => this.failure(err, what)
+    this.cmd = new Link(this.redis, this.commandTimeoutMs, fail, () => this.linkLost(), () => this.maybeRecover())
+    this.subLink = new Link(this.sub, this.commandTimeoutMs, fail, () => this.subscriberBroke(), () => this.maybeRecover())
     this.sub.on('messageBuffer', (channel: Buffer, message: Buffer) => this.onMessage(channel, message))
     await Promise.all([ready(this.redis), ready(this.sub)])
-    await this.sub.subscribe(`${this.prefix}n:${config.nodeId}`)
-    // Server commands for a user (disconnect, remove from a room) reach every node: `x<origin node>|<command JSON>`.
-    await this.sub.subscribe(`${this.prefix}all`)
+    await this.subLink.call('subscribe', async () => await this.sub.subscribe(...this.nodeChannels()))
     await this.renew()
+    this.running = true
     const every = (ms: number, fn: () => Promise<unknown>): void => {
-      const timer = setInterval(() => { fn().catch((err: unknown) => config.log.debug({ err }, 'fastify-rooms: redis upkeep failed')) }, ms)
+      const timer = setInterval(() => { fn().catch((err: unknown) => config.log.debug({ err, nodeId: config.nodeId }, 'fastify-rooms: redis upkeep failed')) }, ms)
       timer.unref()
       this.timers.push(timer)
     }
-    every(Math.max(this.leaseMs / 3, 10), async () => await this.renew())
-    every(Math.max(this.leaseMs / 2, 10), async () => await this.call('reap', this.config.historyTtlMs))
+    every(Math.max(this.leaseMs / 3, 10), async () => {
+      this.maybeRecover()
+      // A subscriber connection dropped silently carries no call to notice it by: ask it something.
+      await Promise.all([this.renew(), this.subLink.call('ping', async () => await this.sub.ping())])
+    })
+    every(Math.max(this.leaseMs / 2, 10), async () => await this.call('reap'))
   }
 
   async close (): Promise<void> {
     this.closed = true
     for (const timer of this.timers) clearInterval(timer)
-    await this.call('forget', this.config.nodeId, this.config.historyTtlMs).catch(() => {})
+    await this.call('forget', this.config.nodeId).catch(() => {})
+    this.cmd.close()
+    this.subLink.close()
     this.redis.disconnect()
     this.sub.disconnect()
   }
 
   async publish (room: string, message: EncodedPublish): Promise<number> {
-    const { historySize, historyTtlMs } = this.config
-    return await this.call('publish', room, message.data, message.from ?? '', historySize, historyTtlMs, newEpoch()) as number
+    const { historyTtlMs, maxHistoryRooms, maxHistoryBytes } = this.config
+    // A message larger than the whole history budget is delivered but not kept, as on the memory adapter.
+    const historySize = fits(room, message, maxHistoryBytes) ? this.config.historySize : 0
+    const id = ++this.lastPublishId
+    this.publishing.add(id)
+    try {
+      const issue = async (again: boolean): Promise<unknown> => await this.redis.rooms(
+        this.prefix, 'publish', this.config.nodeId, id, this.publishing.values().next().value as number, again ? '1' : '0',
+        room, message.data, message.from ?? '', historySize, historyTtlMs, maxHistoryRooms, maxHistoryBytes, newEpoch()
+      )
+      return await this.cmd.call('publish', issue, true) as number
+    } finally {
+      this.publishing.delete(id)
+    }
   }
 
   async join (room: string, connectionId: string, member: Member): Promise<JoinResult> {
-    await this.subscribe(room)
-    let reply: [string, number, string, string[]]
+    await this.usable()
+    const breaks = this.subscriberBreaks
+    const subscription = await this.subscribe(room)
+    let reply: [string, number, string, string[], string]
     try {
       reply = await this.call('join', room, connectionId, member.id, encodeMember(member), this.config.nodeId, this.config.maxMembersPerRoom, newEpoch()) as typeof reply
     } catch (err) {
-      await this.unsubscribe(room)
+      void this.release(room)
+      // It may have run before the connection broke (or in part, before a script error): undo it, now or once Redis is back.
+      void this.forgetRemote(room, connectionId).catch(() => {})
       throw err
     }
     if (reply[0] === 'FULL') {
-      await this.unsubscribe(room)
+      void this.release(room)
       throw new RoomsError('ROOM_FULL', `Room "${room}" is full (${this.config.maxMembersPerRoom} members): try again later.`, room)
     }
-    const [, offset, epoch, members] = reply
-    const subscription = this.subscriptions.get(room)
-    if (subscription !== undefined) subscription.epoch ??= epoch
+    if (this.subscriberBreaks !== breaks) {
+      // The room's messages after this join may have been missed: the member retries the join.
+      void this.release(room)
+      void this.forgetRemote(room, connectionId).catch(() => {})
+      throw unavailable()
+    }
+    const [, offset, epoch, members, presenceSeq] = reply
+    // Local members of an older epoch missed the room's loss: they rejoin.
+    if (subscription.epoch !== undefined && subscription.epoch !== epoch) this.lose(room)
+    if (subscription.epoch === undefined) {
+      subscription.epoch = epoch
+      subscription.offset = Math.max(subscription.offset, offset)
+      this.flush(room, subscription)
+    }
     this.local.set(connectionId + '\n' + room, { room, connectionId, member })
-    return { offset, epoch, members: members.map((m) => JSON.parse(m) as Member), count: members.length }
+    return { offset, epoch, members: members.map((m) => JSON.parse(m) as Member), count: members.length, presenceSeq: Number(presenceSeq) }
   }
 
   async leave (room: string, connectionId: string): Promise<void> {
-    const key = connectionId + '\n' + room
-    if (!this.local.delete(key)) return
-    await this.unsubscribe(room)
-    try {
-      await this.call('leave', room, connectionId, this.config.nodeId, this.config.historyTtlMs)
-    } catch (err) {
-      if ((err as RoomsError).code !== 'UNAVAILABLE') throw err
-      // Redis is away: the member must still go, so the leave is done when it is back.
-      this.pendingLeaves.set(key, { room, connectionId })
-    }
+    if (!this.local.delete(connectionId + '\n' + room)) return
+    await Promise.all([this.release(room), this.forgetRemote(room, connectionId)])
   }
 
   async direct (connectionId: string, data: unknown, from?: Member): Promise<boolean> {
@@ -268,7 +498,7 @@ export class RedisAdapter implements Adapter {
     if (this.listener.direct(connectionId, frame)) return true
     const node = connectionId.slice(0, connectionId.indexOf('-'))
     if (node === '' || node === this.config.nodeId) return false
-    const receivers = await this.guard(this.redis.publish(`${this.prefix}n:${node}`, `d${connectionId}|${frame}`))
+    const receivers = await this.cmd.call('direct', async () => await this.redis.publish(`${this.prefix}n:${node}`, `d${connectionId}|${frame}`))
     return receivers > 0
   }
 
@@ -279,15 +509,15 @@ export class RedisAdapter implements Adapter {
       const { connectionId } = command.target
       const node = connectionId.slice(0, connectionId.indexOf('-'))
       if (here > 0 || node === '' || node === this.config.nodeId) return here
-      return await this.guard(this.redis.publish(`${this.prefix}n:${node}`, message)) > 0 ? 1 : 0
+      return await this.cmd.call('control', async () => await this.redis.publish(`${this.prefix}n:${node}`, message)) > 0 ? 1 : 0
     }
-    await this.guard(this.redis.publish(`${this.prefix}all`, message))
+    await this.cmd.call('control', async () => await this.redis.publish(`${this.prefix}all`, message))
     return here
   }
 
   async room (room: string): Promise<RoomInfo | null> {
     const r = `${this.prefix}r:${room}:`
-    const [members, seq, epoch] = await this.guard(this.redis.pipeline().hvals(`${r}members`).get(`${r}seq`).get(`${r}epoch`).exec()).then(results)
+    const [members, seq, epoch] = await this.cmd.call('room', async () => results(await this.redis.pipeline().hvals(`${r}members`).get(`${r}seq`).get(`${r}epoch`).exec()))
     const list = members as string[]
     if (list.length === 0) return null
     return { name: room, count: list.length, members: list.map((m) => JSON.parse(m) as Member), offset: Number(seq ?? 0), epoch: (epoch as string | null) ?? '' }
@@ -297,11 +527,11 @@ export class RedisAdapter implements Adapter {
     const { prefix = '', after, limit } = query
     const start = after !== undefined && after >= prefix ? `(${after}` : `[${prefix}`
     // One more than asked tells whether there is a next page.
-    const names = (await this.guard(this.redis.zrangebylex(`${this.prefix}rooms`, start, '+', 'LIMIT', 0, limit + 1))).filter((n) => n.startsWith(prefix))
+    const names = (await this.cmd.call('rooms', async () => await this.redis.zrangebylex(`${this.prefix}rooms`, start, '+', 'LIMIT', 0, limit + 1))).filter((n) => n.startsWith(prefix))
     const page = names.slice(0, limit)
     const pipeline = this.redis.pipeline()
     for (const name of page) pipeline.hlen(`${this.prefix}r:${name}:members`)
-    const counts = page.length === 0 ? [] : await this.guard(pipeline.exec()).then(results)
+    const counts = page.length === 0 ? [] : await this.cmd.call('rooms', async () => results(await pipeline.exec()))
     return {
       rooms: page.map((name, i) => ({ name, count: Number(counts[i]) })).filter((r) => r.count > 0),
       next: names.length > limit ? (page[page.length - 1] as string) : null
@@ -309,86 +539,249 @@ export class RedisAdapter implements Adapter {
   }
 
   async history (room: string, after: number, limit: number): Promise<HistoryPage | null> {
-    const r = `${this.prefix}r:${room}:`
-    const [entries, seq, epoch] = await this.guard(this.redis.pipeline().xrange(`${r}hist`, `${after + 1}-0`, '+', 'COUNT', limit).get(`${r}seq`).get(`${r}epoch`).exec()).then(results)
-    if (epoch === null) return null
-    const messages: StoredMessage[] = (entries as Array<[string, string[]]>).map(([id, fields]) => ({ offset: Number(id.slice(0, id.indexOf('-'))), frame: fields[1] as string }))
-    return { epoch: epoch as string, offset: Number(seq ?? 0), messages }
+    // Offsets are safe integers: a page from past them, or past the last one, is empty (and never a malformed stream id).
+    const first = Math.max(Math.floor(after) + 1, 1)
+    const most = Number.isFinite(limit) ? Math.floor(limit) : Number.MAX_SAFE_INTEGER
+    const asked = Number.isSafeInteger(first) && most > 0
+    const reply = await this.call('history', room, asked ? first : 0, asked ? most : 0) as [string, number, Array<[string, string[]]>] | null
+    if (reply === null) return null
+    const [epoch, offset, entries] = reply
+    const messages: StoredMessage[] = entries.map(([id, fields]) => ({ offset: Number(id.slice(0, id.indexOf('-'))), frame: fields[1] as string }))
+    return { epoch, offset, messages }
   }
 
   private async call (cmd: string, ...args: Array<string | number>): Promise<unknown> {
-    return await this.guard(this.redis.rooms(this.prefix, cmd, ...args))
+    return await this.cmd.call(cmd, async () => await this.redis.rooms(this.prefix, cmd, ...args))
   }
 
-  /** Redis being away is the client's retryable UNAVAILABLE, not an internal error. */
-  private async guard<T> (pending: Promise<T>): Promise<T> {
-    try {
-      return await pending
-    } catch (err) {
-      if (this.redis.status !== 'ready' || isConnectionError(err)) throw unavailable()
-      throw err
-    }
+  /**
+   * What a caller sees of a failed Redis call: a lost connection (or a Redis
+   * busy loading or failing over) is the retryable UNAVAILABLE; anything else
+   * is logged and becomes INTERNAL, so no Redis text reaches a client.
+   */
+  private failure (err: unknown, what: string): Error {
+    if (err instanceof RoomsError) return err
+    if (this.closed || isTransient(err)) return unavailable()
+    this.config.log.error({ err, nodeId: this.config.nodeId, command: what }, 'fastify-rooms: Redis refused a command')
+    return internal()
   }
 
+  /** One renewal at a time: the timer's and recover()'s would otherwise both see REAPED. */
   private async renew (): Promise<void> {
+    this.renewing ??= this.renewLease().finally(() => { this.renewing = undefined })
+    await this.renewing
+  }
+
+  private async renewLease (): Promise<void> {
     const reply = await this.call('renew', this.config.nodeId, this.leaseMs, this.registered ? '1' : '0')
     if (reply === 'REAPED') {
-      // Our lease expired while we were away (a long pause): others removed our
-      // members. Start over rather than resurrect them: every client reconnects.
-      this.config.log.warn({ nodeId: this.config.nodeId }, 'fastify-rooms: this node\'s lease expired; disconnecting its clients so they rejoin')
+      // Our lease expired while we were away (a long pause, or Redis lost its
+      // data): others removed our members. Start over rather than resurrect
+      // them: every local member rejoins.
+      const rooms = new Set([...this.local.values()].map((m) => m.room))
+      this.config.log[rooms.size > 0 ? 'warn' : 'debug']({ nodeId: this.config.nodeId, rooms: rooms.size }, 'fastify-rooms: this node\'s lease expired; disconnecting its members so they rejoin')
       this.registered = false
-      this.local.clear()
-      this.listener.reset()
+      for (const room of rooms) this.lose(room)
       await this.call('renew', this.config.nodeId, this.leaseMs, '0')
     }
     this.registered = true
   }
 
-  /** Redis is back after an outage: finish failed leaves, re-register members, notice lost rooms. */
+  /** A connection broke: say so once, and hold joins until recover() has run. */
+  private linkLost (): void {
+    if (!this.running || this.closed || this.down) return
+    this.down = true
+    this.config.log.warn({ nodeId: this.config.nodeId }, 'fastify-rooms: lost the link to Redis; publishes and joins answer UNAVAILABLE until it is back')
+  }
+
+  /** The subscriber connection broke: every room's messages meanwhile are missed, so each room resyncs. */
+  private subscriberBroke (): void {
+    if (!this.running || this.closed) return
+    this.subscriberBreaks++
+    this.subscriberLost = true
+    // Whatever comes after the break is fetched from history, from the last offset delivered.
+    for (const subscription of this.subscriptions.values()) {
+      subscription.held = []
+      subscription.gap = true
+    }
+    this.linkLost()
+  }
+
+  private maybeRecover (): void {
+    if (!this.down || this.closed || this.recovering !== undefined || !this.cmd.ready || !this.subLink.ready) return
+    this.recovering = this.recover().finally(() => { this.recovering = undefined })
+  }
+
+  /**
+   * Both connections are back: resubscribe, finish failed leaves, renew the
+   * lease, check every room against Redis (lost rooms' members rejoin, missed
+   * messages are replayed from history), re-register local members.
+   */
   private async recover (): Promise<void> {
-    this.wasDown = false
     try {
-      for (const [key, { room, connectionId }] of this.pendingLeaves) {
-        await this.call('leave', room, connectionId, this.config.nodeId, this.config.historyTtlMs)
+      const breaks = this.subscriberBreaks
+      if (this.subscriberLost) {
+        const channels = [...this.subscriptions.keys()].map((room) => this.roomChannel(room))
+        await this.subLink.call('subscribe', async () => await this.sub.subscribe(...this.nodeChannels(), ...channels))
+        if (this.subscriberBreaks === breaks) this.subscriberLost = false
+      }
+      // Sent together (one connection keeps their order), so thousands of members cost one round trip.
+      await Promise.all([...this.pendingLeaves].map(async ([key, { room, connectionId }]) => {
+        await this.call('leave', room, connectionId, this.config.nodeId)
         this.pendingLeaves.delete(key)
-      }
+      }))
       await this.renew()
-      const lost = new Set<string>()
-      for (const [room, subscription] of this.subscriptions) {
-        const epoch = await this.guard(this.redis.get(`${this.prefix}r:${room}:epoch`))
-        if (epoch !== subscription.epoch) lost.add(room)
-      }
-      for (const room of lost) this.listener.reset(room)
-      for (const { room, connectionId, member } of this.local.values()) {
-        if (!lost.has(room)) await this.call('join', room, connectionId, member.id, encodeMember(member), this.config.nodeId, Number.MAX_SAFE_INTEGER, newEpoch())
-      }
+      await this.resync(breaks)
+      await Promise.all([...this.local.values()].map(async ({ room, connectionId, member }) => {
+        await this.call('join', room, connectionId, member.id, encodeMember(member), this.config.nodeId, Number.MAX_SAFE_INTEGER, newEpoch())
+      }))
+      if (this.subscriberLost || !this.cmd.ready || !this.subLink.ready) return
+      this.down = false
+      this.config.log.warn({ nodeId: this.config.nodeId }, 'fastify-rooms: the link to Redis is back; rooms resynchronised')
     } catch (err) {
-      this.wasDown = true
-      this.config.log.debug({ err }, 'fastify-rooms: redis recovery will be retried')
+      const transient = err instanceof RoomsError && err.code === 'UNAVAILABLE'
+      this.config.log[transient ? 'debug' : 'error']({ err, nodeId: this.config.nodeId }, 'fastify-rooms: redis recovery failed; it is retried')
     }
   }
 
-  private async subscribe (room: string): Promise<void> {
+  /** Check each subscribed room against Redis: a changed epoch is a loss; a gap is filled from history, or the room's members rejoin. */
+  private async resync (breaks: number): Promise<void> {
+    // A room whose epoch is still unknown has no local member yet: its first join's reply tells.
+    for (const subscription of this.subscriptions.values()) if (subscription.epoch === undefined) subscription.gap = false
+    const rooms = [...this.subscriptions].filter(([, s]) => s.epoch !== undefined).map(([room]) => room)
+    if (rooms.length === 0) return
+    const state = await this.call('state', ...rooms) as Array<string | number>
+    // Every message published before the state was read is now in: the gap is exactly what did not come.
+    if (rooms.some((room) => this.subscriptions.get(room)?.gap === true)) await this.subLink.call('ping', async () => await this.sub.ping())
+    for (const [i, room] of rooms.entries()) {
+      // Broken again meanwhile: the next recovery starts over.
+      if (this.subscriberBreaks !== breaks) return
+      const subscription = this.subscriptions.get(room)
+      if (subscription?.epoch === undefined) continue
+      if (state[2 * i] !== subscription.epoch) {
+        this.lose(room)
+      } else if (subscription.gap) {
+        await this.fill(room, subscription, state[2 * i + 1] as number)
+      }
+    }
+  }
+
+  /** Deliver what a broken subscription missed, from history, then what it held back meanwhile. */
+  private async fill (room: string, subscription: Subscription, last: number): Promise<void> {
+    const epoch = subscription.epoch as string
+    const next = subscription.held?.find((m) => m.epoch === epoch)?.offset ?? last + 1
+    const missing = next - 1 - subscription.offset
+    if (missing > 0) {
+      const breaks = this.subscriberBreaks
+      const page = await this.history(room, subscription.offset, missing)
+      if (this.subscriptions.get(room) !== subscription || subscription.epoch !== epoch || this.subscriberBreaks !== breaks) return
+      const covered = page !== null && page.epoch === epoch && page.messages.length === missing && page.messages[0]?.offset === subscription.offset + 1
+      if (!covered) {
+        this.lose(room)
+        return
+      }
+      for (const message of page.messages) this.listener.message(room, message.offset, message.frame)
+      subscription.offset = next - 1
+    }
+    subscription.gap = false
+    this.flush(room, subscription)
+  }
+
+  /**
+   * The room's cluster state is not what this node's members joined (Redis
+   * lost it, or this node's lease was reaped): they are closed (1012) to
+   * rejoin and learn of the gap. Their subscription holds are released here,
+   * once, so a second report of the same loss finds nothing to do.
+   */
+  private lose (room: string): void {
+    const subscription = this.subscriptions.get(room)
+    if (subscription !== undefined) {
+      subscription.epoch = undefined
+      subscription.offset = 0
+      subscription.held = []
+      subscription.gap = false
+    }
+    // Only the members of the lost state: a connection joining the room's new state meanwhile stays.
+    const lost: string[] = []
+    for (const [key, entry] of this.local) {
+      if (entry.room !== room) continue
+      this.local.delete(key)
+      lost.push(entry.connectionId)
+      void this.release(room)
+      void this.forgetRemote(room, entry.connectionId).catch(() => {})
+    }
+    if (lost.length > 0) this.listener.reset(room, lost)
+  }
+
+  /** Remove a connection from a room in Redis, now or, while Redis is away, once it is back. */
+  private async forgetRemote (room: string, connectionId: string): Promise<void> {
+    try {
+      await this.call('leave', room, connectionId, this.config.nodeId)
+    } catch (err) {
+      if (!(err instanceof RoomsError && err.code === 'UNAVAILABLE')) throw err
+      this.pendingLeaves.set(connectionId + '\n' + room, { room, connectionId })
+    }
+  }
+
+  /** Joins wait for a recovery under way, and fail while the link is down. */
+  private async usable (): Promise<void> {
+    if (!this.down) return
+    if (this.recovering === undefined) throw unavailable()
+    await this.recovering
+    if (this.down) throw unavailable()
+  }
+
+  private async subscribe (room: string): Promise<Subscription> {
     let subscription = this.subscriptions.get(room)
     if (subscription === undefined) {
-      subscription = { holders: 0, epoch: undefined, ready: this.sub.subscribe(`${this.prefix}c:${room}`) }
+      const ready = this.subLink.call('subscribe', async () => await this.sub.subscribe(this.roomChannel(room)))
+      ready.catch(() => {})
+      subscription = { holders: 0, ready, epoch: undefined, offset: 0, held: [], gap: false }
       this.subscriptions.set(room, subscription)
     }
     subscription.holders++
     // Subscribed before the join is recorded, so no message after the join's offset can be missed.
     try {
-      await this.guard(subscription.ready)
+      await subscription.ready
     } catch (err) {
-      await this.unsubscribe(room)
+      void this.release(room)
       throw err
     }
+    return subscription
   }
 
-  private async unsubscribe (room: string): Promise<void> {
+  /**
+   * Drop one hold on a room's channel; the last one unsubscribes. This map is
+   * the truth: when the subscriber connection is down, the unsubscribe fails
+   * and the room is simply not resubscribed when it is back.
+   */
+  private async release (room: string): Promise<void> {
     const subscription = this.subscriptions.get(room)
     if (subscription === undefined || --subscription.holders > 0) return
     this.subscriptions.delete(room)
-    await this.sub.unsubscribe(`${this.prefix}c:${room}`).catch(() => {})
+    await this.subLink.call('unsubscribe', async () => await this.sub.unsubscribe(this.roomChannel(room))).catch(() => {})
+  }
+
+  /** Deliver the messages a subscription held back, unless it still waits for its epoch or a resync. */
+  private flush (room: string, subscription: Subscription): void {
+    const held = subscription.held
+    if (held === undefined || subscription.epoch === undefined || subscription.gap) return
+    subscription.held = undefined
+    for (const { offset, epoch, frame } of held) {
+      // Held while the epoch was unknown: messages of another epoch were not for these members.
+      if (epoch === subscription.epoch) this.deliver(room, subscription, offset, epoch, frame)
+    }
+  }
+
+  private deliver (room: string, subscription: Subscription, offset: number, epoch: string, frame: Buffer): void {
+    if (epoch !== subscription.epoch) {
+      // The room's history was lost (Redis flushed or restarted): its local members must rejoin.
+      this.lose(room)
+      return
+    }
+    if (offset <= subscription.offset) return
+    subscription.offset = offset
+    this.listener.message(room, offset, frame)
   }
 
   private onMessage (channelBytes: Buffer, message: Buffer): void {
@@ -398,25 +791,164 @@ export class RedisAdapter implements Adapter {
     if (channel.startsWith(`${this.prefix}c:`)) {
       const room = channel.slice(this.prefix.length + 2)
       if (kind === 109) { // 'm': m<offset>|<epoch>|<frame>
+        const subscription = this.subscriptions.get(room)
+        if (subscription === undefined) return
         const offset = Number(message.toString('latin1', 1, bar))
         const bar2 = message.indexOf(124, bar + 1)
         const epoch = message.toString('latin1', bar + 1, bar2)
-        const subscription = this.subscriptions.get(room)
-        if (subscription !== undefined && subscription.epoch !== undefined && subscription.epoch !== epoch) {
-          // The room's history was lost (Redis flushed): its local members must rejoin.
-          subscription.epoch = epoch
-          this.listener.reset(room)
-          return
-        }
-        this.listener.message(room, offset, message.subarray(bar2 + 1))
-      } else if (kind === 112) { // 'p': p<origin>|<frame>
-        this.listener.presence(room, message.toString('utf8', bar + 1), message.toString('latin1', 1, bar))
+        const frame = message.subarray(bar2 + 1)
+        if (subscription.held !== undefined) subscription.held.push({ offset, epoch, frame })
+        else this.deliver(room, subscription, offset, epoch, frame)
+      } else if (kind === 112) { // 'p': p<origin>|<presence seq>|<frame>
+        const bar2 = message.indexOf(124, bar + 1)
+        this.listener.presence(room, message.toString('utf8', bar2 + 1), message.toString('latin1', 1, bar), Number(message.toString('latin1', bar + 1, bar2)))
       }
     } else if (kind === 100) { // 'd': d<connection>|<frame>
       this.listener.direct(message.toString('latin1', 1, bar), message.toString('utf8', bar + 1))
     } else if (kind === 120 && message.toString('latin1', 1, bar) !== this.config.nodeId) { // 'x': x<origin>|<command>, done at the origin already
       this.listener.control(JSON.parse(message.toString('utf8', bar + 1)) as ControlCommand)
     }
+  }
+
+  private roomChannel (room: string): string {
+    return `${this.prefix}c:${room}`
+  }
+
+  /**
+   * The channels every node listens on whatever rooms it serves: its own
+   * (`d` direct frames and `x` commands for one of its connections), and
+   * `all` (`x` commands for a user, who may be on any node).
+   */
+  private nodeChannels (): string[] {
+    return [`${this.prefix}n:${this.config.nodeId}`, `${this.prefix}all`]
+  }
+}
+
+/** A call on a Link: settled by the link whatever becomes of the connection. */
+interface Call {
+  what: string
+  /** Send it; `again` when it was sent before (cut off in flight). */
+  issue: (again: boolean) => Promise<unknown>
+  resolve: (value: any) => void
+  reject: (err: Error) => void
+  /** Sent again after a cut rather than failed (the script applies it once whatever the number of sends). */
+  resend: boolean
+  /** When it was last sent (0: never). */
+  sentAt: number
+  /** For a call held after a cut: when it gives up. */
+  until?: number
+}
+
+/**
+ * One ioredis connection whose calls always settle. Left to itself, ioredis
+ * resends the commands in flight when a connection breaks, once it is back:
+ * a publish could be applied twice, and a promise could wait for as long as
+ * Redis is away. Here a call in flight at a break fails at once with
+ * UNAVAILABLE, except a `resend` call (a publish), which is sent again if the
+ * connection is back within RESEND_WITHIN_MS and fails after that. A call
+ * unanswered for `timeoutMs` breaks the connection the same way (a hung
+ * Redis, or a connection the network dropped without a word).
+ */
+class Link {
+  private readonly client: Redis
+  private readonly timeoutMs: number
+  private readonly failure: (err: unknown, what: string) => Error
+  /** In the order they were sent: the first is the oldest. */
+  private readonly inflight = new Set<Call>()
+  private held: Call[] = []
+  private timer: NodeJS.Timeout | undefined
+  private readonly watchdog: NodeJS.Timeout
+
+  constructor (client: Redis, timeoutMs: number, failure: (err: unknown, what: string) => Error, onLost: () => void, onReady: () => void) {
+    this.client = client
+    this.timeoutMs = timeoutMs
+    this.failure = failure
+    this.watchdog = setInterval(() => this.check(), Math.max(timeoutMs / 4, 5))
+    this.watchdog.unref()
+    client.on('close', () => {
+      this.cut()
+      onLost()
+    })
+    client.on('ready', () => {
+      this.resume()
+      onReady()
+    })
+  }
+
+  get ready (): boolean {
+    return this.client.status === 'ready'
+  }
+
+  async call<T> (what: string, issue: (again: boolean) => Promise<T>, resend = false): Promise<T> {
+    if (!this.ready) throw unavailable()
+    return await new Promise<T>((resolve, reject) => this.send({ what, issue, resolve, reject, resend, sentAt: 0 }))
+  }
+
+  /** Fail every call: the adapter is closing. */
+  close (): void {
+    clearInterval(this.watchdog)
+    clearTimeout(this.timer)
+    for (const call of [...this.inflight, ...this.held]) call.reject(unavailable())
+    this.inflight.clear()
+    this.held = []
+  }
+
+  private send (call: Call): void {
+    const again = call.sentAt !== 0
+    call.sentAt = Date.now()
+    this.inflight.add(call)
+    call.issue(again).then((value) => {
+      if (this.inflight.delete(call)) call.resolve(value)
+    }, (err: unknown) => {
+      if (this.inflight.delete(call)) call.reject(this.ready ? this.failure(err, call.what) : unavailable())
+    })
+  }
+
+  /** The connection broke: what was in flight may or may not have run. */
+  private cut (): void {
+    const now = Date.now()
+    for (const call of this.inflight) {
+      if (call.resend) {
+        call.until ??= now + RESEND_WITHIN_MS
+        this.held.push(call)
+      } else {
+        call.reject(unavailable())
+      }
+    }
+    this.inflight.clear()
+    this.expire()
+  }
+
+  /** The oldest call waited too long: settle what is in flight as for a break, and reconnect. */
+  private check (): void {
+    const oldest = this.inflight.values().next().value
+    if (oldest === undefined || Date.now() - oldest.sentAt < this.timeoutMs) return
+    this.cut()
+    // Ends the socket, destroys it if that does not finish; 'close' and a reconnection follow.
+    this.client.disconnect(true)
+  }
+
+  private resume (): void {
+    clearTimeout(this.timer)
+    this.timer = undefined
+    const held = this.held
+    this.held = []
+    for (const call of held) this.send(call)
+  }
+
+  /** Fail the held calls whose time is up; wake up for the next one. */
+  private expire (): void {
+    clearTimeout(this.timer)
+    this.timer = undefined
+    const now = Date.now()
+    this.held = this.held.filter((call) => {
+      if ((call.until as number) > now) return true
+      call.reject(new RoomsError('UNAVAILABLE', 'The message store became unreachable while publishing: the message may or may not have been published. Retry in a moment.'))
+      return false
+    })
+    if (this.held.length === 0) return
+    this.timer = setTimeout(() => this.expire(), Math.min(...this.held.map((call) => call.until as number)) - now)
+    this.timer.unref()
   }
 }
 
@@ -427,6 +959,17 @@ export function redisAdapter (options: RedisAdapterOptions): Adapter {
 
 function newEpoch (): string {
   return randomBytes(6).toString('base64url')
+}
+
+/** Whether a message's frame (offset and ts at their widest) fits in `bytes`, measuring it only when it might not. */
+function fits (room: string, message: EncodedPublish, bytes: number): boolean {
+  // `{"type":"message","room":"","data":,"offset":,"ts":}` and two 16-digit numbers.
+  const fixed = 52 + 32 + room.length
+  const from = message.from ?? ''
+  const extra = from === '' ? 0 : 8
+  // A UTF-16 unit is at most 3 bytes of UTF-8.
+  if (fixed + extra + 3 * (message.data.length + from.length) <= bytes) return true
+  return fixed + extra + Buffer.byteLength(message.data) + Buffer.byteLength(from) <= bytes
 }
 
 async function ready (client: Redis): Promise<void> {
@@ -444,7 +987,8 @@ function results (replies: Array<[Error | null, unknown]> | null): unknown[] {
   })
 }
 
-function isConnectionError (err: unknown): boolean {
+/** A lost connection, or a Redis that cannot answer for now (loading, busy script, failover). */
+function isTransient (err: unknown): boolean {
   const message = err instanceof Error ? err.message : ''
-  return /Connection is closed|Stream isn't writeable|ECONNREFUSED|ECONNRESET|max retries|EPIPE/i.test(message)
+  return /^(LOADING|BUSY|TRYAGAIN|MASTERDOWN|READONLY)\b|Connection is closed|Stream isn't writeable|ECONNREFUSED|ECONNRESET|max retries|EPIPE|Command aborted/i.test(message)
 }

@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process'
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { createServer } from 'node:net'
 import { once } from 'node:events'
 import { needs } from './needs.js'
@@ -24,12 +24,19 @@ export interface RedisServer {
   restart: () => Promise<void>
 }
 
+/** Redis 7 refuses DEBUG (the tests' way to hang it) unless told to allow it; older versions know no such option. */
+function debugFlags (): string[] {
+  const version = /v=(\d+)/.exec(execFileSync(REDIS_SERVER, ['--version']).toString())
+  return Number(version?.[1] ?? 0) >= 7 ? ['--enable-debug-command', 'local'] : []
+}
+
 /** Start a real redis-server on a free port for one test file; it is killed at teardown. */
 export async function startRedis (t: { teardown: (fn: () => unknown) => void }): Promise<RedisServer> {
   const port = await freePort()
+  const flags = debugFlags()
   let child: ChildProcess | undefined
   const launch = async (): Promise<void> => {
-    const proc = spawn(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: ['ignore', 'pipe', 'pipe'] })
+    const proc = spawn(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...flags], { stdio: ['ignore', 'pipe', 'pipe'] })
     child = proc
     let out = ''
     await new Promise<void>((resolve, reject) => {
@@ -50,4 +57,19 @@ export async function startRedis (t: { teardown: (fn: () => unknown) => void }):
   await launch()
   t.teardown(kill)
   return { port, url: `redis://127.0.0.1:${port}`, kill, restart: launch }
+}
+
+/**
+ * Ask Redis until its answer passes `done`; fail after `ms`. Only for states
+ * Redis reaches with no event to await: a key's own expiry, a channel's last
+ * subscriber gone after a connection closed.
+ */
+export async function eventually<T> (ask: () => Promise<T>, done: (value: T) => boolean, what: string, ms = 5_000): Promise<T> {
+  const deadline = Date.now() + ms
+  for (;;) {
+    const value = await ask()
+    if (done(value)) return value
+    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}; last answer: ${JSON.stringify(value)}`)
+    await new Promise((resolve) => setTimeout(resolve, 5))
+  }
 }

@@ -1,0 +1,227 @@
+import t, { type Test } from 'tap'
+import { Redis } from 'ioredis'
+import WebSocket from 'ws'
+import { redisAdapter, type RedisAdapterOptions, type RoomsOptions } from '../src/index.js'
+import { startApp, type Started } from './helpers/server.js'
+import { TestSocket } from './helpers/socket.js'
+import { eventually, skipRedis, startRedis, type RedisServer } from './helpers/redis.js'
+
+const named = { authenticate: (r: { headers: Record<string, unknown> }) => ({ id: String(r.headers['x-user']), name: String(r.headers['x-user']) }) }
+const as = (user: string): WebSocket.ClientOptions => ({ headers: { 'x-user': user } })
+
+/** Log lines of an app, with a wait for the first line that matches. */
+class LogSink {
+  readonly lines: Array<Record<string, any>> = []
+  private readonly waiters: Array<{ match: (line: Record<string, any>) => boolean, resolve: () => void }> = []
+  readonly stream = {
+    write: (text: string): void => {
+      const line = JSON.parse(text) as Record<string, any>
+      this.lines.push(line)
+      for (const waiter of [...this.waiters]) {
+        if (waiter.match(line)) {
+          this.waiters.splice(this.waiters.indexOf(waiter), 1)
+          waiter.resolve()
+        }
+      }
+    }
+  }
+
+  async next (match: (line: Record<string, any>) => boolean): Promise<void> {
+    await new Promise<void>((resolve) => this.waiters.push({ match, resolve }))
+  }
+
+  count (match: (line: Record<string, any>) => boolean): number {
+    return this.lines.filter(match).length
+  }
+}
+
+t.test('redis adapter under faults', { skip: skipRedis }, async (t) => {
+  const redis = await startRedis(t)
+  const inspect = new Redis(redis.url)
+  // Its reconnect attempts while a test has Redis down are expected: not unhandled errors.
+  inspect.on('error', () => {})
+  t.teardown(() => inspect.disconnect())
+  let prefixes = 0
+
+  async function cluster (t: Test, n: number, extra: RoomsOptions = {}, log?: LogSink, adapter: Partial<RedisAdapterOptions> = {}): Promise<{ nodes: Started[], prefix: string }> {
+    const prefix = `f${++prefixes}:`
+    const nodes: Started[] = []
+    for (let i = 0; i < n; i++) {
+      const serverOptions = log === undefined ? {} : { logger: { level: 'debug', stream: log.stream } }
+      nodes.push(await startApp(t, { ...named, maxFramesPerSecond: 1e6, frameBurst: 10_000, ...extra, adapter: redisAdapter({ url: redis.url, keyPrefix: prefix, leaseMs: 1000, ...adapter }) }, undefined, serverOptions))
+    }
+    return { nodes, prefix }
+  }
+
+  /** Wait until an instance can publish again (its command connection is back and ready). */
+  async function ready (node: Started): Promise<void> {
+    await eventually(async () => await node.app.rooms.broadcast('probe', 0).then(() => true, () => false), (ok) => ok, 'the instance publishes again')
+  }
+
+  /** The room's stream as [offset, data] pairs. */
+  async function stream (key: string): Promise<Array<[number, unknown]>> {
+    const entries = await inspect.xrange(key, '-', '+')
+    return entries.map(([id, fields]) => [Number(id.split('-')[0]), JSON.parse(fields[1] as string).data])
+  }
+
+  /** Wait until a member has the message at `offset`, then the offsets and data of every message it got. */
+  async function receivedUpTo (socket: TestSocket, offset: number): Promise<Array<[number, unknown]>> {
+    if (!socket.frames.some((f) => f.type === 'message' && f.offset === offset)) await socket.next((f) => f.type === 'message' && f.offset === offset, `message ${offset}`)
+    return socket.frames.filter((f) => f.type === 'message').map((f) => [f.offset, f.data])
+  }
+
+  t.test('a publish whose command connection is cut in flight is applied once and acked with its one offset', async (t) => {
+    const { nodes: [a, b], prefix } = await cluster(t, 2, { historySize: 100_000 }) as unknown as { nodes: [Started, Started], prefix: string }
+    const members = [await TestSocket.open(a.wsUrl, as('m0')), await TestSocket.open(b.wsUrl, as('m1'))]
+    t.teardown(() => Promise.all(members.map(async (m) => await m.close())))
+    for (const m of members) await m.join('cut')
+    const acked = new Map<number, number>()
+    const refused = new Map<number, string | undefined>()
+    let data = 0
+    for (let round = 0; round < 4; round++) {
+      // While every client is paused, the batch waits in Redis, then the kill behind it: on resume
+      // Redis runs the whole batch and then the kill, which drops the batch's replies unsent.
+      await inspect.call('CLIENT', 'PAUSE', '200', 'ALL')
+      const batch: Array<Promise<void>> = []
+      for (let i = 0; i < 500; i++) {
+        const value = data++
+        batch.push(a.app.rooms.broadcast('cut', value).then((offset) => { acked.set(value, offset) }, (err: { code?: string }) => { refused.set(value, err.code) }))
+      }
+      await inspect.call('CLIENT', 'KILL', 'TYPE', 'normal')
+      await Promise.all(batch)
+      await ready(a)
+    }
+    const entries = await stream(`${prefix}r:cut:hist`)
+    const last = Number(await inspect.get(`${prefix}r:cut:seq`))
+    t.ok(acked.size > 0, `${acked.size} acked, ${refused.size} refused`)
+    t.same(new Set(refused.values()), new Set(refused.size === 0 ? [] : ['UNAVAILABLE']), 'a publish the cut interrupted is refused as retryable')
+    t.same(entries.map(([offset]) => offset), Array.from({ length: last }, (_, i) => i + 1), 'offsets are contiguous in the stream')
+    t.equal(new Set(entries.map(([, d]) => d)).size, entries.length, 'no message holds two offsets')
+    const at = new Map(entries)
+    const misplaced = [...acked].filter(([value, offset]) => at.get(offset) !== value)
+    t.same(misplaced, [], 'every acked message is in history at its acked offset')
+    for (const member of members) t.same(await receivedUpTo(member, last), entries, 'every member got every stored message once, in order')
+  })
+
+  t.test('Redis hung mid-publish (DEBUG SLEEP): every call settles, and each publish is applied once', async (t) => {
+    const log = new LogSink()
+    // A lease longer than the hang, so nobody is reaped meanwhile.
+    const { nodes: [a, b], prefix } = await cluster(t, 2, { historySize: 100_000 }, log, { leaseMs: 10_000, commandTimeoutMs: 300 }) as unknown as { nodes: [Started, Started], prefix: string }
+    const members = [await TestSocket.open(a.wsUrl, as('m0')), await TestSocket.open(b.wsUrl, as('m1'))]
+    t.teardown(() => Promise.all(members.map(async (m) => await m.close())))
+    for (const m of members) await m.join('hung')
+    // Paused, Redis queues the sleep, then the batch behind it: the batch runs only after a
+    // 1 s sleep, long after the instance gave up on the connection (300 ms) and closed it.
+    await inspect.call('CLIENT', 'PAUSE', '100', 'ALL')
+    const asleep = inspect.call('DEBUG', 'SLEEP', '1')
+    const acked = new Map<number, number>()
+    const refused = new Map<number, string | undefined>()
+    const batch: Array<Promise<void>> = []
+    for (let value = 0; value < 300; value++) {
+      batch.push(a.app.rooms.broadcast('hung', value).then((offset) => { acked.set(value, offset) }, (err: { code?: string }) => { refused.set(value, err.code) }))
+    }
+    await Promise.all(batch)
+    await asleep
+    t.ok(log.lines.some((l) => l.level === 40 && /lost the link/.test(l.msg)), 'the instance gave up on the hung connection')
+    await ready(a)
+    const entries = await stream(`${prefix}r:hung:hist`)
+    const last = Number(await inspect.get(`${prefix}r:hung:seq`))
+    t.ok(acked.size > 0, `${acked.size} acked, ${refused.size} refused`)
+    t.same(new Set(refused.values()), new Set(refused.size === 0 ? [] : ['UNAVAILABLE']), 'a publish that could not be confirmed is refused as retryable')
+    t.same(entries.map(([offset]) => offset), Array.from({ length: last }, (_, i) => i + 1), 'offsets are contiguous in the stream')
+    t.equal(new Set(entries.map(([, d]) => d)).size, entries.length, 'no message holds two offsets')
+    const at = new Map(entries)
+    t.same([...acked].filter(([value, offset]) => at.get(offset) !== value), [], 'every acked message is in history at its acked offset')
+    for (const member of members) t.same(await receivedUpTo(member, last), entries, 'every member got every stored message once, in order')
+  })
+
+  t.test('the subscriber connection cut while messages flow: every member still gets every offset once, in order', async (t) => {
+    const { nodes: [a, b] } = await cluster(t, 2, { historySize: 100_000 }) as unknown as { nodes: [Started, Started] }
+    const members = [await TestSocket.open(a.wsUrl, as('m0')), await TestSocket.open(b.wsUrl, as('m1'))]
+    t.teardown(() => Promise.all(members.map(async (m) => await m.close())))
+    for (const m of members) await m.join('subcut')
+    const offsets: Array<Promise<number>> = []
+    for (let i = 0; i < 1000; i++) offsets.push(a.app.rooms.broadcast('subcut', i))
+    const kill = inspect.call('CLIENT', 'KILL', 'TYPE', 'pubsub')
+    // Published while the instances' subscriptions are gone or coming back.
+    for (let i = 1000; i < 3000; i++) offsets.push(b.app.rooms.broadcast('subcut', i))
+    await kill
+    const last = Math.max(...await Promise.all(offsets))
+    t.equal(last, 3000)
+    for (const member of members) {
+      const got = await receivedUpTo(member, last)
+      t.same(got.map(([offset]) => offset), Array.from({ length: last }, (_, i) => i + 1), 'each offset once, in order')
+      t.equal(member.closedWith, undefined, 'history filled the gap: nobody had to rejoin')
+    }
+  })
+
+  t.test('the subscriber connection cut with no history to fill the gap: members rejoin (1012) rather than silently miss messages', async (t) => {
+    const { nodes: [a, b] } = await cluster(t, 2, { historySize: 0 }) as unknown as { nodes: [Started, Started] }
+    const members = [await TestSocket.open(a.wsUrl, as('m0')), await TestSocket.open(b.wsUrl, as('m1'))]
+    t.teardown(() => Promise.all(members.map(async (m) => await m.close())))
+    for (const m of members) await m.join('nohist')
+    const offsets: Array<Promise<number>> = []
+    for (let i = 0; i < 500; i++) offsets.push(a.app.rooms.broadcast('nohist', i))
+    const kill = inspect.call('CLIENT', 'KILL', 'TYPE', 'pubsub')
+    for (let i = 500; i < 3000; i++) offsets.push(b.app.rooms.broadcast('nohist', i))
+    await kill
+    await Promise.all(offsets)
+    for (const member of members) {
+      const all = await receivedUpTo(member, 3000).then(() => true, () => false)
+      const got = member.frames.filter((f) => f.type === 'message').map((f) => f.offset)
+      t.same(got, Array.from({ length: got.length }, (_, i) => i + 1), 'what it got is every offset from the first, in order')
+      t.ok(all || member.closedWith?.code === 1012, `it got every message, or was closed with 1012 to rejoin and learn of the gap (closed: ${JSON.stringify(member.closedWith)})`)
+    }
+  })
+
+  t.test('a join cut off in flight answers UNAVAILABLE and leaves no member behind', async (t) => {
+    const { nodes: [a, b] } = await cluster(t, 2) as unknown as { nodes: [Started, Started] }
+    const watcher = await TestSocket.open(b.wsUrl, as('watcher'))
+    const anchor = await TestSocket.open(a.wsUrl, as('anchor'))
+    const ada = await TestSocket.open(a.wsUrl, as('ada'))
+    t.teardown(() => Promise.all([watcher.close(), anchor.close(), ada.close()]))
+    await watcher.join('cutjoin')
+    // The instance is already subscribed to the room, so ada's join goes straight to the script.
+    await anchor.join('cutjoin')
+    await inspect.call('CLIENT', 'PAUSE', '200', 'ALL')
+    const joined = ada.join('cutjoin')
+    // Answered after the instance handled ada's frame (frames are handled in arrival order), so the kill follows the join.
+    await anchor.sync()
+    await inspect.call('CLIENT', 'KILL', 'TYPE', 'normal')
+    t.match(await joined, { type: 'error', code: 'UNAVAILABLE' })
+    await ready(a)
+    await ready(b)
+    await eventually(async () => (await b.app.rooms.get('cutjoin'))?.members.map((m) => m.id).sort(), (ids) => JSON.stringify(ids) === '["anchor","watcher"]', 'only the members who joined are in the room')
+    const retried = await ada.join('cutjoin')
+    t.same(retried.members.map((m: { id: string }) => m.id).sort(), ['ada', 'anchor', 'watcher'], 'the retried join works')
+  })
+
+  t.test('a publish cut off in flight settles with UNAVAILABLE when Redis does not come back in time', async (t) => {
+    const { nodes: [a] } = await cluster(t, 1) as unknown as { nodes: [Started] }
+    await inspect.call('CLIENT', 'PAUSE', '1000', 'ALL')
+    const outcome = a.app.rooms.broadcast('held', 1).then((offset) => ({ offset }), (err: Error) => err)
+    await redis.kill()
+    t.match(await outcome, { code: 'UNAVAILABLE', message: /may or may not have been published/ })
+    await redis.restart()
+    await ready(a)
+  })
+
+  t.test('an outage is logged at warn once when the link is lost and once when it is back, with the node id', async (t) => {
+    const log = new LogSink()
+    await cluster(t, 1, {}, log)
+    const isRetry = (l: Record<string, any>): boolean => l.level === 20 && /redis/.test(l.msg)
+    const retries = log.next(() => log.count(isRetry) >= 3)
+    await redis.kill()
+    await retries
+    const restored = log.next((l) => l.level === 40 && /back/.test(l.msg))
+    await redis.restart()
+    await restored
+    const warnings = log.lines.filter((l) => l.level >= 40)
+    t.match(warnings, [
+      { level: 40, nodeId: /^[0-9a-f]+$/, msg: /lost the link to Redis/ },
+      { level: 40, nodeId: /^[0-9a-f]+$/, msg: /back/ }
+    ], 'one line when the link is lost, one when it is back, however many retries between')
+    t.equal(warnings.length, 2)
+    t.ok(log.count(isRetry) >= 3, 'each retry is only a debug line')
+  })
+})
