@@ -14,7 +14,7 @@ export interface CloseInfo {
   code: number
   /** The close reason: the server's sentence, or the client's own when `byClient`. */
   reason: string
-  /** True when this client ended the connection itself (`close()`, `reconnect()`, a silent server, no `welcome` in time). */
+  /** True when this client ended the connection itself (`close()`, `reconnect()`, a silent server, no `welcome` in time, `getToken` failed). */
   byClient: boolean
 }
 
@@ -22,7 +22,7 @@ export interface CloseInfo {
 export class RoomsClientError extends Error {
   readonly code: ClientErrorCode
   readonly room: string | undefined
-  /** For `CONNECT_FAILED`, `DISCONNECTED` and `CLOSED`: how the connection ended, when it did. */
+  /** For `CONNECT_FAILED`, `UNAUTHORIZED`, `DISCONNECTED` and `CLOSED`: how the connection ended, when it did. */
   readonly close: CloseInfo | undefined
 
   constructor (code: ClientErrorCode, message: string, room?: string, close?: CloseInfo) {

@@ -1,14 +1,15 @@
 import type {
-  ErrorFrame, JoinedFrame, Member, MessageFrame, Position, PresenceFrame, RequestId, ServerFrame, WelcomeFrame
+  AuthenticatedFrame, ErrorFrame, JoinedFrame, Member, MessageFrame, Position, PresenceFrame, RequestId, ServerFrame, WelcomeFrame
 } from '../protocol.js'
 import type { ErrorCode } from '../errors.js'
+import { fetchToken, refreshDelay, tokenFailure, type GetToken, type TokenCause } from './auth.js'
 import { Emitter } from './emitter.js'
 import { RoomsClientError, type ClientErrorCode, type CloseInfo } from './errors.js'
 import { Room, type Gap, type LeftInfo, type RoomEvents, type RoomMessage, type RoomOwner, type RoomStatus } from './room.js'
 
-export type { Member, MessageFrame, PresenceFrame, WelcomeFrame, ErrorCode }
+export type { AuthenticatedFrame, Member, MessageFrame, PresenceFrame, WelcomeFrame, ErrorCode }
 export { Room, RoomsClientError }
-export type { ClientErrorCode, CloseInfo, Gap, LeftInfo, RoomEvents, RoomMessage, RoomStatus }
+export type { ClientErrorCode, CloseInfo, Gap, GetToken, LeftInfo, RoomEvents, RoomMessage, RoomStatus, TokenCause }
 
 /** The part of the WebSocket API the client uses: the browser's and `ws` both have it. */
 export interface WebSocketLike {
@@ -39,6 +40,14 @@ export interface ClientOptions {
   WebSocket?: WebSocketConstructor
   /** Display name for anonymous connections (the `name` query parameter). */
   name?: string
+  /**
+   * Authenticate in band with a token (for a server with `verifyToken`):
+   * called before every connection attempt and ahead of `expiresAt` to
+   * refresh in place; the token goes in the first frame, never in the URL.
+   * After a 4001 close it is called once more for a retry; a second 4001 (or
+   * a throw then) closes the client with `UNAUTHORIZED`.
+   */
+  getToken?: GetToken
   /** Reconnect with exponential backoff and full jitter (default on); `false` to turn off. */
   reconnect?: ReconnectOptions | false
   /**
@@ -87,6 +96,8 @@ export type StateChange =
 type ClientEvents = {
   state: (state: StateChange['state'], change: StateChange) => void
   welcome: (welcome: WelcomeFrame) => void
+  /** The server accepted a refreshed token; the connection stays as it was. */
+  authenticated: (frame: AuthenticatedFrame) => void
   direct: (data: unknown, from: Member | undefined) => void
   /** Errors no call awaits: an `error` frame that answered no request, or a refused rejoin. */
   error: (error: RoomsClientError) => void
@@ -128,8 +139,10 @@ interface FirstJoin<TData> extends Waiting<Room<TData>> {
 const OPEN = 1
 /** setTimeout's largest delay; longer ones fire at once. */
 const MAX_TIMEOUT = 2 ** 31 - 1
-/** The server said go away (4003) or that the credentials are not good (4001): retrying would not help. */
-const TERMINAL_CLOSE_CODES = new Set([4001, 4003])
+/** The server refused the credentials: no, bad or expired token. */
+const UNAUTHORIZED_CLOSE = 4001
+/** The server disconnected this client on purpose: reconnecting would defy it. */
+const DISCONNECTED_CLOSE = 4003
 
 /**
  * The fastify-rooms client for browsers and Node. Create it with
@@ -144,8 +157,11 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
   heartbeatMs = 25_000
   /** How the latest connection ended (undefined until one did). */
   lastClose: CloseInfo | undefined
+  /** When this connection's token expires (epoch ms, the server's clock), from `welcome` or the latest refresh. */
+  expiresAt: number | undefined
   private readonly url: string
   private readonly WebSocketImpl: WebSocketConstructor
+  private readonly getToken: GetToken | undefined
   private readonly reconnectOptions: Required<ReconnectOptions> | false
   private readonly requestTimeoutMs: number
   private readonly maxQueue: number
@@ -161,6 +177,11 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
   private retryTimer: ReturnType<typeof setTimeout> | undefined
   private welcomeTimer: ReturnType<typeof setTimeout> | undefined
   private watchdog: ReturnType<typeof setInterval> | undefined
+  private refreshTimer: ReturnType<typeof setTimeout> | undefined
+  /** The connection attempt waiting for `getToken`; replaced or cleared when that attempt is given up. */
+  private tokenWait: object | undefined
+  /** Set after a 4001: this attempt is the one retry with a fresh token. Cleared by `welcome`. */
+  private authRetry = false
   private lastSeen = 0
   private readonly ready: Promise<void>
   private settleReady: { resolve: () => void, reject: (e: RoomsClientError) => void } | undefined
@@ -168,9 +189,10 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
 
   /**
    * Open a connection and resolve once the server's `welcome` arrived. The
-   * first attempt must succeed (so a wrong URL or refused credentials fail
-   * fast with `CONNECT_FAILED`, a server that never answers with `TIMEOUT`);
-   * after that the client reconnects on its own.
+   * first attempt must succeed (so a wrong URL fails fast with
+   * `CONNECT_FAILED`, refused credentials with `UNAUTHORIZED`, a server that
+   * never answers with `TIMEOUT`); only a 4001 with `getToken` is retried
+   * once. After that the client reconnects on its own.
    */
   static async connect<TData = unknown> (url: string, options: ClientOptions = {}): Promise<RoomsClient<TData>> {
     const client = new RoomsClient<TData>(url, options)
@@ -186,7 +208,11 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
     if (typeof timeout !== 'number' || !(timeout > 0 && timeout <= MAX_TIMEOUT)) {
       throw new TypeError(`requestTimeoutMs must be a number of ms above 0 and at most ${MAX_TIMEOUT}, got ${String(timeout)}.`)
     }
+    if (options.getToken !== undefined && typeof options.getToken !== 'function') {
+      throw new TypeError(`getToken must be a function returning the token (or a promise of it), got ${typeof options.getToken}.`)
+    }
     this.WebSocketImpl = WebSocketImpl
+    this.getToken = options.getToken
     this.requestTimeoutMs = timeout
     this.url = options.name === undefined ? url : withQuery(url, 'name', options.name)
     this.reconnectOptions = options.reconnect === false
@@ -204,7 +230,7 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
         return
       }
     }
-    this.open()
+    this.open('connect')
   }
 
   /** The handle of a room this client is in (or joining). */
@@ -247,11 +273,12 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
     this.assertNotClosed()
     clearTimeout(this.retryTimer)
     this.attempts = 0
+    this.authRetry = false
     this.dropSocket()
     const info = { code: 1000, reason: 'reconnect() was called', byClient: true }
     this.lastClose = info
     this.setState('reconnecting', { ...info, attempt: 0, delayMs: 0 })
-    this.open()
+    this.open('reconnect')
   }
 
   /** Close for good: no reconnect; pending calls and queued publishes reject with `CLOSED`. */
@@ -299,7 +326,31 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
     }
   }
 
-  private open (): void {
+  /**
+   * One connection attempt, `welcome` due within the request timeout: with
+   * `getToken`, the token first, so no server slot waits on the app.
+   */
+  private open (cause: TokenCause): void {
+    this.welcomeTimer = setTimeout(() => this.onWelcomeTimeout(), this.requestTimeoutMs)
+    const getToken = this.getToken
+    if (getToken === undefined) {
+      this.openSocket(undefined)
+      return
+    }
+    const wait = {}
+    this.tokenWait = wait
+    fetchToken(getToken, cause).then((token) => {
+      if (this.tokenWait !== wait) return
+      this.tokenWait = undefined
+      this.openSocket(token)
+    }, (err: unknown) => {
+      if (this.tokenWait !== wait) return
+      this.tokenWait = undefined
+      this.onTokenFailed(tokenFailure(err))
+    })
+  }
+
+  private openSocket (token: string | undefined): void {
     let socket: WebSocketLike
     try {
       socket = new this.WebSocketImpl(this.url)
@@ -308,11 +359,13 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
       return
     }
     this.socket = socket
+    // The token's only way to the server: the first frame, never the URL (which ends up in logs).
+    if (token !== undefined) socket.onopen = () => { if (this.socket === socket) socket.send(JSON.stringify({ type: 'auth', token })) }
     socket.onmessage = (event: { data: unknown }) => { if (this.socket === socket) this.onFrame(event.data) }
+    // The browser's CloseEvent and ws's both carry the server's code and reason.
     socket.onclose = (event: { code: number, reason: string }) => this.onSocketClosed(socket, event.code, event.reason, false)
     // Kept after dropSocket: ws emits 'error' when a connecting socket is closed, and an unhandled one would throw.
     socket.onerror = () => {}
-    this.welcomeTimer = setTimeout(() => this.onWelcomeTimeout(), this.requestTimeoutMs)
   }
 
   private onFrame (raw: unknown): void {
@@ -358,8 +411,10 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
     this.user = frame.user
     this.heartbeatMs = frame.heartbeatMs
     this.attempts = 0
+    this.authRetry = false
     this.state = 'open'
     this.startWatchdog()
+    this.scheduleRefresh(frame.expiresAt)
     // Rejoins and queued publishes go out before the app hears of `open`, so
     // that anything it sends then follows them; the server handles a
     // connection's frames in order, so the publishes follow the joins.
@@ -466,7 +521,37 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
       request.reject(error)
       return
     }
+    // A 4001 close with the same sentence follows, and is told through `state`.
+    if (frame.code === 'UNAUTHORIZED') return
     this.emit('error', error)
+  }
+
+  /** Refresh the token in place ahead of `expiresAt`, so the server never closes for expiry. */
+  private scheduleRefresh (expiresAt: number | undefined): void {
+    clearTimeout(this.refreshTimer)
+    this.refreshTimer = undefined
+    this.expiresAt = expiresAt
+    if (expiresAt === undefined || this.getToken === undefined) return
+    const delay = refreshDelay(expiresAt, Date.now())
+    if (delay === undefined) return
+    const socket = this.socket
+    this.refreshTimer = delay > MAX_TIMEOUT
+      ? setTimeout(() => this.scheduleRefresh(expiresAt), MAX_TIMEOUT)
+      : setTimeout(() => { this.refresh(socket).catch(() => {}) }, delay)
+  }
+
+  /**
+   * A failure changes nothing here: the server closes with 4001 (at once when
+   * it refused the token, at `expiresAt` when none came), and the 4001 retry
+   * takes over.
+   */
+  private async refresh (socket: WebSocketLike | undefined): Promise<void> {
+    const token = await fetchToken(this.getToken as GetToken, 'refresh')
+    if (this.socket !== socket || this.state !== 'open') return
+    const reply = await this.request({ type: 'auth', token }, undefined) as AuthenticatedFrame
+    if (this.socket !== socket) return
+    this.scheduleRefresh(reply.expiresAt)
+    this.emit('authenticated', reply)
   }
 
   private settle (id: RequestId | undefined, frame: ServerFrame): void {
@@ -505,35 +590,95 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
   private onSocketClosed (socket: WebSocketLike | undefined, code: number, reason: string, byClient: boolean): void {
     if (socket !== undefined && this.socket !== socket) return
     this.socket = undefined
+    this.tokenWait = undefined
     clearInterval(this.watchdog)
     clearTimeout(this.welcomeTimer)
+    clearTimeout(this.refreshTimer)
     const info: CloseInfo = { code, reason, byClient }
     this.lastClose = info
-    const shown = `close code ${code}${reason === '' ? '' : `: ${reason}`}`
+    const shown = showClose(info)
     this.failRequests(new RoomsClientError('DISCONNECTED', `The connection dropped (${shown}) before the reply came: the request may or may not have been applied.`, undefined, info))
     if (this.state === 'closed') return
-    if (this.settleReady !== undefined && this.connectionId === '') {
-      // The very first attempt failed: report it rather than retry a wrong URL or refused credentials forever.
+    if (code === UNAUTHORIZED_CLOSE && !byClient) {
+      this.onUnauthorized(info)
+      return
+    }
+    if (code === DISCONNECTED_CLOSE && !byClient) {
+      this.shutdown(info, new RoomsClientError('CLOSED', `The server disconnected this client (${shown}); it does not reconnect.`, undefined, info))
+      return
+    }
+    if (this.connecting()) {
+      // The very first attempt failed: report it rather than retry a wrong URL forever.
       this.shutdown(info, new RoomsClientError('CONNECT_FAILED', `Could not connect to ${this.url} (${shown}).`, undefined, info))
       return
     }
+    this.retry(info)
+  }
+
+  /**
+   * The server refused the credentials (4001). With `getToken`, try once
+   * more with a fresh token, at once; refused again before any `welcome`,
+   * stop: a loop of refused attempts would only hammer the server.
+   */
+  private onUnauthorized (info: CloseInfo): void {
+    const connecting = this.connecting()
+    if (this.getToken === undefined || this.authRetry || (!connecting && this.reconnectOptions === false)) {
+      const again = this.authRetry ? ', also with a fresh token from getToken' : ''
+      this.shutdown(info, new RoomsClientError('UNAUTHORIZED', `The server refused the credentials${again} (${showClose(info)}).`, undefined, info))
+      return
+    }
+    this.authRetry = true
+    if (!connecting) this.setState('reconnecting', { ...info, attempt: ++this.attempts, delayMs: 0 })
+    this.open('unauthorized')
+  }
+
+  /**
+   * `getToken` failed. On the first connection or the retry after a 4001
+   * there is nothing left to try; on other reconnects it may be passing (the
+   * network is down), so it counts as a failed attempt.
+   */
+  private onTokenFailed (failure: string): void {
+    clearTimeout(this.welcomeTimer)
+    if (this.authRetry || this.connecting()) {
+      // After a 4001, the server's close is what the app shows; the failure is in the message.
+      const refused = this.authRetry && this.lastClose?.code === UNAUTHORIZED_CLOSE ? this.lastClose : undefined
+      const info = refused ?? { code: UNAUTHORIZED_CLOSE, reason: failure, byClient: true }
+      const message = refused === undefined ? `${failure}.` : `${failure}, after the server refused the credentials (${showClose(refused)}).`
+      this.shutdown(info, new RoomsClientError('UNAUTHORIZED', message, undefined, info))
+      return
+    }
+    const info = { code: UNAUTHORIZED_CLOSE, reason: failure, byClient: true }
+    this.lastClose = info
+    this.retry(info)
+  }
+
+  /** Reconnect after a backoff, or close once reconnecting is off or used up. */
+  private retry (info: CloseInfo): void {
     const options = this.reconnectOptions
-    if (options === false || this.attempts >= options.maxAttempts || TERMINAL_CLOSE_CODES.has(code)) {
-      this.shutdown(info, new RoomsClientError('CLOSED', `The connection ended (${shown}) and the client does not reconnect.`, undefined, info))
+    if (options === false || this.attempts >= options.maxAttempts) {
+      this.shutdown(info, new RoomsClientError('CLOSED', `The connection ended (${showClose(info)}) and the client does not reconnect.`, undefined, info))
       return
     }
     const ceiling = Math.min(options.maxDelayMs, options.initialDelayMs * 2 ** this.attempts)
     this.attempts++
     const delayMs = Math.random() * ceiling
     this.setState('reconnecting', { ...info, attempt: this.attempts, delayMs })
-    this.retryTimer = setTimeout(() => this.open(), delayMs)
+    this.retryTimer = setTimeout(() => this.open('reconnect'), delayMs)
+  }
+
+  /** True until the first `welcome`: `connect()` is still waiting. */
+  private connecting (): boolean {
+    return this.settleReady !== undefined && this.connectionId === ''
   }
 
   private onWelcomeTimeout (): void {
-    const reason = `No welcome from the server within ${this.requestTimeoutMs} ms`
-    if (this.settleReady !== undefined && this.connectionId === '') {
+    const reason = this.tokenWait === undefined
+      ? `No welcome from the server within ${this.requestTimeoutMs} ms`
+      : `getToken did not return a token within ${this.requestTimeoutMs} ms`
+    if (this.connecting()) {
       const info = { code: 1006, reason, byClient: true }
-      this.shutdown(info, new RoomsClientError('TIMEOUT', `${reason} at ${this.url}: check the URL and that the server is up.`, undefined, info))
+      const hint = this.tokenWait === undefined ? ` at ${this.url}: check the URL and that the server is up` : ''
+      this.shutdown(info, new RoomsClientError('TIMEOUT', `${reason}${hint}.`, undefined, info))
       return
     }
     this.abandonSocket(reason)
@@ -586,8 +731,10 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
   private dropSocket (): void {
     const socket = this.socket
     this.socket = undefined
+    this.tokenWait = undefined
     clearInterval(this.watchdog)
     clearTimeout(this.welcomeTimer)
+    clearTimeout(this.refreshTimer)
     if (socket === undefined) return
     socket.onmessage = null
     socket.onclose = null
@@ -618,6 +765,10 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
 /** Shorthand for `RoomsClient.connect`. */
 export async function connect<TData = unknown> (url: string, options?: ClientOptions): Promise<RoomsClient<TData>> {
   return await RoomsClient.connect<TData>(url, options)
+}
+
+function showClose ({ code, reason }: CloseInfo): string {
+  return `close code ${code}${reason === '' ? '' : `: ${reason}`}`
 }
 
 function withQuery (url: string, key: string, value: string): string {
