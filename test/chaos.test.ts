@@ -166,7 +166,7 @@ t.test(`chaos on three Redis-backed instances (seed ${SEED})`, { skip: skipRedis
   const nodes: Array<{ child: ChildProcess, port: number, up: boolean }> = []
   for (let i = 0; i < 3; i++) {
     const child = spawn(process.execPath, ['--import=tsx', 'test/fixtures/node.ts'], {
-      env: { ...process.env, REDIS_URL: redis.url, LEASE_MS: '2000', HISTORY_SIZE: String(TOTAL), RATE: '10000' },
+      env: { ...process.env, REDIS_URL: redis.url, LEASE_MS: '2000', HISTORY_SIZE: String(TOTAL), RATE: '10000', BURST: '10000' },
       stdio: ['ignore', 'pipe', 'inherit']
     })
     t.teardown(() => { child.kill('SIGKILL') })

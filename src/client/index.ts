@@ -143,6 +143,10 @@ const MAX_TIMEOUT = 2 ** 31 - 1
 const UNAUTHORIZED_CLOSE = 4001
 /** The server disconnected this client on purpose: reconnecting would defy it. */
 const DISCONNECTED_CLOSE = 4003
+/** Backoff of the reconnects, and of rejoins refused for a passing reason (used for those even with `reconnect: false`). */
+const DEFAULT_BACKOFF = { initialDelayMs: 500, maxDelayMs: 10_000 }
+/** Refusals of a rejoin that pass by themselves: the room is kept and joined again later. */
+const PASSING: ReadonlySet<string> = new Set(['UNAVAILABLE', 'RATE_LIMITED'])
 
 /**
  * The fastify-rooms client for browsers and Node. Create it with
@@ -168,6 +172,8 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
   private socket: WebSocketLike | undefined
   private readonly rooms = new Map<string, Room<TData>>()
   private readonly joining = new Map<Room<TData>, FirstJoin<TData>>()
+  /** Rejoins refused for a passing reason, tried again: attempts so far and the timer of the next one. */
+  private readonly rejoins = new Map<Room<TData>, { attempts: number, timer: ReturnType<typeof setTimeout> | undefined }>()
   /** New handles holding the messages that came with their first `joined`. */
   private readonly holding = new Set<Room<TData>>()
   private readonly requests = new Map<number, Request>()
@@ -217,7 +223,7 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
     this.url = options.name === undefined ? url : withQuery(url, 'name', options.name)
     this.reconnectOptions = options.reconnect === false
       ? false
-      : { initialDelayMs: 500, maxDelayMs: 10_000, maxAttempts: Infinity, ...options.reconnect }
+      : { ...DEFAULT_BACKOFF, maxAttempts: Infinity, ...options.reconnect }
     this.maxQueue = options.maxQueue ?? 1000
     this.ready = new Promise((resolve, reject) => { this.settleReady = { resolve, reject } })
     const signal = options.signal
@@ -294,20 +300,33 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
     }
     const frame = { type: 'publish' as const, room: room.name, data }
     const deadline = Date.now() + this.requestTimeoutMs
-    if (this.state === 'open') {
-      const ack = await this.request(frame, room.name, deadline)
-      return ack.offset as number
-    }
-    if (this.queue.length >= this.maxQueue) {
+    const ready = this.state === 'open' && !this.rejoins.has(room)
+    if (!ready && this.queue.length >= this.maxQueue) {
       throw new RoomsClientError('QUEUE_FULL', `${this.maxQueue} publishes are already waiting for the connection: retry later.`, room.name)
     }
     return await new Promise((resolve, reject) => {
       const item: Queued = { frame, handle: room, resolve, reject, deadline, timer: undefined }
-      item.timer = setTimeout(() => {
-        this.queue.splice(this.queue.indexOf(item), 1)
-        reject(this.notSent('publish', room.name))
-      }, this.requestTimeoutMs)
-      this.queue.push(item)
+      if (ready) this.sendQueued(item)
+      else this.enqueue(item)
+    })
+  }
+
+  /** Hold a publish until the connection, or its room's rejoin, is back; it fails unsent at its deadline. */
+  private enqueue (item: Queued): void {
+    item.timer = setTimeout(() => {
+      this.queue.splice(this.queue.indexOf(item), 1)
+      item.reject(this.notSent('publish', item.frame.room))
+    }, Math.max(0, item.deadline - Date.now()))
+    this.queue.push(item)
+  }
+
+  private sendQueued (item: Queued): void {
+    clearTimeout(item.timer)
+    this.request(item.frame, item.frame.room, item.deadline).then((ack) => item.resolve(ack.offset as number), (err: RoomsClientError) => {
+      // The room's rejoin, just before it, was refused for a passing reason:
+      // this publish was not applied, and waits for the rejoin to succeed.
+      if (err.code === 'NOT_IN_ROOM' && this.rejoins.has(item.handle) && this.rooms.get(item.handle.name) === item.handle) this.enqueue(item)
+      else item.reject(err)
     })
   }
 
@@ -418,11 +437,9 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
     // Rejoins and queued publishes go out before the app hears of `open`, so
     // that anything it sends then follows them; the server handles a
     // connection's frames in order, so the publishes follow the joins.
+    for (const room of [...this.rejoins.keys()]) this.forgetRejoin(room)
     for (const room of this.rooms.values()) this.sendJoin(room)
-    for (const item of this.queue.splice(0)) {
-      clearTimeout(item.timer)
-      this.request(item.frame, item.frame.room, item.deadline).then((ack) => item.resolve(ack.offset as number), item.reject)
-    }
+    for (const item of this.queue.splice(0)) this.sendQueued(item)
     this.emit('state', 'open', { state: 'open', welcome: frame })
     this.emit('welcome', frame)
     this.settleReady?.resolve()
@@ -457,6 +474,11 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
       this.abandonSocket(`No reply to the rejoin of room "${room.name}" within ${this.requestTimeoutMs} ms`)
       return
     }
+    if (first === undefined && PASSING.has(err.code)) {
+      // A store outage or a rate limit passes: the room stays and the rejoin is tried again.
+      this.retryRejoin(room)
+      return
+    }
     if (err.code === 'TIMEOUT' && this.state === 'open') {
       // The join may still be applied: undo it so that the server does not keep a member nobody reads.
       this.request({ type: 'leave', room: room.name }, room.name).catch(() => {})
@@ -466,11 +488,35 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
     else this.emit('error', err)
   }
 
+  /** Send a refused rejoin again after a backoff with full jitter, like a reconnect. */
+  private retryRejoin (room: Room<TData>): void {
+    const entry = this.rejoins.get(room) ?? { attempts: 0, timer: undefined }
+    const { initialDelayMs, maxDelayMs } = this.reconnectOptions === false ? DEFAULT_BACKOFF : this.reconnectOptions
+    const delay = Math.random() * Math.min(maxDelayMs, initialDelayMs * 2 ** entry.attempts)
+    entry.attempts++
+    clearTimeout(entry.timer)
+    entry.timer = setTimeout(() => {
+      entry.timer = undefined
+      // A reconnect meanwhile rejoins every room by itself.
+      if (this.rooms.get(room.name) === room && this.state === 'open') this.sendJoin(room)
+    }, delay)
+    this.rejoins.set(room, entry)
+  }
+
   private onJoined (frame: JoinedFrame): void {
     const join = typeof frame.id === 'number' ? this.requests.get(frame.id)?.join : undefined
     // A reply to a join whose handle was dropped (timed out, left) must not touch a newer handle.
     if (join !== undefined && this.rooms.get(frame.room) === join.handle) {
+      const retried = this.rejoins.has(join.handle)
+      this.forgetRejoin(join.handle)
       join.handle.applyJoined(frame, join.since, join.history)
+      // Publishes held while the rejoin was refused follow it now.
+      if (retried) {
+        for (const item of this.queue.filter((q) => q.handle === join.handle)) {
+          this.queue.splice(this.queue.indexOf(item), 1)
+          this.sendQueued(item)
+        }
+      }
       if (join.since === undefined) this.holding.add(join.handle)
     }
     this.settle(frame.id, frame)
@@ -491,6 +537,7 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
    */
   private removeRoom (room: Room<TData>, info: LeftInfo, queuedError: () => RoomsClientError): FirstJoin<TData> | undefined {
     this.rooms.delete(room.name)
+    this.forgetRejoin(room)
     const first = this.joining.get(room)
     this.joining.delete(room)
     clearTimeout(first?.timer)
@@ -723,9 +770,15 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
     }
     this.joining.clear()
     this.holding.clear()
+    for (const room of [...this.rejoins.keys()]) this.forgetRejoin(room)
     this.settleReady?.reject(error)
     this.settleReady = undefined
     this.emit('state', 'closed', { state: 'closed', ...info })
+  }
+
+  private forgetRejoin (room: Room<TData>): void {
+    clearTimeout(this.rejoins.get(room)?.timer)
+    this.rejoins.delete(room)
   }
 
   private dropSocket (): void {
