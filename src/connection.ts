@@ -182,6 +182,7 @@ export class Connection implements Peer {
   }
 
   private authFailed (err: unknown, id: RequestId | undefined): void {
+    if (this.auth === 'refused') return
     if (isRoomsError(err)) {
       this.refuse(err, id)
       return

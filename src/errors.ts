@@ -59,7 +59,8 @@ export const UNAUTHORIZED_REASONS = {
   early: 'Wait for welcome: send nothing after auth until welcome arrives.',
   timeout: 'Authentication timed out: send an auth frame as soon as the socket opens.',
   expired: 'Token expired: reconnect with a fresh token.',
-  otherUser: 'Token refresh refused: the new token is for another user.'
+  otherUser: 'Token refresh refused: the new token is for another user.',
+  unanswered: 'Authentication failed: the token could not be checked in time.'
 } as const
 
 export type UnauthorizedReason = keyof typeof UNAUTHORIZED_REASONS

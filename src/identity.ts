@@ -62,11 +62,21 @@ export class Credentials {
   async verify (token: string, request: FastifyRequest): Promise<Identity> {
     const verifyToken = this.options.verifyToken as NonNullable<ResolvedOptions['verifyToken']>
     let result: unknown
+    let timer: NodeJS.Timeout | undefined
+    // Bounded, like every call: a verifyToken that never answers must not
+    // hold a refresh, a REST request or an upgrade for ever.
+    const unanswered = unauthorized('unanswered')
+    const late = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(unanswered), this.options.authTimeoutMs)
+    })
     try {
-      result = await verifyToken(token, request)
-    } catch {
+      result = await Promise.race([verifyToken(token, request), late])
+    } catch (err) {
+      if (err === unanswered) throw err
       // The thrown error is the app's and may quote the token: it is not logged.
       throw unauthorized('badToken')
+    } finally {
+      clearTimeout(timer)
     }
     if (result === null || typeof result !== 'object') throw new Error('fastify-rooms: verifyToken must resolve with { user, expiresAt? } or throw.')
     const { user, expiresAt } = result as { user?: unknown, expiresAt?: unknown }

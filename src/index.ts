@@ -187,7 +187,7 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
       return isRoomName(room) ? await registry.room(room) : null
     },
     async history (room, after = 0, limit = options.historySize) {
-      return await registry.history(room, after, limit)
+      return await registry.history(roomName(room), after, limit)
     },
     async disconnect (connectionId, reason = DISCONNECTED) {
       return await adapter.control({ kind: 'disconnect', target: { connectionId: text(connectionId, 'connectionId') }, reason: text(reason, 'reason') }) > 0

@@ -73,6 +73,8 @@ export const JoinedFrame = Type.Object({
   type: Type.Literal('joined'),
   id: Type.Optional(RequestId),
   room: RoomName,
+  /** Members (users) in the room, the joiner included. */
+  count: Type.Integer(),
   members: Type.Array(Member),
   offset: Type.Integer(),
   epoch: Type.String(),

@@ -85,11 +85,6 @@ export class Registry implements AdapterListener {
     this.options = options
   }
 
-  /** Local connections, for heartbeats and shutdown. */
-  connections (): IterableIterator<Peer> {
-    return mapIterator(this.peers.values(), (entry) => entry.peer)
-  }
-
   add (peer: Peer): void {
     this.peers.set(peer.id, { peer, rooms: new Map() })
   }
@@ -111,7 +106,7 @@ export class Registry implements AdapterListener {
     const existing = entry.rooms.get(room)
     if (existing !== undefined) {
       const info = await this.adapter.room(room)
-      const joined: JoinedFrame = { type: 'joined', room, members: info?.members ?? [peer.user], offset: existing.lastOffset, epoch: info?.epoch ?? '' }
+      const joined: JoinedFrame = { type: 'joined', room, count: info?.count ?? 1, members: info?.members ?? [peer.user], offset: existing.lastOffset, epoch: info?.epoch ?? '' }
       if (request.id !== undefined) joined.id = request.id
       peer.sendEncoded(JSON.stringify(joined))
       return
@@ -131,15 +126,18 @@ export class Registry implements AdapterListener {
       this.forget(peer.id, room, membership)
       // Joined in the store but the replay failed (the store went away in
       // between): undo the join there too, or the member would stay for good.
-      if (result !== undefined) await this.leaveQuietly(room, peer)
+      if (result !== undefined) await this.trackLeave(room, peer)
       throw err
     }
     if (this.peers.get(peer.id)?.rooms.get(room) !== membership) {
-      // The connection closed (or left) while the adapter was answering: undo the join.
-      await this.adapter.leave(room, peer.id, peer.user)
+      // The connection closed, or the server removed it from the room, while
+      // the adapter was answering: undo the join. A removed connection still
+      // gets its one reply (it was told `left` already).
+      await this.trackLeave(room, peer)
+      if (this.peers.has(peer.id)) throw new RoomsError('NOT_IN_ROOM', `You were removed from room "${room}" while joining it.`, room)
       return
     }
-    const joined: JoinedFrame = { type: 'joined', room, members: result.members, offset: result.offset, epoch: result.epoch }
+    const joined: JoinedFrame = { type: 'joined', room, count: result.count, members: result.members, offset: result.offset, epoch: result.epoch }
     if (request.id !== undefined) joined.id = request.id
     if (replay.recovered !== undefined) joined.recovered = replay.recovered
     peer.sendEncoded(JSON.stringify(joined))
@@ -200,10 +198,7 @@ export class Registry implements AdapterListener {
    * nothing more is written to it; the cluster-wide leave follows.
    */
   async remove (peer: Peer): Promise<void> {
-    const removal = this.removeNow(peer)
-    this.removals.add(removal)
-    await removal
-    this.removals.delete(removal)
+    await this.track(this.removeNow(peer))
   }
 
   /** Resolves when every removal under way has reached the adapter (before it closes). */
@@ -218,16 +213,28 @@ export class Registry implements AdapterListener {
     const leaves: Array<Promise<void>> = []
     for (const [room, membership] of entry.rooms) {
       this.forget(peer.id, room, membership)
-      leaves.push(this.leaveQuietly(room, peer))
+      leaves.push(this.trackLeave(room, peer))
     }
     await Promise.all(leaves)
   }
 
-  /** A leave nobody waits on the answer of: a failure is logged, not thrown. */
-  private async leaveQuietly (room: string, peer: Peer): Promise<void> {
-    await this.adapter.leave(room, peer.id, peer.user).catch((err: unknown) => {
+  /**
+   * A leave nobody waits on the answer of (a failure is logged, not thrown),
+   * tracked so that shutdown waits for it before the adapter closes.
+   */
+  private async trackLeave (room: string, peer: Peer): Promise<void> {
+    await this.track(this.adapter.leave(room, peer.id, peer.user).catch((err: unknown) => {
       this.options.log.error({ err, connectionId: peer.id, room }, 'fastify-rooms: adapter failed to remove a member')
-    })
+    }))
+  }
+
+  private async track (work: Promise<void>): Promise<void> {
+    this.removals.add(work)
+    try {
+      await work
+    } finally {
+      this.removals.delete(work)
+    }
   }
 
   /** Publish data encoded at the edge, as a member (`from`) or as the server. */
@@ -298,22 +305,14 @@ export class Registry implements AdapterListener {
       if (membership === undefined) continue
       this.forget(peer.id, command.room, membership)
       peer.sendEncoded(JSON.stringify({ type: 'left', room: command.room, reason: command.reason }))
-      const leaving = this.adapter.leave(command.room, peer.id, peer.user).catch((err: unknown) => {
-        this.options.log.error({ err, connectionId: peer.id, room: command.room }, 'fastify-rooms: adapter failed to remove a member')
-      })
-      this.removals.add(leaving)
-      void leaving.then(() => this.removals.delete(leaving))
+      void this.trackLeave(command.room, peer)
       affected++
     }
     return affected
   }
 
-  reset (room?: string, connections?: readonly string[]): void {
-    const peers = connections !== undefined
-      ? connections.flatMap((id) => this.peers.get(id)?.peer ?? [])
-      : room === undefined
-        ? [...this.connections()]
-        : [...(this.rooms.get(room)?.values() ?? [])].map((m) => m.peer)
+  reset (room: string, connections: readonly string[]): void {
+    const peers = connections.flatMap((id) => this.peers.get(id)?.peer ?? [])
     this.options.log.warn({ room, connections: peers.length }, 'fastify-rooms: cluster state was lost; disconnecting local members so they rejoin')
     // 1012 (service restart): reconnect and rejoin with since; the epoch tells the client of the gap.
     for (const peer of peers) peer.close(1012, 'Room state was reset: reconnect and rejoin')
@@ -365,8 +364,4 @@ function recovered (since: Position, epoch: string, offset: number, history: His
   if (history === null || history.epoch !== epoch) return false
   const { messages } = history
   return messages.length === offset - since.offset && messages[0]?.offset === since.offset + 1
-}
-
-function * mapIterator<T, U> (it: Iterable<T>, fn: (value: T) => U): IterableIterator<U> {
-  for (const value of it) yield fn(value)
 }

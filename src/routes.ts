@@ -237,6 +237,11 @@ function roomErrors (this: FastifyInstance, error: Error & { validationContext?:
     void reply.send(new InvalidRoomError(invalidRoomMessage(room)))
     return
   }
+  if ((error as { code?: string }).code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+    // The same limit as a frame's, so the same code as on the socket.
+    void reply.send(httpError('PAYLOAD_TOO_LARGE', 'The request body is larger than the server accepts: send less per message.', 413))
+    return
+  }
   if (isRoomsError(error)) {
     const status = STATUS[error.code]
     if (status !== undefined) {

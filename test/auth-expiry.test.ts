@@ -105,3 +105,19 @@ t.test('frames sent after a refused refresh are not handled', async (t) => {
   t.same(s.frames.slice(1).map((f) => [f.type, f.id]), [['error', 'r']])
   t.equal(await app.rooms.get('after'), null)
 })
+
+t.test('a refresh whose verifyToken never answers is refused after authTimeoutMs; the connection does not freeze', async (t) => {
+  const { wsUrl, app } = await startApp(t, {
+    authTimeoutMs: 200,
+    verifyToken: async (token) => token === 'hang' ? await new Promise<never>(() => {}) : verifyToken(token)
+  })
+  const s = await TestSocket.connect(wsUrl)
+  await s.authenticate(token(ADA.id))
+  await s.join('lobby')
+  s.send({ type: 'auth', token: 'hang', id: 'r1' })
+  const closed = await s.closed
+  t.same(closed, { code: 4001, reason: UNAUTHORIZED_REASONS.unanswered })
+  t.match(s.frames.at(-1), { type: 'error', id: 'r1', code: 'UNAUTHORIZED', message: UNAUTHORIZED_REASONS.unanswered })
+  await until(() => app.rooms.connections === 0, 'the server saw the close')
+  t.equal(await app.rooms.get('lobby'), null, 'it left its rooms')
+})

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { RoomsError } from '../src/index.js'
+import { MemoryAdapter, RoomsError } from '../src/index.js'
 import { eachAdapter } from './helpers/deployment.js'
 import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
@@ -106,4 +106,37 @@ t.test('defaults: a reason is always given', async (t) => {
   t.match(await s.next((f) => f.type === 'left'), { reason: /Removed from the room/ })
   await app.rooms.disconnectUser('ada')
   t.match(await s.closed, { code: 4003, reason: /Disconnected by the server/ })
+})
+
+/** A memory store whose history reads wait until the test lets them through. */
+class SlowHistory extends MemoryAdapter {
+  gate: Promise<void> | undefined
+  /** Called when a read starts waiting. */
+  waiting: (() => void) | undefined
+  override async history (...args: Parameters<MemoryAdapter['history']>): ReturnType<MemoryAdapter['history']> {
+    this.waiting?.()
+    await this.gate
+    return await super.history(...args)
+  }
+}
+
+t.test('a connection removed from a room while its join is under way gets left, then exactly one reply to the join', async (t) => {
+  const adapter = new SlowHistory()
+  const { wsUrl, app } = await startApp(t, { adapter })
+  await app.rooms.broadcast('r', 'kept')
+  let release!: () => void
+  adapter.gate = new Promise((resolve) => { release = resolve })
+  const s = await TestSocket.open(wsUrl)
+  t.teardown(() => s.close())
+  const waiting = new Promise<void>((resolve) => { adapter.waiting = resolve })
+  s.send({ type: 'join', room: 'r', id: 7, history: 5 })
+  // The join waits in the store's history read; the server removes the connection meanwhile.
+  await waiting
+  t.equal(await app.rooms.removeFromRoom(s.welcome.connectionId, 'r', 'kicked'), true)
+  release()
+  t.same(await s.next((f) => f.type === 'left'), { type: 'left', room: 'r', reason: 'kicked' })
+  t.match(await s.next((f) => f.id === 7), { type: 'error', code: 'NOT_IN_ROOM', room: 'r', message: /removed from room "r" while joining/ })
+  await s.sync()
+  t.same(s.pending(), [], 'no joined, no replay')
+  t.equal(await app.rooms.get('r'), null, 'not a member anywhere')
 })

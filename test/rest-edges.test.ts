@@ -73,3 +73,16 @@ t.test('REST: an adapter failure is a generic 500 INTERNAL; its text goes to the
   }
   t.ok(logged.some((l) => /secret/.test(l.err?.message)), 'the real error is logged')
 })
+
+t.test('REST publish: a body over maxFrameBytes is 413 PAYLOAD_TOO_LARGE, as on the socket', async (t) => {
+  const { url } = await startApp(t, { restPublish: async () => {}, maxMessageBytes: 1000, maxFrameBytes: 2000 })
+  const response = await fetch(`${url}/rooms/r/messages`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ data: 'x'.repeat(5000) }) })
+  t.equal(response.status, 413)
+  t.match(await response.json(), { statusCode: 413, code: 'PAYLOAD_TOO_LARGE', error: 'Payload Too Large' })
+})
+
+t.test('app.rooms.history checks the room name like every other call', async (t) => {
+  const { app } = await startApp(t)
+  await t.rejects(app.rooms.history('bad name!'), { code: 'INVALID_ROOM' })
+  t.equal(await app.rooms.history('fine'), null)
+})

@@ -17,13 +17,12 @@ export interface AdapterListener {
   /** A `direct` frame for one connection; true when that connection is on this node. */
   direct (connectionId: string, frame: string): boolean
   /**
-   * The cluster-wide state of a room (or of every room, when undefined) was
-   * lost or taken from this node (data loss, this node's lease expired): its
-   * local members are disconnected so they rejoin and learn of the gap. With
-   * `connections`, only those: a member that joined the room's new state
-   * stays.
+   * The cluster-wide state of a room was lost or taken from this node (data
+   * loss, this node's lease expired): these local members of it are
+   * disconnected so they rejoin and learn of the gap. Only these: a member
+   * that joined the room's new state meanwhile stays.
    */
-  reset (room?: string, connections?: readonly string[]): void
+  reset (room: string, connections: readonly string[]): void
   /** Apply a server command to this node's connections; returns how many it affected here. */
   control (command: ControlCommand): number
 }

@@ -777,6 +777,9 @@ export class RedisAdapter implements Adapter {
     if (epoch !== subscription.epoch) {
       // The room's history was lost (Redis flushed or restarted): its local members must rejoin.
       this.lose(room)
+      // A member joining the new epoch meanwhile (its answer travels on the
+      // other connection) must still get this message: held for its join.
+      if (this.subscriptions.get(room) === subscription) subscription.held?.push({ offset, epoch, frame })
       return
     }
     if (offset <= subscription.offset) return
