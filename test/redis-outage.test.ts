@@ -206,6 +206,19 @@ t.test('redis adapter under faults', { skip: skipRedis }, async (t) => {
     await ready(a)
   })
 
+  t.test('a publish cut off in flight is not sent again to a Redis that restarted: it may have been applied in the lost state', async (t) => {
+    const { nodes: [a], prefix } = await cluster(t, 1) as unknown as { nodes: [Started], prefix: string }
+    // Queued in a paused Redis, then Redis dies and comes back empty within the resend window:
+    // the record that would make a resend apply once died with it, so it must not be resent.
+    await inspect.call('CLIENT', 'PAUSE', '1000', 'ALL')
+    const outcome = a.app.rooms.broadcast('restarted', 1).then((offset) => ({ offset }), (err: Error) => err)
+    await redis.kill()
+    await redis.restart()
+    t.match(await outcome, { code: 'UNAVAILABLE', message: /may or may not have been published/ })
+    await ready(a)
+    t.same(await stream(`${prefix}r:restarted:hist`), [], 'not applied in the new state')
+  })
+
   t.test('an outage is logged at warn once when the link is lost and once when it is back, with the node id', async (t) => {
     const log = new LogSink()
     await cluster(t, 1, {}, log)

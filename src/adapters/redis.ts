@@ -307,6 +307,7 @@ type Cluster = Redis & {
 const RESEND_WITHIN_MS = 2_000
 
 const unavailable = (): RoomsError => new RoomsError('UNAVAILABLE', 'The message store is unreachable right now: retry in a moment.')
+const maybePublished = (): RoomsError => new RoomsError('UNAVAILABLE', 'The message store became unreachable while publishing: the message may or may not have been published. Retry in a moment.')
 const internal = (): RoomsError => new RoomsError('INTERNAL', 'The server failed to handle this request; it has been logged. Try again later.')
 
 /** A room channel this node is subscribed to. */
@@ -406,7 +407,7 @@ export class RedisAdapter implements Adapter {
     this.redis.on('error', (err: Error) => config.log.debug({ err, nodeId: config.nodeId }, 'fastify-rooms: redis connection error'))
     this.sub.on('error', (err: Error) => config.log.debug({ err, nodeId: config.nodeId }, 'fastify-rooms: redis subscriber error'))
     const fail = (err: unknown, what: string): Error => this.failure(err, what)
-    this.cmd = new Link(this.redis, this.commandTimeoutMs, fail, () => this.linkLost(), () => this.maybeRecover())
+    this.cmd = new Link(this.redis, this.commandTimeoutMs, fail, () => this.linkLost(), () => this.maybeRecover(), true)
     this.subLink = new Link(this.sub, this.commandTimeoutMs, fail, () => this.subscriberBroke(), () => this.maybeRecover())
     this.sub.on('messageBuffer', (channel: Buffer, message: Buffer) => this.onMessage(channel, message))
     await Promise.all([ready(this.redis), ready(this.sub)])
@@ -861,9 +862,21 @@ class Link {
   private held: Call[] = []
   private timer: NodeJS.Timeout | undefined
   private readonly watchdog: NodeJS.Timeout
+  /**
+   * The Redis server process last connected to (INFO's run_id). A call is
+   * sent again only to the same process: one that restarted may have lost
+   * the record that makes a resent publish apply once.
+   */
+  private server: string | undefined
+  private readonly resends: boolean
 
-  constructor (client: Redis, timeoutMs: number, failure: (err: unknown, what: string) => Error, onLost: () => void, onReady: () => void) {
+  /**
+   * @param resends whether calls on this link may be sent again after a
+   *   break (the command link's publishes): only then is the server checked
+   */
+  constructor (client: Redis, timeoutMs: number, failure: (err: unknown, what: string) => Error, onLost: () => void, onReady: () => void, resends = false) {
     this.client = client
+    this.resends = resends
     this.timeoutMs = timeoutMs
     this.failure = failure
     this.watchdog = setInterval(() => this.check(), Math.max(timeoutMs / 4, 5))
@@ -873,7 +886,7 @@ class Link {
       onLost()
     })
     client.on('ready', () => {
-      this.resume()
+      void this.resume()
       onReady()
     })
   }
@@ -931,12 +944,24 @@ class Link {
     this.client.disconnect(true)
   }
 
-  private resume (): void {
+  private async resume (): Promise<void> {
+    let same = true
+    if (this.resends) {
+      let server: string | undefined
+      try {
+        server = /run_id:(\w+)/.exec(await this.client.info('server'))?.[1]
+      } catch {}
+      same = server !== undefined && server === this.server
+      this.server = server
+    }
     clearTimeout(this.timer)
     this.timer = undefined
     const held = this.held
     this.held = []
-    for (const call of held) this.send(call)
+    for (const call of held) {
+      if (same) this.send(call)
+      else call.reject(maybePublished())
+    }
   }
 
   /** Fail the held calls whose time is up; wake up for the next one. */
@@ -946,7 +971,7 @@ class Link {
     const now = Date.now()
     this.held = this.held.filter((call) => {
       if ((call.until as number) > now) return true
-      call.reject(new RoomsError('UNAVAILABLE', 'The message store became unreachable while publishing: the message may or may not have been published. Retry in a moment.'))
+      call.reject(maybePublished())
       return false
     })
     if (this.held.length === 0) return
