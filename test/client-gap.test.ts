@@ -1,29 +1,8 @@
 import t from 'tap'
 import WebSocket from 'ws'
-import type { FastifyInstance } from 'fastify'
-import { connect, type Gap, type RoomMessage, type RoomsClient } from '../src/client/index.js'
+import { connect, type Gap, type RoomMessage } from '../src/client/index.js'
 import { startApp } from './helpers/server.js'
-
-/** Upgrades get 503 while closed, so that a test decides when a client comes back. */
-function gate (): { closed: boolean, setup: (app: FastifyInstance) => void } {
-  const g = {
-    closed: false,
-    setup: (app: FastifyInstance) => {
-      app.addHook('onRequest', async (request) => {
-        if (g.closed && request.url.startsWith('/ws')) throw Object.assign(new Error('Closed for maintenance'), { statusCode: 503 })
-      })
-    }
-  }
-  return g
-}
-
-async function dropConnection (app: FastifyInstance, client: RoomsClient): Promise<void> {
-  const reconnecting = new Promise<void>((resolve) => {
-    const off = client.on('state', (state) => { if (state === 'reconnecting') { off(); resolve() } })
-  })
-  for (const socket of app.websocketServer.clients) socket.terminate()
-  await reconnecting
-}
+import { dropConnection, gate } from './helpers/client.js'
 
 t.test('same epoch, history no longer covers: gap names the exact lost offsets, REST refetches what is still stored, nothing twice', async (t) => {
   const g = gate()

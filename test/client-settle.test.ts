@@ -4,44 +4,10 @@ import { once } from 'node:events'
 import WebSocket from 'ws'
 import Fastify, { type FastifyInstance } from 'fastify'
 import rooms from '../src/index.js'
-import { connect, type RoomsClient, type StateChange } from '../src/client/index.js'
+import { connect, type StateChange } from '../src/client/index.js'
 import { startApp } from './helpers/server.js'
 import { until } from './helpers/until.js'
-
-/** Resolve with the next value a handler is called with that matches. */
-async function nextEvent<T> (on: (handler: (value: T) => void) => () => void, match: (value: T) => boolean = () => true): Promise<T> {
-  return await new Promise((resolve) => {
-    const off = on((value) => {
-      if (!match(value)) return
-      off()
-      resolve(value)
-    })
-  })
-}
-
-async function nextState (client: RoomsClient, state: StateChange['state']): Promise<StateChange> {
-  return await nextEvent<StateChange>((h) => client.on('state', (_s, change) => h(change)), (c) => c.state === state)
-}
-
-/** An upgrade gate in front of the socket route, as a load balancer in maintenance would be: closed, upgrades get 503. */
-function gate (): { closed: boolean, setup: (app: FastifyInstance) => void } {
-  const g = {
-    closed: false,
-    setup: (app: FastifyInstance) => {
-      app.addHook('onRequest', async (request) => {
-        if (g.closed && request.url.startsWith('/ws')) throw Object.assign(new Error('Closed for maintenance'), { statusCode: 503 })
-      })
-    }
-  }
-  return g
-}
-
-/** Drop the client's connection from the server side with no close frame, as a dead network would, and wait until the client noticed. */
-async function dropConnection (app: FastifyInstance, client: RoomsClient): Promise<void> {
-  const reconnecting = nextState(client, 'reconnecting')
-  for (const socket of app.websocketServer.clients) socket.terminate()
-  await reconnecting
-}
+import { dropConnection, gate, nextEvent, nextState } from './helpers/client.js'
 
 /** The data of a room's stored messages, as REST shows them. */
 async function stored (app: FastifyInstance, room: string): Promise<unknown[]> {

@@ -2,18 +2,7 @@ import t from 'tap'
 import WebSocket from 'ws'
 import { connect, RoomsClient, RoomsClientError, type RoomMessage, type ConnectionState } from '../src/client/index.js'
 import { startApp } from './helpers/server.js'
-
-
-/** Resolve with the next value a handler is called with. */
-async function nextEvent<T> (on: (handler: (value: T) => void) => () => void, match: (value: T) => boolean = () => true): Promise<T> {
-  return await new Promise((resolve) => {
-    const off = on((value) => {
-      if (!match(value)) return
-      off()
-      resolve(value)
-    })
-  })
-}
+import { nextEvent } from './helpers/client.js'
 
 t.test('connect, welcome, join with members, publish resolving with the offset, messages and presence', async (t) => {
   const { wsUrl } = await startApp(t)

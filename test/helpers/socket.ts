@@ -78,14 +78,8 @@ export class TestSocket {
 
   /** Connect and wait for `welcome`. */
   static async open (url: string, options: WebSocket.ClientOptions = {}): Promise<TestSocket> {
-    const ws = new WebSocket(url, options)
-    const socket = new TestSocket(ws)
-    await new Promise<void>((resolve, reject) => {
-      ws.once('open', () => resolve())
-      ws.once('error', reject)
-      ws.once('unexpected-response', (_req, res) => reject(new Error(`upgrade refused with ${res.statusCode}`)))
-    })
-    socket.welcome = await socket.next((f) => f.type === 'welcome') as WelcomeFrame
+    const socket = await TestSocket.connect(url, options)
+    socket.welcome = await socket.next((f) => f.type === 'welcome', 'welcome') as WelcomeFrame
     return socket
   }
 
