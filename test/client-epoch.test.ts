@@ -31,8 +31,8 @@ async function rejoin (client: RoomsClient, room: string, gate: { closed: boolea
   return await joined
 }
 
-// Needs the epoch-change replay of PROTOCOL v2 in the registry: on a server
-// without it the new epoch's messages published before the rejoin are missing.
+// PROTOCOL v2's epoch-change replay: the new epoch's messages published before
+// the rejoin follow joined, so the SDK delivers them from offset 1.
 t.test('after the server lost its history, the new epoch is delivered from offset 1, and the gap names the old epoch\'s lost range', async (t) => {
   const gate = { closed: false }
   const first = await listen(t, 0, gate)
@@ -76,7 +76,7 @@ t.test('after the server lost its history, the new epoch is delivered from offse
   t.equal(room.offset, 2)
 })
 
-// Needs the epoch-change replay too: the server replays from the first retained offset.
+// The server replays the new epoch from its first retained offset; the SDK names what historySize dropped before it.
 t.test('when the new epoch\'s first messages were dropped by historySize before the rejoin, a second gap names them', async (t) => {
   const gate = { closed: false }
   const first = await listen(t, 0, gate)
