@@ -3,7 +3,7 @@ import { Compile } from 'typebox/compile'
 import { ERROR_CODES, RoomsError, type ErrorCode } from './errors.js'
 
 /** Version sent in `welcome`; bumped only on incompatible wire changes. */
-export const PROTOCOL_VERSION = 1
+export const PROTOCOL_VERSION = 2
 
 export const ROOM_PATTERN = '^[A-Za-z0-9_.:-]{1,128}$'
 const roomRegExp = new RegExp(ROOM_PATTERN)
@@ -36,7 +36,21 @@ export const PublishFrame = Type.Object({
   type: Type.Literal('publish'),
   id: Type.Optional(RequestId),
   room: RoomName,
-  data: Type.Unknown()
+  data: Type.Unknown(),
+  /** No offset, not stored, not recovered: typing indicators, cursors. */
+  ephemeral: Type.Optional(Type.Boolean())
+})
+/** Most members one `joined` or `members` reply carries. */
+export const MAX_MEMBERS_PAGE = 1000
+/** A member id as a paging cursor: members with a greater id follow it. */
+export const MemberCursor = Type.String({ minLength: 1, maxLength: 256 })
+export const MembersFrame = Type.Object({
+  type: Type.Literal('members'),
+  id: Type.Optional(RequestId),
+  room: RoomName,
+  /** The `membersNext` of `joined`, or the `next` of the previous page. */
+  after: Type.Optional(MemberCursor),
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_MEMBERS_PAGE }))
 })
 export const PingFrame = Type.Object({
   type: Type.Literal('ping'),
@@ -49,7 +63,7 @@ export const AuthFrame = Type.Object({
   id: Type.Optional(RequestId),
   token: Type.String({ minLength: 1, maxLength: MAX_TOKEN_LENGTH })
 })
-export const ClientFrame = Type.Union([JoinFrame, LeaveFrame, PublishFrame, PingFrame, AuthFrame])
+export const ClientFrame = Type.Union([JoinFrame, LeaveFrame, PublishFrame, MembersFrame, PingFrame, AuthFrame])
 
 export const ErrorCodeSchema = Type.Enum(ERROR_CODES)
 
@@ -62,7 +76,13 @@ export const WelcomeFrame = Type.Object({
   /** When the connection's token expires (epoch ms), if it does. */
   expiresAt: Type.Optional(Type.Integer()),
   /** The `id` of the `auth` frame this welcome answers, when it had one. */
-  id: Type.Optional(RequestId)
+  id: Type.Optional(RequestId),
+  /**
+   * Anonymous connections only: a server-signed token naming this user, to
+   * pass as the `resume` query parameter of the next connection so that a
+   * reconnect keeps the same user id (and so is not a new person in a room).
+   */
+  resume: Type.Optional(Type.String())
 })
 export const AuthenticatedFrame = Type.Object({
   type: Type.Literal('authenticated'),
@@ -75,7 +95,10 @@ export const JoinedFrame = Type.Object({
   room: RoomName,
   /** Members (users) in the room, the joiner included. */
   count: Type.Integer(),
+  /** The first page of members, by id. */
   members: Type.Array(Member),
+  /** Pass as `after` in a `members` request for the next page; null when this page was the last. */
+  membersNext: Type.Union([MemberCursor, Type.Null()]),
   offset: Type.Integer(),
   epoch: Type.String(),
   recovered: Type.Optional(Type.Boolean())
@@ -91,7 +114,16 @@ export const AckFrame = Type.Object({
   type: Type.Literal('ack'),
   id: RequestId,
   room: RoomName,
-  offset: Type.Integer()
+  /** Absent for an ephemeral publish. */
+  offset: Type.Optional(Type.Integer())
+})
+export const MembersPageFrame = Type.Object({
+  type: Type.Literal('members'),
+  id: Type.Optional(RequestId),
+  room: RoomName,
+  members: Type.Array(Member),
+  /** Pass as `after` for the next page; null when this page was the last. */
+  next: Type.Union([MemberCursor, Type.Null()])
 })
 export const PongFrame = Type.Object({
   type: Type.Literal('pong'),
@@ -101,15 +133,20 @@ export const MessageFrame = Type.Object({
   type: Type.Literal('message'),
   room: RoomName,
   data: Type.Unknown(),
-  offset: Type.Integer(),
+  /** Absent for an ephemeral message. */
+  offset: Type.Optional(Type.Integer()),
   ts: Type.Integer(),
-  from: Type.Optional(Member)
+  from: Type.Optional(Member),
+  ephemeral: Type.Optional(Type.Literal(true))
 })
 export const PresenceFrame = Type.Object({
   type: Type.Literal('presence'),
   room: RoomName,
-  event: Type.Union([Type.Literal('join'), Type.Literal('leave')]),
-  member: Member,
+  /** Users whose first connection joined since the last frame (or whose state a new member must learn). */
+  joins: Type.Array(Member),
+  /** Users whose last connection left. */
+  leaves: Type.Array(Member),
+  /** Members after this diff. */
   count: Type.Integer()
 })
 export const DirectFrame = Type.Object({
@@ -125,7 +162,7 @@ export const ErrorFrame = Type.Object({
   room: Type.Optional(RoomName)
 })
 export const ServerFrame = Type.Union([
-  WelcomeFrame, JoinedFrame, LeftFrame, AckFrame, PongFrame,
+  WelcomeFrame, JoinedFrame, LeftFrame, AckFrame, PongFrame, MembersPageFrame,
   MessageFrame, PresenceFrame, DirectFrame, ErrorFrame, AuthenticatedFrame
 ])
 
@@ -137,6 +174,8 @@ export type JoinFrame = Static<typeof JoinFrame>
 export type LeaveFrame = Static<typeof LeaveFrame>
 export type PublishFrame = Static<typeof PublishFrame>
 export type PingFrame = Static<typeof PingFrame>
+export type MembersFrame = Static<typeof MembersFrame>
+export type MembersPageFrame = Static<typeof MembersPageFrame>
 export type AuthFrame = Static<typeof AuthFrame>
 export type AuthenticatedFrame = Static<typeof AuthenticatedFrame>
 export type ClientFrame = Static<typeof ClientFrame>
@@ -155,6 +194,7 @@ const validators = {
   join: Compile(JoinFrame),
   leave: Compile(LeaveFrame),
   publish: Compile(PublishFrame),
+  members: Compile(MembersFrame),
   ping: Compile(PingFrame),
   auth: Compile(AuthFrame)
 }
@@ -201,7 +241,7 @@ export function parseClientFrame (text: string): ClientFrame | FrameError {
   }
   const validator = Object.hasOwn(validators, type) ? validators[type as keyof typeof validators] : undefined
   if (validator === undefined) {
-    return fail('UNKNOWN_TYPE', `Unknown frame type ${JSON.stringify(type.slice(0, 32))}: use auth, join, leave, publish or ping.`, id)
+    return fail('UNKNOWN_TYPE', `Unknown frame type ${JSON.stringify(type.slice(0, 32))}: use auth, join, leave, publish, members or ping.`, id)
   }
   if (validator.Check(frame)) return frame
   if ('room' in frame && !isRoomName(frame.room)) {
@@ -272,6 +312,8 @@ export interface EncodedPublish {
   data: string
   /** The publishing member as JSON; absent for server publishes. */
   from?: string | undefined
+  /** No offset, not stored: delivered to the members of the moment only. */
+  ephemeral?: boolean | undefined
 }
 
 /**
@@ -322,17 +364,17 @@ export function encodeMember (member: Member): string {
 /**
  * Build a `message` frame from pre-encoded parts. Room names are ASCII without
  * quotes or backslashes (the contract's alphabet), so they need no escaping;
- * `ts` and `offset` are integers.
+ * `ts` and `offset` are integers. An ephemeral message has no offset.
  */
-export function messageFrame (room: string, publish: EncodedPublish, offset: number, ts: number): string {
+export function messageFrame (room: string, publish: EncodedPublish, offset: number | undefined, ts: number): string {
   const from = publish.from === undefined ? '' : `,"from":${publish.from}`
+  if (offset === undefined) return `{"type":"message","room":"${room}","data":${publish.data},"ts":${ts}${from},"ephemeral":true}`
   return `{"type":"message","room":"${room}","data":${publish.data},"offset":${offset},"ts":${ts}${from}}`
 }
 
-/** Encode a `presence` frame. */
-export function encodePresence (room: string, event: 'join' | 'leave', member: Member, count: number): string {
-  const frame: PresenceFrame = { type: 'presence', room, event, member, count }
-  return JSON.stringify(frame)
+/** Encode a `presence` diff from members already encoded as JSON (`encodeMember`). */
+export function encodePresence (room: string, joins: readonly string[], leaves: readonly string[], count: number): string {
+  return `{"type":"presence","room":"${room}","joins":[${joins.join(',')}],"leaves":[${leaves.join(',')}],"count":${count}}`
 }
 
 /** Encode a `direct` frame. */

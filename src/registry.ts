@@ -106,7 +106,7 @@ export class Registry implements AdapterListener {
     const existing = entry.rooms.get(room)
     if (existing !== undefined) {
       const info = await this.adapter.room(room)
-      const joined: JoinedFrame = { type: 'joined', room, count: info?.count ?? 1, members: info?.members ?? [peer.user], offset: existing.lastOffset, epoch: info?.epoch ?? '' }
+      const joined: JoinedFrame = { type: 'joined', room, count: info?.count ?? 1, members: info?.members ?? [peer.user], membersNext: null, offset: existing.lastOffset, epoch: info?.epoch ?? '' }
       if (request.id !== undefined) joined.id = request.id
       peer.sendEncoded(JSON.stringify(joined))
       return
@@ -137,7 +137,7 @@ export class Registry implements AdapterListener {
       if (this.peers.has(peer.id)) throw new RoomsError('NOT_IN_ROOM', `You were removed from room "${room}" while joining it.`, room)
       return
     }
-    const joined: JoinedFrame = { type: 'joined', room, count: result.count, members: result.members, offset: result.offset, epoch: result.epoch }
+    const joined: JoinedFrame = { type: 'joined', room, count: result.count, members: result.members, membersNext: null, offset: result.offset, epoch: result.epoch }
     if (request.id !== undefined) joined.id = request.id
     if (replay.recovered !== undefined) joined.recovered = replay.recovered
     peer.sendEncoded(JSON.stringify(joined))

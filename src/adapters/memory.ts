@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import type { EncodedPublish, Member } from '../protocol.js'
-import { encodeDirect, encodePresence, messageFrame } from '../protocol.js'
+import { encodeDirect, encodeMember, encodePresence, messageFrame } from '../protocol.js'
 import { RoomsError } from '../errors.js'
 import type {
   Adapter, AdapterConfig, AdapterListener, HistoryPage, JoinResult,
@@ -152,7 +152,7 @@ export class MemoryAdapter implements Adapter {
       entry = { member, connections: new Set() }
       state.users.set(member.id, entry)
       if (state.users.size === 1) insertSorted(this.active, room)
-      listener.presence(room, encodePresence(room, 'join', member, state.users.size), connectionId)
+      listener.presence(room, encodePresence(room, [encodeMember(member)], [], state.users.size), connectionId)
     }
     entry.connections.add(connectionId)
     return { members: membersOf(state), count: state.users.size, offset: state.offset, epoch: state.epoch }
@@ -166,7 +166,7 @@ export class MemoryAdapter implements Adapter {
     if (entry.connections.size > 0) return
     state.users.delete(member.id)
     if (state.users.size === 0) removeSorted(this.active, room)
-    listener.presence(room, encodePresence(room, 'leave', entry.member, state.users.size), connectionId)
+    listener.presence(room, encodePresence(room, [], [encodeMember(entry.member)], state.users.size), connectionId)
     this.forgetIfIdle(room, state)
   }
 
