@@ -8,6 +8,11 @@ const wsUrl = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.hos
 let client
 let room
 let roomOff = []
+/** Who is typing in the current room: member id -> { name, timer }. */
+const typing = new Map()
+/** When this page last told the room it is typing: at most once per TYPING_MS. */
+let typingSent = 0
+const TYPING_MS = 3000
 
 $('nickname').value = localStorage.getItem('nickname') ?? ''
 
@@ -38,11 +43,29 @@ $('new-room').addEventListener('submit', async (event) => {
   $('room-name').value = ''
 })
 
+// Typing indicators are ephemeral: no offset, not stored, lost when offline, which is what they are worth.
+$('text').addEventListener('input', () => {
+  if (room === undefined || $('text').value === '' || Date.now() - typingSent < TYPING_MS) return
+  typingSent = Date.now()
+  room.publish({ typing: true }, { ephemeral: true }).catch(() => {})
+})
+
+$('more-members').addEventListener('click', async () => {
+  const current = room
+  try {
+    await current.loadMoreMembers()
+  } catch (err) {
+    $('room-error').textContent = err.message
+  }
+  if (room === current) showMembers()
+})
+
 $('send').addEventListener('submit', async (event) => {
   event.preventDefault()
   const text = $('text').value.trim()
   if (text === '' || room === undefined) return
   $('text').value = ''
+  typingSent = 0
   try {
     await room.publish({ text })
     $('room-error').textContent = ''
@@ -66,16 +89,30 @@ async function enter (name) {
   for (const off of roomOff) off()
   if (previous !== undefined) previous.leave().catch(() => {})
   $('messages').replaceChildren()
+  for (const { timer } of typing.values()) clearTimeout(timer)
+  typing.clear()
+  showTyping()
   $('room-title').textContent = `# ${name}`
   $('text').disabled = false
   $('send').querySelector('button').disabled = false
   $('text').focus()
   roomOff = [
-    room.on('message', (message) => addMessage(message)),
-    room.on('presence', (event) => {
-      addEvent(`${event.member.name} ${event.event === 'join' ? 'joined' : 'left'}`)
+    room.on('message', (message) => {
+      stopTyping(message.from?.id)
+      addMessage(message)
+    }),
+    room.on('ephemeral', (message) => {
+      if (message.data?.typing === true && message.from !== undefined && message.from.id !== client.user?.id) startTyping(message.from)
+    }),
+    room.on('presence', ({ joins, leaves }) => {
+      for (const member of joins) addEvent(`${member.name} joined`)
+      for (const member of leaves) {
+        stopTyping(member.id)
+        addEvent(`${member.name} left`)
+      }
       showMembers()
     }),
+    room.on('count', () => showMembers()),
     room.on('joined', ({ recovered }) => {
       if (recovered === true) addEvent('reconnected: nothing missed')
       showMembers()
@@ -123,7 +160,28 @@ function showMembers () {
     return li
   })
   $('members').replaceChildren(...items)
-  $('count').textContent = `(${room.members.length})`
+  $('count').textContent = `(${room.count})`
+  // A large room arrives a page at a time; the count is always the whole room's.
+  $('more-members').hidden = room.membersComplete
+}
+
+function startTyping (member) {
+  clearTimeout(typing.get(member.id)?.timer)
+  typing.set(member.id, { name: member.name, timer: setTimeout(() => stopTyping(member.id), TYPING_MS + 1000) })
+  showTyping()
+}
+
+function stopTyping (id) {
+  const entry = typing.get(id)
+  if (entry === undefined) return
+  clearTimeout(entry.timer)
+  typing.delete(id)
+  showTyping()
+}
+
+function showTyping () {
+  const names = [...typing.values()].map((t) => t.name)
+  $('typing').textContent = names.length === 0 ? '' : `${names.join(', ')} ${names.length === 1 ? 'is' : 'are'} typing...`
 }
 
 async function refreshRooms () {

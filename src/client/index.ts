@@ -1,15 +1,19 @@
 import type {
-  AuthenticatedFrame, ErrorFrame, JoinedFrame, Member, MessageFrame, Position, PresenceFrame, RequestId, ServerFrame, WelcomeFrame
+  AuthenticatedFrame, ErrorFrame, JoinedFrame, Member, MembersPageFrame, MessageFrame, Position, PresenceFrame, RequestId, ServerFrame, WelcomeFrame
 } from '../protocol.js'
 import type { ErrorCode } from '../errors.js'
 import { fetchToken, refreshDelay, tokenFailure, type GetToken, type TokenCause } from './auth.js'
 import { Emitter } from './emitter.js'
 import { RoomsClientError, type ClientErrorCode, type CloseInfo } from './errors.js'
-import { Room, type Gap, type LeftInfo, type RoomEvents, type RoomMessage, type RoomOwner, type RoomStatus } from './room.js'
+import {
+  Room, type EphemeralMessage, type Gap, type LeftInfo, type PresenceChange, type PublishOptions, type RoomEvents, type RoomMessage, type RoomOwner, type RoomStatus
+} from './room.js'
 
 export type { AuthenticatedFrame, Member, MessageFrame, PresenceFrame, WelcomeFrame, ErrorCode }
 export { Room, RoomsClientError }
-export type { ClientErrorCode, CloseInfo, Gap, GetToken, LeftInfo, RoomEvents, RoomMessage, RoomStatus, TokenCause }
+export type {
+  ClientErrorCode, CloseInfo, EphemeralMessage, Gap, GetToken, LeftInfo, PresenceChange, PublishOptions, RoomEvents, RoomMessage, RoomStatus, TokenCause
+}
 
 /** The part of the WebSocket API the client uses: the browser's and `ws` both have it. */
 export interface WebSocketLike {
@@ -36,7 +40,7 @@ export interface ReconnectOptions {
 }
 
 export interface ClientOptions {
-  /** WebSocket implementation: required in Node 20 (`import WebSocket from 'ws'`), the browser's own by default. */
+  /** WebSocket implementation: the global `WebSocket` by default (browsers, Node 22+); required in Node 20 (`import WebSocket from 'ws'`). */
   WebSocket?: WebSocketConstructor
   /** Display name for anonymous connections (the `name` query parameter). */
   name?: string
@@ -164,6 +168,8 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
   /** When this connection's token expires (epoch ms, the server's clock), from `welcome` or the latest refresh. */
   expiresAt: number | undefined
   private readonly url: string
+  /** From the latest `welcome` of an anonymous connection: passed on reconnects so that the user id stays. */
+  private resume: string | undefined
   private readonly WebSocketImpl: WebSocketConstructor
   private readonly getToken: GetToken | undefined
   private readonly reconnectOptions: Required<ReconnectOptions> | false
@@ -209,7 +215,7 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
   private constructor (url: string, options: ClientOptions) {
     super()
     const WebSocketImpl = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket
-    if (WebSocketImpl === undefined) throw new TypeError('No WebSocket implementation: pass options.WebSocket (for example the ws package in Node).')
+    if (WebSocketImpl === undefined) throw new TypeError('No WebSocket implementation: this runtime has no global WebSocket (Node 20), so pass options.WebSocket (for example the ws package).')
     const timeout = options.requestTimeoutMs ?? options.ackTimeoutMs ?? 10_000
     if (typeof timeout !== 'number' || !(timeout > 0 && timeout <= MAX_TIMEOUT)) {
       throw new TypeError(`requestTimeoutMs must be a number of ms above 0 and at most ${MAX_TIMEOUT}, got ${String(timeout)}.`)
@@ -293,14 +299,20 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
   }
 
   /** @internal */
-  async publishTo (room: Room<TData>, data: TData): Promise<number> {
+  async publishTo (room: Room<TData>, data: TData, ephemeral: boolean): Promise<number | undefined> {
     this.assertNotClosed()
     if (this.rooms.get(room.name) !== room) {
       throw new RoomsClientError('NOT_IN_ROOM', `Not in room "${room.name}": this handle has left it; join it again to publish.`, room.name)
     }
+    const ready = this.state === 'open' && !this.rejoins.has(room)
+    if (ephemeral) {
+      // Worth nothing later (a typing indicator): never held for the connection or the rejoin.
+      if (!ready) throw new RoomsClientError('DISCONNECTED', `Not in room "${room.name}" on a live connection right now: an ephemeral publish is not held, so it was not sent.`, room.name)
+      await this.request({ type: 'publish', room: room.name, data, ephemeral: true }, room.name)
+      return undefined
+    }
     const frame = { type: 'publish' as const, room: room.name, data }
     const deadline = Date.now() + this.requestTimeoutMs
-    const ready = this.state === 'open' && !this.rejoins.has(room)
     if (!ready && this.queue.length >= this.maxQueue) {
       throw new RoomsClientError('QUEUE_FULL', `${this.maxQueue} publishes are already waiting for the connection: retry later.`, room.name)
     }
@@ -328,6 +340,17 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
       if (err.code === 'NOT_IN_ROOM' && this.rejoins.has(item.handle) && this.rooms.get(item.handle.name) === item.handle) this.enqueue(item)
       else item.reject(err)
     })
+  }
+
+  /** @internal */
+  async loadMembers (room: Room<TData>, after: string, limit: number | undefined): Promise<MembersPageFrame> {
+    this.assertNotClosed()
+    if (this.rooms.get(room.name) !== room) {
+      throw new RoomsClientError('NOT_IN_ROOM', `Not in room "${room.name}": this handle has left it.`, room.name)
+    }
+    const frame: Record<string, unknown> = { type: 'members', room: room.name, after }
+    if (limit !== undefined) frame.limit = limit
+    return await this.request(frame, room.name)
   }
 
   /** @internal */
@@ -372,7 +395,7 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
   private openSocket (token: string | undefined): void {
     let socket: WebSocketLike
     try {
-      socket = new this.WebSocketImpl(this.url)
+      socket = new this.WebSocketImpl(this.resume === undefined ? this.url : withQuery(this.url, 'resume', this.resume))
     } catch (err) {
       this.onSocketClosed(undefined, 1006, String(err), false)
       return
@@ -429,6 +452,8 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
     this.connectionId = frame.connectionId
     this.user = frame.user
     this.heartbeatMs = frame.heartbeatMs
+    // Only an anonymous connection is resumed by URL: a token stays in band.
+    this.resume = this.getToken === undefined ? frame.resume : undefined
     this.attempts = 0
     this.authRetry = false
     this.state = 'open'

@@ -1,6 +1,6 @@
-import type { JoinedFrame, Member, MessageFrame, Position, PresenceFrame } from '../protocol.js'
+import type { JoinedFrame, Member, MembersPageFrame, MessageFrame, Position, PresenceFrame } from '../protocol.js'
 import { Emitter } from './emitter.js'
-import type { RoomsClientError } from './errors.js'
+import { RoomsClientError } from './errors.js'
 
 /** A message as the app sees it. */
 export interface RoomMessage<TData = unknown> {
@@ -58,10 +58,26 @@ export interface LeftInfo {
   error?: RoomsClientError
 }
 
+/** A message published with `ephemeral: true` (typing indicators, cursors): no offset, not stored, never replayed. */
+export type EphemeralMessage<TData = unknown> = Omit<RoomMessage<TData>, 'offset' | 'epoch'> & { ephemeral: true }
+
+/**
+ * What changed in a room's members, relative to what this handle knew:
+ * `joins` are members it did not know, `leaves` members it knew that are
+ * gone. `count` is the room's member count after the change (the server's).
+ */
+export type PresenceChange = Omit<PresenceFrame, 'type'>
+
 /** Events of a room handle. */
 export type RoomEvents<TData> = {
+  /** A stored message, with its offset: once each, in offset order. */
   message: (message: RoomMessage<TData>) => void
-  presence: (event: PresenceFrame) => void
+  /** An ephemeral message: delivered to the members of the moment only; it does not move `offset`. */
+  ephemeral: (message: EphemeralMessage<TData>) => void
+  /** Members this handle learnt of or lost (never empty, never this client's own user joining). */
+  presence: (change: PresenceChange) => void
+  /** `count` changed: also when the change names no member this handle knows (a room larger than its loaded pages). */
+  count: (count: number) => void
   gap: (gap: Gap) => void
   /** Each time the room is (re)joined, with whether missed messages were replayed (undefined on the first join). */
   joined: (info: { recovered: boolean | undefined }) => void
@@ -72,18 +88,29 @@ export type RoomEvents<TData> = {
 /** `joining` until the first `joined`, `left` for good once left, kicked or refused. */
 export type RoomStatus = 'joining' | 'joined' | 'left'
 
-/** What a room handle asks of its client. @internal */
-export interface RoomOwner<TData> {
-  publishTo: (room: Room<TData>, data: TData) => Promise<number>
-  leaveRoom: (room: Room<TData>) => Promise<void>
+export interface PublishOptions {
+  /**
+   * No offset, not stored, not replayed, delivered to the members of the
+   * moment: typing indicators, cursors. Resolves with undefined. Never held
+   * for a reconnect: while disconnected it rejects with `DISCONNECTED` at once.
+   */
+  ephemeral?: boolean
 }
 
-/** A presence frame of either wire version: one member (v1) or a diff (v2). */
-interface AnyPresence {
-  joins?: Member[]
-  leaves?: Member[]
-  event?: 'join' | 'leave'
-  member?: Member
+/** What a room handle asks of its client. @internal */
+export interface RoomOwner<TData> {
+  /** The client's own user, from the latest `welcome`. */
+  readonly user: Member | undefined
+  publishTo: (room: Room<TData>, data: TData, ephemeral: boolean) => Promise<number | undefined>
+  leaveRoom: (room: Room<TData>) => Promise<void>
+  loadMembers: (room: Room<TData>, after: string, limit: number | undefined) => Promise<MembersPageFrame>
+}
+
+/** A members page in flight, and the members that left while it was. */
+interface Paging {
+  promise: Promise<Member[]>
+  /** Leaves seen while the page was in flight: a page read before them must not bring them back. */
+  gone: Set<string>
 }
 
 /**
@@ -92,15 +119,23 @@ interface AnyPresence {
  */
 export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
   readonly name: string
-  /** Members now (one entry per user), kept up to date from presence. */
-  members: Member[] = []
+  /** Members in the room (the server's count, this client's user included). */
+  count = 0
   /** Last offset received (of `epoch`). */
   offset = 0
   epoch = ''
   status: RoomStatus = 'joining'
   private readonly owner: RoomOwner<TData>
+  /** Members this handle knows: the pages loaded, kept up to date by presence. */
+  private readonly known = new Map<string, Member>()
+  private sorted: Member[] | undefined
+  /** The cursor of the next members page; null when every page is loaded. */
+  private membersNext: string | null = null
+  /** Bumped by each `joined`: a page asked for before it belongs to a membership that is gone. */
+  private generation = 0
+  private paging: Paging | undefined
   /** Messages received before the app could attach handlers to a new handle. */
-  private held: Array<RoomMessage<TData>> | undefined
+  private held: Array<RoomMessage<TData> | EphemeralMessage<TData>> | undefined
   private turnOver = true
   /** Set after an epoch change: the first message tells whether the new epoch's start was dropped. */
   private epochStart = false
@@ -113,17 +148,72 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
   }
 
   /**
+   * The members this handle knows, by id: every member once `membersComplete`,
+   * else the pages loaded so far (and whoever joined since).
+   */
+  get members (): Member[] {
+    this.sorted ??= [...this.known.values()].sort((a, b) => a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
+    return this.sorted
+  }
+
+  /** True when `members` holds every member; else `loadMoreMembers()` fetches the next page. */
+  get membersComplete (): boolean {
+    return this.membersNext === null
+  }
+
+  /**
    * Publish to the room; resolves with the message's offset. Held while
    * disconnected, within the request timeout. Rejects with `NOT_IN_ROOM` at
-   * once once the handle has left.
+   * once once the handle has left. With `{ ephemeral: true }` resolves with
+   * undefined and is never held.
    */
-  async publish (data: TData): Promise<number> {
-    return await this.owner.publishTo(this, data)
+  async publish (data: TData, options?: { ephemeral?: false }): Promise<number>
+  async publish (data: TData, options: { ephemeral: true }): Promise<undefined>
+  async publish (data: TData, options?: PublishOptions): Promise<number | undefined>
+  async publish (data: TData, options: PublishOptions = {}): Promise<number | undefined> {
+    return await this.owner.publishTo(this, data, options.ephemeral === true)
   }
 
   /** Leave the room; the handle stops receiving at once, even when the server's reply is lost. */
   async leave (): Promise<void> {
     await this.owner.leaveRoom(this)
+  }
+
+  /**
+   * Load the next page of members into `members`; resolves with the members
+   * it added ([] when `membersComplete`). Calls made while one is in flight
+   * share it. Rejects like any request: `DISCONNECTED` while disconnected,
+   * `TIMEOUT` after `requestTimeoutMs`, `NOT_IN_ROOM` once left. After a
+   * rejoin the list starts again from the first page the server sent.
+   * @param limit members in the page (the server's page size by default, at most 1000)
+   */
+  async loadMoreMembers (limit?: number): Promise<Member[]> {
+    if (this.status !== 'joined') {
+      throw new RoomsClientError('NOT_IN_ROOM', `Not in room "${this.name}": ${this.status === 'left' ? 'this handle has left it' : 'it is not joined yet'}.`, this.name)
+    }
+    if (this.paging !== undefined) return await this.paging.promise
+    const after = this.membersNext
+    if (after === null) return []
+    const generation = this.generation
+    const paging: Paging = { promise: undefined as unknown as Promise<Member[]>, gone: new Set() }
+    paging.promise = this.owner.loadMembers(this, after, limit).then((page) => {
+      if (this.paging === paging) this.paging = undefined
+      if (this.generation !== generation || this.status !== 'joined') return []
+      const added: Member[] = []
+      for (const member of page.members) {
+        if (paging.gone.has(member.id) || this.known.has(member.id)) continue
+        this.known.set(member.id, member)
+        added.push(member)
+      }
+      this.membersNext = page.next
+      this.sorted = undefined
+      return added
+    }, (err: unknown) => {
+      if (this.paging === paging) this.paging = undefined
+      throw err
+    })
+    this.paging = paging
+    return await paging.promise
   }
 
   /**
@@ -134,7 +224,15 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
    * @internal
    */
   applyJoined (frame: JoinedFrame, since: Position | undefined, history: number | undefined): void {
-    this.members = frame.members
+    const change = since === undefined ? undefined : this.rejoinChange(frame)
+    this.known.clear()
+    for (const member of frame.members) this.known.set(member.id, member)
+    this.sorted = undefined
+    this.membersNext = frame.membersNext
+    this.generation++
+    this.paging = undefined
+    const countChanged = this.count !== frame.count
+    this.count = frame.count
     if (since === undefined) {
       // The replayed history (the last `history` offsets) follows; later ones are live.
       this.offset = history === undefined ? frame.offset : Math.max(0, frame.offset - history)
@@ -153,37 +251,79 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
       }
       this.offset = frame.offset
     }
+    if (change !== undefined && (change.joins.length > 0 || change.leaves.length > 0)) this.emit('presence', change)
+    if (since !== undefined && countChanged) this.emit('count', this.count)
     this.emit('joined', { recovered: frame.recovered })
+  }
+
+  /**
+   * What a rejoin's first page says changed while this handle was away, as
+   * far as both lists cover: a member of the page inside the id range this
+   * handle had loaded but unknown to it joined; a known member inside the
+   * page's range but not in it left. Known members past the page are dropped
+   * without a leave: whether they are still there is unknown until loaded.
+   */
+  private rejoinChange (frame: JoinedFrame): PresenceChange {
+    const self = this.owner.user?.id
+    const covered = (id: string, next: string | null): boolean => next === null || id <= next
+    const page = new Set(frame.members.map((m) => m.id))
+    const joins = frame.members.filter((m) => !this.known.has(m.id) && m.id !== self && covered(m.id, this.membersNext))
+    const leaves = [...this.known.values()].filter((m) => !page.has(m.id) && covered(m.id, frame.membersNext))
+    return { room: this.name, joins, leaves, count: frame.count }
   }
 
   /** @internal */
   applyMessage (frame: MessageFrame): void {
     if (this.status !== 'joined') return
-    const offset = frame.offset as number | undefined
-    if (typeof offset === 'number') {
-      // A replay can overlap what the handle already has; each offset is shown once.
-      if (offset <= this.offset) return
-      if (this.epochStart && offset > 1) {
-        this.emit('gap', { room: this.name, epoch: this.epoch, after: 0, before: offset, currentEpoch: this.epoch })
-      }
-      this.epochStart = false
-      this.offset = offset
+    if (frame.ephemeral === true || frame.offset === undefined) {
+      const message: EphemeralMessage<TData> = { room: this.name, data: frame.data as TData, ts: frame.ts, ephemeral: true }
+      if (frame.from !== undefined) message.from = frame.from
+      this.deliver(message)
+      return
     }
-    const message: RoomMessage<TData> = { room: this.name, data: frame.data as TData, offset: offset as number, epoch: this.epoch, ts: frame.ts }
+    const offset = frame.offset
+    // A replay can overlap what the handle already has; each offset is shown once.
+    if (offset <= this.offset) return
+    if (this.epochStart && offset > 1) {
+      this.emit('gap', { room: this.name, epoch: this.epoch, after: 0, before: offset, currentEpoch: this.epoch })
+    }
+    this.epochStart = false
+    this.offset = offset
+    const message: RoomMessage<TData> = { room: this.name, data: frame.data as TData, offset, epoch: this.epoch, ts: frame.ts }
     if (frame.from !== undefined) message.from = frame.from
-    if (this.held !== undefined) this.held.push(message)
-    else this.emit('message', message)
+    this.deliver(message)
   }
 
-  /** @internal */
+  /**
+   * Apply a presence diff. It gives the named members' state when it was
+   * sent, so it is applied as a set, not as events: a join of a member
+   * already known (it joined just before this handle's `joined`) and a leave
+   * of one never known change nothing and are not reported.
+   * @internal
+   */
   applyPresence (frame: PresenceFrame): void {
-    const diff = frame as AnyPresence
-    const single = diff.member === undefined ? [] : [diff.member]
-    const joins = diff.joins ?? (diff.event === 'join' ? single : [])
-    const leaves = diff.leaves ?? (diff.event === 'leave' ? single : [])
-    const changed = new Set([...leaves, ...joins].map((m) => m.id))
-    this.members = [...this.members.filter((m) => !changed.has(m.id)), ...joins]
-    this.emit('presence', frame)
+    if (this.status !== 'joined') return
+    const self = this.owner.user?.id
+    const joins: Member[] = []
+    const leaves: Member[] = []
+    for (const member of frame.leaves) {
+      this.paging?.gone.add(member.id)
+      const known = this.known.get(member.id)
+      if (known === undefined) continue
+      this.known.delete(member.id)
+      leaves.push(known)
+    }
+    for (const member of frame.joins) {
+      this.paging?.gone.delete(member.id)
+      const known = this.known.has(member.id)
+      this.known.set(member.id, member)
+      if (!known && member.id !== self) joins.push(member)
+    }
+    this.sorted = undefined
+    const countChanged = this.count !== frame.count
+    this.count = frame.count
+    if (joins.length > 0 || leaves.length > 0) this.emit('presence', { room: this.name, joins, leaves, count: frame.count })
+    if (countChanged) this.emit('count', this.count)
   }
 
   /** @internal */
@@ -208,8 +348,18 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
     if (!this.turnOver) return false
     const held = this.held
     this.held = undefined
-    for (const message of held) this.emit('message', message)
+    for (const message of held) this.emitMessage(message)
     return true
+  }
+
+  private deliver (message: RoomMessage<TData> | EphemeralMessage<TData>): void {
+    if (this.held !== undefined) this.held.push(message)
+    else this.emitMessage(message)
+  }
+
+  private emitMessage (message: RoomMessage<TData> | EphemeralMessage<TData>): void {
+    if ('ephemeral' in message) this.emit('ephemeral', message)
+    else this.emit('message', message)
   }
 
   /**
