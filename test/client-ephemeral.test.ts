@@ -1,0 +1,65 @@
+import t from 'tap'
+import WebSocket from 'ws'
+import { connect, type EphemeralMessage, type Gap, type RoomMessage } from '../src/client/index.js'
+import { eachAdapter } from './helpers/deployment.js'
+import { startApp } from './helpers/server.js'
+import { dropConnection, gate, nextEvent } from './helpers/client.js'
+
+eachAdapter(t, 'an ephemeral publish: acked without an offset, delivered as an ephemeral event, offsets and recovery untouched', async (t, deploy) => {
+  const g = gate()
+  const d = await deploy({ presenceIntervalMs: 0 }, (app) => g.setup(app))
+  const ada = await connect(d.node(0).wsUrl, { WebSocket, name: 'ada' })
+  const bob = await connect(d.node(1).wsUrl, { WebSocket, name: 'bob', reconnect: { initialDelayMs: 5, maxDelayMs: 20 } })
+  t.teardown(() => { ada.close(); bob.close() })
+  const adaRoom = await ada.join('r')
+  const bobRoom = await bob.join('r')
+  const messages: RoomMessage[] = []
+  bobRoom.on('message', (m) => messages.push(m))
+  const ephemerals: EphemeralMessage[] = []
+  bobRoom.on('ephemeral', (m) => ephemerals.push(m))
+  const gaps: Gap[] = []
+  bobRoom.on('gap', (gap) => gaps.push(gap))
+
+  t.equal(await adaRoom.publish('stored 1'), 1)
+  const typing = nextEvent<EphemeralMessage>((h) => bobRoom.on('ephemeral', h), undefined, bob)
+  const result: undefined = await adaRoom.publish({ typing: true }, { ephemeral: true })
+  t.equal(result, undefined, 'the ack has no offset')
+  const got = await typing
+  t.match(got, { room: 'r', data: { typing: true }, ephemeral: true, from: { name: 'ada', id: ada.user!.id } })
+  t.notOk('offset' in got, 'no offset')
+  t.type(got.ts, 'number')
+  t.equal(await adaRoom.publish('stored 2'), 2, 'the next stored publish takes the next offset')
+  await bob.ping()
+  t.same(messages.map((m) => [m.offset, m.data]), [[1, 'stored 1'], [2, 'stored 2']], 'message handlers get stored messages only')
+  t.equal(bobRoom.offset, 2)
+
+  // Published while bob is away: the stored message is recovered on the rejoin, the ephemeral one is not.
+  g.closed = true
+  bob.reconnect()
+  await adaRoom.publish({ typing: 'away' }, { ephemeral: true })
+  await adaRoom.publish('stored 3')
+  const rejoined = nextEvent<{ recovered: boolean | undefined }>((h) => bobRoom.on('joined', h), undefined, bob)
+  g.closed = false
+  t.same(await rejoined, { recovered: true })
+  await bob.ping()
+  t.same(messages.map((m) => m.offset), [1, 2, 3], 'the missed stored message, once')
+  t.same(ephemerals.map((m) => m.data), [{ typing: true }], 'the ephemeral one sent while away is not replayed')
+  t.equal(bobRoom.offset, 3)
+  t.same(gaps, [])
+})
+
+t.test('an ephemeral publish is never held: while disconnected it rejects at once, a stored one waits', async (t) => {
+  const g = gate()
+  const { app, wsUrl } = await startApp(t, {}, g.setup)
+  const client = await connect(wsUrl, { WebSocket, reconnect: { initialDelayMs: 5, maxDelayMs: 20 } })
+  t.teardown(() => client.close())
+  const room = await client.join('r')
+  g.closed = true
+  await dropConnection(app, client)
+  await t.rejects(room.publish('typing', { ephemeral: true }), { name: 'RoomsClientError', code: 'DISCONNECTED', room: 'r' })
+  const stored = room.publish('stored')
+  g.closed = false
+  t.equal(await stored, 1, 'the stored publish went out after the rejoin')
+  const page = await app.rooms.history('r')
+  t.same(page?.messages.map((m) => (JSON.parse(m.frame) as { data: unknown }).data), ['stored'], 'the ephemeral one was never sent')
+})

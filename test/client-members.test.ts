@@ -1,0 +1,122 @@
+import t, { type Test } from 'tap'
+import WebSocket from 'ws'
+import { connect, type Member, type PresenceChange, type RoomsClient } from '../src/client/index.js'
+import { eachAdapter, type Deployment } from './helpers/deployment.js'
+import { dropConnection, gate, nextEvent } from './helpers/client.js'
+
+/** Pages of two members, presence on the next tick, departures without grace. */
+const options = { membersPageSize: 2, presenceIntervalMs: 0, presenceGraceMs: 0 }
+
+const ids = (members: Member[]): string[] => members.map((m) => m.id)
+const byId = (a: string, b: string): number => a < b ? -1 : a > b ? 1 : 0
+
+/** Clients named `names`, spread over the nodes, each in room `r`, joined one after the other. */
+async function crowd (t: Test, d: Deployment, names: string[]): Promise<RoomsClient[]> {
+  const clients: RoomsClient[] = []
+  for (const [i, name] of names.entries()) {
+    const c = await connect(d.node(i).wsUrl, { WebSocket, name, reconnect: { initialDelayMs: 5, maxDelayMs: 20 } })
+    t.teardown(() => c.close())
+    await c.join('r')
+    clients.push(c)
+  }
+  return clients
+}
+
+eachAdapter(t, 'paging through a room larger than one page: count at once, members a page at a time, by id', async (t, deploy) => {
+  const d = await deploy(options)
+  const clients = await crowd(t, d, ['ada', 'bob', 'carol', 'dave', 'eve'])
+  const everyone = clients.map((c) => c.user!.id).sort(byId)
+  const eve = clients[4]!
+  const room = eve.room('r')!
+  t.equal(room.count, 5, 'the count is the whole room')
+  t.same(ids(room.members), everyone.slice(0, 2), 'the first page: the two lowest ids')
+  t.equal(room.membersComplete, false)
+
+  const [page, same] = await Promise.all([room.loadMoreMembers(), room.loadMoreMembers()])
+  t.same(ids(page), everyone.slice(2, 4), 'the next page')
+  t.equal(same, page, 'a call while one is in flight shares it')
+  t.same(ids(room.members), everyone.slice(0, 4))
+  t.equal(room.membersComplete, false)
+  t.same(ids(await room.loadMoreMembers()), everyone.slice(4))
+  t.equal(room.membersComplete, true)
+  t.same(ids(room.members), everyone, 'every member once, by id')
+  t.same(await room.loadMoreMembers(), [], 'nothing more to load')
+  t.same(ids(await room.loadMoreMembers()), [], 'and again')
+
+  const joined = nextEvent<PresenceChange>((h) => room.on('presence', h), undefined, eve)
+  const [frank] = await crowd(t, d, ['frank'])
+  t.same(ids((await joined).joins), [frank!.user!.id])
+  t.equal(room.count, 6)
+  t.same(ids(room.members), [...everyone, frank!.user!.id].sort(byId), 'a complete list stays complete')
+})
+
+eachAdapter(t, 'an incomplete list: a leave of a member not loaded changes only the count; pages loaded later do not bring back who left', async (t, deploy) => {
+  const d = await deploy(options)
+  const clients = await crowd(t, d, ['ada', 'bob', 'carol', 'dave', 'eve'])
+  const eve = clients[4]!
+  const room = eve.room('r')!
+  const loaded = new Set(ids(room.members))
+  const changes: PresenceChange[] = []
+  room.on('presence', (change) => changes.push(change))
+  const counts: number[] = []
+  room.on('count', (n) => counts.push(n))
+
+  const unloaded = clients.find((c) => c !== eve && !loaded.has(c.user!.id))!
+  const counted = nextEvent<number>((h) => room.on('count', h), (n) => n === 4, eve)
+  await unloaded.room('r')!.leave()
+  await counted
+  t.same(changes, [], 'no presence event for a member this handle never knew')
+
+  const known = clients.find((c) => c !== eve && loaded.has(c.user!.id))
+  if (known !== undefined) {
+    const left = nextEvent<PresenceChange>((h) => room.on('presence', h), undefined, eve)
+    await known.room('r')!.leave()
+    t.same(ids((await left).leaves), [known.user!.id], 'a loaded member leaving is a leave')
+  }
+  while (!room.membersComplete) await room.loadMoreMembers()
+  const present = clients.filter((c) => c !== unloaded && c !== known).map((c) => c.user!.id).sort(byId)
+  t.same(ids(room.members), present, 'the pages hold who is there, and nobody who left')
+  t.equal(room.count, present.length)
+  t.same(counts, known === undefined ? [4] : [4, 3])
+})
+
+eachAdapter(t, 'after a reconnect the list starts again from the new joined', async (t, deploy) => {
+  // The others dropped too (one memory node) stay present through the grace period.
+  const d = await deploy({ ...options, presenceGraceMs: 10_000 })
+  const clients = await crowd(t, d, ['ada', 'bob', 'carol'])
+  const carol = clients[2]!
+  const room = carol.room('r')!
+  while (!room.membersComplete) await room.loadMoreMembers()
+  t.equal(room.members.length, 3)
+  const rejoined = nextEvent((h) => room.on('joined', h), undefined, carol)
+  await dropConnection(d.node(2).app, carol)
+  await rejoined
+  t.equal(room.count, 3)
+  t.equal(room.members.length, 2, 'the first page of the new joined')
+  t.equal(room.membersComplete, false)
+  t.equal((await room.loadMoreMembers(1)).length, 1)
+  t.equal(room.membersComplete, true)
+  t.same(ids(room.members), clients.map((c) => c.user!.id).sort(byId))
+})
+
+eachAdapter(t, 'loadMoreMembers refusals: disconnected DISCONNECTED, a bad limit the server error, a left handle NOT_IN_ROOM', async (t, deploy) => {
+  const g = gate()
+  const d = await deploy(options, (app) => g.setup(app))
+  const clients = await crowd(t, d, ['ada', 'bob', 'carol'])
+  const carol = clients[2]!
+  const room = carol.room('r')!
+  t.equal(room.membersComplete, false)
+
+  await t.rejects(room.loadMoreMembers(5000), { name: 'RoomsClientError', code: 'INVALID_FRAME' })
+  t.equal(room.membersComplete, false, 'a refused page changes nothing')
+
+  g.closed = true
+  await dropConnection(d.node(2).app, carol)
+  await t.rejects(room.loadMoreMembers(), { name: 'RoomsClientError', code: 'DISCONNECTED', room: 'r' })
+  const rejoined = nextEvent((h) => room.on('joined', h), undefined, carol)
+  g.closed = false
+  await rejoined
+
+  await room.leave()
+  await t.rejects(room.loadMoreMembers(), { code: 'NOT_IN_ROOM', room: 'r' })
+})
