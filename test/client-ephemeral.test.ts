@@ -1,6 +1,6 @@
 import t from 'tap'
 import WebSocket from 'ws'
-import { connect, type EphemeralMessage, type Gap, type RoomMessage } from '../src/client/index.js'
+import { connect, type EphemeralMessage, type Gap, type Room, type RoomMessage } from '../src/client/index.js'
 import { eachAdapter } from './helpers/deployment.js'
 import { startApp } from './helpers/server.js'
 import { dropConnection, gate, nextEvent } from './helpers/client.js'
@@ -63,3 +63,15 @@ t.test('an ephemeral publish is never held: while disconnected it rejects at onc
   const page = await app.rooms.history('r')
   t.same(page?.messages.map((m) => (JSON.parse(m.frame) as { data: unknown }).data), ['stored'], 'the ephemeral one was never sent')
 })
+
+// Checked by tsc only: the offset is typed by the option.
+export async function typed (room: Room<string>): Promise<void> {
+  const offset: number = await room.publish('stored')
+  // @ts-expect-error an ephemeral publish resolves with no offset
+  const none: number = await room.publish('typing', { ephemeral: true })
+  room.on('ephemeral', (m) => {
+    // @ts-expect-error an ephemeral message has no offset
+    m.offset.toFixed()
+  })
+  void [offset, none]
+}
