@@ -75,6 +75,8 @@ export class Connection implements Peer {
   /** Bytes of the frames in `queue`. */
   private queuedBytes = 0
   private closed = false
+  /** Closed by the server on purpose (4003): its rooms see it leave at once, with no grace. */
+  private disconnected = false
 
   constructor (socket: WebSocket, request: FastifyRequest, id: string, ctx: ConnectionContext) {
     this.socket = socket
@@ -117,6 +119,7 @@ export class Connection implements Peer {
     this.ctx.registry.add(this)
     const welcome: WelcomeFrame = { type: 'welcome', connectionId: this.id, user: identity.user, protocol: PROTOCOL_VERSION, heartbeatMs: this.ctx.options.heartbeatMs }
     if (identity.expiresAt !== undefined) welcome.expiresAt = identity.expiresAt
+    if (identity.resume !== undefined) welcome.resume = identity.resume
     if (id !== undefined) welcome.id = id
     this.sendEncoded(JSON.stringify(welcome))
     this.watchExpiry(identity.expiresAt)
@@ -247,7 +250,9 @@ export class Connection implements Peer {
   }
 
   close (code: number, reason: string): void {
-    if (this.socket.readyState === OPEN) this.socket.close(code, closeReason(reason))
+    if (this.socket.readyState !== OPEN) return
+    if (code === 4003) this.disconnected = true
+    this.socket.close(code, closeReason(reason))
   }
 
   /** Force the socket shut (shutdown past its grace time). */
@@ -350,6 +355,8 @@ export class Connection implements Peer {
         return this.leave(frame.room, frame.id)
       case 'publish':
         return this.publish(frame, size)
+      case 'members':
+        return this.ctx.registry.members(this, frame.room, { after: frame.after, limit: frame.limit ?? this.ctx.options.membersPageSize }, frame.id)
       case 'auth':
         return this.refresh(frame)
     }
@@ -385,8 +392,9 @@ export class Connection implements Peer {
         json = checkPublish(data, room, options.maxMessageBytes, validateData)
       }
     }
-    const offset = await registry.publish(room, { data: json, from: this.userJson })
-    if (frame.id !== undefined) this.sendEncoded(JSON.stringify({ type: 'ack', id: frame.id, room, offset }))
+    const ephemeral = frame.ephemeral === true
+    const offset = await registry.publish(room, { data: json, from: this.userJson, ephemeral })
+    if (frame.id !== undefined) this.sendEncoded(JSON.stringify(ephemeral ? { type: 'ack', id: frame.id, room } : { type: 'ack', id: frame.id, room, offset }))
   }
 
   private fail (err: unknown, frame: ClientFrame): void {
@@ -412,7 +420,9 @@ export class Connection implements Peer {
     this.queuedBytes = 0
     this.stopTimers()
     this.request.log.info({ connectionId: this.id, userId: this.identity?.user.id, code, reason: reason.toString(), durationMs: Date.now() - this.openedAt }, 'fastify-rooms: disconnected')
-    if (this.identity !== undefined) void this.ctx.registry.remove(this)
+    // A drop keeps the user present for the grace time; a deliberate end does not:
+    // the client said goodbye (1000) or the server disconnected it (4003).
+    if (this.identity !== undefined) void this.ctx.registry.remove(this, code !== 1000 && !this.disconnected)
   }
 }
 

@@ -11,6 +11,8 @@ export interface Identity {
   user: Member
   /** Epoch ms; absent when the credentials do not expire. */
   expiresAt?: number | undefined
+  /** Anonymous users only: the resume token `welcome` hands out. */
+  resume?: string | undefined
 }
 
 /**

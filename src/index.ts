@@ -13,19 +13,25 @@ import { resolveOptions, type RoomData, type RoomsOptions } from './options.js'
 import { page } from './page.js'
 import { checkPublish, compileDataValidator, invalidRoomMessage, isRoomName } from './protocol.js'
 import { Registry } from './registry.js'
+import { ResumeTokens } from './resume.js'
 import { DEFAULT_PAGE, restAccess, routes } from './routes.js'
 import { upgradeGuard } from './upgrade.js'
 
 /** The server API, decorated as `app.rooms`. */
 export interface RoomsApi {
   /** Publish to a room as the server (the `message` has no `from`). Resolves with its offset. */
-  broadcast (room: string, data: RoomData): Promise<number>
+  broadcast (room: string, data: RoomData, options?: { ephemeral?: false }): Promise<number>
+  /** An ephemeral broadcast: no offset, not stored, delivered to the members of the moment (typing, cursors). */
+  broadcast (room: string, data: RoomData, options: { ephemeral: true }): Promise<undefined>
   /** Push a `direct` frame to one connection. Resolves false when no such connection is open. */
   send (connectionId: string, data: unknown): Promise<boolean>
   /** Rooms with members, sorted by name, a page at a time. */
   list (query?: Partial<RoomQuery>): Promise<RoomPage>
-  /** A room with its members, or null when nobody is in it. */
-  get (room: string): Promise<RoomInfo | null>
+  /**
+   * A room with one page of its members (by id, `membersLimit` of them after
+   * `membersAfter`; default the first `membersPageSize`), or null when nobody is in it.
+   */
+  get (room: string, members?: { membersAfter?: string, membersLimit?: number }): Promise<RoomInfo | null>
   /** Stored messages of a room after `after`, oldest first; null when the room has neither members nor history. */
   history (room: string, after?: number, limit?: number): Promise<HistoryPage | null>
   /**
@@ -77,7 +83,14 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     throw new Error('fastify-rooms: already registered in this context; register it again inside its own encapsulated plugin (app.register(async (child) => child.register(rooms, ...))).')
   }
   const adapter = options.adapter ?? memoryAdapter()
-  const registry = new Registry(adapter, { log: app.log, maxRoomsPerConnection: options.maxRoomsPerConnection, presenceEvents: options.presenceEvents })
+  const registry = new Registry(adapter, {
+    log: app.log,
+    maxRoomsPerConnection: options.maxRoomsPerConnection,
+    presenceEvents: options.presenceEvents,
+    presenceIntervalMs: options.presenceIntervalMs,
+    presenceGraceMs: options.presenceGraceMs,
+    membersPageSize: options.membersPageSize
+  })
   const nodeId = randomBytes(4).toString('hex')
   await adapter.start(registry, {
     log: app.log,
@@ -86,8 +99,10 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     historySize: options.historySize,
     historyTtlMs: options.historyTtlMs,
     maxHistoryRooms: options.maxHistoryRooms,
-    maxHistoryBytes: options.maxHistoryBytes
+    maxHistoryBytes: options.maxHistoryBytes,
+    membersPageSize: options.membersPageSize
   })
+  const resume = new ResumeTokens(await adapter.secret?.())
 
   const credentials = new Credentials(options)
   const ctx: ConnectionContext = {
@@ -134,7 +149,7 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
   app.addHook('onClose', async () => {
     app.server.off('upgrade', refuseUpgrade)
     clearInterval(heartbeat)
-    await registry.idle()
+    await registry.close()
     await adapter.close()
   })
 
@@ -147,12 +162,12 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
   }
 
   /** A publish by the server (`broadcast`, REST): the same checks as a member's publish, no `from`. */
-  async function serverPublish (room: string, data: unknown): Promise<number> {
+  async function serverPublish (room: string, data: unknown, ephemeral = false): Promise<number | undefined> {
     if (!isRoomName(room)) throw new RoomsError('INVALID_ROOM', invalidRoomMessage(room))
-    return await registry.publish(room, { data: checkPublish(data, room, options.maxMessageBytes, ctx.validateData) })
+    return await registry.publish(room, { data: checkPublish(data, room, options.maxMessageBytes, ctx.validateData), ephemeral })
   }
 
-  const guard = upgradeGuard(options, credentials, state)
+  const guard = upgradeGuard(options, credentials, state, resume)
   app.get(options.path, {
     websocket: true,
     preValidation: guard.hook,
@@ -170,21 +185,23 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     connection.start(guard.identityOf(request))
   })
 
-  if (options.rest) await app.register(routes, { prefix: options.prefix, registry, access: restAccess(options, credentials), publish: options.restPublish === undefined ? undefined : { guard: options.restPublish, serverPublish, bodyLimit: options.maxFrameBytes } })
+  if (options.rest) await app.register(routes, { prefix: options.prefix, registry, access: restAccess(options, credentials), membersPageSize: options.membersPageSize, publish: options.restPublish === undefined ? undefined : { guard: options.restPublish, serverPublish: async (room, data) => await serverPublish(room, data) as number, bodyLimit: options.maxFrameBytes } })
   if (options.demo !== false) {
     await app.register(page, { prefix: options.demo === true ? '/' : options.demo, path: options.path, restPrefix: options.rest ? options.prefix : false })
   }
 
   const api: RoomsApi = {
-    broadcast: serverPublish,
+    async broadcast (room: string, data: RoomData, options?: { ephemeral?: boolean }): Promise<never> {
+      return await serverPublish(room, data, options?.ephemeral === true) as never
+    },
     async send (connectionId, data) {
       return await registry.sendDirect(connectionId, data)
     },
     async list (query = {}) {
       return await registry.list({ prefix: query.prefix, after: query.after, limit: query.limit ?? DEFAULT_PAGE })
     },
-    async get (room) {
-      return isRoomName(room) ? await registry.room(room) : null
+    async get (room, members = {}) {
+      return isRoomName(room) ? await registry.room(room, { after: members.membersAfter, limit: members.membersLimit ?? options.membersPageSize }) : null
     },
     async history (room, after = 0, limit = options.historySize) {
       return await registry.history(roomName(room), after, limit)

@@ -1,7 +1,7 @@
 import type { FastifyBaseLogger } from 'fastify'
-import type { Adapter, AdapterListener, HistoryPage, JoinResult, RoomInfo, RoomPage, RoomQuery, StoredMessage } from './adapters/adapter.js'
+import type { Adapter, AdapterListener, HistoryPage, JoinResult, MembersQuery, PresenceChange, RoomInfo, RoomPage, RoomQuery, StoredMessage } from './adapters/adapter.js'
 import type { ControlCommand } from './adapters/adapter.js'
-import type { EncodedPublish, JoinedFrame, Member, Position, RequestId } from './protocol.js'
+import { encodePresence, type EncodedPublish, type JoinedFrame, type Member, type MembersPageFrame, type Position, type RequestId } from './protocol.js'
 import { RoomsError } from './errors.js'
 import { textFrame } from './frame.js'
 
@@ -48,6 +48,43 @@ export interface RegistryOptions {
   maxRoomsPerConnection: number
   /** Send `presence` frames; off for large broadcast rooms, where each join would reach every member. */
   presenceEvents: boolean
+  /** A room's presence changes are batched into one diff at most this often. */
+  presenceIntervalMs: number
+  /** How long a connection that dropped without `leave` stays present. */
+  presenceGraceMs: number
+  /** Members in the first page of `joined`. */
+  membersPageSize: number
+}
+
+/**
+ * One user in a room's pending presence diff. `start` is whether the user was
+ * present before the diff began, `present` whether it is now.
+ */
+interface Touched {
+  member: string
+  start: boolean
+  present: boolean
+}
+
+/** A room's presence changes since its last diff. */
+interface Batch {
+  users: Map<string, Touched>
+  count: number
+  /** The last presence sequence in the batch. */
+  seq: number
+  /**
+   * A member of this node joined while the batch was open: its member list
+   * reflects a state in the middle of the batch, so the diff must give every
+   * touched user's state, even those back where they started.
+   */
+  fresh: boolean
+}
+
+/** A connection that dropped without `leave`: still a member of its rooms until `timer` fires. */
+interface Lingering {
+  peer: Peer
+  rooms: string[]
+  timer: NodeJS.Timeout
 }
 
 export interface JoinRequest {
@@ -79,6 +116,10 @@ export class Registry implements AdapterListener {
   private readonly adapter: Adapter
   private readonly options: RegistryOptions
   private readonly removals = new Set<Promise<void>>()
+  private readonly batches = new Map<string, Batch>()
+  private flushTimer: NodeJS.Timeout | undefined
+  private flushScheduled = false
+  private readonly lingering = new Map<string, Lingering>()
 
   constructor (adapter: Adapter, options: RegistryOptions) {
     this.adapter = adapter
@@ -105,8 +146,8 @@ export class Registry implements AdapterListener {
     if (entry === undefined) return
     const existing = entry.rooms.get(room)
     if (existing !== undefined) {
-      const info = await this.adapter.room(room)
-      const joined: JoinedFrame = { type: 'joined', room, count: info?.count ?? 1, members: info?.members ?? [peer.user], membersNext: null, offset: existing.lastOffset, epoch: info?.epoch ?? '' }
+      const info = await this.adapter.room(room, { limit: this.options.membersPageSize })
+      const joined: JoinedFrame = { type: 'joined', room, count: info?.count ?? 1, members: info?.members ?? [peer.user], membersNext: info?.membersNext ?? null, offset: existing.lastOffset, epoch: info?.epoch ?? '' }
       if (request.id !== undefined) joined.id = request.id
       peer.sendEncoded(JSON.stringify(joined))
       return
@@ -137,7 +178,7 @@ export class Registry implements AdapterListener {
       if (this.peers.has(peer.id)) throw new RoomsError('NOT_IN_ROOM', `You were removed from room "${room}" while joining it.`, room)
       return
     }
-    const joined: JoinedFrame = { type: 'joined', room, count: result.count, members: result.members, membersNext: null, offset: result.offset, epoch: result.epoch }
+    const joined: JoinedFrame = { type: 'joined', room, count: result.count, members: result.members, membersNext: result.membersNext, offset: result.offset, epoch: result.epoch }
     if (request.id !== undefined) joined.id = request.id
     if (replay.recovered !== undefined) joined.recovered = replay.recovered
     peer.sendEncoded(JSON.stringify(joined))
@@ -152,9 +193,11 @@ export class Registry implements AdapterListener {
     }
     membership.lastOffset = Math.max(membership.lastOffset, result.offset)
     membership.live = true
+    const batch = this.batches.get(room)
+    if (batch !== undefined) batch.fresh = true
     const pending = membership.pending
     membership.pending = []
-    membership.presenceSeq = result.presenceSeq ?? 0
+    membership.presenceSeq = result.presenceSeq
     for (const item of pending) this.deliver(membership, item.offset, item.framed, item.payload, item.presenceSeq)
   }
 
@@ -195,27 +238,48 @@ export class Registry implements AdapterListener {
 
   /**
    * Remove a closed connection from every room. Local state goes at once, so
-   * nothing more is written to it; the cluster-wide leave follows.
+   * nothing more is written to it. The cluster-wide leave follows at once, or,
+   * with `grace` (it dropped without leaving), after `presenceGraceMs`: a
+   * reconnect within it shows the others no leave and no join.
    */
-  async remove (peer: Peer): Promise<void> {
-    await this.track(this.removeNow(peer))
-  }
-
-  /** Resolves when every removal under way has reached the adapter (before it closes). */
-  async idle (): Promise<void> {
-    await Promise.all([...this.removals])
-  }
-
-  private async removeNow (peer: Peer): Promise<void> {
+  async remove (peer: Peer, grace = false): Promise<void> {
     const entry = this.peers.get(peer.id)
     if (entry === undefined) return
     this.peers.delete(peer.id)
-    const leaves: Array<Promise<void>> = []
-    for (const [room, membership] of entry.rooms) {
-      this.forget(peer.id, room, membership)
-      leaves.push(this.trackLeave(room, peer))
+    const rooms = [...entry.rooms.keys()]
+    for (const [room, membership] of entry.rooms) this.forget(peer.id, room, membership)
+    if (grace && rooms.length > 0 && this.options.presenceGraceMs > 0) {
+      const timer = setTimeout(() => { void this.endGrace(peer.id) }, this.options.presenceGraceMs)
+      this.lingering.set(peer.id, { peer, rooms, timer })
+      return
     }
-    await Promise.all(leaves)
+    await this.track(Promise.all(rooms.map(async (room) => await this.trackLeave(room, peer))).then(noop))
+  }
+
+  /** A dropped connection's grace is over (or cut short): it leaves its rooms, or `only` that one. */
+  private async endGrace (connectionId: string, only?: string): Promise<void> {
+    const lingering = this.lingering.get(connectionId)
+    if (lingering === undefined) return
+    const rooms = only === undefined ? lingering.rooms : lingering.rooms.filter((room) => room === only)
+    if (only === undefined || lingering.rooms.length === rooms.length) {
+      clearTimeout(lingering.timer)
+      this.lingering.delete(connectionId)
+    } else {
+      lingering.rooms = lingering.rooms.filter((room) => room !== only)
+    }
+    await Promise.all(rooms.map(async (room) => await this.trackLeave(room, lingering.peer)))
+  }
+
+  /**
+   * Shutting down: dropped connections leave now rather than after their
+   * grace, pending presence diffs are dropped (their members are going), and
+   * every leave under way reaches the adapter before it closes.
+   */
+  async close (): Promise<void> {
+    clearTimeout(this.flushTimer)
+    this.batches.clear()
+    await Promise.all([...this.lingering.keys()].map(async (id) => await this.endGrace(id)))
+    await Promise.all([...this.removals])
   }
 
   /**
@@ -237,9 +301,18 @@ export class Registry implements AdapterListener {
     }
   }
 
-  /** Publish data encoded at the edge, as a member (`from`) or as the server. */
-  async publish (room: string, message: EncodedPublish): Promise<number> {
+  /** Publish data encoded at the edge, as a member (`from`) or as the server; an ephemeral publish resolves undefined. */
+  async publish (room: string, message: EncodedPublish): Promise<number | undefined> {
     return await this.adapter.publish(room, message)
+  }
+
+  /** A page of a room's members for a member of it (`members` frame). */
+  async members (peer: Peer, room: string, query: MembersQuery, id: RequestId | undefined): Promise<void> {
+    if (!this.isMember(peer, room)) throw notInRoom(room)
+    const info = await this.adapter.room(room, query)
+    const reply: MembersPageFrame = { type: 'members', room, members: info?.members ?? [], next: info?.membersNext ?? null }
+    if (id !== undefined) reply.id = id
+    peer.sendEncoded(JSON.stringify(reply))
   }
 
   /** Send a `direct` frame to a connection on any node. */
@@ -247,8 +320,8 @@ export class Registry implements AdapterListener {
     return await this.adapter.direct(connectionId, data, from)
   }
 
-  async room (room: string): Promise<RoomInfo | null> {
-    return await this.adapter.room(room)
+  async room (room: string, members: MembersQuery): Promise<RoomInfo | null> {
+    return await this.adapter.room(room, members)
   }
 
   async list (query: RoomQuery): Promise<RoomPage> {
@@ -259,22 +332,74 @@ export class Registry implements AdapterListener {
     return await this.adapter.history(room, after, limit)
   }
 
-  message (room: string, offset: number, frame: string | Buffer): void {
+  message (room: string, offset: number | undefined, frame: string | Buffer): void {
     const members = this.rooms.get(room)
     if (members === undefined) return
     // Encode and frame once: every member gets the same bytes, with no per-member work but the write.
     const payload = typeof frame === 'string' ? Buffer.from(frame) : frame
     const framed = textFrame(payload)
-    for (const membership of members.values()) this.deliver(membership, offset, framed, payload)
+    for (const membership of members.values()) this.deliver(membership, offset ?? UNORDERED, framed, payload)
   }
 
-  presence (room: string, frame: string, origin: string, seq?: number): void {
+  /**
+   * Batch a presence change into the room's next diff. Every member then gets
+   * at most one `presence` frame per interval, built once for all of them,
+   * however many people join at once: a join storm costs O(members) writes
+   * per interval instead of O(members) per join.
+   */
+  presence (room: string, change: PresenceChange): void {
     const members = this.rooms.get(room)
     if (members === undefined || !this.options.presenceEvents) return
-    const payload = Buffer.from(frame)
-    const framed = textFrame(payload)
-    for (const membership of members.values()) {
-      if (membership.peer.id !== origin) this.deliver(membership, UNORDERED, framed, payload, seq)
+    let batch = this.batches.get(room)
+    if (batch === undefined) {
+      let fresh = false
+      for (const membership of members.values()) {
+        if (!membership.live) { fresh = true; break }
+      }
+      batch = { users: new Map(), count: change.count, seq: change.seq, fresh }
+      this.batches.set(room, batch)
+      this.scheduleFlush()
+    }
+    const touched = batch.users.get(change.id)
+    if (touched === undefined) {
+      batch.users.set(change.id, { member: change.member, start: !change.join, present: change.join })
+    } else {
+      touched.present = change.join
+      if (change.join) touched.member = change.member
+    }
+    if (change.seq >= batch.seq) {
+      batch.seq = change.seq
+      batch.count = change.count
+    }
+  }
+
+  private scheduleFlush (): void {
+    if (this.flushScheduled) return
+    this.flushScheduled = true
+    const flush = (): void => this.flushPresence()
+    if (this.options.presenceIntervalMs === 0) setImmediate(flush)
+    else this.flushTimer = setTimeout(flush, this.options.presenceIntervalMs)
+  }
+
+  private flushPresence (): void {
+    this.flushScheduled = false
+    const batches = [...this.batches]
+    this.batches.clear()
+    for (const [room, batch] of batches) {
+      const members = this.rooms.get(room)
+      if (members === undefined) continue
+      const joins: string[] = []
+      const leaves: string[] = []
+      for (const { member, start, present } of batch.users.values()) {
+        // A user back where it started is news only to a member that joined in between.
+        if (start === present && !batch.fresh) continue
+        if (present) joins.push(member)
+        else leaves.push(member)
+      }
+      if (joins.length === 0 && leaves.length === 0) continue
+      const payload = Buffer.from(encodePresence(room, joins, leaves, batch.count))
+      const framed = textFrame(payload)
+      for (const membership of members.values()) this.deliver(membership, UNORDERED, framed, payload, batch.seq)
     }
   }
 
@@ -291,6 +416,11 @@ export class Registry implements AdapterListener {
    */
   control (command: ControlCommand): number {
     const { target } = command
+    // A dropped connection the command names leaves now rather than after its grace.
+    const room = command.kind === 'remove' ? command.room : undefined
+    for (const [id, { peer }] of this.lingering) {
+      if ('connectionId' in target ? id === target.connectionId : peer.user.id === target.userId) void this.endGrace(id, room)
+    }
     const entries = 'connectionId' in target
       ? [this.peers.get(target.connectionId)].filter((e) => e !== undefined)
       : [...this.peers.values()].filter((e) => e.peer.user.id === target.userId)
@@ -319,6 +449,7 @@ export class Registry implements AdapterListener {
   }
 
   private deliver (membership: Membership, offset: number, framed: Buffer, payload: Buffer, presenceSeq?: number): void {
+    // Fan-out hot path: no allocation for a live member.
     if (!membership.live) {
       membership.pending.push({ offset, framed, payload, presenceSeq })
     } else if (offset === UNORDERED) {
@@ -353,6 +484,8 @@ export class Registry implements AdapterListener {
     }
   }
 }
+
+const noop = (): void => {}
 
 /** The error for publishing to or leaving a room one is not in. */
 export function notInRoom (room: string): RoomsError {

@@ -1,7 +1,7 @@
 import Type, { type Static } from 'typebox'
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
-import { Member, MessageFrame, RoomName, invalidRoomMessage, isRoomName } from './protocol.js'
+import { MAX_MEMBERS_PAGE, Member, MemberCursor, MessageFrame, RoomName, invalidRoomMessage, isRoomName } from './protocol.js'
 import { InternalError, InvalidRoomError, NoHistoryError, RestUnauthorizedError, RoomForbiddenError, RoomNameTooLongError, RoomNotFoundError, httpError, isRoomsError, type ErrorCode } from './errors.js'
 import type { Credentials } from './identity.js'
 import type { ResolvedOptions, RestPublishGuard } from './options.js'
@@ -29,10 +29,18 @@ export const RoomList = Type.Object({
 
 export const RoomParams = Type.Object({ room: RoomName })
 
+export const RoomQuerystring = Type.Object({
+  membersAfter: Type.Optional(MemberCursor),
+  membersLimit: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_MEMBERS_PAGE, description: 'default: the membersPageSize option (100)' }))
+})
+
 export const RoomDetail = Type.Object({
   name: RoomName,
   count: Type.Integer(),
+  /** One page of members, by id. */
   members: Type.Array(Member),
+  /** Pass as `membersAfter` for the next page; null when this page was the last. */
+  membersNext: Type.Union([MemberCursor, Type.Null()]),
   offset: Type.Integer(),
   epoch: Type.String()
 })
@@ -104,6 +112,8 @@ export function restAccess (options: ResolvedOptions, credentials: Credentials):
 
 export interface RoutesOptions {
   registry: Registry
+  /** Members per page when `membersLimit` is not given. */
+  membersPageSize: number
   /** Credentials and room checks; absent when the app configured no authentication. */
   access: RestAccess | undefined
   /** The REST publish route, when the app turned it on. */
@@ -127,7 +137,7 @@ const STATUS: Partial<Record<ErrorCode, number>> = {
  * The REST API: room listing and room details. Registered in its own
  * encapsulated context, so its validator and error handler stay ours.
  */
-export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { registry, access, publish }) => {
+export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { registry, membersPageSize, access, publish }) => {
   const app = parent.withTypeProvider<TypeBoxTypeProvider>()
   app.setValidatorCompiler(TypeBoxValidatorCompiler)
   app.setErrorHandler(roomErrors)
@@ -166,12 +176,14 @@ export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { regist
   app.get('/:room', {
     preHandler: roomAccess,
     schema: {
-      summary: 'A room with its members, last offset and epoch',
+      summary: 'A room with a page of its members, last offset and epoch',
       params: RoomParams,
+      querystring: RoomQuerystring,
       response: { 200: RoomDetail, 400: HttpError, 401: HttpError, 403: HttpError, 404: HttpError }
     }
   }, async (request) => {
-    const room = await registry.room(request.params.room)
+    const { membersAfter, membersLimit = membersPageSize } = request.query
+    const room = await registry.room(request.params.room, { after: membersAfter, limit: membersLimit })
     if (room === null) throw new RoomNotFoundError(request.params.room)
     return room
   })

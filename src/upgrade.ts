@@ -3,6 +3,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import { InvalidNameError, OriginNotAllowedError, ShuttingDownError, TooManyConnectionsError, UnauthorizedError, isRoomsError } from './errors.js'
 import type { Credentials, Identity } from './identity.js'
 import type { ResolvedOptions } from './options.js'
+import type { ResumeTokens } from './resume.js'
 
 /** 1-32 characters, none of them control or format characters. */
 const printableName = /^[^\p{C}]{1,32}$/u
@@ -20,7 +21,7 @@ export interface UpgradeState {
  * @returns the hook, and a lookup of the identity it settled for a request:
  *   undefined when the connection is to authenticate in band with a token
  */
-export function upgradeGuard (options: ResolvedOptions, credentials: Credentials, state: UpgradeState): {
+export function upgradeGuard (options: ResolvedOptions, credentials: Credentials, state: UpgradeState, resume: ResumeTokens): {
   hook: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
   identityOf: (request: FastifyRequest) => Identity | undefined
 } {
@@ -41,7 +42,8 @@ export function upgradeGuard (options: ResolvedOptions, credentials: Credentials
     }
     if (state.connections() >= options.maxConnections) throw new TooManyConnectionsError(options.maxConnections)
     if (!credentials.required) {
-      identities.set(request, { user: anonymous(request) })
+      const user = anonymous(request, resume)
+      identities.set(request, { user, resume: resume.sign(user) })
       return
     }
     let identity: Identity | null
@@ -68,9 +70,16 @@ function isSameOrigin (origin: string, host: string): boolean {
   }
 }
 
-function anonymous (request: FastifyRequest): Identity['user'] {
-  const name = (request.query as Record<string, unknown> | undefined)?.name
-  if (name === undefined || name === '') return { id: randomUUID(), name: `guest-${randomBytes(2).toString('hex')}` }
+/**
+ * An anonymous user: the one a valid `resume` token names (a reconnect keeps
+ * its id), else a new one. A bad or expired token is not an error, since the
+ * token only spares the user a new id: it gets a new one.
+ */
+function anonymous (request: FastifyRequest, tokens: ResumeTokens): Identity['user'] {
+  const query = request.query as Record<string, unknown> | undefined
+  const name = query?.name
+  const resumed = typeof query?.resume === 'string' ? tokens.verify(query.resume) : undefined
+  if (name === undefined || name === '') return resumed ?? { id: randomUUID(), name: `guest-${randomBytes(2).toString('hex')}` }
   if (typeof name !== 'string' || !printableName.test(name) || name.trim() === '') throw new InvalidNameError()
-  return { id: randomUUID(), name }
+  return { id: resumed?.id ?? randomUUID(), name }
 }

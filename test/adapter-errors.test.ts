@@ -5,7 +5,7 @@ import { TestSocket } from './helpers/socket.js'
 
 /** A user-written adapter (through the public interface) whose store fails for one room. */
 class FlakyStore extends MemoryAdapter {
-  override async publish (room: string, message: EncodedPublish): Promise<number> {
+  override async publish (room: string, message: EncodedPublish): Promise<number | undefined> {
     if (room === 'broken') throw new Error('store timeout (secret connection string here)')
     return await super.publish(room, message)
   }

@@ -8,7 +8,7 @@ eachAdapter(t, 'welcome is the first frame, with connection id, user, protocol a
   const a = await TestSocket.open(`${d.node(0).wsUrl}?name=ada`)
   t.teardown(() => a.close())
   t.equal(a.frames[0]?.type, 'welcome')
-  t.match(a.welcome, { type: 'welcome', protocol: 1, heartbeatMs: 30_000, user: { name: 'ada' } })
+  t.match(a.welcome, { type: 'welcome', protocol: 2, heartbeatMs: 30_000, user: { name: 'ada' } })
   t.type(a.welcome.connectionId, 'string')
   t.type(a.welcome.user.id, 'string')
   const b = await TestSocket.open(d.node(1).wsUrl)

@@ -70,7 +70,7 @@ t.test('redis adapter under faults', { skip: skipRedis }, async (t) => {
   /** Wait until a member has the message at `offset`, then the offsets and data of every message it got. */
   async function receivedUpTo (socket: TestSocket, offset: number): Promise<Array<[number, unknown]>> {
     if (!socket.frames.some((f) => f.type === 'message' && f.offset === offset)) await socket.next((f) => f.type === 'message' && f.offset === offset, `message ${offset}`)
-    return socket.frames.filter((f) => f.type === 'message').map((f) => [f.offset, f.data])
+    return socket.frames.filter((f) => f.type === 'message').map((f) => [f.offset as number, f.data])
   }
 
   t.test('a publish whose command connection is cut in flight is applied once and acked with its one offset', async (t) => {

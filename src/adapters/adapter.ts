@@ -6,14 +6,14 @@ import type { EncodedPublish, Member } from '../protocol.js'
  * the node writes the same bytes to every local member.
  */
 export interface AdapterListener {
-  /** A `message` frame of `room`, called in offset order per room. */
-  message (room: string, offset: number, frame: string | Buffer): void
+  /** A `message` frame of `room`, called in offset order per room; `offset` is undefined for an ephemeral one. */
+  message (room: string, offset: number | undefined, frame: string | Buffer): void
   /**
-   * A `presence` frame of `room`, caused by connection `origin` (which does
-   * not get it). `seq` is the room's presence sequence when the adapter keeps
-   * one (see `JoinResult.presenceSeq`).
+   * A user's first connection joined `room`, or its last one left. Called in
+   * the room's presence order (`change.seq`); the node batches these into
+   * `presence` diffs for its members.
    */
-  presence (room: string, frame: string, origin: string, seq?: number): void
+  presence (room: string, change: PresenceChange): void
   /** A `direct` frame for one connection; true when that connection is on this node. */
   direct (connectionId: string, frame: string): boolean
   /**
@@ -25,6 +25,20 @@ export interface AdapterListener {
   reset (room: string, connections: readonly string[]): void
   /** Apply a server command to this node's connections; returns how many it affected here. */
   control (command: ControlCommand): number
+}
+
+/** One cluster-wide presence event of a room. */
+export interface PresenceChange {
+  /** True for a join, false for a leave. */
+  join: boolean
+  /** The user's id. */
+  id: string
+  /** The member as JSON (`encodeMember`), as it goes into the frame. */
+  member: string
+  /** Members in the room after this change. */
+  count: number
+  /** The room's presence sequence: increases with every change of the room. */
+  seq: number
 }
 
 /** Whom a server command is for: one connection, or every connection of one user. */
@@ -53,30 +67,44 @@ export interface AdapterConfig {
   maxHistoryRooms: number
   /** Bytes of history kept in all rooms together; the least recently published rooms give theirs up first. */
   maxHistoryBytes: number
+  /** Members in the first page that `join` answers with. */
+  membersPageSize: number
 }
 
 /** The cluster-wide state of a room when a connection has just joined it. */
 export interface JoinResult {
+  /** The first page of members, by id. */
   members: Member[]
+  /** The id to page on from, or null when `members` is all of them. */
+  membersNext: string | null
   count: number
   /** Last offset in the room: the joiner gets every message after it. */
   offset: number
   epoch: string
   /**
-   * The room's presence sequence that `members` reflects, for adapters whose
-   * presence frames can reach a joiner before its join is applied (they pass
-   * the frame's sequence to `presence`); the joiner gets only later ones.
+   * The room's presence sequence that `members` reflects: presence changes
+   * numbered up to it are in the member list already, so the joiner is not
+   * told of them again.
    */
-  presenceSeq?: number
+  presenceSeq: number
 }
 
 /** A room as the REST API and `app.rooms.get` show it. */
 export interface RoomInfo {
   name: string
   count: number
+  /** One page of members, by id. */
   members: Member[]
+  /** The id to pass as `membersAfter` for the next page, or null. */
+  membersNext: string | null
   offset: number
   epoch: string
+}
+
+/** A page of a room's members: those with an id greater than `after`, by id. */
+export interface MembersQuery {
+  after?: string | undefined
+  limit: number
 }
 
 export interface RoomQuery {
@@ -117,10 +145,11 @@ export interface Adapter {
   close (): Promise<void>
   /**
    * Assign the room's next offset, store the message and deliver it to every
-   * node's members, in offset order.
-   * @returns the message's offset
+   * node's members, in offset order. An ephemeral message gets no offset and
+   * is not stored: it goes to the members of the moment.
+   * @returns the message's offset; undefined for an ephemeral one
    */
-  publish (room: string, message: EncodedPublish): Promise<number>
+  publish (room: string, message: EncodedPublish): Promise<number | undefined>
   /**
    * Record that a connection joined. When it is the user's first connection in
    * the room, every member is sent `presence join`.
@@ -140,10 +169,16 @@ export interface Adapter {
   control (command: ControlCommand): Promise<number>
   /** Send a `direct` frame to a connection on whichever node holds it. */
   direct (connectionId: string, data: unknown, from?: Member): Promise<boolean>
-  /** A room with at least one member, or null. */
-  room (room: string): Promise<RoomInfo | null>
+  /** A room with at least one member, with one page of its members; or null. */
+  room (room: string, members: MembersQuery): Promise<RoomInfo | null>
   /** Rooms with members, sorted by name. */
   rooms (query: RoomQuery): Promise<RoomPage>
   /** Stored messages after `after`, oldest first; null for a room with neither members nor history. */
   history (room: string, after: number, limit: number): Promise<HistoryPage | null>
+  /**
+   * A secret shared by every node of the deployment (the same for all of
+   * them, stable across restarts where the adapter can keep it), to sign
+   * anonymous users' resume tokens. Without it each node signs with its own.
+   */
+  secret? (): Promise<string>
 }

@@ -1,10 +1,10 @@
 import { randomBytes } from 'node:crypto'
 import type { EncodedPublish, Member } from '../protocol.js'
-import { encodeDirect, encodeMember, encodePresence, messageFrame } from '../protocol.js'
+import { encodeDirect, encodeMember, messageFrame } from '../protocol.js'
 import { RoomsError } from '../errors.js'
 import type {
   Adapter, AdapterConfig, AdapterListener, HistoryPage, JoinResult,
-  RoomInfo, RoomPage, RoomQuery, StoredMessage
+  MembersQuery, RoomInfo, RoomPage, RoomQuery, StoredMessage
 } from './adapter.js'
 import type { ControlCommand } from './adapter.js'
 
@@ -17,6 +17,10 @@ interface RoomState {
   epoch: string
   offset: number
   users: Map<string, UserEntry>
+  /** User ids, sorted: member pages cost O(log n + page). */
+  ids: string[]
+  /** The room's presence sequence. */
+  presenceSeq: number
   history: Kept[]
   /** What `history` costs, counted against `maxHistoryBytes`. */
   historyBytes: number
@@ -86,8 +90,12 @@ export class MemoryAdapter implements Adapter {
     this.active.length = 0
   }
 
-  async publish (room: string, message: EncodedPublish): Promise<number> {
+  async publish (room: string, message: EncodedPublish): Promise<number | undefined> {
     const { listener, config } = this.started()
+    if (message.ephemeral === true) {
+      listener.message(room, undefined, Buffer.from(messageFrame(room, message, undefined, this.now())))
+      return undefined
+    }
     const state = this.state(room)
     const offset = ++state.offset
     const ts = this.now()
@@ -151,11 +159,13 @@ export class MemoryAdapter implements Adapter {
       }
       entry = { member, connections: new Set() }
       state.users.set(member.id, entry)
+      insertSorted(state.ids, member.id)
       if (state.users.size === 1) insertSorted(this.active, room)
-      listener.presence(room, encodePresence(room, [encodeMember(member)], [], state.users.size), connectionId)
+      listener.presence(room, { join: true, id: member.id, member: encodeMember(member), count: state.users.size, seq: ++state.presenceSeq })
     }
     entry.connections.add(connectionId)
-    return { members: membersOf(state), count: state.users.size, offset: state.offset, epoch: state.epoch }
+    const page = membersPage(state, { limit: config.membersPageSize })
+    return { members: page.members, membersNext: page.next, count: state.users.size, offset: state.offset, epoch: state.epoch, presenceSeq: state.presenceSeq }
   }
 
   async leave (room: string, connectionId: string, member: Member): Promise<void> {
@@ -165,8 +175,9 @@ export class MemoryAdapter implements Adapter {
     if (state === undefined || entry === undefined || !entry.connections.delete(connectionId)) return
     if (entry.connections.size > 0) return
     state.users.delete(member.id)
+    removeSorted(state.ids, member.id)
     if (state.users.size === 0) removeSorted(this.active, room)
-    listener.presence(room, encodePresence(room, [], [encodeMember(entry.member)], state.users.size), connectionId)
+    listener.presence(room, { join: false, id: member.id, member: encodeMember(entry.member), count: state.users.size, seq: ++state.presenceSeq })
     this.forgetIfIdle(room, state)
   }
 
@@ -178,10 +189,11 @@ export class MemoryAdapter implements Adapter {
     return this.started().listener.control(command)
   }
 
-  async room (room: string): Promise<RoomInfo | null> {
+  async room (room: string, members: MembersQuery): Promise<RoomInfo | null> {
     const state = this.states.get(room)
     if (state === undefined || state.users.size === 0) return null
-    return { name: room, count: state.users.size, members: membersOf(state), offset: state.offset, epoch: state.epoch }
+    const page = membersPage(state, members)
+    return { name: room, count: state.users.size, members: page.members, membersNext: page.next, offset: state.offset, epoch: state.epoch }
   }
 
   async rooms (query: RoomQuery): Promise<RoomPage> {
@@ -219,7 +231,7 @@ export class MemoryAdapter implements Adapter {
   private state (room: string): RoomState {
     let state = this.states.get(room)
     if (state === undefined) {
-      state = { epoch: randomBytes(6).toString('base64url'), offset: 0, users: new Map(), history: [], historyBytes: 0, lastPublish: 0 }
+      state = { epoch: randomBytes(6).toString('base64url'), offset: 0, users: new Map(), ids: [], presenceSeq: 0, history: [], historyBytes: 0, lastPublish: 0 }
       this.states.set(room, state)
     }
     return state
@@ -258,10 +270,15 @@ export function memoryAdapter (options?: MemoryAdapterOptions): Adapter {
   return new MemoryAdapter(options)
 }
 
-function membersOf (state: RoomState): Member[] {
+/** Members with an id after `query.after`, by id, and the cursor of the next page. */
+function membersPage (state: RoomState, query: MembersQuery): { members: Member[], next: string | null } {
+  const { ids } = state
+  let i = query.after === undefined ? 0 : lowerBound(ids, query.after)
+  if (i < ids.length && ids[i] === query.after) i++
+  const end = Math.min(ids.length, i + query.limit)
   const members: Member[] = []
-  for (const entry of state.users.values()) members.push(entry.member)
-  return members
+  for (let j = i; j < end; j++) members.push((state.users.get(ids[j] as string) as UserEntry).member)
+  return { members, next: end < ids.length && members.length > 0 ? ids[end - 1] as string : null }
 }
 
 function lowerBound (sorted: string[], value: string): number {

@@ -1,11 +1,11 @@
 import { randomBytes } from 'node:crypto'
 import { Redis, type RedisOptions } from 'ioredis'
 import type { EncodedPublish, Member } from '../protocol.js'
-import { encodeDirect, encodeMember } from '../protocol.js'
+import { encodeDirect, encodeMember, messageFrame } from '../protocol.js'
 import { RoomsError } from '../errors.js'
 import type {
   Adapter, AdapterConfig, AdapterListener, HistoryPage, JoinResult,
-  RoomInfo, RoomPage, RoomQuery, StoredMessage
+  MembersQuery, RoomInfo, RoomPage, RoomQuery, StoredMessage
 } from './adapter.js'
 import type { ControlCommand } from './adapter.js'
 
@@ -41,10 +41,12 @@ export interface RedisAdapterOptions {
  *   bytes in its stream, '#' -> their total.
  * A room's seq, epoch and hist expire together, historyTtlMs after its last
  * publish, unless the room has members (then seq and epoch stay).
- * The message and presence frames built here must stay byte-compatible with
- * messageFrame and encodePresence in protocol.ts (test/redis-frames.test.ts).
- * Channels: P..'c:'..room carries `m<offset>|<epoch>|<frame>` and
- * `p<connection>|<presence seq>|<frame>`; P..'n:'..node carries
+ * R..'ids' sorted set of user ids (score 0: by id), for member pages.
+ * The message frames built here must stay byte-compatible with messageFrame
+ * in protocol.ts (test/redis-frames.test.ts).
+ * Channels: P..'c:'..room carries `m<offset>|<epoch>|<frame>`,
+ * `p<presence seq>|<count>|<j or l><user id bytes>|<user id><member JSON>`
+ * and `e<frame>` (ephemeral); P..'n:'..node carries
  * `d<connection>|<frame>` and `x<origin node>|<command>` (one connection's),
  * P..'all' carries `x<origin node>|<command>` (a user's, on any node).
  */
@@ -65,18 +67,36 @@ local function oldest_other (room)
   return two[2]
 end
 
--- Presence carries the room's presence sequence, so that a joiner can drop
--- what its member list already reflects. R..'pseq' exists while the room has
--- members; it starts from Redis's clock in microseconds, so that no frame of
--- an earlier life of the room can compare higher.
-local function presence (room, event, member, count, origin)
+-- A presence change, numbered with the room's presence sequence so that a
+-- joiner can drop what its member list already reflects. Nodes batch these
+-- into diffs. R..'pseq' exists while the room has members; it starts from
+-- Redis's clock in microseconds, so that no change of an earlier life of the
+-- room can compare higher.
+local function presence (room, kind, user, member, count)
   local r = p .. 'r:' .. room .. ':'
   if redis.call('EXISTS', r .. 'pseq') == 0 then
     local t = redis.call('TIME')
     redis.call('SET', r .. 'pseq', string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2])))
   end
   local seq = redis.call('INCR', r .. 'pseq')
-  redis.call('PUBLISH', p .. 'c:' .. room, 'p' .. origin .. '|' .. string.format('%d', seq) .. '|{"type":"presence","room":"' .. room .. '","event":"' .. event .. '","member":' .. member .. ',"count":' .. count .. '}')
+  redis.call('PUBLISH', p .. 'c:' .. room, 'p' .. string.format('%d', seq) .. '|' .. count .. '|' .. kind .. #user .. '|' .. user .. member)
+end
+
+-- A page of members by id, after a cursor ('' for the first): count, next cursor ('' for none), member JSONs.
+local function page (r, after, limit)
+  local from = '-'
+  if after ~= '' then from = '(' .. after end
+  local ids = redis.call('ZRANGEBYLEX', r .. 'ids', from, '+', 'LIMIT', 0, limit + 1)
+  local cursor = ''
+  if #ids > limit then
+    cursor = ids[limit]
+    ids[limit + 1] = nil
+  end
+  local out = { redis.call('HLEN', r .. 'members'), cursor }
+  if #ids > 0 then
+    for _, m in ipairs(redis.call('HMGET', r .. 'members', unpack(ids))) do out[#out + 1] = m end
+  end
+  return out
 end
 
 local function count_bytes (room, bytes)
@@ -168,8 +188,9 @@ local function leave (room, conn)
   redis.call('HDEL', r .. 'counts', user)
   local member = redis.call('HGET', r .. 'members', user)
   redis.call('HDEL', r .. 'members', user)
+  redis.call('ZREM', r .. 'ids', user)
   local n = redis.call('HLEN', r .. 'members')
-  presence(room, 'leave', member, n, conn)
+  presence(room, 'l', user, member, n)
   if n == 0 then redis.call('DEL', r .. 'pseq') end
   if n == 0 then
     redis.call('ZREM', p .. 'rooms', room)
@@ -233,7 +254,7 @@ if cmd == 'publish' then
   redis.call('ZADD', pubs, id, id .. ':' .. string.format('%d', offset))
   return offset
 elseif cmd == 'join' then
-  -- room, connection, user id, member JSON, node, max members, new epoch
+  -- room, connection, user id, member JSON, node, max members, new epoch, members page size
   local room, conn, user, member, node, max = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
   local r = p .. 'r:' .. room .. ':'
   if redis.call('HEXISTS', r .. 'conns', conn) == 0 then
@@ -244,15 +265,25 @@ elseif cmd == 'join' then
     redis.call('SADD', p .. 'n:' .. node .. ':conns', room .. '\\n' .. conn)
     if first then
       redis.call('HSET', r .. 'members', user, member)
+      redis.call('ZADD', r .. 'ids', 0, user)
       redis.call('ZADD', p .. 'rooms', 0, room)
-      presence(room, 'join', member, redis.call('HLEN', r .. 'members'), conn)
+      presence(room, 'j', user, member, redis.call('HLEN', r .. 'members'))
     end
   end
   local epoch = redis.call('GET', r .. 'epoch') or new_epoch(room, ARGV[9])
   -- A room with members keeps its offsets and epoch however long it stays quiet.
   redis.call('PERSIST', r .. 'epoch')
   redis.call('PERSIST', r .. 'seq')
-  return { 'OK', tonumber(redis.call('GET', r .. 'seq') or '0'), epoch, redis.call('HVALS', r .. 'members'), redis.call('GET', r .. 'pseq') or '0' }
+  local out = { 'OK', tonumber(redis.call('GET', r .. 'seq') or '0'), epoch, redis.call('GET', r .. 'pseq') or '0' }
+  for _, v in ipairs(page(r, '', tonumber(ARGV[10]))) do out[#out + 1] = v end
+  return out
+elseif cmd == 'room' then
+  -- room, after ('' for the first page), limit: false when the room has no members
+  local r = p .. 'r:' .. ARGV[3] .. ':'
+  if redis.call('EXISTS', r .. 'members') == 0 then return false end
+  local out = { tonumber(redis.call('GET', r .. 'seq') or '0'), redis.call('GET', r .. 'epoch') or '' }
+  for _, v in ipairs(page(r, ARGV[4], tonumber(ARGV[5]))) do out[#out + 1] = v end
+  return out
 elseif cmd == 'leave' then
   -- room, connection, node
   redis.call('SREM', p .. 'n:' .. ARGV[5] .. ':conns', ARGV[3] .. '\\n' .. ARGV[4])
@@ -437,7 +468,13 @@ export class RedisAdapter implements Adapter {
     this.sub.disconnect()
   }
 
-  async publish (room: string, message: EncodedPublish): Promise<number> {
+  async publish (room: string, message: EncodedPublish): Promise<number | undefined> {
+    if (message.ephemeral === true) {
+      // Not stored, not numbered: straight to the nodes with members, with this node's clock.
+      const frame = messageFrame(room, message, undefined, Date.now())
+      await this.cmd.call('publish', async () => await this.redis.publish(this.roomChannel(room), 'e' + frame))
+      return undefined
+    }
     const { historyTtlMs, maxHistoryRooms, maxHistoryBytes } = this.config
     // A message larger than the whole history budget is delivered but not kept, as on the memory adapter.
     const historySize = fits(room, message, maxHistoryBytes) ? this.config.historySize : 0
@@ -458,9 +495,9 @@ export class RedisAdapter implements Adapter {
     await this.usable()
     const breaks = this.subscriberBreaks
     const subscription = await this.subscribe(room)
-    let reply: [string, number, string, string[], string]
+    let reply: [string, number, string, string, number, string, ...string[]]
     try {
-      reply = await this.call('join', room, connectionId, member.id, encodeMember(member), this.config.nodeId, this.config.maxMembersPerRoom, newEpoch()) as typeof reply
+      reply = await this.call('join', room, connectionId, member.id, encodeMember(member), this.config.nodeId, this.config.maxMembersPerRoom, newEpoch(), this.config.membersPageSize) as typeof reply
     } catch (err) {
       void this.release(room)
       // It may have run before the connection broke (or in part, before a script error): undo it, now or once Redis is back.
@@ -477,7 +514,7 @@ export class RedisAdapter implements Adapter {
       void this.forgetRemote(room, connectionId).catch(() => {})
       throw unavailable()
     }
-    const [, offset, epoch, members, presenceSeq] = reply
+    const [, offset, epoch, presenceSeq, count, next, ...members] = reply
     // Local members of an older epoch missed the room's loss: they rejoin.
     if (subscription.epoch !== undefined && subscription.epoch !== epoch) this.lose(room)
     if (subscription.epoch === undefined) {
@@ -486,7 +523,14 @@ export class RedisAdapter implements Adapter {
       this.flush(room, subscription)
     }
     this.local.set(connectionId + '\n' + room, { room, connectionId, member })
-    return { offset, epoch, members: members.map((m) => JSON.parse(m) as Member), count: members.length, presenceSeq: Number(presenceSeq) }
+    return { offset, epoch, members: members.map((m) => JSON.parse(m) as Member), membersNext: next === '' ? null : next, count, presenceSeq: Number(presenceSeq) }
+  }
+
+  /** Shared by every node through Redis: the first node to start sets it. */
+  async secret (): Promise<string> {
+    const key = `${this.prefix}secret`
+    await this.cmd.call('secret', async () => await this.redis.set(key, randomBytes(32).toString('base64url'), 'NX'))
+    return await this.cmd.call('secret', async () => await this.redis.get(key)) as string
   }
 
   async leave (room: string, connectionId: string): Promise<void> {
@@ -516,12 +560,11 @@ export class RedisAdapter implements Adapter {
     return here
   }
 
-  async room (room: string): Promise<RoomInfo | null> {
-    const r = `${this.prefix}r:${room}:`
-    const [members, seq, epoch] = await this.cmd.call('room', async () => results(await this.redis.pipeline().hvals(`${r}members`).get(`${r}seq`).get(`${r}epoch`).exec()))
-    const list = members as string[]
-    if (list.length === 0) return null
-    return { name: room, count: list.length, members: list.map((m) => JSON.parse(m) as Member), offset: Number(seq ?? 0), epoch: (epoch as string | null) ?? '' }
+  async room (room: string, query: MembersQuery): Promise<RoomInfo | null> {
+    const reply = await this.call('room', room, query.after ?? '', query.limit) as [number, string, number, string, ...string[]] | null
+    if (reply === null) return null
+    const [offset, epoch, count, next, ...members] = reply
+    return { name: room, count, members: members.map((m) => JSON.parse(m) as Member), membersNext: next === '' ? null : next, offset, epoch }
   }
 
   async rooms (query: RoomQuery): Promise<RoomPage> {
@@ -634,7 +677,7 @@ export class RedisAdapter implements Adapter {
       await this.renew()
       await this.resync(breaks)
       await Promise.all([...this.local.values()].map(async ({ room, connectionId, member }) => {
-        await this.call('join', room, connectionId, member.id, encodeMember(member), this.config.nodeId, Number.MAX_SAFE_INTEGER, newEpoch())
+        await this.call('join', room, connectionId, member.id, encodeMember(member), this.config.nodeId, Number.MAX_SAFE_INTEGER, newEpoch(), 1)
       }))
       if (this.subscriberLost || !this.cmd.ready || !this.subLink.ready) return
       this.down = false
@@ -803,9 +846,19 @@ export class RedisAdapter implements Adapter {
         const frame = message.subarray(bar2 + 1)
         if (subscription.held !== undefined) subscription.held.push({ offset, epoch, frame })
         else this.deliver(room, subscription, offset, epoch, frame)
-      } else if (kind === 112) { // 'p': p<origin>|<presence seq>|<frame>
+      } else if (kind === 112) { // 'p': p<presence seq>|<count>|<j or l><user id bytes>|<user id><member JSON>
         const bar2 = message.indexOf(124, bar + 1)
-        this.listener.presence(room, message.toString('utf8', bar2 + 1), message.toString('latin1', 1, bar), Number(message.toString('latin1', bar + 1, bar2)))
+        const bar3 = message.indexOf(124, bar2 + 2)
+        const idEnd = bar3 + 1 + Number(message.toString('latin1', bar2 + 2, bar3))
+        this.listener.presence(room, {
+          join: message[bar2 + 1] === 106, // 'j'
+          id: message.toString('utf8', bar3 + 1, idEnd),
+          member: message.toString('utf8', idEnd),
+          count: Number(message.toString('latin1', bar + 1, bar2)),
+          seq: Number(message.toString('latin1', 1, bar))
+        })
+      } else if (kind === 101) { // 'e': e<frame>, ephemeral
+        if (this.subscriptions.has(room)) this.listener.message(room, undefined, message.subarray(1))
       }
     } else if (kind === 100) { // 'd': d<connection>|<frame>
       this.listener.direct(message.toString('latin1', 1, bar), message.toString('utf8', bar + 1))

@@ -11,11 +11,19 @@ export interface Started {
 
 interface Teardown { teardown: (fn: () => unknown) => void }
 
+/**
+ * Presence as the tests expect it unless they say otherwise: diffs sent on
+ * the next tick rather than batched for 100 ms, and a dropped connection gone
+ * at once rather than after a grace time. Tests of batching and grace set
+ * their own values.
+ */
+const TEST_DEFAULTS: RoomsOptions = { presenceIntervalMs: 0, presenceGraceMs: 0 }
+
 /** Build an app with the plugin, listen on a free port, and close it at teardown. */
 export async function startApp (t: Teardown, options: RoomsOptions = {}, setup?: (app: FastifyInstance) => unknown, serverOptions: FastifyServerOptions = {}): Promise<Started> {
   const app = Fastify({ logger: false, routerOptions: { maxParamLength: 256 }, ...serverOptions })
   if (setup !== undefined) await setup(app)
-  await app.register(rooms, options)
+  await app.register(rooms, { ...TEST_DEFAULTS, ...options })
   await app.listen({ port: 0, host: '127.0.0.1' })
   t.teardown(async () => await app.close())
   const { port } = app.server.address() as { port: number }

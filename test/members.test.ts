@@ -1,0 +1,80 @@
+import t from 'tap'
+import { TestSocket } from './helpers/socket.js'
+import { eachAdapter } from './helpers/deployment.js'
+
+const PAGE = 3
+
+/** Ten users with ids that sort in a known order. */
+const users = Array.from({ length: 10 }, (_, i) => ({ id: `u${String(i).padStart(2, '0')}`, name: `user ${i}` }))
+const options = {
+  membersPageSize: PAGE,
+  authenticate: (request: { headers: Record<string, unknown> }) => users.find((u) => u.id === request.headers['x-user'])
+}
+const as = (id: string) => ({ headers: { 'x-user': id } })
+
+eachAdapter(t, 'joined carries count and the first page of members by id; members frames page the rest; no reply exceeds its page', async (t, deploy) => {
+  const d = await deploy(options)
+  // Joined in an order other than by id, on both nodes.
+  const order = [7, 2, 9, 0, 5, 3, 8, 1, 6, 4]
+  const sockets: TestSocket[] = []
+  t.teardown(() => Promise.all(sockets.map(async (s) => await s.close())))
+  for (const [n, i] of order.entries()) {
+    const s = await TestSocket.open(d.node(n).wsUrl, as(users[i]!.id))
+    sockets.push(s)
+    const joined = await s.join('big')
+    t.equal(joined.count, n + 1)
+    t.ok(joined.members.length <= PAGE, `joined #${n + 1} carries at most a page`)
+  }
+  const last = sockets[sockets.length - 1]!
+  const joined = await last.join('big')
+  t.same(joined.members, users.slice(0, PAGE), 'joined again: the first page, by id')
+  t.equal(joined.membersNext, users[PAGE - 1]!.id)
+
+  const all = [...joined.members]
+  let after: string | null = joined.membersNext
+  while (after !== null) {
+    const page = await last.request({ type: 'members', room: 'big', after })
+    t.match(page, { type: 'members', room: 'big' })
+    t.ok(page.members.length <= PAGE, 'a members reply carries at most a page')
+    all.push(...page.members)
+    after = page.next
+  }
+  t.same(all, users, 'the pages hold every member once, in id order')
+
+  const small = await last.request({ type: 'members', room: 'big', limit: 4, after: 'u03' })
+  t.same(small.members.map((m: { id: string }) => m.id), ['u04', 'u05', 'u06', 'u07'])
+  t.equal(small.next, 'u07')
+  const end = await last.request({ type: 'members', room: 'big', after: 'u09' })
+  t.same(end, { type: 'members', id: end.id, room: 'big', members: [], next: null }, 'after the last member: an empty page')
+  const between = await last.request({ type: 'members', room: 'big', after: 'u055', limit: 2 })
+  t.same(between.members.map((m: { id: string }) => m.id), ['u06', 'u07'], 'a cursor that is no member (it left) still pages on')
+
+  const rest = await (await fetch(`${d.node(1).url}/rooms/big`, as('u00'))).json()
+  t.match(rest, { name: 'big', count: 10, membersNext: 'u02' })
+  t.equal(rest.members.length, PAGE, 'REST: the first page by default')
+  const restPage = await (await fetch(`${d.node(0).url}/rooms/big?membersAfter=u02&membersLimit=5`, as('u00'))).json()
+  t.same(restPage.members.map((m: { id: string }) => m.id), ['u03', 'u04', 'u05', 'u06', 'u07'])
+  t.equal(restPage.membersNext, 'u07')
+  const restEnd = await (await fetch(`${d.node(0).url}/rooms/big?membersAfter=u07&membersLimit=5`, as('u00'))).json()
+  t.same(restEnd.members.map((m: { id: string }) => m.id), ['u08', 'u09'])
+  t.equal(restEnd.membersNext, null)
+  t.match(await d.app.rooms.get('big', { membersAfter: 'u08' }), { count: 10, members: [{ id: 'u09' }], membersNext: null })
+})
+
+eachAdapter(t, 'members: bad requests get clear errors and the connection stays', async (t, deploy) => {
+  const d = await deploy(options)
+  const a = await TestSocket.open(d.node(0).wsUrl, as('u00'))
+  t.teardown(() => a.close())
+  t.match(await a.request({ type: 'members', room: 'nowhere' }), { type: 'error', code: 'NOT_IN_ROOM', room: 'nowhere' })
+  await a.join('r')
+  for (const bad of [{ limit: 0 }, { limit: 1001 }, { limit: 1.5 }, { after: '' }, { after: 5 }, { after: 'x'.repeat(257) }]) {
+    t.match(await a.request({ type: 'members', room: 'r', ...bad }), { type: 'error', code: 'INVALID_FRAME' }, JSON.stringify(bad).slice(0, 40))
+  }
+  t.match(await a.request({ type: 'members', room: 'bad room' }), { type: 'error', code: 'INVALID_ROOM' })
+  for (const query of ['membersLimit=0', 'membersLimit=1001', 'membersLimit=x', 'membersAfter=']) {
+    const response = await fetch(`${d.node(0).url}/rooms/r?${query}`, as('u00'))
+    t.equal(response.status, 400, query)
+    t.match(await response.json(), { statusCode: 400, code: 'FST_ERR_VALIDATION' }, query)
+  }
+  t.match(await a.request({ type: 'members', room: 'r', limit: 1000 }), { type: 'members', members: [{ id: 'u00' }], next: null })
+})
