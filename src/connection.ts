@@ -1,6 +1,7 @@
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
-import type { Socket } from 'node:net'
+import type { Writable } from 'node:stream'
 import type { WebSocket, RawData } from 'ws'
+import { directSocket, senderIdle } from './fast-path.js'
 import { writeCoalesced } from './frame.js'
 import {
   checkPublish, encodeMember, isFrameError, parseClientFrame, peekRequestId, PROTOCOL_VERSION,
@@ -29,6 +30,19 @@ const noop = (): void => {}
 const MAX_TIMER_MS = 2 ** 31 - 1
 /** A WebSocket close reason is at most 123 bytes of UTF-8. */
 const MAX_REASON_BYTES = 123
+/**
+ * A ws socket's Connection, for the listeners every connection shares (as ws
+ * finds its WebSocket from its TCP socket): one function per event for all
+ * sockets rather than closures per socket.
+ */
+const kConnection = Symbol('fastify-rooms.connection')
+
+type OwnedSocket = WebSocket & { [kConnection]?: Connection }
+
+/** The Connection a ws socket belongs to, if any. */
+export function connectionOf (socket: WebSocket): Connection | undefined {
+  return (socket as OwnedSocket)[kConnection]
+}
 
 /**
  * Where a connection stands with its credentials: `pending` until its first
@@ -48,8 +62,8 @@ export class Connection implements Peer {
   private identity: Identity | undefined
   /** What other clients see of the user (`publicUserFields`). */
   private publicUser: Member | undefined
-  /** The public user as JSON, encoded once for every message this connection publishes. */
-  private userJson = ''
+  /** The public user as JSON, encoded at the first publish and kept for the next ones. */
+  private userJson: string | undefined
   private auth: AuthState = 'pending'
   private authTimer: NodeJS.Timeout | undefined
   private expiryTimer: NodeJS.Timeout | undefined
@@ -58,11 +72,10 @@ export class Connection implements Peer {
   alive = true
   private readonly socket: WebSocket
   /**
-   * The TCP socket under ws, written to directly for pre-framed fan-out. Only
-   * without permessage-deflate, where ws keeps no queue of its own, so direct
-   * writes and ws.send() writes stay in the order they were made.
+   * The TCP socket under ws, written to directly for pre-framed fan-out, when
+   * `directSocket` found that safe (see fast-path.ts); otherwise undefined.
    */
-  private readonly raw: Socket | undefined
+  private readonly raw: Writable | undefined
   private readonly request: FastifyRequest
   private readonly ctx: ConnectionContext
   /** Token bucket of the frame rate limit. */
@@ -71,15 +84,16 @@ export class Connection implements Peer {
   /** Frames refused in the current flood; past `frameBurst` the client is not backing off. */
   private refused = 0
   private busy = false
-  private readonly queue: Buffer[] = []
+  /** Frames waiting behind a slow hook or adapter call; allocated at the first. */
+  private queue: Buffer[] | undefined
   /** Bytes of the frames in `queue`. */
   private queuedBytes = 0
   private closed = false
 
   constructor (socket: WebSocket, request: FastifyRequest, id: string, ctx: ConnectionContext) {
     this.socket = socket
-    const internals = socket as unknown as { _socket?: Socket, _extensions?: Record<string, unknown> }
-    this.raw = internals._extensions?.['permessage-deflate'] === undefined ? internals._socket : undefined
+    ;(socket as OwnedSocket)[kConnection] = this
+    this.raw = directSocket(socket)
     this.request = request
     this.id = id
     this.ctx = ctx
@@ -97,9 +111,10 @@ export class Connection implements Peer {
    * `authTimeoutMs`.
    */
   start (identity: Identity | undefined): void {
-    this.socket.on('message', (data, isBinary) => this.onFrame(data, isBinary))
-    this.socket.on('pong', () => { this.alive = true })
-    this.socket.on('close', (code, reason) => this.onClose(code, reason))
+    const { socket } = this
+    socket.on('message', Connection.onMessage)
+    socket.on('pong', Connection.onPong)
+    socket.on('close', Connection.onSocketClose)
     if (identity !== undefined) {
       this.begin(identity, undefined)
       return
@@ -113,7 +128,6 @@ export class Connection implements Peer {
     this.auth = 'done'
     this.identity = identity
     this.publicUser = publicView(identity.user, this.ctx.publicFields)
-    this.userJson = encodeMember(this.publicUser)
     this.ctx.registry.add(this)
     const welcome: WelcomeFrame = { type: 'welcome', connectionId: this.id, user: identity.user, protocol: PROTOCOL_VERSION, heartbeatMs: this.ctx.options.heartbeatMs }
     if (identity.expiresAt !== undefined) welcome.expiresAt = identity.expiresAt
@@ -209,8 +223,13 @@ export class Connection implements Peer {
     clearTimeout(this.expiryTimer)
   }
 
+  /**
+   * Send a text frame built once for many members: written straight to the TCP
+   * socket when ws allows it and holds nothing back (so it cannot overtake an
+   * earlier send), through `WebSocket.send` otherwise.
+   */
   sendFramed (framed: Buffer, payload: Buffer): void {
-    if (this.raw === undefined) {
+    if (this.raw === undefined || !senderIdle(this.socket)) {
       this.sendEncoded(payload)
       return
     }
@@ -280,7 +299,7 @@ export class Connection implements Peer {
         return
       }
       this.queuedBytes += buffer.length
-      this.queue.push(buffer)
+      ;(this.queue ??= []).push(buffer)
       return
     }
     this.handle(buffer)
@@ -332,8 +351,11 @@ export class Connection implements Peer {
   private drain (): void {
     this.busy = false
     while (!this.busy && !this.closed && this.auth === 'done') {
-      const next = this.queue.shift()
-      if (next === undefined) return
+      const next = this.queue?.shift()
+      if (next === undefined) {
+        this.queue = undefined
+        return
+      }
       this.queuedBytes -= next.length
       this.handle(next)
     }
@@ -385,7 +407,7 @@ export class Connection implements Peer {
         json = checkPublish(data, room, options.maxMessageBytes, validateData)
       }
     }
-    const offset = await registry.publish(room, { data: json, from: this.userJson })
+    const offset = await registry.publish(room, { data: json, from: this.userJson ??= encodeMember(this.user) })
     if (frame.id !== undefined) this.sendEncoded(JSON.stringify({ type: 'ack', id: frame.id, room, offset }))
   }
 
@@ -406,9 +428,32 @@ export class Connection implements Peer {
     this.sendEncoded(JSON.stringify(frame))
   }
 
+  private static onMessage (this: WebSocket, data: RawData, isBinary: boolean): void {
+    connectionOf(this)?.onFrame(data, isBinary)
+  }
+
+  private static onPong (this: WebSocket): void {
+    const connection = connectionOf(this)
+    if (connection !== undefined) connection.alive = true
+  }
+
+  private static onSocketClose (this: WebSocket, code: number, reason: Buffer): void {
+    connectionOf(this)?.onClose(code, reason)
+  }
+
+  /**
+   * The `error` listener of every socket, in place of @fastify/websocket's
+   * (see release.ts): what its default errorHandler does, log and terminate,
+   * without holding the upgrade's request and reply.
+   */
+  static onSocketError (this: WebSocket, error: Error): void {
+    connectionOf(this)?.request.log.error(error)
+    this.terminate()
+  }
+
   private onClose (code: number, reason: Buffer): void {
     this.closed = true
-    this.queue.length = 0
+    this.queue = undefined
     this.queuedBytes = 0
     this.stopTimers()
     this.request.log.info({ connectionId: this.id, userId: this.identity?.user.id, code, reason: reason.toString(), durationMs: Date.now() - this.openedAt }, 'fastify-rooms: disconnected')

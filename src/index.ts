@@ -1,18 +1,20 @@
 import { randomBytes } from 'node:crypto'
 import type { IncomingMessage, Server } from 'node:http'
+import type { WebSocket } from 'ws'
 import type { Duplex } from 'node:stream'
 import fp from 'fastify-plugin'
 import websocket from '@fastify/websocket'
 import type { FastifyPluginAsync } from 'fastify'
 import { memoryAdapter } from './adapters/memory.js'
 import type { HistoryPage, RoomInfo, RoomPage, RoomQuery } from './adapters/adapter.js'
-import { Connection, type ConnectionContext } from './connection.js'
+import { Connection, connectionOf, type ConnectionContext } from './connection.js'
 import { RoomsError, ShuttingDownError } from './errors.js'
 import { Credentials } from './identity.js'
 import { resolveOptions, type RoomData, type RoomsOptions } from './options.js'
 import { page } from './page.js'
 import { checkPublish, compileDataValidator, invalidRoomMessage, isRoomName } from './protocol.js'
 import { Registry } from './registry.js'
+import { releaseUpgrade } from './release.js'
 import { DEFAULT_PAGE, restAccess, routes } from './routes.js'
 import { upgradeGuard } from './upgrade.js'
 
@@ -138,7 +140,10 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     await adapter.close()
   })
 
-  if (!app.hasDecorator('websocketServer')) {
+  // Only a @fastify/websocket of our own is known to run the default
+  // errorHandler, which Connection.onSocketError can stand in for.
+  const ownsWebsocket = !app.hasDecorator('websocketServer')
+  if (ownsWebsocket) {
     if (ownWebsocket.has(app.server)) {
       throw new Error('fastify-rooms: to register the plugin in several encapsulated contexts, register @fastify/websocket once at the root first.')
     }
@@ -162,13 +167,17 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     }
   }, (socket, request) => {
     const connection = new Connection(socket, request, `${nodeId}-${(++sequence).toString(36)}`, ctx)
+    releaseUpgrade(socket, ownsWebsocket ? Connection.onSocketError : undefined)
     open.add(connection)
-    socket.on('close', () => {
-      open.delete(connection)
-      if (open.size === 0) allClosed?.()
-    })
+    socket.on('close', forget)
     connection.start(guard.identityOf(request))
   })
+
+  /** The close listener every socket of this registration shares. */
+  function forget (this: WebSocket): void {
+    open.delete(connectionOf(this) as Connection)
+    if (open.size === 0) allClosed?.()
+  }
 
   if (options.rest) await app.register(routes, { prefix: options.prefix, registry, access: restAccess(options, credentials), publish: options.restPublish === undefined ? undefined : { guard: options.restPublish, serverPublish, bodyLimit: options.maxFrameBytes } })
   if (options.demo !== false) {
