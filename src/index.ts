@@ -72,6 +72,8 @@ function pathOf (url: string | undefined): string {
 
 /** Servers on which this package registered @fastify/websocket, to catch a second, conflicting registration. */
 const ownWebsocket = new WeakSet<Server>()
+/** The WebSocket servers of the @fastify/websocket registrations this package made: they run its default errorHandler. */
+const ownWebsocketServers = new WeakSet<object>()
 
 const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
   const options = resolveOptions(input)
@@ -140,16 +142,17 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     await adapter.close()
   })
 
-  // Only a @fastify/websocket of our own is known to run the default
-  // errorHandler, which Connection.onSocketError can stand in for.
-  const ownsWebsocket = !app.hasDecorator('websocketServer')
-  if (ownsWebsocket) {
+  if (!app.hasDecorator('websocketServer')) {
     if (ownWebsocket.has(app.server)) {
       throw new Error('fastify-rooms: to register the plugin in several encapsulated contexts, register @fastify/websocket once at the root first.')
     }
     ownWebsocket.add(app.server)
     await app.register(websocket, { options: { maxPayload: options.maxFrameBytes } })
+    ownWebsocketServers.add(app.websocketServer)
   }
+  // Connection.onSocketError stands in for @fastify/websocket's default
+  // errorHandler only; an application's own errorHandler keeps its listener.
+  const onSocketError = ownWebsocketServers.has(app.websocketServer) ? Connection.onSocketError : undefined
 
   /** A publish by the server (`broadcast`, REST): the same checks as a member's publish, no `from`. */
   async function serverPublish (room: string, data: unknown): Promise<number> {
@@ -167,7 +170,7 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     }
   }, (socket, request) => {
     const connection = new Connection(socket, request, `${nodeId}-${(++sequence).toString(36)}`, ctx)
-    releaseUpgrade(socket, ownsWebsocket ? Connection.onSocketError : undefined)
+    releaseUpgrade(socket, onSocketError)
     open.add(connection)
     socket.on('close', forget)
     connection.start(guard.identityOf(request))
