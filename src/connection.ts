@@ -22,6 +22,12 @@ export interface ConnectionContext {
   credentials: Credentials
   /** `publicUserFields` as a set: what other clients see of a user. */
   publicFields: ReadonlySet<string>
+  /**
+   * Whether a connection keeps its upgrade request for its whole life: only
+   * when a hook or `verifyToken` may get it later (its IncomingMessage is
+   * about 1.3 KB per connection).
+   */
+  keepRequest: boolean
 }
 
 const OPEN = 1
@@ -76,7 +82,10 @@ export class Connection implements Peer {
    * `directSocket` found that safe (see fast-path.ts); otherwise undefined.
    */
   private readonly raw: Writable | undefined
-  private readonly request: FastifyRequest
+  /** The upgrade request, for the hooks and `verifyToken`; undefined when `ctx.keepRequest` says none will ask. */
+  private readonly request: FastifyRequest | undefined
+  /** The upgrade request's logger (it carries the reqId). */
+  private readonly log: FastifyBaseLogger
   private readonly ctx: ConnectionContext
   /** Token bucket of the frame rate limit. */
   private tokens: number
@@ -94,7 +103,8 @@ export class Connection implements Peer {
     this.socket = socket
     ;(socket as OwnedSocket)[kConnection] = this
     this.raw = directSocket(socket)
-    this.request = request
+    if (ctx.keepRequest) this.request = request
+    this.log = request.log
     this.id = id
     this.ctx = ctx
     this.tokens = ctx.options.frameBurst
@@ -134,7 +144,7 @@ export class Connection implements Peer {
     if (id !== undefined) welcome.id = id
     this.sendEncoded(JSON.stringify(welcome))
     this.watchExpiry(identity.expiresAt)
-    this.request.log.info({ connectionId: this.id, userId: identity.user.id, expiresAt: identity.expiresAt }, 'fastify-rooms: connected')
+    this.log.info({ connectionId: this.id, userId: identity.user.id, expiresAt: identity.expiresAt }, 'fastify-rooms: connected')
   }
 
   /**
@@ -153,7 +163,7 @@ export class Connection implements Peer {
       return
     }
     this.auth = 'verifying'
-    this.ctx.credentials.verify(frame.token, this.request).then((identity) => {
+    this.ctx.credentials.verify(frame.token, this.request as FastifyRequest).then((identity) => {
       if (this.auth === 'verifying' && !this.closed) this.begin(identity, frame.id)
     }, (err: unknown) => this.authFailed(err, frame.id))
   }
@@ -164,7 +174,7 @@ export class Connection implements Peer {
     if (!credentials.tokens) throw tokensNotEnabled()
     let identity: Identity
     try {
-      identity = await credentials.verify(frame.token, this.request)
+      identity = await credentials.verify(frame.token, this.request as FastifyRequest)
     } catch (err) {
       this.authFailed(err, frame.id)
       return
@@ -181,7 +191,7 @@ export class Connection implements Peer {
     if (frame.id !== undefined) reply.id = frame.id
     if (identity.expiresAt !== undefined) reply.expiresAt = identity.expiresAt
     this.sendEncoded(JSON.stringify(reply))
-    this.request.log.info({ connectionId: this.id, userId: current.user.id, expiresAt: identity.expiresAt }, 'fastify-rooms: token refreshed')
+    this.log.info({ connectionId: this.id, userId: current.user.id, expiresAt: identity.expiresAt }, 'fastify-rooms: token refreshed')
   }
 
   /** Close with 4001 when the credentials run out, unless a refresh moves the time. */
@@ -213,7 +223,7 @@ export class Connection implements Peer {
     if (this.auth === 'refused') return
     this.auth = 'refused'
     this.stopTimers()
-    this.request.log.info({ connectionId: this.id, userId: this.identity?.user.id, reason: error.message }, 'fastify-rooms: authentication failed')
+    this.log.info({ connectionId: this.id, userId: this.identity?.user.id, reason: error.message }, 'fastify-rooms: authentication failed')
     this.sendError(error, id)
     this.close(4001, error.message)
   }
@@ -380,7 +390,7 @@ export class Connection implements Peer {
   private async join (frame: JoinFrame): Promise<void> {
     const { registry, options } = this.ctx
     if (options.onJoin !== undefined && !registry.isMember(this, frame.room)) {
-      const verdict = await options.onJoin({ connectionId: this.id, user: (this.identity as Identity).user, room: frame.room, request: this.request })
+      const verdict = await options.onJoin({ connectionId: this.id, user: (this.identity as Identity).user, room: frame.room, request: this.request as FastifyRequest })
       if (verdict === false) throw forbidden(`You may not join room "${frame.room}".`)
     }
     if (this.closed) return
@@ -399,7 +409,7 @@ export class Connection implements Peer {
     let data = frame.data
     let json = checkPublish(data, room, options.maxMessageBytes, validateData, size)
     if (options.onPublish !== undefined) {
-      const verdict = await options.onPublish({ connectionId: this.id, user: (this.identity as Identity).user, room, data: data as never, request: this.request })
+      const verdict = await options.onPublish({ connectionId: this.id, user: (this.identity as Identity).user, room, data: data as never, request: this.request as FastifyRequest })
       if (verdict === false) throw forbidden(`You may not publish to room "${room}".`)
       if (typeof verdict === 'object' && verdict !== null) {
         // What the hook returns goes out as if the member had sent it: same limits, same schema.
@@ -447,7 +457,7 @@ export class Connection implements Peer {
    * without holding the upgrade's request and reply.
    */
   static onSocketError (this: WebSocket, error: Error): void {
-    connectionOf(this)?.request.log.error(error)
+    connectionOf(this)?.log.error(error)
     this.terminate()
   }
 
@@ -456,7 +466,7 @@ export class Connection implements Peer {
     this.queue = undefined
     this.queuedBytes = 0
     this.stopTimers()
-    this.request.log.info({ connectionId: this.id, userId: this.identity?.user.id, code, reason: reason.toString(), durationMs: Date.now() - this.openedAt }, 'fastify-rooms: disconnected')
+    this.log.info({ connectionId: this.id, userId: this.identity?.user.id, code, reason: reason.toString(), durationMs: Date.now() - this.openedAt }, 'fastify-rooms: disconnected')
     if (this.identity !== undefined) void this.ctx.registry.remove(this)
   }
 }

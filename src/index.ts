@@ -100,7 +100,8 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     log: app.log,
     validateData: options.dataSchema === undefined ? undefined : compileDataValidator(options.dataSchema),
     credentials,
-    publicFields: new Set(options.publicUserFields)
+    publicFields: new Set(options.publicUserFields),
+    keepRequest: options.onJoin !== undefined || options.onPublish !== undefined || credentials.tokens
   }
   const open = new Set<Connection>()
   let allClosed: (() => void) | undefined

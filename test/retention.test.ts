@@ -44,7 +44,7 @@ t.test('gc is available, and collects', async (t) => {
   t.equal(ref.deref(), undefined)
 })
 
-t.test('an idle member in a room holds neither the ServerResponse nor the reply of its upgrade', async (t) => {
+t.test('without hooks, an idle member in a room holds nothing of its upgrade: request, reply, IncomingMessage, ServerResponse', async (t) => {
   const upgrades: Upgrade[] = []
   const { app, wsUrl } = await startApp(t, {}, (app) => watchUpgrades(app, upgrades))
   const member = await TestSocket.open(wsUrl)
@@ -54,10 +54,8 @@ t.test('an idle member in a room holds neither the ServerResponse nor the reply 
   await listener.join('lobby')
   t.equal(upgrades.length, 2)
 
-  await collectedUntil(() => upgrades.every((u) => u.response.deref() === undefined && u.reply.deref() === undefined), 'the upgrades\' responses and replies are collected')
-  t.pass('ServerResponse and FastifyReply of both upgrades collected while the sockets are open')
-  // The request stays: onJoin, onPublish and verifyToken get it, for as long as the connection lives.
-  t.ok(upgrades.every((u) => u.fastifyRequest.deref() !== undefined && u.request.deref() !== undefined), 'the request stays, for the hooks')
+  await collectedUntil(() => upgrades.every((u) => Object.values(u).every((ref: WeakRef<object>) => ref.deref() === undefined)), 'the upgrades are collected')
+  t.pass('everything of both upgrades collected while the sockets are open')
 
   // The connection works as before: a publish reaches the other member, errors still have a listener.
   await member.request({ type: 'publish', room: 'lobby', data: 'after gc' })
@@ -65,9 +63,22 @@ t.test('an idle member in a room holds neither the ServerResponse nor the reply 
   t.equal(app.rooms.connections, 2)
 })
 
+t.test('with an onJoin hook, the request stays for it, and only the ServerResponse and reply go', async (t) => {
+  const upgrades: Upgrade[] = []
+  const agents: unknown[] = []
+  const { wsUrl } = await startApp(t, { onJoin: ({ request }) => { agents.push(request.headers['user-agent']) } }, (app) => watchUpgrades(app, upgrades))
+  const member = await TestSocket.open(wsUrl, { headers: { 'user-agent': 'retention-test' } })
+  t.teardown(async () => await member.close())
+  await member.join('lobby')
+  await collectedUntil(() => upgrades.every((u) => u.response.deref() === undefined && u.reply.deref() === undefined), 'the response and reply are collected')
+  t.ok(upgrades.every((u) => u.fastifyRequest.deref() !== undefined && u.request.deref() !== undefined), 'the request stays, for the hook')
+  await member.join('hall')
+  t.same(agents, ['retention-test', 'retention-test'], 'the hook gets the request, headers and all, after a gc')
+})
+
 t.test('once a connection closes, nothing of its upgrade is left', async (t) => {
   const upgrades: Upgrade[] = []
-  const { app, wsUrl } = await startApp(t, {}, (app) => watchUpgrades(app, upgrades))
+  const { app, wsUrl } = await startApp(t, { onPublish: () => true }, (app) => watchUpgrades(app, upgrades))
   const member = await TestSocket.open(wsUrl)
   await member.join('lobby')
   await member.close()
