@@ -142,6 +142,7 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
   // Added before @fastify/websocket's own preClose, so clients get 1001 rather than a bare close.
   app.addHook('preClose', async () => {
     state.closing = true
+    registry.shutdown()
     app.server.prependListener('upgrade', refuseUpgrade)
     clearInterval(heartbeat)
     if (open.size === 0) return
