@@ -1,6 +1,7 @@
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
-import type { Socket } from 'node:net'
+import type { Writable } from 'node:stream'
 import type { WebSocket, RawData } from 'ws'
+import { directSocket, senderIdle } from './fast-path.js'
 import { writeCoalesced } from './frame.js'
 import {
   checkPublish, encodeMember, isFrameError, parseClientFrame, peekRequestId, PROTOCOL_VERSION,
@@ -21,6 +22,12 @@ export interface ConnectionContext {
   credentials: Credentials
   /** `publicUserFields` as a set: what other clients see of a user. */
   publicFields: ReadonlySet<string>
+  /**
+   * Whether a connection keeps its upgrade request for its whole life: only
+   * when a hook or `verifyToken` may get it later (its IncomingMessage is
+   * about 1.3 KB per connection).
+   */
+  keepRequest: boolean
 }
 
 const OPEN = 1
@@ -29,6 +36,19 @@ const noop = (): void => {}
 const MAX_TIMER_MS = 2 ** 31 - 1
 /** A WebSocket close reason is at most 123 bytes of UTF-8. */
 const MAX_REASON_BYTES = 123
+/**
+ * A ws socket's Connection, for the listeners every connection shares (as ws
+ * finds its WebSocket from its TCP socket): one function per event for all
+ * sockets rather than closures per socket.
+ */
+const kConnection = Symbol('fastify-rooms.connection')
+
+type OwnedSocket = WebSocket & { [kConnection]?: Connection }
+
+/** The Connection a ws socket belongs to, if any. */
+export function connectionOf (socket: WebSocket): Connection | undefined {
+  return (socket as OwnedSocket)[kConnection]
+}
 
 /**
  * Where a connection stands with its credentials: `pending` until its first
@@ -48,8 +68,8 @@ export class Connection implements Peer {
   private identity: Identity | undefined
   /** What other clients see of the user (`publicUserFields`). */
   private publicUser: Member | undefined
-  /** The public user as JSON, encoded once for every message this connection publishes. */
-  private userJson = ''
+  /** The public user as JSON, encoded at the first publish and kept for the next ones. */
+  private userJson: string | undefined
   private auth: AuthState = 'pending'
   private authTimer: NodeJS.Timeout | undefined
   private expiryTimer: NodeJS.Timeout | undefined
@@ -58,12 +78,14 @@ export class Connection implements Peer {
   alive = true
   private readonly socket: WebSocket
   /**
-   * The TCP socket under ws, written to directly for pre-framed fan-out. Only
-   * without permessage-deflate, where ws keeps no queue of its own, so direct
-   * writes and ws.send() writes stay in the order they were made.
+   * The TCP socket under ws, written to directly for pre-framed fan-out, when
+   * `directSocket` found that safe (see fast-path.ts); otherwise undefined.
    */
-  private readonly raw: Socket | undefined
-  private readonly request: FastifyRequest
+  private readonly raw: Writable | undefined
+  /** The upgrade request, for the hooks and `verifyToken`; undefined when `ctx.keepRequest` says none will ask. */
+  private readonly request: FastifyRequest | undefined
+  /** The upgrade request's logger (it carries the reqId). */
+  private readonly log: FastifyBaseLogger
   private readonly ctx: ConnectionContext
   /** Token bucket of the frame rate limit. */
   private tokens: number
@@ -71,7 +93,8 @@ export class Connection implements Peer {
   /** Frames refused in the current flood; past `frameBurst` the client is not backing off. */
   private refused = 0
   private busy = false
-  private readonly queue: Buffer[] = []
+  /** Frames waiting behind a slow hook or adapter call; allocated at the first. */
+  private queue: Buffer[] | undefined
   /** Bytes of the frames in `queue`. */
   private queuedBytes = 0
   private closed = false
@@ -80,9 +103,10 @@ export class Connection implements Peer {
 
   constructor (socket: WebSocket, request: FastifyRequest, id: string, ctx: ConnectionContext) {
     this.socket = socket
-    const internals = socket as unknown as { _socket?: Socket, _extensions?: Record<string, unknown> }
-    this.raw = internals._extensions?.['permessage-deflate'] === undefined ? internals._socket : undefined
-    this.request = request
+    ;(socket as OwnedSocket)[kConnection] = this
+    this.raw = directSocket(socket)
+    if (ctx.keepRequest) this.request = request
+    this.log = request.log
     this.id = id
     this.ctx = ctx
     this.tokens = ctx.options.frameBurst
@@ -99,9 +123,10 @@ export class Connection implements Peer {
    * `authTimeoutMs`.
    */
   start (identity: Identity | undefined): void {
-    this.socket.on('message', (data, isBinary) => this.onFrame(data, isBinary))
-    this.socket.on('pong', () => { this.alive = true })
-    this.socket.on('close', (code, reason) => this.onClose(code, reason))
+    const { socket } = this
+    socket.on('message', Connection.onMessage)
+    socket.on('pong', Connection.onPong)
+    socket.on('close', Connection.onSocketClose)
     if (identity !== undefined) {
       this.begin(identity, undefined)
       return
@@ -115,7 +140,6 @@ export class Connection implements Peer {
     this.auth = 'done'
     this.identity = identity
     this.publicUser = publicView(identity.user, this.ctx.publicFields)
-    this.userJson = encodeMember(this.publicUser)
     this.ctx.registry.add(this)
     const welcome: WelcomeFrame = { type: 'welcome', connectionId: this.id, user: identity.user, protocol: PROTOCOL_VERSION, heartbeatMs: this.ctx.options.heartbeatMs }
     if (identity.expiresAt !== undefined) welcome.expiresAt = identity.expiresAt
@@ -123,7 +147,7 @@ export class Connection implements Peer {
     if (id !== undefined) welcome.id = id
     this.sendEncoded(JSON.stringify(welcome))
     this.watchExpiry(identity.expiresAt)
-    this.request.log.info({ connectionId: this.id, userId: identity.user.id, expiresAt: identity.expiresAt }, 'fastify-rooms: connected')
+    this.log.info({ connectionId: this.id, userId: identity.user.id, expiresAt: identity.expiresAt }, 'fastify-rooms: connected')
   }
 
   /**
@@ -142,7 +166,7 @@ export class Connection implements Peer {
       return
     }
     this.auth = 'verifying'
-    this.ctx.credentials.verify(frame.token, this.request).then((identity) => {
+    this.ctx.credentials.verify(frame.token, this.request as FastifyRequest).then((identity) => {
       if (this.auth === 'verifying' && !this.closed) this.begin(identity, frame.id)
     }, (err: unknown) => this.authFailed(err, frame.id))
   }
@@ -153,7 +177,7 @@ export class Connection implements Peer {
     if (!credentials.tokens) throw tokensNotEnabled()
     let identity: Identity
     try {
-      identity = await credentials.verify(frame.token, this.request)
+      identity = await credentials.verify(frame.token, this.request as FastifyRequest)
     } catch (err) {
       this.authFailed(err, frame.id)
       return
@@ -170,7 +194,7 @@ export class Connection implements Peer {
     if (frame.id !== undefined) reply.id = frame.id
     if (identity.expiresAt !== undefined) reply.expiresAt = identity.expiresAt
     this.sendEncoded(JSON.stringify(reply))
-    this.request.log.info({ connectionId: this.id, userId: current.user.id, expiresAt: identity.expiresAt }, 'fastify-rooms: token refreshed')
+    this.log.info({ connectionId: this.id, userId: current.user.id, expiresAt: identity.expiresAt }, 'fastify-rooms: token refreshed')
   }
 
   /** Close with 4001 when the credentials run out, unless a refresh moves the time. */
@@ -202,7 +226,7 @@ export class Connection implements Peer {
     if (this.auth === 'refused') return
     this.auth = 'refused'
     this.stopTimers()
-    this.request.log.info({ connectionId: this.id, userId: this.identity?.user.id, reason: error.message }, 'fastify-rooms: authentication failed')
+    this.log.info({ connectionId: this.id, userId: this.identity?.user.id, reason: error.message }, 'fastify-rooms: authentication failed')
     this.sendError(error, id)
     this.close(4001, error.message)
   }
@@ -212,8 +236,13 @@ export class Connection implements Peer {
     clearTimeout(this.expiryTimer)
   }
 
+  /**
+   * Send a text frame built once for many members: written straight to the TCP
+   * socket when ws allows it and holds nothing back (so it cannot overtake an
+   * earlier send), through `WebSocket.send` otherwise.
+   */
   sendFramed (framed: Buffer, payload: Buffer): void {
-    if (this.raw === undefined) {
+    if (this.raw === undefined || !senderIdle(this.socket)) {
       this.sendEncoded(payload)
       return
     }
@@ -285,7 +314,7 @@ export class Connection implements Peer {
         return
       }
       this.queuedBytes += buffer.length
-      this.queue.push(buffer)
+      ;(this.queue ??= []).push(buffer)
       return
     }
     this.handle(buffer)
@@ -337,8 +366,11 @@ export class Connection implements Peer {
   private drain (): void {
     this.busy = false
     while (!this.busy && !this.closed && this.auth === 'done') {
-      const next = this.queue.shift()
-      if (next === undefined) return
+      const next = this.queue?.shift()
+      if (next === undefined) {
+        this.queue = undefined
+        return
+      }
       this.queuedBytes -= next.length
       this.handle(next)
     }
@@ -365,7 +397,7 @@ export class Connection implements Peer {
   private async join (frame: JoinFrame): Promise<void> {
     const { registry, options } = this.ctx
     if (options.onJoin !== undefined && !registry.isMember(this, frame.room)) {
-      const verdict = await options.onJoin({ connectionId: this.id, user: (this.identity as Identity).user, room: frame.room, request: this.request })
+      const verdict = await options.onJoin({ connectionId: this.id, user: (this.identity as Identity).user, room: frame.room, request: this.request as FastifyRequest })
       if (verdict === false) throw forbidden(`You may not join room "${frame.room}".`)
     }
     if (this.closed) return
@@ -384,7 +416,7 @@ export class Connection implements Peer {
     let data = frame.data
     let json = checkPublish(data, room, options.maxMessageBytes, validateData, size)
     if (options.onPublish !== undefined) {
-      const verdict = await options.onPublish({ connectionId: this.id, user: (this.identity as Identity).user, room, data: data as never, request: this.request })
+      const verdict = await options.onPublish({ connectionId: this.id, user: (this.identity as Identity).user, room, data: data as never, request: this.request as FastifyRequest })
       if (verdict === false) throw forbidden(`You may not publish to room "${room}".`)
       if (typeof verdict === 'object' && verdict !== null) {
         // What the hook returns goes out as if the member had sent it: same limits, same schema.
@@ -393,7 +425,7 @@ export class Connection implements Peer {
       }
     }
     const ephemeral = frame.ephemeral === true
-    const offset = await registry.publish(room, { data: json, from: this.userJson, ephemeral })
+    const offset = await registry.publish(room, { data: json, from: this.userJson ??= encodeMember(this.user), ephemeral })
     if (frame.id !== undefined) this.sendEncoded(JSON.stringify(ephemeral ? { type: 'ack', id: frame.id, room } : { type: 'ack', id: frame.id, room, offset }))
   }
 
@@ -414,12 +446,35 @@ export class Connection implements Peer {
     this.sendEncoded(JSON.stringify(frame))
   }
 
+  private static onMessage (this: WebSocket, data: RawData, isBinary: boolean): void {
+    connectionOf(this)?.onFrame(data, isBinary)
+  }
+
+  private static onPong (this: WebSocket): void {
+    const connection = connectionOf(this)
+    if (connection !== undefined) connection.alive = true
+  }
+
+  private static onSocketClose (this: WebSocket, code: number, reason: Buffer): void {
+    connectionOf(this)?.onClose(code, reason)
+  }
+
+  /**
+   * The `error` listener of every socket, in place of @fastify/websocket's
+   * (see release.ts): what its default errorHandler does, log and terminate,
+   * without holding the upgrade's request and reply.
+   */
+  static onSocketError (this: WebSocket, error: Error): void {
+    connectionOf(this)?.log.error(error)
+    this.terminate()
+  }
+
   private onClose (code: number, reason: Buffer): void {
     this.closed = true
-    this.queue.length = 0
+    this.queue = undefined
     this.queuedBytes = 0
     this.stopTimers()
-    this.request.log.info({ connectionId: this.id, userId: this.identity?.user.id, code, reason: reason.toString(), durationMs: Date.now() - this.openedAt }, 'fastify-rooms: disconnected')
+    this.log.info({ connectionId: this.id, userId: this.identity?.user.id, code, reason: reason.toString(), durationMs: Date.now() - this.openedAt }, 'fastify-rooms: disconnected')
     // A drop keeps the user present for the grace time; a deliberate end does not:
     // the client said goodbye (1000) or the server disconnected it (4003).
     if (this.identity !== undefined) void this.ctx.registry.remove(this, code !== 1000 && !this.disconnected)

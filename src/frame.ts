@@ -1,4 +1,4 @@
-import type { Socket } from 'node:net'
+import type { Writable } from 'node:stream'
 
 /**
  * Build a complete server-to-client WebSocket text frame (FIN, opcode 1,
@@ -25,7 +25,7 @@ export function textFrame (payload: Buffer): Buffer {
 }
 
 /** Sockets corked in this turn of the event loop, uncorked together once it has done its work. */
-const corked: Socket[] = []
+const corked: Writable[] = []
 let flushScheduled = false
 
 function flush (): void {
@@ -39,7 +39,7 @@ function flush (): void {
  * the event loop into one writev: several messages for one member cost one
  * system call instead of one each.
  */
-export function writeCoalesced (socket: Socket, bytes: Buffer): void {
+export function writeCoalesced (socket: Writable, bytes: Buffer): void {
   if (socket.writableCorked === 0) {
     socket.cork()
     corked.push(socket)

@@ -1,18 +1,20 @@
 import { randomBytes } from 'node:crypto'
 import type { IncomingMessage, Server } from 'node:http'
+import type { WebSocket } from 'ws'
 import type { Duplex } from 'node:stream'
 import fp from 'fastify-plugin'
 import websocket from '@fastify/websocket'
 import type { FastifyPluginAsync } from 'fastify'
 import { memoryAdapter } from './adapters/memory.js'
 import type { HistoryPage, RoomInfo, RoomPage, RoomQuery } from './adapters/adapter.js'
-import { Connection, type ConnectionContext } from './connection.js'
+import { Connection, connectionOf, type ConnectionContext } from './connection.js'
 import { RoomsError, ShuttingDownError } from './errors.js'
 import { Credentials } from './identity.js'
 import { resolveOptions, type RoomData, type RoomsOptions } from './options.js'
 import { page } from './page.js'
 import { checkPublish, compileDataValidator, invalidRoomMessage, isRoomName } from './protocol.js'
 import { Registry } from './registry.js'
+import { releaseUpgrade } from './release.js'
 import { ResumeTokens } from './resume.js'
 import { DEFAULT_PAGE, restAccess, routes } from './routes.js'
 import { upgradeGuard } from './upgrade.js'
@@ -76,6 +78,8 @@ function pathOf (url: string | undefined): string {
 
 /** Servers on which this package registered @fastify/websocket, to catch a second, conflicting registration. */
 const ownWebsocket = new WeakSet<Server>()
+/** The WebSocket servers of the @fastify/websocket registrations this package made: they run its default errorHandler. */
+const ownWebsocketServers = new WeakSet<object>()
 
 const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
   const options = resolveOptions(input)
@@ -111,7 +115,8 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     log: app.log,
     validateData: options.dataSchema === undefined ? undefined : compileDataValidator(options.dataSchema),
     credentials,
-    publicFields: new Set(options.publicUserFields)
+    publicFields: new Set(options.publicUserFields),
+    keepRequest: options.onJoin !== undefined || options.onPublish !== undefined || credentials.tokens
   }
   const open = new Set<Connection>()
   let allClosed: (() => void) | undefined
@@ -137,6 +142,7 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
   // Added before @fastify/websocket's own preClose, so clients get 1001 rather than a bare close.
   app.addHook('preClose', async () => {
     state.closing = true
+    registry.shutdown()
     app.server.prependListener('upgrade', refuseUpgrade)
     clearInterval(heartbeat)
     if (open.size === 0) return
@@ -159,7 +165,11 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     }
     ownWebsocket.add(app.server)
     await app.register(websocket, { options: { maxPayload: options.maxFrameBytes } })
+    ownWebsocketServers.add(app.websocketServer)
   }
+  // Connection.onSocketError stands in for @fastify/websocket's default
+  // errorHandler only; an application's own errorHandler keeps its listener.
+  const onSocketError = ownWebsocketServers.has(app.websocketServer) ? Connection.onSocketError : undefined
 
   /** A publish by the server (`broadcast`, REST): the same checks as a member's publish, no `from`. */
   async function serverPublish (room: string, data: unknown, ephemeral = false): Promise<number | undefined> {
@@ -177,13 +187,17 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     }
   }, (socket, request) => {
     const connection = new Connection(socket, request, `${nodeId}-${(++sequence).toString(36)}`, ctx)
+    releaseUpgrade(socket, onSocketError)
     open.add(connection)
-    socket.on('close', () => {
-      open.delete(connection)
-      if (open.size === 0) allClosed?.()
-    })
+    socket.on('close', forget)
     connection.start(guard.identityOf(request))
   })
+
+  /** The close listener every socket of this registration shares. */
+  function forget (this: WebSocket): void {
+    open.delete(connectionOf(this) as Connection)
+    if (open.size === 0) allClosed?.()
+  }
 
   if (options.rest) await app.register(routes, { prefix: options.prefix, registry, access: restAccess(options, credentials), membersPageSize: options.membersPageSize, publish: options.restPublish === undefined ? undefined : { guard: options.restPublish, serverPublish: async (room, data) => await serverPublish(room, data) as number, bodyLimit: options.maxFrameBytes } })
   if (options.demo !== false) {

@@ -120,6 +120,8 @@ export class Registry implements AdapterListener {
   private flushTimer: NodeJS.Timeout | undefined
   private flushScheduled = false
   private readonly lingering = new Map<string, Lingering>()
+  /** Set by `shutdown()`: connections closing now leave at once. */
+  private closing = false
 
   constructor (adapter: Adapter, options: RegistryOptions) {
     this.adapter = adapter
@@ -248,7 +250,7 @@ export class Registry implements AdapterListener {
     this.peers.delete(peer.id)
     const rooms = [...entry.rooms.keys()]
     for (const [room, membership] of entry.rooms) this.forget(peer.id, room, membership)
-    if (grace && rooms.length > 0 && this.options.presenceGraceMs > 0) {
+    if (grace && rooms.length > 0 && this.options.presenceGraceMs > 0 && !this.closing) {
       const timer = setTimeout(() => { void this.endGrace(peer.id) }, this.options.presenceGraceMs)
       this.lingering.set(peer.id, { peer, rooms, timer })
       return
@@ -271,14 +273,23 @@ export class Registry implements AdapterListener {
   }
 
   /**
-   * Shutting down: dropped connections leave now rather than after their
-   * grace, pending presence diffs are dropped (their members are going), and
-   * every leave under way reaches the adapter before it closes.
+   * Shutdown begins: connections that dropped earlier leave now rather than
+   * after their grace, and those closing from now on leave at once, so the
+   * room state is final by the time the app's onClose hooks run.
+   */
+  shutdown (): void {
+    this.closing = true
+    for (const id of [...this.lingering.keys()]) void this.endGrace(id)
+  }
+
+  /**
+   * The app is closing: pending presence diffs are dropped (their members are
+   * gone), and every leave under way reaches the adapter before it closes.
    */
   async close (): Promise<void> {
+    this.shutdown()
     clearTimeout(this.flushTimer)
     this.batches.clear()
-    await Promise.all([...this.lingering.keys()].map(async (id) => await this.endGrace(id)))
     await Promise.all([...this.removals])
   }
 

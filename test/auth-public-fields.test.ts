@@ -23,7 +23,7 @@ eachAdapter(t, 'others see only publicUserFields: joined, presence, message.from
   t.same(ada.welcome.user, users.ada, 'welcome shows the full user')
   await ada.join('lobby')
   t.same((await bob.join('lobby')).members, [{ id: 'u-ada', name: 'ada' }, { id: 'u-bob', name: 'bob' }])
-  t.same((await ada.next((f) => f.type === 'presence')).member, { id: 'u-bob', name: 'bob' })
+  t.same((await ada.next((f) => f.type === 'presence')).joins, [{ id: 'u-bob', name: 'bob' }])
   await bob.request({ type: 'publish', room: 'lobby', data: 'hi' })
   t.same((await ada.next((f) => f.type === 'message')).from, { id: 'u-bob', name: 'bob' })
   t.same(hooked, [users.bob], 'hooks get the full user')

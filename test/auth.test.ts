@@ -23,7 +23,7 @@ t.test('in-band auth: welcome comes only after a good auth frame, with the full 
   t.teardown(() => s.close())
   s.send({ type: 'auth', token: TOKEN, id: 'a1' })
   const welcome = await s.next((f) => f.type === 'welcome')
-  t.match(welcome, { type: 'welcome', id: 'a1', user: ADA, expiresAt, protocol: 1, heartbeatMs: 25_000 })
+  t.match(welcome, { type: 'welcome', id: 'a1', user: ADA, expiresAt, protocol: 2, heartbeatMs: 25_000 })
   t.same(s.frames.map((f) => f.type), ['welcome'], 'nothing came before welcome')
   t.equal((await s.join('lobby')).type, 'joined')
   t.equal(app.rooms.connections, 1)

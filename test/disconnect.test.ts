@@ -9,7 +9,7 @@ const as = (user: string): { headers: Record<string, string> } => ({ headers: { 
 
 /** A presence frame telling that `user` left `room`, in the one-member or the diff shape. */
 const leaveOf = (user: string, room: string) => (f: Record<string, any>): boolean =>
-  f.type === 'presence' && f.room === room && ((f.event === 'leave' && f.member?.id === user) || (Array.isArray(f.leaves) && f.leaves.some((m: { id: string }) => m.id === user)))
+  f.type === 'presence' && f.room === room && f.leaves.some((m: { id: string }) => m.id === user)
 
 eachAdapter(t, 'disconnect closes one connection on whichever node holds it, with 4003 and the reason', async (t, deploy) => {
   const { node, app, kind } = await deploy(options)

@@ -56,7 +56,7 @@ eachAdapter(t, 'GET /rooms/:room: details, 404 ROOM_NOT_FOUND, 400 INVALID_ROOM'
   await a.request({ type: 'publish', room: 'lobby', data: 'x' })
   t.same(await get(`${url}/rooms/lobby`), {
     status: 200,
-    body: { name: 'lobby', count: 1, members: [{ id: a.welcome.user.id, name: 'ada' }], offset: 1, epoch: joined.epoch }
+    body: { name: 'lobby', count: 1, members: [{ id: a.welcome.user.id, name: 'ada' }], membersNext: null, offset: 1, epoch: joined.epoch }
   })
   t.same(await get(`${url}/rooms/nobody-here`), {
     status: 404,

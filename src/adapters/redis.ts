@@ -312,6 +312,8 @@ elseif cmd == 'renew' then
   -- node, lease ms, registered before ('1'): a node whose lease was reaped must not come back silently
   if ARGV[5] == '1' and not redis.call('ZSCORE', p .. 'nodes', ARGV[3]) then return 'REAPED' end
   redis.call('ZADD', p .. 'nodes', now() + tonumber(ARGV[4]), ARGV[3])
+  -- The resume-token secret lives while any node runs, and a week after.
+  redis.call('PEXPIRE', p .. 'secret', 604800000)
   return 'OK'
 elseif cmd == 'reap' then
   -- forget every node whose lease expired
@@ -526,10 +528,14 @@ export class RedisAdapter implements Adapter {
     return { offset, epoch, members: members.map((m) => JSON.parse(m) as Member), membersNext: next === '' ? null : next, count, presenceSeq: Number(presenceSeq) }
   }
 
-  /** Shared by every node through Redis: the first node to start sets it. */
+  /**
+   * Shared by every node through Redis: the first node to start sets it. It
+   * lives while any node runs and a week after (see the script's renew), so
+   * resume tokens outlive a restart of every node.
+   */
   async secret (): Promise<string> {
     const key = `${this.prefix}secret`
-    await this.cmd.call('secret', async () => await this.redis.set(key, randomBytes(32).toString('base64url'), 'NX'))
+    await this.cmd.call('secret', async () => await this.redis.set(key, randomBytes(32).toString('base64url'), 'PX', 604_800_000, 'NX'))
     return await this.cmd.call('secret', async () => await this.redis.get(key)) as string
   }
 
