@@ -2,7 +2,8 @@ import t, { type Test } from 'tap'
 import WebSocket from 'ws'
 import { connect, type PresenceChange, type Room, type RoomsClient } from '../src/client/index.js'
 import { eachAdapter } from './helpers/deployment.js'
-import { nextEvent } from './helpers/client.js'
+import { gate, nextEvent } from './helpers/client.js'
+import { until } from './helpers/until.js'
 
 /** Presence flushed on the next tick, departures without grace: every change is seen at once. */
 const fast = { presenceIntervalMs: 0, presenceGraceMs: 0 }
@@ -98,4 +99,38 @@ eachAdapter(t, 'a reconnect within the grace period shows no leave and no join t
   await next
   t.same(changes.map((c) => names([...c.joins, ...c.leaves])), [['carol']], 'nothing about bob')
   t.equal(adaRoom.count, 3)
+})
+
+eachAdapter(t, 'reconnect() is a reconnect, not a goodbye: within the grace period the others see no leave and no join', async (t, deploy) => {
+  const g = gate()
+  const d = await deploy({ presenceIntervalMs: 0, presenceGraceMs: 10_000 }, (app) => g.setup(app))
+  const ada = await client(t, d.node(0).wsUrl, 'ada')
+  const bob = await client(t, d.node(1).wsUrl, 'bob')
+  const adaRoom = await ada.join('r')
+  const adaSeesBob = nextPresence(adaRoom, ada)
+  const bobRoom = await bob.join('r')
+  await adaSeesBob
+  const changes: PresenceChange[] = []
+  adaRoom.on('presence', (change) => changes.push(change))
+
+  // The server sees the old connection end before the new one joins: its close code alone decides.
+  const sockets = d.node(1).app.websocketServer.clients
+  const before = sockets.size
+  g.closed = true
+  const rejoined = nextEvent((h) => bobRoom.on('joined', h), undefined, bob)
+  bob.reconnect()
+  await until(() => sockets.size === before - 1, 'the server saw the old connection close')
+  g.closed = false
+  await rejoined
+  const carol = await client(t, d.node(0).wsUrl, 'carol')
+  const next = nextPresence(adaRoom, ada)
+  await carol.join('r')
+  await next
+  t.same(changes.map((c) => names([...c.joins, ...c.leaves])), [['carol']], 'nothing about bob')
+
+  // close() is a goodbye: carol leaves at once, grace or not. (Not bob: his old
+  // connection, which he did not say goodbye on, stays in its grace period.)
+  const left = nextPresence(adaRoom, ada)
+  carol.close()
+  t.same(names((await left).leaves), ['carol'])
 })

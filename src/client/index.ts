@@ -145,6 +145,13 @@ const OPEN = 1
 const MAX_TIMEOUT = 2 ** 31 - 1
 /** The server refused the credentials: no, bad or expired token. */
 const UNAUTHORIZED_CLOSE = 4001
+/**
+ * Sent when this client drops a connection it will replace (`reconnect()`, a
+ * silent server): not 1000, which tells the server the user left, so that the
+ * server keeps the user present through its grace period. Browsers let a page
+ * send only 1000 and 3000-4999.
+ */
+const RECONNECTING_CLOSE = 4000
 /** The server disconnected this client on purpose: reconnecting would defy it. */
 const DISCONNECTED_CLOSE = 4003
 /** Backoff of the reconnects, and of rejoins refused for a passing reason (used for those even with `reconnect: false`). */
@@ -286,7 +293,7 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
     clearTimeout(this.retryTimer)
     this.attempts = 0
     this.authRetry = false
-    this.dropSocket()
+    this.dropSocket(true)
     const info = { code: 1000, reason: 'reconnect() was called', byClient: true }
     this.lastClose = info
     this.setState('reconnecting', { ...info, attempt: 0, delayMs: 0 })
@@ -758,7 +765,7 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
 
   /** Give up on the current socket (silent server) and go through the reconnect path. */
   private abandonSocket (reason: string): void {
-    this.dropSocket()
+    this.dropSocket(true)
     this.onSocketClosed(undefined, 1006, reason, true)
   }
 
@@ -806,7 +813,8 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
     this.rejoins.delete(room)
   }
 
-  private dropSocket (): void {
+  /** @param reconnecting a new connection follows: tell the server this is no goodbye */
+  private dropSocket (reconnecting = false): void {
     const socket = this.socket
     this.socket = undefined
     this.tokenWait = undefined
@@ -817,7 +825,8 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
     socket.onmessage = null
     socket.onclose = null
     try {
-      socket.close(1000, 'client closed')
+      if (reconnecting) socket.close(RECONNECTING_CLOSE, 'client reconnecting')
+      else socket.close(1000, 'client closed')
     } catch {}
     this.failRequests(new RoomsClientError('DISCONNECTED', 'The connection was dropped before the reply came: the request may or may not have been applied.'))
   }
