@@ -1,6 +1,6 @@
 import { randomBytes, randomUUID } from 'node:crypto'
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import { InvalidNameError, OriginNotAllowedError, ShuttingDownError, TooManyConnectionsError, UnauthorizedError, isRoomsError } from './errors.js'
+import { errorCodes, httpMessages, isRoomsError } from './errors.js'
 import type { Credentials, Identity } from './identity.js'
 import type { ResolvedOptions } from './options.js'
 
@@ -31,15 +31,15 @@ export function upgradeGuard (options: ResolvedOptions, credentials: Credentials
   const sameOriginOnly = allowed === undefined && options.authenticate !== undefined
 
   async function hook (request: FastifyRequest): Promise<void> {
-    if (state.closing) throw new ShuttingDownError()
+    if (state.closing) throw new errorCodes.SHUTTING_DOWN()
     const origin = request.headers.origin
     if (allowed !== undefined && (origin === undefined || !allowed.has(origin))) {
-      throw new OriginNotAllowedError(origin ?? '(none)')
+      throw new errorCodes.ORIGIN_NOT_ALLOWED(origin ?? '(none)')
     }
     if (sameOriginOnly && origin !== undefined && !isSameOrigin(origin, request.host)) {
-      throw new OriginNotAllowedError(origin)
+      throw new errorCodes.ORIGIN_NOT_ALLOWED(origin)
     }
-    if (state.connections() >= options.maxConnections) throw new TooManyConnectionsError(options.maxConnections)
+    if (state.connections() >= options.maxConnections) throw new errorCodes.TOO_MANY_CONNECTIONS(options.maxConnections)
     if (!credentials.required) {
       identities.set(request, { user: anonymous(request) })
       return
@@ -48,11 +48,11 @@ export function upgradeGuard (options: ResolvedOptions, credentials: Credentials
     try {
       identity = await credentials.identify(request)
     } catch (err) {
-      if (isRoomsError(err)) throw new UnauthorizedError()
+      if (isRoomsError(err)) throw new errorCodes.UNAUTHORIZED(httpMessages.upgradeUnauthorized)
       throw err
     }
     if (identity !== null) identities.set(request, identity)
-    else if (!credentials.tokens) throw new UnauthorizedError()
+    else if (!credentials.tokens) throw new errorCodes.UNAUTHORIZED(httpMessages.upgradeUnauthorized)
   }
 
   return { hook, identityOf: (request) => identities.get(request) }
@@ -71,6 +71,6 @@ function isSameOrigin (origin: string, host: string): boolean {
 function anonymous (request: FastifyRequest): Identity['user'] {
   const name = (request.query as Record<string, unknown> | undefined)?.name
   if (name === undefined || name === '') return { id: randomUUID(), name: `guest-${randomBytes(2).toString('hex')}` }
-  if (typeof name !== 'string' || !printableName.test(name) || name.trim() === '') throw new InvalidNameError()
+  if (typeof name !== 'string' || !printableName.test(name) || name.trim() === '') throw new errorCodes.INVALID_NAME()
   return { id: randomUUID(), name }
 }
