@@ -136,7 +136,9 @@ export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { regist
     if (access === undefined || user === undefined) return
     await access.mayJoin(user, (request.params as { room: string }).room, request)
   }
-  const maxParamLength = (app.initialConfig as { routerOptions?: { maxParamLength?: number } }).routerOptions?.maxParamLength ?? 100
+  // Fastify 5.5 moved maxParamLength into routerOptions; before it only the top-level option exists.
+  const config = app.initialConfig as { routerOptions?: { maxParamLength?: number }, maxParamLength?: number }
+  const maxParamLength = config.routerOptions?.maxParamLength ?? config.maxParamLength ?? 100
   if (maxParamLength < MAX_ROOM_LENGTH) {
     app.log.warn({ maxParamLength }, `fastify-rooms: room names longer than ${maxParamLength} characters will get 414 from the REST routes; create Fastify with { routerOptions: { maxParamLength: 256 } }`)
   }
