@@ -93,4 +93,8 @@ t.test('npm pack installs into a strict ESM TypeScript app at the lowest support
     optionError: 'FST_ROOMS_INVALID_OPTION'
   })
   t.notMatch(stderr, /room names longer than/, 'the top-level maxParamLength of Fastify before 5.5 is read: no false warning')
+
+  // ESM-only, yet a CommonJS app can require() it on the Node versions of `engines` (README).
+  const cjs = await run(process.execPath, ['-e', "const m = require('fastify-rooms'); console.log(typeof m.default, typeof m.errorCodes)"], app)
+  t.equal(cjs.stdout.trim(), 'function object', 'require() from CommonJS')
 })
