@@ -80,41 +80,73 @@ export function isRoomsError (err: unknown): err is RoomsError {
   return err instanceof RoomsError
 }
 
-/** REST: an unexpected failure; the details go to the log, never to the client. */
-export const InternalError = createError('INTERNAL', 'The server failed to handle this request; it has been logged. Try again later.', 500)
-/** REST: a valid room name longer than the router's `maxParamLength`. */
-export const RoomNameTooLongError = createError<[number, number]>('ROOM_NAME_TOO_LONG', 'This room name has %d characters, more than this server\'s router takes (routerOptions.maxParamLength = %d): create Fastify with { routerOptions: { maxParamLength: 256 } }.', 414)
-/** REST: the room has no members (rooms exist while someone is in them). */
-export const RoomNotFoundError = createError<[string]>('ROOM_NOT_FOUND', 'Room "%s" has no members.', 404)
-/** One error class per code and status, made once, as Fastify's own errors are. */
-const httpErrors = new Map<string, ReturnType<typeof createError>>()
+/**
+ * Every error the plugin raises in Fastify's shape, each class created once,
+ * as Fastify's own `errorCodes` are: match on `err.code`, or use
+ * `err instanceof errorCodes.FST_ROOMS_INVALID_OPTION`. `FST_ROOMS_*` are
+ * mistakes of the app (registration, server API); the others are the
+ * contract's HTTP answers to REST requests and refused upgrades. A code with
+ * more than one cause takes its sentence as the argument (`httpMessages`).
+ */
+export const errorCodes = {
+  /** `app.register(rooms, options)`: an option is wrong; the message names it. */
+  FST_ROOMS_INVALID_OPTION: createError<[string]>('FST_ROOMS_INVALID_OPTION', 'fastify-rooms: invalid options: %s', 500, TypeError),
+  /** A second registration in one encapsulation context. */
+  FST_ROOMS_ALREADY_REGISTERED: createError('FST_ROOMS_ALREADY_REGISTERED', 'fastify-rooms: already registered in this context; register it again inside its own encapsulated plugin (app.register(async (child) => child.register(rooms, ...))).', 500),
+  /** Registrations in sibling contexts, each of which would register @fastify/websocket on the same server. */
+  FST_ROOMS_WEBSOCKET_NOT_AT_ROOT: createError('FST_ROOMS_WEBSOCKET_NOT_AT_ROOT', 'fastify-rooms: to register the plugin in several encapsulated contexts, register @fastify/websocket once at the root first.', 500),
+  /** A server API call (`app.rooms.*`) got an argument of the wrong kind. */
+  FST_ROOMS_INVALID_ARGUMENT: createError<[string]>('FST_ROOMS_INVALID_ARGUMENT', 'fastify-rooms: %s must be a non-empty string.', 500, TypeError),
 
-/** A protocol error as an HTTP error in Fastify's shape, keeping its code. */
-export function httpError (code: ErrorCode, message: string, statusCode: number): Error {
-  const key = `${code} ${statusCode}`
-  let Err = httpErrors.get(key)
-  if (Err === undefined) {
-    Err = createError(code, '%s', statusCode)
-    httpErrors.set(key, Err)
-  }
-  return new Err(message)
+  /** REST and upgrade: a room name outside the contract's alphabet or length. */
+  INVALID_ROOM: createError<[string]>('INVALID_ROOM', '%s', 400),
+  /** REST publish: `data` fails `dataSchema` or cannot be encoded. */
+  INVALID_DATA: createError<[string]>('INVALID_DATA', '%s', 400),
+  /** Upgrade: the anonymous `name` query parameter is not 1-32 printable characters. */
+  INVALID_NAME: createError('INVALID_NAME', 'The name query parameter must be 1-32 printable characters.', 400),
+  /** Upgrade or REST without credentials that would be accepted. */
+  UNAUTHORIZED: createError<[string]>('UNAUTHORIZED', '%s', 401),
+  /** REST: `onJoin` (or `onPublish`) refused. */
+  FORBIDDEN: createError<[string]>('FORBIDDEN', '%s', 403),
+  /** Upgrade: `allowedOrigins` is set and the Origin header is not in it. */
+  ORIGIN_NOT_ALLOWED: createError<[string]>('ORIGIN_NOT_ALLOWED', 'Origin %s is not allowed to open a connection.', 403),
+  /** REST: the room has no members (and, for history, no stored messages). */
+  ROOM_NOT_FOUND: createError<[string]>('ROOM_NOT_FOUND', '%s', 404),
+  /** REST publish: the body or the message is larger than the limits. */
+  PAYLOAD_TOO_LARGE: createError<[string]>('PAYLOAD_TOO_LARGE', '%s', 413),
+  /** REST: a valid room name longer than the router's `maxParamLength`. */
+  ROOM_NAME_TOO_LONG: createError<[number, number]>('ROOM_NAME_TOO_LONG', 'This room name has %d characters, more than this server\'s router takes (routerOptions.maxParamLength = %d): create Fastify with { routerOptions: { maxParamLength: 256 } }.', 414),
+  /** REST: an unexpected failure; the details go to the log, never to the client. */
+  INTERNAL: createError('INTERNAL', 'The server failed to handle this request; it has been logged. Try again later.', 500),
+  /** REST: the adapter's store is unreachable. */
+  UNAVAILABLE: createError<[string]>('UNAVAILABLE', '%s', 503),
+  /** Upgrade: `maxConnections` reached. */
+  TOO_MANY_CONNECTIONS: createError<[number]>('TOO_MANY_CONNECTIONS', 'The server holds its maximum of %d connections: retry later or on another instance.', 503),
+  /** Upgrade: the server is shutting down. */
+  SHUTTING_DOWN: createError('SHUTTING_DOWN', 'The server is shutting down; reconnect to another instance.', 503)
+} as const
+
+/** The sentences of the HTTP errors whose code has more than one cause. */
+export const httpMessages = {
+  upgradeUnauthorized: 'Authentication failed: the upgrade request carried no valid credentials.',
+  restUnauthorized: 'This API needs the credentials a connection needs: the session cookie or header, or Authorization: Bearer <token>.',
+  roomForbidden: (room: string): string => `You may not see room "${room}".`,
+  roomNotFound: (room: string): string => `Room "${room}" has no members.`,
+  noHistory: (room: string): string => `Room "${room}" has no members and no stored messages.`,
+  bodyTooLarge: 'The request body is larger than the server accepts: send less per message.'
+} as const
+
+/** Protocol codes a REST request can meet, each with its HTTP error; the rest are internal failures. */
+const HTTP_OF: Partial<Record<ErrorCode, new (message: string) => Error>> = {
+  INVALID_ROOM: errorCodes.INVALID_ROOM,
+  INVALID_DATA: errorCodes.INVALID_DATA,
+  PAYLOAD_TOO_LARGE: errorCodes.PAYLOAD_TOO_LARGE,
+  FORBIDDEN: errorCodes.FORBIDDEN,
+  UNAVAILABLE: errorCodes.UNAVAILABLE
 }
 
-/** REST history: the room has neither members nor stored messages. */
-export const NoHistoryError = createError<[string]>('ROOM_NOT_FOUND', 'Room "%s" has no members and no stored messages.', 404)
-/** REST and upgrade: a room name outside the contract's alphabet or length. */
-export const InvalidRoomError = createError<[string]>('INVALID_ROOM', '%s', 400)
-/** Upgrade: `authenticate` threw or returned nothing. */
-export const UnauthorizedError = createError('UNAUTHORIZED', 'Authentication failed: the upgrade request carried no valid credentials.', 401)
-/** REST: auth is configured and the request carries no credentials a connection would be accepted with. */
-export const RestUnauthorizedError = createError('UNAUTHORIZED', 'This API needs the credentials a connection needs: the session cookie or header, or Authorization: Bearer <token>.', 401)
-/** REST: `onJoin` refused this user the room the route is about. */
-export const RoomForbiddenError = createError<[string]>('FORBIDDEN', 'You may not see room "%s".', 403)
-/** Upgrade: the anonymous `name` query parameter is not 1-32 printable characters. */
-export const InvalidNameError = createError('INVALID_NAME', 'The name query parameter must be 1-32 printable characters.', 400)
-/** Upgrade: `allowedOrigins` is set and the Origin header is not in it. */
-export const OriginNotAllowedError = createError<[string]>('ORIGIN_NOT_ALLOWED', 'Origin %s is not allowed to open a connection.', 403)
-/** Upgrade: `maxConnections` reached. */
-export const TooManyConnectionsError = createError<[number]>('TOO_MANY_CONNECTIONS', 'The server holds its maximum of %d connections: retry later or on another instance.', 503)
-/** Upgrade: the server is shutting down. */
-export const ShuttingDownError = createError('SHUTTING_DOWN', 'The server is shutting down; reconnect to another instance.', 503)
+/** A protocol error as the HTTP error of its code, keeping its sentence; undefined when REST has no answer for it but 500. */
+export function httpErrorOf (err: RoomsError): Error | undefined {
+  const Http = HTTP_OF[err.code]
+  return Http === undefined ? undefined : new Http(err.message)
+}

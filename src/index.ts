@@ -8,7 +8,7 @@ import type { FastifyPluginAsync } from 'fastify'
 import { memoryAdapter } from './adapters/memory.js'
 import type { HistoryPage, RoomInfo, RoomPage, RoomQuery } from './adapters/adapter.js'
 import { Connection, connectionOf, type ConnectionContext } from './connection.js'
-import { RoomsError, ShuttingDownError } from './errors.js'
+import { RoomsError, errorCodes } from './errors.js'
 import { Credentials } from './identity.js'
 import { resolveOptions, type RoomData, type RoomsOptions } from './options.js'
 import { page } from './page.js'
@@ -69,7 +69,7 @@ declare module 'fastify' {
 }
 
 /** The 503 body of an upgrade refused during shutdown, in Fastify's error shape. */
-const SHUTTING_DOWN_BODY = JSON.stringify({ statusCode: 503, code: 'SHUTTING_DOWN', error: 'Service Unavailable', message: new ShuttingDownError().message })
+const SHUTTING_DOWN_BODY = JSON.stringify({ statusCode: 503, code: 'SHUTTING_DOWN', error: 'Service Unavailable', message: new errorCodes.SHUTTING_DOWN().message })
 
 function pathOf (url: string | undefined): string {
   const end = url?.indexOf('?') ?? -1
@@ -84,7 +84,7 @@ const ownWebsocketServers = new WeakSet<object>()
 const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
   const options = resolveOptions(input)
   if (app.hasDecorator('rooms')) {
-    throw new Error('fastify-rooms: already registered in this context; register it again inside its own encapsulated plugin (app.register(async (child) => child.register(rooms, ...))).')
+    throw new errorCodes.FST_ROOMS_ALREADY_REGISTERED()
   }
   const adapter = options.adapter ?? memoryAdapter()
   const registry = new Registry(adapter, {
@@ -161,7 +161,7 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
 
   if (!app.hasDecorator('websocketServer')) {
     if (ownWebsocket.has(app.server)) {
-      throw new Error('fastify-rooms: to register the plugin in several encapsulated contexts, register @fastify/websocket once at the root first.')
+      throw new errorCodes.FST_ROOMS_WEBSOCKET_NOT_AT_ROOT()
     }
     ownWebsocket.add(app.server)
     await app.register(websocket, { options: { maxPayload: options.maxFrameBytes } })
@@ -243,7 +243,7 @@ const DISCONNECTED = 'Disconnected by the server.'
 const REMOVED = 'Removed from the room by the server.'
 
 function text (value: unknown, name: string): string {
-  if (typeof value !== 'string' || value === '') throw new TypeError(`fastify-rooms: ${name} must be a non-empty string.`)
+  if (typeof value !== 'string' || value === '') throw new errorCodes.FST_ROOMS_INVALID_ARGUMENT(name)
   return value
 }
 
@@ -262,7 +262,13 @@ export { rooms }
 
 export { memoryAdapter, MemoryAdapter, type MemoryAdapterOptions, type MemoryAdapterStats } from './adapters/memory.js'
 export { redisAdapter, RedisAdapter, type RedisAdapterOptions } from './adapters/redis.js'
-export type { Adapter, AdapterConfig, AdapterListener, ControlCommand, ControlTarget, JoinResult, RoomInfo, RoomPage, RoomQuery, HistoryPage, StoredMessage } from './adapters/adapter.js'
-export { RoomsError, forbidden, ERROR_CODES, UNAUTHORIZED_REASONS, type ErrorCode, type UnauthorizedReason } from './errors.js'
-export type { RoomsOptions, RoomsHooks, TokenIdentity, JoinContext, PublishContext, PublishVerdict, RoomsRegister, RoomData, Settings } from './options.js'
-export * from './protocol.js'
+export type { Adapter, AdapterConfig, AdapterListener, ControlCommand, ControlTarget, JoinResult, MembersQuery, PresenceChange, RoomInfo, RoomPage, RoomQuery, HistoryPage, StoredMessage } from './adapters/adapter.js'
+export { RoomsError, forbidden, errorCodes, ERROR_CODES, UNAUTHORIZED_REASONS, type ErrorCode, type UnauthorizedReason } from './errors.js'
+export type { RoomsOptions, RoomsHooks, TokenIdentity, JoinContext, PublishContext, PublishVerdict, RestPublishGuard, RoomsRegister, RoomData, Settings } from './options.js'
+// The wire contract as types, for apps that speak it without the SDK; the schemas and codecs stay internal.
+export { PROTOCOL_VERSION } from './protocol.js'
+export type {
+  Member, RoomName, RequestId, Position, EncodedPublish,
+  ClientFrame, JoinFrame, LeaveFrame, PublishFrame, MembersFrame, PingFrame, AuthFrame,
+  ServerFrame, WelcomeFrame, AuthenticatedFrame, JoinedFrame, LeftFrame, AckFrame, MembersPageFrame, PongFrame, MessageFrame, PresenceFrame, DirectFrame, ErrorFrame
+} from './protocol.js'

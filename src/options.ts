@@ -2,6 +2,7 @@ import Type, { type Static, type TSchema } from 'typebox'
 import { Compile } from 'typebox/compile'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Adapter } from './adapters/adapter.js'
+import { errorCodes } from './errors.js'
 import { describeErrors, type Member } from './protocol.js'
 
 /**
@@ -128,21 +129,21 @@ export function resolveOptions (input: RoomsOptions = {}): ResolvedOptions {
   const { adapter, dataSchema, authenticate, verifyToken, onJoin, onPublish, restPublish, ...plain } = input
   const settings = settingsValidator.Default(structuredClone(plain))
   if (!settingsValidator.Check(settings)) {
-    throw new TypeError(`fastify-rooms: invalid options: ${describeErrors(settingsValidator.Errors(settings), 'options')}.`)
+    throw new errorCodes.FST_ROOMS_INVALID_OPTION(`${describeErrors(settingsValidator.Errors(settings), 'options')}.`)
   }
   for (const name of HOOKS) {
     if (input[name] !== undefined && typeof input[name] !== 'function') {
-      throw new TypeError(`fastify-rooms: invalid options: ${name} must be a function.`)
+      throw new errorCodes.FST_ROOMS_INVALID_OPTION(`${name} must be a function.`)
     }
   }
   if (settings.maxFrameBytes <= settings.maxMessageBytes) {
-    throw new TypeError('fastify-rooms: invalid options: maxFrameBytes must be larger than maxMessageBytes, or a full message could not fit in a frame.')
+    throw new errorCodes.FST_ROOMS_INVALID_OPTION('maxFrameBytes must be larger than maxMessageBytes, or a full message could not fit in a frame.')
   }
   if (!settings.publicUserFields.includes('id') || !settings.publicUserFields.includes('name')) {
-    throw new TypeError('fastify-rooms: invalid options: publicUserFields must include "id" and "name", the fields every member has.')
+    throw new errorCodes.FST_ROOMS_INVALID_OPTION('publicUserFields must include "id" and "name", the fields every member has.')
   }
   if (dataSchema !== undefined && (dataSchema === null || typeof dataSchema !== 'object')) {
-    throw new TypeError('fastify-rooms: invalid options: dataSchema must be a TypeBox schema.')
+    throw new errorCodes.FST_ROOMS_INVALID_OPTION('dataSchema must be a TypeBox schema.')
   }
   return { ...settings, adapter, dataSchema, authenticate, verifyToken, onJoin, onPublish, restPublish }
 }

@@ -2,7 +2,7 @@ import Type, { type Static } from 'typebox'
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { MAX_MEMBERS_PAGE, Member, MemberCursor, MessageFrame, RoomName, invalidRoomMessage, isRoomName } from './protocol.js'
-import { InternalError, InvalidRoomError, NoHistoryError, RestUnauthorizedError, RoomForbiddenError, RoomNameTooLongError, RoomNotFoundError, httpError, isRoomsError, type ErrorCode } from './errors.js'
+import { errorCodes, httpErrorOf, httpMessages, isRoomsError } from './errors.js'
 import type { Credentials } from './identity.js'
 import type { ResolvedOptions, RestPublishGuard } from './options.js'
 import type { Registry } from './registry.js'
@@ -94,7 +94,7 @@ export function restAccess (options: ResolvedOptions, credentials: Credentials):
       })
       if (identity !== null) return identity.user
       if (credentials.tokens) void reply.header('www-authenticate', 'Bearer')
-      throw new RestUnauthorizedError()
+      throw new errorCodes.UNAUTHORIZED(httpMessages.restUnauthorized)
     },
     async mayJoin (user, room, request) {
       if (onJoin === undefined) return
@@ -102,10 +102,10 @@ export function restAccess (options: ResolvedOptions, credentials: Credentials):
       try {
         verdict = await onJoin({ connectionId: '', user, room, request })
       } catch (err) {
-        if (isRoomsError(err) && err.code === 'FORBIDDEN') throw httpError('FORBIDDEN', err.message, 403)
+        if (isRoomsError(err) && err.code === 'FORBIDDEN') throw new errorCodes.FORBIDDEN(err.message)
         throw err
       }
-      if (verdict === false) throw new RoomForbiddenError(room)
+      if (verdict === false) throw new errorCodes.FORBIDDEN(httpMessages.roomForbidden(room))
     }
   }
 }
@@ -122,15 +122,6 @@ export interface RoutesOptions {
     serverPublish: (room: string, data: unknown) => Promise<number>
     bodyLimit: number
   } | undefined
-}
-
-/** HTTP status of each protocol error a REST route can meet; any other is a 500. */
-const STATUS: Partial<Record<ErrorCode, number>> = {
-  INVALID_ROOM: 400,
-  INVALID_DATA: 400,
-  PAYLOAD_TOO_LARGE: 413,
-  FORBIDDEN: 403,
-  UNAVAILABLE: 503
 }
 
 /**
@@ -155,7 +146,9 @@ export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { regist
     if (access === undefined || user === undefined) return
     await access.mayJoin(user, (request.params as { room: string }).room, request)
   }
-  const maxParamLength = (app.initialConfig as { routerOptions?: { maxParamLength?: number } }).routerOptions?.maxParamLength ?? 100
+  // Fastify 5.5 moved maxParamLength into routerOptions; before it only the top-level option exists.
+  const config = app.initialConfig as { routerOptions?: { maxParamLength?: number }, maxParamLength?: number }
+  const maxParamLength = config.routerOptions?.maxParamLength ?? config.maxParamLength ?? 100
   if (maxParamLength < MAX_ROOM_LENGTH) {
     app.log.warn({ maxParamLength }, `fastify-rooms: room names longer than ${maxParamLength} characters will get 414 from the REST routes; create Fastify with { routerOptions: { maxParamLength: 256 } }`)
   }
@@ -184,7 +177,7 @@ export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { regist
   }, async (request) => {
     const { membersAfter, membersLimit = membersPageSize } = request.query
     const room = await registry.room(request.params.room, { after: membersAfter, limit: membersLimit })
-    if (room === null) throw new RoomNotFoundError(request.params.room)
+    if (room === null) throw new errorCodes.ROOM_NOT_FOUND(httpMessages.roomNotFound(request.params.room))
     return room
   })
 
@@ -199,7 +192,7 @@ export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { regist
   }, async (request) => {
     const { after = 0, limit = DEFAULT_PAGE } = request.query
     const page = await registry.history(request.params.room, after, limit)
-    if (page === null) throw new NoHistoryError(request.params.room)
+    if (page === null) throw new errorCodes.ROOM_NOT_FOUND(httpMessages.noHistory(request.params.room))
     // Stored frames are parsed only here, on the rare REST read, so the hot path stores one string.
     return { epoch: page.epoch, messages: page.messages.map((m) => JSON.parse(m.frame) as Static<typeof StoredMessageSchema>) }
   })
@@ -230,8 +223,8 @@ function tooLongForRouter (app: FastifyInstance, maxParamLength: number, withPub
   const handler = async (request: FastifyRequest<{ Params: { '*': string } }>, reply: FastifyReply): Promise<void> => {
     const [room, rest, ...more] = request.params['*'].split('/')
     if (more.length > 0 || (rest !== undefined && rest !== 'messages') || room === undefined || room === '') return await reply.callNotFound()
-    if (!isRoomName(room)) throw new InvalidRoomError(invalidRoomMessage(room))
-    throw new RoomNameTooLongError(room.length, maxParamLength)
+    if (!isRoomName(room)) throw new errorCodes.INVALID_ROOM(invalidRoomMessage(room))
+    throw new errorCodes.ROOM_NAME_TOO_LONG(room.length, maxParamLength)
   }
   app.get('/*', handler)
   if (withPublish) app.post('/*', handler)
@@ -246,18 +239,18 @@ function tooLongForRouter (app: FastifyInstance, maxParamLength: number, withPub
 function roomErrors (this: FastifyInstance, error: Error & { validationContext?: string, statusCode?: number }, request: FastifyRequest, reply: FastifyReply): void {
   if (error.validationContext === 'params') {
     const room = (request.params as { room?: unknown }).room
-    void reply.send(new InvalidRoomError(invalidRoomMessage(room)))
+    void reply.send(new errorCodes.INVALID_ROOM(invalidRoomMessage(room)))
     return
   }
   if ((error as { code?: string }).code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
     // The same limit as a frame's, so the same code as on the socket.
-    void reply.send(httpError('PAYLOAD_TOO_LARGE', 'The request body is larger than the server accepts: send less per message.', 413))
+    void reply.send(new errorCodes.PAYLOAD_TOO_LARGE(httpMessages.bodyTooLarge))
     return
   }
   if (isRoomsError(error)) {
-    const status = STATUS[error.code]
-    if (status !== undefined) {
-      void reply.send(httpError(error.code, error.message, status))
+    const http = httpErrorOf(error)
+    if (http !== undefined) {
+      void reply.send(http)
       return
     }
   } else if (error.statusCode !== undefined && error.statusCode < 500) {
@@ -265,7 +258,7 @@ function roomErrors (this: FastifyInstance, error: Error & { validationContext?:
     return
   }
   request.log.error({ err: error }, 'fastify-rooms: a REST request failed')
-  void reply.send(new InternalError())
+  void reply.send(new errorCodes.INTERNAL())
 }
 
 function isRead (request: FastifyRequest): boolean {

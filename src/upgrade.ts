@@ -1,6 +1,6 @@
 import { randomBytes, randomUUID } from 'node:crypto'
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import { InvalidNameError, OriginNotAllowedError, ShuttingDownError, TooManyConnectionsError, UnauthorizedError, isRoomsError } from './errors.js'
+import { errorCodes, httpMessages, isRoomsError } from './errors.js'
 import type { Credentials, Identity } from './identity.js'
 import type { ResolvedOptions } from './options.js'
 import type { ResumeTokens } from './resume.js'
@@ -32,15 +32,15 @@ export function upgradeGuard (options: ResolvedOptions, credentials: Credentials
   const sameOriginOnly = allowed === undefined && options.authenticate !== undefined
 
   async function hook (request: FastifyRequest): Promise<void> {
-    if (state.closing) throw new ShuttingDownError()
+    if (state.closing) throw new errorCodes.SHUTTING_DOWN()
     const origin = request.headers.origin
     if (allowed !== undefined && (origin === undefined || !allowed.has(origin))) {
-      throw new OriginNotAllowedError(origin ?? '(none)')
+      throw new errorCodes.ORIGIN_NOT_ALLOWED(origin ?? '(none)')
     }
     if (sameOriginOnly && origin !== undefined && !isSameOrigin(origin, request.host)) {
-      throw new OriginNotAllowedError(origin)
+      throw new errorCodes.ORIGIN_NOT_ALLOWED(origin)
     }
-    if (state.connections() >= options.maxConnections) throw new TooManyConnectionsError(options.maxConnections)
+    if (state.connections() >= options.maxConnections) throw new errorCodes.TOO_MANY_CONNECTIONS(options.maxConnections)
     if (!credentials.required) {
       const user = anonymous(request, resume)
       identities.set(request, { user, resume: resume.sign(user) })
@@ -50,11 +50,11 @@ export function upgradeGuard (options: ResolvedOptions, credentials: Credentials
     try {
       identity = await credentials.identify(request)
     } catch (err) {
-      if (isRoomsError(err)) throw new UnauthorizedError()
+      if (isRoomsError(err)) throw new errorCodes.UNAUTHORIZED(httpMessages.upgradeUnauthorized)
       throw err
     }
     if (identity !== null) identities.set(request, identity)
-    else if (!credentials.tokens) throw new UnauthorizedError()
+    else if (!credentials.tokens) throw new errorCodes.UNAUTHORIZED(httpMessages.upgradeUnauthorized)
   }
 
   return { hook, identityOf: (request) => identities.get(request) }
@@ -80,6 +80,6 @@ function anonymous (request: FastifyRequest, tokens: ResumeTokens): Identity['us
   const name = query?.name
   const resumed = typeof query?.resume === 'string' ? tokens.verify(query.resume) : undefined
   if (name === undefined || name === '') return resumed ?? { id: randomUUID(), name: `guest-${randomBytes(2).toString('hex')}` }
-  if (typeof name !== 'string' || !printableName.test(name) || name.trim() === '') throw new InvalidNameError()
+  if (typeof name !== 'string' || !printableName.test(name) || name.trim() === '') throw new errorCodes.INVALID_NAME()
   return { id: resumed?.id ?? randomUUID(), name }
 }

@@ -86,7 +86,7 @@ t.test('bad arguments are refused at once; a long reason is cut to what a close 
   const { wsUrl, app } = await startApp(t, options)
   await t.rejects(app.rooms.removeFromRoom('x', 'bad room', 'r'), RoomsError)
   await t.rejects(app.rooms.removeUserFromRoom('x', 'x'.repeat(129)), { code: 'INVALID_ROOM' })
-  await t.rejects(app.rooms.disconnect('' as string), TypeError)
+  await t.rejects(app.rooms.disconnect('' as string), { code: 'FST_ROOMS_INVALID_ARGUMENT' })
   await t.rejects(app.rooms.disconnectUser(42 as never), /userId must be a non-empty string/)
   await t.rejects(app.rooms.disconnect('x', null as never), /reason must be a non-empty string/)
   const s = await TestSocket.open(wsUrl, as('ada'))

@@ -9,9 +9,10 @@ import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
 
 /**
- * Every ```ts block of plugin.md and README.md whose first line is
- * `// example: NAME` is written out, type-checked against the built package
- * (imported by its published name) and run here.
+ * Every ```ts block of plugin.md and README.md named `NAME` is written out,
+ * type-checked against the built package (imported by its published name) and
+ * run here. A block is named by an HTML comment `<!-- example: NAME -->` on the
+ * line before it, which readers never see, or by a first line `// example: NAME`.
  */
 const root = fileURLToPath(new URL('..', import.meta.url))
 const dir = fileURLToPath(new URL('./output/docs/', import.meta.url))
@@ -19,7 +20,7 @@ const dir = fileURLToPath(new URL('./output/docs/', import.meta.url))
 function examples (file: string): Map<string, string> {
   const found = new Map<string, string>()
   const text = readFileSync(new URL(`../${file}`, import.meta.url), 'utf8')
-  for (const match of text.matchAll(/```ts\n\/\/ example: ([\w-]+)\n([\s\S]*?)```/g)) found.set(match[1]!, match[2]!)
+  for (const match of text.matchAll(/(?:<!-- example: ([\w-]+) -->\n```ts\n|```ts\n\/\/ example: ([\w-]+)\n)([\s\S]*?)```/g)) found.set((match[1] ?? match[2])!, match[3]!)
   return found
 }
 

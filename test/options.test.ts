@@ -1,8 +1,8 @@
 import t from 'tap'
 import Fastify from 'fastify'
-import rooms from '../src/index.js'
+import rooms, { errorCodes } from '../src/index.js'
 
-t.test('invalid options fail registration with a sentence naming the option', async (t) => {
+t.test('invalid options fail registration with FST_ROOMS_INVALID_OPTION and a sentence naming the option', async (t) => {
   const cases: Array<[Record<string, unknown>, RegExp]> = [
     [{ path: 'ws' }, /options\/path/],
     [{ heartbeatMs: 1 }, /options\/heartbeatMs/],
@@ -10,11 +10,39 @@ t.test('invalid options fail registration with a sentence naming the option', as
     [{ maxMessageBytes: 100, maxFrameBytes: 100 }, /maxFrameBytes must be larger/],
     [{ onJoin: 'yes' }, /onJoin must be a function/],
     [{ demo: 'chat' }, /options\/demo/],
-    [{ dataSchema: 5 }, /dataSchema/]
+    [{ dataSchema: 5 }, /dataSchema/],
+    [{ publicUserFields: ['id'] }, /publicUserFields must include "id" and "name"/]
   ]
   for (const [options, message] of cases) {
     const app = Fastify()
-    await t.rejects(async () => { await app.register(rooms, options as never).ready() }, message, JSON.stringify(options))
+    const err = await app.register(rooms, options as never).ready().then(() => undefined, (err: unknown) => err)
+    t.match(err, { name: 'FastifyError', code: 'FST_ROOMS_INVALID_OPTION', statusCode: 500, message }, JSON.stringify(options))
+    t.ok(err instanceof errorCodes.FST_ROOMS_INVALID_OPTION, 'an instance of the exported class')
+    t.ok(err instanceof TypeError, 'still a TypeError, as before it had a code')
+    t.match((err as Error).message, /^fastify-rooms: invalid options: /)
     await app.close().catch(() => {})
   }
+})
+
+t.test('registration mistakes have codes of their own', async (t) => {
+  const twice = Fastify()
+  await twice.register(rooms)
+  await t.rejects(async () => { await twice.register(rooms, { path: '/other', prefix: '/other' }) }, { code: 'FST_ROOMS_ALREADY_REGISTERED' })
+  await twice.close().catch(() => {})
+
+  const siblings = Fastify()
+  siblings.register(async (child) => { await child.register(rooms) })
+  siblings.register(async (child) => { await child.register(rooms, { path: '/two', prefix: '/two' }) })
+  await t.rejects(async () => { await siblings.ready() }, { code: 'FST_ROOMS_WEBSOCKET_NOT_AT_ROOT' })
+  await siblings.close().catch(() => {})
+})
+
+t.test('every error class is made once, in one table, under its own code', async (t) => {
+  for (const [key, Err] of Object.entries(errorCodes)) {
+    const err = new Err('x', 1) as Error & { code: string, statusCode: number }
+    t.equal(err.code, key, `${key}: the table key is the code`)
+    t.ok(err instanceof Err, `${key}: instanceof its class`)
+    t.ok(err.statusCode >= 400 && err.statusCode < 600, `${key}: an HTTP status`)
+  }
+  t.equal(new Set(Object.values(errorCodes)).size, Object.keys(errorCodes).length, 'no class appears twice')
 })
