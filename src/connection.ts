@@ -4,7 +4,7 @@ import type { WebSocket, RawData } from 'ws'
 import { directSocket, senderIdle } from './fast-path.js'
 import { writeCoalesced } from './frame.js'
 import {
-  checkPublish, encodeMember, isFrameError, parseClientFrame, peekRequestId, PROTOCOL_VERSION,
+  checkPublish, isFrameError, parseClientFrame, peekRequestId, PROTOCOL_VERSION,
   type AuthenticatedFrame, type AuthFrame, type ClientFrame, type DataValidator, type ErrorFrame, type JoinFrame, type Member,
   type PublishFrame, type RequestId, type WelcomeFrame
 } from './protocol.js'
@@ -28,6 +28,8 @@ export interface ConnectionContext {
    * about 1.3 KB per connection).
    */
   keepRequest: boolean
+  /** Called first as each connection closes: the plugin's count of open connections. */
+  onClosed: (connection: Connection) => void
 }
 
 const OPEN = 1
@@ -36,6 +38,12 @@ const noop = (): void => {}
 const MAX_TIMER_MS = 2 ** 31 - 1
 /** A WebSocket close reason is at most 123 bytes of UTF-8. */
 const MAX_REASON_BYTES = 123
+/**
+ * Milliseconds on the monotonic clock, whole: a small integer for the first
+ * 24 days of the process, stored in the connection itself where an epoch time
+ * (`Date.now()`) would be a separate 16-byte number object per field.
+ */
+const clock = (): number => Math.floor(performance.now())
 /**
  * A ws socket's Connection, for the listeners every connection shares (as ws
  * finds its WebSocket from its TCP socket): one function per event for all
@@ -64,18 +72,24 @@ type AuthState = 'pending' | 'verifying' | 'done' | 'refused'
  */
 export class Connection implements Peer {
   readonly id: string
-  /** The full user and its expiry: shown to this connection and to the hooks. Set once authenticated. */
-  private identity: Identity | undefined
+  /**
+   * The full user: shown to this connection and to the hooks. Set once
+   * authenticated. Nothing else of its Identity stays: the resume token is
+   * only for `welcome`, the expiry lives in the timer.
+   */
+  private fullUser: Member | undefined
   /** What other clients see of the user (`publicUserFields`). */
   private publicUser: Member | undefined
   /** The public user as JSON, encoded at the first publish and kept for the next ones. */
   private userJson: string | undefined
   private auth: AuthState = 'pending'
-  private authTimer: NodeJS.Timeout | undefined
-  private expiryTimer: NodeJS.Timeout | undefined
-  private readonly openedAt = Date.now()
-  /** Set by every frame and pong; cleared by each heartbeat round. */
+  /** The wait for the `auth` frame until `welcome`, the credentials' expiry after it. */
+  private timer: NodeJS.Timeout | undefined
+  private readonly openedAt = clock()
+  /** Set by every frame, and by what the peer sent since the last round; cleared by each heartbeat round. */
   alive = true
+  /** What `bytesRead` counted at the last heartbeat round. */
+  private readAtRound = 0
   private readonly socket: WebSocket
   /**
    * The TCP socket under ws, written to directly for pre-framed fan-out, when
@@ -89,7 +103,7 @@ export class Connection implements Peer {
   private readonly ctx: ConnectionContext
   /** Token bucket of the frame rate limit. */
   private tokens: number
-  private refilledAt = Date.now()
+  private refilledAt = clock()
   /** Frames refused in the current flood; past `frameBurst` the client is not backing off. */
   private refused = 0
   private busy = false
@@ -125,20 +139,25 @@ export class Connection implements Peer {
   start (identity: Identity | undefined): void {
     const { socket } = this
     socket.on('message', Connection.onMessage)
-    socket.on('pong', Connection.onPong)
+    // A pong is bytes read like any other: the heartbeat counts them, where ws
+    // exposes its TCP socket, rather than listen for 'pong' (a fourth event
+    // name grows each socket's listener table by ~96 bytes).
+    const read = bytesRead(socket)
+    if (read === undefined) socket.on('pong', Connection.onPong)
+    else this.readAtRound = read
     socket.on('close', Connection.onSocketClose)
     if (identity !== undefined) {
       this.begin(identity, undefined)
       return
     }
-    this.authTimer = setTimeout(() => this.refuse(unauthorized('timeout')), this.ctx.options.authTimeoutMs)
+    this.timer = setTimeout(() => this.refuse(unauthorized('timeout')), this.ctx.options.authTimeoutMs)
   }
 
   /** Authenticated: register with the registry, say `welcome`, and watch the expiry. */
   private begin (identity: Identity, id: RequestId | undefined): void {
-    clearTimeout(this.authTimer)
+    clearTimeout(this.timer)
     this.auth = 'done'
-    this.identity = identity
+    this.fullUser = identity.user
     this.publicUser = publicView(identity.user, this.ctx.publicFields)
     this.ctx.registry.add(this)
     const welcome: WelcomeFrame = { type: 'welcome', connectionId: this.id, user: identity.user, protocol: PROTOCOL_VERSION, heartbeatMs: this.ctx.options.heartbeatMs }
@@ -182,27 +201,26 @@ export class Connection implements Peer {
       this.authFailed(err, frame.id)
       return
     }
-    const current = this.identity as Identity
+    const current = this.fullUser as Member
     if (this.auth !== 'done' || this.closed) return
-    if (identity.user.id !== current.user.id) {
+    if (identity.user.id !== current.id) {
       this.refuse(unauthorized('otherUser'), frame.id)
       return
     }
-    current.expiresAt = identity.expiresAt
     this.watchExpiry(identity.expiresAt)
     const reply: AuthenticatedFrame = { type: 'authenticated' }
     if (frame.id !== undefined) reply.id = frame.id
     if (identity.expiresAt !== undefined) reply.expiresAt = identity.expiresAt
     this.sendEncoded(JSON.stringify(reply))
-    this.log.info({ connectionId: this.id, userId: current.user.id, expiresAt: identity.expiresAt }, 'fastify-rooms: token refreshed')
+    this.log.info({ connectionId: this.id, userId: current.id, expiresAt: identity.expiresAt }, 'fastify-rooms: token refreshed')
   }
 
   /** Close with 4001 when the credentials run out, unless a refresh moves the time. */
   private watchExpiry (expiresAt: number | undefined): void {
-    clearTimeout(this.expiryTimer)
-    this.expiryTimer = undefined
+    clearTimeout(this.timer)
+    this.timer = undefined
     if (expiresAt === undefined) return
-    this.expiryTimer = setTimeout(() => {
+    this.timer = setTimeout(() => {
       if (Date.now() >= expiresAt) this.refuse(unauthorized('expired'))
       else this.watchExpiry(expiresAt)
     }, Math.max(0, Math.min(expiresAt - Date.now(), MAX_TIMER_MS)))
@@ -226,14 +244,13 @@ export class Connection implements Peer {
     if (this.auth === 'refused') return
     this.auth = 'refused'
     this.stopTimers()
-    this.log.info({ connectionId: this.id, userId: this.identity?.user.id, reason: error.message }, 'fastify-rooms: authentication failed')
+    this.log.info({ connectionId: this.id, userId: this.fullUser?.id, reason: error.message }, 'fastify-rooms: authentication failed')
     this.sendError(error, id)
     this.close(4001, error.message)
   }
 
   private stopTimers (): void {
-    clearTimeout(this.authTimer)
-    clearTimeout(this.expiryTimer)
+    clearTimeout(this.timer)
   }
 
   /**
@@ -269,6 +286,11 @@ export class Connection implements Peer {
 
   /** One heartbeat round: terminate a peer that did not answer the last ping. */
   heartbeat (): void {
+    const read = bytesRead(this.socket)
+    if (read !== undefined && read !== this.readAtRound) {
+      this.readAtRound = read
+      this.alive = true
+    }
     if (!this.alive) {
       this.ctx.log.info({ connectionId: this.id }, 'fastify-rooms: terminating a connection that missed its heartbeat')
       this.socket.terminate()
@@ -327,7 +349,7 @@ export class Connection implements Peer {
    */
   private takeToken (buffer: Buffer, isBinary: boolean): boolean {
     const { maxFramesPerSecond, frameBurst } = this.ctx.options
-    const now = Date.now()
+    const now = clock()
     this.tokens = Math.min(frameBurst, this.tokens + (now - this.refilledAt) * maxFramesPerSecond / 1000)
     this.refilledAt = now
     if (this.tokens >= 1) {
@@ -397,7 +419,7 @@ export class Connection implements Peer {
   private async join (frame: JoinFrame): Promise<void> {
     const { registry, options } = this.ctx
     if (options.onJoin !== undefined && !registry.isMember(this, frame.room)) {
-      const verdict = await options.onJoin({ connectionId: this.id, user: (this.identity as Identity).user, room: frame.room, request: this.request as FastifyRequest })
+      const verdict = await options.onJoin({ connectionId: this.id, user: this.fullUser as Member, room: frame.room, request: this.request as FastifyRequest })
       if (verdict === false) throw forbidden(`You may not join room "${frame.room}".`)
     }
     if (this.closed) return
@@ -416,7 +438,7 @@ export class Connection implements Peer {
     let data = frame.data
     let json = checkPublish(data, room, options.maxMessageBytes, validateData, size)
     if (options.onPublish !== undefined) {
-      const verdict = await options.onPublish({ connectionId: this.id, user: (this.identity as Identity).user, room, data: data as never, request: this.request as FastifyRequest })
+      const verdict = await options.onPublish({ connectionId: this.id, user: this.fullUser as Member, room, data: data as never, request: this.request as FastifyRequest })
       if (verdict === false) throw forbidden(`You may not publish to room "${room}".`)
       if (typeof verdict === 'object' && verdict !== null) {
         // What the hook returns goes out as if the member had sent it: same limits, same schema.
@@ -425,7 +447,7 @@ export class Connection implements Peer {
       }
     }
     const ephemeral = frame.ephemeral === true
-    const offset = await registry.publish(room, { data: json, from: this.userJson ??= encodeMember(this.user), ephemeral })
+    const offset = await registry.publish(room, { data: json, from: this.userJson ??= JSON.stringify(this.user), ephemeral })
     if (frame.id !== undefined) this.sendEncoded(JSON.stringify(ephemeral ? { type: 'ack', id: frame.id, room } : { type: 'ack', id: frame.id, room, offset }))
   }
 
@@ -470,15 +492,22 @@ export class Connection implements Peer {
   }
 
   private onClose (code: number, reason: Buffer): void {
+    this.ctx.onClosed(this)
     this.closed = true
     this.queue = undefined
     this.queuedBytes = 0
     this.stopTimers()
-    this.log.info({ connectionId: this.id, userId: this.identity?.user.id, code, reason: reason.toString(), durationMs: Date.now() - this.openedAt }, 'fastify-rooms: disconnected')
+    this.log.info({ connectionId: this.id, userId: this.fullUser?.id, code, reason: reason.toString(), durationMs: clock() - this.openedAt }, 'fastify-rooms: disconnected')
     // A drop keeps the user present for the grace time; a deliberate end does not:
     // the client said goodbye (1000) or the server disconnected it (4003).
-    if (this.identity !== undefined) void this.ctx.registry.remove(this, code !== 1000 && !this.disconnected)
+    if (this.fullUser !== undefined) void this.ctx.registry.remove(this, code !== 1000 && !this.disconnected)
   }
+}
+
+/** Bytes read from the peer so far (frames, pongs, anything), or undefined where ws does not expose its TCP socket. */
+function bytesRead (socket: WebSocket): number | undefined {
+  const read = (socket as unknown as { _socket?: { bytesRead?: unknown } })._socket?.bytesRead
+  return typeof read === 'number' ? read : undefined
 }
 
 /** Cut a close reason to what a close frame holds, on a character boundary. */

@@ -1,13 +1,12 @@
 import { randomBytes } from 'node:crypto'
 import type { IncomingMessage, Server } from 'node:http'
-import type { WebSocket } from 'ws'
 import type { Duplex } from 'node:stream'
 import fp from 'fastify-plugin'
 import websocket from '@fastify/websocket'
 import type { FastifyPluginAsync } from 'fastify'
 import { memoryAdapter } from './adapters/memory.js'
 import type { HistoryPage, RoomInfo, RoomPage, RoomQuery } from './adapters/adapter.js'
-import { Connection, connectionOf, type ConnectionContext } from './connection.js'
+import { Connection, type ConnectionContext } from './connection.js'
 import { RoomsError, errorCodes } from './errors.js'
 import { Credentials } from './identity.js'
 import { resolveOptions, type RoomData, type RoomsOptions } from './options.js'
@@ -17,7 +16,7 @@ import { Registry } from './registry.js'
 import { releaseUpgrade } from './release.js'
 import { ResumeTokens } from './resume.js'
 import { DEFAULT_PAGE, restAccess, routes } from './routes.js'
-import { upgradeGuard } from './upgrade.js'
+import { releaseHead, upgradeGuard } from './upgrade.js'
 
 /** The server API, decorated as `app.rooms`. */
 export interface RoomsApi {
@@ -109,6 +108,8 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
   const resume = new ResumeTokens(await adapter.secret?.())
 
   const credentials = new Credentials(options)
+  const open = new Set<Connection>()
+  let allClosed: (() => void) | undefined
   const ctx: ConnectionContext = {
     registry,
     options,
@@ -116,10 +117,12 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     validateData: options.dataSchema === undefined ? undefined : compileDataValidator(options.dataSchema),
     credentials,
     publicFields: new Set(options.publicUserFields),
-    keepRequest: options.onJoin !== undefined || options.onPublish !== undefined || credentials.tokens
+    keepRequest: options.onJoin !== undefined || options.onPublish !== undefined || credentials.tokens,
+    onClosed (connection) {
+      open.delete(connection)
+      if (open.size === 0) allClosed?.()
+    }
   }
-  const open = new Set<Connection>()
-  let allClosed: (() => void) | undefined
   const state = { closing: false, connections: () => open.size }
   let sequence = 0
 
@@ -188,16 +191,10 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
   }, (socket, request) => {
     const connection = new Connection(socket, request, `${nodeId}-${(++sequence).toString(36)}`, ctx)
     releaseUpgrade(socket, onSocketError)
+    if (ctx.keepRequest) releaseHead(request)
     open.add(connection)
-    socket.on('close', forget)
-    connection.start(guard.identityOf(request))
+    connection.start(guard.takeIdentity(request))
   })
-
-  /** The close listener every socket of this registration shares. */
-  function forget (this: WebSocket): void {
-    open.delete(connectionOf(this) as Connection)
-    if (open.size === 0) allClosed?.()
-  }
 
   if (options.rest) await app.register(routes, { prefix: options.prefix, registry, access: restAccess(options, credentials), membersPageSize: options.membersPageSize, publish: options.restPublish === undefined ? undefined : { guard: options.restPublish, serverPublish: async (room, data) => await serverPublish(room, data) as number, bodyLimit: options.maxFrameBytes } })
   if (options.demo !== false) {

@@ -32,7 +32,8 @@ interface Pending {
  */
 interface Membership {
   readonly peer: Peer
-  live: boolean
+  /** The room's name, the string its LocalRoom holds: one copy per room, not per member. */
+  readonly room: string
   lastOffset: number
   /**
    * The last presence sequence this member has (numbered presence only): its
@@ -40,7 +41,57 @@ interface Membership {
    * after the member list that already reflects it.
    */
   presenceSeq: number
-  pending: Pending[]
+  /** Frames waiting for `joined`; undefined once the member is live (no field per member for that). */
+  pending: Pending[] | undefined
+}
+
+/** The members of a room on this node. */
+interface LocalRoom {
+  readonly name: string
+  readonly members: Map<string, Membership>
+}
+
+/**
+ * A connection's memberships on this node. Most connections are in one room:
+ * that one is held inline, and a Map is made only from a second room on.
+ */
+class PeerEntry {
+  readonly peer: Peer
+  private first: Membership | undefined
+  private more: Map<string, Membership> | undefined
+
+  constructor (peer: Peer) {
+    this.peer = peer
+  }
+
+  get size (): number {
+    return (this.first === undefined ? 0 : 1) + (this.more?.size ?? 0)
+  }
+
+  get (room: string): Membership | undefined {
+    return this.first?.room === room ? this.first : this.more?.get(room)
+  }
+
+  add (membership: Membership): void {
+    if (this.first === undefined) this.first = membership
+    else (this.more ??= new Map()).set(membership.room, membership)
+  }
+
+  /** Remove this membership, if it is still the one held for its room. */
+  delete (membership: Membership): void {
+    if (this.first === membership) {
+      this.first = undefined
+    } else if (this.more?.get(membership.room) === membership) {
+      this.more.delete(membership.room)
+      if (this.more.size === 0) this.more = undefined
+    }
+  }
+
+  memberships (): Membership[] {
+    const all = this.more === undefined ? [] : [...this.more.values()]
+    if (this.first !== undefined) all.unshift(this.first)
+    return all
+  }
 }
 
 export interface RegistryOptions {
@@ -111,8 +162,8 @@ const UNORDERED = -1
  * it asks the adapter for.
  */
 export class Registry implements AdapterListener {
-  private readonly rooms = new Map<string, Map<string, Membership>>()
-  private readonly peers = new Map<string, { peer: Peer, rooms: Map<string, Membership> }>()
+  private readonly rooms = new Map<string, LocalRoom>()
+  private readonly peers = new Map<string, PeerEntry>()
   private readonly adapter: Adapter
   private readonly options: RegistryOptions
   private readonly removals = new Set<Promise<void>>()
@@ -129,12 +180,12 @@ export class Registry implements AdapterListener {
   }
 
   add (peer: Peer): void {
-    this.peers.set(peer.id, { peer, rooms: new Map() })
+    this.peers.set(peer.id, new PeerEntry(peer))
   }
 
   /** True when the connection is in the room (or joining it). */
   isMember (peer: Peer, room: string): boolean {
-    return this.peers.get(peer.id)?.rooms.has(room) === true
+    return this.peers.get(peer.id)?.get(room) !== undefined
   }
 
   /**
@@ -146,7 +197,7 @@ export class Registry implements AdapterListener {
   async join (peer: Peer, room: string, request: JoinRequest): Promise<void> {
     const entry = this.peers.get(peer.id)
     if (entry === undefined) return
-    const existing = entry.rooms.get(room)
+    const existing = entry.get(room)
     if (existing !== undefined) {
       const info = await this.adapter.room(room, { limit: this.options.membersPageSize })
       const joined: JoinedFrame = { type: 'joined', room, count: info?.count ?? 1, members: info?.members ?? [peer.user], membersNext: info?.membersNext ?? null, offset: existing.lastOffset, epoch: info?.epoch ?? '' }
@@ -154,25 +205,26 @@ export class Registry implements AdapterListener {
       peer.sendEncoded(JSON.stringify(joined))
       return
     }
-    if (entry.rooms.size >= this.options.maxRoomsPerConnection) {
-      throw new RoomsError('TOO_MANY_ROOMS', `You are in ${entry.rooms.size} rooms, the most one connection may join: leave one first.`, room)
+    if (entry.size >= this.options.maxRoomsPerConnection) {
+      throw new RoomsError('TOO_MANY_ROOMS', `You are in ${entry.size} rooms, the most one connection may join: leave one first.`, room)
     }
-    const membership: Membership = { peer, live: false, lastOffset: 0, presenceSeq: 0, pending: [] }
-    entry.rooms.set(room, membership)
-    this.localRoom(room).set(peer.id, membership)
+    const local = this.localRoom(room)
+    const membership: Membership = { peer, room: local.name, lastOffset: 0, presenceSeq: 0, pending: [] }
+    entry.add(membership)
+    local.members.set(peer.id, membership)
     let result: JoinResult | undefined
     let replay: Replay
     try {
       result = await this.adapter.join(room, peer.id, peer.user)
       replay = await this.replay(room, request, result)
     } catch (err) {
-      this.forget(peer.id, room, membership)
+      this.forget(membership)
       // Joined in the store but the replay failed (the store went away in
       // between): undo the join there too, or the member would stay for good.
       if (result !== undefined) await this.trackLeave(room, peer)
       throw err
     }
-    if (this.peers.get(peer.id)?.rooms.get(room) !== membership) {
+    if (this.peers.get(peer.id)?.get(room) !== membership) {
       // The connection closed, or the server removed it from the room, while
       // the adapter was answering: undo the join. A removed connection still
       // gets its one reply (it was told `left` already).
@@ -194,13 +246,12 @@ export class Registry implements AdapterListener {
       }
     }
     membership.lastOffset = Math.max(membership.lastOffset, result.offset)
-    membership.live = true
     const batch = this.batches.get(room)
     if (batch !== undefined) batch.fresh = true
     const pending = membership.pending
-    membership.pending = []
+    membership.pending = undefined
     membership.presenceSeq = result.presenceSeq
-    for (const item of pending) this.deliver(membership, item.offset, item.framed, item.payload, item.presenceSeq)
+    for (const item of pending as Pending[]) this.deliver(membership, item.offset, item.framed, item.payload, item.presenceSeq)
   }
 
   /**
@@ -232,9 +283,9 @@ export class Registry implements AdapterListener {
 
   /** Leave a room; `NOT_IN_ROOM` when the connection is not in it. */
   async leave (peer: Peer, room: string): Promise<void> {
-    const membership = this.peers.get(peer.id)?.rooms.get(room)
+    const membership = this.peers.get(peer.id)?.get(room)
     if (membership === undefined) throw notInRoom(room)
-    this.forget(peer.id, room, membership)
+    this.forget(membership)
     await this.adapter.leave(room, peer.id, peer.user)
   }
 
@@ -248,8 +299,9 @@ export class Registry implements AdapterListener {
     const entry = this.peers.get(peer.id)
     if (entry === undefined) return
     this.peers.delete(peer.id)
-    const rooms = [...entry.rooms.keys()]
-    for (const [room, membership] of entry.rooms) this.forget(peer.id, room, membership)
+    const memberships = entry.memberships()
+    const rooms = memberships.map((membership) => membership.room)
+    for (const membership of memberships) this.forget(membership)
     if (grace && rooms.length > 0 && this.options.presenceGraceMs > 0 && !this.closing) {
       const timer = setTimeout(() => { void this.endGrace(peer.id) }, this.options.presenceGraceMs)
       this.lingering.set(peer.id, { peer, rooms, timer })
@@ -344,7 +396,7 @@ export class Registry implements AdapterListener {
   }
 
   message (room: string, offset: number | undefined, frame: string | Buffer): void {
-    const members = this.rooms.get(room)
+    const members = this.rooms.get(room)?.members
     if (members === undefined) return
     // Encode and frame once: every member gets the same bytes, with no per-member work but the write.
     const payload = typeof frame === 'string' ? Buffer.from(frame) : frame
@@ -359,13 +411,13 @@ export class Registry implements AdapterListener {
    * per interval instead of O(members) per join.
    */
   presence (room: string, change: PresenceChange): void {
-    const members = this.rooms.get(room)
+    const members = this.rooms.get(room)?.members
     if (members === undefined || !this.options.presenceEvents) return
     let batch = this.batches.get(room)
     if (batch === undefined) {
       let fresh = false
       for (const membership of members.values()) {
-        if (!membership.live) { fresh = true; break }
+        if (membership.pending !== undefined) { fresh = true; break }
       }
       batch = { users: new Map(), count: change.count, seq: change.seq, fresh }
       this.batches.set(room, batch)
@@ -397,7 +449,7 @@ export class Registry implements AdapterListener {
     const batches = [...this.batches]
     this.batches.clear()
     for (const [room, batch] of batches) {
-      const members = this.rooms.get(room)
+      const members = this.rooms.get(room)?.members
       if (members === undefined) continue
       const joins: string[] = []
       const leaves: string[] = []
@@ -436,15 +488,16 @@ export class Registry implements AdapterListener {
       ? [this.peers.get(target.connectionId)].filter((e) => e !== undefined)
       : [...this.peers.values()].filter((e) => e.peer.user.id === target.userId)
     let affected = 0
-    for (const { peer, rooms } of entries) {
+    for (const entry of entries) {
+      const { peer } = entry
       if (command.kind === 'disconnect') {
         peer.close(4003, command.reason)
         affected++
         continue
       }
-      const membership = rooms.get(command.room)
+      const membership = entry.get(command.room)
       if (membership === undefined) continue
-      this.forget(peer.id, command.room, membership)
+      this.forget(membership)
       peer.sendEncoded(JSON.stringify({ type: 'left', room: command.room, reason: command.reason }))
       void this.trackLeave(command.room, peer)
       affected++
@@ -461,7 +514,7 @@ export class Registry implements AdapterListener {
 
   private deliver (membership: Membership, offset: number, framed: Buffer, payload: Buffer, presenceSeq?: number): void {
     // Fan-out hot path: no allocation for a live member.
-    if (!membership.live) {
+    if (membership.pending !== undefined) {
       membership.pending.push({ offset, framed, payload, presenceSeq })
     } else if (offset === UNORDERED) {
       if (presenceSeq !== undefined) {
@@ -476,22 +529,22 @@ export class Registry implements AdapterListener {
     }
   }
 
-  private localRoom (room: string): Map<string, Membership> {
-    let members = this.rooms.get(room)
-    if (members === undefined) {
-      members = new Map()
-      this.rooms.set(room, members)
+  private localRoom (room: string): LocalRoom {
+    let local = this.rooms.get(room)
+    if (local === undefined) {
+      local = { name: room, members: new Map() }
+      this.rooms.set(room, local)
     }
-    return members
+    return local
   }
 
-  private forget (connectionId: string, room: string, membership: Membership): void {
-    const entry = this.peers.get(connectionId)
-    if (entry?.rooms.get(room) === membership) entry.rooms.delete(room)
-    const members = this.rooms.get(room)
-    if (members?.get(connectionId) === membership) {
-      members.delete(connectionId)
-      if (members.size === 0) this.rooms.delete(room)
+  private forget (membership: Membership): void {
+    const { peer, room } = membership
+    this.peers.get(peer.id)?.delete(membership)
+    const local = this.rooms.get(room)
+    if (local?.members.get(peer.id) === membership) {
+      local.members.delete(peer.id)
+      if (local.members.size === 0) this.rooms.delete(room)
     }
   }
 }

@@ -18,12 +18,13 @@ export interface UpgradeState {
 /**
  * Build the `preValidation` hook of the WebSocket route: everything that can
  * refuse a connection does so here, with an HTTP status, before the upgrade.
- * @returns the hook, and a lookup of the identity it settled for a request:
- *   undefined when the connection is to authenticate in band with a token
+ * @returns the hook, and `takeIdentity`, which hands over (once) the identity
+ *   it settled for a request: undefined when the connection is to
+ *   authenticate in band with a token
  */
 export function upgradeGuard (options: ResolvedOptions, credentials: Credentials, state: UpgradeState, resume: ResumeTokens): {
   hook: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
-  identityOf: (request: FastifyRequest) => Identity | undefined
+  takeIdentity: (request: FastifyRequest) => Identity | undefined
 } {
   const identities = new WeakMap<FastifyRequest, Identity>()
   const allowed = options.allowedOrigins === undefined ? undefined : new Set(options.allowedOrigins)
@@ -57,7 +58,28 @@ export function upgradeGuard (options: ResolvedOptions, credentials: Credentials
     else if (!credentials.tokens) throw new errorCodes.UNAUTHORIZED(httpMessages.upgradeUnauthorized)
   }
 
-  return { hook, identityOf: (request) => identities.get(request) }
+  function takeIdentity (request: FastifyRequest): Identity | undefined {
+    const identity = identities.get(request)
+    // A request kept for the hooks lives as long as its connection: its entry must not.
+    identities.delete(request)
+    return identity
+  }
+
+  return { hook, takeIdentity }
+}
+
+/**
+ * Let go of the bytes @fastify/websocket keeps on an upgraded request for
+ * `handleUpgrade` (its `ws-head` symbol: a Buffer of what followed the
+ * headers, holding the whole chunk the request arrived in), for a request
+ * that stays for the connection's life. Only a Buffer under that symbol is
+ * cut; anything else is left alone.
+ */
+export function releaseHead (request: FastifyRequest): void {
+  const raw = request.raw as unknown as Record<symbol, unknown>
+  for (const key of Object.getOwnPropertySymbols(raw)) {
+    if (key.description === 'ws-head' && Buffer.isBuffer(raw[key])) raw[key] = undefined
+  }
 }
 
 /** Origin `scheme://host[:port]` names the host the request was sent to (Host, or X-Forwarded-Host with trustProxy). */

@@ -38,3 +38,26 @@ t.test('a peer that answers pings stays, even when it sends nothing else', async
   t.equal(quiet.ws.readyState, quiet.ws.OPEN)
   t.equal((await app.rooms.get('r'))?.count, 1)
 })
+
+t.test('where the TCP socket counts no bytes read, pongs are listened for instead: a silent peer goes, an answering one stays', async (t) => {
+  // The heartbeat counts any byte from the peer (a pong too) by the TCP
+  // socket's bytesRead; a socket without that count falls back to a 'pong' listener.
+  const { wsUrl, app } = await startApp(t, { heartbeatMs: 50 }, (app) => {
+    app.server.on('connection', (socket) => Object.defineProperty(socket, 'bytesRead', { value: undefined }))
+  })
+  const quiet = await TestSocket.open(wsUrl)
+  const silent = await TestSocket.open(wsUrl, { autoPong: false })
+  t.teardown(() => quiet.close())
+  await quiet.join('r')
+  const answer = (): void => silent.ws.pong()
+  silent.ws.on('ping', answer)
+  await silent.join('r')
+  silent.ws.off('ping', answer)
+  t.equal((await silent.closed).code, 1006, 'the silent peer is terminated')
+  let pings = 0
+  await new Promise<void>((resolve, reject) => {
+    quiet.ws.on('ping', () => { if (++pings === 5) resolve() })
+    void quiet.closed.then(({ code }) => reject(new Error(`closed with ${code} after ${pings} pings`)))
+  })
+  t.equal((await app.rooms.get('r'))?.count, 1, 'the answering peer stays')
+})

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import type { EncodedPublish, Member } from '../protocol.js'
-import { encodeDirect, encodeMember, messageFrame } from '../protocol.js'
+import { encodeDirect, messageFrame } from '../protocol.js'
 import { RoomsError } from '../errors.js'
 import type {
   Adapter, AdapterConfig, AdapterListener, HistoryPage, JoinResult,
@@ -10,7 +10,8 @@ import type { ControlCommand } from './adapter.js'
 
 interface UserEntry {
   member: Member
-  connections: Set<string>
+  /** The user's connections in the room: most users have one, held as its id; a Set from the second on. */
+  connections: string | Set<string>
 }
 
 interface RoomState {
@@ -157,13 +158,18 @@ export class MemoryAdapter implements Adapter {
         this.forgetIfIdle(room, state)
         throw new RoomsError('ROOM_FULL', `Room "${room}" is full (${config.maxMembersPerRoom} members): try again later.`, room)
       }
-      entry = { member, connections: new Set() }
+      entry = { member, connections: connectionId }
       state.users.set(member.id, entry)
       insertSorted(state.ids, member.id)
       if (state.users.size === 1) insertSorted(this.active, room)
-      listener.presence(room, { join: true, id: member.id, member: encodeMember(member), count: state.users.size, seq: ++state.presenceSeq })
+      // Encoded as the change happens, not through encodeMember's cache, which
+      // would keep every member's JSON for as long as its connection lives.
+      listener.presence(room, { join: true, id: member.id, member: JSON.stringify(member), count: state.users.size, seq: ++state.presenceSeq })
+    } else if (typeof entry.connections === 'string') {
+      if (entry.connections !== connectionId) entry.connections = new Set([entry.connections, connectionId])
+    } else {
+      entry.connections.add(connectionId)
     }
-    entry.connections.add(connectionId)
     const page = membersPage(state, { limit: config.membersPageSize })
     return { members: page.members, membersNext: page.next, count: state.users.size, offset: state.offset, epoch: state.epoch, presenceSeq: state.presenceSeq }
   }
@@ -172,12 +178,11 @@ export class MemoryAdapter implements Adapter {
     const { listener } = this.started()
     const state = this.states.get(room)
     const entry = state?.users.get(member.id)
-    if (state === undefined || entry === undefined || !entry.connections.delete(connectionId)) return
-    if (entry.connections.size > 0) return
+    if (state === undefined || entry === undefined || !dropConnection(entry, connectionId)) return
     state.users.delete(member.id)
     removeSorted(state.ids, member.id)
     if (state.users.size === 0) removeSorted(this.active, room)
-    listener.presence(room, { join: false, id: member.id, member: encodeMember(entry.member), count: state.users.size, seq: ++state.presenceSeq })
+    listener.presence(room, { join: false, id: member.id, member: JSON.stringify(entry.member), count: state.users.size, seq: ++state.presenceSeq })
     this.forgetIfIdle(room, state)
   }
 
@@ -279,6 +284,15 @@ function membersPage (state: RoomState, query: MembersQuery): { members: Member[
   const members: Member[] = []
   for (let j = i; j < end; j++) members.push((state.users.get(ids[j] as string) as UserEntry).member)
   return { members, next: end < ids.length && members.length > 0 ? ids[end - 1] as string : null }
+}
+
+/** Take a connection from a user's entry; true when it was the user's last one in the room. */
+function dropConnection (entry: UserEntry, connectionId: string): boolean {
+  const { connections } = entry
+  if (typeof connections === 'string') return connections === connectionId
+  if (!connections.delete(connectionId)) return false
+  if (connections.size === 1) entry.connections = connections.values().next().value as string
+  return false
 }
 
 function lowerBound (sorted: string[], value: string): number {
