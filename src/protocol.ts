@@ -349,18 +349,6 @@ export function checkPublish (data: unknown, room: string, maxMessageBytes: numb
   return json
 }
 
-const memberJson = new WeakMap<Member, string>()
-
-/** A member as JSON, encoded once per member object. */
-export function encodeMember (member: Member): string {
-  let json = memberJson.get(member)
-  if (json === undefined) {
-    json = JSON.stringify(member)
-    memberJson.set(member, json)
-  }
-  return json
-}
-
 /**
  * Build a `message` frame from pre-encoded parts. Room names are ASCII without
  * quotes or backslashes (the contract's alphabet), so they need no escaping;
@@ -372,7 +360,7 @@ export function messageFrame (room: string, publish: EncodedPublish, offset: num
   return `{"type":"message","room":"${room}","data":${publish.data},"offset":${offset},"ts":${ts}${from}}`
 }
 
-/** Encode a `presence` diff from members already encoded as JSON (`encodeMember`). */
+/** Encode a `presence` diff from members already encoded as JSON. */
 export function encodePresence (room: string, joins: readonly string[], leaves: readonly string[], count: number): string {
   return `{"type":"presence","room":"${room}","joins":[${joins.join(',')}],"leaves":[${leaves.join(',')}],"count":${count}}`
 }

@@ -1,7 +1,7 @@
 import t from 'tap'
 import WebSocket from 'ws'
 import { redisAdapter } from '../src/index.js'
-import { encodeMember, encodePresence, messageFrame, type Member } from '../src/protocol.js'
+import { encodePresence, messageFrame, type Member } from '../src/protocol.js'
 import { startApp } from './helpers/server.js'
 import { skipRedis, startRedis } from './helpers/redis.js'
 
@@ -65,7 +65,7 @@ t.test('the frames Redis builds are byte for byte what the TypeScript encoders b
   await zoe.next((text) => text.includes('"joined"'))
 
   const join = await ada.next((text) => text.includes('"presence"'))
-  t.equal(join, encodePresence(room, [encodeMember(users.zoe as Member)], [], 2), 'presence join of a member from another instance, its fields intact')
+  t.equal(join, encodePresence(room, [JSON.stringify(users.zoe as Member)], [], 2), 'presence join of a member from another instance, its fields intact')
 
   {
     let offset = 0
@@ -74,7 +74,7 @@ t.test('the frames Redis builds are byte for byte what the TypeScript encoders b
       offset++
       const text = await ada.next((text) => text.startsWith('{"type":"message"'))
       const { ts } = JSON.parse(text) as { ts: number }
-      t.equal(text, messageFrame(room, { data: JSON.stringify(data), from: encodeMember(users.zoe as Member) }, offset, ts), `awkward data #${offset}`)
+      t.equal(text, messageFrame(room, { data: JSON.stringify(data), from: JSON.stringify(users.zoe as Member) }, offset, ts), `awkward data #${offset}`)
       // The sender gets the same bytes from its own instance.
       t.equal(await zoe.next((text) => text.startsWith('{"type":"message"')), text, 'the sender gets the same bytes')
     }
@@ -95,5 +95,5 @@ t.test('the frames Redis builds are byte for byte what the TypeScript encoders b
   }
 
   zoe.send({ type: 'leave', room, id: 'bye' })
-  t.equal(await ada.next((text) => text.includes('"presence"')), encodePresence(room, [], [encodeMember(users.zoe as Member)], 1), 'presence leave')
+  t.equal(await ada.next((text) => text.includes('"presence"')), encodePresence(room, [], [JSON.stringify(users.zoe as Member)], 1), 'presence leave')
 })

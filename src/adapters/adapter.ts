@@ -33,7 +33,7 @@ export interface PresenceChange {
   join: boolean
   /** The user's id. */
   id: string
-  /** The member as JSON (`encodeMember`), as it goes into the frame. */
+  /** The member as JSON, as it goes into the frame. */
   member: string
   /** Members in the room after this change. */
   count: number

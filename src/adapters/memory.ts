@@ -162,8 +162,8 @@ export class MemoryAdapter implements Adapter {
       state.users.set(member.id, entry)
       insertSorted(state.ids, member.id)
       if (state.users.size === 1) insertSorted(this.active, room)
-      // Encoded as the change happens, not through encodeMember's cache, which
-      // would keep every member's JSON for as long as its connection lives.
+      // Encoded as the change happens: a cache of every member's JSON would
+      // cost memory for as long as its connection lives.
       listener.presence(room, { join: true, id: member.id, member: JSON.stringify(member), count: state.users.size, seq: ++state.presenceSeq })
     } else if (typeof entry.connections === 'string') {
       if (entry.connections !== connectionId) entry.connections = new Set([entry.connections, connectionId])

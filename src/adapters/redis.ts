@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { Redis, type RedisOptions } from 'ioredis'
 import type { EncodedPublish, Member } from '../protocol.js'
-import { encodeDirect, encodeMember, messageFrame } from '../protocol.js'
+import { encodeDirect, messageFrame } from '../protocol.js'
 import { RoomsError } from '../errors.js'
 import type {
   Adapter, AdapterConfig, AdapterListener, HistoryPage, JoinResult,
@@ -499,7 +499,7 @@ export class RedisAdapter implements Adapter {
     const subscription = await this.subscribe(room)
     let reply: [string, number, string, string, number, string, ...string[]]
     try {
-      reply = await this.call('join', room, connectionId, member.id, encodeMember(member), this.config.nodeId, this.config.maxMembersPerRoom, newEpoch(), this.config.membersPageSize) as typeof reply
+      reply = await this.call('join', room, connectionId, member.id, JSON.stringify(member), this.config.nodeId, this.config.maxMembersPerRoom, newEpoch(), this.config.membersPageSize) as typeof reply
     } catch (err) {
       void this.release(room)
       // It may have run before the connection broke (or in part, before a script error): undo it, now or once Redis is back.
@@ -683,7 +683,7 @@ export class RedisAdapter implements Adapter {
       await this.renew()
       await this.resync(breaks)
       await Promise.all([...this.local.values()].map(async ({ room, connectionId, member }) => {
-        await this.call('join', room, connectionId, member.id, encodeMember(member), this.config.nodeId, Number.MAX_SAFE_INTEGER, newEpoch(), 1)
+        await this.call('join', room, connectionId, member.id, JSON.stringify(member), this.config.nodeId, Number.MAX_SAFE_INTEGER, newEpoch(), 1)
       }))
       if (this.subscriberLost || !this.cmd.ready || !this.subLink.ready) return
       this.down = false
