@@ -8,6 +8,8 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
+import { once } from 'node:events'
+import { createServer } from 'node:net'
 import { cpus, loadavg, totalmem } from 'node:os'
 import { Redis } from 'ioredis'
 import { SettingsSchema } from '../src/options.js'
@@ -216,12 +218,20 @@ const loadBefore = loadavg()
 const results = new Map<Workload, Map<Kind, { result: Result, runs: number, problems: string[] }>>()
 try {
   if (hasRedis) {
-    const port = 20000 + Math.floor(Math.random() * 20000)
-    redisProcess = spawn(REDIS, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
+    // A free port, and the server's own word that it is ready: a busy port or a failed start is an error, not a hang.
+    const probe = createServer().listen(0, '127.0.0.1')
+    await once(probe, 'listening')
+    const port = (probe.address() as { port: number }).port
+    await new Promise((resolve) => probe.close(resolve))
+    const proc = spawn(REDIS, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: ['ignore', 'pipe', 'ignore'] })
+    redisProcess = proc
+    await new Promise<void>((resolve, reject) => {
+      let out = ''
+      proc.stdout!.on('data', (chunk: Buffer) => { out += chunk.toString(); if (out.includes('Ready to accept connections')) resolve() })
+      proc.once('exit', (code) => reject(new Error(`redis-server exited with ${code}: ${out}`)))
+    })
     redisUrl = `redis://127.0.0.1:${port}`
-    redis = new Redis(redisUrl, { retryStrategy: (n) => (n > 50 ? null : 50) })
-    redis.on('error', () => {}) // refused until redis-server has started; it retries
-    await new Promise((resolve) => redis!.once('ready', resolve))
+    redis = new Redis(redisUrl)
   }
   const selected = workloads(smoke).filter((w) => only === undefined ? (smoke || w.optIn !== true) : only.includes(w.name))
   const kindsOf = (w: Workload): Kind[] => w.kinds.filter((k) => (kindFilter === undefined || kindFilter.includes(k)) && (hasRedis || k !== 'rooms-redis'))
