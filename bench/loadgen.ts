@@ -52,15 +52,20 @@ async function connect (session: Session, job: Connect): Promise<Record<string, 
   const deadline = performance.now() + job.deadlineMs
   const one = async (k: number): Promise<void> => {
     const i = job.from + k
+    let timer: NodeJS.Timeout | undefined
     try {
-      const client = await open(job.kind, wsUrl(job.kind, job.ports[i % job.ports.length]!))
+      const late = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new Error(`no joined before the deadline of ${job.deadlineMs} ms`)), Math.max(0, deadline - performance.now())) })
+      const client = await Promise.race([open(job.kind, wsUrl(job.kind, job.ports[i % job.ports.length]!)), late])
       session.clients[k] = client
       const sent = performance.now()
-      await client.join(`${job.prefix}${i % job.rooms}`)
+      await Promise.race([client.join(`${job.prefix}${i % job.rooms}`), late])
       joinMs.push(performance.now() - sent)
+      client.joined = true
     } catch (err) {
       failed++
       firstError ||= (err as Error).message
+    } finally {
+      clearTimeout(timer)
     }
   }
   const started = performance.now()
@@ -163,16 +168,18 @@ async function fanout (session: Session, job: Fanout): Promise<Record<string, nu
 }
 
 /** Wait until every member's last presence count is the room's size (no event says the last diff arrived). */
-async function converge (session: Session, job: Converge): Promise<Record<string, number>> {
+async function converge (session: Session, job: Converge): Promise<Record<string, number | string>> {
   const started = performance.now()
   let behind = session.clients.length
   while (performance.now() - started < job.deadlineMs) {
     behind = 0
-    for (const client of session.clients) if (client !== undefined && lastCount(client) !== job.expectedCount) behind++
+    for (const client of session.clients) if (client?.joined === true && lastCount(client) !== job.expectedCount) behind++
     if (behind === 0) break
     await sleep(10)
   }
-  return { waitedMs: performance.now() - started, notConverged: behind }
+  // A sample of the wrong counts, for the report.
+  const counts = [...new Set(session.clients.filter((c) => c?.joined === true).map(lastCount).filter((n) => n !== job.expectedCount))].slice(0, 5).join(', ')
+  return { waitedMs: performance.now() - started, notConverged: behind, counts }
 }
 
 function presence (session: Session): Record<string, number> {
