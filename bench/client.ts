@@ -94,10 +94,11 @@ export async function open (kind: Kind, url: string): Promise<BenchClient> {
     client.publish = async (room, data) => await emit(`["publish",${JSON.stringify(room)},${data}]`)
   } else {
     ws.on('message', (raw: Buffer) => {
-      // Every server writes `type` first: `{"type":"presence"` is told by two bytes and kept undecoded.
+      // Every server writes `type` first: `{"type":"presence"` is told by two bytes and kept undecoded,
+      // copied: `raw` may be a view of a large read buffer, which 10,000 clients must not each pin.
       if (raw[9] === 0x70 && raw[10] === 0x72) {
         client.presenceFrames++
-        client.lastCountFrame = raw
+        client.lastCountFrame = Buffer.from(raw)
         return
       }
       const text = raw.toString()
