@@ -2,19 +2,33 @@
  * The one client implementation the load generator uses for every server, so
  * the client's cost is the same for all. It speaks the fastify-rooms frames
  * (also spoken by the plain ws baselines) or Socket.IO's engine.io v4 frames,
- * over the same ws client. Messages are not parsed as JSON: the load generator
- * reads the two numbers it needs from the text.
+ * over the same ws client. Frames are told apart by their first bytes and the
+ * few numbers the load generator needs are read from the text: only an `error`
+ * is parsed as JSON. `presence` frames are counted, whatever their shape (one
+ * join per frame, or batched diffs), and the last one is kept to read its count.
  */
 import WebSocket from 'ws'
 
-export type Kind = 'rooms' | 'rooms-quiet' | 'rooms-redis' | 'ws-stringify' | 'ws-preframed' | 'fastify-websocket' | 'socketio'
+export type Kind = 'rooms' | 'rooms-quiet' | 'rooms-redis' | 'ws-stringify' | 'ws-preframed' | 'ws-coalesced' | 'fastify-websocket' | 'socketio'
 
 export interface BenchClient {
+  /** Join a room; resolves when the server confirmed it (`joined`, or the Socket.IO ack). */
   join: (room: string) => Promise<void>
   /** Publish `data` (already JSON) and resolve with the offset from the ack. */
   publish: (room: string, data: string) => Promise<number>
   /** Every `message` frame's text (for Socket.IO, the engine.io packet). */
   onMessage: (text: string) => void
+  /** Presence frames received since the counter was last reset. */
+  presenceFrames: number
+  /** The latest `joined` or `presence` frame, whose member count `lastCount` reads lazily. */
+  lastCountFrame: string | Buffer
+  /** `lastCountFrame`'s count, read once per frame. */
+  countOf: string | Buffer
+  count: number
+  /** Set by the load generator once the join was answered. */
+  joined: boolean
+  /** Whether the server closed this connection (a slow-consumer close, a crash). */
+  closed: boolean
   close: () => void
 }
 
@@ -23,20 +37,38 @@ export function wsUrl (kind: Kind, port: number): string {
   return kind.startsWith('rooms') ? `ws://127.0.0.1:${port}/ws` : `ws://127.0.0.1:${port}/`
 }
 
+const startsWith = (text: string, prefix: string): boolean => text.startsWith(prefix)
+
 export async function open (kind: Kind, url: string): Promise<BenchClient> {
   const ws = new WebSocket(url, { perMessageDeflate: false })
-  const pending = new Map<number, (value: number) => void>()
+  const pending = new Map<number, { resolve: (value: number) => void, reject: (err: Error) => void }>()
+  let joining: { resolve: () => void, reject: (err: Error) => void } | undefined
   let nextId = 1
+  let terminated = false
   const client: BenchClient = {
     join: async () => {},
     publish: async () => 0,
     onMessage: () => {},
-    close: () => ws.terminate()
+    presenceFrames: 0,
+    lastCountFrame: '',
+    countOf: '',
+    count: NaN,
+    joined: false,
+    closed: false,
+    close: () => { terminated = true; ws.terminate() }
   }
   let opened: () => void
   const ready = new Promise<void>((resolve, reject) => {
     opened = resolve
     ws.once('error', reject)
+  })
+  ws.on('error', () => {}) // after the open, a close reports the failure
+  ws.once('close', () => {
+    if (!terminated) client.closed = true
+    const err = new Error('the server closed the connection')
+    joining?.reject(err)
+    for (const p of pending.values()) p.reject(err)
+    pending.clear()
   })
 
   if (kind === 'socketio') {
@@ -46,46 +78,90 @@ export async function open (kind: Kind, url: string): Promise<BenchClient> {
       if (c0 === 52 && text.charCodeAt(1) === 50) { client.onMessage(text); return } // 42["message",...]
       if (c0 === 48) { ws.send('40'); return } // engine.io open: connect to namespace "/"
       if (c0 === 50) { ws.send('3'); return } // ping
-      if (text.startsWith('40')) { opened(); return }
-      if (text.startsWith('43')) { // ack: 43<id>[...]
+      if (startsWith(text, '40')) { opened(); return }
+      if (startsWith(text, '43')) { // ack: 43<id>[...]
         const bracket = text.indexOf('[')
         const id = Number(text.slice(2, bracket))
-        const args = JSON.parse(text.slice(bracket)) as unknown[]
-        pending.get(id)?.(typeof args[0] === 'number' ? args[0] : 0)
+        pending.get(id)?.resolve(numberAfter(text, '[') || 0)
         pending.delete(id)
       }
     })
     const emit = async (args: string): Promise<number> => {
       const id = nextId++
-      return await new Promise((resolve) => { pending.set(id, resolve); ws.send(`42${id}${args}`) })
+      return await new Promise((resolve, reject) => { pending.set(id, { resolve, reject }); ws.send(`42${id}${args}`) })
     }
     client.join = async (room) => { await emit(`["join",${JSON.stringify(room)}]`) }
     client.publish = async (room, data) => await emit(`["publish",${JSON.stringify(room)},${data}]`)
   } else {
-    ws.on('message', (raw) => {
+    ws.on('message', (raw: Buffer) => {
+      // Every server writes `type` first: `{"type":"presence"` is told by two bytes and kept undecoded,
+      // copied: `raw` may be a view of a large read buffer, which 10,000 clients must not each pin.
+      if (raw[9] === 0x70 && raw[10] === 0x72) {
+        client.presenceFrames++
+        client.lastCountFrame = Buffer.from(raw)
+        return
+      }
       const text = raw.toString()
-      if (text.startsWith('{"type":"message"')) { client.onMessage(text); return }
-      const frame = JSON.parse(text) as { type: string, id?: number, offset?: number }
-      if (frame.type === 'welcome') { opened(); return }
-      if (frame.id !== undefined && pending.has(frame.id)) {
-        pending.get(frame.id)?.(frame.offset ?? 0)
-        pending.delete(frame.id)
+      if (startsWith(text, '{"type":"message"')) { client.onMessage(text); return }
+      if (startsWith(text, '{"type":"ack"')) {
+        const id = numberAfter(text, '"id":')
+        pending.get(id)?.resolve(numberAfter(text, '"offset":'))
+        pending.delete(id)
+        return
+      }
+      if (startsWith(text, '{"type":"joined"')) {
+        client.lastCountFrame = text
+        const j = joining
+        joining = undefined
+        j?.resolve()
+        return
+      }
+      if (startsWith(text, '{"type":"welcome"')) { opened(); return }
+      if (startsWith(text, '{"type":"error"')) {
+        const frame = JSON.parse(text) as { id?: number, code: string, message: string }
+        const err = new Error(`${frame.code}: ${frame.message}`)
+        if (frame.id !== undefined && pending.has(frame.id)) {
+          pending.get(frame.id)?.reject(err)
+          pending.delete(frame.id)
+        } else if (joining !== undefined) {
+          joining.reject(err)
+          joining = undefined
+        }
       }
     })
-    const request = async (frame: string): Promise<number> => {
-      const id = nextId++
-      return await new Promise((resolve) => { pending.set(id, resolve); ws.send(`${frame.slice(0, -1)},"id":${id}}`) })
+    client.join = async (room) => {
+      // One join at a time per connection: its reply is the next `joined` (or `error`).
+      await new Promise<void>((resolve, reject) => {
+        joining = { resolve, reject }
+        ws.send(`{"type":"join","room":${JSON.stringify(room)}}`)
+      })
     }
-    client.join = async (room) => { await request(`{"type":"join","room":${JSON.stringify(room)}}`) }
-    client.publish = async (room, data) => await request(`{"type":"publish","room":${JSON.stringify(room)},"data":${data}}`)
+    client.publish = async (room, data) => {
+      const id = nextId++
+      return await new Promise((resolve, reject) => {
+        pending.set(id, { resolve, reject })
+        ws.send(`{"type":"publish","room":${JSON.stringify(room)},"data":${data},"id":${id}}`)
+      })
+    }
   }
   await ready
   return client
 }
 
-/** Read a number that follows `key` in a message's text, without parsing the JSON. */
-export function numberAfter (text: string, key: string): number {
-  const at = text.indexOf(key)
+/** The member count a client last heard of: from its latest `presence` or `joined` frame. */
+export function lastCount (client: BenchClient): number {
+  if (client.lastCountFrame === client.countOf) return client.count
+  client.countOf = client.lastCountFrame
+  const text = client.lastCountFrame.toString()
+  // `count` follows the member lists in a presence diff, and precedes them in `joined`.
+  client.count = startsWith(text, '{"type":"presence"')
+    ? numberAfter(text, '"count":', text.lastIndexOf('"count":'))
+    : numberAfter(text, '"count":')
+  return client.count
+}
+
+/** Read a number that follows `key` in a message's text (at `at`, when known), without parsing the JSON. */
+export function numberAfter (text: string, key: string, at = text.indexOf(key)): number {
   if (at === -1) return NaN
   let end = at + key.length
   while (end < text.length) {

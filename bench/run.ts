@@ -1,170 +1,308 @@
 /**
- * `npm run bench`: the same workloads against fastify-rooms (memory, and Redis
- * with 2 instances when redis-server is installed), plain ws (stringify once,
- * and one pre-built frame for every socket) and Socket.IO 4, in one run and
- * one report. `--smoke` runs tiny sizes once (part of npm test, so it cannot rot).
+ * `npm run bench`: every workload of bench/workloads.ts against fastify-rooms
+ * and the plain ws (and Socket.IO) baselines, in one run and one report with
+ * each ratio against the strongest baseline and the targets of issue #11.
+ * `--smoke` runs tiny sizes once with every server in one process (part of
+ * npm test, so it cannot rot). `--only=a,b` picks workloads, `--kinds=a,b`
+ * servers, `--reps=n` runs per server, `--presence-interval-ms=n` the interval.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
-import { cpus, totalmem } from 'node:os'
+import { once } from 'node:events'
+import { createServer } from 'node:net'
+import { cpus, loadavg, totalmem } from 'node:os'
 import { Redis } from 'ioredis'
+import { SettingsSchema } from '../src/options.js'
 import type { Kind } from './client.js'
+import type { Connect, Fanout } from './loadgen.js'
+import { labels, presenceKinds, workloads, type Workload } from './workloads.js'
+import { report, type Outcome, type Result } from './report.js'
 
 const smoke = process.argv.includes('--smoke')
 const flag = (name: string): string | undefined => process.argv.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3)
-const reps = smoke ? 1 : Number(flag('reps') ?? 3)
 const REDIS = '/usr/bin/redis-server'
 const hasRedis = existsSync(REDIS)
-const allKinds: Kind[] = ['rooms', 'rooms-quiet', ...(hasRedis ? ['rooms-redis' as const] : []), 'ws-stringify', 'ws-preframed', 'fastify-websocket', 'socketio']
-// --kinds=a,b and --only=workload narrow a run while profiling; the report then has only those rows.
-const kinds = flag('kinds')?.split(',') as Kind[] | undefined ?? allKinds
-const label: Record<Kind, string> = {
-  rooms: 'fastify-rooms (memory)',
-  'rooms-quiet': 'fastify-rooms (memory, presenceEvents: false)',
-  'rooms-redis': 'fastify-rooms (Redis, 2 instances)',
-  'ws-stringify': 'ws, stringify once',
-  'ws-preframed': 'ws, pre-framed',
-  'fastify-websocket': 'Fastify + @fastify/websocket, same handler as plain ws',
-  socketio: 'Socket.IO 4'
-}
+const only = flag('only')?.split(',')
+/** --scale=0.1 shrinks every room and storm, to check the harness at moderate sizes. */
+const scale = Number(flag('scale') ?? 1)
+const kindFilter = flag('kinds')?.split(',') as Kind[] | undefined
+const intervalOption = (SettingsSchema.properties as Record<string, { default?: number }>).presenceIntervalMs
+const presenceIntervalMs = Number(flag('presence-interval-ms') ?? intervalOption?.default ?? 50)
+/** Clients per load generator that fills a storm's room: at most 20,000 files per process here, and a full room's presence traffic is spread over processes. */
+const CLIENTS_PER_LOADGEN = 5_000
 
-interface Workload { name: string, title: string, rooms: number, members: number, payloadBytes: number, durationMs: number, window: number, kind: 'fanout' | 'connections', rate?: number }
-const workloads: Workload[] = smoke
-  ? [
-      { name: 'fanout-1x1000', title: 'Fan-out, 1 room x 10 members (smoke)', rooms: 1, members: 10, payloadBytes: 64, durationMs: 200, window: 4, kind: 'fanout' },
-      { name: 'fanout-100x10', title: 'Fan-out, 5 rooms x 4 members (smoke)', rooms: 5, members: 4, payloadBytes: 64, durationMs: 200, window: 2, kind: 'fanout' },
-      { name: 'conn-5000', title: '50 idle connections (smoke)', rooms: 5, members: 10, payloadBytes: 64, durationMs: 200, window: 1, kind: 'connections', rate: 20 }
-    ]
-  : [
-      { name: 'fanout-1x1000', title: 'Fan-out, 1 room x 1,000 members', rooms: 1, members: 1000, payloadBytes: 64, durationMs: 4000, window: 16, kind: 'fanout' },
-      { name: 'fanout-100x10', title: 'Fan-out, 100 rooms x 10 members', rooms: 100, members: 10, payloadBytes: 64, durationMs: 4000, window: 2, kind: 'fanout' },
-      { name: 'conn-5000', title: '5,000 idle connections, 100 per room', rooms: 50, members: 100, payloadBytes: 64, durationMs: 2000, window: 1, kind: 'connections', rate: 100 },
-      // 19,000, not 20,000: this machine caps every process at 20,000 open files and cannot raise it.
-      { name: 'conn-19000', title: '19,000 connections, 1,000 per room; 100 msg/s into one room', rooms: 19, members: 1000, payloadBytes: 64, durationMs: 3000, window: 1, kind: 'connections', rate: 100 }
-    ]
-
-/** Children get a higher file limit: 20,000 sockets need more than the default. */
+/** Children get the highest file limit allowed: 20,000 sockets need more than the usual default. */
 function node (args: string[]): ChildProcess {
   const command = `ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "${process.execPath}" ${args.map((a) => `'${a}'`).join(' ')}`
   return spawn('bash', ['-c', command], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] })
 }
 
-async function request<T> (child: ChildProcess, message: unknown): Promise<T> {
+/** One IPC request to a child; replies carry the request's `rid`, so requests may overlap. */
+let nextRid = 1
+async function call<T> (child: ChildProcess, message: object): Promise<T> {
+  const rid = nextRid++
   return await new Promise((resolve, reject) => {
-    child.once('message', (reply: T & { error?: string }) => reply.error !== undefined ? reject(new Error(reply.error)) : resolve(reply))
-    child.send(message as never)
-  })
-}
-
-async function startServer (kind: Kind, redisUrl: string): Promise<{ child: ChildProcess, port: number }> {
-  const child = node(['--expose-gc', '--import=tsx', 'bench/servers.ts', kind, redisUrl])
-  const port = await new Promise<number>((resolve, reject) => {
-    let out = ''
-    child.stdout!.on('data', (chunk: Buffer) => { out += chunk.toString(); const m = /ready (\d+)/.exec(out); if (m !== null) resolve(Number(m[1])) })
-    child.once('exit', (code) => reject(new Error(`${kind} server exited with ${code}`)))
-  })
-  return { child, port }
-}
-
-interface Stats { cpu: { user: number, system: number }, rss: number }
-async function stats (servers: ChildProcess[]): Promise<{ cpuMs: number, rss: number }> {
-  const all = await Promise.all(servers.map(async (s) => await request<Stats>(s, { cmd: 'stats' })))
-  return { cpuMs: all.reduce((sum, s) => sum + (s.cpu.user + s.cpu.system) / 1000, 0), rss: all.reduce((sum, s) => sum + s.rss, 0) }
-}
-
-type Result = Record<string, number>
-
-async function runOnce (workload: Workload, kind: Kind, redis: Redis | undefined, redisUrl: string): Promise<Result> {
-  if (kind === 'rooms-redis') await redis!.flushall()
-  const servers = await Promise.all(Array.from({ length: kind === 'rooms-redis' ? 2 : 1 }, async () => await startServer(kind, redisUrl)))
-  const loadgen = node(['--import=tsx', 'bench/loadgen.ts'])
-  try {
-    const before = await stats(servers.map((s) => s.child))
-    const setup = await request<{ connectMs: number }>(loadgen, { cmd: 'setup', kind, ports: servers.map((s) => s.port), rooms: workload.rooms, members: workload.members, payloadBytes: workload.payloadBytes })
-    const connected = await stats(servers.map((s) => s.child))
-    const total = workload.rooms * workload.members
-    const go = await request<Result>(loadgen, workload.kind === 'fanout'
-      ? { cmd: 'go', durationMs: workload.durationMs, window: workload.window }
-      : { cmd: 'go', durationMs: workload.durationMs, window: 1, rate: workload.rate, onlyRoom: 0 })
-    const after = await stats(servers.map((s) => s.child))
-    return {
-      ...go,
-      deliveriesPerSec: go.deliveries! / (go.wallMs! / 1000),
-      deliveriesPerCpuSec: go.deliveries! / ((after.cpuMs - connected.cpuMs) / 1000),
-      rssPerConnKB: (connected.rss - before.rss) / total / 1024,
-      connectsPerSec: total / (setup.connectMs / 1000)
+    const onMessage = (reply: T & { rid: number, error?: string }): void => {
+      if (reply.rid !== rid) return
+      child.off('message', onMessage)
+      child.off('exit', onExit)
+      if (reply.error !== undefined) reject(new Error(reply.error))
+      else resolve(reply)
     }
+    const onExit = (code: number | null): void => { child.off('message', onMessage); reject(new Error(`a bench process exited with ${code}`)) }
+    child.on('message', onMessage)
+    child.once('exit', onExit)
+    child.send({ ...message, rid })
+  })
+}
+
+interface Servers { kind: Kind, children: ChildProcess[], ports: number[] }
+
+async function startServers (kinds: Kind[], redisUrl: string): Promise<Map<Kind, Array<{ child: ChildProcess, port: number }>>> {
+  const child = node(['--expose-gc', '--import=tsx', 'bench/servers.ts', kinds.join(','), redisUrl, String(presenceIntervalMs)])
+  const ports = await new Promise<Map<Kind, number>>((resolve, reject) => {
+    let out = ''
+    child.stdout!.on('data', (chunk: Buffer) => {
+      out += chunk.toString()
+      if (/^ready$/m.test(out)) resolve(new Map([...out.matchAll(/^ready (\S+) (\d+)$/gm)].map((m) => [m[1] as Kind, Number(m[2])])))
+    })
+    child.once('exit', (code) => reject(new Error(`${kinds.join(',')} server exited with ${code}`)))
+  })
+  return new Map(kinds.map((k) => [k, [{ child, port: ports.get(k)! }]]))
+}
+
+/** The servers of one run: fresh processes in a full run, shared ones in the smoke run. */
+async function serversFor (kind: Kind): Promise<Servers> {
+  if (smoke) return pool.get(kind)!
+  if (kind === 'rooms-redis') await redis!.flushall()
+  const started = await Promise.all(Array.from({ length: kind === 'rooms-redis' ? 2 : 1 }, async () => (await startServers([kind], redisUrl)).get(kind)![0]!))
+  return { kind, children: started.map((s) => s.child), ports: started.map((s) => s.port) }
+}
+
+let sharedLoadgen: ChildProcess | undefined
+async function loadgensFor (n: number): Promise<ChildProcess[]> {
+  if (smoke) return Array.from({ length: n }, () => sharedLoadgen!)
+  return Array.from({ length: n }, () => node(['--import=tsx', 'bench/loadgen.ts']))
+}
+
+interface Stats { cpuMs: number, rss: number, heap: number }
+/** CPU and memory of a run's servers; `gc` first when memory is measured (slow, so not for CPU alone, nor in the smoke run). */
+async function stats (servers: Servers, gc = false): Promise<Stats> {
+  const all = await Promise.all(servers.children.map(async (c) => await call<{ cpu: { user: number, system: number }, rss: number, heapUsed: number }>(c, { cmd: 'stats', gc: gc && !smoke })))
+  return {
+    cpuMs: all.reduce((sum, s) => sum + (s.cpu.user + s.cpu.system) / 1000, 0),
+    rss: all.reduce((sum, s) => sum + s.rss, 0),
+    heap: all.reduce((sum, s) => sum + s.heapUsed, 0)
+  }
+}
+
+type ConnectReply = Record<string, number> & { firstError: string }
+let runs = 0
+
+/** One run of one workload against one server kind: its figures and what went wrong. */
+async function runOnce (workload: Workload, kind: Kind): Promise<Outcome> {
+  const servers = await serversFor(kind)
+  const sid = `s${++runs}`
+  const prefix = `${workload.name}-${sid}-`
+  const base = workload.rooms * workload.members
+  const joins = workload.joins ?? 0
+  const loadgens = await loadgensFor(workload.group === 'storm' ? Math.ceil(base / CLIENTS_PER_LOADGEN) + 1 : 1)
+  const problems: string[] = []
+  const connect = (lg: ChildProcess, job: Omit<Connect, 'cmd' | 'kind' | 'ports' | 'prefix' | 'rooms' | 'concurrency' | 'deadlineMs'> & Partial<Connect>, session = sid): Promise<ConnectReply> =>
+    call<ConnectReply>(lg, { cmd: 'connect', sid: session, kind, ports: servers.ports, prefix, rooms: workload.rooms, concurrency: 200, deadlineMs: smoke ? 20_000 : 300_000, ...job })
+  const checkJoined = (reply: ConnectReply, what: string): void => {
+    if (reply.failed! > 0) problems.push(`${reply.failed} of ${what} did not join (${reply.firstError})`)
+  }
+  // Presence diffs trail the last join by up to an interval: figures are read once every member knows the room's size.
+  const converge = async (lg: ChildProcess, expectedCount: number, session = sid): Promise<void> => {
+    if (!presenceKinds.includes(kind)) return
+    const c = await call<Record<string, number>>(lg, { cmd: 'converge', sid: session, expectedCount, deadlineMs: smoke ? 20_000 : 120_000 })
+    if (c.notConverged! > 0) problems.push(`${c.notConverged} members' last presence count is not the room's size ${expectedCount} ${(c.waitedMs! / 1000).toFixed(0)} s after the last join (counts seen: ${c.counts})`)
+  }
+  const presence = async (lg: ChildProcess, session = sid): Promise<Record<string, number>> => {
+    const p = await call<Record<string, number>>(lg, { cmd: 'presence', sid: session })
+    if (p.closed! > 0) problems.push(`the server closed ${p.closed} connections`)
+    return p
+  }
+  const sessions: Array<[ChildProcess, string]> = [[loadgens[0]!, sid]]
+  try {
+    const memory = workload.group === 'memory'
+    const before = await stats(servers, memory)
+    if (workload.group === 'fanout' || workload.group === 'latency') {
+      checkJoined(await connect(loadgens[0]!, { from: 0, count: base }), 'the members')
+      await converge(loadgens[0]!, workload.members)
+      const connected = await stats(servers)
+      const job: Omit<Fanout, 'cmd'> = workload.group === 'fanout'
+        ? { durationMs: workload.durationMs!, window: workload.window!, payloadBytes: 64 }
+        : { durationMs: workload.durationMs!, window: 1, payloadBytes: 64, rate: workload.rate, onlyRoom: 0 }
+      const go = await call<Record<string, number>>(loadgens[0]!, { cmd: 'fanout', sid, ...job })
+      const after = await stats(servers)
+      for (const key of ['lost', 'duplicated', 'outOfOrder'] as const) if (go[key]! > 0) problems.push(`${go[key]} ${key === 'outOfOrder' ? 'out of order' : key}`)
+      if (go.closed! > 0) problems.push(`the server closed ${go.closed} connections`)
+      return {
+        result: {
+          ...go,
+          deliveriesPerSec: go.deliveries! / (go.wallMs! / 1000),
+          deliveriesPerCpuSec: go.deliveries! / ((after.cpuMs - connected.cpuMs) / 1000)
+        },
+        problems
+      }
+    }
+    if (workload.group === 'join' || workload.group === 'memory') {
+      const joined = await connect(loadgens[0]!, { from: 0, count: base })
+      checkJoined(joined, 'the connections')
+      await converge(loadgens[0]!, workload.members)
+      const after = await stats(servers, memory)
+      const p = await presence(loadgens[0]!)
+      return {
+        result: {
+          connectsPerSec: base / (joined.connectMs! / 1000),
+          cpuPerJoinMs: (after.cpuMs - before.cpuMs) / base,
+          joinP50: joined.joinP50!,
+          joinP99: joined.joinP99!,
+          presencePerMember: p.totalFrames! / base,
+          ...(memory ? { rssPerConnKB: (after.rss - before.rss) / base / 1024, heapPerConnKB: (after.heap - before.heap) / base / 1024 } : {})
+        },
+        problems
+      }
+    }
+    // The join storm: the room fills (load generators 0..n-2), then the last one joins at a steady rate.
+    const fillers = loadgens.slice(0, -1)
+    const per = Math.ceil(base / fillers.length)
+    sessions.length = 0
+    loadgens.forEach((lg, n) => sessions.push([lg, `${sid}-${n}`]))
+    const fillStarted = performance.now()
+    const filled = await Promise.all(fillers.map(async (lg, n) => await connect(lg, { from: n * per, count: Math.min(per, base - n * per) }, `${sid}-${n}`)))
+    const fillMs = performance.now() - fillStarted
+    for (const f of filled) checkJoined(f, 'the members')
+    const members = filled.reduce((sum, f) => sum + f.joined!, 0)
+    await Promise.all(sessions.slice(0, -1).map(async ([lg, session]) => await converge(lg, members, session)))
+    for (const [lg, session] of sessions) await call(lg, { cmd: 'reset-presence', sid: session })
+    const calm = await stats(servers)
+    const storm = await connect(loadgens.at(-1)!, { from: base, count: joins, rate: workload.joinRate }, `${sid}-${loadgens.length - 1}`)
+    checkJoined(storm, 'the storm\'s joins')
+    // Members whose join was refused are not in the room: the count to reach is of those that joined.
+    await Promise.all(sessions.map(async ([lg, session]) => await converge(lg, members + storm.joined!, session)))
+    const after = await stats(servers)
+    const frames = await Promise.all(sessions.map(async ([lg, session]) => await presence(lg, session)))
+    return {
+      result: {
+        fillMs,
+        stormMs: storm.connectMs!,
+        maxPresenceFrames: Math.max(...frames.map((p) => p.maxFrames!)),
+        joinP50: storm.joinP50!,
+        joinP99: storm.joinP99!,
+        cpuPerJoinMs: (after.cpuMs - calm.cpuMs) / joins
+      },
+      problems
+    }
+  } catch (err) {
+    problems.push((err as Error).message)
+    return { result: {}, problems }
   } finally {
-    loadgen.kill()
-    for (const s of servers) s.child.kill()
+    await Promise.all(sessions.map(async ([lg, session]) => await call(lg, { cmd: 'close', sid: session }).catch(() => {})))
+    if (!smoke) {
+      for (const lg of loadgens) lg.kill()
+      for (const child of servers.children) child.kill()
+    }
   }
 }
 
 const median = (values: number[]): number => {
-  const sorted = [...values].sort((a, b) => a - b)
-  return sorted[Math.floor(sorted.length / 2)] as number
+  const sorted = values.filter((v) => !Number.isNaN(v)).sort((a, b) => a - b)
+  return sorted.length === 0 ? NaN : sorted[Math.floor(sorted.length / 2)]!
 }
-const fmt = (n: number, digits = 0): string => Number.isFinite(n) ? n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits }) : 'n/a'
 
 let redisProcess: ChildProcess | undefined
 let redis: Redis | undefined
 let redisUrl = ''
-if (hasRedis) {
-  const port = 20000 + Math.floor(Math.random() * 20000)
-  redisProcess = spawn(REDIS, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' })
-  redisUrl = `redis://127.0.0.1:${port}`
-  redis = new Redis(redisUrl, { retryStrategy: (n) => (n > 50 ? null : 50) })
-  redis.on('error', () => {}) // refused until redis-server has started; it retries
-  await new Promise((resolve) => redis!.once('ready', resolve))
-}
-
-const lines: string[] = []
-const say = (line = ''): void => { lines.push(line); console.log(line) }
-say(`# fastify-rooms benchmark${smoke ? ' (smoke)' : ''}`)
-say()
-say(`${new Date().toISOString().slice(0, 10)}, Node ${process.version}, ${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB. Medians of ${reps} runs; server and load generator are separate processes.${hasRedis ? '' : ' redis-server not installed: the Redis rows are left out.'}`)
-let failures = 0
+const pool = new Map<Kind, Servers>()
+const started = new Date()
+const loadBefore = loadavg()
+const results = new Map<Workload, Map<Kind, { result: Result, runs: number, problems: string[] }>>()
 try {
-  for (const workload of workloads.filter((w) => flag('only') === undefined || w.name === flag('only'))) {
-    const results = new Map<Kind, Result>()
-    for (const kind of kinds) {
-      const runs: Result[] = []
-      for (let r = 0; r < reps; r++) runs.push(await runOnce(workload, kind, redis, redisUrl))
-      const merged: Result = {}
-      for (const key of Object.keys(runs[0]!)) merged[key] = median(runs.map((run) => run[key]!))
-      merged.errors = Math.max(...runs.map((run) => run.errors!))
-      if (merged.errors > 0 || runs.some((run) => run.deliveries !== run.expected)) failures++
-      results.set(kind, merged)
+  if (hasRedis) {
+    // A free port, and the server's own word that it is ready: a busy port or a failed start is an error, not a hang.
+    const probe = createServer().listen(0, '127.0.0.1')
+    await once(probe, 'listening')
+    const port = (probe.address() as { port: number }).port
+    await new Promise((resolve) => probe.close(resolve))
+    const proc = spawn(REDIS, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: ['ignore', 'pipe', 'ignore'] })
+    redisProcess = proc
+    await new Promise<void>((resolve, reject) => {
+      let out = ''
+      proc.stdout!.on('data', (chunk: Buffer) => { out += chunk.toString(); if (out.includes('Ready to accept connections')) resolve() })
+      proc.once('exit', (code) => reject(new Error(`redis-server exited with ${code}: ${out}`)))
+    })
+    redisUrl = `redis://127.0.0.1:${port}`
+    redis = new Redis(redisUrl)
+  }
+  const selected = workloads(smoke, scale).filter((w) => only === undefined ? (smoke || w.optIn !== true) : only.includes(w.name))
+  const kindsOf = (w: Workload): Kind[] => w.kinds.filter((k) =>
+    (kindFilter === undefined ? smoke || w.optInKinds?.includes(k) !== true : kindFilter.includes(k)) && (hasRedis || k !== 'rooms-redis'))
+  if (smoke) {
+    const all = [...new Set(selected.flatMap(kindsOf))]
+    const local = all.filter((k) => k !== 'rooms-redis')
+    const [shared, ...redisNodes] = await Promise.all([
+      startServers(local, redisUrl),
+      ...(all.includes('rooms-redis') ? [0, 1].map(async () => await startServers(['rooms-redis'], redisUrl)) : [])
+    ])
+    for (const k of local) pool.set(k, { kind: k, children: [shared!.get(k)![0]!.child], ports: [shared!.get(k)![0]!.port] })
+    if (redisNodes.length > 0) pool.set('rooms-redis', { kind: 'rooms-redis', children: redisNodes.map((n) => n.get('rooms-redis')![0]!.child), ports: redisNodes.map((n) => n.get('rooms-redis')![0]!.port) })
+    sharedLoadgen = node(['--import=tsx', 'bench/loadgen.ts'])
+  }
+  for (const workload of selected) {
+    const kinds = kindsOf(workload)
+    const reps = Number(flag('reps') ?? (smoke ? 1 : workload.reps ?? 3))
+    const outcomes = new Map<Kind, Outcome[]>(kinds.map((k) => [k, []]))
+    for (let r = 0; r < reps; r++) {
+      // Servers take turns within each repetition, so a drift in the machine's load hits all of them alike.
+      if (smoke) await Promise.all(kinds.map(async (k) => outcomes.get(k)!.push(await runOnce(workload, k))))
+      else {
+        for (const k of kinds) {
+          const t0 = performance.now()
+          const outcome = await runOnce(workload, k)
+          outcomes.get(k)!.push(outcome)
+          console.error(`bench: ${workload.name} ${k} run ${r + 1}: ${((performance.now() - t0) / 1000).toFixed(1)} s${outcome.problems.length > 0 ? `, FAILED: ${outcome.problems.join('; ')}` : ''}`)
+        }
+      }
     }
-    say()
-    say(`## ${workload.title}`)
-    say()
-    if (workload.kind === 'fanout') {
-      say('| server | deliveries/s | deliveries per server CPU-s | p50 ms | p99 ms | every message once, in order |')
-      say('|---|---:|---:|---:|---:|---|')
-      for (const [kind, r] of results) say(`| ${label[kind]} | ${fmt(r.deliveriesPerSec!)} | ${fmt(r.deliveriesPerCpuSec!)} | ${fmt(r.p50!, 1)} | ${fmt(r.p99!, 1)} | ${r.errors === 0 && r.deliveries === r.expected ? 'yes' : `NO (${r.errors} errors, ${r.deliveries}/${r.expected})`} |`)
-      const ours = results.get('rooms')?.deliveriesPerCpuSec ?? NaN
-      say()
-      say(`fastify-rooms (memory), deliveries per server CPU-s: ${(['ws-preframed', 'ws-stringify', 'socketio'] as Kind[]).filter((k) => results.has(k)).map((k) => `${fmt(ours / results.get(k)!.deliveriesPerCpuSec!, 2)}x ${label[k]}`).join(', ')}.`)
-    } else {
-      say(`| server | RSS per connection, KB | connects/s | p99 ms at ${workload.rate} msg/s into ${fmt(workload.members)} members | correct |`)
-      say('|---|---:|---:|---:|---|')
-      for (const [kind, r] of results) say(`| ${label[kind]} | ${fmt(r.rssPerConnKB!, 1)} | ${fmt(r.connectsPerSec!)} | ${fmt(r.p99!, 1)} | ${r.errors === 0 && r.deliveries === r.expected ? 'yes' : 'NO'} |`)
-      const ours = results.get('rooms') ?? {}
-      const others = (['ws-stringify', 'fastify-websocket', 'socketio'] as Kind[]).filter((k) => results.has(k))
-      say()
-      say(`fastify-rooms (memory): RSS per connection ${others.map((k) => `${fmt(ours.rssPerConnKB! / results.get(k)!.rssPerConnKB!, 2)}x ${label[k]}`).join(', ')}; connect rate ${others.map((k) => `${fmt(ours.connectsPerSec! / results.get(k)!.connectsPerSec!, 2)}x ${label[k]}`).join(', ')}.`)
+    const merged = new Map<Kind, { result: Result, runs: number, problems: string[] }>()
+    for (const [k, list] of outcomes) {
+      const keys = new Set(list.flatMap((o) => Object.keys(o.result)))
+      const result: Result = {}
+      for (const key of keys) result[key] = median(list.map((o) => o.result[key] ?? NaN))
+      merged.set(k, { result, runs: list.length, problems: list.flatMap((o, n) => o.problems.map((p) => list.length > 1 ? `run ${n + 1}: ${p}` : p)) })
     }
+    results.set(workload, merged)
+    console.error(`bench: ${workload.name} done`)
   }
 } finally {
   redis?.disconnect()
   redisProcess?.kill()
+  sharedLoadgen?.kill()
+  for (const s of pool.values()) for (const c of s.children) c.kill()
 }
-say()
-say('Reproduce: `npm run bench` (report also in bench/results/latest.md).')
+
+const text = report({
+  smoke,
+  date: started,
+  machine: `${cpus().length} x ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`,
+  load: `load average ${loadBefore.map((l) => l.toFixed(2)).join(' / ')} (1/5/15 min) before the run, ${loadavg().map((l) => l.toFixed(2)).join(' / ')} after`,
+  presence: intervalOption !== undefined
+    ? `presenceIntervalMs: ${presenceIntervalMs} passed to fastify-rooms (its default: ${intervalOption.default ?? 'none'}); the coalescing ws baseline batches presence at the same interval`
+    : `this build of fastify-rooms has no presenceIntervalMs option (one presence frame per join); the coalescing ws baseline batches presence every ${presenceIntervalMs} ms`,
+  hasRedis,
+  results,
+  labels
+})
+console.log(text)
 mkdirSync('bench/results', { recursive: true })
-writeFileSync(`bench/results/${smoke ? 'smoke' : 'latest'}.md`, lines.join('\n') + '\n')
-if (failures > 0) {
-  console.error(`${failures} runs delivered wrongly`)
+const stamp = started.toISOString().slice(0, 16).replace(/[:T]/g, '-')
+writeFileSync(`bench/results/${smoke ? 'smoke' : 'latest'}.md`, text + '\n')
+if (!smoke && only === undefined && kindFilter === undefined) writeFileSync(`bench/results/${stamp}.md`, text + '\n')
+const failed = [...results.values()].flatMap((m) => [...m.values()]).filter((r) => r.problems.length > 0).length
+if (failed > 0) {
+  console.error(`${failed} servers had runs that failed: see the report`)
   process.exitCode = 1
 }

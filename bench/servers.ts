@@ -1,7 +1,9 @@
 /**
- * One benchmark server per process: `node --expose-gc --import=tsx bench/servers.ts KIND [REDIS_URL]`.
- * Prints `ready PORT`; answers `{ cmd: 'stats' }` over IPC with its CPU time and
- * memory (after a full GC), so the runner measures the server alone.
+ * Benchmark servers: `node --expose-gc --import=tsx bench/servers.ts KIND[,KIND...] REDIS_URL PRESENCE_INTERVAL_MS`.
+ * Prints `ready KIND PORT` for each kind, then `ready`; answers `{ cmd: 'stats' }`
+ * over IPC with its CPU time and memory (after a full GC), so the runner
+ * measures the server alone. A full run starts one kind per process; the smoke
+ * run puts every kind in one process to stay fast (its figures mean nothing).
  *
  * Every kind speaks the same tiny dialect of the fastify-rooms protocol (join ->
  * joined, publish -> message to every member + ack) except Socket.IO, which
@@ -12,12 +14,18 @@ import Fastify from 'fastify'
 import { WebSocketServer, WebSocket } from 'ws'
 import websocket from '@fastify/websocket'
 import rooms, { redisAdapter } from '../src/index.js'
+import { SettingsSchema } from '../src/options.js'
+import { coalescedServer } from './coalesced.js'
 
-const kind = process.argv[2]
+const kinds = (process.argv[2] ?? '').split(',')
 const redisUrl = process.argv[3]
+const presenceIntervalMs = Number(process.argv[4] ?? 50)
 const gc = (globalThis as { gc?: () => void }).gc
 
-async function start (): Promise<number> {
+/** Whether this build of the plugin batches presence (protocol v2's `presenceIntervalMs`). */
+export const hasPresenceInterval = 'presenceIntervalMs' in SettingsSchema.properties
+
+async function start (kind: string): Promise<number> {
   switch (kind) {
     case 'rooms':
     case 'rooms-quiet':
@@ -32,16 +40,18 @@ async function start (): Promise<number> {
         heartbeatMs: 60_000,
         historySize: 100,
         presenceEvents: kind !== 'rooms-quiet',
-        adapter: kind === 'rooms-redis' ? redisAdapter({ url: redisUrl as string }) : undefined
+        adapter: kind === 'rooms-redis' ? redisAdapter({ url: redisUrl as string }) : undefined,
+        ...(hasPresenceInterval ? { presenceIntervalMs } : {})
       })
       await app.listen({ port: 0, host: '127.0.0.1' })
       return (app.server.address() as { port: number }).port
     }
     case 'ws-stringify':
-    case 'ws-preframed': {
+    case 'ws-preframed':
+    case 'ws-coalesced': {
       const http = createServer()
       const wss = new WebSocketServer({ server: http, perMessageDeflate: false })
-      wss.on('connection', mapOfSets(kind === 'ws-preframed'))
+      wss.on('connection', kind === 'ws-coalesced' ? coalescedServer(presenceIntervalMs) : mapOfSets(kind === 'ws-preframed'))
       await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve))
       return (http.address() as { port: number }).port
     }
@@ -76,7 +86,11 @@ async function start (): Promise<number> {
   }
 }
 
-/** A Map of Sets: stringify once per broadcast, or build one frame and write it to every socket. */
+/**
+ * A Map of Sets without presence or member lists: stringify once per broadcast
+ * and `ws.send` it, or build one frame and write it to every raw socket (one
+ * write per socket per message, no corking).
+ */
 function mapOfSets (preframed: boolean): (ws: WebSocket) => void {
   const members = new Map<string, Set<WebSocket>>()
   const offsets = new Map<string, number>()
@@ -111,14 +125,16 @@ function mapOfSets (preframed: boolean): (ws: WebSocket) => void {
   }
 }
 
-const port = await start()
-process.on('message', (message: { cmd: string }) => {
+for (const kind of kinds) console.log(`ready ${kind} ${await start(kind)}`)
+process.on('message', (message: { rid: number, cmd: string, gc?: boolean }) => {
   if (message.cmd === 'stats') {
-    gc?.()
-    gc?.()
+    if (message.gc === true) {
+      gc?.()
+      gc?.()
+    }
     const { rss, heapUsed } = process.memoryUsage()
-    process.send?.({ cpu: process.cpuUsage(), rss, heapUsed })
+    process.send?.({ rid: message.rid, cpu: process.cpuUsage(), rss, heapUsed })
   }
 })
 process.on('disconnect', () => process.exit(0))
-console.log(`ready ${port}`)
+console.log('ready')

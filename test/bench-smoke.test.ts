@@ -5,13 +5,21 @@ import { promisify } from 'node:util'
 import { fileURLToPath } from 'node:url'
 
 const root = fileURLToPath(new URL('..', import.meta.url))
+const escape = (text: string): string => text.replace(/[().,+]/g, '\\$&')
 
-t.test('npm run bench, at tiny sizes, runs every server and finds every delivery correct', async (t) => {
+t.test('npm run bench, at tiny sizes, runs every workload against every server and finds every delivery correct', async (t) => {
   const { stdout } = await promisify(execFile)(process.execPath, ['--import=tsx', 'bench/run.ts', '--smoke'], { cwd: root, timeout: 240_000 })
-  for (const server of ['fastify-rooms (memory)', 'ws, stringify once', 'ws, pre-framed', 'Socket.IO 4']) {
-    t.match(stdout, new RegExp(`\\| ${server.replace(/[().,]/g, '\\$&')} \\|`), `${server} was measured`)
+  for (const server of ['fastify-rooms (memory)', 'ws, stringify once', 'ws, pre-framed', 'ws, pre-framed and coalesced', 'Socket.IO 4']) {
+    t.match(stdout, new RegExp(`\\| ${escape(server)} \\|`), `${server} was measured`)
   }
   if (process.env.CI === 'true') t.match(stdout, /fastify-rooms \(Redis, 2 instances\)/, 'the Redis adapter was measured')
-  t.notMatch(stdout, /\| NO/, 'every member got every message once, in order')
+  for (const workload of ['Fan-out, 1 room x 10 members, window 20', 'Fan-out, 5 rooms x 4 members, window 20', 'Fan-out, 1 room x 10 members, window 1', 'Connect and join, 20 connections', 'Connect and join, 30 connections', 'idle joined connections', 'Join storm', 'msg/s into one room']) {
+    t.match(stdout, new RegExp(`## .*${escape(workload)}`), `${workload} was run`)
+  }
+  for (const target of ['RSS per idle joined connection', 'connect and join rate, rooms of 100,', 'connect and join rate, rooms of 1,000', 'server CPU per connect and join', 'fan-out deliveries per server CPU-s, 1 x 1,000, window 20', 'fan-out deliveries per server CPU-s, 100 x 10', 'window 1', 'most presence frames one member receives', 'p99 join-to-`joined`']) {
+    t.match(stdout, new RegExp(`\\| [^|]*${escape(target)}[^|]*\\| [^|]*\\| (ws, [a-z -]+: [0-9.,]+|\\(absolute\\))`), `the targets table has ${target}, with its baseline named`)
+  }
+  t.notMatch(stdout, /\| NO/, 'every member got every message once, in order, every join was answered and presence converged')
+  t.match(stdout, /correctness in every run.*\| met \|/, 'the targets table says every run was correct')
   t.equal(readFileSync(new URL('../bench/results/smoke.md', import.meta.url), 'utf8').trim(), stdout.trim(), 'the report is also written to a file')
 })

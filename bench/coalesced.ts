@@ -1,0 +1,138 @@
+/**
+ * The strongest plain ws baseline: the work fastify-rooms does, with the same
+ * tricks and nothing else. Every outgoing frame is framed once (one Buffer for
+ * all members of a broadcast) and written to the raw socket, corked at the
+ * first write in a turn of the event loop and uncorked once (setImmediate), as
+ * fastify-rooms' src/frame.ts does. A `join` gets `joined` with the count and
+ * the first page (at most 100) of members; the room's members get the joins and
+ * leaves as one `presence` diff per room at most every presence interval.
+ * Written standalone, so that a change in src/ never changes the baseline.
+ */
+import { randomBytes, randomUUID } from 'node:crypto'
+import type { Socket } from 'node:net'
+import type { WebSocket } from 'ws'
+
+const PAGE = 100
+
+/** A complete unmasked text frame around `payload` (RFC 6455 5.2), built once per broadcast. */
+export function textFrame (payload: Buffer): Buffer {
+  const length = payload.length
+  const header = length < 126 ? 2 : length < 65536 ? 4 : 10
+  const frame = Buffer.allocUnsafe(header + length)
+  frame[0] = 0x81
+  if (length < 126) {
+    frame[1] = length
+  } else if (length < 65536) {
+    frame[1] = 126
+    frame.writeUInt16BE(length, 2)
+  } else {
+    frame[1] = 127
+    frame.writeUInt32BE(Math.floor(length / 2 ** 32), 2)
+    frame.writeUInt32BE(length >>> 0, 6)
+  }
+  payload.copy(frame, header)
+  return frame
+}
+
+const corked: Socket[] = []
+let flushScheduled = false
+function flush (): void {
+  flushScheduled = false
+  for (const socket of corked) socket.uncork()
+  corked.length = 0
+}
+
+/** Write to a socket, corked at the first write in this turn and uncorked once for all sockets. */
+export function writeCoalesced (socket: Socket, bytes: Buffer): void {
+  if (socket.writableCorked === 0) {
+    socket.cork()
+    corked.push(socket)
+    if (!flushScheduled) {
+      flushScheduled = true
+      setImmediate(flush)
+    }
+  }
+  socket.write(bytes)
+}
+
+const rawSocket = (ws: WebSocket): Socket => (ws as unknown as { _socket: Socket })._socket
+
+interface Room {
+  /** Member JSON (`{"id":..,"name":..}`) by connection, in join order: the first page is the first 100. */
+  members: Map<WebSocket, string>
+  offset: number
+  joins: string[]
+  leaves: string[]
+  timer: NodeJS.Timeout | undefined
+  lastFlush: number
+}
+
+/** The connection handler of the coalescing baseline, with presence diffs every `presenceIntervalMs`. */
+export function coalescedServer (presenceIntervalMs: number): (ws: WebSocket) => void {
+  const rooms = new Map<string, Room>()
+
+  const send = (ws: WebSocket, text: string): void => { writeCoalesced(rawSocket(ws), textFrame(Buffer.from(text))) }
+  const broadcast = (room: Room, text: string): void => {
+    const frame = textFrame(Buffer.from(text))
+    for (const member of room.members.keys()) writeCoalesced(rawSocket(member), frame)
+  }
+  const flushPresence = (name: string, room: Room): void => {
+    room.timer = undefined
+    room.lastFlush = performance.now()
+    if (room.joins.length === 0 && room.leaves.length === 0) return
+    broadcast(room, `{"type":"presence","room":"${name}","joins":[${room.joins.join(',')}],"leaves":[${room.leaves.join(',')}],"count":${room.members.size}}`)
+    room.joins = []
+    room.leaves = []
+    if (room.members.size === 0) rooms.delete(name)
+  }
+  const schedule = (name: string, room: Room): void => {
+    if (room.timer !== undefined) return
+    const wait = Math.max(0, room.lastFlush + presenceIntervalMs - performance.now())
+    room.timer = setTimeout(flushPresence, wait, name, room)
+  }
+
+  return (ws) => {
+    const member = `{"id":"${randomUUID()}","name":"guest-${randomBytes(2).toString('hex')}"}`
+    const mine = new Set<string>()
+    send(ws, `{"type":"welcome","connectionId":"${randomUUID()}","user":${member},"protocol":2,"heartbeatMs":60000}`)
+    ws.on('message', (raw) => {
+      const frame = JSON.parse(raw.toString()) as { type: string, room: string, id?: number, data?: unknown }
+      const id = frame.id === undefined ? '' : `,"id":${frame.id}`
+      if (frame.type === 'join') {
+        let room = rooms.get(frame.room)
+        if (room === undefined) rooms.set(frame.room, room = { members: new Map(), offset: 0, joins: [], leaves: [], timer: undefined, lastFlush: 0 })
+        if (!room.members.has(ws)) {
+          room.members.set(ws, member)
+          mine.add(frame.room)
+          room.joins.push(member)
+          schedule(frame.room, room)
+        }
+        const page: string[] = []
+        let next = 'null'
+        for (const m of room.members.values()) {
+          if (page.length === PAGE) { next = m.slice(6, m.indexOf('"', 7) + 1); break }
+          page.push(m)
+        }
+        send(ws, `{"type":"joined","room":"${frame.room}","count":${room.members.size},"members":[${page.join(',')}],"membersNext":${next},"offset":${room.offset},"epoch":""${id}}`)
+      } else if (frame.type === 'publish') {
+        const room = rooms.get(frame.room)
+        if (room === undefined || !room.members.has(ws)) {
+          send(ws, `{"type":"error","code":"NOT_IN_ROOM","message":"join first"${id}}`)
+          return
+        }
+        const offset = ++room.offset
+        broadcast(room, `{"type":"message","room":"${frame.room}","data":${JSON.stringify(frame.data)},"offset":${offset},"ts":${Date.now()}}`)
+        send(ws, `{"type":"ack"${id},"room":"${frame.room}","offset":${offset}}`)
+      }
+    })
+    ws.on('close', () => {
+      for (const name of mine) {
+        const room = rooms.get(name)
+        if (room === undefined) continue
+        room.members.delete(ws)
+        room.leaves.push(member)
+        schedule(name, room)
+      }
+    })
+  }
+}

@@ -1,0 +1,160 @@
+/**
+ * The Markdown report of one `npm run bench`: a headline of issue #11's
+ * targets, each ratio against the strongest baseline (named in the row), then
+ * one table per workload with every server.
+ */
+import type { Kind } from './client.js'
+import { plainWs, type Workload } from './workloads.js'
+
+export type Result = Record<string, number>
+/** One run: its figures, and every correctness problem (a run with any has failed). */
+export interface Outcome { result: Result, problems: string[] }
+type Merged = Map<Kind, { result: Result, runs: number, problems: string[] }>
+
+export interface ReportInput {
+  smoke: boolean
+  date: Date
+  machine: string
+  load: string
+  presence: string
+  hasRedis: boolean
+  results: Map<Workload, Merged>
+  labels: Record<Kind, string>
+}
+
+const fmt = (n: number | undefined, digits = 0): string => n !== undefined && Number.isFinite(n) ? n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits }) : 'n/a'
+const ratio = (n: number): string => Number.isFinite(n) ? `${fmt(n, 2)}x` : 'n/a'
+
+interface Metric { key: string, name: string, unit: string, digits: number, better: 'higher' | 'lower' }
+const metrics: Record<string, Metric> = {
+  deliveriesPerCpuSec: { key: 'deliveriesPerCpuSec', name: 'deliveries per server CPU-s', unit: '', digits: 0, better: 'higher' },
+  connectsPerSec: { key: 'connectsPerSec', name: 'connects and joins per s', unit: '/s', digits: 0, better: 'higher' },
+  cpuPerJoinMs: { key: 'cpuPerJoinMs', name: 'server CPU per connect and join', unit: ' ms', digits: 3, better: 'lower' },
+  rssPerConnKB: { key: 'rssPerConnKB', name: 'RSS per idle joined connection', unit: ' KB', digits: 2, better: 'lower' },
+  heapPerConnKB: { key: 'heapPerConnKB', name: 'heap per idle joined connection', unit: ' KB', digits: 2, better: 'lower' }
+}
+
+/** The strongest plain ws server of a workload for a metric: the fastest, or the leanest. */
+function strongest (merged: Merged, metric: Metric): Kind | undefined {
+  let best: Kind | undefined
+  for (const kind of plainWs) {
+    const value = merged.get(kind)?.result[metric.key]
+    if (value === undefined || !Number.isFinite(value)) continue
+    const current = best === undefined ? undefined : merged.get(best)!.result[metric.key]!
+    if (current === undefined || (metric.better === 'higher' ? value > current : value < current)) best = kind
+  }
+  return best
+}
+
+export function report (input: ReportInput): string {
+  const { results, labels } = input
+  const lines: string[] = []
+  const say = (line = ''): void => { lines.push(line) }
+  const find = (name: string): Merged | undefined => [...results].find(([w]) => w.name === name)?.[1]
+  const title = (name: string): string => [...results.keys()].find((w) => w.name === name)?.title ?? name
+
+  say(`# fastify-rooms benchmark${input.smoke ? ' (smoke: tiny sizes, every server in one process; the figures mean nothing)' : ''}`)
+  say()
+  say(`${input.date.toISOString().slice(0, 16).replace('T', ' ')} UTC; ${input.machine}; ${input.load}.`)
+  say(`Server and load generators are separate processes; server CPU (process.cpuUsage) and memory (after a full GC) are read in the server process. Medians over the runs of each server; servers take turns within each repetition. Presence: ${input.presence}.${input.hasRedis ? '' : ' redis-server is not installed: the Redis rows are left out.'}`)
+  say()
+  say('Baselines: **ws, stringify once** (a Map of Sets, `ws.send` per member); **ws, pre-framed** (one frame built per broadcast, written to every raw socket, one write per socket per message); **ws, pre-framed and coalesced** (pre-framed, each socket corked at its first write in a turn of the event loop and uncorked once with setImmediate, as fastify-rooms does; a join gets `joined` with the count and the first page of at most 100 members, and the room gets presence diffs batched per interval, framed once). Each ratio is against the strongest plain ws baseline measured for that figure, named in its row.')
+
+  // The headline: issue #11's targets, fastify-rooms (memory) against the strongest baseline.
+  const rows: string[] = []
+  let correctFailures = 0
+  let correctRuns = 0
+  for (const merged of results.values()) {
+    for (const r of merged.values()) {
+      correctRuns += r.runs
+      if (r.problems.length > 0) correctFailures++
+    }
+  }
+  const against = (name: string, metric: Metric, target: number | undefined, goal: string, measure: string): void => {
+    const merged = find(name)
+    if (merged === undefined) return
+    const ours = merged.get('rooms')?.result[metric.key]
+    const base = strongest(merged, metric)
+    const theirs = base === undefined ? undefined : merged.get(base)!.result[metric.key]
+    const x = ours !== undefined && theirs !== undefined ? ours / theirs : NaN
+    const met = target === undefined || !Number.isFinite(x) ? '' : (metric.better === 'higher' ? x >= target : x <= target) ? 'met' : '**not met**'
+    rows.push(`| ${measure} | ${fmt(ours, metric.digits)}${metric.unit} | ${base === undefined ? 'n/a' : `${labels[base]}: ${fmt(theirs, metric.digits)}${metric.unit}`} | ${ratio(x)} | ${goal} | ${met} |`)
+  }
+  against('memory-10000', metrics.rssPerConnKB!, 1.1, '≤ 1.1x', 'RSS per idle joined connection, 10,000 connections')
+  against('memory-10000', metrics.heapPerConnKB!, undefined, '', 'heap per idle joined connection, 10,000 connections')
+  against('join-100', metrics.connectsPerSec!, 0.9, '≥ 0.9x', 'connect and join rate, rooms of 100, presence on')
+  against('join-1000', metrics.connectsPerSec!, 0.9, '≥ 0.9x', 'connect and join rate, rooms of 1,000, presence on')
+  against('join-100', metrics.cpuPerJoinMs!, 2, '≤ 2x', 'server CPU per connect and join, rooms of 100')
+  against('join-1000', metrics.cpuPerJoinMs!, 2, '≤ 2x', 'server CPU per connect and join, rooms of 1,000')
+  against('fanout-1x1000', metrics.deliveriesPerCpuSec!, 1, '≥ 1.0x the coalescing baseline', 'fan-out deliveries per server CPU-s, 1 x 1,000, window 20')
+  against('fanout-100x10', metrics.deliveriesPerCpuSec!, 1, '≥ 1.0x the coalescing baseline', 'fan-out deliveries per server CPU-s, 100 x 10, window 20')
+  against('fanout-window1', metrics.deliveriesPerCpuSec!, 1, '≥ 1.0x pre-framed ws', 'fan-out deliveries per server CPU-s, 1 x 1,000, window 1')
+  const storm = find('storm')?.get('rooms')
+  if (storm !== undefined) {
+    const frames = storm.result.maxPresenceFrames
+    const p99 = storm.result.joinP99
+    const done = storm.problems.length === 0
+    rows.push(`| join storm: most presence frames one member receives | ${fmt(frames)} | (absolute) | | ≤ 200 | ${done && frames !== undefined && frames <= 200 ? 'met' : '**not met**'} |`)
+    rows.push(`| join storm: p99 join-to-\`joined\` | ${fmt(p99, 1)} ms | (absolute) | | < 100 ms | ${done && p99 !== undefined && p99 < 100 ? 'met' : '**not met**'} |`)
+  }
+  rows.push(`| correctness in every run: 0 lost, 0 duplicated, 0 out of order, every join answered, presence converged | ${correctFailures === 0 ? `all ${correctRuns} runs` : `${correctFailures} servers with failed runs`} | | | every run | ${correctFailures === 0 ? 'met' : '**not met**'} |`)
+  say()
+  say('## Targets (issue #11): fastify-rooms (memory) against the strongest baseline')
+  say()
+  say('| target | fastify-rooms | strongest baseline | ratio | goal | |')
+  say('|---|---:|---|---:|---|---|')
+  for (const row of rows) say(row)
+
+  for (const [workload, merged] of results) {
+    say()
+    say(`## ${workload.title}`)
+    say()
+    const verdict = (r: { problems: string[] }): string => r.problems.length === 0 ? 'yes' : `NO: ${r.problems.join('; ')}`
+    if (workload.group === 'fanout' || workload.group === 'latency') {
+      const m = metrics.deliveriesPerCpuSec!
+      const base = strongest(merged, m)
+      const baseValue = base === undefined ? NaN : merged.get(base)!.result[m.key]!
+      say(`| server | deliveries/s | deliveries per server CPU-s | vs ${base === undefined ? 'n/a' : labels[base]} | p50 ms | p99 ms | lost / duplicated / out of order | correct |`)
+      say('|---|---:|---:|---:|---:|---:|---|---|')
+      for (const [kind, r] of merged) say(`| ${labels[kind]} | ${fmt(r.result.deliveriesPerSec)} | ${fmt(r.result.deliveriesPerCpuSec)} | ${ratio(r.result.deliveriesPerCpuSec! / baseValue)} | ${fmt(r.result.p50, 1)} | ${fmt(r.result.p99, 1)} | ${fmt(r.result.lost)} / ${fmt(r.result.duplicated)} / ${fmt(r.result.outOfOrder)} | ${verdict(r)} |`)
+      const ours = merged.get('rooms')?.result.deliveriesPerCpuSec
+      const io = merged.get('socketio')?.result.deliveriesPerCpuSec
+      if (ours !== undefined && io !== undefined) {
+        say()
+        say(`fastify-rooms (memory), deliveries per server CPU-s: ${ratio(ours / baseValue)} ${base === undefined ? '' : labels[base]} (the strongest plain ws baseline here), ${ratio(ours / io)} Socket.IO 4.`)
+      }
+    } else if (workload.group === 'join' || workload.group === 'memory') {
+      const rate = strongest(merged, metrics.connectsPerSec!)
+      const cpu = strongest(merged, metrics.cpuPerJoinMs!)
+      const rss = strongest(merged, metrics.rssPerConnKB!)
+      const heap = strongest(merged, metrics.heapPerConnKB!)
+      const vs = (kind: Kind, base: Kind | undefined, key: string): string => base === undefined ? 'n/a' : ratio(merged.get(kind)!.result[key]! / merged.get(base)!.result[key]!)
+      const name = (base: Kind | undefined): string => base === undefined ? 'n/a' : labels[base]
+      if (workload.group === 'join') {
+        say(`| server | connects and joins/s | vs ${name(rate)} | server CPU per connect and join, ms | vs ${name(cpu)} | p50 / p99 join-to-\`joined\`, ms | presence frames per member | correct |`)
+        say('|---|---:|---:|---:|---:|---:|---:|---|')
+        for (const [kind, r] of merged) {
+          const x = r.result
+          say(`| ${labels[kind]} | ${fmt(x.connectsPerSec)} | ${vs(kind, rate, 'connectsPerSec')} | ${fmt(x.cpuPerJoinMs, 3)} | ${vs(kind, cpu, 'cpuPerJoinMs')} | ${fmt(x.joinP50, 1)} / ${fmt(x.joinP99, 1)} | ${fmt(x.presencePerMember, 1)} | ${verdict(r)} |`)
+        }
+      } else {
+        say(`| server | RSS per connection, KB | vs ${name(rss)} | heap per connection, KB | vs ${name(heap)} | connects and joins/s | presence frames per member | correct |`)
+        say('|---|---:|---:|---:|---:|---:|---:|---|')
+        for (const [kind, r] of merged) {
+          const x = r.result
+          say(`| ${labels[kind]} | ${fmt(x.rssPerConnKB, 2)} | ${vs(kind, rss, 'rssPerConnKB')} | ${fmt(x.heapPerConnKB, 2)} | ${vs(kind, heap, 'heapPerConnKB')} | ${fmt(x.connectsPerSec)} | ${fmt(x.presencePerMember, 1)} | ${verdict(r)} |`)
+        }
+      }
+    } else {
+      say('| server | time to fill the room, s | storm took, s | most presence frames one member received | p50 / p99 join-to-`joined`, ms | server CPU per storm join, ms | correct |')
+      say('|---|---:|---:|---:|---:|---:|---|')
+      for (const [kind, r] of merged) {
+        const x = r.result
+        say(`| ${labels[kind]} | ${fmt(x.fillMs! / 1000, 1)} | ${fmt(x.stormMs! / 1000, 1)} | ${fmt(x.maxPresenceFrames)} | ${fmt(x.joinP50, 1)} / ${fmt(x.joinP99, 1)} | ${fmt(x.cpuPerJoinMs, 3)} | ${verdict(r)} |`)
+      }
+    }
+  }
+  say()
+  say('Reproduce: `npm run bench` (this report also goes to bench/results/latest.md); one workload: `npm run bench -- --only=<name> [--kinds=rooms,ws-coalesced] [--reps=n]`.')
+  return lines.join('\n')
+}

@@ -1,0 +1,75 @@
+/**
+ * What `npm run bench` measures: the workloads, their sizes (full and smoke),
+ * the servers each one runs against, and the targets of issue #11.
+ */
+import type { Kind } from './client.js'
+
+export type Group = 'fanout' | 'join' | 'memory' | 'storm' | 'latency'
+
+export interface Workload {
+  name: string
+  title: string
+  group: Group
+  kinds: Kind[]
+  rooms: number
+  /** Members per room (for a storm: the members already in the room). */
+  members: number
+  /** Fan-out: publishes in flight per publisher; latency: the publish rate into room 0. */
+  window?: number
+  rate?: number
+  durationMs?: number
+  /** Storm: joins into the full room, at `joinRate` per second. */
+  joins?: number
+  joinRate?: number
+  /** Runs per server; the long join storm runs once unless --reps says more. */
+  reps?: number
+  /** Not in a plain `npm run bench`; run it with --only. */
+  optIn?: boolean
+  /** Servers run only when --kinds names them (and in the smoke run). */
+  optInKinds?: Kind[]
+}
+
+export const labels: Record<Kind, string> = {
+  rooms: 'fastify-rooms (memory)',
+  'rooms-quiet': 'fastify-rooms (memory, presenceEvents: false)',
+  'rooms-redis': 'fastify-rooms (Redis, 2 instances)',
+  'ws-stringify': 'ws, stringify once',
+  'ws-preframed': 'ws, pre-framed',
+  'ws-coalesced': 'ws, pre-framed and coalesced',
+  'fastify-websocket': 'Fastify + @fastify/websocket, same handler as plain ws',
+  socketio: 'Socket.IO 4'
+}
+
+/** The plain ws servers; a ratio's baseline is the strongest of those a workload runs. */
+export const plainWs: Kind[] = ['ws-stringify', 'ws-preframed', 'ws-coalesced']
+/** Servers that send presence, so their members' counts must converge. */
+export const presenceKinds: Kind[] = ['rooms', 'rooms-redis', 'ws-coalesced']
+
+const fanoutKinds: Kind[] = ['rooms', 'rooms-redis', 'ws-stringify', 'ws-preframed', 'ws-coalesced', 'fastify-websocket', 'socketio']
+// The storm with Redis takes many minutes at full size on current code: run it with --kinds=rooms-redis.
+// Only ws-coalesced does the same work as fastify-rooms on a join (member page, presence diffs).
+const joinKinds: Kind[] = ['rooms', 'rooms-quiet', 'rooms-redis', 'ws-coalesced']
+const memoryKinds: Kind[] = ['rooms', 'rooms-quiet', 'rooms-redis', 'ws-stringify', 'ws-coalesced', 'fastify-websocket', 'socketio']
+const stormKinds: Kind[] = ['rooms', 'rooms-redis', 'ws-coalesced']
+
+export function workloads (smoke: boolean, scale = 1): Workload[] {
+  const s = <T>(full: T, tiny: T): T => smoke ? tiny : full
+  const all: Workload[] = [
+    { name: 'fanout-1x1000', title: s('Fan-out, 1 room x 1,000 members, window 20', 'Fan-out, 1 room x 10 members, window 20 (smoke)'), group: 'fanout', kinds: fanoutKinds, rooms: 1, members: s(1000, 10), window: 20, durationMs: s(4000, 150) },
+    { name: 'fanout-100x10', title: s('Fan-out, 100 rooms x 10 members, window 20', 'Fan-out, 5 rooms x 4 members, window 20 (smoke)'), group: 'fanout', kinds: fanoutKinds, rooms: s(100, 5), members: s(10, 4), window: 20, durationMs: s(4000, 150) },
+    { name: 'fanout-window1', title: s('Fan-out, 1 room x 1,000 members, window 1 (one message in flight)', 'Fan-out, 1 room x 10 members, window 1 (smoke)'), group: 'fanout', kinds: fanoutKinds, rooms: 1, members: s(1000, 10), window: 1, durationMs: s(4000, 150) },
+    { name: 'join-100', title: s('Connect and join, 5,000 connections into rooms of 100, presence on', 'Connect and join, 20 connections into rooms of 10 (smoke)'), group: 'join', kinds: joinKinds, rooms: s(50, 2), members: s(100, 10) },
+    { name: 'join-1000', title: s('Connect and join, 5,000 connections into rooms of 1,000, presence on', 'Connect and join, 30 connections into one room (smoke)'), group: 'join', kinds: joinKinds, rooms: s(5, 1), members: s(1000, 30) },
+    { name: 'memory-10000', title: s('10,000 idle joined connections, rooms of 100', '50 idle joined connections (smoke)'), group: 'memory', kinds: memoryKinds, rooms: s(100, 5), members: s(100, 10) },
+    { name: 'storm', title: s('Join storm: 5,000 joins in 10 s into a room of 10,000 members, presence on', 'Join storm: 20 joins in 0.1 s into a room of 40 members (smoke)'), group: 'storm', kinds: stormKinds, rooms: 1, members: s(10_000, 40), joins: s(5000, 20), joinRate: s(500, 200), reps: 1, optInKinds: ['rooms-redis'] },
+    // 19,000, not 20,000: this machine caps every process at 20,000 open files and cannot raise it.
+    { name: 'latency-19000', title: s('19,000 connections, 1,000 per room; 100 msg/s into one room', '50 connections, 10 per room; 20 msg/s into one room (smoke)'), group: 'latency', kinds: fanoutKinds, rooms: s(19, 5), members: s(1000, 10), rate: s(100, 20), durationMs: s(3000, 150), optIn: true }
+  ]
+  if (scale === 1) return all
+  return all.map((w) => ({
+    ...w,
+    title: `${w.title} (scaled by ${scale}: ${Math.max(1, Math.round(w.members * scale))} members per room${w.joins === undefined ? '' : `, ${Math.max(1, Math.round(w.joins * scale))} joins`})`,
+    members: Math.max(1, Math.round(w.members * scale)),
+    joins: w.joins === undefined ? undefined : Math.max(1, Math.round(w.joins * scale))
+  }))
+}
