@@ -10,6 +10,7 @@ import type { HistoryPage, RoomInfo, RoomPage, RoomQuery } from './adapters/adap
 import { Connection, connectionOf, type ConnectionContext } from './connection.js'
 import { RoomsError, errorCodes } from './errors.js'
 import { Credentials } from './identity.js'
+import { Metrics } from './metrics.js'
 import { resolveOptions, type RoomData, type RoomsOptions } from './options.js'
 import { page } from './page.js'
 import { checkPublish, compileDataValidator, invalidRoomMessage, isRoomName } from './protocol.js'
@@ -87,13 +88,15 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     throw new errorCodes.FST_ROOMS_ALREADY_REGISTERED()
   }
   const adapter = options.adapter ?? memoryAdapter()
+  const metrics = options.metrics === undefined ? undefined : await Metrics.create(options.metrics)
   const registry = new Registry(adapter, {
     log: app.log,
     maxRoomsPerConnection: options.maxRoomsPerConnection,
     presenceEvents: options.presenceEvents,
     presenceIntervalMs: options.presenceIntervalMs,
     presenceGraceMs: options.presenceGraceMs,
-    membersPageSize: options.membersPageSize
+    membersPageSize: options.membersPageSize,
+    metrics
   })
   const nodeId = randomBytes(4).toString('hex')
   await adapter.start(registry, {
@@ -104,7 +107,8 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     historyTtlMs: options.historyTtlMs,
     maxHistoryRooms: options.maxHistoryRooms,
     maxHistoryBytes: options.maxHistoryBytes,
-    membersPageSize: options.membersPageSize
+    membersPageSize: options.membersPageSize,
+    metrics
   })
   const resume = new ResumeTokens(await adapter.secret?.())
 
@@ -116,7 +120,8 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     validateData: options.dataSchema === undefined ? undefined : compileDataValidator(options.dataSchema),
     credentials,
     publicFields: new Set(options.publicUserFields),
-    keepRequest: options.onJoin !== undefined || options.onPublish !== undefined || credentials.tokens
+    keepRequest: options.onJoin !== undefined || options.onPublish !== undefined || credentials.tokens,
+    metrics
   }
   const open = new Set<Connection>()
   let allClosed: (() => void) | undefined
@@ -200,6 +205,7 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
   }
 
   if (options.rest) await app.register(routes, { prefix: options.prefix, registry, access: restAccess(options, credentials), membersPageSize: options.membersPageSize, publish: options.restPublish === undefined ? undefined : { guard: options.restPublish, serverPublish: async (room, data) => await serverPublish(room, data) as number, bodyLimit: options.maxFrameBytes } })
+  if (metrics !== undefined) await metrics.serve(app, { connections: () => open.size, registry }, restAccess(options, credentials))
   if (options.demo !== false) {
     await app.register(page, { prefix: options.demo === true ? '/' : options.demo, path: options.path, restPrefix: options.rest ? options.prefix : false })
   }
