@@ -271,6 +271,7 @@ export { redisAdapter, RedisAdapter, type RedisAdapterOptions } from './adapters
 export type { Adapter, AdapterConfig, AdapterListener, ControlCommand, ControlTarget, JoinResult, MembersQuery, PresenceChange, RoomInfo, RoomPage, RoomQuery, HistoryPage, StoredMessage } from './adapters/adapter.js'
 export { RoomsError, forbidden, errorCodes, ERROR_CODES, UNAUTHORIZED_REASONS, type ErrorCode, type UnauthorizedReason } from './errors.js'
 export type { RoomsOptions, RoomsHooks, TokenIdentity, JoinContext, PublishContext, PublishVerdict, RestPublishGuard, RoomsRegister, RoomData, Settings } from './options.js'
+export type { MetricsOptions, MetricsGuard, AdapterMetrics, LinkMetrics } from './metrics.js'
 // The wire contract as types, for apps that speak it without the SDK; the schemas and codecs stay internal.
 export { PROTOCOL_VERSION } from './protocol.js'
 export type {
