@@ -12,6 +12,7 @@ import { isRoomsError, RoomsError, forbidden, tokensNotEnabled, unauthorized } f
 import { publicView, type Credentials, type Identity } from './identity.js'
 import { notInRoom, type Peer, type Registry } from './registry.js'
 import type { ResolvedOptions } from './options.js'
+import type { Metrics } from './metrics.js'
 
 /** What every connection of one plugin registration shares. */
 export interface ConnectionContext {
@@ -30,6 +31,8 @@ export interface ConnectionContext {
   keepRequest: boolean
   /** Called first as each connection closes: the plugin's count of open connections. */
   onClosed: (connection: Connection) => void
+  /** Counts frames, bytes, errors and cuts; absent when metrics are off. */
+  metrics?: Metrics | undefined
 }
 
 const OPEN = 1
@@ -234,7 +237,7 @@ export class Connection implements Peer {
     }
     this.auth = 'refused'
     this.stopTimers()
-    this.ctx.log.error({ err, connectionId: this.id }, 'fastify-rooms: verifyToken failed')
+    this.ctx.log.error({ err, connectionId: this.id, code: 'INTERNAL' }, 'fastify-rooms: verifyToken failed')
     this.sendError(new RoomsError('INTERNAL', 'The server failed to check your credentials; it has been logged. Try again later.'), id)
     this.close(1011, 'Server error while checking credentials')
   }
@@ -244,7 +247,7 @@ export class Connection implements Peer {
     if (this.auth === 'refused') return
     this.auth = 'refused'
     this.stopTimers()
-    this.log.info({ connectionId: this.id, userId: this.fullUser?.id, reason: error.message }, 'fastify-rooms: authentication failed')
+    this.log.info({ connectionId: this.id, userId: this.fullUser?.id, code: error.code, reason: error.message }, 'fastify-rooms: authentication failed')
     this.sendError(error, id)
     this.close(4001, error.message)
   }
@@ -264,11 +267,13 @@ export class Connection implements Peer {
       return
     }
     if (this.socket.readyState !== OPEN || this.slow()) return
+    this.ctx.metrics?.sent(payload.length)
     writeCoalesced(this.raw, framed)
   }
 
   sendEncoded (frame: Buffer | string): void {
     if (this.socket.readyState !== OPEN || this.slow()) return
+    this.ctx.metrics?.sent(typeof frame === 'string' ? Buffer.byteLength(frame) : frame.length)
     this.socket.send(frame, { binary: false })
   }
 
@@ -277,6 +282,7 @@ export class Connection implements Peer {
     const { socket } = this
     if (socket.bufferedAmount <= this.ctx.options.maxBufferedBytes) return false
     this.ctx.log.warn({ connectionId: this.id, bufferedAmount: socket.bufferedAmount }, 'fastify-rooms: closing a slow consumer')
+    this.ctx.metrics?.slowConsumer()
     this.close(1013, 'Slow consumer: reconnect and resume with since')
     // A peer that does not read will not read the close frame either: cut it
     // after the grace time so its buffer is freed, without waiting ws's 30 s.
@@ -293,6 +299,7 @@ export class Connection implements Peer {
     }
     if (!this.alive) {
       this.ctx.log.info({ connectionId: this.id }, 'fastify-rooms: terminating a connection that missed its heartbeat')
+      this.ctx.metrics?.heartbeatTimeout()
       this.socket.terminate()
       return
     }
@@ -314,6 +321,7 @@ export class Connection implements Peer {
   private onFrame (data: RawData, isBinary: boolean): void {
     this.alive = true
     const buffer = data as Buffer
+    this.ctx.metrics?.received(buffer.length)
     if (buffer.length > this.ctx.options.maxFrameBytes) {
       this.close(1009, 'Frame too large')
       return
@@ -457,7 +465,7 @@ export class Connection implements Peer {
       this.sendError(err.room === undefined && room !== undefined ? new RoomsError(err.code, err.message, room) : err, frame.id)
       return
     }
-    this.ctx.log.error({ err, connectionId: this.id, room, type: frame.type }, 'fastify-rooms: a hook or the adapter failed')
+    this.ctx.log.error({ err, connectionId: this.id, room, type: frame.type, code: 'INTERNAL' }, 'fastify-rooms: a hook or the adapter failed')
     this.sendError(new RoomsError('INTERNAL', 'The server failed to handle this request; it has been logged. Try again later.', room), frame.id)
   }
 
@@ -465,6 +473,8 @@ export class Connection implements Peer {
     const frame: ErrorFrame = { type: 'error', code: error.code, message: error.message }
     if (id !== undefined) frame.id = id
     if (error.room !== undefined) frame.room = error.room
+    this.ctx.metrics?.error(error.code)
+    this.log.debug({ connectionId: this.id, code: error.code, room: error.room }, 'fastify-rooms: error frame sent')
     this.sendEncoded(JSON.stringify(frame))
   }
 

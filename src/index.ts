@@ -9,6 +9,7 @@ import type { HistoryPage, RoomInfo, RoomPage, RoomQuery } from './adapters/adap
 import { Connection, type ConnectionContext } from './connection.js'
 import { RoomsError, errorCodes } from './errors.js'
 import { Credentials } from './identity.js'
+import { Metrics } from './metrics.js'
 import { resolveOptions, type RoomData, type RoomsOptions } from './options.js'
 import { page } from './page.js'
 import { checkPublish, compileDataValidator, invalidRoomMessage, isRoomName } from './protocol.js'
@@ -86,13 +87,15 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     throw new errorCodes.FST_ROOMS_ALREADY_REGISTERED()
   }
   const adapter = options.adapter ?? memoryAdapter()
+  const metrics = options.metrics === undefined ? undefined : await Metrics.create(options.metrics)
   const registry = new Registry(adapter, {
     log: app.log,
     maxRoomsPerConnection: options.maxRoomsPerConnection,
     presenceEvents: options.presenceEvents,
     presenceIntervalMs: options.presenceIntervalMs,
     presenceGraceMs: options.presenceGraceMs,
-    membersPageSize: options.membersPageSize
+    membersPageSize: options.membersPageSize,
+    metrics
   })
   const nodeId = randomBytes(4).toString('hex')
   await adapter.start(registry, {
@@ -103,7 +106,8 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     historyTtlMs: options.historyTtlMs,
     maxHistoryRooms: options.maxHistoryRooms,
     maxHistoryBytes: options.maxHistoryBytes,
-    membersPageSize: options.membersPageSize
+    membersPageSize: options.membersPageSize,
+    metrics
   })
   const resume = new ResumeTokens(await adapter.secret?.())
 
@@ -121,7 +125,8 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     onClosed (connection) {
       open.delete(connection)
       if (open.size === 0) allClosed?.()
-    }
+    },
+    metrics
   }
   const state = { closing: false, connections: () => open.size }
   let sequence = 0
@@ -197,6 +202,7 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
   })
 
   if (options.rest) await app.register(routes, { prefix: options.prefix, registry, access: restAccess(options, credentials), membersPageSize: options.membersPageSize, publish: options.restPublish === undefined ? undefined : { guard: options.restPublish, serverPublish: async (room, data) => await serverPublish(room, data) as number, bodyLimit: options.maxFrameBytes } })
+  if (metrics !== undefined) await metrics.serve(app, { connections: () => open.size, registry }, restAccess(options, credentials))
   if (options.demo !== false) {
     await app.register(page, { prefix: options.demo === true ? '/' : options.demo, path: options.path, restPrefix: options.rest ? options.prefix : false })
   }
@@ -262,6 +268,7 @@ export { redisAdapter, RedisAdapter, type RedisAdapterOptions } from './adapters
 export type { Adapter, AdapterConfig, AdapterListener, ControlCommand, ControlTarget, JoinResult, MembersQuery, PresenceChange, RoomInfo, RoomPage, RoomQuery, HistoryPage, StoredMessage } from './adapters/adapter.js'
 export { RoomsError, forbidden, errorCodes, ERROR_CODES, UNAUTHORIZED_REASONS, type ErrorCode, type UnauthorizedReason } from './errors.js'
 export type { RoomsOptions, RoomsHooks, TokenIdentity, JoinContext, PublishContext, PublishVerdict, RestPublishGuard, RoomsRegister, RoomData, Settings } from './options.js'
+export type { MetricsOptions, MetricsGuard, AdapterMetrics, LinkMetrics } from './metrics.js'
 // The wire contract as types, for apps that speak it without the SDK; the schemas and codecs stay internal.
 export { PROTOCOL_VERSION } from './protocol.js'
 export type {

@@ -4,6 +4,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Adapter } from './adapters/adapter.js'
 import { errorCodes } from './errors.js'
 import { describeErrors, type Member } from './protocol.js'
+import { resolveMetricsOptions, type MetricsOptions, type ResolvedMetricsOptions } from './metrics.js'
 
 /**
  * Declaration-merging hook for the type of published `data`. Apps that pass a
@@ -114,9 +115,11 @@ export type RoomsOptions = Partial<Settings> & RoomsHooks & {
   dataSchema?: TSchema
   /** Turns on the REST publish route, guarded by this preHandler; off when absent. */
   restPublish?: RestPublishGuard
+  /** Prometheus metrics at an opt-in route (`true`: at `/metrics`); off by default. */
+  metrics?: boolean | MetricsOptions
 }
 
-export type ResolvedOptions = Settings & RoomsHooks & { adapter?: Adapter, dataSchema?: TSchema, restPublish?: RestPublishGuard }
+export type ResolvedOptions = Settings & RoomsHooks & { adapter?: Adapter, dataSchema?: TSchema, restPublish?: RestPublishGuard, metrics?: ResolvedMetricsOptions | undefined }
 
 const settingsValidator = Compile(SettingsSchema)
 const HOOKS = ['authenticate', 'verifyToken', 'onJoin', 'onPublish', 'restPublish'] as const
@@ -126,7 +129,7 @@ const HOOKS = ['authenticate', 'verifyToken', 'onJoin', 'onPublish', 'restPublis
  * with a sentence naming the option rather than misbehaving later.
  */
 export function resolveOptions (input: RoomsOptions = {}): ResolvedOptions {
-  const { adapter, dataSchema, authenticate, verifyToken, onJoin, onPublish, restPublish, ...plain } = input
+  const { adapter, dataSchema, authenticate, verifyToken, onJoin, onPublish, restPublish, metrics, ...plain } = input
   const settings = settingsValidator.Default(structuredClone(plain))
   if (!settingsValidator.Check(settings)) {
     throw new errorCodes.FST_ROOMS_INVALID_OPTION(`${describeErrors(settingsValidator.Errors(settings), 'options')}.`)
@@ -145,5 +148,5 @@ export function resolveOptions (input: RoomsOptions = {}): ResolvedOptions {
   if (dataSchema !== undefined && (dataSchema === null || typeof dataSchema !== 'object')) {
     throw new errorCodes.FST_ROOMS_INVALID_OPTION('dataSchema must be a TypeBox schema.')
   }
-  return { ...settings, adapter, dataSchema, authenticate, verifyToken, onJoin, onPublish, restPublish }
+  return { ...settings, adapter, dataSchema, authenticate, verifyToken, onJoin, onPublish, restPublish, metrics: resolveMetricsOptions(metrics) }
 }

@@ -4,6 +4,7 @@ import type { ControlCommand } from './adapters/adapter.js'
 import { encodePresence, type EncodedPublish, type JoinedFrame, type Member, type MembersPageFrame, type Position, type RequestId } from './protocol.js'
 import { RoomsError } from './errors.js'
 import { textFrame } from './frame.js'
+import type { Metrics } from './metrics.js'
 
 /** What the registry needs of a connection: who it is and a way to write encoded frames. */
 export interface Peer {
@@ -105,6 +106,8 @@ export interface RegistryOptions {
   presenceGraceMs: number
   /** Members in the first page of `joined`. */
   membersPageSize: number
+  /** Counts publishes and fan-out; absent when metrics are off. */
+  metrics?: Metrics | undefined
 }
 
 /**
@@ -366,7 +369,9 @@ export class Registry implements AdapterListener {
 
   /** Publish data encoded at the edge, as a member (`from`) or as the server; an ephemeral publish resolves undefined. */
   async publish (room: string, message: EncodedPublish): Promise<number | undefined> {
-    return await this.adapter.publish(room, message)
+    const offset = await this.adapter.publish(room, message)
+    this.options.metrics?.publish(room)
+    return offset
   }
 
   /** A page of a room's members for a member of it (`members` frame). */
@@ -398,6 +403,7 @@ export class Registry implements AdapterListener {
   message (room: string, offset: number | undefined, frame: string | Buffer): void {
     const members = this.rooms.get(room)?.members
     if (members === undefined) return
+    this.options.metrics?.fanOut(room, members.size)
     // Encode and frame once: every member gets the same bytes, with no per-member work but the write.
     const payload = typeof frame === 'string' ? Buffer.from(frame) : frame
     const framed = textFrame(payload)
@@ -464,6 +470,18 @@ export class Registry implements AdapterListener {
       const framed = textFrame(payload)
       for (const membership of members.values()) this.deliver(membership, UNORDERED, framed, payload, batch.seq)
     }
+  }
+
+  /** Rooms with a member on this node, and this node's memberships: read by the metrics at a scrape. */
+  localCounts (): { rooms: number, members: number } {
+    let members = 0
+    for (const room of this.rooms.values()) members += room.members.size
+    return { rooms: this.rooms.size, members }
+  }
+
+  /** This node's connections in one room: read by the metrics at a scrape. */
+  localMembers (room: string): number {
+    return this.rooms.get(room)?.members.size ?? 0
   }
 
   direct (connectionId: string, frame: string): boolean {

@@ -8,9 +8,11 @@ t.test('a peer that stops answering pings is terminated and leaves every room', 
   t.teardown(() => watcher.close())
   // autoPong: false makes this client keep its socket open but never answer a ping, like a dead peer behind a NAT.
   // It answers by hand until it has joined, so that a slow machine cannot cut it before that.
-  const silent = await TestSocket.open(wsUrl, { headers: { 'x-user': 'silent' }, autoPong: false })
+  // Answering from the moment the socket opens, before welcome: a ping can come first on a slow machine.
+  const silent = await TestSocket.connect(wsUrl, { headers: { 'x-user': 'silent' }, autoPong: false })
   const answer = (): void => silent.ws.pong()
   silent.ws.on('ping', answer)
+  silent.welcome = await silent.next((f) => f.type === 'welcome', 'welcome') as typeof silent.welcome
   await watcher.join('r')
   await silent.join('r')
   await silent.join('s')

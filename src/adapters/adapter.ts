@@ -1,5 +1,6 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { EncodedPublish, Member } from '../protocol.js'
+import type { AdapterMetrics } from '../metrics.js'
 
 /**
  * What an adapter calls on the node it serves. Frames arrive encoded once, so
@@ -69,6 +70,8 @@ export interface AdapterConfig {
   maxHistoryBytes: number
   /** Members in the first page that `join` answers with. */
   membersPageSize: number
+  /** Where to report the adapter's own metrics (Redis round trips, link state); absent when metrics are off. */
+  metrics?: AdapterMetrics | undefined
 }
 
 /** The cluster-wide state of a room when a connection has just joined it. */

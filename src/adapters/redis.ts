@@ -8,6 +8,7 @@ import type {
   MembersQuery, RoomInfo, RoomPage, RoomQuery, StoredMessage
 } from './adapter.js'
 import type { ControlCommand } from './adapter.js'
+import type { LinkMetrics } from '../metrics.js'
 
 export interface RedisAdapterOptions {
   /** `redis://host:port/db`; the adapter opens its own two connections. */
@@ -440,8 +441,8 @@ export class RedisAdapter implements Adapter {
     this.redis.on('error', (err: Error) => config.log.debug({ err, nodeId: config.nodeId }, 'fastify-rooms: redis connection error'))
     this.sub.on('error', (err: Error) => config.log.debug({ err, nodeId: config.nodeId }, 'fastify-rooms: redis subscriber error'))
     const fail = (err: unknown, what: string): Error => this.failure(err, what)
-    this.cmd = new Link(this.redis, this.commandTimeoutMs, fail, () => this.linkLost(), () => this.maybeRecover(), true)
-    this.subLink = new Link(this.sub, this.commandTimeoutMs, fail, () => this.subscriberBroke(), () => this.maybeRecover())
+    this.cmd = new Link(this.redis, this.commandTimeoutMs, fail, () => this.linkLost(), () => this.maybeRecover(), true, config.metrics?.redisLink('command'))
+    this.subLink = new Link(this.sub, this.commandTimeoutMs, fail, () => this.subscriberBroke(), () => this.maybeRecover(), false, config.metrics?.redisLink('subscriber'))
     this.sub.on('messageBuffer', (channel: Buffer, message: Buffer) => this.onMessage(channel, message))
     await Promise.all([ready(this.redis), ready(this.sub)])
     await this.subLink.call('subscribe', async () => await this.sub.subscribe(...this.nodeChannels()))
@@ -928,23 +929,29 @@ class Link {
    */
   private server: string | undefined
   private readonly resends: boolean
+  private readonly metrics: LinkMetrics | undefined
 
   /**
    * @param resends whether calls on this link may be sent again after a
    *   break (the command link's publishes): only then is the server checked
+   * @param metrics where round trips and state changes go, when metrics are on
    */
-  constructor (client: Redis, timeoutMs: number, failure: (err: unknown, what: string) => Error, onLost: () => void, onReady: () => void, resends = false) {
+  constructor (client: Redis, timeoutMs: number, failure: (err: unknown, what: string) => Error, onLost: () => void, onReady: () => void, resends = false, metrics?: LinkMetrics) {
     this.client = client
+    this.metrics = metrics
+    metrics?.state(client.status === 'ready')
     this.resends = resends
     this.timeoutMs = timeoutMs
     this.failure = failure
     this.watchdog = setInterval(() => this.check(), Math.max(timeoutMs / 4, 5))
     this.watchdog.unref()
     client.on('close', () => {
+      this.metrics?.state(false)
       this.cut()
       onLost()
     })
     client.on('ready', () => {
+      this.metrics?.state(true)
       void this.resume()
       onReady()
     })
@@ -972,7 +979,9 @@ class Link {
     const again = call.sentAt !== 0
     call.sentAt = Date.now()
     this.inflight.add(call)
+    const started = this.metrics === undefined ? 0 : performance.now()
     call.issue(again).then((value) => {
+      this.metrics?.roundTrip(performance.now() - started)
       if (this.inflight.delete(call)) call.resolve(value)
     }, (err: unknown) => {
       if (this.inflight.delete(call)) call.reject(this.ready ? this.failure(err, call.what) : unavailable())
