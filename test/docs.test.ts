@@ -51,7 +51,7 @@ async function run (t: Test, name: string, env: Record<string, string>, until?: 
 }
 
 t.test('the docs have the examples this test knows how to check', async (t) => {
-  t.same([...all.keys()].sort(), ['node-client', 'quick-start', 'readme-register', 'signed-token-auth', 'two-registrations', 'typed-data'])
+  t.same([...all.keys()].sort(), ['metrics', 'node-client', 'quick-start', 'readme-register', 'signed-token-auth', 'two-registrations', 'typed-data'])
 })
 
 t.test('every example type-checks against the published types', async (t) => {
@@ -125,6 +125,17 @@ t.test('signed-token-auth: tokens in band, REST behind the Bearer token, onJoin 
   t.equal(res.status, 201)
   t.same(await res.json(), { offset: 2 })
   t.match(await a.next((f) => f.type === 'message' && f.offset === 2), { data: 'from ops' })
+})
+
+t.test('metrics: the route behind a scrape token, with the process metrics beside ours', async (t) => {
+  const port = await freePort()
+  await run(t, 'metrics', { PORT: String(port), SCRAPE_TOKEN: 'scrape-secret' }, 'listening')
+  const base = `http://127.0.0.1:${port}`
+  t.equal((await fetch(`${base}/metrics`)).status, 401)
+  const text = await (await fetch(`${base}/metrics`, { headers: { authorization: 'Bearer scrape-secret' } })).text()
+  t.match(text, /^fastify_rooms_connections 0$/m)
+  t.match(text, /^fastify_rooms_room_members\{room="lobby"\} 0$/m)
+  t.match(text, /^process_cpu_user_seconds_total /m)
 })
 
 t.test('typed-data runs to completion', async (t) => {
