@@ -13,6 +13,7 @@ import { publicView, type Credentials, type Identity } from './identity.js'
 import { notInRoom, type Peer, type Registry } from './registry.js'
 import type { ResolvedOptions } from './options.js'
 import type { Metrics } from './metrics.js'
+import type { RoomList } from './roomlist.js'
 
 /** What every connection of one plugin registration shares. */
 export interface ConnectionContext {
@@ -33,6 +34,8 @@ export interface ConnectionContext {
   onClosed: (connection: Connection) => void
   /** Counts frames, bytes, errors and cuts; absent when metrics are off. */
   metrics?: Metrics | undefined
+  /** The live room list (`rooms` frames). */
+  roomList: RoomList
 }
 
 const OPEN = 1
@@ -421,6 +424,8 @@ export class Connection implements Peer {
         return this.ctx.registry.members(this, frame.room, { after: frame.after, limit: frame.limit ?? this.ctx.options.membersPageSize }, frame.id)
       case 'auth':
         return this.refresh(frame)
+      case 'rooms':
+        return this.ctx.roomList.request(this, frame)
     }
   }
 
@@ -507,6 +512,7 @@ export class Connection implements Peer {
     this.queue = undefined
     this.queuedBytes = 0
     this.stopTimers()
+    this.ctx.roomList.drop(this)
     this.log.info({ connectionId: this.id, userId: this.fullUser?.id, code, reason: reason.toString(), durationMs: clock() - this.openedAt }, 'fastify-rooms: disconnected')
     // A drop keeps the user present for the grace time; a deliberate end does not:
     // the client said goodbye (1000) or the server disconnected it (4003).

@@ -16,6 +16,7 @@ import { checkPublish, compileDataValidator, invalidRoomMessage, isRoomName } fr
 import { Registry } from './registry.js'
 import { releaseUpgrade } from './release.js'
 import { ResumeTokens } from './resume.js'
+import { RoomList } from './roomlist.js'
 import { DEFAULT_PAGE, restAccess, routes } from './routes.js'
 import { releaseHead, upgradeGuard } from './upgrade.js'
 
@@ -111,6 +112,7 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
   })
   const resume = new ResumeTokens(await adapter.secret?.())
 
+  const roomList = new RoomList(adapter, { log: app.log, enabled: options.roomList ?? options.rest, intervalMs: options.roomListIntervalMs, pageSize: DEFAULT_PAGE })
   const credentials = new Credentials(options)
   const open = new Set<Connection>()
   let allClosed: (() => void) | undefined
@@ -126,7 +128,8 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
       open.delete(connection)
       if (open.size === 0) allClosed?.()
     },
-    metrics
+    metrics,
+    roomList
   }
   const state = { closing: false, connections: () => open.size }
   let sequence = 0
@@ -164,6 +167,7 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     app.server.off('upgrade', refuseUpgrade)
     clearInterval(heartbeat)
     await registry.close()
+    await roomList.close()
     await adapter.close()
   })
 
@@ -265,7 +269,7 @@ export { rooms }
 
 export { memoryAdapter, MemoryAdapter, type MemoryAdapterOptions, type MemoryAdapterStats } from './adapters/memory.js'
 export { redisAdapter, RedisAdapter, type RedisAdapterOptions } from './adapters/redis.js'
-export type { Adapter, AdapterConfig, AdapterListener, ControlCommand, ControlTarget, JoinResult, MembersQuery, PresenceChange, RoomInfo, RoomPage, RoomQuery, HistoryPage, StoredMessage } from './adapters/adapter.js'
+export type { Adapter, AdapterConfig, AdapterListener, RoomCountWatcher, ControlCommand, ControlTarget, JoinResult, MembersQuery, PresenceChange, RoomInfo, RoomPage, RoomQuery, HistoryPage, StoredMessage } from './adapters/adapter.js'
 export { RoomsError, forbidden, errorCodes, ERROR_CODES, UNAUTHORIZED_REASONS, type ErrorCode, type UnauthorizedReason } from './errors.js'
 export type { RoomsOptions, RoomsHooks, TokenIdentity, JoinContext, PublishContext, PublishVerdict, RestPublishGuard, RoomsRegister, RoomData, Settings } from './options.js'
 export type { MetricsOptions, MetricsGuard, AdapterMetrics, LinkMetrics } from './metrics.js'
@@ -274,5 +278,6 @@ export { PROTOCOL_VERSION } from './protocol.js'
 export type {
   Member, RoomName, RequestId, Position, EncodedPublish,
   ClientFrame, JoinFrame, LeaveFrame, PublishFrame, MembersFrame, PingFrame, AuthFrame,
-  ServerFrame, WelcomeFrame, AuthenticatedFrame, JoinedFrame, LeftFrame, AckFrame, MembersPageFrame, PongFrame, MessageFrame, PresenceFrame, DirectFrame, ErrorFrame
+  ServerFrame, WelcomeFrame, AuthenticatedFrame, JoinedFrame, LeftFrame, AckFrame, MembersPageFrame, PongFrame, MessageFrame, PresenceFrame, DirectFrame, ErrorFrame,
+  RoomsFrame, RoomsPageFrame, RoomCountsFrame, RoomCount
 } from './protocol.js'

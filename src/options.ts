@@ -42,6 +42,10 @@ export const SettingsSchema = Type.Object({
   presenceIntervalMs: Type.Integer({ minimum: 0, maximum: 60_000, default: 100 }),
   presenceGraceMs: Type.Integer({ minimum: 0, maximum: 600_000, default: 5_000 }),
   membersPageSize: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }),
+  /** Answer `rooms` frames (pages and live count subscriptions); by default whenever the REST listing is on (`rest`). */
+  roomList: Type.Optional(Type.Boolean()),
+  /** A room list subscriber gets at most one `counts` frame per this many ms. */
+  roomListIntervalMs: Type.Integer({ minimum: 10, maximum: 60_000, default: 250 }),
   allowedOrigins: Type.Optional(Type.Array(Type.String())),
   authTimeoutMs: Type.Integer({ minimum: 10, default: 10_000 }),
   publicRest: Type.Boolean({ default: false }),

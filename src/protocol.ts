@@ -63,7 +63,25 @@ export const AuthFrame = Type.Object({
   id: Type.Optional(RequestId),
   token: Type.String({ minLength: 1, maxLength: MAX_TOKEN_LENGTH })
 })
-export const ClientFrame = Type.Union([JoinFrame, LeaveFrame, PublishFrame, MembersFrame, PingFrame, AuthFrame])
+/** Most rooms one `rooms` reply carries. */
+export const MAX_ROOMS_PAGE = 1000
+/**
+ * A page of the room list (rooms with members, by name), and with
+ * `subscribe: true` a live subscription to their member counts (an extension
+ * of the contract, see plugin.md "Live room list").
+ */
+export const RoomsFrame = Type.Object({
+  type: Type.Literal('rooms'),
+  id: Type.Optional(RequestId),
+  /** Only rooms whose name starts with it, in the page and in the updates. */
+  prefix: Type.Optional(Type.String({ maxLength: 128 })),
+  /** The `next` of the previous page. */
+  after: Type.Optional(Type.String({ maxLength: 128 })),
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_ROOMS_PAGE })),
+  /** true: start (or restart with this prefix) `counts` updates; false: stop them; absent: a page only. */
+  subscribe: Type.Optional(Type.Boolean())
+})
+export const ClientFrame = Type.Union([JoinFrame, LeaveFrame, PublishFrame, MembersFrame, PingFrame, AuthFrame, RoomsFrame])
 
 export const ErrorCodeSchema = Type.Enum(ERROR_CODES)
 
@@ -161,9 +179,29 @@ export const ErrorFrame = Type.Object({
   message: Type.String(),
   room: Type.Optional(RoomName)
 })
+/** A room and its member count; 0 in a `counts` update means the room has no members any more. */
+export const RoomCount = Type.Object({
+  name: RoomName,
+  count: Type.Integer({ minimum: 0 })
+})
+export const RoomsPageFrame = Type.Object({
+  type: Type.Literal('rooms'),
+  /** Absent on a page the server sends by itself to restart a subscription (its view may have missed changes). */
+  id: Type.Optional(RequestId),
+  rooms: Type.Array(RoomCount),
+  /** Pass as `after` for the next page; null when this page was the last. */
+  next: Type.Union([Type.String(), Type.Null()]),
+  /** Whether the connection is subscribed to `counts` updates after this reply. */
+  subscribed: Type.Boolean()
+})
+/** Coalesced member-count changes of the subscribed rooms: at most one frame per interval, latest count per room. */
+export const RoomCountsFrame = Type.Object({
+  type: Type.Literal('counts'),
+  rooms: Type.Array(RoomCount)
+})
 export const ServerFrame = Type.Union([
   WelcomeFrame, JoinedFrame, LeftFrame, AckFrame, PongFrame, MembersPageFrame,
-  MessageFrame, PresenceFrame, DirectFrame, ErrorFrame, AuthenticatedFrame
+  MessageFrame, PresenceFrame, DirectFrame, ErrorFrame, AuthenticatedFrame, RoomsPageFrame, RoomCountsFrame
 ])
 
 export type RoomName = Static<typeof RoomName>
@@ -189,6 +227,10 @@ export type PresenceFrame = Static<typeof PresenceFrame>
 export type DirectFrame = Static<typeof DirectFrame>
 export type ErrorFrame = Static<typeof ErrorFrame>
 export type ServerFrame = Static<typeof ServerFrame>
+export type RoomsFrame = Static<typeof RoomsFrame>
+export type RoomCount = Static<typeof RoomCount>
+export type RoomsPageFrame = Static<typeof RoomsPageFrame>
+export type RoomCountsFrame = Static<typeof RoomCountsFrame>
 
 const validators = {
   join: Compile(JoinFrame),
@@ -196,7 +238,8 @@ const validators = {
   publish: Compile(PublishFrame),
   members: Compile(MembersFrame),
   ping: Compile(PingFrame),
-  auth: Compile(AuthFrame)
+  auth: Compile(AuthFrame),
+  rooms: Compile(RoomsFrame)
 }
 const requestIdValidator = Compile(RequestId)
 
@@ -241,7 +284,7 @@ export function parseClientFrame (text: string): ClientFrame | FrameError {
   }
   const validator = Object.hasOwn(validators, type) ? validators[type as keyof typeof validators] : undefined
   if (validator === undefined) {
-    return fail('UNKNOWN_TYPE', `Unknown frame type ${JSON.stringify(type.slice(0, 32))}: use auth, join, leave, publish, members or ping.`, id)
+    return fail('UNKNOWN_TYPE', `Unknown frame type ${JSON.stringify(type.slice(0, 32))}: use auth, join, leave, publish, members, rooms or ping.`, id)
   }
   if (validator.Check(frame)) return frame
   if ('room' in frame && !isRoomName(frame.room)) {

@@ -92,6 +92,17 @@ export interface JoinResult {
   presenceSeq: number
 }
 
+/**
+ * Receives every room's member count as it changes, cluster-wide, for the
+ * live room list. Calls for one room come in the order of its changes.
+ */
+export interface RoomCountWatcher {
+  /** A room's member count changed; 0 when its last member left. */
+  count (room: string, count: number): void
+  /** Changes may have been missed (the link to the store broke and is back): read the list again. */
+  resync (): void
+}
+
 /** A room as the REST API and `app.rooms.get` show it. */
 export interface RoomInfo {
   name: string
@@ -178,6 +189,14 @@ export interface Adapter {
   rooms (query: RoomQuery): Promise<RoomPage>
   /** Stored messages after `after`, oldest first; null for a room with neither members nor history. */
   history (room: string, after: number, limit: number): Promise<HistoryPage | null>
+  /**
+   * Start (a watcher) or stop (undefined) telling this node of every room's
+   * member count changes across the cluster. The plugin calls it when the
+   * first connection of this node subscribes to the room list and when the
+   * last one stops; resolves once changes after it are sure to be reported.
+   * Without it, `rooms` subscriptions are refused.
+   */
+  watchRooms? (watcher: RoomCountWatcher | undefined): Promise<void>
   /**
    * A secret shared by every node of the deployment (the same for all of
    * them, stable across restarts where the adapter can keep it), to sign

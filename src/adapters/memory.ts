@@ -7,6 +7,7 @@ import type {
   MembersQuery, RoomInfo, RoomPage, RoomQuery, StoredMessage
 } from './adapter.js'
 import type { ControlCommand } from './adapter.js'
+import type { RoomCountWatcher } from './adapter.js'
 
 interface UserEntry {
   member: Member
@@ -69,6 +70,8 @@ export class MemoryAdapter implements Adapter {
   private readonly withHistory = new Map<string, RoomState>()
   private sweepTimer: NodeJS.Timeout | undefined
   private retainedBytes = 0
+  /** The live room list's watcher, while any connection subscribes to it. */
+  private roomWatcher: RoomCountWatcher | undefined
 
   constructor (options: MemoryAdapterOptions = {}) {
     this.now = options.now ?? Date.now
@@ -165,6 +168,7 @@ export class MemoryAdapter implements Adapter {
       // Encoded as the change happens: a cache of every member's JSON would
       // cost memory for as long as its connection lives.
       listener.presence(room, { join: true, id: member.id, member: JSON.stringify(member), count: state.users.size, seq: ++state.presenceSeq })
+      this.roomWatcher?.count(room, state.users.size)
     } else if (typeof entry.connections === 'string') {
       if (entry.connections !== connectionId) entry.connections = new Set([entry.connections, connectionId])
     } else {
@@ -183,6 +187,7 @@ export class MemoryAdapter implements Adapter {
     removeSorted(state.ids, member.id)
     if (state.users.size === 0) removeSorted(this.active, room)
     listener.presence(room, { join: false, id: member.id, member: JSON.stringify(entry.member), count: state.users.size, seq: ++state.presenceSeq })
+    this.roomWatcher?.count(room, state.users.size)
     this.forgetIfIdle(room, state)
   }
 
@@ -214,6 +219,10 @@ export class MemoryAdapter implements Adapter {
     }
     const more = i < this.active.length && (this.active[i] as string).startsWith(prefix)
     return { rooms, next: more && rooms.length > 0 ? (rooms[rooms.length - 1] as { name: string }).name : null }
+  }
+
+  async watchRooms (watcher: RoomCountWatcher | undefined): Promise<void> {
+    this.roomWatcher = watcher
   }
 
   async history (room: string, after: number, limit: number): Promise<HistoryPage | null> {

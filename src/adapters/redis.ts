@@ -9,6 +9,7 @@ import type {
 } from './adapter.js'
 import type { ControlCommand } from './adapter.js'
 import type { LinkMetrics } from '../metrics.js'
+import type { RoomCountWatcher } from './adapter.js'
 
 export interface RedisAdapterOptions {
   /** `redis://host:port/db`; the adapter opens its own two connections. */
@@ -49,7 +50,8 @@ export interface RedisAdapterOptions {
  * `p<presence seq>|<count>|<j or l><user id bytes>|<user id><member JSON>`
  * and `e<frame>` (ephemeral); P..'n:'..node carries
  * `d<connection>|<frame>` and `x<origin node>|<command>` (one connection's),
- * P..'all' carries `x<origin node>|<command>` (a user's, on any node).
+ * P..'all' carries `x<origin node>|<command>` (a user's, on any node),
+ * P..'roomlist' carries `<count>|<room>` on every member count change.
  */
 const SCRIPT = `
 local p = ARGV[1]
@@ -81,6 +83,8 @@ local function presence (room, kind, user, member, count)
   end
   local seq = redis.call('INCR', r .. 'pseq')
   redis.call('PUBLISH', p .. 'c:' .. room, 'p' .. string.format('%d', seq) .. '|' .. count .. '|' .. kind .. #user .. '|' .. user .. member)
+  -- The live room list: only nodes with watchers subscribe, so this costs nothing otherwise.
+  redis.call('PUBLISH', p .. 'roomlist', count .. '|' .. room)
 end
 
 -- A page of members by id, after a cursor ('' for the first): count, next cursor ('' for none), member JSONs.
@@ -407,6 +411,8 @@ export class RedisAdapter implements Adapter {
   /** How many times the subscriber connection broke, to notice a break during a join. */
   private subscriberBreaks = 0
   private recovering: Promise<void> | undefined
+  /** The live room list's watcher, while any connection of this node subscribes to it. */
+  private roomWatcher: RoomCountWatcher | undefined
   private renewing: Promise<void> | undefined
 
   constructor (options: RedisAdapterOptions) {
@@ -673,6 +679,7 @@ export class RedisAdapter implements Adapter {
       const breaks = this.subscriberBreaks
       if (this.subscriberLost) {
         const channels = [...this.subscriptions.keys()].map((room) => this.roomChannel(room))
+        if (this.roomWatcher !== undefined) channels.push(this.roomListChannel())
         await this.subLink.call('subscribe', async () => await this.sub.subscribe(...this.nodeChannels(), ...channels))
         if (this.subscriberBreaks === breaks) this.subscriberLost = false
       }
@@ -689,6 +696,8 @@ export class RedisAdapter implements Adapter {
       if (this.subscriberLost || !this.cmd.ready || !this.subLink.ready) return
       this.down = false
       this.config.log.warn({ nodeId: this.config.nodeId }, 'fastify-rooms: the link to Redis is back; rooms resynchronised')
+      // Count changes during the outage were not heard: the room list is read again.
+      this.roomWatcher?.resync()
     } catch (err) {
       const transient = err instanceof RoomsError && err.code === 'UNAVAILABLE'
       this.config.log[transient ? 'debug' : 'error']({ err, nodeId: this.config.nodeId }, 'fastify-rooms: redis recovery failed; it is retried')
@@ -838,8 +847,34 @@ export class RedisAdapter implements Adapter {
     this.listener.message(room, offset, frame)
   }
 
+  /** Subscribe to the room list channel with the first watcher; unsubscribe without one. */
+  async watchRooms (watcher: RoomCountWatcher | undefined): Promise<void> {
+    const was = this.roomWatcher
+    this.roomWatcher = watcher
+    if (watcher === undefined) {
+      if (was !== undefined) await this.subLink.call('unsubscribe', async () => await this.sub.unsubscribe(this.roomListChannel())).catch(() => {})
+      return
+    }
+    if (was !== undefined) return
+    try {
+      await this.subLink.call('subscribe', async () => await this.sub.subscribe(this.roomListChannel()))
+    } catch (err) {
+      if (this.roomWatcher === watcher) this.roomWatcher = undefined
+      throw err
+    }
+  }
+
+  private roomListChannel (): string {
+    return `${this.prefix}roomlist`
+  }
+
   private onMessage (channelBytes: Buffer, message: Buffer): void {
     const channel = channelBytes.toString()
+    if (channel === this.roomListChannel()) { // <count>|<room>
+      const cut = message.indexOf(124)
+      this.roomWatcher?.count(message.toString('latin1', cut + 1), Number(message.toString('latin1', 0, cut)))
+      return
+    }
     const bar = message.indexOf(124) // '|'
     const kind = message[0]
     if (channel.startsWith(`${this.prefix}c:`)) {

@@ -1,5 +1,5 @@
 import type {
-  AuthenticatedFrame, ErrorFrame, JoinedFrame, Member, MembersPageFrame, MessageFrame, Position, PresenceFrame, RequestId, ServerFrame, WelcomeFrame
+  AuthenticatedFrame, ErrorFrame, JoinedFrame, Member, MembersPageFrame, MessageFrame, Position, PresenceFrame, RequestId, RoomsPageFrame, ServerFrame, WelcomeFrame
 } from '../protocol.js'
 import type { ErrorCode } from '../errors.js'
 import { fetchToken, refreshDelay, tokenFailure, type GetToken, type TokenCause } from './auth.js'
@@ -8,9 +8,11 @@ import { RoomsClientError, type ClientErrorCode, type CloseInfo } from './errors
 import {
   Room, type EphemeralMessage, type Gap, type LeftInfo, type PresenceChange, type PublishOptions, type RoomEvents, type RoomMessage, type RoomOwner, type RoomStatus
 } from './room.js'
+import { RoomList, type RoomCount, type RoomListChange, type RoomListOwner, type WatchRoomsOptions } from './roomlist.js'
 
 export type { AuthenticatedFrame, Member, MessageFrame, PresenceFrame, WelcomeFrame, ErrorCode }
-export { Room, RoomsClientError }
+export { Room, RoomList, RoomsClientError }
+export type { RoomCount, RoomListChange, WatchRoomsOptions }
 export type {
   ClientErrorCode, CloseInfo, EphemeralMessage, Gap, GetToken, LeftInfo, PresenceChange, PublishOptions, RoomEvents, RoomMessage, RoomStatus, TokenCause
 }
@@ -164,7 +166,7 @@ const PASSING: ReadonlySet<string> = new Set(['UNAVAILABLE', 'RATE_LIMITED'])
  * `RoomsClient.connect(url, options)`. Every call resolves or rejects within
  * `requestTimeoutMs`.
  */
-export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implements RoomOwner<TData> {
+export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implements RoomOwner<TData>, RoomListOwner {
   state: ConnectionState = 'connecting'
   /** From the latest `welcome`: this connection's id, user and heartbeat. */
   connectionId = ''
@@ -191,6 +193,8 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
   private readonly holding = new Set<Room<TData>>()
   private readonly requests = new Map<number, Request>()
   private readonly queue: Queued[] = []
+  /** The live room list, subscribed again on every welcome. */
+  private roomList: RoomList | undefined
   private nextId = 1
   private attempts = 0
   private retryTimer: ReturnType<typeof setTimeout> | undefined
@@ -278,6 +282,42 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
     if (this.state === 'open') this.sendJoin(room)
     else this.waitForConnection(room, first)
     return await promise
+  }
+
+  /**
+   * Subscribe to the live room list (rooms with members and their counts,
+   * cluster-wide, pushed by the server): resolves with the list once its
+   * first page is in; its `change` event follows every update, and the list
+   * is read again after each reconnect. One list per client: a second call
+   * stops the first. Rejects with `FORBIDDEN` when the server does not offer
+   * it, `DISCONNECTED` when the connection is down or drops before the page.
+   */
+  async watchRooms (options: WatchRoomsOptions = {}): Promise<RoomList> {
+    this.assertNotClosed()
+    this.roomList?.stop()
+    const list = new RoomList(this, options)
+    this.roomList = list
+    await this.ready
+    if (this.roomList !== list) return list
+    try {
+      list.applyPage(await this.request(list.subscribeFrame(), undefined))
+    } catch (err) {
+      if (this.roomList === list) this.roomList = undefined
+      throw err
+    }
+    return list
+  }
+
+  /** @internal */
+  async requestRooms (frame: Record<string, unknown>): Promise<RoomsPageFrame> {
+    return await this.request(frame, undefined)
+  }
+
+  /** @internal */
+  stopRooms (list: RoomList): void {
+    if (this.roomList !== list) return
+    this.roomList = undefined
+    if (this.state === 'open') this.request({ type: 'rooms', subscribe: false, limit: 1 }, undefined).catch(() => {})
   }
 
   /** Round-trip time of an application-level ping, in ms. */
@@ -449,6 +489,14 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
         if (frame.id === undefined) this.onRemoved(frame.room, (frame as { reason?: unknown }).reason)
         else this.settle(frame.id, frame)
         break
+      case 'counts':
+        this.roomList?.applyCounts(frame)
+        break
+      case 'rooms':
+        // Without an id: the server restarts the subscription with a fresh page.
+        if (frame.id === undefined) this.roomList?.applyPage(frame)
+        else this.settle(frame.id, frame)
+        break
       default:
         this.settle(frame.id, frame)
     }
@@ -472,10 +520,23 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
     for (const room of [...this.rejoins.keys()]) this.forgetRejoin(room)
     for (const room of this.rooms.values()) this.sendJoin(room)
     for (const item of this.queue.splice(0)) this.sendQueued(item)
+    this.resubscribeRooms()
     this.emit('state', 'open', { state: 'open', welcome: frame })
     this.emit('welcome', frame)
     this.settleReady?.resolve()
     this.settleReady = undefined
+  }
+
+  /** After a reconnect, the room list starts over from a fresh page. */
+  private resubscribeRooms (): void {
+    const list = this.roomList
+    // A list whose first page is still on its way is watchRooms()'s to finish.
+    if (list === undefined || !list.started) return
+    this.request(list.subscribeFrame(), undefined).then((page: RoomsPageFrame) => {
+      if (this.roomList === list) list.applyPage(page)
+    }, (err: RoomsClientError) => {
+      if (err.code !== 'DISCONNECTED' && this.roomList === list) this.emit('error', err)
+    })
   }
 
   private sendJoin (room: Room<TData>): void {
