@@ -87,8 +87,12 @@ export interface RoomsApi<TData = RoomData> {
 /** Marks the plugin's type, so that `app.register` can type its options from `dataSchema` (below). */
 declare const ROOMS_PLUGIN: unique symbol
 
-/** The type of the plugin, `rooms`. */
-export type RoomsPlugin = FastifyPluginAsync<RoomsOptions> & { readonly [ROOMS_PLUGIN]: true }
+/**
+ * The type of the plugin, `rooms`. Its options are typed by the overload of
+ * `app.register` below; the `never`s make Fastify's own overloads refuse what
+ * that one refused, rather than accept it untyped.
+ */
+export type RoomsPlugin = FastifyPluginAsync<RoomsOptions<never, never>> & { readonly [ROOMS_PLUGIN]: true }
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -312,7 +316,7 @@ function roomName (room: unknown): string {
  * fastify-rooms: realtime rooms over WebSocket, a REST room listing and a demo
  * chat page. `await app.register(rooms, options)`.
  */
-const rooms = fp(roomsPlugin, { fastify: '5.x', name: 'fastify-rooms' }) as RoomsPlugin
+const rooms = fp(roomsPlugin, { fastify: '5.x', name: 'fastify-rooms' }) as unknown as RoomsPlugin
 export default rooms
 export { rooms }
 
