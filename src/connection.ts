@@ -11,7 +11,7 @@ import {
 import { isRoomsError, RoomsError, forbidden, tokensNotEnabled, unauthorized } from './errors.js'
 import { publicView, type Credentials, type Identity } from './identity.js'
 import { notInRoom, type Peer, type Registry } from './registry.js'
-import type { ResolvedOptions } from './options.js'
+import type { ConnectContext, LeaveCause, ResolvedOptions } from './options.js'
 import type { Metrics } from './metrics.js'
 import type { RoomList } from './roomlist.js'
 
@@ -120,6 +120,8 @@ export class Connection implements Peer {
   private closed = false
   /** Closed by the server on purpose (4003): its rooms see it leave at once, with no grace. */
   private disconnected = false
+  /** The lifecycle hook still running, when one is: the next waits for it (see `tell`). */
+  private telling: Promise<void> | undefined
 
   constructor (socket: WebSocket, request: FastifyRequest, id: string, ctx: ConnectionContext) {
     this.socket = socket
@@ -173,6 +175,7 @@ export class Connection implements Peer {
     this.sendEncoded(JSON.stringify(welcome))
     this.watchExpiry(identity.expiresAt)
     this.log.info({ connectionId: this.id, userId: identity.user.id, expiresAt: identity.expiresAt }, 'fastify-rooms: connected')
+    this.tell('onConnect', {})
   }
 
   /**
@@ -516,7 +519,36 @@ export class Connection implements Peer {
     this.log.info({ connectionId: this.id, userId: this.fullUser?.id, code, reason: reason.toString(), durationMs: clock() - this.openedAt }, 'fastify-rooms: disconnected')
     // A drop keeps the user present for the grace time; a deliberate end does not:
     // the client said goodbye (1000) or the server disconnected it (4003).
-    if (this.fullUser !== undefined) void this.ctx.registry.remove(this, code !== 1000 && !this.disconnected)
+    if (this.fullUser === undefined) return
+    this.tell('onDisconnect', { code, reason: reason.toString() })
+    void this.ctx.registry.remove(this, code !== 1000 && !this.disconnected)
+  }
+
+  /** A membership of this connection (one that got `joined`) ended: tell `onLeave`. */
+  left (room: string, cause: LeaveCause): void {
+    this.tell('onLeave', { room, cause })
+  }
+
+  /**
+   * Call a lifecycle hook, never in the way of the connection's frames. One
+   * connection's hooks run one after another (each waits for the previous
+   * one's promise), so an app sees its onConnect settle before its onLeave and
+   * onDisconnect start. A throw or rejection is logged, never sent anywhere.
+   */
+  private tell<K extends 'onConnect' | 'onDisconnect' | 'onLeave'> (hook: K, extra: Omit<Parameters<NonNullable<ResolvedOptions[K]>>[0], keyof ConnectContext>): void {
+    const fn = this.ctx.options[hook] as ((ctx: ConnectContext) => unknown) | undefined
+    if (fn === undefined) return
+    const ctx = { connectionId: this.id, user: this.fullUser as Member, request: this.request as FastifyRequest, ...extra }
+    const run = async (): Promise<void> => {
+      try {
+        await fn(ctx)
+      } catch (err) {
+        this.ctx.log.error({ err, connectionId: this.id, hook, room: (extra as { room?: string }).room }, 'fastify-rooms: a hook failed')
+      }
+    }
+    const done = this.telling === undefined ? run() : this.telling.then(run)
+    this.telling = done
+    void done.then(() => { if (this.telling === done) this.telling = undefined })
   }
 }
 

@@ -3,16 +3,17 @@ import type { IncomingMessage, Server } from 'node:http'
 import type { Duplex } from 'node:stream'
 import fp from 'fastify-plugin'
 import websocket from '@fastify/websocket'
-import type { FastifyPluginAsync } from 'fastify'
+import type { FastifyPluginAsync, RegisterOptions } from 'fastify'
+import type { TSchema } from 'typebox'
 import { memoryAdapter } from './adapters/memory.js'
 import type { HistoryPage, RoomInfo, RoomPage, RoomQuery } from './adapters/adapter.js'
 import { Connection, type ConnectionContext } from './connection.js'
 import { RoomsError, errorCodes } from './errors.js'
 import { Credentials } from './identity.js'
 import { Metrics } from './metrics.js'
-import { resolveOptions, type RoomData, type RoomsOptions } from './options.js'
+import { resolveOptions, type RoomData, type RoomsOptions, type SchemaData } from './options.js'
 import { page } from './page.js'
-import { checkPublish, compileDataValidator, invalidRoomMessage, isRoomName } from './protocol.js'
+import { checkPublish, compileDataValidator, encodeDirect, invalidRoomMessage, isRoomName, type Member } from './protocol.js'
 import { Registry } from './registry.js'
 import { releaseUpgrade } from './release.js'
 import { ResumeTokens } from './resume.js'
@@ -20,12 +21,15 @@ import { RoomList } from './roomlist.js'
 import { DEFAULT_PAGE, restAccess, routes } from './routes.js'
 import { releaseHead, upgradeGuard } from './upgrade.js'
 
-/** The server API, decorated as `app.rooms`. */
-export interface RoomsApi {
+/**
+ * The server API, decorated as `app.rooms`. `TData` types `broadcast`'s data:
+ * `const chat: RoomsApi<Static<typeof Chat>> = app.rooms` gives the typed view.
+ */
+export interface RoomsApi<TData = RoomData> {
   /** Publish to a room as the server (the `message` has no `from`). Resolves with its offset. */
-  broadcast (room: string, data: RoomData, options?: { ephemeral?: false }): Promise<number>
+  broadcast (room: string, data: TData, options?: { ephemeral?: false }): Promise<number>
   /** An ephemeral broadcast: no offset, not stored, delivered to the members of the moment (typing, cursors). */
-  broadcast (room: string, data: RoomData, options: { ephemeral: true }): Promise<undefined>
+  broadcast (room: string, data: TData, options: { ephemeral: true }): Promise<undefined>
   /** Push a `direct` frame to one connection. Resolves false when no such connection is open. */
   send (connectionId: string, data: unknown): Promise<boolean>
   /** Rooms with members, sorted by name, a page at a time. */
@@ -59,13 +63,47 @@ export interface RoomsApi {
    * how many this node removed. To keep them out, make `onJoin` refuse them.
    */
   removeUserFromRoom (userId: string, room: string, reason?: string): Promise<number>
+  /**
+   * Put a connection into a room, on whichever node holds it, as if it had sent
+   * `join`: it gets an unsolicited `joined`, the others see it in presence;
+   * `onJoin` is not asked. Resolves true when it is in the room now (or its node
+   * got the command), false when no node holds it; rejects with `RoomsError`
+   * `TOO_MANY_ROOMS`/`ROOM_FULL` when it is on this node and a limit refuses it.
+   */
+  join (connectionId: string, room: string): Promise<boolean>
+  /**
+   * Take a connection out of a room as if it had sent `leave`: it gets an
+   * unsolicited `{type:'left', room}` (no reason). Resolves as `removeFromRoom`.
+   */
+  leave (connectionId: string, room: string): Promise<boolean>
+  /**
+   * Push a `direct` frame to every connection of a user on every node.
+   * Resolves with how many this node reached (other nodes send theirs too).
+   */
+  sendToUser (userId: string, data: unknown): Promise<number>
   /** Open connections of this registration on this node, including those still to authenticate. */
   readonly connections: number
 }
 
+/** Marks the plugin's type, so that `app.register` can type its options from `dataSchema` (below). */
+declare const ROOMS_PLUGIN: unique symbol
+
+/**
+ * The type of the plugin, `rooms`. Its options are typed by the overload of
+ * `app.register` below; the `never`s make Fastify's own overloads refuse what
+ * that one refused, rather than accept it untyped.
+ */
+export type RoomsPlugin = FastifyPluginAsync<RoomsOptions<never, never>> & { readonly [ROOMS_PLUGIN]: true }
+
 declare module 'fastify' {
   interface FastifyInstance {
     rooms: RoomsApi
+  }
+  // One more overload of `app.register`, for this plugin only: options passed
+  // inline get `data` typed from their `dataSchema` and `user` from what
+  // `authenticate`/`verifyToken` return, with no global declaration.
+  interface FastifyRegister<T, RawServer, TypeProviderDefault, LoggerDefault> {
+    <S extends TSchema = TSchema, U extends Member = Member>(plugin: RoomsPlugin, opts?: RoomsOptions<SchemaData<S>, U> & { dataSchema?: S } & RegisterOptions): T
   }
 }
 
@@ -123,7 +161,8 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     validateData: options.dataSchema === undefined ? undefined : compileDataValidator(options.dataSchema),
     credentials,
     publicFields: new Set(options.publicUserFields),
-    keepRequest: options.onJoin !== undefined || options.onPublish !== undefined || credentials.tokens,
+    keepRequest: options.onJoin !== undefined || options.onPublish !== undefined || credentials.tokens ||
+      options.onConnect !== undefined || options.onDisconnect !== undefined || options.onLeave !== undefined,
     onClosed (connection) {
       open.delete(connection)
       if (open.size === 0) allClosed?.()
@@ -239,6 +278,17 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     async removeUserFromRoom (userId, room, reason = REMOVED) {
       return await adapter.control({ kind: 'remove', target: { userId: text(userId, 'userId') }, room: roomName(room), reason: text(reason, 'reason') })
     },
+    async join (connectionId, room) {
+      const id = text(connectionId, 'connectionId')
+      const name = roomName(room)
+      return await registry.joinLocal(id, name) ?? await adapter.control({ kind: 'join', target: { connectionId: id }, room: name }) > 0
+    },
+    async leave (connectionId, room) {
+      return await adapter.control({ kind: 'remove', target: { connectionId: text(connectionId, 'connectionId') }, room: roomName(room) }) > 0
+    },
+    async sendToUser (userId, data) {
+      return await adapter.control({ kind: 'direct', target: { userId: text(userId, 'userId') }, frame: directFrame(data) })
+    },
     get connections () {
       return open.size
     }
@@ -254,6 +304,16 @@ function text (value: unknown, name: string): string {
   return value
 }
 
+/** A `direct` frame, or `INVALID_DATA` for data JSON cannot encode (a BigInt, a cycle, `undefined`). */
+function directFrame (data: unknown): string {
+  let frame: string | undefined
+  try {
+    frame = encodeDirect(data)
+  } catch {}
+  if (frame === undefined || !frame.includes('"data":')) throw new RoomsError('INVALID_DATA', 'sendToUser data must be a JSON value.')
+  return frame
+}
+
 function roomName (room: unknown): string {
   if (!isRoomName(room)) throw new RoomsError('INVALID_ROOM', invalidRoomMessage(room))
   return room
@@ -263,7 +323,7 @@ function roomName (room: unknown): string {
  * fastify-rooms: realtime rooms over WebSocket, a REST room listing and a demo
  * chat page. `await app.register(rooms, options)`.
  */
-const rooms = fp(roomsPlugin, { fastify: '5.x', name: 'fastify-rooms' })
+const rooms = fp(roomsPlugin, { fastify: '5.x', name: 'fastify-rooms' }) as unknown as RoomsPlugin
 export default rooms
 export { rooms }
 
@@ -271,7 +331,10 @@ export { memoryAdapter, MemoryAdapter, type MemoryAdapterOptions, type MemoryAda
 export { redisAdapter, RedisAdapter, type RedisAdapterOptions } from './adapters/redis.js'
 export type { Adapter, AdapterConfig, AdapterListener, RoomCountWatcher, ControlCommand, ControlTarget, JoinResult, MembersQuery, PresenceChange, RoomInfo, RoomPage, RoomQuery, HistoryPage, StoredMessage } from './adapters/adapter.js'
 export { RoomsError, forbidden, errorCodes, ERROR_CODES, UNAUTHORIZED_REASONS, type ErrorCode, type UnauthorizedReason } from './errors.js'
-export type { RoomsOptions, RoomsHooks, TokenIdentity, JoinContext, PublishContext, PublishVerdict, RestPublishGuard, RoomsRegister, RoomData, Settings } from './options.js'
+export type {
+  RoomsOptions, RoomsHooks, TokenIdentity, ConnectContext, DisconnectContext, JoinContext, LeaveContext, LeaveCause, PublishContext, PublishVerdict,
+  RestPublishGuard, RoomsRegister, RoomData, SchemaData, Settings
+} from './options.js'
 export type { MetricsOptions, MetricsGuard, AdapterMetrics, LinkMetrics } from './metrics.js'
 // The wire contract as types, for apps that speak it without the SDK; the schemas and codecs stay internal.
 export { PROTOCOL_VERSION } from './protocol.js'

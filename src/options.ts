@@ -54,38 +54,66 @@ export const SettingsSchema = Type.Object({
 
 export type Settings = Static<typeof SettingsSchema>
 
-/** What `onJoin` is asked about. */
-export interface JoinContext {
-  /** The joining connection; `''` when a REST request about the room is being authorized. */
+/** What every connection hook is told: which connection, whose, and how it connected. */
+export interface ConnectContext<TUser extends Member = Member> {
+  /** The connection; `''` when a REST request about a room is being authorized (`onJoin` only). */
   connectionId: string
   /** The full user (all its fields, whatever `publicUserFields` shows others). */
-  user: Member
-  room: string
+  user: TUser
   /** The upgrade request of the connection, or the REST request (headers, query, your decorations). */
   request: FastifyRequest
 }
 
-/** What `onPublish` is asked about. */
-export interface PublishContext extends JoinContext {
-  data: RoomData
+/** What `onJoin` is asked about. */
+export interface JoinContext<TUser extends Member = Member> extends ConnectContext<TUser> {
+  room: string
 }
 
+/** What `onPublish` is asked about. */
+export interface PublishContext<TData = RoomData, TUser extends Member = Member> extends JoinContext<TUser> {
+  data: TData
+}
+
+/**
+ * How a connection's membership of a room ended: it sent `leave`, the server
+ * took it out (`removeFromRoom`, `removeUserFromRoom`, `app.rooms.leave`), or
+ * the connection closed (after its grace time when it dropped).
+ */
+export type LeaveCause = 'leave' | 'removed' | 'closed'
+
+/** What `onLeave` is told. */
+export interface LeaveContext<TUser extends Member = Member> extends JoinContext<TUser> {
+  cause: LeaveCause
+}
+
+/** What `onDisconnect` is told: the close code and reason as the server saw them (1006 for a cut without a close frame). */
+export interface DisconnectContext<TUser extends Member = Member> extends ConnectContext<TUser> {
+  code: number
+  reason: string
+}
+
+/** A notification hook: what it returns is ignored, a throw or rejection is logged. */
+type Notify<C> = (ctx: C) => unknown
+
 /** What `verifyToken` resolves with: the user, and when the token stops being valid. */
-export interface TokenIdentity {
-  user: Member
+export interface TokenIdentity<TUser extends Member = Member> {
+  user: TUser
   /** Epoch ms; at this time a connection that did not send a fresh token is closed with 4001. */
   expiresAt?: number | undefined
 }
 
-/** Hooks the app passes as options. */
-export interface RoomsHooks {
+/**
+ * Hooks the app passes as options. `TData` is the type of published `data`
+ * (from `dataSchema`), `TUser` the user `authenticate`/`verifyToken` return.
+ */
+export interface RoomsHooks<TData = RoomData, TUser extends Member = Member> {
   /**
    * Identify the user of an upgrade (or REST) request from its cookie or
    * headers. Return `{ id, name, ...extra }`; throw to refuse with 401. Return
    * nothing to refuse with 401, or, when `verifyToken` is set, to let the
    * connection authenticate in band with a token instead.
    */
-  authenticate?: (request: FastifyRequest) => Member | null | undefined | Promise<Member | null | undefined>
+  authenticate?: (request: FastifyRequest) => TUser | null | undefined | Promise<TUser | null | undefined>
   /**
    * Verify a token: the one a client sends in its first frame (`auth`), a
    * refresh, or a REST request's `Authorization: Bearer`. Resolve with
@@ -93,17 +121,23 @@ export interface RoomsHooks {
    * With it set, a connection may connect without credentials and authenticate
    * in band within `authTimeoutMs`.
    */
-  verifyToken?: (token: string, request: FastifyRequest) => TokenIdentity | Promise<TokenIdentity>
+  verifyToken?: (token: string, request: FastifyRequest) => TokenIdentity<TUser> | Promise<TokenIdentity<TUser>>
   /** Authorize a join: return `false` or throw `forbidden(msg)` to refuse with `FORBIDDEN`. */
-  onJoin?: (ctx: JoinContext) => boolean | undefined | void | Promise<boolean | undefined | void>
+  onJoin?: (ctx: JoinContext<TUser>) => boolean | undefined | void | Promise<boolean | undefined | void>
   /**
    * Authorize or transform a publish: return `false` or throw `forbidden(msg)`
    * to refuse; return `{ data }` to publish other data instead.
    */
-  onPublish?: (ctx: PublishContext) => PublishVerdict | Promise<PublishVerdict>
+  onPublish?: (ctx: PublishContext<TData, TUser>) => PublishVerdict<TData> | Promise<PublishVerdict<TData>>
+  /** A connection is authenticated and its `welcome` written. Notification only. */
+  onConnect?: Notify<ConnectContext<TUser>>
+  /** An authenticated connection closed. Notification only; called before the `onLeave` of its rooms. */
+  onDisconnect?: Notify<DisconnectContext<TUser>>
+  /** A connection's membership of a room (one that got `joined`) ended; see `cause`. Notification only. */
+  onLeave?: Notify<LeaveContext<TUser>>
 }
 
-export type PublishVerdict = boolean | undefined | void | { data: RoomData }
+export type PublishVerdict<TData = RoomData> = boolean | undefined | void | { data: TData }
 
 /**
  * Turns on `POST {prefix}/:room/messages` and authorizes it: a Fastify
@@ -111,8 +145,12 @@ export type PublishVerdict = boolean | undefined | void | { data: RoomData }
  */
 export type RestPublishGuard = (request: FastifyRequest, reply: FastifyReply) => Promise<void> | void
 
-/** Options of `app.register(rooms, options)`; every field is optional. */
-export type RoomsOptions = Partial<Settings> & RoomsHooks & {
+/**
+ * Options of `app.register(rooms, options)`; every field is optional. Passed
+ * inline to `app.register`, `data` in the hooks is `Static<typeof dataSchema>`
+ * and `user` what `authenticate` or `verifyToken` returns.
+ */
+export type RoomsOptions<TData = RoomData, TUser extends Member = Member> = Partial<Settings> & RoomsHooks<TData, TUser> & {
   /** Where cluster-wide state lives: `memoryAdapter()` (default) or `redisAdapter(...)`. */
   adapter?: Adapter
   /** A TypeBox schema every published `data` must match (`INVALID_DATA`). */
@@ -123,17 +161,20 @@ export type RoomsOptions = Partial<Settings> & RoomsHooks & {
   metrics?: boolean | MetricsOptions
 }
 
-export type ResolvedOptions = Settings & RoomsHooks & { adapter?: Adapter, dataSchema?: TSchema, restPublish?: RestPublishGuard, metrics?: ResolvedMetricsOptions | undefined }
+/** The data type a `dataSchema` gives: `Static<S>`, or `RoomData` when no schema says more. */
+export type SchemaData<S extends TSchema> = TSchema extends S ? RoomData : Static<S>
+
+export type ResolvedOptions = Settings & RoomsHooks<unknown> & { adapter?: Adapter, dataSchema?: TSchema, restPublish?: RestPublishGuard, metrics?: ResolvedMetricsOptions | undefined }
 
 const settingsValidator = Compile(SettingsSchema)
-const HOOKS = ['authenticate', 'verifyToken', 'onJoin', 'onPublish', 'restPublish'] as const
+const HOOKS = ['authenticate', 'verifyToken', 'onJoin', 'onPublish', 'onConnect', 'onDisconnect', 'onLeave', 'restPublish'] as const
 
 /**
  * Fill defaults and check every option, so a mistake fails `app.register`
  * with a sentence naming the option rather than misbehaving later.
  */
-export function resolveOptions (input: RoomsOptions = {}): ResolvedOptions {
-  const { adapter, dataSchema, authenticate, verifyToken, onJoin, onPublish, restPublish, metrics, ...plain } = input
+export function resolveOptions (input: RoomsOptions<unknown> = {}): ResolvedOptions {
+  const { adapter, dataSchema, authenticate, verifyToken, onJoin, onPublish, onConnect, onDisconnect, onLeave, restPublish, metrics, ...plain } = input
   const settings = settingsValidator.Default(structuredClone(plain))
   if (!settingsValidator.Check(settings)) {
     throw new errorCodes.FST_ROOMS_INVALID_OPTION(`${describeErrors(settingsValidator.Errors(settings), 'options')}.`)
@@ -152,5 +193,5 @@ export function resolveOptions (input: RoomsOptions = {}): ResolvedOptions {
   if (dataSchema !== undefined && (dataSchema === null || typeof dataSchema !== 'object')) {
     throw new errorCodes.FST_ROOMS_INVALID_OPTION('dataSchema must be a TypeBox schema.')
   }
-  return { ...settings, adapter, dataSchema, authenticate, verifyToken, onJoin, onPublish, restPublish, metrics: resolveMetricsOptions(metrics) }
+  return { ...settings, adapter, dataSchema, authenticate, verifyToken, onJoin, onPublish, onConnect, onDisconnect, onLeave, restPublish, metrics: resolveMetricsOptions(metrics) }
 }

@@ -5,6 +5,7 @@ import { encodePresence, type EncodedPublish, type JoinedFrame, type Member, typ
 import { RoomsError } from './errors.js'
 import { textFrame } from './frame.js'
 import type { Metrics } from './metrics.js'
+import type { LeaveCause } from './options.js'
 
 /** What the registry needs of a connection: who it is and a way to write encoded frames. */
 export interface Peer {
@@ -16,6 +17,8 @@ export interface Peer {
   sendFramed (framed: Buffer, payload: Buffer): void
   /** Close the connection (it will leave its rooms as it closes). */
   close (code: number, reason: string): void
+  /** One of its memberships that got `joined` ended (for the `onLeave` hook). */
+  left? (room: string, cause: LeaveCause): void
 }
 
 interface Pending {
@@ -255,6 +258,32 @@ export class Registry implements AdapterListener {
     membership.pending = undefined
     membership.presenceSeq = result.presenceSeq
     for (const item of pending as Pending[]) this.deliver(membership, item.offset, item.framed, item.payload, item.presenceSeq)
+    if (result.present === true) this.rejoined(peer, room)
+  }
+
+  /**
+   * The user was in the room already, perhaps only through a dropped
+   * connection in its grace time, on any node: that membership ends now, as
+   * the user is present through this one, so a deliberate leave of this one
+   * is seen at once rather than when the old grace ends.
+   */
+  private rejoined (peer: Peer, room: string): void {
+    void this.track(this.adapter.control({ kind: 'rejoined', target: { userId: peer.user.id }, room }).then(noop, (err: unknown) => {
+      this.options.log.warn({ err, connectionId: peer.id, room }, 'fastify-rooms: could not end the grace of the user\'s dropped connections')
+    }))
+  }
+
+  /**
+   * Put a connection of this node into a room as if it had sent `join`
+   * (`app.rooms.join`): it gets an unsolicited `joined`. Resolves undefined
+   * when the connection is not on this node, else whether it is in the room
+   * now; rejects with the join's error (`TOO_MANY_ROOMS`, `ROOM_FULL`, ...).
+   */
+  async joinLocal (connectionId: string, room: string): Promise<boolean | undefined> {
+    const entry = this.peers.get(connectionId)
+    if (entry === undefined) return undefined
+    if (entry.get(room) === undefined) await this.join(entry.peer, room, {})
+    return this.peers.get(connectionId)?.get(room) !== undefined
   }
 
   /**
@@ -289,7 +318,12 @@ export class Registry implements AdapterListener {
     const membership = this.peers.get(peer.id)?.get(room)
     if (membership === undefined) throw notInRoom(room)
     this.forget(membership)
-    await this.adapter.leave(room, peer.id, peer.user)
+    try {
+      await this.adapter.leave(room, peer.id, peer.user)
+    } finally {
+      // Out of the room on this node whatever the store answered.
+      if (live(membership)) peer.left?.(room, 'leave')
+    }
   }
 
   /**
@@ -302,15 +336,16 @@ export class Registry implements AdapterListener {
     const entry = this.peers.get(peer.id)
     if (entry === undefined) return
     this.peers.delete(peer.id)
+    // Only rooms it got `joined` in: a join under way undoes itself once it sees the connection gone.
     const memberships = entry.memberships()
-    const rooms = memberships.map((membership) => membership.room)
+    const rooms = memberships.filter(live).map((membership) => membership.room)
     for (const membership of memberships) this.forget(membership)
     if (grace && rooms.length > 0 && this.options.presenceGraceMs > 0 && !this.closing) {
       const timer = setTimeout(() => { void this.endGrace(peer.id) }, this.options.presenceGraceMs)
       this.lingering.set(peer.id, { peer, rooms, timer })
       return
     }
-    await this.track(Promise.all(rooms.map(async (room) => await this.trackLeave(room, peer))).then(noop))
+    await this.track(Promise.all(rooms.map(async (room) => await this.trackLeave(room, peer, 'closed'))).then(noop))
   }
 
   /** A dropped connection's grace is over (or cut short): it leaves its rooms, or `only` that one. */
@@ -324,7 +359,7 @@ export class Registry implements AdapterListener {
     } else {
       lingering.rooms = lingering.rooms.filter((room) => room !== only)
     }
-    await Promise.all(rooms.map(async (room) => await this.trackLeave(room, lingering.peer)))
+    await Promise.all(rooms.map(async (room) => await this.trackLeave(room, lingering.peer, 'closed')))
   }
 
   /**
@@ -352,10 +387,11 @@ export class Registry implements AdapterListener {
    * A leave nobody waits on the answer of (a failure is logged, not thrown),
    * tracked so that shutdown waits for it before the adapter closes.
    */
-  private async trackLeave (room: string, peer: Peer): Promise<void> {
+  private async trackLeave (room: string, peer: Peer, cause?: LeaveCause): Promise<void> {
     await this.track(this.adapter.leave(room, peer.id, peer.user).catch((err: unknown) => {
       this.options.log.error({ err, connectionId: peer.id, room }, 'fastify-rooms: adapter failed to remove a member')
     }))
+    if (cause !== undefined) peer.left?.(room, cause)
   }
 
   private async track (work: Promise<void>): Promise<void> {
@@ -496,6 +532,9 @@ export class Registry implements AdapterListener {
    * out of a room as a `leave` would, telling them with an unsolicited `left`.
    */
   control (command: ControlCommand): number {
+    if (command.kind === 'join') return this.joinCommand(command.target.connectionId, command.room)
+    if (command.kind === 'direct') return this.directCommand(command.target, command.frame)
+    if (command.kind === 'rejoined') return this.endLingering(command.target.userId, command.room)
     const { target } = command
     // A dropped connection the command names leaves now rather than after its grace.
     const room = command.kind === 'remove' ? command.room : undefined
@@ -517,10 +556,42 @@ export class Registry implements AdapterListener {
       if (membership === undefined) continue
       this.forget(membership)
       peer.sendEncoded(JSON.stringify({ type: 'left', room: command.room, reason: command.reason }))
-      void this.trackLeave(command.room, peer)
+      void this.trackLeave(command.room, peer, live(membership) ? 'removed' : undefined)
       affected++
     }
     return affected
+  }
+
+  /** `app.rooms.join` for a connection of this node, sent from another: a refusal is logged there. */
+  private joinCommand (connectionId: string, room: string): number {
+    if (!this.peers.has(connectionId)) return 0
+    this.joinLocal(connectionId, room).catch((err: unknown) => {
+      this.options.log.warn({ err, connectionId, room, code: (err as { code?: unknown }).code }, 'fastify-rooms: a server join was refused')
+    })
+    return 1
+  }
+
+  /** `app.rooms.sendToUser`: the frame to each of the user's connections on this node. */
+  private directCommand (target: ControlCommand['target'], frame: string): number {
+    if ('connectionId' in target) return this.direct(target.connectionId, frame) ? 1 : 0
+    let reached = 0
+    for (const { peer } of this.peers.values()) {
+      if (peer.user.id !== target.userId) continue
+      peer.sendEncoded(frame)
+      reached++
+    }
+    return reached
+  }
+
+  /** The user joined the room again: its connections lingering in it leave it now. */
+  private endLingering (userId: string, room: string): number {
+    let ended = 0
+    for (const [id, { peer, rooms }] of this.lingering) {
+      if (peer.user.id !== userId || !rooms.includes(room)) continue
+      void this.endGrace(id, room)
+      ended++
+    }
+    return ended
   }
 
   reset (room: string, connections: readonly string[]): void {
@@ -568,6 +639,11 @@ export class Registry implements AdapterListener {
 }
 
 const noop = (): void => {}
+
+/** Whether a membership got its `joined`: only those count as having been in the room (`onLeave`). */
+function live (membership: Membership): boolean {
+  return membership.pending === undefined
+}
 
 /** The error for publishing to or leaving a room one is not in. */
 export function notInRoom (room: string): RoomsError {

@@ -30,6 +30,30 @@ eachAdapter(t, 'a dropped connection that comes back within the grace time shows
   t.same(await ada.next((f) => f.type === 'presence'), { type: 'presence', room: 'r', joins: [cy], leaves: [], count: 3 }, 'the next diff is cy alone: no leave or join of bob before it')
 })
 
+eachAdapter(t, 'a user back on a new connection ends the grace of the dropped one in that room: a deliberate leave then shows at once', async (t, deploy) => {
+  const d = await deploy({ ...auth, presenceGraceMs: 60_000 })
+  const ada = await TestSocket.open(d.node(0).wsUrl, as('ada'))
+  t.teardown(() => ada.close())
+  await ada.join('r')
+  await ada.join('s')
+  const b1 = await TestSocket.open(d.node(1).wsUrl, as('bob'))
+  await b1.join('r')
+  await b1.join('s')
+  t.same(await ada.next((f) => f.type === 'presence' && f.room === 'r'), { type: 'presence', room: 'r', joins: [bob], leaves: [], count: 2 })
+  await ada.next((f) => f.type === 'presence' && f.room === 's')
+  b1.ws.terminate()
+  await b1.closed
+  // Back on the other node; the old connection lingers on node 1 (60 s).
+  const b2 = await TestSocket.open(d.node(0).wsUrl, as('bob'))
+  t.teardown(() => b2.close())
+  t.match(await b2.join('r'), { count: 2 })
+  t.match(await b2.request({ type: 'leave', room: 'r' }), { type: 'left', room: 'r' })
+  t.same(await ada.next((f) => f.type === 'presence' && f.room === 'r'), { type: 'presence', room: 'r', joins: [], leaves: [bob], count: 1 }, 'long before the old 60 s grace')
+  t.match(await d.node(1).app.rooms.get('s'), { count: 2 }, 'a room the user did not rejoin keeps the grace')
+  await ada.sync()
+  t.same(ada.pending('presence'), [], 'no leave or join of bob in s')
+})
+
 eachAdapter(t, 'a dropped connection that does not come back leaves once the grace time is over', async (t, deploy) => {
   const graceMs = 300
   const d = await deploy({ ...auth, presenceGraceMs: graceMs })

@@ -46,12 +46,18 @@ export interface PresenceChange {
 export type ControlTarget = { connectionId: string } | { userId: string }
 
 /**
- * A server command that crosses nodes: close connections with 4003, or take
- * them out of one room (they get an unsolicited `left` with the reason).
+ * A server command that crosses nodes: close connections with 4003; take
+ * them out of one room (they get an unsolicited `left`, with the reason when
+ * one is given); put a connection into a room (an unsolicited `joined`); push
+ * an encoded `direct` frame to a user's connections; or end the grace of a
+ * user's dropped connections in a room the user just joined again.
  */
 export type ControlCommand =
   | { kind: 'disconnect', target: ControlTarget, reason: string }
-  | { kind: 'remove', target: ControlTarget, room: string, reason: string }
+  | { kind: 'remove', target: ControlTarget, room: string, reason?: string | undefined }
+  | { kind: 'join', target: { connectionId: string }, room: string }
+  | { kind: 'direct', target: ControlTarget, frame: string }
+  | { kind: 'rejoined', target: { userId: string }, room: string }
 
 /** Limits and history settings every adapter honours, from the plugin options. */
 export interface AdapterConfig {
@@ -90,6 +96,12 @@ export interface JoinResult {
    * told of them again.
    */
   presenceSeq: number
+  /**
+   * The user was a member already (through another connection, perhaps one
+   * in its grace time). Optional for custom adapters: without it a dropped
+   * connection's grace is not cut short by the user's return.
+   */
+  present?: boolean
 }
 
 /**

@@ -156,6 +156,7 @@ export class MemoryAdapter implements Adapter {
     const { listener, config } = this.started()
     const state = this.state(room)
     let entry = state.users.get(member.id)
+    const present = entry !== undefined
     if (entry === undefined) {
       if (state.users.size >= config.maxMembersPerRoom) {
         this.forgetIfIdle(room, state)
@@ -175,7 +176,7 @@ export class MemoryAdapter implements Adapter {
       entry.connections.add(connectionId)
     }
     const page = membersPage(state, { limit: config.membersPageSize })
-    return { members: page.members, membersNext: page.next, count: state.users.size, offset: state.offset, epoch: state.epoch, presenceSeq: state.presenceSeq }
+    return { members: page.members, membersNext: page.next, count: state.users.size, offset: state.offset, epoch: state.epoch, presenceSeq: state.presenceSeq, present }
   }
 
   async leave (room: string, connectionId: string, member: Member): Promise<void> {

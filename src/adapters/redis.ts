@@ -262,8 +262,10 @@ elseif cmd == 'join' then
   -- room, connection, user id, member JSON, node, max members, new epoch, members page size
   local room, conn, user, member, node, max = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
   local r = p .. 'r:' .. room .. ':'
+  local present = 0
   if redis.call('HEXISTS', r .. 'conns', conn) == 0 then
     local first = redis.call('HEXISTS', r .. 'counts', user) == 0
+    if not first then present = 1 end
     if first and redis.call('HLEN', r .. 'members') >= max then return { 'FULL' } end
     redis.call('HSET', r .. 'conns', conn, user)
     redis.call('HINCRBY', r .. 'counts', user, 1)
@@ -279,7 +281,7 @@ elseif cmd == 'join' then
   -- A room with members keeps its offsets and epoch however long it stays quiet.
   redis.call('PERSIST', r .. 'epoch')
   redis.call('PERSIST', r .. 'seq')
-  local out = { 'OK', tonumber(redis.call('GET', r .. 'seq') or '0'), epoch, redis.call('GET', r .. 'pseq') or '0' }
+  local out = { 'OK', tonumber(redis.call('GET', r .. 'seq') or '0'), epoch, redis.call('GET', r .. 'pseq') or '0', present }
   for _, v in ipairs(page(r, '', tonumber(ARGV[10]))) do out[#out + 1] = v end
   return out
 elseif cmd == 'room' then
@@ -504,7 +506,7 @@ export class RedisAdapter implements Adapter {
     await this.usable()
     const breaks = this.subscriberBreaks
     const subscription = await this.subscribe(room)
-    let reply: [string, number, string, string, number, string, ...string[]]
+    let reply: [string, number, string, string, number, number, string, ...string[]]
     try {
       reply = await this.call('join', room, connectionId, member.id, JSON.stringify(member), this.config.nodeId, this.config.maxMembersPerRoom, newEpoch(), this.config.membersPageSize) as typeof reply
     } catch (err) {
@@ -523,7 +525,7 @@ export class RedisAdapter implements Adapter {
       void this.forgetRemote(room, connectionId).catch(() => {})
       throw unavailable()
     }
-    const [, offset, epoch, presenceSeq, count, next, ...members] = reply
+    const [, offset, epoch, presenceSeq, present, count, next, ...members] = reply
     // Local members of an older epoch missed the room's loss: they rejoin.
     if (subscription.epoch !== undefined && subscription.epoch !== epoch) this.lose(room)
     if (subscription.epoch === undefined) {
@@ -532,7 +534,7 @@ export class RedisAdapter implements Adapter {
       this.flush(room, subscription)
     }
     this.local.set(connectionId + '\n' + room, { room, connectionId, member })
-    return { offset, epoch, members: members.map((m) => JSON.parse(m) as Member), membersNext: next === '' ? null : next, count, presenceSeq: Number(presenceSeq) }
+    return { offset, epoch, members: members.map((m) => JSON.parse(m) as Member), membersNext: next === '' ? null : next, count, presenceSeq: Number(presenceSeq), present: present === 1 }
   }
 
   /**

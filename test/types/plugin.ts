@@ -1,9 +1,12 @@
 // Type tests of the server entry, run by `tsc -p test/types` in `npm test`:
 // every expected error below must stay an error, so a loosened type fails.
 import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify'
+import Type, { type Static } from 'typebox'
+import { connect } from '../../src/client/index.js'
 import rooms, {
   errorCodes, forbidden, memoryAdapter, redisAdapter, RoomsError,
   type Adapter, type EncodedPublish, type ErrorCode, type JoinContext, type Member, type PublishContext,
+  type ConnectContext, type DisconnectContext, type LeaveContext,
   type RestPublishGuard, type RoomsApi, type RoomsOptions, type ServerFrame, type ClientFrame, type WelcomeFrame
 } from '../../src/index.js'
 // @ts-expect-error internals are not exported: the wire codecs stay private
@@ -128,3 +131,83 @@ await app.register(rooms, { adapter: new LoggingAdapter() })
 // @ts-expect-error an adapter needs every method of the interface
 const halfAdapter: Adapter = { start: async () => {}, close: async () => {} }
 void halfAdapter
+
+// Typed data from the schema, with no global declaration: options passed inline
+// to app.register get `data` from `dataSchema` and `user` from `authenticate`.
+const Chat = Type.Object({ text: Type.String() })
+type Chat = Static<typeof Chat>
+interface StaffUser { id: string, name: string, role: 'admin' | 'agent' }
+await app.register(rooms, {
+  dataSchema: Chat,
+  authenticate: (): StaffUser => ({ id: 'u1', name: 'Ada', role: 'admin' }),
+  onJoin: ({ user }) => user.role === 'admin',
+  onPublish: ({ data, user }) => {
+    const text: string = data.text
+    const role: 'admin' | 'agent' = user.role
+    // @ts-expect-error data is { text: string }: no such field
+    void data.body
+    void [text, role]
+    return { data: { text: text.trim() } }
+  },
+  onConnect: ({ connectionId, user, request }) => { void [connectionId, user.role, request.headers] },
+  onDisconnect: ({ code, reason, user }) => { const c: number = code; const r: string = reason; void [c, r, user.role] },
+  onLeave: ({ room, cause, user }) => {
+    const why: 'leave' | 'removed' | 'closed' = cause
+    void [room, why, user.role]
+    // @ts-expect-error not a leave cause
+    if (cause === 'kicked') void 0
+  }
+})
+await app.register(rooms, {
+  dataSchema: Chat,
+  // @ts-expect-error onPublish must return data of the schema's type
+  onPublish: () => ({ data: { text: 1 } })
+})
+await app.register(rooms, {
+  dataSchema: Chat,
+  // @ts-expect-error the schema says text is a string
+  onPublish: ({ data }) => { const n: number = data.text; void n }
+})
+await app.register(rooms, {
+  verifyToken: async () => ({ user: { id: 'u1', name: 'Ada', role: 'agent' as const } }),
+  onLeave: ({ user }) => { const role: 'agent' = user.role; void role }
+})
+// Without a schema (and without RoomsRegister) data is unknown.
+await app.register(rooms, {
+  onPublish: ({ data }) => {
+    // @ts-expect-error unknown until narrowed
+    void data.text
+  }
+})
+// Hook contexts are exported for hooks written apart from the options.
+const onLeave = (ctx: LeaveContext<StaffUser>): void => { void ctx.user.role }
+const onDisconnect = (ctx: DisconnectContext): void => { void ctx.code }
+const onConnect = (ctx: ConnectContext): void => { void ctx.request }
+const typedOptions: RoomsOptions<Chat, StaffUser> = { onLeave, onDisconnect, onConnect, onPublish: ({ data }) => ({ data: { text: data.text } }) }
+void typedOptions
+// @ts-expect-error onLeave is told a LeaveContext, not a number
+const badLeave: RoomsOptions = { onLeave: (n: number) => n }
+void badLeave
+
+// The typed view of the server API: broadcast takes the schema's type.
+const chat: RoomsApi<Chat> = app.rooms
+await chat.broadcast('lobby', { text: 'typed' })
+// @ts-expect-error the schema says text is a string
+await chat.broadcast('lobby', { text: 1 })
+const placed: boolean = await app.rooms.join('conn-1', 'lobby')
+const removed: boolean = await app.rooms.leave('conn-1', 'lobby')
+const reached: number = await app.rooms.sendToUser('u1', { any: 'json' })
+void [placed, removed, reached]
+// @ts-expect-error join resolves with a boolean, not a count
+const joinedCount: number = await app.rooms.join('conn-1', 'lobby')
+// @ts-expect-error sendToUser takes a user id
+await app.rooms.sendToUser({ id: 'u1' }, 'x')
+void joinedCount
+
+// The SDK: connect<Static<typeof Schema>> types message data and publish.
+const client = await connect<Chat>('ws://localhost:3000/ws')
+const lobby = await client.join('lobby')
+lobby.on('message', (message) => { const text: string = message.data.text; void text })
+await lobby.publish({ text: 'hi' })
+// @ts-expect-error publish takes the schema's type
+await lobby.publish({ body: 'hi' })
