@@ -51,7 +51,7 @@ async function run (t: Test, name: string, env: Record<string, string>, until?: 
 }
 
 t.test('the docs have the examples this test knows how to check', async (t) => {
-  t.same([...all.keys()].sort(), ['metrics', 'node-client', 'quick-start', 'readme-register', 'signed-token-auth', 'two-registrations', 'typed-data'])
+  t.same([...all.keys()].sort(), ['lifecycle-hooks', 'metrics', 'node-client', 'quick-start', 'readme-register', 'signed-token-auth', 'two-registrations', 'typed-data'])
 })
 
 t.test('every example type-checks against the published types', async (t) => {
@@ -136,6 +136,11 @@ t.test('metrics: the route behind a scrape token, with the process metrics besid
   t.match(text, /^fastify_rooms_connections 0$/m)
   t.match(text, /^fastify_rooms_room_members\{room="lobby"\} 0$/m)
   t.match(text, /^process_cpu_user_seconds_total /m)
+})
+
+t.test('lifecycle-hooks registers and runs to completion', async (t) => {
+  const { output } = await run(t, 'lifecycle-hooks', {})
+  t.match(output(), /done/)
 })
 
 t.test('typed-data runs to completion', async (t) => {
