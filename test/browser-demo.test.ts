@@ -3,7 +3,7 @@ import { mkdirSync } from 'node:fs'
 import Fastify, { type FastifyInstance } from 'fastify'
 import type { Browser, Page } from 'playwright-core'
 import rooms, { type RoomsOptions } from '../src/index.js'
-import { CHROMIUM, launchChromium } from './helpers/browser.js'
+import { CHROMIUM, enter, launchChromium, say } from './helpers/browser.js'
 import { needs } from './helpers/needs.js'
 
 const skip = needs(CHROMIUM, 'apt-get install -y chromium')
@@ -28,18 +28,6 @@ async function open (t: Test, browser: Browser, viewport: { width: number, heigh
   const page = await context.newPage()
   page.on('pageerror', (err) => errors.push(err.message))
   return page
-}
-
-async function enter (page: Page, url: string, nickname: string): Promise<void> {
-  await page.goto(url)
-  await page.fill('#nickname', nickname)
-  await page.click('#login button')
-  await page.waitForSelector('#room-title:text("# lobby")')
-}
-
-async function say (page: Page, text: string): Promise<void> {
-  await page.fill('#text', text)
-  await page.press('#text', 'Enter')
 }
 
 async function shoot (page: Page, name: string): Promise<void> {

@@ -3,7 +3,7 @@ import { mkdirSync } from 'node:fs'
 import Fastify, { type FastifyInstance } from 'fastify'
 import type { Page } from 'playwright-core'
 import rooms, { type RoomsOptions } from '../src/index.js'
-import { CHROMIUM, launchChromium } from './helpers/browser.js'
+import { CHROMIUM, enter, launchChromium, say } from './helpers/browser.js'
 import { needs } from './helpers/needs.js'
 
 const skip = needs(CHROMIUM, 'apt-get install -y chromium')
@@ -14,18 +14,6 @@ async function demoApp (port = 0, options: RoomsOptions = {}): Promise<FastifyIn
   await app.register(rooms, { demo: true, heartbeatMs: 1000, ...options })
   await app.listen({ port, host: '127.0.0.1' })
   return app
-}
-
-async function enter (page: Page, url: string, nickname: string): Promise<void> {
-  await page.goto(url)
-  await page.fill('#nickname', nickname)
-  await page.click('#login button')
-  await page.waitForSelector('#room-title:text("# lobby")')
-}
-
-async function say (page: Page, text: string): Promise<void> {
-  await page.fill('#text', text)
-  await page.press('#text', 'Enter')
 }
 
 const messageFrom = (who: string, text: string): string => `#messages li:has(.who:text-is("${who}")):has(.text:text-is("${text}"))`
