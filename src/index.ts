@@ -11,6 +11,7 @@ import { Connection, type ConnectionContext } from './connection.js'
 import { RoomsError, errorCodes } from './errors.js'
 import { Credentials } from './identity.js'
 import { Metrics } from './metrics.js'
+import { admin } from './admin.js'
 import { resolveOptions, type RoomData, type RoomsOptions, type SchemaData } from './options.js'
 import { page } from './page.js'
 import { checkPublish, compileDataValidator, encodeDirect, invalidRoomMessage, isRoomName, type Member } from './protocol.js'
@@ -127,6 +128,8 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
   }
   const adapter = options.adapter ?? memoryAdapter()
   const metrics = options.metrics === undefined ? undefined : await Metrics.create(options.metrics)
+  // The admin view's rates come from the same tallies: it counts even when no metrics are served.
+  const counters = metrics ?? (options.admin === undefined ? undefined : await Metrics.create({ path: false, rooms: [], register: undefined, preHandler: undefined }))
   const registry = new Registry(adapter, {
     log: app.log,
     maxRoomsPerConnection: options.maxRoomsPerConnection,
@@ -134,7 +137,7 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     presenceIntervalMs: options.presenceIntervalMs,
     presenceGraceMs: options.presenceGraceMs,
     membersPageSize: options.membersPageSize,
-    metrics
+    metrics: counters
   })
   const nodeId = randomBytes(4).toString('hex')
   await adapter.start(registry, {
@@ -167,7 +170,7 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
       open.delete(connection)
       if (open.size === 0) allClosed?.()
     },
-    metrics,
+    metrics: counters,
     roomList
   }
   const state = { closing: false, connections: () => open.size }
@@ -248,6 +251,18 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
   if (metrics !== undefined) await metrics.serve(app, { connections: () => open.size, registry }, restAccess(options, credentials))
   if (options.demo !== false) {
     await app.register(page, { prefix: options.demo === true ? '/' : options.demo, path: options.path, restPrefix: options.rest ? options.prefix : false })
+  }
+  if (options.admin !== undefined && counters !== undefined) {
+    await app.register(admin, {
+      prefix: options.admin.path,
+      guard: options.admin.preHandler,
+      access: restAccess(options, credentials),
+      counters,
+      connections: () => open.size,
+      localCounts: () => registry.localCounts(),
+      wsPath: options.path,
+      restPrefix: options.prefix
+    })
   }
 
   const api: RoomsApi = {
@@ -336,6 +351,8 @@ export type {
   RestPublishGuard, RoomsRegister, RoomData, SchemaData, Settings
 } from './options.js'
 export type { MetricsOptions, MetricsGuard, AdapterMetrics, LinkMetrics } from './metrics.js'
+export type { AdminOptions, AdminGuard } from './admin.js'
+export type { AdminStats } from './admin-stats.js'
 // The wire contract as types, for apps that speak it without the SDK; the schemas and codecs stay internal.
 export { PROTOCOL_VERSION } from './protocol.js'
 export type {

@@ -5,6 +5,7 @@ import type { Adapter } from './adapters/adapter.js'
 import { errorCodes } from './errors.js'
 import { describeErrors, type Member } from './protocol.js'
 import { resolveMetricsOptions, type MetricsOptions, type ResolvedMetricsOptions } from './metrics.js'
+import { resolveAdminOptions, type AdminOptions, type ResolvedAdminOptions } from './admin.js'
 
 /**
  * Declaration-merging hook for the type of published `data`. Apps that pass a
@@ -159,12 +160,14 @@ export type RoomsOptions<TData = RoomData, TUser extends Member = Member> = Part
   restPublish?: RestPublishGuard
   /** Prometheus metrics at an opt-in route (`true`: at `/metrics`); off by default. */
   metrics?: boolean | MetricsOptions
+  /** An admin page with rooms, members and message rates, at an opt-in guarded route; off by default. */
+  admin?: boolean | AdminOptions
 }
 
 /** The data type a `dataSchema` gives: `Static<S>`, or `RoomData` when no schema says more. */
 export type SchemaData<S extends TSchema> = TSchema extends S ? RoomData : Static<S>
 
-export type ResolvedOptions = Settings & RoomsHooks<unknown> & { adapter?: Adapter, dataSchema?: TSchema, restPublish?: RestPublishGuard, metrics?: ResolvedMetricsOptions | undefined }
+export type ResolvedOptions = Settings & RoomsHooks<unknown> & { adapter?: Adapter, dataSchema?: TSchema, restPublish?: RestPublishGuard, metrics?: ResolvedMetricsOptions | undefined, admin?: ResolvedAdminOptions | undefined }
 
 const settingsValidator = Compile(SettingsSchema)
 const HOOKS = ['authenticate', 'verifyToken', 'onJoin', 'onPublish', 'onConnect', 'onDisconnect', 'onLeave', 'restPublish'] as const
@@ -174,7 +177,7 @@ const HOOKS = ['authenticate', 'verifyToken', 'onJoin', 'onPublish', 'onConnect'
  * with a sentence naming the option rather than misbehaving later.
  */
 export function resolveOptions (input: RoomsOptions<unknown> = {}): ResolvedOptions {
-  const { adapter, dataSchema, authenticate, verifyToken, onJoin, onPublish, onConnect, onDisconnect, onLeave, restPublish, metrics, ...plain } = input
+  const { adapter, dataSchema, authenticate, verifyToken, onJoin, onPublish, onConnect, onDisconnect, onLeave, restPublish, metrics, admin, ...plain } = input
   const settings = settingsValidator.Default(structuredClone(plain))
   if (!settingsValidator.Check(settings)) {
     throw new errorCodes.FST_ROOMS_INVALID_OPTION(`${describeErrors(settingsValidator.Errors(settings), 'options')}.`)
@@ -193,5 +196,6 @@ export function resolveOptions (input: RoomsOptions<unknown> = {}): ResolvedOpti
   if (dataSchema !== undefined && (dataSchema === null || typeof dataSchema !== 'object')) {
     throw new errorCodes.FST_ROOMS_INVALID_OPTION('dataSchema must be a TypeBox schema.')
   }
-  return { ...settings, adapter, dataSchema, authenticate, verifyToken, onJoin, onPublish, onConnect, onDisconnect, onLeave, restPublish, metrics: resolveMetricsOptions(metrics) }
+  return { ...settings, adapter, dataSchema, authenticate, verifyToken, onJoin, onPublish, onConnect, onDisconnect, onLeave, restPublish, metrics: resolveMetricsOptions(metrics),
+    admin: resolveAdminOptions(admin, { authenticated: authenticate !== undefined || verifyToken !== undefined, rest: settings.rest }) }
 }

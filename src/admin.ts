@@ -1,0 +1,130 @@
+import { existsSync, readFileSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
+import Type from 'typebox'
+import { Compile } from 'typebox/compile'
+import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
+import fastifyStatic from '@fastify/static'
+import { errorCodes } from './errors.js'
+import { AdminStats, Rates } from './admin-stats.js'
+import type { Metrics } from './metrics.js'
+import { describeErrors, type Member } from './protocol.js'
+import { HttpError, type RestAccess } from './routes.js'
+
+/**
+ * Decides who is an admin: a Fastify preHandler that also gets the user the
+ * request's credentials named (undefined when the app configured no
+ * authentication). Throw or reply to refuse; returning `false` refuses with
+ * 403 `FORBIDDEN`.
+ */
+export type AdminGuard = (request: FastifyRequest, reply: FastifyReply, user: Member | undefined) => unknown
+
+/** The `admin` option as an object; `admin: true` is `{}`. */
+export interface AdminOptions {
+  /** Where the admin page and its stats are served; default `'/rooms-admin'`. */
+  path?: string
+  /** Who may open the admin view; required when `authenticate` or `verifyToken` is configured. */
+  preHandler?: AdminGuard
+}
+
+export interface ResolvedAdminOptions {
+  path: string
+  preHandler: AdminGuard | undefined
+}
+
+const AdminSettings = Type.Object({ path: Type.String({ pattern: '^/(.*[^/])?$', default: '/rooms-admin' }) })
+const settingsValidator = Compile(AdminSettings)
+
+const NEEDS_GUARD = 'admin needs a preHandler deciding who is an admin when authenticate or verifyToken is configured: credentials alone would show every room and member to every signed-in user.'
+const NEEDS_REST = 'admin needs the REST routes (rest: true): the admin page lists rooms and members through them.'
+const NOT_ADMIN = 'Only admins may open the fastify-rooms admin view.'
+
+/**
+ * Check the `admin` option; undefined when the view is off. With
+ * authentication configured an admin guard is required: failing closed at
+ * registration beats an admin view every user can open.
+ */
+export function resolveAdminOptions (input: unknown, { authenticated, rest }: { authenticated: boolean, rest: boolean }): ResolvedAdminOptions | undefined {
+  if (input === undefined || input === false) return undefined
+  if (input !== true && (input === null || typeof input !== 'object')) {
+    throw new errorCodes.FST_ROOMS_INVALID_OPTION('admin must be true, false or an object.')
+  }
+  const { preHandler, ...plain } = input === true ? {} : input as AdminOptions
+  const settings = settingsValidator.Default(structuredClone(plain))
+  if (!settingsValidator.Check(settings)) {
+    throw new errorCodes.FST_ROOMS_INVALID_OPTION(`${describeErrors(settingsValidator.Errors(settings), 'admin')}.`)
+  }
+  if (preHandler !== undefined && typeof preHandler !== 'function') {
+    throw new errorCodes.FST_ROOMS_INVALID_OPTION('admin.preHandler must be a function.')
+  }
+  if (preHandler === undefined && authenticated) throw new errorCodes.FST_ROOMS_INVALID_OPTION(NEEDS_GUARD)
+  if (!rest) throw new errorCodes.FST_ROOMS_INVALID_OPTION(NEEDS_REST)
+  return { path: settings.path, preHandler }
+}
+
+export interface AdminPluginOptions {
+  guard: AdminGuard | undefined
+  /** The credentials REST asks for; absent when the app configured no authentication. */
+  access: RestAccess | undefined
+  /** The plugin's counters (the metrics' tallies, counting whether or not metrics are served). */
+  counters: Metrics
+  connections: () => number
+  localCounts: () => { rooms: number, members: number }
+  /** What the page talks to. */
+  wsPath: string
+  restPrefix: string
+}
+
+const publicDir = new URL('../public/', import.meta.url)
+const clientDir = fileURLToPath(new URL('../dist/client/', import.meta.url))
+
+/**
+ * The admin view: a page, the browser SDK it runs on, its config and a stats
+ * route, all behind one guard: the credentials REST asks for, then the app's
+ * admin guard, before anything else runs.
+ */
+export const admin: FastifyPluginAsync<AdminPluginOptions> = async (app, options) => {
+  const { guard, access, counters } = options
+  if (!existsSync(clientDir)) {
+    throw new Error(`fastify-rooms: the admin view needs the built client SDK in ${clientDir}: run "npm run build".`)
+  }
+  const files = Object.fromEntries(['admin.html', 'admin.js', 'style.css'].map((name) => [name, readFileSync(new URL(name, publicDir), 'utf8')]))
+  const rates = new Rates(() => ({
+    published: counters.published,
+    delivered: counters.delivered,
+    framesReceived: counters.framesReceived,
+    framesSent: counters.framesSent
+  }))
+  app.addHook('onClose', async () => { rates.stop() })
+  app.setErrorHandler(adminErrors)
+  app.addHook('onRequest', async (request, reply) => {
+    const user = access === undefined ? undefined : await access.identify(request, reply)
+    if (guard === undefined) return
+    const verdict = await guard(request, reply, user)
+    if (reply.sent) return reply
+    if (verdict === false) throw new errorCodes.FORBIDDEN(NOT_ADMIN)
+  })
+
+  app.get('/', async (request, reply) => {
+    // The page's links are relative: without the slash they would miss the admin path.
+    const path = request.url.split('?')[0] as string
+    if (!path.endsWith('/')) return await reply.redirect(`${path}/`)
+    return await reply.type('text/html; charset=utf-8').send(files['admin.html'])
+  })
+  app.get('/admin.js', async (_request, reply) => await reply.type('text/javascript; charset=utf-8').send(files['admin.js']))
+  app.get('/style.css', async (_request, reply) => await reply.type('text/css; charset=utf-8').send(files['style.css']))
+  app.get('/config.json', async () => ({ path: options.wsPath, prefix: options.restPrefix }))
+  app.get('/stats', {
+    schema: { response: { 200: AdminStats, 401: HttpError, 403: HttpError } }
+  }, async () => ({ connections: options.connections(), ...options.localCounts(), ...rates.current() }))
+  await app.register(fastifyStatic, { root: clientDir, prefix: '/client/', decorateReply: false })
+}
+
+/** Errors in Fastify's shape; an unexpected one (a guard's bug, say) is logged and answered with a generic 500. */
+function adminErrors (this: FastifyInstance, error: Error & { statusCode?: number }, request: FastifyRequest, reply: FastifyReply): void {
+  if (error.statusCode !== undefined && error.statusCode < 500) {
+    void reply.send(error)
+    return
+  }
+  request.log.error({ err: error }, 'fastify-rooms: an admin request failed')
+  void reply.send(new errorCodes.INTERNAL())
+}
