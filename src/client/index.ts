@@ -99,12 +99,18 @@ export type StateChange =
   | ({ state: 'reconnecting' } & ReconnectInfo)
   | ({ state: 'closed' } & CloseInfo)
 
-type ClientEvents = {
+type ClientEvents<TData> = {
   state: (state: StateChange['state'], change: StateChange) => void
   welcome: (welcome: WelcomeFrame) => void
   /** The server accepted a refreshed token; the connection stays as it was. */
   authenticated: (frame: AuthenticatedFrame) => void
   direct: (data: unknown, from: Member | undefined) => void
+  /**
+   * The server put this connection into a room (`app.rooms.join`): the handle
+   * is new, joined, and rejoined after a reconnect like the rooms of `join()`.
+   * Attach handlers here: messages after the `joined` reach them.
+   */
+  joined: (room: Room<TData>) => void
   /** Errors no call awaits: an `error` frame that answered no request, or a refused rejoin. */
   error: (error: RoomsClientError) => void
 }
@@ -166,7 +172,7 @@ const PASSING: ReadonlySet<string> = new Set(['UNAVAILABLE', 'RATE_LIMITED'])
  * `RoomsClient.connect(url, options)`. Every call resolves or rejects within
  * `requestTimeoutMs`.
  */
-export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implements RoomOwner<TData>, RoomListOwner {
+export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> implements RoomOwner<TData>, RoomListOwner {
   state: ConnectionState = 'connecting'
   /** From the latest `welcome`: this connection's id, user and heartbeat. */
   connectionId = ''
@@ -612,7 +618,22 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
       }
       if (join.since === undefined) this.holding.add(join.handle)
     }
-    this.settle(frame.id, frame)
+    if (frame.id === undefined) this.onPutInRoom(frame)
+    else this.settle(frame.id, frame)
+  }
+
+  /**
+   * An unsolicited `joined`: the server put this connection into a room. A
+   * room this client already has a handle for (joined, or its own join in
+   * flight, whose reply follows) keeps that handle.
+   */
+  private onPutInRoom (frame: JoinedFrame): void {
+    if (this.rooms.has(frame.room) || this.state === 'closed') return
+    const room = new Room<TData>(this, frame.room)
+    this.rooms.set(frame.room, room)
+    room.applyJoined(frame, undefined, undefined)
+    this.holding.add(room)
+    this.emit('joined', room)
   }
 
   /** The server removed this connection from a room (a kick). */
