@@ -1,12 +1,12 @@
 import type {
-  AuthenticatedFrame, ErrorFrame, JoinedFrame, Member, MembersPageFrame, MessageFrame, Position, PresenceFrame, RequestId, RoomsPageFrame, ServerFrame, WelcomeFrame
+  AuthenticatedFrame, ErrorFrame, HistoryPageFrame, JoinedFrame, Member, MembersPageFrame, MessageFrame, Position, PresenceFrame, RequestId, RoomsPageFrame, ServerFrame, WelcomeFrame
 } from '../protocol.js'
 import type { ErrorCode } from '../errors.js'
 import { fetchToken, refreshDelay, tokenFailure, type GetToken, type TokenCause } from './auth.js'
 import { Emitter } from './emitter.js'
 import { RoomsClientError, type ClientErrorCode, type CloseInfo } from './errors.js'
 import {
-  Room, type EphemeralMessage, type Gap, type LeftInfo, type PresenceChange, type PublishOptions, type RoomEvents, type RoomMessage, type RoomOwner, type RoomStatus
+  Room, type EphemeralMessage, type Gap, type HistoryOptions, type HistoryPage, type LeftInfo, type PresenceChange, type PublishOptions, type RoomEvents, type RoomMessage, type RoomOwner, type RoomStatus
 } from './room.js'
 import { RoomList, type RoomCount, type RoomListChange, type RoomListOwner, type WatchRoomsOptions } from './roomlist.js'
 
@@ -14,7 +14,7 @@ export type { AuthenticatedFrame, Member, MessageFrame, PresenceFrame, WelcomeFr
 export { Room, RoomList, RoomsClientError }
 export type { RoomCount, RoomListChange, WatchRoomsOptions }
 export type {
-  ClientErrorCode, CloseInfo, EphemeralMessage, Gap, GetToken, LeftInfo, PresenceChange, PublishOptions, RoomEvents, RoomMessage, RoomStatus, TokenCause
+  ClientErrorCode, CloseInfo, EphemeralMessage, Gap, GetToken, HistoryOptions, HistoryPage, LeftInfo, PresenceChange, PublishOptions, RoomEvents, RoomMessage, RoomStatus, TokenCause
 }
 
 /** The part of the WebSocket API the client uses: the browser's and `ws` both have it. */
@@ -404,6 +404,15 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     const frame: Record<string, unknown> = { type: 'members', room: room.name, after }
     if (limit !== undefined) frame.limit = limit
     return await this.request(frame, room.name)
+  }
+
+  /** @internal */
+  async loadHistory (room: Room<TData>, after: number, limit: number): Promise<HistoryPageFrame> {
+    this.assertNotClosed()
+    if (this.rooms.get(room.name) !== room) {
+      throw new RoomsClientError('NOT_IN_ROOM', `Not in room "${room.name}": this handle has left it.`, room.name)
+    }
+    return await this.request({ type: 'history', room: room.name, after, limit }, room.name)
   }
 
   /** @internal */
