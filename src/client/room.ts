@@ -102,9 +102,9 @@ export interface HistoryOptions {
   limit?: number
   /**
    * Only messages with a lower offset: the `offset` of the oldest message
-   * already shown, to page further back. Default: the handle's `offset` + 1,
-   * so the page ends with the last message the `message` handlers got and
-   * holds none that is still to come through them.
+   * already shown, to page further back. Default, and at most: the handle's
+   * `offset` + 1, so the page ends with the last message the `message`
+   * handlers got and holds none that is still to come through them.
    */
   before?: number
 }
@@ -247,15 +247,18 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
    * for a `limit` or `before` that is not a whole number in range.
    */
   async history (options: HistoryOptions = {}): Promise<HistoryPage<TData>> {
-    const { limit = 100, before = this.offset + 1 } = options
+    const { limit = 100 } = options
+    const before = options.before === undefined ? this.offset + 1 : options.before
     if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new TypeError(`history limit must be a whole number from 1 to 1000, got ${String(limit)}.`)
     if (!Number.isInteger(before) || before < 1) throw new TypeError(`history before must be an offset (a whole number of at least 1), got ${String(before)}.`)
     if (this.status !== 'joined') {
       throw new RoomsClientError('NOT_IN_ROOM', `Not in room "${this.name}": ${this.status === 'left' ? 'this handle has left it' : 'it is not joined yet'}.`, this.name)
     }
-    const after = Math.max(0, before - 1 - limit)
-    if (before - 1 - after === 0) return { epoch: this.epoch, messages: [] }
-    const page = await this.owner.loadHistory(this, after, before - 1 - after)
+    // Past the handle's offset a page would take messages still on their way to the handlers.
+    const end = Math.min(before - 1, this.offset)
+    const after = Math.max(0, end - limit)
+    if (end - after === 0) return { epoch: this.epoch, messages: [] }
+    const page = await this.owner.loadHistory(this, after, end - after)
     const messages: Array<RoomMessage<TData>> = []
     for (const frame of page.messages) {
       // Past the history limits the store answers from its oldest retained message, which may be past `before`.
