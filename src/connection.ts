@@ -4,7 +4,7 @@ import type { WebSocket, RawData } from 'ws'
 import { directSocket, senderIdle } from './fast-path.js'
 import { writeCoalesced } from './frame.js'
 import {
-  checkPublish, isFrameError, parseClientFrame, peekRequestId, PROTOCOL_VERSION,
+  checkPublish, DEFAULT_HISTORY_PAGE, isFrameError, parseClientFrame, peekRequestId, PROTOCOL_VERSION,
   type AuthenticatedFrame, type AuthFrame, type ClientFrame, type DataValidator, type ErrorFrame, type JoinFrame, type Member,
   type PublishFrame, type RequestId, type WelcomeFrame
 } from './protocol.js'
@@ -429,6 +429,8 @@ export class Connection implements Peer {
         return this.refresh(frame)
       case 'rooms':
         return this.ctx.roomList.request(this, frame)
+      case 'history':
+        return this.ctx.registry.historyPage(this, frame.room, frame.after ?? 0, frame.limit ?? DEFAULT_HISTORY_PAGE, frame.id)
     }
   }
 

@@ -359,5 +359,5 @@ export type {
   Member, RoomName, RequestId, Position, EncodedPublish,
   ClientFrame, JoinFrame, LeaveFrame, PublishFrame, MembersFrame, PingFrame, AuthFrame,
   ServerFrame, WelcomeFrame, AuthenticatedFrame, JoinedFrame, LeftFrame, AckFrame, MembersPageFrame, PongFrame, MessageFrame, PresenceFrame, DirectFrame, ErrorFrame,
-  RoomsFrame, RoomsPageFrame, RoomCountsFrame, RoomCount
+  RoomsFrame, RoomsPageFrame, RoomCountsFrame, RoomCount, HistoryFrame, HistoryPageFrame
 } from './protocol.js'

@@ -81,7 +81,24 @@ export const RoomsFrame = Type.Object({
   /** true: start (or restart with this prefix) `counts` updates; false: stop them; absent: a page only. */
   subscribe: Type.Optional(Type.Boolean())
 })
-export const ClientFrame = Type.Union([JoinFrame, LeaveFrame, PublishFrame, MembersFrame, PingFrame, AuthFrame, RoomsFrame])
+/** Most messages one `history` reply carries, as in REST. */
+export const MAX_HISTORY_PAGE = 1000
+/** Messages in a `history` reply when `limit` is not given, as in REST. */
+export const DEFAULT_HISTORY_PAGE = 100
+/**
+ * Stored messages of a room the connection is in, after an offset, oldest
+ * first: `GET /rooms/:room/messages` over the socket (an extension of the
+ * contract, see plugin.md "History over the socket").
+ */
+export const HistoryFrame = Type.Object({
+  type: Type.Literal('history'),
+  id: Type.Optional(RequestId),
+  room: RoomName,
+  /** Messages with a greater offset follow (default 0: from the oldest retained). */
+  after: Type.Optional(Type.Integer({ minimum: 0 })),
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_HISTORY_PAGE }))
+})
+export const ClientFrame = Type.Union([JoinFrame, LeaveFrame, PublishFrame, MembersFrame, PingFrame, AuthFrame, RoomsFrame, HistoryFrame])
 
 export const ErrorCodeSchema = Type.Enum(ERROR_CODES)
 
@@ -179,6 +196,17 @@ export const ErrorFrame = Type.Object({
   message: Type.String(),
   room: Type.Optional(RoomName)
 })
+export const HistoryPageFrame = Type.Object({
+  type: Type.Literal('history'),
+  id: Type.Optional(RequestId),
+  room: RoomName,
+  /** The history the offsets belong to. */
+  epoch: Type.String(),
+  /** The room's last offset. */
+  offset: Type.Integer(),
+  /** `message` frames as they were delivered, oldest first, at most `limit`. */
+  messages: Type.Array(MessageFrame)
+})
 /** A room and its member count; 0 in a `counts` update means the room has no members any more. */
 export const RoomCount = Type.Object({
   name: RoomName,
@@ -201,7 +229,7 @@ export const RoomCountsFrame = Type.Object({
 })
 export const ServerFrame = Type.Union([
   WelcomeFrame, JoinedFrame, LeftFrame, AckFrame, PongFrame, MembersPageFrame,
-  MessageFrame, PresenceFrame, DirectFrame, ErrorFrame, AuthenticatedFrame, RoomsPageFrame, RoomCountsFrame
+  MessageFrame, PresenceFrame, DirectFrame, ErrorFrame, AuthenticatedFrame, RoomsPageFrame, RoomCountsFrame, HistoryPageFrame
 ])
 
 export type RoomName = Static<typeof RoomName>
@@ -231,6 +259,8 @@ export type RoomsFrame = Static<typeof RoomsFrame>
 export type RoomCount = Static<typeof RoomCount>
 export type RoomsPageFrame = Static<typeof RoomsPageFrame>
 export type RoomCountsFrame = Static<typeof RoomCountsFrame>
+export type HistoryFrame = Static<typeof HistoryFrame>
+export type HistoryPageFrame = Static<typeof HistoryPageFrame>
 
 const validators = {
   join: Compile(JoinFrame),
@@ -239,7 +269,8 @@ const validators = {
   members: Compile(MembersFrame),
   ping: Compile(PingFrame),
   auth: Compile(AuthFrame),
-  rooms: Compile(RoomsFrame)
+  rooms: Compile(RoomsFrame),
+  history: Compile(HistoryFrame)
 }
 const requestIdValidator = Compile(RequestId)
 
@@ -284,7 +315,7 @@ export function parseClientFrame (text: string): ClientFrame | FrameError {
   }
   const validator = Object.hasOwn(validators, type) ? validators[type as keyof typeof validators] : undefined
   if (validator === undefined) {
-    return fail('UNKNOWN_TYPE', `Unknown frame type ${JSON.stringify(type.slice(0, 32))}: use auth, join, leave, publish, members, rooms or ping.`, id)
+    return fail('UNKNOWN_TYPE', `Unknown frame type ${JSON.stringify(type.slice(0, 32))}: use auth, join, leave, publish, members, history, rooms or ping.`, id)
   }
   if (validator.Check(frame)) return frame
   if ('room' in frame && !isRoomName(frame.room)) {
@@ -406,6 +437,15 @@ export function messageFrame (room: string, publish: EncodedPublish, offset: num
 /** Encode a `presence` diff from members already encoded as JSON. */
 export function encodePresence (room: string, joins: readonly string[], leaves: readonly string[], count: number): string {
   return `{"type":"presence","room":"${room}","joins":[${joins.join(',')}],"leaves":[${leaves.join(',')}],"count":${count}}`
+}
+
+/**
+ * Encode a `history` reply around stored `message` frames, as they are: they
+ * are JSON already, so the page is never parsed.
+ */
+export function encodeHistory (id: RequestId | undefined, room: string, epoch: string, offset: number, messages: ReadonlyArray<{ frame: string }>): string {
+  const head = id === undefined ? '{"type":"history"' : `{"type":"history","id":${JSON.stringify(id)}`
+  return `${head},"room":"${room}","epoch":${JSON.stringify(epoch)},"offset":${offset},"messages":[${messages.map((m) => m.frame).join(',')}]}`
 }
 
 /** Encode a `direct` frame. */

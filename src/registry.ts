@@ -1,7 +1,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { Adapter, AdapterListener, HistoryPage, JoinResult, MembersQuery, PresenceChange, RoomInfo, RoomPage, RoomQuery, StoredMessage } from './adapters/adapter.js'
 import type { ControlCommand } from './adapters/adapter.js'
-import { encodePresence, type EncodedPublish, type JoinedFrame, type Member, type MembersPageFrame, type Position, type RequestId } from './protocol.js'
+import { encodeHistory, encodePresence, type EncodedPublish, type JoinedFrame, type Member, type MembersPageFrame, type Position, type RequestId } from './protocol.js'
 import { RoomsError } from './errors.js'
 import { textFrame } from './frame.js'
 import type { Metrics } from './metrics.js'
@@ -417,6 +417,18 @@ export class Registry implements AdapterListener {
     const reply: MembersPageFrame = { type: 'members', room, members: info?.members ?? [], next: info?.membersNext ?? null }
     if (id !== undefined) reply.id = id
     peer.sendEncoded(JSON.stringify(reply))
+  }
+
+  /**
+   * A page of a room's stored messages for a member of it (`history` frame):
+   * what `GET /rooms/:room/messages` answers, under the membership that
+   * already passed `onJoin`.
+   */
+  async historyPage (peer: Peer, room: string, after: number, limit: number, id: RequestId | undefined): Promise<void> {
+    if (!this.isMember(peer, room)) throw notInRoom(room)
+    const page = await this.adapter.history(room, after, limit)
+    // A member's room exists; null only if it emptied and expired meanwhile.
+    peer.sendEncoded(encodeHistory(id, room, page?.epoch ?? '', page?.offset ?? 0, page?.messages ?? []))
   }
 
   /** Send a `direct` frame to a connection on any node. */

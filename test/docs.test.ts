@@ -51,7 +51,7 @@ async function run (t: Test, name: string, env: Record<string, string>, until?: 
 }
 
 t.test('the docs have the examples this test knows how to check', async (t) => {
-  t.same([...all.keys()].sort(), ['lifecycle-hooks', 'metrics', 'node-client', 'quick-start', 'readme-register', 'signed-token-auth', 'two-registrations', 'typed-data'])
+  t.same([...all.keys()].sort(), ['lifecycle-hooks', 'metrics', 'node-client', 'quick-start', 'readme-register', 'signed-token-auth', 'testing-helper', 'two-registrations', 'typed-data'])
 })
 
 t.test('every example type-checks against the published types', async (t) => {
@@ -146,6 +146,12 @@ t.test('lifecycle-hooks registers and runs to completion', async (t) => {
 t.test('typed-data runs to completion', async (t) => {
   const { output } = await run(t, 'typed-data', {})
   t.match(output(), /done/)
+})
+
+t.test('testing-helper: the node:test recipe passes without opening a port', async (t) => {
+  const { output } = await run(t, 'testing-helper', {})
+  t.match(output(), /^# pass 1$/m)
+  t.match(output(), /^# fail 0$/m)
 })
 
 t.test('node-client: connects, joins, publishes, leaves and closes', async (t) => {

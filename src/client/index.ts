@@ -1,12 +1,12 @@
 import type {
-  AuthenticatedFrame, ErrorFrame, JoinedFrame, Member, MembersPageFrame, MessageFrame, Position, PresenceFrame, RequestId, RoomsPageFrame, ServerFrame, WelcomeFrame
+  AuthenticatedFrame, ErrorFrame, HistoryPageFrame, JoinedFrame, Member, MembersPageFrame, MessageFrame, Position, PresenceFrame, RequestId, RoomsPageFrame, ServerFrame, WelcomeFrame
 } from '../protocol.js'
 import type { ErrorCode } from '../errors.js'
 import { fetchToken, refreshDelay, tokenFailure, type GetToken, type TokenCause } from './auth.js'
 import { Emitter } from './emitter.js'
 import { RoomsClientError, type ClientErrorCode, type CloseInfo } from './errors.js'
 import {
-  Room, type EphemeralMessage, type Gap, type LeftInfo, type PresenceChange, type PublishOptions, type RoomEvents, type RoomMessage, type RoomOwner, type RoomStatus
+  Room, type EphemeralMessage, type Gap, type HistoryOptions, type HistoryPage, type LeftInfo, type PresenceChange, type PublishOptions, type RoomEvents, type RoomMessage, type RoomOwner, type RoomStatus
 } from './room.js'
 import { RoomList, type RoomCount, type RoomListChange, type RoomListOwner, type WatchRoomsOptions } from './roomlist.js'
 
@@ -14,7 +14,7 @@ export type { AuthenticatedFrame, Member, MessageFrame, PresenceFrame, WelcomeFr
 export { Room, RoomList, RoomsClientError }
 export type { RoomCount, RoomListChange, WatchRoomsOptions }
 export type {
-  ClientErrorCode, CloseInfo, EphemeralMessage, Gap, GetToken, LeftInfo, PresenceChange, PublishOptions, RoomEvents, RoomMessage, RoomStatus, TokenCause
+  ClientErrorCode, CloseInfo, EphemeralMessage, Gap, GetToken, HistoryOptions, HistoryPage, LeftInfo, PresenceChange, PublishOptions, RoomEvents, RoomMessage, RoomStatus, TokenCause
 }
 
 /** The part of the WebSocket API the client uses: the browser's and `ws` both have it. */
@@ -99,12 +99,18 @@ export type StateChange =
   | ({ state: 'reconnecting' } & ReconnectInfo)
   | ({ state: 'closed' } & CloseInfo)
 
-type ClientEvents = {
+type ClientEvents<TData> = {
   state: (state: StateChange['state'], change: StateChange) => void
   welcome: (welcome: WelcomeFrame) => void
   /** The server accepted a refreshed token; the connection stays as it was. */
   authenticated: (frame: AuthenticatedFrame) => void
   direct: (data: unknown, from: Member | undefined) => void
+  /**
+   * The server put this connection into a room (`app.rooms.join`): the handle
+   * is new, joined, and rejoined after a reconnect like the rooms of `join()`.
+   * Attach handlers here: messages after the `joined` reach them.
+   */
+  joined: (room: Room<TData>) => void
   /** Errors no call awaits: an `error` frame that answered no request, or a refused rejoin. */
   error: (error: RoomsClientError) => void
 }
@@ -166,7 +172,7 @@ const PASSING: ReadonlySet<string> = new Set(['UNAVAILABLE', 'RATE_LIMITED'])
  * `RoomsClient.connect(url, options)`. Every call resolves or rejects within
  * `requestTimeoutMs`.
  */
-export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implements RoomOwner<TData>, RoomListOwner {
+export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> implements RoomOwner<TData>, RoomListOwner {
   state: ConnectionState = 'connecting'
   /** From the latest `welcome`: this connection's id, user and heartbeat. */
   connectionId = ''
@@ -401,6 +407,15 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
   }
 
   /** @internal */
+  async loadHistory (room: Room<TData>, after: number, limit: number): Promise<HistoryPageFrame> {
+    this.assertNotClosed()
+    if (this.rooms.get(room.name) !== room) {
+      throw new RoomsClientError('NOT_IN_ROOM', `Not in room "${room.name}": this handle has left it.`, room.name)
+    }
+    return await this.request({ type: 'history', room: room.name, after, limit }, room.name)
+  }
+
+  /** @internal */
   async leaveRoom (room: Room<TData>): Promise<void> {
     if (this.rooms.get(room.name) !== room) return
     const first = this.removeRoom(room, { cause: 'leave', reason: undefined }, () => new RoomsClientError('NOT_IN_ROOM', `Left room "${room.name}" before the publish could be sent.`, room.name))
@@ -612,7 +627,22 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents> implemen
       }
       if (join.since === undefined) this.holding.add(join.handle)
     }
-    this.settle(frame.id, frame)
+    if (frame.id === undefined) this.onPutInRoom(frame)
+    else this.settle(frame.id, frame)
+  }
+
+  /**
+   * An unsolicited `joined`: the server put this connection into a room. A
+   * room this client already has a handle for (joined, or its own join in
+   * flight, whose reply follows) keeps that handle.
+   */
+  private onPutInRoom (frame: JoinedFrame): void {
+    if (this.rooms.has(frame.room) || this.state === 'closed') return
+    const room = new Room<TData>(this, frame.room)
+    this.rooms.set(frame.room, room)
+    room.applyJoined(frame, undefined, undefined)
+    this.holding.add(room)
+    this.emit('joined', room)
   }
 
   /** The server removed this connection from a room (a kick). */

@@ -1,4 +1,4 @@
-import type { JoinedFrame, Member, MembersPageFrame, MessageFrame, Position, PresenceFrame } from '../protocol.js'
+import type { HistoryPageFrame, JoinedFrame, Member, MembersPageFrame, MessageFrame, Position, PresenceFrame } from '../protocol.js'
 import { Emitter } from './emitter.js'
 import { RoomsClientError } from './errors.js'
 
@@ -97,6 +97,26 @@ export interface PublishOptions {
   ephemeral?: boolean
 }
 
+export interface HistoryOptions {
+  /** Messages in the page, 1-1000 (default 100). */
+  limit?: number
+  /**
+   * Only messages with a lower offset: the `offset` of the oldest message
+   * already shown, to page further back. Default, and at most: the handle's
+   * `offset` + 1, so the page ends with the last message the `message`
+   * handlers got and holds none that is still to come through them.
+   */
+  before?: number
+}
+
+/** Stored messages of a room, oldest first. */
+export interface HistoryPage<TData = unknown> {
+  /** The epoch the offsets belong to; another than the handle's means the room's history was reset. */
+  epoch: string
+  /** At most `limit` messages, the latest ones before `before` that are still stored. */
+  messages: Array<RoomMessage<TData>>
+}
+
 /** What a room handle asks of its client. @internal */
 export interface RoomOwner<TData> {
   /** The client's own user, from the latest `welcome`. */
@@ -104,6 +124,7 @@ export interface RoomOwner<TData> {
   publishTo: (room: Room<TData>, data: TData, ephemeral: boolean) => Promise<number | undefined>
   leaveRoom: (room: Room<TData>) => Promise<void>
   loadMembers: (room: Room<TData>, after: string, limit: number | undefined) => Promise<MembersPageFrame>
+  loadHistory: (room: Room<TData>, after: number, limit: number) => Promise<HistoryPageFrame>
 }
 
 /** A members page in flight, and the members that left while it was. */
@@ -214,6 +235,39 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
     })
     this.paging = paging
     return await paging.promise
+  }
+
+  /**
+   * Read stored messages of the room over the socket, the latest `limit`
+   * before `before`, oldest first: what `GET /rooms/:room/messages` serves,
+   * under the membership the join got (no REST credentials needed). The
+   * history limits of the server apply: what they dropped is not in the page.
+   * Rejects with `NOT_IN_ROOM` before the join or once left, `DISCONNECTED`
+   * while disconnected, `TIMEOUT` after `requestTimeoutMs`, and a TypeError
+   * for a `limit` or `before` that is not a whole number in range.
+   */
+  async history (options: HistoryOptions = {}): Promise<HistoryPage<TData>> {
+    const { limit = 100 } = options
+    const before = options.before === undefined ? this.offset + 1 : options.before
+    if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new TypeError(`history limit must be a whole number from 1 to 1000, got ${String(limit)}.`)
+    if (!Number.isInteger(before) || before < 1) throw new TypeError(`history before must be an offset (a whole number of at least 1), got ${String(before)}.`)
+    if (this.status !== 'joined') {
+      throw new RoomsClientError('NOT_IN_ROOM', `Not in room "${this.name}": ${this.status === 'left' ? 'this handle has left it' : 'it is not joined yet'}.`, this.name)
+    }
+    // Past the handle's offset a page would take messages still on their way to the handlers.
+    const end = Math.min(before - 1, this.offset)
+    const after = Math.max(0, end - limit)
+    if (end - after === 0) return { epoch: this.epoch, messages: [] }
+    const page = await this.owner.loadHistory(this, after, end - after)
+    const messages: Array<RoomMessage<TData>> = []
+    for (const frame of page.messages) {
+      // Past the history limits the store answers from its oldest retained message, which may be past `before`.
+      if (frame.offset === undefined || frame.offset >= before) continue
+      const message: RoomMessage<TData> = { room: this.name, data: frame.data as TData, offset: frame.offset, epoch: page.epoch, ts: frame.ts }
+      if (frame.from !== undefined) message.from = frame.from
+      messages.push(message)
+    }
+    return { epoch: page.epoch, messages }
   }
 
   /**

@@ -1,0 +1,195 @@
+import type { FastifyInstance } from 'fastify'
+import type {} from '@fastify/websocket'
+import type { WebSocket } from 'ws'
+import { connectionOf } from './connection.js'
+import type { ClientFrame, ErrorFrame, JoinedFrame, ServerFrame, WelcomeFrame } from './protocol.js'
+
+/** A server frame of one `type`. */
+export type FrameOf<T extends ServerFrame['type']> = Extract<ServerFrame, { type: T }>
+
+export interface InjectOptions {
+  /** The plugin's `path` (default `/ws`). */
+  path?: string
+  /** Query parameters of the upgrade, for example `{ name: 'ada' }` for an anonymous connection. */
+  query?: Record<string, string>
+  /** Headers of the upgrade: the cookie or header your `authenticate` reads. */
+  headers?: Record<string, string>
+  /** With `verifyToken`: sent as the first frame (`auth`), in band as a browser would. */
+  token?: string
+  /** The longest any wait of this socket takes before it rejects, ms (default 5000). */
+  timeoutMs?: number
+}
+
+/** What a closed socket ended with. */
+export interface CloseInfo {
+  code: number
+  reason: string
+}
+
+/**
+ * A connection to the plugin through `app.injectWS`: no port, no network.
+ * Every frame the server sends is kept in order; `next` takes the first
+ * unread one of a type. Every wait rejects when the socket closes or after
+ * `timeoutMs`, so a test fails with the reason instead of hanging.
+ */
+export interface RoomsTestSocket {
+  /** The socket itself (a `ws` WebSocket), for what the wrapper does not cover. */
+  readonly ws: WebSocket
+  /** The `welcome` the server greeted this connection with. */
+  readonly welcome: WelcomeFrame
+  /** Settles with the close code and reason once the socket has closed. */
+  readonly closed: Promise<CloseInfo>
+  /** Send a frame as it is: a string goes out unchanged (to test bad input). */
+  send: (frame: ClientFrame | Record<string, unknown> | string) => void
+  /** Wait for (or take) the first unread frame of `type` that `match` accepts. */
+  next: <T extends ServerFrame['type']>(type: T, match?: (frame: FrameOf<T>) => boolean) => Promise<FrameOf<T>>
+  /** Unread frames, optionally of one type, without consuming them. */
+  pending: <T extends ServerFrame['type']>(type?: T) => Array<FrameOf<T>>
+  /** Send a frame with a fresh `id` and resolve with the reply carrying it: its success reply or an `error`. */
+  request: (frame: ClientFrame | Record<string, unknown>) => Promise<ServerFrame>
+  /** Join a room; rejects with a RoomsTestError carrying the server's `code` when refused. */
+  join: (room: string, options?: { history?: number }) => Promise<JoinedFrame>
+  /** Close (1000 by default) and resolve once closed. */
+  close: (code?: number, reason?: string) => Promise<CloseInfo>
+}
+
+/** An `error` frame that answered a helper call, as an Error. */
+export class RoomsTestError extends Error {
+  readonly code: ErrorFrame['code']
+  readonly room: string | undefined
+  constructor (frame: ErrorFrame) {
+    super(`${frame.code}: ${frame.message}`)
+    this.name = 'RoomsTestError'
+    this.code = frame.code
+    this.room = frame.room
+  }
+}
+
+interface Waiter {
+  match: (frame: ServerFrame) => boolean
+  resolve: (frame: ServerFrame) => void
+  reject: (error: Error) => void
+  timer: ReturnType<typeof setTimeout>
+  what: string
+}
+
+/**
+ * Open a connection to fastify-rooms on `app` without a port, through
+ * @fastify/websocket's `injectWS`, and resolve once `welcome` came. The
+ * frame listener goes on in `injectWS`'s `onInit`, before the upgrade
+ * completes, so `welcome` (sent at once) is never missed. Awaits
+ * `app.ready()`. Rejects when the upgrade is refused (`Unexpected server
+ * response: 401`) or the server closes first (with the close reason).
+ */
+export async function injectRooms (app: FastifyInstance, options: InjectOptions = {}): Promise<RoomsTestSocket> {
+  const timeoutMs = options.timeoutMs ?? 5000
+  await app.ready()
+  const query = options.query === undefined ? '' : `?${new URLSearchParams(options.query).toString()}`
+  const unread: ServerFrame[] = []
+  const waiters: Waiter[] = []
+  let closedWith: CloseInfo | undefined
+  let connectionId: string | undefined
+  let onClosed!: (info: CloseInfo) => void
+  const closed = new Promise<CloseInfo>((resolve) => { onClosed = resolve })
+
+  const wait = async (what: string, match: (frame: ServerFrame) => boolean): Promise<ServerFrame> => {
+    const i = unread.findIndex(match)
+    if (i !== -1) return unread.splice(i, 1)[0] as ServerFrame
+    if (closedWith !== undefined) throw new Error(`The socket closed (${show(closedWith)}) before ${what} came.`)
+    return await new Promise((resolve, reject) => {
+      const waiter: Waiter = {
+        match,
+        resolve,
+        reject,
+        what,
+        timer: setTimeout(() => {
+          waiters.splice(waiters.indexOf(waiter), 1)
+          reject(new Error(`No ${what} within ${timeoutMs} ms; unread: ${JSON.stringify(unread).slice(0, 300)}`))
+        }, timeoutMs)
+      }
+      waiters.push(waiter)
+    })
+  }
+
+  const ws = await app.injectWS(`${options.path ?? '/ws'}${query}`, { headers: options.headers ?? {} }, {
+    onInit (ws) {
+      ws.on('message', (data) => {
+        const frame = JSON.parse(data.toString()) as ServerFrame
+        const i = waiters.findIndex((w) => w.match(frame))
+        if (i === -1) {
+          unread.push(frame)
+          return
+        }
+        const waiter = waiters.splice(i, 1)[0] as Waiter
+        clearTimeout(waiter.timer)
+        waiter.resolve(frame)
+      })
+      ws.on('close', (code, reason) => {
+        if (connectionId !== undefined) release(app, connectionId)
+        closedWith = { code, reason: reason.toString() }
+        for (const waiter of waiters.splice(0)) {
+          clearTimeout(waiter.timer)
+          waiter.reject(new Error(`The socket closed (${show(closedWith)}) while waiting for ${waiter.what}.`))
+        }
+        onClosed(closedWith)
+      })
+    }
+  })
+  const send = (frame: ClientFrame | Record<string, unknown> | string): void => ws.send(typeof frame === 'string' ? frame : JSON.stringify(frame))
+  if (options.token !== undefined) send({ type: 'auth', token: options.token })
+  let welcome: WelcomeFrame | ErrorFrame
+  try {
+    welcome = await wait('welcome', (f) => f.type === 'welcome' || f.type === 'error') as WelcomeFrame | ErrorFrame
+  } catch (err) {
+    ws.terminate()
+    throw err
+  }
+  if (welcome.type === 'error') {
+    // Cut at once: the server's own close would wait for ws's close timeout here.
+    ws.terminate()
+    throw new RoomsTestError(welcome)
+  }
+  connectionId = welcome.connectionId
+
+  let nextId = 1
+  const request = async (frame: ClientFrame | Record<string, unknown>): Promise<ServerFrame> => {
+    const id = `t${nextId++}`
+    send({ ...frame, id })
+    return await wait(`the reply to ${String(frame.type)}`, (f) => 'id' in f && f.id === id)
+  }
+  return {
+    ws,
+    welcome,
+    closed,
+    send,
+    next: async (type, match) => await wait(`a ${type} frame`, (f) => f.type === type && (match === undefined || match(f as never))) as never,
+    pending: (type) => unread.filter((f) => type === undefined || f.type === type) as never,
+    request,
+    async join (room, joinOptions = {}) {
+      const reply = await request({ type: 'join', room, ...joinOptions })
+      if (reply.type === 'error') throw new RoomsTestError(reply)
+      return reply as JoinedFrame
+    },
+    async close (code = 1000, reason = '') {
+      if (closedWith === undefined) ws.close(code, reason)
+      return await closed
+    }
+  }
+}
+
+/**
+ * Let the server see an injected socket's close now. Over injectWS's pair of
+ * in-memory streams, the server's socket learns of the end of the closing
+ * handshake only at ws's close timeout (30 s), and the connection would stay
+ * in its rooms until then. The close frame has been exchanged (the client
+ * saw the close), so ending the server's socket reports the code it got.
+ */
+function release (app: FastifyInstance, connectionId: string): void {
+  for (const socket of app.websocketServer?.clients ?? []) {
+    if (connectionOf(socket)?.id === connectionId) socket.terminate()
+  }
+}
+
+function show ({ code, reason }: CloseInfo): string {
+  return reason === '' ? `code ${code}` : `code ${code}: ${reason}`
+}

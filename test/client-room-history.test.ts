@@ -1,0 +1,70 @@
+import t from 'tap'
+import WebSocket from 'ws'
+import { connect, type HistoryPage, type RoomsClient } from '../src/client/index.js'
+import { eachAdapter } from './helpers/deployment.js'
+import { startApp } from './helpers/server.js'
+
+async function client (url: string, name: string): Promise<RoomsClient<number>> {
+  return await connect<number>(url, { WebSocket, name, reconnect: false })
+}
+
+const data = (page: HistoryPage<number>): number[] => page.messages.map((m) => m.data)
+
+eachAdapter(t, 'room.history pages back through stored messages over the socket, oldest first, ending where the handle is', async (t, deploy) => {
+  const { node, app } = await deploy()
+  const ada = await client(node(1).wsUrl, 'ada')
+  t.teardown(() => ada.close())
+  for (let n = 1; n <= 7; n++) await app.rooms.broadcast('r', n)
+  const room = await ada.join('r')
+  t.equal(room.offset, 7)
+
+  const latest = await room.history({ limit: 3 })
+  t.equal(latest.epoch, room.epoch)
+  t.same(data(latest), [5, 6, 7], 'the latest three')
+  t.match(latest.messages[0], { room: 'r', data: 5, offset: 5, epoch: room.epoch })
+  t.type(latest.messages[0]?.ts, 'number')
+  t.same(data(await room.history({ limit: 3, before: 5 })), [2, 3, 4], 'the three before the oldest shown')
+  t.same(data(await room.history({ limit: 3, before: 2 })), [1], 'fewer at the start')
+  t.same(data(await room.history({ before: 1 })), [], 'nothing before the first offset')
+  t.same(data(await room.history()), [1, 2, 3, 4, 5, 6, 7], 'at most 100 by default')
+
+  // A message in flight to the handle is not in a page read before it arrived.
+  const published = await room.publish(8)
+  await new Promise<void>((resolve) => { if (room.offset >= published) resolve(); else room.on('message', () => { if (room.offset >= published) resolve() }) })
+  t.same(data(await room.history({ limit: 2 })), [7, 8], 'the page follows the handle')
+  t.same(data(await room.history({ limit: 1, before: 99 })), [8], 'a before past the handle: up to the handle')
+})
+
+t.test('room.history: the server\'s history limits apply, and bad calls reject clearly', async (t) => {
+  const { app, wsUrl } = await startApp(t, { historySize: 3 })
+  const ada = await client(wsUrl, 'ada')
+  t.teardown(() => ada.close())
+  for (let n = 1; n <= 6; n++) await app.rooms.broadcast('r', n)
+  const room = await ada.join('r')
+  t.same(data(await room.history({ limit: 10 })), [4, 5, 6], 'only what is retained')
+  t.same(data(await room.history({ limit: 2, before: 3 })), [], 'dropped by the limits: an empty page, never later messages')
+
+  await t.rejects(room.history({ limit: 0 }), new TypeError('history limit must be a whole number from 1 to 1000, got 0.'))
+  await t.rejects(room.history({ limit: 1001 }), TypeError)
+  await t.rejects(room.history({ limit: 2.5 }), TypeError)
+  await t.rejects(room.history({ before: 0 }), new TypeError('history before must be an offset (a whole number of at least 1), got 0.'))
+
+  await room.leave()
+  await t.rejects(room.history(), { code: 'NOT_IN_ROOM', room: 'r', message: 'Not in room "r": this handle has left it.' })
+  await app.rooms.broadcast('other', 1)
+  const other = await ada.join('other')
+  ada.close()
+  await t.rejects(other.history(), { code: 'CLOSED' })
+})
+
+t.test('room.history while disconnected rejects with DISCONNECTED', async (t) => {
+  const { app, wsUrl } = await startApp(t)
+  const ada = await connect<number>(wsUrl, { WebSocket, reconnect: { initialDelayMs: 5000, maxDelayMs: 5000 } })
+  t.teardown(() => ada.close())
+  await app.rooms.broadcast('r', 1)
+  const room = await ada.join('r')
+  const dropped = new Promise<void>((resolve) => ada.on('state', (state) => { if (state === 'reconnecting') resolve() }))
+  for (const socket of app.websocketServer.clients) socket.terminate()
+  await dropped
+  await t.rejects(room.history(), { code: 'DISCONNECTED', room: 'r' })
+})
