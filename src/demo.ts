@@ -12,7 +12,9 @@ const host = process.env.HOST ?? '127.0.0.1'
 const app = Fastify({ logger: { level: process.env.LOG_LEVEL ?? 'warn' }, routerOptions: { maxParamLength: 256 } })
 // REDIS_URL switches to the Redis adapter: run two instances on two ports and they share everything.
 const redisUrl = process.env.REDIS_URL
-await app.register(rooms, { demo: true, adapter: redisUrl === undefined || redisUrl === '' ? undefined : redisAdapter({ url: redisUrl }) })
+// RESUME_SECRET (16+ characters) keeps guests' ids across a restart of the in-memory demo.
+const resumeSecret = process.env.RESUME_SECRET === undefined || process.env.RESUME_SECRET === '' ? undefined : process.env.RESUME_SECRET
+await app.register(rooms, { demo: true, resumeSecret, adapter: redisUrl === undefined || redisUrl === '' ? undefined : redisAdapter({ url: redisUrl }) })
 await app.listen({ port, host })
 const shown = host.includes(':') ? `[${host}]` : host
 console.log(`fastify-rooms demo: open http://${shown}:${(app.server.address() as { port: number }).port}/ (${redisUrl === undefined || redisUrl === '' ? 'in-memory rooms' : 'rooms shared through Redis'}; Ctrl+C to stop)`)

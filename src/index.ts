@@ -151,7 +151,7 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     membersPageSize: options.membersPageSize,
     metrics
   })
-  const resume = new ResumeTokens(await adapter.secret?.())
+  const resume = new ResumeTokens(options.resumeSecret ?? await adapter.secret?.())
 
   const roomList = new RoomList(adapter, { log: app.log, enabled: options.roomList ?? options.rest, intervalMs: options.roomListIntervalMs, pageSize: DEFAULT_PAGE })
   const credentials = new Credentials(options)

@@ -50,7 +50,13 @@ export const SettingsSchema = Type.Object({
   allowedOrigins: Type.Optional(Type.Array(Type.String())),
   authTimeoutMs: Type.Integer({ minimum: 10, default: 10_000 }),
   publicRest: Type.Boolean({ default: false }),
-  publicUserFields: Type.Array(Type.String({ minLength: 1 }), { default: ['id', 'name'] })
+  publicUserFields: Type.Array(Type.String({ minLength: 1 }), { default: ['id', 'name'] }),
+  /**
+   * Signs anonymous users' resume tokens. By default the adapter's shared
+   * secret (Redis), or a random one per process (memory): set it so that
+   * guests keep their id across a restart of a memory-adapter server.
+   */
+  resumeSecret: Type.Optional(Type.String({ minLength: 16 }))
 })
 
 export type Settings = Static<typeof SettingsSchema>

@@ -1,6 +1,7 @@
 import t from 'tap'
 import { TestSocket } from './helpers/socket.js'
 import { eachAdapter } from './helpers/deployment.js'
+import { startApp } from './helpers/server.js'
 
 const users = new Map([['ada', { id: 'u-ada', name: 'ada' }], ['bob', { id: 'u-bob', name: 'bob' }], ['cy', { id: 'u-cy', name: 'cy' }]])
 const auth = {
@@ -135,4 +136,22 @@ eachAdapter(t, 'authenticated connections get no resume token', async (t, deploy
   const a = await TestSocket.open(d.node(0).wsUrl, as('ada'))
   t.teardown(() => a.close())
   t.equal(a.welcome.resume, undefined)
+})
+
+t.test('resumeSecret: a guest keeps its id across a restart of a memory-adapter server; without it, it gets a new one', async (t) => {
+  const resumeSecret = 'a-secret-of-sixteen-or-more'
+  const first = await startApp(t, { resumeSecret })
+  const ann = await TestSocket.open(`${first.wsUrl}?name=ann`)
+  const { user, resume } = ann.welcome
+  await ann.close()
+  await first.app.close()
+  const restarted = await startApp(t, { resumeSecret })
+  const again = await TestSocket.open(`${restarted.wsUrl}?resume=${encodeURIComponent(resume as string)}`)
+  t.same(again.welcome.user, user, 'the same guest after the restart')
+  await again.close()
+  const other = await startApp(t)
+  const stranger = await TestSocket.open(`${other.wsUrl}?resume=${encodeURIComponent(resume as string)}`)
+  t.not(stranger.welcome.user.id, user.id, 'another secret: a new guest')
+  await stranger.close()
+  await t.rejects(startApp(t, { resumeSecret: 'short' }), { code: 'FST_ROOMS_INVALID_OPTION' }, 'a secret under 16 characters is refused')
 })
