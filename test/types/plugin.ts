@@ -211,3 +211,16 @@ lobby.on('message', (message) => { const text: string = message.data.text; void 
 await lobby.publish({ text: 'hi' })
 // @ts-expect-error publish takes the schema's type
 await lobby.publish({ body: 'hi' })
+
+// History over the socket and rooms the server put the client in carry the schema's type too.
+const older = await lobby.history({ limit: 10 })
+for (const message of older.messages) { const text: string = message.data.text; const offset: number = message.offset; void text; void offset }
+// @ts-expect-error history pages by limit and before, not by a page number
+await lobby.history({ page: 2 })
+client.on('joined', (room) => { room.on('message', (message) => { const text: string = message.data.text; void text }) })
+// An ephemeral publish resolves without an offset.
+const none: undefined = await lobby.publish({ text: 'typing' }, { ephemeral: true })
+void none
+// @ts-expect-error an ephemeral publish has no offset to give
+const noOffset: number = await lobby.publish({ text: 'typing' }, { ephemeral: true })
+void noOffset
