@@ -345,7 +345,8 @@ export class Registry implements AdapterListener {
       this.lingering.set(peer.id, { peer, rooms, timer })
       return
     }
-    await this.track(Promise.all(rooms.map(async (room) => await this.trackLeave(room, peer, 'closed'))).then(noop))
+    // Each leave is tracked on its own (trackLeave), so shutdown waits for them.
+    await Promise.all(rooms.map(async (room) => await this.trackLeave(room, peer, 'closed')))
   }
 
   /** A dropped connection's grace is over (or cut short): it leaves its rooms, or `only` that one. */
