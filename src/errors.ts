@@ -150,3 +150,8 @@ export function httpErrorOf (err: RoomsError): Error | undefined {
   const Http = HTTP_OF[err.code]
   return Http === undefined ? undefined : new Http(err.message)
 }
+
+/** The adapter's store is unreachable or did not answer in time; the same call may be retried. */
+export function storeUnavailable (): RoomsError {
+  return new RoomsError('UNAVAILABLE', 'The message store is unreachable right now: retry in a moment.')
+}
