@@ -54,6 +54,19 @@ t.test('the Redis Cluster test harness', { skip: skipCluster }, async (t) => {
     t.equal(await c.node(killed.port).get(key), 'kept', 'the restarted node synced from its new master')
   })
 
+  t.test('failover swaps a master and its replica without losing data', async (t) => {
+    const key = 'failover:{f}'
+    const before = await c.ownerOf(key)
+    await client.set(key, 'kept')
+    const { promoted, demoted } = await c.failover(key)
+    t.equal(demoted.port, before.port)
+    t.equal(demoted.role, 'replica')
+    t.equal(demoted.masterOf, promoted.id)
+    t.equal((await c.ownerOf(key)).port, promoted.port)
+    t.equal(await c.node(promoted.port).get(key), 'kept')
+    t.match(await c.node(demoted.port).info('replication'), /master_link_status:up/, 'the old master is a synced replica')
+  })
+
   t.test('migrateSlot moves a slot and its keys live, in batches, while writes go on', async (t) => {
     const tag = '{m}'
     const slot = slotOf(tag)

@@ -172,6 +172,45 @@ t.test('sharded pub/sub receiving on a real cluster', { skip: skipCluster }, asy
     t.equal(rec.events.filter((e) => e.kind === 'broken').length, doomedRooms.length, 'the restart broke nothing')
   })
 
+  t.test('a manual failover (CLUSTER FAILOVER): the channels of the demoted master are broken, then restored', async (t) => {
+    const { sub, rec, client } = open(t, c)
+    const byPort = await channelsOnEveryMaster(c, 2, 50)
+    const channels = [...byPort.values()].flat()
+    const [, affected] = [...byPort][0]!
+    await sub.subscribe(channels)
+    const { promoted } = await c.failover(affected[0]!)
+    // The demoted master drops its shard subscribers (a sunsubscribe push each): nothing else tells a subscriber.
+    await rec.until(() => rec.named('restored').length === affected.length, 'the demoted master\'s channels are restored')
+    t.same(rec.named('broken'), [...affected].sort())
+    t.equal(await ssubConnections(c, promoted.port), 1, 'subscribed on the new master')
+    await roundTrip(client, rec, channels, 'after')
+  })
+
+  t.test('a stale topology naming a replica as master: the subscription still ends on the master', async (t) => {
+    const real = new Cluster(c.seeds, CLUSTER_OPTIONS)
+    real.on('error', () => {})
+    const [channel] = [...(await channelsOnEveryMaster(c, 1, 60)).values()][0]!
+    const stale = await real.cluster('SLOTS')
+    const { promoted, demoted } = await c.failover(channel!)
+    // The first CLUSTER SLOTS answers as a node that has not heard of the failover yet would.
+    let staleAnswers = 1
+    const client = new Proxy(real, {
+      get: (target, prop) => prop === 'cluster' ? async (...args: Parameters<Cluster['cluster']>) => staleAnswers-- > 0 ? stale : await target.cluster(...args) : Reflect.get(target, prop)
+    })
+    const rec = new Recorder()
+    const sub = new ShardSubscriber(client, rec.handlers, { timeoutMs: TIMEOUT_MS, log: silent })
+    t.teardown(() => {
+      sub.close()
+      real.disconnect()
+    })
+    await sub.subscribe([channel!])
+    t.equal(staleAnswers, -1, 'the stale answer was used, then a fresh one')
+    t.equal(await ssubConnections(c, promoted.port), 1, 'subscribed on the master')
+    await eventually(async () => await ssubConnections(c, demoted.port), (n) => n === 0, 'no subscription is left on the replica')
+    t.same(rec.events, [], 'nothing was live yet, so nothing is broken')
+    await roundTrip(real, rec, [channel!], 'on the master')
+  })
+
   t.test('a slot migrated mid-traffic: broken, restored on the new master, no message after restored missed', async (t) => {
     const { sub, rec, client } = open(t, c)
     const byPort = await channelsOnEveryMaster(c, 2, 100)

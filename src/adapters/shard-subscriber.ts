@@ -323,7 +323,13 @@ export class ShardSubscriber {
     if (add.length > 0) {
       let confirmed = false
       await this.#command(shard, async () => {
-        await shard.redis.ssubscribe(...add)
+        // ROLE right behind, on the same connection: a replica accepts SSUBSCRIBE too (a stale topology can lead here), and only a master's
+        // subscribers are sure to be told when it stops serving the slot. A demotion after this ROLE drops the subscription with a notice.
+        const [, role] = await Promise.all([shard.redis.ssubscribe(...add), shard.redis.call('ROLE') as Promise<unknown[]>])
+        if (String(role[0]) !== 'master') {
+          shard.redis.disconnect()
+          throw new Error(`${shard.key} is not a master any more`)
+        }
         if (shard.lost || group.shard !== shard) return
         for (const channel of add) group.live.add(channel)
         confirmed = true

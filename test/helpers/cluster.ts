@@ -65,6 +65,8 @@ export interface RedisCluster {
   ownerOf: (slotOrKey: number | string) => Promise<ClusterNodeInfo>
   /** SIGKILL the master serving a slot (or a key's slot); resolves once its replica took over and the cluster is ok. */
   killMaster: (slotOrKey: number | string) => Promise<KilledMaster>
+  /** CLUSTER FAILOVER on the replica of the master serving a slot: the two swap roles, nothing is lost; resolves once settled. */
+  failover: (slotOrKey: number | string) => Promise<{ promoted: ClusterNodeInfo, demoted: ClusterNodeInfo }>
   /** Move a slot and its keys to another master, live (IMPORTING/MIGRATING, MIGRATE in batches, SETSLOT NODE on every master). */
   migrateSlot: (slot: number, toPort: number, hooks?: MigrateHooks) => Promise<void>
   /** Kill every node and start an empty cluster (new node ids, no data) on the same ports; resolves once it is ready. */
@@ -277,6 +279,19 @@ export async function startCluster (t: Teardown): Promise<RedisCluster> {
     }
   }
 
+  const failover = async (slotOrKey: number | string): Promise<{ promoted: ClusterNodeInfo, demoted: ClusterNodeInfo }> => {
+    const slot = slotFor(slotOrKey)
+    const view = await nodes()
+    const master = view.find((n) => n.role === 'master' && serves(n, slot))
+    const replica = view.find((n) => n.masterOf === master?.id)
+    if (master === undefined || replica === undefined) throw new Error(`slot ${slot} has no master with a replica`)
+    await node(replica.port).call('CLUSTER', 'FAILOVER')
+    await eventually(async () => await ownerOf(slot), (owner) => owner.id === replica.id, `replica ${replica.port} took slot ${slot} over`, SETTLE_MS)
+    await waitSettled(`the cluster is ok after ${replica.port} took over from ${master.port}`)
+    const after = await nodes()
+    return { promoted: after.find((n) => n.id === replica.id)!, demoted: after.find((n) => n.id === master.id)! }
+  }
+
   const migrateSlot = async (slot: number, toPort: number, hooks: MigrateHooks = {}): Promise<void> => {
     const view = await nodes()
     const source = view.find((n) => n.role === 'master' && serves(n, slot))
@@ -321,6 +336,7 @@ export async function startCluster (t: Teardown): Promise<RedisCluster> {
     nodes,
     ownerOf,
     killMaster,
+    failover,
     migrateSlot,
     restartEmpty
   }
