@@ -304,13 +304,30 @@ t.test('sharded pub/sub receiving on a real cluster', { skip: skipCluster }, asy
     await roundTrip(client, rec, [channel!], 'resumed')
   })
 
-  t.test('the cluster restarted empty: every channel broken, then restored', async (t) => {
+  t.test('the cluster restarted empty: every channel broken, then restored, even past handlers that throw', async (t) => {
     const { sub, rec, client } = open(t, c)
     const channels = [...(await channelsOnEveryMaster(c, 2, 300)).values()].flat()
     await sub.subscribe(channels)
+    const { broken, message } = rec.handlers
+    let thrown = 0
+    rec.handlers.broken = (list) => {
+      broken(list)
+      thrown++
+      throw new Error('a bug in the broken handler')
+    }
+    rec.handlers.message = (channel, data) => {
+      message(channel, data)
+      if (data.toString().startsWith('throw')) {
+        thrown++
+        throw new Error('a bug in the message handler')
+      }
+    }
+    await roundTrip(client, rec, channels, 'throw')
+    await roundTrip(client, rec, channels, 'still')
     await c.restartEmpty()
     await rec.until(() => rec.named('restored').length === channels.length, 'every channel is restored')
     t.same(rec.named('broken'), [...channels].sort())
+    t.equal(thrown, channels.length * 2, 'every handler call threw')
     t.equal(sub.ready, true)
     await roundTrip(client, rec, channels, 'new cluster')
   })

@@ -311,6 +311,7 @@ export class ShardSubscriber {
   }
 
   async #step (group: SlotGroup): Promise<void> {
+    if (group.wanted.size === 0 && group.live.size === 0) return
     if (this.#owners[group.slot] === undefined || (group.failures > 0 && group.generation === this.#generation)) await this.#refresh()
     group.generation = this.#generation
     const owner = this.#owners[group.slot]
@@ -336,7 +337,7 @@ export class ShardSubscriber {
       })
       if (!confirmed) throw new Error(`the connection to ${shard.key} was lost while subscribing`)
       const restored = add.filter((channel) => group.wanted.has(channel) && group.broken.delete(channel))
-      if (restored.length > 0 && !this.#closed) this.#handlers.restored(restored)
+      if (restored.length > 0) this.#tell('restored', restored)
       // Unsubscribed while the SSUBSCRIBE was in flight: undo it below.
       if (add.some((channel) => !group.wanted.has(channel))) group.again = true
     }
@@ -366,7 +367,17 @@ export class ShardSubscriber {
   #broke (group: SlotGroup, channels: string[]): void {
     const wanted = channels.filter((channel) => group.wanted.has(channel))
     for (const channel of wanted) group.broken.add(channel)
-    if (wanted.length > 0 && !this.#closed) this.#handlers.broken(wanted)
+    if (wanted.length > 0) this.#tell('broken', wanted)
+  }
+
+  /** A throwing handler must not break the bookkeeping it was called from. */
+  #tell (what: 'broken' | 'restored', channels: string[]): void {
+    if (this.#closed) return
+    try {
+      this.#handlers[what](channels)
+    } catch (err) {
+      this.#log.warn({ err, channels }, `fastify-rooms: the shard subscriber's ${what} handler threw`)
+    }
   }
 
   /** Drop a group that holds nothing and wants nothing. */
@@ -432,7 +443,12 @@ export class ShardSubscriber {
       const name = channel.toString()
       const group = this.#channels.get(name)
       // A message from a connection this slot has left is a leftover: the gap it belongs to is reported already.
-      if (group?.shard === shard) this.#handlers.message(name, message)
+      if (group?.shard !== shard) return
+      try {
+        this.#handlers.message(name, message)
+      } catch (err) {
+        this.#log.warn({ err, channel: name }, 'fastify-rooms: the shard subscriber\'s message handler threw')
+      }
     })
     redis.on('error', (err: Error) => this.#log.debug({ err, shard: key }, 'fastify-rooms: shard subscriber connection error'))
     redis.on('close', () => this.#lost(shard))
