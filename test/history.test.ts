@@ -110,4 +110,5 @@ eachAdapter(t, 'maxHistoryRooms: past the cap, the least recently published room
   const one = await get(`${url}/rooms/one/messages`)
   t.same(one.body, { messages: [], epoch }, 'a room with members keeps its epoch and offsets, but no history')
   t.equal((await app.rooms.get('one'))?.offset, 2)
-})
+  // On a cluster the budget holds per partition (test/cluster.test.ts).
+}, ['memory', 'redis'])

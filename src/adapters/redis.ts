@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto'
-import { Redis, type RedisOptions } from 'ioredis'
+import { Cluster, Redis, type ClusterNode, type ClusterOptions, type RedisOptions } from 'ioredis'
 import type { EncodedPublish, Member } from '../protocol.js'
 import { encodeDirect, messageFrame } from '../protocol.js'
-import { RoomsError } from '../errors.js'
+import { RoomsError, storeUnavailable } from '../errors.js'
 import type {
   Adapter, AdapterConfig, AdapterListener, HistoryPage, JoinResult,
   MembersQuery, RoomInfo, RoomPage, RoomQuery, StoredMessage
@@ -10,6 +10,8 @@ import type {
 import type { ControlCommand } from './adapter.js'
 import type { LinkMetrics } from '../metrics.js'
 import type { RoomCountWatcher } from './adapter.js'
+import { Partitions } from './partitions.js'
+import { ShardSubscriber } from './shard-subscriber.js'
 
 export interface RedisAdapterOptions {
   /** `redis://host:port/db`; the adapter opens its own two connections. */
@@ -26,6 +28,27 @@ export interface RedisAdapterOptions {
    * calls settle as for a broken connection (default 5000 ms).
    */
   commandTimeoutMs?: number
+  /**
+   * A Redis Cluster instead of one Redis: some of its nodes, to learn the rest
+   * from (`[{ host, port }]`). Rooms are spread over `partitions` hash tags,
+   * and their messages go over sharded pub/sub (Redis 7 or later).
+   */
+  cluster?: ClusterNode[]
+  /** ioredis `Cluster` options to add to the adapter's own (for example `natMap`, `dnsLookup`, `redisOptions.password`). */
+  clusterOptions?: ClusterOptions
+  /**
+   * On a cluster, how many partitions (hash tags) the rooms are spread over
+   * (default 64, at most 1024). More spread the load more evenly over more
+   * shards; the room listing reads every partition. Every node must agree.
+   */
+  partitions?: number
+  /**
+   * On a cluster, a publish is acknowledged once this many replicas of its
+   * shard have it (default 1; at most the replicas the shard has), so that a
+   * failover cannot lose an acknowledged message. 0 acknowledges on the
+   * master's word alone.
+   */
+  waitReplicas?: number
 }
 
 /**
@@ -54,6 +77,7 @@ export interface RedisAdapterOptions {
  * P..'roomlist' carries `<count>|<room>` on every member count change.
  */
 const SCRIPT = `
+-- p: the key base of the room's partition, or the global base for node leases.
 local p = ARGV[1]
 local cmd = ARGV[2]
 local rooms_with_history, history_bytes = p .. 'history', p .. 'history:bytes'
@@ -82,9 +106,9 @@ local function presence (room, kind, user, member, count)
     redis.call('SET', r .. 'pseq', string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2])))
   end
   local seq = redis.call('INCR', r .. 'pseq')
-  redis.call('PUBLISH', p .. 'c:' .. room, 'p' .. string.format('%d', seq) .. '|' .. count .. '|' .. kind .. #user .. '|' .. user .. member)
+  redis.call(PUB, p .. 'c:' .. room, 'p' .. string.format('%d', seq) .. '|' .. count .. '|' .. kind .. #user .. '|' .. user .. member)
   -- The live room list: only nodes with watchers subscribe, so this costs nothing otherwise.
-  redis.call('PUBLISH', p .. 'roomlist', count .. '|' .. room)
+  redis.call(PUB, p .. 'roomlist', count .. '|' .. room)
 end
 
 -- A page of members by id, after a cursor ('' for the first): count, next cursor ('' for none), member JSONs.
@@ -211,15 +235,16 @@ local function leave (room, conn)
   return 1
 end
 
--- Drop every member of a node (its lease expired, or it shut down).
+-- Drop every member a node has in this partition (its lease expired, or it shut down).
 local function forget (node)
   local set = p .. 'n:' .. node .. ':conns'
   for _, entry in ipairs(redis.call('SMEMBERS', set)) do
     local cut = string.find(entry, '\\n', 1, true)
     leave(string.sub(entry, 1, cut - 1), string.sub(entry, cut + 1))
+    -- Only what was read: a connection the node registers later is its own.
+    redis.call('SREM', set, entry)
   end
-  redis.call('DEL', set, p .. 'n:' .. node .. ':pubs')
-  redis.call('ZREM', p .. 'nodes', node)
+  redis.call('DEL', p .. 'n:' .. node .. ':pubs')
 end
 
 if cmd == 'publish' then
@@ -249,7 +274,7 @@ if cmd == 'publish' then
     local frame = '{"type":"message","room":"' .. room .. '","data":' .. data .. ',"offset":' .. string.format('%d', offset) .. ',"ts":' .. string.format('%d', ts) .. from .. '}'
     if size > 0 then store(room, offset, frame, size, ttl, max_rooms, max_bytes, string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2]))) end
     if members then
-      redis.call('PUBLISH', p .. 'c:' .. room, 'm' .. string.format('%d', offset) .. '|' .. epoch .. '|' .. frame)
+      redis.call(PUB, p .. 'c:' .. room, 'm' .. string.format('%d', offset) .. '|' .. epoch .. '|' .. frame)
     else
       -- Only nodes with members subscribe; a joiner in flight gets an offset past this one.
       redis.call('PEXPIRE', r .. 'seq', ttl)
@@ -307,36 +332,66 @@ elseif cmd == 'history' then
   end
   return { epoch, seq, entries }
 elseif cmd == 'state' then
-  -- rooms...: for each, its epoch ('' for none) and its last offset
+  -- new epoch, then room, epoch and offset delivered by the asking node, for
+  -- each room: its epoch ('' for none) and its last offset. A room whose
+  -- offsets went back behind what was delivered in the same epoch lost writes
+  -- (a failover to a replica that had not got them): it starts a new epoch, so
+  -- that members learn of the gap instead of being given other messages under
+  -- offsets they saw.
   local out = {}
-  for i = 3, #ARGV do
-    local r = p .. 'r:' .. ARGV[i] .. ':'
-    out[#out + 1] = redis.call('GET', r .. 'epoch') or ''
-    out[#out + 1] = tonumber(redis.call('GET', r .. 'seq') or '0')
+  for i = 4, #ARGV, 3 do
+    local room = ARGV[i]
+    local r = p .. 'r:' .. room .. ':'
+    local epoch = redis.call('GET', r .. 'epoch')
+    local seq = tonumber(redis.call('GET', r .. 'seq') or '0')
+    if epoch and epoch == ARGV[i + 1] and seq < tonumber(ARGV[i + 2]) then
+      epoch = new_epoch(room, ARGV[3])
+      seq = 0
+    end
+    out[#out + 1] = epoch or ''
+    out[#out + 1] = seq
   end
   return out
 elseif cmd == 'renew' then
-  -- node, lease ms, registered before ('1'): a node whose lease was reaped must not come back silently
-  if ARGV[5] == '1' and not redis.call('ZSCORE', p .. 'nodes', ARGV[3]) then return 'REAPED' end
+  -- (global) node, lease ms, registered before ('1'): a node whose lease was
+  -- reaped must not come back silently, nor register again before the reaping
+  -- is done (a score of -1 marks a node being forgotten).
+  local score = redis.call('ZSCORE', p .. 'nodes', ARGV[3])
+  if ARGV[5] == '1' and (not score or tonumber(score) < 0) then return 'REAPED' end
+  if score and tonumber(score) < 0 then return 'WAIT' end
   redis.call('ZADD', p .. 'nodes', now() + tonumber(ARGV[4]), ARGV[3])
   -- The resume-token secret lives while any node runs, and a week after.
   redis.call('PEXPIRE', p .. 'secret', 604800000)
   return 'OK'
-elseif cmd == 'reap' then
-  -- forget every node whose lease expired
+elseif cmd == 'dead' then
+  -- (global) mark every node whose lease expired as being forgotten, and name
+  -- them (with those a reaper before did not finish): each partition forgets
+  -- them, then 'unregister'
   local dead = redis.call('ZRANGEBYSCORE', p .. 'nodes', '-inf', now())
-  for _, node in ipairs(dead) do forget(node) end
-  return #dead
+  for _, node in ipairs(dead) do redis.call('ZADD', p .. 'nodes', -1, node) end
+  return dead
+elseif cmd == 'retire' then
+  -- (global) node: a node shutting down cleanly is forgotten like a dead one
+  redis.call('ZADD', p .. 'nodes', -1, ARGV[3])
+  return 1
 elseif cmd == 'forget' then
-  -- node: a node shutting down cleanly
-  forget(ARGV[3])
+  -- nodes...: drop their members in this partition
+  for i = 3, #ARGV do forget(ARGV[i]) end
+  return 1
+elseif cmd == 'unregister' then
+  -- (global) nodes... forgotten by every partition
+  for i = 3, #ARGV do
+    local score = redis.call('ZSCORE', p .. 'nodes', ARGV[i])
+    if score and tonumber(score) < 0 then redis.call('ZREM', p .. 'nodes', ARGV[i]) end
+  end
   return 1
 end
 return redis.error_reply('unknown command ' .. cmd)
 `
 
-type Cluster = Redis & {
-  rooms: (prefix: string, cmd: string, ...args: Array<string | number>) => Promise<unknown>
+type Client = (Redis | Cluster) & {
+  /** The script: KEYS[1] routes it to the partition's shard, ARGV[1] is the partition's key base. */
+  rooms: (key: string, base: string, cmd: string, ...args: Array<string | number>) => Promise<unknown>
 }
 
 /**
@@ -346,7 +401,7 @@ type Cluster = Redis & {
  */
 const RESEND_WITHIN_MS = 2_000
 
-const unavailable = (): RoomsError => new RoomsError('UNAVAILABLE', 'The message store is unreachable right now: retry in a moment.')
+const unavailable = storeUnavailable
 const maybePublished = (): RoomsError => new RoomsError('UNAVAILABLE', 'The message store became unreachable while publishing: the message may or may not have been published. Retry in a moment.')
 const internal = (): RoomsError => new RoomsError('INTERNAL', 'The server failed to handle this request; it has been logged. Try again later.')
 
@@ -387,11 +442,19 @@ export class RedisAdapter implements Adapter {
   private readonly prefix: string
   private readonly leaseMs: number
   private readonly commandTimeoutMs: number
-  private redis!: Cluster
-  private sub!: Redis
+  private readonly waitReplicas: number
+  /** Where each room's keys live. */
+  private readonly partitions: Partitions
+  /** The key base of the node leases and the shared secret (one slot on a cluster). */
+  private readonly global: string
+  private redis!: Client
+  /** On one Redis: the subscriber connection, for every channel. */
+  private sub: Redis | undefined
+  /** On a cluster: every channel, over sharded pub/sub, one connection per shard master. */
+  private shards: ShardSubscriber | undefined
   /** The command connection and the subscriber connection, whose calls always settle. */
   private cmd!: Link
-  private subLink!: Link
+  private subLink: Link | undefined
   private listener!: AdapterListener
   private config!: AdapterConfig
   private readonly subscriptions = new Map<string, Subscription>()
@@ -416,13 +479,23 @@ export class RedisAdapter implements Adapter {
   /** The live room list's watcher, while any connection of this node subscribes to it. */
   private roomWatcher: RoomCountWatcher | undefined
   private renewing: Promise<void> | undefined
+  /** Markers this node published to its own room channels, by token: see heard(). */
+  private readonly markers = new Map<string, () => void>()
+  private markerSeq = 0
 
   constructor (options: RedisAdapterOptions) {
-    if (options.url === undefined && options.client === undefined) throw new TypeError('redisAdapter needs a url or a client.')
+    if (options.url === undefined && options.client === undefined && options.cluster === undefined) throw new TypeError('redisAdapter needs a url, a client or cluster nodes.')
+    const { partitions = 64 } = options
+    if (options.cluster !== undefined && (!Number.isInteger(partitions) || partitions < 1 || partitions > 1024)) throw new TypeError('redisAdapter: partitions must be an integer from 1 to 1024.')
     this.options = options
     this.prefix = options.keyPrefix ?? 'fastify-rooms:'
+    // A brace in the prefix would be taken for the hash tag, putting every key in one slot.
+    if (options.cluster !== undefined && /[{}]/.test(this.prefix)) throw new TypeError('redisAdapter: on a cluster, keyPrefix must not contain { or }.')
+    this.partitions = new Partitions(this.prefix, options.cluster === undefined ? undefined : partitions)
+    this.global = options.cluster === undefined ? this.prefix : `${this.prefix}{global}`
     this.leaseMs = options.leaseMs ?? 10_000
     this.commandTimeoutMs = options.commandTimeoutMs ?? 5_000
+    this.waitReplicas = options.waitReplicas ?? 1
   }
 
   async start (listener: AdapterListener, config: AdapterConfig): Promise<void> {
@@ -441,19 +514,44 @@ export class RedisAdapter implements Adapter {
       retryStrategy: (times) => Math.min(50 * times, 1000),
       connectionName: `${name}:cmd`
     }
-    const base = this.options.client !== undefined ? this.options.client.duplicate(settings) : new Redis(this.options.url as string, settings)
-    this.redis = base as Cluster
-    this.redis.defineCommand('rooms', { numberOfKeys: 0, lua: SCRIPT })
-    this.sub = this.redis.duplicate({ ...settings, connectionName: `${name}:sub` })
+    const { cluster } = this.options
+    // Room messages go over sharded pub/sub on a cluster: only the shard that owns the room carries them.
+    const lua = `local PUB = '${cluster === undefined ? 'PUBLISH' : 'SPUBLISH'}'\n${SCRIPT}`
+    if (cluster === undefined) {
+      const redis = this.options.client !== undefined ? this.options.client.duplicate(settings) : new Redis(this.options.url as string, settings)
+      this.redis = redis as Client
+      this.sub = redis.duplicate({ ...settings, connectionName: `${name}:sub` })
+    } else {
+      const { retryStrategy, ...node } = settings
+      const redis = new Cluster(cluster, {
+        ...this.options.clusterOptions,
+        enableOfflineQueue: false,
+        // Replicas lag: history and offsets are read where they are written.
+        scaleReads: 'master',
+        clusterRetryStrategy: retryStrategy,
+        redisOptions: { ...this.options.clusterOptions?.redisOptions, ...node, connectionName: `${name}:cmd` }
+      })
+      this.redis = redis as Client
+      this.shards = new ShardSubscriber(redis, {
+        message: (channel, message) => this.onMessage(channel, message),
+        broken: (channels) => this.subscriberBroke(channels),
+        restored: () => this.maybeRecover()
+      }, { timeoutMs: this.commandTimeoutMs, log: config.log, connectionName: `${name}:shard` })
+    }
+    this.redis.defineCommand('rooms', { numberOfKeys: 1, lua })
     // Every retry emits an error: debug only; a lost or restored link is one warn line each.
     this.redis.on('error', (err: Error) => config.log.debug({ err, nodeId: config.nodeId }, 'fastify-rooms: redis connection error'))
-    this.sub.on('error', (err: Error) => config.log.debug({ err, nodeId: config.nodeId }, 'fastify-rooms: redis subscriber error'))
     const fail = (err: unknown, what: string): Error => this.failure(err, what)
-    this.cmd = new Link(this.redis, this.commandTimeoutMs, fail, () => this.linkLost(), () => this.maybeRecover(), true, config.metrics?.redisLink('command'))
-    this.subLink = new Link(this.sub, this.commandTimeoutMs, fail, () => this.subscriberBroke(), () => this.maybeRecover(), false, config.metrics?.redisLink('subscriber'))
-    this.sub.on('messageBuffer', (channel: Buffer, message: Buffer) => this.onMessage(channel, message))
-    await Promise.all([ready(this.redis), ready(this.sub)])
-    await this.subLink.call('subscribe', async () => await this.sub.subscribe(...this.nodeChannels()))
+    // On a cluster the command link does not resend: a publish cut off in flight may have run on a master that is gone.
+    this.cmd = new Link(this.redis, this.commandTimeoutMs, fail, () => this.linkLost(), () => this.maybeRecover(), cluster === undefined, config.metrics?.redisLink('command'))
+    const sub = this.sub
+    if (sub !== undefined) {
+      sub.on('error', (err: Error) => config.log.debug({ err, nodeId: config.nodeId }, 'fastify-rooms: redis subscriber error'))
+      this.subLink = new Link(sub, this.commandTimeoutMs, fail, () => this.subscriberBroke(), () => this.maybeRecover(), false, config.metrics?.redisLink('subscriber'))
+      sub.on('messageBuffer', (channel: Buffer, message: Buffer) => this.onMessage(channel.toString(), message))
+    }
+    await Promise.all([ready(this.redis), sub === undefined ? undefined : ready(sub)])
+    await this.listen(this.nodeChannels())
     await this.renew()
     this.running = true
     const every = (ms: number, fn: () => Promise<unknown>): void => {
@@ -464,42 +562,90 @@ export class RedisAdapter implements Adapter {
     every(Math.max(this.leaseMs / 3, 10), async () => {
       this.maybeRecover()
       // A subscriber connection dropped silently carries no call to notice it by: ask it something.
-      await Promise.all([this.renew(), this.subLink.call('ping', async () => await this.sub.ping())])
+      // (The shard subscriber checks its own connections.)
+      await Promise.all([this.renew(), sub === undefined ? undefined : this.subLink?.call('ping', async () => await sub.ping())])
     })
-    every(Math.max(this.leaseMs / 2, 10), async () => await this.call('reap'))
+    every(Math.max(this.leaseMs / 2, 10), async () => await this.reap())
+  }
+
+  /**
+   * Forget the nodes whose lease expired: marked first (a marked node that
+   * comes back learns it was reaped, and cannot register again until this is
+   * done), then each partition drops their members, then they are unlisted.
+   * A reaper that stops half way leaves the marks: the next round finishes.
+   */
+  private async reap (): Promise<void> {
+    const dead = await this.globalCall('dead') as string[]
+    if (dead.length > 0) await this.forgetNodes(dead)
+  }
+
+  private async forgetNodes (nodes: string[]): Promise<void> {
+    await Promise.all(this.partitions.bases.map(async (base) => await this.baseCall(base, 'forget', ...nodes)))
+    await this.globalCall('unregister', ...nodes)
   }
 
   async close (): Promise<void> {
     this.closed = true
     for (const timer of this.timers) clearInterval(timer)
-    await this.call('forget', this.config.nodeId).catch(() => {})
+    await this.globalCall('retire', this.config.nodeId).then(async () => await this.forgetNodes([this.config.nodeId])).catch(() => {})
+    this.shards?.close()
     this.cmd.close()
-    this.subLink.close()
+    this.subLink?.close()
     this.redis.disconnect()
-    this.sub.disconnect()
+    this.sub?.disconnect()
   }
 
   async publish (room: string, message: EncodedPublish): Promise<number | undefined> {
     if (message.ephemeral === true) {
       // Not stored, not numbered: straight to the nodes with members, with this node's clock.
       const frame = messageFrame(room, message, undefined, Date.now())
-      await this.cmd.call('publish', async () => await this.redis.publish(this.roomChannel(room), 'e' + frame))
+      await this.send('publish', this.roomChannel(room), 'e' + frame)
       return undefined
     }
-    const { historyTtlMs, maxHistoryRooms, maxHistoryBytes } = this.config
+    const { historyTtlMs } = this.config
+    // Each partition holds its share of the budgets (all of them on one Redis): no call spans two shards.
+    const shares = this.partitions.bases.length
+    const maxHistoryRooms = Math.max(1, Math.floor(this.config.maxHistoryRooms / shares))
+    const maxHistoryBytes = Math.floor(this.config.maxHistoryBytes / shares)
     // A message larger than the whole history budget is delivered but not kept, as on the memory adapter.
     const historySize = fits(room, message, maxHistoryBytes) ? this.config.historySize : 0
     const id = ++this.lastPublishId
     this.publishing.add(id)
     try {
+      const base = this.partitions.base(room)
       const issue = async (again: boolean): Promise<unknown> => await this.redis.rooms(
-        this.prefix, 'publish', this.config.nodeId, id, this.publishing.values().next().value as number, again ? '1' : '0',
+        // On a cluster ioredis itself resends a call cut off by a master's death,
+        // to the promoted replica, which may have it already: the script always checks.
+        base + 'rooms', base, 'publish', this.config.nodeId, id, this.publishing.values().next().value as number, again || this.shards !== undefined ? '1' : '0',
         room, message.data, message.from ?? '', historySize, historyTtlMs, maxHistoryRooms, maxHistoryBytes, newEpoch()
       )
-      return await this.cmd.call('publish', issue, true) as number
+      const offset = await this.cmd.call('publish', issue, true) as number
+      await this.replicated(base)
+      return offset
     } finally {
       this.publishing.delete(id)
     }
+  }
+
+  /**
+   * On a cluster, wait until the shard's replicas (up to `waitReplicas`) have
+   * what this connection wrote to it: a failover promotes a replica, and
+   * without this it could lack an acknowledged message. Short of that, the
+   * publish answers UNAVAILABLE ("may or may not have been published") rather
+   * than promise what a failover could take back.
+   */
+  private async replicated (base: string): Promise<void> {
+    if (this.shards === undefined || this.waitReplicas === 0) return
+    const cluster = this.redis as unknown as Cluster
+    const owners = cluster.slots[this.partitions.slot(base)] ?? []
+    const wanted = Math.min(this.waitReplicas, owners.length - 1)
+    if (wanted <= 0) return
+    const master = cluster.nodes('master').find((node) => `${node.options.host}:${node.options.port}` === owners[0])
+    let acked = 0
+    try {
+      if (master !== undefined) acked = await master.wait(wanted, Math.min(1_000, this.commandTimeoutMs / 2))
+    } catch {}
+    if (acked < wanted) throw maybePublished()
   }
 
   async join (room: string, connectionId: string, member: Member): Promise<JoinResult> {
@@ -543,7 +689,7 @@ export class RedisAdapter implements Adapter {
    * resume tokens outlive a restart of every node.
    */
   async secret (): Promise<string> {
-    const key = `${this.prefix}secret`
+    const key = `${this.global}secret`
     await this.cmd.call('secret', async () => await this.redis.set(key, randomBytes(32).toString('base64url'), 'PX', 604_800_000, 'NX'))
     return await this.cmd.call('secret', async () => await this.redis.get(key)) as string
   }
@@ -558,7 +704,7 @@ export class RedisAdapter implements Adapter {
     if (this.listener.direct(connectionId, frame)) return true
     const node = connectionId.slice(0, connectionId.indexOf('-'))
     if (node === '' || node === this.config.nodeId) return false
-    const receivers = await this.cmd.call('direct', async () => await this.redis.publish(`${this.prefix}n:${node}`, `d${connectionId}|${frame}`))
+    const receivers = await this.send('direct', this.nodeChannel(node), `d${connectionId}|${frame}`)
     return receivers > 0
   }
 
@@ -569,9 +715,9 @@ export class RedisAdapter implements Adapter {
       const { connectionId } = command.target
       const node = connectionId.slice(0, connectionId.indexOf('-'))
       if (here > 0 || node === '' || node === this.config.nodeId) return here
-      return await this.cmd.call('control', async () => await this.redis.publish(`${this.prefix}n:${node}`, message)) > 0 ? 1 : 0
+      return await this.send('control', this.nodeChannel(node), message) > 0 ? 1 : 0
     }
-    await this.cmd.call('control', async () => await this.redis.publish(`${this.prefix}all`, message))
+    await this.send('control', this.allChannel(), message)
     return here
   }
 
@@ -585,12 +731,23 @@ export class RedisAdapter implements Adapter {
   async rooms (query: RoomQuery): Promise<RoomPage> {
     const { prefix = '', after, limit } = query
     const start = after !== undefined && after >= prefix ? `(${after}` : `[${prefix}`
-    // One more than asked tells whether there is a next page.
-    const names = (await this.cmd.call('rooms', async () => await this.redis.zrangebylex(`${this.prefix}rooms`, start, '+', 'LIMIT', 0, limit + 1))).filter((n) => n.startsWith(prefix))
+    // One more than asked tells whether there is a next page. Each partition
+    // lists its own rooms; the page is the first of them all, in Redis's byte order.
+    const { bases } = this.partitions
+    const listed = await Promise.all(bases.map(async (base) =>
+      await this.cmd.call('rooms', async () => await this.redis.zrangebylex(`${base}rooms`, start, '+', 'LIMIT', 0, limit + 1))))
+    let names = listed.flat().filter((n) => n.startsWith(prefix))
+    if (bases.length > 1) names = names.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b))).slice(0, limit + 1)
     const page = names.slice(0, limit)
-    const pipeline = this.redis.pipeline()
-    for (const name of page) pipeline.hlen(`${this.prefix}r:${name}:members`)
-    const counts = page.length === 0 ? [] : await this.cmd.call('rooms', async () => results(await pipeline.exec()))
+    const groups = [...this.partitions.group(page)]
+    const counted = new Map<string, number>()
+    await Promise.all(groups.map(async ([base, group]) => {
+      const pipeline = this.redis.pipeline()
+      for (const name of group) pipeline.hlen(`${base}r:${name}:members`)
+      const counts = await this.cmd.call('rooms', async () => results(await pipeline.exec()))
+      for (const [i, name] of group.entries()) counted.set(name, Number(counts[i]))
+    }))
+    const counts = page.map((name) => counted.get(name))
     return {
       rooms: page.map((name, i) => ({ name, count: Number(counts[i]) })).filter((r) => r.count > 0),
       next: names.length > limit ? (page[page.length - 1] as string) : null
@@ -609,8 +766,18 @@ export class RedisAdapter implements Adapter {
     return { epoch, offset, messages }
   }
 
-  private async call (cmd: string, ...args: Array<string | number>): Promise<unknown> {
-    return await this.cmd.call(cmd, async () => await this.redis.rooms(this.prefix, cmd, ...args))
+  /** One call of the script on a room's partition (the room is its first argument). */
+  private async call (cmd: string, room: string, ...args: Array<string | number>): Promise<unknown> {
+    return await this.baseCall(this.partitions.base(room), cmd, room, ...args)
+  }
+
+  private async baseCall (base: string, cmd: string, ...args: Array<string | number>): Promise<unknown> {
+    return await this.cmd.call(cmd, async () => await this.redis.rooms(base + 'rooms', base, cmd, ...args))
+  }
+
+  /** A call about node leases, whose keys are outside every partition. */
+  private async globalCall (cmd: string, ...args: Array<string | number>): Promise<unknown> {
+    return await this.baseCall(this.global, cmd, ...args)
   }
 
   /**
@@ -632,7 +799,7 @@ export class RedisAdapter implements Adapter {
   }
 
   private async renewLease (): Promise<void> {
-    const reply = await this.call('renew', this.config.nodeId, this.leaseMs, this.registered ? '1' : '0')
+    let reply = await this.globalCall('renew', this.config.nodeId, this.leaseMs, this.registered ? '1' : '0')
     if (reply === 'REAPED') {
       // Our lease expired while we were away (a long pause, or Redis lost its
       // data): others removed our members. Start over rather than resurrect
@@ -641,7 +808,12 @@ export class RedisAdapter implements Adapter {
       this.config.log[rooms.size > 0 ? 'warn' : 'debug']({ nodeId: this.config.nodeId, rooms: rooms.size }, 'fastify-rooms: this node\'s lease expired; disconnecting its members so they rejoin')
       this.registered = false
       for (const room of rooms) this.lose(room)
-      await this.call('renew', this.config.nodeId, this.leaseMs, '0')
+      reply = await this.globalCall('renew', this.config.nodeId, this.leaseMs, '0')
+    }
+    if (reply === 'WAIT') {
+      // Still being reaped: members joined now could be dropped by the reaper. Joins fail until it is done.
+      this.registered = false
+      throw unavailable()
     }
     this.registered = true
   }
@@ -653,21 +825,69 @@ export class RedisAdapter implements Adapter {
     this.config.log.warn({ nodeId: this.config.nodeId }, 'fastify-rooms: lost the link to Redis; publishes and joins answer UNAVAILABLE until it is back')
   }
 
-  /** The subscriber connection broke: every room's messages meanwhile are missed, so each room resyncs. */
-  private subscriberBroke (): void {
+  /**
+   * A subscriber connection broke: the rooms' messages meanwhile are missed,
+   * so each room resyncs. On one Redis that is every room; on a cluster, the
+   * rooms of the shard whose connection broke or whose slot moved (`channels`).
+   */
+  private subscriberBroke (channels?: string[]): void {
     if (!this.running || this.closed) return
     this.subscriberBreaks++
-    this.subscriberLost = true
+    if (channels === undefined) this.subscriberLost = true
     // Whatever comes after the break is fetched from history, from the last offset delivered.
-    for (const subscription of this.subscriptions.values()) {
+    const rooms = channels === undefined ? this.subscriptions.values() : channels.map((channel) => this.subscriptions.get(this.parseChannel(channel)?.room ?? ''))
+    for (const subscription of rooms) {
+      if (subscription === undefined) continue
       subscription.held = []
       subscription.gap = true
     }
     this.linkLost()
   }
 
+  /** Both kinds of subscriber connection are up. */
+  private get listening (): boolean {
+    return (this.subLink?.ready ?? true) && (this.shards?.ready ?? true)
+  }
+
+  /** Subscribe to channels: room channels go over sharded pub/sub on a cluster. */
+  private async listen (channels: string[]): Promise<void> {
+    if (this.shards !== undefined) await this.shards.subscribe(channels)
+    else await this.subLink?.call('subscribe', async () => await this.sub?.subscribe(...channels))
+  }
+
+  private async unlisten (channels: string[]): Promise<void> {
+    if (this.shards !== undefined) await this.shards.unsubscribe(channels)
+    else await this.subLink?.call('unsubscribe', async () => await this.sub?.unsubscribe(...channels))
+  }
+
+  /**
+   * Resolves once every message published to these rooms before the call has
+   * reached this node. On one Redis a PING on the subscriber connection
+   * answers after them; on a cluster a marker published to one room of each
+   * partition arrives after them, since a shard sends its messages in order.
+   */
+  private async heard (rooms: string[]): Promise<void> {
+    if (this.shards === undefined) {
+      await this.subLink?.call('ping', async () => await this.sub?.ping())
+      return
+    }
+    await Promise.all([...this.partitions.group(rooms).values()].map(async ([room]) => {
+      const token = `${++this.markerSeq}`
+      const arrived = new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => { if (this.markers.delete(token)) reject(unavailable()) }, this.commandTimeoutMs)
+        this.markers.set(token, () => {
+          clearTimeout(timer)
+          resolve()
+        })
+      })
+      arrived.catch(() => {})
+      await this.send('marker', this.roomChannel(room as string), `b${this.config.nodeId}|${token}`)
+      await arrived
+    }))
+  }
+
   private maybeRecover (): void {
-    if (!this.down || this.closed || this.recovering !== undefined || !this.cmd.ready || !this.subLink.ready) return
+    if (!this.down || this.closed || this.recovering !== undefined || !this.cmd.ready || !this.listening) return
     this.recovering = this.recover().finally(() => { this.recovering = undefined })
   }
 
@@ -680,9 +900,10 @@ export class RedisAdapter implements Adapter {
     try {
       const breaks = this.subscriberBreaks
       if (this.subscriberLost) {
-        const channels = [...this.subscriptions.keys()].map((room) => this.roomChannel(room))
-        if (this.roomWatcher !== undefined) channels.push(this.roomListChannel())
-        await this.subLink.call('subscribe', async () => await this.sub.subscribe(...this.nodeChannels(), ...channels))
+        // On a cluster the shard subscriber restores room channels itself; here only the node channels.
+        const channels = this.shards !== undefined ? [] : [...this.subscriptions.keys()].map((room) => this.roomChannel(room))
+        if (this.roomWatcher !== undefined && this.shards === undefined) channels.push(...this.roomListChannels())
+        await this.listen([...this.nodeChannels(), ...channels])
         if (this.subscriberBreaks === breaks) this.subscriberLost = false
       }
       // Sent together (one connection keeps their order), so thousands of members cost one round trip.
@@ -695,7 +916,7 @@ export class RedisAdapter implements Adapter {
       await Promise.all([...this.local.values()].map(async ({ room, connectionId, member }) => {
         await this.call('join', room, connectionId, member.id, JSON.stringify(member), this.config.nodeId, Number.MAX_SAFE_INTEGER, newEpoch(), 1)
       }))
-      if (this.subscriberLost || !this.cmd.ready || !this.subLink.ready) return
+      if (this.subscriberLost || !this.cmd.ready || !this.listening) return
       this.down = false
       this.config.log.warn({ nodeId: this.config.nodeId }, 'fastify-rooms: the link to Redis is back; rooms resynchronised')
       // Count changes during the outage were not heard: the room list is read again.
@@ -712,18 +933,30 @@ export class RedisAdapter implements Adapter {
     for (const subscription of this.subscriptions.values()) if (subscription.epoch === undefined) subscription.gap = false
     const rooms = [...this.subscriptions].filter(([, s]) => s.epoch !== undefined).map(([room]) => room)
     if (rooms.length === 0) return
-    const state = await this.call('state', ...rooms) as Array<string | number>
+    const epoch = newEpoch()
+    const groups = [...this.partitions.group(rooms)]
+    const replies = await Promise.all(groups.map(async ([base, names]) =>
+      await this.baseCall(base, 'state', epoch, ...names.flatMap((room) => {
+        const { epoch, offset } = this.subscriptions.get(room) as Subscription
+        return [room, epoch as string, offset]
+      })) as Array<string | number>))
+    const state = new Map<string, [string, number]>()
+    for (const [g, [, names]] of groups.entries()) {
+      for (const [i, room] of names.entries()) state.set(room, [replies[g]?.[2 * i] as string, replies[g]?.[2 * i + 1] as number])
+    }
     // Every message published before the state was read is now in: the gap is exactly what did not come.
-    if (rooms.some((room) => this.subscriptions.get(room)?.gap === true)) await this.subLink.call('ping', async () => await this.sub.ping())
-    for (const [i, room] of rooms.entries()) {
+    const gaps = rooms.filter((room) => this.subscriptions.get(room)?.gap === true)
+    if (gaps.length > 0) await this.heard(gaps)
+    for (const room of rooms) {
       // Broken again meanwhile: the next recovery starts over.
       if (this.subscriberBreaks !== breaks) return
       const subscription = this.subscriptions.get(room)
       if (subscription?.epoch === undefined) continue
-      if (state[2 * i] !== subscription.epoch) {
+      const [epoch, last] = state.get(room) as [string, number]
+      if (epoch !== subscription.epoch) {
         this.lose(room)
       } else if (subscription.gap) {
-        await this.fill(room, subscription, state[2 * i + 1] as number)
+        await this.fill(room, subscription, last)
       }
     }
   }
@@ -787,6 +1020,7 @@ export class RedisAdapter implements Adapter {
 
   /** Joins wait for a recovery under way, and fail while the link is down. */
   private async usable (): Promise<void> {
+    if (!this.registered) throw unavailable()
     if (!this.down) return
     if (this.recovering === undefined) throw unavailable()
     await this.recovering
@@ -796,7 +1030,7 @@ export class RedisAdapter implements Adapter {
   private async subscribe (room: string): Promise<Subscription> {
     let subscription = this.subscriptions.get(room)
     if (subscription === undefined) {
-      const ready = this.subLink.call('subscribe', async () => await this.sub.subscribe(this.roomChannel(room)))
+      const ready = this.listen([this.roomChannel(room)])
       ready.catch(() => {})
       subscription = { holders: 0, ready, epoch: undefined, offset: 0, held: [], gap: false }
       this.subscriptions.set(room, subscription)
@@ -821,7 +1055,7 @@ export class RedisAdapter implements Adapter {
     const subscription = this.subscriptions.get(room)
     if (subscription === undefined || --subscription.holders > 0) return
     this.subscriptions.delete(room)
-    await this.subLink.call('unsubscribe', async () => await this.sub.unsubscribe(this.roomChannel(room))).catch(() => {})
+    await this.unlisten([this.roomChannel(room)]).catch(() => {})
   }
 
   /** Deliver the messages a subscription held back, unless it still waits for its epoch or a resync. */
@@ -854,33 +1088,43 @@ export class RedisAdapter implements Adapter {
     const was = this.roomWatcher
     this.roomWatcher = watcher
     if (watcher === undefined) {
-      if (was !== undefined) await this.subLink.call('unsubscribe', async () => await this.sub.unsubscribe(this.roomListChannel())).catch(() => {})
+      if (was !== undefined) await this.unlisten(this.roomListChannels()).catch(() => {})
       return
     }
     if (was !== undefined) return
     try {
-      await this.subLink.call('subscribe', async () => await this.sub.subscribe(this.roomListChannel()))
+      await this.listen(this.roomListChannels())
     } catch (err) {
       if (this.roomWatcher === watcher) this.roomWatcher = undefined
       throw err
     }
   }
 
-  private roomListChannel (): string {
-    return `${this.prefix}roomlist`
+  /** Each partition's room list channel: `<count>|<room>` on every member count change. */
+  private roomListChannels (): string[] {
+    return this.partitions.bases.map((base) => `${base}roomlist`)
   }
 
-  private onMessage (channelBytes: Buffer, message: Buffer): void {
-    const channel = channelBytes.toString()
-    if (channel === this.roomListChannel()) { // <count>|<room>
+  /** What a partition channel is: a room's (`<base>c:<room>`) or a room list's (`<base>roomlist`); undefined for a node channel. */
+  private parseChannel (channel: string): { room: string } | { room: undefined } | undefined {
+    let at = this.prefix.length
+    if (channel.charCodeAt(at) === 123) at = channel.indexOf('}', at) + 1 // '{': a partition's hash tag
+    if (channel.startsWith('c:', at)) return { room: channel.slice(at + 2) }
+    if (channel.length === at + 8 && channel.endsWith('roomlist')) return { room: undefined }
+    return undefined
+  }
+
+  private onMessage (channel: string, message: Buffer): void {
+    const target = this.parseChannel(channel)
+    if (target !== undefined && target.room === undefined) { // <count>|<room>
       const cut = message.indexOf(124)
       this.roomWatcher?.count(message.toString('latin1', cut + 1), Number(message.toString('latin1', 0, cut)))
       return
     }
     const bar = message.indexOf(124) // '|'
     const kind = message[0]
-    if (channel.startsWith(`${this.prefix}c:`)) {
-      const room = channel.slice(this.prefix.length + 2)
+    if (target !== undefined) {
+      const room = target.room as string
       if (kind === 109) { // 'm': m<offset>|<epoch>|<frame>
         const subscription = this.subscriptions.get(room)
         if (subscription === undefined) return
@@ -901,6 +1145,12 @@ export class RedisAdapter implements Adapter {
           count: Number(message.toString('latin1', bar + 1, bar2)),
           seq: Number(message.toString('latin1', 1, bar))
         })
+      } else if (kind === 98) { // 'b': b<node>|<token>, a marker of heard()
+        if (message.toString('latin1', 1, bar) === this.config.nodeId) {
+          const token = message.toString('latin1', bar + 1)
+          this.markers.get(token)?.()
+          this.markers.delete(token)
+        }
       } else if (kind === 101) { // 'e': e<frame>, ephemeral
         if (this.subscriptions.has(room)) this.listener.message(room, undefined, message.subarray(1))
       }
@@ -912,7 +1162,7 @@ export class RedisAdapter implements Adapter {
   }
 
   private roomChannel (room: string): string {
-    return `${this.prefix}c:${room}`
+    return `${this.partitions.base(room)}c:${room}`
   }
 
   /**
@@ -921,7 +1171,25 @@ export class RedisAdapter implements Adapter {
    * `all` (`x` commands for a user, who may be on any node).
    */
   private nodeChannels (): string[] {
-    return [`${this.prefix}n:${this.config.nodeId}`, `${this.prefix}all`]
+    return [this.nodeChannel(this.config.nodeId), this.allChannel()]
+  }
+
+  /**
+   * A node's channel. On a cluster it is a sharded channel of its own slot:
+   * classic pub/sub would copy every message to every Redis node, and count
+   * only the receivers of the node it was sent to.
+   */
+  private nodeChannel (node: string): string {
+    return this.shards === undefined ? `${this.prefix}n:${node}` : `${this.prefix}{n:${node}}`
+  }
+
+  private allChannel (): string {
+    return this.shards === undefined ? `${this.prefix}all` : `${this.prefix}{all}`
+  }
+
+  /** Publish on a channel: sharded on a cluster. Resolves to the receivers. */
+  private async send (what: string, channel: string, message: string): Promise<number> {
+    return await this.cmd.call(what, async () => await (this.shards === undefined ? this.redis.publish(channel, message) : this.redis.spublish(channel, message)) as number)
   }
 }
 
@@ -951,7 +1219,7 @@ interface Call {
  * Redis, or a connection the network dropped without a word).
  */
 class Link {
-  private readonly client: Redis
+  private readonly client: Redis | Cluster
   private readonly timeoutMs: number
   private readonly failure: (err: unknown, what: string) => Error
   /** In the order they were sent: the first is the oldest. */
@@ -973,7 +1241,7 @@ class Link {
    *   break (the command link's publishes): only then is the server checked
    * @param metrics where round trips and state changes go, when metrics are on
    */
-  constructor (client: Redis, timeoutMs: number, failure: (err: unknown, what: string) => Error, onLost: () => void, onReady: () => void, resends = false, metrics?: LinkMetrics) {
+  constructor (client: Redis | Cluster, timeoutMs: number, failure: (err: unknown, what: string) => Error, onLost: () => void, onReady: () => void, resends = false, metrics?: LinkMetrics) {
     this.client = client
     this.metrics = metrics
     metrics?.state(client.status === 'ready')
@@ -1021,7 +1289,10 @@ class Link {
       this.metrics?.roundTrip(performance.now() - started)
       if (this.inflight.delete(call)) call.resolve(value)
     }, (err: unknown) => {
-      if (this.inflight.delete(call)) call.reject(this.ready ? this.failure(err, call.what) : unavailable())
+      if (!this.inflight.delete(call)) return
+      // A publish whose connection (to one shard of a cluster) broke under it may have run.
+      if (call.resend && !this.resends && isCutOff(err)) call.reject(maybePublished())
+      else call.reject(this.ready ? this.failure(err, call.what) : unavailable())
     })
   }
 
@@ -1029,7 +1300,9 @@ class Link {
   private cut (): void {
     const now = Date.now()
     for (const call of this.inflight) {
-      if (call.resend) {
+      if (call.resend && !this.resends) {
+        call.reject(maybePublished())
+      } else if (call.resend) {
         call.until ??= now + RESEND_WITHIN_MS
         this.held.push(call)
       } else {
@@ -1105,7 +1378,7 @@ function fits (room: string, message: EncodedPublish, bytes: number): boolean {
   return fixed + extra + Buffer.byteLength(message.data) + Buffer.byteLength(from) <= bytes
 }
 
-async function ready (client: Redis): Promise<void> {
+async function ready (client: Redis | Cluster): Promise<void> {
   if (client.status === 'ready') return
   await new Promise<void>((resolve, reject) => {
     client.once('ready', resolve)
@@ -1120,8 +1393,14 @@ function results (replies: Array<[Error | null, unknown]> | null): unknown[] {
   })
 }
 
+/** The connection broke after the command was sent: it may or may not have run. */
+function isCutOff (err: unknown): boolean {
+  const message = err instanceof Error ? err.message : ''
+  return /Connection is closed|ECONNRESET|EPIPE|Command aborted/i.test(message)
+}
+
 /** A lost connection, or a Redis that cannot answer for now (loading, busy script, failover). */
 function isTransient (err: unknown): boolean {
   const message = err instanceof Error ? err.message : ''
-  return /^(LOADING|BUSY|TRYAGAIN|MASTERDOWN|READONLY)\b|Connection is closed|Stream isn't writeable|ECONNREFUSED|ECONNRESET|max retries|EPIPE|Command aborted/i.test(message)
+  return /^(LOADING|BUSY|TRYAGAIN|MASTERDOWN|READONLY|CLUSTERDOWN)\b|Connection is closed|Stream isn't writeable|ECONNREFUSED|ECONNRESET|max retries|EPIPE|Command aborted/i.test(message)
 }

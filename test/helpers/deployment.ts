@@ -3,12 +3,14 @@ import type { FastifyInstance } from 'fastify'
 import { memoryAdapter, redisAdapter, type Adapter, type RoomsOptions } from '../../src/index.js'
 import { startApp, type Started } from './server.js'
 import { skipRedis, startRedis, type RedisServer } from './redis.js'
+import { skipCluster, startCluster, type RedisCluster } from './cluster.js'
 
-export type AdapterKind = 'memory' | 'redis'
+export type AdapterKind = 'memory' | 'redis' | 'cluster'
 
 /**
  * The app as a test sees it: one memory node, or two Redis-backed instances
- * sharing a real redis-server. Tests that put their clients on `node(0)`,
+ * sharing a real redis-server, or two instances on a real Redis Cluster of 3
+ * masters and 3 replicas. Tests that put their clients on `node(0)`,
  * `node(1)`, ... exercise the cross-node path on Redis and the same contract
  * on one node in memory.
  */
@@ -34,6 +36,7 @@ export type Setup = (app: FastifyInstance, index: number) => unknown
 export type Deploy = (options?: RoomsOptions, setup?: Setup) => Promise<Deployment>
 
 let redis: Promise<RedisServer> | undefined
+let cluster: Promise<RedisCluster> | undefined
 let prefixes = 0
 
 /** One redis-server for the whole test file, started on first use and killed when the file ends. */
@@ -42,28 +45,39 @@ async function sharedRedis (): Promise<RedisServer> {
   return await redis
 }
 
+/** One Redis Cluster for the whole test file, likewise. */
+async function sharedCluster (): Promise<RedisCluster> {
+  cluster ??= startCluster(root)
+  return await cluster
+}
+
 /**
- * Run the same test against every adapter: `memory` (one node) and `redis`
- * (two instances on a real redis-server). Each deployment gets its own key
- * prefix, so tests of one file never see each other's rooms.
+ * Run the same test against every adapter: `memory` (one node), `redis`
+ * (two instances on a real redis-server) and `cluster` (two instances on a
+ * real Redis Cluster). Each deployment gets its own key prefix, so tests of
+ * one file never see each other's rooms. `kinds` narrows it, for behaviour
+ * that differs by design (say why where it is used).
  */
-export function eachAdapter (t: Test, name: string, fn: (t: Test, deploy: Deploy) => Promise<void>): void {
-  for (const kind of ['memory', 'redis'] as const) {
-    t.test(`${name} [${kind}]`, { skip: kind === 'redis' ? skipRedis : false }, async (t) => {
+export function eachAdapter (t: Test, name: string, fn: (t: Test, deploy: Deploy) => Promise<void>, kinds: readonly AdapterKind[] = ['memory', 'redis', 'cluster']): void {
+  for (const kind of kinds) {
+    t.test(`${name} [${kind}]`, { skip: kind === 'redis' ? skipRedis : kind === 'cluster' ? skipCluster : false }, async (t) => {
       await fn(t, async (options = {}, setup) => await deploy(t, kind, options, setup))
     })
   }
 }
 
 async function deploy (t: Test, kind: AdapterKind, options: RoomsOptions, setup?: Setup): Promise<Deployment> {
-  if (kind === 'redis' && options.adapter !== undefined) throw new TypeError('deploy() chooses the Redis adapter itself: a test that passes its own adapter is memory-only (use startApp).')
+  if (kind !== 'memory' && options.adapter !== undefined) throw new TypeError('deploy() chooses the Redis adapter itself: a test that passes its own adapter is memory-only (use startApp).')
   const memberships = new Memberships()
   const count = kind === 'memory' ? 1 : 2
   const server = kind === 'redis' ? await sharedRedis() : undefined
+  const seeds = kind === 'cluster' ? (await sharedCluster()).seeds : undefined
   const keyPrefix = `t${++prefixes}:`
   const nodes: Started[] = []
   for (let i = 0; i < count; i++) {
-    const adapter = server === undefined ? options.adapter ?? memoryAdapter() : redisAdapter({ url: server.url, keyPrefix })
+    const adapter = server !== undefined
+      ? redisAdapter({ url: server.url, keyPrefix })
+      : seeds !== undefined ? redisAdapter({ cluster: seeds, keyPrefix }) : options.adapter ?? memoryAdapter()
     const perInstance = setup === undefined ? undefined : async (app: FastifyInstance) => await setup(app, i)
     nodes.push(await startApp(t, { ...options, adapter: memberships.watch(adapter) }, perInstance))
   }
