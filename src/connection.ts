@@ -5,7 +5,7 @@ import { directSocket, senderIdle } from './fast-path.js'
 import { writeCoalesced } from './frame.js'
 import {
   checkPublish, DEFAULT_HISTORY_PAGE, isFrameError, parseClientFrame, peekRequestId, PROTOCOL_VERSION,
-  type AuthenticatedFrame, type AuthFrame, type ClientFrame, type DataValidator, type ErrorFrame, type JoinFrame, type Member,
+  type AuthenticatedFrame, type AuthFrame, type ClientFrame, type DataValidator, type ErrorFrame, type FrameError, type JoinFrame, type Member,
   type PublishFrame, type RequestId, type WelcomeFrame
 } from './protocol.js'
 import { isRoomsError, RoomsError, forbidden, tokensNotEnabled, unauthorized } from './errors.js'
@@ -36,6 +36,12 @@ export interface ConnectionContext {
   metrics?: Metrics | undefined
   /** The live room list (`rooms` frames). */
   roomList: RoomList
+  /**
+   * Send a connection's publishes to the adapter without waiting for the one
+   * before to be answered: the adapter applies them in call order
+   * (`Adapter.orderedPublishes`) and no `onPublish` hook has to run first.
+   */
+  pipelinePublishes: boolean
 }
 
 const OPEN = 1
@@ -115,8 +121,14 @@ export class Connection implements Peer {
   private busy = false
   /** Frames waiting behind a slow hook or adapter call; allocated at the first. */
   private queue: Buffer[] | undefined
-  /** Bytes of the frames in `queue`. */
+  /** Bytes of the frames in `queue`, and of the publishes in `publishing`. */
   private queuedBytes = 0
+  /**
+   * The reply of the last publish sent to the adapter and not yet answered
+   * (`ctx.pipelinePublishes`): the replies of those publishes are chained in
+   * frame order, and any other frame waits for them all.
+   */
+  private publishing: Promise<void> | undefined
   private closed = false
   /** Closed by the server on purpose (4003): its rooms see it leave at once, with no grace. */
   private disconnected = false
@@ -346,7 +358,7 @@ export class Connection implements Peer {
       // to maxBufferedBytes: past that a flood would hold memory the rate
       // limit alone does not bound (a burst of full-size frames).
       if (this.queuedBytes + buffer.length > this.ctx.options.maxBufferedBytes) {
-        this.sendError(new RoomsError('RATE_LIMITED', 'Too many frames are waiting for earlier ones to be handled: wait for replies before sending more.'), peekRequestId(buffer.toString()))
+        this.sendError(tooManyWaiting(), peekRequestId(buffer.toString()))
         return
       }
       this.queuedBytes += buffer.length
@@ -383,20 +395,64 @@ export class Connection implements Peer {
 
   private handle (buffer: Buffer): void {
     const frame = parseClientFrame(buffer.toString())
+    const size = buffer.length
+    // Replies go out in frame order: any frame but a pipelined publish waits for the publishes in flight.
+    const pending = this.publishing === undefined || this.pipes(frame)
+      ? this.run(frame, size)
+      : this.publishing.then(() => this.run(frame, size))
+    if (pending === undefined) return
+    this.busy = true
+    pending.then(() => this.drain(), noop)
+  }
+
+  /** Handle one frame; returns what the frames after it wait for, if anything (it never rejects). */
+  private run (frame: ClientFrame | FrameError, size: number): Promise<void> | undefined {
     if (isFrameError(frame)) {
       this.sendError(frame.error, frame.id)
-      return
+      return undefined
+    }
+    if (this.pipes(frame)) {
+      this.pipe(frame, size)
+      return undefined
     }
     let pending: Promise<void> | undefined
     try {
-      pending = this.dispatch(frame, buffer.length)
+      pending = this.dispatch(frame, size)
     } catch (err) {
       this.fail(err, frame)
+      return undefined
+    }
+    return pending?.catch((err: unknown) => this.fail(err, frame))
+  }
+
+  private pipes (frame: ClientFrame | FrameError): frame is PublishFrame {
+    return this.ctx.pipelinePublishes && !isFrameError(frame) && frame.type === 'publish'
+  }
+
+  /**
+   * Send a publish to the adapter now, even while earlier ones wait for their
+   * answer, so that the publishes of one turn of the event loop travel to the
+   * store together, and their messages come back together, to be written to
+   * each member at once. The adapter keeps their order; their replies are
+   * chained to go out in frame order.
+   */
+  private pipe (frame: PublishFrame, size: number): void {
+    if (this.queuedBytes + size > this.ctx.options.maxBufferedBytes) {
+      this.sendError(tooManyWaiting(), frame.id)
       return
     }
-    if (pending === undefined) return
-    this.busy = true
-    pending.catch((err: unknown) => this.fail(err, frame)).then(() => this.drain(), noop)
+    this.queuedBytes += size
+    const outcome = this.publish(frame, size).then(
+      (offset) => () => this.ack(frame, offset),
+      (err: unknown) => () => this.fail(err, frame)
+    )
+    const before = this.publishing
+    const reply = (before === undefined ? outcome : before.then(async () => await outcome)).then((send) => {
+      if (!this.closed) this.queuedBytes -= size
+      if (this.publishing === reply) this.publishing = undefined
+      send()
+    })
+    this.publishing = reply
   }
 
   private drain (): void {
@@ -422,7 +478,7 @@ export class Connection implements Peer {
       case 'leave':
         return this.leave(frame.room, frame.id)
       case 'publish':
-        return this.publish(frame, size)
+        return this.publish(frame, size).then((offset) => this.ack(frame, offset))
       case 'members':
         return this.ctx.registry.members(this, frame.room, { after: frame.after, limit: frame.limit ?? this.ctx.options.membersPageSize }, frame.id)
       case 'auth':
@@ -449,7 +505,8 @@ export class Connection implements Peer {
     this.sendEncoded(JSON.stringify(id === undefined ? { type: 'left', room } : { type: 'left', id, room }))
   }
 
-  private async publish (frame: PublishFrame, size: number): Promise<void> {
+  /** Check a publish, run `onPublish`, and publish it; resolves with its offset (undefined for an ephemeral one). */
+  private async publish (frame: PublishFrame, size: number): Promise<number | undefined> {
     const { registry, options, validateData } = this.ctx
     const { room } = frame
     if (!registry.isMember(this, room)) throw notInRoom(room)
@@ -464,9 +521,13 @@ export class Connection implements Peer {
         json = checkPublish(data, room, options.maxMessageBytes, validateData)
       }
     }
-    const ephemeral = frame.ephemeral === true
-    const offset = await registry.publish(room, { data: json, from: this.userJson ??= JSON.stringify(this.user), ephemeral })
-    if (frame.id !== undefined) this.sendEncoded(JSON.stringify(ephemeral ? { type: 'ack', id: frame.id, room } : { type: 'ack', id: frame.id, room, offset }))
+    return await registry.publish(room, { data: json, from: this.userJson ??= JSON.stringify(this.user), ephemeral: frame.ephemeral === true })
+  }
+
+  private ack (frame: PublishFrame, offset: number | undefined): void {
+    if (frame.id === undefined) return
+    const { id, room } = frame
+    this.sendEncoded(JSON.stringify(frame.ephemeral === true ? { type: 'ack', id, room } : { type: 'ack', id, room, offset }))
   }
 
   private fail (err: unknown, frame: ClientFrame): void {
@@ -552,6 +613,11 @@ export class Connection implements Peer {
     this.telling = done
     void done.then(() => { if (this.telling === done) this.telling = undefined })
   }
+}
+
+/** Frames waiting for earlier ones passed maxBufferedBytes. */
+function tooManyWaiting (): RoomsError {
+  return new RoomsError('RATE_LIMITED', 'Too many frames are waiting for earlier ones to be handled: wait for replies before sending more.')
 }
 
 /** Bytes read from the peer so far (frames, pongs, anything), or undefined where ws does not expose its TCP socket. */

@@ -165,6 +165,14 @@ export interface HistoryPage {
  * interchangeable with one option.
  */
 export interface Adapter {
+  /**
+   * Whether `publish` applies calls in the order they were made even when a
+   * call is made before the one before it settled (a store reached over one
+   * ordered connection). Then a connection's publishes are sent without
+   * waiting for each other's answers, and those of one turn of the event loop
+   * travel together; otherwise (the default) each waits for the one before.
+   */
+  readonly orderedPublishes?: boolean
   /** Called once by the plugin before it serves anything. */
   start (listener: AdapterListener, config: AdapterConfig): Promise<void>
   /** Called once on `app.close()`. */
