@@ -90,6 +90,8 @@ t.test('redis adapter under faults', { skip: skipRedis }, async (t) => {
         const value = data++
         batch.push(a.app.rooms.broadcast('cut', value).then((offset) => { acked.set(value, offset) }, (err: { code?: string }) => { refused.set(value, err.code) }))
       }
+      // The instance sends a turn's publishes together as the turn ends: one turn later they wait in Redis, ahead of the kill.
+      await new Promise((resolve) => setImmediate(resolve))
       await inspect.call('CLIENT', 'KILL', 'TYPE', 'normal')
       await Promise.all(batch)
       await ready(a)

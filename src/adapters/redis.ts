@@ -46,7 +46,8 @@ export interface RedisAdapterOptions {
  * R..'ids' sorted set of user ids (score 0: by id), for member pages.
  * The message frames built here must stay byte-compatible with messageFrame
  * in protocol.ts (test/redis-frames.test.ts).
- * Channels: P..'c:'..room carries `m<offset>|<epoch>|<frame>`,
+ * Channels: P..'c:'..room carries the messages of one publish call,
+ * `b<epoch>|` then `<offset>|<frame bytes>|<frame>` for each,
  * `p<presence seq>|<count>|<j or l><user id bytes>|<user id><member JSON>`
  * and `e<frame>` (ephemeral); P..'n:'..node carries
  * `d<connection>|<frame>` and `x<origin node>|<command>` (one connection's),
@@ -223,41 +224,57 @@ local function forget (node)
 end
 
 if cmd == 'publish' then
-  -- node, publish id, lowest id of the node still in flight, sent before ('1'), room,
-  -- data JSON, from JSON or '', historySize, historyTtlMs, maxHistoryRooms, maxHistoryBytes, new epoch
-  local node, id, low, again, room, data, from = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
-  local size, ttl, max_rooms, max_bytes = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
+  -- Publishes to one room, applied in order: node, lowest id of the node still in flight,
+  -- sent before ('1'), room, historyTtlMs, maxHistoryRooms, maxHistoryBytes, new epoch,
+  -- then for each: publish id, data JSON, from JSON or '', historySize. Returns their offsets.
+  local node, low, again, room = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+  local ttl, max_rooms, max_bytes = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
   local pubs = p .. 'n:' .. node .. ':pubs'
-  if again == '1' then
-    -- Sent again after a cut connection: the offset it got the first time, never a second one.
-    local seen = redis.call('ZRANGEBYSCORE', pubs, id, id)
-    if seen[1] then return tonumber(string.sub(seen[1], string.find(seen[1], ':', 1, true) + 1)) end
-  end
-  -- Ids below the lowest in flight are settled: the node never sends them again (swept now and then).
-  if tonumber(id) % 64 == 0 then redis.call('ZREMRANGEBYSCORE', pubs, '-inf', '(' .. low) end
-  local t = redis.call('TIME')
   local r = p .. 'r:' .. room .. ':'
   local members = redis.call('EXISTS', r .. 'members') == 1
-  local epoch = redis.call('GET', r .. 'epoch')
-  local offset = 1
-  -- With no member to deliver to and no history to keep, nothing is written.
-  if epoch or members or size > 0 then
-    if not epoch then epoch = new_epoch(room, ARGV[14]) end
-    offset = redis.call('INCR', r .. 'seq')
-    if from ~= '' then from = ',"from":' .. from end
-    local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-    local frame = '{"type":"message","room":"' .. room .. '","data":' .. data .. ',"offset":' .. string.format('%d', offset) .. ',"ts":' .. string.format('%d', ts) .. from .. '}'
-    if size > 0 then store(room, offset, frame, size, ttl, max_rooms, max_bytes, string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2]))) end
-    if members then
-      redis.call('PUBLISH', p .. 'c:' .. room, 'm' .. string.format('%d', offset) .. '|' .. epoch .. '|' .. frame)
-    else
-      -- Only nodes with members subscribe; a joiner in flight gets an offset past this one.
-      redis.call('PEXPIRE', r .. 'seq', ttl)
-      redis.call('PEXPIRE', r .. 'epoch', ttl)
+  local offsets, out = {}, {}
+  local epoch, heard, unheard = nil, nil, false
+  for i = 11, #ARGV, 4 do
+    local id, data, from, size = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+    local offset
+    if again == '1' then
+      -- Sent again after a cut connection: the offset it got the first time, never a second one.
+      local seen = redis.call('ZRANGEBYSCORE', pubs, id, id)
+      if seen[1] then offset = tonumber(string.sub(seen[1], string.find(seen[1], ':', 1, true) + 1)) end
     end
+    if not offset then
+      -- Ids below the lowest in flight are settled: the node never sends them again (swept now and then).
+      if tonumber(id) % 64 == 0 then redis.call('ZREMRANGEBYSCORE', pubs, '-inf', '(' .. low) end
+      local t = redis.call('TIME')
+      epoch = redis.call('GET', r .. 'epoch')
+      offset = 1
+      -- With no member to deliver to and no history to keep, nothing is written.
+      if epoch or members or size > 0 then
+        if not epoch then epoch = new_epoch(room, ARGV[10]) end
+        offset = redis.call('INCR', r .. 'seq')
+        if from ~= '' then from = ',"from":' .. from end
+        local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        local frame = '{"type":"message","room":"' .. room .. '","data":' .. data .. ',"offset":' .. string.format('%d', offset) .. ',"ts":' .. string.format('%d', ts) .. from .. '}'
+        if size > 0 then store(room, offset, frame, size, ttl, max_rooms, max_bytes, string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2]))) end
+        if members then
+          out[#out + 1] = string.format('%d', offset) .. '|' .. #frame .. '|' .. frame
+          heard = epoch
+        else
+          unheard = true
+        end
+      end
+      redis.call('ZADD', pubs, id, id .. ':' .. string.format('%d', offset))
+    end
+    offsets[#offsets + 1] = offset
   end
-  redis.call('ZADD', pubs, id, id .. ':' .. string.format('%d', offset))
-  return offset
+  -- One message for the whole call: a node reads them together and writes them to each member at once.
+  if heard then redis.call('PUBLISH', p .. 'c:' .. room, 'b' .. heard .. '|' .. table.concat(out)) end
+  if unheard then
+    -- Only nodes with members subscribe; a joiner in flight gets an offset past these.
+    redis.call('PEXPIRE', r .. 'seq', ttl)
+    redis.call('PEXPIRE', r .. 'epoch', ttl)
+  end
+  return offsets
 elseif cmd == 'join' then
   -- room, connection, user id, member JSON, node, max members, new epoch, members page size
   local room, conn, user, member, node, max = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
@@ -350,6 +367,19 @@ const unavailable = (): RoomsError => new RoomsError('UNAVAILABLE', 'The message
 const maybePublished = (): RoomsError => new RoomsError('UNAVAILABLE', 'The message store became unreachable while publishing: the message may or may not have been published. Retry in a moment.')
 const internal = (): RoomsError => new RoomsError('INTERNAL', 'The server failed to handle this request; it has been logged. Try again later.')
 
+/** A room's publishes of this turn of the event loop, not sent yet. */
+interface Batch {
+  /** The script's arguments for each: id, data, from, historySize. */
+  args: Array<string | number>
+  waiting: Array<{ id: number, resolve: (offset: number) => void, reject: (err: Error) => void }>
+  /** Bytes of data and from, roughly (UTF-16 units). */
+  bytes: number
+}
+
+/** Publishes to one room in one script call, at most; past it (or MAX_BATCH_BYTES of data) a call goes at once. */
+const MAX_BATCH = 256
+const MAX_BATCH_BYTES = 1024 * 1024
+
 /** A room channel this node is subscribed to. */
 interface Subscription {
   /** Local joins holding it (joined, or joining). */
@@ -383,6 +413,8 @@ interface LocalMember {
  * `adapter: redisAdapter({ url })`.
  */
 export class RedisAdapter implements Adapter {
+  /** Publishes go out on one connection, in call order, and a resend after a break keeps that order (see Link). */
+  readonly orderedPublishes = true
   private readonly options: RedisAdapterOptions
   private readonly prefix: string
   private readonly leaseMs: number
@@ -401,6 +433,9 @@ export class RedisAdapter implements Adapter {
   private readonly local = new Map<string, LocalMember>()
   /** Ids of this node's publishes not yet settled; the script forgets ids below the lowest. */
   private readonly publishing = new Set<number>()
+  /** Publishes of this turn of the event loop not sent yet, by room (see publish). */
+  private readonly batches = new Map<string, Batch>()
+  private flushScheduled = false
   private lastPublishId = 0
   private timers: NodeJS.Timeout[] = []
   private registered = false
@@ -479,27 +514,76 @@ export class RedisAdapter implements Adapter {
     this.sub.disconnect()
   }
 
+  /**
+   * Publishes wait for the end of this turn of the event loop, then each
+   * room's go to Redis in one script call, and all of them in one write: the
+   * messages a room got together reach every node in one pub/sub message.
+   */
   async publish (room: string, message: EncodedPublish): Promise<number | undefined> {
+    if (!this.cmd.ready) throw unavailable()
     if (message.ephemeral === true) {
-      // Not stored, not numbered: straight to the nodes with members, with this node's clock.
+      // Not stored, not numbered: straight to the nodes with members, with this node's clock, after the room's publishes before it.
+      this.sendBatch(room)
       const frame = messageFrame(room, message, undefined, Date.now())
       await this.cmd.call('publish', async () => await this.redis.publish(this.roomChannel(room), 'e' + frame))
       return undefined
     }
-    const { historyTtlMs, maxHistoryRooms, maxHistoryBytes } = this.config
     // A message larger than the whole history budget is delivered but not kept, as on the memory adapter.
-    const historySize = fits(room, message, maxHistoryBytes) ? this.config.historySize : 0
+    const historySize = fits(room, message, this.config.maxHistoryBytes) ? this.config.historySize : 0
     const id = ++this.lastPublishId
     this.publishing.add(id)
-    try {
-      const issue = async (again: boolean): Promise<unknown> => await this.redis.rooms(
-        this.prefix, 'publish', this.config.nodeId, id, this.publishing.values().next().value as number, again ? '1' : '0',
-        room, message.data, message.from ?? '', historySize, historyTtlMs, maxHistoryRooms, maxHistoryBytes, newEpoch()
-      )
-      return await this.cmd.call('publish', issue, true) as number
-    } finally {
-      this.publishing.delete(id)
+    let batch = this.batches.get(room)
+    if (batch === undefined) {
+      batch = { args: [], waiting: [], bytes: 0 }
+      this.batches.set(room, batch)
+      if (!this.flushScheduled) {
+        this.flushScheduled = true
+        setImmediate(() => this.sendBatches())
+      }
     }
+    batch.args.push(id, message.data, message.from ?? '', historySize)
+    batch.bytes += message.data.length + (message.from?.length ?? 0)
+    return await new Promise<number>((resolve, reject) => {
+      (batch as Batch).waiting.push({ id, resolve, reject })
+      if ((batch as Batch).waiting.length >= MAX_BATCH || (batch as Batch).bytes >= MAX_BATCH_BYTES) this.sendBatch(room)
+    })
+  }
+
+  /** Send every room's publishes of this turn, in the order the rooms got their first, with one write. */
+  private sendBatches (): void {
+    this.flushScheduled = false
+    if (this.batches.size === 0) return
+    const stream = this.redis.stream
+    const cork = this.cmd.ready && typeof stream?.cork === 'function'
+    if (cork) stream.cork()
+    try {
+      for (const room of [...this.batches.keys()]) this.sendBatch(room)
+    } finally {
+      if (cork) stream.uncork()
+    }
+  }
+
+  /** Send a room's publishes not sent yet, as one call that applies them in order and settles them together. */
+  private sendBatch (room: string): void {
+    const batch = this.batches.get(room)
+    if (batch === undefined) return
+    this.batches.delete(room)
+    const { historyTtlMs, maxHistoryRooms, maxHistoryBytes, nodeId } = this.config
+    const issue = async (again: boolean): Promise<unknown> => await this.redis.rooms(
+      this.prefix, 'publish', nodeId, this.publishing.values().next().value as number, again ? '1' : '0',
+      room, historyTtlMs, maxHistoryRooms, maxHistoryBytes, newEpoch(), ...batch.args
+    )
+    this.cmd.call('publish', issue, true).then((offsets) => {
+      for (const [i, { id, resolve }] of batch.waiting.entries()) {
+        this.publishing.delete(id)
+        resolve((offsets as number[])[i] as number)
+      }
+    }, (err: Error) => {
+      for (const { id, reject } of batch.waiting) {
+        this.publishing.delete(id)
+        reject(err)
+      }
+    })
   }
 
   async join (room: string, connectionId: string, member: Member): Promise<JoinResult> {
@@ -881,15 +965,9 @@ export class RedisAdapter implements Adapter {
     const kind = message[0]
     if (channel.startsWith(`${this.prefix}c:`)) {
       const room = channel.slice(this.prefix.length + 2)
-      if (kind === 109) { // 'm': m<offset>|<epoch>|<frame>
+      if (kind === 98) { // 'b': b<epoch>|, then <offset>|<frame bytes>|<frame> for each message
         const subscription = this.subscriptions.get(room)
-        if (subscription === undefined) return
-        const offset = Number(message.toString('latin1', 1, bar))
-        const bar2 = message.indexOf(124, bar + 1)
-        const epoch = message.toString('latin1', bar + 1, bar2)
-        const frame = message.subarray(bar2 + 1)
-        if (subscription.held !== undefined) subscription.held.push({ offset, epoch, frame })
-        else this.deliver(room, subscription, offset, epoch, frame)
+        if (subscription !== undefined) this.received(room, subscription, message, bar)
       } else if (kind === 112) { // 'p': p<presence seq>|<count>|<j or l><user id bytes>|<user id><member JSON>
         const bar2 = message.indexOf(124, bar + 1)
         const bar3 = message.indexOf(124, bar2 + 2)
@@ -908,6 +986,27 @@ export class RedisAdapter implements Adapter {
       this.listener.direct(message.toString('latin1', 1, bar), message.toString('utf8', bar + 1))
     } else if (kind === 120 && message.toString('latin1', 1, bar) !== this.config.nodeId) { // 'x': x<origin>|<command>, done at the origin already
       this.listener.control(JSON.parse(message.toString('utf8', bar + 1)) as ControlCommand)
+    }
+  }
+
+  /**
+   * The messages of one publish call, in offset order: each held back or
+   * delivered, as it comes. They reach the members in this same turn of the
+   * event loop, so each member gets them all in one write.
+   */
+  private received (room: string, subscription: Subscription, message: Buffer, bar: number): void {
+    const epoch = message.toString('latin1', 1, bar)
+    let at = bar + 1
+    while (at < message.length && this.subscriptions.get(room) === subscription) {
+      const bar1 = message.indexOf(124, at)
+      const bar2 = bar1 === -1 ? -1 : message.indexOf(124, bar1 + 1)
+      if (bar2 === -1) return
+      const offset = digits(message, at, bar1)
+      const end = bar2 + 1 + digits(message, bar1 + 1, bar2)
+      const frame = message.subarray(bar2 + 1, end)
+      at = end
+      if (subscription.held !== undefined) subscription.held.push({ offset, epoch, frame })
+      else this.deliver(room, subscription, offset, epoch, frame)
     }
   }
 
@@ -1000,7 +1099,17 @@ class Link {
 
   async call<T> (what: string, issue: (again: boolean) => Promise<T>, resend = false): Promise<T> {
     if (!this.ready) throw unavailable()
-    return await new Promise<T>((resolve, reject) => this.send({ what, issue, resolve, reject, resend, sentAt: 0 }))
+    return await new Promise<T>((resolve, reject) => {
+      const call: Call = { what, issue, resolve, reject, resend, sentAt: 0 }
+      if (resend && this.held.length > 0) {
+        // The connection is back, and the calls cut off on it wait to be sent
+        // again: one made now goes after them, or it would overtake them.
+        call.until = Date.now() + RESEND_WITHIN_MS
+        this.held.push(call)
+      } else {
+        this.send(call)
+      }
+    })
   }
 
   /** Fail every call: the adapter is closing. */
@@ -1065,7 +1174,7 @@ class Link {
     this.held = []
     for (const call of held) {
       if (same) this.send(call)
-      else call.reject(maybePublished())
+      else call.reject(call.sentAt === 0 ? unavailable() : maybePublished())
     }
   }
 
@@ -1076,7 +1185,7 @@ class Link {
     const now = Date.now()
     this.held = this.held.filter((call) => {
       if ((call.until as number) > now) return true
-      call.reject(maybePublished())
+      call.reject(call.sentAt === 0 ? unavailable() : maybePublished())
       return false
     })
     if (this.held.length === 0) return
@@ -1090,8 +1199,17 @@ export function redisAdapter (options: RedisAdapterOptions): Adapter {
   return new RedisAdapter(options)
 }
 
+/** Random bytes for epochs, drawn from the system in blocks: every publish passes one, though few are used. */
+let epochBytes = Buffer.alloc(0)
+let epochAt = 0
+
 function newEpoch (): string {
-  return randomBytes(6).toString('base64url')
+  if (epochAt === epochBytes.length) {
+    epochBytes = randomBytes(6 * 256)
+    epochAt = 0
+  }
+  epochAt += 6
+  return epochBytes.toString('base64url', epochAt - 6, epochAt)
 }
 
 /** Whether a message's frame (offset and ts at their widest) fits in `bytes`, measuring it only when it might not. */
@@ -1103,6 +1221,13 @@ function fits (room: string, message: EncodedPublish, bytes: number): boolean {
   // A UTF-16 unit is at most 3 bytes of UTF-8.
   if (fixed + extra + 3 * (message.data.length + from.length) <= bytes) return true
   return fixed + extra + Buffer.byteLength(message.data) + Buffer.byteLength(from) <= bytes
+}
+
+/** The decimal number in bytes `from` to `to` of a buffer, read without making a string of it. */
+function digits (bytes: Buffer, from: number, to: number): number {
+  let n = 0
+  for (let i = from; i < to; i++) n = n * 10 + (bytes[i] as number) - 48
+  return n
 }
 
 async function ready (client: Redis): Promise<void> {
