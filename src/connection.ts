@@ -2,7 +2,7 @@ import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { Writable } from 'node:stream'
 import type { WebSocket, RawData } from 'ws'
 import { directSocket, senderIdle } from './fast-path.js'
-import { writeCoalesced } from './frame.js'
+import { corkTurn, writeCoalesced } from './frame.js'
 import {
   checkPublish, DEFAULT_HISTORY_PAGE, isFrameError, parseClientFrame, peekRequestId, PROTOCOL_VERSION,
   type AuthenticatedFrame, type AuthFrame, type ClientFrame, type DataValidator, type ErrorFrame, type FrameError, type JoinFrame, type Member,
@@ -292,6 +292,8 @@ export class Connection implements Peer {
   sendEncoded (frame: Buffer | string): void {
     if (this.socket.readyState !== OPEN || this.slow()) return
     this.ctx.metrics?.sent(typeof frame === 'string' ? Buffer.byteLength(frame) : frame.length)
+    // Replies of one turn (the acks of publishes answered together) go out with one write, in order with the fan-out.
+    if (this.raw !== undefined) corkTurn(this.raw)
     this.socket.send(frame, { binary: false })
   }
 

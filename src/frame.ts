@@ -35,18 +35,22 @@ function flush (): void {
 }
 
 /**
- * Write to a socket, coalescing everything written to it during this turn of
- * the event loop into one writev: several messages for one member cost one
- * system call instead of one each.
+ * Hold what is written to a socket until the end of this turn of the event
+ * loop, then write it all with one writev: several frames for one member
+ * cost one system call instead of one each.
  */
-export function writeCoalesced (socket: Writable, bytes: Buffer): void {
-  if (socket.writableCorked === 0) {
-    socket.cork()
-    corked.push(socket)
-    if (!flushScheduled) {
-      flushScheduled = true
-      setImmediate(flush)
-    }
+export function corkTurn (socket: Writable): void {
+  if (socket.writableCorked !== 0) return
+  socket.cork()
+  corked.push(socket)
+  if (!flushScheduled) {
+    flushScheduled = true
+    setImmediate(flush)
   }
+}
+
+/** Write to a socket, coalesced with everything else written to it in this turn of the event loop (`corkTurn`). */
+export function writeCoalesced (socket: Writable, bytes: Buffer): void {
+  corkTurn(socket)
   socket.write(bytes)
 }
