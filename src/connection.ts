@@ -5,7 +5,7 @@ import { directSocket, senderIdle } from './fast-path.js'
 import { corkTurn, writeCoalesced } from './frame.js'
 import {
   checkPublish, DEFAULT_HISTORY_PAGE, isFrameError, parseClientFrame, peekRequestId, PROTOCOL_VERSION,
-  type AuthenticatedFrame, type AuthFrame, type ClientFrame, type DataValidator, type ErrorFrame, type FrameError, type JoinFrame, type Member,
+  type AuthenticatedFrame, type AuthFrame, type ClientFrame, type DataValidator, type EncodedPublish, type ErrorFrame, type FrameError, type JoinFrame, type Member,
   type PublishFrame, type RequestId, type WelcomeFrame
 } from './protocol.js'
 import { isRoomsError, RoomsError, forbidden, tokensNotEnabled, unauthorized } from './errors.js'
@@ -124,11 +124,13 @@ export class Connection implements Peer {
   /** Bytes of the frames in `queue`, and of the publishes in `publishing`. */
   private queuedBytes = 0
   /**
-   * The reply of the last publish sent to the adapter and not yet answered
-   * (`ctx.pipelinePublishes`): the replies of those publishes are chained in
-   * frame order, and any other frame waits for them all.
+   * Publishes sent to the adapter whose replies are not written yet, in frame
+   * order (`ctx.pipelinePublishes`): each reply waits for those before it,
+   * and any other frame waits for them all (`afterPublishes`).
    */
-  private publishing: Promise<void> | undefined
+  private publishing: Pipelined[] | undefined
+  /** The frame waiting for `publishing` to empty, when one is. */
+  private afterPublishes: (() => void) | undefined
   private closed = false
   /** Closed by the server on purpose (4003): its rooms see it leave at once, with no grace. */
   private disconnected = false
@@ -279,13 +281,18 @@ export class Connection implements Peer {
    * socket when ws allows it and holds nothing back (so it cannot overtake an
    * earlier send), through `WebSocket.send` otherwise.
    */
-  sendFramed (framed: Buffer, payload: Buffer): void {
+  sendFramed (framed: Buffer, payload: Buffer | readonly Buffer[]): void {
     if (this.raw === undefined || !senderIdle(this.socket)) {
-      this.sendEncoded(payload)
+      if (Array.isArray(payload)) for (const one of payload) this.sendEncoded(one)
+      else this.sendEncoded(payload as Buffer)
       return
     }
     if (this.socket.readyState !== OPEN || this.slow()) return
-    this.ctx.metrics?.sent(payload.length)
+    const { metrics } = this.ctx
+    if (metrics !== undefined) {
+      if (Array.isArray(payload)) for (const one of payload) metrics.sent(one.length)
+      else metrics.sent((payload as Buffer).length)
+    }
     writeCoalesced(this.raw, framed)
   }
 
@@ -401,7 +408,7 @@ export class Connection implements Peer {
     // Replies go out in frame order: any frame but a pipelined publish waits for the publishes in flight.
     const pending = this.publishing === undefined || this.pipes(frame)
       ? this.run(frame, size)
-      : this.publishing.then(() => this.run(frame, size))
+      : new Promise<void>((resolve) => { this.afterPublishes = () => { resolve(this.closed ? undefined : this.run(frame, size)) } })
     if (pending === undefined) return
     this.busy = true
     pending.then(() => this.drain(), noop)
@@ -436,7 +443,7 @@ export class Connection implements Peer {
    * answer, so that the publishes of one turn of the event loop travel to the
    * store together, and their messages come back together, to be written to
    * each member at once. The adapter keeps their order; their replies are
-   * chained to go out in frame order.
+   * written in frame order (`settle`).
    */
   private pipe (frame: PublishFrame, size: number): void {
     if (this.queuedBytes + size > this.ctx.options.maxBufferedBytes) {
@@ -444,17 +451,47 @@ export class Connection implements Peer {
       return
     }
     this.queuedBytes += size
-    const outcome = this.publish(frame, size).then(
-      (offset) => () => this.ack(frame, offset),
-      (err: unknown) => () => this.fail(err, frame)
-    )
-    const before = this.publishing
-    const reply = (before === undefined ? outcome : before.then(async () => await outcome)).then((send) => {
-      if (!this.closed) this.queuedBytes -= size
-      if (this.publishing === reply) this.publishing = undefined
-      send()
+    let published: Promise<number | undefined>
+    try {
+      published = this.ctx.registry.publish(frame.room, this.encodePublish(frame, size))
+    } catch (err) {
+      published = Promise.reject(err)
+    }
+    // While the publish is out, only what its reply needs is held, not the data.
+    const reply: PublishFrame = { type: 'publish', room: frame.room, data: null }
+    if (frame.id !== undefined) reply.id = frame.id
+    if (frame.ephemeral === true) reply.ephemeral = true
+    const entry: Pipelined = { frame: reply, size, settled: false, offset: undefined, error: undefined }
+    ;(this.publishing ??= []).push(entry)
+    published.then((offset) => {
+      entry.offset = offset
+      this.settle(entry)
+    }, (err: unknown) => {
+      entry.error = err ?? new Error('publish failed')
+      this.settle(entry)
     })
-    this.publishing = reply
+  }
+
+  /** A pipelined publish was answered: write the replies that no earlier one holds back. */
+  private settle (entry: Pipelined): void {
+    entry.settled = true
+    const publishing = this.publishing as Pipelined[]
+    if (publishing[0] !== entry) return
+    let n = 0
+    for (; n < publishing.length && (publishing[n] as Pipelined).settled; n++) {
+      const { frame, size, offset, error } = publishing[n] as Pipelined
+      if (!this.closed) this.queuedBytes -= size
+      if (error === undefined) this.ack(frame, offset)
+      else this.fail(error, frame)
+    }
+    if (n < publishing.length) {
+      publishing.splice(0, n)
+      return
+    }
+    this.publishing = undefined
+    const next = this.afterPublishes
+    this.afterPublishes = undefined
+    next?.()
   }
 
   private drain (): void {
@@ -511,19 +548,24 @@ export class Connection implements Peer {
   private async publish (frame: PublishFrame, size: number): Promise<number | undefined> {
     const { registry, options, validateData } = this.ctx
     const { room } = frame
-    if (!registry.isMember(this, room)) throw notInRoom(room)
-    let data = frame.data
-    let json = checkPublish(data, room, options.maxMessageBytes, validateData, size)
+    const message = this.encodePublish(frame, size)
     if (options.onPublish !== undefined) {
-      const verdict = await options.onPublish({ connectionId: this.id, user: this.fullUser as Member, room, data: data as never, request: this.request as FastifyRequest })
+      const verdict = await options.onPublish({ connectionId: this.id, user: this.fullUser as Member, room, data: frame.data as never, request: this.request as FastifyRequest })
       if (verdict === false) throw forbidden(`You may not publish to room "${room}".`)
       if (typeof verdict === 'object' && verdict !== null) {
         // What the hook returns goes out as if the member had sent it: same limits, same schema.
-        data = verdict.data
-        json = checkPublish(data, room, options.maxMessageBytes, validateData)
+        message.data = checkPublish(verdict.data, room, options.maxMessageBytes, validateData)
       }
     }
-    return await registry.publish(room, { data: json, from: this.userJson ??= JSON.stringify(this.user), ephemeral: frame.ephemeral === true })
+    return await registry.publish(room, message)
+  }
+
+  /** A member's publish, checked (membership, size, schema) and encoded for the adapter. */
+  private encodePublish (frame: PublishFrame, size: number): EncodedPublish {
+    const { registry, options, validateData } = this.ctx
+    const { room } = frame
+    if (!registry.isMember(this, room)) throw notInRoom(room)
+    return { data: checkPublish(frame.data, room, options.maxMessageBytes, validateData, size), from: this.userJson ??= JSON.stringify(this.user), ephemeral: frame.ephemeral === true }
   }
 
   private ack (frame: PublishFrame, offset: number | undefined): void {
@@ -615,6 +657,16 @@ export class Connection implements Peer {
     this.telling = done
     void done.then(() => { if (this.telling === done) this.telling = undefined })
   }
+}
+
+/** A publish sent to the adapter ahead of its answer (see Connection.pipe). */
+interface Pipelined {
+  frame: PublishFrame
+  size: number
+  settled: boolean
+  offset: number | undefined
+  /** Why it failed; undefined when it was published. */
+  error: unknown
 }
 
 /** Frames waiting for earlier ones passed maxBufferedBytes. */

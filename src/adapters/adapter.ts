@@ -10,6 +10,13 @@ export interface AdapterListener {
   /** A `message` frame of `room`, called in offset order per room; `offset` is undefined for an ephemeral one. */
   message (room: string, offset: number | undefined, frame: string | Buffer): void
   /**
+   * `message` frames of `room` that reached this node together, in offset
+   * order (one call's worth of a store's publishes): the same as `message`
+   * for each, except that a member that has none of them yet gets them all
+   * in one write.
+   */
+  messages (room: string, messages: ReadonlyArray<{ offset: number, frame: Buffer }>): void
+  /**
    * A user's first connection joined `room`, or its last one left. Called in
    * the room's presence order (`change.seq`); the node batches these into
    * `presence` diffs for its members.

@@ -528,6 +528,11 @@ export class RedisAdapter implements Adapter {
       await this.cmd.call('publish', async () => await this.redis.publish(this.roomChannel(room), 'e' + frame))
       return undefined
     }
+    return await this.enqueue(room, message)
+  }
+
+  /** Add a publish to its room's call of this turn; resolves with its offset once the call is answered. */
+  private enqueue (room: string, message: EncodedPublish): Promise<number> {
     // A message larger than the whole history budget is delivered but not kept, as on the memory adapter.
     const historySize = fits(room, message, this.config.maxHistoryBytes) ? this.config.historySize : 0
     const id = ++this.lastPublishId
@@ -543,7 +548,7 @@ export class RedisAdapter implements Adapter {
     }
     batch.args.push(id, message.data, message.from ?? '', historySize)
     batch.bytes += message.data.length + (message.from?.length ?? 0)
-    return await new Promise<number>((resolve, reject) => {
+    return new Promise<number>((resolve, reject) => {
       (batch as Batch).waiting.push({ id, resolve, reject })
       if ((batch as Batch).waiting.length >= MAX_BATCH || (batch as Batch).bytes >= MAX_BATCH_BYTES) this.sendBatch(room)
     })
@@ -569,11 +574,10 @@ export class RedisAdapter implements Adapter {
     if (batch === undefined) return
     this.batches.delete(room)
     const { historyTtlMs, maxHistoryRooms, maxHistoryBytes, nodeId } = this.config
-    const issue = async (again: boolean): Promise<unknown> => await this.redis.rooms(
+    this.cmd.call('publish', async (again: boolean): Promise<unknown> => await this.redis.rooms(
       this.prefix, 'publish', nodeId, this.publishing.values().next().value as number, again ? '1' : '0',
       room, historyTtlMs, maxHistoryRooms, maxHistoryBytes, newEpoch(), ...batch.args
-    )
-    this.cmd.call('publish', issue, true).then((offsets) => {
+    ), true).then((offsets) => {
       for (const [i, { id, resolve }] of batch.waiting.entries()) {
         this.publishing.delete(id)
         resolve((offsets as number[])[i] as number)
@@ -990,24 +994,32 @@ export class RedisAdapter implements Adapter {
   }
 
   /**
-   * The messages of one publish call, in offset order: each held back or
-   * delivered, as it comes. They reach the members in this same turn of the
-   * event loop, so each member gets them all in one write.
+   * The messages of one publish call, in offset order. Live, they go to the
+   * members together (one write each); held back, or of another epoch, each
+   * takes the way a single message would.
    */
   private received (room: string, subscription: Subscription, message: Buffer, bar: number): void {
     const epoch = message.toString('latin1', 1, bar)
+    const live = subscription.held === undefined && epoch === subscription.epoch
+    const fresh: Array<{ offset: number, frame: Buffer }> = []
     let at = bar + 1
     while (at < message.length && this.subscriptions.get(room) === subscription) {
       const bar1 = message.indexOf(124, at)
       const bar2 = bar1 === -1 ? -1 : message.indexOf(124, bar1 + 1)
-      if (bar2 === -1) return
+      if (bar2 === -1) break
       const offset = digits(message, at, bar1)
       const end = bar2 + 1 + digits(message, bar1 + 1, bar2)
       const frame = message.subarray(bar2 + 1, end)
       at = end
-      if (subscription.held !== undefined) subscription.held.push({ offset, epoch, frame })
-      else this.deliver(room, subscription, offset, epoch, frame)
+      if (!live) {
+        if (subscription.held !== undefined) subscription.held.push({ offset, epoch, frame })
+        else this.deliver(room, subscription, offset, epoch, frame)
+      } else if (offset > subscription.offset) {
+        subscription.offset = offset
+        fresh.push({ offset, frame })
+      }
     }
+    if (fresh.length > 0) this.listener.messages(room, fresh)
   }
 
   private roomChannel (room: string): string {
