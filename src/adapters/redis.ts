@@ -225,17 +225,27 @@ end
 
 if cmd == 'publish' then
   -- Publishes to one room, applied in order: node, lowest id of the node still in flight,
-  -- sent before ('1'), room, historyTtlMs, maxHistoryRooms, maxHistoryBytes, new epoch,
-  -- then for each: publish id, data JSON, from JSON or '', historySize. Returns their offsets.
-  local node, low, again, room = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+  -- sent before ('1'), room, historyTtlMs, maxHistoryRooms, maxHistoryBytes, new epoch, and
+  -- the publishes in one string, each <id>|<historySize>|<from bytes>|<data bytes>|<from JSON or nothing><data JSON>.
+  -- Returns their offsets.
+  local node, low, again, room, packed = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[11]
   local ttl, max_rooms, max_bytes = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
   local pubs = p .. 'n:' .. node .. ':pubs'
   local r = p .. 'r:' .. room .. ':'
   local members = redis.call('EXISTS', r .. 'members') == 1
   local offsets, out = {}, {}
   local epoch, heard, unheard = nil, nil, false
-  for i = 11, #ARGV, 4 do
-    local id, data, from, size = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  local at = 1
+  while at <= #packed do
+    local a = string.find(packed, '|', at, true)
+    local b = string.find(packed, '|', a + 1, true)
+    local c = string.find(packed, '|', b + 1, true)
+    local d = string.find(packed, '|', c + 1, true)
+    local id, size = string.sub(packed, at, a - 1), tonumber(string.sub(packed, a + 1, b - 1))
+    local from_end = d + tonumber(string.sub(packed, b + 1, c - 1))
+    local from = string.sub(packed, d + 1, from_end)
+    at = from_end + tonumber(string.sub(packed, c + 1, d - 1)) + 1
+    local data = string.sub(packed, from_end + 1, at - 1)
     local offset
     if again == '1' then
       -- Sent again after a cut connection: the offset it got the first time, never a second one.
@@ -369,8 +379,8 @@ const internal = (): RoomsError => new RoomsError('INTERNAL', 'The server failed
 
 /** A room's publishes of this turn of the event loop, not sent yet. */
 interface Batch {
-  /** The script's arguments for each: id, data, from, historySize. */
-  args: Array<string | number>
+  /** The publishes as the script reads them: `<id>|<historySize>|<from bytes>|<data bytes>|<from><data>` each. */
+  packed: string
   waiting: Array<{ id: number, resolve: (offset: number) => void, reject: (err: Error) => void }>
   /** Bytes of data and from, roughly (UTF-16 units). */
   bytes: number
@@ -539,15 +549,16 @@ export class RedisAdapter implements Adapter {
     this.publishing.add(id)
     let batch = this.batches.get(room)
     if (batch === undefined) {
-      batch = { args: [], waiting: [], bytes: 0 }
+      batch = { packed: '', waiting: [], bytes: 0 }
       this.batches.set(room, batch)
       if (!this.flushScheduled) {
         this.flushScheduled = true
         setImmediate(() => this.sendBatches())
       }
     }
-    batch.args.push(id, message.data, message.from ?? '', historySize)
-    batch.bytes += message.data.length + (message.from?.length ?? 0)
+    const from = message.from ?? ''
+    batch.packed += `${id}|${historySize}|${Buffer.byteLength(from)}|${Buffer.byteLength(message.data)}|${from}${message.data}`
+    batch.bytes += message.data.length + from.length
     return new Promise<number>((resolve, reject) => {
       (batch as Batch).waiting.push({ id, resolve, reject })
       if ((batch as Batch).waiting.length >= MAX_BATCH || (batch as Batch).bytes >= MAX_BATCH_BYTES) this.sendBatch(room)
@@ -576,7 +587,7 @@ export class RedisAdapter implements Adapter {
     const { historyTtlMs, maxHistoryRooms, maxHistoryBytes, nodeId } = this.config
     this.cmd.call('publish', async (again: boolean): Promise<unknown> => await this.redis.rooms(
       this.prefix, 'publish', nodeId, this.publishing.values().next().value as number, again ? '1' : '0',
-      room, historyTtlMs, maxHistoryRooms, maxHistoryBytes, newEpoch(), ...batch.args
+      room, historyTtlMs, maxHistoryRooms, maxHistoryBytes, newEpoch(), batch.packed
     ), true).then((offsets) => {
       for (const [i, { id, resolve }] of batch.waiting.entries()) {
         this.publishing.delete(id)
