@@ -458,10 +458,7 @@ export class Connection implements Peer {
       published = Promise.reject(err)
     }
     // While the publish is out, only what its reply needs is held, not the data.
-    const reply: PublishFrame = { type: 'publish', room: frame.room, data: null }
-    if (frame.id !== undefined) reply.id = frame.id
-    if (frame.ephemeral === true) reply.ephemeral = true
-    const entry: Pipelined = { frame: reply, size, settled: false, offset: undefined, error: undefined }
+    const entry: Pipelined = { id: frame.id, room: frame.room, ephemeral: frame.ephemeral === true, size, settled: false, offset: undefined, error: undefined }
     ;(this.publishing ??= []).push(entry)
     published.then((offset) => {
       entry.offset = offset
@@ -479,10 +476,15 @@ export class Connection implements Peer {
     if (publishing[0] !== entry) return
     let n = 0
     for (; n < publishing.length && (publishing[n] as Pipelined).settled; n++) {
-      const { frame, size, offset, error } = publishing[n] as Pipelined
+      const { id, room, ephemeral, size, offset, error } = publishing[n] as Pipelined
       if (!this.closed) this.queuedBytes -= size
-      if (error === undefined) this.ack(frame, offset)
-      else this.fail(error, frame)
+      if (error === undefined) {
+        this.ack(id, room, ephemeral, offset)
+      } else {
+        const frame: PublishFrame = { type: 'publish', room, data: null }
+        if (id !== undefined) frame.id = id
+        this.fail(error, frame)
+      }
     }
     if (n < publishing.length) {
       publishing.splice(0, n)
@@ -517,7 +519,7 @@ export class Connection implements Peer {
       case 'leave':
         return this.leave(frame.room, frame.id)
       case 'publish':
-        return this.publish(frame, size).then((offset) => this.ack(frame, offset))
+        return this.publish(frame, size).then((offset) => this.ack(frame.id, frame.room, frame.ephemeral === true, offset))
       case 'members':
         return this.ctx.registry.members(this, frame.room, { after: frame.after, limit: frame.limit ?? this.ctx.options.membersPageSize }, frame.id)
       case 'auth':
@@ -568,10 +570,9 @@ export class Connection implements Peer {
     return { data: checkPublish(frame.data, room, options.maxMessageBytes, validateData, size), from: this.userJson ??= JSON.stringify(this.user), ephemeral: frame.ephemeral === true }
   }
 
-  private ack (frame: PublishFrame, offset: number | undefined): void {
-    if (frame.id === undefined) return
-    const { id, room } = frame
-    this.sendEncoded(JSON.stringify(frame.ephemeral === true ? { type: 'ack', id, room } : { type: 'ack', id, room, offset }))
+  private ack (id: RequestId | undefined, room: string, ephemeral: boolean, offset: number | undefined): void {
+    if (id === undefined) return
+    this.sendEncoded(JSON.stringify(ephemeral ? { type: 'ack', id, room } : { type: 'ack', id, room, offset }))
   }
 
   private fail (err: unknown, frame: ClientFrame): void {
@@ -661,7 +662,10 @@ export class Connection implements Peer {
 
 /** A publish sent to the adapter ahead of its answer (see Connection.pipe). */
 interface Pipelined {
-  frame: PublishFrame
+  /** What its reply needs of the frame. */
+  id: RequestId | undefined
+  room: string
+  ephemeral: boolean
   size: number
   settled: boolean
   offset: number | undefined

@@ -409,10 +409,14 @@ export class Registry implements AdapterListener {
   }
 
   /** Publish data encoded at the edge, as a member (`from`) or as the server; an ephemeral publish resolves undefined. */
-  async publish (room: string, message: EncodedPublish): Promise<number | undefined> {
-    const offset = await this.adapter.publish(room, message)
-    this.options.metrics?.publish(room)
-    return offset
+  publish (room: string, message: EncodedPublish): Promise<number | undefined> {
+    const { metrics } = this.options
+    // No async function of its own: a publish out in the store holds one suspended frame fewer.
+    if (metrics === undefined) return this.adapter.publish(room, message)
+    return this.adapter.publish(room, message).then((offset) => {
+      metrics.publish(room)
+      return offset
+    })
   }
 
   /** A page of a room's members for a member of it (`members` frame). */

@@ -379,11 +379,17 @@ const internal = (): RoomsError => new RoomsError('INTERNAL', 'The server failed
 
 /** A room's publishes of this turn of the event loop, not sent yet. */
 interface Batch {
+  /** Its first publish's id, the lowest of its ids (ids only grow). */
+  firstId: number
   /** The publishes as the script reads them: `<id>|<historySize>|<from bytes>|<data bytes>|<from><data>` each. */
   packed: string
-  waiting: Array<{ id: number, resolve: (offset: number) => void, reject: (err: Error) => void }>
+  /** Each publish's promise, settled with the call. */
+  resolves: Array<(offset: number) => void>
+  rejects: Array<(err: Error) => void>
   /** Bytes of data and from, roughly (UTF-16 units). */
   bytes: number
+  /** The call was answered or given up on: its ids are never sent again. */
+  settled: boolean
 }
 
 /** Publishes to one room in one script call, at most; past it (or MAX_BATCH_BYTES of data) a call goes at once. */
@@ -441,8 +447,11 @@ export class RedisAdapter implements Adapter {
   private readonly pendingLeaves = new Map<string, { room: string, connectionId: string }>()
   /** Local memberships, to re-register them after an outage. */
   private readonly local = new Map<string, LocalMember>()
-  /** Ids of this node's publishes not yet settled; the script forgets ids below the lowest. */
-  private readonly publishing = new Set<number>()
+  /**
+   * Batches not yet settled, in the order they were made, so the first one
+   * holds the lowest publish id not settled: the script forgets ids below it.
+   */
+  private readonly unsettled: Batch[] = []
   /** Publishes of this turn of the event loop not sent yet, by room (see publish). */
   private readonly batches = new Map<string, Batch>()
   private flushScheduled = false
@@ -529,16 +538,18 @@ export class RedisAdapter implements Adapter {
    * room's go to Redis in one script call, and all of them in one write: the
    * messages a room got together reach every node in one pub/sub message.
    */
-  async publish (room: string, message: EncodedPublish): Promise<number | undefined> {
-    if (!this.cmd.ready) throw unavailable()
-    if (message.ephemeral === true) {
-      // Not stored, not numbered: straight to the nodes with members, with this node's clock, after the room's publishes before it.
-      this.sendBatch(room)
-      const frame = messageFrame(room, message, undefined, Date.now())
-      await this.cmd.call('publish', async () => await this.redis.publish(this.roomChannel(room), 'e' + frame))
-      return undefined
-    }
-    return await this.enqueue(room, message)
+  publish (room: string, message: EncodedPublish): Promise<number | undefined> {
+    if (!this.cmd.ready) return Promise.reject(unavailable())
+    // Not async: each publish out in Redis holds no suspended function of its own, only its promise.
+    return message.ephemeral === true ? this.publishEphemeral(room, message) : this.enqueue(room, message)
+  }
+
+  /** Not stored, not numbered: straight to the nodes with members, with this node's clock, after the room's publishes before it. */
+  private async publishEphemeral (room: string, message: EncodedPublish): Promise<undefined> {
+    this.sendBatch(room)
+    const frame = messageFrame(room, message, undefined, Date.now())
+    await this.cmd.call('publish', async () => await this.redis.publish(this.roomChannel(room), 'e' + frame))
+    return undefined
   }
 
   /** Add a publish to its room's call of this turn; resolves with its offset once the call is answered. */
@@ -546,11 +557,11 @@ export class RedisAdapter implements Adapter {
     // A message larger than the whole history budget is delivered but not kept, as on the memory adapter.
     const historySize = fits(room, message, this.config.maxHistoryBytes) ? this.config.historySize : 0
     const id = ++this.lastPublishId
-    this.publishing.add(id)
     let batch = this.batches.get(room)
     if (batch === undefined) {
-      batch = { packed: '', waiting: [], bytes: 0 }
+      batch = { firstId: id, packed: '', resolves: [], rejects: [], bytes: 0, settled: false }
       this.batches.set(room, batch)
+      this.unsettled.push(batch)
       if (!this.flushScheduled) {
         this.flushScheduled = true
         setImmediate(() => this.sendBatches())
@@ -560,8 +571,10 @@ export class RedisAdapter implements Adapter {
     batch.packed += `${id}|${historySize}|${Buffer.byteLength(from)}|${Buffer.byteLength(message.data)}|${from}${message.data}`
     batch.bytes += message.data.length + from.length
     return new Promise<number>((resolve, reject) => {
-      (batch as Batch).waiting.push({ id, resolve, reject })
-      if ((batch as Batch).waiting.length >= MAX_BATCH || (batch as Batch).bytes >= MAX_BATCH_BYTES) this.sendBatch(room)
+      const { resolves, rejects } = batch as Batch
+      resolves.push(resolve)
+      rejects.push(reject)
+      if (resolves.length >= MAX_BATCH || (batch as Batch).bytes >= MAX_BATCH_BYTES) this.sendBatch(room)
     })
   }
 
@@ -586,19 +599,20 @@ export class RedisAdapter implements Adapter {
     this.batches.delete(room)
     const { historyTtlMs, maxHistoryRooms, maxHistoryBytes, nodeId } = this.config
     this.cmd.call('publish', async (again: boolean): Promise<unknown> => await this.redis.rooms(
-      this.prefix, 'publish', nodeId, this.publishing.values().next().value as number, again ? '1' : '0',
+      this.prefix, 'publish', nodeId, (this.unsettled[0] as Batch).firstId, again ? '1' : '0',
       room, historyTtlMs, maxHistoryRooms, maxHistoryBytes, newEpoch(), batch.packed
     ), true).then((offsets) => {
-      for (const [i, { id, resolve }] of batch.waiting.entries()) {
-        this.publishing.delete(id)
-        resolve((offsets as number[])[i] as number)
-      }
+      this.settle(batch)
+      for (let i = 0; i < batch.resolves.length; i++) (batch.resolves[i] as (offset: number) => void)((offsets as number[])[i] as number)
     }, (err: Error) => {
-      for (const { id, reject } of batch.waiting) {
-        this.publishing.delete(id)
-        reject(err)
-      }
+      this.settle(batch)
+      for (const reject of batch.rejects) reject(err)
     })
+  }
+
+  private settle (batch: Batch): void {
+    batch.settled = true
+    while (this.unsettled[0]?.settled === true) this.unsettled.shift()
   }
 
   async join (room: string, connectionId: string, member: Member): Promise<JoinResult> {
