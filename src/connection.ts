@@ -277,9 +277,10 @@ export class Connection implements Peer {
   }
 
   /**
-   * Send a text frame built once for many members: written straight to the TCP
-   * socket when ws allows it and holds nothing back (so it cannot overtake an
-   * earlier send), through `WebSocket.send` otherwise.
+   * Send a text frame built once for many members (or several, back to back,
+   * with their payloads in order): written straight to the TCP socket when ws
+   * allows it and holds nothing back (so it cannot overtake an earlier send),
+   * through `WebSocket.send` otherwise, one payload at a time.
    */
   sendFramed (framed: Buffer, payload: Buffer | readonly Buffer[]): void {
     if (this.raw === undefined || !senderIdle(this.socket)) {
