@@ -9,7 +9,7 @@
  */
 import WebSocket from 'ws'
 
-export type Kind = 'rooms' | 'rooms-quiet' | 'rooms-redis' | 'ws-stringify' | 'ws-preframed' | 'ws-coalesced' | 'fastify-websocket' | 'socketio'
+export type Kind = 'rooms' | 'rooms-quiet' | 'rooms-redis' | 'ws-stringify' | 'ws-preframed' | 'ws-coalesced' | 'fastify-websocket' | 'socketio' | 'socketio-redis'
 
 export interface BenchClient {
   /** Join a room; resolves when the server confirmed it (`joined`, or the Socket.IO ack). */
@@ -33,7 +33,7 @@ export interface BenchClient {
 }
 
 export function wsUrl (kind: Kind, port: number): string {
-  if (kind === 'socketio') return `ws://127.0.0.1:${port}/socket.io/?EIO=4&transport=websocket`
+  if (kind.startsWith('socketio')) return `ws://127.0.0.1:${port}/socket.io/?EIO=4&transport=websocket`
   return kind.startsWith('rooms') ? `ws://127.0.0.1:${port}/ws` : `ws://127.0.0.1:${port}/`
 }
 
@@ -71,7 +71,7 @@ export async function open (kind: Kind, url: string): Promise<BenchClient> {
     pending.clear()
   })
 
-  if (kind === 'socketio') {
+  if (kind.startsWith('socketio')) {
     ws.on('message', (raw) => {
       const text = raw.toString()
       const c0 = text.charCodeAt(0)

@@ -58,7 +58,7 @@ export function report (input: ReportInput): string {
   say(`${input.date.toISOString().slice(0, 16).replace('T', ' ')} UTC; ${input.machine}; ${input.load}.`)
   say(`Server and load generators are separate processes; server CPU (process.cpuUsage) and memory (after a full GC) are read in the server process. Medians over the runs of each server; servers take turns within each repetition. Presence: ${input.presence}.${input.hasRedis ? '' : ' redis-server is not installed: the Redis rows are left out.'}`)
   say()
-  say('Baselines: **ws, stringify once** (a Map of Sets, `ws.send` per member); **ws, pre-framed** (one frame built per broadcast, written to every raw socket, one write per socket per message); **ws, pre-framed and coalesced** (pre-framed, each socket corked at its first write in a turn of the event loop and uncorked once with setImmediate, as fastify-rooms does; a join gets `joined` with the count and the first page of at most 100 members, and the room gets presence diffs batched per interval, framed once). Each ratio is against the strongest plain ws baseline measured for that figure, named in its row.')
+  say('Baselines: **ws, stringify once** (a Map of Sets, `ws.send` per member); **ws, pre-framed** (one frame built per broadcast, written to every raw socket, one write per socket per message); **ws, pre-framed and coalesced** (pre-framed, each socket corked at its first write in a turn of the event loop and uncorked once with setImmediate, as fastify-rooms does; a join gets `joined` with the count and the first page of at most 100 members, and the room gets presence diffs batched per interval, framed once). Each ratio is against the strongest plain ws baseline measured for that figure, named in its row. Scale-out: **Socket.IO 4 on @socket.io/redis-adapter**, two instances on the same redis-server as fastify-rooms on Redis; both count the CPU of both instances, not Redis\'s.')
 
   // The headline: issue #11's targets, fastify-rooms (memory) against the strongest baseline.
   const rows: string[] = []
@@ -105,6 +105,29 @@ export function report (input: ReportInput): string {
   say('|---|---:|---|---:|---|---|')
   for (const row of rows) say(row)
 
+  // Issue #14: two Redis-backed instances against one memory node, and against Socket.IO on its Redis adapter.
+  const scaled: string[] = []
+  const redisAgainst = (name: string, shape: string, base: Kind, target: number): void => {
+    const merged = find(name)
+    const ours = merged?.get('rooms-redis')?.result.deliveriesPerCpuSec
+    const theirs = merged?.get(base)?.result.deliveriesPerCpuSec
+    if (ours === undefined || theirs === undefined) return
+    const x = ours / theirs
+    scaled.push(`| fan-out deliveries per server CPU-s, ${shape} | ${fmt(ours)} | ${labels[base]}: ${fmt(theirs)} | ${ratio(x)} | ≥ ${fmt(target, 1)}x | ${Number.isFinite(x) && x >= target ? 'met' : '**not met**'} |`)
+  }
+  redisAgainst('fanout-1x1000', '1 x 1,000, window 20', 'rooms', 0.7)
+  redisAgainst('fanout-100x10', '100 x 10, window 20', 'rooms', 0.7)
+  redisAgainst('fanout-1x1000', '1 x 1,000, window 20', 'socketio-redis', 2)
+  redisAgainst('fanout-100x10', '100 x 10, window 20', 'socketio-redis', 2)
+  if (scaled.length > 0) {
+    say()
+    say('## Targets (issue #14): fastify-rooms on Redis (2 instances, both counted) against one memory node and against Socket.IO on Redis')
+    say()
+    say('| target | fastify-rooms (Redis, 2 instances) | against | ratio | goal | |')
+    say('|---|---:|---|---:|---|---|')
+    for (const row of scaled) say(row)
+  }
+
   for (const [workload, merged] of results) {
     say()
     say(`## ${workload.title}`)
@@ -122,6 +145,12 @@ export function report (input: ReportInput): string {
       if (ours !== undefined && io !== undefined) {
         say()
         say(`fastify-rooms (memory), deliveries per server CPU-s: ${ratio(ours / baseValue)} ${base === undefined ? '' : labels[base]} (the strongest plain ws baseline here), ${ratio(ours / io)} Socket.IO 4.`)
+      }
+      const onRedis = merged.get('rooms-redis')?.result.deliveriesPerCpuSec
+      const ioRedis = merged.get('socketio-redis')?.result.deliveriesPerCpuSec
+      if (onRedis !== undefined && ioRedis !== undefined) {
+        say()
+        say(`fastify-rooms on Redis (2 instances), deliveries per server CPU-s: ${ours === undefined ? '' : `${ratio(onRedis / ours)} one memory node, `}${ratio(onRedis / ioRedis)} Socket.IO 4 on its Redis adapter (2 instances). Redis's own CPU is not counted for either.`)
       }
     } else if (workload.group === 'join' || workload.group === 'memory') {
       const rate = strongest(merged, metrics.connectsPerSec!)

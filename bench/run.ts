@@ -15,7 +15,7 @@ import { Redis } from 'ioredis'
 import { SettingsSchema } from '../src/options.js'
 import type { Kind } from './client.js'
 import type { Connect, Fanout } from './loadgen.js'
-import { labels, presenceKinds, workloads, type Workload } from './workloads.js'
+import { labels, presenceKinds, redisKinds, workloads, type Workload } from './workloads.js'
 import { report, type Outcome, type Result } from './report.js'
 
 const smoke = process.argv.includes('--smoke')
@@ -74,8 +74,9 @@ async function startServers (kinds: Kind[], redisUrl: string): Promise<Map<Kind,
 /** The servers of one run: fresh processes in a full run, shared ones in the smoke run. */
 async function serversFor (kind: Kind): Promise<Servers> {
   if (smoke) return pool.get(kind)!
-  if (kind === 'rooms-redis') await redis!.flushall()
-  const started = await Promise.all(Array.from({ length: kind === 'rooms-redis' ? 2 : 1 }, async () => (await startServers([kind], redisUrl)).get(kind)![0]!))
+  const twice = redisKinds.includes(kind)
+  if (twice) await redis!.flushall()
+  const started = await Promise.all(Array.from({ length: twice ? 2 : 1 }, async () => (await startServers([kind], redisUrl)).get(kind)![0]!))
   return { kind, children: started.map((s) => s.child), ports: started.map((s) => s.port) }
 }
 
@@ -239,16 +240,20 @@ try {
   }
   const selected = workloads(smoke, scale).filter((w) => only === undefined ? (smoke || w.optIn !== true) : only.includes(w.name))
   const kindsOf = (w: Workload): Kind[] => w.kinds.filter((k) =>
-    (kindFilter === undefined ? smoke || w.optInKinds?.includes(k) !== true : kindFilter.includes(k)) && (hasRedis || k !== 'rooms-redis'))
+    (kindFilter === undefined ? smoke || w.optInKinds?.includes(k) !== true : kindFilter.includes(k)) && (hasRedis || !redisKinds.includes(k)))
   if (smoke) {
     const all = [...new Set(selected.flatMap(kindsOf))]
-    const local = all.filter((k) => k !== 'rooms-redis')
+    const local = all.filter((k) => !redisKinds.includes(k))
+    const twice = all.filter((k) => redisKinds.includes(k))
     const [shared, ...redisNodes] = await Promise.all([
       startServers(local, redisUrl),
-      ...(all.includes('rooms-redis') ? [0, 1].map(async () => await startServers(['rooms-redis'], redisUrl)) : [])
+      ...twice.flatMap((k) => [0, 1].map(async () => await startServers([k], redisUrl)))
     ])
     for (const k of local) pool.set(k, { kind: k, children: [shared!.get(k)![0]!.child], ports: [shared!.get(k)![0]!.port] })
-    if (redisNodes.length > 0) pool.set('rooms-redis', { kind: 'rooms-redis', children: redisNodes.map((n) => n.get('rooms-redis')![0]!.child), ports: redisNodes.map((n) => n.get('rooms-redis')![0]!.port) })
+    for (const k of twice) {
+      const nodes = redisNodes.filter((n) => n.has(k)).map((n) => n.get(k)![0]!)
+      pool.set(k, { kind: k, children: nodes.map((n) => n.child), ports: nodes.map((n) => n.port) })
+    }
     sharedLoadgen = node(['--import=tsx', 'bench/loadgen.ts'])
   }
   for (const workload of selected) {

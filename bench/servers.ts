@@ -7,7 +7,9 @@
  *
  * Every kind speaks the same tiny dialect of the fastify-rooms protocol (join ->
  * joined, publish -> message to every member + ack) except Socket.IO, which
- * speaks its own events over engine.io v4.
+ * speaks its own events over engine.io v4. `rooms-redis` and `socketio-redis`
+ * run as two processes on one redis-server; a room's offsets come from its
+ * publisher's instance in the Socket.IO one (each room has one publisher).
  */
 import { createServer } from 'node:http'
 import Fastify from 'fastify'
@@ -64,10 +66,18 @@ async function start (kind: string): Promise<number> {
       await app.listen({ port: 0, host: '127.0.0.1' })
       return (app.server.address() as { port: number }).port
     }
-    case 'socketio': {
+    case 'socketio':
+    case 'socketio-redis': {
       const { Server } = await import('socket.io')
       const http = createServer()
       const io = new Server(http, { transports: ['websocket'], serveClient: false, pingInterval: 60_000, pingTimeout: 60_000 })
+      if (kind === 'socketio-redis') {
+        // The standard Redis adapter: every broadcast is one PUBLISH that every instance hears and delivers to its own members.
+        const { createAdapter } = await import('@socket.io/redis-adapter')
+        const { Redis } = await import('ioredis')
+        const pub = new Redis(redisUrl as string)
+        io.adapter(createAdapter(pub, pub.duplicate()))
+      }
       const offsets = new Map<string, number>()
       io.on('connection', (socket) => {
         socket.on('join', (room: string, ack: () => void) => { void socket.join(room); ack() })

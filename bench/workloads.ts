@@ -37,15 +37,19 @@ export const labels: Record<Kind, string> = {
   'ws-preframed': 'ws, pre-framed',
   'ws-coalesced': 'ws, pre-framed and coalesced',
   'fastify-websocket': 'Fastify + @fastify/websocket, same handler as plain ws',
-  socketio: 'Socket.IO 4'
+  socketio: 'Socket.IO 4',
+  'socketio-redis': 'Socket.IO 4, @socket.io/redis-adapter (2 instances)'
 }
+
+/** Servers that run as two instances sharing one redis-server. */
+export const redisKinds: Kind[] = ['rooms-redis', 'socketio-redis']
 
 /** The plain ws servers; a ratio's baseline is the strongest of those a workload runs. */
 export const plainWs: Kind[] = ['ws-stringify', 'ws-preframed', 'ws-coalesced']
 /** Servers that send presence, so their members' counts must converge. */
 export const presenceKinds: Kind[] = ['rooms', 'rooms-redis', 'ws-coalesced']
 
-const fanoutKinds: Kind[] = ['rooms', 'rooms-redis', 'ws-stringify', 'ws-preframed', 'ws-coalesced', 'fastify-websocket', 'socketio']
+const fanoutKinds: Kind[] = ['rooms', 'rooms-redis', 'ws-stringify', 'ws-preframed', 'ws-coalesced', 'fastify-websocket', 'socketio', 'socketio-redis']
 // The storm with Redis takes many minutes at full size on current code: run it with --kinds=rooms-redis.
 // Only ws-coalesced does the same work as fastify-rooms on a join (member page, presence diffs).
 const joinKinds: Kind[] = ['rooms', 'rooms-quiet', 'rooms-redis', 'ws-coalesced']

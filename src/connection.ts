@@ -2,10 +2,10 @@ import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { Writable } from 'node:stream'
 import type { WebSocket, RawData } from 'ws'
 import { directSocket, senderIdle } from './fast-path.js'
-import { writeCoalesced } from './frame.js'
+import { corkTurn, writeCoalesced } from './frame.js'
 import {
   checkPublish, DEFAULT_HISTORY_PAGE, isFrameError, parseClientFrame, peekRequestId, PROTOCOL_VERSION,
-  type AuthenticatedFrame, type AuthFrame, type ClientFrame, type DataValidator, type ErrorFrame, type JoinFrame, type Member,
+  type AuthenticatedFrame, type AuthFrame, type ClientFrame, type DataValidator, type EncodedPublish, type ErrorFrame, type FrameError, type JoinFrame, type Member,
   type PublishFrame, type RequestId, type WelcomeFrame
 } from './protocol.js'
 import { isRoomsError, RoomsError, forbidden, tokensNotEnabled, unauthorized } from './errors.js'
@@ -36,6 +36,12 @@ export interface ConnectionContext {
   metrics?: Metrics | undefined
   /** The live room list (`rooms` frames). */
   roomList: RoomList
+  /**
+   * Send a connection's publishes to the adapter without waiting for the one
+   * before to be answered: the adapter applies them in call order
+   * (`Adapter.orderedPublishes`) and no `onPublish` hook has to run first.
+   */
+  pipelinePublishes: boolean
 }
 
 const OPEN = 1
@@ -115,8 +121,16 @@ export class Connection implements Peer {
   private busy = false
   /** Frames waiting behind a slow hook or adapter call; allocated at the first. */
   private queue: Buffer[] | undefined
-  /** Bytes of the frames in `queue`. */
+  /** Bytes of the frames in `queue`, and of the publishes in `publishing`. */
   private queuedBytes = 0
+  /**
+   * Publishes sent to the adapter whose replies are not written yet, in frame
+   * order (`ctx.pipelinePublishes`): each reply waits for those before it,
+   * and any other frame waits for them all (`afterPublishes`).
+   */
+  private publishing: Pipelined[] | undefined
+  /** The frame waiting for `publishing` to empty, when one is. */
+  private afterPublishes: (() => void) | undefined
   private closed = false
   /** Closed by the server on purpose (4003): its rooms see it leave at once, with no grace. */
   private disconnected = false
@@ -263,23 +277,31 @@ export class Connection implements Peer {
   }
 
   /**
-   * Send a text frame built once for many members: written straight to the TCP
-   * socket when ws allows it and holds nothing back (so it cannot overtake an
-   * earlier send), through `WebSocket.send` otherwise.
+   * Send a text frame built once for many members (or several, back to back,
+   * with their payloads in order): written straight to the TCP socket when ws
+   * allows it and holds nothing back (so it cannot overtake an earlier send),
+   * through `WebSocket.send` otherwise, one payload at a time.
    */
-  sendFramed (framed: Buffer, payload: Buffer): void {
+  sendFramed (framed: Buffer, payload: Buffer | readonly Buffer[]): void {
     if (this.raw === undefined || !senderIdle(this.socket)) {
-      this.sendEncoded(payload)
+      if (Array.isArray(payload)) for (const one of payload) this.sendEncoded(one)
+      else this.sendEncoded(payload as Buffer)
       return
     }
     if (this.socket.readyState !== OPEN || this.slow()) return
-    this.ctx.metrics?.sent(payload.length)
+    const { metrics } = this.ctx
+    if (metrics !== undefined) {
+      if (Array.isArray(payload)) for (const one of payload) metrics.sent(one.length)
+      else metrics.sent((payload as Buffer).length)
+    }
     writeCoalesced(this.raw, framed)
   }
 
   sendEncoded (frame: Buffer | string): void {
     if (this.socket.readyState !== OPEN || this.slow()) return
     this.ctx.metrics?.sent(typeof frame === 'string' ? Buffer.byteLength(frame) : frame.length)
+    // Replies of one turn (the acks of publishes answered together) go out with one write, in order with the fan-out.
+    if (this.raw !== undefined) corkTurn(this.raw)
     this.socket.send(frame, { binary: false })
   }
 
@@ -346,7 +368,7 @@ export class Connection implements Peer {
       // to maxBufferedBytes: past that a flood would hold memory the rate
       // limit alone does not bound (a burst of full-size frames).
       if (this.queuedBytes + buffer.length > this.ctx.options.maxBufferedBytes) {
-        this.sendError(new RoomsError('RATE_LIMITED', 'Too many frames are waiting for earlier ones to be handled: wait for replies before sending more.'), peekRequestId(buffer.toString()))
+        this.sendError(tooManyWaiting(), peekRequestId(buffer.toString()))
         return
       }
       this.queuedBytes += buffer.length
@@ -383,20 +405,96 @@ export class Connection implements Peer {
 
   private handle (buffer: Buffer): void {
     const frame = parseClientFrame(buffer.toString())
+    const size = buffer.length
+    // Replies go out in frame order: any frame but a pipelined publish waits for the publishes in flight.
+    const pending = this.publishing === undefined || this.pipes(frame)
+      ? this.run(frame, size)
+      : new Promise<void>((resolve) => { this.afterPublishes = () => { resolve(this.closed ? undefined : this.run(frame, size)) } })
+    if (pending === undefined) return
+    this.busy = true
+    pending.then(() => this.drain(), noop)
+  }
+
+  /** Handle one frame; returns what the frames after it wait for, if anything (it never rejects). */
+  private run (frame: ClientFrame | FrameError, size: number): Promise<void> | undefined {
     if (isFrameError(frame)) {
       this.sendError(frame.error, frame.id)
-      return
+      return undefined
+    }
+    if (this.pipes(frame)) {
+      this.pipe(frame, size)
+      return undefined
     }
     let pending: Promise<void> | undefined
     try {
-      pending = this.dispatch(frame, buffer.length)
+      pending = this.dispatch(frame, size)
     } catch (err) {
       this.fail(err, frame)
+      return undefined
+    }
+    return pending?.catch((err: unknown) => this.fail(err, frame))
+  }
+
+  private pipes (frame: ClientFrame | FrameError): frame is PublishFrame {
+    return this.ctx.pipelinePublishes && !isFrameError(frame) && frame.type === 'publish'
+  }
+
+  /**
+   * Send a publish to the adapter now, even while earlier ones wait for their
+   * answer, so that the publishes of one turn of the event loop travel to the
+   * store together, and their messages come back together, to be written to
+   * each member at once. The adapter keeps their order; their replies are
+   * written in frame order (`settle`).
+   */
+  private pipe (frame: PublishFrame, size: number): void {
+    if (this.queuedBytes + size > this.ctx.options.maxBufferedBytes) {
+      this.sendError(tooManyWaiting(), frame.id)
       return
     }
-    if (pending === undefined) return
-    this.busy = true
-    pending.catch((err: unknown) => this.fail(err, frame)).then(() => this.drain(), noop)
+    this.queuedBytes += size
+    let published: Promise<number | undefined>
+    try {
+      published = this.ctx.registry.publish(frame.room, this.encodePublish(frame, size))
+    } catch (err) {
+      published = Promise.reject(err)
+    }
+    // While the publish is out, only what its reply needs is held, not the data.
+    const entry: Pipelined = { id: frame.id, room: frame.room, ephemeral: frame.ephemeral === true, size, settled: false, offset: undefined, error: undefined }
+    ;(this.publishing ??= []).push(entry)
+    published.then((offset) => {
+      entry.offset = offset
+      this.settle(entry)
+    }, (err: unknown) => {
+      entry.error = err ?? new Error('publish failed')
+      this.settle(entry)
+    })
+  }
+
+  /** A pipelined publish was answered: write the replies that no earlier one holds back. */
+  private settle (entry: Pipelined): void {
+    entry.settled = true
+    const publishing = this.publishing as Pipelined[]
+    if (publishing[0] !== entry) return
+    let n = 0
+    for (; n < publishing.length && (publishing[n] as Pipelined).settled; n++) {
+      const { id, room, ephemeral, size, offset, error } = publishing[n] as Pipelined
+      if (!this.closed) this.queuedBytes -= size
+      if (error === undefined) {
+        this.ack(id, room, ephemeral, offset)
+      } else {
+        const frame: PublishFrame = { type: 'publish', room, data: null }
+        if (id !== undefined) frame.id = id
+        this.fail(error, frame)
+      }
+    }
+    if (n < publishing.length) {
+      publishing.splice(0, n)
+      return
+    }
+    this.publishing = undefined
+    const next = this.afterPublishes
+    this.afterPublishes = undefined
+    next?.()
   }
 
   private drain (): void {
@@ -422,7 +520,7 @@ export class Connection implements Peer {
       case 'leave':
         return this.leave(frame.room, frame.id)
       case 'publish':
-        return this.publish(frame, size)
+        return this.publish(frame, size).then((offset) => this.ack(frame.id, frame.room, frame.ephemeral === true, offset))
       case 'members':
         return this.ctx.registry.members(this, frame.room, { after: frame.after, limit: frame.limit ?? this.ctx.options.membersPageSize }, frame.id)
       case 'auth':
@@ -449,24 +547,33 @@ export class Connection implements Peer {
     this.sendEncoded(JSON.stringify(id === undefined ? { type: 'left', room } : { type: 'left', id, room }))
   }
 
-  private async publish (frame: PublishFrame, size: number): Promise<void> {
+  /** Check a publish, run `onPublish`, and publish it; resolves with its offset (undefined for an ephemeral one). */
+  private async publish (frame: PublishFrame, size: number): Promise<number | undefined> {
     const { registry, options, validateData } = this.ctx
     const { room } = frame
-    if (!registry.isMember(this, room)) throw notInRoom(room)
-    let data = frame.data
-    let json = checkPublish(data, room, options.maxMessageBytes, validateData, size)
+    const message = this.encodePublish(frame, size)
     if (options.onPublish !== undefined) {
-      const verdict = await options.onPublish({ connectionId: this.id, user: this.fullUser as Member, room, data: data as never, request: this.request as FastifyRequest })
+      const verdict = await options.onPublish({ connectionId: this.id, user: this.fullUser as Member, room, data: frame.data as never, request: this.request as FastifyRequest })
       if (verdict === false) throw forbidden(`You may not publish to room "${room}".`)
       if (typeof verdict === 'object' && verdict !== null) {
         // What the hook returns goes out as if the member had sent it: same limits, same schema.
-        data = verdict.data
-        json = checkPublish(data, room, options.maxMessageBytes, validateData)
+        message.data = checkPublish(verdict.data, room, options.maxMessageBytes, validateData)
       }
     }
-    const ephemeral = frame.ephemeral === true
-    const offset = await registry.publish(room, { data: json, from: this.userJson ??= JSON.stringify(this.user), ephemeral })
-    if (frame.id !== undefined) this.sendEncoded(JSON.stringify(ephemeral ? { type: 'ack', id: frame.id, room } : { type: 'ack', id: frame.id, room, offset }))
+    return await registry.publish(room, message)
+  }
+
+  /** A member's publish, checked (membership, size, schema) and encoded for the adapter. */
+  private encodePublish (frame: PublishFrame, size: number): EncodedPublish {
+    const { registry, options, validateData } = this.ctx
+    const { room } = frame
+    if (!registry.isMember(this, room)) throw notInRoom(room)
+    return { data: checkPublish(frame.data, room, options.maxMessageBytes, validateData, size), from: this.userJson ??= JSON.stringify(this.user), ephemeral: frame.ephemeral === true }
+  }
+
+  private ack (id: RequestId | undefined, room: string, ephemeral: boolean, offset: number | undefined): void {
+    if (id === undefined) return
+    this.sendEncoded(JSON.stringify(ephemeral ? { type: 'ack', id, room } : { type: 'ack', id, room, offset }))
   }
 
   private fail (err: unknown, frame: ClientFrame): void {
@@ -552,6 +659,24 @@ export class Connection implements Peer {
     this.telling = done
     void done.then(() => { if (this.telling === done) this.telling = undefined })
   }
+}
+
+/** A publish sent to the adapter ahead of its answer (see Connection.pipe). */
+interface Pipelined {
+  /** What its reply needs of the frame. */
+  id: RequestId | undefined
+  room: string
+  ephemeral: boolean
+  size: number
+  settled: boolean
+  offset: number | undefined
+  /** Why it failed; undefined when it was published. */
+  error: unknown
+}
+
+/** Frames waiting for earlier ones passed maxBufferedBytes. */
+function tooManyWaiting (): RoomsError {
+  return new RoomsError('RATE_LIMITED', 'Too many frames are waiting for earlier ones to be handled: wait for replies before sending more.')
 }
 
 /** Bytes read from the peer so far (frames, pongs, anything), or undefined where ws does not expose its TCP socket. */

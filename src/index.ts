@@ -171,7 +171,8 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
       if (open.size === 0) allClosed?.()
     },
     metrics: counters,
-    roomList
+    roomList,
+    pipelinePublishes: adapter.orderedPublishes === true && options.onPublish === undefined
   }
   const state = { closing: false, connections: () => open.size }
   let sequence = 0

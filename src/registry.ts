@@ -3,7 +3,7 @@ import type { Adapter, AdapterListener, HistoryPage, JoinResult, MembersQuery, P
 import type { ControlCommand } from './adapters/adapter.js'
 import { encodeHistory, encodePresence, type EncodedPublish, type JoinedFrame, type Member, type MembersPageFrame, type Position, type RequestId } from './protocol.js'
 import { RoomsError } from './errors.js'
-import { textFrame } from './frame.js'
+import { eachFrame, textFrame, textFrames } from './frame.js'
 import type { Metrics } from './metrics.js'
 import type { LeaveCause } from './options.js'
 
@@ -13,8 +13,12 @@ export interface Peer {
   readonly user: Member
   /** Write one encoded frame; the same buffer may be written to many peers. */
   sendEncoded (frame: Buffer | string): void
-  /** Write a fan-out frame: `framed` is the complete WebSocket frame of `payload`, built once for every member. */
-  sendFramed (framed: Buffer, payload: Buffer): void
+  /**
+   * Write a fan-out frame: `framed` is the complete WebSocket frame of
+   * `payload`, built once for every member; or the frames of several
+   * payloads back to back (`textFrames`).
+   */
+  sendFramed (framed: Buffer, payload: Buffer | readonly Buffer[]): void
   /** Close the connection (it will leave its rooms as it closes). */
   close (code: number, reason: string): void
   /** One of its memberships that got `joined` ended (for the `onLeave` hook). */
@@ -405,10 +409,14 @@ export class Registry implements AdapterListener {
   }
 
   /** Publish data encoded at the edge, as a member (`from`) or as the server; an ephemeral publish resolves undefined. */
-  async publish (room: string, message: EncodedPublish): Promise<number | undefined> {
-    const offset = await this.adapter.publish(room, message)
-    this.options.metrics?.publish(room)
-    return offset
+  publish (room: string, message: EncodedPublish): Promise<number | undefined> {
+    const { metrics } = this.options
+    // No async function of its own: a publish out in the store holds one suspended frame fewer.
+    if (metrics === undefined) return this.adapter.publish(room, message)
+    return this.adapter.publish(room, message).then((offset) => {
+      metrics.publish(room)
+      return offset
+    })
   }
 
   /** A page of a room's members for a member of it (`members` frame). */
@@ -457,6 +465,28 @@ export class Registry implements AdapterListener {
     const payload = typeof frame === 'string' ? Buffer.from(frame) : frame
     const framed = textFrame(payload)
     for (const membership of members.values()) this.deliver(membership, offset ?? UNORDERED, framed, payload)
+  }
+
+  messages (room: string, messages: ReadonlyArray<{ offset: number, frame: Buffer }>): void {
+    const members = this.rooms.get(room)?.members
+    const first = messages[0]
+    if (members === undefined || first === undefined) return
+    const last = (messages[messages.length - 1] as { offset: number }).offset
+    const metrics = this.options.metrics
+    if (metrics !== undefined) for (let i = 0; i < messages.length; i++) metrics.fanOut(room, members.size)
+    const payloads = messages.map((m) => m.frame)
+    const framed = textFrames(payloads)
+    // Cut into single frames only for a member that must not get them all (joining, or has some already).
+    let each: Buffer[] | undefined
+    for (const membership of members.values()) {
+      if (membership.pending === undefined && membership.lastOffset < first.offset) {
+        membership.lastOffset = last
+        membership.peer.sendFramed(framed, payloads)
+        continue
+      }
+      each ??= eachFrame(framed, payloads)
+      for (let i = 0; i < messages.length; i++) this.deliver(membership, (messages[i] as { offset: number }).offset, each[i] as Buffer, payloads[i] as Buffer)
+    }
   }
 
   /**

@@ -12,7 +12,15 @@ t.test('npm run bench, at tiny sizes, runs every workload against every server a
   for (const server of ['fastify-rooms (memory)', 'ws, stringify once', 'ws, pre-framed', 'ws, pre-framed and coalesced', 'Socket.IO 4']) {
     t.match(stdout, new RegExp(`\\| ${escape(server)} \\|`), `${server} was measured`)
   }
-  if (process.env.CI === 'true') t.match(stdout, /fastify-rooms \(Redis, 2 instances\)/, 'the Redis adapter was measured')
+  if (process.env.CI === 'true') {
+    t.match(stdout, /fastify-rooms \(Redis, 2 instances\)/, 'the Redis adapter was measured')
+    t.match(stdout, /\| Socket\.IO 4, @socket\.io\/redis-adapter \(2 instances\) \|/, 'Socket.IO on its Redis adapter was measured')
+    for (const shape of ['1 x 1,000', '100 x 10']) {
+      for (const against of ['fastify-rooms (memory)', 'Socket.IO 4, @socket.io/redis-adapter (2 instances)']) {
+        t.match(stdout, new RegExp(`\\| fan-out deliveries per server CPU-s, ${escape(shape)}, window 20 \\| [0-9,]+ \\| ${escape(against)}: [0-9,]+ \\| [0-9.]+x \\| ≥ `), `issue #14's targets table has ${shape} against ${against}, with its goal`)
+      }
+    }
+  }
   for (const workload of ['Fan-out, 1 room x 10 members, window 20', 'Fan-out, 5 rooms x 4 members, window 20', 'Fan-out, 1 room x 10 members, window 1', 'Connect and join, 20 connections', 'Connect and join, 30 connections', 'idle joined connections', 'Join storm', 'msg/s into one room']) {
     t.match(stdout, new RegExp(`## .*${escape(workload)}`), `${workload} was run`)
   }

@@ -10,6 +10,13 @@ export interface AdapterListener {
   /** A `message` frame of `room`, called in offset order per room; `offset` is undefined for an ephemeral one. */
   message (room: string, offset: number | undefined, frame: string | Buffer): void
   /**
+   * `message` frames of `room` that reached this node together, in offset
+   * order (one call's worth of a store's publishes): the same as `message`
+   * for each, except that a member that has none of them yet gets them all
+   * in one write.
+   */
+  messages (room: string, messages: ReadonlyArray<{ offset: number, frame: Buffer }>): void
+  /**
    * A user's first connection joined `room`, or its last one left. Called in
    * the room's presence order (`change.seq`); the node batches these into
    * `presence` diffs for its members.
@@ -165,6 +172,14 @@ export interface HistoryPage {
  * interchangeable with one option.
  */
 export interface Adapter {
+  /**
+   * Whether `publish` applies calls in the order they were made even when a
+   * call is made before the one before it settled (a store reached over one
+   * ordered connection). Then a connection's publishes are sent without
+   * waiting for each other's answers, and those of one turn of the event loop
+   * travel together; otherwise (the default) each waits for the one before.
+   */
+  readonly orderedPublishes?: boolean
   /** Called once by the plugin before it serves anything. */
   start (listener: AdapterListener, config: AdapterConfig): Promise<void>
   /** Called once on `app.close()`. */

@@ -69,12 +69,18 @@ export interface RedisAdapterOptions {
  * R..'ids' sorted set of user ids (score 0: by id), for member pages.
  * The message frames built here must stay byte-compatible with messageFrame
  * in protocol.ts (test/redis-frames.test.ts).
- * Channels: P..'c:'..room carries `m<offset>|<epoch>|<frame>`,
- * `p<presence seq>|<count>|<j or l><user id bytes>|<user id><member JSON>`
- * and `e<frame>` (ephemeral); P..'n:'..node carries
+ * Channels: P..'c:'..room carries the messages of one publish call,
+ * `b<epoch>|` then `<offset>|<frame bytes>|<frame>` for each,
+ * `p<presence seq>|<count>|<j or l><user id bytes>|<user id><member JSON>`,
+ * `e<frame>` (ephemeral) and `k<node>|<token>` (a node's resync marker);
+ * P..'n:'..node carries
  * `d<connection>|<frame>` and `x<origin node>|<command>` (one connection's),
  * P..'all' carries `x<origin node>|<command>` (a user's, on any node),
  * P..'roomlist' carries `<count>|<room>` on every member count change.
+ * On a cluster P above is a partition's base, P..'{'..tag..'}' (see
+ * partitions.ts), for room keys and channels; node leases and the secret use
+ * P..'{global}'; node channels are P..'{n:'..node..'}' and P..'{all}', all
+ * channels sharded (SPUBLISH).
  */
 const SCRIPT = `
 -- p: the key base of the room's partition, or the global base for node leases.
@@ -248,41 +254,67 @@ local function forget (node)
 end
 
 if cmd == 'publish' then
-  -- node, publish id, lowest id of the node still in flight, sent before ('1'), room,
-  -- data JSON, from JSON or '', historySize, historyTtlMs, maxHistoryRooms, maxHistoryBytes, new epoch
-  local node, id, low, again, room, data, from = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
-  local size, ttl, max_rooms, max_bytes = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
+  -- Publishes to one room, applied in order: node, lowest id of the node still in flight,
+  -- sent before ('1'), room, historyTtlMs, maxHistoryRooms, maxHistoryBytes, new epoch, and
+  -- the publishes in one string, each <id>|<historySize>|<from bytes>|<data bytes>|<from JSON or nothing><data JSON>.
+  -- Returns their offsets.
+  local node, low, again, room, packed = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[11]
+  local ttl, max_rooms, max_bytes = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
   local pubs = p .. 'n:' .. node .. ':pubs'
-  if again == '1' then
-    -- Sent again after a cut connection: the offset it got the first time, never a second one.
-    local seen = redis.call('ZRANGEBYSCORE', pubs, id, id)
-    if seen[1] then return tonumber(string.sub(seen[1], string.find(seen[1], ':', 1, true) + 1)) end
-  end
-  -- Ids below the lowest in flight are settled: the node never sends them again (swept now and then).
-  if tonumber(id) % 64 == 0 then redis.call('ZREMRANGEBYSCORE', pubs, '-inf', '(' .. low) end
-  local t = redis.call('TIME')
   local r = p .. 'r:' .. room .. ':'
   local members = redis.call('EXISTS', r .. 'members') == 1
-  local epoch = redis.call('GET', r .. 'epoch')
-  local offset = 1
-  -- With no member to deliver to and no history to keep, nothing is written.
-  if epoch or members or size > 0 then
-    if not epoch then epoch = new_epoch(room, ARGV[14]) end
-    offset = redis.call('INCR', r .. 'seq')
-    if from ~= '' then from = ',"from":' .. from end
-    local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-    local frame = '{"type":"message","room":"' .. room .. '","data":' .. data .. ',"offset":' .. string.format('%d', offset) .. ',"ts":' .. string.format('%d', ts) .. from .. '}'
-    if size > 0 then store(room, offset, frame, size, ttl, max_rooms, max_bytes, string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2]))) end
-    if members then
-      redis.call(PUB, p .. 'c:' .. room, 'm' .. string.format('%d', offset) .. '|' .. epoch .. '|' .. frame)
-    else
-      -- Only nodes with members subscribe; a joiner in flight gets an offset past this one.
-      redis.call('PEXPIRE', r .. 'seq', ttl)
-      redis.call('PEXPIRE', r .. 'epoch', ttl)
+  local offsets, out = {}, {}
+  local epoch, heard, unheard = nil, nil, false
+  local at = 1
+  while at <= #packed do
+    local a = string.find(packed, '|', at, true)
+    local b = string.find(packed, '|', a + 1, true)
+    local c = string.find(packed, '|', b + 1, true)
+    local d = string.find(packed, '|', c + 1, true)
+    local id, size = string.sub(packed, at, a - 1), tonumber(string.sub(packed, a + 1, b - 1))
+    local from_end = d + tonumber(string.sub(packed, b + 1, c - 1))
+    local from = string.sub(packed, d + 1, from_end)
+    at = from_end + tonumber(string.sub(packed, c + 1, d - 1)) + 1
+    local data = string.sub(packed, from_end + 1, at - 1)
+    local offset
+    if again == '1' then
+      -- Sent again after a cut connection: the offset it got the first time, never a second one.
+      local seen = redis.call('ZRANGEBYSCORE', pubs, id, id)
+      if seen[1] then offset = tonumber(string.sub(seen[1], string.find(seen[1], ':', 1, true) + 1)) end
     end
+    if not offset then
+      -- Ids below the lowest in flight are settled: the node never sends them again (swept now and then).
+      if tonumber(id) % 64 == 0 then redis.call('ZREMRANGEBYSCORE', pubs, '-inf', '(' .. low) end
+      local t = redis.call('TIME')
+      epoch = redis.call('GET', r .. 'epoch')
+      offset = 1
+      -- With no member to deliver to and no history to keep, nothing is written.
+      if epoch or members or size > 0 then
+        if not epoch then epoch = new_epoch(room, ARGV[10]) end
+        offset = redis.call('INCR', r .. 'seq')
+        if from ~= '' then from = ',"from":' .. from end
+        local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        local frame = '{"type":"message","room":"' .. room .. '","data":' .. data .. ',"offset":' .. string.format('%d', offset) .. ',"ts":' .. string.format('%d', ts) .. from .. '}'
+        if size > 0 then store(room, offset, frame, size, ttl, max_rooms, max_bytes, string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2]))) end
+        if members then
+          out[#out + 1] = string.format('%d', offset) .. '|' .. #frame .. '|' .. frame
+          heard = epoch
+        else
+          unheard = true
+        end
+      end
+      redis.call('ZADD', pubs, id, id .. ':' .. string.format('%d', offset))
+    end
+    offsets[#offsets + 1] = offset
   end
-  redis.call('ZADD', pubs, id, id .. ':' .. string.format('%d', offset))
-  return offset
+  -- One message for the whole call: a node reads them together and writes them to each member at once.
+  if heard then redis.call(PUB, p .. 'c:' .. room, 'b' .. heard .. '|' .. table.concat(out)) end
+  if unheard then
+    -- Only nodes with members subscribe; a joiner in flight gets an offset past these.
+    redis.call('PEXPIRE', r .. 'seq', ttl)
+    redis.call('PEXPIRE', r .. 'epoch', ttl)
+  end
+  return offsets
 elseif cmd == 'join' then
   -- room, connection, user id, member JSON, node, max members, new epoch, members page size
   local room, conn, user, member, node, max = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
@@ -405,6 +437,25 @@ const unavailable = storeUnavailable
 const maybePublished = (): RoomsError => new RoomsError('UNAVAILABLE', 'The message store became unreachable while publishing: the message may or may not have been published. Retry in a moment.')
 const internal = (): RoomsError => new RoomsError('INTERNAL', 'The server failed to handle this request; it has been logged. Try again later.')
 
+/** A room's publishes of this turn of the event loop, not sent yet. */
+interface Batch {
+  /** Its first publish's id, the lowest of its ids (ids only grow). */
+  firstId: number
+  /** The publishes as the script reads them: `<id>|<historySize>|<from bytes>|<data bytes>|<from><data>` each. */
+  packed: string
+  /** Each publish's promise, settled with the call. */
+  resolves: Array<(offset: number) => void>
+  rejects: Array<(err: Error) => void>
+  /** Bytes of data and from, roughly (UTF-16 units). */
+  bytes: number
+  /** The call was answered or given up on: its ids are never sent again. */
+  settled: boolean
+}
+
+/** Publishes to one room in one script call, at most; past it (or MAX_BATCH_BYTES of data) a call goes at once. */
+const MAX_BATCH = 256
+const MAX_BATCH_BYTES = 1024 * 1024
+
 /** A room channel this node is subscribed to. */
 interface Subscription {
   /** Local joins holding it (joined, or joining). */
@@ -438,11 +489,16 @@ interface LocalMember {
  * `adapter: redisAdapter({ url })`.
  */
 export class RedisAdapter implements Adapter {
+  /** Publishes go out on one connection, in call order, and a resend after a break keeps that order (see Link). */
+  readonly orderedPublishes = true
   private readonly options: RedisAdapterOptions
   private readonly prefix: string
   private readonly leaseMs: number
   private readonly commandTimeoutMs: number
   private readonly waitReplicas: number
+  /** The history budgets of one partition: each holds its share (all of them on one Redis), so no call spans two shards. */
+  private historyRooms = 0
+  private historyBytes = 0
   /** Where each room's keys live. */
   private readonly partitions: Partitions
   /** The key base of the node leases and the shared secret (one slot on a cluster). */
@@ -462,8 +518,14 @@ export class RedisAdapter implements Adapter {
   private readonly pendingLeaves = new Map<string, { room: string, connectionId: string }>()
   /** Local memberships, to re-register them after an outage. */
   private readonly local = new Map<string, LocalMember>()
-  /** Ids of this node's publishes not yet settled; the script forgets ids below the lowest. */
-  private readonly publishing = new Set<number>()
+  /**
+   * Batches not yet settled, in the order they were made, so the first one
+   * holds the lowest publish id not settled: the script forgets ids below it.
+   */
+  private readonly unsettled: Batch[] = []
+  /** Publishes of this turn of the event loop not sent yet, by room (see publish). */
+  private readonly batches = new Map<string, Batch>()
+  private flushScheduled = false
   private lastPublishId = 0
   private timers: NodeJS.Timeout[] = []
   private registered = false
@@ -502,6 +564,9 @@ export class RedisAdapter implements Adapter {
     if (this.listener !== undefined) throw new Error('This adapter is already in use: create one adapter per plugin registration.')
     this.listener = listener
     this.config = config
+    const shares = this.partitions.bases.length
+    this.historyRooms = Math.max(1, Math.floor(config.maxHistoryRooms / shares))
+    this.historyBytes = Math.floor(config.maxHistoryBytes / shares)
     const name = `fastify-rooms:${config.nodeId}`
     // Fail fast while Redis is away instead of queueing, and never let ioredis
     // replay commands or subscriptions after a reconnect: the Links settle
@@ -595,36 +660,93 @@ export class RedisAdapter implements Adapter {
     this.sub?.disconnect()
   }
 
-  async publish (room: string, message: EncodedPublish): Promise<number | undefined> {
-    if (message.ephemeral === true) {
-      // Not stored, not numbered: straight to the nodes with members, with this node's clock.
-      const frame = messageFrame(room, message, undefined, Date.now())
-      await this.send('publish', this.roomChannel(room), 'e' + frame)
-      return undefined
-    }
-    const { historyTtlMs } = this.config
-    // Each partition holds its share of the budgets (all of them on one Redis): no call spans two shards.
-    const shares = this.partitions.bases.length
-    const maxHistoryRooms = Math.max(1, Math.floor(this.config.maxHistoryRooms / shares))
-    const maxHistoryBytes = Math.floor(this.config.maxHistoryBytes / shares)
+  /**
+   * Publishes wait for the end of this turn of the event loop, then each
+   * room's go to Redis in one script call, and all of them in one write: the
+   * messages a room got together reach every node in one pub/sub message.
+   */
+  publish (room: string, message: EncodedPublish): Promise<number | undefined> {
+    if (!this.cmd.ready) return Promise.reject(unavailable())
+    // Not async: each publish out in Redis holds no suspended function of its own, only its promise.
+    return message.ephemeral === true ? this.publishEphemeral(room, message) : this.enqueue(room, message)
+  }
+
+  /** Not stored, not numbered: straight to the nodes with members, with this node's clock, after the room's publishes before it. */
+  private async publishEphemeral (room: string, message: EncodedPublish): Promise<undefined> {
+    this.sendBatch(room)
+    const frame = messageFrame(room, message, undefined, Date.now())
+    await this.send('publish', this.roomChannel(room), 'e' + frame)
+    return undefined
+  }
+
+  /** Add a publish to its room's call of this turn; resolves with its offset once the call is answered. */
+  private enqueue (room: string, message: EncodedPublish): Promise<number> {
     // A message larger than the whole history budget is delivered but not kept, as on the memory adapter.
-    const historySize = fits(room, message, maxHistoryBytes) ? this.config.historySize : 0
+    const historySize = fits(room, message, this.historyBytes) ? this.config.historySize : 0
     const id = ++this.lastPublishId
-    this.publishing.add(id)
-    try {
-      const base = this.partitions.base(room)
-      const issue = async (again: boolean): Promise<unknown> => await this.redis.rooms(
-        // On a cluster ioredis itself resends a call cut off by a master's death,
-        // to the promoted replica, which may have it already: the script always checks.
-        base + 'rooms', base, 'publish', this.config.nodeId, id, this.publishing.values().next().value as number, again || this.shards !== undefined ? '1' : '0',
-        room, message.data, message.from ?? '', historySize, historyTtlMs, maxHistoryRooms, maxHistoryBytes, newEpoch()
-      )
-      const offset = await this.cmd.call('publish', issue, true) as number
-      await this.replicated(base)
-      return offset
-    } finally {
-      this.publishing.delete(id)
+    let batch = this.batches.get(room)
+    if (batch === undefined) {
+      batch = { firstId: id, packed: '', resolves: [], rejects: [], bytes: 0, settled: false }
+      this.batches.set(room, batch)
+      this.unsettled.push(batch)
+      if (!this.flushScheduled) {
+        this.flushScheduled = true
+        setImmediate(() => this.sendBatches())
+      }
     }
+    const from = message.from ?? ''
+    batch.packed += `${id}|${historySize}|${Buffer.byteLength(from)}|${Buffer.byteLength(message.data)}|${from}${message.data}`
+    batch.bytes += message.data.length + from.length
+    return new Promise<number>((resolve, reject) => {
+      const { resolves, rejects } = batch as Batch
+      resolves.push(resolve)
+      rejects.push(reject)
+      if (resolves.length >= MAX_BATCH || (batch as Batch).bytes >= MAX_BATCH_BYTES) this.sendBatch(room)
+    })
+  }
+
+  /** Send every room's publishes of this turn, in the order the rooms got their first, with one write. */
+  private sendBatches (): void {
+    this.flushScheduled = false
+    if (this.batches.size === 0) return
+    // (A cluster client writes to several nodes: nothing to cork there.)
+    const stream = this.shards === undefined ? (this.redis as Redis).stream : undefined
+    const cork = this.cmd.ready && typeof stream?.cork === 'function'
+    if (cork) stream.cork()
+    try {
+      for (const room of [...this.batches.keys()]) this.sendBatch(room)
+    } finally {
+      if (cork) stream.uncork()
+    }
+  }
+
+  /** Send a room's publishes not sent yet, as one call that applies them in order and settles them together. */
+  private sendBatch (room: string): void {
+    const batch = this.batches.get(room)
+    if (batch === undefined) return
+    this.batches.delete(room)
+    const { historyTtlMs, nodeId } = this.config
+    const base = this.partitions.base(room)
+    this.cmd.call('publish', async (again: boolean): Promise<unknown> => await this.redis.rooms(
+      // On a cluster ioredis itself resends a call cut off by a master's death,
+      // to the promoted replica, which may have it already: the script always checks.
+      base + 'rooms', base, 'publish', nodeId, (this.unsettled[0] as Batch).firstId, again || this.shards !== undefined ? '1' : '0',
+      room, historyTtlMs, this.historyRooms, this.historyBytes, newEpoch(), batch.packed
+    ), true).then(async (offsets) => {
+      await this.replicated(base)
+      return offsets
+    }).then((offsets) => {
+      this.settle(batch)
+      for (let i = 0; i < batch.resolves.length; i++) (batch.resolves[i] as (offset: number) => void)((offsets as number[])[i] as number)
+    }, (err: Error) => {
+      this.settle(batch)
+      for (const reject of batch.rejects) reject(err)
+    })
+  }
+
+  private settle (batch: Batch): void {
+    batch.settled = true
+    while (this.unsettled[0]?.settled === true) this.unsettled.shift()
   }
 
   /**
@@ -881,7 +1003,7 @@ export class RedisAdapter implements Adapter {
         })
       })
       arrived.catch(() => {})
-      await this.send('marker', this.roomChannel(room as string), `b${this.config.nodeId}|${token}`)
+      await this.send('marker', this.roomChannel(room as string), `k${this.config.nodeId}|${token}`)
       await arrived
     }))
   }
@@ -1125,15 +1247,9 @@ export class RedisAdapter implements Adapter {
     const kind = message[0]
     if (target !== undefined) {
       const room = target.room as string
-      if (kind === 109) { // 'm': m<offset>|<epoch>|<frame>
+      if (kind === 98) { // 'b': b<epoch>|, then <offset>|<frame bytes>|<frame> for each message
         const subscription = this.subscriptions.get(room)
-        if (subscription === undefined) return
-        const offset = Number(message.toString('latin1', 1, bar))
-        const bar2 = message.indexOf(124, bar + 1)
-        const epoch = message.toString('latin1', bar + 1, bar2)
-        const frame = message.subarray(bar2 + 1)
-        if (subscription.held !== undefined) subscription.held.push({ offset, epoch, frame })
-        else this.deliver(room, subscription, offset, epoch, frame)
+        if (subscription !== undefined) this.received(room, subscription, message, bar)
       } else if (kind === 112) { // 'p': p<presence seq>|<count>|<j or l><user id bytes>|<user id><member JSON>
         const bar2 = message.indexOf(124, bar + 1)
         const bar3 = message.indexOf(124, bar2 + 2)
@@ -1145,7 +1261,7 @@ export class RedisAdapter implements Adapter {
           count: Number(message.toString('latin1', bar + 1, bar2)),
           seq: Number(message.toString('latin1', 1, bar))
         })
-      } else if (kind === 98) { // 'b': b<node>|<token>, a marker of heard()
+      } else if (kind === 107) { // 'k': k<node>|<token>, a marker of heard()
         if (message.toString('latin1', 1, bar) === this.config.nodeId) {
           const token = message.toString('latin1', bar + 1)
           this.markers.get(token)?.()
@@ -1159,6 +1275,35 @@ export class RedisAdapter implements Adapter {
     } else if (kind === 120 && message.toString('latin1', 1, bar) !== this.config.nodeId) { // 'x': x<origin>|<command>, done at the origin already
       this.listener.control(JSON.parse(message.toString('utf8', bar + 1)) as ControlCommand)
     }
+  }
+
+  /**
+   * The messages of one publish call, in offset order. Live, they go to the
+   * members together (one write each); held back, or of another epoch, each
+   * takes the way a single message would.
+   */
+  private received (room: string, subscription: Subscription, message: Buffer, bar: number): void {
+    const epoch = message.toString('latin1', 1, bar)
+    const live = subscription.held === undefined && epoch === subscription.epoch
+    const fresh: Array<{ offset: number, frame: Buffer }> = []
+    let at = bar + 1
+    while (at < message.length && this.subscriptions.get(room) === subscription) {
+      const bar1 = message.indexOf(124, at)
+      const bar2 = bar1 === -1 ? -1 : message.indexOf(124, bar1 + 1)
+      if (bar2 === -1) break
+      const offset = digits(message, at, bar1)
+      const end = bar2 + 1 + digits(message, bar1 + 1, bar2)
+      const frame = message.subarray(bar2 + 1, end)
+      at = end
+      if (!live) {
+        if (subscription.held !== undefined) subscription.held.push({ offset, epoch, frame })
+        else this.deliver(room, subscription, offset, epoch, frame)
+      } else if (offset > subscription.offset) {
+        subscription.offset = offset
+        fresh.push({ offset, frame })
+      }
+    }
+    if (fresh.length > 0) this.listener.messages(room, fresh)
   }
 
   private roomChannel (room: string): string {
@@ -1268,7 +1413,17 @@ class Link {
 
   async call<T> (what: string, issue: (again: boolean) => Promise<T>, resend = false): Promise<T> {
     if (!this.ready) throw unavailable()
-    return await new Promise<T>((resolve, reject) => this.send({ what, issue, resolve, reject, resend, sentAt: 0 }))
+    return await new Promise<T>((resolve, reject) => {
+      const call: Call = { what, issue, resolve, reject, resend, sentAt: 0 }
+      if (resend && this.held.length > 0) {
+        // The connection is back, and the calls cut off on it wait to be sent
+        // again: one made now goes after them, or it would overtake them.
+        call.until = Date.now() + RESEND_WITHIN_MS
+        this.held.push(call)
+      } else {
+        this.send(call)
+      }
+    })
   }
 
   /** Fail every call: the adapter is closing. */
@@ -1338,7 +1493,7 @@ class Link {
     this.held = []
     for (const call of held) {
       if (same) this.send(call)
-      else call.reject(maybePublished())
+      else call.reject(call.sentAt === 0 ? unavailable() : maybePublished())
     }
   }
 
@@ -1349,7 +1504,7 @@ class Link {
     const now = Date.now()
     this.held = this.held.filter((call) => {
       if ((call.until as number) > now) return true
-      call.reject(maybePublished())
+      call.reject(call.sentAt === 0 ? unavailable() : maybePublished())
       return false
     })
     if (this.held.length === 0) return
@@ -1363,8 +1518,17 @@ export function redisAdapter (options: RedisAdapterOptions): Adapter {
   return new RedisAdapter(options)
 }
 
+/** Random bytes for epochs, drawn from the system in blocks: every publish passes one, though few are used. */
+let epochBytes = Buffer.alloc(0)
+let epochAt = 0
+
 function newEpoch (): string {
-  return randomBytes(6).toString('base64url')
+  if (epochAt === epochBytes.length) {
+    epochBytes = randomBytes(6 * 256)
+    epochAt = 0
+  }
+  epochAt += 6
+  return epochBytes.toString('base64url', epochAt - 6, epochAt)
 }
 
 /** Whether a message's frame (offset and ts at their widest) fits in `bytes`, measuring it only when it might not. */
@@ -1376,6 +1540,13 @@ function fits (room: string, message: EncodedPublish, bytes: number): boolean {
   // A UTF-16 unit is at most 3 bytes of UTF-8.
   if (fixed + extra + 3 * (message.data.length + from.length) <= bytes) return true
   return fixed + extra + Buffer.byteLength(message.data) + Buffer.byteLength(from) <= bytes
+}
+
+/** The decimal number in bytes `from` to `to` of a buffer, read without making a string of it. */
+function digits (bytes: Buffer, from: number, to: number): number {
+  let n = 0
+  for (let i = from; i < to; i++) n = n * 10 + (bytes[i] as number) - 48
+  return n
 }
 
 async function ready (client: Redis | Cluster): Promise<void> {
