@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto'
 import type { EncodedPublish, Member } from '../protocol.js'
 import { encodeDirect, messageFrame } from '../protocol.js'
 import { RoomsError } from '../errors.js'
+import { Ring } from '../ring.js'
 import type {
   Adapter, AdapterConfig, AdapterListener, HistoryPage, JoinResult,
   MembersQuery, RoomInfo, RoomPage, RoomQuery, StoredMessage
@@ -23,7 +24,8 @@ interface RoomState {
   ids: string[]
   /** The room's presence sequence. */
   presenceSeq: number
-  history: Kept[]
+  /** Oldest first; a ring, as each publish past `historySize` drops the oldest. */
+  history: Ring<Kept>
   /** What `history` costs, counted against `maxHistoryBytes`. */
   historyBytes: number
   lastPublish: number
@@ -233,7 +235,7 @@ export class MemoryAdapter implements Adapter {
     const state = this.states.get(room)
     if (state === undefined) return null
     const { history } = state
-    const first = history.length > 0 ? (history[0] as Kept).offset : state.offset + 1
+    const first = history.length > 0 ? (history.at(0) as Kept).offset : state.offset + 1
     const start = Math.max(0, after + 1 - first)
     return { epoch: state.epoch, offset: state.offset, messages: history.slice(start, start + limit).map(({ offset, frame }) => ({ offset, frame })) }
   }
@@ -246,7 +248,7 @@ export class MemoryAdapter implements Adapter {
   private state (room: string): RoomState {
     let state = this.states.get(room)
     if (state === undefined) {
-      state = { epoch: randomBytes(6).toString('base64url'), offset: 0, users: new Map(), ids: [], presenceSeq: 0, history: [], historyBytes: 0, lastPublish: 0 }
+      state = { epoch: randomBytes(6).toString('base64url'), offset: 0, users: new Map(), ids: [], presenceSeq: 0, history: new Ring(), historyBytes: 0, lastPublish: 0 }
       this.states.set(room, state)
     }
     return state
@@ -261,7 +263,7 @@ export class MemoryAdapter implements Adapter {
     const state = this.withHistory.get(room)
     if (state === undefined) return
     this.withHistory.delete(room)
-    state.history = []
+    state.history.clear()
     this.retainedBytes -= state.historyBytes
     state.historyBytes = 0
     this.forgetIfIdle(room, state)
