@@ -2,9 +2,9 @@ import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { Writable } from 'node:stream'
 import type { WebSocket, RawData } from 'ws'
 import { directSocket, senderIdle } from './fast-path.js'
-import { writeCoalesced } from './frame.js'
+import { writeCoalesced, writeText } from './frame.js'
 import {
-  checkPublish, DEFAULT_HISTORY_PAGE, isFrameError, parseClientFrame, peekRequestId, PROTOCOL_VERSION,
+  checkPublish, DEFAULT_HISTORY_PAGE, encodeAck, isFrameError, parseClientFrame, peekRequestId, PROTOCOL_VERSION,
   type AuthenticatedFrame, type AuthFrame, type ClientFrame, type DataValidator, type ErrorFrame, type JoinFrame, type Member,
   type PublishFrame, type RequestId, type WelcomeFrame
 } from './protocol.js'
@@ -269,7 +269,7 @@ export class Connection implements Peer {
    */
   sendFramed (framed: Buffer, payload: Buffer): void {
     if (this.raw === undefined || !senderIdle(this.socket)) {
-      this.sendEncoded(payload)
+      this.sendThroughWs(payload)
       return
     }
     if (this.socket.readyState !== OPEN || this.slow()) return
@@ -277,7 +277,24 @@ export class Connection implements Peer {
     writeCoalesced(this.raw, framed)
   }
 
+  /**
+   * Send one encoded frame to this connection: framed here and written
+   * straight to the TCP socket under the same conditions as `sendFramed`
+   * (replies then share the fan-out's coalesced write), else through
+   * `WebSocket.send`.
+   */
   sendEncoded (frame: Buffer | string): void {
+    if (this.raw === undefined || !senderIdle(this.socket)) {
+      this.sendThroughWs(frame)
+      return
+    }
+    if (this.socket.readyState !== OPEN || this.slow()) return
+    const payload = typeof frame === 'string' ? Buffer.from(frame) : frame
+    this.ctx.metrics?.sent(payload.length)
+    writeText(this.raw, payload)
+  }
+
+  private sendThroughWs (frame: Buffer | string): void {
     if (this.socket.readyState !== OPEN || this.slow()) return
     this.ctx.metrics?.sent(typeof frame === 'string' ? Buffer.byteLength(frame) : frame.length)
     this.socket.send(frame, { binary: false })
@@ -466,7 +483,7 @@ export class Connection implements Peer {
     }
     const ephemeral = frame.ephemeral === true
     const offset = await registry.publish(room, { data: json, from: this.userJson ??= JSON.stringify(this.user), ephemeral })
-    if (frame.id !== undefined) this.sendEncoded(JSON.stringify(ephemeral ? { type: 'ack', id: frame.id, room } : { type: 'ack', id: frame.id, room, offset }))
+    if (frame.id !== undefined) this.sendEncoded(encodeAck(frame.id, room, offset))
   }
 
   private fail (err: unknown, frame: ClientFrame): void {

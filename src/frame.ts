@@ -7,8 +7,18 @@ import type { Writable } from 'node:stream'
  */
 export function textFrame (payload: Buffer): Buffer {
   const length = payload.length
-  const header = length < 126 ? 2 : length < 65536 ? 4 : 10
+  const header = headerSize(length)
   const frame = Buffer.allocUnsafe(header + length)
+  writeHeader(frame, length)
+  payload.copy(frame, header)
+  return frame
+}
+
+function headerSize (length: number): number {
+  return length < 126 ? 2 : length < 65536 ? 4 : 10
+}
+
+function writeHeader (frame: Buffer, length: number): void {
   frame[0] = 0x81
   if (length < 126) {
     frame[1] = length
@@ -20,8 +30,25 @@ export function textFrame (payload: Buffer): Buffer {
     frame.writeUInt32BE(Math.floor(length / 2 ** 32), 2)
     frame.writeUInt32BE(length >>> 0, 6)
   }
-  payload.copy(frame, header)
-  return frame
+}
+
+/** Payloads from this size on are written after their header rather than copied into one buffer with it. */
+const COPY_LIMIT = 16 * 1024
+
+/**
+ * Frame a payload for one socket and write it as `writeCoalesced` does: one
+ * buffer for a small payload, the header then the payload itself for a large
+ * one (no copy).
+ */
+export function writeText (socket: Writable, payload: Buffer): void {
+  if (payload.length < COPY_LIMIT) {
+    writeCoalesced(socket, textFrame(payload))
+    return
+  }
+  const header = Buffer.allocUnsafe(headerSize(payload.length))
+  writeHeader(header, payload.length)
+  writeCoalesced(socket, header)
+  writeCoalesced(socket, payload)
 }
 
 /** Sockets corked in this turn of the event loop, uncorked together once it has done its work. */

@@ -434,6 +434,17 @@ export function messageFrame (room: string, publish: EncodedPublish, offset: num
   return `{"type":"message","room":"${room}","data":${publish.data},"offset":${offset},"ts":${ts}${from}}`
 }
 
+/**
+ * Encode an `ack`, the same bytes as `JSON.stringify` of the object: an integer
+ * id prints as the encoder prints it, a string id (client-chosen) goes through
+ * the encoder, and the room needs no escaping (see `messageFrame`).
+ */
+export function encodeAck (id: RequestId, room: string, offset: number | undefined): string {
+  const idJson = typeof id === 'number' ? String(id) : JSON.stringify(id)
+  if (offset === undefined) return `{"type":"ack","id":${idJson},"room":"${room}"}`
+  return `{"type":"ack","id":${idJson},"room":"${room}","offset":${offset}}`
+}
+
 /** Encode a `presence` diff from members already encoded as JSON. */
 export function encodePresence (room: string, joins: readonly string[], leaves: readonly string[], count: number): string {
   return `{"type":"presence","room":"${room}","joins":[${joins.join(',')}],"leaves":[${leaves.join(',')}],"count":${count}}`
