@@ -2,6 +2,7 @@ import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { Writable } from 'node:stream'
 import type { WebSocket, RawData } from 'ws'
 import { directSocket, senderIdle } from './fast-path.js'
+import { canonicalMember } from './json-span.js'
 import { writeCoalesced, writeText } from './frame.js'
 import {
   checkPublish, DEFAULT_HISTORY_PAGE, encodeAck, isFrameError, parseClientFrame, peekRequestId, PROTOCOL_VERSION,
@@ -399,14 +400,15 @@ export class Connection implements Peer {
   }
 
   private handle (buffer: Buffer): void {
-    const frame = parseClientFrame(buffer.toString())
+    const text = buffer.toString()
+    const frame = parseClientFrame(text)
     if (isFrameError(frame)) {
       this.sendError(frame.error, frame.id)
       return
     }
     let pending: Promise<void> | undefined
     try {
-      pending = this.dispatch(frame, buffer.length)
+      pending = this.dispatch(frame, buffer.length, text)
     } catch (err) {
       this.fail(err, frame)
       return
@@ -429,7 +431,7 @@ export class Connection implements Peer {
     }
   }
 
-  private dispatch (frame: ClientFrame, size: number): Promise<void> | undefined {
+  private dispatch (frame: ClientFrame, size: number, text: string): Promise<void> | undefined {
     switch (frame.type) {
       case 'ping':
         this.sendEncoded(frame.id === undefined ? '{"type":"pong"}' : JSON.stringify({ type: 'pong', id: frame.id }))
@@ -439,7 +441,7 @@ export class Connection implements Peer {
       case 'leave':
         return this.leave(frame.room, frame.id)
       case 'publish':
-        return this.publish(frame, size)
+        return this.publish(frame, size, text)
       case 'members':
         return this.ctx.registry.members(this, frame.room, { after: frame.after, limit: frame.limit ?? this.ctx.options.membersPageSize }, frame.id)
       case 'auth':
@@ -466,12 +468,17 @@ export class Connection implements Peer {
     this.sendEncoded(JSON.stringify(id === undefined ? { type: 'left', room } : { type: 'left', id, room }))
   }
 
-  private async publish (frame: PublishFrame, size: number): Promise<void> {
+  /**
+   * @param size the frame's bytes
+   * @param text the frame's text: its `data` member, when written as the
+   *   encoder writes it, is taken as it is rather than encoded again
+   */
+  private async publish (frame: PublishFrame, size: number, text: string): Promise<void> {
     const { registry, options, validateData } = this.ctx
     const { room } = frame
     if (!registry.isMember(this, room)) throw notInRoom(room)
     let data = frame.data
-    let json = checkPublish(data, room, options.maxMessageBytes, validateData, size)
+    let json = checkPublish(data, room, options.maxMessageBytes, validateData, size, canonicalMember(text, 'data'))
     if (options.onPublish !== undefined) {
       const verdict = await options.onPublish({ connectionId: this.id, user: this.fullUser as Member, room, data: data as never, request: this.request as FastifyRequest })
       if (verdict === false) throw forbidden(`You may not publish to room "${room}".`)

@@ -412,9 +412,11 @@ export function encodeData (data: unknown, room: string): string {
  * data schema. Returns the encoded data.
  * @param frameBytes size of the frame that carried the data, when known: the
  *   data is smaller than its frame, so a small frame needs no measuring
+ * @param encoded the data's JSON when it is known already, exactly as
+ *   `encodeData` would write it (see `canonicalMember`)
  */
-export function checkPublish (data: unknown, room: string, maxMessageBytes: number, validate: DataValidator | undefined, frameBytes = Infinity): string {
-  const json = encodeData(data, room)
+export function checkPublish (data: unknown, room: string, maxMessageBytes: number, validate: DataValidator | undefined, frameBytes = Infinity, encoded?: string): string {
+  const json = encoded ?? encodeData(data, room)
   if (frameBytes > maxMessageBytes && Buffer.byteLength(json) > maxMessageBytes) {
     throw new RoomsError('PAYLOAD_TOO_LARGE', `Message data is larger than ${maxMessageBytes} bytes: send less per message.`, room)
   }
