@@ -478,7 +478,7 @@ export class Connection implements Peer {
     const { room } = frame
     if (!registry.isMember(this, room)) throw notInRoom(room)
     let data = frame.data
-    let json = checkPublish(data, room, options.maxMessageBytes, validateData, size, canonicalMember(text, 'data'))
+    let json = checkPublish(data, room, options.maxMessageBytes, validateData, size, canonicalMember(text, frame, 'data'))
     if (options.onPublish !== undefined) {
       const verdict = await options.onPublish({ connectionId: this.id, user: this.fullUser as Member, room, data: data as never, request: this.request as FastifyRequest })
       if (verdict === false) throw forbidden(`You may not publish to room "${room}".`)

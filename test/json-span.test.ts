@@ -2,12 +2,12 @@ import t from 'tap'
 import { canonicalMember } from '../src/json-span.js'
 import { seeded } from './helpers/random.js'
 
-/** What the publish path would encode without the scanner. */
+/** What the publish path would encode without the walk. */
 const encoded = (text: string): string | undefined => JSON.stringify((JSON.parse(text) as { data?: unknown }).data)
 
-/** The scanner's promise: the encoder's exact text, or undefined (then the caller encodes). */
+/** The walk's promise: the encoder's exact text, or undefined (then the caller encodes). */
 function check (text: string): string | undefined {
-  const span = canonicalMember(text, 'data')
+  const span = canonicalMember(text, JSON.parse(text), 'data')
   if (span !== undefined && span !== encoded(text)) throw new Error(`span ${span} of ${text} is not the encoder's ${String(encoded(text))}`)
   return span
 }
@@ -20,41 +20,44 @@ const deep = (depth: number): string => '['.repeat(depth) + '0' + ']'.repeat(dep
 /** [frame text, the span it must give (undefined: the caller must encode)] */
 const cases: Array<[string, string | undefined]> = [
   ['{"type":"publish","room":"r","data":{"s":1.5,"p":"x"},"id":7}', '{"s":1.5,"p":"x"}'],
-  // "data" where it is not the member: in strings, with escaped quotes, in nested keys.
-  ['{"type":"publish","x":"a \\"data\\": 1","data":2}', '2'],
+  // "data" where it is not the member: in strings, in nested keys, in other members.
   ['{"x":{"data":1},"y":[{"data":3}],"data":"top"}', '"top"'],
-  ['{"x":"\\"data\\":3","data":[1]}', '[1]'],
   ['{"a":["data",{"data":1}],"data":true,"b":"data"}', 'true'],
   ['{"data":{"data":{"data":null}}}', '{"data":{"data":null}}'],
-  ['{"x":"\\\\","data":1}', '1'],
-  ['{"x":"\\\\\\"","data":1}', '1'],
-  ['{"x":"\\\\","data":"\\\\"}', '"\\\\"'],
   ['{"datum":1,"dat":2,"data ":3,"data":4}', '4'],
-  // The parse keeps the last of repeated members; the scanner leaves it to the encoder.
+  ['{"x":"a \\"data\\": 1","data":2}', '2'],
+  ['{"data":"a \\"data\\": 1"}', '"a \\"data\\": 1"'],
+  ['{"x":"\\\\","data":1}', '1'],
+  ['{"x":"\\\\\\"","data":"\\\\"}', '"\\\\"'],
+  // The parse keeps the last of repeated members: the text has more members than the object.
   ['{"data":1,"data":2}', undefined],
+  ['{"data":1,"data":1}', undefined],
   ['{"data":1,"x":{},"data":{"a":1}}', undefined],
+  ['{"a":0,"data":1,"a":0}', undefined],
   // An escaped key may be "data".
   ['{"d\\u0061ta":5}', undefined],
   ['{"\\u0064ata":5,"data":6}', undefined],
-  ['{"x\\n":5,"data":6}', undefined],
   ['{"type":"publish"}', undefined],
   ['{}', undefined],
-  // Whitespace around the member is the frame's business; inside the value, the encoder writes none.
+  // Whitespace between the frame's members is the frame's business; inside a value, the encoder writes none.
   [' {\n\t"data" :\r {"a":1} , "id" : 1 } ', '{"a":1}'],
   ['{"data":{ "a":1}}', undefined],
   ['{"data":[1, 2]}', undefined],
   ['{"data":{"a" :1}}', undefined],
-  // Strings: the encoder's escapes only.
+  ['{"x":[1, 2],"data":1}', undefined],
+  // Strings: only the ones the encoder writes without an escape.
   ['{"data":"é 中文 😀 \u2028 \u007f"}', '"é 中文 😀 \u2028 \u007f"'],
   ['{"data":"\\u00e9"}', undefined],
   ['{"data":"\\ud83d\\ude00"}', undefined],
-  ['{"data":"\\ud800"}', undefined],
-  ['{"data":"\\u001f \\u0000 \\u000b \\u0010"}', '"\\u001f \\u0000 \\u000b \\u0010"'],
+  // Strings with escapes: the encoder's escapes, and only those.
+  ['{"data":"\\ud800"}', '"\\ud800"'],
+  ['{"data":"\\ud800\\udc00"}', undefined],
+  ['{"data":"\\u001f \\u0000 \\u000b"}', '"\\u001f \\u0000 \\u000b"'],
+  ['{"data":"\\b\\f\\n\\r\\t\\"\\\\"}', '"\\b\\f\\n\\r\\t\\"\\\\"'],
   ['{"data":"\\u001F"}', undefined],
   ['{"data":"\\u000a"}', undefined],
-  ['{"data":"\\u0008"}', undefined],
-  ['{"data":"\\u0020"}', undefined],
-  ['{"data":"\\b\\f\\n\\r\\t\\"\\\\"}', '"\\b\\f\\n\\r\\t\\"\\\\"'],
+  ['{"data":"\\u0041"}', undefined],
+  ['{"d\\"q":1,"data":{"k\\\\":"\\n"}}', '{"k\\\\":"\\n"}'],
   ['{"data":"a\\/b"}', undefined],
   ['{"data":"","x":""}', '""'],
   // Numbers: as Number::toString prints them.
@@ -87,13 +90,14 @@ const cases: Array<[string, string | undefined]> = [
   ['{"data":5e-324}', '5e-324'],
   ['{"data":1e-400}', undefined],
   ['{"data":1.7976931348623157e+308}', '1.7976931348623157e+308'],
+  ['{"x":1e5,"data":1}', undefined],
   // Objects: the parse reorders integer-like keys and keeps the last of repeated ones.
   ['{"data":{"b":1,"1":2}}', undefined],
-  ['{"data":{"1":2}}', undefined],
+  ['{"data":{"1":2,"b":1}}', '{"1":2,"b":1}'],
+  ['{"data":{"2":0,"1":0}}', undefined],
   ['{"data":{"a":1,"a":2}}', undefined],
-  ['{"data":{"k0":0,"k1":1,"k2":2,"k3":3,"k4":4,"k5":5,"k6":6,"k7":7,"k8":8,"k9":9,"k10":10,"k11":11,"k12":12,"k13":13,"k14":14,"k15":15,"k16":16,"k17":17,"k3":3}}', undefined],
-  ['{"data":{"k0":0,"k1":1,"k2":2,"k3":3,"k4":4,"k5":5,"k6":6,"k7":7,"k8":8,"k9":9,"k10":10,"k11":11,"k12":12,"k13":13,"k14":14,"k15":15,"k16":16,"k17":17}}', '{"k0":0,"k1":1,"k2":2,"k3":3,"k4":4,"k5":5,"k6":6,"k7":7,"k8":8,"k9":9,"k10":10,"k11":11,"k12":12,"k13":13,"k14":14,"k15":15,"k16":16,"k17":17}'],
-  ['{"data":{"__proto__":{"polluted":true},"constructor":1}}', '{"__proto__":{"polluted":true},"constructor":1}'],
+  ['{"data":{"a":1,"b":2,"a":1}}', undefined],
+  ['{"data":{"__proto__":{"polluted":true},"constructor":1,"toJSON":2}}', '{"__proto__":{"polluted":true},"constructor":1,"toJSON":2}'],
   ['{"data":{"a":[1,{"b":null}],"t":true,"f":false,"e":{},"l":[]}}', '{"a":[1,{"b":null}],"t":true,"f":false,"e":{},"l":[]}'],
   ['{"data":null}', 'null'],
   ['{"data":[[],[[]],{}]}', '[[],[[]],{}]'],
@@ -102,7 +106,7 @@ const cases: Array<[string, string | undefined]> = [
   [`{"data":${deep(65)}}`, undefined]
 ]
 
-t.test('the span of "data" is the encoder\'s exact text, or undefined when the scanner is unsure', async (t) => {
+t.test('the span of "data" is the encoder\'s exact text, or undefined when the walk is unsure', async (t) => {
   for (const [text, want] of cases) {
     JSON.parse(text)
     t.equal(check(text), want, shown(text))
@@ -111,16 +115,10 @@ t.test('the span of "data" is the encoder\'s exact text, or undefined when the s
 
 t.test('a lone surrogate in the text (not from UTF-8) is left to the encoder, which escapes it', async (t) => {
   const text = '{"data":"a\ud800b"}'
-  t.equal(canonicalMember(text, 'data'), undefined)
+  t.equal(canonicalMember(text, JSON.parse(text), 'data'), undefined)
   t.equal(encoded(text), '"a\\ud800b"')
   t.equal(check('{"data":"\ud83d\ude00"}'), '"\ud83d\ude00"', 'a pair is well formed: kept as it is')
   t.equal(check('{"data":"\ude00\ud83d"}'), undefined, 'a pair in the wrong order is two lone surrogates')
-})
-
-t.test('text that is not a JSON object gives undefined, never an exception or a loop', async (t) => {
-  for (const text of ['', ' ', '[]', '"data"', '1', 'null', '{', '{"data"', '{"data":', '{"data":1', '{"data":"x', '{"data":[1,', '{"a":"\\', '{"a":{"b":[}', '{"data":1]', '{"data":tru}', '{"data":-}', '{"data":1.}', '{"data":1e}', '{"data":"\\u00"}']) {
-    t.equal(canonicalMember(text, 'data'), undefined, JSON.stringify(text))
-  }
 })
 
 // Seeded random frames: values of every kind, written canonically (JSON.stringify)
@@ -172,7 +170,10 @@ function frame (): { text: string, canonical: boolean } {
   const data = value(0)
   const canonical = rand() < 0.5
   const members: Array<[string, string]> = [['type', '"publish"'], ['room', '"r"'], ['data', canonical ? JSON.stringify(data) : loose(data)]]
-  for (let n = int(3); n > 0; n--) members.splice(int(members.length + 1), 0, [pick(KEYS.filter((k) => k !== 'data')), loose(value(1))])
+  for (let n = int(3); n > 0; n--) {
+    const other = value(1)
+    members.splice(int(members.length + 1), 0, [pick(KEYS.filter((k) => k !== 'data')), canonical ? JSON.stringify(other) : loose(other)])
+  }
   if (rand() < 0.05) members.push(['data', loose(value(2))])
   const sep = canonical ? () => '' : () => pick(['', ' ', '\n'])
   return { text: '{' + sep() + members.map(([k, v]) => JSON.stringify(k) + sep() + ':' + sep() + v).join(sep() + ',' + sep()) + sep() + '}', canonical }
@@ -198,7 +199,7 @@ t.test('20,000 seeded random frames: the span is always the encoder\'s text when
     }
   }
   t.same(wrong, [])
-  // Canonical frames miss only for integer-like or repeated keys, lone surrogates and repeated members.
+  // Canonical frames miss for a repeated or integer-like key (in the frame too), an escape, or a second data member.
   t.ok(canonicalHits > canonicalFrames * 0.5, `${canonicalHits} of ${canonicalFrames} canonical frames sliced`)
   t.ok(looseHits > 0, `${looseHits} loose frames sliced where their data happened to be canonical`)
 })
