@@ -40,7 +40,6 @@ export interface ConnectionContext {
 }
 
 const OPEN = 1
-const noop = (): void => {}
 /** The longest wait setTimeout holds (2^31-1 ms, about 24.8 days); longer ones fire at once. */
 const MAX_TIMER_MS = 2 ** 31 - 1
 /** A WebSocket close reason is at most 123 bytes of UTF-8. */
@@ -415,7 +414,15 @@ export class Connection implements Peer {
     }
     if (pending === undefined) return
     this.busy = true
-    pending.catch((err: unknown) => this.fail(err, frame)).then(() => this.drain(), noop)
+    // One reaction per frame, not a catch and a then: this runs for every publish.
+    pending.then(() => this.drain(), (err: unknown) => {
+      try {
+        this.fail(err, frame)
+      } catch {
+        // Answering failed (the socket is gone): the next frames still get their turn.
+      }
+      this.drain()
+    })
   }
 
   private drain (): void {

@@ -405,10 +405,15 @@ export class Registry implements AdapterListener {
   }
 
   /** Publish data encoded at the edge, as a member (`from`) or as the server; an ephemeral publish resolves undefined. */
-  async publish (room: string, message: EncodedPublish): Promise<number | undefined> {
-    const offset = await this.adapter.publish(room, message)
-    this.options.metrics?.publish(room)
-    return offset
+  publish (room: string, message: EncodedPublish): Promise<number | undefined> {
+    const offset = this.adapter.publish(room, message)
+    const { metrics } = this.options
+    // Without metrics, the adapter's own promise: no async step of the registry's per publish.
+    if (metrics === undefined) return offset
+    return offset.then((value) => {
+      metrics.publish(room)
+      return value
+    })
   }
 
   /** A page of a room's members for a member of it (`members` frame). */
