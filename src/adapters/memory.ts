@@ -2,10 +2,10 @@ import { randomBytes } from 'node:crypto'
 import type { EncodedPublish, Member } from '../protocol.js'
 import { encodeDirect, messageFrame } from '../protocol.js'
 import { RoomsError } from '../errors.js'
-import { Ring } from '../ring.js'
+import { MessageLog } from './message-log.js'
 import type {
   Adapter, AdapterConfig, AdapterListener, HistoryPage, JoinResult,
-  MembersQuery, RoomInfo, RoomPage, RoomQuery, StoredMessage
+  MembersQuery, RoomInfo, RoomPage, RoomQuery
 } from './adapter.js'
 import type { ControlCommand } from './adapter.js'
 import type { RoomCountWatcher } from './adapter.js'
@@ -26,8 +26,8 @@ interface RoomState {
   ids: string[]
   /** The room's presence sequence. */
   presenceSeq: number
-  /** Oldest first; a ring, as each publish past `historySize` drops the oldest. */
-  history: Ring<Kept>
+  /** Oldest first, outside the JS heap (see MessageLog). */
+  history: MessageLog
   /** What `history` costs, counted against `maxHistoryBytes`. */
   historyBytes: number
   lastPublish: number
@@ -36,12 +36,7 @@ interface RoomState {
   newer: RoomState | undefined
 }
 
-/** A stored message with what it counts against the budget. */
-interface Kept extends StoredMessage {
-  bytes: number
-}
-
-/** Bookkeeping a stored message costs beside its frame's bytes (the entry object and its array slot). */
+/** What a stored message counts against `maxHistoryBytes` beside its frame's bytes: its bookkeeping, and some slack. */
 const ENTRY_OVERHEAD = 64
 
 /** What the memory adapter holds now, for tests and metrics. */
@@ -115,7 +110,7 @@ export class MemoryAdapter implements Adapter {
     // Encoded once here: its length is what the budget counts, and the fan-out writes these bytes.
     const payload = Buffer.from(frame)
     if (config.historySize > 0 && payload.length + ENTRY_OVERHEAD <= config.maxHistoryBytes) {
-      this.retain(state, config, { offset, frame, bytes: payload.length + ENTRY_OVERHEAD }, ts)
+      this.retain(state, config, offset, payload, ts)
     } else {
       // Nothing kept: a room without members must not stay behind for every broadcast to it.
       this.forgetIfIdle(room, state)
@@ -136,11 +131,12 @@ export class MemoryAdapter implements Adapter {
    * `maxHistoryRooms` rooms, and `maxHistoryBytes` in all, giving up the least
    * recently published rooms' history first.
    */
-  private retain (state: RoomState, config: AdapterConfig, message: Kept, ts: number): void {
+  private retain (state: RoomState, config: AdapterConfig, offset: number, payload: Buffer, ts: number): void {
     const { historySize, maxHistoryRooms, maxHistoryBytes } = config
-    state.history.push(message)
-    state.historyBytes += message.bytes
-    this.retainedBytes += message.bytes
+    const bytes = payload.length + ENTRY_OVERHEAD
+    state.history.push(offset, payload)
+    state.historyBytes += bytes
+    this.retainedBytes += bytes
     if (state.history.length > historySize) this.dropOldest(state)
     state.lastPublish = ts
     this.withHistory.touch(state)
@@ -154,7 +150,7 @@ export class MemoryAdapter implements Adapter {
   }
 
   private dropOldest (state: RoomState): void {
-    const { bytes } = state.history.shift() as Kept
+    const bytes = state.history.shift() + ENTRY_OVERHEAD
     state.historyBytes -= bytes
     this.retainedBytes -= bytes
   }
@@ -240,9 +236,9 @@ export class MemoryAdapter implements Adapter {
     const state = this.states.get(room)
     if (state === undefined) return null
     const { history } = state
-    const first = history.length > 0 ? (history.at(0) as Kept).offset : state.offset + 1
+    const first = history.offsetAt(0) ?? state.offset + 1
     const start = Math.max(0, after + 1 - first)
-    return { epoch: state.epoch, offset: state.offset, messages: history.slice(start, start + limit).map(({ offset, frame }) => ({ offset, frame })) }
+    return { epoch: state.epoch, offset: state.offset, messages: history.slice(start, start + limit) }
   }
 
   private started (): { listener: AdapterListener, config: AdapterConfig } {
@@ -253,7 +249,7 @@ export class MemoryAdapter implements Adapter {
   private state (room: string): RoomState {
     let state = this.states.get(room)
     if (state === undefined) {
-      state = { room, epoch: randomBytes(6).toString('base64url'), offset: 0, users: new Map(), ids: [], presenceSeq: 0, history: new Ring(), historyBytes: 0, lastPublish: 0, older: undefined, newer: undefined }
+      state = { room, epoch: randomBytes(6).toString('base64url'), offset: 0, users: new Map(), ids: [], presenceSeq: 0, history: new MessageLog(), historyBytes: 0, lastPublish: 0, older: undefined, newer: undefined }
       this.states.set(room, state)
     }
     return state
