@@ -2,10 +2,9 @@ import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { Writable } from 'node:stream'
 import type { WebSocket, RawData } from 'ws'
 import { directSocket, senderIdle } from './fast-path.js'
-import { canonicalMember } from './json-span.js'
 import { writeCoalesced, writeText } from './frame.js'
 import {
-  checkPublish, DEFAULT_HISTORY_PAGE, encodeAck, isFrameError, parseClientFrame, peekRequestId, PROTOCOL_VERSION,
+  checkPublish, DEFAULT_HISTORY_PAGE, encodeAck, encodedData, isFrameError, parseClientFrame, peekRequestId, PROTOCOL_VERSION,
   type AuthenticatedFrame, type AuthFrame, type ClientFrame, type DataValidator, type ErrorFrame, type JoinFrame, type Member,
   type PublishFrame, type RequestId, type WelcomeFrame
 } from './protocol.js'
@@ -484,8 +483,10 @@ export class Connection implements Peer {
     const { registry, options, validateData } = this.ctx
     const { room } = frame
     if (!registry.isMember(this, room)) throw notInRoom(room)
-    let data = frame.data
-    let json = checkPublish(data, room, options.maxMessageBytes, validateData, size, canonicalMember(text, frame, 'data'))
+    const encoded = encodedData(frame, text)
+    // The value only where something asks for it: a frame read by the fast path parses its data then.
+    let data = encoded === undefined || validateData !== undefined || options.onPublish !== undefined ? frame.data : undefined
+    let json = checkPublish(data, room, options.maxMessageBytes, validateData, size, encoded)
     if (options.onPublish !== undefined) {
       const verdict = await options.onPublish({ connectionId: this.id, user: this.fullUser as Member, room, data: data as never, request: this.request as FastifyRequest })
       if (verdict === false) throw forbidden(`You may not publish to room "${room}".`)

@@ -89,7 +89,8 @@ function matchValue (text: string, i: number, value: unknown, depth: number): nu
     case 'string':
       return matchString(text, i, value)
     case 'number':
-      return matchNumber(text, i, value)
+      // In step with the parse, the number here is `value`.
+      return canonicalNumberEnd(text, i)
     case 'boolean':
       return value ? (text.startsWith('true', i) ? i + 4 : NO) : (text.startsWith('false', i) ? i + 5 : NO)
     case 'object':
@@ -164,16 +165,17 @@ function matchObject (text: string, i: number, value: Record<string, unknown>, d
 }
 
 /**
- * The end of the number at `i` when the encoder prints `value` with the same
- * text (Number::toString), or NO. Most numbers are decided from their digits
- * alone, without printing the value.
+ * The end of the JSON number at `i` when it is valid JSON and written as the
+ * encoder prints its value (Number::toString), or NO. Most numbers are
+ * decided from their digits alone, without printing the value.
  */
-function matchNumber (text: string, i: number, value: number): number {
+export function canonicalNumberEnd (text: string, i: number): number {
   const start = i
   if (text.charCodeAt(i) === MINUS) i++
   const intStart = i
   while (isDigit(text.charCodeAt(i))) i++
   const intDigits = i - intStart
+  if (intDigits === 0 || (intDigits > 1 && text.charCodeAt(intStart) === ZERO)) return NO
   let fracDigits = 0
   let leadingZeros = 0
   let fraction = false
@@ -184,7 +186,7 @@ function matchNumber (text: string, i: number, value: number): number {
     while (isDigit(text.charCodeAt(i))) i++
     fracDigits = i - fracStart
     // Number::toString never ends a fraction with 0.
-    if (text.charCodeAt(i - 1) === ZERO) return NO
+    if (fracDigits === 0 || text.charCodeAt(i - 1) === ZERO) return NO
     while (leadingZeros < fracDigits && text.charCodeAt(fracStart + leadingZeros) === ZERO) leadingZeros++
   }
   const c = text.charCodeAt(i)
@@ -192,11 +194,14 @@ function matchNumber (text: string, i: number, value: number): number {
     i++
     const sign = text.charCodeAt(i)
     if (sign === PLUS || sign === MINUS) i++
+    const expStart = i
     while (isDigit(text.charCodeAt(i))) i++
-  } else if (intDigits > 0 && exact(intStart > start, text.charCodeAt(intStart) === ZERO && intDigits === 1, intDigits, fraction, fracDigits, leadingZeros)) {
+    if (i === expStart) return NO
+  } else if (exact(intStart > start, text.charCodeAt(intStart) === ZERO && intDigits === 1, intDigits, fraction, fracDigits, leadingZeros)) {
     return i
   }
-  return String(value) === text.slice(start, i) ? i : NO
+  const token = text.slice(start, i)
+  return String(Number(token)) === token ? i : NO
 }
 
 /**
