@@ -2,7 +2,7 @@ import Type, { type Static, type TSchema } from 'typebox'
 import { Compile } from 'typebox/compile'
 import { ERROR_CODES, RoomsError, type ErrorCode } from './errors.js'
 import { canonicalMember } from './json-span.js'
-import { scanPublish, type ScannedPublish } from './publish-scan.js'
+import { ScannedPublishFrame, scanPublish } from './publish-scan.js'
 
 /** Version sent in `welcome`; bumped only on incompatible wire changes. */
 export const PROTOCOL_VERSION = 2
@@ -293,34 +293,6 @@ export function invalidRoomMessage (room: unknown): string {
   return `Room name ${shown} is invalid: use 1-128 characters of A-Z a-z 0-9 _ - . :`
 }
 
-const UNPARSED = Symbol('unparsed')
-
-/**
- * A publish frame read by the fast path (`scanPublish`): its data, already in
- * the encoder's form, is parsed only when something asks for the value.
- */
-class ScannedPublishFrame {
-  readonly type = 'publish' as const
-  readonly room: string
-  readonly id: RequestId | undefined
-  readonly ephemeral: boolean | undefined
-  /** `data` as `JSON.stringify` writes it. */
-  readonly dataJson: string
-  private parsed: unknown = UNPARSED
-
-  constructor (scanned: ScannedPublish) {
-    this.room = scanned.room
-    this.id = scanned.id
-    this.ephemeral = scanned.ephemeral
-    this.dataJson = scanned.data
-  }
-
-  get data (): unknown {
-    if (this.parsed === UNPARSED) this.parsed = JSON.parse(this.dataJson)
-    return this.parsed
-  }
-}
-
 /**
  * Parse and validate one text frame from a client. This is the only place a
  * client frame is checked: everything past it trusts the returned type.
@@ -329,11 +301,8 @@ class ScannedPublishFrame {
  */
 export function parseClientFrame (text: string): ClientFrame | FrameError {
   const scanned = scanPublish(text)
-  if (scanned !== undefined) {
-    const frame = new ScannedPublishFrame(scanned)
-    if (validators.publish.Check(frame)) return frame
-    // Refused: JSON.parse reads it again below, so that the error is the one any frame gets.
-  }
+  // Refused by the schema: JSON.parse reads it again below, so that the error is the one any frame gets.
+  if (scanned !== undefined && validators.publish.Check(scanned)) return scanned
   let value: unknown
   try {
     value = JSON.parse(text)

@@ -26,7 +26,7 @@ const NO = -1
 
 /** Deeper data is left to JSON.parse (and the encoder, which refuses what it cannot encode). */
 const MAX_DEPTH = 64
-/** Keys of one object compared in a list up to this many, in a Set past it. */
+/** Keys of one object compared one by one up to this many, in a Set past it. */
 const LIST_KEYS = 16
 /**
  * Longer frames are left to JSON.parse, which reads long strings faster than
@@ -47,21 +47,41 @@ const ID = 4
 const DATA = 8
 const EPHEMERAL = 16
 
-/** A publish frame's members as read from its text; `data` is the value's JSON, in the encoder's form. */
-export interface ScannedPublish {
-  room: string
-  id: string | number | undefined
-  ephemeral: boolean | undefined
-  data: string
+const UNPARSED = Symbol('unparsed')
+
+/**
+ * A publish frame as the fast path read it: its data, already in the
+ * encoder's form, is parsed only when something asks for the value.
+ */
+export class ScannedPublishFrame {
+  readonly type = 'publish' as const
+  readonly room: string
+  readonly id: string | number | undefined
+  readonly ephemeral: boolean | undefined
+  /** `data` as `JSON.stringify` writes it. */
+  readonly dataJson: string
+  private parsed: unknown = UNPARSED
+
+  constructor (room: string, id: string | number | undefined, ephemeral: boolean | undefined, dataJson: string) {
+    this.room = room
+    this.id = id
+    this.ephemeral = ephemeral
+    this.dataJson = dataJson
+  }
+
+  get data (): unknown {
+    if (this.parsed === UNPARSED) this.parsed = JSON.parse(this.dataJson)
+    return this.parsed
+  }
 }
 
 /**
  * Read a compact publish frame, or answer undefined (then `JSON.parse` reads
- * it). What it returns is what `JSON.parse` makes of the frame, with `data`
- * as `JSON.stringify(JSON.parse(text).data)`; the frame's schema is checked
- * by the caller, as for any frame.
+ * it). What it returns is what `JSON.parse` makes of the frame, with
+ * `dataJson` as `JSON.stringify(JSON.parse(text).data)`; the frame's schema
+ * is checked by the caller, as for any frame.
  */
-export function scanPublish (text: string): ScannedPublish | undefined {
+export function scanPublish (text: string): ScannedPublishFrame | undefined {
   if (text.length > MAX_LENGTH || text.charCodeAt(0) !== OPEN_BRACE || UNSAFE.test(text)) return undefined
   let seen = 0
   let room: string | undefined
@@ -121,7 +141,7 @@ export function scanPublish (text: string): ScannedPublish | undefined {
     i++
   }
   if (i !== text.length - 1 || (seen & (TYPE | ROOM | DATA)) !== (TYPE | ROOM | DATA)) return undefined
-  return { room: room as string, id, ephemeral, data: text.slice(dataStart, dataEnd) }
+  return new ScannedPublishFrame(room as string, id, ephemeral, text.slice(dataStart, dataEnd))
 }
 
 /** Which member a name is (0: none the fast path reads). */
@@ -167,26 +187,42 @@ function value (text: string, i: number, depth: number): number {
   return NO
 }
 
+/**
+ * Where the keys of the objects being read start and end, pairs on a stack:
+ * each object compares a key with its earlier ones in place, and gives its
+ * places back when it is read.
+ */
+const keyPlaces: number[] = []
+
 function object (text: string, i: number, depth: number): number {
+  const base = keyPlaces.length
+  const end = members(text, i, depth, base)
+  keyPlaces.length = base
+  return end
+}
+
+function members (text: string, i: number, depth: number, base: number): number {
   i++
   if (text.charCodeAt(i) === CLOSE_BRACE) return i + 1
-  let list: string[] | undefined
   let set: Set<string> | undefined
   for (;;) {
     if (text.charCodeAt(i) !== QUOTE) return NO
+    const start = i + 1
     const close = plainString(text, i)
-    if (close === NO || text.charCodeAt(close + 1) !== COLON) return NO
-    const key = text.slice(i + 1, close)
-    if (isIndexLike(key)) return NO
+    if (close === NO || text.charCodeAt(close + 1) !== COLON || isIndexLike(text, start, close)) return NO
     if (set !== undefined) {
+      const key = text.slice(start, close)
       if (set.has(key)) return NO
       set.add(key)
-    } else if (list === undefined) {
-      list = [key]
     } else {
-      if (list.includes(key)) return NO
-      list.push(key)
-      if (list.length > LIST_KEYS) set = new Set(list)
+      for (let k = base; k < keyPlaces.length; k += 2) {
+        if (sameText(text, keyPlaces[k] as number, keyPlaces[k + 1] as number, start, close)) return NO
+      }
+      keyPlaces.push(start, close)
+      if (keyPlaces.length - base > 2 * LIST_KEYS) {
+        set = new Set()
+        for (let k = base; k < keyPlaces.length; k += 2) set.add(text.slice(keyPlaces[k], keyPlaces[k + 1]))
+      }
     }
     i = value(text, close + 2, depth)
     if (i === NO) return NO
@@ -195,6 +231,13 @@ function object (text: string, i: number, depth: number): number {
     if (c !== COMMA) return NO
     i++
   }
+}
+
+/** Whether text[a, aEnd) and text[b, bEnd) are the same characters. */
+function sameText (text: string, a: number, aEnd: number, b: number, bEnd: number): boolean {
+  if (aEnd - a !== bEnd - b) return false
+  for (; a < aEnd; a++, b++) if (text.charCodeAt(a) !== text.charCodeAt(b)) return false
+  return true
 }
 
 function array (text: string, i: number, depth: number): number {
@@ -216,9 +259,9 @@ function plainString (text: string, i: number): number {
 }
 
 /** Digits only: the parse may put such a key before the others (an array index). */
-function isIndexLike (key: string): boolean {
-  if (key.length === 0) return false
-  for (let k = 0; k < key.length; k++) if (!isDigit(key.charCodeAt(k))) return false
+function isIndexLike (text: string, start: number, end: number): boolean {
+  if (end === start) return false
+  for (let k = start; k < end; k++) if (!isDigit(text.charCodeAt(k))) return false
   return true
 }
 

@@ -30,7 +30,8 @@ function check (text: string): boolean {
   if (parsed.room !== scanned.room) problems.push('room')
   if (!Object.is(parsed.id, scanned.id)) problems.push('id')
   if (parsed.ephemeral !== scanned.ephemeral) problems.push('ephemeral')
-  if (!('data' in parsed) || JSON.stringify(parsed.data) !== scanned.data) problems.push(`data ${shown(scanned.data)} vs ${shown(String(JSON.stringify(parsed.data)))}`)
+  if (!('data' in parsed) || JSON.stringify(parsed.data) !== scanned.dataJson) problems.push(`data ${shown(scanned.dataJson)} vs ${shown(String(JSON.stringify(parsed.data)))}`)
+  else if (JSON.stringify(scanned.data) !== scanned.dataJson) problems.push('data parsed when asked for')
   if (problems.length > 0) throw new Error(`${shown(text)}: ${problems.join(', ')}`)
   return true
 }
@@ -90,6 +91,15 @@ const cases: Array<[string, boolean]> = [
   ['{"type":"publish","room":"r","data":{"b":1,"1":2}}', false],
   ['{"type":"publish","room":"r","data":{"a":1,"a":2}}', false],
   [`{"type":"publish","room":"r","data":${deep(65)}}`, false],
+  // Keys compared per object: the same key in another object is no repeat.
+  ['{"type":"publish","room":"r","data":{"x":{"x":{"x":1}},"y":[{"x":1},{"x":2}],"z":{"y":0}}}', true],
+  ['{"type":"publish","room":"r","data":{"a":{"b":1},"b":2,"a":3}}', false],
+  ['{"type":"publish","room":"r","data":{"a":{"b":1,"b":2}}}', false],
+  ['{"type":"publish","room":"r","data":{"ab":1,"a":2,"b":3,"ba":4}}', true],
+  [`{"type":"publish","room":"r","data":{${Array.from({ length: 20 }, (_, k) => `"k${k}":${k}`).join(',')}}}`, true],
+  [`{"type":"publish","room":"r","data":{${Array.from({ length: 20 }, (_, k) => `"k${k}":${k}`).join(',')},"k3":0}}`, false],
+  [`{"type":"publish","room":"r","data":{${Array.from({ length: 20 }, (_, k) => `"k${k}":${k}`).join(',')},"k18":0}}`, false],
+  ['{"type":"publish","room":"r","data":{"k1":1,"k2":2,"k1":1}}', false],
   // Not JSON.
   ['', false], ['{', false], ['{}', false], ['[]', false], ['null', false],
   ['{"type":"publish","room":"r","data":1', false],
