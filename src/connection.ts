@@ -404,7 +404,7 @@ export class Connection implements Peer {
       this.sendError(frame.error, frame.id)
       return
     }
-    let pending: Promise<void> | undefined
+    let pending: Promise<unknown> | undefined
     try {
       pending = this.dispatch(frame, buffer.length, text)
     } catch (err) {
@@ -437,7 +437,7 @@ export class Connection implements Peer {
     }
   }
 
-  private dispatch (frame: ClientFrame, size: number, text: string): Promise<void> | undefined {
+  private dispatch (frame: ClientFrame, size: number, text: string): Promise<unknown> | undefined {
     switch (frame.type) {
       case 'ping':
         this.sendEncoded(frame.id === undefined ? '{"type":"pong"}' : JSON.stringify({ type: 'pong', id: frame.id }))
@@ -475,30 +475,43 @@ export class Connection implements Peer {
   }
 
   /**
+   * A member's publish. Without an onPublish hook it takes no async step of
+   * its own: what it returns is the adapter's promise and the ack after it.
    * @param size the frame's bytes
    * @param text the frame's text: its `data` member, when written as the
    *   encoder writes it, is taken as it is rather than encoded again
    */
-  private async publish (frame: PublishFrame, size: number, text: string): Promise<void> {
+  private publish (frame: PublishFrame, size: number, text: string): Promise<unknown> {
     const { registry, options, validateData } = this.ctx
     const { room } = frame
     if (!registry.isMember(this, room)) throw notInRoom(room)
     const encoded = encodedData(frame, text)
     // The value only where something asks for it: a frame read by the fast path parses its data then.
-    let data = encoded === undefined || validateData !== undefined || options.onPublish !== undefined ? frame.data : undefined
-    let json = checkPublish(data, room, options.maxMessageBytes, validateData, size, encoded)
-    if (options.onPublish !== undefined) {
-      const verdict = await options.onPublish({ connectionId: this.id, user: this.fullUser as Member, room, data: data as never, request: this.request as FastifyRequest })
-      if (verdict === false) throw forbidden(`You may not publish to room "${room}".`)
-      if (typeof verdict === 'object' && verdict !== null) {
-        // What the hook returns goes out as if the member had sent it: same limits, same schema.
-        data = verdict.data
-        json = checkPublish(data, room, options.maxMessageBytes, validateData)
-      }
+    const data = encoded === undefined || validateData !== undefined || options.onPublish !== undefined ? frame.data : undefined
+    const json = checkPublish(data, room, options.maxMessageBytes, validateData, size, encoded)
+    if (options.onPublish !== undefined) return this.publishHooked(frame, data, json)
+    return this.store(frame, json)
+  }
+
+  private async publishHooked (frame: PublishFrame, data: unknown, json: string): Promise<void> {
+    const { options, validateData } = this.ctx
+    const { room } = frame
+    const onPublish = options.onPublish as NonNullable<ResolvedOptions['onPublish']>
+    const verdict = await onPublish({ connectionId: this.id, user: this.fullUser as Member, room, data: data as never, request: this.request as FastifyRequest })
+    if (verdict === false) throw forbidden(`You may not publish to room "${room}".`)
+    if (typeof verdict === 'object' && verdict !== null) {
+      // What the hook returns goes out as if the member had sent it: same limits, same schema.
+      json = checkPublish(verdict.data, room, options.maxMessageBytes, validateData)
     }
-    const ephemeral = frame.ephemeral === true
-    const offset = await registry.publish(room, { data: json, from: this.userJson ??= JSON.stringify(this.user), ephemeral })
-    if (frame.id !== undefined) this.sendEncoded(encodeAck(frame.id, room, offset))
+    await this.store(frame, json)
+  }
+
+  /** Hand an accepted publish to the registry, and ack it once stored when it has an id. */
+  private store (frame: PublishFrame, json: string): Promise<unknown> {
+    const { id, room } = frame
+    const stored = this.ctx.registry.publish(room, { data: json, from: this.userJson ??= JSON.stringify(this.user), ephemeral: frame.ephemeral === true })
+    if (id === undefined) return stored
+    return stored.then((offset) => { this.sendEncoded(encodeAck(id, room, offset)) })
   }
 
   private fail (err: unknown, frame: ClientFrame): void {
