@@ -83,6 +83,7 @@ export class ScannedPublishFrame {
  */
 export function scanPublish (text: string): ScannedPublishFrame | undefined {
   if (text.length > MAX_LENGTH || text.charCodeAt(0) !== OPEN_BRACE || UNSAFE.test(text)) return undefined
+  keyTop = 0
   let seen = 0
   let room: string | undefined
   let id: string | number | undefined
@@ -188,16 +189,18 @@ function value (text: string, i: number, depth: number): number {
 }
 
 /**
- * Where the keys of the objects being read start and end, pairs on a stack:
- * each object compares a key with its earlier ones in place, and gives its
- * places back when it is read.
+ * Where the keys of the objects being read start and end, pairs on a stack
+ * of `keyTop` entries: each object compares a key with its earlier ones in
+ * place, and gives its places back when it is read. The array only grows
+ * (truncating it would free its storage, to be allocated again).
  */
 const keyPlaces: number[] = []
+let keyTop = 0
 
 function object (text: string, i: number, depth: number): number {
-  const base = keyPlaces.length
+  const base = keyTop
   const end = members(text, i, depth, base)
-  keyPlaces.length = base
+  keyTop = base
   return end
 }
 
@@ -215,13 +218,14 @@ function members (text: string, i: number, depth: number, base: number): number 
       if (set.has(key)) return NO
       set.add(key)
     } else {
-      for (let k = base; k < keyPlaces.length; k += 2) {
+      for (let k = base; k < keyTop; k += 2) {
         if (sameText(text, keyPlaces[k] as number, keyPlaces[k + 1] as number, start, close)) return NO
       }
-      keyPlaces.push(start, close)
-      if (keyPlaces.length - base > 2 * LIST_KEYS) {
+      keyPlaces[keyTop++] = start
+      keyPlaces[keyTop++] = close
+      if (keyTop - base > 2 * LIST_KEYS) {
         set = new Set()
-        for (let k = base; k < keyPlaces.length; k += 2) set.add(text.slice(keyPlaces[k], keyPlaces[k + 1]))
+        for (let k = base; k < keyTop; k += 2) set.add(text.slice(keyPlaces[k], keyPlaces[k + 1]))
       }
     }
     i = value(text, close + 2, depth)
