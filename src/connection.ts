@@ -267,13 +267,14 @@ export class Connection implements Peer {
    * earlier send), through `WebSocket.send` otherwise.
    */
   sendFramed (framed: Buffer, payload: Buffer): void {
-    if (this.raw === undefined || !senderIdle(this.socket)) {
+    const { raw, socket } = this
+    if (raw === undefined || !senderIdle(socket)) {
       this.sendThroughWs(payload)
       return
     }
-    if (this.socket.readyState !== OPEN || this.slow()) return
+    if (socket.readyState !== OPEN || this.slowDirect(raw)) return
     this.ctx.metrics?.sent(payload.length)
-    writeCoalesced(this.raw, framed)
+    writeCoalesced(raw, framed)
   }
 
   /**
@@ -283,14 +284,15 @@ export class Connection implements Peer {
    * `WebSocket.send`.
    */
   sendEncoded (frame: Buffer | string): void {
-    if (this.raw === undefined || !senderIdle(this.socket)) {
+    const { raw, socket } = this
+    if (raw === undefined || !senderIdle(socket)) {
       this.sendThroughWs(frame)
       return
     }
-    if (this.socket.readyState !== OPEN || this.slow()) return
+    if (socket.readyState !== OPEN || this.slowDirect(raw)) return
     const payload = typeof frame === 'string' ? Buffer.from(frame) : frame
     this.ctx.metrics?.sent(payload.length)
-    writeText(this.raw, payload)
+    writeText(raw, payload)
   }
 
   private sendThroughWs (frame: Buffer | string): void {
@@ -301,8 +303,19 @@ export class Connection implements Peer {
 
   /** Close a slow consumer: its unsent data passed maxBufferedBytes. */
   private slow (): boolean {
+    return this.socket.bufferedAmount > this.ctx.options.maxBufferedBytes && this.closeSlow()
+  }
+
+  /**
+   * `slow` on the direct path, per message of a fan-out: ws holds nothing
+   * back there (`senderIdle`), so what is unsent is what the TCP socket holds.
+   */
+  private slowDirect (raw: Writable): boolean {
+    return raw.writableLength > this.ctx.options.maxBufferedBytes && this.closeSlow()
+  }
+
+  private closeSlow (): boolean {
     const { socket } = this
-    if (socket.bufferedAmount <= this.ctx.options.maxBufferedBytes) return false
     this.ctx.log.warn({ connectionId: this.id, bufferedAmount: socket.bufferedAmount }, 'fastify-rooms: closing a slow consumer')
     this.ctx.metrics?.slowConsumer()
     this.close(1013, 'Slow consumer: reconnect and resume with since')

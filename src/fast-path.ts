@@ -78,7 +78,7 @@ export function directSocket (socket: WebSocket): Writable | undefined {
   if (extensions === undefined || Object.keys(extensions).length > 0) return undefined
   if (sender === undefined || sender === null || !Array.isArray(sender._queue)) return undefined
   if (raw === undefined || typeof raw.write !== 'function' || typeof raw.cork !== 'function' ||
-    typeof raw.uncork !== 'function' || typeof raw.writableCorked !== 'number') return undefined
+    typeof raw.uncork !== 'function' || typeof raw.writableCorked !== 'number' || typeof raw.writableLength !== 'number') return undefined
   return raw as Writable
 }
 
