@@ -76,6 +76,15 @@ type AuthState = 'pending' | 'verifying' | 'done' | 'refused'
  * connection are handled strictly in order, even when a hook is async.
  */
 export class Connection implements Peer {
+  // The fields every fan-out reads come first, next to the object's header:
+  // a fan-out to thousands of members fetches them from memory for each.
+  private readonly socket: WebSocket
+  /**
+   * The TCP socket under ws, written to directly for pre-framed fan-out, when
+   * `directSocket` found that safe (see fast-path.ts); otherwise undefined.
+   */
+  private readonly raw: Writable | undefined
+  private readonly ctx: ConnectionContext
   readonly id: string
   /**
    * The full user: shown to this connection and to the hooks. Set once
@@ -95,17 +104,10 @@ export class Connection implements Peer {
   alive = true
   /** What `bytesRead` counted at the last heartbeat round. */
   private readAtRound = 0
-  private readonly socket: WebSocket
-  /**
-   * The TCP socket under ws, written to directly for pre-framed fan-out, when
-   * `directSocket` found that safe (see fast-path.ts); otherwise undefined.
-   */
-  private readonly raw: Writable | undefined
   /** The upgrade request, for the hooks and `verifyToken`; undefined when `ctx.keepRequest` says none will ask. */
   private readonly request: FastifyRequest | undefined
   /** The upgrade request's logger (it carries the reqId). */
   private readonly log: FastifyBaseLogger
-  private readonly ctx: ConnectionContext
   /** Token bucket of the frame rate limit. */
   private tokens: number
   private refilledAt = clock()
