@@ -164,6 +164,29 @@ function matchObject (text: string, i: number, value: Record<string, unknown>, d
   return text.charCodeAt(i) === CLOSE_BRACE ? i + 1 : NO
 }
 
+/** The end of the JSON number at `i` (its grammar only), or NO. */
+export function numberEnd (text: string, i: number): number {
+  if (text.charCodeAt(i) === MINUS) i++
+  const intStart = i
+  while (isDigit(text.charCodeAt(i))) i++
+  if (i === intStart || (i - intStart > 1 && text.charCodeAt(intStart) === ZERO)) return NO
+  if (text.charCodeAt(i) === DOT) {
+    const fracStart = ++i
+    while (isDigit(text.charCodeAt(i))) i++
+    if (i === fracStart) return NO
+  }
+  const c = text.charCodeAt(i)
+  if (c === 0x65 || c === 0x45) {
+    i++
+    const sign = text.charCodeAt(i)
+    if (sign === PLUS || sign === MINUS) i++
+    const expStart = i
+    while (isDigit(text.charCodeAt(i))) i++
+    if (i === expStart) return NO
+  }
+  return i
+}
+
 /**
  * The end of the JSON number at `i` when it is valid JSON and written as the
  * encoder prints its value (Number::toString), or NO. Most numbers are

@@ -1,15 +1,16 @@
-import { canonicalNumberEnd } from './json-span.js'
+import { canonicalNumberEnd, numberEnd } from './json-span.js'
 
 /**
  * The fast path for the commonest frame: a `publish` written compactly, as
  * `JSON.stringify` writes it, with nothing that needs an escape. It is read in
  * one pass, without `JSON.parse`: its members, and its `data` as text, which
  * is parsed later only if something asks for the value (a data schema, an
- * `onPublish` hook). Anything else, and anything it is unsure of, is left to
- * `JSON.parse`: whitespace, a backslash or a control character anywhere, a
- * lone surrogate, a member other than type, room, id, data and ephemeral, a
- * repeated member, an id that is not a string or a small integer, a data
- * value not in the encoder's form, a frame over 512 characters.
+ * `onPublish` hook, or data not in the encoder's form, to encode it again).
+ * Anything else, and anything it is unsure of, is left to `JSON.parse`:
+ * whitespace, a backslash or a control character anywhere, a lone surrogate,
+ * a member other than type, room, id, data and ephemeral, a repeated member,
+ * an id that is not a string or a small integer, data nested deeper than 64
+ * levels, a frame over 512 characters.
  */
 
 const QUOTE = 0x22
@@ -50,27 +51,30 @@ const EPHEMERAL = 16
 const UNPARSED = Symbol('unparsed')
 
 /**
- * A publish frame as the fast path read it: its data, already in the
- * encoder's form, is parsed only when something asks for the value.
+ * A publish frame as the fast path read it: its data is parsed from its text
+ * only when something asks for the value.
  */
 export class ScannedPublishFrame {
   readonly type = 'publish' as const
   readonly room: string
   readonly id: string | number | undefined
   readonly ephemeral: boolean | undefined
-  /** `data` as `JSON.stringify` writes it. */
-  readonly dataJson: string
+  /** `data`'s text in the frame: valid JSON. */
+  private readonly dataText: string
+  /** `data` as `JSON.stringify` writes it, when its text is that already; else undefined. */
+  readonly dataJson: string | undefined
   private parsed: unknown = UNPARSED
 
-  constructor (room: string, id: string | number | undefined, ephemeral: boolean | undefined, dataJson: string) {
+  constructor (room: string, id: string | number | undefined, ephemeral: boolean | undefined, dataText: string, canonical: boolean) {
     this.room = room
     this.id = id
     this.ephemeral = ephemeral
-    this.dataJson = dataJson
+    this.dataText = dataText
+    this.dataJson = canonical ? dataText : undefined
   }
 
   get data (): unknown {
-    if (this.parsed === UNPARSED) this.parsed = JSON.parse(this.dataJson)
+    if (this.parsed === UNPARSED) this.parsed = JSON.parse(this.dataText)
     return this.parsed
   }
 }
@@ -78,12 +82,13 @@ export class ScannedPublishFrame {
 /**
  * Read a compact publish frame, or answer undefined (then `JSON.parse` reads
  * it). What it returns is what `JSON.parse` makes of the frame, with
- * `dataJson` as `JSON.stringify(JSON.parse(text).data)`; the frame's schema
- * is checked by the caller, as for any frame.
+ * `dataJson` as `JSON.stringify(JSON.parse(text).data)` when the text is
+ * that already; the frame's schema is checked by the caller, as for any frame.
  */
 export function scanPublish (text: string): ScannedPublishFrame | undefined {
   if (text.length > MAX_LENGTH || text.charCodeAt(0) !== OPEN_BRACE || UNSAFE.test(text)) return undefined
   keyTop = 0
+  canonical = true
   let seen = 0
   let room: string | undefined
   let id: string | number | undefined
@@ -142,7 +147,7 @@ export function scanPublish (text: string): ScannedPublishFrame | undefined {
     i++
   }
   if (i !== text.length - 1 || (seen & (TYPE | ROOM | DATA)) !== (TYPE | ROOM | DATA)) return undefined
-  return new ScannedPublishFrame(room as string, id, ephemeral, text.slice(dataStart, dataEnd))
+  return new ScannedPublishFrame(room as string, id, ephemeral, text.slice(dataStart, dataEnd), canonical)
 }
 
 /** Which member a name is (0: none the fast path reads). */
@@ -170,9 +175,9 @@ function smallInteger (text: string, i: number): number {
 }
 
 /**
- * The end of the JSON value at `i` when it is valid and exactly as the
- * encoder writes its parse, or NO. Objects must not repeat a key nor have
- * integer-like ones (the parse drops or reorders them).
+ * The end of the JSON value at `i` when it is valid, or NO; `canonical`
+ * becomes false when it is not exactly as the encoder writes its parse (a
+ * number printed otherwise, a repeated or integer-like key).
  */
 function value (text: string, i: number, depth: number): number {
   const c = text.charCodeAt(i)
@@ -182,7 +187,12 @@ function value (text: string, i: number, depth: number): number {
   }
   if (c === OPEN_BRACE) return depth >= MAX_DEPTH ? NO : object(text, i, depth + 1)
   if (c === OPEN_BRACKET) return depth >= MAX_DEPTH ? NO : array(text, i, depth + 1)
-  if (c === MINUS || isDigit(c)) return canonicalNumberEnd(text, i)
+  if (c === MINUS || isDigit(c)) {
+    const end = canonicalNumberEnd(text, i)
+    if (end !== NO) return end
+    canonical = false
+    return numberEnd(text, i)
+  }
   if (text.startsWith('true', i) || text.startsWith('null', i)) return i + 4
   if (text.startsWith('false', i)) return i + 5
   return NO
@@ -196,6 +206,8 @@ function value (text: string, i: number, depth: number): number {
  */
 const keyPlaces: number[] = []
 let keyTop = 0
+/** Whether the data read so far is in the encoder's form (it is valid JSON either way). */
+let canonical = true
 
 function object (text: string, i: number, depth: number): number {
   const base = keyTop
@@ -212,20 +224,26 @@ function members (text: string, i: number, depth: number, base: number): number 
     if (text.charCodeAt(i) !== QUOTE) return NO
     const start = i + 1
     const close = plainString(text, i)
-    if (close === NO || text.charCodeAt(close + 1) !== COLON || isIndexLike(text, start, close)) return NO
-    if (set !== undefined) {
-      const key = text.slice(start, close)
-      if (set.has(key)) return NO
-      set.add(key)
-    } else {
-      for (let k = base; k < keyTop; k += 2) {
-        if (sameText(text, keyPlaces[k] as number, keyPlaces[k + 1] as number, start, close)) return NO
-      }
-      keyPlaces[keyTop++] = start
-      keyPlaces[keyTop++] = close
-      if (keyTop - base > 2 * LIST_KEYS) {
-        set = new Set()
-        for (let k = base; k < keyTop; k += 2) set.add(text.slice(keyPlaces[k], keyPlaces[k + 1]))
+    if (close === NO || text.charCodeAt(close + 1) !== COLON) return NO
+    // Valid JSON either way, but the parse would reorder (an integer-like key) or
+    // drop (a repeated key) what the text holds: then the data is encoded again.
+    if (canonical) {
+      if (isIndexLike(text, start, close)) {
+        canonical = false
+      } else if (set !== undefined) {
+        const key = text.slice(start, close)
+        if (set.has(key)) canonical = false
+        set.add(key)
+      } else {
+        for (let k = base; k < keyTop; k += 2) {
+          if (sameText(text, keyPlaces[k] as number, keyPlaces[k + 1] as number, start, close)) canonical = false
+        }
+        keyPlaces[keyTop++] = start
+        keyPlaces[keyTop++] = close
+        if (keyTop - base > 2 * LIST_KEYS) {
+          set = new Set()
+          for (let k = base; k < keyTop; k += 2) set.add(text.slice(keyPlaces[k], keyPlaces[k + 1]))
+        }
       }
     }
     i = value(text, close + 2, depth)
