@@ -2,9 +2,9 @@ import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { Writable } from 'node:stream'
 import type { WebSocket, RawData } from 'ws'
 import { directSocket, senderIdle } from './fast-path.js'
-import { corkTurn, writeCoalesced } from './frame.js'
+import { corkTurn, writeCoalesced, writeText } from './frame.js'
 import {
-  checkPublish, DEFAULT_HISTORY_PAGE, isFrameError, parseClientFrame, peekRequestId, PROTOCOL_VERSION,
+  checkPublish, DEFAULT_HISTORY_PAGE, encodeAck, encodedData, isFrameError, parseClientFrame, peekRequestId, PROTOCOL_VERSION,
   type AuthenticatedFrame, type AuthFrame, type ClientFrame, type DataValidator, type EncodedPublish, type ErrorFrame, type FrameError, type JoinFrame, type Member,
   type PublishFrame, type RequestId, type WelcomeFrame
 } from './protocol.js'
@@ -83,6 +83,15 @@ type AuthState = 'pending' | 'verifying' | 'done' | 'refused'
  * connection are handled strictly in order, even when a hook is async.
  */
 export class Connection implements Peer {
+  // The fields every fan-out reads come first, next to the object's header:
+  // a fan-out to thousands of members fetches them from memory for each.
+  private readonly socket: WebSocket
+  /**
+   * The TCP socket under ws, written to directly for pre-framed fan-out, when
+   * `directSocket` found that safe (see fast-path.ts); otherwise undefined.
+   */
+  private readonly raw: Writable | undefined
+  private readonly ctx: ConnectionContext
   readonly id: string
   /**
    * The full user: shown to this connection and to the hooks. Set once
@@ -102,17 +111,10 @@ export class Connection implements Peer {
   alive = true
   /** What `bytesRead` counted at the last heartbeat round. */
   private readAtRound = 0
-  private readonly socket: WebSocket
-  /**
-   * The TCP socket under ws, written to directly for pre-framed fan-out, when
-   * `directSocket` found that safe (see fast-path.ts); otherwise undefined.
-   */
-  private readonly raw: Writable | undefined
   /** The upgrade request, for the hooks and `verifyToken`; undefined when `ctx.keepRequest` says none will ask. */
   private readonly request: FastifyRequest | undefined
   /** The upgrade request's logger (it carries the reqId). */
   private readonly log: FastifyBaseLogger
-  private readonly ctx: ConnectionContext
   /** Token bucket of the frame rate limit. */
   private tokens: number
   private refilledAt = clock()
@@ -283,21 +285,40 @@ export class Connection implements Peer {
    * through `WebSocket.send` otherwise, one payload at a time.
    */
   sendFramed (framed: Buffer, payload: Buffer | readonly Buffer[]): void {
-    if (this.raw === undefined || !senderIdle(this.socket)) {
-      if (Array.isArray(payload)) for (const one of payload) this.sendEncoded(one)
-      else this.sendEncoded(payload as Buffer)
+    const { raw, socket } = this
+    if (raw === undefined || !senderIdle(socket)) {
+      if (Array.isArray(payload)) for (const one of payload) this.sendThroughWs(one)
+      else this.sendThroughWs(payload as Buffer)
       return
     }
-    if (this.socket.readyState !== OPEN || this.slow()) return
+    if (socket.readyState !== OPEN || this.slowDirect(raw)) return
     const { metrics } = this.ctx
     if (metrics !== undefined) {
       if (Array.isArray(payload)) for (const one of payload) metrics.sent(one.length)
       else metrics.sent((payload as Buffer).length)
     }
-    writeCoalesced(this.raw, framed)
+    writeCoalesced(raw, framed)
   }
 
+  /**
+   * Send one encoded frame to this connection: framed here and written
+   * straight to the TCP socket under the same conditions as `sendFramed`
+   * (replies then share the fan-out's coalesced write), else through
+   * `WebSocket.send`.
+   */
   sendEncoded (frame: Buffer | string): void {
+    const { raw, socket } = this
+    if (raw === undefined || !senderIdle(socket)) {
+      this.sendThroughWs(frame)
+      return
+    }
+    if (socket.readyState !== OPEN || this.slowDirect(raw)) return
+    const payload = typeof frame === 'string' ? Buffer.from(frame) : frame
+    this.ctx.metrics?.sent(payload.length)
+    writeText(raw, payload)
+  }
+
+  private sendThroughWs (frame: Buffer | string): void {
     if (this.socket.readyState !== OPEN || this.slow()) return
     this.ctx.metrics?.sent(typeof frame === 'string' ? Buffer.byteLength(frame) : frame.length)
     // Replies of one turn (the acks of publishes answered together) go out with one write, in order with the fan-out.
@@ -307,8 +328,19 @@ export class Connection implements Peer {
 
   /** Close a slow consumer: its unsent data passed maxBufferedBytes. */
   private slow (): boolean {
+    return this.socket.bufferedAmount > this.ctx.options.maxBufferedBytes && this.closeSlow()
+  }
+
+  /**
+   * `slow` on the direct path, per message of a fan-out: ws holds nothing
+   * back there (`senderIdle`), so what is unsent is what the TCP socket holds.
+   */
+  private slowDirect (raw: Writable): boolean {
+    return raw.writableLength > this.ctx.options.maxBufferedBytes && this.closeSlow()
+  }
+
+  private closeSlow (): boolean {
     const { socket } = this
-    if (socket.bufferedAmount <= this.ctx.options.maxBufferedBytes) return false
     this.ctx.log.warn({ connectionId: this.id, bufferedAmount: socket.bufferedAmount }, 'fastify-rooms: closing a slow consumer')
     this.ctx.metrics?.slowConsumer()
     this.close(1013, 'Slow consumer: reconnect and resume with since')
@@ -404,35 +436,42 @@ export class Connection implements Peer {
   }
 
   private handle (buffer: Buffer): void {
-    const frame = parseClientFrame(buffer.toString())
+    const text = buffer.toString()
+    const frame = parseClientFrame(text)
     const size = buffer.length
     // Replies go out in frame order: any frame but a pipelined publish waits for the publishes in flight.
     const pending = this.publishing === undefined || this.pipes(frame)
-      ? this.run(frame, size)
-      : new Promise<void>((resolve) => { this.afterPublishes = () => { resolve(this.closed ? undefined : this.run(frame, size)) } })
+      ? this.run(frame, size, text)
+      : new Promise<void>((resolve) => { this.afterPublishes = () => { resolve(this.closed ? undefined : this.run(frame, size, text)) } })
     if (pending === undefined) return
     this.busy = true
     pending.then(() => this.drain(), noop)
   }
 
   /** Handle one frame; returns what the frames after it wait for, if anything (it never rejects). */
-  private run (frame: ClientFrame | FrameError, size: number): Promise<void> | undefined {
+  private run (frame: ClientFrame | FrameError, size: number, text: string): Promise<void> | undefined {
     if (isFrameError(frame)) {
       this.sendError(frame.error, frame.id)
       return undefined
     }
     if (this.pipes(frame)) {
-      this.pipe(frame, size)
+      this.pipe(frame, size, text)
       return undefined
     }
-    let pending: Promise<void> | undefined
+    let pending: Promise<unknown> | undefined
     try {
-      pending = this.dispatch(frame, size)
+      pending = this.dispatch(frame, size, text)
     } catch (err) {
       this.fail(err, frame)
       return undefined
     }
-    return pending?.catch((err: unknown) => this.fail(err, frame))
+    return pending?.then(noop, (err: unknown) => {
+      try {
+        this.fail(err, frame)
+      } catch {
+        // Answering failed (the socket is gone): the next frames still get their turn.
+      }
+    })
   }
 
   private pipes (frame: ClientFrame | FrameError): frame is PublishFrame {
@@ -446,7 +485,7 @@ export class Connection implements Peer {
    * each member at once. The adapter keeps their order; their replies are
    * written in frame order (`settle`).
    */
-  private pipe (frame: PublishFrame, size: number): void {
+  private pipe (frame: PublishFrame, size: number, text: string): void {
     if (this.queuedBytes + size > this.ctx.options.maxBufferedBytes) {
       this.sendError(tooManyWaiting(), frame.id)
       return
@@ -454,7 +493,7 @@ export class Connection implements Peer {
     this.queuedBytes += size
     let published: Promise<number | undefined>
     try {
-      published = this.ctx.registry.publish(frame.room, this.encodePublish(frame, size))
+      published = this.ctx.registry.publish(frame.room, this.encodePublish(frame, size, text))
     } catch (err) {
       published = Promise.reject(err)
     }
@@ -510,7 +549,7 @@ export class Connection implements Peer {
     }
   }
 
-  private dispatch (frame: ClientFrame, size: number): Promise<void> | undefined {
+  private dispatch (frame: ClientFrame, size: number, text: string): Promise<unknown> | undefined {
     switch (frame.type) {
       case 'ping':
         this.sendEncoded(frame.id === undefined ? '{"type":"pong"}' : JSON.stringify({ type: 'pong', id: frame.id }))
@@ -520,7 +559,7 @@ export class Connection implements Peer {
       case 'leave':
         return this.leave(frame.room, frame.id)
       case 'publish':
-        return this.publish(frame, size).then((offset) => this.ack(frame.id, frame.room, frame.ephemeral === true, offset))
+        return this.publish(frame, size, text)
       case 'members':
         return this.ctx.registry.members(this, frame.room, { after: frame.after, limit: frame.limit ?? this.ctx.options.membersPageSize }, frame.id)
       case 'auth':
@@ -547,33 +586,55 @@ export class Connection implements Peer {
     this.sendEncoded(JSON.stringify(id === undefined ? { type: 'left', room } : { type: 'left', id, room }))
   }
 
-  /** Check a publish, run `onPublish`, and publish it; resolves with its offset (undefined for an ephemeral one). */
-  private async publish (frame: PublishFrame, size: number): Promise<number | undefined> {
-    const { registry, options, validateData } = this.ctx
-    const { room } = frame
-    const message = this.encodePublish(frame, size)
-    if (options.onPublish !== undefined) {
-      const verdict = await options.onPublish({ connectionId: this.id, user: this.fullUser as Member, room, data: frame.data as never, request: this.request as FastifyRequest })
-      if (verdict === false) throw forbidden(`You may not publish to room "${room}".`)
-      if (typeof verdict === 'object' && verdict !== null) {
-        // What the hook returns goes out as if the member had sent it: same limits, same schema.
-        message.data = checkPublish(verdict.data, room, options.maxMessageBytes, validateData)
-      }
-    }
-    return await registry.publish(room, message)
+  /**
+   * A member's publish: checked, run past `onPublish`, stored, then acked when
+   * it has an id. Without an onPublish hook it takes no async step of its own.
+   */
+  private publish (frame: PublishFrame, size: number, text: string): Promise<unknown> {
+    const message = this.encodePublish(frame, size, text)
+    if (this.ctx.options.onPublish !== undefined) return this.publishHooked(frame, message)
+    return this.store(frame, message)
   }
 
-  /** A member's publish, checked (membership, size, schema) and encoded for the adapter. */
-  private encodePublish (frame: PublishFrame, size: number): EncodedPublish {
+  private async publishHooked (frame: PublishFrame, message: EncodedPublish): Promise<void> {
+    const { options, validateData } = this.ctx
+    const { room } = frame
+    const onPublish = options.onPublish as NonNullable<ResolvedOptions['onPublish']>
+    const verdict = await onPublish({ connectionId: this.id, user: this.fullUser as Member, room, data: frame.data as never, request: this.request as FastifyRequest })
+    if (verdict === false) throw forbidden(`You may not publish to room "${room}".`)
+    if (typeof verdict === 'object' && verdict !== null) {
+      // What the hook returns goes out as if the member had sent it: same limits, same schema.
+      message.data = checkPublish(verdict.data, room, options.maxMessageBytes, validateData)
+    }
+    await this.store(frame, message)
+  }
+
+  /** Hand an accepted publish to the registry, and ack it once stored when it has an id. */
+  private store (frame: PublishFrame, message: EncodedPublish): Promise<unknown> {
+    const { id, room } = frame
+    const stored = this.ctx.registry.publish(room, message)
+    if (id === undefined) return stored
+    return stored.then((offset) => { this.ack(id, room, frame.ephemeral === true, offset) })
+  }
+
+  /**
+   * A member's publish, checked (membership, size, schema) and encoded for the adapter.
+   * @param text the frame's text: its `data` member, when written as the
+   *   encoder writes it, is taken as it is rather than encoded again
+   */
+  private encodePublish (frame: PublishFrame, size: number, text: string): EncodedPublish {
     const { registry, options, validateData } = this.ctx
     const { room } = frame
     if (!registry.isMember(this, room)) throw notInRoom(room)
-    return { data: checkPublish(frame.data, room, options.maxMessageBytes, validateData, size), from: this.userJson ??= JSON.stringify(this.user), ephemeral: frame.ephemeral === true }
+    const encoded = encodedData(frame, text)
+    // The value only where something asks for it: a frame read by the fast path parses its data then.
+    const data = encoded === undefined || validateData !== undefined || options.onPublish !== undefined ? frame.data : undefined
+    return { data: checkPublish(data, room, options.maxMessageBytes, validateData, size, encoded), from: this.userJson ??= JSON.stringify(this.user), ephemeral: frame.ephemeral === true }
   }
 
   private ack (id: RequestId | undefined, room: string, ephemeral: boolean, offset: number | undefined): void {
     if (id === undefined) return
-    this.sendEncoded(JSON.stringify(ephemeral ? { type: 'ack', id, room } : { type: 'ack', id, room, offset }))
+    this.sendEncoded(encodeAck(id, room, ephemeral ? undefined : offset))
   }
 
   private fail (err: unknown, frame: ClientFrame): void {

@@ -11,6 +11,25 @@ export function textFrame (payload: Buffer): Buffer {
   return frame
 }
 
+/** Payloads from this size on are written after their header rather than copied into one buffer with it. */
+const COPY_LIMIT = 16 * 1024
+
+/**
+ * Frame a payload for one socket and write it as `writeCoalesced` does: one
+ * buffer for a small payload, the header then the payload itself for a large
+ * one (no copy).
+ */
+export function writeText (socket: Writable, payload: Buffer): void {
+  if (payload.length < COPY_LIMIT) {
+    writeCoalesced(socket, textFrame(payload))
+    return
+  }
+  const header = Buffer.allocUnsafe(headerSize(payload.length))
+  writeHeader(header, 0, payload.length)
+  writeCoalesced(socket, header)
+  writeCoalesced(socket, payload)
+}
+
 /**
  * Frame several payloads back to back in one buffer, once for every member:
  * a member that gets them all gets them with one write. `eachFrame` cuts out

@@ -1,6 +1,8 @@
 import Type, { type Static, type TSchema } from 'typebox'
 import { Compile } from 'typebox/compile'
 import { ERROR_CODES, RoomsError, type ErrorCode } from './errors.js'
+import { canonicalMember } from './json-span.js'
+import { ScannedPublishFrame, scanPublish } from './publish-scan.js'
 
 /** Version sent in `welcome`; bumped only on incompatible wire changes. */
 export const PROTOCOL_VERSION = 2
@@ -298,6 +300,9 @@ export function invalidRoomMessage (room: unknown): string {
  * @returns the typed frame, or the error to answer with
  */
 export function parseClientFrame (text: string): ClientFrame | FrameError {
+  const scanned = scanPublish(text)
+  // Refused by the schema: JSON.parse reads it again below, so that the error is the one any frame gets.
+  if (scanned !== undefined && validators.publish.Check(scanned)) return scanned
   let value: unknown
   try {
     value = JSON.parse(text)
@@ -380,6 +385,16 @@ export function compileDataValidator (schema: TSchema): DataValidator {
   return (data) => validator.Check(data) ? undefined : `Invalid data: ${describeErrors(validator.Errors(data), '/data')}.`
 }
 
+/**
+ * The JSON of a publish frame's `data` as the encoder would write it, when the
+ * frame's text holds it in that form already (read by the fast path, or
+ * found by `canonicalMember`); otherwise undefined, and the data is encoded.
+ * @param text the text the frame was parsed from
+ */
+export function encodedData (frame: PublishFrame, text: string): string | undefined {
+  return frame instanceof ScannedPublishFrame ? frame.dataJson : canonicalMember(text, frame, 'data')
+}
+
 /** A publish as it travels to the adapter: data and sender already encoded, once. */
 export interface EncodedPublish {
   /** `data` as JSON. */
@@ -412,9 +427,11 @@ export function encodeData (data: unknown, room: string): string {
  * data schema. Returns the encoded data.
  * @param frameBytes size of the frame that carried the data, when known: the
  *   data is smaller than its frame, so a small frame needs no measuring
+ * @param encoded the data's JSON when it is known already, exactly as
+ *   `encodeData` would write it (see `canonicalMember`)
  */
-export function checkPublish (data: unknown, room: string, maxMessageBytes: number, validate: DataValidator | undefined, frameBytes = Infinity): string {
-  const json = encodeData(data, room)
+export function checkPublish (data: unknown, room: string, maxMessageBytes: number, validate: DataValidator | undefined, frameBytes = Infinity, encoded?: string): string {
+  const json = encoded ?? encodeData(data, room)
   if (frameBytes > maxMessageBytes && Buffer.byteLength(json) > maxMessageBytes) {
     throw new RoomsError('PAYLOAD_TOO_LARGE', `Message data is larger than ${maxMessageBytes} bytes: send less per message.`, room)
   }
@@ -432,6 +449,17 @@ export function messageFrame (room: string, publish: EncodedPublish, offset: num
   const from = publish.from === undefined ? '' : `,"from":${publish.from}`
   if (offset === undefined) return `{"type":"message","room":"${room}","data":${publish.data},"ts":${ts}${from},"ephemeral":true}`
   return `{"type":"message","room":"${room}","data":${publish.data},"offset":${offset},"ts":${ts}${from}}`
+}
+
+/**
+ * Encode an `ack`, the same bytes as `JSON.stringify` of the object: an integer
+ * id prints as the encoder prints it, a string id (client-chosen) goes through
+ * the encoder, and the room needs no escaping (see `messageFrame`).
+ */
+export function encodeAck (id: RequestId, room: string, offset: number | undefined): string {
+  const idJson = typeof id === 'number' ? String(id) : JSON.stringify(id)
+  if (offset === undefined) return `{"type":"ack","id":${idJson},"room":"${room}"}`
+  return `{"type":"ack","id":${idJson},"room":"${room}","offset":${offset}}`
 }
 
 /** Encode a `presence` diff from members already encoded as JSON. */

@@ -7,8 +7,8 @@ import { startApp } from './helpers/server.js'
 
 /**
  * The types of the frames the server sent through the public `WebSocket.send`,
- * per server socket in connection order. Pre-framed fan-out written straight
- * to the TCP socket does not show up here.
+ * per server socket in connection order. Frames written straight to the TCP
+ * socket (fan-out and replies, on the fast path) do not show up here.
  */
 function watchSends (app: FastifyInstance): string[][] {
   const sockets: string[][] = []
@@ -56,15 +56,37 @@ async function exchange (t: Test, wsUrl: string, clientOptions: WebSocket.Client
   t.same(listener.frames.filter((f) => f.type === 'message').map((f) => (f.data as { i: number }).i), Array.from({ length: count }, (_, i) => i), 'the listener gets every message once, in order')
 }
 
-t.test('without permessage-deflate, fan-out is written straight to the TCP socket, in order with the replies', async (t) => {
+t.test('without permessage-deflate, fan-out and replies are written straight to the TCP socket, in order', async (t) => {
   const { app, wsUrl } = await startApp(t, { maxFramesPerSecond: 1e6, frameBurst: 1000 })
   const sends = watchSends(app)
   await exchange(t, wsUrl)
   t.equal(sends.length, 2)
-  for (const types of sends) {
-    t.notOk(types.includes('message'), 'no message went through WebSocket.send')
-    t.ok(types.includes('joined'), 'replies did')
+  for (const types of sends) t.same(types, [], 'nothing went through WebSocket.send: welcome, joined, messages, acks, pongs')
+})
+
+t.test('direct replies of every frame header size arrive intact: small ones framed in one buffer, large ones written after their header', async (t) => {
+  const { app, wsUrl } = await startApp(t, { maxMessageBytes: 200_000, maxFrameBytes: 300_000 })
+  const sends = watchSends(app)
+  const publisher = await TestSocket.open(wsUrl)
+  t.teardown(async () => await publisher.close())
+  await publisher.join('room')
+  // Payload sizes around 126 and 65536 (the header grows) and 16 KiB (large replies are not copied).
+  const sizes = [10, 120, 16_300, 16_400, 65_500, 70_000, 150_000]
+  for (const size of sizes) {
+    const ack = await publisher.request({ type: 'publish', room: 'room', data: 'x'.repeat(size) })
+    t.equal(ack.type, 'ack')
   }
+  // The late joiner gets the stored frames replayed through its replies' path.
+  const late = await TestSocket.open(wsUrl)
+  t.teardown(async () => await late.close())
+  await late.join('room', { history: sizes.length })
+  for (const [i, size] of sizes.entries()) {
+    const message = await late.next((f) => f.type === 'message' && f.offset === i + 1, `message ${i + 1}`)
+    t.equal(message.data, 'x'.repeat(size), `${size} characters intact`)
+  }
+  const page = await late.request({ type: 'history', room: 'room' })
+  t.same(page.messages.map((m: { data: string }) => m.data.length), sizes, 'a history page of about 330 KB, intact')
+  for (const types of sends) t.same(types, [], 'nothing went through WebSocket.send')
 })
 
 t.test('with permessage-deflate, fan-out goes through WebSocket.send, intact and in order', async (t) => {

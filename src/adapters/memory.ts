@@ -2,9 +2,10 @@ import { randomBytes } from 'node:crypto'
 import type { EncodedPublish, Member } from '../protocol.js'
 import { encodeDirect, messageFrame } from '../protocol.js'
 import { RoomsError } from '../errors.js'
+import { MessageLog } from './message-log.js'
 import type {
   Adapter, AdapterConfig, AdapterListener, HistoryPage, JoinResult,
-  MembersQuery, RoomInfo, RoomPage, RoomQuery, StoredMessage
+  MembersQuery, RoomInfo, RoomPage, RoomQuery
 } from './adapter.js'
 import type { ControlCommand } from './adapter.js'
 import type { RoomCountWatcher } from './adapter.js'
@@ -16,6 +17,8 @@ interface UserEntry {
 }
 
 interface RoomState {
+  /** The room's name, its key in `states`. */
+  readonly room: string
   epoch: string
   offset: number
   users: Map<string, UserEntry>
@@ -23,18 +26,17 @@ interface RoomState {
   ids: string[]
   /** The room's presence sequence. */
   presenceSeq: number
-  history: Kept[]
+  /** Oldest first, outside the JS heap (see MessageLog). */
+  history: MessageLog
   /** What `history` costs, counted against `maxHistoryBytes`. */
   historyBytes: number
   lastPublish: number
+  /** Neighbours in the adapter's `Recency` list while the room holds history. */
+  older: RoomState | undefined
+  newer: RoomState | undefined
 }
 
-/** A stored message with what it counts against the budget. */
-interface Kept extends StoredMessage {
-  bytes: number
-}
-
-/** Bookkeeping a stored message costs beside its frame's bytes (the entry object and its array slot). */
+/** What a stored message counts against `maxHistoryBytes` beside its frame's bytes: its bookkeeping, and some slack. */
 const ENTRY_OVERHEAD = 64
 
 /** What the memory adapter holds now, for tests and metrics. */
@@ -66,8 +68,8 @@ export class MemoryAdapter implements Adapter {
   private readonly states = new Map<string, RoomState>()
   /** Names of rooms with members, kept sorted so listing pages cost O(log n + page). */
   private readonly active: string[] = []
-  /** Rooms holding history, least recently published first (Map keeps insertion order). */
-  private readonly withHistory = new Map<string, RoomState>()
+  /** Rooms holding history, least recently published first. */
+  private readonly withHistory = new Recency()
   private sweepTimer: NodeJS.Timeout | undefined
   private retainedBytes = 0
   /** The live room list's watcher, while any connection subscribes to it. */
@@ -95,7 +97,8 @@ export class MemoryAdapter implements Adapter {
   }
 
   async publish (room: string, message: EncodedPublish): Promise<number | undefined> {
-    const { listener, config } = this.started()
+    const { listener, config } = this
+    if (listener === undefined || config === undefined) throw notStarted()
     if (message.ephemeral === true) {
       listener.message(room, undefined, Buffer.from(messageFrame(room, message, undefined, this.now())))
       return undefined
@@ -107,7 +110,7 @@ export class MemoryAdapter implements Adapter {
     // Encoded once here: its length is what the budget counts, and the fan-out writes these bytes.
     const payload = Buffer.from(frame)
     if (config.historySize > 0 && payload.length + ENTRY_OVERHEAD <= config.maxHistoryBytes) {
-      this.retain(room, state, { offset, frame, bytes: payload.length + ENTRY_OVERHEAD }, ts)
+      this.retain(state, config, offset, payload, ts)
     } else {
       // Nothing kept: a room without members must not stay behind for every broadcast to it.
       this.forgetIfIdle(room, state)
@@ -119,7 +122,7 @@ export class MemoryAdapter implements Adapter {
   /** What this adapter holds now. */
   stats (): MemoryAdapterStats {
     let retainedMessages = 0
-    for (const state of this.withHistory.values()) retainedMessages += state.history.length
+    for (let state = this.withHistory.oldest; state !== undefined; state = state.newer) retainedMessages += state.history.length
     return { rooms: this.states.size, roomsWithHistory: this.withHistory.size, retainedMessages, retainedBytes: this.retainedBytes }
   }
 
@@ -128,26 +131,26 @@ export class MemoryAdapter implements Adapter {
    * `maxHistoryRooms` rooms, and `maxHistoryBytes` in all, giving up the least
    * recently published rooms' history first.
    */
-  private retain (room: string, state: RoomState, message: Kept, ts: number): void {
-    const { historySize, maxHistoryRooms, maxHistoryBytes } = this.started().config
-    state.history.push(message)
-    state.historyBytes += message.bytes
-    this.retainedBytes += message.bytes
+  private retain (state: RoomState, config: AdapterConfig, offset: number, payload: Buffer, ts: number): void {
+    const { historySize, maxHistoryRooms, maxHistoryBytes } = config
+    const bytes = payload.length + ENTRY_OVERHEAD
+    state.history.push(offset, payload)
+    state.historyBytes += bytes
+    this.retainedBytes += bytes
     if (state.history.length > historySize) this.dropOldest(state)
     state.lastPublish = ts
-    this.withHistory.delete(room)
-    this.withHistory.set(room, state)
-    if (this.withHistory.size > maxHistoryRooms) this.dropHistory(this.withHistory.keys().next().value as string)
+    this.withHistory.touch(state)
+    if (this.withHistory.size > maxHistoryRooms) this.dropHistory(this.withHistory.oldest as RoomState)
     while (this.retainedBytes > maxHistoryBytes) {
-      const oldest = this.withHistory.keys().next().value as string
+      const oldest = this.withHistory.oldest as RoomState
       // Only this room is left over the budget: it gives up its own oldest messages.
-      if (oldest === room) this.dropOldest(state)
+      if (oldest === state) this.dropOldest(state)
       else this.dropHistory(oldest)
     }
   }
 
   private dropOldest (state: RoomState): void {
-    const { bytes } = state.history.shift() as Kept
+    const bytes = state.history.shift() + ENTRY_OVERHEAD
     state.historyBytes -= bytes
     this.retainedBytes -= bytes
   }
@@ -228,25 +231,25 @@ export class MemoryAdapter implements Adapter {
 
   async history (room: string, after: number, limit: number): Promise<HistoryPage | null> {
     const found = this.states.get(room)
-    if (found !== undefined) this.expire(room, found, this.now())
+    if (found !== undefined) this.expire(found, this.now())
     // Expiry may have forgotten the room altogether.
     const state = this.states.get(room)
     if (state === undefined) return null
     const { history } = state
-    const first = history.length > 0 ? (history[0] as Kept).offset : state.offset + 1
+    const first = history.offsetAt(0) ?? state.offset + 1
     const start = Math.max(0, after + 1 - first)
-    return { epoch: state.epoch, offset: state.offset, messages: history.slice(start, start + limit).map(({ offset, frame }) => ({ offset, frame })) }
+    return { epoch: state.epoch, offset: state.offset, messages: history.slice(start, start + limit) }
   }
 
   private started (): { listener: AdapterListener, config: AdapterConfig } {
-    if (this.listener === undefined || this.config === undefined) throw new Error('The adapter was not started: register it through the fastify-rooms plugin.')
+    if (this.listener === undefined || this.config === undefined) throw notStarted()
     return { listener: this.listener, config: this.config }
   }
 
   private state (room: string): RoomState {
     let state = this.states.get(room)
     if (state === undefined) {
-      state = { epoch: randomBytes(6).toString('base64url'), offset: 0, users: new Map(), ids: [], presenceSeq: 0, history: [], historyBytes: 0, lastPublish: 0 }
+      state = { room, epoch: randomBytes(6).toString('base64url'), offset: 0, users: new Map(), ids: [], presenceSeq: 0, history: new MessageLog(), historyBytes: 0, lastPublish: 0, older: undefined, newer: undefined }
       this.states.set(room, state)
     }
     return state
@@ -257,26 +260,75 @@ export class MemoryAdapter implements Adapter {
     if (state.users.size === 0 && state.history.length === 0) this.states.delete(room)
   }
 
-  private dropHistory (room: string): void {
-    const state = this.withHistory.get(room)
-    if (state === undefined) return
-    this.withHistory.delete(room)
-    state.history = []
+  private dropHistory (state: RoomState): void {
+    if (!this.withHistory.has(state)) return
+    this.withHistory.remove(state)
+    state.history.clear()
     this.retainedBytes -= state.historyBytes
     state.historyBytes = 0
-    this.forgetIfIdle(room, state)
+    this.forgetIfIdle(state.room, state)
   }
 
-  private expire (room: string, state: RoomState, now: number): void {
-    if (state.history.length > 0 && now - state.lastPublish >= (this.config as AdapterConfig).historyTtlMs) this.dropHistory(room)
+  private expire (state: RoomState, now: number): void {
+    if (state.history.length > 0 && now - state.lastPublish >= (this.config as AdapterConfig).historyTtlMs) this.dropHistory(state)
   }
 
   /** Oldest publish first, so the sweep stops at the first room still fresh. */
   private sweep (now: number): void {
-    for (const [room, state] of this.withHistory) {
+    for (let state = this.withHistory.oldest; state !== undefined;) {
       if (now - state.lastPublish < (this.config as AdapterConfig).historyTtlMs) break
-      this.dropHistory(room)
+      const newer = state.newer
+      this.dropHistory(state)
+      state = newer
     }
+  }
+}
+
+function notStarted (): Error {
+  return new Error('The adapter was not started: register it through the fastify-rooms plugin.')
+}
+
+/**
+ * Rooms holding history, least recently published first, linked through the
+ * rooms themselves: a publish moves its room to the end with a few pointer
+ * writes, where a Map would delete and insert its key on every publish.
+ */
+class Recency {
+  oldest: RoomState | undefined
+  newest: RoomState | undefined
+  size = 0
+
+  has (state: RoomState): boolean {
+    return state.older !== undefined || this.oldest === state
+  }
+
+  /** Make the room the most recent, adding it when absent. */
+  touch (state: RoomState): void {
+    if (this.newest === state) return
+    if (this.has(state)) this.remove(state)
+    state.older = this.newest
+    state.newer = undefined
+    if (this.newest === undefined) this.oldest = state
+    else this.newest.newer = state
+    this.newest = state
+    this.size++
+  }
+
+  remove (state: RoomState): void {
+    const { older, newer } = state
+    if (older === undefined) this.oldest = newer
+    else older.newer = newer
+    if (newer === undefined) this.newest = older
+    else newer.older = older
+    state.older = undefined
+    state.newer = undefined
+    this.size--
+  }
+
+  clear (): void {
+    this.oldest = undefined
+    this.newest = undefined
+    this.size = 0
   }
 }
 

@@ -1,0 +1,76 @@
+import t from 'tap'
+import { MessageLog } from '../src/adapters/message-log.js'
+import { seeded } from './helpers/random.js'
+
+const PIECES = ['a', 'xyz', 'é', '中文', '😀', '"', '\\n', ' ', '{"type":"message"}']
+
+/** The size of a log's byte buffer: what it holds in memory beyond its messages. */
+const capacity = (log: MessageLog): number => (log as unknown as { data: Buffer }).data.length
+
+t.test('a log behaves as an array of messages used as a queue, across growth, wrap-around and shrinking', async (t) => {
+  const rand = seeded(17)
+  const log = new MessageLog()
+  const model: Array<{ offset: number, frame: string }> = []
+  let offset = 0
+  let longest = 0
+  let biggest = 0
+  const wrong: string[] = []
+  const text = (): string => {
+    // Mostly small frames, some large ones: the buffer grows, wraps and shrinks.
+    const pieces = rand() < 0.05 ? 200 + Math.floor(rand() * 2000) : 1 + Math.floor(rand() * 60)
+    let s = ''
+    for (let k = 0; k < pieces; k++) s += PIECES[Math.floor(rand() * PIECES.length)]
+    return s
+  }
+  for (let step = 0; step < 30_000 && wrong.length === 0; step++) {
+    const roll = rand()
+    // Phases that fill and drain, so the log is seen long, short and empty.
+    const filling = Math.floor(step / 3000) % 2 === 0
+    if (roll < (filling ? 0.6 : 0.35)) {
+      offset += 1 + Math.floor(rand() * 3)
+      const frame = text()
+      log.push(offset, Buffer.from(frame))
+      model.push({ offset, frame })
+    } else if (roll < 0.995) {
+      const got = log.shift()
+      const want = model.shift()
+      if (got !== (want === undefined ? 0 : Buffer.byteLength(want.frame))) wrong.push(`step ${step}: shift gave ${got} bytes, expected ${want === undefined ? 0 : Buffer.byteLength(want.frame)}`)
+    } else if (roll < 0.998) {
+      log.clear()
+      model.length = 0
+    } else {
+      const start = Math.floor(rand() * (model.length + 4)) - 2
+      const end = Math.floor(rand() * (model.length + 4)) - 2
+      const got = JSON.stringify(log.slice(start, end)) + JSON.stringify(log.slice(start))
+      const want = JSON.stringify(model.slice(Math.max(0, start), Math.max(0, end))) + JSON.stringify(model.slice(Math.max(0, start)))
+      if (got !== want) wrong.push(`step ${step}: slice(${start}, ${end}) differs`)
+    }
+    if (log.length !== model.length) wrong.push(`step ${step}: length ${log.length}, expected ${model.length}`)
+    if (log.offsetAt(0) !== model[0]?.offset) wrong.push(`step ${step}: oldest offset ${log.offsetAt(0)}, expected ${model[0]?.offset}`)
+    const used = model.reduce((sum, m) => sum + Buffer.byteLength(m.frame), 0)
+    if (capacity(log) > Math.max(1024, 4 * used)) wrong.push(`step ${step}: ${capacity(log)} bytes held for ${used}`)
+    longest = Math.max(longest, model.length)
+    biggest = Math.max(biggest, capacity(log))
+  }
+  t.same(wrong, [])
+  t.same(log.slice(0), model, 'every frame intact at the end')
+  t.ok(longest > 200 && biggest >= 65_536, `held up to ${longest} messages in up to ${biggest} bytes`)
+})
+
+t.test('an empty log: shift gives 0, offsetAt undefined, slice nothing; emptied, it lets its buffer go', async (t) => {
+  const log = new MessageLog()
+  t.equal(log.length, 0)
+  t.equal(log.shift(), 0)
+  t.equal(log.offsetAt(0), undefined)
+  t.same(log.slice(0, 10), [])
+  log.push(7, Buffer.from('x'.repeat(5000)))
+  t.same(log.slice(0).map((m) => [m.offset, m.frame.length]), [[7, 5000]])
+  t.ok(capacity(log) >= 5000)
+  t.equal(log.shift(), 5000)
+  t.equal(capacity(log), 0, 'no buffer held once empty')
+  log.push(8, Buffer.from('y'))
+  t.same(log.slice(0), [{ offset: 8, frame: 'y' }])
+  log.clear()
+  t.equal(log.length, 0)
+  t.equal(capacity(log), 0)
+})
