@@ -4,7 +4,8 @@
  * each ratio against the strongest baseline and the targets of issue #11.
  * `--smoke` runs tiny sizes once with every server in one process (part of
  * npm test, so it cannot rot). `--only=a,b` picks workloads, `--kinds=a,b`
- * servers, `--reps=n` runs per server, `--presence-interval-ms=n` the interval.
+ * servers, `--reps=n` runs per server, `--presence-interval-ms=n` the interval,
+ * `--wait-replicas=n` the cluster kind's `waitReplicas` (the adapter's default, 1, otherwise).
  * The Redis kinds run on one redis-server, `rooms-cluster` on a Redis Cluster
  * of 3 masters and 3 replicas the bench starts (test/helpers/cluster.ts); the
  * CPU time of every redis-server process is read from /proc around each run.
@@ -34,6 +35,8 @@ const scale = Number(flag('scale') ?? 1)
 const kindFilter = flag('kinds')?.split(',') as Kind[] | undefined
 const intervalOption = (SettingsSchema.properties as Record<string, { default?: number }>).presenceIntervalMs
 const presenceIntervalMs = Number(flag('presence-interval-ms') ?? intervalOption?.default ?? 50)
+/** To see what waiting for a replica costs: the same cluster runs with another `waitReplicas`. */
+const waitReplicas = flag('wait-replicas')
 /** Clients per load generator that fills a storm's room: at most 20,000 files per process here, and a full room's presence traffic is spread over processes. */
 const CLIENTS_PER_LOADGEN = 5_000
 
@@ -66,7 +69,7 @@ interface Servers { kind: Kind, children: ChildProcess[], ports: number[] }
 
 async function startServers (kinds: Kind[], redisUrl: string): Promise<Map<Kind, Array<{ child: ChildProcess, port: number }>>> {
   const seeds = cluster?.seeds.map((s) => `${s.host}:${s.port}`).join(',') ?? ''
-  const child = node(['--expose-gc', '--import=tsx', 'bench/servers.ts', kinds.join(','), redisUrl, String(presenceIntervalMs), seeds])
+  const child = node(['--expose-gc', '--import=tsx', 'bench/servers.ts', kinds.join(','), redisUrl, String(presenceIntervalMs), seeds, waitReplicas ?? ''])
   const ports = await new Promise<Map<Kind, number>>((resolve, reject) => {
     let out = ''
     child.stdout!.on('data', (chunk: Buffer) => {
@@ -379,6 +382,7 @@ const text = report({
     ? `presenceIntervalMs: ${presenceIntervalMs} passed to fastify-rooms (its default: ${intervalOption.default ?? 'none'}); the coalescing ws baseline batches presence at the same interval`
     : `this build of fastify-rooms has no presenceIntervalMs option (one presence frame per join); the coalescing ws baseline batches presence every ${presenceIntervalMs} ms`,
   hasRedis,
+  waitReplicas: waitReplicas === undefined ? 'waitReplicas 1, the default' : `waitReplicas ${waitReplicas}`,
   results,
   labels
 })
