@@ -17,10 +17,10 @@ import { createServer } from 'node:net'
 import { cpus, loadavg, totalmem } from 'node:os'
 import { Redis } from 'ioredis'
 import { SettingsSchema } from '../src/options.js'
-import type { Kind } from './client.js'
-import type { Connect, Fanout } from './loadgen.js'
 import { Partitions } from '../src/adapters/partitions.js'
 import type { RedisCluster } from '../test/helpers/cluster.js'
+import type { Kind } from './client.js'
+import type { Connect, Fanout } from './loadgen.js'
 import { clusterKinds, labels, presenceKinds, redisKinds, workloads, type Workload } from './workloads.js'
 import { report, type Outcome, type Result } from './report.js'
 
@@ -368,9 +368,9 @@ try {
 } finally {
   redis?.disconnect()
   redisProcess?.kill()
-  for (const fn of clusterTeardown) await fn()
   sharedLoadgen?.kill()
   for (const s of pool.values()) for (const c of s.children) c.kill()
+  for (const fn of clusterTeardown) await fn()
 }
 
 const text = report({
