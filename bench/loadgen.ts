@@ -22,7 +22,8 @@ export interface Connect {
   rate?: number
   deadlineMs: number
 }
-export interface Fanout { cmd: 'fanout', durationMs: number, window: number, payloadBytes: number, rate?: number, onlyRoom?: number }
+/** `messages`: each publisher stops after this many (a fixed total), or at `durationMs`, whichever comes first. */
+export interface Fanout { cmd: 'fanout', durationMs: number, window: number, payloadBytes: number, rate?: number, onlyRoom?: number, messages?: number }
 export interface Converge { cmd: 'converge', expectedCount: number, deadlineMs: number }
 type Command = (Connect | Fanout | Converge | { cmd: 'presence' } | { cmd: 'reset-presence' } | { cmd: 'close' }) & { rid: number, sid: string }
 
@@ -145,7 +146,8 @@ async function fanout (session: Session, job: Fanout): Promise<Record<string, nu
       return
     }
     const window: Array<Promise<number>> = []
-    while (performance.now() < end) {
+    const limit = job.messages ?? Infinity
+    while (performance.now() < end && published[r]! < limit) {
       window.push(publisher.publish(`${prefix}${r}`, data()))
       published[r]!++
       if (window.length >= job.window) await window.shift()

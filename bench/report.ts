@@ -1,7 +1,8 @@
 /**
  * The Markdown report of one `npm run bench`: a headline of issue #11's
- * targets, each ratio against the strongest baseline (named in the row), then
- * one table per workload with every server.
+ * targets, each ratio against the strongest baseline (named in the row), issue
+ * #14's scale-out targets, then one table per workload with every server, and
+ * the per-delivery and per-publish costs a capacity plan is built from.
  */
 import type { Kind } from './client.js'
 import { plainWs, type Workload } from './workloads.js'
@@ -18,6 +19,8 @@ export interface ReportInput {
   load: string
   presence: string
   hasRedis: boolean
+  /** The cluster kind's `waitReplicas`, as the report says it. */
+  waitReplicas: string
   results: Map<Workload, Merged>
   labels: Record<Kind, string>
 }
@@ -105,28 +108,31 @@ export function report (input: ReportInput): string {
   say('|---|---:|---|---:|---|---|')
   for (const row of rows) say(row)
 
-  // Issue #14: two Redis-backed instances against one memory node, and against Socket.IO on its Redis adapter.
-  const scaled: string[] = []
-  const redisAgainst = (name: string, shape: string, base: Kind, target: number): void => {
-    const merged = find(name)
-    const ours = merged?.get('rooms-redis')?.result.deliveriesPerCpuSec
-    const theirs = merged?.get(base)?.result.deliveriesPerCpuSec
-    if (ours === undefined || theirs === undefined) return
-    const x = ours / theirs
-    scaled.push(`| fan-out deliveries per server CPU-s, ${shape} | ${fmt(ours)} | ${labels[base]}: ${fmt(theirs)} | ${ratio(x)} | ≥ ${fmt(target, 1)}x | ${Number.isFinite(x) && x >= target ? 'met' : '**not met**'} |`)
-  }
-  redisAgainst('fanout-1x1000', '1 x 1,000, window 20', 'rooms', 0.7)
-  redisAgainst('fanout-100x10', '100 x 10, window 20', 'rooms', 0.7)
-  redisAgainst('fanout-1x1000', '1 x 1,000, window 20', 'socketio-redis', 2)
-  redisAgainst('fanout-100x10', '100 x 10, window 20', 'socketio-redis', 2)
-  if (scaled.length > 0) {
+  // Issue #14: two Redis-backed instances (one Redis, or the cluster) against one memory node, and against Socket.IO on its Redis adapter.
+  const scaledTable = (ours: Kind, heading: string): void => {
+    const scaled: string[] = []
+    const against = (name: string, shape: string, base: Kind, target: number): void => {
+      const merged = find(name)
+      const mine = merged?.get(ours)?.result.deliveriesPerCpuSec
+      const theirs = merged?.get(base)?.result.deliveriesPerCpuSec
+      if (mine === undefined || theirs === undefined) return
+      const x = mine / theirs
+      scaled.push(`| fan-out deliveries per server CPU-s, ${shape} | ${fmt(mine)} | ${labels[base]}: ${fmt(theirs)} | ${ratio(x)} | ≥ ${fmt(target, 1)}x | ${Number.isFinite(x) && x >= target ? 'met' : '**not met**'} |`)
+    }
+    against('fanout-1x1000', '1 x 1,000, window 20', 'rooms', 0.7)
+    against('fanout-100x10', '100 x 10, window 20', 'rooms', 0.7)
+    against('fanout-1x1000', '1 x 1,000, window 20', 'socketio-redis', 2)
+    against('fanout-100x10', '100 x 10, window 20', 'socketio-redis', 2)
+    if (scaled.length === 0) return
     say()
-    say('## Targets (issue #14): fastify-rooms on Redis (2 instances, both counted) against one memory node and against Socket.IO on Redis')
+    say(heading)
     say()
-    say('| target | fastify-rooms (Redis, 2 instances) | against | ratio | goal | |')
+    say(`| target | ${labels[ours]} | against | ratio | goal | |`)
     say('|---|---:|---|---:|---|---|')
     for (const row of scaled) say(row)
   }
+  scaledTable('rooms-redis', '## Targets (issue #14): fastify-rooms on Redis (2 instances, both counted) against one memory node and against Socket.IO on Redis')
+  scaledTable('rooms-cluster', `## Targets (issue #14): fastify-rooms on a Redis Cluster (3 masters + 3 replicas, ${input.waitReplicas}; 2 instances, both counted, Redis not) against one memory node and against Socket.IO on Redis`)
 
   for (const [workload, merged] of results) {
     say()
@@ -152,6 +158,8 @@ export function report (input: ReportInput): string {
         say()
         say(`fastify-rooms on Redis (2 instances), deliveries per server CPU-s: ${ours === undefined ? '' : `${ratio(onRedis / ours)} one memory node, `}${ratio(onRedis / ioRedis)} Socket.IO 4 on its Redis adapter (2 instances). Redis's own CPU is not counted for either.`)
       }
+    } else if (workload.group === 'shard') {
+      shardTables(merged, workload.rooms, say, labels, verdict)
     } else if (workload.group === 'join' || workload.group === 'memory') {
       const rate = strongest(merged, metrics.connectsPerSec!)
       const cpu = strongest(merged, metrics.cpuPerJoinMs!)
@@ -183,7 +191,76 @@ export function report (input: ReportInput): string {
       }
     }
   }
+  capacityFigures(results, say, labels)
   say()
   say('Reproduce: `npm run bench` (this report also goes to bench/results/latest.md); one workload: `npm run bench -- --only=<name> [--kinds=rooms,ws-coalesced] [--reps=n]`.')
   return lines.join('\n')
+}
+
+/** Masters (and replicas) of the cluster as the run's result keys number them: 0, 1, 2 in slot order. */
+const shardsOf = (result: Result): number[] => Object.keys(result).map((k) => /^master(\d+)CpuMs$/.exec(k)?.[1]).filter((i) => i !== undefined).map(Number).sort((a, b) => a - b)
+const perPublishUs = (cpuMs: number | undefined, publishes: number | undefined): number => cpuMs === undefined || publishes === undefined || publishes === 0 ? NaN : cpuMs * 1000 / publishes
+/** The run's publishes that went to master i's rooms (every room gets as many). */
+const publishesOn = (result: Result, i: number, rooms: number): number => (result.published ?? NaN) * (result[`master${i}Rooms`] ?? NaN) / rooms
+
+/** The sharding workload: each server's figures, then each redis-server's CPU against the one Redis's for the same publishes. */
+function shardTables (merged: Merged, rooms: number, say: (line?: string) => void, labels: Record<Kind, string>, verdict: (r: { problems: string[] }) => string): void {
+  say('| server | messages published | deliveries | server CPU per delivery, µs | Redis CPU (every redis-server), ms | Redis CPU per publish, µs | lost / duplicated / out of order | correct |')
+  say('|---|---:|---:|---:|---:|---:|---|---|')
+  for (const [kind, r] of merged) {
+    const x = r.result
+    say(`| ${labels[kind]} | ${fmt(x.published)} | ${fmt(x.deliveries)} | ${fmt(1e6 / x.deliveriesPerCpuSec!, 2)} | ${fmt(x.redisCpuAllMs)} | ${fmt(perPublishUs(x.redisCpuAllMs, x.published), 1)} | ${fmt(x.lost)} / ${fmt(x.duplicated)} / ${fmt(x.outOfOrder)} | ${verdict(r)} |`)
+  }
+  const single = merged.get('rooms-redis')?.result
+  const sharded = merged.get('rooms-cluster')?.result
+  if (single === undefined || sharded === undefined) return
+  const one = single.redisCpuMs!
+  say()
+  say(`Sharding spreads the load: CPU time of each redis-server process (/proc/<pid>/stat, utime + stime) from the first publish to the last delivery, against the one Redis's for the same publishes. A replica's CPU is what replication costs on top (it applies every write of its master); the cluster bus's gossip is in every node's figure.`)
+  say()
+  say('| redis-server | rooms it serves | CPU during the run, ms | vs the one Redis | goal | |')
+  say('|---|---:|---:|---:|---|---|')
+  say(`| one Redis (fastify-rooms on Redis, 2 instances) | ${fmt(rooms)} | ${fmt(one)} | 1.00x | | |`)
+  let masters = 0
+  let replicas = 0
+  for (const i of shardsOf(sharded)) {
+    const cpu = sharded[`master${i}CpuMs`]!
+    masters += cpu
+    const x = cpu / one
+    say(`| cluster master ${i + 1} | ${fmt(sharded[`master${i}Rooms`])} | ${fmt(cpu)} | ${ratio(x)} | ≤ 0.45x | ${Number.isFinite(x) && x <= 0.45 ? 'met' : '**not met**'} |`)
+  }
+  for (const i of shardsOf(sharded)) {
+    const cpu = sharded[`replica${i}CpuMs`]
+    replicas += cpu ?? 0
+    say(`| cluster replica of master ${i + 1} | | ${fmt(cpu)} | ${ratio(cpu! / one)} | (replication, no goal) | |`)
+  }
+  say(`| cluster, 3 masters together | | ${fmt(masters)} | ${ratio(masters / one)} | | |`)
+  say(`| cluster, all 6 processes together | | ${fmt(masters + replicas)} | ${ratio((masters + replicas) / one)} | | |`)
+}
+
+/** The costs a capacity plan multiplies out: server CPU per delivery and per publish, Redis CPU per publish (one Redis, each shard). */
+function capacityFigures (results: Map<Workload, Merged>, say: (line?: string) => void, labels: Record<Kind, string>): void {
+  const kinds: Kind[] = ['rooms', 'rooms-redis', 'rooms-cluster']
+  const rows: string[] = []
+  for (const [workload, merged] of results) {
+    if (workload.group !== 'fanout' && workload.group !== 'shard') continue
+    for (const kind of kinds) {
+      const x = merged.get(kind)?.result
+      if (x === undefined) continue
+      const redisOne = kind === 'rooms-redis' ? fmt(perPublishUs(x.redisCpuMs, x.published), 1) : ''
+      const shards = kind === 'rooms-cluster'
+        ? shardsOf(x).map((i) => `${fmt(perPublishUs(x[`master${i}CpuMs`], publishesOn(x, i, workload.rooms)), 1)} (+${fmt(perPublishUs(x[`replica${i}CpuMs`], publishesOn(x, i, workload.rooms)), 1)})`).join(' / ')
+        : ''
+      rows.push(`| ${workload.name} | ${labels[kind]} | ${fmt(1e6 / x.deliveriesPerCpuSec!, 2)} | ${fmt(perPublishUs(x.serverCpuMs, x.published), 1)} | ${fmt(x.deliveries! / x.published!, 1)} | ${redisOne} | ${shards} |`)
+    }
+  }
+  if (rows.length === 0) return
+  say()
+  say('## Capacity plan figures')
+  say()
+  say('Server CPU counts every app instance (both, on Redis); per delivery is all of it over the deliveries (publish, Redis round trip and fan-out included), per publish all of it over the publishes. Redis CPU per publish: the one Redis\'s CPU over the run\'s publishes; on the cluster each master\'s over the publishes to its rooms, its replica\'s in brackets. A shard that served none of the run\'s rooms shows n/a.')
+  say()
+  say('| workload | server | server CPU per delivery, µs | server CPU per publish, µs | deliveries per publish | one Redis: CPU per publish, µs | cluster, masters 1 / 2 / 3: CPU per publish (+ replica), µs |')
+  say('|---|---|---:|---:|---:|---:|---|')
+  for (const row of rows) say(row)
 }

@@ -4,30 +4,39 @@
  * each ratio against the strongest baseline and the targets of issue #11.
  * `--smoke` runs tiny sizes once with every server in one process (part of
  * npm test, so it cannot rot). `--only=a,b` picks workloads, `--kinds=a,b`
- * servers, `--reps=n` runs per server, `--presence-interval-ms=n` the interval.
+ * servers, `--reps=n` runs per server, `--presence-interval-ms=n` the interval,
+ * `--wait-replicas=n` the cluster kind's `waitReplicas` (the adapter's default, 1, otherwise).
+ * The Redis kinds run on one redis-server, `rooms-cluster` on a Redis Cluster
+ * of 3 masters and 3 replicas the bench starts (test/helpers/cluster.ts); the
+ * CPU time of every redis-server process is read from /proc around each run.
  */
-import { spawn, type ChildProcess } from 'node:child_process'
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { once } from 'node:events'
 import { createServer } from 'node:net'
 import { cpus, loadavg, totalmem } from 'node:os'
 import { Redis } from 'ioredis'
 import { SettingsSchema } from '../src/options.js'
+import { Partitions } from '../src/adapters/partitions.js'
+import type { RedisCluster } from '../test/helpers/cluster.js'
 import type { Kind } from './client.js'
 import type { Connect, Fanout } from './loadgen.js'
-import { labels, presenceKinds, redisKinds, workloads, type Workload } from './workloads.js'
+import { clusterKinds, labels, presenceKinds, redisKinds, workloads, type Workload } from './workloads.js'
 import { report, type Outcome, type Result } from './report.js'
 
 const smoke = process.argv.includes('--smoke')
 const flag = (name: string): string | undefined => process.argv.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3)
 const REDIS = '/usr/bin/redis-server'
 const hasRedis = existsSync(REDIS)
+const hasCluster = hasRedis && existsSync('/usr/bin/redis-cli')
 const only = flag('only')?.split(',')
 /** --scale=0.1 shrinks every room and storm, to check the harness at moderate sizes. */
 const scale = Number(flag('scale') ?? 1)
 const kindFilter = flag('kinds')?.split(',') as Kind[] | undefined
 const intervalOption = (SettingsSchema.properties as Record<string, { default?: number }>).presenceIntervalMs
 const presenceIntervalMs = Number(flag('presence-interval-ms') ?? intervalOption?.default ?? 50)
+/** To see what waiting for a replica costs: the same cluster runs with another `waitReplicas`. */
+const waitReplicas = flag('wait-replicas')
 /** Clients per load generator that fills a storm's room: at most 20,000 files per process here, and a full room's presence traffic is spread over processes. */
 const CLIENTS_PER_LOADGEN = 5_000
 
@@ -59,7 +68,8 @@ async function call<T> (child: ChildProcess, message: object): Promise<T> {
 interface Servers { kind: Kind, children: ChildProcess[], ports: number[] }
 
 async function startServers (kinds: Kind[], redisUrl: string): Promise<Map<Kind, Array<{ child: ChildProcess, port: number }>>> {
-  const child = node(['--expose-gc', '--import=tsx', 'bench/servers.ts', kinds.join(','), redisUrl, String(presenceIntervalMs)])
+  const seeds = cluster?.seeds.map((s) => `${s.host}:${s.port}`).join(',') ?? ''
+  const child = node(['--expose-gc', '--import=tsx', 'bench/servers.ts', kinds.join(','), redisUrl, String(presenceIntervalMs), seeds, waitReplicas ?? ''])
   const ports = await new Promise<Map<Kind, number>>((resolve, reject) => {
     let out = ''
     child.stdout!.on('data', (chunk: Buffer) => {
@@ -75,7 +85,8 @@ async function startServers (kinds: Kind[], redisUrl: string): Promise<Map<Kind,
 async function serversFor (kind: Kind): Promise<Servers> {
   if (smoke) return pool.get(kind)!
   const twice = redisKinds.includes(kind)
-  if (twice) await redis!.flushall()
+  if (clusterKinds.includes(kind)) await Promise.all((await cluster!.nodes()).filter((n) => n.role === 'master').map(async (n) => await cluster!.node(n.port).flushall()))
+  else if (twice) await redis!.flushall()
   const started = await Promise.all(Array.from({ length: twice ? 2 : 1 }, async () => (await startServers([kind], redisUrl)).get(kind)![0]!))
   return { kind, children: started.map((s) => s.child), ports: started.map((s) => s.port) }
 }
@@ -95,6 +106,56 @@ async function stats (servers: Servers, gc = false): Promise<Stats> {
     rss: all.reduce((sum, s) => sum + s.rss, 0),
     heap: all.reduce((sum, s) => sum + s.heapUsed, 0)
   }
+}
+
+const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK']).toString()) || 100
+/** A process's CPU time so far (user + system, every thread), in ms, from /proc/<pid>/stat; NaN if it cannot be read. */
+function cpuOfPid (pid: number | undefined): number {
+  if (pid === undefined) return NaN
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    // Fields after the command name (which may hold spaces): state is the first, utime the 12th, stime the 13th.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return (Number(fields[11]) + Number(fields[12])) * 1000 / CLOCK_TICKS
+  } catch {
+    return NaN
+  }
+}
+
+/** The adapter's default key prefix, which the bench servers use: where a room's partition comes from. */
+const KEY_PREFIX = 'fastify-rooms:'
+const partitions = new Partitions(KEY_PREFIX, 64)
+
+/**
+ * The redis-server processes a kind runs on, each with the result key of its
+ * CPU time: `redisCpuMs` for the one Redis; on the cluster `master<i>CpuMs`
+ * and `replica<i>CpuMs`, masters in slot order, replica i being master i's.
+ * With `roomsOf`, also how many of the run's rooms each master serves.
+ */
+async function redisProcesses (kind: Kind, roomsOf?: { prefix: string, rooms: number }): Promise<{ pids: Array<[string, number | undefined]>, rooms: Record<string, number> }> {
+  if (!clusterKinds.includes(kind)) return { pids: redisKinds.includes(kind) ? [['redisCpuMs', redisProcess?.pid]] : [], rooms: {} }
+  const view = await cluster!.nodes()
+  const masters = view.filter((n) => n.role === 'master').sort((a, b) => (a.slots[0]?.[0] ?? 0) - (b.slots[0]?.[0] ?? 0))
+  const pids: Array<[string, number | undefined]> = []
+  masters.forEach((m, i) => {
+    pids.push([`master${i}CpuMs`, cluster!.pid(m.port)])
+    for (const r of view.filter((n) => n.masterOf === m.id)) pids.push([`replica${i}CpuMs`, cluster!.pid(r.port)])
+  })
+  const rooms: Record<string, number> = {}
+  if (roomsOf !== undefined) {
+    masters.forEach((_, i) => { rooms[`master${i}Rooms`] = 0 })
+    for (let r = 0; r < roomsOf.rooms; r++) {
+      const slot = partitions.slot(partitions.base(`${roomsOf.prefix}${r}`))
+      const i = masters.findIndex((m) => m.slots.some(([first, last]) => slot >= first && slot <= last))
+      rooms[`master${i}Rooms`]!++
+    }
+  }
+  return { pids, rooms }
+}
+
+/** CPU time of each of a run's redis-server processes, by result key. */
+function redisCpu (pids: Array<[string, number | undefined]>): Record<string, number> {
+  return Object.fromEntries(pids.map(([key, pid]) => [key, cpuOfPid(pid)]))
 }
 
 type ConnectReply = Record<string, number> & { firstError: string }
@@ -129,20 +190,30 @@ async function runOnce (workload: Workload, kind: Kind): Promise<Outcome> {
   try {
     const memory = workload.group === 'memory'
     const before = await stats(servers, memory)
-    if (workload.group === 'fanout' || workload.group === 'latency') {
+    if (workload.group === 'fanout' || workload.group === 'latency' || workload.group === 'shard') {
       checkJoined(await connect(loadgens[0]!, { from: 0, count: base }), 'the members')
       await converge(loadgens[0]!, workload.members)
+      const redisOf = await redisProcesses(kind, { prefix, rooms: workload.rooms })
       const connected = await stats(servers)
-      const job: Omit<Fanout, 'cmd'> = workload.group === 'fanout'
-        ? { durationMs: workload.durationMs!, window: workload.window!, payloadBytes: 64 }
-        : { durationMs: workload.durationMs!, window: 1, payloadBytes: 64, rate: workload.rate, onlyRoom: 0 }
+      const redisBefore = redisCpu(redisOf.pids)
+      const job: Omit<Fanout, 'cmd'> = workload.group === 'latency'
+        ? { durationMs: workload.durationMs!, window: 1, payloadBytes: 64, rate: workload.rate, onlyRoom: 0 }
+        : { durationMs: workload.durationMs!, window: workload.window!, payloadBytes: 64, messages: workload.messages }
       const go = await call<Record<string, number>>(loadgens[0]!, { cmd: 'fanout', sid, ...job })
+      const redisAfter = redisCpu(redisOf.pids)
       const after = await stats(servers)
+      // Every redis-server's CPU over the publishing (Redis is shared: in the smoke run, where servers run at once, it means nothing).
+      const redisUsed: Record<string, number> = {}
+      for (const key of Object.keys(redisBefore)) redisUsed[key] = redisAfter[key]! - redisBefore[key]!
+      if (redisOf.pids.length > 0) redisUsed.redisCpuAllMs = Object.values(redisUsed).reduce((a, b) => a + b, 0)
       for (const key of ['lost', 'duplicated', 'outOfOrder'] as const) if (go[key]! > 0) problems.push(`${go[key]} ${key === 'outOfOrder' ? 'out of order' : key}`)
       if (go.closed! > 0) problems.push(`the server closed ${go.closed} connections`)
       return {
         result: {
           ...go,
+          ...redisUsed,
+          ...redisOf.rooms,
+          serverCpuMs: after.cpuMs - connected.cpuMs,
           deliveriesPerSec: go.deliveries! / (go.wallMs! / 1000),
           deliveriesPerCpuSec: go.deliveries! / ((after.cpuMs - connected.cpuMs) / 1000)
         },
@@ -215,6 +286,8 @@ const median = (values: number[]): number => {
 }
 
 let redisProcess: ChildProcess | undefined
+let cluster: RedisCluster | undefined
+const clusterTeardown: Array<() => unknown> = []
 let redis: Redis | undefined
 let redisUrl = ''
 const pool = new Map<Kind, Servers>()
@@ -222,6 +295,16 @@ const started = new Date()
 const loadBefore = loadavg()
 const results = new Map<Workload, Map<Kind, { result: Result, runs: number, problems: string[] }>>()
 try {
+  const selected = workloads(smoke, scale).filter((w) => only === undefined ? (smoke || w.optIn !== true) : only.includes(w.name))
+  const kindsOf = (w: Workload): Kind[] => w.kinds.filter((k) =>
+    (kindFilter === undefined ? smoke || w.optInKinds?.includes(k) !== true : kindFilter.includes(k)) && (hasRedis || !redisKinds.includes(k)) && (hasCluster || !clusterKinds.includes(k)))
+  const all = [...new Set(selected.flatMap(kindsOf))]
+  // The cluster takes a couple of seconds to form: it starts while the rest does, and only if a run needs it.
+  const clusterUp = all.some((k) => clusterKinds.includes(k))
+    ? import('../test/helpers/cluster.js').then(async ({ startCluster }) => { cluster = await startCluster({ teardown: (fn) => clusterTeardown.push(fn) }, { nodeTimeoutMs: 5000 }) })
+    : Promise.resolve()
+  // Settled here so a failed start is not an unhandled rejection while Redis starts; awaited (and thrown) below.
+  clusterUp.catch(() => {})
   if (hasRedis) {
     // A free port, and the server's own word that it is ready: a busy port or a failed start is an error, not a hang.
     const probe = createServer().listen(0, '127.0.0.1')
@@ -238,16 +321,15 @@ try {
     redisUrl = `redis://127.0.0.1:${port}`
     redis = new Redis(redisUrl)
   }
-  const selected = workloads(smoke, scale).filter((w) => only === undefined ? (smoke || w.optIn !== true) : only.includes(w.name))
-  const kindsOf = (w: Workload): Kind[] => w.kinds.filter((k) =>
-    (kindFilter === undefined ? smoke || w.optInKinds?.includes(k) !== true : kindFilter.includes(k)) && (hasRedis || !redisKinds.includes(k)))
   if (smoke) {
-    const all = [...new Set(selected.flatMap(kindsOf))]
     const local = all.filter((k) => !redisKinds.includes(k))
     const twice = all.filter((k) => redisKinds.includes(k))
     const [shared, ...redisNodes] = await Promise.all([
       startServers(local, redisUrl),
-      ...twice.flatMap((k) => [0, 1].map(async () => await startServers([k], redisUrl)))
+      ...twice.flatMap((k) => [0, 1].map(async () => {
+        if (clusterKinds.includes(k)) await clusterUp
+        return await startServers([k], redisUrl)
+      }))
     ])
     for (const k of local) pool.set(k, { kind: k, children: [shared!.get(k)![0]!.child], ports: [shared!.get(k)![0]!.port] })
     for (const k of twice) {
@@ -256,6 +338,7 @@ try {
     }
     sharedLoadgen = node(['--import=tsx', 'bench/loadgen.ts'])
   }
+  await clusterUp
   for (const workload of selected) {
     const kinds = kindsOf(workload)
     const reps = Number(flag('reps') ?? (smoke ? 1 : workload.reps ?? 3))
@@ -287,6 +370,7 @@ try {
   redisProcess?.kill()
   sharedLoadgen?.kill()
   for (const s of pool.values()) for (const c of s.children) c.kill()
+  for (const fn of clusterTeardown) await fn()
 }
 
 const text = report({
@@ -298,6 +382,7 @@ const text = report({
     ? `presenceIntervalMs: ${presenceIntervalMs} passed to fastify-rooms (its default: ${intervalOption.default ?? 'none'}); the coalescing ws baseline batches presence at the same interval`
     : `this build of fastify-rooms has no presenceIntervalMs option (one presence frame per join); the coalescing ws baseline batches presence every ${presenceIntervalMs} ms`,
   hasRedis,
+  waitReplicas: waitReplicas === undefined ? 'waitReplicas 1, the default' : `waitReplicas ${waitReplicas}`,
   results,
   labels
 })

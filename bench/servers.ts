@@ -1,5 +1,7 @@
 /**
- * Benchmark servers: `node --expose-gc --import=tsx bench/servers.ts KIND[,KIND...] REDIS_URL PRESENCE_INTERVAL_MS`.
+ * Benchmark servers: `node --expose-gc --import=tsx bench/servers.ts KIND[,KIND...] REDIS_URL PRESENCE_INTERVAL_MS [CLUSTER_SEEDS [WAIT_REPLICAS]]`
+ * (CLUSTER_SEEDS: `host:port,...` of the Redis Cluster, for `rooms-cluster`;
+ * WAIT_REPLICAS its `waitReplicas`, the adapter's default if empty).
  * Prints `ready KIND PORT` for each kind, then `ready`; answers `{ cmd: 'stats' }`
  * over IPC with its CPU time and memory (after a full GC), so the runner
  * measures the server alone. A full run starts one kind per process; the smoke
@@ -8,8 +10,9 @@
  * Every kind speaks the same tiny dialect of the fastify-rooms protocol (join ->
  * joined, publish -> message to every member + ack) except Socket.IO, which
  * speaks its own events over engine.io v4. `rooms-redis` and `socketio-redis`
- * run as two processes on one redis-server; a room's offsets come from its
- * publisher's instance in the Socket.IO one (each room has one publisher).
+ * run as two processes on one redis-server, `rooms-cluster` as two processes
+ * on a Redis Cluster; a room's offsets come from its publisher's instance in
+ * the Socket.IO one (each room has one publisher).
  */
 import { createServer } from 'node:http'
 import Fastify from 'fastify'
@@ -22,6 +25,11 @@ import { coalescedServer } from './coalesced.js'
 const kinds = (process.argv[2] ?? '').split(',')
 const redisUrl = process.argv[3]
 const presenceIntervalMs = Number(process.argv[4] ?? 50)
+const clusterSeeds = (process.argv[5] ?? '').split(',').filter((s) => s !== '').map((s) => {
+  const [host, port] = s.split(':')
+  return { host: host!, port: Number(port) }
+})
+const waitReplicas = process.argv[6] === undefined || process.argv[6] === '' ? undefined : Number(process.argv[6])
 const gc = (globalThis as { gc?: () => void }).gc
 
 /** Whether this build of the plugin batches presence (protocol v2's `presenceIntervalMs`). */
@@ -31,7 +39,8 @@ async function start (kind: string): Promise<number> {
   switch (kind) {
     case 'rooms':
     case 'rooms-quiet':
-    case 'rooms-redis': {
+    case 'rooms-redis':
+    case 'rooms-cluster': {
       const app = Fastify({ logger: false })
       await app.register(rooms, {
         maxConnections: 100_000,
@@ -42,7 +51,8 @@ async function start (kind: string): Promise<number> {
         heartbeatMs: 60_000,
         historySize: 100,
         presenceEvents: kind !== 'rooms-quiet',
-        adapter: kind === 'rooms-redis' ? redisAdapter({ url: redisUrl as string }) : undefined,
+        // The cluster with the adapter's defaults (64 partitions, waitReplicas 1): what a deployment gets.
+        adapter: kind === 'rooms-redis' ? redisAdapter({ url: redisUrl as string }) : kind === 'rooms-cluster' ? redisAdapter({ cluster: clusterSeeds, ...(waitReplicas === undefined ? {} : { waitReplicas }) }) : undefined,
         ...(hasPresenceInterval ? { presenceIntervalMs } : {})
       })
       await app.listen({ port: 0, host: '127.0.0.1' })
