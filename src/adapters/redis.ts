@@ -1402,5 +1402,6 @@ function isCutOff (err: unknown): boolean {
 /** A lost connection, or a Redis that cannot answer for now (loading, busy script, failover). */
 function isTransient (err: unknown): boolean {
   const message = err instanceof Error ? err.message : ''
-  return /^(LOADING|BUSY|TRYAGAIN|MASTERDOWN|READONLY|CLUSTERDOWN)\b|Connection is closed|Stream isn't writeable|ECONNREFUSED|ECONNRESET|max retries|EPIPE|Command aborted/i.test(message)
+  // 'Too many Cluster redirections': ioredis gave up following a cluster in the middle of a failover or a slot move (MOVED, ASK, TRYAGAIN, CLUSTERDOWN).
+  return /^(LOADING|BUSY|TRYAGAIN|MASTERDOWN|READONLY|CLUSTERDOWN)\b|Connection is closed|Stream isn't writeable|ECONNREFUSED|ECONNRESET|max retries|EPIPE|Command aborted|Too many Cluster redirections/i.test(message)
 }
