@@ -53,7 +53,8 @@ export interface RedisAdapterOptions {
 
 /**
  * Every cluster-wide operation is one call of this script, so it is atomic and
- * costs one round trip. Keys (P = prefix, R = P..'r:'..room..':'):
+ * costs one round trip. Its declared keys are P..'rooms' (to route it) and
+ * P..'guard', never written (see script()). Keys (P = prefix, R = P..'r:'..room..':'):
  *   R..'seq' offset counter, R..'epoch' history id, R..'hist' stream of frames,
  *   R..'members' user id -> member JSON, R..'counts' user id -> connections,
  *   R..'conns' connection id -> user id, R..'pseq' presence sequence (while
@@ -390,8 +391,8 @@ return redis.error_reply('unknown command ' .. cmd)
 `
 
 type Client = (Redis | Cluster) & {
-  /** The script: KEYS[1] routes it to the partition's shard, ARGV[1] is the partition's key base. */
-  rooms: (key: string, base: string, cmd: string, ...args: Array<string | number>) => Promise<unknown>
+  /** The script: KEYS[1] routes it to the partition's shard, KEYS[2] guards it (see script()), ARGV[1] is the partition's key base. */
+  rooms: (key: string, guard: string, base: string, cmd: string, ...args: Array<string | number>) => Promise<unknown>
 }
 
 /**
@@ -538,7 +539,7 @@ export class RedisAdapter implements Adapter {
         restored: () => this.maybeRecover()
       }, { timeoutMs: this.commandTimeoutMs, log: config.log, connectionName: `${name}:shard` })
     }
-    this.redis.defineCommand('rooms', { numberOfKeys: 1, lua })
+    this.redis.defineCommand('rooms', { numberOfKeys: 2, lua })
     // Every retry emits an error: debug only; a lost or restored link is one warn line each.
     this.redis.on('error', (err: Error) => config.log.debug({ err, nodeId: config.nodeId }, 'fastify-rooms: redis connection error'))
     const fail = (err: unknown, what: string): Error => this.failure(err, what)
@@ -613,10 +614,10 @@ export class RedisAdapter implements Adapter {
     this.publishing.add(id)
     try {
       const base = this.partitions.base(room)
-      const issue = async (again: boolean): Promise<unknown> => await this.redis.rooms(
+      const issue = async (again: boolean): Promise<unknown> => await this.script(
         // On a cluster ioredis itself resends a call cut off by a master's death,
         // to the promoted replica, which may have it already: the script always checks.
-        base + 'rooms', base, 'publish', this.config.nodeId, id, this.publishing.values().next().value as number, again || this.shards !== undefined ? '1' : '0',
+        base, 'publish', this.config.nodeId, id, this.publishing.values().next().value as number, again || this.shards !== undefined ? '1' : '0',
         room, message.data, message.from ?? '', historySize, historyTtlMs, maxHistoryRooms, maxHistoryBytes, newEpoch()
       )
       const offset = await this.cmd.call('publish', issue, true) as number
@@ -772,7 +773,18 @@ export class RedisAdapter implements Adapter {
   }
 
   private async baseCall (base: string, cmd: string, ...args: Array<string | number>): Promise<unknown> {
-    return await this.cmd.call(cmd, async () => await this.redis.rooms(base + 'rooms', base, cmd, ...args))
+    return await this.cmd.call(cmd, async () => await this.script(base, cmd, ...args))
+  }
+
+  /**
+   * Run the script on a partition. Its second key is never written: while the
+   * partition's slot migrates, Redis finds a declared key missing and refuses
+   * the whole call (TRYAGAIN, which ioredis retries for a while). Without it
+   * the call would run, and fail half way at the first key not on that node
+   * (a script's undeclared keys are checked one by one, as it runs).
+   */
+  private async script (base: string, cmd: string, ...args: Array<string | number>): Promise<unknown> {
+    return await this.redis.rooms(base + 'rooms', base + 'guard', base, cmd, ...args)
   }
 
   /** A call about node leases, whose keys are outside every partition. */
