@@ -402,6 +402,9 @@ type Client = (Redis | Cluster) & {
  */
 const RESEND_WITHIN_MS = 2_000
 
+/** How long a master's count of online replicas is used before ROLE is asked again. */
+const REPLICAS_FRESH_MS = 1_000
+
 const unavailable = storeUnavailable
 const maybePublished = (): RoomsError => new RoomsError('UNAVAILABLE', 'The message store became unreachable while publishing: the message may or may not have been published. Retry in a moment.')
 const internal = (): RoomsError => new RoomsError('INTERNAL', 'The server failed to handle this request; it has been logged. Try again later.')
@@ -483,6 +486,8 @@ export class RedisAdapter implements Adapter {
   /** Markers this node published to its own room channels, by token: see heard(). */
   private readonly markers = new Map<string, () => void>()
   private markerSeq = 0
+  /** Online replicas of each master (`host:port`) lately, for the WAIT after a publish. */
+  private readonly replicaCounts = new Map<string, { count: number, until: number }>()
 
   constructor (options: RedisAdapterOptions) {
     if (options.url === undefined && options.client === undefined && options.cluster === undefined) throw new TypeError('redisAdapter needs a url, a client or cluster nodes.')
@@ -638,15 +643,35 @@ export class RedisAdapter implements Adapter {
   private async replicated (base: string): Promise<void> {
     if (this.shards === undefined || this.waitReplicas === 0) return
     const cluster = this.redis as unknown as Cluster
-    const owners = cluster.slots[this.partitions.slot(base)] ?? []
-    const wanted = Math.min(this.waitReplicas, owners.length - 1)
-    if (wanted <= 0) return
-    const master = cluster.nodes('master').find((node) => `${node.options.host}:${node.options.port}` === owners[0])
+    const owner = cluster.slots[this.partitions.slot(base)]?.[0]
+    const master = cluster.nodes('master').find((node) => `${node.options.host}:${node.options.port}` === owner)
+    let wanted = this.waitReplicas
     let acked = 0
     try {
-      if (master !== undefined) acked = await master.wait(wanted, Math.min(1_000, this.commandTimeoutMs / 2))
+      if (master !== undefined) {
+        wanted = Math.min(wanted, await this.replicasOf(owner as string, master))
+        if (wanted === 0) return
+        acked = await master.wait(wanted, Math.min(1_000, this.commandTimeoutMs / 2))
+      }
     } catch {}
     if (acked < wanted) throw maybePublished()
+  }
+
+  /**
+   * How many replicas a master has online, as its ROLE said within the last
+   * REPLICAS_FRESH_MS. Not ioredis' slot table: it lists the replicas of the
+   * CLUSTER SLOTS answer it last read, which leaves out a replica that had
+   * no write yet, and one that came back after a failover.
+   */
+  private async replicasOf (key: string, master: Redis): Promise<number> {
+    const known = this.replicaCounts.get(key)
+    if (known !== undefined && known.until > Date.now()) return known.count
+    const role = await master.call('ROLE') as [string, number, unknown[]]
+    // Demoted since the publish ran on it: what it holds cannot be confirmed.
+    if (role[0] !== 'master') throw new Error(`${key} is not a master any more`)
+    const count = role[2].length
+    this.replicaCounts.set(key, { count, until: Date.now() + REPLICAS_FRESH_MS })
+    return count
   }
 
   async join (room: string, connectionId: string, member: Member): Promise<JoinResult> {
