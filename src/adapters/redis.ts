@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { Cluster, Redis, type ClusterNode, type ClusterOptions, type RedisOptions } from 'ioredis'
 import type { EncodedPublish, Member } from '../protocol.js'
 import { encodeDirect, messageFrame } from '../protocol.js'
@@ -333,19 +333,29 @@ elseif cmd == 'history' then
   end
   return { epoch, seq, entries }
 elseif cmd == 'state' then
-  -- new epoch, then room, epoch and offset delivered by the asking node, for
-  -- each room: its epoch ('' for none) and its last offset. A room whose
-  -- offsets went back behind what was delivered in the same epoch lost writes
-  -- (a failover to a replica that had not got them): it starts a new epoch, so
-  -- that members learn of the gap instead of being given other messages under
-  -- offsets they saw.
+  -- new epoch, then room, epoch and offset delivered by the asking node and
+  -- the SHA-1 of the frame it delivered at that offset ('' if none), for each
+  -- room: its epoch ('' for none) and its last offset. A room whose offsets
+  -- went back behind what was delivered in the same epoch, or that holds
+  -- another message at the offset delivered, lost writes (a failover to a
+  -- replica that had not got them; new writes since reuse their offsets): it
+  -- starts a new epoch, so that members learn of the gap instead of being
+  -- given other messages under offsets they saw.
   local out = {}
-  for i = 4, #ARGV, 3 do
+  for i = 4, #ARGV, 4 do
     local room = ARGV[i]
     local r = p .. 'r:' .. room .. ':'
     local epoch = redis.call('GET', r .. 'epoch')
     local seq = tonumber(redis.call('GET', r .. 'seq') or '0')
-    if epoch and epoch == ARGV[i + 1] and seq < tonumber(ARGV[i + 2]) then
+    local lost = false
+    if epoch and epoch == ARGV[i + 1] then
+      lost = seq < tonumber(ARGV[i + 2])
+      if not lost and ARGV[i + 3] ~= '' then
+        local entry = redis.call('XRANGE', r .. 'hist', ARGV[i + 2] .. '-0', ARGV[i + 2] .. '-0')[1]
+        lost = entry ~= nil and redis.sha1hex(entry[2][2]) ~= ARGV[i + 3]
+      end
+    end
+    if lost then
       epoch = new_epoch(room, ARGV[3])
       seq = 0
     end
@@ -419,6 +429,8 @@ interface Subscription {
   epoch: string | undefined
   /** Highest offset passed to the listener. */
   offset: number
+  /** The frame of the message at `offset`, when this node delivered it: a resync checks that the offset still holds it. */
+  frame: Buffer | string | undefined
   /**
    * Messages held back, in arrival order: while the epoch is unknown (they
    * may belong to an older one), and while a gap left by a broken subscriber
@@ -844,6 +856,11 @@ export class RedisAdapter implements Adapter {
       const rooms = new Set([...this.local.values()].map((m) => m.room))
       this.config.log[rooms.size > 0 ? 'warn' : 'debug']({ nodeId: this.config.nodeId, rooms: rooms.size }, 'fastify-rooms: this node\'s lease expired; disconnecting its members so they rejoin')
       this.registered = false
+      // Checked before this node forgets what its members were given: a room
+      // that lost writes they got (a failover during the same outage) must
+      // not carry on in the same epoch, or their rejoin would pass for recovered.
+      const known = [...rooms].filter((room) => this.subscriptions.get(room)?.epoch !== undefined)
+      if (known.length > 0) await this.states(known).catch(() => {})
       for (const room of rooms) this.lose(room)
       reply = await this.globalCall('renew', this.config.nodeId, this.leaseMs, '0')
     }
@@ -970,17 +987,7 @@ export class RedisAdapter implements Adapter {
     for (const subscription of this.subscriptions.values()) if (subscription.epoch === undefined) subscription.gap = false
     const rooms = [...this.subscriptions].filter(([, s]) => s.epoch !== undefined).map(([room]) => room)
     if (rooms.length === 0) return
-    const epoch = newEpoch()
-    const groups = [...this.partitions.group(rooms)]
-    const replies = await Promise.all(groups.map(async ([base, names]) =>
-      await this.baseCall(base, 'state', epoch, ...names.flatMap((room) => {
-        const { epoch, offset } = this.subscriptions.get(room) as Subscription
-        return [room, epoch as string, offset]
-      })) as Array<string | number>))
-    const state = new Map<string, [string, number]>()
-    for (const [g, [, names]] of groups.entries()) {
-      for (const [i, room] of names.entries()) state.set(room, [replies[g]?.[2 * i] as string, replies[g]?.[2 * i + 1] as number])
-    }
+    const state = await this.states(rooms)
     // Every message published before the state was read is now in: the gap is exactly what did not come.
     const gaps = rooms.filter((room) => this.subscriptions.get(room)?.gap === true)
     if (gaps.length > 0) await this.heard(gaps)
@@ -996,6 +1003,26 @@ export class RedisAdapter implements Adapter {
         await this.fill(room, subscription, last)
       }
     }
+  }
+
+  /**
+   * Each room's epoch and last offset in Redis, checked against what this
+   * node delivered (rooms whose epoch it knows): a room that lost writes this
+   * node delivered starts a new epoch there (see the script's 'state').
+   */
+  private async states (rooms: string[]): Promise<Map<string, [string, number]>> {
+    const epoch = newEpoch()
+    const groups = [...this.partitions.group(rooms)]
+    const replies = await Promise.all(groups.map(async ([base, names]) =>
+      await this.baseCall(base, 'state', epoch, ...names.flatMap((room) => {
+        const { epoch, offset, frame } = this.subscriptions.get(room) as Subscription
+        return [room, epoch as string, offset, frame === undefined ? '' : createHash('sha1').update(frame).digest('hex')]
+      })) as Array<string | number>))
+    const state = new Map<string, [string, number]>()
+    for (const [g, [, names]] of groups.entries()) {
+      for (const [i, room] of names.entries()) state.set(room, [replies[g]?.[2 * i] as string, replies[g]?.[2 * i + 1] as number])
+    }
+    return state
   }
 
   /** Deliver what a broken subscription missed, from history, then what it held back meanwhile. */
@@ -1014,6 +1041,7 @@ export class RedisAdapter implements Adapter {
       }
       for (const message of page.messages) this.listener.message(room, message.offset, message.frame)
       subscription.offset = next - 1
+      subscription.frame = page.messages[missing - 1]?.frame
     }
     subscription.gap = false
     this.flush(room, subscription)
@@ -1030,6 +1058,7 @@ export class RedisAdapter implements Adapter {
     if (subscription !== undefined) {
       subscription.epoch = undefined
       subscription.offset = 0
+      subscription.frame = undefined
       subscription.held = []
       subscription.gap = false
     }
@@ -1069,7 +1098,7 @@ export class RedisAdapter implements Adapter {
     if (subscription === undefined) {
       const ready = this.listen([this.roomChannel(room)])
       ready.catch(() => {})
-      subscription = { holders: 0, ready, epoch: undefined, offset: 0, held: [], gap: false }
+      subscription = { holders: 0, ready, epoch: undefined, offset: 0, frame: undefined, held: [], gap: false }
       this.subscriptions.set(room, subscription)
     }
     subscription.holders++
@@ -1117,6 +1146,7 @@ export class RedisAdapter implements Adapter {
     }
     if (offset <= subscription.offset) return
     subscription.offset = offset
+    subscription.frame = frame
     this.listener.message(room, offset, frame)
   }
 
