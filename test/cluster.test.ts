@@ -767,6 +767,29 @@ t.test('Redis Cluster faults', { skip: skipCluster }, async (t) => {
     t.match(await json(`${b.url}/rooms/${fresh}`), { count: 1 })
   })
 
+  t.test('a leave refused while its slot migrates is done once the slot is served again: no member is left behind', async (t) => {
+    // Upkeep every second.
+    const { partitions: parts, nodes: [a, b] } = await deploy(t, c, { leaseMs: 3000 }) as Deployed & { nodes: [Started, Started] }
+    const room = (await roomsOnEveryShard(c, parts, 'leaving:', 1))[2]![0]!
+    const slot = slotOfRoom(parts, room)
+    const watcher = await TestSocket.open(b.wsUrl)
+    // The only member of the room on its instance: once it left, that instance has nothing of the slot to resubscribe.
+    const lone = await TestSocket.open(a.wsUrl)
+    t.teardown(() => Promise.all([watcher.close(), lone.close()]))
+    await watcher.join(room)
+    await lone.join(room)
+    await watcher.next((f) => f.type === 'presence' && f.joins.length > 0)
+    const source = await c.ownerOf(slot)
+    const target = (await masters(c)).find((m) => m.id !== source.id)!
+    await c.migrateSlot(slot, target.port, {
+      opened: async () => {
+        t.match(await lone.request({ type: 'leave', room }), { type: 'left' }, 'left at once, on its instance')
+      }
+    })
+    t.match(await watcher.next((f) => f.type === 'presence' && f.leaves.length > 0), { leaves: [{ id: lone.welcome.user.id }], count: 1 }, 'the leave reaches the others')
+    t.match(await json(`${a.url}/rooms/${room}`), { count: 1 })
+  })
+
   t.test('the whole cluster restarted empty: members are closed 1012 and rejoin a new epoch; the app works on', async (t) => {
     const logs = [new Logs(), new Logs()]
     const { partitions: parts, nodes: [a, b] } = await deploy(t, c, { historySize: 100, server: (i) => logs[i]!.options() }) as Deployed & { nodes: [Started, Started] }

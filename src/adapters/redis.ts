@@ -581,7 +581,8 @@ export class RedisAdapter implements Adapter {
       this.maybeRecover()
       // A subscriber connection dropped silently carries no call to notice it by: ask it something.
       // (The shard subscriber checks its own connections.)
-      await Promise.all([this.renew(), sub === undefined ? undefined : this.subLink?.call('ping', async () => await sub.ping())])
+      // A leave refused with the link up (its slot was migrating, its shard failing over) is not left for the next outage.
+      await Promise.all([this.renew(), sub === undefined ? undefined : this.subLink?.call('ping', async () => await sub.ping()), this.down ? undefined : this.finishLeaves()])
     })
     every(Math.max(this.leaseMs / 2, 10), async () => await this.reap())
   }
@@ -688,6 +689,8 @@ export class RedisAdapter implements Adapter {
 
   async join (room: string, connectionId: string, member: Member): Promise<JoinResult> {
     await this.usable()
+    // A leave of this membership still owed would undo the join once done.
+    this.pendingLeaves.delete(connectionId + '\n' + room)
     const breaks = this.subscriberBreaks
     const subscription = await this.subscribe(room)
     let reply: [string, number, string, string, number, number, string, ...string[]]
@@ -960,11 +963,7 @@ export class RedisAdapter implements Adapter {
         await this.listen([...this.nodeChannels(), ...channels])
         if (this.subscriberBreaks === breaks) this.subscriberLost = false
       }
-      // Sent together (one connection keeps their order), so thousands of members cost one round trip.
-      await Promise.all([...this.pendingLeaves].map(async ([key, { room, connectionId }]) => {
-        await this.call('leave', room, connectionId, this.config.nodeId)
-        this.pendingLeaves.delete(key)
-      }))
+      await this.finishLeaves()
       await this.renew()
       await this.resync(breaks)
       await Promise.all([...this.local.values()].map(async ({ room, connectionId, member }) => {
@@ -979,6 +978,17 @@ export class RedisAdapter implements Adapter {
       const transient = err instanceof RoomsError && err.code === 'UNAVAILABLE'
       this.config.log[transient ? 'debug' : 'error']({ err, nodeId: this.config.nodeId }, 'fastify-rooms: redis recovery failed; it is retried')
     }
+  }
+
+  /**
+   * Do the leaves Redis refused earlier. Sent together (one connection keeps
+   * their order), so thousands of members cost one round trip.
+   */
+  private async finishLeaves (): Promise<void> {
+    await Promise.all([...this.pendingLeaves].map(async ([key, { room, connectionId }]) => {
+      await this.call('leave', room, connectionId, this.config.nodeId)
+      this.pendingLeaves.delete(key)
+    }))
   }
 
   /** Check each subscribed room against Redis: a changed epoch is a loss; a gap is filled from history, or the room's members rejoin. */
