@@ -433,6 +433,15 @@ t.test('Redis Cluster faults', { skip: skipCluster }, async (t) => {
       t.equal(subscribers, i === 0 || i % 2 === 1 ? 1 : 2, `${room}'s channel on its shard's master`)
     }
 
+    // Each instance's own channel (direct frames, commands for its connections) is a shard channel too, and so is `all`.
+    for (const socket of [ada, bob]) {
+      const channel = `${prefix}{n:${nodeOf(socket)}}`
+      const owner = all.find((m) => serves(m, slotOf(channel)))!
+      t.same(await c.node(owner.port).call('PUBSUB', 'SHARDNUMSUB', channel), [channel, 1], `${channel} on its shard's master`)
+    }
+    const everyone = `${prefix}{all}`
+    t.same(await c.node(all.find((m) => serves(m, slotOf(everyone)))!.port).call('PUBSUB', 'SHARDNUMSUB', everyone), [everyone, 2], `${everyone}: both instances`)
+
     // One shard subscriber connection per master per instance, whatever the number of rooms; none on replicas.
     const replicas = (await c.nodes()).filter((n) => n.role === 'replica')
     for (const socket of [ada, bob]) {
