@@ -36,6 +36,8 @@ eachAdapter(t, '1,000 rapid publishes from several clients: no loss, no duplicat
     }
   }
   for (let p = 0; p < publishers; p++) {
+    // On a cluster an ack waits for a replica (WAIT), so it may come after the message itself.
+    await clients[p]!.next((f) => f.type === 'ack' && f.id === `p${p}-${perPublisher - 1}`, `publisher ${p}'s last ack`)
     const acks = clients[p]!.frames.filter((f) => f.type === 'ack')
     t.equal(acks.length, perPublisher, `publisher ${p} got one ack per publish`)
     t.ok(acks.every((a, k) => a.id === `p${p}-${k}`), 'acks come in publish order')
