@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { Cluster, Redis, type ClusterNode, type ClusterOptions, type RedisOptions } from 'ioredis'
 import type { EncodedPublish, Member } from '../protocol.js'
 import { encodeDirect, messageFrame } from '../protocol.js'
@@ -53,7 +53,8 @@ export interface RedisAdapterOptions {
 
 /**
  * Every cluster-wide operation is one call of this script, so it is atomic and
- * costs one round trip. Keys (P = prefix, R = P..'r:'..room..':'):
+ * costs one round trip. Its declared keys are P..'rooms' (to route it) and
+ * P..'guard', never written (see script()). Keys (P = prefix, R = P..'r:'..room..':'):
  *   R..'seq' offset counter, R..'epoch' history id, R..'hist' stream of frames,
  *   R..'members' user id -> member JSON, R..'counts' user id -> connections,
  *   R..'conns' connection id -> user id, R..'pseq' presence sequence (while
@@ -364,19 +365,29 @@ elseif cmd == 'history' then
   end
   return { epoch, seq, entries }
 elseif cmd == 'state' then
-  -- new epoch, then room, epoch and offset delivered by the asking node, for
-  -- each room: its epoch ('' for none) and its last offset. A room whose
-  -- offsets went back behind what was delivered in the same epoch lost writes
-  -- (a failover to a replica that had not got them): it starts a new epoch, so
-  -- that members learn of the gap instead of being given other messages under
-  -- offsets they saw.
+  -- new epoch, then room, epoch and offset delivered by the asking node and
+  -- the SHA-1 of the frame it delivered at that offset ('' if none), for each
+  -- room: its epoch ('' for none) and its last offset. A room whose offsets
+  -- went back behind what was delivered in the same epoch, or that holds
+  -- another message at the offset delivered, lost writes (a failover to a
+  -- replica that had not got them; new writes since reuse their offsets): it
+  -- starts a new epoch, so that members learn of the gap instead of being
+  -- given other messages under offsets they saw.
   local out = {}
-  for i = 4, #ARGV, 3 do
+  for i = 4, #ARGV, 4 do
     local room = ARGV[i]
     local r = p .. 'r:' .. room .. ':'
     local epoch = redis.call('GET', r .. 'epoch')
     local seq = tonumber(redis.call('GET', r .. 'seq') or '0')
-    if epoch and epoch == ARGV[i + 1] and seq < tonumber(ARGV[i + 2]) then
+    local lost = false
+    if epoch and epoch == ARGV[i + 1] then
+      lost = seq < tonumber(ARGV[i + 2])
+      if not lost and ARGV[i + 3] ~= '' then
+        local entry = redis.call('XRANGE', r .. 'hist', ARGV[i + 2] .. '-0', ARGV[i + 2] .. '-0')[1]
+        lost = entry ~= nil and redis.sha1hex(entry[2][2]) ~= ARGV[i + 3]
+      end
+    end
+    if lost then
       epoch = new_epoch(room, ARGV[3])
       seq = 0
     end
@@ -422,8 +433,8 @@ return redis.error_reply('unknown command ' .. cmd)
 `
 
 type Client = (Redis | Cluster) & {
-  /** The script: KEYS[1] routes it to the partition's shard, ARGV[1] is the partition's key base. */
-  rooms: (key: string, base: string, cmd: string, ...args: Array<string | number>) => Promise<unknown>
+  /** The script: KEYS[1] routes it to the partition's shard, KEYS[2] guards it (see script()), ARGV[1] is the partition's key base. */
+  rooms: (key: string, guard: string, base: string, cmd: string, ...args: Array<string | number>) => Promise<unknown>
 }
 
 /**
@@ -432,6 +443,9 @@ type Client = (Redis | Cluster) & {
  * it the publish answers UNAVAILABLE, and may or may not have been applied.
  */
 const RESEND_WITHIN_MS = 2_000
+
+/** How long a master's count of online replicas is used before ROLE is asked again. */
+const REPLICAS_FRESH_MS = 1_000
 
 const unavailable = storeUnavailable
 const maybePublished = (): RoomsError => new RoomsError('UNAVAILABLE', 'The message store became unreachable while publishing: the message may or may not have been published. Retry in a moment.')
@@ -466,6 +480,8 @@ interface Subscription {
   epoch: string | undefined
   /** Highest offset passed to the listener. */
   offset: number
+  /** The frame of the message at `offset`, when this node delivered it: a resync checks that the offset still holds it. */
+  frame: Buffer | string | undefined
   /**
    * Messages held back, in arrival order: while the epoch is unknown (they
    * may belong to an older one), and while a gap left by a broken subscriber
@@ -544,6 +560,8 @@ export class RedisAdapter implements Adapter {
   /** Markers this node published to its own room channels, by token: see heard(). */
   private readonly markers = new Map<string, () => void>()
   private markerSeq = 0
+  /** Online replicas of each master (`host:port`) lately, for the WAIT after a publish. */
+  private readonly replicaCounts = new Map<string, { count: number, until: number }>()
 
   constructor (options: RedisAdapterOptions) {
     if (options.url === undefined && options.client === undefined && options.cluster === undefined) throw new TypeError('redisAdapter needs a url, a client or cluster nodes.')
@@ -603,7 +621,7 @@ export class RedisAdapter implements Adapter {
         restored: () => this.maybeRecover()
       }, { timeoutMs: this.commandTimeoutMs, log: config.log, connectionName: `${name}:shard` })
     }
-    this.redis.defineCommand('rooms', { numberOfKeys: 1, lua })
+    this.redis.defineCommand('rooms', { numberOfKeys: 2, lua })
     // Every retry emits an error: debug only; a lost or restored link is one warn line each.
     this.redis.on('error', (err: Error) => config.log.debug({ err, nodeId: config.nodeId }, 'fastify-rooms: redis connection error'))
     const fail = (err: unknown, what: string): Error => this.failure(err, what)
@@ -628,7 +646,8 @@ export class RedisAdapter implements Adapter {
       this.maybeRecover()
       // A subscriber connection dropped silently carries no call to notice it by: ask it something.
       // (The shard subscriber checks its own connections.)
-      await Promise.all([this.renew(), sub === undefined ? undefined : this.subLink?.call('ping', async () => await sub.ping())])
+      // A leave refused with the link up (its slot was migrating, its shard failing over) is not left for the next outage.
+      await Promise.all([this.renew(), sub === undefined ? undefined : this.subLink?.call('ping', async () => await sub.ping()), this.down ? undefined : this.finishLeaves()])
     })
     every(Math.max(this.leaseMs / 2, 10), async () => await this.reap())
   }
@@ -727,10 +746,10 @@ export class RedisAdapter implements Adapter {
     this.batches.delete(room)
     const { historyTtlMs, nodeId } = this.config
     const base = this.partitions.base(room)
-    this.cmd.call('publish', async (again: boolean): Promise<unknown> => await this.redis.rooms(
+    this.cmd.call('publish', async (again: boolean): Promise<unknown> => await this.script(
       // On a cluster ioredis itself resends a call cut off by a master's death,
       // to the promoted replica, which may have it already: the script always checks.
-      base + 'rooms', base, 'publish', nodeId, (this.unsettled[0] as Batch).firstId, again || this.shards !== undefined ? '1' : '0',
+      base, 'publish', nodeId, (this.unsettled[0] as Batch).firstId, again || this.shards !== undefined ? '1' : '0',
       room, historyTtlMs, this.historyRooms, this.historyBytes, newEpoch(), batch.packed
     ), true).then(async (offsets) => {
       await this.replicated(base)
@@ -759,19 +778,41 @@ export class RedisAdapter implements Adapter {
   private async replicated (base: string): Promise<void> {
     if (this.shards === undefined || this.waitReplicas === 0) return
     const cluster = this.redis as unknown as Cluster
-    const owners = cluster.slots[this.partitions.slot(base)] ?? []
-    const wanted = Math.min(this.waitReplicas, owners.length - 1)
-    if (wanted <= 0) return
-    const master = cluster.nodes('master').find((node) => `${node.options.host}:${node.options.port}` === owners[0])
+    const owner = cluster.slots[this.partitions.slot(base)]?.[0]
+    const master = cluster.nodes('master').find((node) => `${node.options.host}:${node.options.port}` === owner)
+    let wanted = this.waitReplicas
     let acked = 0
     try {
-      if (master !== undefined) acked = await master.wait(wanted, Math.min(1_000, this.commandTimeoutMs / 2))
+      if (master !== undefined) {
+        wanted = Math.min(wanted, await this.replicasOf(owner as string, master))
+        if (wanted === 0) return
+        acked = await master.wait(wanted, Math.min(1_000, this.commandTimeoutMs / 2))
+      }
     } catch {}
     if (acked < wanted) throw maybePublished()
   }
 
+  /**
+   * How many replicas a master has online, as its ROLE said within the last
+   * REPLICAS_FRESH_MS. Not ioredis' slot table: it lists the replicas of the
+   * CLUSTER SLOTS answer it last read, which leaves out a replica that had
+   * no write yet, and one that came back after a failover.
+   */
+  private async replicasOf (key: string, master: Redis): Promise<number> {
+    const known = this.replicaCounts.get(key)
+    if (known !== undefined && known.until > Date.now()) return known.count
+    const role = await master.call('ROLE') as [string, number, unknown[]]
+    // Demoted since the publish ran on it: what it holds cannot be confirmed.
+    if (role[0] !== 'master') throw new Error(`${key} is not a master any more`)
+    const count = role[2].length
+    this.replicaCounts.set(key, { count, until: Date.now() + REPLICAS_FRESH_MS })
+    return count
+  }
+
   async join (room: string, connectionId: string, member: Member): Promise<JoinResult> {
     await this.usable()
+    // A leave of this membership still owed would undo the join once done.
+    this.pendingLeaves.delete(connectionId + '\n' + room)
     const breaks = this.subscriberBreaks
     const subscription = await this.subscribe(room)
     let reply: [string, number, string, string, number, number, string, ...string[]]
@@ -894,7 +935,18 @@ export class RedisAdapter implements Adapter {
   }
 
   private async baseCall (base: string, cmd: string, ...args: Array<string | number>): Promise<unknown> {
-    return await this.cmd.call(cmd, async () => await this.redis.rooms(base + 'rooms', base, cmd, ...args))
+    return await this.cmd.call(cmd, async () => await this.script(base, cmd, ...args))
+  }
+
+  /**
+   * Run the script on a partition. Its second key is never written: while the
+   * partition's slot migrates, Redis finds a declared key missing and refuses
+   * the whole call (TRYAGAIN, which ioredis retries for a while). Without it
+   * the call would run, and fail half way at the first key not on that node
+   * (a script's undeclared keys are checked one by one, as it runs).
+   */
+  private async script (base: string, cmd: string, ...args: Array<string | number>): Promise<unknown> {
+    return await this.redis.rooms(base + 'rooms', base + 'guard', base, cmd, ...args)
   }
 
   /** A call about node leases, whose keys are outside every partition. */
@@ -929,6 +981,11 @@ export class RedisAdapter implements Adapter {
       const rooms = new Set([...this.local.values()].map((m) => m.room))
       this.config.log[rooms.size > 0 ? 'warn' : 'debug']({ nodeId: this.config.nodeId, rooms: rooms.size }, 'fastify-rooms: this node\'s lease expired; disconnecting its members so they rejoin')
       this.registered = false
+      // Checked before this node forgets what its members were given: a room
+      // that lost writes they got (a failover during the same outage) must
+      // not carry on in the same epoch, or their rejoin would pass for recovered.
+      const known = [...rooms].filter((room) => this.subscriptions.get(room)?.epoch !== undefined)
+      if (known.length > 0) await this.states(known).catch(() => {})
       for (const room of rooms) this.lose(room)
       reply = await this.globalCall('renew', this.config.nodeId, this.leaseMs, '0')
     }
@@ -1028,11 +1085,7 @@ export class RedisAdapter implements Adapter {
         await this.listen([...this.nodeChannels(), ...channels])
         if (this.subscriberBreaks === breaks) this.subscriberLost = false
       }
-      // Sent together (one connection keeps their order), so thousands of members cost one round trip.
-      await Promise.all([...this.pendingLeaves].map(async ([key, { room, connectionId }]) => {
-        await this.call('leave', room, connectionId, this.config.nodeId)
-        this.pendingLeaves.delete(key)
-      }))
+      await this.finishLeaves()
       await this.renew()
       await this.resync(breaks)
       await Promise.all([...this.local.values()].map(async ({ room, connectionId, member }) => {
@@ -1049,23 +1102,24 @@ export class RedisAdapter implements Adapter {
     }
   }
 
+  /**
+   * Do the leaves Redis refused earlier. Sent together (one connection keeps
+   * their order), so thousands of members cost one round trip.
+   */
+  private async finishLeaves (): Promise<void> {
+    await Promise.all([...this.pendingLeaves].map(async ([key, { room, connectionId }]) => {
+      await this.call('leave', room, connectionId, this.config.nodeId)
+      this.pendingLeaves.delete(key)
+    }))
+  }
+
   /** Check each subscribed room against Redis: a changed epoch is a loss; a gap is filled from history, or the room's members rejoin. */
   private async resync (breaks: number): Promise<void> {
     // A room whose epoch is still unknown has no local member yet: its first join's reply tells.
     for (const subscription of this.subscriptions.values()) if (subscription.epoch === undefined) subscription.gap = false
     const rooms = [...this.subscriptions].filter(([, s]) => s.epoch !== undefined).map(([room]) => room)
     if (rooms.length === 0) return
-    const epoch = newEpoch()
-    const groups = [...this.partitions.group(rooms)]
-    const replies = await Promise.all(groups.map(async ([base, names]) =>
-      await this.baseCall(base, 'state', epoch, ...names.flatMap((room) => {
-        const { epoch, offset } = this.subscriptions.get(room) as Subscription
-        return [room, epoch as string, offset]
-      })) as Array<string | number>))
-    const state = new Map<string, [string, number]>()
-    for (const [g, [, names]] of groups.entries()) {
-      for (const [i, room] of names.entries()) state.set(room, [replies[g]?.[2 * i] as string, replies[g]?.[2 * i + 1] as number])
-    }
+    const state = await this.states(rooms)
     // Every message published before the state was read is now in: the gap is exactly what did not come.
     const gaps = rooms.filter((room) => this.subscriptions.get(room)?.gap === true)
     if (gaps.length > 0) await this.heard(gaps)
@@ -1081,6 +1135,26 @@ export class RedisAdapter implements Adapter {
         await this.fill(room, subscription, last)
       }
     }
+  }
+
+  /**
+   * Each room's epoch and last offset in Redis, checked against what this
+   * node delivered (rooms whose epoch it knows): a room that lost writes this
+   * node delivered starts a new epoch there (see the script's 'state').
+   */
+  private async states (rooms: string[]): Promise<Map<string, [string, number]>> {
+    const epoch = newEpoch()
+    const groups = [...this.partitions.group(rooms)]
+    const replies = await Promise.all(groups.map(async ([base, names]) =>
+      await this.baseCall(base, 'state', epoch, ...names.flatMap((room) => {
+        const { epoch, offset, frame } = this.subscriptions.get(room) as Subscription
+        return [room, epoch as string, offset, frame === undefined ? '' : createHash('sha1').update(frame).digest('hex')]
+      })) as Array<string | number>))
+    const state = new Map<string, [string, number]>()
+    for (const [g, [, names]] of groups.entries()) {
+      for (const [i, room] of names.entries()) state.set(room, [replies[g]?.[2 * i] as string, replies[g]?.[2 * i + 1] as number])
+    }
+    return state
   }
 
   /** Deliver what a broken subscription missed, from history, then what it held back meanwhile. */
@@ -1099,6 +1173,7 @@ export class RedisAdapter implements Adapter {
       }
       for (const message of page.messages) this.listener.message(room, message.offset, message.frame)
       subscription.offset = next - 1
+      subscription.frame = page.messages[missing - 1]?.frame
     }
     subscription.gap = false
     this.flush(room, subscription)
@@ -1115,6 +1190,7 @@ export class RedisAdapter implements Adapter {
     if (subscription !== undefined) {
       subscription.epoch = undefined
       subscription.offset = 0
+      subscription.frame = undefined
       subscription.held = []
       subscription.gap = false
     }
@@ -1154,7 +1230,7 @@ export class RedisAdapter implements Adapter {
     if (subscription === undefined) {
       const ready = this.listen([this.roomChannel(room)])
       ready.catch(() => {})
-      subscription = { holders: 0, ready, epoch: undefined, offset: 0, held: [], gap: false }
+      subscription = { holders: 0, ready, epoch: undefined, offset: 0, frame: undefined, held: [], gap: false }
       this.subscriptions.set(room, subscription)
     }
     subscription.holders++
@@ -1202,6 +1278,7 @@ export class RedisAdapter implements Adapter {
     }
     if (offset <= subscription.offset) return
     subscription.offset = offset
+    subscription.frame = frame
     this.listener.message(room, offset, frame)
   }
 
@@ -1300,6 +1377,7 @@ export class RedisAdapter implements Adapter {
         else this.deliver(room, subscription, offset, epoch, frame)
       } else if (offset > subscription.offset) {
         subscription.offset = offset
+        subscription.frame = frame
         fresh.push({ offset, frame })
       }
     }
@@ -1573,5 +1651,6 @@ function isCutOff (err: unknown): boolean {
 /** A lost connection, or a Redis that cannot answer for now (loading, busy script, failover). */
 function isTransient (err: unknown): boolean {
   const message = err instanceof Error ? err.message : ''
-  return /^(LOADING|BUSY|TRYAGAIN|MASTERDOWN|READONLY|CLUSTERDOWN)\b|Connection is closed|Stream isn't writeable|ECONNREFUSED|ECONNRESET|max retries|EPIPE|Command aborted/i.test(message)
+  // 'Too many Cluster redirections': ioredis gave up following a cluster in the middle of a failover or a slot move (MOVED, ASK, TRYAGAIN, CLUSTERDOWN).
+  return /^(LOADING|BUSY|TRYAGAIN|MASTERDOWN|READONLY|CLUSTERDOWN)\b|Connection is closed|Stream isn't writeable|ECONNREFUSED|ECONNRESET|max retries|EPIPE|Command aborted|Too many Cluster redirections/i.test(message)
 }

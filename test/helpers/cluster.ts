@@ -21,6 +21,8 @@ export const skipCluster = needs(REDIS_SERVER, 'apt-get install -y redis-server'
 export const NODE_TIMEOUT_MS = 1000
 /** Every wait on the cluster reaching a state gives up after this long. */
 const SETTLE_MS = 20_000
+/** A node that takes longer to answer one question counts as not answering for now. */
+const ASK_MS = 1_000
 
 /** One node as `CLUSTER NODES` describes it. */
 export interface ClusterNodeInfo {
@@ -179,14 +181,21 @@ export async function startCluster (t: Teardown, { nodeTimeoutMs = NODE_TIMEOUT_
 
   const livePorts = (): number[] => clientPorts.filter(alive)
 
-  /** Ask a node, waiting for its connection to be ready (it may have just started). */
+  /**
+   * Ask a node: undefined while its connection is not ready (it may have just
+   * started), or when it does not answer within ASK_MS (a test may have
+   * paused its clients: the other nodes are asked meanwhile).
+   */
   const ask = async <T>(port: number, fn: (redis: Redis) => Promise<T>): Promise<T | undefined> => {
     const redis = node(port)
     if (redis.status !== 'ready') return undefined
+    let timer: NodeJS.Timeout | undefined
     try {
-      return await fn(redis)
+      return await Promise.race([fn(redis), new Promise<undefined>((resolve) => { timer = setTimeout(() => resolve(undefined), ASK_MS) })])
     } catch {
       return undefined
+    } finally {
+      clearTimeout(timer)
     }
   }
 
