@@ -1,4 +1,5 @@
 import { canonicalNumberEnd, numberEnd } from './json-span.js'
+import type { PublishFrame, RequestId } from './protocol.js'
 
 /**
  * The fast path for the commonest frame: a `publish` written compactly, as
@@ -51,13 +52,14 @@ const EPHEMERAL = 16
 const UNPARSED = Symbol('unparsed')
 
 /**
- * A publish frame as the fast path read it: its data is parsed from its text
- * only when something asks for the value.
+ * A publish frame as the fast path read it (a `PublishFrame` once the schema
+ * has checked it): its data is parsed from its text only when something asks
+ * for the value.
  */
-export class ScannedPublishFrame {
+export class ScannedPublishFrame implements PublishFrame {
   readonly type = 'publish' as const
   readonly room: string
-  readonly id: string | number | undefined
+  readonly id: RequestId | undefined
   readonly ephemeral: boolean | undefined
   /** `data`'s text in the frame: valid JSON. */
   private readonly dataText: string
@@ -65,7 +67,7 @@ export class ScannedPublishFrame {
   readonly dataJson: string | undefined
   private parsed: unknown = UNPARSED
 
-  constructor (room: string, id: string | number | undefined, ephemeral: boolean | undefined, dataText: string, canonical: boolean) {
+  constructor (room: string, id: RequestId | undefined, ephemeral: boolean | undefined, dataText: string, canonical: boolean) {
     this.room = room
     this.id = id
     this.ephemeral = ephemeral
@@ -91,7 +93,7 @@ export function scanPublish (text: string): ScannedPublishFrame | undefined {
   canonical = true
   let seen = 0
   let room: string | undefined
-  let id: string | number | undefined
+  let id: RequestId | undefined
   let ephemeral: boolean | undefined
   let dataStart = NO
   let dataEnd = NO
