@@ -7,18 +7,19 @@
  * its numbers.
  */
 
-const QUOTE = 0x22
-const COMMA = 0x2c
-const COLON = 0x3a
-const OPEN_BRACE = 0x7b
-const CLOSE_BRACE = 0x7d
-const OPEN_BRACKET = 0x5b
-const CLOSE_BRACKET = 0x5d
-const MINUS = 0x2d
+/** Character codes both JSON readers (this one and publish-scan.ts) look for. */
+export const QUOTE = 0x22
+export const COMMA = 0x2c
+export const COLON = 0x3a
+export const OPEN_BRACE = 0x7b
+export const CLOSE_BRACE = 0x7d
+export const OPEN_BRACKET = 0x5b
+export const CLOSE_BRACKET = 0x5d
+export const MINUS = 0x2d
 const PLUS = 0x2b
 const DOT = 0x2e
-const ZERO = 0x30
-const NINE = 0x39
+export const ZERO = 0x30
+export const NINE = 0x39
 
 /** Deeper values are left to the encoder, which also refuses what it cannot encode. */
 const MAX_DEPTH = 64
@@ -175,16 +176,19 @@ export function numberEnd (text: string, i: number): number {
     while (isDigit(text.charCodeAt(i))) i++
     if (i === fracStart) return NO
   }
+  return exponentEnd(text, i)
+}
+
+/** The end of the exponent part at `i` (`e`/`E`, a sign, digits), `i` when there is none, or NO. */
+function exponentEnd (text: string, i: number): number {
   const c = text.charCodeAt(i)
-  if (c === 0x65 || c === 0x45) {
-    i++
-    const sign = text.charCodeAt(i)
-    if (sign === PLUS || sign === MINUS) i++
-    const expStart = i
-    while (isDigit(text.charCodeAt(i))) i++
-    if (i === expStart) return NO
-  }
-  return i
+  if (c !== 0x65 && c !== 0x45) return i
+  i++
+  const sign = text.charCodeAt(i)
+  if (sign === PLUS || sign === MINUS) i++
+  const expStart = i
+  while (isDigit(text.charCodeAt(i))) i++
+  return i === expStart ? NO : i
 }
 
 /**
@@ -212,14 +216,10 @@ export function canonicalNumberEnd (text: string, i: number): number {
     if (fracDigits === 0 || text.charCodeAt(i - 1) === ZERO) return NO
     while (leadingZeros < fracDigits && text.charCodeAt(fracStart + leadingZeros) === ZERO) leadingZeros++
   }
-  const c = text.charCodeAt(i)
-  if (c === 0x65 || c === 0x45) {
-    i++
-    const sign = text.charCodeAt(i)
-    if (sign === PLUS || sign === MINUS) i++
-    const expStart = i
-    while (isDigit(text.charCodeAt(i))) i++
-    if (i === expStart) return NO
+  const end = exponentEnd(text, i)
+  if (end === NO) return NO
+  if (end !== i) {
+    i = end
   } else if (exact(intStart > start, text.charCodeAt(intStart) === ZERO && intDigits === 1, intDigits, fraction, fracDigits, leadingZeros)) {
     return i
   }

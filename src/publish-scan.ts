@@ -1,4 +1,4 @@
-import { canonicalNumberEnd, numberEnd } from './json-span.js'
+import { canonicalNumberEnd, CLOSE_BRACE, CLOSE_BRACKET, COLON, COMMA, MINUS, NINE, numberEnd, OPEN_BRACE, OPEN_BRACKET, QUOTE, ZERO } from './json-span.js'
 import type { PublishFrame, RequestId } from './protocol.js'
 
 /**
@@ -14,16 +14,6 @@ import type { PublishFrame, RequestId } from './protocol.js'
  * levels, a frame over 512 characters.
  */
 
-const QUOTE = 0x22
-const COMMA = 0x2c
-const COLON = 0x3a
-const OPEN_BRACE = 0x7b
-const CLOSE_BRACE = 0x7d
-const OPEN_BRACKET = 0x5b
-const CLOSE_BRACKET = 0x5d
-const MINUS = 0x2d
-const ZERO = 0x30
-const NINE = 0x39
 const NO = -1
 
 /** Deeper data is left to JSON.parse (and the encoder, which refuses what it cannot encode). */
