@@ -1078,11 +1078,12 @@ export class RedisAdapter implements Adapter {
   private async recover (): Promise<void> {
     try {
       const breaks = this.subscriberBreaks
+      // Only the subscriber connection of one Redis is ever lost whole; on a
+      // cluster the shard subscriber restores what it lost itself.
       if (this.subscriberLost) {
-        // On a cluster the shard subscriber restores room channels itself; here only the node channels.
-        const channels = this.shards !== undefined ? [] : [...this.subscriptions.keys()].map((room) => this.roomChannel(room))
-        if (this.roomWatcher !== undefined && this.shards === undefined) channels.push(...this.roomListChannels())
-        await this.listen([...this.nodeChannels(), ...channels])
+        const channels = [...this.nodeChannels(), ...[...this.subscriptions.keys()].map((room) => this.roomChannel(room))]
+        if (this.roomWatcher !== undefined) channels.push(...this.roomListChannels())
+        await this.listen(channels)
         if (this.subscriberBreaks === breaks) this.subscriberLost = false
       }
       await this.finishLeaves()
