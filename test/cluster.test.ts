@@ -12,6 +12,7 @@ import { startApp, type Started } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
 import { eventually } from './helpers/redis.js'
 import { skipCluster, startCluster, type ClusterNodeInfo, type RedisCluster } from './helpers/cluster.js'
+import { waitUntil } from './helpers/waiters.js'
 
 /**
  * The fault cases of Redis Cluster support, against a real cluster of 3
@@ -140,22 +141,9 @@ class Logs {
       this.read = i + 1
       return this.lines[i]
     }
-    const found = find()
-    if (found !== undefined) return found
-    return await new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.waiters.delete(check)
-        reject(new Error(`timed out waiting for a log line ${msg}; last: ${JSON.stringify(this.lines.slice(-5))}`))
-      }, WAIT_MS)
-      const check = (): void => {
-        const line = find()
-        if (line === undefined) return
-        clearTimeout(timer)
-        this.waiters.delete(check)
-        resolve(line)
-      }
-      this.waiters.add(check)
-    })
+    let found: Record<string, any> | undefined
+    await waitUntil(this.waiters, () => (found = find()) !== undefined, WAIT_MS, () => `timed out waiting for a log line ${msg}; last: ${JSON.stringify(this.lines.slice(-5))}`)
+    return found as Record<string, any>
   }
 }
 
@@ -244,19 +232,8 @@ class Traffic {
     const done = (): boolean => rooms.every((room) => this.count(room, settled) >= (start.get(room) as number) + n)
     if (done()) return
     const failed = Promise.all(this.loops).then(() => { throw new Error(`the publishers stopped before ${what}`) })
-    await Promise.race([failed, new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.waiters.delete(check)
-        reject(new Error(`timed out waiting for ${what}: ${rooms.map((room) => `${room} ${this.count(room, settled) - (start.get(room) as number)}`).join(', ')}`))
-      }, WAIT_MS)
-      const check = (): void => {
-        if (!done()) return
-        clearTimeout(timer)
-        this.waiters.delete(check)
-        resolve()
-      }
-      this.waiters.add(check)
-    })])
+    await Promise.race([failed, waitUntil(this.waiters, done, WAIT_MS, () =>
+      `timed out waiting for ${what}: ${rooms.map((room) => `${room} ${this.count(room, settled) - (start.get(room) as number)}`).join(', ')}`)])
   }
 }
 

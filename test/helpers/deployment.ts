@@ -4,6 +4,7 @@ import { memoryAdapter, redisAdapter, type Adapter, type RoomsOptions } from '..
 import { startApp, type Started } from './server.js'
 import { skipRedis, startRedis, type RedisServer } from './redis.js'
 import { skipCluster, startCluster, type RedisCluster } from './cluster.js'
+import { waitUntil } from './waiters.js'
 
 export type AdapterKind = 'memory' | 'redis' | 'cluster'
 
@@ -134,19 +135,6 @@ class Memberships {
 
   async gone (connectionId: string): Promise<void> {
     const done = (): boolean => (this.rooms.get(connectionId)?.size ?? 0) === 0 && (this.leaving.get(connectionId) ?? 0) === 0
-    if (done()) return
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.waiters.delete(check)
-        reject(new Error(`timed out waiting until connection ${connectionId} left ${[...this.rooms.get(connectionId) ?? []].join(', ')}`))
-      }, GONE_MS)
-      const check = (): void => {
-        if (!done()) return
-        clearTimeout(timer)
-        this.waiters.delete(check)
-        resolve()
-      }
-      this.waiters.add(check)
-    })
+    await waitUntil(this.waiters, done, GONE_MS, () => `timed out waiting until connection ${connectionId} left ${[...this.rooms.get(connectionId) ?? []].join(', ')}`)
   }
 }
