@@ -236,8 +236,7 @@ export class MemoryAdapter implements Adapter {
     const state = this.states.get(room)
     if (state === undefined) return null
     const { history } = state
-    const first = history.offsetAt(0) ?? state.offset + 1
-    const start = Math.max(0, after + 1 - first)
+    const start = history.indexAfter(after)
     return { epoch: state.epoch, offset: state.offset, messages: history.slice(start, start + limit) }
   }
 

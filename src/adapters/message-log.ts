@@ -73,10 +73,21 @@ export class MessageLog {
     return length
   }
 
-  /** The offset of the message at `index` (0: the oldest); undefined outside 0..length-1. */
-  offsetAt (index: number): number | undefined {
-    if (!(index >= 0 && index < this.count)) return undefined
-    return this.offsets[(this.head + index) & (this.offsets.length - 1)]
+  /**
+   * The index of the oldest message whose offset is above `offset` (`length`
+   * when none is). Offsets rise but may skip: a message too large for the
+   * history budget is delivered and never kept.
+   */
+  indexAfter (offset: number): number {
+    const mask = this.offsets.length - 1
+    let low = 0
+    let high = this.count
+    while (low < high) {
+      const middle = (low + high) >>> 1
+      if ((this.offsets[(this.head + middle) & mask] as number) > offset) high = middle
+      else low = middle + 1
+    }
+    return low
   }
 
   /** Messages from `start` up to, not including, `end`, oldest first, their frames decoded. */
