@@ -179,6 +179,37 @@ t.test('redis adapter under faults', { skip: skipRedis }, async (t) => {
     }
   })
 
+  t.test('the subscriber connection cut: a room list subscriber gets a fresh first page, and its list ends up exact', async (t) => {
+    const { nodes: [a, b] } = await cluster(t, 2, { roomListIntervalMs: 10 }) as unknown as { nodes: [Started, Started] }
+    const watcher = await TestSocket.open(a.wsUrl, as('watcher'))
+    const leaving = await TestSocket.open(b.wsUrl, as('leaving'))
+    const staying = await TestSocket.open(b.wsUrl, as('staying'))
+    t.teardown(() => Promise.all([watcher, leaving, staying].map(async (s) => await s.close())))
+    await leaving.join('lobby')
+    await staying.join('stay')
+    t.match(await watcher.request({ type: 'rooms', subscribe: true }), { rooms: [{ name: 'lobby', count: 1 }, { name: 'stay', count: 1 }], subscribed: true })
+    const fresh = watcher.next((f) => f.type === 'rooms' && !('id' in f), 'an unsolicited page after the outage')
+    const kill = inspect.call('CLIENT', 'KILL', 'TYPE', 'pubsub')
+    // A count change while the watcher's instance is not subscribed is never heard: the page must carry it.
+    t.match(await leaving.request({ type: 'leave', room: 'lobby' }), { type: 'left' })
+    await kill
+    const page = await fresh
+    t.match(page, { type: 'rooms', subscribed: true, next: null })
+    // The list as the client keeps it: the page, then every counts frame after it.
+    const list = (): Record<string, number> => {
+      const rooms: Record<string, number> = {}
+      for (const f of watcher.frames.slice(watcher.frames.indexOf(page))) {
+        for (const r of f.rooms as Array<{ name: string, count: number }>) {
+          if (r.count === 0) delete rooms[r.name]
+          else rooms[r.name] = r.count
+        }
+      }
+      return rooms
+    }
+    if ('lobby' in list()) await watcher.next(() => !('lobby' in list()), 'the list to drop lobby')
+    t.same(list(), { stay: 1 })
+  })
+
   t.test('a join cut off in flight answers UNAVAILABLE and leaves no member behind', async (t) => {
     const { nodes: [a, b] } = await cluster(t, 2) as unknown as { nodes: [Started, Started] }
     const watcher = await TestSocket.open(b.wsUrl, as('watcher'))
