@@ -39,6 +39,7 @@ async function start (kind: string): Promise<number> {
   switch (kind) {
     case 'rooms':
     case 'rooms-quiet':
+    case 'rooms-nohistory':
     case 'rooms-redis':
     case 'rooms-cluster': {
       const app = Fastify({ logger: false })
@@ -49,7 +50,7 @@ async function start (kind: string): Promise<number> {
         frameBurst: 1e9,
         maxBufferedBytes: 64 * 1024 * 1024,
         heartbeatMs: 60_000,
-        historySize: 100,
+        historySize: kind === 'rooms-nohistory' ? 0 : 100,
         presenceEvents: kind !== 'rooms-quiet',
         // The cluster with the adapter's defaults (64 partitions, waitReplicas 1): what a deployment gets.
         adapter: kind === 'rooms-redis' ? redisAdapter({ url: redisUrl as string }) : kind === 'rooms-cluster' ? redisAdapter({ cluster: clusterSeeds, ...(waitReplicas === undefined ? {} : { waitReplicas }) }) : undefined,
