@@ -21,6 +21,8 @@ export interface ReportInput {
   hasRedis: boolean
   /** The cluster kind's `waitReplicas`, as the report says it. */
   waitReplicas: string
+  /** A fan-out of this many ms before each measured one (every kind), 0 for none. */
+  warmupMs: number
   results: Map<Workload, Merged>
   labels: Record<Kind, string>
 }
@@ -59,6 +61,7 @@ export function report (input: ReportInput): string {
   say(`# fastify-rooms benchmark${input.smoke ? ' (smoke: tiny sizes, every server in one process; the figures mean nothing)' : ''}`)
   say()
   say(`${input.date.toISOString().slice(0, 16).replace('T', ' ')} UTC; ${input.machine}; ${input.load}.`)
+  if (input.warmupMs > 0) say(`Warm-up: every fan-out run is preceded by ${input.warmupMs} ms of the same fan-out on the same servers, not measured, for every server alike (JIT compilation falls outside the measurement).`)
   say(`Server and load generators are separate processes; server CPU (process.cpuUsage) and memory (after a full GC) are read in the server process. Medians over the runs of each server; servers take turns within each repetition. Presence: ${input.presence}.${input.hasRedis ? '' : ' redis-server is not installed: the Redis rows are left out.'}`)
   say()
   say('Baselines: **ws, stringify once** (a Map of Sets, `ws.send` per member); **ws, pre-framed** (one frame built per broadcast, written to every raw socket, one write per socket per message); **ws, pre-framed and coalesced** (pre-framed, each socket corked at its first write in a turn of the event loop and uncorked once with setImmediate, as fastify-rooms does; a join gets `joined` with the count and the first page of at most 100 members, and the room gets presence diffs batched per interval, framed once). Each ratio is against the strongest plain ws baseline measured for that figure, named in its row. Scale-out: **Socket.IO 4 on @socket.io/redis-adapter**, two instances on the same redis-server as fastify-rooms on Redis; both count the CPU of both instances, not Redis\'s.')

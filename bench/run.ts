@@ -5,13 +5,17 @@
  * `--smoke` runs tiny sizes once with every server in one process (part of
  * npm test, so it cannot rot). `--only=a,b` picks workloads, `--kinds=a,b`
  * servers, `--reps=n` runs per server, `--presence-interval-ms=n` the interval,
- * `--wait-replicas=n` the cluster kind's `waitReplicas` (the adapter's default, 1, otherwise).
+ * `--wait-replicas=n` the cluster kind's `waitReplicas` (the adapter's default, 1, otherwise),
+ * `--warmup-ms=n` a fan-out of n ms before the measured one, for every kind (JIT
+ * compilation then falls outside the measurement: each Redis-backed instance
+ * compiles the hot code on its own), `--cpu-prof=DIR` a V8 CPU profile of every
+ * server process into DIR (written when the run stops it).
  * The Redis kinds run on one redis-server, `rooms-cluster` on a Redis Cluster
  * of 3 masters and 3 replicas the bench starts (test/helpers/cluster.ts); the
  * CPU time of every redis-server process is read from /proc around each run.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { once } from 'node:events'
 import { createServer } from 'node:net'
 import { cpus, loadavg, totalmem } from 'node:os'
@@ -37,6 +41,8 @@ const intervalOption = (SettingsSchema.properties as Record<string, { default?: 
 const presenceIntervalMs = Number(flag('presence-interval-ms') ?? intervalOption?.default ?? 50)
 /** To see what waiting for a replica costs: the same cluster runs with another `waitReplicas`. */
 const waitReplicas = flag('wait-replicas')
+const warmupMs = Number(flag('warmup-ms') ?? 0)
+const cpuProf = flag('cpu-prof')
 /** Clients per load generator that fills a storm's room: at most 20,000 files per process here, and a full room's presence traffic is spread over processes. */
 const CLIENTS_PER_LOADGEN = 5_000
 
@@ -69,7 +75,7 @@ interface Servers { kind: Kind, children: ChildProcess[], ports: number[] }
 
 async function startServers (kinds: Kind[], redisUrl: string): Promise<Map<Kind, Array<{ child: ChildProcess, port: number }>>> {
   const seeds = cluster?.seeds.map((s) => `${s.host}:${s.port}`).join(',') ?? ''
-  const child = node(['--expose-gc', '--import=tsx', 'bench/servers.ts', kinds.join(','), redisUrl, String(presenceIntervalMs), seeds, waitReplicas ?? ''])
+  const child = node([...(cpuProf === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${cpuProf}`]), '--expose-gc', '--import=tsx', 'bench/servers.ts', kinds.join(','), redisUrl, String(presenceIntervalMs), seeds, waitReplicas ?? ''])
   const ports = await new Promise<Map<Kind, number>>((resolve, reject) => {
     let out = ''
     child.stdout!.on('data', (chunk: Buffer) => {
@@ -109,11 +115,32 @@ async function stats (servers: Servers, gc = false): Promise<Stats> {
 }
 
 const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK']).toString()) || 100
+/**
+ * CPU time of servers' main threads and of their other threads (V8's
+ * compiler and GC helpers, libuv's pool), in ms: what the JIT costs shows in
+ * the second. NaN where /proc cannot be read.
+ */
+function threadCpu (servers: Servers): { main: number, other: number } {
+  let main = 0
+  let other = 0
+  for (const child of servers.children) {
+    try {
+      for (const tid of readdirSync(`/proc/${child.pid}/task`)) {
+        const used = cpuOfPid(Number(tid), `/proc/${child.pid}/task/${tid}/stat`)
+        if (tid === String(child.pid)) main += used
+        else other += used
+      }
+    } catch {
+      return { main: NaN, other: NaN }
+    }
+  }
+  return { main, other }
+}
 /** A process's CPU time so far (user + system, every thread), in ms, from /proc/<pid>/stat; NaN if it cannot be read. */
-function cpuOfPid (pid: number | undefined): number {
+function cpuOfPid (pid: number | undefined, file = `/proc/${pid}/stat`): number {
   if (pid === undefined) return NaN
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const stat = readFileSync(file, 'utf8')
     // Fields after the command name (which may hold spaces): state is the first, utime the 12th, stime the 13th.
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
     return (Number(fields[11]) + Number(fields[12])) * 1000 / CLOCK_TICKS
@@ -194,14 +221,18 @@ async function runOnce (workload: Workload, kind: Kind): Promise<Outcome> {
       checkJoined(await connect(loadgens[0]!, { from: 0, count: base }), 'the members')
       await converge(loadgens[0]!, workload.members)
       const redisOf = await redisProcesses(kind, { prefix, rooms: workload.rooms })
-      const connected = await stats(servers)
-      const redisBefore = redisCpu(redisOf.pids)
       const job: Omit<Fanout, 'cmd'> = workload.group === 'latency'
         ? { durationMs: workload.durationMs!, window: 1, payloadBytes: 64, rate: workload.rate, onlyRoom: 0 }
         : { durationMs: workload.durationMs!, window: workload.window!, payloadBytes: 64, messages: workload.messages }
+      if (warmupMs > 0 && workload.group === 'fanout') await call(loadgens[0]!, { cmd: 'fanout', sid, ...job, durationMs: warmupMs })
+      const connected = await stats(servers)
+      const threadsBefore = threadCpu(servers)
+      const redisBefore = redisCpu(redisOf.pids)
       const go = await call<Record<string, number>>(loadgens[0]!, { cmd: 'fanout', sid, ...job })
       const redisAfter = redisCpu(redisOf.pids)
       const after = await stats(servers)
+      const threadsAfter = threadCpu(servers)
+      console.error(`bench: ${workload.name} ${kind}: server CPU ${(threadsAfter.main - threadsBefore.main).toFixed(0)} ms on main threads, ${(threadsAfter.other - threadsBefore.other).toFixed(0)} ms on other threads (V8's compiler and GC helpers)`)
       // Every redis-server's CPU over the publishing (Redis is shared: in the smoke run, where servers run at once, it means nothing).
       const redisUsed: Record<string, number> = {}
       for (const key of Object.keys(redisBefore)) redisUsed[key] = redisAfter[key]! - redisBefore[key]!
@@ -383,6 +414,7 @@ const text = report({
     : `this build of fastify-rooms has no presenceIntervalMs option (one presence frame per join); the coalescing ws baseline batches presence every ${presenceIntervalMs} ms`,
   hasRedis,
   waitReplicas: waitReplicas === undefined ? 'waitReplicas 1, the default' : `waitReplicas ${waitReplicas}`,
+  warmupMs,
   results,
   labels
 })

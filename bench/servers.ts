@@ -158,4 +158,6 @@ process.on('message', (message: { rid: number, cmd: string, gc?: boolean }) => {
   }
 })
 process.on('disconnect', () => process.exit(0))
+// Stopped by the runner: exit the ordinary way, so that a `--cpu-prof` profile is written.
+process.on('SIGTERM', () => process.exit(0))
 console.log('ready')

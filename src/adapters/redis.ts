@@ -746,15 +746,21 @@ export class RedisAdapter implements Adapter {
     this.batches.delete(room)
     const { historyTtlMs, nodeId } = this.config
     const base = this.partitions.base(room)
-    this.cmd.call('publish', async (again: boolean): Promise<unknown> => await this.script(
+    // No async step of its own: each would add a promise and a turn of microtasks to every call. The wait for replicas only where there are some to wait for.
+    const issue = (again: boolean): Promise<unknown> => this.script(
       // On a cluster ioredis itself resends a call cut off by a master's death,
       // to the promoted replica, which may have it already: the script always checks.
       base, 'publish', nodeId, (this.unsettled[0] as Batch).firstId, again || this.shards !== undefined ? '1' : '0',
       room, historyTtlMs, this.historyRooms, this.historyBytes, newEpoch(), batch.packed
-    ), true).then(async (offsets) => {
-      await this.replicated(base)
-      return offsets
-    }).then((offsets) => {
+    )
+    const called = this.cmd.call('publish', issue, true)
+    const answered = this.shards === undefined || this.waitReplicas === 0
+      ? called
+      : called.then(async (offsets) => {
+        await this.replicated(base)
+        return offsets
+      })
+    answered.then((offsets) => {
       this.settle(batch)
       for (let i = 0; i < batch.resolves.length; i++) (batch.resolves[i] as (offset: number) => void)((offsets as number[])[i] as number)
     }, (err: Error) => {
@@ -1490,9 +1496,9 @@ class Link {
     return this.client.status === 'ready'
   }
 
-  async call<T> (what: string, issue: (again: boolean) => Promise<T>, resend = false): Promise<T> {
-    if (!this.ready) throw unavailable()
-    return await new Promise<T>((resolve, reject) => {
+  call<T> (what: string, issue: (again: boolean) => Promise<T>, resend = false): Promise<T> {
+    if (!this.ready) return Promise.reject(unavailable())
+    return new Promise<T>((resolve, reject) => {
       const call: Call = { what, issue, resolve, reject, resend, sentAt: 0 }
       if (resend && this.held.length > 0) {
         // The connection is back, and the calls cut off on it wait to be sent
