@@ -220,11 +220,44 @@ async function runOnce (workload: Workload, kind: Kind): Promise<Outcome> {
         problems
       }
     }
-    if (workload.group === 'join' || workload.group === 'memory') {
+    if (workload.group === 'memory') {
+      // The cost of one more idle connection, not of the first ones: read after the first half joined
+      // and again after the second half. Between a server's start and its first connections the young
+      // generation resizes (by up to 3 KB per connection here) and code is compiled; between two
+      // readings taken alike, under the same load, neither counts.
+      const halfRooms = Math.max(1, Math.floor(workload.rooms / 2))
+      const half = halfRooms * workload.members
+      const halves: Array<{ sid: string, prefix: string }> = [{ sid, prefix }, { sid: `${sid}-b`, prefix: `${prefix}b-` }]
+      sessions.push([loadgens[0]!, halves[1]!.sid])
+      const readings: Stats[] = []
+      let connectMs = 0
+      for (const { sid: session, prefix: rooms } of halves) {
+        const joined = await connect(loadgens[0]!, { from: 0, count: half, rooms: halfRooms, prefix: rooms }, session)
+        checkJoined(joined, 'the connections')
+        connectMs += joined.connectMs!
+        await converge(loadgens[0]!, workload.members, session)
+        readings.push(await stats(servers, true))
+      }
+      const [first, second] = readings as [Stats, Stats]
+      let frames = 0
+      for (const { sid: session } of halves) frames += (await presence(loadgens[0]!, session)).totalFrames!
+      return {
+        result: {
+          connectsPerSec: 2 * half / (connectMs / 1000),
+          presencePerMember: frames / (2 * half),
+          rssPerConnKB: (second.rss - first.rss) / half / 1024,
+          heapPerConnKB: (second.heap - first.heap) / half / 1024,
+          // From the server's start, as measured before: what the first half cost, start-up effects included.
+          rssFromStartKB: (first.rss - before.rss) / half / 1024
+        },
+        problems
+      }
+    }
+    if (workload.group === 'join') {
       const joined = await connect(loadgens[0]!, { from: 0, count: base })
       checkJoined(joined, 'the connections')
       await converge(loadgens[0]!, workload.members)
-      const after = await stats(servers, memory)
+      const after = await stats(servers)
       const p = await presence(loadgens[0]!)
       return {
         result: {
@@ -232,8 +265,7 @@ async function runOnce (workload: Workload, kind: Kind): Promise<Outcome> {
           cpuPerJoinMs: (after.cpuMs - before.cpuMs) / base,
           joinP50: joined.joinP50!,
           joinP99: joined.joinP99!,
-          presencePerMember: p.totalFrames! / base,
-          ...(memory ? { rssPerConnKB: (after.rss - before.rss) / base / 1024, heapPerConnKB: (after.heap - before.heap) / base / 1024 } : {})
+          presencePerMember: p.totalFrames! / base
         },
         problems
       }
@@ -351,7 +383,8 @@ try {
           const t0 = performance.now()
           const outcome = await runOnce(workload, k)
           outcomes.get(k)!.push(outcome)
-          console.error(`bench: ${workload.name} ${k} run ${r + 1}: ${((performance.now() - t0) / 1000).toFixed(1)} s${outcome.problems.length > 0 ? `, FAILED: ${outcome.problems.join('; ')}` : ''}`)
+          const mem = outcome.result.rssPerConnKB === undefined ? '' : `, RSS ${outcome.result.rssPerConnKB.toFixed(2)} KB, heap ${outcome.result.heapPerConnKB!.toFixed(2)} KB per connection`
+          console.error(`bench: ${workload.name} ${k} run ${r + 1}: ${((performance.now() - t0) / 1000).toFixed(1)} s${mem}${outcome.problems.length > 0 ? `, FAILED: ${outcome.problems.join('; ')}` : ''}`)
         }
       }
     }
@@ -360,6 +393,12 @@ try {
       const keys = new Set(list.flatMap((o) => Object.keys(o.result)))
       const result: Result = {}
       for (const key of keys) result[key] = median(list.map((o) => o.result[key] ?? NaN))
+      // Memory moves between runs more than the rest: the report gives each figure's range too.
+      for (const key of ['rssPerConnKB', 'heapPerConnKB'].filter((k) => keys.has(k))) {
+        const values = list.map((o) => o.result[key] ?? NaN).filter((v) => !Number.isNaN(v))
+        result[`${key}Min`] = Math.min(...values)
+        result[`${key}Max`] = Math.max(...values)
+      }
       merged.set(k, { result, runs: list.length, problems: list.flatMap((o, n) => o.problems.map((p) => list.length > 1 ? `run ${n + 1}: ${p}` : p)) })
     }
     results.set(workload, merged)

@@ -15,6 +15,7 @@
  * the Socket.IO one (each room has one publisher).
  */
 import { createServer } from 'node:http'
+import { getHeapSpaceStatistics, writeHeapSnapshot } from 'node:v8'
 import Fastify from 'fastify'
 import { WebSocketServer, WebSocket } from 'ws'
 import websocket from '@fastify/websocket'
@@ -146,14 +147,21 @@ function mapOfSets (preframed: boolean): (ws: WebSocket) => void {
 }
 
 for (const kind of kinds) console.log(`ready ${kind} ${await start(kind)}`)
-process.on('message', (message: { rid: number, cmd: string, gc?: boolean }) => {
+process.on('message', (message: { rid: number, cmd: string, gc?: boolean, path?: string }) => {
+  if (message.cmd === 'snapshot') {
+    // For bench/heap-diff.ts: what objects the server holds, after the same gcs as a memory reading.
+    for (let i = 0; i < 6; i++) gc?.()
+    process.send?.({ rid: message.rid, path: writeHeapSnapshot(message.path) })
+    return
+  }
   if (message.cmd === 'stats') {
     if (message.gc === true) {
       gc?.()
       gc?.()
     }
-    const { rss, heapUsed } = process.memoryUsage()
-    process.send?.({ rid: message.rid, cpu: process.cpuUsage(), rss, heapUsed })
+    const { rss, heapUsed, heapTotal, external } = process.memoryUsage()
+    const spaces = Object.fromEntries(getHeapSpaceStatistics().map((s) => [s.space_name, s.space_size]))
+    process.send?.({ rid: message.rid, cpu: process.cpuUsage(), rss, heapUsed, heapTotal, external, spaces })
   }
 })
 process.on('disconnect', () => process.exit(0))
