@@ -176,7 +176,7 @@ export function report (input: ReportInput): string {
         }
       } else {
         const half = Math.max(1, Math.floor(workload.rooms / 2)) * workload.members
-        say(`Each server is read (after gcs) once the first ${fmt(half)} connections joined and again after the next ${fmt(half)}: a figure is the second half's cost per connection, median of the runs (lowest-highest in brackets). "From start" is the first half's cost over the server's start-up reading, which also counts how the young generation and compiled code grew: it moves by several KB between runs.`)
+        say(`Each server is read once the first ${fmt(half)} connections joined and again after the next ${fmt(half)}, each time after a gc and a wait for V8's memory reducer (\`--settle-ms\`): a figure is the second half's cost per connection, median of the runs (lowest-highest in brackets). "From start" is the first half's cost over the server's settled start-up reading: it also counts what the first connections cost once (compiled code, the first growth of maps).`)
         say()
         say(`| server | RSS per connection, KB | vs ${name(rss)} | heap per connection, KB | vs ${name(heap)} | RSS from start, KB | connects and joins/s | presence frames per member | correct |`)
         say('|---|---:|---:|---:|---:|---:|---:|---:|---|')

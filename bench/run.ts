@@ -39,6 +39,13 @@ const presenceIntervalMs = Number(flag('presence-interval-ms') ?? intervalOption
 const waitReplicas = flag('wait-replicas')
 /** Clients per load generator that fills a storm's room: at most 20,000 files per process here, and a full room's presence traffic is spread over processes. */
 const CLIENTS_PER_LOADGEN = 5_000
+/**
+ * How long an idle server is left before a memory reading: some seconds after a full gc, V8's
+ * memory reducer shrinks the young generation and returns free pages. Read before it has, RSS
+ * depends on how the server's last seconds went (the young generation alone is up to 3 KB per
+ * connection of 10,000), not on what its connections hold.
+ */
+const SETTLE_MS = Number(flag('settle-ms') ?? 15_000)
 
 /** Children get the highest file limit allowed: 20,000 sockets need more than the usual default. */
 function node (args: string[]): ChildProcess {
@@ -98,9 +105,12 @@ async function loadgensFor (n: number): Promise<ChildProcess[]> {
 }
 
 interface Stats { cpuMs: number, rss: number, heap: number }
-/** CPU and memory of a run's servers; `gc` first when memory is measured (slow, so not for CPU alone, nor in the smoke run). */
-async function stats (servers: Servers, gc = false): Promise<Stats> {
-  const all = await Promise.all(servers.children.map(async (c) => await call<{ cpu: { user: number, system: number }, rss: number, heapUsed: number }>(c, { cmd: 'stats', gc: gc && !smoke })))
+/**
+ * CPU and memory of a run's servers; `gc` first when memory is measured (slow, so not for CPU alone,
+ * nor in the smoke run), and with `settleMs` a wait after it for V8's memory reducer.
+ */
+async function stats (servers: Servers, gc = false, settleMs?: number): Promise<Stats> {
+  const all = await Promise.all(servers.children.map(async (c) => await call<{ cpu: { user: number, system: number }, rss: number, heapUsed: number }>(c, { cmd: 'stats', gc: gc && !smoke, settleMs: smoke ? undefined : settleMs })))
   return {
     cpuMs: all.reduce((sum, s) => sum + (s.cpu.user + s.cpu.system) / 1000, 0),
     rss: all.reduce((sum, s) => sum + s.rss, 0),
@@ -189,7 +199,7 @@ async function runOnce (workload: Workload, kind: Kind): Promise<Outcome> {
   const sessions: Array<[ChildProcess, string]> = [[loadgens[0]!, sid]]
   try {
     const memory = workload.group === 'memory'
-    const before = await stats(servers, memory)
+    const before = await stats(servers, memory, memory ? SETTLE_MS : undefined)
     if (workload.group === 'fanout' || workload.group === 'latency' || workload.group === 'shard') {
       checkJoined(await connect(loadgens[0]!, { from: 0, count: base }), 'the members')
       await converge(loadgens[0]!, workload.members)
@@ -236,7 +246,7 @@ async function runOnce (workload: Workload, kind: Kind): Promise<Outcome> {
         checkJoined(joined, 'the connections')
         connectMs += joined.connectMs!
         await converge(loadgens[0]!, workload.members, session)
-        readings.push(await stats(servers, true))
+        readings.push(await stats(servers, true, SETTLE_MS))
       }
       const [first, second] = readings as [Stats, Stats]
       let frames = 0

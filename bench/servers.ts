@@ -147,7 +147,7 @@ function mapOfSets (preframed: boolean): (ws: WebSocket) => void {
 }
 
 for (const kind of kinds) console.log(`ready ${kind} ${await start(kind)}`)
-process.on('message', (message: { rid: number, cmd: string, gc?: boolean, path?: string }) => {
+process.on('message', async (message: { rid: number, cmd: string, gc?: boolean, settleMs?: number, path?: string }) => {
   if (message.cmd === 'snapshot') {
     // For bench/heap-diff.ts: what objects the server holds, after the same gcs as a memory reading.
     for (let i = 0; i < 6; i++) gc?.()
@@ -156,6 +156,10 @@ process.on('message', (message: { rid: number, cmd: string, gc?: boolean, path?:
   }
   if (message.cmd === 'stats') {
     if (message.gc === true) {
+      gc?.()
+      // Idle, V8's memory reducer shrinks the young generation and returns free pages, some seconds
+      // after a full gc: what an idle server holds is read once it has.
+      if (message.settleMs !== undefined) await new Promise((resolve) => setTimeout(resolve, message.settleMs))
       gc?.()
       gc?.()
     }
