@@ -40,12 +40,13 @@ const waitReplicas = flag('wait-replicas')
 /** Clients per load generator that fills a storm's room: at most 20,000 files per process here, and a full room's presence traffic is spread over processes. */
 const CLIENTS_PER_LOADGEN = 5_000
 /**
- * How long an idle server is left before a memory reading: some seconds after a full gc, V8's
- * memory reducer shrinks the young generation and returns free pages. Read before it has, RSS
- * depends on how the server's last seconds went (the young generation alone is up to 3 KB per
- * connection of 10,000), not on what its connections hold.
+ * `--settle-ms=n`: leave an idle server n ms after a gc before a memory reading, for V8's memory
+ * reducer to shrink the young generation and return free pages (off by default: on this machine it
+ * made the readings move more, not less).
  */
-const SETTLE_MS = Number(flag('settle-ms') ?? 15_000)
+const SETTLE_MS = flag('settle-ms') === undefined ? undefined : Number(flag('settle-ms'))
+/** A memory workload's connections join in this many steps, the server read after each. */
+const QUARTERS = 4
 
 /** Children get the highest file limit allowed: 20,000 sockets need more than the usual default. */
 function node (args: string[]): ChildProcess {
@@ -231,34 +232,36 @@ async function runOnce (workload: Workload, kind: Kind): Promise<Outcome> {
       }
     }
     if (workload.group === 'memory') {
-      // The cost of one more idle connection, not of the first ones: read after the first half joined
-      // and again after the second half. Between a server's start and its first connections the young
-      // generation resizes (by up to 3 KB per connection here) and code is compiled; between two
-      // readings taken alike, under the same load, neither counts.
-      const halfRooms = Math.max(1, Math.floor(workload.rooms / 2))
-      const half = halfRooms * workload.members
-      const halves: Array<{ sid: string, prefix: string }> = [{ sid, prefix }, { sid: `${sid}-b`, prefix: `${prefix}b-` }]
-      sessions.push([loadgens[0]!, halves[1]!.sid])
-      const readings: Stats[] = []
+      // What one more idle connection costs, not the first ones: the connections join in quarters, the
+      // server is read after each, and the figure is the median of the last three quarters' cost per
+      // connection. The first quarter also pays for compiled code and the young generation's growth,
+      // and any one step's RSS can drop by what V8 or malloc happened to hand back to the system then.
+      const quarterRooms = Math.max(1, Math.floor(workload.rooms / QUARTERS))
+      const quarter = quarterRooms * workload.members
+      const readings: Stats[] = [before]
       let connectMs = 0
-      for (const { sid: session, prefix: rooms } of halves) {
-        const joined = await connect(loadgens[0]!, { from: 0, count: half, rooms: halfRooms, prefix: rooms }, session)
+      let frames = 0
+      for (let q = 0; q < QUARTERS; q++) {
+        const session = q === 0 ? sid : `${sid}-${q}`
+        if (q > 0) sessions.push([loadgens[0]!, session])
+        const joined = await connect(loadgens[0]!, { from: 0, count: quarter, rooms: quarterRooms, prefix: `${prefix}${q}-` }, session)
         checkJoined(joined, 'the connections')
         connectMs += joined.connectMs!
         await converge(loadgens[0]!, workload.members, session)
         readings.push(await stats(servers, true, SETTLE_MS))
       }
-      const [first, second] = readings as [Stats, Stats]
-      let frames = 0
-      for (const { sid: session } of halves) frames += (await presence(loadgens[0]!, session)).totalFrames!
+      for (const [, session] of sessions) frames += (await presence(loadgens[0]!, session)).totalFrames!
+      const steps = readings.slice(2).map((r, q) => ({ rss: (r.rss - readings[q + 1]!.rss) / quarter / 1024, heap: (r.heap - readings[q + 1]!.heap) / quarter / 1024 }))
+      const total = QUARTERS * quarter
       return {
         result: {
-          connectsPerSec: 2 * half / (connectMs / 1000),
-          presencePerMember: frames / (2 * half),
-          rssPerConnKB: (second.rss - first.rss) / half / 1024,
-          heapPerConnKB: (second.heap - first.heap) / half / 1024,
-          // From the server's start, as measured before: what the first half cost, start-up effects included.
-          rssFromStartKB: (first.rss - before.rss) / half / 1024
+          connectsPerSec: total / (connectMs / 1000),
+          presencePerMember: frames / total,
+          rssPerConnKB: median(steps.map((x) => x.rss)),
+          heapPerConnKB: median(steps.map((x) => x.heap)),
+          // All the connections over the server's start-up reading, as this bench measured before.
+          rssFromStartKB: (readings.at(-1)!.rss - before.rss) / total / 1024,
+          heapFromStartKB: (readings.at(-1)!.heap - before.heap) / total / 1024
         },
         problems
       }
