@@ -42,11 +42,21 @@ function groups (path: string): Map<string, { size: number, count: number }> {
   const width = fields.length
   const [typeAt, nameAt, sizeAt] = ['type', 'name', 'self_size'].map((f) => fields.indexOf(f)) as [number, number, number]
   const types = snap.snapshot.meta.node_types[0]
+  const edgeFields = (snap.snapshot.meta as unknown as { edge_fields: string[], edge_types: [string[]] }).edge_fields
+  const edgeTypes = (snap.snapshot.meta as unknown as { edge_types: [string[]] }).edge_types[0]
+  const edges = (snap as unknown as { edges: number[] }).edges
+  const countAt = fields.indexOf('edge_count')
   const out = new Map<string, { size: number, count: number }>()
+  let edge = 0
   for (let i = 0; i < snap.nodes.length; i += width) {
     const type = types[snap.nodes[i + typeAt]!]!
     const rawName = snap.strings[snap.nodes[i + nameAt]!]!
-    const name = type === 'string' || type === 'concatenated string' || type === 'sliced string' ? '' : type === 'number' ? '' : rawName.slice(0, 60)
+    // Plain objects are told apart by their property names.
+    const props: string[] = []
+    for (let e = 0; e < snap.nodes[i + countAt]!; e++, edge += edgeFields.length) {
+      if (rawName === 'Object' && type === 'object' && edgeTypes[edges[edge]!] === 'property') props.push(snap.strings[edges[edge + 1]!]!)
+    }
+    const name = type === 'string' || type === 'concatenated string' || type === 'sliced string' ? '' : type === 'number' ? '' : props.length > 0 ? `{${props.join(',')}}`.slice(0, 80) : rawName.slice(0, 60)
     const key = `${type} ${name}`
     const g = out.get(key) ?? { size: 0, count: 0 }
     g.size += snap.nodes[i + sizeAt]!
