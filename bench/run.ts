@@ -6,6 +6,7 @@
  * npm test, so it cannot rot). `--only=a,b` picks workloads, `--kinds=a,b`
  * servers, `--reps=n` runs per server, `--presence-interval-ms=n` the interval,
  * `--wait-replicas=n` the cluster kind's `waitReplicas` (the adapter's default, 1, otherwise).
+ * `--settle-ms=n` waits n ms after each memory reading's gc (see SETTLE_MS).
  * The Redis kinds run on one redis-server, `rooms-cluster` on a Redis Cluster
  * of 3 masters and 3 replicas the bench starts (test/helpers/cluster.ts); the
  * CPU time of every redis-server process is read from /proc around each run.
