@@ -9,7 +9,8 @@
  * `--warmup-ms=n` a fan-out of n ms before the measured one, for every kind (JIT
  * compilation then falls outside the measurement: each Redis-backed instance
  * compiles the hot code on its own), `--cpu-prof=DIR` a V8 CPU profile of every
- * server process into DIR (written when the run stops it).
+ * server process into DIR (written when the run stops it),
+ * `--settle-ms=n` waits n ms after each memory reading's gc (see SETTLE_MS).
  * The Redis kinds run on one redis-server, `rooms-cluster` on a Redis Cluster
  * of 3 masters and 3 replicas the bench starts (test/helpers/cluster.ts); the
  * CPU time of every redis-server process is read from /proc around each run.
@@ -45,6 +46,14 @@ const warmupMs = Number(flag('warmup-ms') ?? 0)
 const cpuProf = flag('cpu-prof')
 /** Clients per load generator that fills a storm's room: at most 20,000 files per process here, and a full room's presence traffic is spread over processes. */
 const CLIENTS_PER_LOADGEN = 5_000
+/**
+ * `--settle-ms=n`: leave an idle server n ms after a gc before a memory reading, for V8's memory
+ * reducer to shrink the young generation and return free pages (off by default: on this machine it
+ * made the readings move more, not less).
+ */
+const SETTLE_MS = flag('settle-ms') === undefined ? undefined : Number(flag('settle-ms'))
+/** A memory workload's connections join in this many steps, the server read after each. */
+const QUARTERS = 4
 
 /** Children get the highest file limit allowed: 20,000 sockets need more than the usual default. */
 function node (args: string[]): ChildProcess {
@@ -104,9 +113,12 @@ async function loadgensFor (n: number): Promise<ChildProcess[]> {
 }
 
 interface Stats { cpuMs: number, rss: number, heap: number }
-/** CPU and memory of a run's servers; `gc` first when memory is measured (slow, so not for CPU alone, nor in the smoke run). */
-async function stats (servers: Servers, gc = false): Promise<Stats> {
-  const all = await Promise.all(servers.children.map(async (c) => await call<{ cpu: { user: number, system: number }, rss: number, heapUsed: number }>(c, { cmd: 'stats', gc: gc && !smoke })))
+/**
+ * CPU and memory of a run's servers; `gc` first when memory is measured (slow, so not for CPU alone,
+ * nor in the smoke run), and with `settleMs` a wait after it for V8's memory reducer.
+ */
+async function stats (servers: Servers, gc = false, settleMs?: number): Promise<Stats> {
+  const all = await Promise.all(servers.children.map(async (c) => await call<{ cpu: { user: number, system: number }, rss: number, heapUsed: number }>(c, { cmd: 'stats', gc: gc && !smoke, settleMs: smoke ? undefined : settleMs })))
   return {
     cpuMs: all.reduce((sum, s) => sum + (s.cpu.user + s.cpu.system) / 1000, 0),
     rss: all.reduce((sum, s) => sum + s.rss, 0),
@@ -216,7 +228,7 @@ async function runOnce (workload: Workload, kind: Kind): Promise<Outcome> {
   const sessions: Array<[ChildProcess, string]> = [[loadgens[0]!, sid]]
   try {
     const memory = workload.group === 'memory'
-    const before = await stats(servers, memory)
+    const before = await stats(servers, memory, memory ? SETTLE_MS : undefined)
     if (workload.group === 'fanout' || workload.group === 'latency' || workload.group === 'shard') {
       checkJoined(await connect(loadgens[0]!, { from: 0, count: base }), 'the members')
       await converge(loadgens[0]!, workload.members)
@@ -251,11 +263,46 @@ async function runOnce (workload: Workload, kind: Kind): Promise<Outcome> {
         problems
       }
     }
-    if (workload.group === 'join' || workload.group === 'memory') {
+    if (workload.group === 'memory') {
+      // What one more idle connection costs, not the first ones: the connections join in quarters, the
+      // server is read after each, and the figure is the median of the last three quarters' cost per
+      // connection. The first quarter also pays for compiled code and the young generation's growth,
+      // and any one step's RSS can drop by what V8 or malloc happened to hand back to the system then.
+      const quarterRooms = Math.max(1, Math.floor(workload.rooms / QUARTERS))
+      const quarter = quarterRooms * workload.members
+      const readings: Stats[] = [before]
+      let connectMs = 0
+      let frames = 0
+      for (let q = 0; q < QUARTERS; q++) {
+        const session = q === 0 ? sid : `${sid}-${q}`
+        if (q > 0) sessions.push([loadgens[0]!, session])
+        const joined = await connect(loadgens[0]!, { from: 0, count: quarter, rooms: quarterRooms, prefix: `${prefix}${q}-` }, session)
+        checkJoined(joined, 'the connections')
+        connectMs += joined.connectMs!
+        await converge(loadgens[0]!, workload.members, session)
+        readings.push(await stats(servers, true, SETTLE_MS))
+      }
+      for (const [, session] of sessions) frames += (await presence(loadgens[0]!, session)).totalFrames!
+      const steps = readings.slice(2).map((r, q) => ({ rss: (r.rss - readings[q + 1]!.rss) / quarter / 1024, heap: (r.heap - readings[q + 1]!.heap) / quarter / 1024 }))
+      const total = QUARTERS * quarter
+      return {
+        result: {
+          connectsPerSec: total / (connectMs / 1000),
+          presencePerMember: frames / total,
+          rssPerConnKB: median(steps.map((x) => x.rss)),
+          heapPerConnKB: median(steps.map((x) => x.heap)),
+          // All the connections over the server's start-up reading, as this bench measured before.
+          rssFromStartKB: (readings.at(-1)!.rss - before.rss) / total / 1024,
+          heapFromStartKB: (readings.at(-1)!.heap - before.heap) / total / 1024
+        },
+        problems
+      }
+    }
+    if (workload.group === 'join') {
       const joined = await connect(loadgens[0]!, { from: 0, count: base })
       checkJoined(joined, 'the connections')
       await converge(loadgens[0]!, workload.members)
-      const after = await stats(servers, memory)
+      const after = await stats(servers)
       const p = await presence(loadgens[0]!)
       return {
         result: {
@@ -263,8 +310,7 @@ async function runOnce (workload: Workload, kind: Kind): Promise<Outcome> {
           cpuPerJoinMs: (after.cpuMs - before.cpuMs) / base,
           joinP50: joined.joinP50!,
           joinP99: joined.joinP99!,
-          presencePerMember: p.totalFrames! / base,
-          ...(memory ? { rssPerConnKB: (after.rss - before.rss) / base / 1024, heapPerConnKB: (after.heap - before.heap) / base / 1024 } : {})
+          presencePerMember: p.totalFrames! / base
         },
         problems
       }
@@ -382,7 +428,8 @@ try {
           const t0 = performance.now()
           const outcome = await runOnce(workload, k)
           outcomes.get(k)!.push(outcome)
-          console.error(`bench: ${workload.name} ${k} run ${r + 1}: ${((performance.now() - t0) / 1000).toFixed(1)} s${outcome.problems.length > 0 ? `, FAILED: ${outcome.problems.join('; ')}` : ''}`)
+          const mem = outcome.result.rssPerConnKB === undefined ? '' : `, RSS ${outcome.result.rssPerConnKB.toFixed(2)} KB, heap ${outcome.result.heapPerConnKB!.toFixed(2)} KB per connection`
+          console.error(`bench: ${workload.name} ${k} run ${r + 1}: ${((performance.now() - t0) / 1000).toFixed(1)} s${mem}${outcome.problems.length > 0 ? `, FAILED: ${outcome.problems.join('; ')}` : ''}`)
         }
       }
     }
@@ -391,6 +438,12 @@ try {
       const keys = new Set(list.flatMap((o) => Object.keys(o.result)))
       const result: Result = {}
       for (const key of keys) result[key] = median(list.map((o) => o.result[key] ?? NaN))
+      // Memory moves between runs more than the rest: the report gives each figure's range too.
+      for (const key of ['rssPerConnKB', 'heapPerConnKB'].filter((k) => keys.has(k))) {
+        const values = list.map((o) => o.result[key] ?? NaN).filter((v) => !Number.isNaN(v))
+        result[`${key}Min`] = Math.min(...values)
+        result[`${key}Max`] = Math.max(...values)
+      }
       merged.set(k, { result, runs: list.length, problems: list.flatMap((o, n) => o.problems.map((p) => list.length > 1 ? `run ${n + 1}: ${p}` : p)) })
     }
     results.set(workload, merged)

@@ -15,6 +15,7 @@
  * the Socket.IO one (each room has one publisher).
  */
 import { createServer } from 'node:http'
+import { getHeapSpaceStatistics, writeHeapSnapshot } from 'node:v8'
 import Fastify from 'fastify'
 import { WebSocketServer, WebSocket } from 'ws'
 import websocket from '@fastify/websocket'
@@ -147,14 +148,25 @@ function mapOfSets (preframed: boolean): (ws: WebSocket) => void {
 }
 
 for (const kind of kinds) console.log(`ready ${kind} ${await start(kind)}`)
-process.on('message', (message: { rid: number, cmd: string, gc?: boolean }) => {
+process.on('message', async (message: { rid: number, cmd: string, gc?: boolean, settleMs?: number, path?: string }) => {
+  if (message.cmd === 'snapshot') {
+    // For bench/heap-diff.ts: what objects the server holds, after the same gcs as a memory reading.
+    for (let i = 0; i < 6; i++) gc?.()
+    process.send?.({ rid: message.rid, path: writeHeapSnapshot(message.path) })
+    return
+  }
   if (message.cmd === 'stats') {
     if (message.gc === true) {
       gc?.()
+      // Idle, V8's memory reducer shrinks the young generation and returns free pages, some seconds
+      // after a full gc: what an idle server holds is read once it has.
+      if (message.settleMs !== undefined) await new Promise((resolve) => setTimeout(resolve, message.settleMs))
+      gc?.()
       gc?.()
     }
-    const { rss, heapUsed } = process.memoryUsage()
-    process.send?.({ rid: message.rid, cpu: process.cpuUsage(), rss, heapUsed })
+    const { rss, heapUsed, heapTotal, external } = process.memoryUsage()
+    const spaces = Object.fromEntries(getHeapSpaceStatistics().map((s) => [s.space_name, s.space_size]))
+    process.send?.({ rid: message.rid, cpu: process.cpuUsage(), rss, heapUsed, heapTotal, external, spaces })
   }
 })
 process.on('disconnect', () => process.exit(0))

@@ -45,6 +45,11 @@ export interface ConnectionContext {
 }
 
 const OPEN = 1
+// Connection.flags
+const ALIVE = 1
+const BUSY = 2
+const CLOSED = 4
+const DISCONNECTED = 8
 const noop = (): void => {}
 /** The longest wait setTimeout holds (2^31-1 ms, about 24.8 days); longer ones fire at once. */
 const MAX_TIMER_MS = 2 ** 31 - 1
@@ -107,8 +112,8 @@ export class Connection implements Peer {
   /** The wait for the `auth` frame until `welcome`, the credentials' expiry after it. */
   private timer: NodeJS.Timeout | undefined
   private readonly openedAt = clock()
-  /** Set by every frame, and by what the peer sent since the last round; cleared by each heartbeat round. */
-  alive = true
+  /** `ALIVE`, `BUSY`, `CLOSED` and `DISCONNECTED`: one small integer rather than a field each. */
+  private flags = ALIVE
   /** What `bytesRead` counted at the last heartbeat round. */
   private readAtRound = 0
   /** The upgrade request, for the hooks and `verifyToken`; undefined when `ctx.keepRequest` says none will ask. */
@@ -120,22 +125,8 @@ export class Connection implements Peer {
   private refilledAt = clock()
   /** Frames refused in the current flood; past `frameBurst` the client is not backing off. */
   private refused = 0
-  private busy = false
-  /** Frames waiting behind a slow hook or adapter call; allocated at the first. */
-  private queue: Buffer[] | undefined
-  /** Bytes of the frames in `queue`, and of the publishes in `publishing`. */
-  private queuedBytes = 0
-  /**
-   * Publishes sent to the adapter whose replies are not written yet, in frame
-   * order (`ctx.pipelinePublishes`): each reply waits for those before it,
-   * and any other frame waits for them all (`afterPublishes`).
-   */
-  private publishing: Pipelined[] | undefined
-  /** The frame waiting for `publishing` to empty, when one is. */
-  private afterPublishes: (() => void) | undefined
-  private closed = false
-  /** Closed by the server on purpose (4003): its rooms see it leave at once, with no grace. */
-  private disconnected = false
+  /** Frames and publishes waiting for earlier ones; made at the first, dropped once none wait. */
+  private backlog: Backlog | undefined
   /** The lifecycle hook still running, when one is: the next waits for it (see `tell`). */
   private telling: Promise<void> | undefined
 
@@ -148,6 +139,33 @@ export class Connection implements Peer {
     this.id = id
     this.ctx = ctx
     this.tokens = ctx.options.frameBurst
+  }
+
+  /** Set by every frame, and by what the peer sent since the last round; cleared by each heartbeat round. */
+  get alive (): boolean {
+    return (this.flags & ALIVE) !== 0
+  }
+
+  set alive (on: boolean) {
+    this.flags = on ? this.flags | ALIVE : this.flags & ~ALIVE
+  }
+
+  /** A frame's hook or adapter call is running: the next frames wait in the backlog. */
+  private get busy (): boolean {
+    return (this.flags & BUSY) !== 0
+  }
+
+  private set busy (on: boolean) {
+    this.flags = on ? this.flags | BUSY : this.flags & ~BUSY
+  }
+
+  private get closed (): boolean {
+    return (this.flags & CLOSED) !== 0
+  }
+
+  /** Closed by the server on purpose (4003): its rooms see it leave at once, with no grace. */
+  private get disconnected (): boolean {
+    return (this.flags & DISCONNECTED) !== 0
   }
 
   /** What other clients see of this connection's user (the registry's view of it). */
@@ -369,7 +387,7 @@ export class Connection implements Peer {
 
   close (code: number, reason: string): void {
     if (this.socket.readyState !== OPEN) return
-    if (code === 4003) this.disconnected = true
+    if (code === 4003) this.flags |= DISCONNECTED
     this.socket.close(code, closeReason(reason))
   }
 
@@ -399,12 +417,13 @@ export class Connection implements Peer {
       // Frames wait in order behind a slow hook or adapter call, but only up
       // to maxBufferedBytes: past that a flood would hold memory the rate
       // limit alone does not bound (a burst of full-size frames).
-      if (this.queuedBytes + buffer.length > this.ctx.options.maxBufferedBytes) {
+      const backlog = this.backlog ??= emptyBacklog()
+      if (backlog.bytes + buffer.length > this.ctx.options.maxBufferedBytes) {
         this.sendError(tooManyWaiting(), peekRequestId(buffer.toString()))
         return
       }
-      this.queuedBytes += buffer.length
-      ;(this.queue ??= []).push(buffer)
+      backlog.bytes += buffer.length
+      ;(backlog.queue ??= []).push(buffer)
       return
     }
     this.handle(buffer)
@@ -440,9 +459,10 @@ export class Connection implements Peer {
     const frame = parseClientFrame(text)
     const size = buffer.length
     // Replies go out in frame order: any frame but a pipelined publish waits for the publishes in flight.
-    const pending = this.publishing === undefined || this.pipes(frame)
+    const backlog = this.backlog
+    const pending = backlog?.publishing === undefined || this.pipes(frame)
       ? this.run(frame, size, text)
-      : new Promise<void>((resolve) => { this.afterPublishes = () => { resolve(this.closed ? undefined : this.run(frame, size, text)) } })
+      : new Promise<void>((resolve) => { backlog.afterPublishes = () => { resolve(this.closed ? undefined : this.run(frame, size, text)) } })
     if (pending === undefined) return
     this.busy = true
     pending.then(() => this.drain(), noop)
@@ -486,11 +506,12 @@ export class Connection implements Peer {
    * written in frame order (`settle`).
    */
   private pipe (frame: PublishFrame, size: number, text: string): void {
-    if (this.queuedBytes + size > this.ctx.options.maxBufferedBytes) {
+    const backlog = this.backlog ??= emptyBacklog()
+    if (backlog.bytes + size > this.ctx.options.maxBufferedBytes) {
       this.sendError(tooManyWaiting(), frame.id)
       return
     }
-    this.queuedBytes += size
+    backlog.bytes += size
     let published: Promise<number | undefined>
     try {
       published = this.ctx.registry.publish(frame.room, this.encodePublish(frame, size, text))
@@ -499,7 +520,7 @@ export class Connection implements Peer {
     }
     // While the publish is out, only what its reply needs is held, not the data.
     const entry: Pipelined = { id: frame.id, room: frame.room, ephemeral: frame.ephemeral === true, size, settled: false, offset: undefined, error: undefined }
-    ;(this.publishing ??= []).push(entry)
+    ;(backlog.publishing ??= []).push(entry)
     published.then((offset) => {
       entry.offset = offset
       this.settle(entry)
@@ -512,12 +533,13 @@ export class Connection implements Peer {
   /** A pipelined publish was answered: write the replies that no earlier one holds back. */
   private settle (entry: Pipelined): void {
     entry.settled = true
-    const publishing = this.publishing as Pipelined[]
+    const backlog = this.backlog as Backlog
+    const publishing = backlog.publishing as Pipelined[]
     if (publishing[0] !== entry) return
     let n = 0
     for (; n < publishing.length && (publishing[n] as Pipelined).settled; n++) {
       const { id, room, ephemeral, size, offset, error } = publishing[n] as Pipelined
-      if (!this.closed) this.queuedBytes -= size
+      if (!this.closed) backlog.bytes -= size
       if (error === undefined) {
         this.ack(id, room, ephemeral, offset)
       } else {
@@ -530,21 +552,26 @@ export class Connection implements Peer {
       publishing.splice(0, n)
       return
     }
-    this.publishing = undefined
-    const next = this.afterPublishes
-    this.afterPublishes = undefined
+    backlog.publishing = undefined
+    const next = backlog.afterPublishes
+    backlog.afterPublishes = undefined
+    if (backlog.queue === undefined && this.backlog === backlog) this.backlog = undefined
     next?.()
   }
 
   private drain (): void {
     this.busy = false
     while (!this.busy && !this.closed && this.auth === 'done') {
-      const next = this.queue?.shift()
+      const backlog = this.backlog
+      const next = backlog?.queue?.shift()
       if (next === undefined) {
-        this.queue = undefined
+        if (backlog !== undefined) {
+          backlog.queue = undefined
+          if (backlog.publishing === undefined) this.backlog = undefined
+        }
         return
       }
-      this.queuedBytes -= next.length
+      ;(backlog as Backlog).bytes -= next.length
       this.handle(next)
     }
   }
@@ -681,9 +708,12 @@ export class Connection implements Peer {
 
   private onClose (code: number, reason: Buffer): void {
     this.ctx.onClosed(this)
-    this.closed = true
-    this.queue = undefined
-    this.queuedBytes = 0
+    this.flags |= CLOSED
+    // Publishes in flight keep their entries: their replies still settle in order.
+    if (this.backlog !== undefined) {
+      this.backlog.queue = undefined
+      this.backlog.bytes = 0
+    }
     this.stopTimers()
     this.ctx.roomList.drop(this)
     this.log.info({ connectionId: this.id, userId: this.fullUser?.id, code, reason: reason.toString(), durationMs: clock() - this.openedAt }, 'fastify-rooms: disconnected')
@@ -720,6 +750,26 @@ export class Connection implements Peer {
     this.telling = done
     void done.then(() => { if (this.telling === done) this.telling = undefined })
   }
+}
+
+/** A connection's frames and publishes that wait for earlier ones (see Connection.backlog). */
+interface Backlog {
+  /** Frames waiting behind a slow hook or adapter call. */
+  queue: Buffer[] | undefined
+  /** Bytes of the frames in `queue`, and of the publishes in `publishing`. */
+  bytes: number
+  /**
+   * Publishes sent to the adapter whose replies are not written yet, in frame
+   * order (`ctx.pipelinePublishes`): each reply waits for those before it,
+   * and any other frame waits for them all (`afterPublishes`).
+   */
+  publishing: Pipelined[] | undefined
+  /** The frame waiting for `publishing` to empty, when one is. */
+  afterPublishes: (() => void) | undefined
+}
+
+function emptyBacklog (): Backlog {
+  return { queue: undefined, bytes: 0, publishing: undefined, afterPublishes: undefined }
 }
 
 /** A publish sent to the adapter ahead of its answer (see Connection.pipe). */
