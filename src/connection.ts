@@ -368,21 +368,38 @@ export class Connection implements Peer {
     return true
   }
 
-  /** One heartbeat round: terminate a peer that did not answer the last ping. */
-  heartbeat (): void {
+  /**
+   * One heartbeat round: ping a peer that answered, and return false for one
+   * that has not answered the last ping yet (see `missedHeartbeat`).
+   */
+  heartbeat (): boolean {
+    if (!this.heard()) return false
+    this.alive = false
+    if (this.socket.readyState === OPEN) this.socket.ping()
+    return true
+  }
+
+  /**
+   * The verdict on a peer the round found silent, given after the event loop
+   * has read what was waiting: a round that runs late because the process
+   * was busy runs before the loop reads the sockets, and the pong may be
+   * sitting there unread. Terminates the peer if it is still silent.
+   */
+  missedHeartbeat (): void {
+    if (this.heard() || this.closed) return
+    this.ctx.log.info({ connectionId: this.id }, 'fastify-rooms: terminating a connection that missed its heartbeat')
+    this.ctx.metrics?.heartbeatTimeout()
+    this.socket.terminate()
+  }
+
+  /** Whether the peer sent anything (a pong counts) since the last ping. */
+  private heard (): boolean {
     const read = bytesRead(this.socket)
     if (read !== undefined && read !== this.readAtRound) {
       this.readAtRound = read
       this.alive = true
     }
-    if (!this.alive) {
-      this.ctx.log.info({ connectionId: this.id }, 'fastify-rooms: terminating a connection that missed its heartbeat')
-      this.ctx.metrics?.heartbeatTimeout()
-      this.socket.terminate()
-      return
-    }
-    this.alive = false
-    if (this.socket.readyState === OPEN) this.socket.ping()
+    return this.alive
   }
 
   close (code: number, reason: string): void {

@@ -177,8 +177,22 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
   const state = { closing: false, connections: () => open.size }
   let sequence = 0
 
+  // Connections a round found silent, until their verdict: a round that runs before it leaves them alone.
+  const suspects = new Set<Connection>()
   const heartbeat = setInterval(() => {
-    for (const connection of open) connection.heartbeat()
+    const silent: Connection[] = []
+    for (const connection of open) if (!suspects.has(connection) && !connection.heartbeat()) silent.push(connection)
+    if (silent.length === 0) return
+    for (const connection of silent) suspects.add(connection)
+    // Two turns later, after two reads of the sockets: a pong that came while
+    // the process was busy (and a ping the busy process had not read yet, when
+    // the peer is in the same process) is counted before anyone is cut.
+    setImmediate(() => setImmediate(() => {
+      for (const connection of silent) {
+        suspects.delete(connection)
+        connection.missedHeartbeat()
+      }
+    }))
   }, options.heartbeatMs)
 
   // From the moment app.close() starts, Fastify's router answers every request

@@ -63,3 +63,29 @@ t.test('where the TCP socket counts no bytes read, pongs are listened for instea
   })
   t.equal((await app.rooms.get('r'))?.count, 1, 'the answering peer stays')
 })
+
+t.test('a busy process does not cut a peer whose pong is waiting unread: the verdict comes after the sockets are read', async (t) => {
+  const { wsUrl, app } = await startApp(t, { heartbeatMs: 50 })
+  const peer = await TestSocket.open(wsUrl)
+  t.teardown(() => peer.close())
+  await peer.join('r')
+  // Created after the app's heartbeat timer with the same period, so it runs right after each round, in
+  // the same turn: the ping is sent, the process is then busy for three periods, and the next round is
+  // due before the loop has read anything, as after a long GC pause or a slow synchronous handler.
+  let stalls = 0
+  const stall = setInterval(() => {
+    const until = Date.now() + 150
+    while (Date.now() < until) { /* busy */ }
+    stalls++
+  }, 50)
+  t.teardown(() => clearInterval(stall))
+  let pings = 0
+  await new Promise<void>((resolve, reject) => {
+    peer.ws.on('ping', () => { if (++pings === 6) resolve() })
+    void peer.closed.then(({ code }) => reject(new Error(`closed with ${code} after ${pings} pings and ${stalls} stalls`)))
+  })
+  clearInterval(stall)
+  t.ok(stalls >= 5, `${stalls} stalls`)
+  t.equal(peer.ws.readyState, peer.ws.OPEN)
+  t.equal((await app.rooms.get('r'))?.count, 1)
+})
