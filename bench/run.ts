@@ -132,14 +132,19 @@ const partitions = new Partitions(KEY_PREFIX, 64)
  * and `replica<i>CpuMs`, masters in slot order, replica i being master i's.
  * With `roomsOf`, also how many of the run's rooms each master serves.
  */
-async function redisProcesses (kind: Kind, roomsOf?: { prefix: string, rooms: number }): Promise<{ pids: Array<[string, number | undefined]>, rooms: Record<string, number> }> {
-  if (!clusterKinds.includes(kind)) return { pids: redisKinds.includes(kind) ? [['redisCpuMs', redisProcess?.pid]] : [], rooms: {} }
+async function redisProcesses (kind: Kind, roomsOf?: { prefix: string, rooms: number }): Promise<{ pids: Array<[string, number | undefined]>, rooms: Record<string, number>, clients: Map<string, Redis> }> {
+  if (!clusterKinds.includes(kind)) return { pids: redisKinds.includes(kind) ? [['redisCpuMs', redisProcess?.pid]] : [], rooms: {}, clients: new Map(redisKinds.includes(kind) && redis !== undefined ? [['redisCpuMs', redis]] : []) }
   const view = await cluster!.nodes()
   const masters = view.filter((n) => n.role === 'master').sort((a, b) => (a.slots[0]?.[0] ?? 0) - (b.slots[0]?.[0] ?? 0))
   const pids: Array<[string, number | undefined]> = []
+  const clients = new Map<string, Redis>()
   masters.forEach((m, i) => {
     pids.push([`master${i}CpuMs`, cluster!.pid(m.port)])
-    for (const r of view.filter((n) => n.masterOf === m.id)) pids.push([`replica${i}CpuMs`, cluster!.pid(r.port)])
+    clients.set(`master${i}CpuMs`, cluster!.node(m.port))
+    for (const r of view.filter((n) => n.masterOf === m.id)) {
+      pids.push([`replica${i}CpuMs`, cluster!.pid(r.port)])
+      clients.set(`replica${i}CpuMs`, cluster!.node(r.port))
+    }
   })
   const rooms: Record<string, number> = {}
   if (roomsOf !== undefined) {
@@ -150,8 +155,30 @@ async function redisProcesses (kind: Kind, roomsOf?: { prefix: string, rooms: nu
       rooms[`master${i}Rooms`]!++
     }
   }
-  return { pids, rooms }
+  return { pids, rooms, clients }
 }
+
+/** `--profile`: each redis-server's INFO commandstats and stats counters, to diff around a run. */
+async function redisCounters (clients: Map<string, Redis>): Promise<Record<string, Record<string, number>>> {
+  const out: Record<string, Record<string, number>> = {}
+  for (const [key, client] of clients) {
+    const text = await client.info('commandstats') + '\n' + await client.info('stats') + '\n' + await client.info('cpu')
+    const counters: Record<string, number> = {}
+    for (const line of text.split('\n')) {
+      const m = /^cmdstat_([^:]+):calls=(\d+),usec=(\d+)/.exec(line)
+      if (m !== null) {
+        counters[`${m[1]}.calls`] = Number(m[2])
+        counters[`${m[1]}.usec`] = Number(m[3])
+        continue
+      }
+      const kv = /^(total_net_input_bytes|total_net_output_bytes|total_net_repl_output_bytes|total_net_repl_input_bytes|total_reads_processed|total_writes_processed|total_commands_processed|io_threaded_reads_processed|used_cpu_sys|used_cpu_user|used_cpu_sys_main_thread|used_cpu_user_main_thread):([\d.]+)/.exec(line.trim())
+      if (kv !== null) counters[kv[1]!] = Number(kv[2])
+    }
+    out[key] = counters
+  }
+  return out
+}
+const profile = process.argv.includes('--profile')
 
 /** CPU time of each of a run's redis-server processes, by result key. */
 function redisCpu (pids: Array<[string, number | undefined]>): Record<string, number> {
@@ -195,12 +222,28 @@ async function runOnce (workload: Workload, kind: Kind): Promise<Outcome> {
       await converge(loadgens[0]!, workload.members)
       const redisOf = await redisProcesses(kind, { prefix, rooms: workload.rooms })
       const connected = await stats(servers)
+      const countersBefore = profile ? await redisCounters(redisOf.clients) : undefined
+      // perf record on each redis-server over the publishing, to /tmp/perf-<run>-<key>.data.
+      const perfs = profile ? redisOf.pids.map(([key, pid]) => spawn('perf', ['record', '-g', '-F', '999', '-p', String(pid), '-o', `/tmp/perf-${kind}-${key}.data`], { stdio: 'ignore' })) : []
       const redisBefore = redisCpu(redisOf.pids)
       const job: Omit<Fanout, 'cmd'> = workload.group === 'latency'
         ? { durationMs: workload.durationMs!, window: 1, payloadBytes: 64, rate: workload.rate, onlyRoom: 0 }
         : { durationMs: workload.durationMs!, window: workload.window!, payloadBytes: 64, messages: workload.messages }
       const go = await call<Record<string, number>>(loadgens[0]!, { cmd: 'fanout', sid, ...job })
       const redisAfter = redisCpu(redisOf.pids)
+      await Promise.all(perfs.map(async (p) => { p.kill('SIGINT'); await once(p, 'exit') }))
+      if (countersBefore !== undefined) {
+        const countersAfter = await redisCounters(redisOf.clients)
+        const diff: Record<string, Record<string, number>> = {}
+        for (const [key, after] of Object.entries(countersAfter)) {
+          diff[key] = {}
+          for (const [name, value] of Object.entries(after)) {
+            const d = value - (countersBefore[key]?.[name] ?? 0)
+            if (d !== 0) diff[key]![name] = Math.round(d * 1000) / 1000
+          }
+        }
+        writeFileSync(`/tmp/counters-${kind}.json`, JSON.stringify({ go, diff }, null, 1))
+      }
       const after = await stats(servers)
       // Every redis-server's CPU over the publishing (Redis is shared: in the smoke run, where servers run at once, it means nothing).
       const redisUsed: Record<string, number> = {}

@@ -562,6 +562,10 @@ export class RedisAdapter implements Adapter {
   private markerSeq = 0
   /** Online replicas of each master (`host:port`) lately, for the WAIT after a publish. */
   private readonly replicaCounts = new Map<string, { count: number, until: number }>()
+  /** ROLE asked of a master (`host:port`) and not answered yet. */
+  private readonly roles = new Map<string, Promise<number>>()
+  /** Publish calls answered by a master (`host:port`) this turn, for its next WAIT. */
+  private readonly waits = new Map<string, Array<{ resolve: () => void, reject: (err: Error) => void }>>()
 
   constructor (options: RedisAdapterOptions) {
     if (options.url === undefined && options.client === undefined && options.cluster === undefined) throw new TypeError('redisAdapter needs a url, a client or cluster nodes.')
@@ -728,15 +732,22 @@ export class RedisAdapter implements Adapter {
   private sendBatches (): void {
     this.flushScheduled = false
     if (this.batches.size === 0) return
-    // (A cluster client writes to several nodes: nothing to cork there.)
-    const stream = this.shards === undefined ? (this.redis as Redis).stream : undefined
-    const cork = this.cmd.ready && typeof stream?.cork === 'function'
-    if (cork) stream.cork()
+    // On a cluster, each master's connection: a shard reads the turn's calls in one read, not one per call.
+    const streams = this.cmd.ready ? this.streams() : []
+    for (const stream of streams) stream.cork()
     try {
       for (const room of [...this.batches.keys()]) this.sendBatch(room)
     } finally {
-      if (cork) stream.uncork()
+      for (const stream of streams) stream.uncork()
     }
+  }
+
+  /** The sockets of the command connection: one Redis's, or every master's of a cluster. */
+  private streams (): Array<{ cork: () => void, uncork: () => void }> {
+    const clients = this.shards === undefined ? [this.redis as Redis] : (this.redis as Cluster).nodes('master')
+    const out: Array<{ cork: () => void, uncork: () => void }> = []
+    for (const client of clients) if (typeof client.stream?.cork === 'function') out.push(client.stream)
+    return out
   }
 
   /** Send a room's publishes not sent yet, as one call that applies them in order and settles them together. */
@@ -774,17 +785,39 @@ export class RedisAdapter implements Adapter {
    * without this it could lack an acknowledged message. Short of that, the
    * publish answers UNAVAILABLE ("may or may not have been published") rather
    * than promise what a failover could take back.
+   *
+   * One WAIT per master per turn covers every call whose reply came in that
+   * turn: WAIT counts what the connection wrote before it, and each of those
+   * calls ran before the WAIT was sent on the same connection. A WAIT per call
+   * cost the master a command, a blocked client and a replica ack each.
    */
   private async replicated (base: string): Promise<void> {
     if (this.shards === undefined || this.waitReplicas === 0) return
-    const cluster = this.redis as unknown as Cluster
-    const owner = cluster.slots[this.partitions.slot(base)]?.[0]
-    const master = cluster.nodes('master').find((node) => `${node.options.host}:${node.options.port}` === owner)
+    const owner = (this.redis as unknown as Cluster).slots[this.partitions.slot(base)]?.[0]
+    if (owner === undefined) throw maybePublished()
+    let waiting = this.waits.get(owner)
+    if (waiting === undefined) {
+      const group: Array<{ resolve: () => void, reject: (err: Error) => void }> = []
+      waiting = group
+      this.waits.set(owner, group)
+      // After the replies that came in with this one: their calls go under the same WAIT.
+      setImmediate(() => {
+        this.waits.delete(owner)
+        this.waitFor(owner).then(() => { for (const w of group) w.resolve() }, (err: Error) => { for (const w of group) w.reject(err) })
+      })
+    }
+    const group = waiting
+    await new Promise<void>((resolve, reject) => group.push({ resolve, reject }))
+  }
+
+  /** One WAIT on a master's connection, for every call answered on it before. */
+  private async waitFor (owner: string): Promise<void> {
+    const master = (this.redis as unknown as Cluster).nodes('master').find((node) => `${node.options.host}:${node.options.port}` === owner)
     let wanted = this.waitReplicas
     let acked = 0
     try {
       if (master !== undefined) {
-        wanted = Math.min(wanted, await this.replicasOf(owner as string, master))
+        wanted = Math.min(wanted, await this.replicasOf(owner, master))
         if (wanted === 0) return
         acked = await master.wait(wanted, Math.min(1_000, this.commandTimeoutMs / 2))
       }
@@ -796,17 +829,24 @@ export class RedisAdapter implements Adapter {
    * How many replicas a master has online, as its ROLE said within the last
    * REPLICAS_FRESH_MS. Not ioredis' slot table: it lists the replicas of the
    * CLUSTER SLOTS answer it last read, which leaves out a replica that had
-   * no write yet, and one that came back after a failover.
+   * no write yet, and one that came back after a failover. Callers at once
+   * share one ROLE.
    */
   private async replicasOf (key: string, master: Redis): Promise<number> {
     const known = this.replicaCounts.get(key)
     if (known !== undefined && known.until > Date.now()) return known.count
-    const role = await master.call('ROLE') as [string, number, unknown[]]
-    // Demoted since the publish ran on it: what it holds cannot be confirmed.
-    if (role[0] !== 'master') throw new Error(`${key} is not a master any more`)
-    const count = role[2].length
-    this.replicaCounts.set(key, { count, until: Date.now() + REPLICAS_FRESH_MS })
-    return count
+    let asking = this.roles.get(key)
+    if (asking === undefined) {
+      asking = (master.call('ROLE') as Promise<[string, number, unknown[]]>).then((role) => {
+        // Demoted since the publish ran on it: what it holds cannot be confirmed.
+        if (role[0] !== 'master') throw new Error(`${key} is not a master any more`)
+        const count = role[2].length
+        this.replicaCounts.set(key, { count, until: Date.now() + REPLICAS_FRESH_MS })
+        return count
+      }).finally(() => this.roles.delete(key))
+      this.roles.set(key, asking)
+    }
+    return await asking
   }
 
   async join (room: string, connectionId: string, member: Member): Promise<JoinResult> {
