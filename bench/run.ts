@@ -37,6 +37,13 @@ const intervalOption = (SettingsSchema.properties as Record<string, { default?: 
 const presenceIntervalMs = Number(flag('presence-interval-ms') ?? intervalOption?.default ?? 50)
 /** To see what waiting for a replica costs: the same cluster runs with another `waitReplicas`. */
 const waitReplicas = flag('wait-replicas')
+/**
+ * `--redis-replica`: the one Redis gets a replica, and `rooms-redis` waits for
+ * it as the cluster does (its `waitReplicas` is the cluster's): the baseline
+ * that carries what a shard carries. Without it the one Redis has no replica
+ * and no WAIT, the cheapest one Redis.
+ */
+const redisReplica = process.argv.includes('--redis-replica')
 /** Clients per load generator that fills a storm's room: at most 20,000 files per process here, and a full room's presence traffic is spread over processes. */
 const CLIENTS_PER_LOADGEN = 5_000
 
@@ -69,7 +76,7 @@ interface Servers { kind: Kind, children: ChildProcess[], ports: number[] }
 
 async function startServers (kinds: Kind[], redisUrl: string): Promise<Map<Kind, Array<{ child: ChildProcess, port: number }>>> {
   const seeds = cluster?.seeds.map((s) => `${s.host}:${s.port}`).join(',') ?? ''
-  const child = node(['--expose-gc', '--import=tsx', 'bench/servers.ts', kinds.join(','), redisUrl, String(presenceIntervalMs), seeds, waitReplicas ?? ''])
+  const child = node(['--expose-gc', '--import=tsx', 'bench/servers.ts', kinds.join(','), redisUrl, String(presenceIntervalMs), seeds, waitReplicas ?? '', redisReplica ? waitReplicas ?? '1' : ''])
   const ports = await new Promise<Map<Kind, number>>((resolve, reject) => {
     let out = ''
     child.stdout!.on('data', (chunk: Buffer) => {
@@ -133,7 +140,16 @@ const partitions = new Partitions(KEY_PREFIX, 64)
  * With `roomsOf`, also how many of the run's rooms each master serves.
  */
 async function redisProcesses (kind: Kind, roomsOf?: { prefix: string, rooms: number }): Promise<{ pids: Array<[string, number | undefined]>, rooms: Record<string, number>, clients: Map<string, Redis> }> {
-  if (!clusterKinds.includes(kind)) return { pids: redisKinds.includes(kind) ? [['redisCpuMs', redisProcess?.pid]] : [], rooms: {}, clients: new Map(redisKinds.includes(kind) && redis !== undefined ? [['redisCpuMs', redis]] : []) }
+  if (!clusterKinds.includes(kind)) {
+    if (!redisKinds.includes(kind)) return { pids: [], rooms: {}, clients: new Map() }
+    const pids: Array<[string, number | undefined]> = [['redisCpuMs', redisProcess?.pid]]
+    const clients = new Map<string, Redis>(redis === undefined ? [] : [['redisCpuMs', redis]])
+    if (replicaProcess !== undefined) {
+      pids.push(['redisReplicaCpuMs', replicaProcess.pid])
+      if (replicaClient !== undefined) clients.set('redisReplicaCpuMs', replicaClient)
+    }
+    return { pids, rooms: {}, clients }
+  }
   const view = await cluster!.nodes()
   const masters = view.filter((n) => n.role === 'master').sort((a, b) => (a.slots[0]?.[0] ?? 0) - (b.slots[0]?.[0] ?? 0))
   const pids: Array<[string, number | undefined]> = []
@@ -224,7 +240,7 @@ async function runOnce (workload: Workload, kind: Kind): Promise<Outcome> {
       const connected = await stats(servers)
       const countersBefore = profile ? await redisCounters(redisOf.clients) : undefined
       // perf record on each redis-server over the publishing, to /tmp/perf-<run>-<key>.data.
-      const perfs = profile ? redisOf.pids.map(([key, pid]) => spawn('perf', ['record', '-g', '-F', '999', '-p', String(pid), '-o', `/tmp/perf-${kind}-${key}.data`], { stdio: 'ignore' })) : []
+      const perfs = profile ? redisOf.pids.map(([key, pid]) => spawn('perf', ['record', '-F', '4999', '--call-graph', 'dwarf,16384', '-p', String(pid), '-o', `/tmp/perf-${kind}-${key}.data`], { stdio: 'ignore' })) : []
       const redisBefore = redisCpu(redisOf.pids)
       const job: Omit<Fanout, 'cmd'> = workload.group === 'latency'
         ? { durationMs: workload.durationMs!, window: 1, payloadBytes: 64, rate: workload.rate, onlyRoom: 0 }
@@ -248,6 +264,7 @@ async function runOnce (workload: Workload, kind: Kind): Promise<Outcome> {
       // Every redis-server's CPU over the publishing (Redis is shared: in the smoke run, where servers run at once, it means nothing).
       const redisUsed: Record<string, number> = {}
       for (const key of Object.keys(redisBefore)) redisUsed[key] = redisAfter[key]! - redisBefore[key]!
+      if (profile) console.error(`bench: ${kind} redis-server CPU, ms: ${JSON.stringify(redisUsed)}`)
       if (redisOf.pids.length > 0) redisUsed.redisCpuAllMs = Object.values(redisUsed).reduce((a, b) => a + b, 0)
       for (const key of ['lost', 'duplicated', 'outOfOrder'] as const) if (go[key]! > 0) problems.push(`${go[key]} ${key === 'outOfOrder' ? 'out of order' : key}`)
       if (go.closed! > 0) problems.push(`the server closed ${go.closed} connections`)
@@ -329,6 +346,8 @@ const median = (values: number[]): number => {
 }
 
 let redisProcess: ChildProcess | undefined
+let replicaProcess: ChildProcess | undefined
+let replicaClient: Redis | undefined
 let cluster: RedisCluster | undefined
 const clusterTeardown: Array<() => unknown> = []
 let redis: Redis | undefined
@@ -363,6 +382,20 @@ try {
     })
     redisUrl = `redis://127.0.0.1:${port}`
     redis = new Redis(redisUrl)
+    if (redisReplica) {
+      const probe2 = createServer().listen(0, '127.0.0.1')
+      await once(probe2, 'listening')
+      const replicaPort = (probe2.address() as { port: number }).port
+      await new Promise((resolve) => probe2.close(resolve))
+      const replica = spawn(REDIS, ['--port', String(replicaPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--replicaof', '127.0.0.1', String(port)], { stdio: ['ignore', 'pipe', 'ignore'] })
+      replicaProcess = replica
+      await new Promise<void>((resolve, reject) => {
+        let out = ''
+        replica.stdout!.on('data', (chunk: Buffer) => { out += chunk.toString(); if (out.includes('MASTER <-> REPLICA sync: Finished')) resolve() })
+        replica.once('exit', (code) => reject(new Error(`the replica exited with ${code}: ${out}`)))
+      })
+      replicaClient = new Redis(`redis://127.0.0.1:${replicaPort}`)
+    }
   }
   if (smoke) {
     const local = all.filter((k) => !redisKinds.includes(k))
@@ -410,7 +443,9 @@ try {
   }
 } finally {
   redis?.disconnect()
+  replicaClient?.disconnect()
   redisProcess?.kill()
+  replicaProcess?.kill()
   sharedLoadgen?.kill()
   for (const s of pool.values()) for (const c of s.children) c.kill()
   for (const fn of clusterTeardown) await fn()
@@ -425,7 +460,7 @@ const text = report({
     ? `presenceIntervalMs: ${presenceIntervalMs} passed to fastify-rooms (its default: ${intervalOption.default ?? 'none'}); the coalescing ws baseline batches presence at the same interval`
     : `this build of fastify-rooms has no presenceIntervalMs option (one presence frame per join); the coalescing ws baseline batches presence every ${presenceIntervalMs} ms`,
   hasRedis,
-  waitReplicas: waitReplicas === undefined ? 'waitReplicas 1, the default' : `waitReplicas ${waitReplicas}`,
+  waitReplicas: (waitReplicas === undefined ? 'waitReplicas 1, the default' : `waitReplicas ${waitReplicas}`) + (redisReplica ? '; the one Redis has one replica and waits for it the same way (--redis-replica)' : '; the one Redis has no replica and no WAIT'),
   results,
   labels
 })

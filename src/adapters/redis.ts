@@ -46,7 +46,8 @@ export interface RedisAdapterOptions {
    * On a cluster, a publish is acknowledged once this many replicas of its
    * shard have it (default 1; at most the replicas the shard has), so that a
    * failover cannot lose an acknowledged message. 0 acknowledges on the
-   * master's word alone.
+   * master's word alone. On one Redis the default is 0; set it to wait for
+   * that Redis's replicas the same way.
    */
   waitReplicas?: number
 }
@@ -444,6 +445,9 @@ type Client = (Redis | Cluster) & {
  */
 const RESEND_WITHIN_MS = 2_000
 
+/** The key of one Redis (not a cluster) among the masters whose replicas are counted. */
+const ONE_REDIS = 'redis'
+
 /** How long a master's count of online replicas is used before ROLE is asked again. */
 const REPLICAS_FRESH_MS = 1_000
 
@@ -579,7 +583,7 @@ export class RedisAdapter implements Adapter {
     this.global = options.cluster === undefined ? this.prefix : `${this.prefix}{global}`
     this.leaseMs = options.leaseMs ?? 10_000
     this.commandTimeoutMs = options.commandTimeoutMs ?? 5_000
-    this.waitReplicas = options.waitReplicas ?? 1
+    this.waitReplicas = options.waitReplicas ?? (options.cluster === undefined ? 0 : 1)
   }
 
   async start (listener: AdapterListener, config: AdapterConfig): Promise<void> {
@@ -780,7 +784,7 @@ export class RedisAdapter implements Adapter {
   }
 
   /**
-   * On a cluster, wait until the shard's replicas (up to `waitReplicas`) have
+   * Wait until the shard's replicas (up to `waitReplicas`) have
    * what this connection wrote to it: a failover promotes a replica, and
    * without this it could lack an acknowledged message. Short of that, the
    * publish answers UNAVAILABLE ("may or may not have been published") rather
@@ -792,8 +796,8 @@ export class RedisAdapter implements Adapter {
    * cost the master a command, a blocked client and a replica ack each.
    */
   private async replicated (base: string): Promise<void> {
-    if (this.shards === undefined || this.waitReplicas === 0) return
-    const owner = (this.redis as unknown as Cluster).slots[this.partitions.slot(base)]?.[0]
+    if (this.waitReplicas === 0) return
+    const owner = this.shards === undefined ? ONE_REDIS : (this.redis as unknown as Cluster).slots[this.partitions.slot(base)]?.[0]
     if (owner === undefined) throw maybePublished()
     let waiting = this.waits.get(owner)
     if (waiting === undefined) {
@@ -812,7 +816,7 @@ export class RedisAdapter implements Adapter {
 
   /** One WAIT on a master's connection, for every call answered on it before. */
   private async waitFor (owner: string): Promise<void> {
-    const master = (this.redis as unknown as Cluster).nodes('master').find((node) => `${node.options.host}:${node.options.port}` === owner)
+    const master = this.shards === undefined ? this.redis as Redis : (this.redis as unknown as Cluster).nodes('master').find((node) => `${node.options.host}:${node.options.port}` === owner)
     let wanted = this.waitReplicas
     let acked = 0
     try {
