@@ -160,18 +160,9 @@ local function trim_oldest (hist, n, len)
   return freed
 end
 
--- Append a frame to a room's stream, then hold every bound: historySize per
--- room, historyTtlMs, maxHistoryRooms and maxHistoryBytes across rooms (the
--- least recently published rooms go first; a room alone loses its oldest).
--- us: the publish time in microseconds, the rooms' order of last publish.
-local function store (room, offset, frame, size, ttl, max_rooms, max_bytes, us)
-  local hist = p .. 'r:' .. room .. ':hist'
-  local len = redis.call('XLEN', hist)
-  if len == 0 then
-    -- A new stream, or the room's previous one expired: its bytes are no longer held.
-    local stale = tonumber(redis.call('HGET', history_bytes, room) or '0')
-    if stale ~= 0 then count_bytes(room, -stale) end
-  end
+-- Append a frame to a room's stream of len entries, keeping its last size;
+-- returns the new length and the bytes the stream grew by.
+local function append (hist, offset, frame, size, len)
   redis.call('XADD', hist, string.format('%d', offset) .. '-0', 'f', frame)
   len = len + 1
   local added = #frame
@@ -179,6 +170,17 @@ local function store (room, offset, frame, size, ttl, max_rooms, max_bytes, us)
     added = added - trim_oldest(hist, len - size, len)
     len = size
   end
+  return len, added
+end
+
+-- After a call's appends to a room's stream (now len entries, added bytes
+-- more), hold every bound: historyTtlMs, maxHistoryRooms and maxHistoryBytes
+-- across rooms (the least recently published rooms go first; a room alone
+-- loses its oldest). Once per call, not per message: the bookkeeping is a
+-- partition's, and every write here is one more command to run and to
+-- replicate. us: the call's time in microseconds, the rooms' order of last publish.
+local function bound (room, len, added, ttl, max_rooms, max_bytes, us)
+  local hist = p .. 'r:' .. room .. ':hist'
   local total = count_bytes(room, added)
   redis.call('PEXPIRE', hist, ttl)
   redis.call('ZADD', rooms_with_history, us, room)
@@ -259,14 +261,21 @@ if cmd == 'publish' then
   -- Publishes to one room, applied in order: node, lowest id of the node still in flight,
   -- sent before ('1'), room, historyTtlMs, maxHistoryRooms, maxHistoryBytes, new epoch, and
   -- the publishes in one string, each <id>|<historySize>|<from bytes>|<data bytes>|<from JSON or nothing><data JSON>.
-  -- Returns their offsets.
+  -- Returns their offsets. What is per room (the clock, the epoch, the stream's
+  -- length and bounds, the publish ids' record) is read and written once per call.
   local node, low, again, room, packed = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[11]
   local ttl, max_rooms, max_bytes = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
   local pubs = p .. 'n:' .. node .. ':pubs'
   local r = p .. 'r:' .. room .. ':'
+  local hist = r .. 'hist'
   local members = redis.call('EXISTS', r .. 'members') == 1
-  local offsets, out = {}, {}
+  local offsets, out, ids = {}, {}, {}
   local epoch, heard, unheard = nil, nil, false
+  -- The clock and the epoch, read at the call's first new publish.
+  local t, ts, us, known = nil, nil, nil, false
+  -- The stream's length (read at the first append), and the bytes the call added to it.
+  local len, added = nil, 0
+  local sweep = false
   local at = 1
   while at <= #packed do
     local a = string.find(packed, '|', at, true)
@@ -286,18 +295,34 @@ if cmd == 'publish' then
     end
     if not offset then
       -- Ids below the lowest in flight are settled: the node never sends them again (swept now and then).
-      if tonumber(id) % 64 == 0 then redis.call('ZREMRANGEBYSCORE', pubs, '-inf', '(' .. low) end
-      local t = redis.call('TIME')
-      epoch = redis.call('GET', r .. 'epoch')
+      if tonumber(id) % 64 == 0 then sweep = true end
+      if not known then
+        t = redis.call('TIME')
+        ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        us = string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+        epoch = redis.call('GET', r .. 'epoch')
+        known = true
+      end
       offset = 1
       -- With no member to deliver to and no history to keep, nothing is written.
       if epoch or members or size > 0 then
         if not epoch then epoch = new_epoch(room, ARGV[10]) end
         offset = redis.call('INCR', r .. 'seq')
         if from ~= '' then from = ',"from":' .. from end
-        local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
         local frame = '{"type":"message","room":"' .. room .. '","data":' .. data .. ',"offset":' .. string.format('%d', offset) .. ',"ts":' .. string.format('%d', ts) .. from .. '}'
-        if size > 0 then store(room, offset, frame, size, ttl, max_rooms, max_bytes, string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2]))) end
+        if size > 0 then
+          if not len then
+            len = redis.call('XLEN', hist)
+            if len == 0 then
+              -- A new stream, or the room's previous one expired: its bytes are no longer held.
+              local stale = tonumber(redis.call('HGET', history_bytes, room) or '0')
+              if stale ~= 0 then count_bytes(room, -stale) end
+            end
+          end
+          local grew
+          len, grew = append(hist, offset, frame, size, len)
+          added = added + grew
+        end
         if members then
           out[#out + 1] = string.format('%d', offset) .. '|' .. #frame .. '|' .. frame
           heard = epoch
@@ -305,10 +330,14 @@ if cmd == 'publish' then
           unheard = true
         end
       end
-      redis.call('ZADD', pubs, id, id .. ':' .. string.format('%d', offset))
+      ids[#ids + 1] = id
+      ids[#ids + 1] = id .. ':' .. string.format('%d', offset)
     end
     offsets[#offsets + 1] = offset
   end
+  if sweep then redis.call('ZREMRANGEBYSCORE', pubs, '-inf', '(' .. low) end
+  if #ids > 0 then redis.call('ZADD', pubs, unpack(ids)) end
+  if len then bound(room, len, added, ttl, max_rooms, max_bytes, us) end
   -- One message for the whole call: a node reads them together and writes them to each member at once.
   if heard then redis.call(PUB, p .. 'c:' .. room, 'b' .. heard .. '|' .. table.concat(out)) end
   if unheard then
