@@ -389,12 +389,15 @@ try {
       await new Promise((resolve) => probe2.close(resolve))
       const replica = spawn(REDIS, ['--port', String(replicaPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--replicaof', '127.0.0.1', String(port)], { stdio: ['ignore', 'pipe', 'ignore'] })
       replicaProcess = replica
-      await new Promise<void>((resolve, reject) => {
-        let out = ''
-        replica.stdout!.on('data', (chunk: Buffer) => { out += chunk.toString(); if (out.includes('MASTER <-> REPLICA sync: Finished')) resolve() })
-        replica.once('exit', (code) => reject(new Error(`the replica exited with ${code}: ${out}`)))
-      })
-      replicaClient = new Redis(`redis://127.0.0.1:${replicaPort}`)
+      replica.stdout!.resume()
+      replica.once('exit', (code) => { if (replicaProcess !== undefined) console.error(`bench: the one Redis's replica exited with ${code}`) })
+      replicaClient = new Redis(`redis://127.0.0.1:${replicaPort}`, { retryStrategy: () => 50 })
+      // Synchronised: the replica says its link to the master is up (polled: no event tells).
+      const deadline = Date.now() + 30_000
+      while (!/master_link_status:up/.test(await replicaClient.info('replication').catch(() => ''))) {
+        if (Date.now() > deadline) throw new Error('the one Redis\'s replica did not synchronise within 30 s')
+        await new Promise((resolve) => setTimeout(resolve, 50))
+      }
     }
   }
   if (smoke) {
@@ -445,7 +448,9 @@ try {
   redis?.disconnect()
   replicaClient?.disconnect()
   redisProcess?.kill()
-  replicaProcess?.kill()
+  const replicaGone = replicaProcess
+  replicaProcess = undefined
+  replicaGone?.kill()
   sharedLoadgen?.kill()
   for (const s of pool.values()) for (const c of s.children) c.kill()
   for (const fn of clusterTeardown) await fn()

@@ -259,9 +259,9 @@ end
 
 if cmd == 'publish' then
   -- Publishes to one room, applied in order: node, lowest id of the node still in flight,
-  -- sent before ('1'), room, historyTtlMs, maxHistoryRooms, maxHistoryBytes, new epoch, and
-  -- the publishes in one string, each <id>|<historySize>|<from bytes>|<data bytes>|<from JSON or nothing><data JSON>.
-  -- Returns their offsets. What is per room (the clock, the epoch, the stream's
+  -- sent before ('1'), room, historyTtlMs, maxHistoryRooms, maxHistoryBytes, new epoch,
+  -- the publishes in one string, each <id>|<historySize>|<from bytes>|<data bytes>|<from JSON or nothing><data JSON>,
+  -- and the first and last of their ids. Returns their offsets. What is per room (the clock, the epoch, the stream's
   -- length and bounds, the publish ids' record) is read and written once per call.
   local node, low, again, room, packed = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[11]
   local ttl, max_rooms, max_bytes = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
@@ -276,6 +276,14 @@ if cmd == 'publish' then
   -- The stream's length (read at the first append), and the bytes the call added to it.
   local len, added = nil, 0
   local sweep = false
+  -- Sent again after a cut connection: the offsets its publishes got the first time, never a second one.
+  local seen = {}
+  if again == '1' then
+    for _, entry in ipairs(redis.call('ZRANGEBYSCORE', pubs, ARGV[12], ARGV[13])) do
+      local cut = string.find(entry, ':', 1, true)
+      seen[string.sub(entry, 1, cut - 1)] = tonumber(string.sub(entry, cut + 1))
+    end
+  end
   local at = 1
   while at <= #packed do
     local a = string.find(packed, '|', at, true)
@@ -287,12 +295,7 @@ if cmd == 'publish' then
     local from = string.sub(packed, d + 1, from_end)
     at = from_end + tonumber(string.sub(packed, c + 1, d - 1)) + 1
     local data = string.sub(packed, from_end + 1, at - 1)
-    local offset
-    if again == '1' then
-      -- Sent again after a cut connection: the offset it got the first time, never a second one.
-      local seen = redis.call('ZRANGEBYSCORE', pubs, id, id)
-      if seen[1] then offset = tonumber(string.sub(seen[1], string.find(seen[1], ':', 1, true) + 1)) end
-    end
+    local offset = seen[id]
     if not offset then
       -- Ids below the lowest in flight are settled: the node never sends them again (swept now and then).
       if tonumber(id) % 64 == 0 then sweep = true end
@@ -488,6 +491,8 @@ const internal = (): RoomsError => new RoomsError('INTERNAL', 'The server failed
 interface Batch {
   /** Its first publish's id, the lowest of its ids (ids only grow). */
   firstId: number
+  /** Its last publish's id, the highest. */
+  lastId: number
   /** The publishes as the script reads them: `<id>|<historySize>|<from bytes>|<data bytes>|<from><data>` each. */
   packed: string
   /** Each publish's promise, settled with the call. */
@@ -742,7 +747,7 @@ export class RedisAdapter implements Adapter {
     const id = ++this.lastPublishId
     let batch = this.batches.get(room)
     if (batch === undefined) {
-      batch = { firstId: id, packed: '', resolves: [], rejects: [], bytes: 0, settled: false }
+      batch = { firstId: id, lastId: id, packed: '', resolves: [], rejects: [], bytes: 0, settled: false }
       this.batches.set(room, batch)
       this.unsettled.push(batch)
       if (!this.flushScheduled) {
@@ -751,6 +756,7 @@ export class RedisAdapter implements Adapter {
       }
     }
     const from = message.from ?? ''
+    batch.lastId = id
     batch.packed += `${id}|${historySize}|${Buffer.byteLength(from)}|${Buffer.byteLength(message.data)}|${from}${message.data}`
     batch.bytes += message.data.length + from.length
     return new Promise<number>((resolve, reject) => {
@@ -794,7 +800,7 @@ export class RedisAdapter implements Adapter {
       // On a cluster ioredis itself resends a call cut off by a master's death,
       // to the promoted replica, which may have it already: the script always checks.
       base, 'publish', nodeId, (this.unsettled[0] as Batch).firstId, again || this.shards !== undefined ? '1' : '0',
-      room, historyTtlMs, this.historyRooms, this.historyBytes, newEpoch(), batch.packed
+      room, historyTtlMs, this.historyRooms, this.historyBytes, newEpoch(), batch.packed, batch.firstId, batch.lastId
     ), true).then(async (offsets) => {
       await this.replicated(base)
       return offsets
