@@ -5,7 +5,12 @@
  * `--smoke` runs tiny sizes once with every server in one process (part of
  * npm test, so it cannot rot). `--only=a,b` picks workloads, `--kinds=a,b`
  * servers, `--reps=n` runs per server, `--presence-interval-ms=n` the interval,
- * `--wait-replicas=n` the cluster kind's `waitReplicas` (the adapter's default, 1, otherwise).
+ * `--wait-replicas=n` the cluster kind's `waitReplicas` (the adapter's default, 1, otherwise),
+ * `--redis-replica` gives the one Redis a replica and the same WAIT (the baseline
+ * that carries what a shard carries), `--profile` writes each redis-server's
+ * INFO commandstats/stats/cpu deltas to /tmp/counters-<kind>.json and a perf
+ * profile (`perf record --call-graph dwarf`) to /tmp/perf-<kind>-<key>.data
+ * for the shard workloads (perf adds CPU: read ratios from runs without it).
  * The Redis kinds run on one redis-server, `rooms-cluster` on a Redis Cluster
  * of 3 masters and 3 replicas the bench starts (test/helpers/cluster.ts); the
  * CPU time of every redis-server process is read from /proc around each run.
