@@ -25,10 +25,16 @@ async function waits (redis: Redis): Promise<number> {
 t.test('one Redis with a replica: waitReplicas', { skip: skipRedis }, async (t) => {
   const master = await startRedis(t)
   const port = await freePort()
-  const replica = spawn(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--replicaof', '127.0.0.1', String(master.port)], { stdio: 'ignore' })
+  const replica = spawn(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--replicaof', '127.0.0.1', String(master.port)], { stdio: ['ignore', 'pipe', 'ignore'] })
   t.teardown(async () => { if (replica.exitCode === null) { const gone = once(replica, 'exit'); replica.kill('SIGKILL'); await gone } })
+  // Connected to only once it listens.
+  await new Promise<void>((resolve, reject) => {
+    let out = ''
+    replica.stdout!.on('data', (chunk: Buffer) => { out += chunk.toString(); if (out.includes('Ready to accept connections')) resolve() })
+    replica.once('exit', (code) => reject(new Error(`the replica exited with ${code}: ${out}`)))
+  })
   const inspect = new Redis(master.url)
-  const replicaClient = new Redis(`redis://127.0.0.1:${port}`, { retryStrategy: () => 20 })
+  const replicaClient = new Redis(`redis://127.0.0.1:${port}`)
   t.teardown(() => { inspect.disconnect(); replicaClient.disconnect() })
   // The master lists the replica online once it synchronised: no event tells, so it is asked.
   await eventually(async () => await inspect.info('replication'), (info) => /slave0:.*state=online/.test(info), 'the replica is online')
