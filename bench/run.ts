@@ -19,7 +19,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { once } from 'node:events'
 import { createServer } from 'node:net'
-import { cpus, loadavg, totalmem } from 'node:os'
+import { cpus, loadavg, tmpdir, totalmem } from 'node:os'
 import { Redis } from 'ioredis'
 import { SettingsSchema } from '../src/options.js'
 import { Partitions } from '../src/adapters/partitions.js'
@@ -388,11 +388,13 @@ try {
     redisUrl = `redis://127.0.0.1:${port}`
     redis = new Redis(redisUrl)
     if (redisReplica) {
+      // Redis 7 waits 5 s for more replicas before a diskless full sync: there is only one.
+      await redis.call('CONFIG', 'SET', 'repl-diskless-sync-delay', '0')
       const probe2 = createServer().listen(0, '127.0.0.1')
       await once(probe2, 'listening')
       const replicaPort = (probe2.address() as { port: number }).port
       await new Promise((resolve) => probe2.close(resolve))
-      const replica = spawn(REDIS, ['--port', String(replicaPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--replicaof', '127.0.0.1', String(port)], { stdio: ['ignore', 'pipe', 'ignore'] })
+      const replica = spawn(REDIS, ['--port', String(replicaPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--replicaof', '127.0.0.1', String(port), '--dir', tmpdir()], { stdio: ['ignore', 'pipe', 'ignore'] })
       replicaProcess = replica
       replica.stdout!.resume()
       replica.once('exit', (code) => { if (replicaProcess !== undefined) console.error(`bench: the one Redis's replica exited with ${code}`) })

@@ -1,6 +1,7 @@
 import t from 'tap'
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
+import { tmpdir } from 'node:os'
 import type { Socket } from 'node:net'
 import WebSocket from 'ws'
 import { Redis } from 'ioredis'
@@ -24,8 +25,11 @@ async function waits (redis: Redis): Promise<number> {
 
 t.test('one Redis with a replica: waitReplicas', { skip: skipRedis }, async (t) => {
   const master = await startRedis(t)
+  const inspect = new Redis(master.url)
+  // Redis 7 waits 5 s for more replicas before a diskless full sync: there is only one.
+  await inspect.call('CONFIG', 'SET', 'repl-diskless-sync-delay', '0')
   const port = await freePort()
-  const replica = spawn(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--replicaof', '127.0.0.1', String(master.port)], { stdio: ['ignore', 'pipe', 'ignore'] })
+  const replica = spawn(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--replicaof', '127.0.0.1', String(master.port), '--dir', tmpdir()], { stdio: ['ignore', 'pipe', 'ignore'] })
   t.teardown(async () => { if (replica.exitCode === null) { const gone = once(replica, 'exit'); replica.kill('SIGKILL'); await gone } })
   // Connected to only once it listens.
   await new Promise<void>((resolve, reject) => {
@@ -33,7 +37,6 @@ t.test('one Redis with a replica: waitReplicas', { skip: skipRedis }, async (t) 
     replica.stdout!.on('data', (chunk: Buffer) => { out += chunk.toString(); if (out.includes('Ready to accept connections')) resolve() })
     replica.once('exit', (code) => reject(new Error(`the replica exited with ${code}: ${out}`)))
   })
-  const inspect = new Redis(master.url)
   const replicaClient = new Redis(`redis://127.0.0.1:${port}`)
   t.teardown(() => { inspect.disconnect(); replicaClient.disconnect() })
   // The master lists the replica online once it synchronised: no event tells, so it is asked.
