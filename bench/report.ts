@@ -227,7 +227,9 @@ function shardTables (merged: Merged, rooms: number, say: (line?: string) => voi
   say()
   say('| redis-server | rooms it serves | CPU during the run, ms | vs the one Redis | goal | |')
   say('|---|---:|---:|---:|---|---|')
-  say(`| one Redis (fastify-rooms on Redis, 2 instances) | ${fmt(rooms)} | ${fmt(one)} | 1.00x | | |`)
+  const withReplica = single.redisReplicaCpuMs !== undefined
+  say(`| one Redis (fastify-rooms on Redis, 2 instances${withReplica ? ', with a replica and WAIT' : ', no replica'}) | ${fmt(rooms)} | ${fmt(one)} | 1.00x | | |`)
+  if (withReplica) say(`| the one Redis's replica | | ${fmt(single.redisReplicaCpuMs)} | ${ratio(single.redisReplicaCpuMs! / one)} | (replication, no goal) | |`)
   let masters = 0
   let replicas = 0
   for (const i of shardsOf(sharded)) {

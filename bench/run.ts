@@ -10,7 +10,12 @@
  * compilation then falls outside the measurement: each Redis-backed instance
  * compiles the hot code on its own), `--cpu-prof=DIR` a V8 CPU profile of every
  * server process into DIR (written when the run stops it),
- * `--settle-ms=n` waits n ms after each memory reading's gc (see SETTLE_MS).
+ * `--settle-ms=n` waits n ms after each memory reading's gc (see SETTLE_MS),
+ * `--redis-replica` gives the one Redis a replica and the same WAIT (the baseline
+ * that carries what a shard carries), `--profile` writes each redis-server's
+ * INFO commandstats/stats/cpu deltas to /tmp/counters-<kind>.json and a perf
+ * profile (`perf record --call-graph dwarf`) to /tmp/perf-<kind>-<key>.data
+ * for the shard workloads (perf adds CPU: read ratios from runs without it).
  * The Redis kinds run on one redis-server, `rooms-cluster` on a Redis Cluster
  * of 3 masters and 3 replicas the bench starts (test/helpers/cluster.ts); the
  * CPU time of every redis-server process is read from /proc around each run.
@@ -19,7 +24,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { once } from 'node:events'
 import { createServer } from 'node:net'
-import { cpus, loadavg, totalmem } from 'node:os'
+import { cpus, loadavg, tmpdir, totalmem } from 'node:os'
 import { Redis } from 'ioredis'
 import { SettingsSchema } from '../src/options.js'
 import { Partitions } from '../src/adapters/partitions.js'
@@ -44,6 +49,13 @@ const presenceIntervalMs = Number(flag('presence-interval-ms') ?? intervalOption
 const waitReplicas = flag('wait-replicas')
 const warmupMs = Number(flag('warmup-ms') ?? 0)
 const cpuProf = flag('cpu-prof')
+/**
+ * `--redis-replica`: the one Redis gets a replica, and `rooms-redis` waits for
+ * it as the cluster does (its `waitReplicas` is the cluster's): the baseline
+ * that carries what a shard carries. Without it the one Redis has no replica
+ * and no WAIT, the cheapest one Redis.
+ */
+const redisReplica = process.argv.includes('--redis-replica')
 /** Clients per load generator that fills a storm's room: at most 20,000 files per process here, and a full room's presence traffic is spread over processes. */
 const CLIENTS_PER_LOADGEN = 5_000
 /**
@@ -84,7 +96,7 @@ interface Servers { kind: Kind, children: ChildProcess[], ports: number[] }
 
 async function startServers (kinds: Kind[], redisUrl: string): Promise<Map<Kind, Array<{ child: ChildProcess, port: number }>>> {
   const seeds = cluster?.seeds.map((s) => `${s.host}:${s.port}`).join(',') ?? ''
-  const child = node([...(cpuProf === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${cpuProf}`]), '--expose-gc', '--import=tsx', 'bench/servers.ts', kinds.join(','), redisUrl, String(presenceIntervalMs), seeds, waitReplicas ?? ''])
+  const child = node([...(cpuProf === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${cpuProf}`]), '--expose-gc', '--import=tsx', 'bench/servers.ts', kinds.join(','), redisUrl, String(presenceIntervalMs), seeds, waitReplicas ?? '', redisReplica ? waitReplicas ?? '1' : ''])
   const ports = await new Promise<Map<Kind, number>>((resolve, reject) => {
     let out = ''
     child.stdout!.on('data', (chunk: Buffer) => {
@@ -171,14 +183,28 @@ const partitions = new Partitions(KEY_PREFIX, 64)
  * and `replica<i>CpuMs`, masters in slot order, replica i being master i's.
  * With `roomsOf`, also how many of the run's rooms each master serves.
  */
-async function redisProcesses (kind: Kind, roomsOf?: { prefix: string, rooms: number }): Promise<{ pids: Array<[string, number | undefined]>, rooms: Record<string, number> }> {
-  if (!clusterKinds.includes(kind)) return { pids: redisKinds.includes(kind) ? [['redisCpuMs', redisProcess?.pid]] : [], rooms: {} }
+async function redisProcesses (kind: Kind, roomsOf?: { prefix: string, rooms: number }): Promise<{ pids: Array<[string, number | undefined]>, rooms: Record<string, number>, clients: Map<string, Redis> }> {
+  if (!clusterKinds.includes(kind)) {
+    if (!redisKinds.includes(kind)) return { pids: [], rooms: {}, clients: new Map() }
+    const pids: Array<[string, number | undefined]> = [['redisCpuMs', redisProcess?.pid]]
+    const clients = new Map<string, Redis>(redis === undefined ? [] : [['redisCpuMs', redis]])
+    if (replicaProcess !== undefined) {
+      pids.push(['redisReplicaCpuMs', replicaProcess.pid])
+      if (replicaClient !== undefined) clients.set('redisReplicaCpuMs', replicaClient)
+    }
+    return { pids, rooms: {}, clients }
+  }
   const view = await cluster!.nodes()
   const masters = view.filter((n) => n.role === 'master').sort((a, b) => (a.slots[0]?.[0] ?? 0) - (b.slots[0]?.[0] ?? 0))
   const pids: Array<[string, number | undefined]> = []
+  const clients = new Map<string, Redis>()
   masters.forEach((m, i) => {
     pids.push([`master${i}CpuMs`, cluster!.pid(m.port)])
-    for (const r of view.filter((n) => n.masterOf === m.id)) pids.push([`replica${i}CpuMs`, cluster!.pid(r.port)])
+    clients.set(`master${i}CpuMs`, cluster!.node(m.port))
+    for (const r of view.filter((n) => n.masterOf === m.id)) {
+      pids.push([`replica${i}CpuMs`, cluster!.pid(r.port)])
+      clients.set(`replica${i}CpuMs`, cluster!.node(r.port))
+    }
   })
   const rooms: Record<string, number> = {}
   if (roomsOf !== undefined) {
@@ -189,8 +215,30 @@ async function redisProcesses (kind: Kind, roomsOf?: { prefix: string, rooms: nu
       rooms[`master${i}Rooms`]!++
     }
   }
-  return { pids, rooms }
+  return { pids, rooms, clients }
 }
+
+/** `--profile`: each redis-server's INFO commandstats and stats counters, to diff around a run. */
+async function redisCounters (clients: Map<string, Redis>): Promise<Record<string, Record<string, number>>> {
+  const out: Record<string, Record<string, number>> = {}
+  for (const [key, client] of clients) {
+    const text = await client.info('commandstats') + '\n' + await client.info('stats') + '\n' + await client.info('cpu')
+    const counters: Record<string, number> = {}
+    for (const line of text.split('\n')) {
+      const m = /^cmdstat_([^:]+):calls=(\d+),usec=(\d+)/.exec(line)
+      if (m !== null) {
+        counters[`${m[1]}.calls`] = Number(m[2])
+        counters[`${m[1]}.usec`] = Number(m[3])
+        continue
+      }
+      const kv = /^(total_net_input_bytes|total_net_output_bytes|total_net_repl_output_bytes|total_net_repl_input_bytes|total_reads_processed|total_writes_processed|total_commands_processed|io_threaded_reads_processed|used_cpu_sys|used_cpu_user|used_cpu_sys_main_thread|used_cpu_user_main_thread):([\d.]+)/.exec(line.trim())
+      if (kv !== null) counters[kv[1]!] = Number(kv[2])
+    }
+    out[key] = counters
+  }
+  return out
+}
+const profile = process.argv.includes('--profile')
 
 /** CPU time of each of a run's redis-server processes, by result key. */
 function redisCpu (pids: Array<[string, number | undefined]>): Record<string, number> {
@@ -239,15 +287,32 @@ async function runOnce (workload: Workload, kind: Kind): Promise<Outcome> {
       if (warmupMs > 0 && workload.group === 'fanout') await call(loadgens[0]!, { cmd: 'fanout', sid, ...job, durationMs: warmupMs })
       const connected = await stats(servers)
       const threadsBefore = threadCpu(servers)
+      const countersBefore = profile ? await redisCounters(redisOf.clients) : undefined
+      // perf record on each redis-server over the publishing, to /tmp/perf-<run>-<key>.data.
+      const perfs = profile ? redisOf.pids.map(([key, pid]) => spawn('perf', ['record', '-F', '4999', '--call-graph', 'dwarf,16384', '-p', String(pid), '-o', `/tmp/perf-${kind}-${key}.data`], { stdio: 'ignore' })) : []
       const redisBefore = redisCpu(redisOf.pids)
       const go = await call<Record<string, number>>(loadgens[0]!, { cmd: 'fanout', sid, ...job })
       const redisAfter = redisCpu(redisOf.pids)
+      await Promise.all(perfs.map(async (p) => { p.kill('SIGINT'); await once(p, 'exit') }))
+      if (countersBefore !== undefined) {
+        const countersAfter = await redisCounters(redisOf.clients)
+        const diff: Record<string, Record<string, number>> = {}
+        for (const [key, after] of Object.entries(countersAfter)) {
+          diff[key] = {}
+          for (const [name, value] of Object.entries(after)) {
+            const d = value - (countersBefore[key]?.[name] ?? 0)
+            if (d !== 0) diff[key]![name] = Math.round(d * 1000) / 1000
+          }
+        }
+        writeFileSync(`/tmp/counters-${kind}.json`, JSON.stringify({ go, diff }, null, 1))
+      }
       const after = await stats(servers)
       const threadsAfter = threadCpu(servers)
       console.error(`bench: ${workload.name} ${kind}: server CPU ${(threadsAfter.main - threadsBefore.main).toFixed(0)} ms on main threads, ${(threadsAfter.other - threadsBefore.other).toFixed(0)} ms on other threads (V8's compiler and GC helpers)`)
       // Every redis-server's CPU over the publishing (Redis is shared: in the smoke run, where servers run at once, it means nothing).
       const redisUsed: Record<string, number> = {}
       for (const key of Object.keys(redisBefore)) redisUsed[key] = redisAfter[key]! - redisBefore[key]!
+      if (profile) console.error(`bench: ${kind} redis-server CPU, ms: ${JSON.stringify(redisUsed)}`)
       if (redisOf.pids.length > 0) redisUsed.redisCpuAllMs = Object.values(redisUsed).reduce((a, b) => a + b, 0)
       for (const key of ['lost', 'duplicated', 'outOfOrder'] as const) if (go[key]! > 0) problems.push(`${go[key]} ${key === 'outOfOrder' ? 'out of order' : key}`)
       if (go.closed! > 0) problems.push(`the server closed ${go.closed} connections`)
@@ -363,6 +428,8 @@ const median = (values: number[]): number => {
 }
 
 let redisProcess: ChildProcess | undefined
+let replicaProcess: ChildProcess | undefined
+let replicaClient: Redis | undefined
 let cluster: RedisCluster | undefined
 const clusterTeardown: Array<() => unknown> = []
 let redis: Redis | undefined
@@ -397,6 +464,25 @@ try {
     })
     redisUrl = `redis://127.0.0.1:${port}`
     redis = new Redis(redisUrl)
+    if (redisReplica) {
+      // Redis 7 waits 5 s for more replicas before a diskless full sync: there is only one.
+      await redis.call('CONFIG', 'SET', 'repl-diskless-sync-delay', '0')
+      const probe2 = createServer().listen(0, '127.0.0.1')
+      await once(probe2, 'listening')
+      const replicaPort = (probe2.address() as { port: number }).port
+      await new Promise((resolve) => probe2.close(resolve))
+      const replica = spawn(REDIS, ['--port', String(replicaPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--replicaof', '127.0.0.1', String(port), '--dir', tmpdir()], { stdio: ['ignore', 'pipe', 'ignore'] })
+      replicaProcess = replica
+      replica.stdout!.resume()
+      replica.once('exit', (code) => { if (replicaProcess !== undefined) console.error(`bench: the one Redis's replica exited with ${code}`) })
+      replicaClient = new Redis(`redis://127.0.0.1:${replicaPort}`, { retryStrategy: () => 50 })
+      // Synchronised: the replica says its link to the master is up (polled: no event tells).
+      const deadline = Date.now() + 30_000
+      while (!/master_link_status:up/.test(await replicaClient.info('replication').catch(() => ''))) {
+        if (Date.now() > deadline) throw new Error('the one Redis\'s replica did not synchronise within 30 s')
+        await new Promise((resolve) => setTimeout(resolve, 50))
+      }
+    }
   }
   if (smoke) {
     const local = all.filter((k) => !redisKinds.includes(k))
@@ -451,7 +537,11 @@ try {
   }
 } finally {
   redis?.disconnect()
+  replicaClient?.disconnect()
   redisProcess?.kill()
+  const replicaGone = replicaProcess
+  replicaProcess = undefined
+  replicaGone?.kill()
   sharedLoadgen?.kill()
   for (const s of pool.values()) for (const c of s.children) c.kill()
   for (const fn of clusterTeardown) await fn()
@@ -466,7 +556,7 @@ const text = report({
     ? `presenceIntervalMs: ${presenceIntervalMs} passed to fastify-rooms (its default: ${intervalOption.default ?? 'none'}); the coalescing ws baseline batches presence at the same interval`
     : `this build of fastify-rooms has no presenceIntervalMs option (one presence frame per join); the coalescing ws baseline batches presence every ${presenceIntervalMs} ms`,
   hasRedis,
-  waitReplicas: waitReplicas === undefined ? 'waitReplicas 1, the default' : `waitReplicas ${waitReplicas}`,
+  waitReplicas: (waitReplicas === undefined ? 'waitReplicas 1, the default' : `waitReplicas ${waitReplicas}`) + (redisReplica ? '; the one Redis has one replica and waits for it the same way (--redis-replica)' : '; the one Redis has no replica and no WAIT'),
   warmupMs,
   results,
   labels

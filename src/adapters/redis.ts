@@ -46,7 +46,8 @@ export interface RedisAdapterOptions {
    * On a cluster, a publish is acknowledged once this many replicas of its
    * shard have it (default 1; at most the replicas the shard has), so that a
    * failover cannot lose an acknowledged message. 0 acknowledges on the
-   * master's word alone.
+   * master's word alone. On one Redis the default is 0; set it to wait for
+   * that Redis's replicas the same way.
    */
   waitReplicas?: number
 }
@@ -159,18 +160,9 @@ local function trim_oldest (hist, n, len)
   return freed
 end
 
--- Append a frame to a room's stream, then hold every bound: historySize per
--- room, historyTtlMs, maxHistoryRooms and maxHistoryBytes across rooms (the
--- least recently published rooms go first; a room alone loses its oldest).
--- us: the publish time in microseconds, the rooms' order of last publish.
-local function store (room, offset, frame, size, ttl, max_rooms, max_bytes, us)
-  local hist = p .. 'r:' .. room .. ':hist'
-  local len = redis.call('XLEN', hist)
-  if len == 0 then
-    -- A new stream, or the room's previous one expired: its bytes are no longer held.
-    local stale = tonumber(redis.call('HGET', history_bytes, room) or '0')
-    if stale ~= 0 then count_bytes(room, -stale) end
-  end
+-- Append a frame to a room's stream of len entries, keeping its last size;
+-- returns the new length and the bytes the stream grew by.
+local function append (hist, offset, frame, size, len)
   redis.call('XADD', hist, string.format('%d', offset) .. '-0', 'f', frame)
   len = len + 1
   local added = #frame
@@ -178,6 +170,17 @@ local function store (room, offset, frame, size, ttl, max_rooms, max_bytes, us)
     added = added - trim_oldest(hist, len - size, len)
     len = size
   end
+  return len, added
+end
+
+-- After a call's appends to a room's stream (now len entries, added bytes
+-- more), hold every bound: historyTtlMs, maxHistoryRooms and maxHistoryBytes
+-- across rooms (the least recently published rooms go first; a room alone
+-- loses its oldest). Once per call, not per message: the bookkeeping is a
+-- partition's, and every write here is one more command to run and to
+-- replicate. us: the call's time in microseconds, the rooms' order of last publish.
+local function bound (room, len, added, ttl, max_rooms, max_bytes, us)
+  local hist = p .. 'r:' .. room .. ':hist'
   local total = count_bytes(room, added)
   redis.call('PEXPIRE', hist, ttl)
   redis.call('ZADD', rooms_with_history, us, room)
@@ -256,16 +259,31 @@ end
 
 if cmd == 'publish' then
   -- Publishes to one room, applied in order: node, lowest id of the node still in flight,
-  -- sent before ('1'), room, historyTtlMs, maxHistoryRooms, maxHistoryBytes, new epoch, and
-  -- the publishes in one string, each <id>|<historySize>|<from bytes>|<data bytes>|<from JSON or nothing><data JSON>.
-  -- Returns their offsets.
+  -- sent before ('1'), room, historyTtlMs, maxHistoryRooms, maxHistoryBytes, new epoch,
+  -- the publishes in one string, each <id>|<historySize>|<from bytes>|<data bytes>|<from JSON or nothing><data JSON>,
+  -- and the first and last of their ids. Returns their offsets. What is per room (the clock, the epoch, the stream's
+  -- length and bounds, the publish ids' record) is read and written once per call.
   local node, low, again, room, packed = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[11]
   local ttl, max_rooms, max_bytes = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
   local pubs = p .. 'n:' .. node .. ':pubs'
   local r = p .. 'r:' .. room .. ':'
+  local hist = r .. 'hist'
   local members = redis.call('EXISTS', r .. 'members') == 1
-  local offsets, out = {}, {}
+  local offsets, out, ids = {}, {}, {}
   local epoch, heard, unheard = nil, nil, false
+  -- The clock and the epoch, read at the call's first new publish.
+  local t, ts, us, known = nil, nil, nil, false
+  -- The stream's length (read at the first append), and the bytes the call added to it.
+  local len, added = nil, 0
+  local sweep = false
+  -- Sent again after a cut connection: the offsets its publishes got the first time, never a second one.
+  local seen = {}
+  if again == '1' then
+    for _, entry in ipairs(redis.call('ZRANGEBYSCORE', pubs, ARGV[12], ARGV[13])) do
+      local cut = string.find(entry, ':', 1, true)
+      seen[string.sub(entry, 1, cut - 1)] = tonumber(string.sub(entry, cut + 1))
+    end
+  end
   local at = 1
   while at <= #packed do
     local a = string.find(packed, '|', at, true)
@@ -277,26 +295,37 @@ if cmd == 'publish' then
     local from = string.sub(packed, d + 1, from_end)
     at = from_end + tonumber(string.sub(packed, c + 1, d - 1)) + 1
     local data = string.sub(packed, from_end + 1, at - 1)
-    local offset
-    if again == '1' then
-      -- Sent again after a cut connection: the offset it got the first time, never a second one.
-      local seen = redis.call('ZRANGEBYSCORE', pubs, id, id)
-      if seen[1] then offset = tonumber(string.sub(seen[1], string.find(seen[1], ':', 1, true) + 1)) end
-    end
+    local offset = seen[id]
     if not offset then
       -- Ids below the lowest in flight are settled: the node never sends them again (swept now and then).
-      if tonumber(id) % 64 == 0 then redis.call('ZREMRANGEBYSCORE', pubs, '-inf', '(' .. low) end
-      local t = redis.call('TIME')
-      epoch = redis.call('GET', r .. 'epoch')
+      if tonumber(id) % 64 == 0 then sweep = true end
+      if not known then
+        t = redis.call('TIME')
+        ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        us = string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+        epoch = redis.call('GET', r .. 'epoch')
+        known = true
+      end
       offset = 1
       -- With no member to deliver to and no history to keep, nothing is written.
       if epoch or members or size > 0 then
         if not epoch then epoch = new_epoch(room, ARGV[10]) end
         offset = redis.call('INCR', r .. 'seq')
         if from ~= '' then from = ',"from":' .. from end
-        local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
         local frame = '{"type":"message","room":"' .. room .. '","data":' .. data .. ',"offset":' .. string.format('%d', offset) .. ',"ts":' .. string.format('%d', ts) .. from .. '}'
-        if size > 0 then store(room, offset, frame, size, ttl, max_rooms, max_bytes, string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2]))) end
+        if size > 0 then
+          if not len then
+            len = redis.call('XLEN', hist)
+            if len == 0 then
+              -- A new stream, or the room's previous one expired: its bytes are no longer held.
+              local stale = tonumber(redis.call('HGET', history_bytes, room) or '0')
+              if stale ~= 0 then count_bytes(room, -stale) end
+            end
+          end
+          local grew
+          len, grew = append(hist, offset, frame, size, len)
+          added = added + grew
+        end
         if members then
           out[#out + 1] = string.format('%d', offset) .. '|' .. #frame .. '|' .. frame
           heard = epoch
@@ -304,10 +333,14 @@ if cmd == 'publish' then
           unheard = true
         end
       end
-      redis.call('ZADD', pubs, id, id .. ':' .. string.format('%d', offset))
+      ids[#ids + 1] = id
+      ids[#ids + 1] = id .. ':' .. string.format('%d', offset)
     end
     offsets[#offsets + 1] = offset
   end
+  if sweep then redis.call('ZREMRANGEBYSCORE', pubs, '-inf', '(' .. low) end
+  if #ids > 0 then redis.call('ZADD', pubs, unpack(ids)) end
+  if len then bound(room, len, added, ttl, max_rooms, max_bytes, us) end
   -- One message for the whole call: a node reads them together and writes them to each member at once.
   if heard then redis.call(PUB, p .. 'c:' .. room, 'b' .. heard .. '|' .. table.concat(out)) end
   if unheard then
@@ -444,6 +477,9 @@ type Client = (Redis | Cluster) & {
  */
 const RESEND_WITHIN_MS = 2_000
 
+/** The key of one Redis (not a cluster) among the masters whose replicas are counted. */
+const ONE_REDIS = 'redis'
+
 /** How long a master's count of online replicas is used before ROLE is asked again. */
 const REPLICAS_FRESH_MS = 1_000
 
@@ -455,6 +491,8 @@ const internal = (): RoomsError => new RoomsError('INTERNAL', 'The server failed
 interface Batch {
   /** Its first publish's id, the lowest of its ids (ids only grow). */
   firstId: number
+  /** Its last publish's id, the highest. */
+  lastId: number
   /** The publishes as the script reads them: `<id>|<historySize>|<from bytes>|<data bytes>|<from><data>` each. */
   packed: string
   /** Each publish's promise, settled with the call. */
@@ -562,6 +600,10 @@ export class RedisAdapter implements Adapter {
   private markerSeq = 0
   /** Online replicas of each master (`host:port`) lately, for the WAIT after a publish. */
   private readonly replicaCounts = new Map<string, { count: number, until: number }>()
+  /** ROLE asked of a master (`host:port`) and not answered yet. */
+  private readonly roles = new Map<string, Promise<number>>()
+  /** Publish calls answered by a master (`host:port`) this turn, for its next WAIT. */
+  private readonly waits = new Map<string, Array<{ resolve: () => void, reject: (err: Error) => void }>>()
 
   constructor (options: RedisAdapterOptions) {
     if (options.url === undefined && options.client === undefined && options.cluster === undefined) throw new TypeError('redisAdapter needs a url, a client or cluster nodes.')
@@ -575,7 +617,7 @@ export class RedisAdapter implements Adapter {
     this.global = options.cluster === undefined ? this.prefix : `${this.prefix}{global}`
     this.leaseMs = options.leaseMs ?? 10_000
     this.commandTimeoutMs = options.commandTimeoutMs ?? 5_000
-    this.waitReplicas = options.waitReplicas ?? 1
+    this.waitReplicas = options.waitReplicas ?? (options.cluster === undefined ? 0 : 1)
   }
 
   async start (listener: AdapterListener, config: AdapterConfig): Promise<void> {
@@ -705,7 +747,7 @@ export class RedisAdapter implements Adapter {
     const id = ++this.lastPublishId
     let batch = this.batches.get(room)
     if (batch === undefined) {
-      batch = { firstId: id, packed: '', resolves: [], rejects: [], bytes: 0, settled: false }
+      batch = { firstId: id, lastId: id, packed: '', resolves: [], rejects: [], bytes: 0, settled: false }
       this.batches.set(room, batch)
       this.unsettled.push(batch)
       if (!this.flushScheduled) {
@@ -714,6 +756,7 @@ export class RedisAdapter implements Adapter {
       }
     }
     const from = message.from ?? ''
+    batch.lastId = id
     batch.packed += `${id}|${historySize}|${Buffer.byteLength(from)}|${Buffer.byteLength(message.data)}|${from}${message.data}`
     batch.bytes += message.data.length + from.length
     return new Promise<number>((resolve, reject) => {
@@ -728,15 +771,22 @@ export class RedisAdapter implements Adapter {
   private sendBatches (): void {
     this.flushScheduled = false
     if (this.batches.size === 0) return
-    // (A cluster client writes to several nodes: nothing to cork there.)
-    const stream = this.shards === undefined ? (this.redis as Redis).stream : undefined
-    const cork = this.cmd.ready && typeof stream?.cork === 'function'
-    if (cork) stream.cork()
+    // On a cluster, each master's connection: a shard reads the turn's calls in one read, not one per call.
+    const streams = this.cmd.ready ? this.streams() : []
+    for (const stream of streams) stream.cork()
     try {
       for (const room of [...this.batches.keys()]) this.sendBatch(room)
     } finally {
-      if (cork) stream.uncork()
+      for (const stream of streams) stream.uncork()
     }
+  }
+
+  /** The sockets of the command connection: one Redis's, or every master's of a cluster. */
+  private streams (): Array<{ cork: () => void, uncork: () => void }> {
+    const clients = this.shards === undefined ? [this.redis as Redis] : (this.redis as Cluster).nodes('master')
+    const out: Array<{ cork: () => void, uncork: () => void }> = []
+    for (const client of clients) if (typeof client.stream?.cork === 'function') out.push(client.stream)
+    return out
   }
 
   /** Send a room's publishes not sent yet, as one call that applies them in order and settles them together. */
@@ -751,10 +801,10 @@ export class RedisAdapter implements Adapter {
       // On a cluster ioredis itself resends a call cut off by a master's death,
       // to the promoted replica, which may have it already: the script always checks.
       base, 'publish', nodeId, (this.unsettled[0] as Batch).firstId, again || this.shards !== undefined ? '1' : '0',
-      room, historyTtlMs, this.historyRooms, this.historyBytes, newEpoch(), batch.packed
+      room, historyTtlMs, this.historyRooms, this.historyBytes, newEpoch(), batch.packed, batch.firstId, batch.lastId
     )
     const called = this.cmd.call('publish', issue, true)
-    const answered = this.shards === undefined || this.waitReplicas === 0
+    const answered = this.waitReplicas === 0
       ? called
       : called.then(async (offsets) => {
         await this.replicated(base)
@@ -775,22 +825,44 @@ export class RedisAdapter implements Adapter {
   }
 
   /**
-   * On a cluster, wait until the shard's replicas (up to `waitReplicas`) have
+   * Wait until the shard's replicas (up to `waitReplicas`) have
    * what this connection wrote to it: a failover promotes a replica, and
    * without this it could lack an acknowledged message. Short of that, the
    * publish answers UNAVAILABLE ("may or may not have been published") rather
    * than promise what a failover could take back.
+   *
+   * One WAIT per master per turn covers every call whose reply came in that
+   * turn: WAIT counts what the connection wrote before it, and each of those
+   * calls ran before the WAIT was sent on the same connection. A WAIT per call
+   * cost the master a command, a blocked client and a replica ack each.
    */
   private async replicated (base: string): Promise<void> {
-    if (this.shards === undefined || this.waitReplicas === 0) return
-    const cluster = this.redis as unknown as Cluster
-    const owner = cluster.slots[this.partitions.slot(base)]?.[0]
-    const master = cluster.nodes('master').find((node) => `${node.options.host}:${node.options.port}` === owner)
+    if (this.waitReplicas === 0) return
+    const owner = this.shards === undefined ? ONE_REDIS : (this.redis as unknown as Cluster).slots[this.partitions.slot(base)]?.[0]
+    if (owner === undefined) throw maybePublished()
+    let waiting = this.waits.get(owner)
+    if (waiting === undefined) {
+      const group: Array<{ resolve: () => void, reject: (err: Error) => void }> = []
+      waiting = group
+      this.waits.set(owner, group)
+      // After the replies that came in with this one: their calls go under the same WAIT.
+      setImmediate(() => {
+        this.waits.delete(owner)
+        this.waitFor(owner).then(() => { for (const w of group) w.resolve() }, (err: Error) => { for (const w of group) w.reject(err) })
+      })
+    }
+    const group = waiting
+    await new Promise<void>((resolve, reject) => group.push({ resolve, reject }))
+  }
+
+  /** One WAIT on a master's connection, for every call answered on it before. */
+  private async waitFor (owner: string): Promise<void> {
+    const master = this.shards === undefined ? this.redis as Redis : (this.redis as unknown as Cluster).nodes('master').find((node) => `${node.options.host}:${node.options.port}` === owner)
     let wanted = this.waitReplicas
     let acked = 0
     try {
       if (master !== undefined) {
-        wanted = Math.min(wanted, await this.replicasOf(owner as string, master))
+        wanted = Math.min(wanted, await this.replicasOf(owner, master))
         if (wanted === 0) return
         acked = await master.wait(wanted, Math.min(1_000, this.commandTimeoutMs / 2))
       }
@@ -802,17 +874,24 @@ export class RedisAdapter implements Adapter {
    * How many replicas a master has online, as its ROLE said within the last
    * REPLICAS_FRESH_MS. Not ioredis' slot table: it lists the replicas of the
    * CLUSTER SLOTS answer it last read, which leaves out a replica that had
-   * no write yet, and one that came back after a failover.
+   * no write yet, and one that came back after a failover. Callers at once
+   * share one ROLE.
    */
   private async replicasOf (key: string, master: Redis): Promise<number> {
     const known = this.replicaCounts.get(key)
     if (known !== undefined && known.until > Date.now()) return known.count
-    const role = await master.call('ROLE') as [string, number, unknown[]]
-    // Demoted since the publish ran on it: what it holds cannot be confirmed.
-    if (role[0] !== 'master') throw new Error(`${key} is not a master any more`)
-    const count = role[2].length
-    this.replicaCounts.set(key, { count, until: Date.now() + REPLICAS_FRESH_MS })
-    return count
+    let asking = this.roles.get(key)
+    if (asking === undefined) {
+      asking = (master.call('ROLE') as Promise<[string, number, unknown[]]>).then((role) => {
+        // Demoted since the publish ran on it: what it holds cannot be confirmed.
+        if (role[0] !== 'master') throw new Error(`${key} is not a master any more`)
+        const count = role[2].length
+        this.replicaCounts.set(key, { count, until: Date.now() + REPLICAS_FRESH_MS })
+        return count
+      }).finally(() => this.roles.delete(key))
+      this.roles.set(key, asking)
+    }
+    return await asking
   }
 
   async join (room: string, connectionId: string, member: Member): Promise<JoinResult> {

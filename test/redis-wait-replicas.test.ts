@@ -1,0 +1,91 @@
+import t from 'tap'
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { tmpdir } from 'node:os'
+import type { Socket } from 'node:net'
+import WebSocket from 'ws'
+import { Redis } from 'ioredis'
+import { redisAdapter } from '../src/index.js'
+import { startApp } from './helpers/server.js'
+import { TestSocket } from './helpers/socket.js'
+import { REDIS_SERVER, eventually, freePort, skipRedis, startRedis } from './helpers/redis.js'
+import { skipCluster, startCluster } from './helpers/cluster.js'
+
+/** A client's frames in one TCP write, so the server reads them all in one turn of its event loop. */
+function writeAtOnce (ws: WebSocket, frames: unknown[]): void {
+  const { Sender } = WebSocket as unknown as { Sender: { frame: (data: Buffer, options: object) => Buffer[] } }
+  const bytes = frames.flatMap((frame) => Sender.frame(Buffer.from(JSON.stringify(frame)), { fin: true, opcode: 1, mask: true, readOnly: false, rsv1: false }))
+  ;(ws as unknown as { _socket: Socket })._socket.write(Buffer.concat(bytes))
+}
+
+/** How many WAITs a Redis ran since its stats were reset. */
+async function waits (redis: Redis): Promise<number> {
+  return Number(/cmdstat_wait:calls=(\d+)/.exec(await redis.info('commandstats'))?.[1] ?? 0)
+}
+
+t.test('one Redis with a replica: waitReplicas', { skip: skipRedis }, async (t) => {
+  const master = await startRedis(t)
+  const inspect = new Redis(master.url)
+  // Redis 7 waits 5 s for more replicas before a diskless full sync: there is only one.
+  await inspect.call('CONFIG', 'SET', 'repl-diskless-sync-delay', '0')
+  const port = await freePort()
+  const replica = spawn(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--replicaof', '127.0.0.1', String(master.port), '--dir', tmpdir()], { stdio: ['ignore', 'pipe', 'ignore'] })
+  t.teardown(async () => { if (replica.exitCode === null) { const gone = once(replica, 'exit'); replica.kill('SIGKILL'); await gone } })
+  // Connected to only once it listens.
+  await new Promise<void>((resolve, reject) => {
+    let out = ''
+    replica.stdout!.on('data', (chunk: Buffer) => { out += chunk.toString(); if (out.includes('Ready to accept connections')) resolve() })
+    replica.once('exit', (code) => reject(new Error(`the replica exited with ${code}: ${out}`)))
+  })
+  const replicaClient = new Redis(`redis://127.0.0.1:${port}`)
+  t.teardown(() => { inspect.disconnect(); replicaClient.disconnect() })
+  // The master lists the replica online once it synchronised: no event tells, so it is asked.
+  await eventually(async () => await inspect.info('replication'), (info) => /slave0:.*state=online/.test(info), 'the replica is online')
+
+  t.test('by default (0) a publish is acknowledged on the Redis\'s word alone: no WAIT', async (t) => {
+    const { wsUrl } = await startApp(t, { adapter: redisAdapter({ url: master.url, keyPrefix: 'plain:' }) })
+    const ada = await TestSocket.open(wsUrl)
+    t.teardown(() => ada.close())
+    await ada.join('r')
+    await inspect.call('CONFIG', 'RESETSTAT')
+    t.match(await ada.request({ type: 'publish', room: 'r', data: 1 }), { type: 'ack', offset: 1 })
+    t.equal(await waits(inspect), 0, 'no WAIT ran')
+  })
+
+  t.test('waitReplicas 1: acknowledged once the replica has it, UNAVAILABLE while it cannot confirm', async (t) => {
+    const { wsUrl } = await startApp(t, { adapter: redisAdapter({ url: master.url, keyPrefix: 'wait:', waitReplicas: 1, commandTimeoutMs: 2000 }) })
+    const ada = await TestSocket.open(wsUrl)
+    t.teardown(() => ada.close())
+    await ada.join('r')
+    await inspect.call('CONFIG', 'RESETSTAT')
+    t.match(await ada.request({ type: 'publish', room: 'r', data: 1 }), { type: 'ack', offset: 1 })
+    t.equal(await waits(inspect), 1, 'one WAIT ran')
+    t.equal(await replicaClient.xlen('wait:r:r:hist'), 1, 'the replica had the message when it was acknowledged')
+    // The replica stops answering: its acknowledgement cannot come within the wait's second.
+    await replicaClient.call('CLIENT', 'PAUSE', 3000, 'ALL')
+    t.match(await ada.request({ type: 'publish', room: 'r', data: 2 }), { type: 'error', code: 'UNAVAILABLE' }, 'no ack while the replica cannot confirm')
+    await replicaClient.call('CLIENT', 'UNPAUSE')
+    t.match(await ada.request({ type: 'publish', room: 'r', data: 3 }), { type: 'ack', offset: 3 }, 'acked once it can')
+  })
+})
+
+t.test('a cluster: one WAIT per master covers a turn\'s publish calls', { skip: skipCluster }, async (t) => {
+  const cluster = await startCluster(t)
+  const { wsUrl } = await startApp(t, { maxFramesPerSecond: 1e6, frameBurst: 10_000, presenceEvents: false, adapter: redisAdapter({ cluster: cluster.seeds, keyPrefix: 'w:' }) })
+  const ada = await TestSocket.open(wsUrl)
+  t.teardown(() => ada.close())
+  const ROOMS = 30
+  const rooms = Array.from({ length: ROOMS }, (_, i) => `room-${i}`)
+  for (const room of rooms) await ada.join(room)
+  const masters = (await cluster.nodes()).filter((n) => n.role === 'master').map((n) => cluster.node(n.port))
+  await Promise.all(masters.map(async (m) => await m.call('CONFIG', 'RESETSTAT')))
+  // One publish to each room, in one TCP write: one turn, one script call per room.
+  writeAtOnce(ada.ws, rooms.map((room, i) => ({ type: 'publish', room, id: i, data: i })))
+  const acks = await Promise.all(rooms.map(async (_, i) => await ada.next((f) => f.id === i, `reply ${i}`)))
+  t.same(acks.map((f) => [f.type, f.offset]), rooms.map(() => ['ack', 1]), 'every publish was acknowledged')
+  const counts = await Promise.all(masters.map(waits))
+  const total = counts.reduce((a, b) => a + b, 0)
+  t.ok(counts.every((n) => n >= 1), `every master waited for its replica (${counts.join(', ')} WAITs)`)
+  // The replies of one master's calls come in one or two reads; one WAIT per call would be 30.
+  t.ok(total <= 2 * masters.length, `${ROOMS} publish calls took ${total} WAITs`)
+})
