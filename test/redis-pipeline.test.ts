@@ -104,6 +104,19 @@ t.test('redis pipelining', { skip: skipRedis }, async (t) => {
     }
   })
 
+  t.test('history bounds over the rooms of one call: the least recently published room goes first, as with a call per room', async (t) => {
+    const [a] = await instances({ historySize: 10, maxHistoryRooms: 2 })
+    const inspect = new Redis(redis.url)
+    t.teardown(() => inspect.disconnect())
+    const calls = await scriptCalls(inspect)
+    // In one turn, so in one call: z first, though it sorts last.
+    const offsets = await Promise.all(['z', 'a', 'b'].map(async (room) => await a.app.rooms.broadcast(`h:${room}`, room)))
+    t.same(offsets, [1, 1, 1])
+    t.equal(await scriptCalls(inspect) - calls, 1, 'one script call')
+    const kept = await Promise.all(['z', 'a', 'b'].map(async (room) => (await a.app.rooms.history(`h:${room}`))?.messages.length ?? 0))
+    t.same(kept, [0, 1, 1], 'h:z, published first, was evicted; h:a and h:b are kept')
+  })
+
   t.test('the replies to pipelined publishes come in frame order, with an error, an ephemeral ack and a pong among them', async (t) => {
     const [a, b] = await instances({ maxMessageBytes: 64 })
     const ada = await TestSocket.open(a.wsUrl)

@@ -269,8 +269,8 @@ if cmd == 'publish' then
   local ttl, max_rooms, max_bytes = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
   local pubs = p .. 'n:' .. node .. ':pubs'
   local offsets, ids = {}, {}
-  -- The clock, read at the call's first new publish.
-  local ts, us = nil, nil
+  -- The clock, read at the call's first new publish; rooms is how many rooms of the call came before.
+  local ts, us, rooms = nil, nil, 0
   local sweep = false
   -- Sent again after a cut connection: the offsets its publishes got the first time, never a second one.
   local seen = {}
@@ -313,7 +313,7 @@ if cmd == 'publish' then
         if not ts then
           local t = redis.call('TIME')
           ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-          us = string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+          us = tonumber(t[1]) * 1000000 + tonumber(t[2])
         end
         if not known then
           epoch = redis.call('GET', r .. 'epoch')
@@ -352,7 +352,9 @@ if cmd == 'publish' then
       offsets[#offsets + 1] = offset
     end
     -- Before the next room's publishes, as if each room had its own call: its bounds may drop this one's history.
-    if len then bound(room, len, added, ttl, max_rooms, max_bytes, us) end
+    -- A microsecond apart, in call order: the least recently published goes first, as with a call per room.
+    if len then bound(room, len, added, ttl, max_rooms, max_bytes, string.format('%d', us + rooms)) end
+    rooms = rooms + 1
     -- One message per room and call: a node reads them together and writes them to each member at once.
     if heard then redis.call(PUB, p .. 'c:' .. room, 'b' .. heard .. '|' .. table.concat(out)) end
     if unheard then
