@@ -462,6 +462,37 @@ t.test('Redis Cluster faults', { skip: skipCluster }, async (t) => {
     }
   })
 
+  t.test('the publishes of one turn take one script call per partition they touch, each room in order with its own offsets', async (t) => {
+    const { partitions: parts, nodes: [a, b] } = await deploy(t, c, { historySize: 10, leaseMs: 600_000 }) as Deployed & { nodes: [Started, Started] }
+    // Two partitions on two masters, three rooms each.
+    const all = await masters(c)
+    const first = parts.bases.find((base) => serves(all[0]!, parts.slot(base)))!
+    const second = parts.bases.find((base) => serves(all[1]!, parts.slot(base)))!
+    const rooms = [...roomsIn(parts, first, 'turn', 3), ...roomsIn(parts, second, 'turn', 3)]
+    const bob = await TestSocket.open(b.wsUrl)
+    t.teardown(() => bob.close())
+    for (const room of rooms) await bob.join(room)
+    // Script calls on each master: EVAL too, as ioredis sends a script's first call on a connection.
+    const calls = async (): Promise<number[]> => await Promise.all(all.map(async (m) => {
+      const text = await c.node(m.port).info('commandstats')
+      let n = 0
+      for (const match of text.matchAll(/^cmdstat_(?:evalsha|eval):calls=(\d+)/gm)) n += Number(match[1])
+      return n
+    }))
+    const before = await calls()
+    // Called in one turn of the instance's event loop: the rooms interleaved.
+    const sent = Array.from({ length: 4 * rooms.length }, (_, i) => ({ room: rooms[i % rooms.length]!, data: i }))
+    const offsets = await Promise.all(sent.map(async ({ room, data }) => await a.app.rooms.broadcast(room, data)))
+    const after = await calls()
+    t.same(after.map((n, i) => n - before[i]!), [1, 1, 0], 'one script call on each of the two masters, none on the third')
+    for (const room of rooms) {
+      const mine = sent.flatMap((p, i) => p.room === room ? [{ ...p, offset: offsets[i] }] : [])
+      t.same(mine.map((p) => p.offset), [1, 2, 3, 4], `${room}: offsets in publish order`)
+      await bob.next((f) => f.type === 'message' && f.room === room && f.offset === 4, `${room}'s last message`)
+      t.same(bob.frames.filter((f) => f.type === 'message' && f.room === room).map((f) => f.data), mine.map((p) => p.data), `${room}: bob got every message once, in order`)
+    }
+  })
+
   t.test('history budgets hold per partition', async (t) => {
     /** Rooms x0, x1, x2 share partition 0; y0 is alone in partition 1. */
     const setup = async (options: DeployOptions): Promise<{ nodes: Started[], x: string[], y: string, parts: Partitions }> => {

@@ -68,46 +68,54 @@ t.test('redis adapter under faults', { skip: skipRedis }, async (t) => {
   }
 
   /** Wait until a member has the message at `offset`, then the offsets and data of every message it got. */
-  async function receivedUpTo (socket: TestSocket, offset: number): Promise<Array<[number, unknown]>> {
-    if (!socket.frames.some((f) => f.type === 'message' && f.offset === offset)) await socket.next((f) => f.type === 'message' && f.offset === offset, `message ${offset}`)
-    return socket.frames.filter((f) => f.type === 'message').map((f) => [f.offset as number, f.data])
+  async function receivedUpTo (socket: TestSocket, offset: number, room?: string): Promise<Array<[number, unknown]>> {
+    const mine = (f: Record<string, unknown>): boolean => f.type === 'message' && (room === undefined || f.room === room)
+    if (!socket.frames.some((f) => mine(f) && f.offset === offset)) await socket.next((f) => mine(f) && f.offset === offset, `message ${offset}`)
+    return socket.frames.filter(mine).map((f) => [f.offset as number, f.data])
   }
 
-  t.test('a publish whose command connection is cut in flight is applied once and acked with its one offset', async (t) => {
-    const { nodes: [a, b], prefix } = await cluster(t, 2, { historySize: 100_000 }) as unknown as { nodes: [Started, Started], prefix: string }
-    const members = [await TestSocket.open(a.wsUrl, as('m0')), await TestSocket.open(b.wsUrl, as('m1'))]
-    t.teardown(() => Promise.all(members.map(async (m) => await m.close())))
-    for (const m of members) await m.join('cut')
-    const acked = new Map<number, number>()
-    const refused = new Map<number, string | undefined>()
-    let data = 0
-    for (let round = 0; round < 4; round++) {
-      // While every client is paused, the batch waits in Redis, then the kill behind it: on resume
-      // Redis runs the whole batch and then the kill, which drops the batch's replies unsent.
-      await inspect.call('CLIENT', 'PAUSE', '200', 'ALL')
-      const batch: Array<Promise<void>> = []
-      for (let i = 0; i < 500; i++) {
-        const value = data++
-        batch.push(a.app.rooms.broadcast('cut', value).then((offset) => { acked.set(value, offset) }, (err: { code?: string }) => { refused.set(value, err.code) }))
+  // One room, and three interleaved in each turn: a call then carries publishes of several rooms, and its resend applies none twice.
+  for (const rooms of [['cut'], ['cut0', 'cut1', 'cut2']]) {
+    t.test(`a publish whose command connection is cut in flight is applied once and acked with its one offset (${rooms.length === 1 ? 'one room' : 'rooms in one call'})`, async (t) => {
+      const { nodes: [a, b], prefix } = await cluster(t, 2, { historySize: 100_000 }) as unknown as { nodes: [Started, Started], prefix: string }
+      const members = [await TestSocket.open(a.wsUrl, as('m0')), await TestSocket.open(b.wsUrl, as('m1'))]
+      t.teardown(() => Promise.all(members.map(async (m) => await m.close())))
+      for (const m of members) for (const room of rooms) await m.join(room)
+      const acked = new Map<number, number>()
+      const refused = new Map<number, string | undefined>()
+      let data = 0
+      for (let round = 0; round < 4; round++) {
+        // While every client is paused, the batch waits in Redis, then the kill behind it: on resume
+        // Redis runs the whole batch and then the kill, which drops the batch's replies unsent.
+        await inspect.call('CLIENT', 'PAUSE', '200', 'ALL')
+        const batch: Array<Promise<void>> = []
+        for (let i = 0; i < 500; i++) {
+          const value = data++
+          batch.push(a.app.rooms.broadcast(rooms[value % rooms.length]!, value).then((offset) => { acked.set(value, offset) }, (err: { code?: string }) => { refused.set(value, err.code) }))
+        }
+        // The instance sends a turn's publishes together as the turn ends: one turn later they wait in Redis, ahead of the kill.
+        await new Promise((resolve) => setImmediate(resolve))
+        await inspect.call('CLIENT', 'KILL', 'TYPE', 'normal')
+        await Promise.all(batch)
+        await ready(a)
       }
-      // The instance sends a turn's publishes together as the turn ends: one turn later they wait in Redis, ahead of the kill.
-      await new Promise((resolve) => setImmediate(resolve))
-      await inspect.call('CLIENT', 'KILL', 'TYPE', 'normal')
-      await Promise.all(batch)
-      await ready(a)
-    }
-    const entries = await stream(`${prefix}r:cut:hist`)
-    const last = Number(await inspect.get(`${prefix}r:cut:seq`))
-    t.ok(acked.size > 0, `${acked.size} acked, ${refused.size} refused`)
-    t.same(new Set(refused.values()), new Set(refused.size === 0 ? [] : ['UNAVAILABLE']), 'a publish the cut interrupted is refused as retryable')
-    t.same(entries.map(([offset]) => offset), Array.from({ length: last }, (_, i) => i + 1), 'offsets are contiguous in the stream')
-    t.equal(new Set(entries.map(([, d]) => d)).size, entries.length, 'no message holds two offsets')
-    t.ok(entries.every(([, d], i) => i === 0 || (d as number) > (entries[i - 1]![1] as number)), 'the messages hold their offsets in the order they were published, across the cuts')
-    const at = new Map(entries)
-    const misplaced = [...acked].filter(([value, offset]) => at.get(offset) !== value)
-    t.same(misplaced, [], 'every acked message is in history at its acked offset')
-    for (const member of members) t.same(await receivedUpTo(member, last), entries, 'every member got every stored message once, in order')
-  })
+      t.ok(acked.size > 0, `${acked.size} acked, ${refused.size} refused`)
+      t.same(new Set(refused.values()), new Set(refused.size === 0 ? [] : ['UNAVAILABLE']), 'a publish the cut interrupted is refused as retryable')
+      for (const [index, room] of rooms.entries()) {
+        const entries = await stream(`${prefix}r:${room}:hist`)
+        const last = Number(await inspect.get(`${prefix}r:${room}:seq`))
+        t.same(entries.map(([offset]) => offset), Array.from({ length: last }, (_, i) => i + 1), `${room}: offsets are contiguous in the stream`)
+        t.equal(new Set(entries.map(([, d]) => d)).size, entries.length, `${room}: no message holds two offsets`)
+        t.ok(entries.every(([, d]) => (d as number) % rooms.length === index), `${room}: only its own messages`)
+        t.ok(entries.every(([, d], i) => i === 0 || (d as number) > (entries[i - 1]![1] as number)), `${room}: the messages hold their offsets in the order they were published, across the cuts`)
+        const at = new Map(entries)
+        const misplaced = [...acked].filter(([value, offset]) => value % rooms.length === index && at.get(offset) !== value)
+        t.same(misplaced, [], `${room}: every acked message is in history at its acked offset`)
+        // Nothing stored (every publish of the room refused): no message to wait for.
+        for (const member of members) t.same(last === 0 ? [] : await receivedUpTo(member, last, room), entries, `${room}: every member got every stored message once, in order`)
+      }
+    })
+  }
 
   t.test('Redis hung mid-publish (DEBUG SLEEP): every call settles, and each publish is applied once', async (t) => {
     const log = new LogSink()

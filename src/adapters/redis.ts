@@ -258,96 +258,113 @@ local function forget (node)
 end
 
 if cmd == 'publish' then
-  -- Publishes to one room, applied in order: node, lowest id of the node still in flight,
-  -- sent before ('1'), room, historyTtlMs, maxHistoryRooms, maxHistoryBytes, new epoch,
-  -- the publishes in one string, each <id>|<historySize>|<from bytes>|<data bytes>|<from JSON or nothing><data JSON>,
-  -- and the first and last of their ids. Returns their offsets. What is per room (the clock, the epoch, the stream's
-  -- length and bounds, the publish ids' record) is read and written once per call.
-  local node, low, again, room, packed = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[11]
-  local ttl, max_rooms, max_bytes = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+  -- Publishes to rooms of this partition, applied in order: node, lowest id of the node still in flight,
+  -- sent before ('1'), historyTtlMs, maxHistoryRooms, maxHistoryBytes, the publishes in one string, and
+  -- the first and last of their ids. The string holds each room's publishes together:
+  -- <count>|<room bytes>|<room><new epoch, 8 bytes>, then count times
+  -- <id>|<historySize>|<from bytes>|<data bytes>|<from JSON or nothing><data JSON>.
+  -- Returns their offsets, in that order. What is per room (the epoch, the stream's length and bounds, its
+  -- channel message) is read and written once per room; the clock and the publish ids' record once per call.
+  local node, low, again, packed = ARGV[3], ARGV[4], ARGV[5], ARGV[9]
+  local ttl, max_rooms, max_bytes = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
   local pubs = p .. 'n:' .. node .. ':pubs'
-  local r = p .. 'r:' .. room .. ':'
-  local hist = r .. 'hist'
-  local members = redis.call('EXISTS', r .. 'members') == 1
-  local offsets, out, ids = {}, {}, {}
-  local epoch, heard, unheard = nil, nil, false
-  -- The clock and the epoch, read at the call's first new publish.
-  local t, ts, us, known = nil, nil, nil, false
-  -- The stream's length (read at the first append), and the bytes the call added to it.
-  local len, added = nil, 0
+  local offsets, ids = {}, {}
+  -- The clock, read at the call's first new publish; rooms is how many rooms of the call came before.
+  local ts, us, rooms = nil, nil, 0
   local sweep = false
   -- Sent again after a cut connection: the offsets its publishes got the first time, never a second one.
   local seen = {}
   if again == '1' then
-    for _, entry in ipairs(redis.call('ZRANGEBYSCORE', pubs, ARGV[12], ARGV[13])) do
+    for _, entry in ipairs(redis.call('ZRANGEBYSCORE', pubs, ARGV[10], ARGV[11])) do
       local cut = string.find(entry, ':', 1, true)
       seen[string.sub(entry, 1, cut - 1)] = tonumber(string.sub(entry, cut + 1))
     end
   end
   local at = 1
   while at <= #packed do
-    local a = string.find(packed, '|', at, true)
-    local b = string.find(packed, '|', a + 1, true)
-    local c = string.find(packed, '|', b + 1, true)
-    local d = string.find(packed, '|', c + 1, true)
-    local id, size = string.sub(packed, at, a - 1), tonumber(string.sub(packed, a + 1, b - 1))
-    local from_end = d + tonumber(string.sub(packed, b + 1, c - 1))
-    local from = string.sub(packed, d + 1, from_end)
-    at = from_end + tonumber(string.sub(packed, c + 1, d - 1)) + 1
-    local data = string.sub(packed, from_end + 1, at - 1)
-    local offset = seen[id]
-    if not offset then
-      -- Ids below the lowest in flight are settled: the node never sends them again (swept now and then).
-      if tonumber(id) % 64 == 0 then sweep = true end
-      if not known then
-        t = redis.call('TIME')
-        ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-        us = string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2]))
-        epoch = redis.call('GET', r .. 'epoch')
-        known = true
-      end
-      offset = 1
-      -- With no member to deliver to and no history to keep, nothing is written.
-      if epoch or members or size > 0 then
-        if not epoch then epoch = new_epoch(room, ARGV[10]) end
-        offset = redis.call('INCR', r .. 'seq')
-        if from ~= '' then from = ',"from":' .. from end
-        local frame = '{"type":"message","room":"' .. room .. '","data":' .. data .. ',"offset":' .. string.format('%d', offset) .. ',"ts":' .. string.format('%d', ts) .. from .. '}'
-        if size > 0 then
-          if not len then
-            len = redis.call('XLEN', hist)
-            if len == 0 then
-              -- A new stream, or the room's previous one expired: its bytes are no longer held.
-              local stale = tonumber(redis.call('HGET', history_bytes, room) or '0')
-              if stale ~= 0 then count_bytes(room, -stale) end
+    local ra = string.find(packed, '|', at, true)
+    local rb = string.find(packed, '|', ra + 1, true)
+    local count = tonumber(string.sub(packed, at, ra - 1))
+    local room_end = rb + tonumber(string.sub(packed, ra + 1, rb - 1))
+    local room = string.sub(packed, rb + 1, room_end)
+    local fresh = string.sub(packed, room_end + 1, room_end + 8)
+    at = room_end + 9
+    local r = p .. 'r:' .. room .. ':'
+    local hist = r .. 'hist'
+    local members = redis.call('EXISTS', r .. 'members') == 1
+    local out = {}
+    local epoch, heard, unheard, known = nil, nil, false, false
+    -- The stream's length (read at the first append), and the bytes this room's publishes added to it.
+    local len, added = nil, 0
+    for _ = 1, count do
+      local a = string.find(packed, '|', at, true)
+      local b = string.find(packed, '|', a + 1, true)
+      local c = string.find(packed, '|', b + 1, true)
+      local d = string.find(packed, '|', c + 1, true)
+      local id, size = string.sub(packed, at, a - 1), tonumber(string.sub(packed, a + 1, b - 1))
+      local from_end = d + tonumber(string.sub(packed, b + 1, c - 1))
+      local from = string.sub(packed, d + 1, from_end)
+      at = from_end + tonumber(string.sub(packed, c + 1, d - 1)) + 1
+      local data = string.sub(packed, from_end + 1, at - 1)
+      local offset = seen[id]
+      if not offset then
+        -- Ids below the lowest in flight are settled: the node never sends them again (swept now and then).
+        if tonumber(id) % 64 == 0 then sweep = true end
+        if not ts then
+          local t = redis.call('TIME')
+          ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+          us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+        end
+        if not known then
+          epoch = redis.call('GET', r .. 'epoch')
+          known = true
+        end
+        offset = 1
+        -- With no member to deliver to and no history to keep, nothing is written.
+        if epoch or members or size > 0 then
+          if not epoch then epoch = new_epoch(room, fresh) end
+          offset = redis.call('INCR', r .. 'seq')
+          if from ~= '' then from = ',"from":' .. from end
+          local frame = '{"type":"message","room":"' .. room .. '","data":' .. data .. ',"offset":' .. string.format('%d', offset) .. ',"ts":' .. string.format('%d', ts) .. from .. '}'
+          if size > 0 then
+            if not len then
+              len = redis.call('XLEN', hist)
+              if len == 0 then
+                -- A new stream, or the room's previous one expired: its bytes are no longer held.
+                local stale = tonumber(redis.call('HGET', history_bytes, room) or '0')
+                if stale ~= 0 then count_bytes(room, -stale) end
+              end
             end
+            local grew
+            len, grew = append(hist, offset, frame, size, len)
+            added = added + grew
           end
-          local grew
-          len, grew = append(hist, offset, frame, size, len)
-          added = added + grew
+          if members then
+            out[#out + 1] = string.format('%d', offset) .. '|' .. #frame .. '|' .. frame
+            heard = epoch
+          else
+            unheard = true
+          end
         end
-        if members then
-          out[#out + 1] = string.format('%d', offset) .. '|' .. #frame .. '|' .. frame
-          heard = epoch
-        else
-          unheard = true
-        end
+        ids[#ids + 1] = id
+        ids[#ids + 1] = id .. ':' .. string.format('%d', offset)
       end
-      ids[#ids + 1] = id
-      ids[#ids + 1] = id .. ':' .. string.format('%d', offset)
+      offsets[#offsets + 1] = offset
     end
-    offsets[#offsets + 1] = offset
+    -- Before the next room's publishes, as if each room had its own call: its bounds may drop this one's history.
+    -- A microsecond apart, in call order: the least recently published goes first, as with a call per room.
+    if len then bound(room, len, added, ttl, max_rooms, max_bytes, string.format('%d', us + rooms)) end
+    rooms = rooms + 1
+    -- One message per room and call: a node reads them together and writes them to each member at once.
+    if heard then redis.call(PUB, p .. 'c:' .. room, 'b' .. heard .. '|' .. table.concat(out)) end
+    if unheard then
+      -- Only nodes with members subscribe; a joiner in flight gets an offset past these.
+      redis.call('PEXPIRE', r .. 'seq', ttl)
+      redis.call('PEXPIRE', r .. 'epoch', ttl)
+    end
   end
   if sweep then redis.call('ZREMRANGEBYSCORE', pubs, '-inf', '(' .. low) end
   if #ids > 0 then redis.call('ZADD', pubs, unpack(ids)) end
-  if len then bound(room, len, added, ttl, max_rooms, max_bytes, us) end
-  -- One message for the whole call: a node reads them together and writes them to each member at once.
-  if heard then redis.call(PUB, p .. 'c:' .. room, 'b' .. heard .. '|' .. table.concat(out)) end
-  if unheard then
-    -- Only nodes with members subscribe; a joiner in flight gets an offset past these.
-    redis.call('PEXPIRE', r .. 'seq', ttl)
-    redis.call('PEXPIRE', r .. 'epoch', ttl)
-  end
   return offsets
 elseif cmd == 'join' then
   -- room, connection, user id, member JSON, node, max members, new epoch, members page size
@@ -487,24 +504,32 @@ const unavailable = storeUnavailable
 const maybePublished = (): RoomsError => new RoomsError('UNAVAILABLE', 'The message store became unreachable while publishing: the message may or may not have been published. Retry in a moment.')
 const internal = (): RoomsError => new RoomsError('INTERNAL', 'The server failed to handle this request; it has been logged. Try again later.')
 
-/** A room's publishes of this turn of the event loop, not sent yet. */
-interface Batch {
-  /** Its first publish's id, the lowest of its ids (ids only grow). */
-  firstId: number
-  /** Its last publish's id, the highest. */
-  lastId: number
+/** One room's publishes in a Batch. */
+interface RoomBatch {
   /** The publishes as the script reads them: `<id>|<historySize>|<from bytes>|<data bytes>|<from><data>` each. */
   packed: string
   /** Each publish's promise, settled with the call. */
   resolves: Array<(offset: number) => void>
   rejects: Array<(err: Error) => void>
+}
+
+/** A partition's publishes of this turn of the event loop, not sent yet: one script call. */
+interface Batch {
+  /** Its first publish's id, the lowest of its ids (ids only grow). */
+  firstId: number
+  /** Its last publish's id, the highest. */
+  lastId: number
+  /** Each room's publishes, in the order the rooms got their first: the script applies them room by room. */
+  rooms: Map<string, RoomBatch>
+  /** Publishes in it, over all rooms. */
+  count: number
   /** Bytes of data and from, roughly (UTF-16 units). */
   bytes: number
   /** The call was answered or given up on: its ids are never sent again. */
   settled: boolean
 }
 
-/** Publishes to one room in one script call, at most; past it (or MAX_BATCH_BYTES of data) a call goes at once. */
+/** Publishes to one partition in one script call, at most; past it (or MAX_BATCH_BYTES of data) a call goes at once. */
 const MAX_BATCH = 256
 const MAX_BATCH_BYTES = 1024 * 1024
 
@@ -577,7 +602,7 @@ export class RedisAdapter implements Adapter {
    * holds the lowest publish id not settled: the script forgets ids below it.
    */
   private readonly unsettled: Batch[] = []
-  /** Publishes of this turn of the event loop not sent yet, by room (see publish). */
+  /** Publishes of this turn of the event loop not sent yet, by the key base of their partition (see publish). */
   private readonly batches = new Map<string, Batch>()
   private flushScheduled = false
   private lastPublishId = 0
@@ -723,8 +748,9 @@ export class RedisAdapter implements Adapter {
 
   /**
    * Publishes wait for the end of this turn of the event loop, then each
-   * room's go to Redis in one script call, and all of them in one write: the
-   * messages a room got together reach every node in one pub/sub message.
+   * partition's go to Redis in one script call (so one call on one Redis),
+   * and all of them in one write: the messages a room got together reach
+   * every node in one pub/sub message.
    */
   publish (room: string, message: EncodedPublish): Promise<number | undefined> {
     if (!this.cmd.ready) return Promise.reject(unavailable())
@@ -734,40 +760,47 @@ export class RedisAdapter implements Adapter {
 
   /** Not stored, not numbered: straight to the nodes with members, with this node's clock, after the room's publishes before it. */
   private async publishEphemeral (room: string, message: EncodedPublish): Promise<undefined> {
-    this.sendBatch(room)
+    this.sendBatch(this.partitions.base(room))
     const frame = messageFrame(room, message, undefined, Date.now())
     await this.send('publish', this.roomChannel(room), 'e' + frame)
     return undefined
   }
 
-  /** Add a publish to its room's call of this turn; resolves with its offset once the call is answered. */
+  /** Add a publish to its partition's call of this turn; resolves with its offset once the call is answered. */
   private enqueue (room: string, message: EncodedPublish): Promise<number> {
     // A message larger than the whole history budget is delivered but not kept, as on the memory adapter.
     const historySize = fits(room, message, this.historyBytes) ? this.config.historySize : 0
     const id = ++this.lastPublishId
-    let batch = this.batches.get(room)
+    const base = this.partitions.base(room)
+    let batch = this.batches.get(base)
     if (batch === undefined) {
-      batch = { firstId: id, lastId: id, packed: '', resolves: [], rejects: [], bytes: 0, settled: false }
-      this.batches.set(room, batch)
+      batch = { firstId: id, lastId: id, rooms: new Map(), count: 0, bytes: 0, settled: false }
+      this.batches.set(base, batch)
       this.unsettled.push(batch)
       if (!this.flushScheduled) {
         this.flushScheduled = true
         setImmediate(() => this.sendBatches())
       }
     }
+    let group = batch.rooms.get(room)
+    if (group === undefined) {
+      group = { packed: '', resolves: [], rejects: [] }
+      batch.rooms.set(room, group)
+    }
     const from = message.from ?? ''
     batch.lastId = id
-    batch.packed += `${id}|${historySize}|${Buffer.byteLength(from)}|${Buffer.byteLength(message.data)}|${from}${message.data}`
+    batch.count++
     batch.bytes += message.data.length + from.length
+    group.packed += `${id}|${historySize}|${Buffer.byteLength(from)}|${Buffer.byteLength(message.data)}|${from}${message.data}`
     return new Promise<number>((resolve, reject) => {
-      const { resolves, rejects } = batch as Batch
+      const { resolves, rejects } = group as RoomBatch
       resolves.push(resolve)
       rejects.push(reject)
-      if (resolves.length >= MAX_BATCH || (batch as Batch).bytes >= MAX_BATCH_BYTES) this.sendBatch(room)
+      if ((batch as Batch).count >= MAX_BATCH || (batch as Batch).bytes >= MAX_BATCH_BYTES) this.sendBatch(base)
     })
   }
 
-  /** Send every room's publishes of this turn, in the order the rooms got their first, with one write. */
+  /** Send every partition's publishes of this turn, in the order the partitions got their first, with one write. */
   private sendBatches (): void {
     this.flushScheduled = false
     if (this.batches.size === 0) return
@@ -775,7 +808,7 @@ export class RedisAdapter implements Adapter {
     const streams = this.cmd.ready ? this.streams() : []
     for (const stream of streams) stream.cork()
     try {
-      for (const room of [...this.batches.keys()]) this.sendBatch(room)
+      for (const base of [...this.batches.keys()]) this.sendBatch(base)
     } finally {
       for (const stream of streams) stream.uncork()
     }
@@ -789,19 +822,25 @@ export class RedisAdapter implements Adapter {
     return out
   }
 
-  /** Send a room's publishes not sent yet, as one call that applies them in order and settles them together. */
-  private sendBatch (room: string): void {
-    const batch = this.batches.get(room)
+  /**
+   * Send a partition's publishes not sent yet, as one call that applies them
+   * in order, room by room, and settles them together: its rooms share a hash
+   * slot, so the call is atomic on one shard.
+   */
+  private sendBatch (base: string): void {
+    const batch = this.batches.get(base)
     if (batch === undefined) return
-    this.batches.delete(room)
+    this.batches.delete(base)
     const { historyTtlMs, nodeId } = this.config
-    const base = this.partitions.base(room)
+    let packed = ''
+    // Each room's epoch if the call starts one: a fresh one per room.
+    for (const [room, group] of batch.rooms) packed += `${group.resolves.length}|${Buffer.byteLength(room)}|${room}${newEpoch()}${group.packed}`
     // No async step of its own: each would add a promise and a turn of microtasks to every call. The wait for replicas only where there are some to wait for.
     const issue = (again: boolean): Promise<unknown> => this.script(
       // On a cluster ioredis itself resends a call cut off by a master's death,
       // to the promoted replica, which may have it already: the script always checks.
       base, 'publish', nodeId, (this.unsettled[0] as Batch).firstId, again || this.shards !== undefined ? '1' : '0',
-      room, historyTtlMs, this.historyRooms, this.historyBytes, newEpoch(), batch.packed, batch.firstId, batch.lastId
+      historyTtlMs, this.historyRooms, this.historyBytes, packed, batch.firstId, batch.lastId
     )
     const called = this.cmd.call('publish', issue, true)
     const answered = this.waitReplicas === 0
@@ -812,10 +851,14 @@ export class RedisAdapter implements Adapter {
       })
     answered.then((offsets) => {
       this.settle(batch)
-      for (let i = 0; i < batch.resolves.length; i++) (batch.resolves[i] as (offset: number) => void)((offsets as number[])[i] as number)
+      // In the order of the packed string: room by room.
+      let at = 0
+      for (const { resolves } of batch.rooms.values()) {
+        for (let i = 0; i < resolves.length; i++) (resolves[i] as (offset: number) => void)((offsets as number[])[at++] as number)
+      }
     }, (err: Error) => {
       this.settle(batch)
-      for (const reject of batch.rejects) reject(err)
+      for (const { rejects } of batch.rooms.values()) for (const reject of rejects) reject(err)
     })
   }
 
