@@ -5,35 +5,16 @@
  * takes another, and prints the difference grouped by constructor (or
  * closure, or V8's internal kind), in bytes and objects per connection.
  */
-import { spawn, type ChildProcess } from 'node:child_process'
 import { readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { Kind } from './client.js'
+import { call, node } from './children.js'
 import { presenceKinds } from './workloads.js'
 
 const kind = process.argv[2] as Kind
 const n = Number(process.argv[3] ?? 2000)
 const members = 100
-
-function node (args: string[]): ChildProcess {
-  return spawn('bash', ['-c', `ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "${process.execPath}" ${args.map((a) => `'${a}'`).join(' ')}`], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] })
-}
-
-let nextRid = 1
-async function call<T> (child: ChildProcess, message: object): Promise<T> {
-  const rid = nextRid++
-  return await new Promise((resolve, reject) => {
-    const on = (reply: T & { rid: number, error?: string }): void => {
-      if (reply.rid !== rid) return
-      child.off('message', on)
-      if (reply.error !== undefined) reject(new Error(reply.error))
-      else resolve(reply)
-    }
-    child.on('message', on)
-    child.send({ ...message, rid })
-  })
-}
 
 /** Self size and count of a snapshot's objects, by type and name. */
 function groups (path: string): Map<string, { size: number, count: number }> {

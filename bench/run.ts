@@ -27,6 +27,7 @@ import { createServer } from 'node:net'
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os'
 import { Redis } from 'ioredis'
 import { SettingsSchema } from '../src/options.js'
+import { call, node } from './children.js'
 import { Partitions } from '../src/adapters/partitions.js'
 import type { RedisCluster } from '../test/helpers/cluster.js'
 import type { Kind } from './client.js'
@@ -66,31 +67,6 @@ const CLIENTS_PER_LOADGEN = 5_000
 const SETTLE_MS = flag('settle-ms') === undefined ? undefined : Number(flag('settle-ms'))
 /** A memory workload's connections join in this many steps, the server read after each. */
 const QUARTERS = 4
-
-/** Children get the highest file limit allowed: 20,000 sockets need more than the usual default. */
-function node (args: string[]): ChildProcess {
-  const command = `ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "${process.execPath}" ${args.map((a) => `'${a}'`).join(' ')}`
-  return spawn('bash', ['-c', command], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] })
-}
-
-/** One IPC request to a child; replies carry the request's `rid`, so requests may overlap. */
-let nextRid = 1
-async function call<T> (child: ChildProcess, message: object): Promise<T> {
-  const rid = nextRid++
-  return await new Promise((resolve, reject) => {
-    const onMessage = (reply: T & { rid: number, error?: string }): void => {
-      if (reply.rid !== rid) return
-      child.off('message', onMessage)
-      child.off('exit', onExit)
-      if (reply.error !== undefined) reject(new Error(reply.error))
-      else resolve(reply)
-    }
-    const onExit = (code: number | null): void => { child.off('message', onMessage); reject(new Error(`a bench process exited with ${code}`)) }
-    child.on('message', onMessage)
-    child.once('exit', onExit)
-    child.send({ ...message, rid })
-  })
-}
 
 interface Servers { kind: Kind, children: ChildProcess[], ports: number[] }
 
