@@ -2,6 +2,15 @@ import t from 'tap'
 import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
 
+/** Wait for `n` pings to reach the socket; a close before that fails the wait at once. */
+async function pings (socket: TestSocket, n: number, what = ''): Promise<void> {
+  let count = 0
+  await new Promise<void>((resolve, reject) => {
+    socket.ws.on('ping', () => { if (++count === n) resolve() })
+    void socket.closed.then(({ code }) => reject(new Error(`closed with ${code} after ${count} pings${what}`)))
+  })
+}
+
 t.test('a peer that stops answering pings is terminated and leaves every room', async (t) => {
   const { wsUrl, app } = await startApp(t, { heartbeatMs: 50, authenticate: (r) => ({ id: String(r.headers['x-user']), name: String(r.headers['x-user']) }) })
   const watcher = await TestSocket.open(wsUrl, { headers: { 'x-user': 'watcher' } })
@@ -31,12 +40,8 @@ t.test('a peer that answers pings stays, even when it sends nothing else', async
   const quiet = await TestSocket.open(wsUrl)
   t.teardown(() => quiet.close())
   await quiet.join('r')
-  // Five heartbeat rounds, counted by the pings that arrive; a close fails the wait at once.
-  let pings = 0
-  await new Promise<void>((resolve, reject) => {
-    quiet.ws.on('ping', () => { if (++pings === 5) resolve() })
-    void quiet.closed.then(({ code }) => reject(new Error(`closed with ${code} after ${pings} pings`)))
-  })
+  // Five heartbeat rounds, counted by the pings that arrive.
+  await pings(quiet, 5)
   t.equal(quiet.ws.readyState, quiet.ws.OPEN)
   t.equal((await app.rooms.get('r'))?.count, 1)
 })
@@ -56,11 +61,7 @@ t.test('where the TCP socket counts no bytes read, pongs are listened for instea
   await silent.join('r')
   silent.ws.off('ping', answer)
   t.equal((await silent.closed).code, 1006, 'the silent peer is terminated')
-  let pings = 0
-  await new Promise<void>((resolve, reject) => {
-    quiet.ws.on('ping', () => { if (++pings === 5) resolve() })
-    void quiet.closed.then(({ code }) => reject(new Error(`closed with ${code} after ${pings} pings`)))
-  })
+  await pings(quiet, 5)
   t.equal((await app.rooms.get('r'))?.count, 1, 'the answering peer stays')
 })
 
@@ -79,11 +80,7 @@ t.test('a busy process does not cut a peer whose pong is waiting unread: the ver
     stalls++
   }, 50)
   t.teardown(() => clearInterval(stall))
-  let pings = 0
-  await new Promise<void>((resolve, reject) => {
-    peer.ws.on('ping', () => { if (++pings === 6) resolve() })
-    void peer.closed.then(({ code }) => reject(new Error(`closed with ${code} after ${pings} pings and ${stalls} stalls`)))
-  })
+  await pings(peer, 6, ' (the process stalled after each round)')
   clearInterval(stall)
   t.ok(stalls >= 5, `${stalls} stalls`)
   t.equal(peer.ws.readyState, peer.ws.OPEN)
