@@ -794,7 +794,7 @@ t.test('Redis Cluster faults', { skip: skipCluster }, async (t) => {
     t.match(await json(`${b.url}/rooms/${fresh}`), { count: 1 })
   })
 
-  t.test('a leave refused while its slot migrates is done once the slot is served again: no member is left behind', async (t) => {
+  t.test('a leave refused while its slot migrates is done once the slot is served again: no member is left behind, and later diffs count exactly', async (t) => {
     // Upkeep every second.
     const { partitions: parts, nodes: [a, b] } = await deploy(t, c, { leaseMs: 3000 }) as Deployed & { nodes: [Started, Started] }
     const room = (await roomsOnEveryShard(c, parts, 'leaving:', 1))[2]![0]!
@@ -813,8 +813,15 @@ t.test('Redis Cluster faults', { skip: skipCluster }, async (t) => {
         t.match(await lone.request({ type: 'leave', room }), { type: 'left' }, 'left at once, on its instance')
       }
     })
-    t.match(await watcher.next((f) => f.type === 'presence' && f.leaves.length > 0), { leaves: [{ id: lone.welcome.user.id }], count: 1 }, 'the leave reaches the others')
-    t.match(await json(`${a.url}/rooms/${room}`), { count: 1 })
+    // The retried leave is done in Redis: the member is not left behind (REST reads Redis; nothing to await).
+    for (const node of [a, b]) await eventually(async () => await json(`${node.url}/rooms/${room}`), (r) => r.count === 1, 'the room counts one member')
+    // Its presence diff is not guaranteed to reach the watcher: the watcher's instance resubscribes to the
+    // moved slot on its new owner, and a diff published before that is not replayed (plugin.md, "When Redis
+    // or the link to it fails": presence is not replayed). The next diff carries the exact count.
+    const next = await TestSocket.open(a.wsUrl)
+    t.teardown(() => next.close())
+    await next.join(room)
+    t.match(await watcher.next((f) => f.type === 'presence' && f.joins.some((j: { id: string }) => j.id === next.welcome.user.id)), { count: 2 }, 'a later diff counts exactly')
   })
 
   t.test('the whole cluster restarted empty: members are closed 1012 and rejoin a new epoch; the app works on', async (t) => {
