@@ -898,9 +898,14 @@ export class RedisAdapter implements Adapter {
     await new Promise<void>((resolve, reject) => group.push({ resolve, reject }))
   }
 
-  /** One WAIT on a master's connection, for every call answered on it before. */
+  /**
+   * One WAIT on a master's connection, for every call answered on it before.
+   * The node is looked up among all of ioredis' nodes, not its masters: after
+   * a failover ioredis routes to the promoted replica (MOVED) before its pool
+   * counts it as a master. ROLE says whether it is one.
+   */
   private async waitFor (owner: string): Promise<void> {
-    const master = this.shards === undefined ? this.redis as Redis : (this.redis as unknown as Cluster).nodes('master').find((node) => `${node.options.host}:${node.options.port}` === owner)
+    const master = this.shards === undefined ? this.redis as Redis : (this.redis as unknown as Cluster).nodes('all').find((node) => `${node.options.host}:${node.options.port}` === owner)
     let wanted = this.waitReplicas
     let acked = 0
     try {
