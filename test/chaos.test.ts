@@ -1,5 +1,5 @@
 import t, { type Test } from 'tap'
-import { spawn, type ChildProcess } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import WebSocket from 'ws'
 import Fastify, { type FastifyInstance } from 'fastify'
@@ -7,6 +7,7 @@ import rooms from '../src/index.js'
 import { connect, type Gap, type RoomsClient } from '../src/client/index.js'
 import { seeded } from './helpers/random.js'
 import { skipRedis, startRedis } from './helpers/redis.js'
+import { childInstance } from './helpers/child-instance.js'
 
 /**
  * The whole delivery guarantee under faults, seeded so a failure replays:
@@ -166,16 +167,7 @@ t.test(`chaos on three Redis-backed instances (seed ${SEED})`, { skip: skipRedis
   const redis = await startRedis(t)
   const nodes: Array<{ child: ChildProcess, port: number, up: boolean }> = []
   for (let i = 0; i < 3; i++) {
-    const child = spawn(process.execPath, ['--import=tsx', 'test/fixtures/node.ts'], {
-      env: { ...process.env, REDIS_URL: redis.url, LEASE_MS: '2000', HISTORY_SIZE: String(TOTAL), RATE: '10000', BURST: '10000' },
-      stdio: ['ignore', 'pipe', 'inherit']
-    })
-    t.teardown(() => { child.kill('SIGKILL') })
-    let out = ''
-    const port = await new Promise<number>((resolve, reject) => {
-      child.stdout!.on('data', (chunk: Buffer) => { out += chunk.toString(); const m = /port=(\d+)/.exec(out); if (m !== null) resolve(Number(m[1])) })
-      child.once('exit', (code) => reject(new Error(`instance exited with ${code}`)))
-    })
+    const { child, port } = await childInstance(t, { REDIS_URL: redis.url, LEASE_MS: '2000', HISTORY_SIZE: String(TOTAL), RATE: '10000', BURST: '10000' })
     nodes.push({ child, port, up: true })
   }
   const live = (): typeof nodes => nodes.filter((n) => n.up)

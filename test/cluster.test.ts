@@ -13,6 +13,7 @@ import { TestSocket } from './helpers/socket.js'
 import { eventually } from './helpers/redis.js'
 import { skipCluster, startCluster, type ClusterNodeInfo, type RedisCluster } from './helpers/cluster.js'
 import { waitUntil } from './helpers/waiters.js'
+import { childInstance } from './helpers/child-instance.js'
 
 /**
  * The fault cases of Redis Cluster support, against a real cluster of 3
@@ -331,19 +332,9 @@ async function verify (t: Test, traffic: Traffic, http: string, ended?: string):
   return traffic.members.flatMap((m) => m.gaps)
 }
 
-/** An app instance in its own process (test/fixtures/node.ts), so it can be killed or paused for real. */
-async function childInstance (t: Test, c: RedisCluster, prefix: string, leaseMs: number): Promise<{ child: ChildProcess, wsUrl: string }> {
-  const child = spawn(process.execPath, ['--import=tsx', 'test/fixtures/node.ts'], {
-    env: { ...process.env, REDIS_CLUSTER: JSON.stringify(c.seeds), KEY_PREFIX: prefix, LEASE_MS: String(leaseMs) },
-    stdio: ['ignore', 'pipe', 'inherit']
-  })
-  t.teardown(() => { child.kill('SIGKILL') })
-  const port = await new Promise<number>((resolve, reject) => {
-    let out = ''
-    child.stdout!.on('data', (chunk: Buffer) => { out += chunk.toString(); const m = /port=(\d+)/.exec(out); if (m !== null) resolve(Number(m[1])) })
-    child.once('exit', (code) => reject(new Error(`the instance exited with ${code} before listening: ${out}`)))
-  })
-  return { child, wsUrl: `ws://127.0.0.1:${port}/ws` }
+/** An app instance in its own process on the cluster, so it can be killed or paused for real. */
+async function clusterInstance (t: Test, c: RedisCluster, prefix: string, leaseMs: number): Promise<{ child: ChildProcess, wsUrl: string }> {
+  return await childInstance(t, { REDIS_CLUSTER: JSON.stringify(c.seeds), KEY_PREFIX: prefix, LEASE_MS: String(leaseMs) })
 }
 
 /** The ids of the connections a node lists under a client name. */
@@ -432,7 +423,7 @@ t.test('Redis Cluster faults', { skip: skipCluster }, async (t) => {
     // The listing: exact across partitions, paged, with a prefix, the same from either instance.
     const counts = new Map<string, number>()
     for (const [i, room] of rooms.entries()) counts.set(room, i === 0 ? 1 : i % 2 === 0 ? 2 : 1)
-    const child = await childInstance(t, c, prefix, 10_000)
+    const child = await clusterInstance(t, c, prefix, 10_000)
     const carl = await TestSocket.open(child.wsUrl)
     t.teardown(() => carl.close())
     for (const room of [rooms[1]!, 'lay:carl']) {
@@ -540,7 +531,7 @@ t.test('Redis Cluster faults', { skip: skipCluster }, async (t) => {
   t.test('a dead instance is reaped: its members leave, with presence, within the lease bound', async (t) => {
     const { prefix, partitions: parts, nodes: [a] } = await deploy(t, c, { leaseMs: 1000 }, 1) as Deployed & { nodes: [Started] }
     const rooms = (await roomsOnEveryShard(c, parts, 'reap:', 1)).flat()
-    const { child, wsUrl } = await childInstance(t, c, prefix, 1000)
+    const { child, wsUrl } = await clusterInstance(t, c, prefix, 1000)
     const watcher = await TestSocket.open(a.wsUrl)
     t.teardown(() => watcher.close())
     const doomed = await TestSocket.open(wsUrl)

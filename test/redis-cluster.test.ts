@@ -1,5 +1,5 @@
 import t, { type Test } from 'tap'
-import { spawn } from 'node:child_process'
+import { spawn, type ChildProcess } from 'node:child_process'
 import { Redis } from 'ioredis'
 import WebSocket from 'ws'
 import { redisAdapter } from '../src/index.js'
@@ -8,6 +8,7 @@ import { startApp, type Started } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
 import { eventually, skipRedis, startRedis, type RedisServer } from './helpers/redis.js'
 import { until } from './helpers/until.js'
+import { childInstance } from './helpers/child-instance.js'
 
 const named = { authenticate: (r: { headers: Record<string, unknown> }) => ({ id: String(r.headers['x-user']), name: String(r.headers['x-user']) }) }
 const as = (user: string): WebSocket.ClientOptions => ({ headers: { 'x-user': user } })
@@ -106,15 +107,8 @@ t.test('redis scale-out', { skip: skipRedis }, async (t) => {
   })
 
   /** A cluster node in a child process, so it can be killed or paused for real. */
-  async function childNode (t: Test): Promise<{ child: ReturnType<typeof spawn>, wsUrl: string }> {
-    const child = spawn(process.execPath, ['--import=tsx', 'test/fixtures/node.ts'], { env: { ...process.env, REDIS_URL: redis.url, LEASE_MS: '1000' }, stdio: ['ignore', 'pipe', 'inherit'] })
-    t.teardown(() => { child.kill('SIGKILL') })
-    const port = await new Promise<number>((resolve, reject) => {
-      let out = ''
-      child.stdout!.on('data', (chunk: Buffer) => { out += chunk.toString(); const m = /port=(\d+)/.exec(out); if (m !== null) resolve(Number(m[1])) })
-      child.once('exit', (code) => reject(new Error(`the node exited with ${code} before listening: ${out}`)))
-    })
-    return { child, wsUrl: `ws://127.0.0.1:${port}/ws` }
+  async function childNode (t: Test): Promise<{ child: ChildProcess, wsUrl: string }> {
+    return await childInstance(t, { REDIS_URL: redis.url, LEASE_MS: '1000' })
   }
 
   t.test('a node killed without cleanup disappears within its lease time', async (t) => {
