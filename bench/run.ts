@@ -23,8 +23,7 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { once } from 'node:events'
-import { createServer } from 'node:net'
-import { cpus, loadavg, tmpdir, totalmem } from 'node:os'
+import { cpus, loadavg, totalmem } from 'node:os'
 import { Redis } from 'ioredis'
 import { SettingsSchema } from '../src/options.js'
 import { call, node } from './children.js'
@@ -162,10 +161,10 @@ const partitions = new Partitions(KEY_PREFIX, 64)
 async function redisProcesses (kind: Kind, roomsOf?: { prefix: string, rooms: number }): Promise<{ pids: Array<[string, number | undefined]>, rooms: Record<string, number>, clients: Map<string, Redis> }> {
   if (!clusterKinds.includes(kind)) {
     if (!redisKinds.includes(kind)) return { pids: [], rooms: {}, clients: new Map() }
-    const pids: Array<[string, number | undefined]> = [['redisCpuMs', redisProcess?.pid]]
+    const pids: Array<[string, number | undefined]> = [['redisCpuMs', redisPid()]]
     const clients = new Map<string, Redis>(redis === undefined ? [] : [['redisCpuMs', redis]])
-    if (replicaProcess !== undefined) {
-      pids.push(['redisReplicaCpuMs', replicaProcess.pid])
+    if (replicaPid !== undefined) {
+      pids.push(['redisReplicaCpuMs', replicaPid()])
       if (replicaClient !== undefined) clients.set('redisReplicaCpuMs', replicaClient)
     }
     return { pids, rooms: {}, clients }
@@ -403,8 +402,10 @@ const median = (values: number[]): number => {
   return sorted.length === 0 ? NaN : sorted[Math.floor(sorted.length / 2)]!
 }
 
-let redisProcess: ChildProcess | undefined
-let replicaProcess: ChildProcess | undefined
+/** The one Redis's pid and its replica's (with --redis-replica), for their CPU time. */
+let redisPid: () => number | undefined = () => undefined
+let replicaPid: (() => number | undefined) | undefined
+const redisTeardown: Array<() => unknown> = []
 let replicaClient: Redis | undefined
 let cluster: RedisCluster | undefined
 const clusterTeardown: Array<() => unknown> = []
@@ -426,32 +427,18 @@ try {
   // Settled here so a failed start is not an unhandled rejection while Redis starts; awaited (and thrown) below.
   clusterUp.catch(() => {})
   if (hasRedis) {
-    // A free port, and the server's own word that it is ready: a busy port or a failed start is an error, not a hang.
-    const probe = createServer().listen(0, '127.0.0.1')
-    await once(probe, 'listening')
-    const port = (probe.address() as { port: number }).port
-    await new Promise((resolve) => probe.close(resolve))
-    const proc = spawn(REDIS, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: ['ignore', 'pipe', 'ignore'] })
-    redisProcess = proc
-    await new Promise<void>((resolve, reject) => {
-      let out = ''
-      proc.stdout!.on('data', (chunk: Buffer) => { out += chunk.toString(); if (out.includes('Ready to accept connections')) resolve() })
-      proc.once('exit', (code) => reject(new Error(`redis-server exited with ${code}: ${out}`)))
-    })
-    redisUrl = `redis://127.0.0.1:${port}`
+    // test/helpers/redis.ts: a free port, and the server's own word that it is ready (a failed start is an error, not a hang).
+    const { startRedis } = await import('../test/helpers/redis.js')
+    const one = await startRedis({ teardown: (fn) => redisTeardown.push(fn) })
+    redisPid = one.pid
+    redisUrl = one.url
     redis = new Redis(redisUrl)
     if (redisReplica) {
       // Redis 7 waits 5 s for more replicas before a diskless full sync: there is only one.
       await redis.call('CONFIG', 'SET', 'repl-diskless-sync-delay', '0')
-      const probe2 = createServer().listen(0, '127.0.0.1')
-      await once(probe2, 'listening')
-      const replicaPort = (probe2.address() as { port: number }).port
-      await new Promise((resolve) => probe2.close(resolve))
-      const replica = spawn(REDIS, ['--port', String(replicaPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--replicaof', '127.0.0.1', String(port), '--dir', tmpdir()], { stdio: ['ignore', 'pipe', 'ignore'] })
-      replicaProcess = replica
-      replica.stdout!.resume()
-      replica.once('exit', (code) => { if (replicaProcess !== undefined) console.error(`bench: the one Redis's replica exited with ${code}`) })
-      replicaClient = new Redis(`redis://127.0.0.1:${replicaPort}`, { retryStrategy: () => 50 })
+      const replica = await startRedis({ teardown: (fn) => redisTeardown.push(fn) }, { replicaOf: one.port })
+      replicaPid = replica.pid
+      replicaClient = new Redis(replica.url, { retryStrategy: () => 50 })
       // Synchronised: the replica says its link to the master is up (polled: no event tells).
       const deadline = Date.now() + 30_000
       while (!/master_link_status:up/.test(await replicaClient.info('replication').catch(() => ''))) {
@@ -514,10 +501,7 @@ try {
 } finally {
   redis?.disconnect()
   replicaClient?.disconnect()
-  redisProcess?.kill()
-  const replicaGone = replicaProcess
-  replicaProcess = undefined
-  replicaGone?.kill()
+  for (const fn of redisTeardown) await fn()
   sharedLoadgen?.kill()
   for (const s of pool.values()) for (const c of s.children) c.kill()
   for (const fn of clusterTeardown) await fn()

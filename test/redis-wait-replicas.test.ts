@@ -1,14 +1,11 @@
 import t from 'tap'
-import { spawn } from 'node:child_process'
-import { once } from 'node:events'
-import { tmpdir } from 'node:os'
 import type { Socket } from 'node:net'
 import WebSocket from 'ws'
 import { Redis } from 'ioredis'
 import { redisAdapter } from '../src/index.js'
 import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
-import { REDIS_SERVER, eventually, freePort, skipRedis, startRedis } from './helpers/redis.js'
+import { eventually, skipRedis, startRedis } from './helpers/redis.js'
 import { skipCluster, startCluster } from './helpers/cluster.js'
 
 /** A client's frames in one TCP write, so the server reads them all in one turn of its event loop. */
@@ -28,16 +25,9 @@ t.test('one Redis with a replica: waitReplicas', { skip: skipRedis }, async (t) 
   const inspect = new Redis(master.url)
   // Redis 7 waits 5 s for more replicas before a diskless full sync: there is only one.
   await inspect.call('CONFIG', 'SET', 'repl-diskless-sync-delay', '0')
-  const port = await freePort()
-  const replica = spawn(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--replicaof', '127.0.0.1', String(master.port), '--dir', tmpdir()], { stdio: ['ignore', 'pipe', 'ignore'] })
-  t.teardown(async () => { if (replica.exitCode === null) { const gone = once(replica, 'exit'); replica.kill('SIGKILL'); await gone } })
-  // Connected to only once it listens.
-  await new Promise<void>((resolve, reject) => {
-    let out = ''
-    replica.stdout!.on('data', (chunk: Buffer) => { out += chunk.toString(); if (out.includes('Ready to accept connections')) resolve() })
-    replica.once('exit', (code) => reject(new Error(`the replica exited with ${code}: ${out}`)))
-  })
-  const replicaClient = new Redis(`redis://127.0.0.1:${port}`)
+  // Connected to only once it listens (startRedis waits for that).
+  const replica = await startRedis(t, { replicaOf: master.port })
+  const replicaClient = new Redis(replica.url)
   t.teardown(() => { inspect.disconnect(); replicaClient.disconnect() })
   // The master lists the replica online once it synchronised: no event tells, so it is asked.
   await eventually(async () => await inspect.info('replication'), (info) => /slave0:.*state=online/.test(info), 'the replica is online')

@@ -1,6 +1,7 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { createServer } from 'node:net'
 import { once } from 'node:events'
+import { tmpdir } from 'node:os'
 import { needs } from './needs.js'
 
 export const REDIS_SERVER = '/usr/bin/redis-server'
@@ -22,6 +23,13 @@ export interface RedisServer {
   kill: () => Promise<void>
   /** Start a fresh, empty server on the same port. */
   restart: () => Promise<void>
+  /** The server process's pid, while it runs. */
+  pid: () => number | undefined
+}
+
+export interface RedisServerOptions {
+  /** Run it as a replica of the Redis on this port (its RDB goes to the temp dir). */
+  replicaOf?: number
 }
 
 /** Redis 7 refuses DEBUG (the tests' way to hang it) unless told to allow it; older versions know no such option. */
@@ -31,9 +39,10 @@ function debugFlags (): string[] {
 }
 
 /** Start a real redis-server on a free port for one test file; it is killed at teardown. */
-export async function startRedis (t: { teardown: (fn: () => unknown) => void }): Promise<RedisServer> {
+export async function startRedis (t: { teardown: (fn: () => unknown) => void }, options: RedisServerOptions = {}): Promise<RedisServer> {
   const port = await freePort()
   const flags = debugFlags()
+  if (options.replicaOf !== undefined) flags.push('--replicaof', '127.0.0.1', String(options.replicaOf), '--dir', tmpdir())
   let child: ChildProcess | undefined
   const launch = async (): Promise<void> => {
     const proc = spawn(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...flags], { stdio: ['ignore', 'pipe', 'pipe'] })
@@ -56,7 +65,7 @@ export async function startRedis (t: { teardown: (fn: () => unknown) => void }):
   }
   await launch()
   t.teardown(kill)
-  return { port, url: `redis://127.0.0.1:${port}`, kill, restart: launch }
+  return { port, url: `redis://127.0.0.1:${port}`, kill, restart: launch, pid: () => child?.pid }
 }
 
 /**
