@@ -572,8 +572,13 @@ export class Connection implements Peer {
     backlog.publishing = undefined
     const next = backlog.afterPublishes
     backlog.afterPublishes = undefined
-    if (backlog.queue === undefined && this.backlog === backlog) this.backlog = undefined
+    this.dropIfIdle(backlog)
     next?.()
+  }
+
+  /** An idle connection holds no backlog: it goes once neither frames nor publishes wait in it. */
+  private dropIfIdle (backlog: Backlog): void {
+    if (backlog.queue === undefined && backlog.publishing === undefined && this.backlog === backlog) this.backlog = undefined
   }
 
   private drain (): void {
@@ -584,7 +589,7 @@ export class Connection implements Peer {
       if (next === undefined) {
         if (backlog !== undefined) {
           backlog.queue = undefined
-          if (backlog.publishing === undefined) this.backlog = undefined
+          this.dropIfIdle(backlog)
         }
         return
       }
