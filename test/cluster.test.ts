@@ -785,7 +785,7 @@ t.test('Redis Cluster faults', { skip: skipCluster }, async (t) => {
     t.match(await json(`${b.url}/rooms/${fresh}`), { count: 1 })
   })
 
-  t.test('a leave refused while its slot migrates is done once the slot is served again: no member is left behind, and later diffs count exactly', async (t) => {
+  t.test('a leave refused while its slot migrates is done once the slot is served again: no member is left behind, its diff reaches every member, and later diffs count exactly', async (t) => {
     // Upkeep every second.
     const { partitions: parts, nodes: [a, b] } = await deploy(t, c, { leaseMs: 3000 }) as Deployed & { nodes: [Started, Started] }
     const room = (await roomsOnEveryShard(c, parts, 'leaving:', 1))[2]![0]!
@@ -806,9 +806,9 @@ t.test('Redis Cluster faults', { skip: skipCluster }, async (t) => {
     })
     // The retried leave is done in Redis: the member is not left behind (REST reads Redis; nothing to await).
     for (const node of [a, b]) await eventually(async () => await json(`${node.url}/rooms/${room}`), (r) => r.count === 1, 'the room counts one member')
-    // Its presence diff is not guaranteed to reach the watcher: the watcher's instance resubscribes to the
-    // moved slot on its new owner, and a diff published before that is not replayed (plugin.md, "When Redis
-    // or the link to it fails": presence is not replayed). The next diff carries the exact count.
+    // Its presence diff reaches the watcher: live, or, when it was published on the slot's new owner before the
+    // watcher's instance resubscribed there, replayed from the room's presence log by the resync.
+    t.match(await watcher.next((f) => f.type === 'presence' && f.leaves.some((m: { id: string }) => m.id === lone.welcome.user.id), 'the leave\'s presence diff'), { count: 1 })
     const next = await TestSocket.open(a.wsUrl)
     t.teardown(() => next.close())
     await next.join(room)

@@ -218,6 +218,111 @@ t.test('redis adapter under faults', { skip: skipRedis }, async (t) => {
     t.same(list(), { stay: 1 })
   })
 
+  /**
+   * Cut one instance's subscriber connection and keep it from reconnecting
+   * (Redis refuses new connections past maxclients) until the returned
+   * function is called: whatever is published meanwhile never reaches it live.
+   */
+  async function holdSubscriberDown (t: Test, member: TestSocket): Promise<() => Promise<void>> {
+    const nodeId = member.welcome.connectionId.split('-')[0] as string
+    const line = String(await inspect.call('CLIENT', 'LIST')).split('\n').find((l) => l.includes(` name=fastify-rooms:${nodeId}:sub `))
+    const id = /\bid=(\d+)/.exec(line ?? '')?.[1]
+    if (id === undefined) throw new Error(`no subscriber connection of node ${nodeId}`)
+    const [, max] = await inspect.call('CONFIG', 'GET', 'maxclients') as [string, string]
+    const connected = Number(/connected_clients:(\d+)/.exec(await inspect.info('clients'))?.[1])
+    let held = true
+    const restore = async (): Promise<void> => {
+      if (!held) return
+      held = false
+      await inspect.call('CONFIG', 'SET', 'maxclients', max)
+    }
+    t.teardown(restore)
+    await inspect.call('CONFIG', 'SET', 'maxclients', String(connected - 1))
+    await inspect.call('CLIENT', 'KILL', 'ID', id)
+    return restore
+  }
+
+  /** A member's list of a room as the SDK keeps it: its `joined` page, then every presence diff applied as set operations. */
+  function memberList (socket: TestSocket, room: string): string[] {
+    const ids = new Set<string>()
+    for (const f of socket.frames) {
+      if (f.type === 'joined' && f.room === room) {
+        ids.clear()
+        for (const m of f.members as Array<{ id: string }>) ids.add(m.id)
+      } else if (f.type === 'presence' && f.room === room) {
+        for (const m of f.joins as Array<{ id: string }>) ids.add(m.id)
+        for (const m of f.leaves as Array<{ id: string }>) ids.delete(m.id)
+      }
+    }
+    return [...ids].sort()
+  }
+
+  /** Wait until an instance takes joins again: its subscriber connection is back and it has resynchronised. */
+  async function resynced (node: Started): Promise<void> {
+    const probe = await TestSocket.open(node.wsUrl, as('probe'))
+    try {
+      await eventually(async () => (await probe.join('probe')).type, (type) => type === 'joined', 'the instance takes joins again')
+    } finally {
+      await probe.close()
+    }
+  }
+
+  async function listUntil (socket: TestSocket, room: string, done: (ids: string[]) => boolean, what: string): Promise<string[]> {
+    if (!done(memberList(socket, room))) await socket.next(() => done(memberList(socket, room)), what)
+    return memberList(socket, room)
+  }
+
+  t.test('the subscriber connection cut while people join and leave: the presence changes it missed are replayed, so member lists stay exact', async (t) => {
+    const { nodes: [a, b] } = await cluster(t, 2, { presenceIntervalMs: 0 }) as unknown as { nodes: [Started, Started] }
+    const [watcher, stayer, leaving, late, marker] = await Promise.all([
+      TestSocket.open(a.wsUrl, as('watcher')),
+      ...['stayer', 'leaving', 'late', 'marker'].map(async (name) => await TestSocket.open(b.wsUrl, as(name)))
+    ]) as [TestSocket, TestSocket, TestSocket, TestSocket, TestSocket]
+    t.teardown(() => Promise.all([watcher, stayer, leaving, late, marker].map(async (s) => await s.close())))
+    for (const s of [watcher, stayer, leaving]) await s.join('pres')
+    await listUntil(watcher, 'pres', (ids) => ids.length === 3, 'the watcher to see both joins')
+    const restore = await holdSubscriberDown(t, watcher)
+    t.match(await leaving.request({ type: 'leave', room: 'pres' }), { type: 'left' })
+    t.match(await late.join('pres'), { type: 'joined' })
+    // Both changes are in Redis and published: the other instance's member heard them.
+    await listUntil(stayer, 'pres', (ids) => ids.join() === 'late,stayer,watcher', 'the stayer to see the leave and the join')
+    t.same(memberList(watcher, 'pres'), ['leaving', 'stayer', 'watcher'], 'not heard live: the watcher\'s instance was not subscribed')
+    await restore()
+    await resynced(a)
+    // A change after the instance is back: once the watcher has it, it has every change before it.
+    await marker.join('pres')
+    await listUntil(watcher, 'pres', (ids) => ids.includes('marker'), 'the marker\'s join')
+    t.same(memberList(watcher, 'pres'), ['late', 'marker', 'stayer', 'watcher'], 'the missed leave and join were replayed, before the later join')
+    const counts = watcher.frames.filter((f) => f.type === 'presence').map((f) => f.count)
+    t.equal(counts.at(-1), 4, 'and the last count is the room\'s')
+    t.equal(watcher.closedWith, undefined, 'nobody had to rejoin')
+  })
+
+  t.test('the subscriber connection cut for longer than Redis keeps presence changes: the instance\'s members rejoin (1012) rather than keep a stale list', async (t) => {
+    const { nodes: [a, b] } = await cluster(t, 2) as unknown as { nodes: [Started, Started] }
+    const watcher = await TestSocket.open(a.wsUrl, as('watcher'))
+    const busy = await TestSocket.open(b.wsUrl, as('busy'))
+    const marker = await TestSocket.open(b.wsUrl, as('marker'))
+    t.teardown(() => Promise.all([watcher.close(), busy.close(), marker.close()]))
+    await watcher.join('churn')
+    const restore = await holdSubscriberDown(t, watcher)
+    // More changes than the room's presence log keeps (256).
+    for (let i = 0; i < 130; i++) {
+      await busy.join('churn')
+      await busy.request({ type: 'leave', room: 'churn' })
+    }
+    await restore()
+    await resynced(a)
+    // The watcher is closed during the resync, or else hears this join with its list stale.
+    const outcome = watcher.next((f) => f.type === 'presence' && f.joins.some((m: { id: string }) => m.id === 'marker'), 'the marker\'s join')
+      .then(() => 'kept open with a stale list', () => watcher.closedWith)
+    await marker.join('churn')
+    t.match(await outcome, { code: 1012 }, 'closed to rejoin: its list cannot be brought up to date')
+    const back = await TestSocket.open(a.wsUrl, as('watcher'))
+    t.teardown(() => back.close())
+    t.same((await back.join('churn')).members.map((m: { id: string }) => m.id).sort(), ['marker', 'watcher'], 'the rejoin gets the room as it is')
+  })
+
   t.test('a join cut off in flight answers UNAVAILABLE and leaves no member behind', async (t) => {
     const { nodes: [a, b] } = await cluster(t, 2) as unknown as { nodes: [Started, Started] }
     const watcher = await TestSocket.open(b.wsUrl, as('watcher'))

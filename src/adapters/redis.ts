@@ -59,7 +59,9 @@ export interface RedisAdapterOptions {
  *   R..'seq' offset counter, R..'epoch' history id, R..'hist' stream of frames,
  *   R..'members' user id -> member JSON, R..'counts' user id -> connections,
  *   R..'conns' connection id -> user id, R..'pseq' presence sequence (while
- *   the room has members), P..'rooms' sorted set of rooms with
+ *   the room has members), R..'plog' list of the room's last PRESENCE_LOG
+ *   presence changes as published (it expires PRESENCE_LOG_MS after the
+ *   last), P..'rooms' sorted set of rooms with
  *   members, P..'nodes' node id -> lease expiry (Redis clock, ms),
  *   P..'n:'..node..':conns' set of room.."\n"..connection of a node,
  *   P..'n:'..node..':pubs' sorted set of the node's recent publish ids
@@ -114,7 +116,12 @@ local function presence (room, kind, user, member, count)
     redis.call('SET', r .. 'pseq', string.format('%d', tonumber(t[1]) * 1000000 + tonumber(t[2])))
   end
   local seq = redis.call('INCR', r .. 'pseq')
-  redis.call(PUB, p .. 'c:' .. room, 'p' .. string.format('%d', seq) .. '|' .. count .. '|' .. kind .. #user .. '|' .. user .. member)
+  local change = 'p' .. string.format('%d', seq) .. '|' .. count .. '|' .. kind .. #user .. '|' .. user .. member
+  redis.call(PUB, p .. 'c:' .. room, change)
+  -- Kept a while, so that a node whose subscription broke meanwhile replays
+  -- what it missed (see 'state') instead of its members' lists going stale.
+  if redis.call('RPUSH', r .. 'plog', change) > PRESENCE_LOG then redis.call('LPOP', r .. 'plog') end
+  redis.call('PEXPIRE', r .. 'plog', PRESENCE_LOG_MS)
   -- The live room list: only nodes with watchers subscribe, so this costs nothing otherwise.
   redis.call(PUB, p .. 'roomlist', count .. '|' .. room)
 end
@@ -230,7 +237,7 @@ local function leave (room, conn)
   redis.call('ZREM', r .. 'ids', user)
   local n = redis.call('HLEN', r .. 'members')
   presence(room, 'l', user, member, n)
-  if n == 0 then redis.call('DEL', r .. 'pseq') end
+  if n == 0 then redis.call('DEL', r .. 'pseq', r .. 'plog') end
   if n == 0 then
     redis.call('ZREM', p .. 'rooms', room)
     -- The offsets live exactly as long as the history that uses them.
@@ -255,6 +262,26 @@ local function forget (node)
     redis.call('SREM', set, entry)
   end
   redis.call('DEL', p .. 'n:' .. node .. ':pubs')
+end
+
+-- The presence changes of a room after sequence 'heard', for a node whose
+-- subscription broke: {} when it missed none, false when the log no longer
+-- holds all it missed (it expired, or more changes than it keeps).
+local function presence_since (r, heard)
+  local last = tonumber(redis.call('GET', r .. 'pseq') or '0')
+  if last == heard then return {} end
+  local out = {}
+  local at = heard
+  for _, change in ipairs(redis.call('LRANGE', r .. 'plog', 0, -1)) do
+    local seq = tonumber(string.sub(change, 2, string.find(change, '|', 1, true) - 1))
+    if seq > at then
+      if seq ~= at + 1 then return false end
+      out[#out + 1] = change
+      at = seq
+    end
+  end
+  if at ~= last then return false end
+  return out
 end
 
 if cmd == 'publish' then
@@ -415,16 +442,18 @@ elseif cmd == 'history' then
   end
   return { epoch, seq, entries }
 elseif cmd == 'state' then
-  -- new epoch, then room, epoch and offset delivered by the asking node and
-  -- the SHA-1 of the frame it delivered at that offset ('' if none), for each
-  -- room: its epoch ('' for none) and its last offset. A room whose offsets
+  -- new epoch, then room, epoch and offset delivered by the asking node, the
+  -- SHA-1 of the frame it delivered at that offset ('' if none) and the last
+  -- presence sequence it heard ('' if none to check), for each room: its
+  -- epoch ('' for none), its last offset and the presence changes the node
+  -- missed (see presence_since; {} when not checked). A room whose offsets
   -- went back behind what was delivered in the same epoch, or that holds
   -- another message at the offset delivered, lost writes (a failover to a
   -- replica that had not got them; new writes since reuse their offsets): it
   -- starts a new epoch, so that members learn of the gap instead of being
   -- given other messages under offsets they saw.
   local out = {}
-  for i = 4, #ARGV, 4 do
+  for i = 4, #ARGV, 5 do
     local room = ARGV[i]
     local r = p .. 'r:' .. room .. ':'
     local epoch = redis.call('GET', r .. 'epoch')
@@ -443,6 +472,7 @@ elseif cmd == 'state' then
     end
     out[#out + 1] = epoch or ''
     out[#out + 1] = seq
+    if ARGV[i + 4] == '' then out[#out + 1] = {} else out[#out + 1] = presence_since(r, tonumber(ARGV[i + 4])) end
   end
   return out
 elseif cmd == 'renew' then
@@ -494,6 +524,14 @@ type Client = (Redis | Cluster) & {
  */
 const RESEND_WITHIN_MS = 2_000
 
+/**
+ * How many of a room's latest presence changes Redis keeps, and for how long
+ * after the last one: a node whose subscription broke for less than that
+ * replays what its members missed; past it they rejoin (1012).
+ */
+const PRESENCE_LOG = 256
+const PRESENCE_LOG_MS = 60_000
+
 /** The key of one Redis (not a cluster) among the masters whose replicas are counted. */
 const ONE_REDIS = 'redis'
 
@@ -533,6 +571,9 @@ interface Batch {
 const MAX_BATCH = 256
 const MAX_BATCH_BYTES = 1024 * 1024
 
+/** A room as the 'state' call reads it: its epoch, last offset, and the presence changes the node missed (null: no longer all kept). */
+type RoomState = [epoch: string, offset: number, missed: string[] | null]
+
 /** A room channel this node is subscribed to. */
 interface Subscription {
   /** Local joins holding it (joined, or joining). */
@@ -553,6 +594,10 @@ interface Subscription {
   held: Array<{ offset: number, epoch: string, frame: Buffer }> | undefined
   /** The subscriber connection broke since this room's last message: resync before delivering. */
   gap: boolean
+  /** The last presence sequence heard on the subscription (0: none yet); a resync replays the changes after it. */
+  presenceSeq: number
+  /** Presence changes heard while a gap is being filled, in arrival order: they follow the replayed ones. */
+  heldPresence: Buffer[]
 }
 
 interface LocalMember {
@@ -666,7 +711,7 @@ export class RedisAdapter implements Adapter {
     }
     const { cluster } = this.options
     // Room messages go over sharded pub/sub on a cluster: only the shard that owns the room carries them.
-    const lua = `local PUB = '${cluster === undefined ? 'PUBLISH' : 'SPUBLISH'}'\n${SCRIPT}`
+    const lua = `local PUB, PRESENCE_LOG, PRESENCE_LOG_MS = '${cluster === undefined ? 'PUBLISH' : 'SPUBLISH'}', ${PRESENCE_LOG}, ${PRESENCE_LOG_MS}\n${SCRIPT}`
     if (cluster === undefined) {
       const redis = this.options.client !== undefined ? this.options.client.duplicate(settings) : new Redis(this.options.url as string, settings)
       this.redis = redis as Client
@@ -975,6 +1020,8 @@ export class RedisAdapter implements Adapter {
       subscription.offset = Math.max(subscription.offset, offset)
       this.flush(room, subscription)
     }
+    // Changes after it reach this node on the subscription, made before the join.
+    if (subscription.presenceSeq === 0) subscription.presenceSeq = Number(presenceSeq)
     this.local.set(connectionId + '\n' + room, { room, connectionId, member })
     return { offset, epoch, members: members.map((m) => JSON.parse(m) as Member), membersNext: next === '' ? null : next, count, presenceSeq: Number(presenceSeq), present: present === 1 }
   }
@@ -1151,6 +1198,7 @@ export class RedisAdapter implements Adapter {
     for (const subscription of rooms) {
       if (subscription === undefined) continue
       subscription.held = []
+      subscription.heldPresence = []
       subscription.gap = true
     }
     this.linkLost()
@@ -1250,7 +1298,11 @@ export class RedisAdapter implements Adapter {
   /** Check each subscribed room against Redis: a changed epoch is a loss; a gap is filled from history, or the room's members rejoin. */
   private async resync (breaks: number): Promise<void> {
     // A room whose epoch is still unknown has no local member yet: its first join's reply tells.
-    for (const subscription of this.subscriptions.values()) if (subscription.epoch === undefined) subscription.gap = false
+    for (const [room, subscription] of this.subscriptions) {
+      if (subscription.epoch !== undefined) continue
+      subscription.gap = false
+      this.flushPresence(room, subscription)
+    }
     const rooms = [...this.subscriptions].filter(([, s]) => s.epoch !== undefined).map(([room]) => room)
     if (rooms.length === 0) return
     const state = await this.states(rooms)
@@ -1262,10 +1314,13 @@ export class RedisAdapter implements Adapter {
       if (this.subscriberBreaks !== breaks) return
       const subscription = this.subscriptions.get(room)
       if (subscription?.epoch === undefined) continue
-      const [epoch, last] = state.get(room) as [string, number]
-      if (epoch !== subscription.epoch) {
+      const [epoch, last, missed] = state.get(room) as RoomState
+      if (epoch !== subscription.epoch || (subscription.gap && missed === null)) {
+        // Another epoch, or presence changes this node missed and Redis no longer keeps: its members rejoin.
         this.lose(room)
       } else if (subscription.gap) {
+        for (const change of missed ?? []) this.presenceHeard(room, subscription, Buffer.from(change))
+        this.flushPresence(room, subscription)
         await this.fill(room, subscription, last)
       }
     }
@@ -1276,17 +1331,19 @@ export class RedisAdapter implements Adapter {
    * node delivered (rooms whose epoch it knows): a room that lost writes this
    * node delivered starts a new epoch there (see the script's 'state').
    */
-  private async states (rooms: string[]): Promise<Map<string, [string, number]>> {
+  private async states (rooms: string[]): Promise<Map<string, RoomState>> {
     const epoch = newEpoch()
     const groups = [...this.partitions.group(rooms)]
     const replies = await Promise.all(groups.map(async ([base, names]) =>
       await this.baseCall(base, 'state', epoch, ...names.flatMap((room) => {
-        const { epoch, offset, frame } = this.subscriptions.get(room) as Subscription
-        return [room, epoch as string, offset, frame === undefined ? '' : createHash('sha1').update(frame).digest('hex')]
-      })) as Array<string | number>))
-    const state = new Map<string, [string, number]>()
+        const { epoch, offset, frame, gap, presenceSeq } = this.subscriptions.get(room) as Subscription
+        const heard = gap && presenceSeq > 0 ? presenceSeq : ''
+        return [room, epoch as string, offset, frame === undefined ? '' : createHash('sha1').update(frame).digest('hex'), heard]
+      })) as Array<string | number | string[] | null>))
+    const state = new Map<string, RoomState>()
     for (const [g, [, names]] of groups.entries()) {
-      for (const [i, room] of names.entries()) state.set(room, [replies[g]?.[2 * i] as string, replies[g]?.[2 * i + 1] as number])
+      const reply = replies[g] as Array<string | number | string[] | null>
+      for (const [i, room] of names.entries()) state.set(room, reply.slice(3 * i, 3 * i + 3) as RoomState)
     }
     return state
   }
@@ -1310,6 +1367,7 @@ export class RedisAdapter implements Adapter {
       subscription.frame = page.messages[missing - 1]?.frame
     }
     subscription.gap = false
+    this.flushPresence(room, subscription)
     this.flush(room, subscription)
   }
 
@@ -1327,6 +1385,8 @@ export class RedisAdapter implements Adapter {
       subscription.frame = undefined
       subscription.held = []
       subscription.gap = false
+      subscription.heldPresence = []
+      subscription.presenceSeq = 0
     }
     // Only the members of the lost state: a connection joining the room's new state meanwhile stays.
     const lost: string[] = []
@@ -1364,7 +1424,7 @@ export class RedisAdapter implements Adapter {
     if (subscription === undefined) {
       const ready = this.listen([this.roomChannel(room)])
       ready.catch(() => {})
-      subscription = { holders: 0, ready, epoch: undefined, offset: 0, frame: undefined, held: [], gap: false }
+      subscription = { holders: 0, ready, epoch: undefined, offset: 0, frame: undefined, held: [], gap: false, presenceSeq: 0, heldPresence: [] }
       this.subscriptions.set(room, subscription)
     }
     subscription.holders++
@@ -1461,17 +1521,11 @@ export class RedisAdapter implements Adapter {
       if (kind === 98) { // 'b': b<epoch>|, then <offset>|<frame bytes>|<frame> for each message
         const subscription = this.subscriptions.get(room)
         if (subscription !== undefined) this.received(room, subscription, message, bar)
-      } else if (kind === 112) { // 'p': p<presence seq>|<count>|<j or l><user id bytes>|<user id><member JSON>
-        const bar2 = message.indexOf(124, bar + 1)
-        const bar3 = message.indexOf(124, bar2 + 2)
-        const idEnd = bar3 + 1 + Number(message.toString('latin1', bar2 + 2, bar3))
-        this.listener.presence(room, {
-          join: message[bar2 + 1] === 106, // 'j'
-          id: message.toString('utf8', bar3 + 1, idEnd),
-          member: message.toString('utf8', idEnd),
-          count: Number(message.toString('latin1', bar + 1, bar2)),
-          seq: Number(message.toString('latin1', 1, bar))
-        })
+      } else if (kind === 112) { // 'p': a presence change
+        const subscription = this.subscriptions.get(room)
+        // Behind a gap, changes the node missed are replayed first (see resync).
+        if (subscription?.gap === true) subscription.heldPresence.push(message)
+        else this.presenceHeard(room, subscription, message)
       } else if (kind === 107) { // 'k': k<node>|<token>, a marker of heard()
         if (message.toString('latin1', 1, bar) === this.config.nodeId) {
           const token = message.toString('latin1', bar + 1)
@@ -1485,6 +1539,32 @@ export class RedisAdapter implements Adapter {
       this.listener.direct(message.toString('latin1', 1, bar), message.toString('utf8', bar + 1))
     } else if (kind === 120 && message.toString('latin1', 1, bar) !== this.config.nodeId) { // 'x': x<origin>|<command>, done at the origin already
       this.listener.control(JSON.parse(message.toString('utf8', bar + 1)) as ControlCommand)
+    }
+  }
+
+  /** A presence change, `p<presence seq>|<count>|<j or l><user id bytes>|<user id><member JSON>`, to the room's members. */
+  private presenceHeard (room: string, subscription: Subscription | undefined, message: Buffer): void {
+    const bar = message.indexOf(124)
+    const bar2 = message.indexOf(124, bar + 1)
+    const bar3 = message.indexOf(124, bar2 + 2)
+    const idEnd = bar3 + 1 + Number(message.toString('latin1', bar2 + 2, bar3))
+    const seq = Number(message.toString('latin1', 1, bar))
+    if (subscription !== undefined && seq > subscription.presenceSeq) subscription.presenceSeq = seq
+    this.listener.presence(room, {
+      join: message[bar2 + 1] === 106, // 'j'
+      id: message.toString('utf8', bar3 + 1, idEnd),
+      member: message.toString('utf8', idEnd),
+      count: Number(message.toString('latin1', bar + 1, bar2)),
+      seq
+    })
+  }
+
+  /** Pass on the presence changes held during a gap that its replay did not cover. */
+  private flushPresence (room: string, subscription: Subscription): void {
+    const held = subscription.heldPresence
+    subscription.heldPresence = []
+    for (const message of held) {
+      if (digits(message, 1, message.indexOf(124)) > subscription.presenceSeq) this.presenceHeard(room, subscription, message)
     }
   }
 
