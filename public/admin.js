@@ -5,8 +5,11 @@ import { connect } from './client/index.js'
 const $ = (id) => document.getElementById(id)
 /** How often the stats are read: they are this instance's counters, not pushed. */
 const STATS_MS = 2000
+/** Where a server with tokens only keeps the admin's token: this tab, until it closes. */
+const TOKEN_KEY = 'fastify-rooms-admin-token'
 
-const config = await getJson('config.json')
+let token = sessionStorage.getItem(TOKEN_KEY) ?? undefined
+const config = await loadConfig()
 const wsUrl = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}${config.path}`
 /** The room whose members are shown, and the cursor of their next page. */
 let selected
@@ -14,7 +17,7 @@ let membersNext = null
 
 let client
 try {
-  client = await connect(wsUrl, { name: 'admin' })
+  client = await connect(wsUrl, token === undefined ? { name: 'admin' } : { getToken: () => token })
 } catch (err) {
   showState('closed')
   showError(`Could not connect: ${err.close?.reason || err.message}`)
@@ -66,7 +69,7 @@ async function showMembers (room, after) {
   $('members-heading').textContent = `Members of ${room}`
   const query = new URLSearchParams({ membersLimit: '100' })
   if (!first) query.set('membersAfter', after)
-  const res = await fetch(`${config.prefix}/${encodeURIComponent(room)}?${query}`)
+  const res = await fetch(`${config.prefix}/${encodeURIComponent(room)}?${query}`, { headers: credentials() })
   if (room !== selected) return
   if (res.status === 404) {
     $('members').replaceChildren()
@@ -113,10 +116,55 @@ async function readStats () {
 }
 
 async function getJson (url) {
-  const res = await fetch(url)
+  const res = await fetch(url, { headers: credentials() })
   const body = await res.json()
   if (!res.ok) throw new Error(body.message ?? `${url}: HTTP ${res.status}`)
   return body
+}
+
+/** A Bearer header once the admin gave a token; a cookie session needs none. */
+function credentials () {
+  return token === undefined ? {} : { authorization: `Bearer ${token}` }
+}
+
+/**
+ * The page's config, the first guarded request. A server with tokens only
+ * answers 401 with `WWW-Authenticate: Bearer` (a browser cannot send that
+ * header when it loads a page): ask for a token, and again while it is
+ * refused (401) or not an admin's (403).
+ */
+async function loadConfig () {
+  for (;;) {
+    const res = await fetch('config.json', { headers: credentials() })
+    const body = await res.json().catch(() => ({}))
+    if (res.ok) return body
+    const bearer = /bearer/i.test(res.headers.get('www-authenticate') ?? '')
+    if (!(res.status === 401 && bearer) && !(res.status === 403 && token !== undefined)) {
+      showError(body.message ?? `config.json: HTTP ${res.status}`)
+      throw new Error(body.message)
+    }
+    token = await askToken(token === undefined ? undefined : body.message)
+    sessionStorage.setItem(TOKEN_KEY, token)
+  }
+}
+
+async function askToken (refusal) {
+  const form = $('token-form')
+  $('token-error').textContent = refusal ?? ''
+  $('token-error').hidden = refusal === undefined
+  form.hidden = false
+  $('token').focus()
+  await new Promise((resolve) => {
+    const submit = (event) => {
+      event.preventDefault()
+      if ($('token').value.trim() === '') return
+      form.removeEventListener('submit', submit)
+      resolve()
+    }
+    form.addEventListener('submit', submit)
+  })
+  form.hidden = true
+  return $('token').value.trim()
 }
 
 function showState (state) {

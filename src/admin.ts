@@ -65,6 +65,12 @@ export interface AdminPluginOptions {
   guard: AdminGuard | undefined
   /** The credentials REST asks for; absent when the app configured no authentication. */
   access: RestAccess | undefined
+  /**
+   * Only `verifyToken` is configured: a browser cannot send a Bearer header
+   * when it loads a page, so the page shell (no data in it) is served without
+   * credentials and asks for a token; everything with data stays guarded.
+   */
+  tokenOnly: boolean
   /** The plugin's counters (the metrics' tallies, counting whether or not metrics are served). */
   counters: Metrics
   connections: () => number
@@ -80,7 +86,8 @@ const clientDir = fileURLToPath(new URL('../dist/client/', import.meta.url))
 /**
  * The admin view: a page, the browser SDK it runs on, its config and a stats
  * route, all behind one guard: the credentials REST asks for, then the app's
- * admin guard, before anything else runs.
+ * admin guard, before anything else runs (with tokens only, the page's own
+ * files excepted: see `tokenOnly`).
  */
 export const admin: FastifyPluginAsync<AdminPluginOptions> = async (app, options) => {
   const { guard, access, counters } = options
@@ -96,7 +103,13 @@ export const admin: FastifyPluginAsync<AdminPluginOptions> = async (app, options
   }))
   app.addHook('onClose', async () => { rates.stop() })
   app.setErrorHandler(adminErrors)
+  const shell = new Set(['', '/', '/admin.js', '/style.css'].map((url) => app.prefix + url))
+  const isShell = (request: FastifyRequest): boolean => {
+    const url = request.routeOptions.url ?? ''
+    return (request.method === 'GET' || request.method === 'HEAD') && (shell.has(url) || url.startsWith(`${app.prefix}/client/`))
+  }
   app.addHook('onRequest', async (request, reply) => {
+    if (options.tokenOnly && isShell(request)) return
     const user = access === undefined ? undefined : await access.identify(request, reply)
     if (guard === undefined) return
     const verdict = await guard(request, reply, user)

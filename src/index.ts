@@ -272,6 +272,7 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
       prefix: options.admin.path,
       guard: options.admin.preHandler,
       access: restAccess(options, credentials),
+      tokenOnly: credentials.tokens && options.authenticate === undefined,
       counters,
       connections: () => open.size,
       localCounts: () => registry.localCounts(),

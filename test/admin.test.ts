@@ -119,6 +119,48 @@ t.test('with verifyToken: a Bearer token is the credential; the guard may throw 
   t.equal((await get(`${url}/rooms-admin/stats`, { authorization: 'Bearer tok-ada' })).status, 200)
 })
 
+t.test('with verifyToken alone: the page\'s own files are served without credentials (a browser cannot send a Bearer header to load a page); everything with data is guarded', async (t) => {
+  const asked: Array<Member | undefined> = []
+  const { url } = await startApp(t, {
+    verifyToken: (token) => {
+      const user = tokens[token]
+      if (user === undefined) throw new Error('unknown token')
+      return { user }
+    },
+    admin: {
+      preHandler: (request, reply, user) => {
+        asked.push(user)
+        return isAdmin(request, reply, user)
+      }
+    }
+  })
+  const [page, script, style, config, stats, sdk] = adminRoutes(url) as [string, string, string, string, string, string]
+  for (const route of [page, script, style, sdk]) t.equal((await get(route)).status, 200, `${route}: no credentials needed`)
+  t.match((await get(page)).body, /id="token-form"/, 'the page asks for a token')
+  t.same(asked, [], 'the admin guard is not asked for the page\'s files')
+  for (const route of [config, stats]) {
+    const anonymous = await get(route)
+    t.equal(anonymous.status, 401, `${route} without a token`)
+    t.equal(anonymous.headers.get('www-authenticate'), 'Bearer')
+    t.equal((await get(route, { authorization: 'Bearer tok-bob' })).status, 403, `${route} with a user's token`)
+    t.equal((await get(route, { authorization: 'Bearer tok-ada' })).status, 200, `${route} with an admin's token`)
+  }
+  t.equal((await get(`${url}/rooms`)).status, 401, 'REST stays guarded')
+  t.equal((await get(`${url}/rooms-admin/client/../stats`)).status, 401, 'a path that only looks like the SDK\'s is guarded')
+})
+
+t.test('with authenticate and verifyToken both: the page\'s files need credentials, as everything else', async (t) => {
+  const { url } = await startApp(t, {
+    authenticate: (request) => sessions[String(request.headers.cookie)],
+    verifyToken: (token) => ({ user: tokens[token] as typeof ADA }),
+    admin: { preHandler: isAdmin }
+  })
+  for (const route of adminRoutes(url)) {
+    t.equal((await get(route)).status, 401, route)
+    t.equal((await get(route, { cookie: 'session=ada' })).status, 200, `${route} with a session`)
+  }
+})
+
 t.test('a guard that fails unexpectedly is a generic 500; its error goes to the log only', async (t) => {
   const logs: string[] = []
   const app = Fastify({ logger: { level: 'error', stream: { write: (line: string) => { logs.push(line) } } } })
