@@ -23,6 +23,13 @@ function adminRoutes (url: string, path = '/rooms-admin'): string[] {
   return [`${url}${path}/`, `${url}${path}/admin.js`, `${url}${path}/style.css`, `${url}${path}/config.json`, `${url}${path}/stats`, `${url}${path}/client/index.js`]
 }
 
+/** The app's token check: the user a known token names. */
+function verifyToken (token: string): { user: typeof ADA } {
+  const user = tokens[token]
+  if (user === undefined) throw new Error('unknown token')
+  return { user }
+}
+
 const isAdmin: AdminGuard = (_request, _reply, user) => (user as typeof ADA | undefined)?.role === 'admin'
 
 t.test('the admin view is off by default: every admin route is 404', async (t) => {
@@ -100,11 +107,7 @@ t.test('with authenticate: 401 without credentials (publicRest does not open it)
 
 t.test('with verifyToken: a Bearer token is the credential; the guard may throw errorCodes.FORBIDDEN with its own sentence', async (t) => {
   const { url } = await startApp(t, {
-    verifyToken: (token) => {
-      const user = tokens[token]
-      if (user === undefined) throw new Error('unknown token')
-      return { user }
-    },
+    verifyToken,
     admin: {
       preHandler: (_request, _reply, user) => {
         if ((user as typeof ADA).role !== 'admin') throw new errorCodes.FORBIDDEN('Operators only.')
@@ -122,11 +125,7 @@ t.test('with verifyToken: a Bearer token is the credential; the guard may throw 
 t.test('with verifyToken alone: the page\'s own files are served without credentials (a browser cannot send a Bearer header to load a page); everything with data is guarded', async (t) => {
   const asked: Array<Member | undefined> = []
   const { url } = await startApp(t, {
-    verifyToken: (token) => {
-      const user = tokens[token]
-      if (user === undefined) throw new Error('unknown token')
-      return { user }
-    },
+    verifyToken,
     admin: {
       preHandler: (request, reply, user) => {
         asked.push(user)
