@@ -149,6 +149,7 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     maxHistoryRooms: options.maxHistoryRooms,
     maxHistoryBytes: options.maxHistoryBytes,
     membersPageSize: options.membersPageSize,
+    presenceEvents: options.presenceEvents,
     metrics
   })
   const resume = new ResumeTokens(options.resumeSecret ?? await adapter.secret?.())

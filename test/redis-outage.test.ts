@@ -298,6 +298,14 @@ t.test('redis adapter under faults', { skip: skipRedis }, async (t) => {
     t.equal(watcher.closedWith, undefined, 'nobody had to rejoin')
   })
 
+  /** Between join and leave, more presence changes than a room's presence log keeps (1,024). */
+  async function churn (busy: TestSocket, room: string): Promise<void> {
+    for (let i = 0; i < 520; i++) {
+      await busy.join(room)
+      await busy.request({ type: 'leave', room })
+    }
+  }
+
   t.test('the subscriber connection cut for longer than Redis keeps presence changes: the instance\'s members rejoin (1012) rather than keep a stale list', async (t) => {
     const { nodes: [a, b] } = await cluster(t, 2) as unknown as { nodes: [Started, Started] }
     const watcher = await TestSocket.open(a.wsUrl, as('watcher'))
@@ -306,11 +314,7 @@ t.test('redis adapter under faults', { skip: skipRedis }, async (t) => {
     t.teardown(() => Promise.all([watcher.close(), busy.close(), marker.close()]))
     await watcher.join('churn')
     const restore = await holdSubscriberDown(t, watcher)
-    // More changes than the room's presence log keeps (256).
-    for (let i = 0; i < 130; i++) {
-      await busy.join('churn')
-      await busy.request({ type: 'leave', room: 'churn' })
-    }
+    await churn(busy, 'churn')
     await restore()
     await resynced(a)
     // The watcher is closed during the resync, or else hears this join with its list stale.
@@ -321,6 +325,21 @@ t.test('redis adapter under faults', { skip: skipRedis }, async (t) => {
     const back = await TestSocket.open(a.wsUrl, as('watcher'))
     t.teardown(() => back.close())
     t.same((await back.join('churn')).members.map((m: { id: string }) => m.id).sort(), ['marker', 'watcher'], 'the rejoin gets the room as it is')
+  })
+
+  t.test('with presenceEvents: false the same cut closes nobody: members that get no presence frames miss none', async (t) => {
+    const { nodes: [a, b] } = await cluster(t, 2, { presenceEvents: false }) as unknown as { nodes: [Started, Started] }
+    const watcher = await TestSocket.open(a.wsUrl, as('watcher'))
+    const busy = await TestSocket.open(b.wsUrl, as('busy'))
+    t.teardown(() => Promise.all([watcher.close(), busy.close()]))
+    await watcher.join('broadcast')
+    const restore = await holdSubscriberDown(t, watcher)
+    await churn(busy, 'broadcast')
+    await restore()
+    await resynced(a)
+    t.match(await b.app.rooms.broadcast('broadcast', 'after'), 1)
+    t.match(await watcher.next((f) => f.type === 'message', 'the message after the cut'), { data: 'after', offset: 1 })
+    t.equal(watcher.closedWith, undefined, 'still open')
   })
 
   t.test('a join cut off in flight answers UNAVAILABLE and leaves no member behind', async (t) => {

@@ -83,6 +83,8 @@ export interface AdapterConfig {
   maxHistoryBytes: number
   /** Members in the first page that `join` answers with. */
   membersPageSize: number
+  /** Whether members get `presence` frames at all (the `presenceEvents` option). */
+  presenceEvents: boolean
   /** Where to report the adapter's own metrics (Redis round trips, link state); absent when metrics are off. */
   metrics?: AdapterMetrics | undefined
 }

@@ -59,9 +59,9 @@ export interface RedisAdapterOptions {
  *   R..'seq' offset counter, R..'epoch' history id, R..'hist' stream of frames,
  *   R..'members' user id -> member JSON, R..'counts' user id -> connections,
  *   R..'conns' connection id -> user id, R..'pseq' presence sequence (while
- *   the room has members), R..'plog' list of the room's last PRESENCE_LOG
- *   presence changes as published (it expires PRESENCE_LOG_MS after the
- *   last), P..'rooms' sorted set of rooms with
+ *   the room has members), R..'plog' list of the room's presence changes of
+ *   the last PRESENCE_LOG_MS (at most PRESENCE_LOG), `<ms>|<as published>`,
+ *   P..'rooms' sorted set of rooms with
  *   members, P..'nodes' node id -> lease expiry (Redis clock, ms),
  *   P..'n:'..node..':conns' set of room.."\n"..connection of a node,
  *   P..'n:'..node..':pubs' sorted set of the node's recent publish ids
@@ -119,9 +119,18 @@ local function presence (room, kind, user, member, count)
   local change = 'p' .. string.format('%d', seq) .. '|' .. count .. '|' .. kind .. #user .. '|' .. user .. member
   redis.call(PUB, p .. 'c:' .. room, change)
   -- Kept a while, so that a node whose subscription broke meanwhile replays
-  -- what it missed (see 'state') instead of its members' lists going stale.
-  if redis.call('RPUSH', r .. 'plog', change) > PRESENCE_LOG then redis.call('LPOP', r .. 'plog') end
-  redis.call('PEXPIRE', r .. 'plog', PRESENCE_LOG_MS)
+  -- what it missed (see 'state') instead of its members' lists going stale:
+  -- the changes of the last PRESENCE_LOG_MS, at most PRESENCE_LOG of them,
+  -- each behind the time it was made (ms), older ones dropped from the head.
+  local log, ms = r .. 'plog', now()
+  local n = redis.call('RPUSH', log, string.format('%d', ms) .. '|' .. change)
+  while n > 1 do
+    local head = redis.call('LINDEX', log, 0)
+    if n <= PRESENCE_LOG and tonumber(string.sub(head, 1, string.find(head, '|', 1, true) - 1)) >= ms - PRESENCE_LOG_MS then break end
+    redis.call('LPOP', log)
+    n = n - 1
+  end
+  redis.call('PEXPIRE', log, PRESENCE_LOG_MS)
   -- The live room list: only nodes with watchers subscribe, so this costs nothing otherwise.
   redis.call(PUB, p .. 'roomlist', count .. '|' .. room)
 end
@@ -266,21 +275,22 @@ end
 
 -- The presence changes of a room after sequence 'heard', for a node whose
 -- subscription broke: {} when it missed none, false when the log no longer
--- holds all it missed (it expired, or more changes than it keeps).
+-- holds all it missed (too old, too many, or another life of the room).
+-- The log's sequences are consecutive, so the first one wanted is found by
+-- its index: the cost is what was missed, not the log's length.
 local function presence_since (r, heard)
   local last = tonumber(redis.call('GET', r .. 'pseq') or '0')
   if last == heard then return {} end
-  local out = {}
-  local at = heard
-  for _, change in ipairs(redis.call('LRANGE', r .. 'plog', 0, -1)) do
-    local seq = tonumber(string.sub(change, 2, string.find(change, '|', 1, true) - 1))
-    if seq > at then
-      if seq ~= at + 1 then return false end
-      out[#out + 1] = change
-      at = seq
-    end
-  end
-  if at ~= last then return false end
+  if last < heard then return false end
+  local log = r .. 'plog'
+  local head = redis.call('LINDEX', log, 0)
+  if not head then return false end
+  local cut = string.find(head, '|', 1, true)
+  local first = tonumber(string.sub(head, cut + 2, string.find(head, '|', cut + 1, true) - 1))
+  if first > heard + 1 then return false end
+  local out = redis.call('LRANGE', log, heard + 1 - first, -1)
+  if #out ~= last - heard then return false end
+  for i, entry in ipairs(out) do out[i] = string.sub(entry, string.find(entry, '|', 1, true) + 1) end
   return out
 end
 
@@ -525,11 +535,11 @@ type Client = (Redis | Cluster) & {
 const RESEND_WITHIN_MS = 2_000
 
 /**
- * How many of a room's latest presence changes Redis keeps, and for how long
- * after the last one: a node whose subscription broke for less than that
- * replays what its members missed; past it they rejoin (1012).
+ * A room's presence changes of the last PRESENCE_LOG_MS, at most PRESENCE_LOG
+ * of them, stay in Redis: a node whose subscription broke replays those its
+ * members missed; when they are no longer all there, its members rejoin (1012).
  */
-const PRESENCE_LOG = 256
+const PRESENCE_LOG = 1024
 const PRESENCE_LOG_MS = 60_000
 
 /** The key of one Redis (not a cluster) among the masters whose replicas are counted. */
@@ -596,8 +606,14 @@ interface Subscription {
   gap: boolean
   /** The last presence sequence heard on the subscription (0: none yet); a resync replays the changes after it. */
   presenceSeq: number
-  /** Presence changes heard while a gap is being filled, in arrival order: they follow the replayed ones. */
-  heldPresence: Buffer[]
+  /** Like `gap`, for presence: set by a break, cleared once the resync replayed what was missed. */
+  presenceGap: boolean
+  /**
+   * Presence changes heard during a gap after its resync asked Redis for the
+   * room's state, in arrival order: they follow the replayed ones. Those
+   * heard before it asked are in the replay, so they are not kept (undefined).
+   */
+  heldPresence: Buffer[] | undefined
 }
 
 interface LocalMember {
@@ -1198,8 +1214,9 @@ export class RedisAdapter implements Adapter {
     for (const subscription of rooms) {
       if (subscription === undefined) continue
       subscription.held = []
-      subscription.heldPresence = []
+      subscription.heldPresence = undefined
       subscription.gap = true
+      subscription.presenceGap = true
     }
     this.linkLost()
   }
@@ -1273,6 +1290,12 @@ export class RedisAdapter implements Adapter {
       await Promise.all([...this.local.values()].map(async ({ room, connectionId, member }) => {
         await this.call('join', room, connectionId, member.id, JSON.stringify(member), this.config.nodeId, Number.MAX_SAFE_INTEGER, newEpoch(), 1)
       }))
+      // A break meanwhile (on a cluster, another shard's, already restored)
+      // left rooms the resync did not do: stay down, and recover again.
+      if (this.subscriberBreaks !== breaks) {
+        setImmediate(() => this.maybeRecover())
+        return
+      }
       if (this.subscriberLost || !this.cmd.ready || !this.listening) return
       this.down = false
       this.config.log.warn({ nodeId: this.config.nodeId }, 'fastify-rooms: the link to Redis is back; rooms resynchronised')
@@ -1315,14 +1338,16 @@ export class RedisAdapter implements Adapter {
       const subscription = this.subscriptions.get(room)
       if (subscription?.epoch === undefined) continue
       const [epoch, last, missed] = state.get(room) as RoomState
-      if (epoch !== subscription.epoch || (subscription.gap && missed === null)) {
+      if (epoch !== subscription.epoch || (subscription.presenceGap && missed === null)) {
         // Another epoch, or presence changes this node missed and Redis no longer keeps: its members rejoin.
         this.lose(room)
-      } else if (subscription.gap) {
+        continue
+      }
+      if (subscription.presenceGap) {
         for (const change of missed ?? []) this.presenceHeard(room, subscription, Buffer.from(change))
         this.flushPresence(room, subscription)
-        await this.fill(room, subscription, last)
       }
+      if (subscription.gap) await this.fill(room, subscription, last)
     }
   }
 
@@ -1336,8 +1361,12 @@ export class RedisAdapter implements Adapter {
     const groups = [...this.partitions.group(rooms)]
     const replies = await Promise.all(groups.map(async ([base, names]) =>
       await this.baseCall(base, 'state', epoch, ...names.flatMap((room) => {
-        const { epoch, offset, frame, gap, presenceSeq } = this.subscriptions.get(room) as Subscription
-        const heard = gap && presenceSeq > 0 ? presenceSeq : ''
+        const subscription = this.subscriptions.get(room) as Subscription
+        const { epoch, offset, frame, presenceGap, presenceSeq } = subscription
+        // Members that get no presence frames miss nothing: no reason to close them.
+        const heard = presenceGap && presenceSeq > 0 && this.config.presenceEvents ? presenceSeq : ''
+        // What arrives from now on may come after the state is read: kept for after the replay.
+        if (presenceGap) subscription.heldPresence = []
         return [room, epoch as string, offset, frame === undefined ? '' : createHash('sha1').update(frame).digest('hex'), heard]
       })) as Array<string | number | string[] | null>))
     const state = new Map<string, RoomState>()
@@ -1367,7 +1396,6 @@ export class RedisAdapter implements Adapter {
       subscription.frame = page.messages[missing - 1]?.frame
     }
     subscription.gap = false
-    this.flushPresence(room, subscription)
     this.flush(room, subscription)
   }
 
@@ -1385,7 +1413,8 @@ export class RedisAdapter implements Adapter {
       subscription.frame = undefined
       subscription.held = []
       subscription.gap = false
-      subscription.heldPresence = []
+      subscription.heldPresence = undefined
+      subscription.presenceGap = false
       subscription.presenceSeq = 0
     }
     // Only the members of the lost state: a connection joining the room's new state meanwhile stays.
@@ -1424,7 +1453,7 @@ export class RedisAdapter implements Adapter {
     if (subscription === undefined) {
       const ready = this.listen([this.roomChannel(room)])
       ready.catch(() => {})
-      subscription = { holders: 0, ready, epoch: undefined, offset: 0, frame: undefined, held: [], gap: false, presenceSeq: 0, heldPresence: [] }
+      subscription = { holders: 0, ready, epoch: undefined, offset: 0, frame: undefined, held: [], gap: false, presenceSeq: 0, presenceGap: false, heldPresence: undefined }
       this.subscriptions.set(room, subscription)
     }
     subscription.holders++
@@ -1524,8 +1553,8 @@ export class RedisAdapter implements Adapter {
       } else if (kind === 112) { // 'p': a presence change
         const subscription = this.subscriptions.get(room)
         // Behind a gap, changes the node missed are replayed first (see resync).
-        if (subscription?.gap === true) subscription.heldPresence.push(message)
-        else this.presenceHeard(room, subscription, message)
+        if (subscription?.presenceGap !== true) this.presenceHeard(room, subscription, message)
+        else subscription.heldPresence?.push(message)
       } else if (kind === 107) { // 'k': k<node>|<token>, a marker of heard()
         if (message.toString('latin1', 1, bar) === this.config.nodeId) {
           const token = message.toString('latin1', bar + 1)
@@ -1559,10 +1588,11 @@ export class RedisAdapter implements Adapter {
     })
   }
 
-  /** Pass on the presence changes held during a gap that its replay did not cover. */
+  /** End a presence gap: pass on the changes held during it that its replay did not cover. */
   private flushPresence (room: string, subscription: Subscription): void {
-    const held = subscription.heldPresence
-    subscription.heldPresence = []
+    const held = subscription.heldPresence ?? []
+    subscription.heldPresence = undefined
+    subscription.presenceGap = false
     for (const message of held) {
       if (digits(message, 1, message.indexOf(124)) > subscription.presenceSeq) this.presenceHeard(room, subscription, message)
     }
