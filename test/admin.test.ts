@@ -1,4 +1,5 @@
 import t from 'tap'
+import http from 'node:http'
 import Fastify from 'fastify'
 import rooms, { errorCodes, type AdminGuard, type AdminStats, type Member } from '../src/index.js'
 import { startApp } from './helpers/server.js'
@@ -145,7 +146,11 @@ t.test('with verifyToken alone: the page\'s own files are served without credent
     t.equal((await get(route, { authorization: 'Bearer tok-ada' })).status, 200, `${route} with an admin's token`)
   }
   t.equal((await get(`${url}/rooms`)).status, 401, 'REST stays guarded')
-  t.equal((await get(`${url}/rooms-admin/client/../stats`)).status, 401, 'a path that only looks like the SDK\'s is guarded')
+  // Sent as is (fetch would resolve the dots): the SDK's open route must not reach the guarded files.
+  for (const path of ['/rooms-admin/client/../config.json', '/rooms-admin/client/%2e%2e/stats']) {
+    const status = await new Promise<number | undefined>((resolve, reject) => http.get({ host: new URL(url).hostname, port: new URL(url).port, path }, (res) => { res.resume(); resolve(res.statusCode) }).on('error', reject))
+    t.equal(status, 403, `${path}: refused`)
+  }
 })
 
 t.test('with authenticate and verifyToken both: the page\'s files need credentials, as everything else', async (t) => {
