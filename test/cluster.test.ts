@@ -256,6 +256,8 @@ async function verify (t: Test, traffic: Traffic, http: string, ended?: string):
   const finals = new Map<string, { epoch: string, offset: number }>()
   for (const room of traffic.rooms) {
     const info = await json(`${http}/rooms/${room}`)
+    // Said here, not as "stuck at ..., final undefined" a wait later: what REST answered instead.
+    if (typeof info.epoch !== 'string') throw new Error(`${room}: REST did not answer the room's state: ${JSON.stringify(info)}`)
     finals.set(room, { epoch: info.epoch, offset: info.offset })
   }
   // Caught up: wait for it, message by message.
