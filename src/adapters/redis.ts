@@ -588,6 +588,8 @@ type RoomState = [epoch: string, offset: number, missed: string[] | null]
 interface Subscription {
   /** Local joins holding it (joined, or joining). */
   holders: number
+  /** Local members joined (answered), of `holders`. */
+  joined: number
   /** Resolves once Redis confirmed the subscription. */
   ready: Promise<unknown>
   /** The room's epoch as this node's members know it; undefined until a join tells. */
@@ -1036,9 +1038,13 @@ export class RedisAdapter implements Adapter {
       subscription.offset = Math.max(subscription.offset, offset)
       this.flush(room, subscription)
     }
-    // Changes after it reach this node on the subscription, made before the join.
-    if (subscription.presenceSeq === 0) subscription.presenceSeq = Number(presenceSeq)
-    this.local.set(connectionId + '\n' + room, { room, connectionId, member })
+    // Changes after it reach this node on the subscription, made before the
+    // join. With no member here yet, earlier ones concern nobody here (and
+    // may be of an earlier life of the room, if it emptied meanwhile).
+    if (subscription.joined === 0) subscription.presenceSeq = Math.max(subscription.presenceSeq, Number(presenceSeq))
+    const key = connectionId + '\n' + room
+    if (!this.local.has(key)) subscription.joined++
+    this.local.set(key, { room, connectionId, member })
     return { offset, epoch, members: members.map((m) => JSON.parse(m) as Member), membersNext: next === '' ? null : next, count, presenceSeq: Number(presenceSeq), present: present === 1 }
   }
 
@@ -1055,6 +1061,8 @@ export class RedisAdapter implements Adapter {
 
   async leave (room: string, connectionId: string): Promise<void> {
     if (!this.local.delete(connectionId + '\n' + room)) return
+    const subscription = this.subscriptions.get(room)
+    if (subscription !== undefined) subscription.joined--
     await Promise.all([this.release(room), this.forgetRemote(room, connectionId)])
   }
 
@@ -1416,6 +1424,7 @@ export class RedisAdapter implements Adapter {
       subscription.heldPresence = undefined
       subscription.presenceGap = false
       subscription.presenceSeq = 0
+      subscription.joined = 0
     }
     // Only the members of the lost state: a connection joining the room's new state meanwhile stays.
     const lost: string[] = []
@@ -1453,7 +1462,7 @@ export class RedisAdapter implements Adapter {
     if (subscription === undefined) {
       const ready = this.listen([this.roomChannel(room)])
       ready.catch(() => {})
-      subscription = { holders: 0, ready, epoch: undefined, offset: 0, frame: undefined, held: [], gap: false, presenceSeq: 0, presenceGap: false, heldPresence: undefined }
+      subscription = { holders: 0, joined: 0, ready, epoch: undefined, offset: 0, frame: undefined, held: [], gap: false, presenceSeq: 0, presenceGap: false, heldPresence: undefined }
       this.subscriptions.set(room, subscription)
     }
     subscription.holders++
