@@ -6,6 +6,7 @@
  * npm test, so it cannot rot). `--only=a,b` picks workloads, `--kinds=a,b`
  * servers, `--reps=n` runs per server, `--presence-interval-ms=n` the interval,
  * `--wait-replicas=n` the cluster kind's `waitReplicas` (the adapter's default, 1, otherwise),
+ * `--partitions=n` the cluster kind's `partitions` (the adapter's default, 64, otherwise),
  * `--warmup-ms=n` a fan-out of n ms before the measured one, for every kind (JIT
  * compilation then falls outside the measurement: each Redis-backed instance
  * compiles the hot code on its own), `--cpu-prof=DIR` a V8 CPU profile of every
@@ -15,7 +16,8 @@
  * that carries what a shard carries), `--profile` writes each redis-server's
  * INFO commandstats/stats/cpu deltas to /tmp/counters-<kind>.json and a perf
  * profile (`perf record --call-graph dwarf`) to /tmp/perf-<kind>-<key>.data
- * for the shard workloads (perf adds CPU: read ratios from runs without it).
+ * for the shard workloads (perf adds CPU: read ratios from runs without it), `--counters` the
+ * counters alone (no perf) and a line per run with each redis-server's script calls, WAITs, reads and CPU (INFO's).
  * The Redis kinds run on one redis-server, `rooms-cluster` on a Redis Cluster
  * of 3 masters and 3 replicas the bench starts (test/helpers/cluster.ts); the
  * CPU time of every redis-server process is read from /proc around each run.
@@ -47,6 +49,8 @@ const intervalOption = (SettingsSchema.properties as Record<string, { default?: 
 const presenceIntervalMs = Number(flag('presence-interval-ms') ?? intervalOption?.default ?? 50)
 /** To see what waiting for a replica costs: the same cluster runs with another `waitReplicas`. */
 const waitReplicas = flag('wait-replicas')
+/** To see what the number of script calls per turn costs a master: the same cluster with fewer (or more) partitions. */
+const partitionCount = flag('partitions')
 const warmupMs = Number(flag('warmup-ms') ?? 0)
 const cpuProf = flag('cpu-prof')
 /**
@@ -71,7 +75,7 @@ interface Servers { kind: Kind, children: ChildProcess[], ports: number[] }
 
 async function startServers (kinds: Kind[], redisUrl: string): Promise<Map<Kind, Array<{ child: ChildProcess, port: number }>>> {
   const seeds = cluster?.seeds.map((s) => `${s.host}:${s.port}`).join(',') ?? ''
-  const child = node([...(cpuProf === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${cpuProf}`]), '--expose-gc', '--import=tsx', 'bench/servers.ts', kinds.join(','), redisUrl, String(presenceIntervalMs), seeds, waitReplicas ?? '', redisReplica ? waitReplicas ?? '1' : ''])
+  const child = node([...(cpuProf === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${cpuProf}`]), '--expose-gc', '--import=tsx', 'bench/servers.ts', kinds.join(','), redisUrl, String(presenceIntervalMs), seeds, waitReplicas ?? '', redisReplica ? waitReplicas ?? '1' : '', partitionCount ?? ''])
   const ports = await new Promise<Map<Kind, number>>((resolve, reject) => {
     let out = ''
     child.stdout!.on('data', (chunk: Buffer) => {
@@ -150,7 +154,7 @@ function cpuOfPid (pid: number | undefined, file = `/proc/${pid}/stat`): number 
 
 /** The adapter's default key prefix, which the bench servers use: where a room's partition comes from. */
 const KEY_PREFIX = 'fastify-rooms:'
-const partitions = new Partitions(KEY_PREFIX, 64)
+const partitions = new Partitions(KEY_PREFIX, Number(partitionCount ?? 64))
 
 /**
  * The redis-server processes a kind runs on, each with the result key of its
@@ -214,6 +218,8 @@ async function redisCounters (clients: Map<string, Redis>): Promise<Record<strin
   return out
 }
 const profile = process.argv.includes('--profile')
+/** `--counters`: the INFO counters of `--profile` without perf (cheap), and a line per run on stderr with each redis-server's script calls, WAITs, reads and CPU (INFO's). */
+const counters = profile || process.argv.includes('--counters')
 
 /** CPU time of each of a run's redis-server processes, by result key. */
 function redisCpu (pids: Array<[string, number | undefined]>): Record<string, number> {
@@ -262,7 +268,7 @@ async function runOnce (workload: Workload, kind: Kind): Promise<Outcome> {
       if (warmupMs > 0 && workload.group === 'fanout') await call(loadgens[0]!, { cmd: 'fanout', sid, ...job, durationMs: warmupMs })
       const connected = await stats(servers)
       const threadsBefore = threadCpu(servers)
-      const countersBefore = profile ? await redisCounters(redisOf.clients) : undefined
+      const countersBefore = counters ? await redisCounters(redisOf.clients) : undefined
       // perf record on each redis-server over the publishing, to /tmp/perf-<run>-<key>.data.
       const perfs = profile ? redisOf.pids.map(([key, pid]) => spawn('perf', ['record', '-F', '4999', '--call-graph', 'dwarf,16384', '-p', String(pid), '-o', `/tmp/perf-${kind}-${key}.data`], { stdio: 'ignore' })) : []
       const redisBefore = redisCpu(redisOf.pids)
@@ -280,6 +286,8 @@ async function runOnce (workload: Workload, kind: Kind): Promise<Outcome> {
           }
         }
         writeFileSync(`/tmp/counters-${kind}.json`, JSON.stringify({ go, diff }, null, 1))
+        const brief = Object.entries(diff).map(([key, d]) => `${key.replace(/CpuMs$/, '')}: ${d['evalsha.calls'] ?? 0} script calls, ${d['wait.calls'] ?? 0} WAITs, ${d.total_reads_processed ?? 0} reads, ${Math.round(((d.used_cpu_user ?? 0) + (d.used_cpu_sys ?? 0)) * 1000)} ms CPU`)
+        console.error(`bench: ${workload.name} ${kind} counters: ${brief.join('; ')}`)
       }
       const after = await stats(servers)
       const threadsAfter = threadCpu(servers)
@@ -516,7 +524,7 @@ const text = report({
     ? `presenceIntervalMs: ${presenceIntervalMs} passed to fastify-rooms (its default: ${intervalOption.default ?? 'none'}); the coalescing ws baseline batches presence at the same interval`
     : `this build of fastify-rooms has no presenceIntervalMs option (one presence frame per join); the coalescing ws baseline batches presence every ${presenceIntervalMs} ms`,
   hasRedis,
-  waitReplicas: (waitReplicas === undefined ? 'waitReplicas 1, the default' : `waitReplicas ${waitReplicas}`) + (redisReplica ? '; the one Redis has one replica and waits for it the same way (--redis-replica)' : '; the one Redis has no replica and no WAIT'),
+  waitReplicas: (waitReplicas === undefined ? 'waitReplicas 1, the default' : `waitReplicas ${waitReplicas}`) + (partitionCount === undefined ? '' : `, ${partitionCount} partitions`) + (redisReplica ? '; the one Redis has one replica and waits for it the same way (--redis-replica)' : '; the one Redis has no replica and no WAIT'),
   warmupMs,
   results,
   labels

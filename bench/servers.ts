@@ -1,7 +1,7 @@
 /**
- * Benchmark servers: `node --expose-gc --import=tsx bench/servers.ts KIND[,KIND...] REDIS_URL PRESENCE_INTERVAL_MS [CLUSTER_SEEDS [WAIT_REPLICAS [REDIS_WAIT_REPLICAS]]]`
+ * Benchmark servers: `node --expose-gc --import=tsx bench/servers.ts KIND[,KIND...] REDIS_URL PRESENCE_INTERVAL_MS [CLUSTER_SEEDS [WAIT_REPLICAS [REDIS_WAIT_REPLICAS [PARTITIONS]]]]`
  * (CLUSTER_SEEDS: `host:port,...` of the Redis Cluster, for `rooms-cluster`;
- * WAIT_REPLICAS its `waitReplicas`, REDIS_WAIT_REPLICAS the one Redis's, the adapter's default if empty).
+ * WAIT_REPLICAS its `waitReplicas`, REDIS_WAIT_REPLICAS the one Redis's, PARTITIONS the cluster's `partitions`, the adapter's default if empty).
  * Prints `ready KIND PORT` for each kind, then `ready`; answers `{ cmd: 'stats' }`
  * over IPC with its CPU time and memory (after a full GC), so the runner
  * measures the server alone. A full run starts one kind per process; the smoke
@@ -33,6 +33,8 @@ const clusterSeeds = (process.argv[5] ?? '').split(',').filter((s) => s !== '').
 const waitReplicas = process.argv[6] === undefined || process.argv[6] === '' ? undefined : Number(process.argv[6])
 /** The one Redis's `waitReplicas` (`--redis-replica`): it waits for its replica as the cluster's shards do. */
 const redisWaitReplicas = process.argv[7] === undefined || process.argv[7] === '' ? undefined : Number(process.argv[7])
+/** The cluster's `partitions` (`--partitions`). */
+const partitions = process.argv[8] === undefined || process.argv[8] === '' ? undefined : Number(process.argv[8])
 const gc = (globalThis as { gc?: () => void }).gc
 
 /** Whether this build of the plugin batches presence (protocol v2's `presenceIntervalMs`). */
@@ -55,8 +57,8 @@ async function start (kind: string): Promise<number> {
         heartbeatMs: 60_000,
         historySize: kind === 'rooms-nohistory' ? 0 : 100,
         presenceEvents: kind !== 'rooms-quiet',
-        // The cluster with the adapter's defaults (64 partitions, waitReplicas 1): what a deployment gets.
-        adapter: kind === 'rooms-redis' ? redisAdapter({ url: redisUrl as string, ...(redisWaitReplicas === undefined ? {} : { waitReplicas: redisWaitReplicas }) }) : kind === 'rooms-cluster' ? redisAdapter({ cluster: clusterSeeds, ...(waitReplicas === undefined ? {} : { waitReplicas }) }) : undefined,
+        // The cluster with the adapter's defaults (64 partitions, waitReplicas 1), what a deployment gets, unless --partitions or --wait-replicas say otherwise.
+        adapter: kind === 'rooms-redis' ? redisAdapter({ url: redisUrl as string, ...(redisWaitReplicas === undefined ? {} : { waitReplicas: redisWaitReplicas }) }) : kind === 'rooms-cluster' ? redisAdapter({ cluster: clusterSeeds, ...(waitReplicas === undefined ? {} : { waitReplicas }), ...(partitions === undefined ? {} : { partitions }) }) : undefined,
         ...(hasPresenceInterval ? { presenceIntervalMs } : {})
       })
       await app.listen({ port: 0, host: '127.0.0.1' })
