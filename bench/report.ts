@@ -135,7 +135,7 @@ export function report (input: ReportInput): string {
     for (const row of scaled) say(row)
   }
   scaledTable('rooms-redis', '## Targets (issue #14): fastify-rooms on Redis (2 instances, both counted) against one memory node and against Socket.IO on Redis')
-  scaledTable('rooms-cluster', `## Targets (issue #14): fastify-rooms on a Redis Cluster (3 masters + 3 replicas, ${input.waitReplicas}; 2 instances, both counted, Redis not) against one memory node and against Socket.IO on Redis`)
+  scaledTable('rooms-cluster', `## Targets (issue #14): fastify-rooms on a Redis Cluster (3 masters, ${input.waitReplicas}; 2 instances, both counted, Redis not) against one memory node and against Socket.IO on Redis`)
 
   for (const [workload, merged] of results) {
     say()
@@ -238,13 +238,15 @@ function shardTables (merged: Merged, rooms: number, say: (line?: string) => voi
     const x = cpu / one
     say(`| cluster master ${i + 1} | ${fmt(sharded[`master${i}Rooms`])} | ${fmt(cpu)} | ${ratio(x)} | ≤ 0.45x | ${Number.isFinite(x) && x <= 0.45 ? 'met' : '**not met**'} |`)
   }
-  for (const i of shardsOf(sharded)) {
+  // A cluster run with --cluster-replicas=0 has none.
+  const withReplicas = shardsOf(sharded).some((i) => sharded[`replica${i}CpuMs`] !== undefined)
+  for (const i of withReplicas ? shardsOf(sharded) : []) {
     const cpu = sharded[`replica${i}CpuMs`]
     replicas += cpu ?? 0
     say(`| cluster replica of master ${i + 1} | | ${fmt(cpu)} | ${ratio(cpu! / one)} | (replication, no goal) | |`)
   }
   say(`| cluster, 3 masters together | | ${fmt(masters)} | ${ratio(masters / one)} | | |`)
-  say(`| cluster, all 6 processes together | | ${fmt(masters + replicas)} | ${ratio((masters + replicas) / one)} | | |`)
+  if (withReplicas) say(`| cluster, all 6 processes together | | ${fmt(masters + replicas)} | ${ratio((masters + replicas) / one)} | | |`)
 }
 
 /** The costs a capacity plan multiplies out: server CPU per delivery and per publish, Redis CPU per publish (one Redis, each shard). */

@@ -47,8 +47,14 @@ const scale = Number(flag('scale') ?? 1)
 const kindFilter = flag('kinds')?.split(',') as Kind[] | undefined
 const intervalOption = (SettingsSchema.properties as Record<string, { default?: number }>).presenceIntervalMs
 const presenceIntervalMs = Number(flag('presence-interval-ms') ?? intervalOption?.default ?? 50)
+/**
+ * `--cluster-replicas=0`: the cluster is its 3 masters alone (and waits for no
+ * replica unless --wait-replicas says so): against the one Redis without a
+ * replica, like for like, what sharding alone does to each server's load.
+ */
+const clusterReplicas = flag('cluster-replicas') === '0' ? 0 : 1
 /** To see what waiting for a replica costs: the same cluster runs with another `waitReplicas`. */
-const waitReplicas = flag('wait-replicas')
+const waitReplicas = flag('wait-replicas') ?? (clusterReplicas === 0 ? '0' : undefined)
 /** To see what the number of script calls per turn costs a master: the same cluster with fewer (or more) partitions. */
 const partitionCount = flag('partitions')
 const warmupMs = Number(flag('warmup-ms') ?? 0)
@@ -430,7 +436,7 @@ try {
   const all = [...new Set(selected.flatMap(kindsOf))]
   // The cluster takes a couple of seconds to form: it starts while the rest does, and only if a run needs it.
   const clusterUp = all.some((k) => clusterKinds.includes(k))
-    ? import('../test/helpers/cluster.js').then(async ({ startCluster }) => { cluster = await startCluster({ teardown: (fn) => clusterTeardown.push(fn) }, { nodeTimeoutMs: 5000 }) })
+    ? import('../test/helpers/cluster.js').then(async ({ startCluster }) => { cluster = await startCluster({ teardown: (fn) => clusterTeardown.push(fn) }, { nodeTimeoutMs: 5000, replicas: clusterReplicas }) })
     : Promise.resolve()
   // Settled here so a failed start is not an unhandled rejection while Redis starts; awaited (and thrown) below.
   clusterUp.catch(() => {})
@@ -524,7 +530,7 @@ const text = report({
     ? `presenceIntervalMs: ${presenceIntervalMs} passed to fastify-rooms (its default: ${intervalOption.default ?? 'none'}); the coalescing ws baseline batches presence at the same interval`
     : `this build of fastify-rooms has no presenceIntervalMs option (one presence frame per join); the coalescing ws baseline batches presence every ${presenceIntervalMs} ms`,
   hasRedis,
-  waitReplicas: (waitReplicas === undefined ? 'waitReplicas 1, the default' : `waitReplicas ${waitReplicas}`) + (partitionCount === undefined ? '' : `, ${partitionCount} partitions`) + (redisReplica ? '; the one Redis has one replica and waits for it the same way (--redis-replica)' : '; the one Redis has no replica and no WAIT'),
+  waitReplicas: (clusterReplicas === 0 ? 'no replicas, ' : '') + (waitReplicas === undefined ? 'waitReplicas 1, the default' : `waitReplicas ${waitReplicas}`) + (partitionCount === undefined ? '' : `, ${partitionCount} partitions`) + (redisReplica ? '; the one Redis has one replica and waits for it the same way (--redis-replica)' : '; the one Redis has no replica and no WAIT'),
   warmupMs,
   results,
   labels

@@ -111,17 +111,19 @@ function parseNodes (text: string): ClusterNodeInfo[] {
 const serves = (node: ClusterNodeInfo, slot: number): boolean => node.slots.some(([first, last]) => slot >= first && slot <= last)
 
 /**
- * Start a real Redis Cluster of 3 masters and 3 replicas for one test file,
+ * Start a real Redis Cluster of 3 masters and 3 replicas for one test file
+ * (`replicas: 0`: the 3 masters alone, for the bench's like-for-like baseline),
  * and wait until it serves every slot and every replica is synced. Every
  * process is killed and its directory removed at teardown. `nodeTimeoutMs`
  * (default `NODE_TIMEOUT_MS`): the bench, which loads the machine and kills
  * no node, takes a longer one so a starved node is not failed over mid-run.
  */
-export async function startCluster (t: Teardown, { nodeTimeoutMs = NODE_TIMEOUT_MS }: { nodeTimeoutMs?: number } = {}): Promise<RedisCluster> {
+export async function startCluster (t: Teardown, { nodeTimeoutMs = NODE_TIMEOUT_MS, replicas = 1 }: { nodeTimeoutMs?: number, replicas?: 0 | 1 } = {}): Promise<RedisCluster> {
   const dir = mkdtempSync(join(tmpdir(), 'fastify-rooms-cluster-'))
-  const ports = await freePorts(12)
-  const clientPorts = ports.slice(0, 6)
-  const busPort = new Map(clientPorts.map((port, i) => [port, ports[6 + i]!]))
+  const count = 3 * (1 + replicas)
+  const ports = await freePorts(2 * count)
+  const clientPorts = ports.slice(0, count)
+  const busPort = new Map(clientPorts.map((port, i) => [port, ports[count + i]!]))
   const processes = new Map<number, ChildProcess>()
   const inspectors = new Map<number, Redis>()
   /** Bumped by restartEmpty, so each fresh cluster gets fresh node config files. */
@@ -248,7 +250,7 @@ export async function startCluster (t: Teardown, { nodeTimeoutMs = NODE_TIMEOUT_
 
   const create = async (): Promise<void> => {
     await Promise.all(clientPorts.map(launch))
-    await run(REDIS_CLI, ['--cluster', 'create', ...clientPorts.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '1', '--cluster-yes'])
+    await run(REDIS_CLI, ['--cluster', 'create', ...clientPorts.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', String(replicas), '--cluster-yes'])
     await waitSettled('the new cluster is ready')
   }
 
