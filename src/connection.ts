@@ -639,10 +639,15 @@ export class Connection implements Peer {
    * A member's publish: checked, run past `onPublish`, stored, then acked when
    * it has an id. Without an onPublish hook it takes no async step of its own.
    */
-  private publish (frame: PublishFrame, size: number, text: string): Promise<unknown> {
+  private publish (frame: PublishFrame, size: number, text: string): Promise<unknown> | undefined {
     const message = this.encodePublish(frame, size, text)
     if (this.ctx.options.onPublish !== undefined) return this.publishHooked(frame, message)
-    return this.store(frame, message)
+    const { registry } = this.ctx
+    if (!registry.publishesNow) return this.store(frame, message)
+    // Stored and fanned out already: the ack follows the message at once, and the next frame needs no wait.
+    const offset = registry.publishNow(frame.room, message)
+    this.ack(frame.id, frame.room, frame.ephemeral === true, offset)
+    return undefined
   }
 
   private async publishHooked (frame: PublishFrame, message: EncodedPublish): Promise<void> {
