@@ -4,7 +4,7 @@ import type { WebSocket, RawData } from 'ws'
 import { directSocket, senderIdle } from './fast-path.js'
 import { corkTurn, writeCoalesced, writeText } from './frame.js'
 import {
-  checkPublish, DEFAULT_HISTORY_PAGE, encodeAck, encodedData, isFrameError, parseClientFrame, peekRequestId, PROTOCOL_VERSION,
+  checkPublish, dataBytesBound, DEFAULT_HISTORY_PAGE, encodeAck, encodedData, isFrameError, parseClientFrame, peekRequestId, PROTOCOL_VERSION,
   type AuthenticatedFrame, type AuthFrame, type ClientFrame, type DataValidator, type EncodedPublish, type ErrorFrame, type FrameError, type JoinFrame, type Member,
   type PublishFrame, type RequestId, type WelcomeFrame
 } from './protocol.js'
@@ -683,7 +683,7 @@ export class Connection implements Peer {
     const encoded = encodedData(frame, text)
     // The value only where something asks for it: a frame read by the fast path parses its data then.
     const data = encoded === undefined || validateData !== undefined || options.onPublish !== undefined ? frame.data : undefined
-    return { data: checkPublish(data, room, options.maxMessageBytes, validateData, size, encoded), from: this.userJson ??= JSON.stringify(this.user), ephemeral: frame.ephemeral === true }
+    return { data: checkPublish(data, room, options.maxMessageBytes, validateData, dataBytesBound(frame, encoded, size), encoded), from: this.userJson ??= JSON.stringify(this.user), ephemeral: frame.ephemeral === true }
   }
 
   private ack (id: RequestId | undefined, room: string, ephemeral: boolean, offset: number | undefined): void {
