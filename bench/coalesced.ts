@@ -67,8 +67,12 @@ interface Room {
   lastFlush: number
 }
 
-/** The connection handler of the coalescing baseline, with presence diffs every `presenceIntervalMs`. */
-export function coalescedServer (presenceIntervalMs: number): (ws: WebSocket) => void {
+/**
+ * The connection handler of the coalescing baseline, with presence diffs every `presenceIntervalMs`.
+ * @param withFrom put the publisher's member JSON in each message as `from`, as fastify-rooms does
+ *   (the `ws-coalesced-from` kind): what that part of the contract costs the baseline
+ */
+export function coalescedServer (presenceIntervalMs: number, withFrom = false): (ws: WebSocket) => void {
   const rooms = new Map<string, Room>()
 
   const send = (ws: WebSocket, text: string): void => { writeCoalesced(rawSocket(ws), textFrame(Buffer.from(text))) }
@@ -93,6 +97,7 @@ export function coalescedServer (presenceIntervalMs: number): (ws: WebSocket) =>
 
   return (ws) => {
     const member = `{"id":"${randomUUID()}","name":"guest-${randomBytes(2).toString('hex')}"}`
+    const from = withFrom ? `,"from":${member}` : ''
     const mine = new Set<string>()
     send(ws, `{"type":"welcome","connectionId":"${randomUUID()}","user":${member},"protocol":2,"heartbeatMs":60000}`)
     ws.on('message', (raw) => {
@@ -121,7 +126,7 @@ export function coalescedServer (presenceIntervalMs: number): (ws: WebSocket) =>
           return
         }
         const offset = ++room.offset
-        broadcast(room, `{"type":"message","room":"${frame.room}","data":${JSON.stringify(frame.data)},"offset":${offset},"ts":${Date.now()}}`)
+        broadcast(room, `{"type":"message","room":"${frame.room}","data":${JSON.stringify(frame.data)},"offset":${offset},"ts":${Date.now()}${from}}`)
         send(ws, `{"type":"ack"${id},"room":"${frame.room}","offset":${offset}}`)
       }
     })

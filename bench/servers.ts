@@ -66,10 +66,11 @@ async function start (kind: string): Promise<number> {
     }
     case 'ws-stringify':
     case 'ws-preframed':
-    case 'ws-coalesced': {
+    case 'ws-coalesced':
+    case 'ws-coalesced-from': {
       const http = createServer()
       const wss = new WebSocketServer({ server: http, perMessageDeflate: false })
-      wss.on('connection', kind === 'ws-coalesced' ? coalescedServer(presenceIntervalMs) : mapOfSets(kind === 'ws-preframed'))
+      wss.on('connection', kind.startsWith('ws-coalesced') ? coalescedServer(presenceIntervalMs, kind === 'ws-coalesced-from') : mapOfSets(kind === 'ws-preframed'))
       await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve))
       return (http.address() as { port: number }).port
     }

@@ -4,7 +4,7 @@ import type { WebSocket, RawData } from 'ws'
 import { directSocket, senderIdle } from './fast-path.js'
 import { corkTurn, writeCoalesced, writeText } from './frame.js'
 import {
-  checkPublish, DEFAULT_HISTORY_PAGE, encodeAck, encodedData, isFrameError, parseClientFrame, peekRequestId, PROTOCOL_VERSION,
+  checkPublish, dataBytesBound, DEFAULT_HISTORY_PAGE, encodeAck, encodedData, isFrameError, parseClientFrame, peekRequestId, PROTOCOL_VERSION,
   type AuthenticatedFrame, type AuthFrame, type ClientFrame, type DataValidator, type EncodedPublish, type ErrorFrame, type FrameError, type JoinFrame, type Member,
   type PublishFrame, type RequestId, type WelcomeFrame
 } from './protocol.js'
@@ -639,10 +639,15 @@ export class Connection implements Peer {
    * A member's publish: checked, run past `onPublish`, stored, then acked when
    * it has an id. Without an onPublish hook it takes no async step of its own.
    */
-  private publish (frame: PublishFrame, size: number, text: string): Promise<unknown> {
+  private publish (frame: PublishFrame, size: number, text: string): Promise<unknown> | undefined {
     const message = this.encodePublish(frame, size, text)
     if (this.ctx.options.onPublish !== undefined) return this.publishHooked(frame, message)
-    return this.store(frame, message)
+    const { registry } = this.ctx
+    if (!registry.publishesNow) return this.store(frame, message)
+    // Stored and fanned out already: the ack follows the message at once, and the next frame needs no wait.
+    const offset = registry.publishNow(frame.room, message)
+    this.ack(frame.id, frame.room, frame.ephemeral === true, offset)
+    return undefined
   }
 
   private async publishHooked (frame: PublishFrame, message: EncodedPublish): Promise<void> {
@@ -678,7 +683,7 @@ export class Connection implements Peer {
     const encoded = encodedData(frame, text)
     // The value only where something asks for it: a frame read by the fast path parses its data then.
     const data = encoded === undefined || validateData !== undefined || options.onPublish !== undefined ? frame.data : undefined
-    return { data: checkPublish(data, room, options.maxMessageBytes, validateData, size, encoded), from: this.userJson ??= JSON.stringify(this.user), ephemeral: frame.ephemeral === true }
+    return { data: checkPublish(data, room, options.maxMessageBytes, validateData, dataBytesBound(frame, encoded, size), encoded), from: this.userJson ??= JSON.stringify(this.user), ephemeral: frame.ephemeral === true }
   }
 
   private ack (id: RequestId | undefined, room: string, ephemeral: boolean, offset: number | undefined): void {

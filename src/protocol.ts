@@ -395,6 +395,18 @@ export function encodedData (frame: PublishFrame, text: string): string | undefi
   return frame instanceof ScannedPublishFrame ? frame.dataJson : canonicalMember(text, frame, 'data')
 }
 
+/**
+ * What the JSON of a publish's data can weigh at most without measuring it:
+ * the frame's size when that JSON is text of the frame, else unknown
+ * (Infinity). Data encoded again may be larger than the frame that carried
+ * it: the encoder writes `1e20` as 21 digits.
+ * @param encoded what `encodedData` returned for the frame
+ */
+export function dataBytesBound (frame: PublishFrame, encoded: string | undefined, frameBytes: number): number {
+  if (encoded === undefined) return Infinity
+  return !(frame instanceof ScannedPublishFrame) || frame.dataJsonInFrame ? frameBytes : Infinity
+}
+
 /** A publish as it travels to the adapter: data and sender already encoded, once. */
 export interface EncodedPublish {
   /** `data` as JSON. */
@@ -425,8 +437,8 @@ export function encodeData (data: unknown, room: string): string {
  * Everything a publish's data must pass, for a member's publish and a server
  * publish alike: it encodes as JSON, fits `maxMessageBytes`, and matches the
  * data schema. Returns the encoded data.
- * @param frameBytes size of the frame that carried the data, when known: the
- *   data is smaller than its frame, so a small frame needs no measuring
+ * @param frameBytes what the encoded data can weigh at most, when known
+ *   (`dataBytesBound`): data within a small frame needs no measuring
  * @param encoded the data's JSON when it is known already, exactly as
  *   `encodeData` would write it (see `canonicalMember`)
  */

@@ -6,7 +6,8 @@ import type { PublishFrame, RequestId } from './protocol.js'
  * `JSON.stringify` writes it, with nothing that needs an escape. It is read in
  * one pass, without `JSON.parse`: its members, and its `data` as text, which
  * is parsed later only if something asks for the value (a data schema, an
- * `onPublish` hook, or data not in the encoder's form, to encode it again).
+ * `onPublish` hook, or data not in the encoder's form only through its keys,
+ * to encode it again: a number written otherwise is rewritten in place).
  * Anything else, and anything it is unsure of, is left to `JSON.parse`:
  * whitespace, a backslash or a control character anywhere, a lone surrogate,
  * a member other than type, room, id, data and ephemeral, a repeated member,
@@ -53,16 +54,23 @@ export class ScannedPublishFrame implements PublishFrame {
   readonly ephemeral: boolean | undefined
   /** `data`'s text in the frame: valid JSON. */
   private readonly dataText: string
-  /** `data` as `JSON.stringify` writes it, when its text is that already; else undefined. */
+  /**
+   * `data` as `JSON.stringify` writes its parse: its text, or its text with
+   * the numbers written as the encoder writes them; undefined when only
+   * encoding the parse can tell (a repeated or integer-like key).
+   */
   readonly dataJson: string | undefined
+  /** Whether `dataJson` is `data`'s text in the frame, so no larger than the frame. */
+  readonly dataJsonInFrame: boolean
   private parsed: unknown = UNPARSED
 
-  constructor (room: string, id: RequestId | undefined, ephemeral: boolean | undefined, dataText: string, canonical: boolean) {
+  constructor (room: string, id: RequestId | undefined, ephemeral: boolean | undefined, dataText: string, dataJson: string | undefined) {
     this.room = room
     this.id = id
     this.ephemeral = ephemeral
     this.dataText = dataText
-    this.dataJson = canonical ? dataText : undefined
+    this.dataJson = dataJson
+    this.dataJsonInFrame = dataJson === dataText
   }
 
   get data (): unknown {
@@ -81,6 +89,7 @@ export function scanPublish (text: string): ScannedPublishFrame | undefined {
   if (text.length > MAX_LENGTH || text.charCodeAt(0) !== OPEN_BRACE || UNSAFE.test(text)) return undefined
   keyTop = 0
   canonical = true
+  numberTop = 0
   let seen = 0
   let room: string | undefined
   let id: RequestId | undefined
@@ -139,7 +148,28 @@ export function scanPublish (text: string): ScannedPublishFrame | undefined {
     i++
   }
   if (i !== text.length - 1 || (seen & (TYPE | ROOM | DATA)) !== (TYPE | ROOM | DATA)) return undefined
-  return new ScannedPublishFrame(room as string, id, ephemeral, text.slice(dataStart, dataEnd), canonical)
+  const dataText = text.slice(dataStart, dataEnd)
+  const dataJson = !canonical ? undefined : numberTop === 0 ? dataText : rewriteNumbers(text, dataStart, dataEnd)
+  return new ScannedPublishFrame(room as string, id, ephemeral, dataText, dataJson)
+}
+
+/**
+ * text[start, end) with each number of `numberPlaces` written as the encoder
+ * writes its parse: JSON.parse reads a number token as `Number` does, and
+ * JSON.stringify writes a finite number as `String` does (-0 as 0) and any
+ * other as null (1e400 parses to Infinity).
+ */
+function rewriteNumbers (text: string, start: number, end: number): string {
+  let out = ''
+  let at = start
+  for (let k = 0; k < numberTop; k += 2) {
+    const from = numberPlaces[k] as number
+    const to = numberPlaces[k + 1] as number
+    const n = Number(text.slice(from, to))
+    out += text.slice(at, from) + (Number.isFinite(n) ? String(n) : 'null')
+    at = to
+  }
+  return out + text.slice(at, end)
 }
 
 /** Which member a name is (0: none the fast path reads). */
@@ -168,8 +198,9 @@ function smallInteger (text: string, i: number): number {
 
 /**
  * The end of the JSON value at `i` when it is valid, or NO; `canonical`
- * becomes false when it is not exactly as the encoder writes its parse (a
- * number printed otherwise, a repeated or integer-like key).
+ * becomes false when it is not exactly as the encoder writes its parse
+ * because of a repeated or integer-like key, and a number printed otherwise
+ * is noted in `numberPlaces`.
  */
 function value (text: string, i: number, depth: number): number {
   const c = text.charCodeAt(i)
@@ -182,8 +213,12 @@ function value (text: string, i: number, depth: number): number {
   if (c === MINUS || isDigit(c)) {
     const end = canonicalNumberEnd(text, i)
     if (end !== NO) return end
-    canonical = false
-    return numberEnd(text, i)
+    const loose = numberEnd(text, i)
+    if (loose !== NO) {
+      numberPlaces[numberTop++] = i
+      numberPlaces[numberTop++] = loose
+    }
+    return loose
   }
   if (text.startsWith('true', i) || text.startsWith('null', i)) return i + 4
   if (text.startsWith('false', i)) return i + 5
@@ -198,8 +233,14 @@ function value (text: string, i: number, depth: number): number {
  */
 const keyPlaces: number[] = []
 let keyTop = 0
-/** Whether the data read so far is in the encoder's form (it is valid JSON either way). */
+/** Whether the data read so far is in the encoder's form but for its numbers (it is valid JSON either way). */
 let canonical = true
+/**
+ * Where the numbers not in the encoder's form start and end, in text order,
+ * pairs of `numberTop` entries (the array only grows, as `keyPlaces`).
+ */
+const numberPlaces: number[] = []
+let numberTop = 0
 
 function object (text: string, i: number, depth: number): number {
   const base = keyTop

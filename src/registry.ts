@@ -102,6 +102,18 @@ class PeerEntry {
   }
 }
 
+/**
+ * What an adapter whose store is in this process may offer besides `publish`:
+ * the same publish, done (stored and fanned out) before it returns, or thrown.
+ * A member's publish then takes no promise and no turn of the microtask
+ * queue, and the next frames of its connection are handled at once.
+ */
+export interface PublishesNow {
+  /** Whether `publish` is `publishNow` and nothing more (not when a subclass overrides `publish`). */
+  readonly publishesNow: boolean
+  publishNow (room: string, message: EncodedPublish): number | undefined
+}
+
 export interface RegistryOptions {
   log: FastifyBaseLogger
   maxRoomsPerConnection: number
@@ -184,9 +196,18 @@ export class Registry implements AdapterListener {
   /** Set by `shutdown()`: connections closing now leave at once. */
   private closing = false
 
+  /** The adapter, when it publishes at once (`PublishesNow`). */
+  private readonly now: (Adapter & PublishesNow) | undefined
+
   constructor (adapter: Adapter, options: RegistryOptions) {
     this.adapter = adapter
     this.options = options
+    this.now = (adapter as Partial<PublishesNow>).publishesNow === true ? adapter as Adapter & PublishesNow : undefined
+  }
+
+  /** Whether `publishNow` may be called: the adapter publishes before it returns. */
+  get publishesNow (): boolean {
+    return this.now !== undefined
   }
 
   add (peer: Peer): void {
@@ -417,6 +438,13 @@ export class Registry implements AdapterListener {
       metrics.publish(room)
       return offset
     })
+  }
+
+  /** `publish`, done before it returns; only where `publishesNow`. */
+  publishNow (room: string, message: EncodedPublish): number | undefined {
+    const offset = (this.now as PublishesNow).publishNow(room, message)
+    this.options.metrics?.publish(room)
+    return offset
   }
 
   /** A page of a room's members for a member of it (`members` frame). */

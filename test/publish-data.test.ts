@@ -112,6 +112,30 @@ t.test('maxMessageBytes counts the encoded data, not the text the client wrote',
   }
 })
 
+t.test('maxMessageBytes counts numbers as the encoder writes them, even when the frame wrote them shorter', async (t) => {
+  const limit = 100
+  const { wsUrl } = await startApp(t, { maxMessageBytes: limit })
+  const client = await rawClient(wsUrl)
+  t.teardown(async () => await client.close())
+  client.send('{"type":"join","room":"r","id":1}')
+  await client.next((text) => text.startsWith('{"type":"joined"'), 'joined')
+  // 1e20 is written as 21 digits: four of them encode to 89 bytes, five to 111, in frames far under the limit.
+  const cases: Array<[string, string, string | undefined]> = [
+    ['[1e20,1e20,1e20,1e20]', 'ack', `[${Array(4).fill('1' + '0'.repeat(20)).join(',')}]`],
+    ['[1e20,1e20,1e20,1e20,1e20]', 'error', undefined],
+    // Read by JSON.parse (whitespace), encoded again: the same limit.
+    ['[1e20, 1e20, 1e20, 1e20, 1e20]', 'error', undefined],
+    ['[ 1e20,1e20,1e20,1e20 ]', 'ack', `[${Array(4).fill('1' + '0'.repeat(20)).join(',')}]`]
+  ]
+  for (const [i, [data, reply, delivered]] of cases.entries()) {
+    client.send(`{"type":"publish","room":"r","id":${i + 10},"data":${data}}`)
+    const text = await client.next((text) => (JSON.parse(text) as { id?: unknown }).id === i + 10, `the reply to case ${i}`)
+    t.equal((JSON.parse(text) as { type: string }).type, reply, `case ${i}: ${reply}`)
+    if (reply === 'error') t.match(JSON.parse(text), { code: 'PAYLOAD_TOO_LARGE', room: 'r' })
+    else t.ok((await client.next((text) => text.startsWith('{"type":"message"'), `case ${i}'s message`)).includes(`"data":${delivered as string},"offset"`), `case ${i}: delivered as the encoder writes it`)
+  }
+})
+
 t.test('the data schema checks the parsed data, and an onPublish hook\'s data is encoded again', async (t) => {
   const { wsUrl } = await startApp(t, {
     dataSchema: Type.Object({ n: Type.Number() }),

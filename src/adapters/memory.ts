@@ -3,6 +3,7 @@ import type { EncodedPublish, Member } from '../protocol.js'
 import { encodeDirect, messageFrame } from '../protocol.js'
 import { RoomsError } from '../errors.js'
 import { MessageLog } from './message-log.js'
+import type { PublishesNow } from '../registry.js'
 import type {
   Adapter, AdapterConfig, AdapterListener, HistoryPage, JoinResult,
   MembersQuery, RoomInfo, RoomPage, RoomQuery
@@ -61,7 +62,7 @@ export interface MemoryAdapterOptions {
   now?: () => number
 }
 
-export class MemoryAdapter implements Adapter {
+export class MemoryAdapter implements Adapter, PublishesNow {
   private readonly now: () => number
   private listener: AdapterListener | undefined
   private config: AdapterConfig | undefined
@@ -97,6 +98,20 @@ export class MemoryAdapter implements Adapter {
   }
 
   async publish (room: string, message: EncodedPublish): Promise<number | undefined> {
+    return this.publishNow(room, message)
+  }
+
+  /** Whether member publishes may call `publishNow`: not when a subclass overrides `publish`, which must then be called. */
+  get publishesNow (): boolean {
+    return this.publish === MemoryAdapter.prototype.publish
+  }
+
+  /**
+   * `publish`, done before it returns: everything is in this process, so a
+   * member's publish needs no promise, and its `ack` follows its fan-out at
+   * once (see `PublishesNow`).
+   */
+  publishNow (room: string, message: EncodedPublish): number | undefined {
     const { listener, config } = this
     if (listener === undefined || config === undefined) throw notStarted()
     if (message.ephemeral === true) {
