@@ -135,7 +135,7 @@ export function report (input: ReportInput): string {
     for (const row of scaled) say(row)
   }
   scaledTable('rooms-redis', '## Targets (issue #14): fastify-rooms on Redis (2 instances, both counted) against one memory node and against Socket.IO on Redis')
-  scaledTable('rooms-cluster', `## Targets (issue #14): fastify-rooms on a Redis Cluster (3 masters, ${input.waitReplicas}; 2 instances, both counted, Redis not) against one memory node and against Socket.IO on Redis`)
+  scaledTable('rooms-cluster', `## Targets (issue #14): fastify-rooms on a Redis Cluster (3 masters, ${input.waitReplicas.startsWith('no replicas') ? '' : '3 replicas, '}${input.waitReplicas}; 2 instances, both counted, Redis not) against one memory node and against Socket.IO on Redis`)
 
   for (const [workload, merged] of results) {
     say()

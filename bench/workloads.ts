@@ -36,7 +36,7 @@ export const labels: Record<Kind, string> = {
   'rooms-quiet': 'fastify-rooms (memory, presenceEvents: false)',
   'rooms-nohistory': 'fastify-rooms (memory, historySize: 0)',
   'rooms-redis': 'fastify-rooms (Redis, 2 instances)',
-  'rooms-cluster': 'fastify-rooms (Redis Cluster of 3 masters, 2 instances)',
+  'rooms-cluster': 'fastify-rooms (Redis Cluster of 3 masters + 3 replicas, 2 instances)',
   'ws-stringify': 'ws, stringify once',
   'ws-preframed': 'ws, pre-framed',
   'ws-coalesced': 'ws, pre-framed and coalesced',

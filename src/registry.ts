@@ -1,6 +1,6 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { Adapter, AdapterListener, HistoryPage, JoinResult, MembersQuery, PresenceChange, RoomInfo, RoomPage, RoomQuery, StoredMessage } from './adapters/adapter.js'
-import type { ControlCommand } from './adapters/adapter.js'
+import type { ControlCommand, PublishesNow } from './adapters/adapter.js'
 import { encodeHistory, encodePresence, type EncodedPublish, type JoinedFrame, type Member, type MembersPageFrame, type Position, type RequestId } from './protocol.js'
 import { RoomsError } from './errors.js'
 import { eachFrame, textFrame, textFrames } from './frame.js'
@@ -100,18 +100,6 @@ class PeerEntry {
     if (this.first !== undefined) all.unshift(this.first)
     return all
   }
-}
-
-/**
- * What an adapter whose store is in this process may offer besides `publish`:
- * the same publish, done (stored and fanned out) before it returns, or thrown.
- * A member's publish then takes no promise and no turn of the microtask
- * queue, and the next frames of its connection are handled at once.
- */
-export interface PublishesNow {
-  /** Whether `publish` is `publishNow` and nothing more (not when a subclass overrides `publish`). */
-  readonly publishesNow: boolean
-  publishNow (room: string, message: EncodedPublish): number | undefined
 }
 
 export interface RegistryOptions {

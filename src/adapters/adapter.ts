@@ -233,3 +233,15 @@ export interface Adapter {
    */
   secret? (): Promise<string>
 }
+
+/**
+ * What an adapter whose store is in this process may offer besides `publish`:
+ * the same publish, done (stored and fanned out) before it returns, or thrown.
+ * A member's publish then takes no promise and no turn of the microtask
+ * queue, and the next frames of its connection are handled at once.
+ */
+export interface PublishesNow {
+  /** Whether `publish` is `publishNow` and nothing more (not when a subclass overrides `publish`). */
+  readonly publishesNow: boolean
+  publishNow (room: string, message: EncodedPublish): number | undefined
+}

@@ -3,12 +3,11 @@ import type { EncodedPublish, Member } from '../protocol.js'
 import { encodeDirect, messageFrame } from '../protocol.js'
 import { RoomsError } from '../errors.js'
 import { MessageLog } from './message-log.js'
-import type { PublishesNow } from '../registry.js'
 import type {
   Adapter, AdapterConfig, AdapterListener, HistoryPage, JoinResult,
   MembersQuery, RoomInfo, RoomPage, RoomQuery
 } from './adapter.js'
-import type { ControlCommand } from './adapter.js'
+import type { ControlCommand, PublishesNow } from './adapter.js'
 import type { RoomCountWatcher } from './adapter.js'
 
 interface UserEntry {
