@@ -1,4 +1,4 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import Type from 'typebox'
 import WebSocket from 'ws'
 import { startApp } from './helpers/server.js'
@@ -88,13 +88,19 @@ eachAdapter(t, 'data goes out as encoding its parsed value writes it, however th
   }
 })
 
-t.test('maxMessageBytes counts the encoded data, not the text the client wrote', async (t) => {
-  const limit = 100
+/** A raw client in room "r" of a server with this maxMessageBytes. */
+async function memberOfR (t: Test, limit: number): Promise<Awaited<ReturnType<typeof rawClient>>> {
   const { wsUrl } = await startApp(t, { maxMessageBytes: limit })
   const client = await rawClient(wsUrl)
   t.teardown(async () => await client.close())
   client.send('{"type":"join","room":"r","id":1}')
   await client.next((text) => text.startsWith('{"type":"joined"'), 'joined')
+  return client
+}
+
+t.test('maxMessageBytes counts the encoded data, not the text the client wrote', async (t) => {
+  const limit = 100
+  const client = await memberOfR(t, limit)
   // {"t":"x...x"} with 8 bytes around the string: exactly at the limit, then one over.
   const at = 'x'.repeat(limit - 8)
   const cases: Array<[string, string]> = [
@@ -114,11 +120,7 @@ t.test('maxMessageBytes counts the encoded data, not the text the client wrote',
 
 t.test('maxMessageBytes counts numbers as the encoder writes them, even when the frame wrote them shorter', async (t) => {
   const limit = 100
-  const { wsUrl } = await startApp(t, { maxMessageBytes: limit })
-  const client = await rawClient(wsUrl)
-  t.teardown(async () => await client.close())
-  client.send('{"type":"join","room":"r","id":1}')
-  await client.next((text) => text.startsWith('{"type":"joined"'), 'joined')
+  const client = await memberOfR(t, limit)
   // 1e20 is written as 21 digits: four of them encode to 89 bytes, five to 111, in frames far under the limit.
   const cases: Array<[string, string, string | undefined]> = [
     ['[1e20,1e20,1e20,1e20]', 'ack', `[${Array(4).fill('1' + '0'.repeat(20)).join(',')}]`],
