@@ -5,7 +5,7 @@ import { Partitions } from '../src/adapters/partitions.js'
 import { slotOf } from '../src/adapters/slot.js'
 import { startApp, type Started } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
-import { eventually } from './helpers/redis.js'
+import { clientsNamed, eventually } from './helpers/redis.js'
 import { skipCluster, startCluster, type ClusterNodeInfo } from './helpers/cluster.js'
 
 const named = { authenticate: (r: { headers: Record<string, unknown> }) => ({ id: String(r.headers['x-user']), name: String(r.headers['x-user']) }) }
@@ -35,10 +35,10 @@ t.test('a shard subscription broken and restored while the instance recovers fro
     await publisher.join(room)
   }
   const nodeId = watcher.welcome.connectionId.split('-')[0] as string
-  const clientOf = async (m: ClusterNodeInfo, kind: 'cmd' | 'shard'): Promise<string | undefined> =>
-    String(await c.node(m.port).call('CLIENT', 'LIST')).split('\n').find((l) => l.includes(` name=fastify-rooms:${nodeId}:${kind} `))
+  const clientOf = async (m: ClusterNodeInfo, kind: 'cmd' | 'shard'): Promise<Record<string, string> | undefined> =>
+    (await clientsNamed(c.node(m.port), `fastify-rooms:${nodeId}:${kind}`))[0]
   const killShardSubscriber = async (m: ClusterNodeInfo): Promise<void> => {
-    const id = /\bid=(\d+)/.exec(await clientOf(m, 'shard') ?? '')?.[1]
+    const id = (await clientOf(m, 'shard'))?.id
     if (id === undefined) throw new Error(`no shard subscriber of ${nodeId} on ${m.port}`)
     await c.node(m.port).call('CLIENT', 'KILL', 'ID', id)
   }
@@ -49,7 +49,7 @@ t.test('a shard subscription broken and restored while the instance recovers fro
   await c.node(first.port).call('CLIENT', 'PAUSE', '30000', 'WRITE')
   t.teardown(async () => await c.node(first.port).call('CLIENT', 'UNPAUSE'))
   await killShardSubscriber(first)
-  await eventually(async () => await clientOf(first, 'cmd'), (line) => line !== undefined && / flags=b /.test(line) && / cmd=evalsha /.test(line), 'the recovery\'s state call waits on the paused shard')
+  await eventually(async () => await clientOf(first, 'cmd'), (client) => client?.flags === 'b' && client.cmd === 'evalsha', 'the recovery\'s state call waits on the paused shard')
   // Meanwhile the second shard's subscription breaks and comes back.
   await killShardSubscriber(second)
   await eventually(async () => await subscribers(roomB, second), (n) => n === 2, 'both instances subscribe to the second room again')

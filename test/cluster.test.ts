@@ -10,7 +10,7 @@ import { Partitions } from '../src/adapters/partitions.js'
 import { slotOf } from '../src/adapters/slot.js'
 import { startApp, type Started } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
-import { eventually } from './helpers/redis.js'
+import { clientsNamed, eventually } from './helpers/redis.js'
 import { skipCluster, startCluster, type ClusterNodeInfo, type RedisCluster } from './helpers/cluster.js'
 import { waitUntil } from './helpers/waiters.js'
 import { childInstance } from './helpers/child-instance.js'
@@ -339,12 +339,6 @@ async function clusterInstance (t: Test, c: RedisCluster, prefix: string, leaseM
   return await childInstance(t, { REDIS_CLUSTER: JSON.stringify(c.seeds), KEY_PREFIX: prefix, LEASE_MS: String(leaseMs) })
 }
 
-/** The ids of the connections a node lists under a client name. */
-async function clientsNamed (c: RedisCluster, port: number, name: string): Promise<string[]> {
-  const list = String(await c.node(port).call('CLIENT', 'LIST'))
-  return list.split('\n').filter((line) => line.includes(` name=${name} `)).map((line) => /\bid=(\d+)/.exec(line)![1]!)
-}
-
 t.test('Redis Cluster faults', { skip: skipCluster }, async (t) => {
   const c = await startCluster(t)
   const inspect = new Cluster(c.seeds)
@@ -418,8 +412,8 @@ t.test('Redis Cluster faults', { skip: skipCluster }, async (t) => {
     const replicas = (await c.nodes()).filter((n) => n.role === 'replica')
     for (const socket of [ada, bob]) {
       const name = `fastify-rooms:${nodeOf(socket)}:shard`
-      for (const master of all) t.equal((await clientsNamed(c, master.port, name)).length, 1, `${name} on master ${master.port}`)
-      for (const replica of replicas) t.equal((await clientsNamed(c, replica.port, name)).length, 0, `no ${name} on replica ${replica.port}`)
+      for (const master of all) t.equal((await clientsNamed(c.node(master.port), name)).length, 1, `${name} on master ${master.port}`)
+      for (const replica of replicas) t.equal((await clientsNamed(c.node(replica.port), name)).length, 0, `no ${name} on replica ${replica.port}`)
     }
 
     // The listing: exact across partitions, paged, with a prefix, the same from either instance.
@@ -577,7 +571,7 @@ t.test('Redis Cluster faults', { skip: skipCluster }, async (t) => {
      */
     const jolt = async (): Promise<void> => {
       for (const master of await masters(c)) {
-        const [id] = await clientsNamed(c, master.port, `fastify-rooms:${node}:shard`)
+        const id = (await clientsNamed(c.node(master.port), `fastify-rooms:${node}:shard`))[0]?.id
         if (id === undefined) continue
         t.equal(await c.node(master.port).call('CLIENT', 'KILL', 'ID', id), 1, `dropped the shard connection of ${node} to ${master.port}`)
         return

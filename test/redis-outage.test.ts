@@ -4,7 +4,7 @@ import WebSocket from 'ws'
 import { redisAdapter, type RedisAdapterOptions, type RoomsOptions } from '../src/index.js'
 import { startApp, type Started } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
-import { eventually, skipRedis, startRedis, type RedisServer } from './helpers/redis.js'
+import { clientsNamed, eventually, skipRedis, startRedis, type RedisServer } from './helpers/redis.js'
 
 const named = { authenticate: (r: { headers: Record<string, unknown> }) => ({ id: String(r.headers['x-user']), name: String(r.headers['x-user']) }) }
 const as = (user: string): WebSocket.ClientOptions => ({ headers: { 'x-user': user } })
@@ -225,8 +225,7 @@ t.test('redis adapter under faults', { skip: skipRedis }, async (t) => {
    */
   async function holdSubscriberDown (t: Test, member: TestSocket): Promise<() => Promise<void>> {
     const nodeId = member.welcome.connectionId.split('-')[0] as string
-    const line = String(await inspect.call('CLIENT', 'LIST')).split('\n').find((l) => l.includes(` name=fastify-rooms:${nodeId}:sub `))
-    const id = /\bid=(\d+)/.exec(line ?? '')?.[1]
+    const id = (await clientsNamed(inspect, `fastify-rooms:${nodeId}:sub`))[0]?.id
     if (id === undefined) throw new Error(`no subscriber connection of node ${nodeId}`)
     const [, max] = await inspect.call('CONFIG', 'GET', 'maxclients') as [string, string]
     const connected = Number(/connected_clients:(\d+)/.exec(await inspect.info('clients'))?.[1])
@@ -298,12 +297,20 @@ t.test('redis adapter under faults', { skip: skipRedis }, async (t) => {
     t.equal(watcher.closedWith, undefined, 'nobody had to rejoin')
   })
 
-  /** Between join and leave, more presence changes than a room's presence log keeps (1,024). */
-  async function churn (busy: TestSocket, room: string): Promise<void> {
+  /**
+   * The watcher joins a room; its instance is cut off while `busy` joins and
+   * leaves it more often than the room's presence log keeps (1,024 changes);
+   * resolves once that instance has resynchronised.
+   */
+  async function churnWhileCutOff (t: Test, node: Started, watcher: TestSocket, busy: TestSocket, room: string): Promise<void> {
+    await watcher.join(room)
+    const restore = await holdSubscriberDown(t, watcher)
     for (let i = 0; i < 520; i++) {
       await busy.join(room)
       await busy.request({ type: 'leave', room })
     }
+    await restore()
+    await resynced(node)
   }
 
   t.test('the subscriber connection cut for longer than Redis keeps presence changes: the instance\'s members rejoin (1012) rather than keep a stale list', async (t) => {
@@ -312,11 +319,7 @@ t.test('redis adapter under faults', { skip: skipRedis }, async (t) => {
     const busy = await TestSocket.open(b.wsUrl, as('busy'))
     const marker = await TestSocket.open(b.wsUrl, as('marker'))
     t.teardown(() => Promise.all([watcher.close(), busy.close(), marker.close()]))
-    await watcher.join('churn')
-    const restore = await holdSubscriberDown(t, watcher)
-    await churn(busy, 'churn')
-    await restore()
-    await resynced(a)
+    await churnWhileCutOff(t, a, watcher, busy, 'churn')
     // The watcher is closed during the resync, or else hears this join with its list stale.
     const outcome = watcher.next((f) => f.type === 'presence' && f.joins.some((m: { id: string }) => m.id === 'marker'), 'the marker\'s join')
       .then(() => 'kept open with a stale list', () => watcher.closedWith)
@@ -332,11 +335,7 @@ t.test('redis adapter under faults', { skip: skipRedis }, async (t) => {
     const watcher = await TestSocket.open(a.wsUrl, as('watcher'))
     const busy = await TestSocket.open(b.wsUrl, as('busy'))
     t.teardown(() => Promise.all([watcher.close(), busy.close()]))
-    await watcher.join('broadcast')
-    const restore = await holdSubscriberDown(t, watcher)
-    await churn(busy, 'broadcast')
-    await restore()
-    await resynced(a)
+    await churnWhileCutOff(t, a, watcher, busy, 'broadcast')
     t.match(await b.app.rooms.broadcast('broadcast', 'after'), 1)
     t.match(await watcher.next((f) => f.type === 'message', 'the message after the cut'), { data: 'after', offset: 1 })
     t.equal(watcher.closedWith, undefined, 'still open')

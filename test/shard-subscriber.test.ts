@@ -4,7 +4,7 @@ import { Cluster, type ClusterOptions } from 'ioredis'
 import { ShardSubscriber } from '../src/adapters/shard-subscriber.js'
 import { slotOf } from '../src/adapters/slot.js'
 import { skipCluster, startCluster, type RedisCluster } from './helpers/cluster.js'
-import { eventually } from './helpers/redis.js'
+import { clientsNamed, eventually } from './helpers/redis.js'
 
 const TIMEOUT_MS = 1000
 const silent = { debug: () => {}, warn: () => {} }
@@ -91,8 +91,7 @@ async function roundTrip (client: Cluster, rec: Recorder, channels: string[], da
 }
 
 async function ssubConnections (c: RedisCluster, port: number): Promise<number> {
-  const list = String(await c.node(port).call('CLIENT', 'LIST'))
-  return list.split('\n').filter((line) => line.includes('name=fastify-rooms:ssub ')).length
+  return (await clientsNamed(c.node(port), 'fastify-rooms:ssub')).length
 }
 
 async function ssubscribeCalls (c: RedisCluster, port: number): Promise<number> {

@@ -5,6 +5,19 @@ import { tmpdir } from 'node:os'
 import { needs } from './needs.js'
 
 export const REDIS_SERVER = '/usr/bin/redis-server'
+
+/** What `CLIENT LIST` needs of a connection: a Redis, or one node of a cluster. */
+interface Lister { call: (command: string, ...args: string[]) => Promise<unknown> }
+
+/**
+ * The connections a Redis server lists under a client name (`CLIENT LIST`),
+ * each as its fields: `id`, `flags`, `cmd` and the rest.
+ */
+export async function clientsNamed (redis: Lister, name: string): Promise<Array<Record<string, string>>> {
+  const list = String(await redis.call('CLIENT', 'LIST'))
+  return list.split('\n').filter((line) => line.includes(` name=${name} `)).map((line) =>
+    Object.fromEntries(line.trim().split(' ').map((field) => [field.slice(0, field.indexOf('=')), field.slice(field.indexOf('=') + 1)])))
+}
 /** Reason to skip outside CI when redis-server is missing (under CI=true a missing binary fails). */
 export const skipRedis = needs(REDIS_SERVER, 'apt-get install -y redis-server')
 
