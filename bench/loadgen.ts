@@ -7,6 +7,7 @@
  */
 import { performance } from 'node:perf_hooks'
 import { lastCount, numberAfter, open, wsUrl, type BenchClient, type Kind } from './client.js'
+import { openLean } from './lean-client.js'
 
 export interface Connect {
   cmd: 'connect'
@@ -21,6 +22,8 @@ export interface Connect {
   concurrency: number
   rate?: number
   deadlineMs: number
+  /** Use bench/lean-client.ts (members that only join and count presence: a join storm's). */
+  lean?: boolean
 }
 /** `messages`: each publisher stops after this many (a fixed total), or at `durationMs`, whichever comes first. */
 export interface Fanout { cmd: 'fanout', durationMs: number, window: number, payloadBytes: number, rate?: number, onlyRoom?: number, messages?: number }
@@ -56,7 +59,7 @@ async function connect (session: Session, job: Connect): Promise<Record<string, 
     let timer: NodeJS.Timeout | undefined
     try {
       const late = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new Error(`no joined before the deadline of ${job.deadlineMs} ms`)), Math.max(0, deadline - performance.now())) })
-      const client = await Promise.race([open(job.kind, wsUrl(job.kind, job.ports[i % job.ports.length]!)), late])
+      const client = await Promise.race([(job.lean === true ? openLean : open)(job.kind, wsUrl(job.kind, job.ports[i % job.ports.length]!)), late])
       session.clients[k] = client
       const sent = performance.now()
       await Promise.race([client.join(`${job.prefix}${i % job.rooms}`), late])

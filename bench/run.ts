@@ -109,17 +109,30 @@ async function loadgensFor (n: number): Promise<ChildProcess[]> {
   return Array.from({ length: n }, () => node(['--import=tsx', 'bench/loadgen.ts']))
 }
 
-interface Stats { cpuMs: number, rss: number, heap: number }
+interface Stats { cpuMs: number, rss: number, heap: number, loopMaxMs: number }
 /**
  * CPU and memory of a run's servers; `gc` first when memory is measured (slow, so not for CPU alone,
  * nor in the smoke run), and with `settleMs` a wait after it for V8's memory reducer.
  */
-async function stats (servers: Servers, gc = false, settleMs?: number): Promise<Stats> {
-  const all = await Promise.all(servers.children.map(async (c) => await call<{ cpu: { user: number, system: number }, rss: number, heapUsed: number }>(c, { cmd: 'stats', gc: gc && !smoke, settleMs: smoke ? undefined : settleMs })))
+async function stats (servers: Servers, gc = false, settleMs?: number, resetLoopDelay = false): Promise<Stats> {
+  const all = await Promise.all(servers.children.map(async (c) => await call<{ cpu: { user: number, system: number }, rss: number, heapUsed: number, loop: { maxMs: number } }>(c, { cmd: 'stats', gc: gc && !smoke, settleMs: smoke ? undefined : settleMs, resetLoopDelay })))
   return {
     cpuMs: all.reduce((sum, s) => sum + (s.cpu.user + s.cpu.system) / 1000, 0),
     rss: all.reduce((sum, s) => sum + s.rss, 0),
-    heap: all.reduce((sum, s) => sum + s.heapUsed, 0)
+    heap: all.reduce((sum, s) => sum + s.heapUsed, 0),
+    loopMaxMs: Math.max(...all.map((s) => s.loop.maxMs))
+  }
+}
+
+/** The machine's listen-queue overflows so far (TcpExt ListenOverflows): connections the kernel dropped because a server did not accept them in time. */
+function listenOverflows (): number {
+  try {
+    const lines = readFileSync('/proc/net/netstat', 'utf8').split('\n').filter((l) => l.startsWith('TcpExt:'))
+    const names = lines[0]!.split(' ')
+    const values = lines[1]!.split(' ')
+    return Number(values[names.indexOf('ListenOverflows')])
+  } catch {
+    return NaN
   }
 }
 
@@ -375,18 +388,25 @@ async function runOnce (workload: Workload, kind: Kind): Promise<Outcome> {
     sessions.length = 0
     loadgens.forEach((lg, n) => sessions.push([lg, `${sid}-${n}`]))
     const fillStarted = performance.now()
-    const filled = await Promise.all(fillers.map(async (lg, n) => await connect(lg, { from: n * per, count: Math.min(per, base - n * per) }, `${sid}-${n}`)))
+    // Storm clients are lean (bench/lean-client.ts): they join and count presence, and cost their machine far less than ws.
+    const filled = await Promise.all(fillers.map(async (lg, n) => await connect(lg, { from: n * per, count: Math.min(per, base - n * per), lean: true }, `${sid}-${n}`)))
     const fillMs = performance.now() - fillStarted
     for (const f of filled) checkJoined(f, 'the members')
     const members = filled.reduce((sum, f) => sum + f.joined!, 0)
     await Promise.all(sessions.slice(0, -1).map(async ([lg, session]) => await converge(lg, members, session)))
     for (const [lg, session] of sessions) await call(lg, { cmd: 'reset-presence', sid: session })
-    const calm = await stats(servers)
-    const storm = await connect(loadgens.at(-1)!, { from: base, count: joins, rate: workload.joinRate }, `${sid}-${loadgens.length - 1}`)
+    const calm = await stats(servers, false, undefined, true)
+    const loadgenCpu = (): number => loadgens.reduce((sum, lg) => sum + cpuOfPid(lg.pid), 0)
+    const loadgenCalm = loadgenCpu()
+    const overflowsCalm = listenOverflows()
+    const stormStarted = performance.now()
+    const storm = await connect(loadgens.at(-1)!, { from: base, count: joins, rate: workload.joinRate, lean: true }, `${sid}-${loadgens.length - 1}`)
     checkJoined(storm, 'the storm\'s joins')
     // Members whose join was refused are not in the room: the count to reach is of those that joined.
     await Promise.all(sessions.map(async ([lg, session]) => await converge(lg, members + storm.joined!, session)))
+    const settledMs = performance.now() - stormStarted
     const after = await stats(servers)
+    const loadgenUsed = loadgenCpu() - loadgenCalm
     const frames = await Promise.all(sessions.map(async ([lg, session]) => await presence(lg, session)))
     return {
       result: {
@@ -395,7 +415,12 @@ async function runOnce (workload: Workload, kind: Kind): Promise<Outcome> {
         maxPresenceFrames: Math.max(...frames.map((p) => p.maxFrames!)),
         joinP50: storm.joinP50!,
         joinP99: storm.joinP99!,
-        cpuPerJoinMs: (after.cpuMs - calm.cpuMs) / joins
+        cpuPerJoinMs: (after.cpuMs - calm.cpuMs) / joins,
+        settledMs,
+        serverCpuMs: after.cpuMs - calm.cpuMs,
+        loadgenCpuMs: loadgenUsed,
+        loopMaxMs: after.loopMaxMs,
+        listenOverflows: listenOverflows() - overflowsCalm
       },
       problems
     }

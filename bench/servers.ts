@@ -15,6 +15,7 @@
  * the Socket.IO one (each room has one publisher).
  */
 import { createServer } from 'node:http'
+import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { getHeapSpaceStatistics, writeHeapSnapshot } from 'node:v8'
 import Fastify from 'fastify'
 import { WebSocketServer, WebSocket } from 'ws'
@@ -153,7 +154,10 @@ function mapOfSets (preframed: boolean): (ws: WebSocket) => void {
 }
 
 for (const kind of kinds) console.log(`ready ${kind} ${await start(kind)}`)
-process.on('message', async (message: { rid: number, cmd: string, gc?: boolean, settleMs?: number, path?: string }) => {
+// How long the event loop was late (a long turn: a join waits behind a 10,000-member write): read and reset by `stats`.
+const loopDelay = monitorEventLoopDelay({ resolution: 10 })
+loopDelay.enable()
+process.on('message', async (message: { rid: number, cmd: string, gc?: boolean, settleMs?: number, path?: string, resetLoopDelay?: boolean }) => {
   if (message.cmd === 'snapshot') {
     // For bench/heap-diff.ts: what objects the server holds, after the same gcs as a memory reading.
     for (let i = 0; i < 6; i++) gc?.()
@@ -171,7 +175,9 @@ process.on('message', async (message: { rid: number, cmd: string, gc?: boolean, 
     }
     const { rss, heapUsed, heapTotal, external } = process.memoryUsage()
     const spaces = Object.fromEntries(getHeapSpaceStatistics().map((s) => [s.space_name, s.space_size]))
-    process.send?.({ rid: message.rid, cpu: process.cpuUsage(), rss, heapUsed, heapTotal, external, spaces })
+    const loop = { maxMs: loopDelay.max / 1e6, p99Ms: loopDelay.percentile(99) / 1e6 }
+    if (message.resetLoopDelay === true) loopDelay.reset()
+    process.send?.({ rid: message.rid, cpu: process.cpuUsage(), rss, heapUsed, heapTotal, external, spaces, loop })
   }
 })
 process.on('disconnect', () => process.exit(0))
