@@ -37,6 +37,13 @@ const redisWaitReplicas = process.argv[7] === undefined || process.argv[7] === '
 /** The cluster's `partitions` (`--partitions`). */
 const partitions = process.argv[8] === undefined || process.argv[8] === '' ? undefined : Number(process.argv[8])
 const gc = (globalThis as { gc?: () => void }).gc
+/**
+ * Every server's listen backlog (Node's default is 511; the kernel caps it at net.core.somaxconn, 4096 here).
+ * In a join storm a server busy writing a diff to 10,000 members accepts nothing for a turn: with 511 its
+ * accept queue reached 469 at 500 connections a second, and an overflow drops a connection's handshake
+ * (the client then retries after a second or gets a reset), which is the listen queue's size, not the server.
+ */
+const BACKLOG = 4096
 
 /** Whether this build of the plugin batches presence (protocol v2's `presenceIntervalMs`). */
 export const hasPresenceInterval = 'presenceIntervalMs' in SettingsSchema.properties
@@ -62,7 +69,7 @@ async function start (kind: string): Promise<number> {
         adapter: kind === 'rooms-redis' ? redisAdapter({ url: redisUrl as string, ...(redisWaitReplicas === undefined ? {} : { waitReplicas: redisWaitReplicas }) }) : kind === 'rooms-cluster' ? redisAdapter({ cluster: clusterSeeds, ...(waitReplicas === undefined ? {} : { waitReplicas }), ...(partitions === undefined ? {} : { partitions }) }) : undefined,
         ...(hasPresenceInterval ? { presenceIntervalMs } : {})
       })
-      await app.listen({ port: 0, host: '127.0.0.1' })
+      await app.listen({ port: 0, host: '127.0.0.1', backlog: BACKLOG })
       return (app.server.address() as { port: number }).port
     }
     case 'ws-stringify':
@@ -72,7 +79,7 @@ async function start (kind: string): Promise<number> {
       const http = createServer()
       const wss = new WebSocketServer({ server: http, perMessageDeflate: false })
       wss.on('connection', kind.startsWith('ws-coalesced') ? coalescedServer(presenceIntervalMs, kind === 'ws-coalesced-from') : mapOfSets(kind === 'ws-preframed'))
-      await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve))
+      await new Promise<void>((resolve) => http.listen({ port: 0, host: '127.0.0.1', backlog: BACKLOG }, resolve))
       return (http.address() as { port: number }).port
     }
     case 'fastify-websocket': {
@@ -81,7 +88,7 @@ async function start (kind: string): Promise<number> {
       await app.register(websocket)
       const handle = mapOfSets(false)
       app.get('/', { websocket: true }, (socket) => handle(socket))
-      await app.listen({ port: 0, host: '127.0.0.1' })
+      await app.listen({ port: 0, host: '127.0.0.1', backlog: BACKLOG })
       return (app.server.address() as { port: number }).port
     }
     case 'socketio':
@@ -106,7 +113,7 @@ async function start (kind: string): Promise<number> {
           ack(offset)
         })
       })
-      await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve))
+      await new Promise<void>((resolve) => http.listen({ port: 0, host: '127.0.0.1', backlog: BACKLOG }, resolve))
       return (http.address() as { port: number }).port
     }
     default:
