@@ -396,7 +396,8 @@ async function runOnce (workload: Workload, kind: Kind): Promise<Outcome> {
     await Promise.all(sessions.slice(0, -1).map(async ([lg, session]) => await converge(lg, members, session)))
     for (const [lg, session] of sessions) await call(lg, { cmd: 'reset-presence', sid: session })
     const calm = await stats(servers, false, undefined, true)
-    const loadgenCpu = (): number => loadgens.reduce((sum, lg) => sum + cpuOfPid(lg.pid), 0)
+    // The smoke run shares one load generator among the roles: each process counted once.
+    const loadgenCpu = (): number => [...new Set(loadgens.map((lg) => lg.pid))].reduce((sum: number, pid) => sum + cpuOfPid(pid), 0)
     const loadgenCalm = loadgenCpu()
     const overflowsCalm = listenOverflows()
     const stormStarted = performance.now()
