@@ -517,8 +517,11 @@ try {
           const t0 = performance.now()
           const outcome = await runOnce(workload, k)
           outcomes.get(k)!.push(outcome)
-          const mem = outcome.result.rssPerConnKB === undefined ? '' : `, RSS ${outcome.result.rssPerConnKB.toFixed(2)} KB, heap ${outcome.result.heapPerConnKB!.toFixed(2)} KB per connection`
-          console.error(`bench: ${workload.name} ${k} run ${r + 1}: ${((performance.now() - t0) / 1000).toFixed(1)} s${mem}${outcome.problems.length > 0 ? `, FAILED: ${outcome.problems.join('; ')}` : ''}`)
+          const x = outcome.result
+          const mem = x.rssPerConnKB === undefined ? '' : `, RSS ${x.rssPerConnKB.toFixed(2)} KB, heap ${x.heapPerConnKB!.toFixed(2)} KB per connection`
+          // The storm runs once or twice: each run's figures, not only the report's median.
+          const storm = x.maxPresenceFrames === undefined ? '' : `, storm ${(x.stormMs! / 1000).toFixed(1)} s, ${x.maxPresenceFrames} frames at most, join p50/p99 ${x.joinP50!.toFixed(1)}/${x.joinP99!.toFixed(1)} ms, ${x.cpuPerJoinMs!.toFixed(3)} ms server CPU per join, longest loop delay ${x.loopMaxMs!.toFixed(0)} ms`
+          console.error(`bench: ${workload.name} ${k} run ${r + 1}: ${((performance.now() - t0) / 1000).toFixed(1)} s${mem}${storm}${outcome.problems.length > 0 ? `, FAILED: ${outcome.problems.join('; ')}` : ''}`)
         }
       }
     }
