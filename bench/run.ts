@@ -416,6 +416,8 @@ async function runOnce (workload: Workload, kind: Kind): Promise<Outcome> {
         maxPresenceFrames: Math.max(...frames.map((p) => p.maxFrames!)),
         joinP50: storm.joinP50!,
         joinP99: storm.joinP99!,
+        openJoinP50: storm.openJoinP50!,
+        openJoinP99: storm.openJoinP99!,
         cpuPerJoinMs: (after.cpuMs - calm.cpuMs) / joins,
         settledMs,
         serverCpuMs: after.cpuMs - calm.cpuMs,
@@ -520,7 +522,7 @@ try {
           const x = outcome.result
           const mem = x.rssPerConnKB === undefined ? '' : `, RSS ${x.rssPerConnKB.toFixed(2)} KB, heap ${x.heapPerConnKB!.toFixed(2)} KB per connection`
           // The storm runs once or twice: each run's figures, not only the report's median.
-          const storm = x.maxPresenceFrames === undefined ? '' : `, storm ${(x.stormMs! / 1000).toFixed(1)} s, ${x.maxPresenceFrames} frames at most, join p50/p99 ${x.joinP50!.toFixed(1)}/${x.joinP99!.toFixed(1)} ms, ${x.cpuPerJoinMs!.toFixed(3)} ms server CPU per join, longest loop delay ${x.loopMaxMs!.toFixed(0)} ms`
+          const storm = x.maxPresenceFrames === undefined ? '' : `, storm ${(x.stormMs! / 1000).toFixed(1)} s, ${x.maxPresenceFrames} frames at most, join p50/p99 ${x.joinP50!.toFixed(1)}/${x.joinP99!.toFixed(1)} ms, connect-to-joined p50/p99 ${x.openJoinP50!.toFixed(1)}/${x.openJoinP99!.toFixed(1)} ms, ${x.cpuPerJoinMs!.toFixed(3)} ms server CPU per join, longest loop delay ${x.loopMaxMs!.toFixed(0)} ms`
           console.error(`bench: ${workload.name} ${k} run ${r + 1}: ${((performance.now() - t0) / 1000).toFixed(1)} s${mem}${storm}${outcome.problems.length > 0 ? `, FAILED: ${outcome.problems.join('; ')}` : ''}`)
         }
       }
