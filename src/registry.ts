@@ -737,7 +737,7 @@ const noop = (): void => {}
  * A diff to more members than this is written this many members per turn of the event loop, so that
  * joins and messages are served in between. Written at once, a diff to a room of 10,000-15,000 held the
  * loop for 190-420 ms in a join storm (the bench's `storm`: p99 join-to-`joined` 32-328 ms over runs);
- * in slices of 1,000 the longest delay was 50 ms and p99 58 ms, at the same CPU per join.
+ * in slices of 1,000 the longest delay was 31-58 ms and p99 21-75 ms (4 runs), at the same CPU per join.
  */
 const PRESENCE_SLICE = 1000
 
