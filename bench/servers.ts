@@ -41,7 +41,7 @@ const gc = (globalThis as { gc?: () => void }).gc
  * Every server's listen backlog (Node's default is 511; the kernel caps it at net.core.somaxconn, 4096 here).
  * In a join storm a server busy writing a diff to 10,000 members accepts nothing for a turn: with 511 its
  * accept queue reached 469 at 500 connections a second, and an overflow drops a connection's handshake
- * (the client then retries after a second or gets a reset), which is the listen queue's size, not the server.
+ * (the client retries a second later or gets a reset): that measured the queue's size, not the server.
  */
 const BACKLOG = 4096
 
