@@ -25,6 +25,8 @@ export interface BenchClient {
   /** `lastCountFrame`'s count, read once per frame. */
   countOf: string | Buffer
   count: number
+  /** A client that keeps no frame (bench/lean-client.ts) reads its count itself. */
+  readCount?: () => number
   /** Set by the load generator once the join was answered. */
   joined: boolean
   /** Whether the server closed this connection (a slow-consumer close, a crash). */
@@ -150,6 +152,7 @@ export async function open (kind: Kind, url: string): Promise<BenchClient> {
 
 /** The member count a client last heard of: from its latest `presence` or `joined` frame. */
 export function lastCount (client: BenchClient): number {
+  if (client.readCount !== undefined) return client.readCount()
   if (client.lastCountFrame === client.countOf) return client.count
   client.countOf = client.lastCountFrame
   const text = client.lastCountFrame.toString()

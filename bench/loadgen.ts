@@ -7,6 +7,7 @@
  */
 import { performance } from 'node:perf_hooks'
 import { lastCount, numberAfter, open, wsUrl, type BenchClient, type Kind } from './client.js'
+import { openLean } from './lean-client.js'
 
 export interface Connect {
   cmd: 'connect'
@@ -21,6 +22,8 @@ export interface Connect {
   concurrency: number
   rate?: number
   deadlineMs: number
+  /** Use bench/lean-client.ts (members that only join and count presence: a join storm's). */
+  lean?: boolean
 }
 /** `messages`: each publisher stops after this many (a fixed total), or at `durationMs`, whichever comes first. */
 export interface Fanout { cmd: 'fanout', durationMs: number, window: number, payloadBytes: number, rate?: number, onlyRoom?: number, messages?: number }
@@ -48,19 +51,23 @@ async function connect (session: Session, job: Connect): Promise<Record<string, 
   session.prefix = job.prefix
   session.clients = new Array(job.count)
   const joinMs: number[] = []
+  /** From the start of the connection to `joined`: what a user waits for, busy accept and upgrade included. */
+  const openJoinMs: number[] = []
   let failed = 0
   let firstError = ''
   const deadline = performance.now() + job.deadlineMs
   const one = async (k: number): Promise<void> => {
     const i = job.from + k
     let timer: NodeJS.Timeout | undefined
+    const opening = performance.now()
     try {
       const late = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new Error(`no joined before the deadline of ${job.deadlineMs} ms`)), Math.max(0, deadline - performance.now())) })
-      const client = await Promise.race([open(job.kind, wsUrl(job.kind, job.ports[i % job.ports.length]!)), late])
+      const client = await Promise.race([(job.lean === true ? openLean : open)(job.kind, wsUrl(job.kind, job.ports[i % job.ports.length]!)), late])
       session.clients[k] = client
       const sent = performance.now()
       await Promise.race([client.join(`${job.prefix}${i % job.rooms}`), late])
       joinMs.push(performance.now() - sent)
+      openJoinMs.push(performance.now() - opening)
       client.joined = true
     } catch (err) {
       failed++
@@ -88,7 +95,7 @@ async function connect (session: Session, job: Connect): Promise<Record<string, 
   const connectMs = performance.now() - started
   const joined = joinMs.length
   if (joined < job.count && failed === 0) firstError = `deadline of ${job.deadlineMs} ms passed`
-  return { connectMs, joined, failed: job.count - joined, joinP50: quantile(joinMs, 0.5), joinP99: quantile(joinMs, 0.99), firstError }
+  return { connectMs, joined, failed: job.count - joined, joinP50: quantile(joinMs, 0.5), joinP99: quantile(joinMs, 0.99), openJoinP50: quantile(openJoinMs, 0.5), openJoinP99: quantile(openJoinMs, 0.99), firstError }
 }
 
 /** Offsets a client has seen, one bit each, grown as offsets grow. */

@@ -190,11 +190,11 @@ export function report (input: ReportInput): string {
         }
       }
     } else {
-      say('| server | time to fill the room, s | storm took, s | most presence frames one member received | p50 / p99 join-to-`joined`, ms | server CPU per storm join, ms | correct |')
-      say('|---|---:|---:|---:|---:|---:|---|')
+      say('| server | time to fill the room, s | storm took, s | every member had the last count after, s | most presence frames one member received | p50 / p99 join-to-`joined`, ms | p50 / p99 connect-to-`joined`, ms | server CPU per storm join, ms | server / load generators\' CPU over the storm, s | server\'s longest event-loop delay, ms | listen-queue overflows (machine-wide) | correct |')
+      say('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|')
       for (const [kind, r] of merged) {
         const x = r.result
-        say(`| ${labels[kind]} | ${fmt(x.fillMs! / 1000, 1)} | ${fmt(x.stormMs! / 1000, 1)} | ${fmt(x.maxPresenceFrames)} | ${fmt(x.joinP50, 1)} / ${fmt(x.joinP99, 1)} | ${fmt(x.cpuPerJoinMs, 3)} | ${verdict(r)} |`)
+        say(`| ${labels[kind]} | ${fmt(x.fillMs! / 1000, 1)} | ${fmt(x.stormMs! / 1000, 1)} | ${fmt(x.settledMs! / 1000, 1)} | ${fmt(x.maxPresenceFrames)} | ${fmt(x.joinP50, 1)} / ${fmt(x.joinP99, 1)} | ${fmt(x.openJoinP50, 1)} / ${fmt(x.openJoinP99, 1)} | ${fmt(x.cpuPerJoinMs, 3)} | ${fmt(x.serverCpuMs! / 1000, 1)} / ${fmt(x.loadgenCpuMs! / 1000, 1)} | ${fmt(x.loopMaxMs)} | ${fmt(x.listenOverflows)} | ${verdict(r)} |`)
       }
     }
   }

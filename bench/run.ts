@@ -109,17 +109,30 @@ async function loadgensFor (n: number): Promise<ChildProcess[]> {
   return Array.from({ length: n }, () => node(['--import=tsx', 'bench/loadgen.ts']))
 }
 
-interface Stats { cpuMs: number, rss: number, heap: number }
+interface Stats { cpuMs: number, rss: number, heap: number, loopMaxMs: number }
 /**
  * CPU and memory of a run's servers; `gc` first when memory is measured (slow, so not for CPU alone,
  * nor in the smoke run), and with `settleMs` a wait after it for V8's memory reducer.
  */
-async function stats (servers: Servers, gc = false, settleMs?: number): Promise<Stats> {
-  const all = await Promise.all(servers.children.map(async (c) => await call<{ cpu: { user: number, system: number }, rss: number, heapUsed: number }>(c, { cmd: 'stats', gc: gc && !smoke, settleMs: smoke ? undefined : settleMs })))
+async function stats (servers: Servers, gc = false, settleMs?: number, resetLoopDelay = false): Promise<Stats> {
+  const all = await Promise.all(servers.children.map(async (c) => await call<{ cpu: { user: number, system: number }, rss: number, heapUsed: number, loop: { maxMs: number } }>(c, { cmd: 'stats', gc: gc && !smoke, settleMs: smoke ? undefined : settleMs, resetLoopDelay })))
   return {
     cpuMs: all.reduce((sum, s) => sum + (s.cpu.user + s.cpu.system) / 1000, 0),
     rss: all.reduce((sum, s) => sum + s.rss, 0),
-    heap: all.reduce((sum, s) => sum + s.heapUsed, 0)
+    heap: all.reduce((sum, s) => sum + s.heapUsed, 0),
+    loopMaxMs: Math.max(...all.map((s) => s.loop.maxMs))
+  }
+}
+
+/** The machine's listen-queue overflows so far (TcpExt ListenOverflows): connections the kernel dropped because a server did not accept them in time. */
+function listenOverflows (): number {
+  try {
+    const lines = readFileSync('/proc/net/netstat', 'utf8').split('\n').filter((l) => l.startsWith('TcpExt:'))
+    const names = lines[0]!.split(' ')
+    const values = lines[1]!.split(' ')
+    return Number(values[names.indexOf('ListenOverflows')])
+  } catch {
+    return NaN
   }
 }
 
@@ -375,18 +388,26 @@ async function runOnce (workload: Workload, kind: Kind): Promise<Outcome> {
     sessions.length = 0
     loadgens.forEach((lg, n) => sessions.push([lg, `${sid}-${n}`]))
     const fillStarted = performance.now()
-    const filled = await Promise.all(fillers.map(async (lg, n) => await connect(lg, { from: n * per, count: Math.min(per, base - n * per) }, `${sid}-${n}`)))
+    // Storm clients are lean (bench/lean-client.ts): they join and count presence, and cost their machine far less than ws.
+    const filled = await Promise.all(fillers.map(async (lg, n) => await connect(lg, { from: n * per, count: Math.min(per, base - n * per), lean: true }, `${sid}-${n}`)))
     const fillMs = performance.now() - fillStarted
     for (const f of filled) checkJoined(f, 'the members')
     const members = filled.reduce((sum, f) => sum + f.joined!, 0)
     await Promise.all(sessions.slice(0, -1).map(async ([lg, session]) => await converge(lg, members, session)))
     for (const [lg, session] of sessions) await call(lg, { cmd: 'reset-presence', sid: session })
-    const calm = await stats(servers)
-    const storm = await connect(loadgens.at(-1)!, { from: base, count: joins, rate: workload.joinRate }, `${sid}-${loadgens.length - 1}`)
+    const calm = await stats(servers, false, undefined, true)
+    // The smoke run shares one load generator among the roles: each process counted once.
+    const loadgenCpu = (): number => [...new Set(loadgens.map((lg) => lg.pid))].reduce((sum: number, pid) => sum + cpuOfPid(pid), 0)
+    const loadgenCalm = loadgenCpu()
+    const overflowsCalm = listenOverflows()
+    const stormStarted = performance.now()
+    const storm = await connect(loadgens.at(-1)!, { from: base, count: joins, rate: workload.joinRate, lean: true }, `${sid}-${loadgens.length - 1}`)
     checkJoined(storm, 'the storm\'s joins')
     // Members whose join was refused are not in the room: the count to reach is of those that joined.
     await Promise.all(sessions.map(async ([lg, session]) => await converge(lg, members + storm.joined!, session)))
+    const settledMs = performance.now() - stormStarted
     const after = await stats(servers)
+    const loadgenUsed = loadgenCpu() - loadgenCalm
     const frames = await Promise.all(sessions.map(async ([lg, session]) => await presence(lg, session)))
     return {
       result: {
@@ -395,7 +416,14 @@ async function runOnce (workload: Workload, kind: Kind): Promise<Outcome> {
         maxPresenceFrames: Math.max(...frames.map((p) => p.maxFrames!)),
         joinP50: storm.joinP50!,
         joinP99: storm.joinP99!,
-        cpuPerJoinMs: (after.cpuMs - calm.cpuMs) / joins
+        openJoinP50: storm.openJoinP50!,
+        openJoinP99: storm.openJoinP99!,
+        cpuPerJoinMs: (after.cpuMs - calm.cpuMs) / joins,
+        settledMs,
+        serverCpuMs: after.cpuMs - calm.cpuMs,
+        loadgenCpuMs: loadgenUsed,
+        loopMaxMs: after.loopMaxMs,
+        listenOverflows: listenOverflows() - overflowsCalm
       },
       problems
     }
@@ -491,8 +519,11 @@ try {
           const t0 = performance.now()
           const outcome = await runOnce(workload, k)
           outcomes.get(k)!.push(outcome)
-          const mem = outcome.result.rssPerConnKB === undefined ? '' : `, RSS ${outcome.result.rssPerConnKB.toFixed(2)} KB, heap ${outcome.result.heapPerConnKB!.toFixed(2)} KB per connection`
-          console.error(`bench: ${workload.name} ${k} run ${r + 1}: ${((performance.now() - t0) / 1000).toFixed(1)} s${mem}${outcome.problems.length > 0 ? `, FAILED: ${outcome.problems.join('; ')}` : ''}`)
+          const x = outcome.result
+          const mem = x.rssPerConnKB === undefined ? '' : `, RSS ${x.rssPerConnKB.toFixed(2)} KB, heap ${x.heapPerConnKB!.toFixed(2)} KB per connection`
+          // The storm runs once or twice: each run's figures, not only the report's median.
+          const storm = x.maxPresenceFrames === undefined ? '' : `, storm ${(x.stormMs! / 1000).toFixed(1)} s, ${x.maxPresenceFrames} frames at most, join p50/p99 ${x.joinP50!.toFixed(1)}/${x.joinP99!.toFixed(1)} ms, connect-to-joined p50/p99 ${x.openJoinP50!.toFixed(1)}/${x.openJoinP99!.toFixed(1)} ms, ${x.cpuPerJoinMs!.toFixed(3)} ms server CPU per join, longest loop delay ${x.loopMaxMs!.toFixed(0)} ms`
+          console.error(`bench: ${workload.name} ${k} run ${r + 1}: ${((performance.now() - t0) / 1000).toFixed(1)} s${mem}${storm}${outcome.problems.length > 0 ? `, FAILED: ${outcome.problems.join('; ')}` : ''}`)
         }
       }
     }

@@ -15,6 +15,7 @@
  * the Socket.IO one (each room has one publisher).
  */
 import { createServer } from 'node:http'
+import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { getHeapSpaceStatistics, writeHeapSnapshot } from 'node:v8'
 import Fastify from 'fastify'
 import { WebSocketServer, WebSocket } from 'ws'
@@ -36,6 +37,13 @@ const redisWaitReplicas = process.argv[7] === undefined || process.argv[7] === '
 /** The cluster's `partitions` (`--partitions`). */
 const partitions = process.argv[8] === undefined || process.argv[8] === '' ? undefined : Number(process.argv[8])
 const gc = (globalThis as { gc?: () => void }).gc
+/**
+ * Every server's listen backlog (Node's default is 511; the kernel caps it at net.core.somaxconn, 4096 here).
+ * In a join storm a server busy writing a diff to 10,000 members accepts nothing for a turn: with 511 its
+ * accept queue reached 469 at 500 connections a second, and an overflow drops a connection's handshake
+ * (the client retries a second later or gets a reset): that measured the queue's size, not the server.
+ */
+const BACKLOG = 4096
 
 /** Whether this build of the plugin batches presence (protocol v2's `presenceIntervalMs`). */
 export const hasPresenceInterval = 'presenceIntervalMs' in SettingsSchema.properties
@@ -61,7 +69,7 @@ async function start (kind: string): Promise<number> {
         adapter: kind === 'rooms-redis' ? redisAdapter({ url: redisUrl as string, ...(redisWaitReplicas === undefined ? {} : { waitReplicas: redisWaitReplicas }) }) : kind === 'rooms-cluster' ? redisAdapter({ cluster: clusterSeeds, ...(waitReplicas === undefined ? {} : { waitReplicas }), ...(partitions === undefined ? {} : { partitions }) }) : undefined,
         ...(hasPresenceInterval ? { presenceIntervalMs } : {})
       })
-      await app.listen({ port: 0, host: '127.0.0.1' })
+      await app.listen({ port: 0, host: '127.0.0.1', backlog: BACKLOG })
       return (app.server.address() as { port: number }).port
     }
     case 'ws-stringify':
@@ -71,7 +79,7 @@ async function start (kind: string): Promise<number> {
       const http = createServer()
       const wss = new WebSocketServer({ server: http, perMessageDeflate: false })
       wss.on('connection', kind.startsWith('ws-coalesced') ? coalescedServer(presenceIntervalMs, kind === 'ws-coalesced-from') : mapOfSets(kind === 'ws-preframed'))
-      await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve))
+      await new Promise<void>((resolve) => http.listen({ port: 0, host: '127.0.0.1', backlog: BACKLOG }, resolve))
       return (http.address() as { port: number }).port
     }
     case 'fastify-websocket': {
@@ -80,7 +88,7 @@ async function start (kind: string): Promise<number> {
       await app.register(websocket)
       const handle = mapOfSets(false)
       app.get('/', { websocket: true }, (socket) => handle(socket))
-      await app.listen({ port: 0, host: '127.0.0.1' })
+      await app.listen({ port: 0, host: '127.0.0.1', backlog: BACKLOG })
       return (app.server.address() as { port: number }).port
     }
     case 'socketio':
@@ -105,7 +113,7 @@ async function start (kind: string): Promise<number> {
           ack(offset)
         })
       })
-      await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve))
+      await new Promise<void>((resolve) => http.listen({ port: 0, host: '127.0.0.1', backlog: BACKLOG }, resolve))
       return (http.address() as { port: number }).port
     }
     default:
@@ -153,7 +161,10 @@ function mapOfSets (preframed: boolean): (ws: WebSocket) => void {
 }
 
 for (const kind of kinds) console.log(`ready ${kind} ${await start(kind)}`)
-process.on('message', async (message: { rid: number, cmd: string, gc?: boolean, settleMs?: number, path?: string }) => {
+// How long the event loop was late (a long turn: a join waits behind a 10,000-member write): read and reset by `stats`.
+const loopDelay = monitorEventLoopDelay({ resolution: 10 })
+loopDelay.enable()
+process.on('message', async (message: { rid: number, cmd: string, gc?: boolean, settleMs?: number, path?: string, resetLoopDelay?: boolean }) => {
   if (message.cmd === 'snapshot') {
     // For bench/heap-diff.ts: what objects the server holds, after the same gcs as a memory reading.
     for (let i = 0; i < 6; i++) gc?.()
@@ -171,7 +182,9 @@ process.on('message', async (message: { rid: number, cmd: string, gc?: boolean, 
     }
     const { rss, heapUsed, heapTotal, external } = process.memoryUsage()
     const spaces = Object.fromEntries(getHeapSpaceStatistics().map((s) => [s.space_name, s.space_size]))
-    process.send?.({ rid: message.rid, cpu: process.cpuUsage(), rss, heapUsed, heapTotal, external, spaces })
+    const loop = { maxMs: loopDelay.max / 1e6, p99Ms: loopDelay.percentile(99) / 1e6 }
+    if (message.resetLoopDelay === true) loopDelay.reset()
+    process.send?.({ rid: message.rid, cpu: process.cpuUsage(), rss, heapUsed, heapTotal, external, spaces, loop })
   }
 })
 process.on('disconnect', () => process.exit(0))

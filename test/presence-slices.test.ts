@@ -1,0 +1,78 @@
+import t from 'tap'
+import { TestSocket } from './helpers/socket.js'
+import { startApp } from './helpers/server.js'
+import { until } from './helpers/until.js'
+
+// A diff to a room of more than 1,000 members (the registry's PRESENCE_SLICE) is written 1,000 members
+// per turn of the event loop. 3,100 members: four slices, the first member in the first, the last in the
+// fourth. A diff sent by the interval's timer writes its first two slices in one turn (the timer, then
+// the turn's immediates): the fourth comes two turns after the first.
+const MEMBERS = 3_100
+
+type Frame = Awaited<ReturnType<TestSocket['next']>>
+
+/** The count a member last heard of: its latest `presence` or `joined` frame for the room. */
+function lastCount (socket: TestSocket): number {
+  for (let i = socket.frames.length - 1; i >= 0; i--) {
+    const f = socket.frames[i] as Frame
+    if ((f.type === 'presence' || f.type === 'joined') && f.room === 'big') return f.count as number
+  }
+  return NaN
+}
+
+t.test('a diff to a room larger than a slice', async (t) => {
+  const { wsUrl } = await startApp(t, { presenceIntervalMs: 1000 })
+  const sockets: TestSocket[] = []
+  t.teardown(async () => { await Promise.all(sockets.map(async (s) => await s.close())) })
+  const first = await TestSocket.open(wsUrl)
+  sockets.push(first)
+  await first.join('big')
+  // The rest join 500 at a time; a diff a second keeps the test short (every diff goes to thousands).
+  let next = 1
+  await Promise.all(Array.from({ length: 500 }, async () => {
+    while (next < MEMBERS - 1) {
+      next++
+      const socket = await TestSocket.open(wsUrl)
+      sockets.push(socket)
+      await socket.join('big')
+    }
+  }))
+  const last = await TestSocket.open(wsUrl)
+  sockets.push(last)
+  await last.join('big')
+  t.equal(sockets.length, MEMBERS)
+
+  await t.test('reaches every member once, in order', async (t) => {
+    // No event says the last diff arrived: the counts are polled.
+    await until(() => sockets.every((s) => lastCount(s) === MEMBERS), `every member counts ${MEMBERS}`, 30_000)
+    const seen = new Set([first.welcome.user.id])
+    let decreasing = 0
+    for (const socket of sockets) {
+      let count = 0
+      for (const f of socket.frames) {
+        if (f.type !== 'presence') continue
+        if ((f.count as number) < count) decreasing++
+        count = f.count as number
+        if (socket === first) for (const user of f.joins as Array<{ id: string }>) seen.add(user.id)
+      }
+    }
+    t.equal(decreasing, 0, 'no member got a diff after a later one (only joins: counts only grow)')
+    t.equal(seen.size, MEMBERS, 'the first member learnt of every join, from diffs alone')
+  })
+
+  await t.test('lets the server answer a frame between its slices', async (t) => {
+    const joiner = await TestSocket.open(wsUrl)
+    sockets.push(joiner)
+    const id = joiner.welcome.user.id
+    const isJoinerDiff = (f: Frame): boolean => f.type === 'presence' && (f.joins as Array<{ id: string }>).some((u) => u.id === id)
+    const reached = first.next(isJoinerDiff, 'the diff of the new join at the first member')
+    await joiner.join('big')
+    await reached
+    // The diff has reached the first slice; the last member, in the fourth, asks for a pong now. Written
+    // in one turn, the diff would already be in the last member's socket, ahead of the pong.
+    const pong = last.request({ type: 'ping' })
+    const [reply, diff] = await Promise.all([pong, last.next(isJoinerDiff, 'the diff of the new join at the last member')])
+    t.equal(reply.type, 'pong')
+    t.ok(last.frames.indexOf(reply) < last.frames.indexOf(diff), 'the last member got its pong before the diff')
+  })
+})
