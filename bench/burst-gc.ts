@@ -8,13 +8,13 @@
  * 20; with WINDOW=1, each publisher keeps 20 in flight (the next on each ack)
  * until 200 are acked, as the bench's fan-out does. Prints one JSON line: the
  * server's CPU (`process.cpuUsage`) per delivery, and over the measured
- * rounds its scavenges and full collections, and the bytes a scavenge
+ * rounds its write and read system calls per delivery, its scavenges and full collections, and the bytes a scavenge
  * promoted to the old generation and kept in the young one, on average.
  * NVP_LOG=file appends the raw `--trace-gc-nvp` lines of the scavenges.
  * TRACE_LOG=file appends the server's other output (e.g. `--trace-deopt`).
  */
 import { spawn } from 'node:child_process'
-import { appendFileSync } from 'node:fs'
+import { appendFileSync, readFileSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 import WebSocket from 'ws'
 
@@ -115,13 +115,25 @@ async function round (): Promise<void> {
   await all
 }
 
+/** The server's read and write system calls so far (Linux: /proc/PID/io), or NaN. */
+function syscalls (): { reads: number, writes: number } {
+  try {
+    const io = readFileSync(`/proc/${server.pid}/io`, 'utf8')
+    return { reads: Number(/syscr: (\d+)/.exec(io)?.[1]), writes: Number(/syscw: (\d+)/.exec(io)?.[1]) }
+  } catch {
+    return { reads: NaN, writes: NaN }
+  }
+}
+
 for (let i = 0; i < 20; i++) await round()
 measuring = true
 const before = await cpu()
+const callsBefore = syscalls()
 const started = performance.now()
 for (let i = 0; i < rounds; i++) await round()
 const wallMs = performance.now() - started
 const cpuMs = await cpu() - before
+const callsAfter = syscalls()
 const deliveries = rounds * ROOMS * MEMBERS * PER_ROUND
 console.log(JSON.stringify({
   kind,
@@ -130,6 +142,8 @@ console.log(JSON.stringify({
   wallMs: Math.round(wallMs),
   cpuMs: Math.round(cpuMs),
   deliveriesPerCpuS: Math.round(deliveries / cpuMs * 1000),
+  writesPerDelivery: +((callsAfter.writes - callsBefore.writes) / deliveries).toFixed(4),
+  readsPerDelivery: +((callsAfter.reads - callsBefore.reads) / deliveries).toFixed(4),
   scavenges: gc.scavenges,
   fullGcs: gc.fullGcs,
   scavengeMs: Math.round(gc.scavengeMs),
