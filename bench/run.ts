@@ -310,7 +310,7 @@ async function runOnce (workload: Workload, kind: Kind): Promise<Outcome> {
       }
       const after = await stats(servers)
       const threadsAfter = threadCpu(servers)
-      console.error(`bench: ${workload.name} ${kind}: server CPU ${(threadsAfter.main - threadsBefore.main).toFixed(0)} ms on main threads, ${(threadsAfter.other - threadsBefore.other).toFixed(0)} ms on other threads (V8's compiler and GC helpers)`)
+      console.error(`bench: ${workload.name} ${kind}: server CPU ${(threadsAfter.main - threadsBefore.main).toFixed(0)} ms on main threads, ${(threadsAfter.other - threadsBefore.other).toFixed(0)} ms on other threads (V8's compiler and GC helpers); ${go.deliveries} deliveries, ${Math.round(go.deliveries! / ((after.cpuMs - connected.cpuMs) / 1000))} per CPU-s`)
       // Every redis-server's CPU over the publishing (Redis is shared: in the smoke run, where servers run at once, it means nothing).
       const redisUsed: Record<string, number> = {}
       for (const key of Object.keys(redisBefore)) redisUsed[key] = redisAfter[key]! - redisBefore[key]!
