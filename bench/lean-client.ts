@@ -333,6 +333,7 @@ export async function openLean (kind: Kind, url: string): Promise<BenchClient> {
   client.join = async (room) => {
     // One join at a time per connection: its reply is the next `joined` (or `error`).
     await new Promise<void>((resolve, reject) => {
+      if (socket.destroyed) { reject(new Error('the connection is closed')); return }
       joining = { resolve, reject }
       socket.write(maskedFrame(1, Buffer.from(`{"type":"join","room":${JSON.stringify(room)}}`)))
     })

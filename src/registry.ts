@@ -128,6 +128,19 @@ interface Touched {
 }
 
 /** A room's presence changes since its last diff. */
+/** A diff on its way to a room's members on this node: `all` as they were when it was made, up to `next` done. */
+interface Writing {
+  room: string
+  members: Map<string, Membership>
+  all: Membership[]
+  next: number
+  framed: Buffer
+  payload: Buffer
+  seq: number
+  /** Not done in the turn it was queued in: some members got it late, so its room waits an interval after it. */
+  late: boolean
+}
+
 interface Batch {
   users: Map<string, Touched>
   count: number
@@ -180,9 +193,14 @@ export class Registry implements AdapterListener {
   private readonly batches = new Map<string, Batch>()
   private flushTimer: NodeJS.Timeout | undefined
   private flushScheduled = false
-  /** Diffs being written in slices (deliverSliced), and whether a flush waits for them. */
-  private slicing = 0
-  private flushDeferred = false
+  /** Diffs being written, oldest first: PRESENCE_SLICE writes per turn of the event loop across all of them. */
+  private readonly writing: Writing[] = []
+  private pumpScheduled = false
+  /**
+   * Rooms whose diff is being written, or was written over several turns less than an interval ago: their
+   * batch waits, so that each member gets a full interval between two diffs however late its slice was.
+   */
+  private readonly busy = new Map<string, NodeJS.Timeout | undefined>()
   private readonly lingering = new Map<string, Lingering>()
   /** Set by `shutdown()`: connections closing now leave at once. */
   private closing = false
@@ -222,6 +240,8 @@ export class Registry implements AdapterListener {
     const existing = entry.get(room)
     if (existing !== undefined) {
       const info = await this.adapter.room(room, { limit: this.options.membersPageSize })
+      // A diff still under way would otherwise reach this member after the newer state below.
+      this.catchUp(existing)
       const joined: JoinedFrame = { type: 'joined', room, count: info?.count ?? 1, members: info?.members ?? [peer.user], membersNext: info?.membersNext ?? null, offset: existing.lastOffset, epoch: info?.epoch ?? '' }
       if (request.id !== undefined) joined.id = request.id
       peer.sendEncoded(JSON.stringify(joined))
@@ -396,6 +416,9 @@ export class Registry implements AdapterListener {
   async close (): Promise<void> {
     this.shutdown()
     clearTimeout(this.flushTimer)
+    for (const timer of this.busy.values()) clearTimeout(timer)
+    this.busy.clear()
+    this.writing.length = 0
     this.batches.clear()
     await Promise.all([...this.removals])
   }
@@ -549,57 +572,85 @@ export class Registry implements AdapterListener {
   }
 
   private flushPresence (): void {
-    // A diff still being written in slices: the next one waits for it, so that a turn writes one slice
-    // of one diff, not a slice of each diff under way.
-    if (this.slicing > 0) {
-      this.flushDeferred = true
-      return
-    }
     this.flushScheduled = false
-    const batches = [...this.batches]
-    this.batches.clear()
-    for (const [room, batch] of batches) {
-      const members = this.rooms.get(room)?.members
-      if (members === undefined) continue
-      const joins: string[] = []
-      const leaves: string[] = []
-      for (const { member, start, present } of batch.users.values()) {
-        // A user back where it started is news only to a member that joined in between.
-        if (start === present && !batch.fresh) continue
-        if (present) joins.push(member)
-        else leaves.push(member)
+    for (const [room, batch] of this.batches) {
+      if (this.busy.has(room)) continue
+      this.batches.delete(room)
+      this.write(room, batch)
+    }
+    if (!this.pumpScheduled) this.pump()
+  }
+
+  /** Queue a batch's diff for the room's members on this node (none when the batch nets to nothing). */
+  private write (room: string, batch: Batch): void {
+    const members = this.rooms.get(room)?.members
+    if (members === undefined) return
+    const joins: string[] = []
+    const leaves: string[] = []
+    for (const { member, start, present } of batch.users.values()) {
+      // A user back where it started is news only to a member that joined in between.
+      if (start === present && !batch.fresh) continue
+      if (present) joins.push(member)
+      else leaves.push(member)
+    }
+    if (joins.length === 0 && leaves.length === 0) return
+    const payload = Buffer.from(encodePresence(room, joins, leaves, batch.count))
+    this.writing.push({ room, members, all: [...members.values()], next: 0, framed: textFrame(payload), payload, seq: batch.seq, late: this.pumpScheduled })
+    this.busy.set(room, undefined)
+  }
+
+  /**
+   * Write the queued diffs, PRESENCE_SLICE members in this turn and the rest in later turns, skipping
+   * members that left (or left and came back) in between. A diff written whole in its flush's turn frees
+   * its room at once; one written later holds its room's next diff for a full interval after its end.
+   */
+  private pump (): void {
+    this.pumpScheduled = false
+    let budget = PRESENCE_SLICE
+    // Fewest writes left first: a small room's diff does not wait behind a large room's slices.
+    if (this.writing.length > 1) this.writing.sort((a, b) => (a.all.length - a.next) - (b.all.length - b.next))
+    try {
+      while (this.writing.length > 0 && !this.closing) {
+        const job = this.writing[0]!
+        const to = Math.min(job.all.length, job.next + budget)
+        for (let i = job.next; i < to; i++) {
+          const membership = job.all[i]!
+          if (job.members.get(membership.peer.id) === membership) this.deliver(membership, UNORDERED, job.framed, job.payload, job.seq)
+        }
+        budget -= to - job.next
+        job.next = to
+        if (to < job.all.length) break
+        this.writing.shift()
+        if (job.late) this.cool(job.room)
+        else this.busy.delete(job.room)
       }
-      if (joins.length === 0 && leaves.length === 0) continue
-      const payload = Buffer.from(encodePresence(room, joins, leaves, batch.count))
-      const framed = textFrame(payload)
-      if (members.size <= PRESENCE_SLICE) {
-        for (const membership of members.values()) this.deliver(membership, UNORDERED, framed, payload, batch.seq)
-      } else {
-        this.slicing++
-        this.deliverSliced(members, [...members.values()], 0, framed, payload, batch.seq)
+    } finally {
+      // Also after a throw: presence must not stop for good on one failed write.
+      if (this.writing.length > 0 && !this.closing) {
+        for (const job of this.writing) job.late = true
+        this.pumpScheduled = true
+        setImmediate(() => this.pump())
       }
     }
   }
 
-  /**
-   * Write a diff to `all` from `from` on: PRESENCE_SLICE members in this turn of the event loop, the rest
-   * in later turns, skipping members that left (or left and came back) in between. Once the last diff in
-   * slices is written, a diff that waited for it is scheduled a full interval later.
-   */
-  private deliverSliced (members: Map<string, Membership>, all: Membership[], from: number, framed: Buffer, payload: Buffer, seq: number): void {
-    const to = Math.min(all.length, from + PRESENCE_SLICE)
-    for (let i = from; i < to && !this.closing; i++) {
-      const membership = all[i]!
-      if (members.get(membership.peer.id) === membership) this.deliver(membership, UNORDERED, framed, payload, seq)
+  /** A room's diff ended in a later turn than it began: its next diff waits a full interval from now. */
+  private cool (room: string): void {
+    this.busy.set(room, setTimeout(() => {
+      this.busy.delete(room)
+      const batch = this.batches.get(room)
+      if (batch === undefined || this.closing) return
+      this.batches.delete(room)
+      this.write(room, batch)
+      if (!this.pumpScheduled) this.pump()
+    }, this.options.presenceIntervalMs))
+  }
+
+  /** Write to this member now any diff under way that has not reached it yet (its slice skips it then). */
+  private catchUp (membership: Membership): void {
+    for (const job of this.writing) {
+      if (job.room === membership.room) this.deliver(membership, UNORDERED, job.framed, job.payload, job.seq)
     }
-    if (to < all.length && !this.closing) {
-      setImmediate(() => this.deliverSliced(members, all, to, framed, payload, seq))
-      return
-    }
-    if (--this.slicing > 0 || !this.flushDeferred) return
-    this.flushDeferred = false
-    this.flushScheduled = false
-    if (!this.closing) this.scheduleFlush()
   }
 
   /** Rooms with a member on this node, and this node's memberships: read by the metrics at a scrape. */
@@ -734,8 +785,8 @@ export class Registry implements AdapterListener {
 
 const noop = (): void => {}
 /**
- * A diff to more members than this is written this many members per turn of the event loop, so that
- * joins and messages are served in between. Written at once, a diff to a room of 10,000-15,000 held the
+ * Presence diffs are written to at most this many members per turn of the event loop, whatever the
+ * number of rooms and diffs, so that joins and messages are served in between. Written at once, a diff to a room of 10,000-15,000 held the
  * loop for 190-420 ms in a join storm (the bench's `storm`: p99 join-to-`joined` 32-328 ms over runs);
  * in slices of 1,000 the longest delay was 31-58 ms and p99 21-75 ms (4 runs), at the same CPU per join.
  */

@@ -99,7 +99,10 @@ t.test('a lean client joins a fastify-rooms room, counts presence diffs and read
   for (const other of others) await other.join('lobby')
   t.equal(lastCount(others[2]!), 4, 'the last to join reads 4 from its `joined`')
   // No event tells that the last diff arrived: the count is polled.
-  await until(() => lastCount(first) === 4, 'the first member counts 4')
+  await until(() => {
+    if (first.closed) throw new Error('the server closed the first member')
+    return lastCount(first) === 4
+  }, 'the first member counts 4')
   t.ok(first.presenceFrames >= 1 && first.presenceFrames <= 3, `presence diffs counted (${first.presenceFrames})`)
   t.equal(first.closed, false, 'the server closed nothing')
 })
@@ -118,13 +121,18 @@ t.test('a lean client refuses a server whose Sec-WebSocket-Accept is wrong, and 
   await t.rejects(openLean('rooms', `ws://127.0.0.1:${port}/ws`), /refused the upgrade: HTTP\/1.1 403/)
 })
 
-t.test('a lean client answers a ping with a pong carrying the same payload', async (t) => {
+t.test('a lean client answers a ping with a pong carrying the same payload, and refuses a join once closed', async (t) => {
   const { app, wsUrl } = await startApp(t)
   const client = await openLean('rooms', wsUrl)
   t.teardown(() => client.close())
-  const pong = new Promise<string>((resolve) => {
-    for (const ws of app.websocketServer.clients) ws.once('pong', (data: Buffer) => resolve(data.toString()))
+  const pong = new Promise<string>((resolve, reject) => {
+    for (const ws of app.websocketServer.clients) {
+      ws.once('pong', (data: Buffer) => resolve(data.toString()))
+      ws.once('close', () => reject(new Error('the connection closed before the pong')))
+    }
   })
   for (const ws of app.websocketServer.clients) ws.ping('are you there')
   t.equal(await pong, 'are you there')
+  client.close()
+  await t.rejects(client.join('lobby'), /closed/, 'a join on a closed connection settles at once')
 })
