@@ -300,7 +300,7 @@ if cmd == 'publish' then
   -- the first and last of their ids. The string holds each room's publishes together:
   -- <count>|<room bytes>|<room><new epoch, 8 bytes>, then count times
   -- <id>|<historySize>|<from bytes>|<data bytes>|<from JSON or nothing><data JSON>.
-  -- Returns their offsets, in that order. What is per room (the epoch, the stream's length and bounds, its
+  -- Returns their offsets, in that order, as one string: <offset>,<offset>... What is per room (the epoch, the stream's length and bounds, its
   -- channel message) is read and written once per room; the clock and the publish ids' record once per call.
   local node, low, again, packed = ARGV[3], ARGV[4], ARGV[5], ARGV[9]
   local ttl, max_rooms, max_bytes = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -386,7 +386,7 @@ if cmd == 'publish' then
         ids[#ids + 1] = id
         ids[#ids + 1] = id .. ':' .. string.format('%d', offset)
       end
-      offsets[#offsets + 1] = offset
+      offsets[#offsets + 1] = string.format('%d', offset)
     end
     -- Before the next room's publishes, as if each room had its own call: its bounds may drop this one's history.
     -- A microsecond apart, in call order: the least recently published goes first, as with a call per room.
@@ -402,7 +402,8 @@ if cmd == 'publish' then
   end
   if sweep then redis.call('ZREMRANGEBYSCORE', pubs, '-inf', '(' .. low) end
   if #ids > 0 then redis.call('ZADD', pubs, unpack(ids)) end
-  return offsets
+  -- One string, not an array of integers: the node reads it without a value per publish.
+  return table.concat(offsets, ',')
 elseif cmd == 'join' then
   -- room, connection, user id, member JSON, node, max members, new epoch, members page size
   local room, conn, user, member, node, max = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
@@ -524,7 +525,7 @@ return redis.error_reply('unknown command ' .. cmd)
 
 type Client = (Redis | Cluster) & {
   /** The script: KEYS[1] routes it to the partition's shard, KEYS[2] guards it (see script()), ARGV[1] is the partition's key base. */
-  rooms: (key: string, guard: string, base: string, cmd: string, ...args: Array<string | number>) => Promise<unknown>
+  rooms: (key: string, guard: string, base: string, cmd: string, ...args: Array<string | number | Buffer>) => Promise<unknown>
 }
 
 /**
@@ -554,8 +555,15 @@ const internal = (): RoomsError => new RoomsError('INTERNAL', 'The server failed
 
 /** One room's publishes in a Batch. */
 interface RoomBatch {
-  /** The publishes as the script reads them: `<id>|<historySize>|<from bytes>|<data bytes>|<from><data>` each. */
-  packed: string
+  /**
+   * The publishes as the script reads them, `<id>|<historySize>|<from bytes>|<data bytes>|<from><data>`
+   * each, in UTF-8: the first `size` bytes. Bytes, not a string, so that the
+   * data held until the call is answered (to send it again after a cut) is
+   * outside the JavaScript heap: each scavenge copies what lives, and a call's
+   * publishes live for a round trip.
+   */
+  packed: Buffer
+  size: number
   /** Each publish's promise, settled with the call. */
   resolves: Array<(offset: number) => void>
   rejects: Array<(err: Error) => void>
@@ -571,7 +579,7 @@ interface Batch {
   rooms: Map<string, RoomBatch>
   /** Publishes in it, over all rooms. */
   count: number
-  /** Bytes of data and from, roughly (UTF-16 units). */
+  /** Bytes of the packed publishes, over all rooms. */
   bytes: number
   /** The call was answered or given up on: its ids are never sent again. */
   settled: boolean
@@ -832,7 +840,8 @@ export class RedisAdapter implements Adapter {
   /** Add a publish to its partition's call of this turn; resolves with its offset once the call is answered. */
   private enqueue (room: string, message: EncodedPublish): Promise<number> {
     // A message larger than the whole history budget is delivered but not kept, as on the memory adapter.
-    const historySize = fits(room, message, this.historyBytes) ? this.config.historySize : 0
+    // Past 2^53 a history size means "unbounded" anyway; bounded so that its digits fit where they are written.
+    const historySize = fits(room, message, this.historyBytes) ? Math.min(this.config.historySize, Number.MAX_SAFE_INTEGER) : 0
     const id = ++this.lastPublishId
     const base = this.partitions.base(room)
     let batch = this.batches.get(base)
@@ -845,22 +854,42 @@ export class RedisAdapter implements Adapter {
         setImmediate(() => this.sendBatches())
       }
     }
+    const from = message.from ?? ''
+    const fromBytes = from === '' ? 0 : Buffer.byteLength(from)
+    const dataBytes = Buffer.byteLength(message.data)
+    // Four numbers of at most 16 digits, and their bars.
+    const bytes = 4 * 17 + fromBytes + dataBytes
     let group = batch.rooms.get(room)
     if (group === undefined) {
-      group = { packed: '', resolves: [], rejects: [] }
+      group = { packed: Buffer.allocUnsafe(Math.max(1024, 8 * bytes)), size: 0, resolves: [], rejects: [] }
       batch.rooms.set(room, group)
+    } else if (group.size + bytes > group.packed.length) {
+      const grown = Buffer.allocUnsafe(Math.max(2 * group.packed.length, group.size + bytes))
+      group.packed.copy(grown, 0, 0, group.size)
+      group.packed = grown
     }
-    const from = message.from ?? ''
+    const packed = group.packed
+    let at = group.size
+    at = writeDigits(packed, at, id)
+    packed[at++] = BAR
+    at = writeDigits(packed, at, historySize)
+    packed[at++] = BAR
+    at = writeDigits(packed, at, fromBytes)
+    packed[at++] = BAR
+    at = writeDigits(packed, at, dataBytes)
+    packed[at++] = BAR
+    if (fromBytes > 0) at += packed.write(from, at, fromBytes)
+    at += packed.write(message.data, at, dataBytes)
+    batch.bytes += at - group.size
+    group.size = at
     batch.lastId = id
     batch.count++
-    batch.bytes += message.data.length + from.length
-    group.packed += `${id}|${historySize}|${Buffer.byteLength(from)}|${Buffer.byteLength(message.data)}|${from}${message.data}`
-    return new Promise<number>((resolve, reject) => {
-      const { resolves, rejects } = group as RoomBatch
-      resolves.push(resolve)
-      rejects.push(reject)
-      if ((batch as Batch).count >= MAX_BATCH || (batch as Batch).bytes >= MAX_BATCH_BYTES) this.sendBatch(base)
-    })
+    // No closure per publish: `capture` hands over the promise's resolvers.
+    const promise = new Promise<number>(capture)
+    group.resolves.push(captured.resolve)
+    group.rejects.push(captured.reject)
+    if (batch.count >= MAX_BATCH || batch.bytes >= MAX_BATCH_BYTES) this.sendBatch(base)
+    return promise
   }
 
   /** Send every partition's publishes of this turn, in the order the partitions got their first, with one write. */
@@ -895,15 +924,30 @@ export class RedisAdapter implements Adapter {
     if (batch === undefined) return
     this.batches.delete(base)
     const { historyTtlMs, nodeId } = this.config
-    let packed = ''
-    // Each room's epoch if the call starts one: a fresh one per room.
-    for (const [room, group] of batch.rooms) packed += `${group.resolves.length}|${Buffer.byteLength(room)}|${room}${newEpoch()}${group.packed}`
+    // Each room's publishes behind `<count>|<room bytes>|<room><epoch>`, its epoch if the call starts one: a fresh one per room.
+    let size = 0
+    for (const [room, group] of batch.rooms) size += 2 * 17 + 3 * room.length + EPOCH_CHARS + group.size
+    const packed = Buffer.allocUnsafe(size)
+    let at = 0
+    for (const [room, group] of batch.rooms) {
+      at = writeDigits(packed, at, group.resolves.length)
+      packed[at++] = BAR
+      const roomBytes = Buffer.byteLength(room)
+      at = writeDigits(packed, at, roomBytes)
+      packed[at++] = BAR
+      at += packed.write(room, at, roomBytes)
+      at += writeEpoch(packed, at)
+      at += group.packed.copy(packed, at, 0, group.size)
+      // The call holds the batch until it is answered; these bytes are in `packed` now.
+      group.packed = EMPTY
+    }
+    const call = packed.subarray(0, at)
     // No async step of its own: each would add a promise and a turn of microtasks to every call. The wait for replicas only where there are some to wait for.
     const issue = (again: boolean): Promise<unknown> => this.script(
       // On a cluster ioredis itself resends a call cut off by a master's death,
       // to the promoted replica, which may have it already: the script always checks.
       base, 'publish', nodeId, (this.unsettled[0] as Batch).firstId, again || this.shards !== undefined ? '1' : '0',
-      historyTtlMs, this.historyRooms, this.historyBytes, packed, batch.firstId, batch.lastId
+      historyTtlMs, this.historyRooms, this.historyBytes, call, batch.firstId, batch.lastId
     )
     const called = this.cmd.call('publish', issue, true)
     const answered = this.waitReplicas === 0
@@ -912,12 +956,18 @@ export class RedisAdapter implements Adapter {
         await this.replicated(base)
         return offsets
       })
-    answered.then((offsets) => {
+    answered.then((reply) => {
       this.settle(batch)
-      // In the order of the packed string: room by room.
+      // `<offset>,<offset>...`, in the order of the packed publishes: room by room.
+      const offsets = reply as string
       let at = 0
       for (const { resolves } of batch.rooms.values()) {
-        for (let i = 0; i < resolves.length; i++) (resolves[i] as (offset: number) => void)((offsets as number[])[at++] as number)
+        for (let i = 0; i < resolves.length; i++) {
+          let offset = 0
+          for (let c = offsets.charCodeAt(at); c >= 48 && c <= 57; c = offsets.charCodeAt(++at)) offset = offset * 10 + c - 48
+          at++
+          ;(resolves[i] as (offset: number) => void)(offset)
+        }
       }
     }, (err: Error) => {
       this.settle(batch)
@@ -1149,7 +1199,7 @@ export class RedisAdapter implements Adapter {
    * the call would run, and fail half way at the first key not on that node
    * (a script's undeclared keys are checked one by one, as it runs).
    */
-  private async script (base: string, cmd: string, ...args: Array<string | number>): Promise<unknown> {
+  private async script (base: string, cmd: string, ...args: Array<string | number | Buffer>): Promise<unknown> {
     return await this.redis.rooms(base + 'rooms', base + 'guard', base, cmd, ...args)
   }
 
@@ -1853,6 +1903,9 @@ export function redisAdapter (options: RedisAdapterOptions): Adapter {
 let epochBytes = Buffer.alloc(0)
 let epochAt = 0
 
+/** An epoch's length: 6 random bytes in base64url. */
+const EPOCH_CHARS = 8
+
 function newEpoch (): string {
   if (epochAt === epochBytes.length) {
     epochBytes = randomBytes(6 * 256)
@@ -1860,6 +1913,44 @@ function newEpoch (): string {
   }
   epochAt += 6
   return epochBytes.toString('base64url', epochAt - 6, epochAt)
+}
+
+const BASE64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
+
+/** Write a new epoch (as `newEpoch` makes them) at `at`, with no string made for it; returns its length. */
+function writeEpoch (to: Buffer, at: number): number {
+  if (epochAt === epochBytes.length) {
+    epochBytes = randomBytes(6 * 256)
+    epochAt = 0
+  }
+  for (let i = 0; i < 6; i += 3, at += 4) {
+    const n = ((epochBytes[epochAt + i] as number) << 16) | ((epochBytes[epochAt + i + 1] as number) << 8) | (epochBytes[epochAt + i + 2] as number)
+    to[at] = BASE64URL.charCodeAt(n >>> 18)
+    to[at + 1] = BASE64URL.charCodeAt((n >>> 12) & 63)
+    to[at + 2] = BASE64URL.charCodeAt((n >>> 6) & 63)
+    to[at + 3] = BASE64URL.charCodeAt(n & 63)
+  }
+  epochAt += 6
+  return EPOCH_CHARS
+}
+
+const BAR = 124 // '|'
+const EMPTY = Buffer.alloc(0)
+
+/** Write a non-negative integer's decimal digits at `at`; returns where they end. */
+function writeDigits (to: Buffer, at: number, n: number): number {
+  let end = at + 1
+  for (let rest = Math.floor(n / 10); rest > 0; rest = Math.floor(rest / 10)) end++
+  for (let i = end - 1; i >= at; i--, n = Math.floor(n / 10)) to[i] = 48 + n % 10
+  return end
+}
+
+/** The resolvers of the promise `capture` was last the executor of: a publish's promise costs no closure of its own. */
+const captured: { resolve: (offset: number) => void, reject: (err: Error) => void } = { resolve: () => {}, reject: () => {} }
+
+function capture (resolve: (offset: number) => void, reject: (err: Error) => void): void {
+  captured.resolve = resolve
+  captured.reject = reject
 }
 
 /** Whether a message's frame (offset and ts at their widest) fits in `bytes`, measuring it only when it might not. */
