@@ -551,6 +551,26 @@ const REPLICAS_FRESH_MS = 1_000
 
 const unavailable = storeUnavailable
 const maybePublished = (): RoomsError => new RoomsError('UNAVAILABLE', 'The message store became unreachable while publishing: the message may or may not have been published. Retry in a moment.')
+/** Whether a publish call's reply is `<offset>,<offset>...` with one offset for each of its `count` publishes. */
+function answersAll (reply: unknown, count: number): reply is string {
+  if (typeof reply !== 'string' || reply.length === 0) return false
+  let commas = 0
+  for (let i = 0; i < reply.length; i++) if (reply.charCodeAt(i) === 44) commas++
+  return commas + 1 === count
+}
+
+/**
+ * An ioredis error as the log gets it: its command's arguments hold users'
+ * messages (packed bytes a logger would write out number by number), so
+ * only their sizes are kept.
+ */
+function withoutArguments (err: unknown): unknown {
+  const command = (err as { command?: { name?: unknown, args?: unknown } } | null)?.command
+  if (!(err instanceof Error) || command === undefined || !Array.isArray(command.args)) return err
+  const args = command.args.map((arg: unknown) => Buffer.isBuffer(arg) ? `<${arg.length} bytes>` : typeof arg === 'string' && arg.length > 100 ? `<${arg.length} characters>` : arg)
+  return { type: err.name, message: err.message, stack: err.stack, command: { name: command.name, args } }
+}
+
 const internal = (): RoomsError => new RoomsError('INTERNAL', 'The server failed to handle this request; it has been logged. Try again later.')
 
 /** One room's publishes in a Batch. */
@@ -861,7 +881,8 @@ export class RedisAdapter implements Adapter {
     const bytes = 4 * 17 + fromBytes + dataBytes
     let group = batch.rooms.get(room)
     if (group === undefined) {
-      group = { packed: Buffer.allocUnsafe(Math.max(1024, 8 * bytes)), size: 0, resolves: [], rejects: [] }
+      // Most rooms get one publish a turn: room for it (or a few small ones), grown by doubling when more come.
+      group = { packed: Buffer.allocUnsafe(Math.max(1024, bytes)), size: 0, resolves: [], rejects: [] }
       batch.rooms.set(room, group)
     } else if (group.size + bytes > group.packed.length) {
       const grown = Buffer.allocUnsafe(Math.max(2 * group.packed.length, group.size + bytes))
@@ -959,7 +980,13 @@ export class RedisAdapter implements Adapter {
     answered.then((reply) => {
       this.settle(batch)
       // `<offset>,<offset>...`, in the order of the packed publishes: room by room.
-      const offsets = reply as string
+      if (!answersAll(reply, batch.count)) {
+        this.config.log.error({ nodeId: this.config.nodeId, command: 'publish', publishes: batch.count, reply: String(reply).slice(0, 200) }, 'fastify-rooms: Redis answered a publish call with the wrong number of offsets')
+        const err = internal()
+        for (const { rejects } of batch.rooms.values()) for (const reject of rejects) reject(err)
+        return
+      }
+      const offsets = reply
       let at = 0
       for (const { resolves } of batch.rooms.values()) {
         for (let i = 0; i < resolves.length; i++) {
@@ -1216,7 +1243,7 @@ export class RedisAdapter implements Adapter {
   private failure (err: unknown, what: string): Error {
     if (err instanceof RoomsError) return err
     if (this.closed || isTransient(err)) return unavailable()
-    this.config.log.error({ err, nodeId: this.config.nodeId, command: what }, 'fastify-rooms: Redis refused a command')
+    this.config.log.error({ err: withoutArguments(err), nodeId: this.config.nodeId, command: what }, 'fastify-rooms: Redis refused a command')
     return internal()
   }
 
