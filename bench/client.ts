@@ -39,6 +39,11 @@ export function wsUrl (kind: Kind, port: number): string {
   return kind.startsWith('rooms') ? `ws://127.0.0.1:${port}/ws` : `ws://127.0.0.1:${port}/`
 }
 
+/** A client that has done nothing yet; its opener fills in `join` and `publish`. */
+export function blankClient (close: () => void): BenchClient {
+  return { join: async () => {}, publish: async () => 0, onMessage: () => {}, presenceFrames: 0, lastCountFrame: '', countOf: '', count: NaN, joined: false, closed: false, close }
+}
+
 const startsWith = (text: string, prefix: string): boolean => text.startsWith(prefix)
 
 export async function open (kind: Kind, url: string): Promise<BenchClient> {
@@ -47,18 +52,7 @@ export async function open (kind: Kind, url: string): Promise<BenchClient> {
   let joining: { resolve: () => void, reject: (err: Error) => void } | undefined
   let nextId = 1
   let terminated = false
-  const client: BenchClient = {
-    join: async () => {},
-    publish: async () => 0,
-    onMessage: () => {},
-    presenceFrames: 0,
-    lastCountFrame: '',
-    countOf: '',
-    count: NaN,
-    joined: false,
-    closed: false,
-    close: () => { terminated = true; ws.terminate() }
-  }
+  const client = blankClient(() => { terminated = true; ws.terminate() })
   let opened: () => void
   const ready = new Promise<void>((resolve, reject) => {
     opened = resolve

@@ -16,7 +16,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto'
 import { connect } from 'node:net'
-import { numberAfter, type BenchClient, type Kind } from './client.js'
+import { blankClient, numberAfter, type BenchClient, type Kind } from './client.js'
 
 const GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11'
 /** Every lean socket reads into this one buffer: each read is parsed before the next one starts. */
@@ -224,16 +224,8 @@ export async function openLean (kind: Kind, url: string): Promise<BenchClient> {
   let countDirty = false
 
   const client: BenchClient = {
-    join: async () => {},
+    ...blankClient(() => { terminated = true; socket.destroy() }),
     publish: async () => { throw new Error('the lean client cannot publish') },
-    onMessage: () => {},
-    presenceFrames: 0,
-    lastCountFrame: '',
-    countOf: '',
-    count: NaN,
-    joined: false,
-    closed: false,
-    close: () => { terminated = true; socket.destroy() },
     readCount: () => {
       if (countDirty) {
         countDirty = false

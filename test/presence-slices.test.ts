@@ -68,7 +68,8 @@ t.test('a diff to a room larger than a slice', async (t) => {
     t.same([...seen.values()].filter((n) => n !== 1), [], 'and of each join once')
   })
 
-  await t.test('lets the server answer a frame between its slices', async (t) => {
+  /** A new member joins; resolves once its diff reached the first member (the first slice), with a matcher for it. */
+  async function joinerDiffUnderWay (): Promise<(f: Frame) => boolean> {
     const joiner = await TestSocket.open(wsUrl)
     sockets.push(joiner)
     const id = joiner.welcome.user.id
@@ -76,6 +77,11 @@ t.test('a diff to a room larger than a slice', async (t) => {
     const reached = first.next(isJoinerDiff, 'the diff of the new join at the first member')
     await joiner.join('big')
     await reached
+    return isJoinerDiff
+  }
+
+  await t.test('lets the server answer a frame between its slices', async (t) => {
+    const isJoinerDiff = await joinerDiffUnderWay()
     // The diff has reached the first slice; the last member, in the fourth, asks for a pong now. Written
     // in one turn, the diff would already be in the last member's socket, ahead of the pong.
     const pong = last.request({ type: 'ping' })
@@ -86,13 +92,7 @@ t.test('a diff to a room larger than a slice', async (t) => {
 
   await t.test('reaches a member before its answer to a repeated join', async (t) => {
     // The answer carries the room as it is now; a diff still under way, older, must not follow it.
-    const joiner = await TestSocket.open(wsUrl)
-    sockets.push(joiner)
-    const id = joiner.welcome.user.id
-    const isJoinerDiff = (f: Frame): boolean => f.type === 'presence' && (f.joins as Array<{ id: string }>).some((u) => u.id === id)
-    const reached = first.next(isJoinerDiff, 'the diff of the new join at the first member')
-    await joiner.join('big')
-    await reached
+    const isJoinerDiff = await joinerDiffUnderWay()
     const [joined, diff] = await Promise.all([last.request({ type: 'join', room: 'big' }), last.next(isJoinerDiff, 'the diff of the new join at the last member')])
     t.equal(joined.type, 'joined')
     t.equal(joined.count, MEMBERS + 2)
