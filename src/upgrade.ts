@@ -1,4 +1,4 @@
-import { randomBytes, randomUUID } from 'node:crypto'
+import { randomUUID } from 'node:crypto'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { errorCodes, httpMessages, isRoomsError } from './errors.js'
 import type { Credentials, Identity } from './identity.js'
@@ -101,7 +101,17 @@ function anonymous (request: FastifyRequest, tokens: ResumeTokens): Identity['us
   const query = request.query as Record<string, unknown> | undefined
   const name = query?.name
   const resumed = typeof query?.resume === 'string' ? tokens.verify(query.resume) : undefined
-  if (name === undefined || name === '') return resumed ?? { id: randomUUID(), name: `guest-${randomBytes(2).toString('hex')}` }
+  if (name === undefined || name === '') return resumed ?? guest()
   if (typeof name !== 'string' || !printableName.test(name) || name.trim() === '') throw new errorCodes.INVALID_NAME()
   return { id: resumed?.id ?? randomUUID(), name }
+}
+
+/**
+ * A new guest. Its name's 4 hex digits are the id's first 4, which are random
+ * (UUID v4). Names need not be unique, and randomUUID draws on entropy it
+ * fetched ahead for 128 ids, where randomBytes runs the generator each call.
+ */
+function guest (): Identity['user'] {
+  const id = randomUUID()
+  return { id, name: `guest-${id.slice(0, 4)}` }
 }
