@@ -1,4 +1,4 @@
-import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
+import { createHmac, createSecretKey, randomBytes, timingSafeEqual, type KeyObject } from 'node:crypto'
 import type { Member } from './protocol.js'
 
 /** How long a resume token names its user: long enough for a laptop that slept overnight. */
@@ -15,10 +15,11 @@ const MAC_BYTES = 16
  * every node of the deployment shares (see `Adapter.secret`).
  */
 export class ResumeTokens {
-  private readonly secret: Buffer
+  /** A KeyObject, made once: createHmac with a Buffer key checks and copies it on every call. */
+  private readonly secret: KeyObject
 
   constructor (secret: string | undefined) {
-    this.secret = secret === undefined ? randomBytes(32) : Buffer.from(secret)
+    this.secret = createSecretKey(secret === undefined ? randomBytes(32) : Buffer.from(secret))
   }
 
   /** A token naming `user` for the next day. */
