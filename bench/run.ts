@@ -523,7 +523,9 @@ try {
           const mem = x.rssPerConnKB === undefined ? '' : `, RSS ${x.rssPerConnKB.toFixed(2)} KB, heap ${x.heapPerConnKB!.toFixed(2)} KB per connection`
           // The storm runs once or twice: each run's figures, not only the report's median.
           const storm = x.maxPresenceFrames === undefined ? '' : `, storm ${(x.stormMs! / 1000).toFixed(1)} s, ${x.maxPresenceFrames} frames at most, join p50/p99 ${x.joinP50!.toFixed(1)}/${x.joinP99!.toFixed(1)} ms, connect-to-joined p50/p99 ${x.openJoinP50!.toFixed(1)}/${x.openJoinP99!.toFixed(1)} ms, ${x.cpuPerJoinMs!.toFixed(3)} ms server CPU per join, longest loop delay ${x.loopMaxMs!.toFixed(0)} ms`
-          console.error(`bench: ${workload.name} ${k} run ${r + 1}: ${((performance.now() - t0) / 1000).toFixed(1)} s${mem}${storm}${outcome.problems.length > 0 ? `, FAILED: ${outcome.problems.join('; ')}` : ''}`)
+          // A join workload's two figures per run, to compare runs taken under different load.
+          const join = workload.group === 'join' && x.connectsPerSec !== undefined ? `, ${Math.round(x.connectsPerSec)} connects and joins/s, ${x.cpuPerJoinMs?.toFixed(3) ?? '?'} ms server CPU each` : ''
+          console.error(`bench: ${workload.name} ${k} run ${r + 1}: ${((performance.now() - t0) / 1000).toFixed(1)} s${mem}${storm}${join}${outcome.problems.length > 0 ? `, FAILED: ${outcome.problems.join('; ')}` : ''}`)
         }
       }
     }
