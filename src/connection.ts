@@ -2,7 +2,7 @@ import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { Writable } from 'node:stream'
 import type { WebSocket, RawData } from 'ws'
 import { directSocket, senderIdle } from './fast-path.js'
-import { corkTurn, writeCoalesced, writeText } from './frame.js'
+import { corkTurn, writeCoalesced, writeText, writeTextString } from './frame.js'
 import {
   checkPublish, dataBytesBound, DEFAULT_HISTORY_PAGE, encodeAck, encodedData, isFrameError, parseClientFrame, peekRequestId, PROTOCOL_VERSION,
   type AuthenticatedFrame, type AuthFrame, type ClientFrame, type DataValidator, type EncodedPublish, type ErrorFrame, type FrameError, type JoinFrame, type Member,
@@ -331,9 +331,13 @@ export class Connection implements Peer {
       return
     }
     if (socket.readyState !== OPEN || this.slowDirect(raw)) return
-    const payload = typeof frame === 'string' ? Buffer.from(frame) : frame
-    this.ctx.metrics?.sent(payload.length)
-    writeText(raw, payload)
+    if (typeof frame === 'string') {
+      const bytes = writeTextString(raw, frame)
+      this.ctx.metrics?.sent(bytes)
+      return
+    }
+    this.ctx.metrics?.sent(frame.length)
+    writeText(raw, frame)
   }
 
   private sendThroughWs (frame: Buffer | string): void {

@@ -31,6 +31,24 @@ export function writeText (socket: Writable, payload: Buffer): void {
 }
 
 /**
+ * `writeText` for a payload that is still a string (a reply, `welcome`,
+ * `joined`): encoded straight into its frame, one buffer and one copy rather
+ * than a Buffer of the text and then the frame around it.
+ * @returns the payload's size in bytes
+ */
+export function writeTextString (socket: Writable, payload: string): number {
+  const length = Buffer.byteLength(payload)
+  if (length >= COPY_LIMIT) {
+    writeText(socket, Buffer.from(payload))
+    return length
+  }
+  const frame = Buffer.allocUnsafe(headerSize(length) + length)
+  frame.write(payload, writeHeader(frame, 0, length))
+  writeCoalesced(socket, frame)
+  return length
+}
+
+/**
  * Frame several payloads back to back in one buffer, once for every member:
  * a member that gets them all gets them with one write. `eachFrame` cuts out
  * one of them.
