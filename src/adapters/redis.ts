@@ -1933,31 +1933,33 @@ let epochAt = 0
 /** An epoch's length: 6 random bytes in base64url. */
 const EPOCH_CHARS = 8
 
-function newEpoch (): string {
+/** Take the next 6 random bytes of the block (a new block when it is used up); returns where they start. */
+function drawEpoch (): number {
   if (epochAt === epochBytes.length) {
     epochBytes = randomBytes(6 * 256)
     epochAt = 0
   }
   epochAt += 6
-  return epochBytes.toString('base64url', epochAt - 6, epochAt)
+  return epochAt - 6
+}
+
+function newEpoch (): string {
+  const from = drawEpoch()
+  return epochBytes.toString('base64url', from, from + 6)
 }
 
 const BASE64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
 
 /** Write a new epoch (as `newEpoch` makes them) at `at`, with no string made for it; returns its length. */
 function writeEpoch (to: Buffer, at: number): number {
-  if (epochAt === epochBytes.length) {
-    epochBytes = randomBytes(6 * 256)
-    epochAt = 0
-  }
-  for (let i = 0; i < 6; i += 3, at += 4) {
-    const n = ((epochBytes[epochAt + i] as number) << 16) | ((epochBytes[epochAt + i + 1] as number) << 8) | (epochBytes[epochAt + i + 2] as number)
+  const from = drawEpoch()
+  for (let i = from; i < from + 6; i += 3, at += 4) {
+    const n = ((epochBytes[i] as number) << 16) | ((epochBytes[i + 1] as number) << 8) | (epochBytes[i + 2] as number)
     to[at] = BASE64URL.charCodeAt(n >>> 18)
     to[at + 1] = BASE64URL.charCodeAt((n >>> 12) & 63)
     to[at + 2] = BASE64URL.charCodeAt((n >>> 6) & 63)
     to[at + 3] = BASE64URL.charCodeAt(n & 63)
   }
-  epochAt += 6
   return EPOCH_CHARS
 }
 
