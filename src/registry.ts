@@ -127,7 +127,6 @@ interface Touched {
   present: boolean
 }
 
-/** A room's presence changes since its last diff. */
 /** A diff on its way to a room's members on this node: `all` as they were when it was made, up to `next` done. */
 interface Writing {
   room: string
@@ -141,6 +140,7 @@ interface Writing {
   late: boolean
 }
 
+/** A room's presence changes since its last diff. */
 interface Batch {
   users: Map<string, Touched>
   count: number
@@ -786,9 +786,10 @@ export class Registry implements AdapterListener {
 const noop = (): void => {}
 /**
  * Presence diffs are written to at most this many members per turn of the event loop, whatever the
- * number of rooms and diffs, so that joins and messages are served in between. Written at once, a diff to a room of 10,000-15,000 held the
- * loop for 190-420 ms in a join storm (the bench's `storm`: p99 join-to-`joined` 32-328 ms over runs);
- * in slices of 1,000 the longest delay was 31-58 ms and p99 21-75 ms (4 runs), at the same CPU per join.
+ * number of rooms and diffs, so that joins and messages are served in between. Written at once, a diff
+ * to a room of 10,000-15,000 held the loop for 190-420 ms in a join storm (the bench's `storm`: p99
+ * join-to-`joined` 32-328 ms over runs); in slices of 1,000 the longest delay was 31-58 ms and p99
+ * 21-75 ms (4 runs), at the same CPU per join.
  */
 const PRESENCE_SLICE = 1000
 
