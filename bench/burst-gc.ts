@@ -13,10 +13,10 @@
  * NVP_LOG=file appends the raw `--trace-gc-nvp` lines of the scavenges.
  * TRACE_LOG=file appends the server's other output (e.g. `--trace-deopt`).
  */
-import { spawn } from 'node:child_process'
 import { appendFileSync, readFileSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 import WebSocket from 'ws'
+import { call, node } from './children.js'
 
 const kind = process.argv[2] ?? 'rooms'
 const rounds = Number(process.argv[3] ?? 200)
@@ -30,7 +30,7 @@ const nvpLog = process.env.NVP_LOG
 /** TRACE_LOG=file: the server's other output lines (e.g. `--trace-deopt`), each marked W (warm-up) or M (measured). */
 const traceLog = process.env.TRACE_LOG
 
-const server = spawn(process.execPath, ['--trace-gc-nvp', ...flags, '--expose-gc', '--import=tsx', 'bench/servers.ts', kind, '', '100'], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] })
+const server = node(['--trace-gc-nvp', ...flags, '--expose-gc', '--import=tsx', 'bench/servers.ts', kind, '', '100'])
 let measuring = false
 const gc = { scavenges: 0, fullGcs: 0, scavengeMs: 0, fullGcMs: 0, promoted: 0, survived: 0 }
 const port = await new Promise<number>((resolve) => {
@@ -54,14 +54,8 @@ const port = await new Promise<number>((resolve) => {
 })
 
 async function cpu (): Promise<number> {
-  return await new Promise((resolve) => {
-    const onMessage = (m: { cpu: { user: number, system: number } }): void => {
-      server.off('message', onMessage)
-      resolve((m.cpu.user + m.cpu.system) / 1000)
-    }
-    server.on('message', onMessage)
-    server.send({ cmd: 'stats', rid: 1 })
-  })
+  const { cpu } = await call<{ cpu: { user: number, system: number } }>(server, { cmd: 'stats' })
+  return (cpu.user + cpu.system) / 1000
 }
 
 interface Client { ws: WebSocket, room: number, got: number, acks: number, sent: number }
