@@ -1,5 +1,6 @@
+import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
-import { TestSocket } from './helpers/socket.js'
+import { TestSocket, type Frame } from './helpers/socket.js'
 import { eachAdapter } from './helpers/deployment.js'
 
 const users = new Map([['tok-ada', { id: 'u-ada', name: 'ada' }], ['tok-bob', { id: 'u-bob', name: 'bob' }], ['tok-cy', { id: 'u-cy', name: 'cy' }], ['tok-dee', { id: 'u-dee', name: 'dee' }]])
@@ -138,6 +139,31 @@ eachAdapter(t, 'what a joiner builds from joined and the diffs is the truth, whi
     t.same([...members].sort(), [z, x, y, last].map((s) => s.welcome.user.id).sort(), `round ${round}: x ends with the room's real members`)
     await Promise.all([x.close(), y.close(), w.close(), last.close()])
   }
+})
+
+eachAdapter(t, 'a room\'s diff waits a full interval from its own first change, not from another room\'s', async (t, deploy) => {
+  const intervalMs = 400
+  const d = await deploy({ presenceIntervalMs: intervalMs })
+  const [watchA, watchB, primer, joinA, joinB] = await Promise.all(Array.from({ length: 5 }, async () => await TestSocket.open(d.node(0).wsUrl)))
+  t.teardown(() => Promise.all([watchA, watchB, primer, joinA, joinB].map(async (s) => await s.close())))
+  const names = (id: string) => (f: Frame) => f.type === 'presence' && f.joins.some((m: { id: string }) => m.id === id)
+  await watchA.join('a')
+  await watchB.join('b')
+  // Once the primer's diffs have come, neither room has a change waiting.
+  await Promise.all([primer.join('a'), primer.join('b')])
+  await Promise.all([watchA.next(names(primer.welcome.user.id)), watchB.next(names(primer.welcome.user.id))])
+
+  const sentA = performance.now()
+  await joinA.join('a')
+  // Not a synchronisation: the scenario puts room b's first change half-way through room a's interval.
+  await sleep(intervalMs / 2)
+  const sentB = performance.now()
+  await joinB.join('b')
+  await watchB.next(names(joinB.welcome.user.id))
+  const waitedB = performance.now() - sentB
+  t.ok(waitedB >= intervalMs, `room b's diff came ${Math.round(waitedB)} ms after its first change (at least ${intervalMs})`)
+  await watchA.next(names(joinA.welcome.user.id))
+  t.ok(performance.now() - sentA >= intervalMs, 'room a\'s diff too')
 })
 
 eachAdapter(t, 'batching bounds presence frames: 30 joins reach a member as at most one diff per interval, none empty', async (t, deploy) => {

@@ -1,7 +1,7 @@
 import WebSocket from 'ws'
 import type { ServerFrame, WelcomeFrame } from '../../src/protocol.js'
 
-type Frame = ServerFrame & Record<string, any>
+export type Frame = ServerFrame & Record<string, any>
 
 /** How long a wait for a frame may take before the test fails (a guard, not a synchronisation). */
 const WAIT_MS = 10_000
