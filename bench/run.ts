@@ -492,8 +492,9 @@ try {
   if (smoke) {
     const local = all.filter((k) => !redisKinds.includes(k))
     const twice = all.filter((k) => redisKinds.includes(k))
+    // With only Redis kinds selected there is no shared server to start.
     const [shared, ...redisNodes] = await Promise.all([
-      startServers(local, redisUrl),
+      local.length === 0 ? new Map() : startServers(local, redisUrl),
       ...twice.flatMap((k) => [0, 1].map(async () => {
         if (clusterKinds.includes(k)) await clusterUp
         return await startServers([k], redisUrl)
@@ -566,7 +567,8 @@ const text = report({
   waitReplicas: (clusterReplicas === 0 ? 'no replicas, ' : '') + (waitReplicas === undefined ? 'waitReplicas 1, the default' : `waitReplicas ${waitReplicas}`) + (partitionCount === undefined ? '' : `, ${partitionCount} partitions`) + (redisReplica ? '; the one Redis has one replica and waits for it the same way (--redis-replica)' : '; the one Redis has no replica and no WAIT'),
   warmupMs,
   results,
-  labels
+  // The cluster's label names its replicas: none with --cluster-replicas=0.
+  labels: clusterReplicas === 0 ? { ...labels, 'rooms-cluster': labels['rooms-cluster'].replace(' + 3 replicas', ', no replicas') } : labels
 })
 console.log(text)
 mkdirSync('bench/results', { recursive: true })
