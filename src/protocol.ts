@@ -474,6 +474,18 @@ export function encodeAck (id: RequestId, room: string, offset: number | undefin
   return `{"type":"ack","id":${idJson},"room":"${room}","offset":${offset}}`
 }
 
+/**
+ * Encode a `joined` frame whose members page is JSON already (`membersJson`,
+ * the `members` array's text): the same text as `JSON.stringify(frame)`, with
+ * the page not encoded again. Room names need no escaping (see RoomName).
+ */
+export function encodeJoined (frame: JoinedFrame, membersJson: string): string {
+  const next = frame.membersNext === null ? 'null' : JSON.stringify(frame.membersNext)
+  const id = frame.id === undefined ? '' : `,"id":${JSON.stringify(frame.id)}`
+  const recovered = frame.recovered === undefined ? '' : `,"recovered":${String(frame.recovered)}`
+  return `{"type":"joined","room":"${frame.room}","count":${frame.count},"members":${membersJson},"membersNext":${next},"offset":${frame.offset},"epoch":${JSON.stringify(frame.epoch)}${id}${recovered}}`
+}
+
 /** Encode a `presence` diff from members already encoded as JSON. */
 export function encodePresence (room: string, joins: readonly string[], leaves: readonly string[], count: number): string {
   return `{"type":"presence","room":"${room}","joins":[${joins.join(',')}],"leaves":[${leaves.join(',')}],"count":${count}}`

@@ -1,7 +1,7 @@
 import type { FastifyBaseLogger } from 'fastify'
 import type { Adapter, AdapterListener, HistoryPage, JoinResult, MembersQuery, PresenceChange, RoomInfo, RoomPage, RoomQuery, StoredMessage } from './adapters/adapter.js'
 import type { ControlCommand, PublishesNow } from './adapters/adapter.js'
-import { encodeHistory, encodePresence, type EncodedPublish, type JoinedFrame, type Member, type MembersPageFrame, type Position, type RequestId } from './protocol.js'
+import { encodeHistory, encodeJoined, encodePresence, type EncodedPublish, type JoinedFrame, type Member, type MembersPageFrame, type Position, type RequestId } from './protocol.js'
 import { RoomsError } from './errors.js'
 import { eachFrame, textFrame, textFrames } from './frame.js'
 import type { Metrics } from './metrics.js'
@@ -279,7 +279,7 @@ export class Registry implements AdapterListener {
     const joined: JoinedFrame = { type: 'joined', room, count: result.count, members: result.members, membersNext: result.membersNext, offset: result.offset, epoch: result.epoch }
     if (request.id !== undefined) joined.id = request.id
     if (replay.recovered !== undefined) joined.recovered = replay.recovered
-    peer.sendEncoded(JSON.stringify(joined))
+    peer.sendEncoded(result.membersJson === undefined ? JSON.stringify(joined) : encodeJoined(joined, result.membersJson))
     // Messages published after the adapter's answer may be both in the replay
     // and pending: lastOffset lets each through once.
     membership.lastOffset = replay.after

@@ -78,3 +78,42 @@ eachAdapter(t, 'members: bad requests get clear errors and the connection stays'
   }
   t.match(await a.request({ type: 'members', room: 'r', limit: 1000 }), { type: 'members', members: [{ id: 'u00' }], next: null })
 })
+
+eachAdapter(t, 'each joined carries the first page as it is then, in a room larger than a page, through joins and leaves inside and past it', async (t, deploy) => {
+  const d = await deploy(options)
+  const sockets = new Map<string, TestSocket>()
+  t.teardown(() => Promise.all([...sockets.values(), ...tabs].map(async (s) => await s.close())))
+  const tabs: TestSocket[] = []
+  const present = new Set<string>()
+  const check = (joined: Record<string, any>, what: string): void => {
+    const ids = [...present].sort()
+    t.same(joined.members.map((m: { id: string }) => m.id), ids.slice(0, PAGE), `${what}: the first page`)
+    t.equal(joined.membersNext, ids.length > PAGE ? ids[PAGE - 1] : null, `${what}: its cursor`)
+    t.equal(joined.count, ids.length, `${what}: the count`)
+  }
+  const join = async (id: string): Promise<void> => {
+    const s = await TestSocket.open(d.node(sockets.size % 2).wsUrl, as(id))
+    sockets.set(id, s)
+    present.add(id)
+    check(await s.join('big'), `${id} joins`)
+  }
+  const leave = async (id: string): Promise<void> => {
+    await sockets.get(id)!.request({ type: 'leave', room: 'big' })
+    present.delete(id)
+  }
+  /** Another tab of a member joins: nothing changes, and its joined shows the page as it is. */
+  const look = async (id: string, what: string): Promise<void> => {
+    const tab = await TestSocket.open(d.node(tabs.length % 2).wsUrl, as(id))
+    tabs.push(tab)
+    check(await tab.join('big'), what)
+  }
+  for (const id of ['u07', 'u02', 'u09', 'u00']) await join(id)
+  await join('u08')
+  await join('u05')
+  await leave('u00')
+  await look('u09', 'after a member of the first page left')
+  await leave('u08')
+  await look('u07', 'after a member past the first page left')
+  await leave('u05')
+  await look('u02', 'after the room shrank to one page')
+})

@@ -93,6 +93,11 @@ export interface AdapterConfig {
 export interface JoinResult {
   /** The first page of members, by id. */
   members: Member[]
+  /**
+   * Optional: `members` as JSON text, when the adapter keeps the page encoded:
+   * `joined` is then written without encoding it again.
+   */
+  membersJson?: string | undefined
   /** The id to page on from, or null when `members` is all of them. */
   membersNext: string | null
   count: number

@@ -26,6 +26,12 @@ interface RoomState {
   ids: string[]
   /** The room's presence sequence. */
   presenceSeq: number
+  /**
+   * The first page of members as JSON, kept while the room is larger than a
+   * page: then most joins land past it, and each joiner's `joined` reuses it.
+   * Dropped when a member enters or leaves the first page.
+   */
+  pageJson: string | undefined
   /** Oldest first, outside the JS heap (see MessageLog). */
   history: MessageLog
   /** What `history` costs, counted against `maxHistoryBytes`. */
@@ -181,7 +187,7 @@ export class MemoryAdapter implements Adapter, PublishesNow {
       }
       entry = { member, connections: connectionId }
       state.users.set(member.id, entry)
-      insertSorted(state.ids, member.id)
+      if (insertSorted(state.ids, member.id) < config.membersPageSize) state.pageJson = undefined
       if (state.users.size === 1) insertSorted(this.active, room)
       // Encoded as the change happens: a cache of every member's JSON would
       // cost memory for as long as its connection lives.
@@ -193,16 +199,18 @@ export class MemoryAdapter implements Adapter, PublishesNow {
       entry.connections.add(connectionId)
     }
     const page = membersPage(state, { limit: config.membersPageSize })
-    return { members: page.members, membersNext: page.next, count: state.users.size, offset: state.offset, epoch: state.epoch, presenceSeq: state.presenceSeq, present }
+    // A room of one page changes it with nearly every join: not worth keeping.
+    if (page.next !== null) state.pageJson ??= JSON.stringify(page.members)
+    return { members: page.members, membersJson: page.next === null ? undefined : state.pageJson, membersNext: page.next, count: state.users.size, offset: state.offset, epoch: state.epoch, presenceSeq: state.presenceSeq, present }
   }
 
   async leave (room: string, connectionId: string, member: Member): Promise<void> {
-    const { listener } = this.started()
+    const { listener, config } = this.started()
     const state = this.states.get(room)
     const entry = state?.users.get(member.id)
     if (state === undefined || entry === undefined || !dropConnection(entry, connectionId)) return
     state.users.delete(member.id)
-    removeSorted(state.ids, member.id)
+    if (removeSorted(state.ids, member.id) < config.membersPageSize) state.pageJson = undefined
     if (state.users.size === 0) removeSorted(this.active, room)
     listener.presence(room, { join: false, id: member.id, member: JSON.stringify(entry.member), count: state.users.size, seq: ++state.presenceSeq })
     this.roomWatcher?.count(room, state.users.size)
@@ -262,7 +270,7 @@ export class MemoryAdapter implements Adapter, PublishesNow {
   private state (room: string): RoomState {
     let state = this.states.get(room)
     if (state === undefined) {
-      state = { room, epoch: randomBytes(6).toString('base64url'), offset: 0, users: new Map(), ids: [], presenceSeq: 0, history: new MessageLog(), historyBytes: 0, lastPublish: 0, older: undefined, newer: undefined }
+      state = { room, epoch: randomBytes(6).toString('base64url'), offset: 0, users: new Map(), ids: [], presenceSeq: 0, pageJson: undefined, history: new MessageLog(), historyBytes: 0, lastPublish: 0, older: undefined, newer: undefined }
       this.states.set(room, state)
     }
     return state
@@ -381,11 +389,16 @@ function lowerBound (sorted: string[], value: string): number {
   return lo
 }
 
-function insertSorted (sorted: string[], value: string): void {
-  sorted.splice(lowerBound(sorted, value), 0, value)
+/** Insert `value`; returns where it went. */
+function insertSorted (sorted: string[], value: string): number {
+  const i = lowerBound(sorted, value)
+  sorted.splice(i, 0, value)
+  return i
 }
 
-function removeSorted (sorted: string[], value: string): void {
+/** Remove `value`; returns where it was (or would have been). */
+function removeSorted (sorted: string[], value: string): number {
   const i = lowerBound(sorted, value)
   if (sorted[i] === value) sorted.splice(i, 1)
+  return i
 }
