@@ -586,7 +586,7 @@ export class Registry implements AdapterListener {
     for (const [room, batch] of this.batches) {
       if (this.busy.has(room)) continue
       if (batch.due > now) {
-        // A timer can fire up to a turn early (libuv's clock is read once per turn): wait out the rest.
+        // The first batch not yet due (also after a timer that fired up to a millisecond early): wait for it.
         this.scheduleFlush(Math.ceil(batch.due - now))
         break
       }
@@ -651,14 +651,22 @@ export class Registry implements AdapterListener {
 
   /** A room's diff ended in a later turn than it began: its next diff waits a full interval from now. */
   private cool (room: string): void {
-    this.busy.set(room, setTimeout(() => {
+    const until = performance.now() + this.options.presenceIntervalMs
+    const end = (): void => {
+      const early = until - performance.now()
+      // A timer can fire up to a millisecond early: the interval is a promise to each member.
+      if (early > 0) {
+        this.busy.set(room, setTimeout(end, Math.ceil(early)))
+        return
+      }
       this.busy.delete(room)
       const batch = this.batches.get(room)
       if (batch === undefined || this.closing) return
       this.batches.delete(room)
       this.write(room, batch)
       if (!this.pumpScheduled) this.pump()
-    }, this.options.presenceIntervalMs))
+    }
+    this.busy.set(room, setTimeout(end, this.options.presenceIntervalMs))
   }
 
   /** Write to this member now any diff under way that has not reached it yet (its slice skips it then). */

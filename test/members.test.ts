@@ -1,6 +1,8 @@
 import t from 'tap'
 import { TestSocket } from './helpers/socket.js'
 import { eachAdapter } from './helpers/deployment.js'
+import { startApp } from './helpers/server.js'
+import { MemoryAdapter } from '../src/index.js'
 
 const PAGE = 3
 
@@ -116,4 +118,24 @@ eachAdapter(t, 'each joined carries the first page as it is then, in a room larg
   await look('u07', 'after a member past the first page left')
   await leave('u05')
   await look('u02', 'after the room shrank to one page')
+})
+
+/** A user-written adapter that shows only first names in joined pages. */
+class FirstNames extends MemoryAdapter {
+  override async join (...args: Parameters<MemoryAdapter['join']>): ReturnType<MemoryAdapter['join']> {
+    const result = await super.join(...args)
+    return { ...result, members: result.members.map((m) => ({ id: m.id, name: m.name.split(' ')[0]! })) }
+  }
+}
+
+t.test('a subclass that rewrites join\'s members page has its page written, in a room larger than a page too', async (t) => {
+  const { wsUrl } = await startApp(t, { ...options, adapter: new FirstNames() })
+  const sockets: TestSocket[] = []
+  t.teardown(() => Promise.all(sockets.map(async (s) => await s.close())))
+  for (const user of users.slice(0, PAGE + 2)) {
+    const s = await TestSocket.open(wsUrl, as(user.id))
+    sockets.push(s)
+    const joined = await s.join('big')
+    t.same(joined.members.map((m: { name: string }) => m.name), Array.from({ length: Math.min(PAGE, sockets.length) }, () => 'user'), `${user.id}'s joined`)
+  }
 })

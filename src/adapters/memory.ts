@@ -199,9 +199,11 @@ export class MemoryAdapter implements Adapter, PublishesNow {
       entry.connections.add(connectionId)
     }
     const page = membersPage(state, { limit: config.membersPageSize })
-    // A room of one page changes it with nearly every join: not worth keeping.
-    if (page.next !== null) state.pageJson ??= JSON.stringify(page.members)
-    return { members: page.members, membersJson: page.next === null ? undefined : state.pageJson, membersNext: page.next, count: state.users.size, offset: state.offset, epoch: state.epoch, presenceSeq: state.presenceSeq, present }
+    // A room of one page changes it with nearly every join: not worth keeping. A subclass that
+    // overrides join may rewrite `members`, which the cached text would then contradict.
+    let membersJson: string | undefined
+    if (page.next !== null && this.join === MemoryAdapter.prototype.join) membersJson = state.pageJson ??= JSON.stringify(page.members)
+    return { members: page.members, membersJson, membersNext: page.next, count: state.users.size, offset: state.offset, epoch: state.epoch, presenceSeq: state.presenceSeq, present }
   }
 
   async leave (room: string, connectionId: string, member: Member): Promise<void> {
