@@ -8,7 +8,7 @@
  * 20; with WINDOW=1, each publisher keeps 20 in flight (the next on each ack)
  * until 200 are acked, as the bench's fan-out does. Prints one JSON line: the
  * server's CPU (`process.cpuUsage`) per delivery, and over the measured
- * rounds its write and read system calls per delivery, its scavenges and full collections, and the bytes a scavenge
+ * rounds its write and read system calls and the bytes it wrote per delivery (acks included), its scavenges and full collections, and the bytes a scavenge
  * promoted to the old generation and kept in the young one, on average.
  * NVP_LOG=file appends the raw `--trace-gc-nvp` lines of the scavenges.
  * TRACE_LOG=file appends the server's other output (e.g. `--trace-deopt`).
@@ -109,13 +109,13 @@ async function round (): Promise<void> {
   await all
 }
 
-/** The server's read and write system calls so far (Linux: /proc/PID/io), or NaN. */
-function syscalls (): { reads: number, writes: number } {
+/** The server's read and write system calls, and the bytes it wrote, so far (Linux: /proc/PID/io), or NaN. */
+function syscalls (): { reads: number, writes: number, written: number } {
   try {
     const io = readFileSync(`/proc/${server.pid}/io`, 'utf8')
-    return { reads: Number(/syscr: (\d+)/.exec(io)?.[1]), writes: Number(/syscw: (\d+)/.exec(io)?.[1]) }
+    return { reads: Number(/syscr: (\d+)/.exec(io)?.[1]), writes: Number(/syscw: (\d+)/.exec(io)?.[1]), written: Number(/wchar: (\d+)/.exec(io)?.[1]) }
   } catch {
-    return { reads: NaN, writes: NaN }
+    return { reads: NaN, writes: NaN, written: NaN }
   }
 }
 
@@ -138,6 +138,7 @@ console.log(JSON.stringify({
   deliveriesPerCpuS: Math.round(deliveries / cpuMs * 1000),
   writesPerDelivery: +((callsAfter.writes - callsBefore.writes) / deliveries).toFixed(4),
   readsPerDelivery: +((callsAfter.reads - callsBefore.reads) / deliveries).toFixed(4),
+  bytesPerDelivery: Math.round((callsAfter.written - callsBefore.written) / deliveries),
   scavenges: gc.scavenges,
   fullGcs: gc.fullGcs,
   scavengeMs: Math.round(gc.scavengeMs),
