@@ -109,17 +109,19 @@ async function loadgensFor (n: number): Promise<ChildProcess[]> {
   return Array.from({ length: n }, () => node(['--import=tsx', 'bench/loadgen.ts']))
 }
 
-interface Stats { cpuMs: number, rss: number, heap: number, loopMaxMs: number }
+interface Stats { cpuMs: number, rss: number, heap: number, heapTotal: number, external: number, loopMaxMs: number }
 /**
  * CPU and memory of a run's servers; `gc` first when memory is measured (slow, so not for CPU alone,
  * nor in the smoke run), and with `settleMs` a wait after it for V8's memory reducer.
  */
 async function stats (servers: Servers, gc = false, settleMs?: number, resetLoopDelay = false): Promise<Stats> {
-  const all = await Promise.all(servers.children.map(async (c) => await call<{ cpu: { user: number, system: number }, rss: number, heapUsed: number, loop: { maxMs: number } }>(c, { cmd: 'stats', gc: gc && !smoke, settleMs: smoke ? undefined : settleMs, resetLoopDelay })))
+  const all = await Promise.all(servers.children.map(async (c) => await call<{ cpu: { user: number, system: number }, rss: number, heapUsed: number, heapTotal: number, external: number, loop: { maxMs: number } }>(c, { cmd: 'stats', gc: gc && !smoke, settleMs: smoke ? undefined : settleMs, resetLoopDelay })))
   return {
     cpuMs: all.reduce((sum, s) => sum + (s.cpu.user + s.cpu.system) / 1000, 0),
     rss: all.reduce((sum, s) => sum + s.rss, 0),
     heap: all.reduce((sum, s) => sum + s.heapUsed, 0),
+    heapTotal: all.reduce((sum, s) => sum + s.heapTotal, 0),
+    external: all.reduce((sum, s) => sum + s.external, 0),
     loopMaxMs: Math.max(...all.map((s) => s.loop.maxMs))
   }
 }
@@ -350,7 +352,8 @@ async function runOnce (workload: Workload, kind: Kind): Promise<Outcome> {
         readings.push(await stats(servers, true, SETTLE_MS))
       }
       for (const [, session] of sessions) frames += (await presence(loadgens[0]!, session)).totalFrames!
-      const steps = readings.slice(2).map((r, q) => ({ rss: (r.rss - readings[q + 1]!.rss) / quarter / 1024, heap: (r.heap - readings[q + 1]!.heap) / quarter / 1024 }))
+      const step = (key: 'rss' | 'heap' | 'heapTotal' | 'external'): number[] => readings.slice(2).map((r, q) => (r[key] - readings[q + 1]![key]) / quarter / 1024)
+      const steps = step('rss').map((rss, q) => ({ rss, heap: step('heap')[q]! }))
       const total = QUARTERS * quarter
       return {
         result: {
@@ -358,6 +361,9 @@ async function runOnce (workload: Workload, kind: Kind): Promise<Outcome> {
           presencePerMember: frames / total,
           rssPerConnKB: median(steps.map((x) => x.rss)),
           heapPerConnKB: median(steps.map((x) => x.heap)),
+          // Where RSS beyond the live heap goes: V8's committed heap, and memory outside it (Buffers, native).
+          heapTotalPerConnKB: median(step('heapTotal')),
+          externalPerConnKB: median(step('external')),
           // All the connections over the server's start-up reading, as this bench measured before.
           rssFromStartKB: (readings.at(-1)!.rss - before.rss) / total / 1024,
           heapFromStartKB: (readings.at(-1)!.heap - before.heap) / total / 1024
@@ -521,7 +527,7 @@ try {
           const outcome = await runOnce(workload, k)
           outcomes.get(k)!.push(outcome)
           const x = outcome.result
-          const mem = x.rssPerConnKB === undefined ? '' : `, RSS ${x.rssPerConnKB.toFixed(2)} KB, heap ${x.heapPerConnKB!.toFixed(2)} KB per connection`
+          const mem = x.rssPerConnKB === undefined ? '' : `, RSS ${x.rssPerConnKB.toFixed(2)} KB, heap ${x.heapPerConnKB!.toFixed(2)} KB per connection (V8's committed heap ${x.heapTotalPerConnKB?.toFixed(2) ?? '?'} KB, outside it ${x.externalPerConnKB?.toFixed(2) ?? '?'} KB)`
           // The storm runs once or twice: each run's figures, not only the report's median.
           const storm = x.maxPresenceFrames === undefined ? '' : `, storm ${(x.stormMs! / 1000).toFixed(1)} s, ${x.maxPresenceFrames} frames at most, join p50/p99 ${x.joinP50!.toFixed(1)}/${x.joinP99!.toFixed(1)} ms, connect-to-joined p50/p99 ${x.openJoinP50!.toFixed(1)}/${x.openJoinP99!.toFixed(1)} ms, ${x.cpuPerJoinMs!.toFixed(3)} ms server CPU per join, longest loop delay ${x.loopMaxMs!.toFixed(0)} ms`
           // A join workload's two figures per run, to compare runs taken under different load.
