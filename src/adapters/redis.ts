@@ -551,12 +551,22 @@ const REPLICAS_FRESH_MS = 1_000
 
 const unavailable = storeUnavailable
 const maybePublished = (): RoomsError => new RoomsError('UNAVAILABLE', 'The message store became unreachable while publishing: the message may or may not have been published. Retry in a moment.')
-/** Whether a publish call's reply is `<offset>,<offset>...` with one offset for each of its `count` publishes. */
-function answersAll (reply: unknown, count: number): reply is string {
-  if (typeof reply !== 'string' || reply.length === 0) return false
-  let commas = 0
-  for (let i = 0; i < reply.length; i++) if (reply.charCodeAt(i) === 44) commas++
-  return commas + 1 === count
+/**
+ * The offsets of a publish call's reply, `<offset>,<offset>...`, read in one
+ * pass; undefined unless it is exactly `count` of them, each of digits.
+ */
+function offsetsOf (reply: unknown, count: number): number[] | undefined {
+  if (typeof reply !== 'string') return undefined
+  const offsets: number[] = []
+  for (let at = 0; ; at++) {
+    const start = at
+    let offset = 0
+    for (let c = reply.charCodeAt(at); c >= 48 && c <= 57; c = reply.charCodeAt(++at)) offset = offset * 10 + c - 48
+    if (at === start) return undefined
+    offsets.push(offset)
+    if (at === reply.length) return offsets.length === count ? offsets : undefined
+    if (reply.charCodeAt(at) !== 44) return undefined
+  }
 }
 
 /**
@@ -979,22 +989,17 @@ export class RedisAdapter implements Adapter {
       })
     answered.then((reply) => {
       this.settle(batch)
-      // `<offset>,<offset>...`, in the order of the packed publishes: room by room.
-      if (!answersAll(reply, batch.count)) {
+      // In the order of the packed publishes: room by room. Checked whole before any publish settles.
+      const offsets = offsetsOf(reply, batch.count)
+      if (offsets === undefined) {
         this.config.log.error({ nodeId: this.config.nodeId, command: 'publish', publishes: batch.count, reply: String(reply).slice(0, 200) }, 'fastify-rooms: Redis answered a publish call with the wrong number of offsets')
         const err = internal()
         for (const { rejects } of batch.rooms.values()) for (const reject of rejects) reject(err)
         return
       }
-      const offsets = reply
       let at = 0
       for (const { resolves } of batch.rooms.values()) {
-        for (let i = 0; i < resolves.length; i++) {
-          let offset = 0
-          for (let c = offsets.charCodeAt(at); c >= 48 && c <= 57; c = offsets.charCodeAt(++at)) offset = offset * 10 + c - 48
-          at++
-          ;(resolves[i] as (offset: number) => void)(offset)
-        }
+        for (let i = 0; i < resolves.length; i++) (resolves[i] as (offset: number) => void)(offsets[at++] as number)
       }
     }, (err: Error) => {
       this.settle(batch)
