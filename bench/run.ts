@@ -353,14 +353,13 @@ async function runOnce (workload: Workload, kind: Kind): Promise<Outcome> {
       }
       for (const [, session] of sessions) frames += (await presence(loadgens[0]!, session)).totalFrames!
       const step = (key: 'rss' | 'heap' | 'heapTotal' | 'external'): number[] => readings.slice(2).map((r, q) => (r[key] - readings[q + 1]![key]) / quarter / 1024)
-      const steps = step('rss').map((rss, q) => ({ rss, heap: step('heap')[q]! }))
       const total = QUARTERS * quarter
       return {
         result: {
           connectsPerSec: total / (connectMs / 1000),
           presencePerMember: frames / total,
-          rssPerConnKB: median(steps.map((x) => x.rss)),
-          heapPerConnKB: median(steps.map((x) => x.heap)),
+          rssPerConnKB: median(step('rss')),
+          heapPerConnKB: median(step('heap')),
           // Where RSS beyond the live heap goes: V8's committed heap, and memory outside it (Buffers, native).
           heapTotalPerConnKB: median(step('heapTotal')),
           externalPerConnKB: median(step('external')),
