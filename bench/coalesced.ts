@@ -97,7 +97,9 @@ export function coalescedServer (presenceIntervalMs: number, withFrom = false): 
   }
 
   return (ws) => {
-    const member = `{"id":"${randomUUID()}","name":"guest-${randomBytes(2).toString('hex')}"}`
+    // A user id of fastify-rooms' shape (16 base64url characters), so that pages, diffs and `from` are as long as its.
+    const bytes = randomBytes(12)
+    const member = `{"id":"${bytes.toString('base64url')}","name":"guest-${bytes.toString('hex', 0, 2)}"}`
     const from = withFrom ? `,"from":${member}` : ''
     const mine = new Set<string>()
     send(ws, `{"type":"welcome","connectionId":"${randomUUID()}","user":${member},"protocol":2,"heartbeatMs":60000}`)

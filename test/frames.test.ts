@@ -18,6 +18,24 @@ eachAdapter(t, 'welcome is the first frame, with connection id, user, protocol a
   t.not(b.welcome.connectionId, a.welcome.connectionId)
 })
 
+t.test('anonymous ids are 16 base64url characters, all different, past the 256 drawn at once', async (t) => {
+  const { wsUrl } = await startApp(t)
+  const users: Array<{ id: string, name: string }> = []
+  // 300 connections, 20 at a time: the pool of random bytes is drawn again after 256 ids.
+  for (let i = 0; i < 300; i += 20) {
+    const sockets = await Promise.all(Array.from({ length: 20 }, async (_, j) => await TestSocket.open(i + j === 299 ? `${wsUrl}?name=zed` : wsUrl)))
+    for (const s of sockets) {
+      users.push(s.welcome.user)
+      s.close()
+    }
+  }
+  t.equal(new Set(users.map((u) => u.id)).size, 300, 'no two ids alike')
+  t.ok(users.every((u) => /^[A-Za-z0-9_-]{16}$/.test(u.id)), 'each id is 16 base64url characters')
+  const guests = users.filter((u) => u.name !== 'zed')
+  t.equal(guests.length, 299)
+  t.ok(guests.every((u) => u.name === `guest-${Buffer.from(u.id, 'base64url').toString('hex', 0, 2)}`), 'a guest name shows its id\'s first 2 bytes in hex')
+})
+
 eachAdapter(t, 'join replies joined with members, offset and epoch; leave replies left', async (t, deploy) => {
   const d = await deploy()
   const a = await TestSocket.open(`${d.node(0).wsUrl}?name=ada`)
