@@ -879,10 +879,7 @@ export class RedisAdapter implements Adapter {
       batch = { firstId: id, lastId: id, rooms: new Map(), count: 0, bytes: 0, settled: false }
       this.batches.set(base, batch)
       this.unsettled.push(batch)
-      if (!this.flushScheduled) {
-        this.flushScheduled = true
-        setImmediate(() => this.sendBatches())
-      }
+      this.scheduleTurnEnd()
     }
     const from = message.from ?? ''
     const fromBytes = from === '' ? 0 : Buffer.byteLength(from)
@@ -923,15 +920,30 @@ export class RedisAdapter implements Adapter {
     return promise
   }
 
-  /** Send every partition's publishes of this turn, in the order the partitions got their first, with one write. */
-  private sendBatches (): void {
+  private scheduleTurnEnd (): void {
+    if (this.flushScheduled) return
+    this.flushScheduled = true
+    setImmediate(() => this.endTurn())
+  }
+
+  /**
+   * Send every partition's publishes of this turn, in the order the
+   * partitions got their first, then the WAITs owed for the publish calls
+   * answered this turn, each master's in one write: a shard reads the
+   * turn's calls and its WAIT in one read, not one per call.
+   */
+  private endTurn (): void {
     this.flushScheduled = false
-    if (this.batches.size === 0) return
-    // On a cluster, each master's connection: a shard reads the turn's calls in one read, not one per call.
+    if (this.batches.size === 0 && this.waits.size === 0) return
     const streams = this.cmd.ready ? this.streams() : []
     for (const stream of streams) stream.cork()
     try {
       for (const base of [...this.batches.keys()]) this.sendBatch(base)
+      const owed = [...this.waits]
+      this.waits.clear()
+      for (const [owner, group] of owed) {
+        this.waitFor(owner).then(() => { for (const w of group) w.resolve() }, (err: Error) => { for (const w of group) w.reject(err) })
+      }
     } finally {
       for (const stream of streams) stream.uncork()
     }
@@ -1028,19 +1040,15 @@ export class RedisAdapter implements Adapter {
     if (this.waitReplicas === 0) return
     const owner = this.shards === undefined ? ONE_REDIS : (this.redis as unknown as Cluster).slots[this.partitions.slot(base)]?.[0]
     if (owner === undefined) throw maybePublished()
-    let waiting = this.waits.get(owner)
-    if (waiting === undefined) {
-      const group: Array<{ resolve: () => void, reject: (err: Error) => void }> = []
-      waiting = group
+    let group = this.waits.get(owner)
+    if (group === undefined) {
+      group = []
       this.waits.set(owner, group)
-      // After the replies that came in with this one: their calls go under the same WAIT.
-      setImmediate(() => {
-        this.waits.delete(owner)
-        this.waitFor(owner).then(() => { for (const w of group) w.resolve() }, (err: Error) => { for (const w of group) w.reject(err) })
-      })
+      // At the end of the turn, after the replies that came in with this one: their calls go under the same WAIT.
+      this.scheduleTurnEnd()
     }
-    const group = waiting
-    await new Promise<void>((resolve, reject) => group.push({ resolve, reject }))
+    const waiting = group
+    await new Promise<void>((resolve, reject) => waiting.push({ resolve, reject }))
   }
 
   /**
@@ -1055,7 +1063,9 @@ export class RedisAdapter implements Adapter {
     let acked = 0
     try {
       if (master !== undefined) {
-        wanted = Math.min(wanted, await this.replicasOf(owner, master))
+        // A count known already needs no await: the WAIT goes out now, in the turn's corked write to the master.
+        const count = this.replicasOf(owner, master)
+        wanted = Math.min(wanted, typeof count === 'number' ? count : await count)
         if (wanted === 0) return
         acked = await master.wait(wanted, Math.min(1_000, this.commandTimeoutMs / 2))
       }
@@ -1068,9 +1078,9 @@ export class RedisAdapter implements Adapter {
    * REPLICAS_FRESH_MS. Not ioredis' slot table: it lists the replicas of the
    * CLUSTER SLOTS answer it last read, which leaves out a replica that had
    * no write yet, and one that came back after a failover. Callers at once
-   * share one ROLE.
+   * share one ROLE. A fresh count is answered at once, not as a promise.
    */
-  private async replicasOf (key: string, master: Redis): Promise<number> {
+  private replicasOf (key: string, master: Redis): number | Promise<number> {
     const known = this.replicaCounts.get(key)
     if (known !== undefined && known.until > Date.now()) return known.count
     let asking = this.roles.get(key)
@@ -1084,7 +1094,7 @@ export class RedisAdapter implements Adapter {
       }).finally(() => this.roles.delete(key))
       this.roles.set(key, asking)
     }
-    return await asking
+    return asking
   }
 
   async join (room: string, connectionId: string, member: Member): Promise<JoinResult> {
