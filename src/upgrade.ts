@@ -108,11 +108,9 @@ function anonymous (request: FastifyRequest, tokens: ResumeTokens): Identity['us
 
 /** Random bytes for a new user id: 96 bits. */
 const ID_BYTES = 12
-/**
- * Random bytes fetched ahead for 256 ids, so that the generator runs once per
- * 256 users rather than once each (randomUUID does the same for 128).
- */
-const pool = Buffer.allocUnsafeSlow(256 * ID_BYTES)
+/** Ids drawn from the generator at once: it runs once per this many users rather than once each (randomUUID draws 128). */
+const IDS_PER_DRAW = 256
+const pool = Buffer.allocUnsafeSlow(IDS_PER_DRAW * ID_BYTES)
 let pooled = 0
 
 /**
@@ -136,6 +134,6 @@ function newId (at: number): string {
 function fresh (): number {
   if (pooled === 0) randomFillSync(pool)
   const at = pooled * ID_BYTES
-  pooled = (pooled + 1) % 256
+  pooled = (pooled + 1) % IDS_PER_DRAW
   return at
 }

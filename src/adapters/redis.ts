@@ -938,11 +938,15 @@ export class RedisAdapter implements Adapter {
     const streams = this.cmd.ready ? this.streams() : []
     for (const stream of streams) stream.cork()
     try {
-      for (const base of [...this.batches.keys()]) this.sendBatch(base)
-      const owed = [...this.waits]
-      this.waits.clear()
-      for (const [owner, group] of owed) {
-        this.waitFor(owner).then(() => { for (const w of group) w.resolve() }, (err: Error) => { for (const w of group) w.reject(err) })
+      try {
+        for (const base of [...this.batches.keys()]) this.sendBatch(base)
+      } finally {
+        // After the calls, not before: a WAIT blocks its connection until the replicas answer.
+        const owed = [...this.waits]
+        this.waits.clear()
+        for (const [owner, group] of owed) {
+          this.waitFor(owner).then(() => { for (const w of group) w.resolve() }, (err: Error) => { for (const w of group) w.reject(err) })
+        }
       }
     } finally {
       for (const stream of streams) stream.uncork()
