@@ -705,7 +705,8 @@ export class RedisAdapter implements Adapter {
   private readonly unsettled: Batch[] = []
   /** Publishes of this turn of the event loop not sent yet, by the key base of their partition (see publish). */
   private readonly batches = new Map<string, Batch>()
-  private flushScheduled = false
+  /** An endTurn is due at the end of this turn of the event loop (publishes to send, WAITs owed). */
+  private turnEndScheduled = false
   private lastPublishId = 0
   private timers: NodeJS.Timeout[] = []
   private registered = false
@@ -920,9 +921,10 @@ export class RedisAdapter implements Adapter {
     return promise
   }
 
+  /** Have endTurn run once at the end of this turn, however many publishes and replies ask for it. */
   private scheduleTurnEnd (): void {
-    if (this.flushScheduled) return
-    this.flushScheduled = true
+    if (this.turnEndScheduled) return
+    this.turnEndScheduled = true
     setImmediate(() => this.endTurn())
   }
 
@@ -933,7 +935,7 @@ export class RedisAdapter implements Adapter {
    * turn's calls and its WAIT in one read, not one per call.
    */
   private endTurn (): void {
-    this.flushScheduled = false
+    this.turnEndScheduled = false
     if (this.batches.size === 0 && this.waits.size === 0) return
     const streams = this.cmd.ready ? this.streams() : []
     for (const stream of streams) stream.cork()
