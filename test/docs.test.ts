@@ -150,8 +150,9 @@ t.test('typed-data runs to completion', async (t) => {
 
 t.test('testing-helper: the node:test recipe passes without opening a port', async (t) => {
   const { output } = await run(t, 'testing-helper', {})
-  t.match(output(), /^# pass 1$/m)
-  t.match(output(), /^# fail 0$/m)
+  // node:test reports in TAP on Node 20 when its output is not a terminal, and in its spec format from Node 23.
+  t.match(output(), /^(?:# |\u2139 )pass 1$/m)
+  t.match(output(), /^(?:# |\u2139 )fail 0$/m)
 })
 
 t.test('node-client: connects, joins, publishes, leaves and closes', async (t) => {
