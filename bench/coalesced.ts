@@ -8,7 +8,7 @@
  * leaves as one `presence` diff per room at most every presence interval.
  * Written standalone, so that a change in src/ never changes the baseline.
  */
-import { randomBytes, randomUUID } from 'node:crypto'
+import { randomBytes, randomFillSync } from 'node:crypto'
 import type { Socket } from 'node:net'
 import type { WebSocket } from 'ws'
 
@@ -32,6 +32,18 @@ export function textFrame (payload: Buffer): Buffer {
   }
   payload.copy(frame, header)
   return frame
+}
+
+const nodeId = randomBytes(4).toString('hex')
+let connections = 0
+const ids = Buffer.allocUnsafeSlow(256 * 12)
+let pooled = 0
+/** Where the next user id's 12 random bytes start in `ids`. */
+function freshId (): number {
+  if (pooled === 0) randomFillSync(ids)
+  const at = pooled * 12
+  pooled = (pooled + 1) % 256
+  return at
 }
 
 const corked: Socket[] = []
@@ -97,12 +109,14 @@ export function coalescedServer (presenceIntervalMs: number, withFrom = false): 
   }
 
   return (ws) => {
-    // A user id of fastify-rooms' shape (16 base64url characters), so that pages, diffs and `from` are as long as its.
-    const bytes = randomBytes(12)
-    const member = `{"id":"${bytes.toString('base64url')}","name":"guest-${bytes.toString('hex', 0, 2)}"}`
+    // Ids made as fastify-rooms makes them: a user id of 16 base64url characters from random bytes drawn
+    // 256 ids at a time, a connection id of the node's random prefix and a counter; frames as long as its.
+    const at = freshId()
+    // JSON.stringify makes a flat string, as fastify-rooms' member JSON is (a template would leave a tree of pieces).
+    const member = JSON.stringify({ id: ids.toString('base64url', at, at + 12), name: `guest-${ids.toString('hex', at, at + 2)}` })
     const from = withFrom ? `,"from":${member}` : ''
     const mine = new Set<string>()
-    send(ws, `{"type":"welcome","connectionId":"${randomUUID()}","user":${member},"protocol":2,"heartbeatMs":60000}`)
+    send(ws, `{"type":"welcome","connectionId":"${nodeId}-${(++connections).toString(36)}","user":${member},"protocol":2,"heartbeatMs":60000}`)
     ws.on('message', (raw) => {
       const frame = JSON.parse(raw.toString()) as { type: string, room: string, id?: number, data?: unknown }
       const id = frame.id === undefined ? '' : `,"id":${frame.id}`
