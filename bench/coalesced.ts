@@ -34,8 +34,6 @@ export function textFrame (payload: Buffer): Buffer {
   return frame
 }
 
-const nodeId = randomBytes(4).toString('hex')
-let connections = 0
 const ids = Buffer.allocUnsafeSlow(256 * 12)
 let pooled = 0
 /** Where the next user id's 12 random bytes start in `ids`. */
@@ -108,9 +106,13 @@ export function coalescedServer (presenceIntervalMs: number, withFrom = false): 
     room.timer = setTimeout(flushPresence, presenceIntervalMs, name, room)
   }
 
+  // Per server, as fastify-rooms' connection ids are per registration.
+  const nodeId = randomBytes(4).toString('hex')
+  let connections = 0
   return (ws) => {
     // Ids made as fastify-rooms makes them: a user id of 16 base64url characters from random bytes drawn
-    // 256 ids at a time, a connection id of the node's random prefix and a counter; frames as long as its.
+    // 256 ids at a time, a connection id of the server's random prefix and a counter. (Its `welcome` has
+    // no resume token, which fastify-rooms signs for each anonymous user: about 80 bytes and an HMAC.)
     const at = freshId()
     // JSON.stringify makes a flat string, as fastify-rooms' member JSON is (a template would leave a tree of pieces).
     const member = JSON.stringify({ id: ids.toString('base64url', at, at + 12), name: `guest-${ids.toString('hex', at, at + 2)}` })
