@@ -1,5 +1,5 @@
 import t from 'tap'
-import { createServer, connect, type Server, type Socket } from 'node:net'
+import { createServer, connect, type Server } from 'node:net'
 import { once } from 'node:events'
 import { redisAdapter } from '../src/index.js'
 import { startApp } from './helpers/server.js'
@@ -51,9 +51,8 @@ class ReplyForger {
           pending = pending.subarray(end)
         }
       })
-      const close = (socket: Socket): void => { socket.destroy() }
-      client.on('close', () => close(upstream)).on('error', () => close(upstream))
-      upstream.on('close', () => close(client)).on('error', () => close(client))
+      client.on('close', () => upstream.destroy()).on('error', () => upstream.destroy())
+      upstream.on('close', () => client.destroy()).on('error', () => client.destroy())
     })
   }
 
