@@ -1,21 +1,13 @@
 import t from 'tap'
 import type { Socket } from 'node:net'
 import type { FastifyInstance } from 'fastify'
-import WebSocket from 'ws'
 import { Redis } from 'ioredis'
 import { redisAdapter, type RoomsOptions } from '../src/index.js'
 import { startApp, type Started } from './helpers/server.js'
-import { TestSocket } from './helpers/socket.js'
+import { TestSocket, writeAtOnce } from './helpers/socket.js'
 import { skipRedis, startRedis } from './helpers/redis.js'
 
 const BURST = 20
-
-/** A client's frames in one TCP write (masked, as a client must), so the server reads them all at once. */
-function writeAtOnce (ws: WebSocket, frames: unknown[]): void {
-  const { Sender } = WebSocket as unknown as { Sender: { frame: (data: Buffer, options: object) => Buffer[] } }
-  const bytes = frames.flatMap((frame) => Sender.frame(Buffer.from(JSON.stringify(frame)), { fin: true, opcode: 1, mask: true, readOnly: false, rsv1: false }))
-  ;(ws as unknown as { _socket: Socket })._socket.write(Buffer.concat(bytes))
-}
 
 /** Calls the instance's command connection has had answered, from its metrics. */
 async function commandRoundTrips (app: FastifyInstance): Promise<number> {

@@ -1,19 +1,10 @@
 import t from 'tap'
-import type { Socket } from 'node:net'
-import WebSocket from 'ws'
 import { Redis } from 'ioredis'
 import { redisAdapter } from '../src/index.js'
 import { startApp } from './helpers/server.js'
-import { TestSocket } from './helpers/socket.js'
+import { TestSocket, writeAtOnce } from './helpers/socket.js'
 import { eventually, skipRedis, startRedis } from './helpers/redis.js'
 import { skipCluster, startCluster } from './helpers/cluster.js'
-
-/** A client's frames in one TCP write, so the server reads them all in one turn of its event loop. */
-function writeAtOnce (ws: WebSocket, frames: unknown[]): void {
-  const { Sender } = WebSocket as unknown as { Sender: { frame: (data: Buffer, options: object) => Buffer[] } }
-  const bytes = frames.flatMap((frame) => Sender.frame(Buffer.from(JSON.stringify(frame)), { fin: true, opcode: 1, mask: true, readOnly: false, rsv1: false }))
-  ;(ws as unknown as { _socket: Socket })._socket.write(Buffer.concat(bytes))
-}
 
 /** How many WAITs a Redis ran since its stats were reset. */
 async function waits (redis: Redis): Promise<number> {
