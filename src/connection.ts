@@ -11,6 +11,7 @@ import {
 import { isRoomsError, RoomsError, forbidden, tokensNotEnabled, unauthorized } from './errors.js'
 import { publicView, type Credentials, type Identity } from './identity.js'
 import { notInRoom, type Peer, type Registry } from './registry.js'
+import type { PublishReceipt } from './adapters/adapter.js'
 import type { ConnectContext, LeaveCause, ResolvedOptions } from './options.js'
 import type { Metrics } from './metrics.js'
 import type { RoomList } from './roomlist.js'
@@ -533,27 +534,33 @@ export class Connection implements Peer {
       return
     }
     backlog.bytes += size
-    let published: Promise<number | undefined>
-    try {
-      published = this.ctx.registry.publish(frame.room, this.encodePublish(frame, size, text))
-    } catch (err) {
-      published = Promise.reject(err)
-    }
-    // While the publish is out, only what its reply needs is held, not the data.
-    const entry: Pipelined = { id: frame.id, room: frame.room, ephemeral: frame.ephemeral === true, size, settled: false, offset: undefined, error: undefined }
+    // While the publish is out, only what its reply needs is held: not the data, nor the frame's text (see memberRoom).
+    const room = this.ctx.registry.memberRoom(this, frame.room)
+    const entry = new Pipelined(this, detached(frame.id), room ?? frame.room, frame.ephemeral === true, size)
+    // In the queue before the adapter sees it: the adapter may answer at once.
     ;(backlog.publishing ??= []).push(entry)
-    published.then((offset) => {
-      entry.offset = offset
-      this.settle(entry)
-    }, (err: unknown) => {
-      entry.error = err ?? new Error('publish failed')
-      this.settle(entry)
-    })
+    let message: EncodedPublish
+    try {
+      if (room === undefined) throw notInRoom(frame.room)
+      message = this.encodePublish(frame, size, text)
+    } catch (err) {
+      entry.failed(err as Error)
+      return
+    }
+    try {
+      this.ctx.registry.publishTo(room, message, entry)
+    } catch (err) {
+      // An adapter that threw rather than answer. A throw from writing the answer (it should not) is not the publish's failure.
+      if (entry.settled) this.log.error({ err, connectionId: this.id }, 'fastify-rooms: answering a publish failed')
+      else entry.failed(err as Error)
+    }
   }
 
-  /** A pipelined publish was answered: write the replies that no earlier one holds back. */
-  private settle (entry: Pipelined): void {
-    entry.settled = true
+  /**
+   * A pipelined publish was answered: write the replies that no earlier one
+   * holds back. For `Pipelined` only.
+   */
+  settle (entry: Pipelined): void {
     const backlog = this.backlog as Backlog
     const publishing = backlog.publishing as Pipelined[]
     if (publishing[0] !== entry) return
@@ -644,6 +651,7 @@ export class Connection implements Peer {
    * it has an id. Without an onPublish hook it takes no async step of its own.
    */
   private publish (frame: PublishFrame, size: number, text: string): Promise<unknown> | undefined {
+    if (!this.ctx.registry.isMember(this, frame.room)) throw notInRoom(frame.room)
     const message = this.encodePublish(frame, size, text)
     if (this.ctx.options.onPublish !== undefined) return this.publishHooked(frame, message)
     const { registry } = this.ctx
@@ -676,14 +684,13 @@ export class Connection implements Peer {
   }
 
   /**
-   * A member's publish, checked (membership, size, schema) and encoded for the adapter.
+   * A member's publish, checked (size, schema) and encoded for the adapter; its membership is the caller's to check.
    * @param text the frame's text: its `data` member, when written as the
    *   encoder writes it, is taken as it is rather than encoded again
    */
   private encodePublish (frame: PublishFrame, size: number, text: string): EncodedPublish {
-    const { registry, options, validateData } = this.ctx
+    const { options, validateData } = this.ctx
     const { room } = frame
-    if (!registry.isMember(this, room)) throw notInRoom(room)
     const encoded = encodedData(frame, text)
     // The value only where something asks for it: a frame read by the fast path parses its data then.
     const data = encoded === undefined || validateData !== undefined || options.onPublish !== undefined ? frame.data : undefined
@@ -803,17 +810,52 @@ function emptyBacklog (): Backlog {
   return { queue: undefined, bytes: 0, publishing: undefined, afterPublishes: undefined }
 }
 
-/** A publish sent to the adapter ahead of its answer (see Connection.pipe). */
-interface Pipelined {
+/**
+ * A publish sent to the adapter ahead of its answer (see Connection.pipe), and
+ * the receipt the adapter answers it through: the one object it holds while out.
+ */
+class Pipelined implements PublishReceipt {
+  readonly connection: Connection
   /** What its reply needs of the frame. */
-  id: RequestId | undefined
-  room: string
-  ephemeral: boolean
-  size: number
-  settled: boolean
-  offset: number | undefined
+  readonly id: RequestId | undefined
+  readonly room: string
+  readonly ephemeral: boolean
+  readonly size: number
+  settled = false
+  offset: number | undefined = undefined
   /** Why it failed; undefined when it was published. */
-  error: unknown
+  error: unknown = undefined
+
+  constructor (connection: Connection, id: RequestId | undefined, room: string, ephemeral: boolean, size: number) {
+    this.connection = connection
+    this.id = id
+    this.room = room
+    this.ephemeral = ephemeral
+    this.size = size
+  }
+
+  published (offset: number | undefined): void {
+    if (this.settled) return
+    this.settled = true
+    this.offset = offset
+    this.connection.settle(this)
+  }
+
+  failed (err: Error): void {
+    if (this.settled) return
+    this.settled = true
+    this.error = err ?? new Error('publish failed')
+    this.connection.settle(this)
+  }
+}
+
+/**
+ * A request id of its own. The fast path reads a string id as a slice of the
+ * frame's text, and V8 keeps a slice of 13 characters or more as a view that
+ * holds the whole text; concatenating, then slicing, copies it first.
+ */
+function detached (id: RequestId | undefined): RequestId | undefined {
+  return typeof id === 'string' && id.length >= 13 ? (' ' + id).slice(1) : id
 }
 
 /** Frames waiting for earlier ones passed maxBufferedBytes. */

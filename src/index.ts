@@ -361,7 +361,7 @@ export { rooms }
 
 export { memoryAdapter, MemoryAdapter, type MemoryAdapterOptions, type MemoryAdapterStats } from './adapters/memory.js'
 export { redisAdapter, RedisAdapter, type RedisAdapterOptions } from './adapters/redis.js'
-export type { Adapter, AdapterConfig, AdapterListener, RoomCountWatcher, ControlCommand, ControlTarget, JoinResult, MembersQuery, PresenceChange, RoomInfo, RoomPage, RoomQuery, HistoryPage, StoredMessage } from './adapters/adapter.js'
+export type { Adapter, AdapterConfig, AdapterListener, RoomCountWatcher, ControlCommand, ControlTarget, JoinResult, MembersQuery, PresenceChange, PublishReceipt, RoomInfo, RoomPage, RoomQuery, HistoryPage, StoredMessage } from './adapters/adapter.js'
 export { RoomsError, forbidden, errorCodes, ERROR_CODES, UNAUTHORIZED_REASONS, type ErrorCode, type UnauthorizedReason } from './errors.js'
 export type {
   RoomsOptions, RoomsHooks, TokenIdentity, ConnectContext, DisconnectContext, JoinContext, LeaveContext, LeaveCause, PublishContext, PublishVerdict,

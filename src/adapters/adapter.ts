@@ -172,6 +172,14 @@ export interface HistoryPage {
   messages: StoredMessage[]
 }
 
+/** Where `Adapter.publishTo` answers one publish. */
+export interface PublishReceipt {
+  /** Stored with this offset (undefined for an ephemeral message) and on its way to the members. */
+  published (offset: number | undefined): void
+  /** Not published, or not known to be (as `publish` would reject). */
+  failed (err: Error): void
+}
+
 /**
  * Everything that crosses nodes goes through this interface: offsets, history,
  * fan-out, presence and room counts. The registry and the routes call only it,
@@ -198,6 +206,16 @@ export interface Adapter {
    * @returns the message's offset; undefined for an ephemeral one
    */
   publish (room: string, message: EncodedPublish): Promise<number | undefined>
+  /**
+   * `publish`, answered through `receipt` rather than a promise, and applied
+   * in one order with `publish` calls (members' publishes come here, the
+   * server API's and REST's go to `publish`). Optional: a member's publish
+   * waiting for a store's round trip then holds one object rather than a
+   * promise and its reactions, and the garbage collector copies fewer live
+   * objects. Calls exactly one of the receipt's methods, once, possibly
+   * before it returns; should not throw.
+   */
+  publishTo? (room: string, message: EncodedPublish, receipt: PublishReceipt): void
   /**
    * Record that a connection joined. When it is the user's first connection in
    * the room, every member is sent `presence join`.

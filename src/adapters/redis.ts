@@ -7,7 +7,7 @@ import type {
   Adapter, AdapterConfig, AdapterListener, HistoryPage, JoinResult,
   MembersQuery, RoomInfo, RoomPage, RoomQuery, StoredMessage
 } from './adapter.js'
-import type { ControlCommand } from './adapter.js'
+import type { ControlCommand, PublishReceipt } from './adapter.js'
 import type { LinkMetrics } from '../metrics.js'
 import type { RoomCountWatcher } from './adapter.js'
 import { Partitions } from './partitions.js'
@@ -594,9 +594,8 @@ interface RoomBatch {
    */
   packed: Buffer
   size: number
-  /** Each publish's promise, settled with the call. */
-  resolves: Array<(offset: number) => void>
-  rejects: Array<(err: Error) => void>
+  /** Each publish's receipt, answered with the call. */
+  receipts: PublishReceipt[]
 }
 
 /** A partition's publishes of this turn of the event loop, not sent yet: one script call. */
@@ -855,9 +854,30 @@ export class RedisAdapter implements Adapter {
    * every node in one pub/sub message.
    */
   publish (room: string, message: EncodedPublish): Promise<number | undefined> {
-    if (!this.cmd.ready) return Promise.reject(unavailable())
-    // Not async: each publish out in Redis holds no suspended function of its own, only its promise.
-    return message.ephemeral === true ? this.publishEphemeral(room, message) : this.enqueue(room, message)
+    // No closure of its own: `capture` hands over the promise's resolvers.
+    const promise = new Promise<number | undefined>(capture)
+    this.take(room, message, { published: captured.resolve, failed: captured.reject })
+    return promise
+  }
+
+  /** `publish`, unless a subclass overrides `publish`: then that, so that it still sees every publish. */
+  publishTo (room: string, message: EncodedPublish, receipt: PublishReceipt): void {
+    if (this.publish === RedisAdapter.prototype.publish) {
+      this.take(room, message, receipt)
+    } else {
+      this.publish(room, message).then((offset) => { this.answer(receipt, offset, undefined) }, (err: Error) => { this.answer(receipt, undefined, err) })
+    }
+  }
+
+  /** Refused while Redis is unreachable; an ephemeral one is sent at once, any other joins this turn's call. */
+  private take (room: string, message: EncodedPublish, receipt: PublishReceipt): void {
+    if (!this.cmd.ready) {
+      this.answer(receipt, undefined, unavailable())
+    } else if (message.ephemeral === true) {
+      this.publishEphemeral(room, message).then(() => { this.answer(receipt, undefined, undefined) }, (err: Error) => { this.answer(receipt, undefined, err) })
+    } else {
+      this.enqueue(room, message, receipt)
+    }
   }
 
   /** Not stored, not numbered: straight to the nodes with members, with this node's clock, after the room's publishes before it. */
@@ -868,8 +888,8 @@ export class RedisAdapter implements Adapter {
     return undefined
   }
 
-  /** Add a publish to its partition's call of this turn; resolves with its offset once the call is answered. */
-  private enqueue (room: string, message: EncodedPublish): Promise<number> {
+  /** Add a publish to its partition's call of this turn; its receipt gets its offset once the call is answered. */
+  private enqueue (room: string, message: EncodedPublish, receipt: PublishReceipt): void {
     // A message larger than the whole history budget is delivered but not kept, as on the memory adapter.
     // Past 2^53 a history size means "unbounded" anyway; bounded so that its digits fit where they are written.
     const historySize = fits(room, message, this.historyBytes) ? Math.min(this.config.historySize, Number.MAX_SAFE_INTEGER) : 0
@@ -890,7 +910,7 @@ export class RedisAdapter implements Adapter {
     let group = batch.rooms.get(room)
     if (group === undefined) {
       // Most rooms get one publish a turn: room for it (or a few small ones), grown by doubling when more come.
-      group = { packed: Buffer.allocUnsafe(Math.max(1024, bytes)), size: 0, resolves: [], rejects: [] }
+      group = { packed: Buffer.allocUnsafe(Math.max(1024, bytes)), size: 0, receipts: [] }
       batch.rooms.set(room, group)
     } else if (group.size + bytes > group.packed.length) {
       const grown = Buffer.allocUnsafe(Math.max(2 * group.packed.length, group.size + bytes))
@@ -913,12 +933,8 @@ export class RedisAdapter implements Adapter {
     group.size = at
     batch.lastId = id
     batch.count++
-    // No closure per publish: `capture` hands over the promise's resolvers.
-    const promise = new Promise<number>(capture)
-    group.resolves.push(captured.resolve)
-    group.rejects.push(captured.reject)
+    group.receipts.push(receipt)
     if (batch.count >= MAX_BATCH || batch.bytes >= MAX_BATCH_BYTES) this.sendBatch(base)
-    return promise
   }
 
   /** Have endTurn run once at the end of this turn, however many publishes and replies ask for it. */
@@ -979,7 +995,7 @@ export class RedisAdapter implements Adapter {
     const packed = Buffer.allocUnsafe(size)
     let at = 0
     for (const [room, group] of batch.rooms) {
-      at = writeDigits(packed, at, group.resolves.length)
+      at = writeDigits(packed, at, group.receipts.length)
       packed[at++] = BAR
       const roomBytes = Buffer.byteLength(room)
       at = writeDigits(packed, at, roomBytes)
@@ -1011,18 +1027,34 @@ export class RedisAdapter implements Adapter {
       const offsets = offsetsOf(reply, batch.count)
       if (offsets === undefined) {
         this.config.log.error({ nodeId: this.config.nodeId, command: 'publish', publishes: batch.count, reply: String(reply).slice(0, 200) }, 'fastify-rooms: Redis answered a publish call with the wrong number of offsets')
-        const err = internal()
-        for (const { rejects } of batch.rooms.values()) for (const reject of rejects) reject(err)
+        this.fail(batch, internal())
         return
       }
       let at = 0
-      for (const { resolves } of batch.rooms.values()) {
-        for (let i = 0; i < resolves.length; i++) (resolves[i] as (offset: number) => void)(offsets[at++] as number)
+      for (const { receipts } of batch.rooms.values()) {
+        for (const receipt of receipts) this.answer(receipt, offsets[at++] as number, undefined)
       }
     }, (err: Error) => {
       this.settle(batch)
-      for (const { rejects } of batch.rooms.values()) for (const reject of rejects) reject(err)
+      this.fail(batch, err)
     })
+  }
+
+  /**
+   * Answer one publish of a call. A receipt that throws (it should not) must
+   * not leave the call's later publishes unanswered.
+   */
+  private answer (receipt: PublishReceipt, offset: number | undefined, err: Error | undefined): void {
+    try {
+      if (err === undefined) receipt.published(offset)
+      else receipt.failed(err)
+    } catch (thrown) {
+      this.config.log.error({ err: thrown, nodeId: this.config.nodeId }, 'fastify-rooms: answering a publish failed')
+    }
+  }
+
+  private fail (batch: Batch, err: Error): void {
+    for (const { receipts } of batch.rooms.values()) for (const receipt of receipts) this.answer(receipt, undefined, err)
   }
 
   private settle (batch: Batch): void {
@@ -1995,10 +2027,10 @@ function writeDigits (to: Buffer, at: number, n: number): number {
   return end
 }
 
-/** The resolvers of the promise `capture` was last the executor of: a publish's promise costs no closure of its own. */
-const captured: { resolve: (offset: number) => void, reject: (err: Error) => void } = { resolve: () => {}, reject: () => {} }
+/** The resolvers of the promise `capture` was last the executor of. */
+const captured: { resolve: (offset: number | undefined) => void, reject: (err: Error) => void } = { resolve: () => {}, reject: () => {} }
 
-function capture (resolve: (offset: number) => void, reject: (err: Error) => void): void {
+function capture (resolve: (offset: number | undefined) => void, reject: (err: Error) => void): void {
   captured.resolve = resolve
   captured.reject = reject
 }

@@ -5,7 +5,7 @@ import Type, { type Static } from 'typebox'
 import { connect } from '../../src/client/index.js'
 import rooms, {
   errorCodes, forbidden, memoryAdapter, redisAdapter, RoomsError,
-  type Adapter, type EncodedPublish, type ErrorCode, type JoinContext, type Member, type PublishContext,
+  type Adapter, type EncodedPublish, type ErrorCode, type PublishReceipt, type JoinContext, type Member, type PublishContext,
   type ConnectContext, type DisconnectContext, type LeaveContext,
   type RestPublishGuard, type RoomsApi, type RoomsOptions, type ServerFrame, type ClientFrame, type WelcomeFrame
 } from '../../src/index.js'
@@ -126,8 +126,15 @@ class LoggingAdapter implements Adapter {
   room: Adapter['room'] = async (room, members) => await this.inner.room(room, members)
   rooms: Adapter['rooms'] = async (query) => await this.inner.rooms(query)
   history: Adapter['history'] = async (...args) => await this.inner.history(...args)
+  // Optional: answered through a receipt rather than a promise.
+  publishTo = (room: string, message: EncodedPublish, receipt: PublishReceipt): void => {
+    this.inner.publish(room, message).then((offset) => { receipt.published(offset) }, (err: Error) => { receipt.failed(err) })
+  }
 }
 await app.register(rooms, { adapter: new LoggingAdapter() })
+// @ts-expect-error a receipt answers with an offset or an error, nothing else
+const wrongReceipt: PublishReceipt = { published: (offset: string) => { void offset }, failed: () => {} }
+void wrongReceipt
 // @ts-expect-error an adapter needs every method of the interface
 const halfAdapter: Adapter = { start: async () => {}, close: async () => {} }
 void halfAdapter
