@@ -1,9 +1,35 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import Fastify from 'fastify'
 import { MemoryAdapter, RedisAdapter, type AdapterListener, type EncodedPublish, type PublishReceipt } from '../src/index.js'
 import { startApp } from './helpers/server.js'
 import { TestSocket, writeAtOnce } from './helpers/socket.js'
 import { skipRedis, startRedis } from './helpers/redis.js'
+
+/**
+ * One member publishes to `room`, to `refused` (which its adapter refuses)
+ * and to `room` again, in one TCP write: the replies come in frame order,
+ * each with its own outcome, and a frame after them waits for them.
+ */
+async function repliesInFrameOrder (t: Test, wsUrl: string, room: string, refused: string): Promise<void> {
+  const ada = await TestSocket.open(wsUrl)
+  t.teardown(() => ada.close())
+  await ada.join(room)
+  await ada.join(refused)
+  const replies: Array<Record<string, unknown>> = []
+  const all = ada.next((f) => { if (f.id !== undefined) replies.push(f); return replies.length === 3 }, 'three replies')
+  writeAtOnce(ada.ws, [
+    { type: 'publish', room, id: 1, data: 'a' },
+    { type: 'publish', room: refused, id: 2, data: 'b' },
+    { type: 'publish', room, id: 3, data: 'c' }
+  ])
+  await all
+  t.match(replies, [
+    { type: 'ack', id: 1, room, offset: 1 },
+    { type: 'error', id: 2, room: refused, code: 'INTERNAL' },
+    { type: 'ack', id: 3, room, offset: 2 }
+  ], 'acks and the error in the order of the frames, each with its own outcome')
+  t.equal((await ada.request({ type: 'leave', room })).type, 'left', 'a frame after them is handled once they are answered')
+}
 
 /**
  * A user-written adapter that applies publishes in call order (so it declares
@@ -27,24 +53,7 @@ class ReversingStore extends MemoryAdapter {
 
 t.test('an adapter without publishTo that answers publishes out of order: the replies still go out in frame order', async (t) => {
   const { wsUrl } = await startApp(t, { adapter: new ReversingStore() })
-  const ada = await TestSocket.open(wsUrl)
-  t.teardown(() => ada.close())
-  await ada.join('r')
-  await ada.join('refused')
-  const replies: Array<Record<string, unknown>> = []
-  const all = ada.next((f) => { if (f.id !== undefined) replies.push(f); return replies.length === 3 }, 'three replies')
-  writeAtOnce(ada.ws, [
-    { type: 'publish', room: 'r', id: 1, data: 'a' },
-    { type: 'publish', room: 'refused', id: 2, data: 'b' },
-    { type: 'publish', room: 'r', id: 3, data: 'c' }
-  ])
-  await all
-  t.match(replies, [
-    { type: 'ack', id: 1, room: 'r', offset: 1 },
-    { type: 'error', id: 2, room: 'refused', code: 'INTERNAL' },
-    { type: 'ack', id: 3, room: 'r', offset: 2 }
-  ], 'acks and the error in the order of the frames, each with its own outcome')
-  t.equal((await ada.request({ type: 'leave', room: 'r' })).type, 'left', 'a frame after them is handled once they are answered')
+  await repliesInFrameOrder(t, wsUrl, 'r', 'refused')
 })
 
 t.test('the Redis adapter answers every publish of a call even when one receipt throws, and logs it', { skip: skipRedis }, async (t) => {
@@ -99,22 +108,6 @@ t.test('a subclass of the Redis adapter that overrides publish still sees every 
   const redis = await startRedis(t)
   const adapter = new AuditedRedis({ url: redis.url, keyPrefix: 'audited:', leaseMs: 600_000 })
   const { wsUrl } = await startApp(t, { adapter }, undefined, { logger: false })
-  const ada = await TestSocket.open(wsUrl)
-  t.teardown(() => ada.close())
-  await ada.join('open')
-  await ada.join('closed')
-  const replies: Array<Record<string, unknown>> = []
-  const all = ada.next((f) => { if (f.id !== undefined) replies.push(f); return replies.length === 3 }, 'three replies')
-  writeAtOnce(ada.ws, [
-    { type: 'publish', room: 'open', id: 1, data: 'a' },
-    { type: 'publish', room: 'closed', id: 2, data: 'b' },
-    { type: 'publish', room: 'open', id: 3, data: 'c' }
-  ])
-  await all
-  t.match(replies, [
-    { type: 'ack', id: 1, room: 'open', offset: 1 },
-    { type: 'error', id: 2, room: 'closed', code: 'INTERNAL' },
-    { type: 'ack', id: 3, room: 'open', offset: 2 }
-  ], 'its answers, in frame order')
+  await repliesInFrameOrder(t, wsUrl, 'open', 'closed')
   t.same(adapter.seen, ['"a"', '"b"', '"c"'], 'the override saw each publish')
 })
