@@ -865,7 +865,7 @@ export class RedisAdapter implements Adapter {
     if (this.publish === RedisAdapter.prototype.publish) {
       this.take(room, message, receipt)
     } else {
-      this.publish(room, message).then((offset) => { this.answer(receipt, offset, undefined) }, (err: Error) => { this.answer(receipt, undefined, err) })
+      this.answerWhen(this.publish(room, message), receipt)
     }
   }
 
@@ -874,7 +874,7 @@ export class RedisAdapter implements Adapter {
     if (!this.cmd.ready) {
       this.answer(receipt, undefined, unavailable())
     } else if (message.ephemeral === true) {
-      this.publishEphemeral(room, message).then(() => { this.answer(receipt, undefined, undefined) }, (err: Error) => { this.answer(receipt, undefined, err) })
+      this.answerWhen(this.publishEphemeral(room, message), receipt)
     } else {
       this.enqueue(room, message, receipt)
     }
@@ -1051,6 +1051,11 @@ export class RedisAdapter implements Adapter {
     } catch (thrown) {
       this.config.log.error({ err: thrown, nodeId: this.config.nodeId }, 'fastify-rooms: answering a publish failed')
     }
+  }
+
+  /** Answer a publish once the promise of its outcome settles. */
+  private answerWhen (outcome: Promise<number | undefined>, receipt: PublishReceipt): void {
+    outcome.then((offset) => { this.answer(receipt, offset, undefined) }, (err: Error) => { this.answer(receipt, undefined, err) })
   }
 
   private fail (batch: Batch, err: Error): void {
