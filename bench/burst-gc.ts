@@ -12,10 +12,14 @@
  * promoted to the old generation and kept in the young one, on average.
  * NVP_LOG=file appends the raw `--trace-gc-nvp` lines of the scavenges.
  * TRACE_LOG=file appends the server's other output (e.g. `--trace-deopt`).
+ * KIND `rooms-redis` runs one instance on the Redis adapter, on a
+ * redis-server this harness starts and stops (no other instance: what one
+ * Redis-backed instance costs per delivery, against `rooms`).
  */
 import { appendFileSync, readFileSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 import WebSocket from 'ws'
+import { startRedis } from '../test/helpers/redis.js'
 import { call, node } from './children.js'
 
 const kind = process.argv[2] ?? 'rooms'
@@ -30,7 +34,9 @@ const nvpLog = process.env.NVP_LOG
 /** TRACE_LOG=file: the server's other output lines (e.g. `--trace-deopt`), each marked W (warm-up) or M (measured). */
 const traceLog = process.env.TRACE_LOG
 
-const server = node(['--trace-gc-nvp', ...flags, '--expose-gc', '--import=tsx', 'bench/servers.ts', kind, '', '100'])
+const stops: Array<() => unknown> = []
+const redisUrl = kind === 'rooms-redis' ? (await startRedis({ teardown: (fn) => stops.push(fn) })).url : ''
+const server = node(['--trace-gc-nvp', ...flags, '--expose-gc', '--import=tsx', 'bench/servers.ts', kind, redisUrl, '100'])
 let measuring = false
 const gc = { scavenges: 0, fullGcs: 0, scavengeMs: 0, fullGcMs: 0, promoted: 0, survived: 0 }
 const port = await new Promise<number>((resolve) => {
@@ -148,4 +154,5 @@ console.log(JSON.stringify({
 }))
 for (const c of clients) c.ws.terminate()
 server.kill()
+for (const stop of stops) await stop()
 process.exit(0)
