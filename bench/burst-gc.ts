@@ -14,7 +14,8 @@
  * TRACE_LOG=file appends the server's other output (e.g. `--trace-deopt`).
  * KIND `rooms-redis` runs one instance on the Redis adapter, on a
  * redis-server this harness starts and stops (no other instance: what one
- * Redis-backed instance costs per delivery, against `rooms`).
+ * Redis-backed instance costs per delivery, against `rooms`; Redis's own CPU
+ * is not counted).
  */
 import { appendFileSync, readFileSync } from 'node:fs'
 import { createInterface } from 'node:readline'
@@ -35,7 +36,13 @@ const nvpLog = process.env.NVP_LOG
 const traceLog = process.env.TRACE_LOG
 
 const stops: Array<() => unknown> = []
-const redisUrl = kind === 'rooms-redis' ? (await startRedis({ teardown: (fn) => stops.push(fn) })).url : ''
+const redis = kind === 'rooms-redis' ? await startRedis({ teardown: (fn) => stops.push(fn) }) : undefined
+// However the harness ends (a failed call rejects at the top level), its redis-server must not outlive it.
+process.on('exit', () => {
+  const pid = redis?.pid()
+  if (pid !== undefined) try { process.kill(pid, 'SIGKILL') } catch {}
+})
+const redisUrl = redis?.url ?? ''
 const server = node(['--trace-gc-nvp', ...flags, '--expose-gc', '--import=tsx', 'bench/servers.ts', kind, redisUrl, '100'])
 let measuring = false
 const gc = { scavenges: 0, fullGcs: 0, scavengeMs: 0, fullGcMs: 0, promoted: 0, survived: 0 }
