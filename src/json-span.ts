@@ -109,11 +109,17 @@ function matchValue (text: string, i: number, value: unknown, depth: number): nu
  * the string itself, which then holds nothing the encoder escapes (a quote, a
  * backslash, a control character) but perhaps a lone surrogate, which the
  * caller looks for. With one, the encoder's text is compared in full.
+ * The quote that closes it must be the first after it opens: out of step (a
+ * repeated key: the parse keeps the last value, the walk is at the first),
+ * a later quote at the same distance would make one match span several
+ * tokens, and the walk could end on a `}` with the member count still right.
+ * Kept to one token per match, the walk meets every member of the text, so
+ * the count catches a repeated key.
  */
 function matchString (text: string, i: number, value: string): number {
   if (text.charCodeAt(i) !== QUOTE) return NO
   const close = i + 1 + value.length
-  if (nextBackslash(text, i + 1) >= close) return text.charCodeAt(close) === QUOTE ? close + 1 : NO
+  if (nextBackslash(text, i + 1) >= close) return text.charCodeAt(close) === QUOTE && text.indexOf('"', i + 1) === close ? close + 1 : NO
   const encoded = JSON.stringify(value)
   return text.startsWith(encoded, i) ? i + encoded.length : NO
 }

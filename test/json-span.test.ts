@@ -34,6 +34,10 @@ const cases: Array<[string, string | undefined]> = [
   ['{"data":1,"data":1}', undefined],
   ['{"data":1,"x":{},"data":{"a":1}}', undefined],
   ['{"a":0,"data":1,"a":0}', undefined],
+  // A repeated key puts the text out of step with the parse: a later string of the parsed length
+  // must not be matched across several tokens (it would end on a later quote and span them).
+  ['{"type":"publish","room":"r","data":"A","data":{"k":"v"},"data":"BBBBBBBBBBBBBBBBB"}', undefined],
+  ['{"type":"publish","room":"mine","data":"A","room":"victim","p":"q","p":"","data":{"k":"v"},"room":"mine","data":"SSSSSSSSSSSSSSSSS","p":"TTTTTTTTTTTTTTTTTTTTTTTT"}', undefined],
   // An escaped key may be "data".
   ['{"d\\u0061ta":5}', undefined],
   ['{"\\u0064ata":5,"data":6}', undefined],

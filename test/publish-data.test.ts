@@ -73,6 +73,11 @@ eachAdapter(t, 'data goes out as encoding its parsed value writes it, however th
   ])
   // "data" twice in the frame: the parse keeps the last, and so does the delivery.
   frames.push('{"type":"publish","room":"r","data":"first","id":"twice","data":{"last":true}}')
+  // Repeated keys that put the frame's text out of step with its parse, with lengths chosen so that a
+  // string match could span several tokens: what goes out is still the parsed data (and the parsed room),
+  // never the text between (invalid JSON in the first, a spoofed "room" in the second).
+  frames.push('{"type":"publish","id":"dup1","room":"r","data":"A","data":{"k":"v"},"data":"BBBBBBBBBBBBBBBBB"}')
+  frames.push('{"type":"publish","id":"dup2","room":"r","data":"A","room":"victim","p":"q","p":"","data":{"k":"v"},"room":"r","data":"SSSSSSSSSSSSSSSSS","p":"TTTTTTTTTTTTTTTTTTTTTTTT"}')
   // "data" spelled with an escape is "data" all the same.
   frames.push('{"type":"publish","room":"r","id":"escaped","d\\u0061ta":[1,2]}')
   for (const [n, frame] of frames.entries()) {
