@@ -238,3 +238,64 @@ t.test('reconnect: false with getToken: a 4001 after open closes with UNAUTHORIZ
   t.same(causes, ['connect', 'refresh'])
   t.equal(upgrades.length, 1)
 })
+
+t.test('after the retry that followed a 4001 fails for another reason (a 503), getToken failing counts as a failed attempt, not a refusal', async (t) => {
+  let upgrade = 0
+  const { wsUrl } = await startTokenApp(t, {}, (app) => {
+    // The second upgrade (the retry with a fresh token) meets a server that is restarting.
+    app.addHook('onRequest', async (request, reply) => {
+      if (request.headers.upgrade?.toLowerCase() === 'websocket' && ++upgrade === 2) await reply.code(503).send('restarting')
+    })
+  })
+  const { getToken, causes } = scripted(
+    () => token(ADA.id, Date.now() + LIFETIME_MS),
+    () => { throw new Error('token service down') },
+    () => token(ADA.id),
+    () => { throw new Error('offline') },
+    () => token(ADA.id)
+  )
+  const client = await connect(wsUrl, { WebSocket, getToken, reconnect: { initialDelayMs: 1, maxDelayMs: 5 } })
+  t.teardown(() => client.close())
+  const room = await client.join('lobby')
+  t.equal(await room.publish('before'), 1)
+  const changes = record(client)
+  const rejoined = new Promise((resolve) => room.on('joined', resolve))
+  // Closed for good instead is the failure this guards against: it must fail here, not wait for a timeout.
+  const outcome = await Promise.race([nextState(client, 'open'), nextState(client, 'closed')])
+  if (outcome.state !== 'open') {
+    t.fail(`closed instead of reconnecting: ${JSON.stringify(client.lastClose)}`)
+    return
+  }
+  t.same(await rejoined, { recovered: true })
+  t.equal(await room.publish('after'), 2)
+  t.match(changes, [
+    { state: 'reconnecting', ...refusal(UNAUTHORIZED_REASONS.expired), attempt: 1, delayMs: 0 },
+    { state: 'reconnecting', code: 1006, attempt: 2 },
+    { state: 'reconnecting', code: 4001, reason: 'getToken failed: offline', byClient: true, attempt: 3 },
+    { state: 'open' }
+  ])
+  t.same(causes, ['connect', 'refresh', 'unauthorized', 'reconnect', 'reconnect'])
+  t.equal(upgrade, 3)
+})
+
+t.test('close() from a state handler on the reconnecting after a 4001: getToken is not asked again, no new socket', async (t) => {
+  const started = await startTokenApp(t)
+  const { getToken, causes } = scripted(
+    () => token(ADA.id, Date.now() + LIFETIME_MS),
+    () => { throw new Error('token service down') },
+    () => token(ADA.id)
+  )
+  const client = await connect(started.wsUrl, { WebSocket, getToken })
+  t.teardown(() => client.close())
+  const changes = record(client)
+  client.on('state', (state) => { if (state === 'reconnecting') client.close() })
+  await nextState(client, 'closed')
+  t.match(changes, [
+    { state: 'reconnecting', ...refusal(UNAUTHORIZED_REASONS.expired), attempt: 1 },
+    { state: 'closed' }
+  ])
+  t.same(causes, ['connect', 'refresh'], 'no getToken for a retry')
+  await probe(started)
+  t.equal(started.upgrades.length, 2, 'the client\'s first upgrade and the probe\'s')
+  t.equal(client.state, 'closed')
+})

@@ -110,3 +110,38 @@ t.test('a first connection that is refused rejects with CONNECT_FAILED and the c
 t.test('a URL the WebSocket implementation refuses rejects with CONNECT_FAILED', async (t) => {
   await t.rejects(connect('not a url', { WebSocket }), { code: 'CONNECT_FAILED', message: /Could not connect to not a url/ })
 })
+
+/** `ws` counting the sockets the client makes: a client that reopened after close() would make one more. */
+function countingWebSocket (): { Impl: typeof WebSocket, made: () => number } {
+  let made = 0
+  class Counting extends WebSocket {
+    constructor (...args: ConstructorParameters<typeof WebSocket>) {
+      super(...args)
+      made++
+    }
+  }
+  return { Impl: Counting, made: () => made }
+}
+
+t.test('close() from a state handler on reconnecting stops the client: no new socket, no open, after reconnect() or a drop', async (t) => {
+  const { wsUrl, app } = await startApp(t)
+  for (const how of ['reconnect()', 'a drop'] as const) {
+    await t.test(how, async (t) => {
+      const { Impl, made } = countingWebSocket()
+      // A retry delay of at most 1 ms: a timer the reopen would use fires before the 1 ms one below.
+      const client = await connect(wsUrl, { WebSocket: Impl, reconnect: { initialDelayMs: 1, maxDelayMs: 1 } })
+      t.teardown(() => client.close())
+      const changes = record(client)
+      client.on('state', (state) => { if (state === 'reconnecting') client.close() })
+      const closed = nextState(client, 'closed')
+      if (how === 'reconnect()') client.reconnect()
+      else for (const socket of app.websocketServer.clients) socket.close(1012, 'Room state was reset: reconnect and rejoin')
+      await closed
+      await new Promise((resolve) => setTimeout(resolve, 1))
+      t.equal(made(), 1, 'no second socket')
+      t.equal(client.state, 'closed')
+      t.same(changes.map((c) => c.state), ['reconnecting', 'closed'])
+      await t.rejects(client.join('r'), { code: 'CLOSED' })
+    })
+  }
+})

@@ -435,6 +435,8 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
    * `getToken`, the token first, so no server slot waits on the app.
    */
   private open (cause: TokenCause): void {
+    // A `state` handler may have called close() while the state was changing to `reconnecting`.
+    if (this.isClosed()) return
     this.welcomeTimer = setTimeout(() => this.onWelcomeTimeout(), this.requestTimeoutMs)
     const getToken = this.getToken
     if (getToken === undefined) {
@@ -773,6 +775,9 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
       this.onUnauthorized(info)
       return
     }
+    // The retry after a 4001 ended another way (a network drop, a 503): the next attempts are ordinary
+    // reconnects, where a failing getToken counts as a failed attempt rather than closing for good.
+    this.authRetry = false
     if (code === DISCONNECTED_CLOSE && !byClient) {
       this.shutdown(info, new RoomsClientError('CLOSED', `The server disconnected this client (${shown}); it does not reconnect.`, undefined, info))
       return
@@ -833,6 +838,8 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     this.attempts++
     const delayMs = Math.random() * ceiling
     this.setState('reconnecting', { ...info, attempt: this.attempts, delayMs })
+    // Closed by a `state` handler: no timer left to hold the process or to reopen.
+    if (this.isClosed()) return
     this.retryTimer = setTimeout(() => this.open('reconnect'), delayMs)
   }
 
@@ -933,6 +940,11 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
   private setState (state: 'reconnecting', info: ReconnectInfo): void {
     this.state = state
     this.emit('state', state, { state, ...info })
+  }
+
+  /** Read through a call: TypeScript would keep `state` narrowed across a handler that closed the client. */
+  private isClosed (): boolean {
+    return this.state === 'closed'
   }
 
   private assertNotClosed (): void {
