@@ -107,3 +107,42 @@ t.test('when the new epoch\'s first messages were dropped by historySize before 
     { room: 'r', epoch: newEpoch, after: 0, before: 2, currentEpoch: newEpoch }
   ])
 })
+
+t.test('a second rejoin before any message of the new epoch names its missing offsets once, not again at the first live message', async (t) => {
+  const gate = { closed: false }
+  const first = await listen(t, 0, gate)
+  const wsUrl = `ws://127.0.0.1:${first.port}/ws`
+  const ada = await connect(wsUrl, { WebSocket, name: 'ada', reconnect: { initialDelayMs: 10, maxDelayMs: 50 } })
+  t.teardown(() => ada.close())
+  const room = await ada.join('r')
+  const delivered: Array<[string, number]> = []
+  const gaps: Gap[] = []
+  room.on('message', (m) => delivered.push([m.epoch, m.offset]))
+  room.on('gap', (gap) => gaps.push(gap))
+  await room.publish('old-1')
+  await ada.ping()
+  const oldEpoch = room.epoch
+
+  // A new epoch that keeps nothing: the rejoin replays no message, so none has started it yet.
+  gate.closed = true
+  await first.app.close()
+  const second = await listen(t, first.port, gate, { historySize: 0 })
+  // Bob keeps the new room (and its offsets) alive while ada is away.
+  const bob = await connect(wsUrl, { WebSocket, name: 'bob' })
+  t.teardown(() => bob.close())
+  await bob.join('r')
+  for (const n of [1, 2, 3]) await second.app.rooms.broadcast('r', n)
+  t.same(await rejoin(ada, 'r', gate), { recovered: false })
+  const newEpoch = room.epoch
+  t.not(newEpoch, oldEpoch)
+  // Again, before any message: same epoch now, and offsets 1 to 3 are not kept.
+  t.same(await rejoin(ada, 'r', gate), { recovered: false })
+  await second.app.rooms.broadcast('r', 4)
+  await ada.ping()
+
+  t.same(delivered, [[oldEpoch, 1], [newEpoch, 4]])
+  t.same(gaps, [
+    { room: 'r', epoch: oldEpoch, after: 1, before: null, currentEpoch: newEpoch },
+    { room: 'r', epoch: newEpoch, after: 0, before: 4, currentEpoch: newEpoch }
+  ], 'offsets 1 to 3 of the new epoch are named once')
+})

@@ -299,11 +299,16 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
       this.offset = 0
       this.epoch = frame.epoch
       this.epochStart = true
-    } else if (frame.recovered !== true) {
-      if (frame.offset > since.offset) {
-        this.emit('gap', { room: this.name, epoch: frame.epoch, after: since.offset, before: frame.offset + 1, currentEpoch: frame.epoch })
+    } else {
+      // Same epoch: this answer settles what was missed (a gap, or the replay that follows), so an
+      // epoch begun by an earlier rejoin with no message since must not name its start again.
+      this.epochStart = false
+      if (frame.recovered !== true) {
+        if (frame.offset > since.offset) {
+          this.emit('gap', { room: this.name, epoch: frame.epoch, after: since.offset, before: frame.offset + 1, currentEpoch: frame.epoch })
+        }
+        this.offset = frame.offset
       }
-      this.offset = frame.offset
     }
     if (change !== undefined && (change.joins.length > 0 || change.leaves.length > 0)) this.emit('presence', change)
     if (since !== undefined && countChanged) this.emit('count', this.count)
