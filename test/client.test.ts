@@ -144,3 +144,33 @@ t.test('reconnect: false closes on a drop; explicit reconnect() rejoins', async 
   ;[...app.websocketServer.clients][0]!.terminate()
   t.equal(await closed, 'closed')
 })
+
+t.test('a full default queue (maxQueue 100) goes out after the rejoin within the server\'s default rate limit: every publish lands, in order', async (t) => {
+  const { wsUrl, app } = await startApp(t)
+  const client = await connect(wsUrl, { WebSocket, reconnect: { initialDelayMs: 10, maxDelayMs: 20 } })
+  t.teardown(() => client.close())
+  const room = await client.join('r')
+  const reconnecting = nextEvent<ConnectionState>((h) => client.on('state', h), (s) => s === 'reconnecting')
+  ;[...app.websocketServer.clients][0]!.terminate()
+  await reconnecting
+  const queued = Array.from({ length: 100 }, (_, i) => room.publish(i))
+  await t.rejects(room.publish('overflow'), { code: 'QUEUE_FULL' }, 'the default bound')
+  t.same(await Promise.all(queued), Array.from({ length: 100 }, (_, i) => i + 1), 'none refused with RATE_LIMITED, in order')
+})
+
+t.test('a queue larger than the server\'s burst (maxQueue raised alone): the excess is refused with RATE_LIMITED, what lands is in order', async (t) => {
+  const { wsUrl, app } = await startApp(t)
+  const client = await connect(wsUrl, { WebSocket, maxQueue: 300, reconnect: { initialDelayMs: 10, maxDelayMs: 20 } })
+  t.teardown(() => client.close())
+  const room = await client.join('r')
+  const reconnecting = nextEvent<ConnectionState>((h) => client.on('state', h), (s) => s === 'reconnecting')
+  ;[...app.websocketServer.clients][0]!.terminate()
+  await reconnecting
+  const outcomes = await Promise.all(Array.from({ length: 300 }, async (_, i) => await room.publish(i).then((offset) => offset, (err: RoomsClientError) => err.code)))
+  const landed = outcomes.filter((o): o is number => typeof o === 'number')
+  const refused = outcomes.filter((o) => typeof o === 'string')
+  t.ok(refused.length > 0, 'some are refused')
+  t.same([...new Set(refused)], ['RATE_LIMITED'], 'refused for the rate, not dropped by a close')
+  t.same(landed, landed.map((_, i) => i + 1), 'what landed has consecutive offsets, in the order published')
+  t.equal(client.state, 'open')
+})

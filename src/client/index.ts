@@ -64,7 +64,12 @@ export interface ClientOptions {
   requestTimeoutMs?: number
   /** @deprecated Use `requestTimeoutMs`; used only when that is not given. */
   ackTimeoutMs?: number
-  /** Publishes held while disconnected (default 1000); past it they reject with `QUEUE_FULL`. */
+  /**
+   * Publishes held while disconnected (default 100); past it they reject with
+   * `QUEUE_FULL`. They go out at once after the rejoins, so the rejoins and
+   * this many must fit the server's `frameBurst` (200 by default), or the
+   * server refuses the excess with `RATE_LIMITED`.
+   */
   maxQueue?: number
   /** Aborting it closes the client, as `close()` does; `connect()` then rejects with `CLOSED`. */
   signal?: AbortSignal
@@ -247,7 +252,9 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     this.reconnectOptions = options.reconnect === false
       ? false
       : { ...DEFAULT_BACKOFF, maxAttempts: Infinity, ...options.reconnect }
-    this.maxQueue = options.maxQueue ?? 1000
+    // The queue is flushed in one go after the rejoins: the default leaves room for them in the
+    // server's default burst of 200 frames (a larger queue met RATE_LIMITED, then a 1008 close).
+    this.maxQueue = options.maxQueue ?? 100
     this.ready = new Promise((resolve, reject) => { this.settleReady = { resolve, reject } })
     const signal = options.signal
     if (signal !== undefined) {
