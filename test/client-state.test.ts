@@ -1,4 +1,6 @@
-import t from 'tap'
+import { once } from 'node:events'
+import { connect as connectTcp, createServer, type Socket } from 'node:net'
+import t, { type Test } from 'tap'
 import WebSocket from 'ws'
 import { connect, type CloseInfo, type RoomsClient, type StateChange, type WebSocketConstructor } from '../src/client/index.js'
 import { startApp } from './helpers/server.js'
@@ -144,4 +146,73 @@ t.test('close() from a state handler on reconnecting stops the client: no new so
       await t.rejects(client.join('r'), { code: 'CLOSED' })
     })
   }
+})
+
+t.test('a stalled process does not drop a healthy quiet connection: the client judges by its unanswered ping, after reading what waits', async (t) => {
+  // heartbeatMs 50: the client pings after 50 ms of quiet and checks every 25 ms.
+  const { wsUrl } = await startApp(t, { heartbeatMs: 50 })
+  const client = await connect(wsUrl, { WebSocket, reconnect: { initialDelayMs: 1, maxDelayMs: 1 } })
+  t.teardown(() => client.close())
+  await client.join('quiet')
+  const changes = record(client)
+  const id = client.connectionId
+  // Created after the client's watchdog with its period, so each stall follows a tick in the same turn:
+  // 150 ms (three heartbeats by the clock) pass with the server's answer to the ping unread, as after a
+  // long GC pause, or as between the ticks of a hidden browser tab's throttled timers.
+  let stalls = 0
+  let stall: ReturnType<typeof setInterval> | undefined
+  const stalled = new Promise<void>((resolve) => {
+    stall = setInterval(() => {
+      const until = Date.now() + 150
+      while (Date.now() < until) { /* busy */ }
+      if (++stalls === 6) resolve()
+    }, 25)
+  })
+  t.teardown(() => clearInterval(stall))
+  await stalled
+  clearInterval(stall)
+  // A round trip after the stalls: a verdict taken during them has had its turn by now.
+  await client.ping()
+  t.same(changes, [], 'no reconnect')
+  t.equal(client.connectionId, id, 'the same connection')
+})
+
+/**
+ * A TCP proxy to `target` that can freeze: then nothing passes either way and
+ * neither side is told, as when a link dies without a reset.
+ */
+async function freezableProxy (t: Test, target: number): Promise<{ port: number, freeze: () => void }> {
+  const pairs: Array<[Socket, Socket]> = []
+  const server = createServer((inbound) => {
+    const outbound = connectTcp(target, '127.0.0.1')
+    inbound.pipe(outbound)
+    outbound.pipe(inbound)
+    for (const socket of [inbound, outbound]) socket.on('error', () => {})
+    pairs.push([inbound, outbound])
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  t.teardown(async () => {
+    for (const pair of pairs) for (const socket of pair) socket.destroy()
+    await new Promise((resolve) => server.close(resolve))
+  })
+  const freeze = (): void => {
+    for (const [inbound, outbound] of pairs) {
+      inbound.unpipe(outbound)
+      outbound.unpipe(inbound)
+      inbound.pause()
+      outbound.pause()
+    }
+  }
+  return { port: (server.address() as { port: number }).port, freeze }
+}
+
+t.test('a link that dies without a word is left: the unanswered ping ends in reconnecting with "No traffic from the server"', async (t) => {
+  const { app } = await startApp(t, { heartbeatMs: 50 })
+  const proxy = await freezableProxy(t, (app.server.address() as { port: number }).port)
+  const client = await connect(`ws://127.0.0.1:${proxy.port}/ws`, { WebSocket, reconnect: { initialDelayMs: 1, maxDelayMs: 1 } })
+  t.teardown(() => client.close())
+  const reconnecting = nextState(client, 'reconnecting')
+  proxy.freeze()
+  t.match(await reconnecting, { state: 'reconnecting', code: 1006, reason: 'No traffic from the server', byClient: true })
 })

@@ -217,6 +217,8 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
   /** Set after a 4001: this attempt is the one retry with a fresh token. Cleared by `welcome`. */
   private authRetry = false
   private lastSeen = 0
+  /** When the watchdog's ping went out, while nothing has come since (0: none waiting). */
+  private pingSentAt = 0
   private readonly ready: Promise<void>
   private settleReady: { resolve: () => void, reject: (e: RoomsClientError) => void } | undefined
   private unlisten: (() => void) | undefined
@@ -874,16 +876,27 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     this.onSocketClosed(undefined, 1006, reason, true)
   }
 
-  /** Notice a dead link the browser cannot see (no TCP reset): ping when quiet, reconnect when silent. */
+  /**
+   * Notice a dead link the browser cannot see (no TCP reset): ping after a
+   * heartbeat of quiet, and give up on the socket once that ping has gone a
+   * heartbeat with nothing back. Judged by the ping, not by the time between
+   * ticks: a hidden tab's throttled timers can tick a minute apart on a
+   * healthy link, and a quiet room sends nothing unasked.
+   */
   private startWatchdog (): void {
     clearInterval(this.watchdog)
     this.lastSeen = Date.now()
+    this.pingSentAt = 0
+    const socket = this.socket
+    const silent = (): boolean => this.socket === socket && this.pingSentAt !== 0 && this.lastSeen < this.pingSentAt && Date.now() - this.pingSentAt > this.heartbeatMs
     this.watchdog = setInterval(() => {
-      const quiet = Date.now() - this.lastSeen
-      if (quiet > this.heartbeatMs * 2) {
-        this.abandonSocket('No traffic from the server')
-      } else if (quiet > this.heartbeatMs && this.socket?.readyState === OPEN) {
+      if (this.lastSeen >= this.pingSentAt) this.pingSentAt = 0
+      if (silent()) {
+        // A timer can run before the socket's waiting data is read (after a stall): judge again once it is.
+        afterIo(() => { if (silent()) this.abandonSocket('No traffic from the server') })
+      } else if (this.pingSentAt === 0 && Date.now() - this.lastSeen > this.heartbeatMs && this.socket?.readyState === OPEN) {
         this.socket.send('{"type":"ping"}')
+        this.pingSentAt = Date.now()
       }
     }, Math.max(this.heartbeatMs / 2, 10))
   }
@@ -958,6 +971,14 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     if (this.state === 'closed') throw new RoomsClientError('CLOSED', 'The client is closed: create a new one.', undefined, this.lastClose)
   }
 }
+
+/**
+ * Run `fn` after the data already waiting on sockets has been read: Node's
+ * setImmediate runs after the event loop's poll for I/O (a timer of 0 ms due
+ * by then would run before it). A browser has no setImmediate: a 0 ms timer
+ * is the nearest it has, a task of its own after the current one.
+ */
+const afterIo: (fn: () => void) => void = typeof setImmediate === 'function' ? (fn) => { setImmediate(fn) } : (fn) => { setTimeout(fn, 0) }
 
 /** Shorthand for `RoomsClient.connect`. */
 export async function connect<TData = unknown> (url: string, options?: ClientOptions): Promise<RoomsClient<TData>> {
