@@ -76,8 +76,8 @@ t.test('after the server lost its history, the new epoch is delivered from offse
   t.equal(room.offset, 2)
 })
 
-// The server replays the new epoch from its first retained offset; the SDK names what historySize dropped before it.
-t.test('when the new epoch\'s first messages were dropped by historySize before the rejoin, a second gap names them', async (t) => {
+/** Ada in room "r" of a first server, with one message of its first epoch delivered; what she gets is recorded. */
+async function adaWithOneMessage (t: Test): Promise<{ gate: { closed: boolean }, first: { app: FastifyInstance, port: number }, wsUrl: string, ada: RoomsClient, delivered: Array<[string, number]>, gaps: Gap[], oldEpoch: string }> {
   const gate = { closed: false }
   const first = await listen(t, 0, gate)
   const wsUrl = `ws://127.0.0.1:${first.port}/ws`
@@ -90,7 +90,12 @@ t.test('when the new epoch\'s first messages were dropped by historySize before 
   room.on('gap', (gap) => gaps.push(gap))
   await room.publish('old-1')
   await ada.ping()
-  const oldEpoch = room.epoch
+  return { gate, first, wsUrl, ada, delivered, gaps, oldEpoch: room.epoch }
+}
+
+// The server replays the new epoch from its first retained offset; the SDK names what historySize dropped before it.
+t.test('when the new epoch\'s first messages were dropped by historySize before the rejoin, a second gap names them', async (t) => {
+  const { gate, first, ada, delivered, gaps, oldEpoch } = await adaWithOneMessage(t)
 
   gate.closed = true
   await first.app.close()
@@ -109,19 +114,7 @@ t.test('when the new epoch\'s first messages were dropped by historySize before 
 })
 
 t.test('a second rejoin before any message of the new epoch names its missing offsets once, not again at the first live message', async (t) => {
-  const gate = { closed: false }
-  const first = await listen(t, 0, gate)
-  const wsUrl = `ws://127.0.0.1:${first.port}/ws`
-  const ada = await connect(wsUrl, { WebSocket, name: 'ada', reconnect: { initialDelayMs: 10, maxDelayMs: 50 } })
-  t.teardown(() => ada.close())
-  const room = await ada.join('r')
-  const delivered: Array<[string, number]> = []
-  const gaps: Gap[] = []
-  room.on('message', (m) => delivered.push([m.epoch, m.offset]))
-  room.on('gap', (gap) => gaps.push(gap))
-  await room.publish('old-1')
-  await ada.ping()
-  const oldEpoch = room.epoch
+  const { gate, first, wsUrl, ada, delivered, gaps, oldEpoch } = await adaWithOneMessage(t)
 
   // A new epoch that keeps nothing: the rejoin replays no message, so none has started it yet.
   gate.closed = true
@@ -133,7 +126,7 @@ t.test('a second rejoin before any message of the new epoch names its missing of
   await bob.join('r')
   for (const n of [1, 2, 3]) await second.app.rooms.broadcast('r', n)
   t.same(await rejoin(ada, 'r', gate), { recovered: false })
-  const newEpoch = room.epoch
+  const newEpoch = ada.room('r')!.epoch
   t.not(newEpoch, oldEpoch)
   // Again, before any message: same epoch now, and offsets 1 to 3 are not kept.
   t.same(await rejoin(ada, 'r', gate), { recovered: false })

@@ -1,6 +1,6 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import WebSocket from 'ws'
-import { connect, RoomsClient, RoomsClientError, type RoomMessage, type ConnectionState } from '../src/client/index.js'
+import { connect, RoomsClient, RoomsClientError, type ClientOptions, type ConnectionState, type Room, type RoomMessage } from '../src/client/index.js'
 import { startApp } from './helpers/server.js'
 import { nextEvent } from './helpers/client.js'
 
@@ -107,14 +107,20 @@ t.test('the client reconnects after the socket is destroyed, rejoins, and resume
   t.same(offsets, [1, 2, 3, 4], 'every message once, in order, across the reconnect')
 })
 
-t.test('publishes while disconnected are queued, bounded, and sent after the rejoin', async (t) => {
+/** A client in room "r" whose connection the server just dropped: it is reconnecting (10-20 ms backoff). */
+async function disconnectedInRoomR (t: Test, options: ClientOptions = {}): Promise<{ client: RoomsClient, room: Room }> {
   const { wsUrl, app } = await startApp(t)
-  const client = await connect(wsUrl, { WebSocket, maxQueue: 2, reconnect: { initialDelayMs: 10, maxDelayMs: 20 } })
+  const client = await connect(wsUrl, { WebSocket, ...options, reconnect: { initialDelayMs: 10, maxDelayMs: 20 } })
   t.teardown(() => client.close())
   const room = await client.join('r')
   const reconnecting = nextEvent<ConnectionState>((h) => client.on('state', h), (s) => s === 'reconnecting')
   ;[...app.websocketServer.clients][0]!.terminate()
   await reconnecting
+  return { client, room }
+}
+
+t.test('publishes while disconnected are queued, bounded, and sent after the rejoin', async (t) => {
+  const { room } = await disconnectedInRoomR(t, { maxQueue: 2 })
   const first = room.publish('queued-1')
   const second = room.publish('queued-2')
   await t.rejects(room.publish('overflow'), { code: 'QUEUE_FULL' })
@@ -146,26 +152,14 @@ t.test('reconnect: false closes on a drop; explicit reconnect() rejoins', async 
 })
 
 t.test('a full default queue (maxQueue 100) goes out after the rejoin within the server\'s default rate limit: every publish lands, in order', async (t) => {
-  const { wsUrl, app } = await startApp(t)
-  const client = await connect(wsUrl, { WebSocket, reconnect: { initialDelayMs: 10, maxDelayMs: 20 } })
-  t.teardown(() => client.close())
-  const room = await client.join('r')
-  const reconnecting = nextEvent<ConnectionState>((h) => client.on('state', h), (s) => s === 'reconnecting')
-  ;[...app.websocketServer.clients][0]!.terminate()
-  await reconnecting
+  const { room } = await disconnectedInRoomR(t)
   const queued = Array.from({ length: 100 }, (_, i) => room.publish(i))
   await t.rejects(room.publish('overflow'), { code: 'QUEUE_FULL' }, 'the default bound')
   t.same(await Promise.all(queued), Array.from({ length: 100 }, (_, i) => i + 1), 'none refused with RATE_LIMITED, in order')
 })
 
 t.test('a queue larger than the server\'s burst (maxQueue raised alone): the excess is refused with RATE_LIMITED, what lands is in order', async (t) => {
-  const { wsUrl, app } = await startApp(t)
-  const client = await connect(wsUrl, { WebSocket, maxQueue: 300, reconnect: { initialDelayMs: 10, maxDelayMs: 20 } })
-  t.teardown(() => client.close())
-  const room = await client.join('r')
-  const reconnecting = nextEvent<ConnectionState>((h) => client.on('state', h), (s) => s === 'reconnecting')
-  ;[...app.websocketServer.clients][0]!.terminate()
-  await reconnecting
+  const { client, room } = await disconnectedInRoomR(t, { maxQueue: 300 })
   const outcomes = await Promise.all(Array.from({ length: 300 }, async (_, i) => await room.publish(i).then((offset) => offset, (err: RoomsClientError) => err.code)))
   const landed = outcomes.filter((o): o is number => typeof o === 'number')
   const refused = outcomes.filter((o) => typeof o === 'string')
