@@ -2,9 +2,9 @@
  * Tell whether a member of a parsed JSON object is written in the object's
  * text exactly as `JSON.stringify` writes its value, so that the text itself
  * may be used where the value would be encoded again. The text is walked in
- * step with the parsed value: a string without escapes is checked in O(1)
- * (its length and the next backslash), so the walk costs little more than
- * its numbers.
+ * step with the parsed value: a string without escapes is checked by its
+ * length, the next backslash and its first closing quote (one indexOf), so
+ * the walk costs little more than its numbers.
  */
 
 /** Character codes both JSON readers (this one and publish-scan.ts) look for. */

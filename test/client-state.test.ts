@@ -214,5 +214,32 @@ t.test('a link that dies without a word is left: the unanswered ping ends in rec
   t.teardown(() => client.close())
   const reconnecting = nextState(client, 'reconnecting')
   proxy.freeze()
-  t.match(await reconnecting, { state: 'reconnecting', code: 1006, reason: 'No traffic from the server', byClient: true })
+  // A guard, not a wait: if the watchdog never fires, fail after 100 heartbeats rather than hang.
+  let guard: ReturnType<typeof setTimeout> | undefined
+  const never = new Promise<never>((_resolve, reject) => { guard = setTimeout(() => reject(new Error('not left within 5 s')), 5000) })
+  t.teardown(() => clearTimeout(guard))
+  t.match(await Promise.race([reconnecting, never]), { state: 'reconnecting', code: 1006, reason: 'No traffic from the server', byClient: true })
+})
+
+t.test('reconnect() from a state handler on reconnecting: one new socket, no ghost connection left on the server', async (t) => {
+  const { wsUrl, app } = await startApp(t)
+  const { Impl, made } = countingWebSocket()
+  const client = await connect(wsUrl, { WebSocket: Impl, reconnect: { initialDelayMs: 1, maxDelayMs: 1 } })
+  t.teardown(() => client.close())
+  let again = true
+  client.on('state', (state) => {
+    if (state === 'reconnecting' && again) {
+      again = false
+      client.reconnect()
+    }
+  })
+  const open = nextState(client, 'open')
+  for (const socket of app.websocketServer.clients) socket.close(1012, 'Room state was reset: reconnect and rejoin')
+  await open
+  // Past the retry delay: a timer of the interrupted attempt would have opened its socket by now.
+  await new Promise((resolve) => setTimeout(resolve, 1))
+  await client.ping()
+  t.equal(made(), 2, 'the first socket and one more')
+  t.equal(app.rooms.connections, 1, 'no orphaned socket on the server')
+  t.equal(client.state, 'open')
 })

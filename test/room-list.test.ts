@@ -102,9 +102,14 @@ eachAdapter(t, 'updates are coalesced: one frame per interval at most, the lates
   t.same(expected.rooms.map((r) => r.count), [5, 5, 5])
   t.ok(counts.length < 60, `${counts.length} frames for 90 changes`)
   const slack = 5 + stalls.max / 1e6
-  for (let i = 1; i < times.length; i++) {
-    const gap = (times[i] as number) - (times[i - 1] as number)
-    t.ok(gap >= interval - slack, `frames ${i - 1} and ${i} are an interval apart (${gap} ms; reads late by up to ${Math.round(slack)} ms)`)
+  // A stall as long as the interval would make the bound say nothing: then the gaps are not judged.
+  if (slack >= interval) {
+    t.comment(`the gaps are not judged: the process stalled for ${Math.round(slack)} ms`)
+  } else {
+    for (let i = 1; i < times.length; i++) {
+      const gap = (times[i] as number) - (times[i - 1] as number)
+      t.ok(gap >= interval - slack, `frames ${i - 1} and ${i} are an interval apart (${gap} ms; reads late by up to ${Math.round(slack)} ms)`)
+    }
   }
   for (const frame of counts) {
     const names = frame.rooms.map((r: { name: string }) => r.name)

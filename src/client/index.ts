@@ -219,6 +219,8 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
   private lastSeen = 0
   /** When the watchdog's ping went out, while nothing has come since (0: none waiting). */
   private pingSentAt = 0
+  /** Counts entries into `reconnecting`: tells a caller whether a handler began another one. */
+  private stateChanges = 0
   private readonly ready: Promise<void>
   private settleReady: { resolve: () => void, reject: (e: RoomsClientError) => void } | undefined
   private unlisten: (() => void) | undefined
@@ -351,8 +353,7 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     this.dropSocket(true)
     const info = { code: 1000, reason: 'reconnect() was called', byClient: true }
     this.lastClose = info
-    this.setState('reconnecting', { ...info, attempt: 0, delayMs: 0 })
-    this.open('reconnect')
+    if (this.setState('reconnecting', { ...info, attempt: 0, delayMs: 0 })) this.open('reconnect')
   }
 
   /** Close for good: no reconnect; pending calls and queued publishes reject with `CLOSED`. */
@@ -444,8 +445,8 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
    * `getToken`, the token first, so no server slot waits on the app.
    */
   private open (cause: TokenCause): void {
-    // A `state` handler may have called close() while the state was changing to `reconnecting`.
     if (this.isClosed()) return
+    clearTimeout(this.welcomeTimer)
     this.welcomeTimer = setTimeout(() => this.onWelcomeTimeout(), this.requestTimeoutMs)
     const getToken = this.getToken
     if (getToken === undefined) {
@@ -484,7 +485,8 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
   }
 
   private onFrame (raw: unknown): void {
-    this.lastSeen = Date.now()
+    this.lastSeen = performance.now()
+    this.pingSentAt = 0
     for (const room of this.holding) if (room.release()) this.holding.delete(room)
     let frame: ServerFrame
     try {
@@ -812,7 +814,7 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
       return
     }
     this.authRetry = true
-    if (!connecting) this.setState('reconnecting', { ...info, attempt: ++this.attempts, delayMs: 0 })
+    if (!connecting && !this.setState('reconnecting', { ...info, attempt: ++this.attempts, delayMs: 0 })) return
     this.open('unauthorized')
   }
 
@@ -846,9 +848,8 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     const ceiling = Math.min(options.maxDelayMs, options.initialDelayMs * 2 ** this.attempts)
     this.attempts++
     const delayMs = Math.random() * ceiling
-    this.setState('reconnecting', { ...info, attempt: this.attempts, delayMs })
-    // Closed by a `state` handler: no timer left to hold the process or to reopen.
-    if (this.isClosed()) return
+    // A `state` handler that closed the client or reconnected it has the last word: no timer of ours.
+    if (!this.setState('reconnecting', { ...info, attempt: this.attempts, delayMs })) return
     this.retryTimer = setTimeout(() => this.open('reconnect'), delayMs)
   }
 
@@ -885,18 +886,19 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
    */
   private startWatchdog (): void {
     clearInterval(this.watchdog)
-    this.lastSeen = Date.now()
+    this.lastSeen = performance.now()
     this.pingSentAt = 0
     const socket = this.socket
-    const silent = (): boolean => this.socket === socket && this.pingSentAt !== 0 && this.lastSeen < this.pingSentAt && Date.now() - this.pingSentAt > this.heartbeatMs
+    // Any frame answers the ping (onFrame clears it). A monotonic clock: a wall clock set back would never see it due.
+    const silent = (): boolean => this.socket === socket && this.pingSentAt !== 0 && performance.now() - this.pingSentAt > this.heartbeatMs
     this.watchdog = setInterval(() => {
-      if (this.lastSeen >= this.pingSentAt) this.pingSentAt = 0
       if (silent()) {
         // A timer can run before the socket's waiting data is read (after a stall): judge again once it is.
         afterIo(() => { if (silent()) this.abandonSocket('No traffic from the server') })
-      } else if (this.pingSentAt === 0 && Date.now() - this.lastSeen > this.heartbeatMs && this.socket?.readyState === OPEN) {
-        this.socket.send('{"type":"ping"}')
-        this.pingSentAt = Date.now()
+      } else if (this.pingSentAt === 0 && performance.now() - this.lastSeen > this.heartbeatMs) {
+        // The clock starts whatever the socket's state: one stuck closing is left as a silent one is.
+        this.pingSentAt = performance.now()
+        if (this.socket?.readyState === OPEN) this.socket.send('{"type":"ping"}')
       }
     }, Math.max(this.heartbeatMs / 2, 10))
   }
@@ -957,9 +959,16 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     }
   }
 
-  private setState (state: 'reconnecting', info: ReconnectInfo): void {
+  /**
+   * Enter `reconnecting` and tell the app. False when a `state` handler
+   * closed the client or began another attempt (`reconnect()`) meanwhile:
+   * then the caller must not open a socket or set a timer of its own.
+   */
+  private setState (state: 'reconnecting', info: ReconnectInfo): boolean {
+    const change = ++this.stateChanges
     this.state = state
     this.emit('state', state, { state, ...info })
+    return this.stateChanges === change && !this.isClosed()
   }
 
   /** Read through a call: TypeScript would keep `state` narrowed across a handler that closed the client. */
