@@ -132,7 +132,7 @@ t.test('an ack that never comes rejects with TIMEOUT', async (t) => {
   const { wsUrl } = await startApp(t, {
     onPublish: async () => await new Promise<undefined>(() => {})
   })
-  const client = await connect(wsUrl, { WebSocket, requestTimeoutMs: 50 })
+  const client = await connect(wsUrl, { WebSocket, requestTimeoutMs: 1000 })
   t.teardown(() => client.close())
   const room = await client.join('r')
   const err = await room.publish('never acked').catch((e: RoomsClientError) => e)
