@@ -8,6 +8,11 @@ import { promisify, stripVTControlCharacters } from 'node:util'
 import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
 
+// Type-checking every example with tsc is CPU-bound: about 100 s of this file on a quiet 2-core
+// machine, and past .taprc's 180 s when other work shares the cores (a Node 24 run, 2026-11-27).
+// A budget for work, not a wait on an event: the file's own waits keep their guards.
+t.setTimeout(600_000)
+
 /**
  * Every ```ts block of plugin.md and README.md named `NAME` is written out,
  * type-checked against the built package (imported by its published name) and
