@@ -214,7 +214,7 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
   private refreshTimer: ReturnType<typeof setTimeout> | undefined
   /** The connection attempt waiting for `getToken`; replaced or cleared when that attempt is given up. */
   private tokenWait: object | undefined
-  /** Set after a 4001: this attempt is the one retry with a fresh token. Cleared by `welcome`. */
+  /** Set after a 4001: this attempt is the one retry with a fresh token. Cleared by `welcome`, or by a close other than 4001. */
   private authRetry = false
   private lastSeen = 0
   /** When the watchdog's ping went out, while nothing has come since (0: none waiting). */
