@@ -445,7 +445,6 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
    * `getToken`, the token first, so no server slot waits on the app.
    */
   private open (cause: TokenCause): void {
-    if (this.isClosed()) return
     clearTimeout(this.welcomeTimer)
     this.welcomeTimer = setTimeout(() => this.onWelcomeTimeout(), this.requestTimeoutMs)
     const getToken = this.getToken
