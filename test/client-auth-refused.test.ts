@@ -3,6 +3,7 @@ import WebSocket from 'ws'
 import { UNAUTHORIZED_REASONS } from '../src/index.js'
 import { connect, type RoomsClient, type WebSocketConstructor } from '../src/client/index.js'
 import { ADA, BOB, nextState, record, scripted, startTokenApp, token, type TokenApp } from './fixtures/token-auth.js'
+import { gate } from './helpers/client.js'
 import { TestSocket } from './helpers/socket.js'
 
 /** Long enough for a join before it expires, short enough to wait for. */
@@ -240,13 +241,8 @@ t.test('reconnect: false with getToken: a 4001 after open closes with UNAUTHORIZ
 })
 
 t.test('after the retry that followed a 4001 fails for another reason (a 503), getToken failing counts as a failed attempt, not a refusal', async (t) => {
-  let upgrade = 0
-  const { wsUrl } = await startTokenApp(t, {}, (app) => {
-    // The second upgrade (the retry with a fresh token) meets a server that is restarting.
-    app.addHook('onRequest', async (request, reply) => {
-      if (request.headers.upgrade?.toLowerCase() === 'websocket' && ++upgrade === 2) await reply.code(503).send('restarting')
-    })
-  })
+  const g = gate()
+  const { wsUrl, upgrades } = await startTokenApp(t, {}, g.setup)
   const { getToken, causes } = scripted(
     () => token(ADA.id, Date.now() + LIFETIME_MS),
     () => { throw new Error('token service down') },
@@ -258,6 +254,10 @@ t.test('after the retry that followed a 4001 fails for another reason (a 503), g
   t.teardown(() => client.close())
   const room = await client.join('lobby')
   t.equal(await room.publish('before'), 1)
+  // The retry with a fresh token after the 4001 at expiry meets a server that is restarting (503);
+  // the gate opens once the client has reported that failure.
+  g.closed = true
+  client.on('state', (_state, change) => { if (change.state === 'reconnecting' && change.code === 1006) g.closed = false })
   const changes = record(client)
   const rejoined = new Promise((resolve) => room.on('joined', resolve))
   // Closed for good instead is the failure this guards against: it must fail here, not wait for a timeout.
@@ -275,7 +275,7 @@ t.test('after the retry that followed a 4001 fails for another reason (a 503), g
     { state: 'open' }
   ])
   t.same(causes, ['connect', 'refresh', 'unauthorized', 'reconnect', 'reconnect'])
-  t.equal(upgrade, 3)
+  t.equal(upgrades.length, 3)
 })
 
 t.test('close() from a state handler on the reconnecting after a 4001: getToken is not asked again, no new socket', async (t) => {

@@ -3,7 +3,7 @@ import WebSocket from 'ws'
 import { connect, RoomsClient, RoomsClientError, type ClientOptions, type ConnectionState, type Room, type RoomMessage } from '../src/client/index.js'
 import type { RoomsOptions } from '../src/index.js'
 import { startApp } from './helpers/server.js'
-import { nextEvent } from './helpers/client.js'
+import { dropConnection, nextEvent } from './helpers/client.js'
 
 const names = (members: Array<{ name: string }>): string[] => members.map((m) => m.name).sort()
 
@@ -114,9 +114,7 @@ async function disconnectedInRoomR (t: Test, options: ClientOptions = {}, server
   const client = await connect(wsUrl, { WebSocket, ...options, reconnect: { initialDelayMs: 10, maxDelayMs: 20 } })
   t.teardown(() => client.close())
   const room = await client.join('r')
-  const reconnecting = nextEvent<ConnectionState>((h) => client.on('state', h), (s) => s === 'reconnecting')
-  ;[...app.websocketServer.clients][0]!.terminate()
-  await reconnecting
+  await dropConnection(app, client)
   return { client, room }
 }
 
