@@ -104,6 +104,13 @@ function bearer (request: FastifyRequest): string | undefined {
 
 function checkUser (user: unknown, what: string): Member {
   if (!memberValidator.Check(user)) throw new Error(`fastify-rooms: ${what} an object with a non-empty string id and a string name.`)
+  // Every frame that carries the user is JSON: a BigInt, a cycle or a throwing
+  // toJSON must fail here, as the app's error, not later in a frame's encoding.
+  try {
+    JSON.stringify(user)
+  } catch (err) {
+    throw new Error(`fastify-rooms: ${what} an object JSON.stringify can encode (${(err as Error).message}).`)
+  }
   return user
 }
 

@@ -31,6 +31,8 @@ export function upgradeGuard (options: ResolvedOptions, credentials: Credentials
   // Cookies ride along on a cross-site WebSocket upgrade (no CORS for WebSockets):
   // with cookie auth and no allow-list, only pages of the server's own origin may connect.
   const sameOriginOnly = allowed === undefined && options.authenticate !== undefined
+  /** Upgrades whose credentials the app is still checking. */
+  let checking = 0
 
   async function hook (request: FastifyRequest): Promise<void> {
     if (state.closing) throw new errorCodes.SHUTTING_DOWN()
@@ -41,19 +43,29 @@ export function upgradeGuard (options: ResolvedOptions, credentials: Credentials
     if (sameOriginOnly && origin !== undefined && !isSameOrigin(origin, request.host)) {
       throw new errorCodes.ORIGIN_NOT_ALLOWED(origin)
     }
-    if (state.connections() >= options.maxConnections) throw new errorCodes.TOO_MANY_CONNECTIONS(options.maxConnections)
+    if (state.connections() + checking >= options.maxConnections) throw new errorCodes.TOO_MANY_CONNECTIONS(options.maxConnections)
     if (!credentials.required) {
       const user = anonymous(request, resume)
       identities.set(request, { user, resume: resume.sign(user) })
       return
     }
     let identity: Identity | null
+    // Counted while the app checks the credentials, which may take a while:
+    // upgrades that arrive meanwhile must not all pass the limit above. An
+    // accepted upgrade is counted as open in the turn this hook ends in.
+    checking++
     try {
       identity = await credentials.identify(request)
     } catch (err) {
       if (isRoomsError(err)) throw new errorCodes.UNAUTHORIZED(httpMessages.upgradeUnauthorized)
-      throw err
+      // The app's bug (a malformed user): its details go to the log, not to the client.
+      request.log.error({ err }, 'fastify-rooms: checking the credentials of an upgrade failed')
+      throw new errorCodes.INTERNAL()
+    } finally {
+      checking--
     }
+    // app.close() may have begun meanwhile, and passed over the open connections already.
+    if (state.closing) throw new errorCodes.SHUTTING_DOWN()
     if (identity !== null) identities.set(request, identity)
     else if (!credentials.tokens) throw new errorCodes.UNAUTHORIZED(httpMessages.upgradeUnauthorized)
   }

@@ -129,4 +129,6 @@ t.test('without any auth option REST stays open to all', async (t) => {
 t.test('authenticate returning a malformed user over REST is a 500, not a way in', async (t) => {
   const { url } = await startApp(t, { authenticate: () => ({ name: 'no id' }) as never })
   t.equal((await request(`${url}/rooms`)).status, 500)
+  const encodable = await startApp(t, { authenticate: () => ({ id: 'u-big', name: 'big', rowId: 10n }) })
+  t.equal((await request(`${encodable.url}/rooms`)).status, 500, 'so is a user JSON cannot encode, as on the socket')
 })

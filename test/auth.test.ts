@@ -164,15 +164,46 @@ t.test('an auth frame on a server that identifies at the upgrade is INVALID_FRAM
 t.test('verifyToken resolving with something malformed is INTERNAL and close 1011; the details go to the log', async (t) => {
   const logged: Array<Record<string, any>> = []
   const stream = { write: (line: string) => { logged.push(JSON.parse(line)) } }
-  const results: unknown[] = [{ user: { name: 'no id' } }, { user: ADA, expiresAt: 'soon' }, null]
-  const { wsUrl } = await startApp(t, { verifyToken: () => results.shift() as never }, undefined, { logger: { level: 'error', stream } })
-  for (let i = 0; i < 3; i++) {
+  // The last: a user JSON cannot encode (an ORM row's BigInt column), which once crashed the process at the welcome.
+  const results: unknown[] = [{ user: { name: 'no id' } }, { user: ADA, expiresAt: 'soon' }, null, { user: { ...ADA, rowId: 10n } }]
+  const { wsUrl, app } = await startApp(t, { verifyToken: () => results.shift() as never }, undefined, { logger: { level: 'error', stream } })
+  for (let i = 0; i < 4; i++) {
     const s = await TestSocket.connect(wsUrl)
     s.send({ type: 'auth', token: TOKEN, id: i })
     t.same(await s.closed, { code: 1011, reason: 'Server error while checking credentials' })
     t.match(s.frames, [{ type: 'error', code: 'INTERNAL', id: i }])
   }
-  t.match(logged.map((l) => l.err?.message), [/verifyToken must resolve with a user/, /expiresAt as epoch milliseconds/, /verifyToken must resolve with \{ user/])
+  t.match(logged.map((l) => l.err?.message), [/verifyToken must resolve with a user/, /expiresAt as epoch milliseconds/, /verifyToken must resolve with \{ user/, /JSON\.stringify can encode \(.*BigInt/])
+  await until(() => app.rooms.connections === 0, 'every refused connection is gone')
+})
+
+t.test('upgrades whose credentials are being checked count against maxConnections: a slow authenticate cannot let a crowd in', async (t) => {
+  let calls = 0
+  let release = (): void => {}
+  const released = new Promise<void>((resolve) => { release = resolve })
+  const { wsUrl, app } = await startApp(t, {
+    maxConnections: 2,
+    authenticate: async () => {
+      const n = ++calls
+      // A third check would mean a third upgrade got past the limit: let them all through, and the test sees it accepted.
+      if (n === 3) release()
+      await released
+      return { id: `u-${n}`, name: `user ${n}` }
+    }
+  })
+  const first = [TestSocket.open(wsUrl), TestSocket.open(wsUrl)]
+  await until(() => calls === 2, 'both upgrades are being checked')
+  const refused = await TestSocket.refused(wsUrl)
+  t.same(refused.status, 503)
+  t.equal(refused.body.code, 'TOO_MANY_CONNECTIONS')
+  release()
+  const sockets = await Promise.all(first)
+  t.teardown(() => Promise.all(sockets.map(async (s) => await s.close())))
+  t.same(sockets.map((s) => s.welcome.user.id).sort(), ['u-1', 'u-2'])
+  t.equal(calls, 2, 'the refused upgrade was never checked')
+  t.equal(app.rooms.connections, 2)
+  const late = await TestSocket.refused(wsUrl)
+  t.equal(late.status, 503, 'and the two open ones still count')
 })
 
 t.test('connections waiting to authenticate count against maxConnections', async (t) => {

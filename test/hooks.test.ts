@@ -26,7 +26,11 @@ t.test('authenticate: its user is the identity; nothing or a throw is 401 before
 
 t.test('authenticate returning a malformed user is a server error, not a connection', async (t) => {
   const { wsUrl } = await startApp(t, { authenticate: () => ({ name: 'no id' }) as never })
-  t.equal((await TestSocket.refused(wsUrl)).status, 500)
+  t.same(await TestSocket.refused(wsUrl), { status: 500, body: { statusCode: 500, code: 'INTERNAL', error: 'Internal Server Error', message: 'The server failed to handle this request; it has been logged. Try again later.' } }, 'the details stay in the log')
+  const encodable = await startApp(t, { authenticate: () => ({ id: 'u-big', name: 'big', rowId: 10n }) })
+  const refused = await TestSocket.refused(encodable.wsUrl)
+  t.equal(refused.status, 500, 'so is a user JSON cannot encode: refused before the upgrade, not a socket that dies')
+  t.match(refused.body, { statusCode: 500, code: 'INTERNAL' })
 })
 
 t.test('anonymous names: 1-32 printable characters, else 400', async (t) => {
