@@ -176,6 +176,9 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     pipelinePublishes: adapter.orderedPublishes === true && options.onPublish === undefined
   }
   const state = { closing: false, connections: () => open.size }
+  // Where the socket and REST routes are served, under the prefix of the context that registered the plugin: for the pages and the shutdown answer.
+  const wsPath = app.prefix + options.path
+  const restPrefix = app.prefix + options.prefix
   let sequence = 0
 
   // Connections a round found silent, until their verdict: a round that runs before it leaves them alone.
@@ -205,7 +208,7 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
   const shuttingDown = `HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(SHUTTING_DOWN_BODY)}\r\n\r\n${SHUTTING_DOWN_BODY}`
   const refuseUpgrade = (request: IncomingMessage, socket: Duplex): void => {
     if (!state.closing) return
-    if (pathOf(request.url) === options.path) socket.end(shuttingDown)
+    if (pathOf(request.url) === wsPath) socket.end(shuttingDown)
     else setImmediate(() => socket.end())
   }
   // Added before @fastify/websocket's own preClose, so clients get 1001 rather than a bare close.
@@ -266,7 +269,7 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
   if (options.rest) await app.register(routes, { prefix: options.prefix, registry, access: restAccess(options, credentials), membersPageSize: options.membersPageSize, publish: options.restPublish === undefined ? undefined : { guard: options.restPublish, serverPublish: async (room, data) => await serverPublish(room, data) as number, bodyLimit: options.maxFrameBytes } })
   if (metrics !== undefined) await metrics.serve(app, { connections: () => open.size, registry }, restAccess(options, credentials))
   if (options.demo !== false) {
-    await app.register(page, { prefix: options.demo === true ? '/' : options.demo, path: options.path, restPrefix: options.rest ? options.prefix : false })
+    await app.register(page, { prefix: options.demo === true ? '/' : options.demo, path: wsPath, restPrefix: options.rest ? restPrefix : false })
   }
   if (options.admin !== undefined && counters !== undefined) {
     await app.register(admin, {
@@ -277,8 +280,8 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
       counters,
       connections: () => open.size,
       localCounts: () => registry.localCounts(),
-      wsPath: options.path,
-      restPrefix: options.prefix
+      wsPath,
+      restPrefix
     })
   }
 

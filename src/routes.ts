@@ -222,7 +222,9 @@ export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { regist
 function tooLongForRouter (app: FastifyInstance, maxParamLength: number, withPublish: boolean): void {
   const handler = async (request: FastifyRequest<{ Params: { '*': string } }>, reply: FastifyReply): Promise<void> => {
     const [room, rest, ...more] = request.params['*'].split('/')
-    if (more.length > 0 || (rest !== undefined && rest !== 'messages') || room === undefined || room === '') return await reply.callNotFound()
+    // Only paths a `:room` route serves: GET /:room and /:room/messages, POST /:room/messages.
+    const served = rest === 'messages' || (rest === undefined && request.method !== 'POST')
+    if (more.length > 0 || !served || room === undefined || room === '') return await reply.callNotFound()
     if (!isRoomName(room)) throw new errorCodes.INVALID_ROOM(invalidRoomMessage(room))
     throw new errorCodes.ROOM_NAME_TOO_LONG(room.length, maxParamLength)
   }

@@ -46,6 +46,15 @@ t.test('REST: a valid name longer than the router\'s maxParamLength says how to 
   t.match(await response.json(), { statusCode: 414, code: 'ROOM_NAME_TOO_LONG', message: /maxParamLength/ })
 })
 
+t.test('REST: past maxParamLength, a path no route serves stays a 404 (POST /rooms/:room has no route)', async (t) => {
+  const { url } = await startApp(t, { restPublish: async () => {} }, undefined, { routerOptions: { maxParamLength: 100 } })
+  const post = { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"data":1}' }
+  t.equal((await fetch(`${url}/rooms/${'b'.repeat(120)}/messages`, post)).status, 414, 'the route exists: the name is too long for it')
+  const response = await fetch(`${url}/rooms/${'b'.repeat(120)}`, post)
+  t.equal(response.status, 404)
+  t.match(await response.json(), { statusCode: 404 })
+})
+
 /** A user-written adapter (through the public interface) whose store fails with internal detail in its error. */
 class LeakyStore extends MemoryAdapter {
   override async room (...args: Parameters<MemoryAdapter['room']>): ReturnType<MemoryAdapter['room']> {

@@ -1,4 +1,4 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import Fastify, { type FastifyInstance } from 'fastify'
 import WebSocket from 'ws'
 import rooms from '../src/index.js'
@@ -35,11 +35,13 @@ t.test('app.close(): every client gets 1001, every member is removed, no handle 
 })
 
 /** An app this test file closes itself (no teardown close), and its socket URL. */
-async function listening (closeTimeoutMs: number): Promise<{ app: FastifyInstance, url: string }> {
+/** An app with the plugin, registered inside a context with Fastify's `prefix` when one is given. */
+async function listening (closeTimeoutMs: number, prefix = ''): Promise<{ app: FastifyInstance, url: string }> {
   const app = Fastify()
-  await app.register(rooms, { closeTimeoutMs })
+  if (prefix === '') await app.register(rooms, { closeTimeoutMs })
+  else await app.register(async (context) => { await context.register(rooms, { closeTimeoutMs }) }, { prefix })
   await app.listen({ port: 0, host: '127.0.0.1' })
-  return { app, url: `ws://127.0.0.1:${(app.server.address() as { port: number }).port}/ws` }
+  return { app, url: `ws://127.0.0.1:${(app.server.address() as { port: number }).port}${prefix}/ws` }
 }
 
 t.test('close finishes within closeTimeoutMs even when a client never answers the close', async (t) => {
@@ -54,19 +56,63 @@ t.test('close finishes within closeTimeoutMs even when a client never answers th
   stuck.ws.terminate()
 })
 
-t.test('upgrades during shutdown get 503 SHUTTING_DOWN in Fastify\'s error shape', async (t) => {
-  const { app, url } = await listening(5_000)
-  // The holder never answers the close, so shutdown waits for it; the watcher
-  // sees its 1001, which says shutdown has begun.
-  const holder = await TestSocket.open(url)
-  const watcher = await TestSocket.open(url)
-  holder.stopReading()
-  const closing = app.close()
-  t.equal((await watcher.closed).code, 1001)
-  const refused = await TestSocket.refused(url)
-  t.same(refused, { status: 503, body: { statusCode: 503, code: 'SHUTTING_DOWN', error: 'Service Unavailable', message: 'The server is shutting down; reconnect to another instance.' } })
-  const other = await TestSocket.refused(url.replace('/ws', '/elsewhere')).catch((err: Error) => err.message)
-  t.not(other, 'upgrade was accepted', 'an upgrade to another path is not accepted either')
-  holder.ws.terminate()
-  await closing
+for (const prefix of ['', '/chat']) {
+  t.test(`upgrades during shutdown get 503 SHUTTING_DOWN in Fastify's error shape${prefix === '' ? '' : ', also under a Fastify prefix'}`, async (t) => {
+    const { app, url } = await listening(5_000, prefix)
+    // The holder never answers the close, so shutdown waits for it; the watcher
+    // sees its 1001, which says shutdown has begun.
+    const holder = await TestSocket.open(url)
+    const watcher = await TestSocket.open(url)
+    holder.stopReading()
+    const closing = app.close()
+    t.equal((await watcher.closed).code, 1001)
+    const refused = await TestSocket.refused(url)
+    t.same(refused, { status: 503, body: { statusCode: 503, code: 'SHUTTING_DOWN', error: 'Service Unavailable', message: 'The server is shutting down; reconnect to another instance.' } })
+    const other = await TestSocket.refused(url.replace('/ws', '/elsewhere')).catch((err: Error) => err.message)
+    t.not(other, 'upgrade was accepted', 'an upgrade to another path is not accepted either')
+    holder.ws.terminate()
+    await closing
+  })
+}
+
+t.test('an upgrade whose credentials are still being checked when app.close() begins gets 503 SHUTTING_DOWN, never a connection', async (t) => {
+  const SHUTTING_DOWN = { statusCode: 503, code: 'SHUTTING_DOWN', error: 'Service Unavailable', message: 'The server is shutting down; reconnect to another instance.' }
+  /** An app whose `authenticate` holds one upgrade until shutdown has begun. */
+  async function checking (t: Test, withHolder: boolean): Promise<void> {
+    let release = (): void => {}
+    const released = new Promise<void>((resolve) => { release = resolve })
+    let entered = (): void => {}
+    const checked = new Promise<void>((resolve) => { entered = resolve })
+    const app = Fastify()
+    await app.register(rooms, {
+      closeTimeoutMs: 5_000,
+      authenticate: async (request) => {
+        if (request.headers['x-hold'] === undefined) return { id: 'u-holder', name: 'holder' }
+        entered()
+        await released
+        return { id: 'u-late', name: 'late' }
+      }
+    })
+    // Registered after the plugin's: runs once the plugin's own shutdown has begun (and, with no connection open, ended).
+    app.addHook('preClose', async () => { release() })
+    await app.listen({ port: 0, host: '127.0.0.1' })
+    const url = `ws://127.0.0.1:${(app.server.address() as { port: number }).port}/ws`
+    // The holder never answers the close, so the plugin's preClose waits for
+    // it; the watcher's 1001 then says shutdown has begun.
+    const [holder, watcher] = withHolder ? [await TestSocket.open(url), await TestSocket.open(url)] : []
+    holder?.stopReading()
+    const refused = TestSocket.refused(url, { headers: { 'x-hold': '1' } })
+    await checked
+    const closing = app.close()
+    if (watcher !== undefined) {
+      t.equal((await watcher.closed).code, 1001)
+      release()
+    }
+    t.same(await refused, { status: 503, body: SHUTTING_DOWN })
+    t.equal(app.rooms.connections, withHolder ? 1 : 0, 'the late upgrade never became a connection')
+    holder?.ws.terminate()
+    await closing
+  }
+  t.test('with no connection open', async (t) => { await checking(t, false) })
+  t.test('while another client holds the shutdown', async (t) => { await checking(t, true) })
 })
