@@ -51,6 +51,7 @@ const ALIVE = 1
 const BUSY = 2
 const CLOSED = 4
 const DISCONNECTED = 8
+const REFRESHING = 16
 const noop = (): void => {}
 /** The longest wait setTimeout holds (2^31-1 ms, about 24.8 days); longer ones fire at once. */
 const MAX_TIMER_MS = 2 ** 31 - 1
@@ -113,7 +114,7 @@ export class Connection implements Peer {
   /** The wait for the `auth` frame until `welcome`, the credentials' expiry after it. */
   private timer: NodeJS.Timeout | undefined
   private readonly openedAt = clock()
-  /** `ALIVE`, `BUSY`, `CLOSED` and `DISCONNECTED`: one small integer rather than a field each. */
+  /** `ALIVE`, `BUSY`, `CLOSED`, `DISCONNECTED` and `REFRESHING`: one small integer rather than a field each. */
   private flags = ALIVE
   /** What `bytesRead` counted at the last heartbeat round. */
   private readAtRound = 0
@@ -239,11 +240,14 @@ export class Connection implements Peer {
     const { credentials } = this.ctx
     if (!credentials.tokens) throw tokensNotEnabled()
     let identity: Identity
+    this.flags |= REFRESHING
     try {
       identity = await credentials.verify(frame.token, this.request as FastifyRequest)
     } catch (err) {
       this.authFailed(err, frame.id)
       return
+    } finally {
+      this.flags &= ~REFRESHING
     }
     const current = this.fullUser as Member
     if (this.auth !== 'done' || this.closed) return
@@ -265,8 +269,10 @@ export class Connection implements Peer {
     this.timer = undefined
     if (expiresAt === undefined) return
     this.timer = setTimeout(() => {
-      if (Date.now() >= expiresAt) this.refuse(unauthorized('expired'))
-      else this.watchExpiry(expiresAt)
+      // A refresh sent in time is judged on its token, not on when verifyToken
+      // answers (within authTimeoutMs): its verdict closes or extends.
+      if (Date.now() < expiresAt) this.watchExpiry(expiresAt)
+      else if ((this.flags & REFRESHING) === 0) this.refuse(unauthorized('expired'))
     }, Math.max(0, Math.min(expiresAt - Date.now(), MAX_TIMER_MS)))
   }
 

@@ -15,9 +15,18 @@ function verifyToken (token: string): TokenIdentity {
 }
 const token = (id: string, expiresAt?: number): string => `${id}:${expiresAt ?? '-'}`
 
-/** Wait, by the server's heartbeat pings (events, not sleeps), until the clock passes `time`. */
+/** A check the test holds: `began` once it started, answered once `release` is called. */
+function deferred (): { began: Promise<void>, checking: () => void, released: Promise<void>, release: () => void } {
+  let checking = (): void => {}
+  let release = (): void => {}
+  const began = new Promise<void>((resolve) => { checking = resolve })
+  const released = new Promise<void>((resolve) => { release = resolve })
+  return { began, checking, released, release }
+}
+
+/** Wait, by the server's heartbeat pings (events, not sleeps), until the clock passes `time` or the socket closes. */
 async function pingsUntil (s: TestSocket, time: number): Promise<void> {
-  while (Date.now() <= time) await once(s.ws, 'ping')
+  while (Date.now() <= time && s.closedWith === undefined) await Promise.race([once(s.ws, 'ping'), s.closed])
 }
 
 t.test('at expiresAt without a refresh: UNAUTHORIZED and close 4001 "token expired", not before', async (t) => {
@@ -64,6 +73,43 @@ t.test('a refresh without expiresAt lifts the expiry', async (t) => {
   await pingsUntil(s, expiresAt + 50)
   await s.sync()
   t.equal(s.closedWith, undefined, 'still open past the old expiry')
+})
+
+t.test('a refresh sent before expiresAt and still being checked at expiresAt is judged on its token, not cut as expired', async (t) => {
+  /** One slow check at a time: `checking` says it began, `release` lets it answer. */
+  let slow = deferred()
+  const slowly = async (given: string): Promise<TokenIdentity> => {
+    if (!given.startsWith('slow/')) return verifyToken(given)
+    slow.checking()
+    await slow.released
+    return verifyToken(given.slice(5))
+  }
+  const { wsUrl } = await startApp(t, { verifyToken: slowly, heartbeatMs: 50 })
+  const s = await TestSocket.connect(wsUrl)
+  t.teardown(() => s.close())
+  const expiresAt = Date.now() + 1000
+  await s.authenticate(token(ADA.id, expiresAt))
+  const refreshed = s.request({ type: 'auth', token: `slow/${token(ADA.id)}` })
+  await slow.began
+  await pingsUntil(s, expiresAt + 50)
+  t.equal(s.closedWith, undefined, 'still open past expiresAt while its refresh is being checked')
+  slow.release()
+  t.same(await refreshed, { type: 'authenticated', id: 1 })
+  await pingsUntil(s, Date.now() + 100)
+  await s.sync()
+  t.equal(s.closedWith, undefined, 'the refreshed token does not expire')
+
+  // One that fails is then refused as any bad refresh.
+  slow = deferred()
+  const other = await TestSocket.connect(wsUrl)
+  const otherExpiry = Date.now() + 1000
+  await other.authenticate(token(ADA.id, otherExpiry))
+  other.send({ type: 'auth', token: 'slow/not a token' })
+  await slow.began
+  await pingsUntil(other, otherExpiry + 50)
+  t.equal(other.closedWith, undefined, 'still open past expiresAt while its refresh is being checked')
+  slow.release()
+  t.same(await other.closed, { code: 4001, reason: UNAUTHORIZED_REASONS.badToken })
 })
 
 t.test('an expiresAt beyond what setTimeout can hold does not close the connection at once', async (t) => {
