@@ -639,7 +639,8 @@ export class Connection implements Peer {
 
   private async join (frame: JoinFrame): Promise<void> {
     const { registry, options } = this.ctx
-    if (options.onJoin !== undefined && !registry.isMember(this, frame.room)) {
+    // A repeat of an answered join is not asked again; one racing app.rooms.join is (that join may yet fail).
+    if (options.onJoin !== undefined && !registry.isJoined(this, frame.room)) {
       const verdict = await options.onJoin({ connectionId: this.id, user: this.fullUser as Member, room: frame.room, request: this.request as FastifyRequest })
       if (verdict === false) throw forbidden(`You may not join room "${frame.room}".`)
     }

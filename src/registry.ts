@@ -192,6 +192,8 @@ export class Registry implements AdapterListener {
   private readonly adapter: Adapter
   private readonly options: RegistryOptions
   private readonly removals = new Set<Promise<void>>()
+  /** Joins under way, by the membership they make; each settles (never rejects) when its join does. */
+  private readonly joins = new Map<Membership, Promise<void>>()
   private readonly batches = new Map<string, Batch>()
   private flushTimer: NodeJS.Timeout | undefined
   private flushScheduled = false
@@ -230,6 +232,12 @@ export class Registry implements AdapterListener {
     return this.peers.get(peer.id)?.get(room) !== undefined
   }
 
+  /** True when the connection got its `joined` for the room: a join of it again is a repeat. */
+  isJoined (peer: Peer, room: string): boolean {
+    const membership = this.peers.get(peer.id)?.get(room)
+    return membership !== undefined && live(membership)
+  }
+
   /**
    * The room's name as its membership holds it, when the peer is a member: a
    * string of its own, where the name read from a frame may be a slice that
@@ -250,7 +258,16 @@ export class Registry implements AdapterListener {
     if (entry === undefined) return
     const existing = entry.get(room)
     if (existing !== undefined) {
+      const joining = this.joins.get(existing)
+      if (joining !== undefined) {
+        // The other join (app.rooms.join, or the client's while the app joins it) is still under way:
+        // answer once it is settled, from what it left, never with its half-made state.
+        await joining
+        await this.join(peer, room, request)
+        return
+      }
       const info = await this.adapter.room(room, { limit: this.options.membersPageSize })
+      if (this.peers.get(peer.id)?.get(room) !== existing) throw removedWhileJoining(room)
       // A diff still under way would otherwise reach this member after the newer state below.
       this.catchUp(existing)
       const joined: JoinedFrame = { type: 'joined', room, count: info?.count ?? 1, members: info?.members ?? [peer.user], membersNext: info?.membersNext ?? null, offset: existing.lastOffset, epoch: info?.epoch ?? '' }
@@ -265,6 +282,19 @@ export class Registry implements AdapterListener {
     const membership: Membership = { peer, room: local.name, lastOffset: 0, presenceSeq: 0, pending: [] }
     entry.add(membership)
     local.members.set(peer.id, membership)
+    const joining = this.enter(membership, request)
+    // Settled (never rejected) for whoever waits on it: a repeated join, app.rooms.join, shutdown.
+    this.joins.set(membership, joining.then(noop, noop))
+    try {
+      await joining
+    } finally {
+      this.joins.delete(membership)
+    }
+  }
+
+  /** The store's half of a join, and the replay; the membership goes live at the end. */
+  private async enter (membership: Membership, request: JoinRequest): Promise<void> {
+    const { peer, room } = membership
     let result: JoinResult | undefined
     let replay: Replay
     try {
@@ -274,15 +304,15 @@ export class Registry implements AdapterListener {
       this.forget(membership)
       // Joined in the store but the replay failed (the store went away in
       // between): undo the join there too, or the member would stay for good.
-      if (result !== undefined) await this.trackLeave(room, peer)
+      if (result !== undefined) await this.undoJoin(membership)
       throw err
     }
     if (this.peers.get(peer.id)?.get(room) !== membership) {
       // The connection closed, or the server removed it from the room, while
       // the adapter was answering: undo the join. A removed connection still
       // gets its one reply (it was told `left` already).
-      await this.trackLeave(room, peer)
-      if (this.peers.has(peer.id)) throw new RoomsError('NOT_IN_ROOM', `You were removed from room "${room}" while joining it.`, room)
+      await this.undoJoin(membership)
+      if (this.peers.has(peer.id)) throw removedWhileJoining(room)
       return
     }
     const joined: JoinedFrame = { type: 'joined', room, count: result.count, members: result.members, membersNext: result.membersNext, offset: result.offset, epoch: result.epoch }
@@ -329,8 +359,29 @@ export class Registry implements AdapterListener {
   async joinLocal (connectionId: string, room: string): Promise<boolean | undefined> {
     const entry = this.peers.get(connectionId)
     if (entry === undefined) return undefined
-    if (entry.get(room) === undefined) await this.join(entry.peer, room, {})
-    return this.peers.get(connectionId)?.get(room) !== undefined
+    const existing = entry.get(room)
+    try {
+      if (existing === undefined) await this.join(entry.peer, room, {})
+      // The connection's own join is under way: in the room is what that join ends in.
+      else await this.joins.get(existing)
+    } catch (err) {
+      // Removed from the room (or closed) while joining: not in it, which is the answer, not an error.
+      if (!(err instanceof RoomsError && err.code === 'NOT_IN_ROOM')) throw err
+    }
+    const now = this.peers.get(connectionId)?.get(room)
+    return now !== undefined && live(now)
+  }
+
+  /**
+   * Take back a join from the store, unless a newer membership of the same
+   * connection holds the room now (a leave and a join again while the store
+   * answered): the store knows a connection in a room once, and that one is
+   * the newer one's.
+   */
+  private async undoJoin (membership: Membership): Promise<void> {
+    const { peer, room } = membership
+    if (this.peers.get(peer.id)?.get(room) !== undefined) return
+    await this.trackLeave(room, peer)
   }
 
   /**
@@ -431,7 +482,8 @@ export class Registry implements AdapterListener {
     this.busy.clear()
     this.writing.length = 0
     this.batches.clear()
-    await Promise.all([...this.removals])
+    // A join still under way ends (and undoes itself, its connection being gone) before the adapter closes.
+    while (this.removals.size > 0 || this.joins.size > 0) await Promise.all([...this.removals, ...this.joins.values()])
   }
 
   /**
@@ -861,6 +913,10 @@ function live (membership: Membership): boolean {
   return membership.pending === undefined
 }
 
+function removedWhileJoining (room: string): RoomsError {
+  return new RoomsError('NOT_IN_ROOM', `You were removed from room "${room}" while joining it.`, room)
+}
+
 /** The error for publishing to or leaving a room one is not in. */
 export function notInRoom (room: string): RoomsError {
   return new RoomsError('NOT_IN_ROOM', `You are not in room "${room}": join it first.`, room)
@@ -870,5 +926,8 @@ export function notInRoom (room: string): RoomsError {
 function recovered (since: Position, epoch: string, offset: number, history: HistoryPage | null): boolean {
   if (history === null || history.epoch !== epoch) return false
   const { messages } = history
-  return messages.length === offset - since.offset && messages[0]?.offset === since.offset + 1
+  const missed = offset - since.offset
+  // Offsets only rise, so the first, the last and the count being right mean no hole: a message
+  // delivered but not kept leaves one, and the page then reaches past `offset` to fill its count.
+  return messages.length === missed && messages[0]?.offset === since.offset + 1 && messages[missed - 1]?.offset === offset
 }

@@ -223,7 +223,9 @@ export interface Adapter {
   join (room: string, connectionId: string, member: Member): Promise<JoinResult>
   /**
    * Record that a connection left. When it was the user's last connection in
-   * the room, every member is sent `presence leave`.
+   * the room, every member is sent `presence leave`. Called once: the
+   * connection is out of the room on its node whatever this answers, so a
+   * leave the store cannot take now must be kept and done later.
    */
   leave (room: string, connectionId: string, member: Member): Promise<void>
   /**

@@ -1,0 +1,217 @@
+import t from 'tap'
+import { once } from 'node:events'
+import type WebSocket from 'ws'
+import { MemoryAdapter } from '../src/index.js'
+import { startApp } from './helpers/server.js'
+import { TestSocket } from './helpers/socket.js'
+
+type Gated = 'join' | 'room' | 'history'
+
+/**
+ * A memory store whose next call of a method can be held, as a store across a
+ * network holds its answer: `hold` arms it; `entered` says the call came (its
+ * work done, its answer not yet given; a history read is held before it
+ * reads), `release` lets the answer go.
+ */
+class HeldStore extends MemoryAdapter {
+  /** The gated methods called so far, in order, recorded as each call begins. */
+  readonly asked: Gated[] = []
+  private readonly held = new Map<Gated, { reached: () => void, released: Promise<void> }>()
+
+  hold (method: Gated): { entered: Promise<void>, release: () => void } {
+    let reached = (): void => {}
+    let release = (): void => {}
+    const entered = new Promise<void>((resolve) => { reached = resolve })
+    const released = new Promise<void>((resolve) => { release = resolve })
+    this.held.set(method, { reached, released })
+    return { entered, release }
+  }
+
+  private async pass (method: Gated): Promise<void> {
+    const gate = this.held.get(method)
+    if (gate === undefined) return
+    this.held.delete(method)
+    gate.reached()
+    await gate.released
+  }
+
+  override async join (...args: Parameters<MemoryAdapter['join']>): ReturnType<MemoryAdapter['join']> {
+    this.asked.push('join')
+    try {
+      return await super.join(...args)
+    } finally {
+      // A refusal (ROOM_FULL) is held too.
+      await this.pass('join')
+    }
+  }
+
+  override async room (...args: Parameters<MemoryAdapter['room']>): ReturnType<MemoryAdapter['room']> {
+    this.asked.push('room')
+    const result = await super.room(...args)
+    await this.pass('room')
+    return result
+  }
+
+  /** Held before it reads, so what is published meanwhile is in its page. */
+  override async history (...args: Parameters<MemoryAdapter['history']>): ReturnType<MemoryAdapter['history']> {
+    this.asked.push('history')
+    await this.pass('history')
+    return await super.history(...args)
+  }
+
+}
+
+t.test('join, leave and join again by the server API in one turn: the connection is a member in the store too, not a ghost', async (t) => {
+  for (const historySize of [100, 0]) {
+    const { wsUrl, app } = await startApp(t, { historySize })
+    const observer = await TestSocket.open(wsUrl)
+    t.teardown(() => observer.close())
+    await observer.join('r')
+    const c = await TestSocket.open(wsUrl)
+    t.teardown(() => c.close())
+    const id = c.welcome.connectionId
+    const answers = await Promise.allSettled([app.rooms.join(id, 'r'), app.rooms.leave(id, 'r'), app.rooms.join(id, 'r')])
+    t.same(answers.map((a) => a.status === 'fulfilled' ? a.value : a.reason.code), [true, true, true], `historySize ${historySize}: none is an error, and the connection is in the room`)
+    const info = await app.rooms.get('r')
+    t.same(info?.members.map((m) => m.id).sort(), [observer.welcome.user.id, c.welcome.user.id].sort(), 'the store lists it')
+    t.equal(info?.count, 2)
+    const joined = await c.next((f) => f.type === 'joined')
+    t.equal(joined.epoch, info?.epoch, 'in the room\'s one epoch')
+    t.equal((await c.request({ type: 'publish', room: 'r', data: 'hi' })).type, 'ack')
+    await observer.next((f) => f.type === 'message')
+    await observer.sync()
+    // Presence diffs applied in order leave the connection's user present.
+    const present = new Set([observer.welcome.user.id])
+    for (const diff of observer.frames.filter((f) => f.type === 'presence')) {
+      for (const m of diff.leaves) present.delete(m.id)
+      for (const m of diff.joins) present.add(m.id)
+    }
+    t.ok(present.has(c.welcome.user.id), 'the others see it present')
+    await c.close()
+    await observer.next((f) => f.type === 'presence' && f.leaves.some((m: { id: string }) => m.id === c.welcome.user.id))
+    t.equal((await app.rooms.get('r'))?.count, 1, 'and it leaves when it closes')
+  }
+})
+
+t.test('a client join while app.rooms.join is joining the same connection waits for it: one reply, with the room\'s real offset and epoch', async (t) => {
+  const adapter = new HeldStore()
+  const { wsUrl, app } = await startApp(t, { adapter })
+  for (let i = 0; i < 3; i++) await app.rooms.broadcast('r', i)
+  const c = await TestSocket.open(wsUrl)
+  t.teardown(() => c.close())
+  const held = adapter.hold('join')
+  const serverJoin = app.rooms.join(c.welcome.connectionId, 'r')
+  await held.entered
+  // The client's join waits (and the frames behind it), so the test cannot ask the socket for a sync:
+  // it waits until the server read the frame (this listener runs after the plugin's), then lets the
+  // store answer; the order of what comes then says whether anything came early.
+  const [serverSide] = app.websocketServer.clients
+  const read = once(serverSide as WebSocket, 'message')
+  c.send({ type: 'join', room: 'r', id: 9 })
+  await read
+  t.notOk(adapter.asked.includes('room'), 'the repeated join did not look at the room before the join under way ended')
+  held.release()
+  t.equal(await serverJoin, true)
+  await c.next((f) => f.id === 9)
+  await c.sync()
+  const joined = c.frames.filter((f) => f.type === 'joined')
+  t.equal(joined.length, 2, 'one joined for each join')
+  t.match(joined[0], { type: 'joined', room: 'r', offset: 3 }, 'the server join\'s joined first')
+  t.equal(joined[0]?.id, undefined)
+  t.match(joined[1], { type: 'joined', id: 9, room: 'r', offset: 3, epoch: joined[0]?.epoch, count: 1 }, 'then the reply, from the room as it is')
+})
+
+t.test('a client join while app.rooms.join is joining the same connection is still asked of onJoin (that join may yet fail)', async (t) => {
+  const adapter = new HeldStore()
+  const asked: string[] = []
+  const { wsUrl, app } = await startApp(t, { adapter, onJoin: ({ room }) => { asked.push(room); return room !== 'r' } })
+  const c = await TestSocket.open(wsUrl)
+  t.teardown(() => c.close())
+  const held = adapter.hold('join')
+  const serverJoin = app.rooms.join(c.welcome.connectionId, 'r')
+  await held.entered
+  t.match(await c.request({ type: 'join', room: 'r' }), { type: 'error', code: 'FORBIDDEN' })
+  t.same(asked, ['r'])
+  held.release()
+  t.equal(await serverJoin, true, 'the app\'s own join is the app\'s to make')
+})
+
+t.test('app.rooms.join while the client\'s own join is under way answers how that join ended', async (t) => {
+  const adapter = new HeldStore()
+  const { wsUrl, app } = await startApp(t, { adapter, maxMembersPerRoom: 1 })
+  const owner = await TestSocket.open(wsUrl)
+  t.teardown(() => owner.close())
+  const c = await TestSocket.open(wsUrl)
+  t.teardown(() => c.close())
+  // The room is full: the client's join is refused once the store answers, so the app's join is no join.
+  await owner.join('full')
+  const failing = adapter.hold('join')
+  c.send({ type: 'join', room: 'full', id: 1 })
+  await failing.entered
+  const answer = app.rooms.join(c.welcome.connectionId, 'full')
+  failing.release()
+  t.equal(await answer, false, 'not in the room')
+  t.match(await c.next((f) => f.id === 1), { type: 'error', code: 'ROOM_FULL' })
+
+  // A join that succeeds: true once it did.
+  const joining = adapter.hold('join')
+  c.send({ type: 'join', room: 'open', id: 2 })
+  await joining.entered
+  const joined = app.rooms.join(c.welcome.connectionId, 'open')
+  joining.release()
+  t.equal(await joined, true)
+  t.match(await c.next((f) => f.id === 2), { type: 'joined', room: 'open' })
+})
+
+t.test('app.rooms.join of a connection the app removes from the room meanwhile resolves false, not NOT_IN_ROOM', async (t) => {
+  const adapter = new HeldStore()
+  const { wsUrl, app } = await startApp(t, { adapter })
+  const c = await TestSocket.open(wsUrl)
+  t.teardown(() => c.close())
+  const held = adapter.hold('join')
+  const joining = app.rooms.join(c.welcome.connectionId, 'r')
+  await held.entered
+  t.equal(await app.rooms.leave(c.welcome.connectionId, 'r'), true)
+  held.release()
+  t.equal(await joining, false)
+  t.equal(await app.rooms.get('r'), null, 'and not in the store')
+})
+
+t.test('a repeated join answered after the app removed the connection from the room is NOT_IN_ROOM, not joined', async (t) => {
+  const adapter = new HeldStore()
+  const { wsUrl, app } = await startApp(t, { adapter })
+  const c = await TestSocket.open(wsUrl)
+  t.teardown(() => c.close())
+  await c.join('r')
+  const held = adapter.hold('room')
+  c.send({ type: 'join', room: 'r', id: 5 })
+  await held.entered
+  t.equal(await app.rooms.removeFromRoom(c.welcome.connectionId, 'r', 'kicked'), true)
+  held.release()
+  t.match(await c.next((f) => f.type === 'left'), { room: 'r', reason: 'kicked' })
+  t.match(await c.next((f) => f.id === 5), { type: 'error', code: 'NOT_IN_ROOM', room: 'r' })
+  t.match(await c.request({ type: 'publish', room: 'r', data: 1 }), { type: 'error', code: 'NOT_IN_ROOM' }, 'and it is indeed not in it')
+})
+
+t.test('a resume over a history hole is recovered: false, even when a publish lands while the history is read', async (t) => {
+  const adapter = new HeldStore()
+  // Room for the small messages only: the large one is delivered but not kept.
+  const { wsUrl, app } = await startApp(t, { adapter, maxHistoryBytes: 2_000 })
+  const c = await TestSocket.open(wsUrl)
+  t.teardown(() => c.close())
+  const first = await c.join('r')
+  await app.rooms.broadcast('r', 'one')
+  await app.rooms.broadcast('r', 'x'.repeat(3_000))
+  await app.rooms.broadcast('r', 'three')
+  await c.request({ type: 'leave', room: 'r' })
+  const held = adapter.hold('history')
+  c.send({ type: 'join', room: 'r', id: 2, since: { offset: 0, epoch: first.epoch } })
+  await held.entered
+  await app.rooms.broadcast('r', 'four')
+  held.release()
+  const joined = await c.next((f) => f.id === 2)
+  t.match(joined, { type: 'joined', offset: 3, recovered: false })
+  await c.next((f) => f.type === 'message' && f.offset === 4)
+  const after = c.frames.slice(c.frames.indexOf(joined)).filter((f) => f.type === 'message')
+  t.same(after.map((f) => f.offset), [4], 'no replay over the hole, then what came after the join')
+})
