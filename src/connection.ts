@@ -639,7 +639,9 @@ export class Connection implements Peer {
 
   private async join (frame: JoinFrame): Promise<void> {
     const { registry, options } = this.ctx
-    // A repeat of an answered join is not asked again; one racing app.rooms.join is (that join may yet fail).
+    // An app.rooms.join under way decides first: a repeat of an answered join is not asked of onJoin.
+    const underWay = registry.joinUnderWay(this, frame.room)
+    if (underWay !== undefined) await underWay
     if (options.onJoin !== undefined && !registry.isJoined(this, frame.room)) {
       const verdict = await options.onJoin({ connectionId: this.id, user: this.fullUser as Member, room: frame.room, request: this.request as FastifyRequest })
       if (verdict === false) throw forbidden(`You may not join room "${frame.room}".`)

@@ -47,9 +47,11 @@ export class Credentials {
     const { authenticate } = this.options
     if (authenticate !== undefined) {
       let user: unknown
+      const unanswered = unauthorized('unanswered')
       try {
-        user = await authenticate(request)
+        user = await this.bounded(authenticate(request), unanswered)
       } catch (err) {
+        if (err === unanswered) throw err
         request.log.info({ err }, 'fastify-rooms: authenticate refused a request')
         throw unauthorized('badToken')
       }
@@ -64,21 +66,13 @@ export class Credentials {
   async verify (token: string, request: FastifyRequest): Promise<Identity> {
     const verifyToken = this.options.verifyToken as NonNullable<ResolvedOptions['verifyToken']>
     let result: unknown
-    let timer: NodeJS.Timeout | undefined
-    // Bounded, like every call: a verifyToken that never answers must not
-    // hold a refresh, a REST request or an upgrade for ever.
     const unanswered = unauthorized('unanswered')
-    const late = new Promise<never>((_resolve, reject) => {
-      timer = setTimeout(() => reject(unanswered), this.options.authTimeoutMs)
-    })
     try {
-      result = await Promise.race([verifyToken(token, request), late])
+      result = await this.bounded(verifyToken(token, request), unanswered)
     } catch (err) {
       if (err === unanswered) throw err
       // The thrown error is the app's and may quote the token: it is not logged.
       throw unauthorized('badToken')
-    } finally {
-      clearTimeout(timer)
     }
     if (result === null || typeof result !== 'object') throw new Error('fastify-rooms: verifyToken must resolve with { user, expiresAt? } or throw.')
     const { user, expiresAt } = result as { user?: unknown, expiresAt?: unknown }
@@ -91,6 +85,23 @@ export class Credentials {
       identity.expiresAt = Math.ceil(expiresAt)
     }
     return identity
+  }
+
+  /**
+   * An app's check, bounded by `authTimeoutMs` like every call: one that never
+   * answers must not hold a refresh, a REST request or an upgrade (and its
+   * place under `maxConnections`) for ever. Past it, rejects with `late`.
+   */
+  private async bounded<T> (check: T | Promise<T>, late: Error): Promise<T> {
+    let timer: NodeJS.Timeout | undefined
+    const timeout = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(late), this.options.authTimeoutMs)
+    })
+    try {
+      return await Promise.race([check, timeout])
+    } finally {
+      clearTimeout(timer)
+    }
   }
 }
 

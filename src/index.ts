@@ -111,6 +111,11 @@ declare module 'fastify' {
 /** The 503 body of an upgrade refused during shutdown, in Fastify's error shape. */
 const SHUTTING_DOWN_BODY = JSON.stringify({ statusCode: 503, code: 'SHUTTING_DOWN', error: 'Service Unavailable', message: new errorCodes.SHUTTING_DOWN().message })
 
+/** A path under a context's prefix, joined as Fastify joins them: `/chat/` and `/ws` make `/chat/ws`. */
+function underPrefix (prefix: string, path: string): string {
+  return prefix.endsWith('/') && path.startsWith('/') ? prefix + path.slice(1) : prefix + path
+}
+
 function pathOf (url: string | undefined): string {
   const end = url?.indexOf('?') ?? -1
   return end === -1 ? url ?? '' : (url as string).slice(0, end)
@@ -177,8 +182,8 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
   }
   const state = { closing: false, connections: () => open.size }
   // Where the socket and REST routes are served, under the prefix of the context that registered the plugin: for the pages and the shutdown answer.
-  const wsPath = app.prefix + options.path
-  const restPrefix = app.prefix + options.prefix
+  const wsPath = underPrefix(app.prefix, options.path)
+  const restPrefix = underPrefix(app.prefix, options.prefix)
   let sequence = 0
 
   // Connections a round found silent, until their verdict: a round that runs before it leaves them alone.
@@ -254,16 +259,18 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
   app.get(options.path, {
     websocket: true,
     preValidation: guard.hook,
+    preHandler: guard.ready,
     onResponse: async (request) => {
       // Only refusals get here (an accepted upgrade is hijacked): end their socket, see above.
       if (request.headers.upgrade !== undefined) request.raw.socket.end()
     }
   }, (socket, request) => {
+    const identity = guard.takeIdentity(request)
     const connection = new Connection(socket, request, `${nodeId}-${(++sequence).toString(36)}`, ctx)
     releaseUpgrade(socket, onSocketError)
     if (ctx.keepRequest) releaseHead(request)
     open.add(connection)
-    connection.start(guard.takeIdentity(request))
+    connection.start(identity)
   })
 
   if (options.rest) await app.register(routes, { prefix: options.prefix, registry, access: restAccess(options, credentials), membersPageSize: options.membersPageSize, publish: options.restPublish === undefined ? undefined : { guard: options.restPublish, serverPublish: async (room, data) => await serverPublish(room, data) as number, bodyLimit: options.maxFrameBytes } })

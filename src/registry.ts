@@ -192,7 +192,7 @@ export class Registry implements AdapterListener {
   private readonly adapter: Adapter
   private readonly options: RegistryOptions
   private readonly removals = new Set<Promise<void>>()
-  /** Joins under way, by the membership they make; each settles (never rejects) when its join does. */
+  /** Joins under way, by the membership they make. */
   private readonly joins = new Map<Membership, Promise<void>>()
   private readonly batches = new Map<string, Batch>()
   private flushTimer: NodeJS.Timeout | undefined
@@ -238,6 +238,12 @@ export class Registry implements AdapterListener {
     return membership !== undefined && live(membership)
   }
 
+  /** A join of the room by the connection that is under way (`app.rooms.join`): settles, never rejects, when it ends. */
+  joinUnderWay (peer: Peer, room: string): Promise<void> | undefined {
+    const membership = this.peers.get(peer.id)?.get(room)
+    return membership === undefined ? undefined : this.joins.get(membership)?.catch(noop)
+  }
+
   /**
    * The room's name as its membership holds it, when the peer is a member: a
    * string of its own, where the name read from a frame may be a slice that
@@ -262,7 +268,7 @@ export class Registry implements AdapterListener {
       if (joining !== undefined) {
         // The other join (app.rooms.join, or the client's while the app joins it) is still under way:
         // answer once it is settled, from what it left, never with its half-made state.
-        await joining
+        await joining.catch(noop)
         await this.join(peer, room, request)
         return
       }
@@ -282,9 +288,9 @@ export class Registry implements AdapterListener {
     const membership: Membership = { peer, room: local.name, lastOffset: 0, presenceSeq: 0, pending: [] }
     entry.add(membership)
     local.members.set(peer.id, membership)
+    // For whoever waits on it: a repeated join, app.rooms.join, an overtaken join's undo, shutdown.
     const joining = this.enter(membership, request)
-    // Settled (never rejected) for whoever waits on it: a repeated join, app.rooms.join, shutdown.
-    this.joins.set(membership, joining.then(noop, noop))
+    this.joins.set(membership, joining)
     try {
       await joining
     } finally {
@@ -361,9 +367,8 @@ export class Registry implements AdapterListener {
     if (entry === undefined) return undefined
     const existing = entry.get(room)
     try {
-      if (existing === undefined) await this.join(entry.peer, room, {})
-      // The connection's own join is under way: in the room is what that join ends in.
-      else await this.joins.get(existing)
+      // The connection's own join under way: this call ends as that join does.
+      await (existing === undefined ? this.join(entry.peer, room, {}) : this.joins.get(existing))
     } catch (err) {
       // Removed from the room (or closed) while joining: not in it, which is the answer, not an error.
       if (!(err instanceof RoomsError && err.code === 'NOT_IN_ROOM')) throw err
@@ -374,13 +379,17 @@ export class Registry implements AdapterListener {
 
   /**
    * Take back a join from the store, unless a newer membership of the same
-   * connection holds the room now (a leave and a join again while the store
-   * answered): the store knows a connection in a room once, and that one is
-   * the newer one's.
+   * connection holds the room (a leave and a join again while the store
+   * answered): the store knows a connection in a room once, and the record
+   * is the newer one's, once its own join has ended well.
    */
   private async undoJoin (membership: Membership): Promise<void> {
     const { peer, room } = membership
-    if (this.peers.get(peer.id)?.get(room) !== undefined) return
+    const newer = this.peers.get(peer.id)?.get(room)
+    if (newer !== undefined) {
+      await this.joins.get(newer)?.catch(noop)
+      if (this.peers.get(peer.id)?.get(room) !== undefined) return
+    }
     await this.trackLeave(room, peer)
   }
 
@@ -483,7 +492,7 @@ export class Registry implements AdapterListener {
     this.writing.length = 0
     this.batches.clear()
     // A join still under way ends (and undoes itself, its connection being gone) before the adapter closes.
-    while (this.removals.size > 0 || this.joins.size > 0) await Promise.all([...this.removals, ...this.joins.values()])
+    while (this.removals.size > 0 || this.joins.size > 0) await Promise.allSettled([...this.removals, ...this.joins.values()])
   }
 
   /**

@@ -1,4 +1,5 @@
 import { randomFillSync } from 'node:crypto'
+import type { Duplex } from 'node:stream'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { errorCodes, httpMessages, isRoomsError } from './errors.js'
 import type { Credentials, Identity } from './identity.js'
@@ -18,12 +19,14 @@ export interface UpgradeState {
 /**
  * Build the `preValidation` hook of the WebSocket route: everything that can
  * refuse a connection does so here, with an HTTP status, before the upgrade.
- * @returns the hook, and `takeIdentity`, which hands over (once) the identity
- *   it settled for a request: undefined when the connection is to
- *   authenticate in band with a token
+ * @returns the hook, `ready` (see there), and `takeIdentity`, which the route's handler calls: it
+ *   hands over (once) the identity settled for a request (undefined when the
+ *   connection is to authenticate in band with a token), and the upgrade
+ *   stops counting as one on its way, since it is an open connection now
  */
 export function upgradeGuard (options: ResolvedOptions, credentials: Credentials, state: UpgradeState, resume: ResumeTokens): {
   hook: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
+  ready: () => Promise<void>
   takeIdentity: (request: FastifyRequest) => Identity | undefined
 } {
   const identities = new WeakMap<FastifyRequest, Identity>()
@@ -31,8 +34,18 @@ export function upgradeGuard (options: ResolvedOptions, credentials: Credentials
   // Cookies ride along on a cross-site WebSocket upgrade (no CORS for WebSockets):
   // with cookie auth and no allow-list, only pages of the server's own origin may connect.
   const sameOriginOnly = allowed === undefined && options.authenticate !== undefined
-  /** Upgrades whose credentials the app is still checking. */
-  let checking = 0
+  /**
+   * Upgrades that passed the limit below and are not open connections yet,
+   * by TCP socket: their credentials are being checked, or they wait in the
+   * app's own hooks, which may take a while, and upgrades that arrive
+   * meanwhile must not all pass the limit. Each counts until the route's
+   * handler takes it, or its socket is gone (a client that gave up).
+   */
+  const admitted = new Set<Duplex>()
+  function waiting (): number {
+    for (const socket of admitted) if (socket.destroyed) admitted.delete(socket)
+    return admitted.size
+  }
 
   async function hook (request: FastifyRequest): Promise<void> {
     if (state.closing) throw new errorCodes.SHUTTING_DOWN()
@@ -43,17 +56,25 @@ export function upgradeGuard (options: ResolvedOptions, credentials: Credentials
     if (sameOriginOnly && origin !== undefined && !isSameOrigin(origin, request.host)) {
       throw new errorCodes.ORIGIN_NOT_ALLOWED(origin)
     }
-    if (state.connections() + checking >= options.maxConnections) throw new errorCodes.TOO_MANY_CONNECTIONS(options.maxConnections)
+    if (state.connections() + waiting() >= options.maxConnections) throw new errorCodes.TOO_MANY_CONNECTIONS(options.maxConnections)
+    const { socket } = request.raw
+    admitted.add(socket)
+    try {
+      const identity = await identify(request)
+      if (identity !== undefined) identities.set(request, identity)
+    } catch (err) {
+      admitted.delete(socket)
+      throw err
+    }
+  }
+
+  /** The identity an upgrade proves; undefined when it is to authenticate in band. */
+  async function identify (request: FastifyRequest): Promise<Identity | undefined> {
     if (!credentials.required) {
       const user = anonymous(request, resume)
-      identities.set(request, { user, resume: resume.sign(user) })
-      return
+      return { user, resume: resume.sign(user) }
     }
     let identity: Identity | null
-    // Counted while the app checks the credentials, which may take a while:
-    // upgrades that arrive meanwhile must not all pass the limit above. An
-    // accepted upgrade is counted as open in the turn this hook ends in.
-    checking++
     try {
       identity = await credentials.identify(request)
     } catch (err) {
@@ -61,23 +82,29 @@ export function upgradeGuard (options: ResolvedOptions, credentials: Credentials
       // The app's bug (a malformed user): its details go to the log, not to the client.
       request.log.error({ err }, 'fastify-rooms: checking the credentials of an upgrade failed')
       throw new errorCodes.INTERNAL()
-    } finally {
-      checking--
     }
-    // app.close() may have begun meanwhile, and passed over the open connections already.
+    if (identity === null && !credentials.tokens) throw new errorCodes.UNAUTHORIZED(httpMessages.upgradeUnauthorized)
+    return identity ?? undefined
+  }
+
+  /**
+   * The route's own `preHandler`, the last step before the upgrade (after the
+   * app's hooks): `app.close()` may have begun while the credentials were
+   * checked or the app's hooks ran, and passed over the open connections.
+   */
+  async function ready (): Promise<void> {
     if (state.closing) throw new errorCodes.SHUTTING_DOWN()
-    if (identity !== null) identities.set(request, identity)
-    else if (!credentials.tokens) throw new errorCodes.UNAUTHORIZED(httpMessages.upgradeUnauthorized)
   }
 
   function takeIdentity (request: FastifyRequest): Identity | undefined {
+    admitted.delete(request.raw.socket)
     const identity = identities.get(request)
     // A request kept for the hooks lives as long as its connection: its entry must not.
     identities.delete(request)
     return identity
   }
 
-  return { hook, takeIdentity }
+  return { hook, ready, takeIdentity }
 }
 
 /**

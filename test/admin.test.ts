@@ -62,18 +62,21 @@ t.test('admin.path moves the view; config.json names the socket path and REST pr
 })
 
 t.test('registered under a Fastify prefix, the admin view and the demo page name the prefixed socket path and REST prefix', async (t) => {
-  const app = Fastify()
-  await app.register(async (chat) => { await chat.register(rooms, { admin: true, demo: true }) }, { prefix: '/chat' })
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  t.teardown(async () => await app.close())
-  const url = `http://127.0.0.1:${(app.server.address() as { port: number }).port}`
-  const paths = { path: '/chat/ws', prefix: '/chat/rooms' }
-  t.same((await get(`${url}/chat/rooms-admin/config.json`)).body, paths)
-  t.same((await get(`${url}/chat/config.json`)).body, paths)
-  t.equal((await get(`${url}/chat/rooms`)).status, 200, 'the REST prefix it names is served')
-  const socket = await TestSocket.open(`${url.replace('http', 'ws')}/chat/ws`)
-  t.equal(socket.welcome.type, 'welcome', 'so is the socket path')
-  await socket.close()
+  // Fastify joins '/chat/' and '/ws' as '/chat/ws', and '/' and '/ws' as '/ws'.
+  for (const [prefix, at] of [['/chat', '/chat'], ['/chat/', '/chat'], ['/', '']]) {
+    const app = Fastify()
+    await app.register(async (chat) => { await chat.register(rooms, { admin: true, demo: true }) }, { prefix })
+    await app.listen({ port: 0, host: '127.0.0.1' })
+    t.teardown(async () => await app.close())
+    const url = `http://127.0.0.1:${(app.server.address() as { port: number }).port}`
+    const paths = { path: `${at}/ws`, prefix: `${at}/rooms` }
+    t.same((await get(`${url}${at}/rooms-admin/config.json`)).body, paths, `prefix ${prefix}`)
+    t.same((await get(`${url}${at}/config.json`)).body, paths)
+    t.equal((await get(`${url}${paths.prefix}`)).status, 200, 'the REST prefix it names is served')
+    const socket = await TestSocket.open(`${url.replace('http', 'ws')}${paths.path}`)
+    t.equal(socket.welcome.type, 'welcome', 'so is the socket path')
+    await socket.close()
+  }
 })
 
 t.test('without auth, the app\'s preHandler alone guards the view and gets no user', async (t) => {

@@ -221,6 +221,54 @@ t.test('connections waiting to authenticate count against maxConnections', async
   await c.authenticate(TOKEN)
 })
 
+t.test('upgrades waiting in the app\'s own hooks count against maxConnections too', async (t) => {
+  let entered = 0
+  let release = (): void => {}
+  const released = new Promise<void>((resolve) => { release = resolve })
+  const { wsUrl, app } = await startApp(t, { maxConnections: 2 }, (app) => {
+    app.addHook('preHandler', async (request) => {
+      if (request.headers['x-wait'] === undefined) return
+      // A third upgrade here would mean it got past the limit: let them all through, and the test sees it accepted.
+      if (++entered === 3) release()
+      await released
+    })
+  })
+  const first = [TestSocket.open(wsUrl, { headers: { 'x-wait': '1' } }), TestSocket.open(wsUrl, { headers: { 'x-wait': '1' } })]
+  await until(() => entered === 2, 'both upgrades wait in the hook')
+  const refused = await TestSocket.refused(wsUrl, { headers: { 'x-wait': '1' } })
+  t.equal(refused.status, 503)
+  t.equal(refused.body.code, 'TOO_MANY_CONNECTIONS')
+  release()
+  const sockets = await Promise.all(first)
+  t.teardown(() => Promise.all(sockets.map(async (s) => await s.close())))
+  t.equal(app.rooms.connections, 2)
+})
+
+t.test('an authenticate that never answers is refused after authTimeoutMs and gives its place under maxConnections back', async (t) => {
+  let unhang = (): void => {}
+  const hanging = new Promise<void>((resolve) => { unhang = resolve })
+  t.teardown(() => unhang())
+  let calls = 0
+  const { wsUrl, url } = await startApp(t, {
+    maxConnections: 1,
+    authTimeoutMs: 200,
+    authenticate: async (request) => {
+      calls++
+      if (request.headers['x-hang'] !== undefined) await hanging
+      return ADA
+    }
+  })
+  const hung = TestSocket.refused(wsUrl, { headers: { 'x-hang': '1' } })
+  await until(() => calls === 1, 'authenticate is checking the upgrade')
+  t.equal((await TestSocket.refused(wsUrl)).status, 503, 'its place is taken while it is checked')
+  t.same(await hung, { status: 401, body: { statusCode: 401, code: 'UNAUTHORIZED', error: 'Unauthorized', message: 'Authentication failed: the upgrade request carried no valid credentials.' } })
+  const s = await TestSocket.open(wsUrl)
+  t.teardown(() => s.close())
+  t.equal(s.welcome.user.id, ADA.id, 'the place is free again')
+  const rest = await fetch(`${url}/rooms`, { headers: { 'x-hang': '1' } })
+  t.equal(rest.status, 401, 'REST is bounded the same way')
+})
+
 t.test('every UNAUTHORIZED sentence fits a close frame (123 bytes) and says what to do', async (t) => {
   for (const [reason, sentence] of Object.entries(UNAUTHORIZED_REASONS)) {
     t.ok(Buffer.byteLength(sentence) <= 123, `${reason} fits`)

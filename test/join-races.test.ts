@@ -1,6 +1,7 @@
 import t from 'tap'
 import { once } from 'node:events'
 import type WebSocket from 'ws'
+import type { FastifyInstance } from 'fastify'
 import { MemoryAdapter } from '../src/index.js'
 import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
@@ -8,31 +9,34 @@ import { TestSocket } from './helpers/socket.js'
 type Gated = 'join' | 'room' | 'history'
 
 /**
- * A memory store whose next call of a method can be held, as a store across a
- * network holds its answer: `hold` arms it; `entered` says the call came (its
- * work done, its answer not yet given; a history read is held before it
- * reads), `release` lets the answer go.
+ * A memory store whose next calls of a method can be held, as a store across
+ * a network holds its answer: each `hold` arms one call, in call order;
+ * `entered` says the call came (its work done, its answer not yet given; a
+ * history read is held before it reads), `release` lets the answer go, or
+ * fails it with `err` (the work was done all the same, as when a reply is lost).
  */
 class HeldStore extends MemoryAdapter {
   /** The gated methods called so far, in order, recorded as each call begins. */
   readonly asked: Gated[] = []
-  private readonly held = new Map<Gated, { reached: () => void, released: Promise<void> }>()
+  private readonly held = new Map<Gated, Array<{ reached: () => void, released: Promise<Error | undefined> }>>()
 
-  hold (method: Gated): { entered: Promise<void>, release: () => void } {
+  hold (method: Gated): { entered: Promise<void>, release: (err?: Error) => void } {
     let reached = (): void => {}
-    let release = (): void => {}
+    let release = (_err?: Error): void => {}
     const entered = new Promise<void>((resolve) => { reached = resolve })
-    const released = new Promise<void>((resolve) => { release = resolve })
-    this.held.set(method, { reached, released })
+    const released = new Promise<Error | undefined>((resolve) => { release = resolve })
+    const queue = this.held.get(method) ?? []
+    queue.push({ reached, released })
+    this.held.set(method, queue)
     return { entered, release }
   }
 
   private async pass (method: Gated): Promise<void> {
-    const gate = this.held.get(method)
+    const gate = this.held.get(method)?.shift()
     if (gate === undefined) return
-    this.held.delete(method)
     gate.reached()
-    await gate.released
+    const err = await gate.released
+    if (err !== undefined) throw err
   }
 
   override async join (...args: Parameters<MemoryAdapter['join']>): ReturnType<MemoryAdapter['join']> {
@@ -59,6 +63,11 @@ class HeldStore extends MemoryAdapter {
     return await super.history(...args)
   }
 
+}
+
+/** Resolves once the server has handled the next frame of its newest connection (this listener runs after the plugin's). */
+async function serverRead (app: FastifyInstance): Promise<void> {
+  await once([...app.websocketServer.clients].at(-1) as WebSocket, 'message')
 }
 
 t.test('join, leave and join again by the server API in one turn: the connection is a member in the store too, not a ghost', async (t) => {
@@ -103,10 +112,9 @@ t.test('a client join while app.rooms.join is joining the same connection waits 
   const serverJoin = app.rooms.join(c.welcome.connectionId, 'r')
   await held.entered
   // The client's join waits (and the frames behind it), so the test cannot ask the socket for a sync:
-  // it waits until the server read the frame (this listener runs after the plugin's), then lets the
-  // store answer; the order of what comes then says whether anything came early.
-  const [serverSide] = app.websocketServer.clients
-  const read = once(serverSide as WebSocket, 'message')
+  // it waits until the server read the frame, then lets the store answer; the order of what comes
+  // then says whether anything came early.
+  const read = serverRead(app)
   c.send({ type: 'join', room: 'r', id: 9 })
   await read
   t.notOk(adapter.asked.includes('room'), 'the repeated join did not look at the room before the join under way ended')
@@ -121,19 +129,35 @@ t.test('a client join while app.rooms.join is joining the same connection waits 
   t.match(joined[1], { type: 'joined', id: 9, room: 'r', offset: 3, epoch: joined[0]?.epoch, count: 1 }, 'then the reply, from the room as it is')
 })
 
-t.test('a client join while app.rooms.join is joining the same connection is still asked of onJoin (that join may yet fail)', async (t) => {
+t.test('a client join while app.rooms.join is joining the same connection waits for it: onJoin is asked only when that join failed', async (t) => {
   const adapter = new HeldStore()
   const asked: string[] = []
-  const { wsUrl, app } = await startApp(t, { adapter, onJoin: ({ room }) => { asked.push(room); return room !== 'r' } })
+  // As plugin.md recommends for rooms onJoin refuses: the app joins them again from onConnect.
+  const { wsUrl, app } = await startApp(t, { adapter, maxMembersPerRoom: 1, onJoin: ({ room }) => { asked.push(room); return false } })
   const c = await TestSocket.open(wsUrl)
   t.teardown(() => c.close())
   const held = adapter.hold('join')
-  const serverJoin = app.rooms.join(c.welcome.connectionId, 'r')
+  const serverJoin = app.rooms.join(c.welcome.connectionId, 'vip')
   await held.entered
-  t.match(await c.request({ type: 'join', room: 'r' }), { type: 'error', code: 'FORBIDDEN' })
-  t.same(asked, ['r'])
+  const rejoin = c.request({ type: 'join', room: 'vip' })
+  await serverRead(app)
   held.release()
-  t.equal(await serverJoin, true, 'the app\'s own join is the app\'s to make')
+  t.equal(await serverJoin, true)
+  t.match(await rejoin, { type: 'joined', room: 'vip' }, 'the app put it there: not asked again')
+  t.same(asked, [])
+
+  // The app's join fails (the room is full): the client's own join is the client's, and asked.
+  const other = await TestSocket.open(wsUrl)
+  t.teardown(() => other.close())
+  const refused = adapter.hold('join')
+  const full = app.rooms.join(other.welcome.connectionId, 'vip')
+  await refused.entered
+  const own = other.request({ type: 'join', room: 'vip' })
+  await serverRead(app)
+  refused.release()
+  await t.rejects(full, { code: 'ROOM_FULL' })
+  t.match(await own, { type: 'error', code: 'FORBIDDEN' })
+  t.same(asked, ['vip'])
 })
 
 t.test('app.rooms.join while the client\'s own join is under way answers how that join ended', async (t) => {
@@ -143,14 +167,14 @@ t.test('app.rooms.join while the client\'s own join is under way answers how tha
   t.teardown(() => owner.close())
   const c = await TestSocket.open(wsUrl)
   t.teardown(() => c.close())
-  // The room is full: the client's join is refused once the store answers, so the app's join is no join.
+  // The room is full: the client's join is refused once the store answers, and so is the app's.
   await owner.join('full')
   const failing = adapter.hold('join')
   c.send({ type: 'join', room: 'full', id: 1 })
   await failing.entered
   const answer = app.rooms.join(c.welcome.connectionId, 'full')
   failing.release()
-  t.equal(await answer, false, 'not in the room')
+  await t.rejects(answer, { code: 'ROOM_FULL' }, 'refused as its own join would be')
   t.match(await c.next((f) => f.id === 1), { type: 'error', code: 'ROOM_FULL' })
 
   // A join that succeeds: true once it did.
@@ -214,4 +238,28 @@ t.test('a resume over a history hole is recovered: false, even when a publish la
   await c.next((f) => f.type === 'message' && f.offset === 4)
   const after = c.frames.slice(c.frames.indexOf(joined)).filter((f) => f.type === 'message')
   t.same(after.map((f) => f.offset), [4], 'no replay over the hole, then what came after the join')
+})
+
+t.test('an overtaken join whose successor fails undoes itself in the store: no member is left that no connection holds', async (t) => {
+  const adapter = new HeldStore()
+  const { wsUrl, app } = await startApp(t, { adapter })
+  const c = await TestSocket.open(wsUrl)
+  t.teardown(() => c.close())
+  const id = c.welcome.connectionId
+  const first = adapter.hold('join')
+  const second = adapter.hold('join')
+  const overtaken = app.rooms.join(id, 'r')
+  await first.entered
+  t.equal(await app.rooms.leave(id, 'r'), true)
+  const failing = app.rooms.join(id, 'r')
+  await second.entered
+  // The first join's answer comes while the second is still out (the memory store answers in
+  // microtasks: one turn of the event loop lets the first join end as far as it can); then the
+  // second's answer is lost.
+  first.release()
+  await new Promise((resolve) => setImmediate(resolve))
+  second.release(new Error('the reply was lost'))
+  await t.rejects(failing, { message: 'the reply was lost' })
+  t.equal(await overtaken, false)
+  t.equal(await app.rooms.get('r'), null, 'the store lists nobody')
 })

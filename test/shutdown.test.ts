@@ -41,7 +41,7 @@ async function listening (closeTimeoutMs: number, prefix = ''): Promise<{ app: F
   if (prefix === '') await app.register(rooms, { closeTimeoutMs })
   else await app.register(async (context) => { await context.register(rooms, { closeTimeoutMs }) }, { prefix })
   await app.listen({ port: 0, host: '127.0.0.1' })
-  return { app, url: `ws://127.0.0.1:${(app.server.address() as { port: number }).port}${prefix}/ws` }
+  return { app, url: `ws://127.0.0.1:${(app.server.address() as { port: number }).port}${prefix.replace(/\/$/, '')}/ws` }
 }
 
 t.test('close finishes within closeTimeoutMs even when a client never answers the close', async (t) => {
@@ -56,7 +56,7 @@ t.test('close finishes within closeTimeoutMs even when a client never answers th
   stuck.ws.terminate()
 })
 
-for (const prefix of ['', '/chat']) {
+for (const prefix of ['', '/chat', '/chat/', '/']) {
   t.test(`upgrades during shutdown get 503 SHUTTING_DOWN in Fastify's error shape${prefix === '' ? '' : ', also under a Fastify prefix'}`, async (t) => {
     const { app, url } = await listening(5_000, prefix)
     // The holder never answers the close, so shutdown waits for it; the watcher
@@ -115,4 +115,33 @@ t.test('an upgrade whose credentials are still being checked when app.close() be
   }
   t.test('with no connection open', async (t) => { await checking(t, false) })
   t.test('while another client holds the shutdown', async (t) => { await checking(t, true) })
+})
+
+t.test('an upgrade held in the app\'s own hooks past the start of app.close() gets 503 SHUTTING_DOWN, never a connection', async (t) => {
+  let release = (): void => {}
+  const released = new Promise<void>((resolve) => { release = resolve })
+  let entered = (): void => {}
+  const waiting = new Promise<void>((resolve) => { entered = resolve })
+  const app = Fastify()
+  app.addHook('preHandler', async (request) => {
+    if (request.headers['x-hold'] === undefined) return
+    entered()
+    await released
+  })
+  await app.register(rooms, { closeTimeoutMs: 5_000 })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const url = `ws://127.0.0.1:${(app.server.address() as { port: number }).port}/ws`
+  // The holder never answers the close, so the plugin's shutdown waits for it
+  // (and @fastify/websocket's server stays open); the watcher's 1001 says it began.
+  const holder = await TestSocket.open(url)
+  const watcher = await TestSocket.open(url)
+  holder.stopReading()
+  const late = TestSocket.refused(url, { headers: { 'x-hold': '1' } })
+  await waiting
+  const closing = app.close()
+  t.equal((await watcher.closed).code, 1001)
+  release()
+  t.same(await late, { status: 503, body: { statusCode: 503, code: 'SHUTTING_DOWN', error: 'Service Unavailable', message: 'The server is shutting down; reconnect to another instance.' } })
+  holder.ws.terminate()
+  await closing
 })
