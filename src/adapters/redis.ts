@@ -1529,7 +1529,11 @@ export class RedisAdapter implements Adapter {
       const breaks = this.subscriberBreaks
       const page = await this.history(room, subscription.offset, missing)
       if (this.subscriptions.get(room) !== subscription || subscription.epoch !== epoch || this.subscriberBreaks !== breaks) return
-      const covered = page !== null && page.epoch === epoch && page.messages.length === missing && page.messages[0]?.offset === subscription.offset + 1
+      // Offsets only rise, so the right count from the right first to the right last leaves no gap.
+      // The last is checked too: a message delivered but not kept (over maxHistoryBytes) is a hole
+      // that XRANGE's COUNT steps over, reading a later message in its place.
+      const covered = page !== null && page.epoch === epoch && page.messages.length === missing &&
+        page.messages[0]?.offset === subscription.offset + 1 && page.messages[missing - 1]?.offset === next - 1
       if (!covered) {
         this.lose(room)
         return
