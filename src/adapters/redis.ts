@@ -552,6 +552,12 @@ const REPLICAS_FRESH_MS = 1_000
 const unavailable = storeUnavailable
 const maybePublished = (): RoomsError => new RoomsError('UNAVAILABLE', 'The message store became unreachable while publishing: the message may or may not have been published. Retry in a moment.')
 /**
+ * A ROLE or WAIT that Redis refused (a master demoted in a failover refuses
+ * WAIT): the publishes it was for are unconfirmed, which is expected in a
+ * failover, so it is not logged as Redis refusing a command.
+ */
+const unconfirmed = (): never => { throw maybePublished() }
+/**
  * The offsets of a publish call's reply, `<offset>,<offset>...`, read in one
  * pass; undefined unless it is exactly `count` of them, each of digits.
  */
@@ -1099,6 +1105,13 @@ export class RedisAdapter implements Adapter {
    * The node is looked up among all of ioredis' nodes, not its masters: after
    * a failover ioredis routes to the promoted replica (MOVED) before its pool
    * counts it as a master. ROLE says whether it is one.
+   *
+   * ROLE and WAIT go through the command Link like every other call: a
+   * connection that breaks and is back at ioredis' first retry drops the
+   * commands in flight without settling them (autoResendUnfulfilledCommands
+   * off), and a Redis that stops answering never settles them. Left to
+   * ioredis, one lost ROLE held every later publish behind it, and one lost
+   * WAIT left its publishes (and the replies after them) unanswered for good.
    */
   private async waitFor (owner: string): Promise<void> {
     const master = this.shards === undefined ? this.redis as Redis : (this.redis as unknown as Cluster).nodes('all').find((node) => `${node.options.host}:${node.options.port}` === owner)
@@ -1110,7 +1123,8 @@ export class RedisAdapter implements Adapter {
         const count = this.replicasOf(owner, master)
         wanted = Math.min(wanted, typeof count === 'number' ? count : await count)
         if (wanted === 0) return
-        acked = await master.wait(wanted, Math.min(1_000, this.commandTimeoutMs / 2))
+        const timeout = Math.min(1_000, this.commandTimeoutMs / 2)
+        acked = await this.cmd.call('wait', async () => await master.wait(wanted, timeout).catch(unconfirmed))
       }
     } catch {}
     if (acked < wanted) throw maybePublished()
@@ -1128,7 +1142,7 @@ export class RedisAdapter implements Adapter {
     if (known !== undefined && known.until > Date.now()) return known.count
     let asking = this.roles.get(key)
     if (asking === undefined) {
-      asking = (master.call('ROLE') as Promise<[string, number, unknown[]]>).then((role) => {
+      asking = this.cmd.call('role', async () => await (master.call('ROLE') as Promise<[string, number, unknown[]]>).catch(unconfirmed)).then((role) => {
         // Demoted since the publish ran on it: what it holds cannot be confirmed.
         if (role[0] !== 'master') throw new Error(`${key} is not a master any more`)
         const count = role[2].length
