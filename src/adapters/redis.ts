@@ -487,15 +487,20 @@ elseif cmd == 'state' then
   end
   return out
 elseif cmd == 'renew' then
-  -- (global) node, lease ms, registered before ('1'): a node whose lease was
+  -- (global) node, lease ms, registered before ('1'), the resume-token secret
+  -- the node signs with ('' until it read one): a node whose lease was
   -- reaped must not come back silently, nor register again before the reaping
   -- is done (a score of -1 marks a node being forgotten).
+  -- The secret lives while any node runs, and a week after. A Redis that lost
+  -- it (restarted empty) gets back the one the running nodes sign with: else
+  -- the next node to start would make another, and a guest moved between the
+  -- two by a load balancer would become someone else.
+  local secret = p .. 'secret'
+  if ARGV[6] == '' or not redis.call('SET', secret, ARGV[6], 'NX', 'PX', 604800000) then redis.call('PEXPIRE', secret, 604800000) end
   local score = redis.call('ZSCORE', p .. 'nodes', ARGV[3])
   if ARGV[5] == '1' and (not score or tonumber(score) < 0) then return 'REAPED' end
   if score and tonumber(score) < 0 then return 'WAIT' end
   redis.call('ZADD', p .. 'nodes', now() + tonumber(ARGV[4]), ARGV[3])
-  -- The resume-token secret lives while any node runs, and a week after.
-  redis.call('PEXPIRE', p .. 'secret', 604800000)
   return 'OK'
 elseif cmd == 'dead' then
   -- (global) mark every node whose lease expired as being forgotten, and name
@@ -727,6 +732,11 @@ export class RedisAdapter implements Adapter {
   /** The live room list's watcher, while any connection of this node subscribes to it. */
   private roomWatcher: RoomCountWatcher | undefined
   private renewing: Promise<void> | undefined
+  /**
+   * The resume-token secret as this node read it (the plugin reads it once,
+   * at start): each lease renewal puts it back in a Redis that lost it.
+   */
+  private signing: string | undefined
   /** Markers this node published to its own room channels, by token: see heard(). */
   private readonly markers = new Map<string, () => void>()
   private markerSeq = 0
@@ -1200,12 +1210,15 @@ export class RedisAdapter implements Adapter {
   /**
    * Shared by every node through Redis: the first node to start sets it. It
    * lives while any node runs and a week after (see the script's renew), so
-   * resume tokens outlive a restart of every node.
+   * resume tokens outlive a restart of every node; a Redis that restarted
+   * empty gets it back with the next lease renewal of a node that runs.
    */
   async secret (): Promise<string> {
     const key = `${this.global}secret`
     await this.cmd.call('secret', async () => await this.redis.set(key, randomBytes(32).toString('base64url'), 'PX', 604_800_000, 'NX'))
-    return await this.cmd.call('secret', async () => await this.redis.get(key)) as string
+    const secret = await this.cmd.call('secret', async () => await this.redis.get(key)) as string
+    this.signing = secret
+    return secret
   }
 
   async leave (room: string, connectionId: string): Promise<void> {
@@ -1326,7 +1339,7 @@ export class RedisAdapter implements Adapter {
   }
 
   private async renewLease (): Promise<void> {
-    let reply = await this.globalCall('renew', this.config.nodeId, this.leaseMs, this.registered ? '1' : '0')
+    let reply = await this.globalCall('renew', this.config.nodeId, this.leaseMs, this.registered ? '1' : '0', this.signing ?? '')
     if (reply === 'REAPED') {
       // Our lease expired while we were away (a long pause, or Redis lost its
       // data): others removed our members. Start over rather than resurrect
@@ -1340,7 +1353,7 @@ export class RedisAdapter implements Adapter {
       const known = [...rooms].filter((room) => this.subscriptions.get(room)?.epoch !== undefined)
       if (known.length > 0) await this.states(known).catch(() => {})
       for (const room of rooms) this.lose(room)
-      reply = await this.globalCall('renew', this.config.nodeId, this.leaseMs, '0')
+      reply = await this.globalCall('renew', this.config.nodeId, this.leaseMs, '0', this.signing ?? '')
     }
     if (reply === 'WAIT') {
       // Still being reaped: members joined now could be dropped by the reaper. Joins fail until it is done.
