@@ -480,6 +480,11 @@ elseif cmd == 'state' then
     if lost then
       epoch = new_epoch(room, ARGV[3])
       seq = 0
+      -- With no member left to hold it (the asking node's were reaped, or the
+      -- failover lost their joins too), an epoch without history would stay
+      -- for good: no leave comes to expire it. The node still learns of the
+      -- new epoch; the next join starts one of its own.
+      if redis.call('EXISTS', r .. 'members') == 0 then redis.call('DEL', r .. 'epoch') end
     end
     out[#out + 1] = epoch or ''
     out[#out + 1] = seq
