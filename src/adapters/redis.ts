@@ -480,6 +480,11 @@ elseif cmd == 'state' then
     if lost then
       epoch = new_epoch(room, ARGV[3])
       seq = 0
+      -- With no member left to hold it (the asking node's were reaped, or the
+      -- failover lost their joins too), an epoch without history would stay
+      -- for good: no leave comes to expire it. The node still learns of the
+      -- new epoch; the next join starts one of its own.
+      if redis.call('EXISTS', r .. 'members') == 0 then redis.call('DEL', r .. 'epoch') end
     end
     out[#out + 1] = epoch or ''
     out[#out + 1] = seq
@@ -487,15 +492,20 @@ elseif cmd == 'state' then
   end
   return out
 elseif cmd == 'renew' then
-  -- (global) node, lease ms, registered before ('1'): a node whose lease was
+  -- (global) node, lease ms, registered before ('1'), the resume-token secret
+  -- the node signs with ('' until it read one): a node whose lease was
   -- reaped must not come back silently, nor register again before the reaping
   -- is done (a score of -1 marks a node being forgotten).
+  -- The secret lives while any node runs, and a week after. A Redis that lost
+  -- it (restarted empty) gets back the one the running nodes sign with: else
+  -- the next node to start would make another, and a guest moved between the
+  -- two by a load balancer would become someone else.
+  local secret = p .. 'secret'
+  if ARGV[6] == '' or not redis.call('SET', secret, ARGV[6], 'NX', 'PX', 604800000) then redis.call('PEXPIRE', secret, 604800000) end
   local score = redis.call('ZSCORE', p .. 'nodes', ARGV[3])
   if ARGV[5] == '1' and (not score or tonumber(score) < 0) then return 'REAPED' end
   if score and tonumber(score) < 0 then return 'WAIT' end
   redis.call('ZADD', p .. 'nodes', now() + tonumber(ARGV[4]), ARGV[3])
-  -- The resume-token secret lives while any node runs, and a week after.
-  redis.call('PEXPIRE', p .. 'secret', 604800000)
   return 'OK'
 elseif cmd == 'dead' then
   -- (global) mark every node whose lease expired as being forgotten, and name
@@ -551,6 +561,12 @@ const REPLICAS_FRESH_MS = 1_000
 
 const unavailable = storeUnavailable
 const maybePublished = (): RoomsError => new RoomsError('UNAVAILABLE', 'The message store became unreachable while publishing: the message may or may not have been published. Retry in a moment.')
+/**
+ * A ROLE or WAIT that Redis refused (a master demoted in a failover refuses
+ * WAIT): the publishes it was for are unconfirmed, which is expected in a
+ * failover, so it is not logged as Redis refusing a command.
+ */
+const unconfirmed = (): never => { throw maybePublished() }
 /**
  * The offsets of a publish call's reply, `<offset>,<offset>...`, read in one
  * pass; undefined unless it is exactly `count` of them, each of digits.
@@ -721,6 +737,11 @@ export class RedisAdapter implements Adapter {
   /** The live room list's watcher, while any connection of this node subscribes to it. */
   private roomWatcher: RoomCountWatcher | undefined
   private renewing: Promise<void> | undefined
+  /**
+   * The resume-token secret as this node read it (the plugin reads it once,
+   * at start): each lease renewal puts it back in a Redis that lost it.
+   */
+  private signing: string | undefined
   /** Markers this node published to its own room channels, by token: see heard(). */
   private readonly markers = new Map<string, () => void>()
   private markerSeq = 0
@@ -1099,6 +1120,13 @@ export class RedisAdapter implements Adapter {
    * The node is looked up among all of ioredis' nodes, not its masters: after
    * a failover ioredis routes to the promoted replica (MOVED) before its pool
    * counts it as a master. ROLE says whether it is one.
+   *
+   * ROLE and WAIT go through the command Link like every other call: a
+   * connection that breaks and is back at ioredis' first retry drops the
+   * commands in flight without settling them (autoResendUnfulfilledCommands
+   * off), and a Redis that stops answering never settles them. Left to
+   * ioredis, one lost ROLE held every later publish behind it, and one lost
+   * WAIT left its publishes (and the replies after them) unanswered for good.
    */
   private async waitFor (owner: string): Promise<void> {
     const master = this.shards === undefined ? this.redis as Redis : (this.redis as unknown as Cluster).nodes('all').find((node) => `${node.options.host}:${node.options.port}` === owner)
@@ -1110,7 +1138,8 @@ export class RedisAdapter implements Adapter {
         const count = this.replicasOf(owner, master)
         wanted = Math.min(wanted, typeof count === 'number' ? count : await count)
         if (wanted === 0) return
-        acked = await master.wait(wanted, Math.min(1_000, this.commandTimeoutMs / 2))
+        const timeout = Math.min(1_000, this.commandTimeoutMs / 2)
+        acked = await this.cmd.call('wait', async () => await master.wait(wanted, timeout).catch(unconfirmed))
       }
     } catch {}
     if (acked < wanted) throw maybePublished()
@@ -1128,7 +1157,7 @@ export class RedisAdapter implements Adapter {
     if (known !== undefined && known.until > Date.now()) return known.count
     let asking = this.roles.get(key)
     if (asking === undefined) {
-      asking = (master.call('ROLE') as Promise<[string, number, unknown[]]>).then((role) => {
+      asking = this.cmd.call('role', async () => await (master.call('ROLE') as Promise<[string, number, unknown[]]>).catch(unconfirmed)).then((role) => {
         // Demoted since the publish ran on it: what it holds cannot be confirmed.
         if (role[0] !== 'master') throw new Error(`${key} is not a master any more`)
         const count = role[2].length
@@ -1186,12 +1215,15 @@ export class RedisAdapter implements Adapter {
   /**
    * Shared by every node through Redis: the first node to start sets it. It
    * lives while any node runs and a week after (see the script's renew), so
-   * resume tokens outlive a restart of every node.
+   * resume tokens outlive a restart of every node; a Redis that restarted
+   * empty gets it back with the next lease renewal of a node that runs.
    */
   async secret (): Promise<string> {
     const key = `${this.global}secret`
     await this.cmd.call('secret', async () => await this.redis.set(key, randomBytes(32).toString('base64url'), 'PX', 604_800_000, 'NX'))
-    return await this.cmd.call('secret', async () => await this.redis.get(key)) as string
+    const secret = await this.cmd.call('secret', async () => await this.redis.get(key)) as string
+    this.signing = secret
+    return secret
   }
 
   async leave (room: string, connectionId: string): Promise<void> {
@@ -1312,7 +1344,7 @@ export class RedisAdapter implements Adapter {
   }
 
   private async renewLease (): Promise<void> {
-    let reply = await this.globalCall('renew', this.config.nodeId, this.leaseMs, this.registered ? '1' : '0')
+    let reply = await this.globalCall('renew', this.config.nodeId, this.leaseMs, this.registered ? '1' : '0', this.signing ?? '')
     if (reply === 'REAPED') {
       // Our lease expired while we were away (a long pause, or Redis lost its
       // data): others removed our members. Start over rather than resurrect
@@ -1326,7 +1358,7 @@ export class RedisAdapter implements Adapter {
       const known = [...rooms].filter((room) => this.subscriptions.get(room)?.epoch !== undefined)
       if (known.length > 0) await this.states(known).catch(() => {})
       for (const room of rooms) this.lose(room)
-      reply = await this.globalCall('renew', this.config.nodeId, this.leaseMs, '0')
+      reply = await this.globalCall('renew', this.config.nodeId, this.leaseMs, '0', this.signing ?? '')
     }
     if (reply === 'WAIT') {
       // Still being reaped: members joined now could be dropped by the reaper. Joins fail until it is done.
@@ -1529,7 +1561,11 @@ export class RedisAdapter implements Adapter {
       const breaks = this.subscriberBreaks
       const page = await this.history(room, subscription.offset, missing)
       if (this.subscriptions.get(room) !== subscription || subscription.epoch !== epoch || this.subscriberBreaks !== breaks) return
-      const covered = page !== null && page.epoch === epoch && page.messages.length === missing && page.messages[0]?.offset === subscription.offset + 1
+      // Offsets only rise, so the right count from the right first to the right last leaves no gap.
+      // The last is checked too: a message delivered but not kept (over maxHistoryBytes) is a hole
+      // that XRANGE's COUNT steps over, reading a later message in its place.
+      const covered = page !== null && page.epoch === epoch && page.messages.length === missing &&
+        page.messages[0]?.offset === subscription.offset + 1 && page.messages[missing - 1]?.offset === next - 1
       if (!covered) {
         this.lose(room)
         return
