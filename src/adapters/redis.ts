@@ -560,7 +560,13 @@ const ONE_REDIS = 'redis'
 const REPLICAS_FRESH_MS = 1_000
 
 const unavailable = storeUnavailable
-const maybePublished = (): RoomsError => new RoomsError('UNAVAILABLE', 'The message store became unreachable while publishing: the message may or may not have been published. Retry in a moment.')
+/**
+ * A publish whose outcome is unknown. Not UNAVAILABLE: the contract gives that
+ * code to "nothing was published", which a client may retry blindly; this one
+ * may have been stored and delivered, so it is INTERNAL with a sentence that
+ * says what to do.
+ */
+const maybePublished = (): RoomsError => new RoomsError('INTERNAL', 'The message store became unreachable while publishing: the message may or may not have been published. Check the room\'s history before publishing it again.')
 /**
  * A ROLE or WAIT that Redis refused (a master demoted in a failover refuses
  * WAIT): the publishes it was for are unconfirmed, which is expected in a
