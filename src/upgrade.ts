@@ -39,12 +39,15 @@ export function upgradeGuard (options: ResolvedOptions, credentials: Credentials
    * by TCP socket: their credentials are being checked, or they wait in the
    * app's own hooks, which may take a while, and upgrades that arrive
    * meanwhile must not all pass the limit. Each counts until the route's
-   * handler takes it, or its socket is gone (a client that gave up).
+   * handler takes it, or its socket is gone (refused, or a client that gave
+   * up before the handler, which then never runs).
    */
   const admitted = new Set<Duplex>()
-  function waiting (): number {
+  function full (): boolean {
+    if (state.connections() + admitted.size < options.maxConnections) return false
+    // Only at the limit: the sockets of clients that gave up are let go of, then it is judged again.
     for (const socket of admitted) if (socket.destroyed) admitted.delete(socket)
-    return admitted.size
+    return state.connections() + admitted.size >= options.maxConnections
   }
 
   async function hook (request: FastifyRequest): Promise<void> {
@@ -56,7 +59,7 @@ export function upgradeGuard (options: ResolvedOptions, credentials: Credentials
     if (sameOriginOnly && origin !== undefined && !isSameOrigin(origin, request.host)) {
       throw new errorCodes.ORIGIN_NOT_ALLOWED(origin)
     }
-    if (state.connections() + waiting() >= options.maxConnections) throw new errorCodes.TOO_MANY_CONNECTIONS(options.maxConnections)
+    if (full()) throw new errorCodes.TOO_MANY_CONNECTIONS(options.maxConnections)
     const { socket } = request.raw
     admitted.add(socket)
     try {
