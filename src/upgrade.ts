@@ -19,7 +19,7 @@ export interface UpgradeState {
 /**
  * Build the `preValidation` hook of the WebSocket route: everything that can
  * refuse a connection does so here, with an HTTP status, before the upgrade.
- * @returns the hook, `ready` (see there), and `takeIdentity`, which the route's handler calls: it
+ * @returns the hook, `ready` and `release` (see there), and `takeIdentity`, which the route's handler calls: it
  *   hands over (once) the identity settled for a request (undefined when the
  *   connection is to authenticate in band with a token), and the upgrade
  *   stops counting as one on its way, since it is an open connection now
@@ -27,6 +27,7 @@ export interface UpgradeState {
 export function upgradeGuard (options: ResolvedOptions, credentials: Credentials, state: UpgradeState, resume: ResumeTokens): {
   hook: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
   ready: () => Promise<void>
+  release: (request: FastifyRequest) => void
   takeIdentity: (request: FastifyRequest) => Identity | undefined
 } {
   const identities = new WeakMap<FastifyRequest, Identity>()
@@ -39,8 +40,8 @@ export function upgradeGuard (options: ResolvedOptions, credentials: Credentials
    * by TCP socket: their credentials are being checked, or they wait in the
    * app's own hooks, which may take a while, and upgrades that arrive
    * meanwhile must not all pass the limit. Each counts until the route's
-   * handler takes it, or its socket is gone (refused, or a client that gave
-   * up before the handler, which then never runs).
+   * handler takes it, it is refused (`release`), or its socket is gone (a
+   * client that gave up before the handler, which then never runs).
    */
   const admitted = new Set<Duplex>()
   function full (): boolean {
@@ -99,15 +100,24 @@ export function upgradeGuard (options: ResolvedOptions, credentials: Credentials
     if (state.closing) throw new errorCodes.SHUTTING_DOWN()
   }
 
-  function takeIdentity (request: FastifyRequest): Identity | undefined {
+  /**
+   * An upgrade refused after this hook let it through (by the app's hooks,
+   * or `ready`). Its socket goes soon after, which `full` would find too; let
+   * go of now, a stream of refusals holds no sockets until the limit.
+   */
+  function release (request: FastifyRequest): void {
     admitted.delete(request.raw.socket)
+  }
+
+  function takeIdentity (request: FastifyRequest): Identity | undefined {
+    release(request)
     const identity = identities.get(request)
     // A request kept for the hooks lives as long as its connection: its entry must not.
     identities.delete(request)
     return identity
   }
 
-  return { hook, ready, takeIdentity }
+  return { hook, ready, release, takeIdentity }
 }
 
 /**
