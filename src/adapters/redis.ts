@@ -261,16 +261,22 @@ local function leave (room, conn)
   return 1
 end
 
--- Drop every member a node has in this partition (its lease expired, or it shut down).
-local function forget (node)
+-- Drop up to limit of the members a node has in this partition (its lease
+-- expired, or it shut down); returns how many it dropped and whether the node
+-- has members left here. Bounded, so that a node with many members does not
+-- hold Redis for one long call: the caller calls again until none is left.
+-- Its publish ids go with its last member.
+local function forget (node, limit)
   local set = p .. 'n:' .. node .. ':conns'
-  for _, entry in ipairs(redis.call('SMEMBERS', set)) do
+  local taken = {}
+  if limit > 0 then taken = redis.call('SPOP', set, limit) end
+  for _, entry in ipairs(taken) do
     local cut = string.find(entry, '\\n', 1, true)
     leave(string.sub(entry, 1, cut - 1), string.sub(entry, cut + 1))
-    -- Only what was read: a connection the node registers later is its own.
-    redis.call('SREM', set, entry)
   end
+  if redis.call('EXISTS', set) == 1 then return #taken, true end
   redis.call('DEL', p .. 'n:' .. node .. ':pubs')
+  return #taken, false
 end
 
 -- The presence changes of a room after sequence 'heard', for a node whose
@@ -519,9 +525,15 @@ elseif cmd == 'retire' then
   redis.call('ZADD', p .. 'nodes', -1, ARGV[3])
   return 1
 elseif cmd == 'forget' then
-  -- nodes...: drop their members in this partition
-  for i = 3, #ARGV do forget(ARGV[i]) end
-  return 1
+  -- limit, nodes...: drop at most limit of their members in this partition;
+  -- returns the nodes that still have members here (call again for those).
+  local limit, left = tonumber(ARGV[3]), {}
+  for i = 4, #ARGV do
+    local n, more = forget(ARGV[i], limit)
+    limit = limit - n
+    if more then left[#left + 1] = ARGV[i] end
+  end
+  return left
 elseif cmd == 'unregister' then
   -- (global) nodes... forgotten by every partition
   for i = 3, #ARGV do
@@ -552,6 +564,16 @@ const RESEND_WITHIN_MS = 2_000
  */
 const PRESENCE_LOG = 1024
 const PRESENCE_LOG_MS = 60_000
+
+/**
+ * At most this many memberships of dead nodes are dropped per 'forget' script
+ * call (per partition). Each costs some 30-80 µs of Redis time (the leave, its
+ * presence change and their publishes), so a call holds Redis for some 15-50
+ * ms, however many members the dead node had, and other nodes' calls run
+ * between the reaper's. Smaller chunks only add round trips: the reaping as a
+ * whole costs Redis the same time.
+ */
+export const FORGET_CHUNK = 500
 
 /** The key of one Redis (not a cluster) among the masters whose replicas are counted. */
 const ONE_REDIS = 'redis'
@@ -858,8 +880,17 @@ export class RedisAdapter implements Adapter {
     if (dead.length > 0) await this.forgetNodes(dead)
   }
 
+  /**
+   * Each partition drops the nodes' members FORGET_CHUNK at a time, one
+   * script call per chunk, until none is left; then the nodes are unlisted.
+   * A call that removed every member of a node at once would hold Redis (and
+   * every other instance's publishes) for as long as the node had members.
+   */
   private async forgetNodes (nodes: string[]): Promise<void> {
-    await Promise.all(this.partitions.bases.map(async (base) => await this.baseCall(base, 'forget', ...nodes)))
+    await Promise.all(this.partitions.bases.map(async (base) => {
+      let left = nodes
+      while (left.length > 0) left = await this.baseCall(base, 'forget', FORGET_CHUNK, ...left) as string[]
+    }))
     await this.globalCall('unregister', ...nodes)
   }
 
