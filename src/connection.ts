@@ -642,6 +642,7 @@ export class Connection implements Peer {
     // An app.rooms.join under way decides first: a repeat of an answered join is not asked of onJoin.
     const underWay = registry.joinUnderWay(this, frame.room)
     if (underWay !== undefined) await underWay
+    if (this.closed) return
     if (options.onJoin !== undefined && !registry.isJoined(this, frame.room)) {
       const verdict = await options.onJoin({ connectionId: this.id, user: this.fullUser as Member, room: frame.room, request: this.request as FastifyRequest })
       if (verdict === false) throw forbidden(`You may not join room "${frame.room}".`)

@@ -262,9 +262,8 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     preHandler: guard.ready,
     onResponse: async (request) => {
       // Only refusals get here (an accepted upgrade is hijacked): end their socket, see above.
-      if (request.headers.upgrade === undefined) return
       guard.release(request)
-      request.raw.socket.end()
+      if (request.headers.upgrade !== undefined) request.raw.socket.end()
     }
   }, (socket, request) => {
     const identity = guard.takeIdentity(request)

@@ -1,4 +1,5 @@
 import { randomFillSync } from 'node:crypto'
+import type { IncomingMessage } from 'node:http'
 import type { Duplex } from 'node:stream'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { errorCodes, httpMessages, isRoomsError } from './errors.js'
@@ -36,22 +37,26 @@ export function upgradeGuard (options: ResolvedOptions, credentials: Credentials
   // with cookie auth and no allow-list, only pages of the server's own origin may connect.
   const sameOriginOnly = allowed === undefined && options.authenticate !== undefined
   /**
-   * Upgrades that passed the limit below and are not open connections yet,
-   * by TCP socket: their credentials are being checked, or they wait in the
-   * app's own hooks, which may take a while, and upgrades that arrive
+   * Upgrades that passed the limit below and are not open connections yet:
+   * their credentials are being checked, or they wait in the app's
+   * preHandler hooks, which may take a while, and upgrades that arrive
    * meanwhile must not all pass the limit. Each counts until the route's
-   * handler takes it, it is refused (`release`), or its socket is gone (a
-   * client that gave up before the handler, which then never runs).
+   * handler takes it, it is refused (`release`), or its socket closes (ws
+   * refused the handshake itself). Keyed by the raw request: under
+   * `injectWS` there is no socket. The value stops watching the socket.
    */
-  const admitted = new Set<Duplex>()
-  function full (): boolean {
-    if (state.connections() + admitted.size < options.maxConnections) return false
-    // Only at the limit: the sockets of clients that gave up are let go of, then it is judged again.
-    for (const socket of admitted) if (socket.destroyed) admitted.delete(socket)
-    return state.connections() + admitted.size >= options.maxConnections
+  const admitted = new Map<IncomingMessage, () => void>()
+
+  function admit (raw: IncomingMessage): void {
+    const socket = raw.socket as Duplex | undefined
+    const gone = (): void => { admitted.delete(raw) }
+    socket?.once('close', gone)
+    admitted.set(raw, () => socket?.off('close', gone))
   }
 
   async function hook (request: FastifyRequest): Promise<void> {
+    // A plain GET or HEAD of the path: nothing to admit, the route answers 404.
+    if (!request.ws) return
     if (state.closing) throw new errorCodes.SHUTTING_DOWN()
     const origin = request.headers.origin
     if (allowed !== undefined && (origin === undefined || !allowed.has(origin))) {
@@ -60,14 +65,13 @@ export function upgradeGuard (options: ResolvedOptions, credentials: Credentials
     if (sameOriginOnly && origin !== undefined && !isSameOrigin(origin, request.host)) {
       throw new errorCodes.ORIGIN_NOT_ALLOWED(origin)
     }
-    if (full()) throw new errorCodes.TOO_MANY_CONNECTIONS(options.maxConnections)
-    const { socket } = request.raw
-    admitted.add(socket)
+    if (state.connections() + admitted.size >= options.maxConnections) throw new errorCodes.TOO_MANY_CONNECTIONS(options.maxConnections)
+    admit(request.raw)
     try {
       const identity = await identify(request)
       if (identity !== undefined) identities.set(request, identity)
     } catch (err) {
-      admitted.delete(socket)
+      release(request)
       throw err
     }
   }
@@ -100,13 +104,12 @@ export function upgradeGuard (options: ResolvedOptions, credentials: Credentials
     if (state.closing) throw new errorCodes.SHUTTING_DOWN()
   }
 
-  /**
-   * An upgrade refused after this hook let it through (by the app's hooks,
-   * or `ready`). Its socket goes soon after, which `full` would find too; let
-   * go of now, a stream of refusals holds no sockets until the limit.
-   */
+  /** An upgrade that no longer counts: refused (by this hook, the app's hooks or `ready`), or taken by the handler. */
   function release (request: FastifyRequest): void {
-    admitted.delete(request.raw.socket)
+    const unwatch = admitted.get(request.raw)
+    if (unwatch === undefined) return
+    admitted.delete(request.raw)
+    unwatch()
   }
 
   function takeIdentity (request: FastifyRequest): Identity | undefined {

@@ -1,4 +1,6 @@
 import t from 'tap'
+import { once } from 'node:events'
+import { connect } from 'node:net'
 import { UNAUTHORIZED_REASONS, type RoomsOptions } from '../src/index.js'
 import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
@@ -244,6 +246,20 @@ t.test('upgrades waiting in the app\'s own hooks count against maxConnections to
   t.equal(app.rooms.connections, 2)
 })
 
+t.test('a plain GET or HEAD of the socket path (a keep-alive socket that stays open) takes no place under maxConnections; a handshake ws refuses gives its place back', async (t) => {
+  const { wsUrl, url } = await startApp(t, { maxConnections: 1 })
+  for (const method of ['GET', 'HEAD']) t.equal((await fetch(`${url}/ws`, { method })).status, 404, method)
+  const bad = connect(Number(new URL(url).port), '127.0.0.1')
+  t.teardown(() => bad.destroy())
+  bad.write('GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 12\r\n\r\n')
+  const [answer] = await once(bad, 'data') as [Buffer]
+  t.match(answer.toString(), /^HTTP\/1\.1 400/, 'ws refuses the handshake')
+  await once(bad, 'close')
+  const s = await TestSocket.open(wsUrl)
+  t.teardown(() => s.close())
+  t.equal(s.welcome.type, 'welcome', 'the one place is free')
+})
+
 t.test('an authenticate that never answers is refused after authTimeoutMs and gives its place under maxConnections back', async (t) => {
   let unhang = (): void => {}
   const hanging = new Promise<void>((resolve) => { unhang = resolve })
@@ -251,7 +267,8 @@ t.test('an authenticate that never answers is refused after authTimeoutMs and gi
   let calls = 0
   const { wsUrl, url } = await startApp(t, {
     maxConnections: 1,
-    authTimeoutMs: 200,
+    // Long enough that the second upgrade below reaches the limit while the first is checked, on a loaded machine.
+    authTimeoutMs: 1500,
     authenticate: async (request) => {
       calls++
       if (request.headers['x-hang'] !== undefined) await hanging

@@ -5,6 +5,7 @@ import type { FastifyInstance } from 'fastify'
 import { MemoryAdapter } from '../src/index.js'
 import { startApp } from './helpers/server.js'
 import { TestSocket, type Frame } from './helpers/socket.js'
+import { until } from './helpers/until.js'
 
 type Gated = 'join' | 'room' | 'history'
 
@@ -160,6 +161,23 @@ t.test('a client join while app.rooms.join is joining the same connection waits 
   await t.rejects(second.server, { code: 'ROOM_FULL' })
   t.match(await second.client, { type: 'error', code: 'FORBIDDEN' })
   t.same(asked, ['vip'])
+})
+
+t.test('a client join that waited for app.rooms.join on a connection that closed meanwhile asks onJoin nothing', async (t) => {
+  const adapter = new HeldStore()
+  const asked: string[] = []
+  const { wsUrl, app } = await startApp(t, { adapter, onJoin: ({ room }) => { asked.push(room); return true } })
+  const c = await TestSocket.open(wsUrl)
+  const held = adapter.hold('join')
+  const serverJoin = app.rooms.join(c.welcome.connectionId, 'r')
+  await held.entered
+  c.send({ type: 'join', room: 'r' })
+  await serverRead(app)
+  c.ws.terminate()
+  await until(() => app.rooms.connections === 0, 'the server saw the connection close')
+  held.release()
+  t.equal(await serverJoin, false)
+  t.same(asked, [], 'onJoin is not asked for a connection that is gone')
 })
 
 t.test('app.rooms.join while the client\'s own join is under way answers how that join ended', async (t) => {
