@@ -325,10 +325,13 @@ export class Registry implements AdapterListener {
     if (request.id !== undefined) joined.id = request.id
     if (replay.recovered !== undefined) joined.recovered = replay.recovered
     peer.sendEncoded(result.membersJson === undefined ? JSON.stringify(joined) : encodeJoined(joined, result.membersJson))
-    // Messages published after the adapter's answer may be both in the replay
-    // and pending: lastOffset lets each through once.
+    // The replay ends at the adapter's offset: everything published after its
+    // answer is pending. A page read by count can reach past it (over a hole
+    // in history, a message delivered but not kept), and taking those would
+    // let lastOffset skip a pending message below them.
     membership.lastOffset = replay.after
     for (const message of replay.messages) {
+      if (message.offset > result.offset) break
       if (message.offset > membership.lastOffset) {
         membership.lastOffset = message.offset
         peer.sendEncoded(message.frame)

@@ -260,6 +260,27 @@ t.test('a resume over a history hole is recovered: false, even when a publish la
   t.same(after.map((f) => f.offset), [4], 'no replay over the hole, then what came after the join')
 })
 
+t.test('a join with history over a hole in history still gets every message published while it is under way', async (t) => {
+  const adapter = new HeldStore()
+  const { wsUrl, app } = await startApp(t, { adapter, maxHistoryBytes: 2_000 })
+  const big = 'x'.repeat(3_000)
+  for (const data of ['one', big, 'three']) await app.rooms.broadcast('r', data)
+  const c = await TestSocket.open(wsUrl)
+  t.teardown(() => c.close())
+  const held = adapter.hold('history')
+  c.send({ type: 'join', room: 'r', id: 1, history: 10 })
+  await held.entered
+  // Published while the join reads history: 4 is not kept either, so a page read by count reaches 5.
+  await app.rooms.broadcast('r', big)
+  await app.rooms.broadcast('r', 'five')
+  held.release()
+  const joined = await c.next((f) => f.id === 1)
+  t.match(joined, { type: 'joined', offset: 3 })
+  await c.next((f) => f.type === 'message' && f.offset === 5)
+  const after = c.frames.slice(c.frames.indexOf(joined)).filter((f) => f.type === 'message')
+  t.same(after.map((f) => f.offset), [1, 3, 4, 5], 'the retained ones up to the join, then every one after it, in order')
+})
+
 t.test('an overtaken join whose successor fails undoes itself in the store: no member is left that no connection holds', async (t) => {
   const adapter = new HeldStore()
   const { wsUrl, app } = await startApp(t, { adapter })

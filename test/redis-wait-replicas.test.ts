@@ -33,7 +33,16 @@ t.test('one Redis with a replica: waitReplicas', { skip: skipRedis }, async (t) 
     t.equal(await waits(inspect), 0, 'no WAIT ran')
   })
 
-  t.test('waitReplicas 1: acknowledged once the replica has it, UNAVAILABLE while it cannot confirm', async (t) => {
+  t.test('waitReplicas 1 with an odd commandTimeoutMs: the WAIT is given whole milliseconds, and the publish is acknowledged', async (t) => {
+    // Half of 999 is 499.5, which Redis refuses as a WAIT timeout: every publish was of unknown outcome.
+    const { wsUrl } = await startApp(t, { adapter: redisAdapter({ url: master.url, keyPrefix: 'odd:', waitReplicas: 1, commandTimeoutMs: 999 }) })
+    const ada = await TestSocket.open(wsUrl)
+    t.teardown(() => ada.close())
+    await ada.join('r')
+    t.match(await ada.request({ type: 'publish', room: 'r', data: 1 }), { type: 'ack', offset: 1 })
+  })
+
+  t.test('waitReplicas 1: acknowledged once the replica has it, of unknown outcome (INTERNAL) while it cannot confirm', async (t) => {
     const { wsUrl } = await startApp(t, { adapter: redisAdapter({ url: master.url, keyPrefix: 'wait:', waitReplicas: 1, commandTimeoutMs: 2000 }) })
     const ada = await TestSocket.open(wsUrl)
     t.teardown(() => ada.close())

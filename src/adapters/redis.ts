@@ -553,7 +553,7 @@ type Client = (Redis | Cluster) & {
 /**
  * How long a publish cut off in flight waits for its connection to come back
  * and be sent again (it is applied once whatever the number of sends). Past
- * it the publish answers UNAVAILABLE, and may or may not have been applied.
+ * it the publish answers INTERNAL: it may or may not have been applied.
  */
 const RESEND_WITHIN_MS = 2_000
 
@@ -1129,7 +1129,7 @@ export class RedisAdapter implements Adapter {
    * Wait until the shard's replicas (up to `waitReplicas`) have
    * what this connection wrote to it: a failover promotes a replica, and
    * without this it could lack an acknowledged message. Short of that, the
-   * publish answers UNAVAILABLE ("may or may not have been published") rather
+   * publish answers INTERNAL ("may or may not have been published") rather
    * than promise what a failover could take back.
    *
    * One WAIT per master per turn covers every call whose reply came in that
@@ -1175,7 +1175,8 @@ export class RedisAdapter implements Adapter {
         const count = this.replicasOf(owner, master)
         wanted = Math.min(wanted, typeof count === 'number' ? count : await count)
         if (wanted === 0) return
-        const timeout = Math.min(1_000, this.commandTimeoutMs / 2)
+        // WAIT takes whole milliseconds, and 0 would wait for ever.
+        const timeout = Math.max(1, Math.floor(Math.min(1_000, this.commandTimeoutMs / 2)))
         acked = await this.cmd.call('wait', async () => await master.wait(wanted, timeout).catch(unconfirmed))
       }
     } catch {}
@@ -1969,7 +1970,8 @@ class Link {
   close (): void {
     clearInterval(this.watchdog)
     clearTimeout(this.timer)
-    for (const call of [...this.inflight, ...this.held]) call.reject(unavailable())
+    // A publish that went out may have run, as when its time to be sent again is up (`expire`).
+    for (const call of [...this.inflight, ...this.held]) call.reject(call.resend && call.sentAt !== 0 ? maybePublished() : unavailable())
     this.inflight.clear()
     this.held = []
   }
