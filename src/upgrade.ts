@@ -55,8 +55,6 @@ export function upgradeGuard (options: ResolvedOptions, credentials: Credentials
   }
 
   async function hook (request: FastifyRequest): Promise<void> {
-    // A plain GET or HEAD of the path: nothing to admit, the route answers 404.
-    if (!request.ws) return
     if (state.closing) throw new errorCodes.SHUTTING_DOWN()
     const origin = request.headers.origin
     if (allowed !== undefined && (origin === undefined || !allowed.has(origin))) {
@@ -66,10 +64,14 @@ export function upgradeGuard (options: ResolvedOptions, credentials: Credentials
       throw new errorCodes.ORIGIN_NOT_ALLOWED(origin)
     }
     if (state.connections() + admitted.size >= options.maxConnections) throw new errorCodes.TOO_MANY_CONNECTIONS(options.maxConnections)
-    admit(request.raw)
+    // A plain GET of the path gets the same checks, so that a page can learn
+    // why its upgrade was refused (a browser cannot read that answer), then a
+    // 404; it is no connection, and never counts as one.
+    const upgrade = request.ws
+    if (upgrade) admit(request.raw)
     try {
       const identity = await identify(request)
-      if (identity !== undefined) identities.set(request, identity)
+      if (upgrade && identity !== undefined) identities.set(request, identity)
     } catch (err) {
       release(request)
       throw err
