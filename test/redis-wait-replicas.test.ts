@@ -34,8 +34,9 @@ t.test('one Redis with a replica: waitReplicas', { skip: skipRedis }, async (t) 
   })
 
   t.test('waitReplicas 1 with an odd commandTimeoutMs: the WAIT is given whole milliseconds, and the publish is acknowledged', async (t) => {
-    // Half of 999 is 499.5, which Redis refuses as a WAIT timeout: every publish was of unknown outcome.
-    const { wsUrl } = await startApp(t, { adapter: redisAdapter({ url: master.url, keyPrefix: 'odd:', waitReplicas: 1, commandTimeoutMs: 999 }) })
+    // Half of 1999 is 999.5, which Redis refuses as a WAIT timeout: every publish was of unknown outcome.
+    // (As long a wait for the replica as the next test's, so a loaded machine does not make it one.)
+    const { wsUrl } = await startApp(t, { adapter: redisAdapter({ url: master.url, keyPrefix: 'odd:', waitReplicas: 1, commandTimeoutMs: 1999 }) })
     const ada = await TestSocket.open(wsUrl)
     t.teardown(() => ada.close())
     await ada.join('r')
