@@ -363,7 +363,7 @@ t.test('redis adapter under faults', { skip: skipRedis }, async (t) => {
     t.same(retried.members.map((m: { id: string }) => m.id).sort(), ['ada', 'anchor', 'watcher'], 'the retried join works')
   })
 
-  t.test('a publish cut off in flight settles with UNAVAILABLE when Redis does not come back in time', async (t) => {
+  t.test('a publish cut off in flight settles with "may or may not have been published" when Redis does not come back in time', async (t) => {
     const { nodes: [a] } = await cluster(t, 1) as unknown as { nodes: [Started] }
     await inspect.call('CLIENT', 'PAUSE', '1000', 'ALL')
     const outcome = a.app.rooms.broadcast('held', 1).then((offset) => ({ offset }), (err: Error) => err)
@@ -371,6 +371,27 @@ t.test('redis adapter under faults', { skip: skipRedis }, async (t) => {
     t.match(await outcome, { code: 'INTERNAL', message: /may or may not have been published/ })
     await redis.restart()
     await ready(a)
+  })
+
+  // UNAVAILABLE promises that nothing was sent, which a client may retry blindly: these may have reached the members.
+  t.test('an ephemeral publish and a direct push cut off in flight answer "may or may not have been delivered", not UNAVAILABLE', async (t) => {
+    const { nodes: [a, b] } = await cluster(t, 2) as unknown as { nodes: [Started, Started] }
+    const ada = await TestSocket.open(a.wsUrl, as('ada'))
+    const bob = await TestSocket.open(b.wsUrl, as('bob'))
+    t.teardown(() => Promise.all([ada.close(), bob.close()]))
+    await ada.join('typing')
+    // WRITE, not ALL: CLIENT LIST still answers, and shows the instance's command connection held (flags=b) on the publish.
+    await inspect.call('CLIENT', 'PAUSE', '2000', 'WRITE')
+    const acked = ada.request({ type: 'publish', room: 'typing', data: 'typing...', ephemeral: true })
+    const cmd = `name=fastify-rooms:${ada.welcome.connectionId.split('-')[0] as string}:cmd `
+    await eventually(async () => await inspect.call('CLIENT', 'LIST') as string, (list) => list.split('\n').some((line) => line.includes(cmd) && / flags=b /.test(line)), 'the publish waits in Redis')
+    const pushed = a.app.rooms.send(bob.welcome.connectionId, 'hello').then((delivered) => ({ delivered }), (err: Error) => err)
+    await redis.kill()
+    t.match(await acked, { type: 'error', code: 'INTERNAL', message: /may or may not have been delivered/ })
+    t.match(await pushed, { code: 'INTERNAL', message: /may or may not have been delivered/ })
+    await redis.restart()
+    await ready(a)
+    t.equal(ada.closedWith, undefined, 'the publisher stays connected')
   })
 
   t.test('a publish cut off in flight is not sent again to a Redis that restarted: it may have been applied in the lost state', async (t) => {

@@ -589,6 +589,8 @@ const unavailable = storeUnavailable
  * says what to do.
  */
 const maybePublished = (): RoomsError => new RoomsError('INTERNAL', 'The message store became unreachable while publishing: the message may or may not have been published. Check the room\'s history before publishing it again.')
+/** The same for a message that is not stored (ephemeral, `direct`): there is no history to check. */
+const maybeDelivered = (): RoomsError => new RoomsError('INTERNAL', 'The message store became unreachable while sending: the message may or may not have been delivered.')
 /**
  * A ROLE or WAIT that Redis refused (a master demoted in a failover refuses
  * WAIT): the publishes it was for are unconfirmed, which is expected in a
@@ -942,7 +944,7 @@ export class RedisAdapter implements Adapter {
   private async publishEphemeral (room: string, message: EncodedPublish): Promise<undefined> {
     this.sendBatch(this.partitions.base(room))
     const frame = messageFrame(room, message, undefined, Date.now())
-    await this.send('publish', this.roomChannel(room), 'e' + frame)
+    await this.send('publish', this.roomChannel(room), 'e' + frame, maybeDelivered)
     return undefined
   }
 
@@ -1072,7 +1074,7 @@ export class RedisAdapter implements Adapter {
       base, 'publish', nodeId, (this.unsettled[0] as Batch).firstId, again || this.shards !== undefined ? '1' : '0',
       historyTtlMs, this.historyRooms, this.historyBytes, call, batch.firstId, batch.lastId
     )
-    const called = this.cmd.call('publish', issue, true)
+    const called = this.cmd.call('publish', issue, { resend: true, unknown: maybePublished })
     const answered = this.waitReplicas === 0
       ? called
       : called.then(async (offsets) => {
@@ -1276,7 +1278,7 @@ export class RedisAdapter implements Adapter {
     if (this.listener.direct(connectionId, frame)) return true
     const node = connectionId.slice(0, connectionId.indexOf('-'))
     if (node === '' || node === this.config.nodeId) return false
-    const receivers = await this.send('direct', this.nodeChannel(node), `d${connectionId}|${frame}`)
+    const receivers = await this.send('direct', this.nodeChannel(node), `d${connectionId}|${frame}`, maybeDelivered)
     return receivers > 0
   }
 
@@ -1873,8 +1875,9 @@ export class RedisAdapter implements Adapter {
   }
 
   /** Publish on a channel: sharded on a cluster. Resolves to the receivers. */
-  private async send (what: string, channel: string, message: string): Promise<number> {
-    return await this.cmd.call(what, async () => await (this.shards === undefined ? this.redis.publish(channel, message) : this.redis.spublish(channel, message)) as number)
+  /** @param unknown the error for a message cut off in flight, when it is one whose delivery matters (not a control command, which may be repeated) */
+  private async send (what: string, channel: string, message: string, unknown?: () => RoomsError): Promise<number> {
+    return await this.cmd.call(what, async () => await (this.shards === undefined ? this.redis.publish(channel, message) : this.redis.spublish(channel, message)) as number, { unknown })
   }
 }
 
@@ -1887,6 +1890,12 @@ interface Call {
   reject: (err: Error) => void
   /** Sent again after a cut rather than failed (the script applies it once whatever the number of sends). */
   resend: boolean
+  /**
+   * The error for a call that went out and was cut off: one that changes what
+   * clients see (a publish) may have run, which UNAVAILABLE would deny.
+   * Undefined for the others, which get UNAVAILABLE.
+   */
+  unknown: (() => RoomsError) | undefined
   /** When it was last sent (0: never). */
   sentAt: number
   /** For a call held after a cut: when it gives up. */
@@ -1951,10 +1960,10 @@ class Link {
     return this.client.status === 'ready'
   }
 
-  call<T> (what: string, issue: (again: boolean) => Promise<T>, resend = false): Promise<T> {
+  call<T> (what: string, issue: (again: boolean) => Promise<T>, { resend = false, unknown }: { resend?: boolean, unknown?: () => RoomsError } = {}): Promise<T> {
     if (!this.ready) return Promise.reject(unavailable())
     return new Promise<T>((resolve, reject) => {
-      const call: Call = { what, issue, resolve, reject, resend, sentAt: 0 }
+      const call: Call = { what, issue, resolve, reject, resend, unknown, sentAt: 0 }
       if (resend && this.held.length > 0) {
         // The connection is back, and the calls cut off on it wait to be sent
         // again: one made now goes after them, or it would overtake them.
@@ -1971,7 +1980,7 @@ class Link {
     clearInterval(this.watchdog)
     clearTimeout(this.timer)
     // A publish that went out may have run, as when its time to be sent again is up (`expire`).
-    for (const call of [...this.inflight, ...this.held]) call.reject(call.resend && call.sentAt !== 0 ? maybePublished() : unavailable())
+    for (const call of [...this.inflight, ...this.held]) call.reject(outcome(call))
     this.inflight.clear()
     this.held = []
   }
@@ -1987,7 +1996,7 @@ class Link {
     }, (err: unknown) => {
       if (!this.inflight.delete(call)) return
       // A publish whose connection (to one shard of a cluster) broke under it may have run.
-      if (call.resend && !this.resends && isCutOff(err)) call.reject(maybePublished())
+      if (call.unknown !== undefined && !(call.resend && this.resends) && isCutOff(err)) call.reject(call.unknown())
       else call.reject(this.ready ? this.failure(err, call.what) : unavailable())
     })
   }
@@ -1996,13 +2005,11 @@ class Link {
   private cut (): void {
     const now = Date.now()
     for (const call of this.inflight) {
-      if (call.resend && !this.resends) {
-        call.reject(maybePublished())
-      } else if (call.resend) {
+      if (call.resend && this.resends) {
         call.until ??= now + RESEND_WITHIN_MS
         this.held.push(call)
       } else {
-        call.reject(unavailable())
+        call.reject(outcome(call))
       }
     }
     this.inflight.clear()
@@ -2034,7 +2041,7 @@ class Link {
     this.held = []
     for (const call of held) {
       if (same) this.send(call)
-      else call.reject(call.sentAt === 0 ? unavailable() : maybePublished())
+      else call.reject(outcome(call))
     }
   }
 
@@ -2045,13 +2052,18 @@ class Link {
     const now = Date.now()
     this.held = this.held.filter((call) => {
       if ((call.until as number) > now) return true
-      call.reject(call.sentAt === 0 ? unavailable() : maybePublished())
+      call.reject(outcome(call))
       return false
     })
     if (this.held.length === 0) return
     this.timer = setTimeout(() => this.expire(), Math.min(...this.held.map((call) => call.until as number)) - now)
     this.timer.unref()
   }
+}
+
+/** The error for a call that failed for a lost connection: whether it went out decides whether it may have run. */
+function outcome (call: Call): RoomsError {
+  return call.sentAt !== 0 && call.unknown !== undefined ? call.unknown() : unavailable()
 }
 
 /** Create the Redis adapter: `adapter: redisAdapter({ url: 'redis://127.0.0.1:6379' })`. */
