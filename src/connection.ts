@@ -678,6 +678,8 @@ export class Connection implements Peer {
     const onPublish = options.onPublish as NonNullable<ResolvedOptions['onPublish']>
     const verdict = await onPublish({ connectionId: this.id, user: this.fullUser as Member, room, data: frame.data as never, request: this.request as FastifyRequest })
     if (verdict === false) throw forbidden(`You may not publish to room "${room}".`)
+    // The hook took its time: the member may have been removed from the room, or closed, meanwhile.
+    if (this.closed || !this.ctx.registry.isMember(this, room)) throw notInRoom(room)
     if (typeof verdict === 'object' && verdict !== null) {
       // What the hook returns goes out as if the member had sent it: same limits, same schema.
       message.data = checkPublish(verdict.data, room, options.maxMessageBytes, validateData)
