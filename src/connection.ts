@@ -771,7 +771,10 @@ export class Connection implements Peer {
     // the client said goodbye (1000) or the server disconnected it (4003).
     if (this.fullUser === undefined) return
     this.tell('onDisconnect', { code, reason: reason.toString() })
-    void this.ctx.registry.remove(this, code !== 1000 && !this.disconnected)
+    // remove() logs what the adapter refuses; this is for a failure of its own, which must not end the process.
+    this.ctx.registry.remove(this, code !== 1000 && !this.disconnected).catch((err: unknown) => {
+      this.ctx.log.error({ err, connectionId: this.id }, 'fastify-rooms: could not remove a closed connection from its rooms')
+    })
   }
 
   /** A membership of this connection (one that got `joined`) ended: tell `onLeave`. */

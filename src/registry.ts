@@ -503,7 +503,9 @@ export class Registry implements AdapterListener {
    * tracked so that shutdown waits for it before the adapter closes.
    */
   private async trackLeave (room: string, peer: Peer, cause?: LeaveCause): Promise<void> {
-    await this.track(this.adapter.leave(room, peer.id, peer.user).catch((err: unknown) => {
+    // An adapter whose leave throws rather than reject is answered the same way, not with an unhandled rejection.
+    const leaving = (async () => { await this.adapter.leave(room, peer.id, peer.user) })()
+    await this.track(leaving.catch((err: unknown) => {
       this.options.log.error({ err, connectionId: peer.id, room }, 'fastify-rooms: adapter failed to remove a member')
     }))
     if (cause !== undefined) peer.left?.(room, cause)
