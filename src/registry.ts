@@ -19,7 +19,7 @@ export interface Peer {
    * payloads back to back (`textFrames`).
    */
   sendFramed (framed: Buffer, payload: Buffer | readonly Buffer[]): void
-  /** Close the connection (it will leave its rooms as it closes). */
+  /** Close the connection: it handles no more frames and leaves its rooms now, not when the peer answers. */
   close (code: number, reason: string): void
   /** One of its memberships that got `joined` ended (for the `onLeave` hook). */
   left? (room: string, cause: LeaveCause): void
