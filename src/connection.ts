@@ -279,7 +279,8 @@ export class Connection implements Peer {
   }
 
   private authFailed (err: unknown, id: RequestId | undefined): void {
-    if (this.auth === 'refused') return
+    // Closed meanwhile (a refresh checked while the server closed it): nothing to refuse, and its timer is the close's.
+    if (this.auth === 'refused' || this.closed) return
     if (isRoomsError(err)) {
       this.refuse(err, id)
       return
@@ -293,7 +294,7 @@ export class Connection implements Peer {
 
   /** `UNAUTHORIZED`, then close 4001 with the same sentence, so a browser client can show it. */
   private refuse (error: RoomsError, id?: RequestId): void {
-    if (this.auth === 'refused') return
+    if (this.auth === 'refused' || this.closed) return
     this.auth = 'refused'
     this.stopTimers()
     this.log.info({ connectionId: this.id, userId: this.fullUser?.id, code: error.code, reason: error.message }, 'fastify-rooms: authentication failed')

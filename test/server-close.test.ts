@@ -203,3 +203,32 @@ t.test('a publish accepted before the server\'s close is still stored and delive
   t.same(await ada.closed, { code: 4003, reason: 'Bye.' })
   t.match(await app.rooms.history('r'), { offset: 1 }, 'in the history, for ada to find when it rejoins with since')
 })
+
+t.test('a token refresh that fails after the server\'s close leaves the close as it was: the silent peer is still cut', async (t) => {
+  let verifying!: () => void
+  const checking = new Promise<void>((resolve) => { verifying = resolve })
+  let refuse!: () => void
+  const refused = new Promise<void>((resolve) => { refuse = resolve })
+  const logged: string[] = []
+  const { app, wsUrl } = await startApp(t, {
+    closeTimeoutMs: CLOSE_TIMEOUT_MS,
+    verifyToken: async (token: string) => {
+      if (token === 'good') return { user: { id: 'ada', name: 'ada' } }
+      verifying()
+      await refused
+      throw new Error('the identity service failed')
+    }
+  }, undefined, { logger: { level: 'error', stream: { write: (line: string) => { logged.push(line) } } } })
+  const ada = await TestSocket.connect(wsUrl)
+  const welcome = await ada.authenticate('good')
+  const server = serverSide(app, ada)
+  const wasCut = cut(server)
+  ada.send({ type: 'auth', token: 'refresh', id: 'r1' })
+  await checking
+  ada.stopReading()
+  t.equal(await app.rooms.disconnect(welcome.connectionId, 'Bye.'), true)
+  refuse()
+  // Before the fix the failed check cleared the close's timer: the socket then waited for ws's 30 s.
+  await wasCut
+  t.same(logged.filter((line) => line.includes('verifyToken failed')), [], 'no "verifyToken failed" for a connection already closed')
+})
