@@ -95,8 +95,8 @@ export const errorCodes = {
   FST_ROOMS_ALREADY_REGISTERED: createError('FST_ROOMS_ALREADY_REGISTERED', 'fastify-rooms: already registered in this context; register it again inside its own encapsulated plugin (app.register(async (child) => child.register(rooms, ...))).', 500),
   /** Registrations in sibling contexts, each of which would register @fastify/websocket on the same server. */
   FST_ROOMS_WEBSOCKET_NOT_AT_ROOT: createError('FST_ROOMS_WEBSOCKET_NOT_AT_ROOT', 'fastify-rooms: to register the plugin in several encapsulated contexts, register @fastify/websocket once at the root first.', 500),
-  /** A server API call (`app.rooms.*`) got an argument of the wrong kind. */
-  FST_ROOMS_INVALID_ARGUMENT: createError<[string]>('FST_ROOMS_INVALID_ARGUMENT', 'fastify-rooms: %s must be a non-empty string.', 500, TypeError),
+  /** A server API call (`app.rooms.*`) got an argument of the wrong kind or range; the message says which and what it must be. */
+  FST_ROOMS_INVALID_ARGUMENT: createError<[string]>('FST_ROOMS_INVALID_ARGUMENT', 'fastify-rooms: %s.', 500, TypeError),
 
   /** REST and upgrade: a room name outside the contract's alphabet or length. */
   INVALID_ROOM: createError<[string]>('INVALID_ROOM', '%s', 400),

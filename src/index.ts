@@ -14,11 +14,12 @@ import { Metrics } from './metrics.js'
 import { admin } from './admin.js'
 import { resolveOptions, type RoomData, type RoomsOptions, type SchemaData } from './options.js'
 import { page } from './page.js'
-import { checkPublish, compileDataValidator, encodeDirect, invalidRoomMessage, isRoomName, type Member } from './protocol.js'
+import { checkPublish, compileDataValidator, invalidRoomMessage, isRoomName, type Member } from './protocol.js'
 import { Registry } from './registry.js'
 import { releaseUpgrade } from './release.js'
 import { ResumeTokens } from './resume.js'
 import { RoomList } from './roomlist.js'
+import { directFrame, historyPage, membersPage, roomName, roomQuery, text } from './arguments.js'
 import { DEFAULT_PAGE, restAccess, routes } from './routes.js'
 import { releaseHead, upgradeGuard } from './upgrade.js'
 
@@ -38,6 +39,7 @@ export interface RoomsApi<TData = RoomData> {
   /**
    * A room with one page of its members (by id, `membersLimit` of them after
    * `membersAfter`; default the first `membersPageSize`), or null when nobody is in it.
+   * A bad name throws `INVALID_ROOM`, a page size outside 1-1000 `FST_ROOMS_INVALID_ARGUMENT`.
    */
   get (room: string, members?: { membersAfter?: string, membersLimit?: number }): Promise<RoomInfo | null>
   /** Stored messages of a room after `after`, oldest first; null when the room has neither members nor history. */
@@ -251,7 +253,7 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
 
   /** A publish by the server (`broadcast`, REST): the same checks as a member's publish, no `from`. */
   async function serverPublish (room: string, data: unknown, ephemeral = false): Promise<number | undefined> {
-    if (!isRoomName(room)) throw new RoomsError('INVALID_ROOM', invalidRoomMessage(room))
+    roomName(room)
     return await registry.publish(room, { data: checkPublish(data, room, options.maxMessageBytes, ctx.validateData), ephemeral })
   }
 
@@ -298,16 +300,19 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
       return await serverPublish(room, data, options?.ephemeral === true) as never
     },
     async send (connectionId, data) {
-      return await registry.sendDirect(connectionId, data)
+      const id = text(connectionId, 'connectionId')
+      directFrame(data)
+      return await registry.sendDirect(id, data)
     },
     async list (query = {}) {
-      return await registry.list({ prefix: query.prefix, after: query.after, limit: query.limit ?? DEFAULT_PAGE })
+      return await registry.list(roomQuery(query, DEFAULT_PAGE))
     },
     async get (room, members = {}) {
-      return isRoomName(room) ? await registry.room(room, { after: members.membersAfter, limit: members.membersLimit ?? options.membersPageSize }) : null
+      return await registry.room(roomName(room), membersPage(members, options.membersPageSize))
     },
     async history (room, after = 0, limit = options.historySize) {
-      return await registry.history(roomName(room), after, limit)
+      const range = historyPage(after, limit)
+      return await registry.history(roomName(room), range.after, range.limit)
     },
     async disconnect (connectionId, reason = DISCONNECTED) {
       return await adapter.control({ kind: 'disconnect', target: { connectionId: text(connectionId, 'connectionId') }, reason: text(reason, 'reason') }) > 0
@@ -341,26 +346,6 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
 
 const DISCONNECTED = 'Disconnected by the server.'
 const REMOVED = 'Removed from the room by the server.'
-
-function text (value: unknown, name: string): string {
-  if (typeof value !== 'string' || value === '') throw new errorCodes.FST_ROOMS_INVALID_ARGUMENT(name)
-  return value
-}
-
-/** A `direct` frame, or `INVALID_DATA` for data JSON cannot encode (a BigInt, a cycle, `undefined`). */
-function directFrame (data: unknown): string {
-  let frame: string | undefined
-  try {
-    frame = encodeDirect(data)
-  } catch {}
-  if (frame === undefined || !frame.includes('"data":')) throw new RoomsError('INVALID_DATA', 'sendToUser data must be a JSON value.')
-  return frame
-}
-
-function roomName (room: unknown): string {
-  if (!isRoomName(room)) throw new RoomsError('INVALID_ROOM', invalidRoomMessage(room))
-  return room
-}
 
 /**
  * fastify-rooms: realtime rooms over WebSocket, a REST room listing and a demo

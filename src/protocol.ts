@@ -44,8 +44,12 @@ export const PublishFrame = Type.Object({
 })
 /** Most members one `joined` or `members` reply carries. */
 export const MAX_MEMBERS_PAGE = 1000
-/** A member id as a paging cursor: members with a greater id follow it. */
-export const MemberCursor = Type.String({ minLength: 1, maxLength: 256 })
+/**
+ * A member id as a paging cursor: members with a greater id follow it. As
+ * long as a member id may be (the frame's size bounds it): a shorter limit
+ * made a page whose last member had a longer id impossible to follow.
+ */
+export const MemberCursor = Type.String({ minLength: 1 })
 export const MembersFrame = Type.Object({
   type: Type.Literal('members'),
   id: Type.Optional(RequestId),

@@ -117,13 +117,9 @@ export interface RegistryOptions {
   metrics?: Metrics | undefined
 }
 
-/**
- * One user in a room's pending presence diff. `start` is whether the user was
- * present before the diff began, `present` whether it is now.
- */
+/** One user in a room's pending presence diff: its member JSON, and whether it is present now. */
 interface Touched {
   member: string
-  start: boolean
   present: boolean
 }
 
@@ -148,12 +144,6 @@ interface Batch {
   seq: number
   /** When its diff is due (`performance.now()`): a full interval after the room's first change since its last diff. */
   due: number
-  /**
-   * A member of this node joined while the batch was open: its member list
-   * reflects a state in the middle of the batch, so the diff must give every
-   * touched user's state, even those back where they started.
-   */
-  fresh: boolean
 }
 
 /** A connection that dropped without `leave`: still a member of its rooms until `timer` fires. */
@@ -338,8 +328,6 @@ export class Registry implements AdapterListener {
       }
     }
     membership.lastOffset = Math.max(membership.lastOffset, result.offset)
-    const batch = this.batches.get(room)
-    if (batch !== undefined) batch.fresh = true
     const pending = membership.pending
     membership.pending = undefined
     membership.presenceSeq = result.presenceSeq
@@ -634,18 +622,14 @@ export class Registry implements AdapterListener {
     if (members === undefined || !this.options.presenceEvents) return
     let batch = this.batches.get(room)
     if (batch === undefined) {
-      let fresh = false
-      for (const membership of members.values()) {
-        if (membership.pending !== undefined) { fresh = true; break }
-      }
-      batch = { users: new Map(), count: change.count, seq: change.seq, due: performance.now() + this.options.presenceIntervalMs, fresh }
+      batch = { users: new Map(), count: change.count, seq: change.seq, due: performance.now() + this.options.presenceIntervalMs }
       // Insertion order is the order of `due`: flushPresence stops at the first batch not yet due.
       this.batches.set(room, batch)
       this.scheduleFlush(this.options.presenceIntervalMs)
     }
     const touched = batch.users.get(change.id)
     if (touched === undefined) {
-      batch.users.set(change.id, { member: change.member, start: !change.join, present: change.join })
+      batch.users.set(change.id, { member: change.member, present: change.join })
     } else {
       touched.present = change.join
       if (change.join) touched.member = change.member
@@ -686,19 +670,24 @@ export class Registry implements AdapterListener {
     if (!this.pumpScheduled) this.pump()
   }
 
-  /** Queue a batch's diff for the room's members on this node (none when the batch nets to nothing). */
+  /**
+   * Queue a batch's diff for the room's members on this node. It names every
+   * user the batch touched, with that user's state now, even one back where it
+   * started: a member whose `joined` or `members` page was read in the middle
+   * of the batch may have seen the user either way, and with Redis a change
+   * can reach this node after a page that already shows it. Named, the diff is
+   * right for every member, applied as a set; left out, the user would stay
+   * in such a member's list (or out of it) for good.
+   */
   private write (room: string, batch: Batch): void {
     const members = this.rooms.get(room)?.members
     if (members === undefined) return
     const joins: string[] = []
     const leaves: string[] = []
-    for (const { member, start, present } of batch.users.values()) {
-      // A user back where it started is news only to a member that joined in between.
-      if (start === present && !batch.fresh) continue
+    for (const { member, present } of batch.users.values()) {
       if (present) joins.push(member)
       else leaves.push(member)
     }
-    if (joins.length === 0 && leaves.length === 0) return
     const payload = Buffer.from(encodePresence(room, joins, leaves, batch.count))
     this.writing.push({ room, members, all: [...members.values()], next: 0, framed: textFrame(payload), payload, seq: batch.seq, late: this.pumpScheduled })
     this.busy.set(room, undefined)
@@ -891,7 +880,11 @@ export class Registry implements AdapterListener {
     const local = this.rooms.get(room)
     if (local?.members.get(peer.id) === membership) {
       local.members.delete(peer.id)
-      if (local.members.size === 0) this.rooms.delete(room)
+      if (local.members.size === 0) {
+        this.rooms.delete(room)
+        // Nobody here to tell; a member joining later gets the state in its `joined`.
+        this.batches.delete(room)
+      }
     }
   }
 }

@@ -95,3 +95,59 @@ t.test('bad arguments throw the right codes at once', async (t) => {
   await t.rejects(app.rooms.sendToUser('ada', undefined), { code: 'INVALID_DATA' })
   await t.rejects(app.rooms.sendToUser('ada', 10n), { code: 'INVALID_DATA' })
 })
+
+// A wrong page size once answered a page that looked complete: `list({ limit: 0 })`
+// gave no rooms and `next: null` while rooms existed; `get` with `membersLimit: 0`
+// gave no members and `membersNext: null`; `send(id, undefined)` pushed a frame
+// with no data.
+t.test('the reading calls and send check their arguments too, before anything is read or sent', async (t) => {
+  const { app, wsUrl } = await startApp(t, { authenticate })
+  const ada = await TestSocket.open(wsUrl, as('ada'))
+  t.teardown(() => ada.close())
+  await ada.join('r')
+  const invalid = (message: RegExp): { code: string, message: RegExp } => ({ code: 'FST_ROOMS_INVALID_ARGUMENT', message })
+  for (const limit of [0, -1, Number.NaN, 1.5, 1001, '10']) {
+    await t.rejects(app.rooms.list({ limit: limit as number }), invalid(/query\/limit/), `list, limit ${String(limit)}`)
+  }
+  await t.rejects(app.rooms.list(null as never), invalid(/query must be an object/))
+  await t.rejects(app.rooms.list({ prefix: 'p'.repeat(129) }), invalid(/query\/prefix/))
+  await t.rejects(app.rooms.list({ after: 5 as never }), invalid(/query\/after/))
+  t.same((await app.rooms.list({ limit: 1000 })).rooms, [{ name: 'r', count: 1 }], 'a good query still answers')
+  await t.rejects(app.rooms.get('bad room'), { code: 'INVALID_ROOM' }, 'as every other call: not null, which means "nobody is in it"')
+  for (const membersLimit of [0, -5, Number.NaN, 1.5, 1001]) {
+    await t.rejects(app.rooms.get('r', { membersLimit }), invalid(/query\/membersLimit/), `get, membersLimit ${membersLimit}`)
+  }
+  await t.rejects(app.rooms.get('r', { membersAfter: '' }), invalid(/query\/membersAfter/))
+  t.match(await app.rooms.get('r', { membersLimit: 1000 }), { count: 1, members: [{ id: 'ada' }], membersNext: null })
+  await t.rejects(app.rooms.history('r', -1), invalid(/history\/after/))
+  await t.rejects(app.rooms.history('r', 0.5), invalid(/history\/after/))
+  await t.rejects(app.rooms.history('r', 0, 0), invalid(/history\/limit/))
+  await t.rejects(app.rooms.send('', 'x'), invalid(/connectionId must be a non-empty string/))
+  await t.rejects(app.rooms.send(7 as never, 'x'), invalid(/connectionId/))
+  const cycle: Record<string, unknown> = {}
+  cycle.self = cycle
+  for (const data of [undefined, 10n, cycle]) {
+    await t.rejects(app.rooms.send(ada.welcome.connectionId, data), { code: 'INVALID_DATA', message: /must be a JSON value/ })
+  }
+  t.equal(await app.rooms.send(ada.welcome.connectionId, 'fine'), true)
+  t.same(await ada.next((f) => f.type === 'direct'), { type: 'direct', data: 'fine' }, 'the first direct frame is the good one')
+})
+
+eachAdapter(t, 'member ids longer than 256 characters page like any other, on the socket and over REST', async (t, deploy) => {
+  const { node, app } = await deploy({ authenticate })
+  const long = 'a'.repeat(300)
+  const first = await TestSocket.open(node(0).wsUrl, as(long))
+  const bob = await TestSocket.open(node(1).wsUrl, as('bob'))
+  t.teardown(() => Promise.all([first.close(), bob.close()]))
+  await first.join('r')
+  await bob.join('r')
+  const page = await bob.request({ type: 'members', room: 'r', limit: 1 })
+  t.match(page, { members: [{ id: long }], next: long })
+  t.match(await bob.request({ type: 'members', room: 'r', after: page.next, limit: 1 }), { type: 'members', members: [{ id: 'bob' }], next: null }, 'its id is a cursor the next request may carry')
+  const rest = await app.inject({ url: '/rooms/r?membersLimit=1' })
+  t.equal(rest.statusCode, 200, rest.body)
+  t.equal(rest.json().membersNext, long)
+  const next = await app.inject({ url: `/rooms/r?membersLimit=1&membersAfter=${long}` })
+  t.equal(next.statusCode, 200, next.body)
+  t.match(next.json(), { members: [{ id: 'bob' }], membersNext: null })
+})

@@ -45,7 +45,7 @@ export interface PresenceChange {
   member: string
   /** Members in the room after this change. */
   count: number
-  /** The room's presence sequence: increases with every change of the room. */
+  /** The room's presence sequence: increases with every change of the room, also across its lives (a room forgotten and made again). */
   seq: number
 }
 

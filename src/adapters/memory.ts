@@ -80,6 +80,13 @@ export class MemoryAdapter implements Adapter, PublishesNow {
   private listener: AdapterListener | undefined
   private config: AdapterConfig | undefined
   private readonly states = new Map<string, RoomState>()
+  /**
+   * The last presence sequence of any room. One count for all rooms, so that a
+   * room forgotten and made again goes on from where its last life ended: a
+   * node may still hold a diff of that life, and a sequence started again
+   * from 0 would put the new life's changes behind it.
+   */
+  private presenceSeq = 0
   /** Names of rooms with members, kept sorted so listing pages cost O(log n + page). */
   private readonly active: string[] = []
   /** Rooms holding history, least recently published first. */
@@ -210,7 +217,7 @@ export class MemoryAdapter implements Adapter, PublishesNow {
       if (state.users.size === 1) insertSorted(this.active, room)
       // Encoded as the change happens: a cache of every member's JSON would
       // cost memory for as long as its connection lives.
-      listener.presence(room, { join: true, id: member.id, member: JSON.stringify(member), count: state.users.size, seq: ++state.presenceSeq })
+      listener.presence(room, { join: true, id: member.id, member: JSON.stringify(member), count: state.users.size, seq: state.presenceSeq = ++this.presenceSeq })
       this.roomWatcher?.count(room, state.users.size)
     } else if (typeof entry.connections === 'string') {
       if (entry.connections !== connectionId) entry.connections = new Set([entry.connections, connectionId])
@@ -233,7 +240,7 @@ export class MemoryAdapter implements Adapter, PublishesNow {
     state.users.delete(member.id)
     if (removeSorted(state.ids, member.id) < config.membersPageSize) state.pageJson = undefined
     if (state.users.size === 0) removeSorted(this.active, room)
-    listener.presence(room, { join: false, id: member.id, member: JSON.stringify(entry.member), count: state.users.size, seq: ++state.presenceSeq })
+    listener.presence(room, { join: false, id: member.id, member: JSON.stringify(entry.member), count: state.users.size, seq: state.presenceSeq = ++this.presenceSeq })
     this.roomWatcher?.count(room, state.users.size)
     this.forgetIfIdle(room, state)
   }

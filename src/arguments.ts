@@ -1,0 +1,68 @@
+import Type from 'typebox'
+import { Compile } from 'typebox/compile'
+import type { MembersQuery, RoomQuery } from './adapters/adapter.js'
+import { RoomsError, errorCodes } from './errors.js'
+import { describeErrors, encodeDirect, invalidRoomMessage, isRoomName } from './protocol.js'
+import { RoomListQuery, RoomQuerystring } from './routes.js'
+
+// The server API (`app.rooms`) is an edge too: the app's arguments are
+// checked here, against the REST routes' own schemas where they mean the
+// same, so that a wrong one fails with a sentence rather than a page that
+// looks complete (a limit of 0 gave no rooms and `next: null`).
+
+const listQuery = Compile(RoomListQuery)
+const membersQuery = Compile(RoomQuerystring)
+const historyRange = Compile(Type.Object({
+  after: Type.Integer({ minimum: 0 }),
+  limit: Type.Integer({ minimum: 1 })
+}))
+
+function invalid (sentence: string): never {
+  throw new errorCodes.FST_ROOMS_INVALID_ARGUMENT(sentence)
+}
+
+/** An id or reason: a non-empty string. */
+export function text (value: unknown, name: string): string {
+  if (typeof value !== 'string' || value === '') invalid(`${name} must be a non-empty string`)
+  return value as string
+}
+
+export function roomName (room: unknown): string {
+  if (!isRoomName(room)) throw new RoomsError('INVALID_ROOM', invalidRoomMessage(room))
+  return room
+}
+
+/** `list`'s query, with its default page size. */
+export function roomQuery (query: unknown, defaultLimit: number): RoomQuery {
+  if (typeof query !== 'object' || query === null) invalid('the query must be an object')
+  const { prefix, after, limit = defaultLimit } = query as Partial<RoomQuery>
+  const checked = { prefix, after, limit }
+  if (!listQuery.Check(checked)) invalid(describeErrors(listQuery.Errors(checked), 'query'))
+  return checked
+}
+
+/** `get`'s page of members, with its default page size. */
+export function membersPage (query: unknown, defaultLimit: number): MembersQuery {
+  if (typeof query !== 'object' || query === null) invalid('the members query must be an object')
+  const { membersAfter, membersLimit = defaultLimit } = query as { membersAfter?: string, membersLimit?: number }
+  const checked = { membersAfter, membersLimit }
+  if (!membersQuery.Check(checked)) invalid(describeErrors(membersQuery.Errors(checked), 'query'))
+  return { after: membersAfter, limit: membersLimit }
+}
+
+/** `history`'s range. */
+export function historyPage (after: unknown, limit: unknown): { after: number, limit: number } {
+  const checked = { after, limit }
+  if (!historyRange.Check(checked)) invalid(describeErrors(historyRange.Errors(checked), 'history'))
+  return checked as { after: number, limit: number }
+}
+
+/** A `direct` frame, or `INVALID_DATA` for data JSON cannot encode (a BigInt, a cycle, `undefined`). */
+export function directFrame (data: unknown): string {
+  let frame: string | undefined
+  try {
+    frame = encodeDirect(data)
+  } catch {}
+  if (frame === undefined || !frame.includes('"data":')) throw new RoomsError('INVALID_DATA', 'The data must be a JSON value: not undefined, a BigInt or a structure with a cycle.')
+  return frame
+}

@@ -1,0 +1,179 @@
+import t, { type Test } from 'tap'
+import type WebSocket from 'ws'
+import { RedisAdapter, type AdapterConfig, type AdapterListener, type PresenceChange, type RoomsOptions } from '../src/index.js'
+import { startApp, type Started } from './helpers/server.js'
+import { TestSocket, type Frame } from './helpers/socket.js'
+import { skipRedis, startRedis, type RedisServer } from './helpers/redis.js'
+
+// A member's view of a room is its `joined` list (or a `members` page) plus
+// the diffs after it, applied as sets. These tests read that view in the
+// middle of a presence batch, which a diff that held only net changes got
+// wrong: a user who joined before the view and left after it, within one
+// interval, was in neither the diff nor ever taken out.
+
+const named: RoomsOptions = {
+  authenticate: (request: { headers: Record<string, unknown> }) => ({ id: String(request.headers['x-user']), name: String(request.headers['x-user']) }),
+  // Longer than each test's steps inside one batch; the tests wait for the diffs, not for the time.
+  presenceIntervalMs: 1000
+}
+const as = (user: string): WebSocket.ClientOptions => ({ headers: { 'x-user': user } })
+const ids = (members: Array<{ id: string }>): string[] => members.map((m) => m.id).sort()
+const names = (id: string) => (f: Frame): boolean => f.type === 'presence' && (f.joins as Array<{ id: string }>).some((m) => m.id === id)
+
+/** A socket's view of a room's members: its `joined` list, then its `members` pages and diffs in arrival order. */
+function view (socket: TestSocket, room: string): string[] {
+  const members = new Set<string>()
+  for (const f of socket.frames) {
+    if (f.room !== room) continue
+    if (f.type === 'joined' || f.type === 'members') for (const m of f.members as Array<{ id: string }>) members.add(m.id)
+    if (f.type === 'presence') {
+      for (const m of f.joins as Array<{ id: string }>) members.add(m.id)
+      for (const m of f.leaves as Array<{ id: string }>) members.delete(m.id)
+    }
+  }
+  return [...members].sort()
+}
+
+/**
+ * The Redis adapter, telling the test when this node hears a presence change
+ * (through the listener any adapter is given) and able to hold its history
+ * reads, which keeps a join with `history` waiting after the store answered.
+ */
+class Watched extends RedisAdapter {
+  private readonly waiters: Array<{ match: (change: PresenceChange) => boolean, resolve: () => void }> = []
+  private held: Promise<void> | undefined
+  private unhold: (() => void) | undefined
+  private asked: (() => void) | undefined
+
+  override async start (listener: AdapterListener, config: AdapterConfig): Promise<void> {
+    const presence = (room: string, change: PresenceChange): void => {
+      listener.presence(room, change)
+      for (const waiter of this.waiters.filter((w) => w.match(change))) {
+        this.waiters.splice(this.waiters.indexOf(waiter), 1)
+        waiter.resolve()
+      }
+    }
+    const watched = new Proxy(listener, {
+      get: (target, key) => {
+        if (key === 'presence') return presence
+        const value = Reflect.get(target, key, target) as unknown
+        return typeof value === 'function' ? value.bind(target) : value
+      }
+    })
+    await super.start(watched, config)
+  }
+
+  /** Resolves when this node hears a change that matches. */
+  async hears (match: (change: PresenceChange) => boolean): Promise<void> {
+    await new Promise<void>((resolve) => this.waiters.push({ match, resolve }))
+  }
+
+  /** Hold history reads from now; resolves when one is asked for. */
+  async holdHistory (): Promise<void> {
+    this.held = new Promise((resolve) => { this.unhold = resolve })
+    await new Promise<void>((resolve) => { this.asked = resolve })
+  }
+
+  releaseHistory (): void {
+    this.held = undefined
+    this.unhold?.()
+  }
+
+  override async history (room: string, after: number, limit: number): ReturnType<RedisAdapter['history']> {
+    if (this.held !== undefined) {
+      this.asked?.()
+      await this.held
+    }
+    return await super.history(room, after, limit)
+  }
+}
+
+t.test('presence views read in the middle of a batch, on Redis', { skip: skipRedis }, async (t) => {
+  const redis = await startRedis(t)
+  let prefixes = 0
+
+  async function nodes (t: Test, server: RedisServer): Promise<{ a: Started, b: Started, watched: Watched }> {
+    const keyPrefix = `s${++prefixes}:`
+    const watched = new Watched({ url: server.url, keyPrefix })
+    const a = await startApp(t, { ...named, adapter: watched })
+    const b = await startApp(t, { ...named, adapter: new RedisAdapter({ url: server.url, keyPrefix }) })
+    return { a, b, watched }
+  }
+
+  async function open (t: Test, node: Started, user: string): Promise<TestSocket> {
+    const socket = await TestSocket.open(node.wsUrl, as(user))
+    t.teardown(() => socket.close())
+    return socket
+  }
+
+  t.test('a user who joins before a member\'s `joined` and leaves after it, in one batch, is taken out of its list', async (t) => {
+    const { a, b, watched } = await nodes(t, redis)
+    const w = await open(t, a, 'w')
+    const ann = await open(t, a, 'ann')
+    await w.join('r')
+    await ann.join('r')
+    // After this diff no batch of the room is open on node a: the next one starts with x.
+    await w.next(names('ann'))
+    await a.app.rooms.broadcast('r', 'hello')
+    const x = await open(t, b, 'x')
+    const heardX = watched.hears((c) => c.id === 'x' && c.join)
+    await x.join('r')
+    await heardX
+    // Mia's join is answered by the store (her list has x), then held in its history read.
+    const mia = await open(t, a, 'mia')
+    const holding = watched.holdHistory()
+    const miaJoined = mia.join('r', { history: 5 })
+    await holding
+    await x.request({ type: 'leave', room: 'r' })
+    const y = await open(t, b, 'y')
+    await y.join('r')
+    // The batch with x's join and leave went out while mia was still joining: it waits in her queue.
+    await w.next(names('y'))
+    watched.releaseHistory()
+    const joined = await miaJoined
+    t.ok(ids(joined.members).includes('x'), 'her `joined` was read with x in the room')
+    await mia.sync()
+    const server = ids((await a.app.rooms.get('r'))?.members ?? [])
+    t.same(server, ['ann', 'mia', 'w', 'y'])
+    t.same(view(mia, 'r'), server, 'her list, with the diffs applied, is the room\'s')
+    t.same(view(w, 'r'), server, 'so is the list of a member that was there all along')
+  })
+
+  t.test('a user who joins before a `members` page and leaves after it, in one batch, is taken out of the reader\'s list', async (t) => {
+    const { a, b } = await nodes(t, redis)
+    const ann = await open(t, a, 'ann')
+    const bob = await open(t, b, 'bob')
+    await ann.join('r')
+    await bob.join('r')
+    await ann.next(names('bob'))
+    const jay = await open(t, b, 'jay')
+    await jay.join('r')
+    const page = await ann.request({ type: 'members', room: 'r' })
+    t.ok(ids(page.members).includes('jay'), 'the page was read with jay in the room')
+    await jay.request({ type: 'leave', room: 'r' })
+    const yves = await open(t, b, 'yves')
+    await yves.join('r')
+    await ann.next(names('yves'))
+    const server = ids((await a.app.rooms.get('r'))?.members ?? [])
+    t.same(server, ['ann', 'bob', 'yves'])
+    t.same(view(ann, 'r'), server, 'her list, with the page and the diffs applied, is the room\'s')
+  })
+})
+
+t.test('memory: a room that empties and fills again within one interval gets diffs of its new life', async (t) => {
+  const { wsUrl, app } = await startApp(t, { ...named, presenceIntervalMs: 200 })
+  const sockets = await Promise.all(['ann', 'bob', 'cy', 'dan', 'eve'].map(async (user) => await TestSocket.open(wsUrl, as(user))))
+  t.teardown(() => Promise.all(sockets.map(async (s) => await s.close())))
+  const [ann, bob, cy, dan, eve] = sockets as [TestSocket, TestSocket, TestSocket, TestSocket, TestSocket]
+  await ann.join('r')
+  await bob.join('r')
+  // Bob's leave opens a batch while ann is there; ann's leave then empties the room, which is forgotten (no history).
+  await bob.request({ type: 'leave', room: 'r' })
+  await ann.request({ type: 'leave', room: 'r' })
+  await cy.join('r')
+  await dan.join('r')
+  t.match(await cy.next(names('dan')), { count: 2 }, 'the count of the room now')
+  await eve.join('r')
+  t.match(await cy.next(names('eve')), { count: 3 }, 'a later change reaches the members too')
+  t.same(view(cy, 'r'), ids((await app.rooms.get('r'))?.members ?? []))
+})
