@@ -128,3 +128,32 @@ t.test('a log allocates no spare room for its first message, and gives room back
   log.shift()
   t.equal(allocated(log), 0, 'an emptied log holds nothing')
 })
+
+t.test('a room alone over the budget keeps its buffer: a publish copies its message, not the room\'s history', async (t) => {
+  const adapter = new MemoryAdapter()
+  const budget = 1024 * KB
+  const { app } = await startApp(t, { adapter, maxHistoryBytes: budget, historySize: 100 })
+  const message = 'x'.repeat(20 * KB)
+  const log = (): MessageLog => (states(adapter)[0] as RoomState).history
+  /** The log's byte buffer: a new one means every message kept was copied into it. */
+  const buffer = (): unknown => Object.values(log()).find((v) => Buffer.isBuffer(v))
+  // 100 messages of 20 KiB would take 2 MiB: the budget binds long before historySize.
+  for (let i = 1; i <= 100; i++) await app.rooms.broadcast('r', message)
+  let moved = 0
+  let last = buffer()
+  const wrong: string[] = []
+  for (let i = 101; i <= 400; i++) {
+    await app.rooms.broadcast('r', message)
+    if (buffer() !== last) moved++
+    last = buffer()
+    const { retainedBytes } = adapter.stats()
+    if (retainedBytes > budget) wrong.push(`publish ${i}: ${retainedBytes} bytes, over ${budget}`)
+    if (allocated(log()) + ROOM_FLOOR > budget) wrong.push(`publish ${i}: ${allocated(log())} bytes allocated`)
+  }
+  t.equal(moved, 0, 'no publish moved the history to another buffer')
+  t.same(wrong, [], 'within the budget after every publish')
+  const offsets = ((await app.rooms.history('r', 0, 1000))?.messages ?? []).map((m) => m.offset)
+  t.equal(offsets.at(-1), 400, 'the newest message is kept')
+  t.same(offsets, Array.from({ length: offsets.length }, (_, i) => 401 - offsets.length + i), 'a run of the newest, without holes')
+  t.ok(offsets.length >= 48, `${offsets.length} messages of 20 KiB kept in 1 MiB: the buffer is the budget, not a part of it`)
+})

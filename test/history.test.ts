@@ -92,6 +92,27 @@ t.test('historyTtlMs drops a room\'s history that long after its last publish; t
   t.not(rejoined.epoch, epoch)
 })
 
+// The sweep runs every 30 s here (half the TTL): the test's clock passes the TTL without it.
+t.test('a publish after historyTtlMs, before the sweep, keeps none of the expired messages', async (t) => {
+  let now = 1_000_000
+  const { wsUrl, app } = await startApp(t, { historyTtlMs: 60_000, adapter: memoryAdapter({ now: () => now }) })
+  await app.rooms.broadcast('empty', 'old')
+  const { epoch } = await app.rooms.history('empty') as { epoch: string }
+  const a = await TestSocket.open(wsUrl)
+  t.teardown(() => a.close())
+  const joined = await a.join('kept')
+  await app.rooms.broadcast('kept', 'old')
+  now += 60_000
+  await app.rooms.broadcast('empty', 'new')
+  await app.rooms.broadcast('kept', 'new')
+  const empty = await app.rooms.history('empty')
+  t.same(empty?.messages.map((m) => [m.offset, JSON.parse(m.frame).data]), [[1, 'new']], 'no members: forgotten, as the sweep would have, and begun again')
+  t.not(empty?.epoch, epoch, 'in a new epoch')
+  const kept = await app.rooms.history('kept')
+  t.same(kept?.messages.map((m) => [m.offset, JSON.parse(m.frame).data]), [[2, 'new']], 'with members: the offsets go on, the old message is gone')
+  t.equal(kept?.epoch, joined.epoch)
+})
+
 eachAdapter(t, 'maxHistoryRooms: past the cap, the least recently published room loses its history first', async (t, deploy) => {
   const d = await deploy({ maxHistoryRooms: 2 })
   const { app } = d

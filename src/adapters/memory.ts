@@ -53,6 +53,12 @@ interface RoomState {
  */
 const ROOM_OVERHEAD = 1024
 
+/**
+ * A history budget below this keeps a room's message only if its frame is
+ * smaller than about 1 KiB, less the room name's bytes: too small to be meant.
+ */
+const USEFUL_HISTORY_BYTES = 2048
+
 /** What the memory adapter holds now, for tests and metrics. */
 export interface MemoryAdapterStats {
   /** Rooms with members, history or both. */
@@ -104,6 +110,10 @@ export class MemoryAdapter implements Adapter, PublishesNow {
     if (this.listener !== undefined) throw new Error('This adapter is already in use: create one adapter per plugin registration.')
     this.listener = listener
     this.config = config
+    // 0 says no history, as plainly as historySize 0 does: only a small budget is a likely mistake.
+    if (config.historySize > 0 && config.maxHistoryBytes > 0 && config.maxHistoryBytes < USEFUL_HISTORY_BYTES) {
+      config.log.warn({ maxHistoryBytes: config.maxHistoryBytes }, `fastify-rooms: maxHistoryBytes below ${USEFUL_HISTORY_BYTES} keeps little or no history: on the memory adapter each room holding history counts about ${alone('')} bytes beside its frames`)
+    }
     const every = Math.min(Math.max(config.historyTtlMs / 2, 1000), 60_000)
     this.sweepTimer = setInterval(() => this.sweep(this.now()), every)
     this.sweepTimer.unref()
@@ -138,9 +148,12 @@ export class MemoryAdapter implements Adapter, PublishesNow {
       listener.message(room, undefined, Buffer.from(messageFrame(room, message, undefined, this.now())))
       return undefined
     }
-    const state = this.state(room)
-    const offset = ++state.offset
     const ts = this.now()
+    let state = this.state(room)
+    // The sweep comes by once a minute at most: a history past its TTL must
+    // not be kept on behind the new message. Expired, the room may be forgotten.
+    if (this.expire(state, ts)) state = this.state(room)
+    const offset = ++state.offset
     const frame = messageFrame(room, message, offset, ts)
     // Encoded once here: its length is what the budget counts, and the fan-out writes these bytes.
     const payload = Buffer.from(frame)
@@ -169,7 +182,10 @@ export class MemoryAdapter implements Adapter, PublishesNow {
   private retain (state: RoomState, config: AdapterConfig, offset: number, payload: Buffer, ts: number): void {
     const { historySize, maxHistoryRooms, maxHistoryBytes } = config
     const { history } = state
-    history.push(offset, payload)
+    const room = ROOM_OVERHEAD + nameBytes(state.room)
+    // The room alone within the budget: once it has grown to all of it, the
+    // log keeps its buffer and gives up its oldest messages in turn.
+    history.push(offset, payload, maxHistoryBytes - room)
     if (history.length > historySize) history.shift()
     this.recount(state)
     state.lastPublish = ts
@@ -181,11 +197,11 @@ export class MemoryAdapter implements Adapter, PublishesNow {
         this.dropHistory(oldest)
         continue
       }
-      // Only this room is left over the budget: it gives up its own oldest
-      // messages till the rest would fit in a buffer of their size, then
-      // moves them to one that fits, with what is left of the budget to
-      // spare. The newest message always stays: `alone` let it in.
-      const room = ROOM_OVERHEAD + nameBytes(state.room)
+      // Only this room is left over the budget, its records' ring having
+      // grown past what its buffer left: it gives up its own oldest messages
+      // till the rest would fit in a buffer of their size, then moves them to
+      // one that fits, with what is left of the budget to spare. The newest
+      // message always stays: `alone` let it in.
       while (history.length > 1 && room + history.tightFootprint > maxHistoryBytes) history.shift()
       history.fitWithin(maxHistoryBytes - room)
       this.recount(state)
@@ -318,8 +334,11 @@ export class MemoryAdapter implements Adapter, PublishesNow {
     this.forgetIfIdle(state.room, state)
   }
 
-  private expire (state: RoomState, now: number): void {
-    if (state.history.length > 0 && now - state.lastPublish >= (this.config as AdapterConfig).historyTtlMs) this.dropHistory(state)
+  /** Drop the room's history if it is past `historyTtlMs`; true when it was. */
+  private expire (state: RoomState, now: number): boolean {
+    if (state.history.length === 0 || now - state.lastPublish < (this.config as AdapterConfig).historyTtlMs) return false
+    this.dropHistory(state)
+    return true
   }
 
   /** Oldest publish first, so the sweep stops at the first room still fresh. */

@@ -18,7 +18,8 @@ const NO_RECORDS = new Float64Array(0)
  * Each message's bytes are contiguous: one that does not fit before the end
  * of the buffer goes to its start when the oldest messages have left room
  * there; when neither fits, the messages move to a new buffer of one and a
- * half times their bytes. The first message gets a buffer of its own size. The
+ * half times their bytes, or the oldest leave when a limit on `push` stops
+ * the growth. The first message gets a buffer of its own size. The
  * buffer moves to a smaller one when less than a quarter of it is in use, and
  * an emptied log lets its buffers go. The records are a ring of power-of-two
  * size, halved when a quarter full. `footprint` is what all this allocates,
@@ -55,11 +56,17 @@ export class MessageLog {
     return this.used + this.records.byteLength
   }
 
-  /** Keep a message (a copy of `bytes`) after the newest. */
-  push (offset: number, bytes: Buffer): void {
+  /**
+   * Keep a message (a copy of `bytes`) after the newest. Where growing the
+   * buffer would take `footprint` over `limit`, it grows to the limit at most,
+   * and a buffer already that large stays: the oldest messages leave until
+   * the new one fits after the newest or at the start. A room whose budget
+   * binds then costs one copy of the message per push, not of its history.
+   */
+  push (offset: number, bytes: Buffer, limit = Infinity): void {
     const length = bytes.length
     if (this.count === this.size) this.resize(Math.max(MIN_RECORDS, this.size * 2))
-    const at = this.place(length)
+    const at = this.place(length, limit - this.records.byteLength)
     // TypedArray set: a plain copy, without Buffer.copy's bounds arithmetic.
     this.data.set(bytes, at)
     const record = ((this.head + this.count) & (this.size - 1)) * STRIDE
@@ -70,6 +77,13 @@ export class MessageLog {
     this.count++
     this.used += length
     this.tail = at + length
+    if (this.data.length + this.records.byteLength > limit) {
+      // `place` let many leave for one large message, and the ring sized for
+      // them leaves the limit too little: it shrinks as `shift` would have.
+      let size = this.size
+      while (size > MIN_RECORDS && this.count * 4 <= size) size /= 2
+      if (size !== this.size) this.resize(size)
+    }
   }
 
   /** Drop the oldest message; returns its byte length (0 when empty). */
@@ -139,14 +153,44 @@ export class MessageLog {
     this.tail = 0
   }
 
-  /** Where `length` bytes go: after the newest message, at the start of the buffer, or in a larger one. */
-  private place (length: number): number {
-    const capacity = this.data.length
-    if (this.count === 0) {
-      // Most rooms that keep history keep one message or a few: the first gets no spare room.
-      if (capacity < length) this.compact(length)
-      return 0
+  /**
+   * Where `length` bytes go: after the newest message, at the start of the
+   * buffer, or in another of at most `most` bytes; in a buffer of just
+   * `most`, where the oldest messages leave.
+   */
+  private place (length: number, most: number): number {
+    if (this.count > 0) {
+      const capacity = this.data.length
+      if (capacity <= most) {
+        const at = this.free(length)
+        if (at >= 0) return at
+      }
+      if (capacity === most) {
+        // Moving to a buffer of the same size would copy the whole history on
+        // every push from now on: the oldest make room in this one instead.
+        while (this.count > 0) {
+          this.drop()
+          const at = this.free(length)
+          if (at >= 0) return at
+        }
+      } else {
+        // Smaller than `most`, it grows; larger (the records' ring has just
+        // grown), it shrinks: in both, a copy once, then no more.
+        while (this.count > 0 && this.used + length > most) this.drop()
+        if (this.count > 0) {
+          this.compact(Math.min(grown(this.used + length), most))
+          return this.tail
+        }
+      }
     }
+    // Most rooms that keep history keep one message or a few: the first gets no spare room.
+    if (this.data.length < length || this.data.length > most) this.compact(length)
+    return 0
+  }
+
+  /** Where `length` bytes fit without moving the messages, or -1. */
+  private free (length: number): number {
+    const capacity = this.data.length
     const oldest = this.records[this.head * STRIDE + 1] as number
     if (this.tail > oldest) {
       // In use: [oldest, tail). Free: after tail, and before oldest.
@@ -156,8 +200,14 @@ export class MessageLog {
       // Wrapped: in use from oldest to the end, and from 0 to tail.
       return this.tail
     }
-    this.compact(grown(this.used + length))
-    return this.tail
+    return -1
+  }
+
+  /** Drop the oldest message, keeping the buffers as they are: `place` is about to use them. */
+  private drop (): void {
+    this.used -= this.records[this.head * STRIDE + 2] as number
+    this.head = (this.head + 1) & (this.size - 1)
+    this.count--
   }
 
   /** Copy the messages, in order and without gaps, to a new buffer of `capacity` bytes. */
