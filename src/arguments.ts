@@ -12,9 +12,10 @@ import { RoomListQuery, RoomQuerystring } from './routes.js'
 
 const listQuery = Compile(RoomListQuery)
 const membersQuery = Compile(RoomQuerystring)
+// A limit of 0 is the default with `historySize: 0`: an empty page, not a mistake.
 const historyRange = Compile(Type.Object({
   after: Type.Integer({ minimum: 0 }),
-  limit: Type.Integer({ minimum: 1 })
+  limit: Type.Integer({ minimum: 0 })
 }))
 
 function invalid (sentence: string): never {

@@ -50,8 +50,7 @@ const OPEN = 1
 const ALIVE = 1
 const BUSY = 2
 const CLOSED = 4
-const DISCONNECTED = 8
-const REFRESHING = 16
+const REFRESHING = 8
 const noop = (): void => {}
 /** The longest wait setTimeout holds (2^31-1 ms, about 24.8 days); longer ones fire at once. */
 const MAX_TIMER_MS = 2 ** 31 - 1
@@ -111,10 +110,14 @@ export class Connection implements Peer {
   /** The public user as JSON, encoded at the first publish and kept for the next ones. */
   private userJson: string | undefined
   private auth: AuthState = 'pending'
-  /** The wait for the `auth` frame until `welcome`, the credentials' expiry after it. */
+  /**
+   * The wait for the `auth` frame until `welcome`, the credentials' expiry
+   * after it; once the server closes the connection, the cut of a peer that
+   * does not answer the close.
+   */
   private timer: NodeJS.Timeout | undefined
   private readonly openedAt = clock()
-  /** `ALIVE`, `BUSY`, `CLOSED`, `DISCONNECTED` and `REFRESHING`: one small integer rather than a field each. */
+  /** `ALIVE`, `BUSY`, `CLOSED` and `REFRESHING`: one small integer rather than a field each. */
   private flags = ALIVE
   /** What `bytesRead` counted at the last heartbeat round. */
   private readAtRound = 0
@@ -161,13 +164,12 @@ export class Connection implements Peer {
     this.flags = on ? this.flags | BUSY : this.flags & ~BUSY
   }
 
+  /**
+   * Ended: its socket closed, or the server decided to close it. No frame of
+   * it is handled from then on, and it is in no room on this node.
+   */
   private get closed (): boolean {
     return (this.flags & CLOSED) !== 0
-  }
-
-  /** Closed by the server on purpose (4003): its rooms see it leave at once, with no grace. */
-  private get disconnected (): boolean {
-    return (this.flags & DISCONNECTED) !== 0
   }
 
   /** What other clients see of this connection's user (the registry's view of it). */
@@ -369,13 +371,9 @@ export class Connection implements Peer {
   }
 
   private closeSlow (): boolean {
-    const { socket } = this
-    this.ctx.log.warn({ connectionId: this.id, bufferedAmount: socket.bufferedAmount }, 'fastify-rooms: closing a slow consumer')
+    this.ctx.log.warn({ connectionId: this.id, bufferedAmount: this.socket.bufferedAmount }, 'fastify-rooms: closing a slow consumer')
     this.ctx.metrics?.slowConsumer()
     this.close(1013, 'Slow consumer: reconnect and resume with since')
-    // A peer that does not read will not read the close frame either: cut it
-    // after the grace time so its buffer is freed, without waiting ws's 30 s.
-    setTimeout(() => socket.terminate(), this.ctx.options.closeTimeoutMs).unref()
     return true
   }
 
@@ -413,10 +411,21 @@ export class Connection implements Peer {
     return this.alive
   }
 
+  /**
+   * Close the connection on the server's decision. It ends here, not when the
+   * peer answers: no frame of it is handled from now on, it leaves its rooms
+   * (at once for 4003, a deliberate kick; after the reconnect grace for the
+   * closes a client recovers from by reconnecting) and hooks hear of it. A
+   * peer that does not answer the close is cut after `closeTimeoutMs`, not
+   * after ws's own 30 s: until then it could hold its buffers.
+   */
   close (code: number, reason: string): void {
-    if (this.socket.readyState !== OPEN) return
-    if (code === 4003) this.flags |= DISCONNECTED
-    this.socket.close(code, closeReason(reason))
+    const { socket } = this
+    if (this.closed || socket.readyState !== OPEN) return
+    const said = closeReason(reason)
+    socket.close(code, said)
+    this.end(code, said, code !== 4003, true)
+    this.timer = setTimeout(() => socket.terminate(), this.ctx.options.closeTimeoutMs).unref()
   }
 
   /** Force the socket shut (shutdown past its grace time). */
@@ -425,9 +434,11 @@ export class Connection implements Peer {
   }
 
   private onFrame (data: RawData, isBinary: boolean): void {
-    this.alive = true
     const buffer = data as Buffer
     this.ctx.metrics?.received(buffer.length)
+    // ws hands over what a peer sends after our close frame until it answers, or for ever when it never does.
+    if (this.closed) return
+    this.alive = true
     if (buffer.length > this.ctx.options.maxFrameBytes) {
       this.close(1009, 'Frame too large')
       return
@@ -678,6 +689,8 @@ export class Connection implements Peer {
     const onPublish = options.onPublish as NonNullable<ResolvedOptions['onPublish']>
     const verdict = await onPublish({ connectionId: this.id, user: this.fullUser as Member, room, data: frame.data as never, request: this.request as FastifyRequest })
     if (verdict === false) throw forbidden(`You may not publish to room "${room}".`)
+    // The hook took its time: the member may have been removed from the room, or closed, meanwhile.
+    if (this.closed || !this.ctx.registry.isMember(this, room)) throw notInRoom(room)
     if (typeof verdict === 'object' && verdict !== null) {
       // What the hook returns goes out as if the member had sent it: same limits, same schema.
       message.data = checkPublish(verdict.data, room, options.maxMessageBytes, validateData)
@@ -756,20 +769,46 @@ export class Connection implements Peer {
 
   private onClose (code: number, reason: Buffer): void {
     this.ctx.onClosed(this)
+    // Ended by the server's close already: only the cut of a silent peer is left to stop.
+    if (this.closed) {
+      this.stopTimers()
+      return
+    }
+    // A drop keeps the user present for the grace time; the client's goodbye (1000) does not.
+    this.end(code, reason.toString(), code !== 1000, false)
+  }
+
+  /**
+   * The connection's end, once: frames stop, its rooms and the room list
+   * forget it, `onDisconnect` hears the close.
+   * @param grace whether its user stays present for `presenceGraceMs`
+   * @param deferred leave the rooms and call the hook in a microtask: a close
+   *   decided in the middle of a fan-out or a join (a slow consumer) must not
+   *   take the member out of the registry, nor run app code, under the
+   *   registry's own feet
+   */
+  private end (code: number, reason: string, grace: boolean, deferred: boolean): void {
     this.flags |= CLOSED
-    // Publishes in flight keep their entries: their replies still settle in order.
+    // Publishes in flight keep their entries: they are still stored, and their replies settle in order.
     if (this.backlog !== undefined) {
       this.backlog.queue = undefined
       this.backlog.bytes = 0
     }
     this.stopTimers()
     this.ctx.roomList.drop(this)
-    this.log.info({ connectionId: this.id, userId: this.fullUser?.id, code, reason: reason.toString(), durationMs: clock() - this.openedAt }, 'fastify-rooms: disconnected')
-    // A drop keeps the user present for the grace time; a deliberate end does not:
-    // the client said goodbye (1000) or the server disconnected it (4003).
+    this.log.info({ connectionId: this.id, userId: this.fullUser?.id, code, reason, durationMs: clock() - this.openedAt }, 'fastify-rooms: disconnected')
     if (this.fullUser === undefined) return
-    this.tell('onDisconnect', { code, reason: reason.toString() })
-    void this.ctx.registry.remove(this, code !== 1000 && !this.disconnected)
+    if (deferred) queueMicrotask(() => this.leaveRooms(code, reason, grace))
+    else this.leaveRooms(code, reason, grace)
+  }
+
+  /** Tell `onDisconnect`, then take the connection out of its rooms (its `onLeave`s follow). */
+  private leaveRooms (code: number, reason: string, grace: boolean): void {
+    this.tell('onDisconnect', { code, reason })
+    // remove() logs what the adapter refuses; this is for a failure of its own, which must not end the process.
+    this.ctx.registry.remove(this, grace).catch((err: unknown) => {
+      this.ctx.log.error({ err, connectionId: this.id }, 'fastify-rooms: could not remove a closed connection from its rooms')
+    })
   }
 
   /** A membership of this connection (one that got `joined`) ended: tell `onLeave`. */

@@ -19,7 +19,7 @@ export interface Peer {
    * payloads back to back (`textFrames`).
    */
   sendFramed (framed: Buffer, payload: Buffer | readonly Buffer[]): void
-  /** Close the connection (it will leave its rooms as it closes). */
+  /** Close the connection: it handles no more frames and leaves its rooms now, not when the peer answers. */
   close (code: number, reason: string): void
   /** One of its memberships that got `joined` ended (for the `onLeave` hook). */
   left? (room: string, cause: LeaveCause): void
@@ -491,7 +491,9 @@ export class Registry implements AdapterListener {
    * tracked so that shutdown waits for it before the adapter closes.
    */
   private async trackLeave (room: string, peer: Peer, cause?: LeaveCause): Promise<void> {
-    await this.track(this.adapter.leave(room, peer.id, peer.user).catch((err: unknown) => {
+    // An adapter whose leave throws rather than reject is answered the same way, not with an unhandled rejection.
+    const leaving = (async () => { await this.adapter.leave(room, peer.id, peer.user) })()
+    await this.track(leaving.catch((err: unknown) => {
       this.options.log.error({ err, connectionId: peer.id, room }, 'fastify-rooms: adapter failed to remove a member')
     }))
     if (cause !== undefined) peer.left?.(room, cause)

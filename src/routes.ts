@@ -1,5 +1,5 @@
-import Type, { type Static } from 'typebox'
-import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
+import Type, { type Static, type TSchema } from 'typebox'
+import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, FastifySchemaCompiler } from 'fastify'
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { MAX_MEMBERS_PAGE, Member, MemberCursor, MessageFrame, RoomName, invalidRoomMessage, isRoomName } from './protocol.js'
 import { errorCodes, httpErrorOf, httpMessages, isRoomsError } from './errors.js'
@@ -124,13 +124,38 @@ export interface RoutesOptions {
   } | undefined
 }
 
+/** A whole number as a query writes it: digits only, at most 16 of them (a safe integer). */
+const DIGITS = /^[0-9]{1,16}$/
+
+/**
+ * TypeBox's compiler, except that a query's integers must be written in
+ * digits: its conversion takes `limit=1.5` as 1 and `1e2` as 100, where a
+ * client that sent them most likely meant something else.
+ */
+const queryValidatorCompiler: FastifySchemaCompiler<TSchema> = (route) => {
+  const check = TypeBoxValidatorCompiler(route)
+  const properties = (route.schema as { properties?: Record<string, { type?: unknown }> }).properties ?? {}
+  const integers = route.httpPart === 'querystring' ? Object.keys(properties).filter((key) => properties[key]?.type === 'integer') : []
+  if (integers.length === 0) return check
+  return (value) => {
+    const query = value as Record<string, unknown>
+    for (const key of integers) {
+      const raw = query[key]
+      if (raw !== undefined && (typeof raw !== 'string' || !DIGITS.test(raw))) {
+        return { error: [{ keyword: 'type', instancePath: `/${key}`, schemaPath: `#/properties/${key}/type`, params: { type: 'integer' }, message: 'must be a whole number written in digits' }] }
+      }
+    }
+    return check(value)
+  }
+}
+
 /**
  * The REST API: room listing and room details. Registered in its own
  * encapsulated context, so its validator and error handler stay ours.
  */
 export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { registry, membersPageSize, access, publish }) => {
   const app = parent.withTypeProvider<TypeBoxTypeProvider>()
-  app.setValidatorCompiler(TypeBoxValidatorCompiler)
+  app.setValidatorCompiler(queryValidatorCompiler)
   app.setErrorHandler(roomErrors)
   const users = new WeakMap<FastifyRequest, Member>()
   if (access !== undefined) {

@@ -2,6 +2,7 @@ import t from 'tap'
 import { MemoryAdapter, type EncodedPublish } from '../src/index.js'
 import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
+import { waitUntil } from './helpers/waiters.js'
 
 /** A user-written adapter (through the public interface) whose store fails for one room. */
 class FlakyStore extends MemoryAdapter {
@@ -52,4 +53,48 @@ t.test('a join whose replay fails after the store recorded it leaves no member b
   t.match(await a.join('no-history', { history: 5 }), { type: 'error', code: 'INTERNAL', room: 'no-history' })
   t.same(await app.rooms.get('no-history'), null, 'the store forgot the member too')
   t.match(await a.request({ type: 'publish', room: 'no-history', data: 2 }), { code: 'NOT_IN_ROOM' })
+})
+
+/** A user-written adapter whose leave throws at once for one room, rather than return a rejected promise. */
+class ThrowingLeave extends MemoryAdapter {
+  override leave (...args: Parameters<MemoryAdapter['leave']>): ReturnType<MemoryAdapter['leave']> {
+    if (args[0] === 'sticky') throw new Error('store refused the leave')
+    return super.leave(...args)
+  }
+}
+
+t.test('an adapter whose leave throws synchronously is logged like a rejection: no unhandled rejection, the other rooms are still left', async (t) => {
+  const unhandled: unknown[] = []
+  const onUnhandled = (reason: unknown): void => { unhandled.push(reason) }
+  process.on('unhandledRejection', onUnhandled)
+  t.teardown(() => { process.off('unhandledRejection', onUnhandled) })
+  const logged: Array<Record<string, any>> = []
+  const waiters = new Set<() => void>()
+  const { wsUrl, app } = await startApp(t, { adapter: new ThrowingLeave() }, undefined, {
+    logger: { level: 'error', stream: { write: (line: string) => { logged.push(JSON.parse(line)); for (const w of waiters) w() } } }
+  })
+  const failedLeaves = (): Array<Record<string, any>> => logged.filter((l) => l.msg === 'fastify-rooms: adapter failed to remove a member')
+  const b = await TestSocket.open(wsUrl)
+  t.teardown(() => b.close())
+  await b.join('other')
+  // Closed by the client (1000): its rooms are left at once.
+  const a = await TestSocket.open(wsUrl)
+  await a.join('sticky')
+  await a.join('other')
+  await a.close()
+  await waitUntil(waiters, () => failedLeaves().length === 1, 10_000, () => `no log of the failed leave: ${JSON.stringify(logged)}`)
+  t.match(failedLeaves()[0], { connectionId: a.welcome.connectionId, room: 'sticky', err: { message: 'store refused the leave' } })
+  t.match(await app.rooms.get('other'), { count: 1 }, 'the other room was left')
+  // Removed from the room by the server, and disconnected by it.
+  const c = await TestSocket.open(wsUrl)
+  await c.join('sticky')
+  t.equal(await app.rooms.removeFromRoom(c.welcome.connectionId, 'sticky'), true)
+  await waitUntil(waiters, () => failedLeaves().length === 2, 10_000, () => `no log of the removal's failed leave: ${JSON.stringify(logged)}`)
+  await c.join('sticky')
+  t.equal(await app.rooms.disconnect(c.welcome.connectionId), true)
+  t.equal((await c.closed).code, 4003)
+  await waitUntil(waiters, () => failedLeaves().length === 3, 10_000, () => `no log of the disconnect's failed leave: ${JSON.stringify(logged)}`)
+  // A round trip: a rejection left unhandled would have been reported by now.
+  await b.sync()
+  t.same(unhandled, [], 'no unhandled rejection')
 })

@@ -33,7 +33,7 @@ eachAdapter(t, 'REST history: 404 for a room with neither members nor history, 4
   const { url } = (await deploy()).node(1)
   t.match(await get(`${url}/rooms/never/messages`), { status: 404, body: { statusCode: 404, code: 'ROOM_NOT_FOUND' } })
   t.match(await get(`${url}/rooms/bad%20name/messages`), { status: 400, body: { code: 'INVALID_ROOM' } })
-  for (const q of ['after=-1', 'after=x', 'limit=0', 'limit=1001']) {
+  for (const q of ['after=-1', 'after=x', 'limit=0', 'limit=1001', 'after=1.5', 'limit=1e2', 'after=0x1']) {
     t.match(await get(`${url}/rooms/r/messages?${q}`), { status: 400, body: { code: 'FST_ERR_VALIDATION' } }, q)
   }
 })

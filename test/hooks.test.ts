@@ -109,6 +109,34 @@ t.test('a hook that throws something else gives INTERNAL, logs the details, and 
   t.match(entries[0], { connectionId: a.welcome.connectionId, room: 'bad', err: { message: 'database password is hunter2' } })
 })
 
+t.test('onPublish: a member removed from the room while its hook runs gets NOT_IN_ROOM, and nothing is published', async (t) => {
+  let hookStarted!: () => void
+  const started = new Promise<void>((resolve) => { hookStarted = resolve })
+  let release!: () => void
+  const gate = new Promise<void>((resolve) => { release = resolve })
+  const { wsUrl, app } = await startApp(t, {
+    onPublish: async ({ data }) => {
+      if (data !== 'gated') return
+      hookStarted()
+      await gate
+    }
+  })
+  const a = await TestSocket.open(`${wsUrl}?name=ada`)
+  const b = await TestSocket.open(`${wsUrl}?name=bob`)
+  t.teardown(() => Promise.all([a.close(), b.close()]))
+  await a.join('r')
+  await b.join('r')
+  a.send({ type: 'publish', room: 'r', data: 'gated', id: 'p1' })
+  await started
+  t.equal(await app.rooms.removeFromRoom(a.welcome.connectionId, 'r', 'Muted.'), true)
+  t.match(await a.next((f) => f.type === 'left'), { room: 'r', reason: 'Muted.' })
+  release()
+  t.match(await a.next((f) => f.id === 'p1'), { type: 'error', code: 'NOT_IN_ROOM', room: 'r' })
+  await b.sync()
+  t.same(b.pending('message'), [], 'the others got nothing')
+  t.equal((await app.rooms.get('r'))?.offset, 0, 'nothing was stored')
+})
+
 t.test('frames of one connection are handled in order even when hooks are slow', async (t) => {
   let first = true
   const { wsUrl } = await startApp(t, {

@@ -69,11 +69,12 @@ eachAdapter(t, 'members: bad requests get clear errors and the connection stays'
   t.teardown(() => a.close())
   t.match(await a.request({ type: 'members', room: 'nowhere' }), { type: 'error', code: 'NOT_IN_ROOM', room: 'nowhere' })
   await a.join('r')
-  for (const bad of [{ limit: 0 }, { limit: 1001 }, { limit: 1.5 }, { after: '' }, { after: 5 }, { after: 'x'.repeat(257) }]) {
+  for (const bad of [{ limit: 0 }, { limit: 1001 }, { limit: 1.5 }, { after: '' }, { after: 5 }]) {
     t.match(await a.request({ type: 'members', room: 'r', ...bad }), { type: 'error', code: 'INVALID_FRAME' }, JSON.stringify(bad).slice(0, 40))
   }
   t.match(await a.request({ type: 'members', room: 'bad room' }), { type: 'error', code: 'INVALID_ROOM' })
-  for (const query of ['membersLimit=0', 'membersLimit=1001', 'membersLimit=x', 'membersAfter=']) {
+  // 1.5, 1e2, 0x10: TypeBox's query conversion would take them as 1, 100 and 16.
+  for (const query of ['membersLimit=0', 'membersLimit=1001', 'membersLimit=x', 'membersAfter=', 'membersLimit=1.5', 'membersLimit=1e2', 'membersLimit=0x10', 'membersLimit=%207']) {
     const response = await fetch(`${d.node(0).url}/rooms/r?${query}`, as('u00'))
     t.equal(response.status, 400, query)
     t.match(await response.json(), { statusCode: 400, code: 'FST_ERR_VALIDATION' }, query)

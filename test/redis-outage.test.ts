@@ -374,7 +374,7 @@ t.test('redis adapter under faults', { skip: skipRedis }, async (t) => {
   })
 
   // UNAVAILABLE promises that nothing was sent, which a client may retry blindly: these may have reached the members.
-  t.test('an ephemeral publish and a direct push cut off in flight answer "may or may not have been delivered", not UNAVAILABLE', async (t) => {
+  t.test('an ephemeral publish, a send and a sendToUser cut off in flight answer "may or may not have been delivered", not UNAVAILABLE', async (t) => {
     const { nodes: [a, b] } = await cluster(t, 2) as unknown as { nodes: [Started, Started] }
     const ada = await TestSocket.open(a.wsUrl, as('ada'))
     const bob = await TestSocket.open(b.wsUrl, as('bob'))
@@ -386,9 +386,11 @@ t.test('redis adapter under faults', { skip: skipRedis }, async (t) => {
     const cmd = `name=fastify-rooms:${ada.welcome.connectionId.split('-')[0] as string}:cmd `
     await eventually(async () => await inspect.call('CLIENT', 'LIST') as string, (list) => list.split('\n').some((line) => line.includes(cmd) && / flags=b /.test(line)), 'the publish waits in Redis')
     const pushed = a.app.rooms.send(bob.welcome.connectionId, 'hello').then((delivered) => ({ delivered }), (err: Error) => err)
+    const pushedToUser = a.app.rooms.sendToUser('bob', 'hello').then((reached) => ({ reached }), (err: Error) => err)
     await redis.kill()
     t.match(await acked, { type: 'error', code: 'INTERNAL', message: /may or may not have been delivered/ })
     t.match(await pushed, { code: 'INTERNAL', message: /may or may not have been delivered/ })
+    t.match(await pushedToUser, { code: 'INTERNAL', message: /may or may not have been delivered/ }, 'sendToUser too')
     await redis.restart()
     await ready(a)
     t.equal(ada.closedWith, undefined, 'the publisher stays connected')

@@ -40,7 +40,7 @@ eachAdapter(t, 'GET /rooms lists rooms with members, sorted by name, paged with 
 
 eachAdapter(t, 'GET /rooms rejects bad paging with 400 in Fastify\'s error shape', async (t, deploy) => {
   const { url } = (await deploy()).node(1)
-  for (const q of ['limit=0', 'limit=1001', 'limit=abc', `prefix=${'x'.repeat(129)}`]) {
+  for (const q of ['limit=0', 'limit=1001', 'limit=abc', `prefix=${'x'.repeat(129)}`, 'limit=1.5', 'limit=1e2', 'limit=0x10', 'limit=2&limit=3']) {
     const res = await get(`${url}/rooms?${q}`)
     t.equal(res.status, 400, q)
     t.match(res.body, { statusCode: 400, code: 'FST_ERR_VALIDATION', error: 'Bad Request', message: String })

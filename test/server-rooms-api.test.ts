@@ -121,7 +121,8 @@ t.test('the reading calls and send check their arguments too, before anything is
   t.match(await app.rooms.get('r', { membersLimit: 1000 }), { count: 1, members: [{ id: 'ada' }], membersNext: null })
   await t.rejects(app.rooms.history('r', -1), invalid(/history\/after/))
   await t.rejects(app.rooms.history('r', 0.5), invalid(/history\/after/))
-  await t.rejects(app.rooms.history('r', 0, 0), invalid(/history\/limit/))
+  await t.rejects(app.rooms.history('r', 0, -1), invalid(/history\/limit/))
+  await t.rejects(app.rooms.history('r', 0, 2.5), invalid(/history\/limit/))
   await t.rejects(app.rooms.send('', 'x'), invalid(/connectionId must be a non-empty string/))
   await t.rejects(app.rooms.send(7 as never, 'x'), invalid(/connectionId/))
   const cycle: Record<string, unknown> = {}

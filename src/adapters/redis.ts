@@ -1285,13 +1285,15 @@ export class RedisAdapter implements Adapter {
   async control (command: ControlCommand): Promise<number> {
     const here = this.listener.control(command)
     const message = `x${this.config.nodeId}|${JSON.stringify(command)}`
+    // A push (`sendToUser`) cut off in flight may have reached its connections, as `direct` may; the other commands may be repeated.
+    const unknown = command.kind === 'direct' ? maybeDelivered : undefined
     if ('connectionId' in command.target) {
       const { connectionId } = command.target
       const node = connectionId.slice(0, connectionId.indexOf('-'))
       if (here > 0 || node === '' || node === this.config.nodeId) return here
-      return await this.send('control', this.nodeChannel(node), message) > 0 ? 1 : 0
+      return await this.send('control', this.nodeChannel(node), message, unknown) > 0 ? 1 : 0
     }
-    await this.send('control', this.allChannel(), message)
+    await this.send('control', this.allChannel(), message, unknown)
     return here
   }
 
@@ -1881,6 +1883,9 @@ export class RedisAdapter implements Adapter {
   }
 }
 
+/** A call that may be sent again has run once it went out: it must say what its unknown outcome is. */
+type CallOptions = { resend: true, unknown: () => RoomsError } | { resend?: false, unknown?: () => RoomsError }
+
 /** A call on a Link: settled by the link whatever becomes of the connection. */
 interface Call {
   what: string
@@ -1960,7 +1965,7 @@ class Link {
     return this.client.status === 'ready'
   }
 
-  call<T> (what: string, issue: (again: boolean) => Promise<T>, { resend = false, unknown }: { resend?: boolean, unknown?: () => RoomsError } = {}): Promise<T> {
+  call<T> (what: string, issue: (again: boolean) => Promise<T>, { resend = false, unknown }: CallOptions = {}): Promise<T> {
     if (!this.ready) return Promise.reject(unavailable())
     return new Promise<T>((resolve, reject) => {
       const call: Call = { what, issue, resolve, reject, resend, unknown, sentAt: 0 }

@@ -1,0 +1,205 @@
+import t from 'tap'
+import type { Test } from 'tap'
+import type { FastifyInstance } from 'fastify'
+import websocket from '@fastify/websocket'
+import type { Socket } from 'node:net'
+import type WebSocket from 'ws'
+import { MemoryAdapter, type RoomsOptions } from '../src/index.js'
+import { startApp } from './helpers/server.js'
+import { TestSocket, writeAtOnce } from './helpers/socket.js'
+import { until } from './helpers/until.js'
+
+// A connection the server closes ends when the server decides, not when the
+// peer answers: a client that ignores the close frame (here: one that stops
+// reading, so it never sees it) can neither publish nor stay in its rooms for
+// the 30 s ws would otherwise wait, and its socket is cut after closeTimeoutMs.
+
+const CLOSE_TIMEOUT_MS = 1500
+/** Bounds the wait for the cut: well past closeTimeoutMs, well short of ws's own 30 s. */
+const CUT_GUARD_MS = 10_000
+
+const byHeader = { authenticate: (r: { headers: Record<string, unknown> }) => ({ id: String(r.headers['x-user']), name: String(r.headers['x-user']) }) }
+const as = (user: string): { headers: Record<string, string> } => ({ headers: { 'x-user': user } })
+const leaveOf = (user: string, room: string) => (f: Record<string, any>): boolean =>
+  f.type === 'presence' && f.room === room && f.leaves.some((m: { id: string }) => m.id === user)
+
+/** The server's end of a test client's socket (the one whose remote port is the client's local port). */
+function serverSide (app: FastifyInstance, client: TestSocket): WebSocket {
+  const port = (client.ws as unknown as { _socket: Socket })._socket.localPort
+  for (const ws of app.websocketServer.clients) {
+    if ((ws as unknown as { _socket?: Socket })._socket?.remotePort === port) return ws
+  }
+  throw new Error(`no server socket for the client on port ${String(port)}`)
+}
+
+/**
+ * Resolves once the server has read a frame containing `marker` from this
+ * socket. The listener is added after the plugin's, so by then the plugin has
+ * seen that frame and every one before it. Fails if the socket closes first.
+ */
+async function read (server: WebSocket, marker: string): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const onMessage = (data: Buffer): void => {
+      if (!data.toString().includes(marker)) return
+      server.off('close', onClose)
+      server.off('message', onMessage)
+      resolve()
+    }
+    const onClose = (): void => {
+      server.off('message', onMessage)
+      reject(new Error(`the server socket closed before it read ${marker}`))
+    }
+    server.on('message', onMessage)
+    server.once('close', onClose)
+  })
+}
+
+/** Resolves with the server socket's close, within CUT_GUARD_MS or fails. */
+async function cut (server: WebSocket): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`the server socket was not cut within ${CUT_GUARD_MS} ms`)), CUT_GUARD_MS)
+    server.once('close', () => { clearTimeout(timer); resolve() })
+  })
+}
+
+interface Case {
+  options?: RoomsOptions
+  setup?: (app: FastifyInstance) => unknown
+  /** Make the server close ada's connection; resolves once it has decided to. */
+  trigger: (ctx: { app: FastifyInstance, ada: TestSocket, server: WebSocket }) => Promise<void>
+  code: number
+  reason: string | RegExp
+  /** Whether ada's user stays present for the grace time (all but 4003). */
+  grace: boolean
+  /** Frames after the close must not be held back by the rate limit alone: wait for the bucket to refill first. */
+  refill?: boolean
+}
+
+async function closedByServer (t: Test, c: Case): Promise<void> {
+  const disconnects: Array<{ code: number, reason: string }> = []
+  const { app, wsUrl } = await startApp(t, {
+    ...byHeader,
+    presenceGraceMs: 60_000,
+    closeTimeoutMs: CLOSE_TIMEOUT_MS,
+    onDisconnect: ({ code, reason, user }) => { if (user.id === 'ada') disconnects.push({ code, reason }) },
+    ...c.options
+  }, c.setup)
+  const ada = await TestSocket.open(wsUrl, as('ada'))
+  const bob = await TestSocket.open(wsUrl, as('bob'))
+  ada.ws.on('error', () => {})
+  t.teardown(() => { ada.ws.terminate() })
+  t.teardown(() => bob.close())
+  await ada.join('r')
+  await bob.join('r')
+  const server = serverSide(app, ada)
+  const closed = cut(server)
+  // Ada ignores the close frame: it never reads it, and goes on sending.
+  ada.stopReading()
+  await c.trigger({ app, ada, server })
+  t.match(disconnects, [{ code: c.code, reason: c.reason }], 'onDisconnect hears the server\'s close when the server decides it, not when the peer answers')
+  if (c.refill === true) {
+    // The rate limit alone would refuse what follows: let its bucket refill (100 frames/s) so that only the close can.
+    const from = performance.now()
+    await until(() => performance.now() - from >= 60, 'the bucket refilled')
+  }
+  ada.send({ type: 'publish', room: 'r', data: 'after the close', id: 'p1' })
+  ada.send({ type: 'join', room: 'r2', id: 'j1' })
+  ada.send({ type: 'publish', room: 'r', data: 'last', id: 'p2' })
+  await read(server, '"last"')
+  await bob.sync()
+  t.same(bob.pending('message'), [], 'no frame sent after the close was handled')
+  t.equal(await app.rooms.get('r2'), null, 'nor its join')
+  if (c.grace) {
+    t.match(await app.rooms.get('r'), { count: 2 }, 'its user keeps the reconnect grace, as on a drop')
+  } else {
+    await bob.next(leaveOf('ada', 'r'), 'ada leaving')
+    t.match(await app.rooms.get('r'), { count: 1, members: [{ id: 'bob' }] }, 'out of its rooms at once, with no grace')
+  }
+  await closed
+  t.equal(disconnects.length, 1, 'onDisconnect once')
+  t.equal(app.rooms.connections, 1, 'the cut socket is no longer counted')
+}
+
+t.test('disconnect (4003): at once out of its rooms with no grace, no frame handled after it, cut after closeTimeoutMs', async (t) => {
+  await closedByServer(t, {
+    code: 4003,
+    reason: 'Banned.',
+    grace: false,
+    trigger: async ({ app, ada }) => { t.equal(await app.rooms.disconnect(ada.welcome.connectionId, 'Banned.'), true) }
+  })
+})
+
+t.test('rate limit (1008): a flooder closed for it publishes nothing more, even at the refill rate; cut after closeTimeoutMs', async (t) => {
+  await closedByServer(t, {
+    options: { maxFramesPerSecond: 100, frameBurst: 10 },
+    code: 1008,
+    reason: 'Rate limit exceeded',
+    grace: true,
+    refill: true,
+    trigger: async ({ ada, server }) => {
+      writeAtOnce(ada.ws, [...Array.from({ length: 40 }, () => ({ type: 'ping' })), { type: 'ping', id: 'flood-end' }])
+      await read(server, 'flood-end')
+    }
+  })
+})
+
+t.test('frame too large (1009, the plugin\'s own check under an app\'s larger maxPayload): nothing after it is handled; cut after closeTimeoutMs', async (t) => {
+  await closedByServer(t, {
+    options: { maxFrameBytes: 1024, maxMessageBytes: 512 },
+    setup: async (app) => { await app.register(websocket, { options: { maxPayload: 1 << 20 } }) },
+    code: 1009,
+    reason: 'Frame too large',
+    grace: true,
+    trigger: async ({ ada, server }) => {
+      ada.send({ type: 'publish', room: 'r', data: 'x'.repeat(2048), id: 'big' })
+      await read(server, '"big"')
+    }
+  })
+})
+
+t.test('a close the peer answers ends the same way: once, with the server\'s code', async (t) => {
+  const disconnects: Array<{ code: number, reason: string }> = []
+  const { app, wsUrl } = await startApp(t, { ...byHeader, onDisconnect: ({ code, reason }) => { disconnects.push({ code, reason }) } })
+  const ada = await TestSocket.open(wsUrl, as('ada'))
+  const bob = await TestSocket.open(wsUrl, as('bob'))
+  t.teardown(() => bob.close())
+  await ada.join('r')
+  await bob.join('r')
+  await app.rooms.disconnect(ada.welcome.connectionId, 'Bye.')
+  t.same(await ada.closed, { code: 4003, reason: 'Bye.' })
+  await bob.next(leaveOf('ada', 'r'), 'ada leaving')
+  await bob.sync()
+  t.same(disconnects, [{ code: 4003, reason: 'Bye.' }])
+})
+
+/** A memory store whose publishes wait until the test lets them through. */
+class GatedPublish extends MemoryAdapter {
+  gate: Promise<void> | undefined
+  /** Called when a publish starts waiting. */
+  waiting: (() => void) | undefined
+  override async publish (...args: Parameters<MemoryAdapter['publish']>): ReturnType<MemoryAdapter['publish']> {
+    this.waiting?.()
+    await this.gate
+    return await super.publish(...args)
+  }
+}
+
+t.test('a publish accepted before the server\'s close is still stored and delivered', async (t) => {
+  const adapter = new GatedPublish()
+  const { app, wsUrl } = await startApp(t, { ...byHeader, adapter, closeTimeoutMs: CLOSE_TIMEOUT_MS })
+  const ada = await TestSocket.open(wsUrl, as('ada'))
+  const bob = await TestSocket.open(wsUrl, as('bob'))
+  t.teardown(() => bob.close())
+  await ada.join('r')
+  await bob.join('r')
+  let release!: () => void
+  adapter.gate = new Promise((resolve) => { release = resolve })
+  const waiting = new Promise<void>((resolve) => { adapter.waiting = resolve })
+  ada.send({ type: 'publish', room: 'r', data: 'in flight', id: 'p1' })
+  await waiting
+  t.equal(await app.rooms.disconnect(ada.welcome.connectionId, 'Bye.'), true)
+  release()
+  t.match(await bob.next((f) => f.type === 'message'), { room: 'r', data: 'in flight', from: { id: 'ada' }, offset: 1 })
+  t.same(await ada.closed, { code: 4003, reason: 'Bye.' })
+  t.match(await app.rooms.history('r'), { offset: 1 }, 'in the history, for ada to find when it rejoins with since')
+})
