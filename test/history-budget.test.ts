@@ -27,7 +27,8 @@ t.test('one room alone over the budget gives up its own oldest messages', async 
   const { url, app } = await startApp(t, { adapter, maxHistoryBytes: 10 * KB, historySize: 100 })
   for (let i = 1; i <= 10; i++) await app.rooms.broadcast('r', { i, pad: 'y'.repeat(2 * KB) })
   const { messages } = await (await fetch(`${url}/rooms/r/messages`)).json() as { messages: Array<{ offset: number }> }
-  t.same(messages.map((m) => m.offset), [7, 8, 9, 10], 'the newest messages that fit')
+  // A ring in the budget's buffer: message 10, two bytes longer, needs 7's place as well as 6's.
+  t.same(messages.map((m) => m.offset), [8, 9, 10], 'the newest messages that fit')
   t.ok(adapter.stats().retainedBytes <= 10 * KB)
 })
 
@@ -62,4 +63,17 @@ t.test('history that expires or is evicted gives its bytes back', async (t) => {
   t.equal(await app.rooms.history('b'), null, 'expired on read')
   t.equal(await app.rooms.history('c'), null)
   t.same(adapter.stats(), { rooms: 0, roomsWithHistory: 0, retainedMessages: 0, retainedBytes: 0 })
+})
+
+t.test('a maxHistoryBytes too small to keep a message is warned about at registration', async (t) => {
+  const warnings = async (options: { maxHistoryBytes: number, historySize?: number }): Promise<unknown[]> => {
+    const logged: Array<{ msg: string }> = []
+    const stream = { write: (line: string) => { logged.push(JSON.parse(line)) } }
+    await startApp(t, { adapter: new MemoryAdapter(), ...options }, undefined, { logger: { level: 'warn', stream } })
+    return logged.filter((l) => l.msg.includes('maxHistoryBytes')).map(({ level, maxHistoryBytes }: Record<string, unknown>) => ({ level, maxHistoryBytes }))
+  }
+  t.same(await warnings({ maxHistoryBytes: 1500 }), [{ level: 40, maxHistoryBytes: 1500 }])
+  t.same(await warnings({ maxHistoryBytes: 2048 }), [], 'a room named "r" keeps a message of up to about 900 bytes')
+  t.same(await warnings({ maxHistoryBytes: 0 }), [], '0 says no history plainly')
+  t.same(await warnings({ maxHistoryBytes: 1500, historySize: 0 }), [], 'nor with historySize 0')
 })

@@ -92,6 +92,27 @@ t.test('historyTtlMs drops a room\'s history that long after its last publish; t
   t.not(rejoined.epoch, epoch)
 })
 
+// The sweep runs every 30 s here (half the TTL): the test's clock passes the TTL without it.
+t.test('a publish after historyTtlMs, before the sweep, keeps none of the expired messages', async (t) => {
+  let now = 1_000_000
+  const { wsUrl, app } = await startApp(t, { historyTtlMs: 60_000, adapter: memoryAdapter({ now: () => now }) })
+  await app.rooms.broadcast('empty', 'old')
+  const { epoch } = await app.rooms.history('empty') as { epoch: string }
+  const a = await TestSocket.open(wsUrl)
+  t.teardown(() => a.close())
+  const joined = await a.join('kept')
+  await app.rooms.broadcast('kept', 'old')
+  now += 60_000
+  await app.rooms.broadcast('empty', 'new')
+  await app.rooms.broadcast('kept', 'new')
+  const empty = await app.rooms.history('empty')
+  t.same(empty?.messages.map((m) => [m.offset, JSON.parse(m.frame).data]), [[1, 'new']], 'no members: forgotten, as the sweep would have, and begun again')
+  t.not(empty?.epoch, epoch, 'in a new epoch')
+  const kept = await app.rooms.history('kept')
+  t.same(kept?.messages.map((m) => [m.offset, JSON.parse(m.frame).data]), [[2, 'new']], 'with members: the offsets go on, the old message is gone')
+  t.equal(kept?.epoch, joined.epoch)
+})
+
 eachAdapter(t, 'maxHistoryRooms: past the cap, the least recently published room loses its history first', async (t, deploy) => {
   const d = await deploy({ maxHistoryRooms: 2 })
   const { app } = d
@@ -114,12 +135,13 @@ eachAdapter(t, 'maxHistoryRooms: past the cap, the least recently published room
 }, ['memory', 'redis'])
 
 eachAdapter(t, 'a message too large to keep leaves a hole in history: pages and recovery around it stay exact', async (t, deploy) => {
-  const d = await deploy({ maxHistoryBytes: 1000, maxMessageBytes: 4000, historySize: 100 })
+  // The budget holds a room's bookkeeping (about 1 KiB on the memory adapter) and the small messages, not the large one.
+  const d = await deploy({ maxHistoryBytes: 4000, maxMessageBytes: 8000, historySize: 100 })
   const { url } = d.node(1)
   const a = await TestSocket.open(d.node(0).wsUrl)
   t.teardown(() => a.close())
   const { epoch } = await a.join('r')
-  for (const data of [1, 2, 'x'.repeat(2000), 4, 5]) await d.app.rooms.broadcast('r', data)
+  for (const data of [1, 2, 'x'.repeat(5000), 4, 5]) await d.app.rooms.broadcast('r', data)
   await a.next((f) => f.type === 'message' && f.offset === 5)
   const offsets = async (query: string): Promise<number[]> => (await get(`${url}/rooms/r/messages?${query}`)).body.messages.map((m: { offset: number }) => m.offset)
   t.same(await offsets(''), [1, 2, 4, 5], 'offset 3 was delivered, not kept')

@@ -77,3 +77,38 @@ t.test('an empty log: shift gives 0, indexAfter 0, slice nothing; emptied, it le
   t.equal(log.length, 0)
   t.equal(capacity(log), 0)
 })
+
+t.test('a push with a limit keeps the newest messages within it, and at the limit reuses its buffer', async (t) => {
+  const rand = seeded(23)
+  const limit = 64 * 1024
+  const log = new MessageLog()
+  const model: Array<{ offset: number, frame: string }> = []
+  const wrong: string[] = []
+  let moved = 0
+  for (let step = 1; step <= 20_000 && wrong.length === 0; step++) {
+    // Phases of small, mixed and large messages: the records' ring grows and
+    // shrinks under a buffer held at the limit, and one message may push out many.
+    const phase = Math.floor(step / 2000) % 3
+    const size = phase === 0 ? 1 + Math.floor(rand() * 300) : phase === 1 ? 1 + Math.floor(rand() * 6000) : rand() < 0.1 ? 20_000 + Math.floor(rand() * 40_000) : 1 + Math.floor(rand() * 100)
+    const frame = 'abcdefghij'.repeat(Math.ceil(size / 10)).slice(0, size)
+    const before = capacity(log) === 0 ? undefined : (log as unknown as { data: Buffer }).data
+    log.push(step, Buffer.from(frame), limit)
+    if (before !== undefined && (log as unknown as { data: Buffer }).data !== before) moved++
+    model.push({ offset: step, frame })
+    // What was dropped to keep within the limit is the oldest: the log holds the newest run of the model.
+    const dropped = model.splice(0, model.length - log.length)
+    if (log.footprint > limit) wrong.push(`step ${step}: footprint ${log.footprint}, over ${limit}`)
+    if (log.footprint !== Object.values(log).reduce<number>((sum, v) => sum + (ArrayBuffer.isView(v) ? v.byteLength : 0), 0)) wrong.push(`step ${step}: footprint is not what is allocated`)
+    if (dropped.length > 0 && [...dropped, ...model].every((m) => m.frame.length <= 300)) {
+      // Messages left only for want of room: the buffer and the ring take
+      // nearly the limit, and the buffer is full but for the free space no
+      // message of up to 300 bytes could use.
+      const kept = model.reduce((sum, m) => sum + m.frame.length, 0)
+      if (log.footprint < limit * 0.9 || kept < capacity(log) - 3 * 300) wrong.push(`step ${step}: ${kept} bytes kept in a buffer of ${capacity(log)}, footprint ${log.footprint}`)
+    }
+    if (step % 97 === 0 && JSON.stringify(log.slice(0)) !== JSON.stringify(model)) wrong.push(`step ${step}: the log's messages differ from the newest ones pushed`)
+  }
+  t.same(wrong, [])
+  t.same(log.slice(0), model, 'every frame intact at the end')
+  t.ok(moved < 200, `${moved} moves to another buffer in 20,000 pushes: the ring's growth and shrinking, not one per push`)
+})

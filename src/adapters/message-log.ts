@@ -1,34 +1,39 @@
 import type { StoredMessage } from './adapter.js'
 
-/** The smallest byte store a log allocates. */
-const MIN_BYTES = 1024
-/** Records a log makes room for at first. */
-const MIN_RECORDS = 8
+/** Records a log makes room for at first: a room that keeps one message pays for two. */
+const MIN_RECORDS = 2
+/** Numbers per record in `records`: the message's offset, where its bytes start, and their length. */
+const STRIDE = 3
 /** What an empty log holds: shared, never written (the first message allocates its own). */
 const EMPTY = Buffer.alloc(0)
-const NO_OFFSETS = new Float64Array(0)
-const NO_PLACES = new Uint32Array(0)
+const NO_RECORDS = new Float64Array(0)
 
 /**
  * A room's stored messages, oldest first, kept outside the JS heap: their
- * bytes in one circular buffer, their offsets and places in typed arrays. A
- * message kept as a string lives long enough to be promoted to the old
+ * bytes in one circular buffer, their offsets and places in one typed array.
+ * A message kept as a string lives long enough to be promoted to the old
  * generation, and a busy server then promotes every message it keeps; here
  * keeping one is a copy of its bytes, and the collector never sees it.
  *
  * Each message's bytes are contiguous: one that does not fit before the end
  * of the buffer goes to its start when the oldest messages have left room
- * there; when neither fits, the messages move to a new buffer of two to four
- * times their bytes. The buffer also moves to a smaller one when less than a
- * quarter of it is in use, so it never holds more than four times the bytes
- * of its messages (or 1 KiB).
+ * there; when neither fits, the messages move to a new buffer of one and a
+ * half times their bytes, or the oldest leave when a limit on `push` stops
+ * the growth. The first message gets a buffer of its own size. The
+ * buffer moves to a smaller one when less than a quarter of it is in use, and
+ * an emptied log lets its buffers go. The records are a ring of power-of-two
+ * size, halved when a quarter full. `footprint` is what all this allocates,
+ * and what the memory adapter counts against `maxHistoryBytes`.
  */
 export class MessageLog {
   private data: Buffer = EMPTY
-  /** Per message, in a ring of power-of-two size starting at `head`. */
-  private offsets = NO_OFFSETS
-  private starts = NO_PLACES
-  private lengths = NO_PLACES
+  /**
+   * Per message, STRIDE numbers, in a ring of `size` records starting at
+   * `head`. One array, not one per field: each typed array costs about 200
+   * bytes of heap beside its contents, more than a small room's messages.
+   */
+  private records = NO_RECORDS
+  private size = 0
   private head = 0
   private count = 0
   /** Bytes of the messages held. */
@@ -41,36 +46,69 @@ export class MessageLog {
     return this.count
   }
 
-  /** Keep a message (a copy of `bytes`) after the newest. */
-  push (offset: number, bytes: Buffer): void {
+  /** Bytes allocated: the buffer's capacity and the records' ring, used or not. */
+  get footprint (): number {
+    return this.data.length + this.records.byteLength
+  }
+
+  /** What `footprint` would be if the buffer held just the messages' bytes. */
+  get tightFootprint (): number {
+    return this.used + this.records.byteLength
+  }
+
+  /**
+   * Keep a message (a copy of `bytes`) after the newest. Where growing the
+   * buffer would take `footprint` over `limit`, it grows to the limit at most,
+   * and a buffer already that large stays: the oldest messages leave until
+   * the new one fits after the newest or at the start. A room whose budget
+   * binds then costs one copy of the message per push, not of its history.
+   */
+  push (offset: number, bytes: Buffer, limit = Infinity): void {
     const length = bytes.length
-    if (this.count === this.offsets.length) this.growRecords()
-    const at = this.place(length)
+    if (this.count === this.size) this.resize(Math.max(MIN_RECORDS, this.size * 2))
+    const at = this.place(length, limit - this.records.byteLength)
     // TypedArray set: a plain copy, without Buffer.copy's bounds arithmetic.
     this.data.set(bytes, at)
-    const slot = (this.head + this.count) & (this.offsets.length - 1)
-    this.offsets[slot] = offset
-    this.starts[slot] = at
-    this.lengths[slot] = length
+    const record = ((this.head + this.count) & (this.size - 1)) * STRIDE
+    const { records } = this
+    records[record] = offset
+    records[record + 1] = at
+    records[record + 2] = length
     this.count++
     this.used += length
     this.tail = at + length
+    if (this.data.length + this.records.byteLength > limit) {
+      // `place` let many leave for one large message, and the ring sized for
+      // them leaves the limit too little: it shrinks as `shift` would have.
+      let size = this.size
+      while (size > MIN_RECORDS && this.count * 4 <= size) size /= 2
+      if (size !== this.size) this.resize(size)
+    }
   }
 
   /** Drop the oldest message; returns its byte length (0 when empty). */
   shift (): number {
     if (this.count === 0) return 0
-    const length = this.lengths[this.head] as number
-    this.head = (this.head + 1) & (this.offsets.length - 1)
+    const length = this.records[this.head * STRIDE + 2] as number
+    this.head = (this.head + 1) & (this.size - 1)
     this.count--
     this.used -= length
     if (this.count === 0) {
-      this.tail = 0
-      if (this.data.length > MIN_BYTES) this.data = EMPTY
-    } else if (this.data.length > MIN_BYTES && this.used * 4 < this.data.length) {
-      this.compact(roomFor(this.used))
+      this.clear()
+      return length
     }
+    if (this.used * 4 < this.data.length) this.compact(grown(this.used))
+    if (this.size > MIN_RECORDS && this.count * 4 <= this.size) this.resize(this.size / 2)
     return length
+  }
+
+  /**
+   * Move the messages to a buffer small enough that `footprint` is at most
+   * `bytes`, when it is over; never smaller than the messages' bytes.
+   */
+  fitWithin (bytes: number): void {
+    if (this.count === 0 || this.footprint <= bytes) return
+    this.compact(Math.max(this.used, bytes - this.records.byteLength))
   }
 
   /**
@@ -79,12 +117,12 @@ export class MessageLog {
    * history budget is delivered and never kept.
    */
   indexAfter (offset: number): number {
-    const mask = this.offsets.length - 1
+    const mask = this.size - 1
     let low = 0
     let high = this.count
     while (low < high) {
       const middle = (low + high) >>> 1
-      if ((this.offsets[(this.head + middle) & mask] as number) > offset) high = middle
+      if ((this.records[((this.head + middle) & mask) * STRIDE] as number) > offset) high = middle
       else low = middle + 1
     }
     return low
@@ -95,10 +133,11 @@ export class MessageLog {
     const from = Math.max(0, start)
     const to = Math.min(this.count, end)
     const out: StoredMessage[] = []
+    const { records } = this
     for (let i = from; i < to; i++) {
-      const slot = (this.head + i) & (this.offsets.length - 1)
-      const at = this.starts[slot] as number
-      out.push({ offset: this.offsets[slot] as number, frame: this.data.toString('utf8', at, at + (this.lengths[slot] as number)) })
+      const record = ((this.head + i) & (this.size - 1)) * STRIDE
+      const at = records[record + 1] as number
+      out.push({ offset: records[record] as number, frame: this.data.toString('utf8', at, at + (records[record + 2] as number)) })
     }
     return out
   }
@@ -106,23 +145,53 @@ export class MessageLog {
   /** Drop every message and let the buffers go. */
   clear (): void {
     this.data = EMPTY
-    this.offsets = NO_OFFSETS
-    this.starts = NO_PLACES
-    this.lengths = NO_PLACES
+    this.records = NO_RECORDS
+    this.size = 0
     this.head = 0
     this.count = 0
     this.used = 0
     this.tail = 0
   }
 
-  /** Where `length` bytes go: after the newest message, at the start of the buffer, or in a larger one. */
-  private place (length: number): number {
-    const capacity = this.data.length
-    if (this.count === 0) {
-      if (capacity < length) this.compact(roomFor(length))
-      return 0
+  /**
+   * Where `length` bytes go: after the newest message, at the start of the
+   * buffer, or in another of at most `most` bytes; in a buffer of just
+   * `most`, where the oldest messages leave.
+   */
+  private place (length: number, most: number): number {
+    if (this.count > 0) {
+      const capacity = this.data.length
+      if (capacity <= most) {
+        const at = this.free(length)
+        if (at >= 0) return at
+      }
+      if (capacity === most) {
+        // Moving to a buffer of the same size would copy the whole history on
+        // every push from now on: the oldest make room in this one instead.
+        while (this.count > 0) {
+          this.drop()
+          const at = this.free(length)
+          if (at >= 0) return at
+        }
+      } else {
+        // Smaller than `most`, it grows; larger (the records' ring has just
+        // grown), it shrinks: in both, a copy once, then no more.
+        while (this.count > 0 && this.used + length > most) this.drop()
+        if (this.count > 0) {
+          this.compact(Math.min(grown(this.used + length), most))
+          return this.tail
+        }
+      }
     }
-    const oldest = this.starts[this.head] as number
+    // Most rooms that keep history keep one message or a few: the first gets no spare room.
+    if (this.data.length < length || this.data.length > most) this.compact(length)
+    return 0
+  }
+
+  /** Where `length` bytes fit without moving the messages, or -1. */
+  private free (length: number): number {
+    const capacity = this.data.length
+    const oldest = this.records[this.head * STRIDE + 1] as number
     if (this.tail > oldest) {
       // In use: [oldest, tail). Free: after tail, and before oldest.
       if (capacity - this.tail >= length) return this.tail
@@ -131,47 +200,56 @@ export class MessageLog {
       // Wrapped: in use from oldest to the end, and from 0 to tail.
       return this.tail
     }
-    this.compact(roomFor(this.used + length))
-    return this.tail
+    return -1
+  }
+
+  /** Drop the oldest message, keeping the buffers as they are: `place` is about to use them. */
+  private drop (): void {
+    this.used -= this.records[this.head * STRIDE + 2] as number
+    this.head = (this.head + 1) & (this.size - 1)
+    this.count--
   }
 
   /** Copy the messages, in order and without gaps, to a new buffer of `capacity` bytes. */
   private compact (capacity: number): void {
     const data = Buffer.allocUnsafeSlow(capacity)
-    const mask = this.offsets.length - 1
+    const { records } = this
+    const mask = this.size - 1
     let at = 0
     for (let i = 0; i < this.count; i++) {
-      const slot = (this.head + i) & mask
-      const start = this.starts[slot] as number
-      const length = this.lengths[slot] as number
+      const record = ((this.head + i) & mask) * STRIDE
+      const start = records[record + 1] as number
+      const length = records[record + 2] as number
       data.set(this.data.subarray(start, start + length), at)
-      this.starts[slot] = at
+      records[record + 1] = at
       at += length
     }
     this.data = data
     this.tail = at
   }
 
-  private growRecords (): void {
-    const size = Math.max(MIN_RECORDS, this.offsets.length * 2)
-    const offsets = new Float64Array(size)
-    const starts = new Uint32Array(size)
-    const lengths = new Uint32Array(size)
-    const mask = this.offsets.length - 1
+  /** Move the records to a ring of `size` (a power of two, at least `count`), the oldest first. */
+  private resize (size: number): void {
+    const records = new Float64Array(size * STRIDE)
+    const mask = this.size - 1
     for (let i = 0; i < this.count; i++) {
-      const slot = (this.head + i) & mask
-      offsets[i] = this.offsets[slot] as number
-      starts[i] = this.starts[slot] as number
-      lengths[i] = this.lengths[slot] as number
+      const from = ((this.head + i) & mask) * STRIDE
+      const to = i * STRIDE
+      records[to] = this.records[from] as number
+      records[to + 1] = this.records[from + 1] as number
+      records[to + 2] = this.records[from + 2] as number
     }
-    this.offsets = offsets
-    this.starts = starts
-    this.lengths = lengths
+    this.records = records
+    this.size = size
     this.head = 0
   }
 }
 
-/** A buffer size for `bytes` of messages: twice as many (rounded up to a power of two), so that the next ones fit. */
-function roomFor (bytes: number): number {
-  return Math.max(MIN_BYTES, 2 ** Math.ceil(Math.log2(2 * bytes)))
+/**
+ * A buffer size for `bytes` of messages: half as much again, so that the
+ * next ones fit and the oldest leave room to wrap into, without the two to
+ * four times a power-of-two doubling would hold.
+ */
+function grown (bytes: number): number {
+  return bytes + (bytes >>> 1)
 }
