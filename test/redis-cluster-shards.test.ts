@@ -1,7 +1,12 @@
 import t from 'tap'
 import { Cluster } from 'ioredis'
 import { ShardSubscriber } from '../src/adapters/shard-subscriber.js'
-import { skipCluster, startCluster } from './helpers/cluster.js'
+import { Partitions } from '../src/adapters/partitions.js'
+import { redisAdapter } from '../src/index.js'
+import { skipCluster, startCluster, type ClusterNodeInfo } from './helpers/cluster.js'
+import { clientsNamed, eventually } from './helpers/redis.js'
+import { startApp } from './helpers/server.js'
+import { TestSocket } from './helpers/socket.js'
 
 /**
  * One shard's trouble stays that shard's: the cases where a Redis Cluster
@@ -12,6 +17,10 @@ import { skipCluster, startCluster } from './helpers/cluster.js'
 
 const TIMEOUT_MS = 2000
 const silent = { debug: () => {}, warn: () => {} }
+let prefixes = 0
+const serves = (node: ClusterNodeInfo, slot: number): boolean => node.slots.some(([first, last]) => slot >= first && slot <= last)
+/** The app instance's node id, from a connection id (`<node>-<n>`). */
+const nodeOf = (socket: TestSocket): string => socket.welcome.connectionId.slice(0, socket.welcome.connectionId.indexOf('-'))
 
 /** Messages of a shard subscriber, with a wait that fails after `ms` rather than hang. */
 class Inbox {
@@ -79,5 +88,38 @@ t.test('Redis Cluster: one shard at a time', { skip: skipCluster }, async (t) =>
     }
     t.same(lost, [], 'nothing published after a confirmed subscribe is missed')
     t.equal(sub.ready, true)
+  })
+  t.test('a publish cut off on its shard, then refused until ioredis gives up: INTERNAL "may or may not", not UNAVAILABLE', async (t) => {
+    const prefix = `shards${++prefixes}:`
+    const parts = new Partitions(prefix, 64)
+    const app = await startApp(t, { adapter: redisAdapter({ cluster: c.seeds, keyPrefix: prefix, waitReplicas: 0 }) })
+    const room = 'cut'
+    const slot = parts.slot(parts.base(room))
+    const masters = (await c.nodes()).filter((n) => n.role === 'master')
+    const source = masters.find((m) => serves(m, slot))!
+    const target = masters.find((m) => m !== source)!
+    const socket = await TestSocket.open(app.wsUrl)
+    t.teardown(async () => await socket.close())
+    // The partition's room index now exists on its master, its guard key never does: while the slot migrates, Redis refuses the script (TRYAGAIN).
+    t.match(await socket.join(room), { type: 'joined' })
+    const stable = async (): Promise<void> => {
+      for (const m of [source, target]) await c.node(m.port).call('CLUSTER', 'SETSLOT', slot, 'STABLE')
+    }
+    t.teardown(stable)
+    await c.node(target.port).call('CLUSTER', 'SETSLOT', slot, 'IMPORTING', source.id)
+    await c.node(source.port).call('CLUSTER', 'SETSLOT', slot, 'MIGRATING', target.id)
+    t.match(await socket.request({ type: 'publish', room, data: 'refused' }), { type: 'error', code: 'UNAVAILABLE' }, 'refused by every attempt, never cut: it did not run')
+
+    const refusals = async (): Promise<number> => Number(/errorstat_TRYAGAIN:count=(\d+)/.exec(await c.node(source.port).info('errorstats'))?.[1] ?? 0)
+    const before = await refusals()
+    const answer = socket.request({ type: 'publish', room, data: 'cut' })
+    await eventually(refusals, (n) => n > before, 'the publish is refused and retried')
+    // Its connection breaks while ioredis retries it: an attempt could have been under way, and run.
+    const [cmd] = await clientsNamed(c.node(source.port), `fastify-rooms:${nodeOf(socket)}:cmd`)
+    await c.node(source.port).call('CLIENT', 'KILL', 'ID', cmd!.id!)
+    t.match(await answer, { type: 'error', code: 'INTERNAL', message: /may or may not have been published/ })
+
+    await stable()
+    t.match(await socket.request({ type: 'publish', room, data: 'after' }), { type: 'ack' }, 'served again once the slot is stable')
   })
 })

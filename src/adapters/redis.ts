@@ -1898,6 +1898,12 @@ interface Call {
   unknown: (() => RoomsError) | undefined
   /** When it was last sent (0: never). */
   sentAt: number
+  /**
+   * On a cluster: a node connection closed while it was in flight. ioredis
+   * then sends it again, and when its retries run out the error names only
+   * the last attempt (TRYAGAIN, CLUSTERDOWN), though an earlier one may have run.
+   */
+  cut?: boolean
   /** For a call held after a cut: when it gives up. */
   until?: number
 }
@@ -1954,6 +1960,13 @@ class Link {
       void this.resume()
       onReady()
     })
+    if (client.isCluster) {
+      const cluster = client as Cluster
+      // Any node's, not only the one a call went to: a call retried after a MOVED is on another node than the one it ran on first.
+      const watch = (node: Redis): void => { node.on('close', () => { for (const call of this.inflight) call.cut = true }) }
+      cluster.on('+node', watch)
+      for (const node of cluster.nodes()) watch(node)
+    }
   }
 
   get ready (): boolean {
@@ -1996,7 +2009,7 @@ class Link {
     }, (err: unknown) => {
       if (!this.inflight.delete(call)) return
       // A publish whose connection (to one shard of a cluster) broke under it may have run.
-      if (call.unknown !== undefined && !(call.resend && this.resends) && isCutOff(err)) call.reject(call.unknown())
+      if (call.unknown !== undefined && !(call.resend && this.resends) && (isCutOff(err) || call.cut === true)) call.reject(call.unknown())
       else call.reject(this.ready ? this.failure(err, call.what) : unavailable())
     })
   }
