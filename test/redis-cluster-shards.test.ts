@@ -1,5 +1,8 @@
 import t from 'tap'
+import Fastify from 'fastify'
 import { Cluster } from 'ioredis'
+import type { AdapterConfig, AdapterListener } from '../src/adapters/adapter.js'
+import { slotOf } from '../src/adapters/slot.js'
 import { ShardSubscriber } from '../src/adapters/shard-subscriber.js'
 import { Partitions } from '../src/adapters/partitions.js'
 import { redisAdapter } from '../src/index.js'
@@ -21,6 +24,10 @@ let prefixes = 0
 const serves = (node: ClusterNodeInfo, slot: number): boolean => node.slots.some(([first, last]) => slot >= first && slot <= last)
 /** The app instance's node id, from a connection id (`<node>-<n>`). */
 const nodeOf = (socket: TestSocket): string => socket.welcome.connectionId.slice(0, socket.welcome.connectionId.indexOf('-'))
+
+/** What the plugin gives an adapter, for the cases that drive one directly. */
+const config = (nodeId: string): AdapterConfig => ({ log: Fastify({ logger: false }).log, nodeId, maxMembersPerRoom: 1000, historySize: 100, historyTtlMs: 60_000, maxHistoryRooms: 1000, maxHistoryBytes: 1 << 26, membersPageSize: 50, presenceEvents: true })
+const ignored: AdapterListener = { message: () => {}, messages: () => {}, presence: () => {}, direct: () => false, reset: () => {}, control: () => 0 }
 
 /** Messages of a shard subscriber, with a wait that fails after `ms` rather than hang. */
 class Inbox {
@@ -121,5 +128,30 @@ t.test('Redis Cluster: one shard at a time', { skip: skipCluster }, async (t) =>
 
     await stable()
     t.match(await socket.request({ type: 'publish', room, data: 'after' }), { type: 'ack' }, 'served again once the slot is stable')
+  })
+  t.test('a watchRooms that failed leaves no room list channel subscribed', async (t) => {
+    const prefix = `shards${++prefixes}:`
+    const parts = new Partitions(prefix, 64)
+    const masters = (await c.nodes()).filter((n) => n.role === 'master')
+    const masterOf = (channel: string): ClusterNodeInfo => masters.find((m) => serves(m, slotOf(channel)))!
+    // This instance's own channels away from the master the test pauses, so nothing else of it waits there.
+    const busy = [masterOf(`${prefix}{global}`), masterOf(`${prefix}{all}`)]
+    let nodeId = 'w0'
+    for (let i = 1; !busy.includes(masterOf(`${prefix}{n:${nodeId}}`)); i++) nodeId = `w${i}`
+    const paused = masters.find((m) => !busy.includes(m))!
+    const base = parts.bases.find((b) => serves(paused, parts.slot(b)))!
+    let room = 'r0'
+    for (let i = 1; parts.base(room) !== base; i++) room = `r${i}`
+    const adapter = redisAdapter({ cluster: c.seeds, keyPrefix: prefix, waitReplicas: 0, commandTimeoutMs: 1000 })
+    await adapter.start(ignored, config(nodeId))
+    t.teardown(async () => await adapter.close())
+    const node = c.node(paused.port)
+    await node.call('CLIENT', 'PAUSE', '2500', 'ALL')
+    await t.rejects(adapter.watchRooms!({ count: () => {}, resync: () => {} }), { code: 'UNAVAILABLE' }, 'a shard does not answer the subscribe')
+    // Answered once the pause is over.
+    await node.ping()
+    // The room's channel and its partition's room list channel share a slot: one sync of the slot subscribes whatever of it is wanted.
+    await adapter.join(room, `${nodeId}-1`, { id: 'u1', name: 'u1' })
+    t.same(await node.call('PUBSUB', 'SHARDNUMSUB', `${base}c:${room}`, `${base}roomlist`), [`${base}c:${room}`, 1, `${base}roomlist`, 0], 'the room subscribed, its room list not')
   })
 })

@@ -1737,7 +1737,11 @@ export class RedisAdapter implements Adapter {
     try {
       await this.listen(this.roomListChannels())
     } catch (err) {
-      if (this.roomWatcher === watcher) this.roomWatcher = undefined
+      if (this.roomWatcher === watcher) {
+        this.roomWatcher = undefined
+        // A subscribe that failed leaves its channels wanted (the shard subscriber confirms them later): nobody would ever drop them.
+        void this.unlisten(this.roomListChannels()).catch(() => {})
+      }
       throw err
     }
   }
