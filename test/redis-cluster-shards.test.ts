@@ -1,4 +1,5 @@
 import t from 'tap'
+import { Writable } from 'node:stream'
 import Fastify from 'fastify'
 import { Cluster } from 'ioredis'
 import type { AdapterConfig, AdapterListener } from '../src/adapters/adapter.js'
@@ -9,7 +10,7 @@ import { redisAdapter } from '../src/index.js'
 import { skipCluster, startCluster, type ClusterNodeInfo } from './helpers/cluster.js'
 import { clientsNamed, eventually } from './helpers/redis.js'
 import { startApp } from './helpers/server.js'
-import { TestSocket } from './helpers/socket.js'
+import { TestSocket, type Frame } from './helpers/socket.js'
 
 /**
  * One shard's trouble stays that shard's: the cases where a Redis Cluster
@@ -28,6 +29,37 @@ const nodeOf = (socket: TestSocket): string => socket.welcome.connectionId.slice
 /** What the plugin gives an adapter, for the cases that drive one directly. */
 const config = (nodeId: string): AdapterConfig => ({ log: Fastify({ logger: false }).log, nodeId, maxMembersPerRoom: 1000, historySize: 100, historyTtlMs: 60_000, maxHistoryRooms: 1000, maxHistoryBytes: 1 << 26, membersPageSize: 50, presenceEvents: true })
 const ignored: AdapterListener = { message: () => {}, messages: () => {}, presence: () => {}, direct: () => false, reset: () => {}, control: () => 0 }
+
+/** An instance's log lines, with a wait for one that fails after `ms` rather than hang. */
+class LogWatch {
+  readonly lines: Array<{ msg: string }> = []
+  private readonly watchers = new Set<() => void>()
+  readonly stream = new Writable({
+    write: (chunk: Buffer, _encoding, done) => {
+      for (const line of chunk.toString().split('\n')) if (line !== '') this.lines.push(JSON.parse(line) as { msg: string })
+      for (const watcher of this.watchers) watcher()
+      done()
+    }
+  })
+
+  async until (pattern: RegExp, ms = 10_000): Promise<void> {
+    const seen = (): boolean => this.lines.some((line) => pattern.test(line.msg))
+    if (seen()) return
+    await new Promise<void>((resolve, reject) => {
+      const watcher = (): void => {
+        if (!seen()) return
+        this.watchers.delete(watcher)
+        clearTimeout(timer)
+        resolve()
+      }
+      const timer = setTimeout(() => {
+        this.watchers.delete(watcher)
+        reject(new Error(`timed out waiting for a log line ${pattern}; got ${JSON.stringify(this.lines.map((l) => l.msg))}`))
+      }, ms)
+      this.watchers.add(watcher)
+    })
+  }
+}
 
 /** Messages of a shard subscriber, with a wait that fails after `ms` rather than hang. */
 class Inbox {
@@ -153,5 +185,59 @@ t.test('Redis Cluster: one shard at a time', { skip: skipCluster }, async (t) =>
     // The room's channel and its partition's room list channel share a slot: one sync of the slot subscribes whatever of it is wanted.
     await adapter.join(room, `${nodeId}-1`, { id: 'u1', name: 'u1' })
     t.same(await node.call('PUBSUB', 'SHARDNUMSUB', `${base}c:${room}`, `${base}roomlist`), [`${base}c:${room}`, 1, `${base}roomlist`, 0], 'the room subscribed, its room list not')
+  })
+  t.test('one shard\'s subscription broken: joins and messages go on in other shards\' rooms; its rooms get what they missed from history once it is back', async (t) => {
+    const prefix = `shards${++prefixes}:`
+    const parts = new Partitions(prefix, 64)
+    const log = new LogWatch()
+    const a = await startApp(t, { adapter: redisAdapter({ cluster: c.seeds, keyPrefix: prefix, waitReplicas: 0 }) }, undefined, { logger: { level: 'warn', stream: log.stream } })
+    const b = await startApp(t, { adapter: redisAdapter({ cluster: c.seeds, keyPrefix: prefix, waitReplicas: 0 }) })
+    const watcher = await TestSocket.open(a.wsUrl)
+    const joiner = await TestSocket.open(a.wsUrl)
+    const publisher = await TestSocket.open(b.wsUrl)
+    t.teardown(async () => await Promise.all([watcher, joiner, publisher].map(async (s) => await s.close())))
+    const nodeId = nodeOf(watcher)
+    const masters = (await c.nodes()).filter((n) => n.role === 'master')
+    const masterOf = (channel: string): ClusterNodeInfo => masters.find((m) => serves(m, slotOf(channel)))!
+    // The shard that breaks carries none of the instance's own channels: only rooms.
+    const busy = [masterOf(`${prefix}{n:${nodeId}}`), masterOf(`${prefix}{all}`)]
+    const broken = masters.find((m) => !busy.includes(m))!
+    const healthy = masters.find((m) => m !== broken)!
+    const roomOn = (m: ClusterNodeInfo, name: string): string => {
+      for (let i = 0; ; i++) if (serves(m, parts.slot(parts.base(`${name}${i}`)))) return `${name}${i}`
+    }
+    const [cut, fine, later] = [roomOn(broken, 'cut'), roomOn(healthy, 'fine'), roomOn(healthy, 'later')]
+    for (const room of [cut, fine]) {
+      t.match(await watcher.join(room), { type: 'joined' })
+      t.match(await publisher.join(room), { type: 'joined' })
+    }
+    const node = c.node(broken.port)
+    // No new connection to the shard is accepted, the ones open go on: A's shard subscriber cannot come back, B publishes there.
+    const clients = Number(/connected_clients:(\d+)/.exec(await node.info('clients'))?.[1])
+    const maxclients = (await node.call('CONFIG', 'GET', 'maxclients') as string[])[1]!
+    const restore = async (): Promise<void> => { await node.call('CONFIG', 'SET', 'maxclients', maxclients) }
+    t.teardown(restore)
+    await node.call('CONFIG', 'SET', 'maxclients', String(clients - 1))
+    const [shard] = await clientsNamed(node, `fastify-rooms:${nodeId}:shard`)
+    await node.call('CLIENT', 'KILL', 'ID', shard!.id!)
+    await log.until(/lost a shard subscriber connection/)
+
+    t.match(await joiner.join(later), { type: 'joined' }, 'a join in another shard\'s room goes on')
+    t.match(await joiner.join(cut), { type: 'error', code: 'UNAVAILABLE' }, 'a join in a room of the broken shard waits for it')
+    const missed: Frame[] = []
+    for (let i = 0; i < 3; i++) missed.push(await publisher.request({ type: 'publish', room: cut, data: `missed${i}` }))
+    t.match(missed, [{ type: 'ack' }, { type: 'ack' }, { type: 'ack' }], 'published while the instance cannot hear the shard')
+    t.match(await publisher.request({ type: 'publish', room: fine, data: 'live' }), { type: 'ack' })
+    t.match(await watcher.next((f) => f.type === 'message' && f.room === fine, 'the healthy shard\'s message'), { data: 'live' })
+
+    await restore()
+    t.match(await publisher.request({ type: 'publish', room: cut, data: 'after' }), { type: 'ack' })
+    const got: Frame[] = []
+    for (let i = 0; i < 4; i++) got.push(await watcher.next((f) => f.type === 'message' && f.room === cut, 'the broken shard\'s messages'))
+    t.same(got.map((f) => f.data), ['missed0', 'missed1', 'missed2', 'after'], 'what it missed from history, in order, then the rest')
+    t.same(got.map((f) => f.offset), [1, 2, 3, 4].map((n) => (missed[0]!.offset as number) - 1 + n), 'each once, no offset skipped')
+    t.match(await joiner.join(cut), { type: 'joined' }, 'joins in its rooms work again')
+    t.equal(watcher.closedWith, undefined, 'nobody had to rejoin')
+    t.notOk(log.lines.some((line) => /lost the link to Redis/.test(line.msg)), 'the instance as a whole never went down')
   })
 })

@@ -159,6 +159,15 @@ export class ShardSubscriber {
     return true
   }
 
+  /** Every one of these channels is wanted and confirmed by Redis. */
+  holds (channels: string[]): boolean {
+    if (this.#closed) return false
+    return channels.every((channel) => {
+      const group = this.#channels.get(channel)
+      return group !== undefined && isConfirmed(group, channel)
+    })
+  }
+
   /**
    * Subscribe to channels (any slots; each slot's go in one SSUBSCRIBE).
    * Resolves once Redis confirmed every one. Rejects with `UNAVAILABLE` after
