@@ -699,6 +699,10 @@ interface Subscription {
    * heard before it asked are in the replay, so they are not kept (undefined).
    */
   heldPresence: Buffer[] | undefined
+  /** On a cluster: `breakSeq` at this room's last subscription break (0: none), so a join or a fill that overlapped one can tell. */
+  brokeAt: number
+  /** On a cluster: broken and not restored yet. Its shard is away: joins fail, and a resync waits for the restore. */
+  restoring: boolean
 }
 
 interface LocalMember {
@@ -764,6 +768,17 @@ export class RedisAdapter implements Adapter {
   /** How many times the subscriber connection broke, to notice a break during a join. */
   private subscriberBreaks = 0
   private recovering: Promise<void> | undefined
+  /**
+   * On a cluster, one shard's broken subscription concerns that shard's
+   * rooms only: they are resynced on their own once restored, while joins
+   * and publishes go on everywhere else. Bumped at each room break.
+   */
+  private breakSeq = 0
+  /** Rooms restored since their break, to resync. */
+  private readonly resyncDue = new Set<string>()
+  /** Rooms in a resync of their own, and those resyncs: a room is never in two at once (each fill would deliver its page). */
+  private readonly resyncing = new Set<string>()
+  private readonly resyncs = new Set<Promise<void>>()
   /** The live room list's watcher, while any connection of this node subscribes to it. */
   private roomWatcher: RoomCountWatcher | undefined
   private renewing: Promise<void> | undefined
@@ -837,7 +852,7 @@ export class RedisAdapter implements Adapter {
       this.shards = new ShardSubscriber(redis, {
         message: (channel, message) => this.onMessage(channel, message),
         broken: (channels) => this.subscriberBroke(channels),
-        restored: () => this.maybeRecover()
+        restored: (channels) => this.subscriberRestored(channels)
       }, { timeoutMs: this.commandTimeoutMs, log: config.log, connectionName: `${name}:shard` })
     }
     this.redis.defineCommand('rooms', { numberOfKeys: 2, lua })
@@ -863,6 +878,8 @@ export class RedisAdapter implements Adapter {
     }
     every(Math.max(this.leaseMs / 3, 10), async () => {
       this.maybeRecover()
+      // A room resync that failed is tried again here, not at once: its shard may still be failing over.
+      this.maybeResyncRooms()
       // A subscriber connection dropped silently carries no call to notice it by: ask it something.
       // (The shard subscriber checks its own connections.)
       // A leave refused with the link up (its slot was migrating, its shard failing over) is not left for the next outage.
@@ -1214,7 +1231,13 @@ export class RedisAdapter implements Adapter {
     // A leave of this membership still owed would undo the join once done.
     this.pendingLeaves.delete(connectionId + '\n' + room)
     const breaks = this.subscriberBreaks
+    const since = this.breakSeq
     const subscription = await this.subscribe(room)
+    // Its shard's subscription is broken: messages after the join's offset would wait for the shard to come back.
+    if (subscription.restoring) {
+      void this.release(room)
+      throw unavailable()
+    }
     let reply: [string, number, string, string, number, number, string, ...string[]]
     try {
       reply = await this.call('join', room, connectionId, member.id, JSON.stringify(member), this.config.nodeId, this.config.maxMembersPerRoom, newEpoch(), this.config.membersPageSize) as typeof reply
@@ -1228,7 +1251,7 @@ export class RedisAdapter implements Adapter {
       void this.release(room)
       throw new RoomsError('ROOM_FULL', `Room "${room}" is full (${this.config.maxMembersPerRoom} members): try again later.`, room)
     }
-    if (this.subscriberBreaks !== breaks) {
+    if (this.subscriberBreaks !== breaks || subscription.brokeAt > since) {
       // The room's messages after this join may have been missed: the member retries the join.
       void this.release(room)
       void this.forgetRemote(room, connectionId).catch(() => {})
@@ -1419,17 +1442,20 @@ export class RedisAdapter implements Adapter {
 
   /**
    * A subscriber connection broke: the rooms' messages meanwhile are missed,
-   * so each room resyncs. On one Redis that is every room; on a cluster, the
-   * rooms of the shard whose connection broke or whose slot moved (`channels`).
+   * so each room resyncs. On one Redis that is every room, and the whole
+   * node recovers; on a cluster, the channels of the shard whose connection
+   * broke or whose slot moved (`channels`, see shardBroke).
    */
   private subscriberBroke (channels?: string[]): void {
     if (!this.running || this.closed) return
+    if (channels !== undefined) {
+      this.shardBroke(channels)
+      return
+    }
     this.subscriberBreaks++
-    if (channels === undefined) this.subscriberLost = true
+    this.subscriberLost = true
     // Whatever comes after the break is fetched from history, from the last offset delivered.
-    const rooms = channels === undefined ? this.subscriptions.values() : channels.map((channel) => this.subscriptions.get(this.parseChannel(channel)?.room ?? ''))
-    for (const subscription of rooms) {
-      if (subscription === undefined) continue
+    for (const subscription of this.subscriptions.values()) {
       subscription.held = []
       subscription.heldPresence = undefined
       subscription.gap = true
@@ -1438,9 +1464,115 @@ export class RedisAdapter implements Adapter {
     this.linkLost()
   }
 
-  /** Both kinds of subscriber connection are up. */
+  /**
+   * On a cluster: some channels' subscriptions (one shard's) broke. Their
+   * rooms resync on their own once restored; only the node's own channels
+   * (direct frames, commands) take the whole node down, as a lost command
+   * link does.
+   */
+  private shardBroke (channels: string[]): void {
+    let nodeWide = false
+    for (const channel of channels) {
+      const target = this.parseChannel(channel)
+      // The room list's: its watcher reads the list again once restored.
+      if (target?.room === undefined) {
+        if (target === undefined) nodeWide = true
+        continue
+      }
+      const subscription = this.subscriptions.get(target.room)
+      if (subscription === undefined) continue
+      // Whatever comes after the break is fetched from history, from the last offset delivered.
+      subscription.held = []
+      subscription.heldPresence = undefined
+      subscription.gap = true
+      subscription.presenceGap = true
+      subscription.brokeAt = ++this.breakSeq
+      subscription.restoring = true
+      this.resyncDue.delete(target.room)
+    }
+    if (nodeWide) {
+      this.subscriberBreaks++
+      this.linkLost()
+    }
+  }
+
+  /** On a cluster: these broken channels are subscribed again; their rooms resync now. */
+  private subscriberRestored (channels: string[]): void {
+    if (!this.running || this.closed) return
+    let roomList = false
+    for (const channel of channels) {
+      const target = this.parseChannel(channel)
+      if (target === undefined) continue
+      if (target.room === undefined) {
+        roomList = true
+        continue
+      }
+      const subscription = this.subscriptions.get(target.room)
+      if (subscription?.restoring !== true) continue
+      subscription.restoring = false
+      this.resyncDue.add(target.room)
+    }
+    // Count changes while it was broken were not heard.
+    if (roomList && !this.down) this.roomWatcher?.resync()
+    this.maybeRecover()
+    this.maybeResyncRooms()
+  }
+
+  /**
+   * Resync the rooms restored since their break, unless the node's recovery
+   * (which does every room) is due or under way. Rooms of different shards
+   * resync side by side: one whose shard is slow to answer holds no other.
+   */
+  private maybeResyncRooms (): void {
+    if (this.resyncDue.size === 0 || this.closed || this.down || this.recovering !== undefined || !this.cmd.ready) return
+    const rooms = [...this.resyncDue].filter((room) => !this.resyncing.has(room))
+    if (rooms.length === 0) return
+    for (const room of rooms) {
+      this.resyncDue.delete(room)
+      this.resyncing.add(room)
+    }
+    let failed = false
+    const run: Promise<void> = this.resyncBroken(rooms).catch((err: unknown) => {
+      failed = true
+      // Tried again at the next upkeep round, or with the next restore: not at once, its shard may still be failing over.
+      for (const room of rooms) if (this.subscriptions.has(room)) this.resyncDue.add(room)
+      const transient = err instanceof RoomsError && err.code === 'UNAVAILABLE'
+      this.config.log[transient ? 'debug' : 'error']({ err, nodeId: this.config.nodeId, rooms: rooms.length }, 'fastify-rooms: resynchronising rooms after a shard subscription break failed; it is retried')
+    }).finally(() => {
+      for (const room of rooms) this.resyncing.delete(room)
+      this.resyncs.delete(run)
+      // Rooms restored while one of them was resyncing wait for it.
+      if (!failed) this.maybeResyncRooms()
+    })
+    this.resyncs.add(run)
+  }
+
+  /**
+   * What the node's recovery does, for the rooms of one broken shard: the
+   * lease first (a node reaped meanwhile must not register its members
+   * again), then the rooms, then their local members registered again (a
+   * failover may have lost their joins).
+   */
+  private async resyncBroken (rooms: string[]): Promise<void> {
+    const breaks = this.subscriberBreaks
+    await this.renew()
+    await this.resync(breaks, rooms)
+    // A Set: register asks once per local membership, and a shard may hold many rooms.
+    const resynced = new Set(rooms)
+    await this.register((room) => resynced.has(room))
+    this.config.log.warn({ nodeId: this.config.nodeId, rooms: rooms.length }, 'fastify-rooms: the rooms of a broken shard subscription are resynchronised')
+  }
+
+  /** Register the local members (of the rooms `which` picks) in Redis again; a membership it still has is left as it is. */
+  private async register (which: (room: string) => boolean): Promise<void> {
+    await Promise.all([...this.local.values()].filter(({ room }) => which(room)).map(async ({ room, connectionId, member }) => {
+      await this.call('join', room, connectionId, member.id, JSON.stringify(member), this.config.nodeId, Number.MAX_SAFE_INTEGER, newEpoch(), 1)
+    }))
+  }
+
+  /** The subscriber connections the whole node needs are up: on a cluster, its own channels' subscriptions (rooms resync on their own). */
   private get listening (): boolean {
-    return (this.subLink?.ready ?? true) && (this.shards?.ready ?? true)
+    return (this.subLink?.ready ?? true) && (this.shards?.holds(this.nodeChannels()) ?? true)
   }
 
   /** Subscribe to channels: room channels go over sharded pub/sub on a cluster. */
@@ -1492,6 +1624,8 @@ export class RedisAdapter implements Adapter {
    */
   private async recover (): Promise<void> {
     try {
+      // Never two fills of one room at once: each would deliver its page.
+      await Promise.all(this.resyncs)
       const breaks = this.subscriberBreaks
       // Only the subscriber connection of one Redis is ever lost whole; on a
       // cluster the shard subscriber restores what it lost itself.
@@ -1504,9 +1638,8 @@ export class RedisAdapter implements Adapter {
       await this.finishLeaves()
       await this.renew()
       await this.resync(breaks)
-      await Promise.all([...this.local.values()].map(async ({ room, connectionId, member }) => {
-        await this.call('join', room, connectionId, member.id, JSON.stringify(member), this.config.nodeId, Number.MAX_SAFE_INTEGER, newEpoch(), 1)
-      }))
+      // A room whose shard subscription is broken still does this once restored: its shard may be away.
+      await this.register((room) => this.subscriptions.get(room)?.restoring !== true)
       // A break meanwhile (on a cluster, another shard's, already restored)
       // left rooms the resync did not do: stay down, and recover again.
       if (this.subscriberBreaks !== breaks) {
@@ -1518,6 +1651,8 @@ export class RedisAdapter implements Adapter {
       this.config.log.warn({ nodeId: this.config.nodeId }, 'fastify-rooms: the link to Redis is back; rooms resynchronised')
       // Count changes during the outage were not heard: the room list is read again.
       this.roomWatcher?.resync()
+      // Rooms restored meanwhile, which this recovery's resync may have passed before.
+      setImmediate(() => this.maybeResyncRooms())
     } catch (err) {
       const transient = err instanceof RoomsError && err.code === 'UNAVAILABLE'
       this.config.log[transient ? 'debug' : 'error']({ err, nodeId: this.config.nodeId }, 'fastify-rooms: redis recovery failed; it is retried')
@@ -1535,15 +1670,25 @@ export class RedisAdapter implements Adapter {
     }))
   }
 
-  /** Check each subscribed room against Redis: a changed epoch is a loss; a gap is filled from history, or the room's members rejoin. */
-  private async resync (breaks: number): Promise<void> {
+  /**
+   * Check each subscribed room (or only these) against Redis: a changed
+   * epoch is a loss; a gap is filled from history, or the room's members
+   * rejoin. A room whose subscription is broken still is left to the resync
+   * its restore starts: what it misses meanwhile would not be in what is read now.
+   */
+  private async resync (breaks: number, only?: string[]): Promise<void> {
+    const seq = this.breakSeq
+    const subscribed = (only ?? [...this.subscriptions.keys()]).flatMap((room) => {
+      const subscription = this.subscriptions.get(room)
+      return subscription === undefined || subscription.restoring ? [] : [[room, subscription] as const]
+    })
     // A room whose epoch is still unknown has no local member yet: its first join's reply tells.
-    for (const [room, subscription] of this.subscriptions) {
+    for (const [room, subscription] of subscribed) {
       if (subscription.epoch !== undefined) continue
       subscription.gap = false
       this.flushPresence(room, subscription)
     }
-    const rooms = [...this.subscriptions].filter(([, s]) => s.epoch !== undefined).map(([room]) => room)
+    const rooms = subscribed.filter(([, s]) => s.epoch !== undefined).map(([room]) => room)
     if (rooms.length === 0) return
     const state = await this.states(rooms)
     // Every message published before the state was read is now in: the gap is exactly what did not come.
@@ -1553,7 +1698,8 @@ export class RedisAdapter implements Adapter {
       // Broken again meanwhile: the next recovery starts over.
       if (this.subscriberBreaks !== breaks) return
       const subscription = this.subscriptions.get(room)
-      if (subscription?.epoch === undefined) continue
+      // Broken again since the state was asked for: its restore resyncs it.
+      if (subscription?.epoch === undefined || subscription.brokeAt > seq) continue
       const [epoch, last, missed] = state.get(room) as RoomState
       if (epoch !== subscription.epoch || (subscription.presenceGap && missed === null)) {
         // Another epoch, or presence changes this node missed and Redis no longer keeps: its members rejoin.
@@ -1601,8 +1747,9 @@ export class RedisAdapter implements Adapter {
     const missing = next - 1 - subscription.offset
     if (missing > 0) {
       const breaks = this.subscriberBreaks
+      const brokeAt = subscription.brokeAt
       const page = await this.history(room, subscription.offset, missing)
-      if (this.subscriptions.get(room) !== subscription || subscription.epoch !== epoch || this.subscriberBreaks !== breaks) return
+      if (this.subscriptions.get(room) !== subscription || subscription.epoch !== epoch || this.subscriberBreaks !== breaks || subscription.brokeAt !== brokeAt) return
       // Offsets only rise, so the right count from the right first to the right last leaves no gap.
       // The last is checked too: a message delivered but not kept (over maxHistoryBytes) is a hole
       // that XRANGE's COUNT steps over, reading a later message in its place.
@@ -1675,7 +1822,7 @@ export class RedisAdapter implements Adapter {
     if (subscription === undefined) {
       const ready = this.listen([this.roomChannel(room)])
       ready.catch(() => {})
-      subscription = { holders: 0, joined: 0, ready, epoch: undefined, offset: 0, frame: undefined, held: [], gap: false, presenceSeq: 0, presenceGap: false, heldPresence: undefined }
+      subscription = { holders: 0, joined: 0, ready, epoch: undefined, offset: 0, frame: undefined, held: [], gap: false, presenceSeq: 0, presenceGap: false, heldPresence: undefined, brokeAt: 0, restoring: false }
       this.subscriptions.set(room, subscription)
     }
     subscription.holders++
@@ -1739,7 +1886,11 @@ export class RedisAdapter implements Adapter {
     try {
       await this.listen(this.roomListChannels())
     } catch (err) {
-      if (this.roomWatcher === watcher) this.roomWatcher = undefined
+      if (this.roomWatcher === watcher) {
+        this.roomWatcher = undefined
+        // A subscribe that failed leaves its channels wanted (the shard subscriber confirms them later): nobody would ever drop them.
+        void this.unlisten(this.roomListChannels()).catch(() => {})
+      }
       throw err
     }
   }
@@ -1903,6 +2054,12 @@ interface Call {
   unknown: (() => RoomsError) | undefined
   /** When it was last sent (0: never). */
   sentAt: number
+  /**
+   * On a cluster: a node connection closed while it was in flight. ioredis
+   * then sends it again, and when its retries run out the error names only
+   * the last attempt (TRYAGAIN, CLUSTERDOWN), though an earlier one may have run.
+   */
+  cut?: boolean
   /** For a call held after a cut: when it gives up. */
   until?: number
 }
@@ -1959,6 +2116,13 @@ class Link {
       void this.resume()
       onReady()
     })
+    if (client.isCluster) {
+      const cluster = client as Cluster
+      // Any node's, not only the one a call went to: a call retried after a MOVED is on another node than the one it ran on first.
+      const watch = (node: Redis): void => { node.on('close', () => { for (const call of this.inflight) call.cut = true }) }
+      cluster.on('+node', watch)
+      for (const node of cluster.nodes()) watch(node)
+    }
   }
 
   get ready (): boolean {
@@ -2001,7 +2165,7 @@ class Link {
     }, (err: unknown) => {
       if (!this.inflight.delete(call)) return
       // A publish whose connection (to one shard of a cluster) broke under it may have run.
-      if (call.unknown !== undefined && !(call.resend && this.resends) && isCutOff(err)) call.reject(call.unknown())
+      if (call.unknown !== undefined && !(call.resend && this.resends) && (isCutOff(err) || call.cut === true)) call.reject(call.unknown())
       else call.reject(this.ready ? this.failure(err, call.what) : unavailable())
     })
   }

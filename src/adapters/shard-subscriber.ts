@@ -59,6 +59,12 @@ interface SlotGroup {
   wanted: Set<string>
   /** Confirmed by Redis on `shard`. */
   live: Set<string>
+  /**
+   * Live channels whose SSUNSUBSCRIBE is in flight: Redis may drop them any
+   * moment, so a channel wanted again meanwhile is not confirmed until its
+   * next SSUBSCRIBE is.
+   */
+  leaving: Set<string>
   /** Wanted and not live since a loss (or a failed subscribe): `restored` is due for them. */
   broken: Set<string>
   shard: Shard | undefined
@@ -80,6 +86,11 @@ interface Waiter {
 }
 
 const MOVED = /^MOVED \d+ (\S+)/
+
+/** Subscribed and staying so: not on its way out with an SSUNSUBSCRIBE in flight. */
+function isConfirmed (group: SlotGroup, channel: string): boolean {
+  return group.live.has(channel) && !group.leaving.has(channel)
+}
 
 /** Retry delay after `failures` failed attempts in a row, with jitter so a reconnect storm spreads out. */
 function backoff (failures: number): number {
@@ -143,9 +154,18 @@ export class ShardSubscriber {
   get ready (): boolean {
     if (this.#closed) return false
     for (const group of this.#groups.values()) {
-      for (const channel of group.wanted) if (!group.live.has(channel)) return false
+      for (const channel of group.wanted) if (!isConfirmed(group, channel)) return false
     }
     return true
+  }
+
+  /** Every one of these channels is wanted and confirmed by Redis. */
+  holds (channels: string[]): boolean {
+    if (this.#closed) return false
+    return channels.every((channel) => {
+      const group = this.#channels.get(channel)
+      return group !== undefined && isConfirmed(group, channel)
+    })
   }
 
   /**
@@ -165,7 +185,7 @@ export class ShardSubscriber {
     }
     const confirmed = this.#wait(this.#subscribing, channels, (channel) => {
       const group = this.#channels.get(channel)
-      return group === undefined || group.live.has(channel)
+      return group === undefined || isConfirmed(group, channel)
     }, (missing) => {
       for (const channel of missing) this.#channels.get(channel)?.broken.add(channel)
     })
@@ -234,7 +254,7 @@ export class ShardSubscriber {
     const slot = slotOf(channel)
     let group = this.#groups.get(slot)
     if (group === undefined) {
-      group = { slot, wanted: new Set(), live: new Set(), broken: new Set(), shard: undefined, syncing: false, again: false, failures: 0, generation: -1, retry: undefined }
+      group = { slot, wanted: new Set(), live: new Set(), leaving: new Set(), broken: new Set(), shard: undefined, syncing: false, again: false, failures: 0, generation: -1, retry: undefined }
       this.#groups.set(slot, group)
     }
     return group
@@ -343,10 +363,16 @@ export class ShardSubscriber {
     }
     const remove = [...group.live].filter((channel) => !group.wanted.has(channel))
     if (remove.length > 0) {
-      await this.#command(shard, async () => {
-        await shard.redis.sunsubscribe(...remove)
-        for (const channel of remove) group.live.delete(channel)
-      })
+      for (const channel of remove) group.leaving.add(channel)
+      try {
+        await this.#command(shard, async () => await shard.redis.sunsubscribe(...remove))
+      } finally {
+        // Answered or not, Redis may have dropped them: a channel wanted again is subscribed anew (SSUBSCRIBE of a live one is harmless).
+        for (const channel of remove) {
+          group.leaving.delete(channel)
+          if (group.shard === shard) group.live.delete(channel)
+        }
+      }
       if (remove.some((channel) => group.wanted.has(channel))) group.again = true
     }
   }
