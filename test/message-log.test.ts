@@ -112,3 +112,18 @@ t.test('a push with a limit keeps the newest messages within it, and at the limi
   t.same(log.slice(0), model, 'every frame intact at the end')
   t.ok(moved < 200, `${moved} moves to another buffer in 20,000 pushes: the ring's growth and shrinking, not one per push`)
 })
+
+// Found by a fuzz against an array model: the ring dropped its last message while
+// making room, then read the stale record of a larger buffer it had just left, and
+// wrote past the end of its buffer (RangeError: the publish was lost).
+t.test('a push that must drop every older message at the limit takes the emptied buffer from its start', async (t) => {
+  const log = new MessageLog()
+  const lengths = [36, 27, 1, 22, 13, 20]
+  let offset = 0
+  for (const length of lengths) log.push(++offset, Buffer.alloc(length, 96 + offset), 120)
+  t.ok(log.footprint <= 120, `within its limit (${log.footprint} bytes)`)
+  const kept = log.slice(0, log.length)
+  t.equal(kept.at(-1)?.offset, lengths.length, 'the newest message is kept')
+  t.equal(kept.at(-1)?.frame, 'f'.repeat(20), 'whole')
+  for (let i = 1; i < kept.length; i++) t.equal(kept[i]!.offset, kept[i - 1]!.offset + 1, 'the newest ones, without a hole')
+})

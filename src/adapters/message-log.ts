@@ -190,6 +190,8 @@ export class MessageLog {
 
   /** Where `length` bytes fit without moving the messages, or -1. */
   private free (length: number): number {
+    // Empty (the last message was just dropped): the head's record is stale, and may name a place past this buffer.
+    if (this.count === 0) return -1
     const capacity = this.data.length
     const oldest = this.records[this.head * STRIDE + 1] as number
     if (this.tail > oldest) {
