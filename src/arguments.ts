@@ -12,11 +12,10 @@ import { RoomListQuery, RoomQuerystring } from './routes.js'
 
 const listQuery = Compile(RoomListQuery)
 const membersQuery = Compile(RoomQuerystring)
-// A limit of 0 is the default with `historySize: 0`: an empty page, not a mistake.
-const historyRange = Compile(Type.Object({
-  after: Type.Integer({ minimum: 0 }),
-  limit: Type.Integer({ minimum: 0 })
-}))
+// A limit of 0 is the default with `historySize: 0`: an empty page, not a
+// mistake. An `after` past the last offset (Infinity too) is an empty page,
+// and a fractional one counts from its whole part, as documented.
+const historyLimit = Compile(Type.Integer({ minimum: 0 }))
 
 function invalid (sentence: string): never {
   throw new errorCodes.FST_ROOMS_INVALID_ARGUMENT(sentence)
@@ -53,9 +52,9 @@ export function membersPage (query: unknown, defaultLimit: number): MembersQuery
 
 /** `history`'s range. */
 export function historyPage (after: unknown, limit: unknown): { after: number, limit: number } {
-  const checked = { after, limit }
-  if (!historyRange.Check(checked)) invalid(describeErrors(historyRange.Errors(checked), 'history'))
-  return checked as { after: number, limit: number }
+  if (typeof after !== 'number' || !(after >= 0)) invalid('history/after must be a number of at least 0')
+  if (!historyLimit.Check(limit)) invalid(describeErrors(historyLimit.Errors(limit), 'history/limit'))
+  return { after: after as number, limit: limit as number }
 }
 
 /** A `direct` frame, or `INVALID_DATA` for data JSON cannot encode (a BigInt, a cycle, `undefined`). */

@@ -124,8 +124,8 @@ export interface RoutesOptions {
   } | undefined
 }
 
-/** A whole number as a query writes it: digits only, at most 16 of them (a safe integer). */
-const DIGITS = /^[0-9]{1,16}$/
+/** A whole number as a query writes it: digits only (the schema bounds its value; an `after` past the last offset is an empty page). */
+const DIGITS = /^[0-9]+$/
 
 /**
  * TypeBox's compiler, except that a query's integers must be written in

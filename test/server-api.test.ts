@@ -61,5 +61,5 @@ t.test('app.rooms.list, get and connections', async (t) => {
   t.same(await app.rooms.list({ limit: 1 }), { rooms: [{ name: 'a-room', count: 1 }], next: 'a-room' })
   t.match(await app.rooms.get('a-room'), { name: 'a-room', count: 1, members: [{ name: 'ada' }], offset: 0 })
   t.equal(await app.rooms.get('nobody'), null)
-  t.equal(await app.rooms.get('bad name'), null)
+  await t.rejects(app.rooms.get('bad name'), { code: 'INVALID_ROOM' }, 'a bad name is a mistake, not an empty room')
 })
