@@ -1,5 +1,5 @@
 import Type from 'typebox'
-import { Compile } from 'typebox/compile'
+import { Compile, type Validator } from 'typebox/compile'
 import type { MembersQuery, RoomQuery } from './adapters/adapter.js'
 import { RoomsError, errorCodes } from './errors.js'
 import { describeErrors, encodeDirect, invalidRoomMessage, isRoomName } from './protocol.js'
@@ -32,21 +32,26 @@ export function roomName (room: unknown): string {
   return room
 }
 
+/**
+ * An options object: `pick` takes the fields a schema knows (with their
+ * defaults) out of it, and they are checked against the schema.
+ */
+function checked<Q, T> (validator: Validator, query: unknown, what: string, pick: (query: Q) => T): T {
+  if (typeof query !== 'object' || query === null) invalid(`${what} must be an object`)
+  const fields = pick(query as Q)
+  if (!validator.Check(fields)) invalid(describeErrors(validator.Errors(fields), 'query'))
+  return fields
+}
+
 /** `list`'s query, with its default page size. */
 export function roomQuery (query: unknown, defaultLimit: number): RoomQuery {
-  if (typeof query !== 'object' || query === null) invalid('the query must be an object')
-  const { prefix, after, limit = defaultLimit } = query as Partial<RoomQuery>
-  const checked = { prefix, after, limit }
-  if (!listQuery.Check(checked)) invalid(describeErrors(listQuery.Errors(checked), 'query'))
-  return checked
+  return checked(listQuery, query, 'the query', ({ prefix, after, limit = defaultLimit }: Partial<RoomQuery>) => ({ prefix, after, limit }))
 }
 
 /** `get`'s page of members, with its default page size. */
 export function membersPage (query: unknown, defaultLimit: number): MembersQuery {
-  if (typeof query !== 'object' || query === null) invalid('the members query must be an object')
-  const { membersAfter, membersLimit = defaultLimit } = query as { membersAfter?: string, membersLimit?: number }
-  const checked = { membersAfter, membersLimit }
-  if (!membersQuery.Check(checked)) invalid(describeErrors(membersQuery.Errors(checked), 'query'))
+  const { membersAfter, membersLimit } = checked(membersQuery, query, 'the members query',
+    ({ membersAfter, membersLimit = defaultLimit }: { membersAfter?: string, membersLimit?: number }) => ({ membersAfter, membersLimit }))
   return { after: membersAfter, limit: membersLimit }
 }
 
