@@ -1,5 +1,6 @@
 import t from 'tap'
-import { MemoryAdapter, RoomsError } from '../src/index.js'
+import { RoomsError } from '../src/index.js'
+import { HeldStore } from './helpers/held-store.js'
 import { eachAdapter } from './helpers/deployment.js'
 import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
@@ -109,31 +110,18 @@ t.test('defaults: a reason is always given', async (t) => {
 })
 
 /** A memory store whose history reads wait until the test lets them through. */
-class SlowHistory extends MemoryAdapter {
-  gate: Promise<void> | undefined
-  /** Called when a read starts waiting. */
-  waiting: (() => void) | undefined
-  override async history (...args: Parameters<MemoryAdapter['history']>): ReturnType<MemoryAdapter['history']> {
-    this.waiting?.()
-    await this.gate
-    return await super.history(...args)
-  }
-}
-
 t.test('a connection removed from a room while its join is under way gets left, then exactly one reply to the join', async (t) => {
-  const adapter = new SlowHistory()
+  const adapter = new HeldStore()
   const { wsUrl, app } = await startApp(t, { adapter })
   await app.rooms.broadcast('r', 'kept')
-  let release!: () => void
-  adapter.gate = new Promise((resolve) => { release = resolve })
+  const held = adapter.hold('history')
   const s = await TestSocket.open(wsUrl)
   t.teardown(() => s.close())
-  const waiting = new Promise<void>((resolve) => { adapter.waiting = resolve })
   s.send({ type: 'join', room: 'r', id: 7, history: 5 })
   // The join waits in the store's history read; the server removes the connection meanwhile.
-  await waiting
+  await held.entered
   t.equal(await app.rooms.removeFromRoom(s.welcome.connectionId, 'r', 'kicked'), true)
-  release()
+  held.release()
   t.same(await s.next((f) => f.type === 'left'), { type: 'left', room: 'r', reason: 'kicked' })
   t.match(await s.next((f) => f.id === 7), { type: 'error', code: 'NOT_IN_ROOM', room: 'r', message: /removed from room "r" while joining/ })
   await s.sync()

@@ -2,69 +2,10 @@ import t from 'tap'
 import { once } from 'node:events'
 import type WebSocket from 'ws'
 import type { FastifyInstance } from 'fastify'
-import { MemoryAdapter } from '../src/index.js'
+import { HeldStore } from './helpers/held-store.js'
 import { startApp } from './helpers/server.js'
 import { TestSocket, type Frame } from './helpers/socket.js'
 import { until } from './helpers/until.js'
-
-type Gated = 'join' | 'room' | 'history'
-
-/**
- * A memory store whose next calls of a method can be held, as a store across
- * a network holds its answer: each `hold` arms one call, in call order;
- * `entered` says the call came (its work done, its answer not yet given; a
- * history read is held before it reads), `release` lets the answer go, or
- * fails it with `err` (the work was done all the same, as when a reply is lost).
- */
-class HeldStore extends MemoryAdapter {
-  /** The gated methods called so far, in order, recorded as each call begins. */
-  readonly asked: Gated[] = []
-  private readonly held = new Map<Gated, Array<{ reached: () => void, released: Promise<Error | undefined> }>>()
-
-  hold (method: Gated): { entered: Promise<void>, release: (err?: Error) => void } {
-    let reached = (): void => {}
-    let release = (_err?: Error): void => {}
-    const entered = new Promise<void>((resolve) => { reached = resolve })
-    const released = new Promise<Error | undefined>((resolve) => { release = resolve })
-    const queue = this.held.get(method) ?? []
-    queue.push({ reached, released })
-    this.held.set(method, queue)
-    return { entered, release }
-  }
-
-  private async pass (method: Gated): Promise<void> {
-    const gate = this.held.get(method)?.shift()
-    if (gate === undefined) return
-    gate.reached()
-    const err = await gate.released
-    if (err !== undefined) throw err
-  }
-
-  override async join (...args: Parameters<MemoryAdapter['join']>): ReturnType<MemoryAdapter['join']> {
-    this.asked.push('join')
-    try {
-      return await super.join(...args)
-    } finally {
-      // A refusal (ROOM_FULL) is held too.
-      await this.pass('join')
-    }
-  }
-
-  override async room (...args: Parameters<MemoryAdapter['room']>): ReturnType<MemoryAdapter['room']> {
-    this.asked.push('room')
-    const result = await super.room(...args)
-    await this.pass('room')
-    return result
-  }
-
-  /** Held before it reads, so what is published meanwhile is in its page. */
-  override async history (...args: Parameters<MemoryAdapter['history']>): ReturnType<MemoryAdapter['history']> {
-    this.asked.push('history')
-    await this.pass('history')
-    return await super.history(...args)
-  }
-
-}
 
 /** Resolves once the server has handled the next frame of its newest connection (this listener runs after the plugin's). */
 async function serverRead (app: FastifyInstance): Promise<void> {

@@ -4,7 +4,8 @@ import type { FastifyInstance } from 'fastify'
 import websocket from '@fastify/websocket'
 import type { Socket } from 'node:net'
 import type WebSocket from 'ws'
-import { MemoryAdapter, type RoomsOptions } from '../src/index.js'
+import type { RoomsOptions } from '../src/index.js'
+import { HeldStore } from './helpers/held-store.js'
 import { startApp } from './helpers/server.js'
 import { TestSocket, writeAtOnce } from './helpers/socket.js'
 import { until } from './helpers/until.js'
@@ -173,32 +174,19 @@ t.test('a close the peer answers ends the same way: once, with the server\'s cod
 })
 
 /** A memory store whose publishes wait until the test lets them through. */
-class GatedPublish extends MemoryAdapter {
-  gate: Promise<void> | undefined
-  /** Called when a publish starts waiting. */
-  waiting: (() => void) | undefined
-  override async publish (...args: Parameters<MemoryAdapter['publish']>): ReturnType<MemoryAdapter['publish']> {
-    this.waiting?.()
-    await this.gate
-    return await super.publish(...args)
-  }
-}
-
 t.test('a publish accepted before the server\'s close is still stored and delivered', async (t) => {
-  const adapter = new GatedPublish()
+  const adapter = new HeldStore()
   const { app, wsUrl } = await startApp(t, { ...byHeader, adapter, closeTimeoutMs: CLOSE_TIMEOUT_MS })
   const ada = await TestSocket.open(wsUrl, as('ada'))
   const bob = await TestSocket.open(wsUrl, as('bob'))
   t.teardown(() => bob.close())
   await ada.join('r')
   await bob.join('r')
-  let release!: () => void
-  adapter.gate = new Promise((resolve) => { release = resolve })
-  const waiting = new Promise<void>((resolve) => { adapter.waiting = resolve })
+  const held = adapter.hold('publish')
   ada.send({ type: 'publish', room: 'r', data: 'in flight', id: 'p1' })
-  await waiting
+  await held.entered
   t.equal(await app.rooms.disconnect(ada.welcome.connectionId, 'Bye.'), true)
-  release()
+  held.release()
   t.match(await bob.next((f) => f.type === 'message'), { room: 'r', data: 'in flight', from: { id: 'ada' }, offset: 1 })
   t.same(await ada.closed, { code: 4003, reason: 'Bye.' })
   t.match(await app.rooms.history('r'), { offset: 1 }, 'in the history, for ada to find when it rejoins with since')
