@@ -11,10 +11,10 @@ import { describeErrors, type Member } from './protocol.js'
 import { HttpError, type RestAccess } from './routes.js'
 
 /**
- * Decides who is an admin: a Fastify preHandler that also gets the user the
- * request's credentials named (undefined when the app configured no
- * authentication). Throw or reply to refuse; returning `false` refuses with
- * 403 `FORBIDDEN`.
+ * Decides who is an admin: called like a Fastify preHandler, with the user the
+ * request's credentials named as well (undefined when the app configured no
+ * authentication). Return `true` to let the request in; anything else refuses
+ * with 403 `FORBIDDEN`, and throwing or replying refuses with your own answer.
  */
 export type AdminGuard = (request: FastifyRequest, reply: FastifyReply, user: Member | undefined) => unknown
 
@@ -36,6 +36,7 @@ const settingsValidator = Compile(AdminSettings)
 
 const NEEDS_GUARD = 'admin needs a preHandler deciding who is an admin when authenticate or verifyToken is configured: credentials alone would show every room and member to every signed-in user.'
 const NEEDS_REST = 'admin needs the REST routes (rest: true): the admin page lists rooms and members through them.'
+const NEEDS_ROOM_LIST = 'admin needs the live room list (roomList not false): the admin page watches the rooms through it.'
 const NOT_ADMIN = 'Only admins may open the fastify-rooms admin view.'
 
 /**
@@ -43,7 +44,7 @@ const NOT_ADMIN = 'Only admins may open the fastify-rooms admin view.'
  * authentication configured an admin guard is required: failing closed at
  * registration beats an admin view every user can open.
  */
-export function resolveAdminOptions (input: unknown, { authenticated, rest }: { authenticated: boolean, rest: boolean }): ResolvedAdminOptions | undefined {
+export function resolveAdminOptions (input: unknown, { authenticated, rest, roomList }: { authenticated: boolean, rest: boolean, roomList: boolean }): ResolvedAdminOptions | undefined {
   if (input === undefined || input === false) return undefined
   if (input !== true && (input === null || typeof input !== 'object')) {
     throw new errorCodes.FST_ROOMS_INVALID_OPTION('admin must be true, false or an object.')
@@ -58,6 +59,7 @@ export function resolveAdminOptions (input: unknown, { authenticated, rest }: { 
   }
   if (preHandler === undefined && authenticated) throw new errorCodes.FST_ROOMS_INVALID_OPTION(NEEDS_GUARD)
   if (!rest) throw new errorCodes.FST_ROOMS_INVALID_OPTION(NEEDS_REST)
+  if (!roomList) throw new errorCodes.FST_ROOMS_INVALID_OPTION(NEEDS_ROOM_LIST)
   return { path: settings.path, preHandler }
 }
 
@@ -108,13 +110,20 @@ export const admin: FastifyPluginAsync<AdminPluginOptions> = async (app, options
     const url = request.routeOptions.url ?? ''
     return (request.method === 'GET' || request.method === 'HEAD') && (shell.has(url) || url.startsWith(`${app.prefix}/client/`))
   }
+  let warned = false
   app.addHook('onRequest', async (request, reply) => {
     if (options.tokenOnly && isShell(request)) return
     const user = access === undefined ? undefined : await access.identify(request, reply)
     if (guard === undefined) return
     const verdict = await guard(request, reply, user)
     if (reply.sent) return reply
-    if (verdict === false) throw new errorCodes.FORBIDDEN(NOT_ADMIN)
+    // Fail closed: `user?.isAdmin` is undefined for a user without the flag, not false.
+    if (verdict === true) return
+    if (verdict === undefined && !warned) {
+      warned = true
+      request.log.warn('fastify-rooms: admin.preHandler returned nothing, which refuses the request: return true to let an admin in.')
+    }
+    throw new errorCodes.FORBIDDEN(NOT_ADMIN)
   })
 
   app.get('/', async (request, reply) => {

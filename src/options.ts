@@ -203,5 +203,5 @@ export function resolveOptions (input: RoomsOptions<unknown> = {}): ResolvedOpti
     throw new errorCodes.FST_ROOMS_INVALID_OPTION('dataSchema must be a TypeBox schema.')
   }
   return { ...settings, adapter, dataSchema, authenticate, verifyToken, onJoin, onPublish, onConnect, onDisconnect, onLeave, restPublish, metrics: resolveMetricsOptions(metrics),
-    admin: resolveAdminOptions(admin, { authenticated: authenticate !== undefined || verifyToken !== undefined, rest: settings.rest }) }
+    admin: resolveAdminOptions(admin, { authenticated: authenticate !== undefined || verifyToken !== undefined, rest: settings.rest, roomList: settings.roomList ?? settings.rest }) }
 }

@@ -86,6 +86,7 @@ t.test('without auth, the app\'s preHandler alone guards the view and gets no us
       preHandler: async (request, reply, user) => {
         users.push(user)
         if (request.headers['x-admin-key'] !== 'k') await reply.code(401).send({ statusCode: 401, code: 'UNAUTHORIZED', error: 'Unauthorized', message: 'Admins only.' })
+        return true
       }
     }
   })
@@ -130,6 +131,7 @@ t.test('with verifyToken: a Bearer token is the credential; the guard may throw 
     admin: {
       preHandler: (_request, _reply, user) => {
         if ((user as typeof ADA).role !== 'admin') throw new errorCodes.FORBIDDEN('Operators only.')
+        return true
       }
     }
   })
@@ -183,6 +185,22 @@ t.test('with authenticate and verifyToken both: the page\'s files need credentia
   }
 })
 
+t.test('the guard fails closed: only true lets a request in; undefined, null, 0, \'\' and objects are 403, and a guard that returns nothing is named in the log once', async (t) => {
+  const logs: string[] = []
+  const answers: Record<string, unknown> = { true: true, undefined, null: null, zero: 0, empty: '', object: {}, false: false }
+  const app = Fastify({ logger: { level: 'warn', stream: { write: (line: string) => { logs.push(line) } } } })
+  await app.register(rooms, { admin: { preHandler: (request) => answers[String(request.headers['x-answer'])] } })
+  t.teardown(async () => await app.close())
+  for (const answer of Object.keys(answers)) {
+    for (const url of ['/rooms-admin/stats', '/rooms-admin/config.json']) {
+      const res = await app.inject({ url, headers: { 'x-answer': answer } })
+      if (answer === 'true') t.equal(res.statusCode, 200, `${url}: ${answer}`)
+      else t.same(res.json(), { statusCode: 403, code: 'FORBIDDEN', error: 'Forbidden', message: 'Only admins may open the fastify-rooms admin view.' }, `${url}: ${answer}`)
+    }
+  }
+  t.equal(logs.filter((line) => line.includes('admin.preHandler returned nothing')).length, 1, 'warned once, not per request')
+})
+
 t.test('a guard that fails unexpectedly is a generic 500; its error goes to the log only', async (t) => {
   const logs: string[] = []
   const app = Fastify({ logger: { level: 'error', stream: { write: (line: string) => { logs.push(line) } } } })
@@ -200,6 +218,7 @@ t.test('bad admin options fail app.register with FST_ROOMS_INVALID_OPTION and a 
     ['auth without an admin guard', { authenticate: () => ADA, admin: true }, /admin needs a preHandler deciding who is an admin/],
     ['verifyToken without an admin guard', { verifyToken: () => ({ user: ADA }), admin: {} }, /admin needs a preHandler/],
     ['REST off', { rest: false, admin: true }, /admin needs the REST routes/],
+    ['the room list off', { roomList: false, admin: true }, /admin needs the live room list/],
     ['a string', { admin: 'yes' }, /admin must be true, false or an object/],
     ['a path without a slash', { admin: { path: 'admin' } }, /admin/],
     ['a path with a trailing slash', { admin: { path: '/admin/' } }, /admin/],
