@@ -135,6 +135,8 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
   }
   const adapter = options.adapter ?? memoryAdapter()
   const metrics = options.metrics === undefined ? undefined : await Metrics.create(options.metrics)
+  // At once: an app closed after a registration that failed further on frees its registry for another.
+  if (metrics !== undefined) app.addHook('onClose', async () => { metrics.release() })
   // The admin view's rates come from the same tallies: it counts even when no metrics are served.
   const counters = metrics ?? (options.admin === undefined ? undefined : await Metrics.create({ path: false, rooms: [], register: undefined, preHandler: undefined }))
   const registry = new Registry(adapter, {

@@ -200,21 +200,26 @@ export class Metrics implements AdapterMetrics {
     }
   }
 
+  /** Take the metrics out of the app's registry (its own one goes with it), so that another registration may use it. */
+  release (): void {
+    if (this.options.register !== undefined) for (const name of this.names) this.register.removeSingleMetric(name)
+  }
+
   /**
-   * Read the gauges from these sources, serve the route when it has a path,
-   * and take the metrics out of an app's registry when the app closes. The
-   * route asks for what REST asks for (`access`), unless `preHandler` guards it.
+   * Read the gauges from these sources and serve the route when it has a
+   * path. The route asks for what REST asks for (`access`), unless
+   * `preHandler` guards it.
    */
   async serve (app: FastifyInstance, sources: MetricsSources, access: RestAccess | undefined): Promise<void> {
     this.sources = sources
-    app.addHook('onClose', async () => {
-      if (this.options.register !== undefined) for (const name of this.names) this.register.removeSingleMetric(name)
-    })
-    const { path } = this.options
+    const { path, preHandler: guard } = this.options
     if (path === false) return
     const register = this.register
-    const identify: MetricsGuard | undefined = access === undefined ? undefined : async (request, reply) => { await access.identify(request, reply) }
-    app.get(path, { preHandler: this.options.preHandler ?? identify }, async (_request, reply) => {
+    // Awaited here, so a guard written as a plain function that lets the request through does not hang it.
+    const check = guard !== undefined
+      ? async (request: FastifyRequest, reply: FastifyReply) => { await guard(request, reply) }
+      : access === undefined ? undefined : async (request: FastifyRequest, reply: FastifyReply) => { await access.identify(request, reply) }
+    app.get(path, { preHandler: check }, async (_request, reply) => {
       void reply.type(register.contentType)
       return await register.metrics()
     })

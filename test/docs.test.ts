@@ -137,10 +137,17 @@ t.test('metrics: the route behind a scrape token, with the process metrics besid
   await run(t, 'metrics', { PORT: String(port), SCRAPE_TOKEN: 'scrape-secret' }, 'listening')
   const base = `http://127.0.0.1:${port}`
   t.equal((await fetch(`${base}/metrics`)).status, 401)
+  t.equal((await fetch(`${base}/metrics`, { headers: { authorization: 'Bearer undefined' } })).status, 401)
+  t.equal((await fetch(`${base}/metrics`, { headers: { authorization: 'Bearer scrape-secre' } })).status, 401)
   const text = await (await fetch(`${base}/metrics`, { headers: { authorization: 'Bearer scrape-secret' } })).text()
   t.match(text, /^fastify_rooms_connections 0$/m)
   t.match(text, /^fastify_rooms_room_members\{room="lobby"\} 0$/m)
   t.match(text, /^process_cpu_user_seconds_total /m)
+})
+
+t.test('metrics: without SCRAPE_TOKEN the example refuses to start rather than serve the metrics to anyone', async (t) => {
+  const port = await freePort()
+  await t.rejects(run(t, 'metrics', { PORT: String(port), SCRAPE_TOKEN: '' }, 'listening'), /Set SCRAPE_TOKEN/)
 })
 
 t.test('lifecycle-hooks registers and runs to completion', async (t) => {

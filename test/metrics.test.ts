@@ -5,7 +5,7 @@ import { promisify } from 'node:util'
 import Fastify from 'fastify'
 import { Registry } from 'prom-client'
 import type WebSocket from 'ws'
-import rooms, { errorCodes, ERROR_CODES, redisAdapter, type RoomsOptions } from '../src/index.js'
+import rooms, { errorCodes, ERROR_CODES, MemoryAdapter, redisAdapter, type RoomsOptions } from '../src/index.js'
 import { startApp, type Started } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
 import { until } from './helpers/until.js'
@@ -217,6 +217,36 @@ t.test('into the app\'s own registry, with no route of ours; taken out again whe
   await again.ready()
   t.match(await register.metrics(), /^fastify_rooms_connections 0$/m, 'a new app registers into it again')
   await again.close()
+})
+
+t.test('a preHandler written as a plain function: a scrape it lets through is answered, one it throws at is refused', async (t) => {
+  const { url } = await startApp(t, {
+    metrics: {
+      preHandler: (request) => {
+        if (request.headers.authorization !== 'Bearer scrape-secret') throw new errorCodes.FORBIDDEN('Scrapers only.')
+      }
+    }
+  })
+  t.match(await (await fetch(`${url}/metrics`, { signal: AbortSignal.timeout(10_000) })).json(), { statusCode: 403, code: 'FORBIDDEN', message: 'Scrapers only.' })
+  // It hung before: Fastify waited for the done callback a plain function never calls.
+  const samples = await scrape(url, { headers: { authorization: 'Bearer scrape-secret' }, signal: AbortSignal.timeout(10_000) })
+  t.equal(samples.get('fastify_rooms_connections'), 0)
+})
+
+t.test('a registration that fails after its metrics were made frees the app\'s registry when the app closes', async (t) => {
+  class StoreDown extends MemoryAdapter {
+    override async start (): Promise<void> { throw new Error('the store is down') }
+  }
+  const register = new Registry()
+  const failed = Fastify()
+  await t.rejects(async () => { await failed.register(rooms, { metrics: { register, path: false }, adapter: new StoreDown() }).ready() }, /the store is down/)
+  await failed.close()
+  t.equal(register.getSingleMetric('fastify_rooms_connections'), undefined, 'nothing of the failed registration is left')
+  const again = Fastify()
+  t.teardown(async () => await again.close())
+  await again.register(rooms, { metrics: { register, path: false } })
+  await again.ready()
+  t.match(await register.metrics(), /^fastify_rooms_connections 0$/m, 'a retry registers into it')
 })
 
 t.test('a wrong metrics option fails the registration with a sentence naming it', async (t) => {
