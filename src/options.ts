@@ -19,13 +19,16 @@ export interface RoomsRegister {}
 /** The type of `data`: from `RoomsRegister` when the app declared it, else unknown. */
 export type RoomData = RoomsRegister extends { data: infer D } ? D : unknown
 
+/** Node runs a timer of more than this (about 24.8 days) after 1 ms, with a warning. */
+const MAX_TIMER_MS = 2 ** 31 - 1
+
 /** The plain (non-function) options, with their defaults: the one source of their types. */
 export const SettingsSchema = Type.Object({
   path: Type.String({ pattern: '^/', default: '/ws' }),
   prefix: Type.String({ pattern: '^/', default: '/rooms' }),
   rest: Type.Boolean({ default: true }),
   demo: Type.Union([Type.Boolean(), Type.String({ pattern: '^/' })], { default: false }),
-  heartbeatMs: Type.Integer({ minimum: 10, default: 25_000 }),
+  heartbeatMs: Type.Integer({ minimum: 10, maximum: MAX_TIMER_MS, default: 25_000 }),
   maxMessageBytes: Type.Integer({ minimum: 1, default: 64 * 1024 }),
   maxFrameBytes: Type.Integer({ minimum: 64, default: 256 * 1024 }),
   maxRoomsPerConnection: Type.Integer({ minimum: 1, default: 100 }),
@@ -38,7 +41,7 @@ export const SettingsSchema = Type.Object({
   historyTtlMs: Type.Integer({ minimum: 1, default: 5 * 60_000 }),
   maxHistoryRooms: Type.Integer({ minimum: 1, default: 10_000 }),
   maxHistoryBytes: Type.Integer({ minimum: 0, default: 64 * 1024 * 1024 }),
-  closeTimeoutMs: Type.Integer({ minimum: 0, default: 2_000 }),
+  closeTimeoutMs: Type.Integer({ minimum: 0, maximum: MAX_TIMER_MS, default: 2_000 }),
   presenceEvents: Type.Boolean({ default: true }),
   presenceIntervalMs: Type.Integer({ minimum: 0, maximum: 60_000, default: 100 }),
   presenceGraceMs: Type.Integer({ minimum: 0, maximum: 600_000, default: 5_000 }),
@@ -48,7 +51,7 @@ export const SettingsSchema = Type.Object({
   /** A room list subscriber gets at most one `counts` frame per this many ms. */
   roomListIntervalMs: Type.Integer({ minimum: 10, maximum: 60_000, default: 250 }),
   allowedOrigins: Type.Optional(Type.Array(Type.String())),
-  authTimeoutMs: Type.Integer({ minimum: 10, default: 10_000 }),
+  authTimeoutMs: Type.Integer({ minimum: 10, maximum: MAX_TIMER_MS, default: 10_000 }),
   publicRest: Type.Boolean({ default: false }),
   publicUserFields: Type.Array(Type.String({ minLength: 1 }), { default: ['id', 'name'] }),
   /**
@@ -176,6 +179,12 @@ export type SchemaData<S extends TSchema> = TSchema extends S ? RoomData : Stati
 export type ResolvedOptions = Settings & RoomsHooks<unknown> & { adapter?: Adapter, dataSchema?: TSchema, restPublish?: RestPublishGuard, metrics?: ResolvedMetricsOptions | undefined, admin?: ResolvedAdminOptions | undefined }
 
 const settingsValidator = Compile(SettingsSchema)
+type FastifyRegisterOptions = { logLevel?: unknown, logSerializers?: unknown }
+const ADAPTER_METHODS = ['start', 'close', 'publish', 'join', 'leave', 'control', 'direct', 'room', 'rooms', 'history'] as const
+
+function isAdapter (value: unknown): value is Adapter {
+  return typeof value === 'object' && value !== null && ADAPTER_METHODS.every((name) => typeof (value as Record<string, unknown>)[name] === 'function')
+}
 const HOOKS = ['authenticate', 'verifyToken', 'onJoin', 'onPublish', 'onConnect', 'onDisconnect', 'onLeave', 'restPublish'] as const
 
 /**
@@ -183,7 +192,14 @@ const HOOKS = ['authenticate', 'verifyToken', 'onJoin', 'onPublish', 'onConnect'
  * with a sentence naming the option rather than misbehaving later.
  */
 export function resolveOptions (input: RoomsOptions<unknown> = {}): ResolvedOptions {
-  const { adapter, dataSchema, authenticate, verifyToken, onJoin, onPublish, onConnect, onDisconnect, onLeave, restPublish, metrics, admin, ...plain } = input
+  // Fastify's own register options (`prefix` is ours as well) come with the plugin's.
+  const { adapter, dataSchema, authenticate, verifyToken, onJoin, onPublish, onConnect, onDisconnect, onLeave, restPublish, metrics, admin, logLevel, logSerializers, ...plain } = input as RoomsOptions<unknown> & FastifyRegisterOptions
+  // A misspelt option would otherwise be left at its default without a word.
+  const unknown = Object.keys(plain).filter((name) => !Object.hasOwn(SettingsSchema.properties, name))
+  if (unknown.length > 0) throw new errorCodes.FST_ROOMS_INVALID_OPTION(`${unknown.map((name) => `"${name}"`).join(', ')} ${unknown.length === 1 ? 'is not an option' : 'are not options'} of fastify-rooms.`)
+  if (adapter !== undefined && !isAdapter(adapter)) {
+    throw new errorCodes.FST_ROOMS_INVALID_OPTION('adapter must be an adapter object, such as memoryAdapter() or redisAdapter({ ... }) (called, not the function itself).')
+  }
   const settings = settingsValidator.Default(structuredClone(plain))
   if (!settingsValidator.Check(settings)) {
     throw new errorCodes.FST_ROOMS_INVALID_OPTION(`${describeErrors(settingsValidator.Errors(settings), 'options')}.`)

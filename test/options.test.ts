@@ -1,6 +1,6 @@
 import t from 'tap'
 import Fastify from 'fastify'
-import rooms, { errorCodes } from '../src/index.js'
+import rooms, { errorCodes, memoryAdapter, redisAdapter } from '../src/index.js'
 
 t.test('invalid options fail registration with FST_ROOMS_INVALID_OPTION and a sentence naming the option', async (t) => {
   const cases: Array<[Record<string, unknown>, RegExp]> = [
@@ -11,7 +11,15 @@ t.test('invalid options fail registration with FST_ROOMS_INVALID_OPTION and a se
     [{ onJoin: 'yes' }, /onJoin must be a function/],
     [{ demo: 'chat' }, /options\/demo/],
     [{ dataSchema: 5 }, /dataSchema/],
-    [{ publicUserFields: ['id'] }, /publicUserFields must include "id" and "name"/]
+    [{ publicUserFields: ['id'] }, /publicUserFields must include "id" and "name"/],
+    // Node would run these timers after 1 ms: a heartbeat every millisecond, an auth check refused at once.
+    [{ heartbeatMs: 2 ** 31 }, /options\/heartbeatMs/],
+    [{ closeTimeoutMs: 2 ** 31 }, /options\/closeTimeoutMs/],
+    [{ authTimeoutMs: 2 ** 31 }, /options\/authTimeoutMs/],
+    [{ maxBufferedBytez: 1 << 20 }, /"maxBufferedBytez" is not an option of fastify-rooms/],
+    [{ bogus: 1, other: 2 }, /"bogus", "other" are not options of fastify-rooms/],
+    [{ adapter: memoryAdapter }, /adapter must be an adapter object.*called, not the function itself/],
+    [{ adapter: {} }, /adapter must be an adapter object/]
   ]
   for (const [options, message] of cases) {
     const app = Fastify()
@@ -21,6 +29,28 @@ t.test('invalid options fail registration with FST_ROOMS_INVALID_OPTION and a se
     t.ok(err instanceof TypeError, 'still a TypeError, as before it had a code')
     t.match((err as Error).message, /^fastify-rooms: invalid options: /)
     await app.close().catch(() => {})
+  }
+})
+
+t.test('Fastify\'s own register options pass; the largest timer Node runs as asked is accepted', async (t) => {
+  const app = Fastify()
+  t.teardown(async () => await app.close())
+  await app.register(rooms, { logLevel: 'warn', heartbeatMs: 2 ** 31 - 1 } as never)
+  await app.ready()
+  t.ok(app.hasDecorator('rooms'))
+})
+
+t.test('redisAdapter checks its durations and replica count when it is made', async (t) => {
+  const cases: Array<[Record<string, unknown>, RegExp]> = [
+    [{ leaseMs: 0 }, /leaseMs must be a whole number from 30/],
+    [{ leaseMs: 2 ** 31 }, /leaseMs/],
+    [{ commandTimeoutMs: 0 }, /commandTimeoutMs must be a whole number from 1/],
+    [{ commandTimeoutMs: 1.5 }, /commandTimeoutMs/],
+    [{ commandTimeoutMs: Number.NaN }, /commandTimeoutMs/],
+    [{ waitReplicas: -1 }, /waitReplicas must be a whole number from 0/]
+  ]
+  for (const [options, message] of cases) {
+    t.throws(() => redisAdapter({ url: 'redis://127.0.0.1:1', ...options }), { name: 'TypeError', message }, JSON.stringify(options))
   }
 })
 

@@ -807,9 +807,9 @@ export class RedisAdapter implements Adapter {
     if (options.cluster !== undefined && /[{}]/.test(this.prefix)) throw new TypeError('redisAdapter: on a cluster, keyPrefix must not contain { or }.')
     this.partitions = new Partitions(this.prefix, options.cluster === undefined ? undefined : partitions)
     this.global = options.cluster === undefined ? this.prefix : `${this.prefix}{global}`
-    this.leaseMs = options.leaseMs ?? 10_000
-    this.commandTimeoutMs = options.commandTimeoutMs ?? 5_000
-    this.waitReplicas = options.waitReplicas ?? (options.cluster === undefined ? 0 : 1)
+    this.leaseMs = wholeNumber(options.leaseMs ?? 10_000, 'leaseMs', 30, MAX_TIMER_MS)
+    this.commandTimeoutMs = wholeNumber(options.commandTimeoutMs ?? 5_000, 'commandTimeoutMs', 1, MAX_TIMER_MS)
+    this.waitReplicas = wholeNumber(options.waitReplicas ?? (options.cluster === undefined ? 0 : 1), 'waitReplicas', 0, 1_000)
   }
 
   async start (listener: AdapterListener, config: AdapterConfig): Promise<void> {
@@ -2236,6 +2236,15 @@ function outcome (call: Call): RoomsError {
 }
 
 /** Create the Redis adapter: `adapter: redisAdapter({ url: 'redis://127.0.0.1:6379' })`. */
+/** Node runs a timer of more than this (about 24.8 days) after 1 ms. */
+const MAX_TIMER_MS = 2 ** 31 - 1
+
+/** An option that must be a whole number within bounds; a TypeError naming it otherwise, as for the other options. */
+function wholeNumber (value: number, name: string, min: number, max: number): number {
+  if (!Number.isInteger(value) || value < min || value > max) throw new TypeError(`redisAdapter: ${name} must be a whole number from ${min} to ${max}.`)
+  return value
+}
+
 export function redisAdapter (options: RedisAdapterOptions): Adapter {
   return new RedisAdapter(options)
 }
