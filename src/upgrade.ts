@@ -57,8 +57,11 @@ export function upgradeGuard (options: ResolvedOptions, credentials: Credentials
   async function hook (request: FastifyRequest): Promise<void> {
     if (state.closing) throw new errorCodes.SHUTTING_DOWN()
     const origin = request.headers.origin
-    if (allowed !== undefined && (origin === undefined || !allowed.has(origin))) {
-      throw new errorCodes.ORIGIN_NOT_ALLOWED(origin ?? '(none)')
+    // The check keeps other pages in a browser out. A client that sends no
+    // Origin is no browser page (browsers always send it on an upgrade; a
+    // same-origin fetch of the path, below, has none), and could send any.
+    if (allowed !== undefined && origin !== undefined && !allowed.has(origin)) {
+      throw new errorCodes.ORIGIN_NOT_ALLOWED(origin)
     }
     if (sameOriginOnly && origin !== undefined && !isSameOrigin(origin, request.host)) {
       throw new errorCodes.ORIGIN_NOT_ALLOWED(origin)

@@ -30,6 +30,16 @@ t.test('allowedOrigins, when set, decides alone', async (t) => {
   t.equal((await TestSocket.refused(wsUrl, { origin: 'https://other.example.com' })).status, 403)
 })
 
+t.test('with allowedOrigins, a page learns why its upgrade was refused: the plain GET it repeats it with (a same-origin fetch sends no Origin) gets the real reason', async (t) => {
+  const { url } = await startApp(t, { allowedOrigins: ['https://app.example.com'] })
+  // What the demo page does after a refused upgrade, as a browser sends it: no Origin on a same-origin GET.
+  const res = await fetch(`${url}/ws?name=${encodeURIComponent('x'.repeat(40))}`, { headers: { accept: 'application/json' } })
+  t.equal(res.status, 400)
+  t.match(await res.json(), { code: 'INVALID_NAME', message: /1-32 printable characters/ })
+  const other = await fetch(`${url}/ws?name=ada`, { headers: { origin: 'https://other.example.com' } })
+  t.equal(other.status, 403, 'a page of another origin is still refused')
+})
+
 t.test('token auth and anonymous servers take any origin: no ambient credentials ride along', async (t) => {
   const tokens = await startApp(t, { verifyToken: () => ({ user: { id: 'u-ada', name: 'ada' } }) })
   const viaToken = await TestSocket.connect(tokens.wsUrl, { origin: 'https://elsewhere.example' })

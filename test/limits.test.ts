@@ -21,13 +21,16 @@ t.test('maxConnections: the next upgrade gets 503, and a slot frees when one lea
 })
 
 // Memory only: each instance checks the Origin of its own upgrades.
-t.test('allowedOrigins: other origins and none get 403 before the upgrade', async (t) => {
+t.test('allowedOrigins: other origins get 403 before the upgrade; a client that sends none (no browser) is let in', async (t) => {
   const { wsUrl } = await startApp(t, { allowedOrigins: ['https://chat.example'] })
   const ok = await TestSocket.open(wsUrl, { origin: 'https://chat.example' })
   t.teardown(() => ok.close())
   t.equal(ok.welcome.type, 'welcome')
-  for (const origin of ['https://evil.example', 'https://chat.example.evil.example', undefined]) {
-    const refused = await TestSocket.refused(wsUrl, origin === undefined ? {} : { origin })
+  const none = await TestSocket.open(wsUrl)
+  t.teardown(() => none.close())
+  t.equal(none.welcome.type, 'welcome')
+  for (const origin of ['https://evil.example', 'https://chat.example.evil.example', 'null']) {
+    const refused = await TestSocket.refused(wsUrl, { origin })
     t.equal(refused.status, 403, String(origin))
     t.equal(refused.body.code, 'ORIGIN_NOT_ALLOWED')
   }
