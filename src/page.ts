@@ -8,6 +8,9 @@ const publicDir = fileURLToPath(new URL('../public/', import.meta.url))
 // From src/ (tsx) and from dist/ alike, ../dist/client is the compiled SDK.
 const clientDir = fileURLToPath(new URL('../dist/client/', import.meta.url))
 
+/** What the demo page is made of: the rest of public/ is not its to serve. */
+const DEMO_FILES = new Set(['/', '/index.html', '/app.js', '/style.css'])
+
 export interface PageOptions {
   /** WebSocket path and REST prefix the page should talk to. */
   path: string
@@ -22,7 +25,8 @@ export const page: FastifyPluginAsync<PageOptions> = async (app, { path, restPre
   if (!existsSync(clientDir)) {
     throw new Error(`fastify-rooms: the demo needs the built client SDK in ${clientDir}: run "npm run build".`)
   }
-  await app.register(fastifyStatic, { root: publicDir, decorateReply: false, redirect: true, index: 'index.html', wildcard: true })
+  // public/ holds the admin view's files too: those are served only by the admin view, behind its guard.
+  await app.register(fastifyStatic, { root: publicDir, decorateReply: false, redirect: true, index: 'index.html', wildcard: true, allowedPath: (file) => DEMO_FILES.has(file) })
   await app.register(fastifyStatic, { root: clientDir, prefix: '/client/', decorateReply: false })
   app.get('/config.json', async () => ({ path, prefix: restPrefix }))
 }

@@ -73,6 +73,8 @@ t.test('registered under a Fastify prefix, the admin view and the demo page name
     t.same((await get(`${url}${at}/rooms-admin/config.json`)).body, paths, `prefix ${prefix}`)
     t.same((await get(`${url}${at}/config.json`)).body, paths)
     t.equal((await get(`${url}${paths.prefix}`)).status, 200, 'the REST prefix it names is served')
+    for (const file of ['/', '/index.html', '/app.js', '/style.css']) t.equal((await get(`${url}${at}${file}`)).status, 200, `the demo's ${file}`)
+    for (const file of ['/admin.html', '/admin.js']) t.equal((await get(`${url}${at}${file}`)).status, 404, `the admin view's ${file} is not served by the demo, outside its guard`)
     const socket = await TestSocket.open(`${url.replace('http', 'ws')}${paths.path}`)
     t.equal(socket.welcome.type, 'welcome', 'so is the socket path')
     await socket.close()
