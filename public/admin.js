@@ -60,7 +60,11 @@ function renderRooms () {
   $('more-rooms').hidden = list.next === null
 }
 
+/** The newest members request: an older one answering later must not overwrite what it showed. */
+let membersRequest = 0
+
 async function showMembers (room, after) {
+  const mine = ++membersRequest
   const first = after === undefined || after === null
   if (first) {
     selected = room
@@ -70,7 +74,7 @@ async function showMembers (room, after) {
   const query = new URLSearchParams({ membersLimit: '100' })
   if (!first) query.set('membersAfter', after)
   const res = await fetch(`${config.prefix}/${encodeURIComponent(room)}?${query}`, { headers: credentials() })
-  if (room !== selected) return
+  if (mine !== membersRequest) return
   if (res.status === 404) {
     $('members').replaceChildren()
     $('members-hint').textContent = 'Nobody is in this room any more.'
@@ -79,6 +83,7 @@ async function showMembers (room, after) {
     return
   }
   const body = await res.json()
+  if (mine !== membersRequest) return
   if (!res.ok) return showError(body.message)
   const items = body.members.map((m) => {
     const li = document.createElement('li')

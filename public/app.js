@@ -12,6 +12,8 @@ const TYPING_MS = 2000
 let client
 /** The live room list (server-pushed counts), or undefined when the server does not offer it. */
 let roomList
+/** Lines of a room's log the page keeps. */
+const MAX_LINES = 1000
 /** Rooms this page is in: name -> { room, nodes: [li], unread, seen, offs }. */
 const views = new Map()
 /** The room shown. */
@@ -227,7 +229,8 @@ function dropView (name) {
 /** Show a joined room: its log, with a divider above what arrived since it was last shown. */
 function show (name) {
   const previous = views.get(current)
-  if (previous !== undefined && current !== name) previous.seen = previous.nodes.length
+  // Lines, not counting the divider: show() takes it out before it places the next one at `seen`.
+  if (previous !== undefined && current !== name) previous.seen = previous.nodes.filter((node) => !node.classList.contains('divider')).length
   const view = views.get(name)
   current = name
   for (const node of view.nodes) if (node.classList.contains('divider')) node.remove()
@@ -304,6 +307,12 @@ function addEvent (view, text, kind) {
 
 function append (view, li, unread) {
   view.nodes.push(li)
+  // A tab left open for days in a busy room keeps the newest lines only.
+  if (view.nodes.length > MAX_LINES) {
+    const oldest = view.nodes.shift()
+    oldest.remove()
+    if (!oldest.classList.contains('divider') && view.seen > 0) view.seen--
+  }
   if (view.room.name !== current) {
     if (unread) {
       view.unread++

@@ -113,6 +113,20 @@ t.test('the demo at desktop and phone sizes: login, history, live room list, typ
   await ada.waitForSelector('#room-title:text("# lobby")')
   t.same(await ada.locator('#messages li').evaluateAll((items) => items.slice(-2).map((li) => li.className === 'divider' ? '--' : li.querySelector('.text')?.textContent)), ['--', 'while you were away'], 'the divider sits above the new message')
   t.equal(await ada.locator('#rooms li[data-room="lobby"] .badge').count(), 0, 'the badge is gone')
+  // Away again: the divider moves above what is new since this return, not one line lower.
+  await ada.click('#rooms li[data-room="new-room"] button')
+  await ada.waitForSelector('#room-title:text("# new-room")')
+  await say(bob, 'away 2')
+  await say(bob, 'away 3')
+  await ada.waitForSelector('#rooms li[data-room="lobby"] .badge:text-is("2")')
+  await ada.click('#rooms li[data-room="lobby"] button')
+  await ada.waitForSelector('#room-title:text("# lobby")')
+  t.same(await ada.locator('#messages li').evaluateAll((items) => items.slice(-3).map((li) => li.className === 'divider' ? '--' : li.querySelector('.text')?.textContent)), ['--', 'away 2', 'away 3'], 'the divider sits above both new messages')
+  // A busy room does not grow the page without bound: the newest 1,000 lines stay.
+  for (let i = 1; i <= 1005; i++) await app.rooms.broadcast('lobby', { text: `bulk ${i}` })
+  await ada.waitForSelector(messageFrom('server', 'bulk 1005'))
+  t.equal(await ada.locator('#messages li').count(), 1000, 'the oldest lines went')
+  t.equal(await ada.locator('#messages li .text').first().textContent(), 'bulk 6')
 
   // A publish the server refuses keeps its text and says why.
   const long = 'x'.repeat(300)
