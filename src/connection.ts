@@ -764,7 +764,12 @@ export class Connection implements Peer {
    * without holding the upgrade's request and reply.
    */
   static onSocketError (this: WebSocket, error: Error): void {
-    connectionOf(this)?.log.error(error)
+    const log = connectionOf(this)?.log
+    // ws's refusals of what the peer sent (a frame over maxPayload, bad
+    // UTF-8, a bad opcode) are the peer's doing, as a 4xx is: at error level,
+    // any client could fill the app's error log.
+    if (/^WS_ERR_/.test(String((error as { code?: unknown }).code))) log?.info({ err: error, connectionId: connectionOf(this)?.id }, 'fastify-rooms: the peer broke the WebSocket protocol; ws closed the connection')
+    else log?.error(error)
     this.terminate()
   }
 

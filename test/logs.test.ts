@@ -47,3 +47,14 @@ t.test('errors carry their code: every error frame at debug, failures at error',
     { level: 50, msg: 'fastify-rooms: a hook or the adapter failed', code: 'INTERNAL', connectionId: grace.welcome.connectionId, room: 'broken', err: { message: 'the hook failed' } }
   ])
 })
+
+t.test('a peer that breaks the WebSocket protocol (a frame over maxFrameBytes) is logged at info, not as the server\'s error', async (t) => {
+  const { lines, stream } = sink()
+  const { wsUrl } = await startApp(t, { maxFrameBytes: 1024, maxMessageBytes: 512 }, undefined, { logger: { level: 'info', stream } })
+  const big = await TestSocket.open(wsUrl)
+  big.ws.send('x'.repeat(5000))
+  t.equal((await big.closed).code, 1009)
+  await until(() => lines.some((l) => l.msg === 'fastify-rooms: disconnected'), 'the close is logged')
+  t.match(lines.filter((l) => /WebSocket protocol/.test(l.msg)), [{ level: 30, connectionId: big.welcome.connectionId, err: { code: 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH' } }])
+  t.same(lines.filter((l) => l.level >= 50), [], 'no error line')
+})
