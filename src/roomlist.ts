@@ -20,11 +20,24 @@ interface Watch {
   prefix: string
   limit: number
   /**
-   * Changes heard while its page was being read: held until the page is sent,
-   * so that no update reaches it before the page and is overwritten by it.
+   * Changes heard while one of its pages was being read: held until the last
+   * page in flight is sent, so that no update reaches it before a page read
+   * earlier and is overwritten by it (set while `reading > 0`).
    */
   held: Map<string, number> | undefined
+  /** Pages of this watch in flight: its first page, pages without `subscribe`, a resync's page. */
+  reading: number
+  /** A resync came while a page was in flight (that page may predate it): a fresh first page follows it. */
+  stale: boolean
+  /** A failed resync page, tried again when this fires. */
+  retry: NodeJS.Timeout | undefined
+  /** Failed resync pages in a row, for the backoff. */
+  failures: number
 }
+
+/** A failed resync page is tried again after this, doubling each time up to RESYNC_RETRY_MAX_MS. */
+export const RESYNC_RETRY_MS = 50
+export const RESYNC_RETRY_MAX_MS = 5000
 
 /**
  * The live room list: pages of rooms with their member counts, and for
@@ -60,27 +73,53 @@ export class RoomList implements RoomCountWatcher {
     const limit = frame.limit ?? this.options.pageSize
     let watch: Watch | undefined
     if (frame.subscribe === true) {
-      watch = { peer, prefix, limit, held: new Map() }
+      this.stop(this.watchers.get(peer.id))
+      watch = { peer, prefix, limit, held: undefined, reading: 0, stale: false, retry: undefined, failures: 0 }
+      this.hold(watch)
       this.watchers.set(peer.id, watch)
       try {
         await this.sync()
       } catch (err) {
         if (this.watchers.get(peer.id) === watch) this.watchers.delete(peer.id)
+        this.stop(watch)
         throw err
       }
     } else if (frame.subscribe === false) {
       this.drop(peer)
+    } else {
+      // A page only, of a subscribed connection: what changes while it is read waits for its reply,
+      // or a counts frame could reach the client before a page read earlier and be overwritten by it.
+      watch = this.watchers.get(peer.id)
+      if (watch !== undefined) this.hold(watch)
     }
-    const page = await this.adapter.rooms({ prefix: frame.prefix, after: frame.after, limit })
+    let page: Awaited<ReturnType<Adapter['rooms']>>
+    try {
+      page = await this.adapter.rooms({ prefix: frame.prefix, after: frame.after, limit })
+    } catch (err) {
+      if (watch !== undefined) {
+        // A subscription whose first page failed is not one: the client got an error, so it is
+        // left unsubscribed (and its held changes dropped with it) rather than registered and mute.
+        if (frame.subscribe === true) {
+          if (this.watchers.get(peer.id) === watch) this.drop(peer)
+          this.stop(watch)
+        } else {
+          this.unhold(watch)
+        }
+      }
+      throw err
+    }
     const reply: RoomsPageFrame = { type: 'rooms', rooms: page.rooms, next: page.next, subscribed: this.watchers.has(peer.id) }
     if (frame.id !== undefined) reply.id = frame.id
     peer.sendEncoded(JSON.stringify(reply))
-    if (watch !== undefined) this.release(watch)
+    if (watch !== undefined) this.unhold(watch)
   }
 
   /** Forget a connection that closed (or unsubscribed). */
   drop (peer: Peer): void {
-    if (!this.watchers.delete(peer.id)) return
+    const watch = this.watchers.get(peer.id)
+    if (watch === undefined) return
+    this.watchers.delete(peer.id)
+    this.stop(watch)
     if (this.watchers.size === 0) {
       this.changed.clear()
       void this.sync().catch(() => {})
@@ -94,28 +133,55 @@ export class RoomList implements RoomCountWatcher {
     this.schedule()
   }
 
-  /** From the adapter: changes may have been missed; every subscriber gets a fresh first page. */
+  /**
+   * From the adapter: changes may have been missed; every subscriber gets a
+   * fresh first page. One whose page is in flight gets it once that page is
+   * out (the page may have been read before the changes were missed); a page
+   * that fails is tried again with backoff until it is sent, the
+   * subscription ends, or the list closes.
+   */
   resync (): void {
     for (const watch of this.watchers.values()) {
-      if (watch.held !== undefined) continue
-      watch.held = new Map()
-      this.adapter.rooms({ prefix: watch.prefix === '' ? undefined : watch.prefix, limit: watch.limit }).then((page) => {
-        if (this.watchers.get(watch.peer.id) !== watch) return
-        const frame: RoomsPageFrame = { type: 'rooms', rooms: page.rooms, next: page.next, subscribed: true }
-        watch.peer.sendEncoded(JSON.stringify(frame))
-        this.release(watch)
-      }, (err: unknown) => {
-        // Still away: the next recovery resyncs again; meanwhile the updates it holds go out.
-        this.options.log.debug({ err }, 'fastify-rooms: room list resync failed')
-        this.release(watch)
-      })
+      clearTimeout(watch.retry)
+      watch.retry = undefined
+      watch.failures = 0
+      if (watch.reading > 0) watch.stale = true
+      else this.refresh(watch)
     }
+  }
+
+  /** Send a watch a fresh first page, unsolicited; retried with backoff when it fails. */
+  private refresh (watch: Watch): void {
+    watch.retry = undefined
+    if (this.closed || this.watchers.get(watch.peer.id) !== watch) return
+    watch.stale = false
+    this.hold(watch)
+    this.adapter.rooms({ prefix: watch.prefix === '' ? undefined : watch.prefix, limit: watch.limit }).then((page) => {
+      if (this.watchers.get(watch.peer.id) !== watch || this.closed) return
+      watch.failures = 0
+      const frame: RoomsPageFrame = { type: 'rooms', rooms: page.rooms, next: page.next, subscribed: true }
+      watch.peer.sendEncoded(JSON.stringify(frame))
+      this.unhold(watch)
+    }, (err: unknown) => {
+      if (this.watchers.get(watch.peer.id) !== watch || this.closed) return
+      this.options.log.debug({ err }, 'fastify-rooms: room list resync failed; it is retried')
+      // A resync came meanwhile: its page (sent once no page is in flight) replaces this one.
+      const superseded = watch.stale
+      // Meanwhile the updates it holds go out: they are newer than anything it has.
+      this.unhold(watch)
+      if (superseded || watch.retry !== undefined) return
+      const delay = Math.min(RESYNC_RETRY_MS * 2 ** watch.failures, RESYNC_RETRY_MAX_MS)
+      watch.failures++
+      watch.retry = setTimeout(() => this.refresh(watch), delay)
+      watch.retry.unref()
+    })
   }
 
   /** The app is closing: no more frames, and the adapter stops reporting. */
   async close (): Promise<void> {
     this.closed = true
     clearTimeout(this.timer)
+    for (const watch of this.watchers.values()) this.stop(watch)
     this.watchers.clear()
     this.changed.clear()
     await this.sync().catch(() => {})
@@ -133,13 +199,36 @@ export class RoomList implements RoomCountWatcher {
     await attempt
   }
 
-  /** A watcher's page is out: what it held is sent with the next flush (values already newer stay). */
-  private release (watch: Watch): void {
+  /** A page of this watch is being read: changes for it are held until every page in flight is out. */
+  private hold (watch: Watch): void {
+    if (watch.reading++ === 0) watch.held = new Map()
+  }
+
+  /**
+   * A page of this watch is out (or failed). Once none is in flight, what it
+   * held goes with the next flush (values already newer stay), and a resync
+   * that came meanwhile sends its fresh page.
+   */
+  private unhold (watch: Watch): void {
+    if (watch.reading === 0 || --watch.reading > 0) return
     const held = watch.held
     watch.held = undefined
-    if (held === undefined || held.size === 0) return
-    for (const [room, count] of held) if (!this.changed.has(room)) this.changed.set(room, count)
-    this.schedule()
+    if (this.watchers.get(watch.peer.id) !== watch) return
+    if (held !== undefined && held.size > 0) {
+      for (const [room, count] of held) if (!this.changed.has(room)) this.changed.set(room, count)
+      this.schedule()
+    }
+    if (watch.stale) this.refresh(watch)
+  }
+
+  /** A watch that ended: no retry, nothing held. */
+  private stop (watch: Watch | undefined): void {
+    if (watch === undefined) return
+    clearTimeout(watch.retry)
+    watch.retry = undefined
+    watch.stale = false
+    watch.held = undefined
+    watch.reading = 0
   }
 
   private schedule (): void {

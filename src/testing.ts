@@ -111,18 +111,33 @@ export async function injectRooms (app: FastifyInstance, options: InjectOptions 
     })
   }
 
-  const ws = await app.injectWS(`${options.path ?? '/ws'}${query}`, { headers: options.headers ?? {} }, {
+  // The server's end of this socket, to cut it when the connection fails before `welcome`.
+  let serverSocket: WebSocket | undefined
+  const upgradeContext = { headers: options.headers ?? {}, [kServerSocket]: (socket: WebSocket) => { serverSocket = socket } }
+  watchServerSockets(app)
+  const ws = await app.injectWS(`${options.path ?? '/ws'}${query}`, upgradeContext, {
     onInit (ws) {
       ws.on('message', (data) => {
         const frame = JSON.parse(data.toString()) as ServerFrame
-        const i = waiters.findIndex((w) => w.match(frame))
-        if (i === -1) {
-          unread.push(frame)
+        // A `match` that throws rejects its own wait with the error; it must not throw in
+        // ws's listener, where it would break the socket's reading and leave every wait to time out.
+        for (const waiter of [...waiters]) {
+          let matched: boolean
+          try {
+            matched = waiter.match(frame)
+          } catch (err) {
+            waiters.splice(waiters.indexOf(waiter), 1)
+            clearTimeout(waiter.timer)
+            waiter.reject(err instanceof Error ? err : new Error(String(err)))
+            continue
+          }
+          if (!matched) continue
+          waiters.splice(waiters.indexOf(waiter), 1)
+          clearTimeout(waiter.timer)
+          waiter.resolve(frame)
           return
         }
-        const waiter = waiters.splice(i, 1)[0] as Waiter
-        clearTimeout(waiter.timer)
-        waiter.resolve(frame)
+        unread.push(frame)
       })
       ws.on('close', (code, reason) => {
         if (connectionId !== undefined) release(app, connectionId)
@@ -142,11 +157,14 @@ export async function injectRooms (app: FastifyInstance, options: InjectOptions 
     welcome = await wait('welcome', (f) => f.type === 'welcome' || f.type === 'error') as WelcomeFrame | ErrorFrame
   } catch (err) {
     ws.terminate()
+    serverSocket?.terminate()
     throw err
   }
   if (welcome.type === 'error') {
-    // Cut at once: the server's own close would wait for ws's close timeout here.
+    // Cut both ends at once: the server's own close would wait for ws's close timeout
+    // (closeTimeoutMs) here, and app.close() with it.
     ws.terminate()
+    serverSocket?.terminate()
     throw new RoomsTestError(welcome)
   }
   connectionId = welcome.connectionId
@@ -175,6 +193,25 @@ export async function injectRooms (app: FastifyInstance, options: InjectOptions 
       return await closed
     }
   }
+}
+
+/** Marks an injected upgrade's request with the function that takes the server's end of its socket. */
+const kServerSocket = Symbol('fastify-rooms.testing.serverSocket')
+const watched = new WeakSet<object>()
+
+/**
+ * One listener per app hands each injected connection's server socket to the
+ * injectRooms call that opened it: injectWS passes the upgrade context's keys
+ * on to the request the server's `connection` event carries.
+ */
+function watchServerSockets (app: FastifyInstance): void {
+  const server = app.websocketServer
+  if (server === undefined || watched.has(server)) return
+  watched.add(server)
+  server.on('connection', (socket: WebSocket, request: unknown) => {
+    const take = (request as { [kServerSocket]?: (socket: WebSocket) => void } | undefined)?.[kServerSocket]
+    if (typeof take === 'function') take(socket)
+  })
 }
 
 /**

@@ -1,5 +1,6 @@
 import t from 'tap'
 import Fastify, { type FastifyInstance } from 'fastify'
+import WebSocket from 'ws'
 import rooms, { type RoomsOptions } from '../src/index.js'
 import { injectRooms, RoomsTestError } from '../src/testing.js'
 
@@ -66,4 +67,50 @@ t.test('injectRooms: a token in band with verifyToken; a bad one rejects with UN
   await t.rejects(injectRooms(app, { token: 'forged' }), { name: 'RoomsTestError', code: 'UNAUTHORIZED' })
   await t.rejects(injectRooms(app, { timeoutMs: 100 }), /closed \(code 4001|No welcome within 100 ms/)
   await ada.close()
+})
+
+t.test('injectRooms: a match that throws rejects its wait with the error; the socket goes on reading and closes', async (t) => {
+  const app = await build(t)
+  const ada = await injectRooms(app, { query: { name: 'ada' } })
+  await ada.join('lobby')
+  const thrown = ada.next('message', (m) => (m.data as { text: string }).text === 'hi')
+  const fine = ada.next('message', (m) => m.offset === 2)
+  await app.rooms.broadcast('lobby', null)
+  await t.rejects(thrown, TypeError, 'the match threw on data: null; its wait rejects with what it threw')
+  await app.rooms.broadcast('lobby', { text: 'hi' })
+  t.match(await fine, { data: { text: 'hi' } }, 'frames after it still arrive, to other waits')
+  t.match(ada.pending('message'), [{ offset: 1, data: null }], 'the frame the match threw on is kept unread')
+  await t.rejects(ada.next('message', () => { throw new Error('picky') }), /picky/, 'on an unread frame too')
+  t.same(await ada.close(), { code: 1000, reason: '' })
+})
+
+t.test('injectRooms: a refused token, or no welcome in time, cuts the server\'s end too, so app.close() does not wait for closeTimeoutMs', async (t) => {
+  // A close timeout far longer than any guard here: a server socket left open would show.
+  const app = await build(t, {
+    closeTimeoutMs: 60_000,
+    verifyToken: async (token) => {
+      if (token !== 'good') throw new Error('bad token')
+      return { user: { id: 'ada', name: 'ada' } }
+    }
+  })
+  await app.ready()
+  const serverSockets: WebSocket[] = []
+  app.websocketServer.on('connection', (socket) => serverSockets.push(socket))
+  /** The server socket's close, or a rejection after a guard far below closeTimeoutMs. */
+  const serverClosed = async (i: number): Promise<void> => await new Promise<void>((resolve, reject) => {
+    const socket = serverSockets[i] as WebSocket
+    if (socket.readyState === WebSocket.CLOSED) return resolve()
+    const timer = setTimeout(() => reject(new Error('the server kept its end of the socket open')), 10_000)
+    socket.once('close', () => { clearTimeout(timer); resolve() })
+  })
+
+  await t.rejects(injectRooms(app, { token: 'forged' }), { name: 'RoomsTestError', code: 'UNAUTHORIZED' })
+  t.equal(serverSockets.length, 1)
+  await serverClosed(0)
+  t.pass('the refused connection is closed on the server at once')
+
+  await t.rejects(injectRooms(app, { timeoutMs: 100 }), /No welcome within 100 ms/)
+  t.equal(serverSockets.length, 2)
+  await serverClosed(1)
+  t.pass('so is one that got no welcome in time')
 })
