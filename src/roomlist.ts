@@ -29,10 +29,6 @@ interface Watch {
   reading: number
   /** A resync came while a page was in flight (that page may predate it): a fresh first page follows it. */
   stale: boolean
-  /** A failed resync page, tried again when this fires. */
-  retry: NodeJS.Timeout | undefined
-  /** Failed resync pages in a row, for the backoff. */
-  failures: number
 }
 
 /** A failed resync page is tried again after this, doubling each time up to RESYNC_RETRY_MAX_MS. */
@@ -58,6 +54,11 @@ export class RoomList implements RoomCountWatcher {
   private watching = false
   private syncing: Promise<void> = Promise.resolve()
   private closed = false
+  /** Watches whose resync page failed: read again together when `retry` fires. */
+  private readonly retrying = new Set<Watch>()
+  private retry: NodeJS.Timeout | undefined
+  /** Failed resync rounds since the last resync, for the backoff. */
+  private failures = 0
 
   constructor (adapter: Adapter, options: RoomListOptions) {
     this.adapter = adapter
@@ -74,7 +75,7 @@ export class RoomList implements RoomCountWatcher {
     let watch: Watch | undefined
     if (frame.subscribe === true) {
       this.stop(this.watchers.get(peer.id))
-      watch = { peer, prefix, limit, held: undefined, reading: 0, stale: false, retry: undefined, failures: 0 }
+      watch = { peer, prefix, limit, held: undefined, reading: 0, stale: false }
       this.hold(watch)
       this.watchers.set(peer.id, watch)
       try {
@@ -136,51 +137,85 @@ export class RoomList implements RoomCountWatcher {
   /**
    * From the adapter: changes may have been missed; every subscriber gets a
    * fresh first page. One whose page is in flight gets it once that page is
-   * out (the page may have been read before the changes were missed); a page
-   * that fails is tried again with backoff until it is sent, the
-   * subscription ends, or the list closes.
+   * out (the page may have been read before the changes were missed); pages
+   * that fail are tried again together, with backoff, until they are sent,
+   * their subscriptions end, or the list closes.
    */
   resync (): void {
+    clearTimeout(this.retry)
+    this.retry = undefined
+    this.retrying.clear()
+    this.failures = 0
+    const now: Watch[] = []
     for (const watch of this.watchers.values()) {
-      clearTimeout(watch.retry)
-      watch.retry = undefined
-      watch.failures = 0
       if (watch.reading > 0) watch.stale = true
-      else this.refresh(watch)
+      else now.push(watch)
+    }
+    this.refresh(now)
+  }
+
+  /**
+   * Send these watches a fresh first page, unsolicited. One read per prefix
+   * and page size serves every watch that wants it: they all hold their
+   * changes from this moment, before it starts, so it is no older for any of
+   * them. (A thousand subscribers cost the store one read, not a thousand,
+   * each round.)
+   */
+  private refresh (watches: Iterable<Watch>): void {
+    const reads = new Map<string, Watch[]>()
+    for (const watch of watches) {
+      if (this.closed || this.watchers.get(watch.peer.id) !== watch) continue
+      watch.stale = false
+      this.hold(watch)
+      const key = `${watch.limit} ${watch.prefix}`
+      const same = reads.get(key)
+      if (same === undefined) reads.set(key, [watch])
+      else same.push(watch)
+    }
+    for (const group of reads.values()) {
+      const { prefix, limit } = group[0] as Watch
+      // Through a promise: a custom adapter that throws at once must not throw out of a timer.
+      Promise.resolve().then(async () => await this.adapter.rooms({ prefix: prefix === '' ? undefined : prefix, limit })).then((page) => {
+        if (this.closed) return
+        const frame = JSON.stringify({ type: 'rooms', rooms: page.rooms, next: page.next, subscribed: true } satisfies RoomsPageFrame)
+        for (const watch of group) {
+          if (this.watchers.get(watch.peer.id) !== watch) continue
+          watch.peer.sendEncoded(frame)
+          this.unhold(watch)
+        }
+      }, (err: unknown) => {
+        if (this.closed) return
+        this.options.log.debug({ err }, 'fastify-rooms: room list resync failed; it is retried')
+        for (const watch of group) {
+          if (this.watchers.get(watch.peer.id) !== watch) continue
+          // A resync came meanwhile: its page (sent once no page is in flight) replaces this one.
+          if (!watch.stale) this.retrying.add(watch)
+          // Meanwhile the updates it holds go out: they are newer than anything it has.
+          this.unhold(watch)
+        }
+        this.scheduleRetry()
+      })
     }
   }
 
-  /** Send a watch a fresh first page, unsolicited; retried with backoff when it fails. */
-  private refresh (watch: Watch): void {
-    watch.retry = undefined
-    if (this.closed || this.watchers.get(watch.peer.id) !== watch) return
-    watch.stale = false
-    this.hold(watch)
-    this.adapter.rooms({ prefix: watch.prefix === '' ? undefined : watch.prefix, limit: watch.limit }).then((page) => {
-      if (this.watchers.get(watch.peer.id) !== watch || this.closed) return
-      watch.failures = 0
-      const frame: RoomsPageFrame = { type: 'rooms', rooms: page.rooms, next: page.next, subscribed: true }
-      watch.peer.sendEncoded(JSON.stringify(frame))
-      this.unhold(watch)
-    }, (err: unknown) => {
-      if (this.watchers.get(watch.peer.id) !== watch || this.closed) return
-      this.options.log.debug({ err }, 'fastify-rooms: room list resync failed; it is retried')
-      // A resync came meanwhile: its page (sent once no page is in flight) replaces this one.
-      const superseded = watch.stale
-      // Meanwhile the updates it holds go out: they are newer than anything it has.
-      this.unhold(watch)
-      if (superseded || watch.retry !== undefined) return
-      const delay = Math.min(RESYNC_RETRY_MS * 2 ** watch.failures, RESYNC_RETRY_MAX_MS)
-      watch.failures++
-      watch.retry = setTimeout(() => this.refresh(watch), delay)
-      watch.retry.unref()
-    })
+  private scheduleRetry (): void {
+    if (this.retry !== undefined || this.retrying.size === 0 || this.closed) return
+    const delay = Math.min(RESYNC_RETRY_MS * 2 ** this.failures, RESYNC_RETRY_MAX_MS)
+    this.failures++
+    this.retry = setTimeout(() => {
+      this.retry = undefined
+      const watches = [...this.retrying]
+      this.retrying.clear()
+      this.refresh(watches)
+    }, delay)
+    this.retry.unref()
   }
 
   /** The app is closing: no more frames, and the adapter stops reporting. */
   async close (): Promise<void> {
     this.closed = true
     clearTimeout(this.timer)
+    clearTimeout(this.retry)
     for (const watch of this.watchers.values()) this.stop(watch)
     this.watchers.clear()
     this.changed.clear()
@@ -218,14 +253,13 @@ export class RoomList implements RoomCountWatcher {
       for (const [room, count] of held) if (!this.changed.has(room)) this.changed.set(room, count)
       this.schedule()
     }
-    if (watch.stale) this.refresh(watch)
+    if (watch.stale) this.refresh([watch])
   }
 
   /** A watch that ended: no retry, nothing held. */
   private stop (watch: Watch | undefined): void {
     if (watch === undefined) return
-    clearTimeout(watch.retry)
-    watch.retry = undefined
+    this.retrying.delete(watch)
     watch.stale = false
     watch.held = undefined
     watch.reading = 0

@@ -159,6 +159,26 @@ t.test('a resync page that fails is tried again until it is sent', async (t) => 
   t.same(w.pending('counts'), [], 'no counts: nothing changed')
 })
 
+t.test('a resync reads each page once for all the subscribers that want it, and retries them together', async (t) => {
+  const adapter = new FlakyRooms()
+  const { wsUrl } = await startApp(t, { adapter, roomListIntervalMs: 10 })
+  const subscribers = await Promise.all([1, 2, 3, 4].map(async () => await TestSocket.open(wsUrl)))
+  t.teardown(() => Promise.all(subscribers.map(async (s) => await s.close())))
+  for (const [i, s] of subscribers.entries()) t.match(await s.request({ type: 'rooms', subscribe: true, prefix: i === 3 ? 'x' : '' }), { subscribed: true })
+  // Two pages are wanted: the first page of every room (three subscribers) and of rooms under 'x' (one).
+  const failing = [adapter.hold(), adapter.hold()]
+  const again = [adapter.hold(), adapter.hold()]
+  const before = adapter.reads
+  ;(adapter.watcher as RoomCountWatcher).resync()
+  await Promise.all(failing.map(async (gate) => await gate.entered))
+  t.equal(adapter.reads - before, 2, 'one read per page, not one per subscriber')
+  for (const gate of failing) gate.release(storeUnavailable())
+  await Promise.all(again.map(async (gate) => await gate.entered))
+  t.equal(adapter.reads - before, 4, 'the retry reads each page once again')
+  for (const gate of again) gate.release()
+  for (const s of subscribers) t.match(await s.next(unsolicitedPage, 'a fresh page'), { subscribed: true })
+})
+
 t.test('a resync retry stops when the subscription ends', async (t) => {
   const adapter = new FlakyRooms()
   const { wsUrl } = await startApp(t, { adapter, roomListIntervalMs: 10 })
