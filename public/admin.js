@@ -68,6 +68,9 @@ async function showMembers (room, after) {
   const first = after === undefined || after === null
   if (first) {
     selected = room
+    // The cursor belongs to the list being replaced: "more" must not fetch past it into this room.
+    membersNext = null
+    $('more-members').hidden = true
     renderRooms()
   }
   $('members-heading').textContent = `Members of ${room}`

@@ -16,7 +16,7 @@ import { HttpError, type RestAccess } from './routes.js'
  * authentication). Return `true` to let the request in; anything else refuses
  * with 403 `FORBIDDEN`, and throwing or replying refuses with your own answer.
  */
-export type AdminGuard = (request: FastifyRequest, reply: FastifyReply, user: Member | undefined) => unknown
+export type AdminGuard = (request: FastifyRequest, reply: FastifyReply, user: Member | undefined) => boolean | Promise<boolean>
 
 /** The `admin` option as an object; `admin: true` is `{}`. */
 export interface AdminOptions {

@@ -4,7 +4,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { Counter, Gauge, Histogram, Registry as PromRegistry } from 'prom-client'
 import { ERROR_CODES, errorCodes, type ErrorCode } from './errors.js'
 import { describeErrors, RoomName } from './protocol.js'
-import type { RestAccess } from './routes.js'
+import { guardHook, type RestAccess } from './routes.js'
 
 /**
  * Prometheus metrics, opt-in. The hot paths (every frame in and out, every
@@ -215,9 +215,8 @@ export class Metrics implements AdapterMetrics {
     const { path, preHandler: guard } = this.options
     if (path === false) return
     const register = this.register
-    // Awaited here, so a guard written as a plain function that lets the request through does not hang it.
     const check = guard !== undefined
-      ? async (request: FastifyRequest, reply: FastifyReply) => { await guard(request, reply) }
+      ? guardHook(guard)
       : access === undefined ? undefined : async (request: FastifyRequest, reply: FastifyReply) => { await access.identify(request, reply) }
     app.get(path, { preHandler: check }, async (_request, reply) => {
       void reply.type(register.contentType)

@@ -1,5 +1,5 @@
 import Type, { type Static, type TSchema } from 'typebox'
-import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, FastifySchemaCompiler } from 'fastify'
+import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, FastifySchemaCompiler, preHandlerHookHandler } from 'fastify'
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { MAX_MEMBERS_PAGE, Member, MemberCursor, MessageFrame, RoomName, invalidRoomMessage, isRoomName } from './protocol.js'
 import { errorCodes, httpErrorOf, httpMessages, isRoomsError } from './errors.js'
@@ -108,6 +108,18 @@ export function restAccess (options: ResolvedOptions, credentials: Credentials):
       if (verdict === false) throw new errorCodes.FORBIDDEN(httpMessages.roomForbidden(room))
     }
   }
+}
+
+/**
+ * An app's guard (`restPublish`, `metrics.preHandler`) as a route's
+ * preHandler. One written with a `done` callback (as @fastify/auth's are)
+ * goes to Fastify as it is; any other is awaited, with the instance as
+ * `this`, so that a plain function that returns nothing lets the request
+ * through instead of leaving Fastify waiting for a `done` it never calls.
+ */
+export function guardHook (guard: (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply) => unknown): preHandlerHookHandler {
+  if (guard.length >= 3) return guard as unknown as preHandlerHookHandler
+  return async function (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply) { await guard.call(this, request, reply) } as preHandlerHookHandler
 }
 
 export interface RoutesOptions {
@@ -225,7 +237,7 @@ export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { regist
   if (publish === undefined) return
   app.post('/:room/messages', {
     // Awaited here, so a guard written as a plain function that lets the request through does not hang it.
-    preHandler: [roomAccess, async (request, reply) => { await publish.guard(request, reply) }],
+    preHandler: [roomAccess, guardHook(publish.guard)],
     bodyLimit: publish.bodyLimit,
     schema: {
       summary: 'Publish to a room as the server (no from); guarded by the restPublish option',

@@ -233,6 +233,26 @@ t.test('a preHandler written as a plain function: a scrape it lets through is an
   t.equal(samples.get('fastify_rooms_connections'), 0)
 })
 
+t.test('a preHandler written with a done callback (as @fastify/auth\'s), or one that reads the instance as this, works as Fastify runs it', async (t) => {
+  const seen: boolean[] = []
+  const callbacks = await startApp(t, {
+    metrics: {
+      preHandler: function (this: unknown, request: { headers: Record<string, unknown> }, _reply: unknown, done: (err?: Error) => void) {
+        done(request.headers.authorization === 'Bearer scrape-secret' ? undefined : new errorCodes.FORBIDDEN('Scrapers only.'))
+      } as never
+    }
+  })
+  t.equal((await fetch(`${callbacks.url}/metrics`, { signal: AbortSignal.timeout(10_000) })).status, 403)
+  t.equal((await scrape(callbacks.url, { headers: { authorization: 'Bearer scrape-secret' }, signal: AbortSignal.timeout(10_000) })).get('fastify_rooms_connections'), 0)
+  const withThis = await startApp(t, {
+    metrics: {
+      preHandler: async function (this: { hasDecorator: (name: string) => boolean }) { seen.push(this.hasDecorator('rooms')) } as never
+    }
+  })
+  t.equal((await scrape(withThis.url, { signal: AbortSignal.timeout(10_000) })).get('fastify_rooms_connections'), 0)
+  t.same(seen, [true], 'this is the Fastify instance')
+})
+
 t.test('a registration that fails after its metrics were made frees the app\'s registry when the app closes', async (t) => {
   class StoreDown extends MemoryAdapter {
     override async start (): Promise<void> { throw new Error('the store is down') }
