@@ -1,7 +1,7 @@
 import t from 'tap'
 import WebSocket from 'ws'
 import { RoomsError } from '../src/index.js'
-import { connect, type Gap, type Room, type RoomsClient } from '../src/client/index.js'
+import { connect, type Gap, type Room, type RoomMessage, type RoomsClient } from '../src/client/index.js'
 import { gate, nextEvent, nextState } from './helpers/client.js'
 import { HeldStore } from './helpers/held-store.js'
 import { startApp } from './helpers/server.js'
@@ -24,7 +24,7 @@ function record (room: Room<unknown>): string[] {
 }
 
 async function nextOffset (room: Room<unknown>, offset: number, owner: RoomsClient<unknown>): Promise<void> {
-  await nextEvent((h) => room.on('message', h), (m) => m.offset === offset, owner)
+  await nextEvent<RoomMessage<unknown>>((h) => room.on('message', h), (m) => m.offset === offset, owner)
 }
 
 t.test('a put-in that wins the race with join(room, { history }): the history asked for, then every live message, once, in order', async (t) => {
