@@ -578,13 +578,12 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
   private resubscribeRooms (): void {
     clearTimeout(this.roomListRetry?.timer)
     this.roomListRetry = undefined
-    this.subscribeRoomsAgain(this.socket)
+    if (this.roomList !== undefined) this.subscribeRoomsAgain(this.roomList, this.socket)
   }
 
-  private subscribeRoomsAgain (socket: WebSocketLike | undefined): void {
-    const list = this.roomList
-    // A list whose first page is still on its way is watchRooms()'s to finish.
-    if (list === undefined || !list.started || this.socket !== socket || this.state !== 'open') return
+  private subscribeRoomsAgain (list: RoomList, socket: WebSocketLike | undefined): void {
+    // A list whose first page is still on its way is watchRooms()'s to finish; a list stopped or replaced is done.
+    if (this.roomList !== list || !list.started || this.socket !== socket || this.state !== 'open') return
     this.request(list.subscribeFrame(), undefined).then((page: RoomsPageFrame) => {
       this.roomListRetry = undefined
       if (this.roomList === list) list.applyPage(page)
@@ -597,7 +596,7 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
       const { initialDelayMs, maxDelayMs } = this.reconnectOptions === false ? DEFAULT_BACKOFF : this.reconnectOptions
       const delay = Math.random() * Math.min(maxDelayMs, initialDelayMs * 2 ** retry.attempts)
       retry.attempts++
-      retry.timer = setTimeout(() => { retry.timer = undefined; this.subscribeRoomsAgain(socket) }, delay)
+      retry.timer = setTimeout(() => { retry.timer = undefined; this.subscribeRoomsAgain(list, socket) }, delay)
       this.roomListRetry = retry
     })
   }
@@ -728,7 +727,7 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     const retried = this.rejoins.has(room)
     this.forgetRejoin(room)
     room.waitForCatchUp()
-    this.catchUp(room, room.catchUpFrom(frame, join.since, join.history), frame.offset).then((read) => {
+    this.catchUp(room, room.catchUpFrom(frame, join.since, join.history), frame).then((read) => {
       if (this.rooms.get(room.name) !== room || this.state === 'closed') return
       room.applyCaughtUp(frame, join.since, join.history, read)
       if (retried) this.sendHeld(room)
@@ -749,18 +748,20 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
   }
 
   /**
-   * Read the stored messages `from < offset <= to` over the socket. Resolves
-   * with what was read, or undefined when the server refused the read;
-   * rejects only when the connection dropped.
+   * Read the stored messages `from < offset <= frame.offset` over the
+   * socket. Resolves with what was read, or undefined when the server
+   * refused the read (or the history was reset meanwhile); rejects only when
+   * the connection dropped.
    */
-  private async catchUp (room: Room<TData>, from: number, to: number): Promise<CatchUp | undefined> {
-    const read: CatchUp = { epoch: '', messages: [] }
+  private async catchUp (room: Room<TData>, from: number, frame: JoinedFrame): Promise<CatchUp | undefined> {
+    const read: CatchUp = { epoch: frame.epoch, messages: [] }
+    const to = frame.offset
     let after = from
     try {
       while (after < to) {
         const page = await this.loadHistory(room, after, Math.min(1000, to - after))
-        if (read.epoch !== '' && page.epoch !== read.epoch) return undefined
-        read.epoch = page.epoch
+        // Another history than the joined frame's: its offsets name other messages.
+        if (page.epoch !== read.epoch) return undefined
         const messages = page.messages.filter((m) => m.offset !== undefined && m.offset > after && m.offset <= to)
         if (messages.length === 0) break
         read.messages.push(...messages)
@@ -770,7 +771,6 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
       if ((err as RoomsClientError).code === 'DISCONNECTED') throw err
       return undefined
     }
-    // Nothing to read: the epoch is the joined frame's.
     return read
   }
 
