@@ -6,7 +6,7 @@ import { fetchToken, refreshDelay, tokenFailure, type GetToken, type TokenCause 
 import { Emitter } from './emitter.js'
 import { RoomsClientError, type ClientErrorCode, type CloseInfo } from './errors.js'
 import {
-  Room, type EphemeralMessage, type Gap, type HistoryOptions, type HistoryPage, type LeftInfo, type PresenceChange, type PublishOptions, type RoomEvents, type RoomMessage, type RoomOwner, type RoomStatus
+  Room, type CatchUp, type EphemeralMessage, type Gap, type HistoryOptions, type HistoryPage, type LeftInfo, type PresenceChange, type PublishOptions, type RoomEvents, type RoomMessage, type RoomOwner, type RoomStatus
 } from './room.js'
 import { RoomList, type RoomCount, type RoomListChange, type RoomListOwner, type WatchRoomsOptions } from './roomlist.js'
 
@@ -125,6 +125,11 @@ interface JoinRequest {
   handle: Room<any>
   since: Position | undefined
   history: number | undefined
+  /**
+   * Set when a put-in `joined` (`app.rooms.join` racing this join) answered
+   * it: its own reply, a repeat, then only settles the request.
+   */
+  answered?: true
 }
 
 interface Request {
@@ -146,6 +151,8 @@ interface Waiting<T> {
 interface Queued extends Waiting<number> {
   frame: { type: 'publish', room: string, data: unknown }
   handle: Room<any>
+  /** Order of the `publish()` calls: a publish queued again keeps its place. */
+  seq: number
 }
 
 interface FirstJoin<TData> extends Waiting<Room<TData>> {
@@ -207,6 +214,9 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
   /** The live room list, subscribed again on every welcome. */
   private roomList: RoomList | undefined
   private nextId = 1
+  private nextPublish = 1
+  /** The retry of a room list subscribe refused on this connection (not for want of one). */
+  private roomListRetry: { attempts: number, timer: ReturnType<typeof setTimeout> | undefined } | undefined
   private attempts = 0
   private retryTimer: ReturnType<typeof setTimeout> | undefined
   private welcomeTimer: ReturnType<typeof setTimeout> | undefined
@@ -367,7 +377,9 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     if (this.rooms.get(room.name) !== room) {
       throw new RoomsClientError('NOT_IN_ROOM', `Not in room "${room.name}": this handle has left it; join it again to publish.`, room.name)
     }
-    const ready = this.state === 'open' && !this.rejoins.has(room)
+    // A socket the server has closed (its close frame in, the close event still to come) is not ready: the
+    // publish waits for the reconnect, as it does once `state` says so.
+    const ready = this.state === 'open' && this.socket?.readyState === OPEN && !this.rejoins.has(room)
     if (ephemeral) {
       // Worth nothing later (a typing indicator): never held for the connection or the rejoin.
       if (!ready) throw new RoomsClientError('DISCONNECTED', `Not in room "${room.name}" on a live connection right now: an ephemeral publish is not held, so it was not sent.`, room.name)
@@ -380,7 +392,7 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
       throw new RoomsClientError('QUEUE_FULL', `${this.maxQueue} publishes are already waiting for the connection: retry later.`, room.name)
     }
     return await new Promise((resolve, reject) => {
-      const item: Queued = { frame, handle: room, resolve, reject, deadline, timer: undefined }
+      const item: Queued = { frame, handle: room, resolve, reject, deadline, timer: undefined, seq: this.nextPublish++ }
       if (ready) this.sendQueued(item)
       else this.enqueue(item)
     })
@@ -392,7 +404,10 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
       this.queue.splice(this.queue.indexOf(item), 1)
       item.reject(this.notSent('publish', item.frame.room))
     }, Math.max(0, item.deadline - Date.now()))
-    this.queue.push(item)
+    // In the order publish() was called: one queued again (its room's rejoin was refused) goes before those made since.
+    let at = this.queue.length
+    while (at > 0 && (this.queue[at - 1] as Queued).seq > item.seq) at--
+    this.queue.splice(at, 0, item)
   }
 
   private sendQueued (item: Queued): void {
@@ -554,15 +569,35 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     this.settleReady = undefined
   }
 
-  /** After a reconnect, the room list starts over from a fresh page. */
+  /**
+   * After a reconnect, the room list starts over from a fresh page. A refusal
+   * (the store away, a rate limit) is told through `error` and the subscribe
+   * is tried again with the reconnect backoff while this connection lasts;
+   * the next reconnect starts over.
+   */
   private resubscribeRooms (): void {
-    const list = this.roomList
-    // A list whose first page is still on its way is watchRooms()'s to finish.
-    if (list === undefined || !list.started) return
+    clearTimeout(this.roomListRetry?.timer)
+    this.roomListRetry = undefined
+    if (this.roomList !== undefined) this.subscribeRoomsAgain(this.roomList, this.socket)
+  }
+
+  private subscribeRoomsAgain (list: RoomList, socket: WebSocketLike | undefined): void {
+    // A list whose first page is still on its way is watchRooms()'s to finish; a list stopped or replaced is done.
+    if (this.roomList !== list || !list.started || this.socket !== socket || this.state !== 'open') return
     this.request(list.subscribeFrame(), undefined).then((page: RoomsPageFrame) => {
+      this.roomListRetry = undefined
       if (this.roomList === list) list.applyPage(page)
     }, (err: RoomsClientError) => {
-      if (err.code !== 'DISCONNECTED' && this.roomList === list) this.emit('error', err)
+      if (err.code === 'DISCONNECTED' || err.code === 'CLOSED' || this.roomList !== list || this.socket !== socket) return
+      this.emit('error', err)
+      // A refusal that will not pass (FORBIDDEN: the server no longer offers the list) is not retried.
+      if (err.code === 'FORBIDDEN') return
+      const retry = this.roomListRetry ?? { attempts: 0, timer: undefined }
+      const { initialDelayMs, maxDelayMs } = this.reconnectOptions === false ? DEFAULT_BACKOFF : this.reconnectOptions
+      const delay = Math.random() * Math.min(maxDelayMs, initialDelayMs * 2 ** retry.attempts)
+      retry.attempts++
+      retry.timer = setTimeout(() => { retry.timer = undefined; this.subscribeRoomsAgain(list, socket) }, delay)
+      this.roomListRetry = retry
     })
   }
 
@@ -574,11 +609,16 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     if (since !== undefined) frame.since = since
     if (history !== undefined) frame.history = history
     if (first !== undefined) clearTimeout(first.timer)
-    this.request(frame, room.name, first?.deadline, { handle: room, since, history }).then(() => {
-      if (first === undefined || this.joining.get(room) !== first) return
+    const join: JoinRequest = { handle: room, since, history }
+    this.request(frame, room.name, first?.deadline, join).then(() => {
+      // A put-in answered it: the catch-up settles the first join.
+      if (join.answered === true || first === undefined || this.joining.get(room) !== first) return
       this.joining.delete(room)
       first.resolve(room)
-    }, (err: RoomsClientError) => this.onJoinFailed(room, first, err))
+    }, (err: RoomsClientError) => {
+      // Answered by a put-in already: the membership is live, whatever became of this repeat.
+      if (join.answered !== true) this.onJoinFailed(room, first, err)
+    })
   }
 
   private onJoinFailed (room: Room<TData>, first: FirstJoin<TData> | undefined, err: RoomsClientError): void {
@@ -625,18 +665,19 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
 
   private onJoined (frame: JoinedFrame): void {
     const join = typeof frame.id === 'number' ? this.requests.get(frame.id)?.join : undefined
-    // A reply to a join whose handle was dropped (timed out, left) must not touch a newer handle.
-    if (join !== undefined && this.rooms.get(frame.room) === join.handle) {
+    if (join !== undefined && !this.rooms.has(frame.room) && this.state === 'open') {
+      // A reply to a join whose handle is gone (removed by the server while the join was under way, timed
+      // out): the connection is a member that nothing reads, so undo it. Harmless when it already left.
+      this.request({ type: 'leave', room: frame.room }, frame.room).catch(() => {})
+    }
+    // A reply to a join whose handle was dropped (timed out, left) must not touch a newer handle; one a
+    // put-in answered was applied already.
+    if (join !== undefined && join.answered !== true && this.rooms.get(frame.room) === join.handle) {
       const retried = this.rejoins.has(join.handle)
       this.forgetRejoin(join.handle)
       join.handle.applyJoined(frame, join.since, join.history)
       // Publishes held while the rejoin was refused follow it now.
-      if (retried) {
-        for (const item of this.queue.filter((q) => q.handle === join.handle)) {
-          this.queue.splice(this.queue.indexOf(item), 1)
-          this.sendQueued(item)
-        }
-      }
+      if (retried) this.sendHeld(join.handle)
       if (join.since === undefined) this.holding.add(join.handle)
     }
     if (frame.id === undefined) this.onPutInRoom(frame)
@@ -645,11 +686,21 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
 
   /**
    * An unsolicited `joined`: the server put this connection into a room. A
-   * room this client already has a handle for (joined, or its own join in
-   * flight, whose reply follows) keeps that handle.
+   * room this client already has a handle for keeps that handle. When the
+   * handle's own join (first join or rejoin) is under way, the put-in won
+   * the race: the server answers that join later as a repeat, with nothing
+   * replayed, and the membership is live from this frame on. So this frame
+   * is the join's answer, and what the join's reply would have replayed (the
+   * `history` asked for, what was missed) is read over the socket first.
    */
   private onPutInRoom (frame: JoinedFrame): void {
-    if (this.rooms.has(frame.room) || this.state === 'closed') return
+    if (this.state === 'closed') return
+    const existing = this.rooms.get(frame.room)
+    if (existing !== undefined) {
+      const join = this.pendingJoin(existing)
+      if (join !== undefined) this.answerWithPutIn(join, frame)
+      return
+    }
     const room = new Room<TData>(this, frame.room)
     this.rooms.set(frame.room, room)
     room.applyJoined(frame, undefined, undefined)
@@ -657,10 +708,90 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     this.emit('joined', room)
   }
 
+  /**
+   * The join of this handle that the server has yet to answer: its first
+   * join or rejoin in flight, or a rejoin refused for a passing reason and
+   * waiting to be sent again.
+   */
+  private pendingJoin (room: Room<TData>): JoinRequest | undefined {
+    for (const request of this.requests.values()) {
+      if (request.join?.handle === room && request.join.answered !== true) return request.join
+    }
+    if (this.rejoins.has(room)) return { handle: room, since: { offset: room.offset, epoch: room.epoch }, history: undefined }
+    return undefined
+  }
+
+  private answerWithPutIn (join: JoinRequest, frame: JoinedFrame): void {
+    const room = join.handle as Room<TData>
+    join.answered = true
+    const retried = this.rejoins.has(room)
+    this.forgetRejoin(room)
+    room.waitForCatchUp()
+    this.catchUp(room, room.catchUpFrom(frame, join.since, join.history), frame).then((read) => {
+      if (this.rooms.get(room.name) !== room || this.state === 'closed') return
+      room.applyCaughtUp(frame, join.since, join.history, read)
+      if (retried) this.sendHeld(room)
+      const first = this.joining.get(room)
+      if (join.since === undefined && first !== undefined) {
+        this.joining.delete(room)
+        clearTimeout(first.timer)
+        this.holding.add(room)
+        first.resolve(room)
+      }
+    }, () => {
+      // The connection dropped: nothing is applied, and the join goes out again after the reconnect.
+      if (this.rooms.get(room.name) !== room || this.state === 'closed') return
+      room.dropCatchUp()
+      const first = this.joining.get(room)
+      if (join.since === undefined && first !== undefined) this.waitForConnection(room, first)
+    })
+  }
+
+  /**
+   * Read the stored messages `from < offset <= frame.offset` over the
+   * socket. Resolves with what was read, or undefined when the server
+   * refused the read (or the history was reset meanwhile); rejects only when
+   * the connection dropped.
+   */
+  private async catchUp (room: Room<TData>, from: number, frame: JoinedFrame): Promise<CatchUp | undefined> {
+    const read: CatchUp = { epoch: frame.epoch, messages: [] }
+    const to = frame.offset
+    let after = from
+    try {
+      while (after < to) {
+        const page = await this.loadHistory(room, after, Math.min(1000, to - after))
+        // Another history than the joined frame's: its offsets name other messages.
+        if (page.epoch !== read.epoch) return undefined
+        const messages = page.messages.filter((m) => m.offset !== undefined && m.offset > after && m.offset <= to)
+        if (messages.length === 0) break
+        read.messages.push(...messages)
+        after = (messages[messages.length - 1] as MessageFrame).offset as number
+      }
+    } catch (err) {
+      if ((err as RoomsClientError).code === 'DISCONNECTED') throw err
+      return undefined
+    }
+    return read
+  }
+
+  /** Send the publishes held while a room's rejoin was refused, in order. */
+  private sendHeld (room: Room<TData>): void {
+    for (const item of this.queue.filter((q) => q.handle === room)) {
+      this.queue.splice(this.queue.indexOf(item), 1)
+      this.sendQueued(item)
+    }
+  }
+
   /** The server removed this connection from a room (a kick). */
   private onRemoved (name: string, reason: unknown): void {
     const room = this.rooms.get(name)
     if (room === undefined) return
+    const join = this.pendingJoin(room)
+    if (room.status === 'joining' && join !== undefined) {
+      // Not this handle's membership: an earlier one's (leave() then join() crossing the server's removal). Were it
+      // the join under way the server removed, that join's own reply says so (NOT_IN_ROOM, removed while joining).
+      return
+    }
     const why = typeof reason === 'string' && reason !== '' ? reason : undefined
     const error = (): RoomsClientError => new RoomsClientError('NOT_IN_ROOM', `The server removed this connection from room "${name}"${why === undefined ? '' : ` (${why})`}.`, name)
     this.removeRoom(room, { cause: 'server', reason: why }, error)?.reject(error())
@@ -779,7 +910,8 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     const info: CloseInfo = { code, reason, byClient }
     this.lastClose = info
     const shown = showClose(info)
-    this.failRequests(new RoomsClientError('DISCONNECTED', `The connection dropped (${shown}) before the reply came: the request may or may not have been applied.`, undefined, info))
+    // Calls in flight reject with DISCONNECTED when the client reconnects, and like everything else
+    // waiting (CLOSED, UNAUTHORIZED) when this close is final: shutdown() does that.
     if (this.state === 'closed') return
     if (code === UNAUTHORIZED_CLOSE && !byClient) {
       this.onUnauthorized(info)
@@ -813,6 +945,7 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
       return
     }
     this.authRetry = true
+    this.failDropped(info)
     if (!connecting && !this.setState('reconnecting', { ...info, attempt: ++this.attempts, delayMs: 0 })) return
     this.open('unauthorized')
   }
@@ -844,6 +977,7 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
       this.shutdown(info, new RoomsClientError('CLOSED', `The connection ended (${showClose(info)}) and the client does not reconnect.`, undefined, info))
       return
     }
+    this.failDropped(info)
     const ceiling = Math.min(options.maxDelayMs, options.initialDelayMs * 2 ** this.attempts)
     this.attempts++
     const delayMs = Math.random() * ceiling
@@ -902,6 +1036,11 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     }, Math.max(this.heartbeatMs / 2, 10))
   }
 
+  /** The connection dropped and the client goes on: the calls in flight may or may not have been applied. */
+  private failDropped (info: CloseInfo): void {
+    this.failRequests(new RoomsClientError('DISCONNECTED', `The connection dropped (${showClose(info)}) before the reply came: the request may or may not have been applied.`, undefined, info))
+  }
+
   private shutdown (info: CloseInfo, error: RoomsClientError): void {
     if (this.state === 'closed') return
     this.state = 'closed'
@@ -909,7 +1048,8 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     clearTimeout(this.retryTimer)
     clearTimeout(this.welcomeTimer)
     this.unlisten?.()
-    this.failRequests(error)
+    // Sent already: the code says why the client stopped, the sentence that it may have been applied.
+    this.failRequests(new RoomsClientError(error.code, `${error.message} The request had been sent: it may or may not have been applied.`, undefined, error.close))
     this.dropSocket()
     for (const item of this.queue.splice(0)) {
       clearTimeout(item.timer)
@@ -922,9 +1062,15 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     this.joining.clear()
     this.holding.clear()
     for (const room of [...this.rejoins.keys()]) this.forgetRejoin(room)
+    clearTimeout(this.roomListRetry?.timer)
+    this.roomListRetry = undefined
     this.settleReady?.reject(error)
     this.settleReady = undefined
+    // The handles stop receiving: each says so once, after the state.
+    const rooms = [...this.rooms.values()]
+    this.rooms.clear()
     this.emit('state', 'closed', { state: 'closed', ...info })
+    for (const room of rooms) room.markLeft({ cause: 'closed', reason: info.reason, error })
   }
 
   private forgetRejoin (room: Room<TData>): void {

@@ -49,12 +49,14 @@ export interface LeftInfo {
   /**
    * `leave`: the app called `room.leave()`. `server`: the server removed this
    * connection from the room (a kick). `refused`: the rejoin after a
-   * reconnect was refused (see `error`).
+   * reconnect was refused (see `error`). `closed`: the client closed for good
+   * (`close()`, its signal, a 4003 or a final 4001 from the server,
+   * reconnects given up); `error` is what waiting calls rejected with.
    */
-  cause: 'leave' | 'server' | 'refused'
+  cause: 'leave' | 'server' | 'refused' | 'closed'
   /** The server's reason, or the refusal's sentence. */
   reason: string | undefined
-  /** For `refused`: the server's error. */
+  /** For `refused`: the server's error. For `closed`: the client's `CLOSED` or `UNAUTHORIZED`. */
   error?: RoomsClientError
 }
 
@@ -117,6 +119,15 @@ export interface HistoryPage<TData = unknown> {
   messages: Array<RoomMessage<TData>>
 }
 
+/** A gap found while a new handle holds its messages: told in its place among them. */
+interface HeldGap { gap: Gap }
+
+/** Stored messages read over the socket for a join the server answered without its replay. @internal */
+export interface CatchUp {
+  epoch: string
+  messages: MessageFrame[]
+}
+
 /** What a room handle asks of its client. @internal */
 export interface RoomOwner<TData> {
   /** The client's own user, from the latest `welcome`. */
@@ -156,10 +167,17 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
   private generation = 0
   private paging: Paging | undefined
   /** Messages received before the app could attach handlers to a new handle. */
-  private held: Array<RoomMessage<TData> | EphemeralMessage<TData>> | undefined
+  private held: Array<RoomMessage<TData> | EphemeralMessage<TData> | HeldGap> | undefined
+  /**
+   * Frames of the room that came while the client reads what a put-in
+   * `joined` (one that answered this handle's join) did not replay: applied
+   * after it, in order. Undefined when not reading.
+   */
+  private waiting: Array<MessageFrame | PresenceFrame> | undefined
   private turnOver = true
   /** Set after an epoch change: the first message tells whether the new epoch's start was dropped. */
   private epochStart = false
+  private leftInfo: LeftInfo | undefined
 
   /** @internal */
   constructor (owner: RoomOwner<TData>, name: string) {
@@ -209,9 +227,7 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
    * @param limit members in the page (the server's page size by default, at most 1000)
    */
   async loadMoreMembers (limit?: number): Promise<Member[]> {
-    if (this.status !== 'joined') {
-      throw new RoomsClientError('NOT_IN_ROOM', `Not in room "${this.name}": ${this.status === 'left' ? 'this handle has left it' : 'it is not joined yet'}.`, this.name)
-    }
+    if (this.status !== 'joined') throw this.notJoined()
     if (this.paging !== undefined) return await this.paging.promise
     const after = this.membersNext
     if (after === null) return []
@@ -251,9 +267,7 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
     const before = options.before === undefined ? this.offset + 1 : options.before
     if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new TypeError(`history limit must be a whole number from 1 to 1000, got ${String(limit)}.`)
     if (!Number.isInteger(before) || before < 1) throw new TypeError(`history before must be an offset (a whole number of at least 1), got ${String(before)}.`)
-    if (this.status !== 'joined') {
-      throw new RoomsClientError('NOT_IN_ROOM', `Not in room "${this.name}": ${this.status === 'left' ? 'this handle has left it' : 'it is not joined yet'}.`, this.name)
-    }
+    if (this.status !== 'joined') throw this.notJoined()
     // Past the handle's offset a page would take messages still on their way to the handlers.
     const end = Math.min(before - 1, this.offset)
     const after = Math.max(0, end - limit)
@@ -293,26 +307,109 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
       this.epoch = frame.epoch
       this.status = 'joined'
       this.hold()
-    } else if (frame.epoch !== since.epoch) {
+    } else if (frame.epoch !== since.epoch || frame.offset < since.offset) {
+      // Another epoch; or the same one counting lower than what this handle delivered, which must not happen: its
+      // offsets would name messages already delivered again, so it is told as a reset rather than lowered silently.
       this.emit('gap', { room: this.name, epoch: since.epoch, after: since.offset, before: null, currentEpoch: frame.epoch })
-      // Every retained message of the new epoch follows, from its first offset.
-      this.offset = 0
-      this.epoch = frame.epoch
-      this.epochStart = true
+      if (frame.epoch === since.epoch) {
+        // Nothing is replayed: count on from the server's offset.
+        this.offset = frame.offset
+        this.epochStart = false
+      } else {
+        // Every retained message of the new epoch follows, from its first offset.
+        this.offset = 0
+        this.epoch = frame.epoch
+        this.epochStart = true
+      }
     } else {
       // Same epoch: this answer settles what was missed (a gap, or the replay that follows), so an
       // epoch begun by an earlier rejoin with no message since must not name its start again.
       this.epochStart = false
       if (frame.recovered !== true) {
-        if (frame.offset > since.offset) {
-          this.emit('gap', { room: this.name, epoch: frame.epoch, after: since.offset, before: frame.offset + 1, currentEpoch: frame.epoch })
+        // Never a gap naming offsets this handle delivered since it sent `since`.
+        const after = Math.max(since.offset, this.offset)
+        if (frame.offset > after) {
+          this.emit('gap', { room: this.name, epoch: frame.epoch, after, before: frame.offset + 1, currentEpoch: frame.epoch })
         }
-        this.offset = frame.offset
+        this.offset = Math.max(this.offset, frame.offset)
       }
     }
     if (change !== undefined && (change.joins.length > 0 || change.leaves.length > 0)) this.emit('presence', change)
     if (since !== undefined && countChanged) this.emit('count', this.count)
     this.emit('joined', { recovered: frame.recovered })
+  }
+
+  /**
+   * The server put this connection in the room (`app.rooms.join`) while this
+   * handle's own join was in flight, and that `joined` is its answer: the
+   * membership is live, but nothing was replayed. Frames of the room wait
+   * until `applyCaughtUp` (or `dropCatchUp`).
+   * @internal
+   */
+  waitForCatchUp (): void {
+    this.waiting ??= []
+  }
+
+  /**
+   * The catch-up could not be read for want of a connection: nothing is
+   * applied; the join goes out again after the reconnect.
+   * @internal
+   */
+  dropCatchUp (): void {
+    this.waiting = undefined
+  }
+
+  /**
+   * Where the replay a put-in `joined` lacks begins: the join would have had
+   * `from < offset <= frame.offset` replayed.
+   * @internal
+   */
+  catchUpFrom (frame: JoinedFrame, since: Position | undefined, history: number | undefined): number {
+    if (since === undefined) return history === undefined ? frame.offset : Math.max(0, frame.offset - history)
+    if (frame.epoch !== since.epoch || frame.offset < since.offset) return 0
+    return Math.max(since.offset, this.offset)
+  }
+
+  /**
+   * Apply a put-in `joined` that answered this handle's join, with the stored
+   * messages read in place of the replay it lacked (undefined: they could not
+   * be read), then the frames that waited meanwhile. The outcome is the one a
+   * reply to the join would have had: the requested history on a first join,
+   * what was missed on a rejoin (`recovered: true` when all of it was read),
+   * and a `gap` for what could not be read.
+   * @internal
+   */
+  applyCaughtUp (frame: JoinedFrame, since: Position | undefined, history: number | undefined, read: CatchUp | undefined): void {
+    const waiting = this.waiting ?? []
+    this.waiting = undefined
+    const from = this.catchUpFrom(frame, since, history)
+    const stored = read === undefined || read.epoch !== frame.epoch
+      ? undefined
+      : read.messages.filter((m) => m.offset !== undefined && m.offset > from && m.offset <= frame.offset)
+    if (since === undefined) {
+      this.applyJoined(frame, undefined, history)
+      if (stored === undefined && frame.offset > this.offset) {
+        // The history asked for could not be read: told as a gap, among the held messages, so that handlers attached after join() hear it.
+        this.deliver({ gap: { room: this.name, epoch: frame.epoch, after: this.offset, before: frame.offset + 1, currentEpoch: frame.epoch } })
+        this.offset = frame.offset
+      }
+    } else if (frame.epoch !== since.epoch || frame.offset < since.offset) {
+      // The epoch's retained messages follow, as the server's replay would have them; unread, the next message's offset tells what was lost.
+      this.applyJoined({ ...frame, recovered: false }, since, undefined)
+    } else {
+      const first = stored?.[0]?.offset
+      if (frame.offset <= from || first === from + 1) {
+        this.applyJoined({ ...frame, recovered: true }, since, undefined)
+      } else {
+        // Read in part (the history limits dropped its start) or not at all: a gap up to the first offset read.
+        this.applyJoined({ ...frame, offset: first === undefined ? frame.offset : first - 1, recovered: false }, since, undefined)
+      }
+    }
+    for (const message of stored ?? []) this.applyMessage(message)
+    for (const waited of waiting) {
+      if (waited.type === 'message') this.applyMessage(waited)
+      else this.applyPresence(waited)
+    }
   }
 
   /**
@@ -333,6 +430,10 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
 
   /** @internal */
   applyMessage (frame: MessageFrame): void {
+    if (this.waiting !== undefined) {
+      this.waiting.push(frame)
+      return
+    }
     if (this.status !== 'joined') return
     if (frame.ephemeral === true || frame.offset === undefined) {
       const message: EphemeralMessage<TData> = { room: this.name, data: frame.data as TData, ts: frame.ts, ephemeral: true }
@@ -361,6 +462,10 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
    * @internal
    */
   applyPresence (frame: PresenceFrame): void {
+    if (this.waiting !== undefined) {
+      this.waiting.push(frame)
+      return
+    }
     if (this.status !== 'joined') return
     const self = this.owner.user?.id
     const joins: Member[] = []
@@ -385,12 +490,21 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
     if (countChanged) this.emit('count', this.count)
   }
 
+  /** Why a call on a handle that is not joined fails: `NOT_IN_ROOM`, or how the client closed. */
+  private notJoined (): RoomsClientError {
+    const closed = this.leftInfo?.cause === 'closed' ? this.leftInfo.error : undefined
+    if (closed !== undefined) return new RoomsClientError(closed.code, closed.message, this.name, closed.close)
+    return new RoomsClientError('NOT_IN_ROOM', `Not in room "${this.name}": ${this.status === 'left' ? 'this handle has left it' : 'it is not joined yet'}.`, this.name)
+  }
+
   /** @internal */
   markLeft (info: LeftInfo): void {
     if (this.status === 'left') return
+    this.leftInfo = info
     const wasJoined = this.status === 'joined'
     this.status = 'left'
     this.held = undefined
+    this.waiting = undefined
     if (wasJoined) this.emit('left', info)
   }
 
@@ -411,13 +525,14 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
     return true
   }
 
-  private deliver (message: RoomMessage<TData> | EphemeralMessage<TData>): void {
+  private deliver (message: RoomMessage<TData> | EphemeralMessage<TData> | HeldGap): void {
     if (this.held !== undefined) this.held.push(message)
     else this.emitMessage(message)
   }
 
-  private emitMessage (message: RoomMessage<TData> | EphemeralMessage<TData>): void {
-    if ('ephemeral' in message) this.emit('ephemeral', message)
+  private emitMessage (message: RoomMessage<TData> | EphemeralMessage<TData> | HeldGap): void {
+    if ('gap' in message) this.emit('gap', message.gap)
+    else if ('ephemeral' in message) this.emit('ephemeral', message)
     else this.emit('message', message)
   }
 

@@ -1,0 +1,58 @@
+import t from 'tap'
+import WebSocket from 'ws'
+import { connect, type LeftInfo, type RoomsClientError } from '../src/client/index.js'
+import { startApp } from './helpers/server.js'
+
+// A final close (the server's 4003, close()) while a publish is in flight: it was sent, so it may or may not
+// have been applied. It rejects with the code that says why the client stopped (CLOSED), and a sentence that
+// says it may have been applied; the room handles end with `left` { cause: 'closed' }.
+
+/** An onPublish hook that holds each publish until released: the publish is in flight, its reply not yet sent. */
+function heldPublishes (): { hook: () => Promise<boolean>, entered: Promise<void>, release: () => void } {
+  let entered = (): void => {}
+  let release = (): void => {}
+  const reached = new Promise<void>((resolve) => { entered = resolve })
+  const released = new Promise<void>((resolve) => { release = resolve })
+  return { hook: async () => { entered(); await released; return true }, entered: reached, release }
+}
+
+t.test('4003 while a publish is in flight: CLOSED, "may or may not have been applied"; the handle ends with cause closed', async (t) => {
+  const held = heldPublishes()
+  const { app, wsUrl } = await startApp(t, { onPublish: held.hook })
+  t.teardown(() => held.release())
+  const client = await connect(wsUrl, { WebSocket })
+  t.teardown(() => client.close())
+  const room = await client.join('r')
+  const lefts: LeftInfo[] = []
+  room.on('left', (info) => lefts.push(info))
+  const inFlight = room.publish('sent').catch((err: RoomsClientError) => err)
+  await held.entered
+  await app.rooms.disconnect(client.connectionId, 'kicked by admin')
+  t.match(await inFlight, {
+    code: 'CLOSED',
+    room: 'r',
+    message: /disconnected this client.*may or may not have been applied/,
+    close: { code: 4003, reason: 'kicked by admin', byClient: false }
+  })
+  t.match(lefts, [{ cause: 'closed', reason: 'kicked by admin', error: { code: 'CLOSED' } }], 'left once, told with the state')
+  t.equal(room.status, 'left')
+  t.equal(client.room('r'), undefined, 'no longer the client\'s handle')
+  await t.rejects(room.loadMoreMembers(), { code: 'CLOSED', close: { code: 4003 } }, 'calls on it say why')
+  await t.rejects(room.history(), { code: 'CLOSED' })
+})
+
+t.test('close() while a publish is in flight: CLOSED, "may or may not have been applied"; the handle ends with cause closed', async (t) => {
+  const held = heldPublishes()
+  const { wsUrl } = await startApp(t, { onPublish: held.hook })
+  t.teardown(() => held.release())
+  const client = await connect(wsUrl, { WebSocket })
+  const room = await client.join('r')
+  const lefts: LeftInfo[] = []
+  room.on('left', (info) => lefts.push(info))
+  const inFlight = room.publish('sent').catch((err: RoomsClientError) => err)
+  await held.entered
+  client.close()
+  t.match(await inFlight, { code: 'CLOSED', room: 'r', message: 'The client was closed. The request had been sent: it may or may not have been applied.' })
+  t.match(lefts, [{ cause: 'closed', reason: 'client closed' }], 'left once')
+  t.equal(room.status, 'left')
+})

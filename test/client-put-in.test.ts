@@ -1,0 +1,149 @@
+import t from 'tap'
+import WebSocket from 'ws'
+import { RoomsError } from '../src/index.js'
+import { connect, type Gap, type Room, type RoomMessage, type RoomsClient } from '../src/client/index.js'
+import { gate, nextEvent, nextState } from './helpers/client.js'
+import { HeldStore } from './helpers/held-store.js'
+import { startApp } from './helpers/server.js'
+
+// app.rooms.join (a put-in) racing the client's own join of the same room: the put-in's unsolicited `joined`
+// comes first and the membership is live from it; the client's join is answered later as a repeat, with
+// nothing replayed. The SDK takes the put-in as its join's answer and reads what the join would have replayed.
+
+async function client (url: string, name: string): Promise<RoomsClient<unknown>> {
+  return await connect(url, { WebSocket, name, reconnect: { initialDelayMs: 5, maxDelayMs: 20 } })
+}
+
+/** What a handle tells, in order, as short strings. */
+function record (room: Room<unknown>): string[] {
+  const log: string[] = []
+  room.on('message', (m) => log.push(`msg ${m.offset}`))
+  room.on('gap', (g) => log.push(`gap ${g.after}-${String(g.before)}`))
+  room.on('joined', (j) => log.push(`joined ${String(j.recovered)}`))
+  return log
+}
+
+async function nextOffset (room: Room<unknown>, offset: number, owner: RoomsClient<unknown>): Promise<void> {
+  await nextEvent<RoomMessage<unknown>>((h) => room.on('message', h), (m) => m.offset === offset, owner)
+}
+
+t.test('a put-in that wins the race with join(room, { history }): the history asked for, then every live message, once, in order', async (t) => {
+  const store = new HeldStore()
+  const { app, wsUrl } = await startApp(t, { adapter: store })
+  const bob = await client(wsUrl, 'bob')
+  t.teardown(() => bob.close())
+  const rb = await bob.join('lobby')
+  for (let i = 0; i < 3; i++) await rb.publish(`old ${i}`) // offsets 1-3, before ada comes
+
+  const ada = await client(wsUrl, 'ada')
+  t.teardown(() => ada.close())
+  // The repeat join (the client's, answered after the put-in) waits in its room read.
+  const repeat = store.hold('room')
+  const joining = ada.join('lobby', { history: 10 })
+  t.equal(await app.rooms.join(ada.connectionId, 'lobby'), true, 'the put-in')
+  for (let i = 0; i < 5; i++) await rb.publish(`live ${i}`) // offsets 4-8: live for ada's membership
+  await repeat.entered
+  repeat.release()
+  const ra = await joining
+  const log = record(ra)
+  const last = nextOffset(ra, 9, ada)
+  t.equal(await rb.publish('after'), 9)
+  await last
+  t.same(log, [1, 2, 3, 4, 5, 6, 7, 8, 9].map((o) => `msg ${o}`), 'the history, then the live messages, each once, no gap')
+  t.equal(ra.offset, 9)
+  t.equal(ra.status, 'joined')
+  t.ok(store.asked.includes('room'), 'the client\'s join was answered as a repeat: the race happened')
+})
+
+t.test('a put-in that wins the race with join(room, { history }) and a history that cannot be read: a gap names it', async (t) => {
+  const store = new HeldStore()
+  const { app, wsUrl } = await startApp(t, { adapter: store })
+  const bob = await client(wsUrl, 'bob')
+  t.teardown(() => bob.close())
+  const rb = await bob.join('lobby')
+  for (let i = 0; i < 3; i++) await rb.publish(`old ${i}`)
+
+  const ada = await client(wsUrl, 'ada')
+  t.teardown(() => ada.close())
+  const repeat = store.hold('room')
+  const read = store.hold('history')
+  const joining = ada.join('lobby', { history: 2 })
+  t.equal(await app.rooms.join(ada.connectionId, 'lobby'), true)
+  await rb.publish('live') // offset 4
+  await repeat.entered
+  repeat.release()
+  const first = await Promise.race([read.entered.then(() => 'read'), joining.then(() => 'joined')])
+  t.equal(first, 'read', 'the history asked for is read before join() resolves')
+  if (first !== 'read') return
+  read.release(new RoomsError('UNAVAILABLE', 'The message store is unreachable right now: retry in a moment.'))
+  const ra = await joining
+  const gaps: Gap[] = []
+  ra.on('gap', (g) => gaps.push(g))
+  const log = record(ra)
+  const last = nextOffset(ra, 5, ada)
+  await rb.publish('after')
+  await last
+  t.same(log, ['gap 1-4', 'msg 4', 'msg 5'], 'the two messages asked for (2 and 3) are a gap, told before the live ones')
+  t.match(gaps[0], { room: 'lobby', epoch: ra.epoch, currentEpoch: ra.epoch, after: 1, before: 4 })
+})
+
+t.test('a rejoin after a reconnect answered by the onConnect put-in: what was missed is replayed before the live messages, no gap', async (t) => {
+  const store = new HeldStore()
+  const upgrades = gate()
+  const { app, wsUrl } = await startApp(t, {
+    adapter: store,
+    // The pattern plugin.md recommends: the server puts every connection of ada in the lobby.
+    onConnect: ({ connectionId, user }) => { if (user.name === 'ada') void app.rooms.join(connectionId, 'lobby') }
+  }, upgrades.setup)
+  const ada = await client(wsUrl, 'ada')
+  t.teardown(() => ada.close())
+  // The put-in's joined may have been read with the welcome.
+  const ra = ada.room('lobby') ?? await nextEvent<Room<unknown>>((h) => ada.on('joined', h), () => true, ada)
+  const log = record(ra)
+  const second = nextOffset(ra, 2, ada)
+  await app.rooms.broadcast('lobby', 1)
+  await app.rooms.broadcast('lobby', 2)
+  await second
+
+  // Away (the server publishes meanwhile): the messages 3-5 are missed.
+  upgrades.closed = true
+  const away = nextState(ada, 'reconnecting')
+  for (const socket of app.websocketServer.clients) socket.terminate()
+  await away
+  for (let i = 3; i <= 5; i++) await app.rooms.broadcast('lobby', i)
+  const repeat = store.hold('room')
+  const open = nextState(ada, 'open')
+  upgrades.closed = false
+  await open
+  // The put-in answered first; the rejoin waits in its room read while 6 and 7 go out live.
+  await repeat.entered
+  await app.rooms.broadcast('lobby', 6)
+  await app.rooms.broadcast('lobby', 7)
+  const last = nextOffset(ra, 7, ada)
+  repeat.release()
+  await last
+  await ada.ping() // the rejoin's own reply is in
+  t.same(log, ['msg 1', 'msg 2', 'joined true', 'msg 3', 'msg 4', 'msg 5', 'msg 6', 'msg 7'], 'recovered, each once, in order')
+  t.equal(ada.room('lobby'), ra, 'the same handle')
+})
+
+t.test('a server removal crossing leave() then join(): the new handle joins and receives, the old membership\'s left is not its', async (t) => {
+  const { app, wsUrl } = await startApp(t)
+  const ada = await client(wsUrl, 'ada')
+  t.teardown(() => ada.close())
+  const h1 = await ada.join('r')
+  // The server removes the old membership; its `left` reaches the client after leave() and join() went out.
+  const removal = app.rooms.leave(ada.connectionId, 'r')
+  const leaving = h1.leave()
+  const joining = ada.join('r')
+  t.equal(await removal, true, 'the removal came first: the server sent its left')
+  await leaving
+  const h2 = await joining
+  t.not(h2, h1)
+  t.equal(h2.status, 'joined')
+  t.equal(ada.room('r'), h2)
+  const message = nextEvent((h) => h2.on('message', h), () => true, ada)
+  await app.rooms.broadcast('r', 'hello')
+  t.match(await message, { data: 'hello' })
+  t.same((await app.rooms.get('r'))?.members.map((m) => m.name), ['ada'])
+})
