@@ -49,3 +49,11 @@ export async function serverClosed (socket: WebSocket, what = 'the server side o
   if (socket.readyState === socket.CLOSED) return
   await guard(once(socket, 'close'), what)
 }
+
+/** The server side of a client's socket: the one whose peer port is the client's local port. */
+export function serverSocketOf (app: FastifyInstance, client: { ws: WebSocket }): WebSocket {
+  const port = (client.ws as unknown as { _socket: { localPort: number } })._socket.localPort
+  const found = serverSockets(app).find((socket) => (socket as unknown as { _socket: { remotePort: number } })._socket.remotePort === port)
+  if (found === undefined) throw new Error(`no server-side socket for the client on port ${port}`)
+  return found
+}
