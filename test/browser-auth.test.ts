@@ -3,9 +3,10 @@ import { mkdirSync, readFileSync } from 'node:fs'
 import WebSocket from 'ws'
 import type { Page } from 'playwright-core'
 import { UNAUTHORIZED_REASONS } from '../src/index.js'
-import { connect } from '../src/client/index.js'
+import { connect, type RoomMessage } from '../src/client/index.js'
 import { CHROMIUM, launchChromium } from './helpers/browser.js'
 import { needs } from './helpers/needs.js'
+import { nextEvent } from './helpers/client.js'
 import { BOB, startTokenApp, token, type TokenApp } from './fixtures/token-auth.js'
 
 const skip = needs(CHROMIUM, 'apt-get install -y chromium')
@@ -38,7 +39,7 @@ t.test('in Chromium: getToken authenticates in band, the page joins and publishe
   const bob = await connect(started.wsUrl, { WebSocket, getToken: () => token(BOB.id) })
   t.teardown(() => bob.close())
   const lobby = await bob.join('lobby')
-  const heard = new Promise((resolve) => lobby.on('message', (m) => resolve([m.from?.name, m.data])))
+  const heard = nextEvent<RoomMessage>((h) => lobby.on('message', h), undefined, { client: bob, room: lobby, what: "the page's message in the lobby", ms: 60_000 }).then((m) => [m.from?.name, m.data])
   const browser = await launchChromium()
   t.teardown(async () => await browser.close())
   const page = await browser.newPage()

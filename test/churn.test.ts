@@ -3,7 +3,7 @@ import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
 import WebSocket from 'ws'
 import { startApp } from './helpers/server.js'
-import { until } from './helpers/until.js'
+import { guard, until } from './helpers/until.js'
 
 // Same as --expose-gc, for this file only.
 setFlagsFromString('--expose-gc')
@@ -16,8 +16,10 @@ function timers (): number {
 /** One client's whole life: connect, join, publish, see its message, disconnect. */
 async function cycle (url: string, n: number): Promise<void> {
   const ws = new WebSocket(url)
-  await new Promise<void>((resolve, reject) => {
+  await guard(new Promise<void>((resolve, reject) => {
     ws.on('error', reject)
+    // Closed before its own message came: it never will (after the terminate below, this is a no-op).
+    ws.on('close', (code) => reject(new Error(`cycle ${n}: closed (${code}) before its message came`)))
     ws.on('message', (raw) => {
       const frame = JSON.parse(raw.toString())
       if (frame.type === 'welcome') {
@@ -28,7 +30,7 @@ async function cycle (url: string, n: number): Promise<void> {
         resolve()
       }
     })
-  })
+  }), `cycle ${n}'s own message`)
 }
 
 t.test('10,000 connect/join/publish/disconnect cycles leave the registry empty, no timers, and bounded heap', async (t) => {

@@ -2,20 +2,15 @@ import t from 'tap'
 import WebSocket from 'ws'
 import { connect, type AuthenticatedFrame, type RoomsClient } from '../src/client/index.js'
 import { ADA, nextState, record, scripted, startTokenApp, token } from './fixtures/token-auth.js'
+import { nextEvent } from './helpers/client.js'
 
 /** The token's lifetime in the refresh tests: refreshed 10% (100 ms) before it ends. */
 const LIFETIME_MS = 1000
 
 async function refreshes (client: RoomsClient, count: number): Promise<AuthenticatedFrame[]> {
   const frames: AuthenticatedFrame[] = []
-  return await new Promise((resolve) => {
-    const off = client.on('authenticated', (frame) => {
-      frames.push(frame)
-      if (frames.length < count) return
-      off()
-      resolve(frames)
-    })
-  })
+  await nextEvent<AuthenticatedFrame>((h) => client.on('authenticated', h), (frame) => frames.push(frame) >= count, { client, what: `${count} token refreshes` })
+  return frames
 }
 
 t.test('getToken is called on connect; the token goes in the first frame, never in the URL', async (t) => {
@@ -55,7 +50,7 @@ t.test('refresh in place ahead of expiresAt: same connection id, authenticated a
   t.equal(client.lastClose, undefined)
   t.equal(upgrades.length, 1)
   t.equal(app.rooms.connections, 1)
-  const direct = new Promise((resolve) => client.on('direct', resolve))
+  const direct = nextEvent((h) => client.on('direct', h), undefined, { client, what: 'the direct frame' })
   t.equal(await app.rooms.send(id, 'still you'), true)
   t.equal(await direct, 'still you')
   t.equal(await room.publish('after two refreshes'), 1)

@@ -2,8 +2,9 @@ import t from 'tap'
 import WebSocket from 'ws'
 import { connect, type EphemeralMessage, type Gap, type Room, type RoomMessage } from '../src/client/index.js'
 import { eachAdapter } from './helpers/deployment.js'
-import { startApp } from './helpers/server.js'
-import { dropConnection, gate, nextEvent } from './helpers/client.js'
+import { serverSockets, startApp } from './helpers/server.js'
+import { TestSocket } from './helpers/socket.js'
+import { gate, nextEvent, nextState } from './helpers/client.js'
 
 eachAdapter(t, 'an ephemeral publish: acked without an offset, delivered as an ephemeral event, offsets and recovery untouched', async (t, deploy) => {
   const g = gate()
@@ -56,12 +57,25 @@ t.test('an ephemeral publish is never held: while disconnected it rejects at onc
   const client = await connect(wsUrl, { WebSocket, reconnect: { initialDelayMs: 5, maxDelayMs: 20 } })
   t.teardown(() => client.close())
   const room = await client.join('r')
+  const [clientOnServer] = serverSockets(app)
+  // A raw member of the room: it would see the ephemeral publish had it been
+  // sent (ephemeral messages are never stored, so history cannot tell).
+  const witness = await TestSocket.open(wsUrl)
+  t.teardown(() => witness.close())
+  await witness.join('r')
   g.closed = true
-  await dropConnection(app, client)
+  // The client's connection alone is dropped (dropConnection would drop the witness too).
+  const reconnecting = nextState(client, 'reconnecting')
+  clientOnServer!.terminate()
+  await reconnecting
   await t.rejects(room.publish('typing', { ephemeral: true }), { name: 'RoomsClientError', code: 'DISCONNECTED', room: 'r' })
   const stored = room.publish('stored')
   g.closed = false
   t.equal(await stored, 1, 'the stored publish went out after the rejoin')
+  // The barrier: the client's frames are handled in order, so an ephemeral
+  // publish sent before 'stored' reached the witness before it.
+  await witness.next((f) => f.type === 'message' && f.data === 'stored', "'stored' at the witness")
+  t.same(witness.frames.filter((f) => f.data === 'typing'), [], 'the ephemeral one was never sent')
   const page = await app.rooms.history('r')
   t.same(page?.messages.map((m) => (JSON.parse(m.frame) as { data: unknown }).data), ['stored'], 'the ephemeral one was never sent')
 })

@@ -2,7 +2,7 @@ import t from 'tap'
 import WebSocket from 'ws'
 import { connect, type Gap, type RoomMessage } from '../src/client/index.js'
 import { startApp } from './helpers/server.js'
-import { dropConnection, gate } from './helpers/client.js'
+import { dropConnection, gate, nextEvent } from './helpers/client.js'
 
 t.test('same epoch, history no longer covers: gap names the exact lost offsets, REST refetches what is still stored, nothing twice', async (t) => {
   const g = gate()
@@ -21,7 +21,7 @@ t.test('same epoch, history no longer covers: gap names the exact lost offsets, 
   await dropConnection(app, client)
   for (const n of [2, 3, 4]) await app.rooms.broadcast('r', n)
   g.closed = false
-  const rejoined = new Promise((resolve) => room.on('joined', resolve))
+  const rejoined = nextEvent((h) => room.on('joined', h), undefined, { room, what: 'the rejoin' })
   client.reconnect()
   t.same(await rejoined, { recovered: false })
   const epoch = room.epoch
@@ -55,10 +55,10 @@ t.test('recovered: no gap, the replay fills the hole, and a rejoin with nothing 
   await dropConnection(app, client)
   await app.rooms.broadcast('r', 'b')
   g.closed = false
-  let rejoined = new Promise((resolve) => room.on('joined', resolve))
+  let rejoined = nextEvent((h) => room.on('joined', h), undefined, { room, what: 'the rejoin' })
   client.reconnect()
   t.same(await rejoined, { recovered: true })
-  rejoined = new Promise((resolve) => room.on('joined', resolve))
+  rejoined = nextEvent((h) => room.on('joined', h), undefined, { room, what: 'the rejoin' })
   client.reconnect()
   t.same(await rejoined, { recovered: true })
   await client.ping()

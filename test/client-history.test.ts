@@ -2,6 +2,7 @@ import t from 'tap'
 import WebSocket from 'ws'
 import { connect, type WebSocketConstructor, type WebSocketLike } from '../src/client/index.js'
 import { startApp } from './helpers/server.js'
+import { nextEvent } from './helpers/client.js'
 
 /** The real ws client, keeping every frame the SDK sends. */
 function recording (): { WebSocket: WebSocketConstructor, sent: Array<Record<string, unknown>> } {
@@ -33,7 +34,7 @@ t.test('join(room, { history }) delivers the last n stored messages through the 
   await client.ping()
   t.same(delivered, [3, 4, 5, 6], 'the last three, oldest first, then live')
 
-  const rejoined = new Promise((resolve) => room.on('joined', resolve))
+  const rejoined = nextEvent((h) => room.on('joined', h), undefined, { room, what: 'the rejoin' })
   for (const socket of app.websocketServer.clients) socket.terminate()
   t.same(await rejoined, { recovered: true })
   await client.ping()

@@ -3,6 +3,7 @@ import WebSocket from 'ws'
 import type { FastifyInstance } from 'fastify'
 import { connect, type LeftInfo, type RoomsClient, type RoomsClientError } from '../src/client/index.js'
 import { startApp } from './helpers/server.js'
+import { nextEvent } from './helpers/client.js'
 
 /**
  * The server removes the connection from a room: an unsolicited `left`
@@ -15,7 +16,7 @@ function kick (app: FastifyInstance, room: string, reason?: string): void {
 }
 
 async function nextLeft (client: RoomsClient, room: string): Promise<LeftInfo> {
-  return await new Promise((resolve) => client.room(room)!.on('left', resolve))
+  return await nextEvent((h) => client.room(room)!.on('left', h), undefined, { client, what: `room ${room} to be left` })
 }
 
 t.test('an unsolicited left: the handle says why, is dropped, rejects publishes with NOT_IN_ROOM, and is not rejoined', async (t) => {
@@ -40,7 +41,7 @@ t.test('an unsolicited left: the handle says why, is dropped, rejects publishes 
   await client.ping()
   t.same(delivered, [], 'a left handle receives nothing')
 
-  const rejoined = new Promise((resolve) => other.on('joined', resolve))
+  const rejoined = nextEvent((h) => other.on('joined', h), undefined, { client, room: other, what: "the other room's rejoin" })
   for (const socket of app.websocketServer.clients) socket.terminate()
   await rejoined
   await client.ping()

@@ -85,7 +85,7 @@ eachAdapter(t, 'a reconnect within the grace period shows no leave and no join t
 
   const id = bob.user?.id
   const rejoined = nextEvent((h) => bobRoom.on('joined', h), undefined, bob)
-  const reconnecting = nextEvent((h) => bob.on('state', h), (s) => s === 'reconnecting')
+  const reconnecting = nextEvent((h) => bob.on('state', h), (s) => s === 'reconnecting', { client: bob, what: "bob's reconnecting state" })
   for (const socket of d.node(1).app.websocketServer.clients) socket.terminate()
   await reconnecting
   await rejoined

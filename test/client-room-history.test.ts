@@ -3,6 +3,7 @@ import WebSocket from 'ws'
 import { connect, type HistoryPage, type RoomsClient } from '../src/client/index.js'
 import { eachAdapter } from './helpers/deployment.js'
 import { startApp } from './helpers/server.js'
+import { nextEvent } from './helpers/client.js'
 
 async function client (url: string, name: string): Promise<RoomsClient<number>> {
   return await connect<number>(url, { WebSocket, name, reconnect: false })
@@ -30,7 +31,7 @@ eachAdapter(t, 'room.history pages back through stored messages over the socket,
 
   // A message in flight to the handle is not in a page read before it arrived.
   const published = await room.publish(8)
-  await new Promise<void>((resolve) => { if (room.offset >= published) resolve(); else room.on('message', () => { if (room.offset >= published) resolve() }) })
+  if (room.offset < published) await nextEvent((h) => room.on('message', h), () => room.offset >= published, { room, what: `the handle to reach offset ${published}` })
   t.same(data(await room.history({ limit: 2 })), [7, 8], 'the page follows the handle')
   t.same(data(await room.history({ limit: 1, before: 99 })), [8], 'a before past the handle: up to the handle')
 })
@@ -63,7 +64,7 @@ t.test('room.history while disconnected rejects with DISCONNECTED', async (t) =>
   t.teardown(() => ada.close())
   await app.rooms.broadcast('r', 1)
   const room = await ada.join('r')
-  const dropped = new Promise<void>((resolve) => ada.on('state', (state) => { if (state === 'reconnecting') resolve() }))
+  const dropped = nextEvent((h) => ada.on('state', h), (state) => state === 'reconnecting', { client: ada, what: 'the drop' })
   for (const socket of app.websocketServer.clients) socket.terminate()
   await dropped
   await t.rejects(room.history(), { code: 'DISCONNECTED', room: 'r' })

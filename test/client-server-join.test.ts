@@ -3,6 +3,7 @@ import WebSocket from 'ws'
 import { connect, type LeftInfo, type Room, type RoomMessage, type RoomsClient, type RoomsClientError } from '../src/client/index.js'
 import { eachAdapter } from './helpers/deployment.js'
 import { startApp } from './helpers/server.js'
+import { nextEvent } from './helpers/client.js'
 
 const authenticate = (r: { headers: Record<string, unknown>, query: unknown }): { id: string, name: string } => {
   const name = String((r.query as { name?: string }).name)
@@ -15,11 +16,11 @@ async function client (url: string, user: string): Promise<RoomsClient<string>> 
 }
 
 function nextJoined (client: RoomsClient<string>): Promise<Room<string>> {
-  return new Promise((resolve) => { const off = client.on('joined', (room) => { off(); resolve(room) }) })
+  return nextEvent((h) => client.on('joined', h), undefined, { client, what: 'a joined event' })
 }
 
 function nextMessage (room: Room<string>): Promise<RoomMessage<string>> {
-  return new Promise((resolve) => { const off = room.on('message', (m) => { off(); resolve(m) }) })
+  return nextEvent((h) => room.on('message', h), undefined, { room, what: `a message in ${room.name}` })
 }
 
 eachAdapter(t, 'a room the server put the client in: a joined event with a handle that receives, publishes, is rejoined after a reconnect and ends on a server leave', async (t, deploy) => {
@@ -46,7 +47,7 @@ eachAdapter(t, 'a room the server put the client in: a joined event with a handl
 
   t.equal(await ada.join('lobby'), room, 'join() returns the same handle')
 
-  const rejoined = new Promise((resolve) => room.on('joined', resolve))
+  const rejoined = nextEvent((h) => room.on('joined', h), undefined, { room, what: 'the rejoin' })
   ada.reconnect()
   t.same(await rejoined, { recovered: true }, 'rejoined with since after the reconnect')
   const afterReconnect = nextMessage(room)
@@ -55,7 +56,7 @@ eachAdapter(t, 'a room the server put the client in: a joined event with a handl
   t.same(delivered, ['live', 'mine', 'after'], 'each once, in order, none from before the join')
   t.same((await app.rooms.get('lobby'))?.members.map((m) => m.id), ['ada'])
 
-  const left = new Promise<LeftInfo>((resolve) => room.on('left', resolve))
+  const left = nextEvent<LeftInfo>((h) => room.on('left', h), undefined, { what: `room ${room.name} to be left` })
   t.equal(await app.rooms.leave(ada.connectionId, 'lobby'), true)
   t.match(await left, { cause: 'server' })
   t.equal(ada.room('lobby'), undefined)
@@ -69,8 +70,8 @@ eachAdapter(t, 'a room the server put the client in that onJoin refuses: the rej
   const put = nextJoined(ada)
   await app.rooms.join(ada.connectionId, 'staff')
   const room = await put
-  const left = new Promise<LeftInfo>((resolve) => room.on('left', resolve))
-  const error = new Promise<RoomsClientError>((resolve) => ada.on('error', resolve))
+  const left = nextEvent<LeftInfo>((h) => room.on('left', h), undefined, { what: `room ${room.name} to be left` })
+  const error = nextEvent<RoomsClientError>((h) => ada.on('error', h), undefined, { client: ada, what: "the client's error event" })
   ada.reconnect()
   t.match(await left, { cause: 'refused', error: { code: 'FORBIDDEN' } })
   t.match(await error, { code: 'FORBIDDEN', room: 'staff' })

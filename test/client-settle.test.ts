@@ -111,7 +111,7 @@ t.test('a publish queued while disconnected rejects with TIMEOUT after requestTi
   t.match(err, { code: 'TIMEOUT', room: 'r', message: /the publish was not sent, so it was not applied/ })
   t.ok(Date.now() - started >= 990, 'after the request timeout')
   g.closed = false
-  const rejoined = nextEvent((h) => room.on('joined', h))
+  const rejoined = nextEvent((h) => room.on('joined', h), undefined, { client, room, what: 'the rejoin' })
   client.reconnect()
   await rejoined
   await client.ping()
@@ -157,10 +157,10 @@ t.test('a reconnect attempt that never gets a welcome is abandoned and retried',
   await app.close()
   t.match(await shutDown, { code: 1001, reason: 'Server shutting down', byClient: false })
   const hole = await blackHole(t, port)
-  const abandoned = await nextEvent<StateChange>((h) => client.on('state', (_s, c) => h(c)), (c) => c.state === 'reconnecting' && c.byClient)
+  const abandoned = await nextEvent<StateChange>((h) => client.on('state', (_s, c) => h(c)), (c) => c.state === 'reconnecting' && c.byClient, { client, what: 'the client abandoning its connection' })
   t.match(abandoned, { code: 1006, reason: /No welcome from the server within 1000 ms/ })
   await hole.close()
-  const rejoined = nextEvent((h) => room.on('joined', h))
+  const rejoined = nextEvent((h) => room.on('joined', h), undefined, { client, room, what: 'the rejoin' })
   await listenOn(t, port)
   await rejoined
   t.equal(client.state, 'open')
@@ -224,10 +224,10 @@ t.test('a rejoin the server does not answer makes the client reconnect, and the 
   app.websocketServer.once('connection', (socket: WebSocket) => {
     ;(socket as unknown as { _socket: { pause: () => void } })._socket.pause()
   })
-  const abandoned = nextEvent<StateChange>((h) => client.on('state', (_s, c) => h(c)), (c) => c.state === 'reconnecting' && c.byClient)
+  const abandoned = nextEvent<StateChange>((h) => client.on('state', (_s, c) => h(c)), (c) => c.state === 'reconnecting' && c.byClient, { client, what: 'the client abandoning its connection' })
   for (const socket of app.websocketServer.clients) socket.terminate()
   t.match(await abandoned, { code: 1006, reason: 'No reply to the rejoin of room "r" within 1000 ms' })
-  const rejoined = await nextEvent((h) => room.on('joined', h))
+  const rejoined = await nextEvent((h) => room.on('joined', h), undefined, { client, room, what: 'the rejoin' })
   t.same(rejoined, { recovered: true })
   t.equal(client.room('r'), room)
 })

@@ -1,7 +1,8 @@
 import t from 'tap'
 import WebSocket from 'ws'
-import { connect } from '../src/client/index.js'
+import { connect, type RoomMessage } from '../src/client/index.js'
 import { startApp } from './helpers/server.js'
+import { nextEvent } from './helpers/client.js'
 
 const global = globalThis as { WebSocket?: unknown }
 
@@ -27,7 +28,7 @@ t.test('without the WebSocket option the global WebSocket is used (browsers, Nod
     const client = await connect(wsUrl, { name: 'ada' })
     t.teardown(() => client.close())
     const room = await client.join('r')
-    const got = new Promise((resolve) => room.on('message', (m) => resolve(m.data)))
+    const got = nextEvent<RoomMessage>((h) => room.on('message', h), undefined, { client, room, what: 'the message' }).then((m) => m.data)
     t.equal(await room.publish({ text: 'hi' }), 1)
     t.same(await got, { text: 'hi' })
     t.equal(client.user?.name, 'ada')

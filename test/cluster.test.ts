@@ -13,6 +13,7 @@ import { TestSocket } from './helpers/socket.js'
 import { clientsNamed, eventually } from './helpers/redis.js'
 import { skipCluster, startCluster, type ClusterNodeInfo, type RedisCluster } from './helpers/cluster.js'
 import { waitUntil } from './helpers/waiters.js'
+import { nextEvent } from './helpers/client.js'
 import { childInstance } from './helpers/child-instance.js'
 
 /**
@@ -830,8 +831,9 @@ t.test('Redis Cluster faults', { skip: skipCluster }, async (t) => {
     const client = await connect<string>(a.wsUrl, { WebSocket, reconnect: { initialDelayMs: 10, maxDelayMs: 100 } })
     t.teardown(() => client.close())
     const handle = await client.join(rooms[0]!)
-    const sdkGap = new Promise<Gap>((resolve) => handle.on('gap', resolve))
-    const caughtUp = new Promise<void>((resolve) => handle.on('message', (m) => { if (m.data === 'after too') resolve() }))
+    // Guarded for the whole restart of the cluster below, not only the event.
+    const sdkGap = nextEvent<Gap>((h) => handle.on('gap', h), undefined, { client, room: handle, what: "the SDK member's gap", ms: 120_000 })
+    const caughtUp = nextEvent((h) => handle.on('message', h), (m: { data: unknown }) => m.data === 'after too', { client, room: handle, what: "the SDK member's 'after too'", ms: 120_000 })
 
     await c.restartEmpty()
     t.equal((await ada.closed).code, 1012, 'a member on one instance')

@@ -56,7 +56,14 @@ eachAdapter(t, 'removeFromRoom takes one connection out of one room: an unsolici
   await bob.next(leaveOf('ada', 'lobby'), 'ada leaving')
   t.match(await ada.request({ type: 'publish', room: 'lobby', data: 'x' }), { type: 'error', code: 'NOT_IN_ROOM' })
   t.match(await ada.request({ type: 'publish', room: 'other', data: 'still here' }), { type: 'ack', room: 'other' })
+  // A witness in the room on ada's node: once it has 'after', node 1 has fanned
+  // it out, so a round trip on ada then shows whatever node 1 wrote to her.
+  const witness = await TestSocket.open(node(1).wsUrl, as('wit'))
+  t.teardown(() => witness.close())
+  await witness.join('lobby')
   await bob.request({ type: 'publish', room: 'lobby', data: 'after' })
+  await witness.next((f) => f.type === 'message' && f.room === 'lobby' && f.data === 'after', "'after' on node 1")
+  t.match(await witness.request({ type: 'leave', room: 'lobby' }), { type: 'left', room: 'lobby' })
   await ada.sync()
   t.equal(ada.pending('message').filter((m) => m.room === 'lobby').length, 0, 'nothing of the room after left')
   t.match(await app.rooms.get('lobby'), { count: 1, members: [{ id: 'bob' }] })

@@ -4,7 +4,7 @@ import { ERROR_CODES } from '../src/index.js'
 import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
 import { seeded } from './helpers/random.js'
-import { until } from './helpers/until.js'
+import { guard, until } from './helpers/until.js'
 
 const FUZZERS = 20
 const FRAMES_EACH = 5_000
@@ -83,15 +83,17 @@ t.test(`fuzz: ${FUZZERS * FRAMES_EACH} seeded hostile frames from ${FUZZERS} con
 
   // Let every open fuzzer's frames be handled: one ping round trip each.
   const open = fuzzers.filter((f) => !f.closed)
-  await Promise.all(open.map(async (f) => await new Promise<void>((resolve) => {
+  // A fuzzer the server closes meanwhile has had its frames handled too: its close ends the wait.
+  await Promise.all(open.map(async (f) => await guard(new Promise<void>((resolve) => {
     const id = `sync-${f.user}`
     const onMessage = (raw: WebSocket.RawData): void => {
       const frame = JSON.parse(raw.toString())
       if (frame.id === id) { f.ws.off('message', onMessage); resolve() }
     }
     f.ws.on('message', onMessage)
+    f.ws.once('close', () => resolve())
     f.ws.send(JSON.stringify({ type: 'ping', id }))
-  })))
+  }), `the pong of ${f.user}`)))
   const stillOpen = fuzzers.filter((f) => !f.closed)
 
   t.ok(sent >= FUZZERS * FRAMES_EACH * 0.5, `${sent} frames sent (connections closed for oversized frames send no more)`)

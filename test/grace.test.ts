@@ -51,6 +51,13 @@ eachAdapter(t, 'a user back on a new connection ends the grace of the dropped on
   t.match(await b2.request({ type: 'leave', room: 'r' }), { type: 'left', room: 'r' })
   t.same(await ada.next((f) => f.type === 'presence' && f.room === 'r'), { type: 'presence', room: 'r', joins: [], leaves: [bob], count: 1 }, 'long before the old 60 s grace')
   t.match(await d.node(1).app.rooms.get('s'), { count: 2 }, 'a room the user did not rejoin keeps the grace')
+  // A barrier: cy joins s through node 1, which holds the lingering connection.
+  // A wrong end of its grace in s went out with its leave of r (ada has that),
+  // so it would come to ada before cy's join, or in one diff with it.
+  const c = await TestSocket.open(d.node(1).wsUrl, as('cy'))
+  t.teardown(() => c.close())
+  await c.join('s')
+  t.same(await ada.next((f) => f.type === 'presence' && f.room === 's', 'cy joining s'), { type: 'presence', room: 's', joins: [cy], leaves: [], count: 3 }, 'the next diff of s is cy alone: bob did not leave s')
   await ada.sync()
   t.same(ada.pending('presence'), [], 'no leave or join of bob in s')
 })

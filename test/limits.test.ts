@@ -1,22 +1,24 @@
 import t from 'tap'
-import { startApp } from './helpers/server.js'
+import { serverClosed, serverSocketOf, startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
 import { eachAdapter } from './helpers/deployment.js'
 
 // Memory only: maxConnections counts the connections of one instance.
 t.test('maxConnections: the next upgrade gets 503, and a slot frees when one leaves', async (t) => {
-  const { wsUrl } = await startApp(t, { maxConnections: 2 })
+  const { app, wsUrl } = await startApp(t, { maxConnections: 2 })
   const a = await TestSocket.open(wsUrl)
+  const aOnServer = serverSocketOf(app, a)
   const b = await TestSocket.open(wsUrl)
   t.teardown(() => b.close())
   const refused = await TestSocket.refused(wsUrl)
   t.equal(refused.status, 503)
   t.match(refused.body, { statusCode: 503, code: 'TOO_MANY_CONNECTIONS', message: /maximum of 2 connections/ })
+  // The server counts a connection until it has seen it close: wait for that (its socket's close event), not for a time.
+  const aClosed = serverClosed(aOnServer, 'the server to see the first connection close')
   await a.close()
-  // The server counts a connection until it has seen it close: wait for that, not for a time.
-  let c: TestSocket | undefined
-  while (c === undefined) c = await TestSocket.open(wsUrl).catch(() => undefined)
-  t.ok(c, 'a slot freed')
+  await aClosed
+  const c = await TestSocket.open(wsUrl)
+  t.equal(c.welcome.type, 'welcome', 'a slot freed')
   await c.close()
 })
 

@@ -1,6 +1,7 @@
 import t from 'tap'
 import { TestSocket } from './helpers/socket.js'
 import { eachAdapter } from './helpers/deployment.js'
+import { guard } from './helpers/until.js'
 
 eachAdapter(t, '1,000 rapid publishes from several clients: no loss, no duplicate, no reordering', async (t, deploy) => {
   // Far above the default rate limit, on purpose: this is a stress of ordering, not of limits.
@@ -26,7 +27,7 @@ eachAdapter(t, '1,000 rapid publishes from several clients: no loss, no duplicat
   for (let p = 0; p < publishers; p++) {
     for (let n = 0; n < perPublisher; n++) clients[p]!.send({ type: 'publish', room: 'busy', id: `p${p}-${n}`, data: { p, n } })
   }
-  await Promise.all(done)
+  await guard(Promise.all(done), `every client to get all ${total} messages`, { ms: 60_000, abort: clients.map((c) => c.closed) })
   // On Redis a publisher's ack (the script's reply) and its message (the pub/sub
   // channel) reach the node apart, in either order: the last ack is its own event.
   await Promise.all(clients.slice(0, publishers).map(async (c, p) => await c.next((f) => f.type === 'ack' && f.id === `p${p}-${perPublisher - 1}`, `publisher ${p}'s last ack`)))

@@ -4,6 +4,7 @@ import { RedisAdapter, type AdapterConfig, type AdapterListener, type PresenceCh
 import { startApp, type Started } from './helpers/server.js'
 import { TestSocket, type Frame } from './helpers/socket.js'
 import { skipRedis, startRedis, type RedisServer } from './helpers/redis.js'
+import { guard } from './helpers/until.js'
 
 // A member's view of a room is its `joined` list (or a `members` page) plus
 // the diffs after it, applied as sets. These tests read that view in the
@@ -65,13 +66,13 @@ class Watched extends RedisAdapter {
 
   /** Resolves when this node hears a change that matches. */
   async hears (match: (change: PresenceChange) => boolean): Promise<void> {
-    await new Promise<void>((resolve) => this.waiters.push({ match, resolve }))
+    await guard(new Promise<void>((resolve) => this.waiters.push({ match, resolve })), 'the watched node to hear a matching presence change')
   }
 
   /** Hold history reads from now; resolves when one is asked for. */
   async holdHistory (): Promise<void> {
     this.held = new Promise((resolve) => { this.unhold = resolve })
-    await new Promise<void>((resolve) => { this.asked = resolve })
+    await guard(new Promise<void>((resolve) => { this.asked = resolve }), 'a history read to hold')
   }
 
   releaseHistory (): void {

@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
 import type { Test } from 'tap'
 
 /**
@@ -8,7 +9,13 @@ import type { Test } from 'tap'
  */
 export async function childInstance (t: Test, env: Record<string, string>): Promise<{ child: ChildProcess, port: number, wsUrl: string }> {
   const child = spawn(process.execPath, ['--import=tsx', 'test/fixtures/node.ts'], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] })
-  t.teardown(() => { child.kill('SIGKILL') })
+  // Its exit awaited: a dying instance's late writes (its lease) must not land in the next test.
+  const exited = once(child, 'exit').catch(() => {})
+  t.teardown(async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return
+    child.kill('SIGKILL')
+    await exited
+  })
   const port = await new Promise<number>((resolve, reject) => {
     let out = ''
     child.stdout!.on('data', (chunk: Buffer) => { out += chunk.toString(); const m = /port=(\d+)/.exec(out); if (m !== null) resolve(Number(m[1])) })

@@ -2,6 +2,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { createServer } from 'node:net'
 import { once } from 'node:events'
 import { tmpdir } from 'node:os'
+import { readFileSync } from 'node:fs'
 import { needs } from './needs.js'
 
 export const REDIS_SERVER = '/usr/bin/redis-server'
@@ -21,13 +22,47 @@ export async function clientsNamed (redis: Lister, name: string): Promise<Array<
 /** Reason to skip outside CI when redis-server is missing (under CI=true a missing binary fails). */
 export const skipRedis = needs(REDIS_SERVER, 'apt-get install -y redis-server')
 
+/** The ports outgoing connections take theirs from (Linux's ip_local_port_range). */
+function ephemeralPorts (): [number, number] {
+  try {
+    const [low, high] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number)
+    if (Number.isInteger(low) && Number.isInteger(high)) return [low!, high!]
+  } catch {}
+  return [32768, 60999]
+}
+
+async function canBind (port: number): Promise<boolean> {
+  const server = createServer()
+  return await new Promise((resolve) => {
+    server.once('error', () => resolve(false))
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)))
+  })
+}
+
+/**
+ * A port free now, below the range outgoing connections take their ports
+ * from: between this check and redis-server binding it (and while a killed
+ * server is restarted on it), no client connection of this or a parallel test
+ * file can take it, however many connections they make. Another file picking
+ * the same port at the same moment is left to startRedis's retry.
+ */
 export async function freePort (): Promise<number> {
+  const [low] = ephemeralPorts()
+  const floor = 10_000
+  if (low - floor >= 1000) {
+    for (let attempt = 0; attempt < 50; attempt++) {
+      const port = floor + Math.floor(Math.random() * (low - floor))
+      if (await canBind(port)) return port
+    }
+  }
   const server = createServer().listen(0, '127.0.0.1')
   await once(server, 'listening')
   const { port } = server.address() as { port: number }
   await new Promise((resolve) => server.close(resolve))
   return port
 }
+
+const inUse = (err: unknown): boolean => /Address already in use/i.test((err as Error).message)
 
 export interface RedisServer {
   port: number
@@ -53,11 +88,11 @@ function debugFlags (): string[] {
 
 /** Start a real redis-server on a free port for one test file; it is killed at teardown. */
 export async function startRedis (t: { teardown: (fn: () => unknown) => void }, options: RedisServerOptions = {}): Promise<RedisServer> {
-  const port = await freePort()
+  let port = await freePort()
   const flags = debugFlags()
   if (options.replicaOf !== undefined) flags.push('--replicaof', '127.0.0.1', String(options.replicaOf), '--dir', tmpdir())
   let child: ChildProcess | undefined
-  const launch = async (): Promise<void> => {
+  const spawnOnce = async (): Promise<void> => {
     const proc = spawn(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...flags], { stdio: ['ignore', 'pipe', 'pipe'] })
     child = proc
     let out = ''
@@ -76,9 +111,31 @@ export async function startRedis (t: { teardown: (fn: () => unknown) => void }, 
     proc.kill('SIGKILL')
     await exited
   }
-  await launch()
+  // Taken meanwhile (by another test file): the first start moves to another port.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await spawnOnce()
+      break
+    } catch (err) {
+      if (!inUse(err) || attempt >= 5) throw err
+      port = await freePort()
+    }
+  }
+  // A restart must keep its port (that is the scenario): a bind refused while the
+  // killed server's socket is still being released is tried again, briefly.
+  const restart = async (): Promise<void> => {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await spawnOnce()
+        return
+      } catch (err) {
+        if (!inUse(err) || attempt >= 20) throw err
+        await new Promise((resolve) => setTimeout(resolve, 50))
+      }
+    }
+  }
   t.teardown(kill)
-  return { port, url: `redis://127.0.0.1:${port}`, kill, restart: launch, pid: () => child?.pid }
+  return { port, url: `redis://127.0.0.1:${port}`, kill, restart, pid: () => child?.pid }
 }
 
 /**

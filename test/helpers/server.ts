@@ -1,5 +1,8 @@
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import type { WebSocket } from 'ws'
+import { once } from 'node:events'
 import rooms, { type RoomsOptions } from '../../src/index.js'
+import { guard } from './until.js'
 
 export interface Started {
   app: FastifyInstance
@@ -29,4 +32,28 @@ export async function startApp (t: Teardown, options: RoomsOptions = {}, setup?:
   const { port } = app.server.address() as { port: number }
   const url = `http://127.0.0.1:${port}`
   return { app, url, wsUrl: `ws://127.0.0.1:${port}${options.path ?? '/ws'}` }
+}
+
+/** The server side of every WebSocket open on the app now. */
+export function serverSockets (app: FastifyInstance): WebSocket[] {
+  return [...app.websocketServer.clients]
+}
+
+/**
+ * Resolve once a server-side socket's `close` event has run. The plugin's own
+ * close listener was registered when the connection opened, before this one,
+ * so by then the node has handled the close (the connection is out of its
+ * rooms and its leaves are on their way to the adapter). Fails after 10 s.
+ */
+export async function serverClosed (socket: WebSocket, what = 'the server side of a socket to close'): Promise<void> {
+  if (socket.readyState === socket.CLOSED) return
+  await guard(once(socket, 'close'), what)
+}
+
+/** The server side of a client's socket: the one whose peer port is the client's local port. */
+export function serverSocketOf (app: FastifyInstance, client: { ws: WebSocket }): WebSocket {
+  const port = (client.ws as unknown as { _socket: { localPort: number } })._socket.localPort
+  const found = serverSockets(app).find((socket) => (socket as unknown as { _socket: { remotePort: number } })._socket.remotePort === port)
+  if (found === undefined) throw new Error(`no server-side socket for the client on port ${port}`)
+  return found
 }
