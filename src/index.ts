@@ -20,6 +20,7 @@ import { releaseUpgrade } from './release.js'
 import { ResumeTokens } from './resume.js'
 import { RoomList } from './roomlist.js'
 import { directFrame, historyPage, membersPage, roomName, roomQuery, text } from './arguments.js'
+import { RESUME_PROTOCOL, SUBPROTOCOL } from './client/subprotocol.js'
 import { DEFAULT_PAGE, restAccess, routes } from './routes.js'
 import { releaseHead, upgradeGuard } from './upgrade.js'
 
@@ -121,6 +122,17 @@ function underPrefix (prefix: string, path: string): string {
 function pathOf (url: string | undefined): string {
   const end = url?.indexOf('?') ?? -1
   return end === -1 ? url ?? '' : (url as string).slice(0, end)
+}
+
+/**
+ * The subprotocol to answer with: ours when offered. Never the resume token's
+ * (ws would pick the first offered by default): it would go back in the
+ * response's headers.
+ */
+function pickProtocol (offered: Set<string>): string | false {
+  if (offered.has(SUBPROTOCOL)) return SUBPROTOCOL
+  for (const protocol of offered) if (!protocol.startsWith(RESUME_PROTOCOL)) return protocol
+  return false
 }
 
 /** Servers on which this package registered @fastify/websocket, to catch a second, conflicting registration. */
@@ -246,7 +258,7 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
       throw new errorCodes.FST_ROOMS_WEBSOCKET_NOT_AT_ROOT()
     }
     ownWebsocket.add(app.server)
-    await app.register(websocket, { options: { maxPayload: options.maxFrameBytes } })
+    await app.register(websocket, { options: { maxPayload: options.maxFrameBytes, handleProtocols: pickProtocol } })
     ownWebsocketServers.add(app.websocketServer)
   }
   // Connection.onSocketError stands in for @fastify/websocket's default

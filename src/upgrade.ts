@@ -6,6 +6,7 @@ import { errorCodes, httpMessages, isRoomsError } from './errors.js'
 import type { Credentials, Identity } from './identity.js'
 import type { ResolvedOptions } from './options.js'
 import type { ResumeTokens } from './resume.js'
+import { RESUME_PROTOCOL } from './client/subprotocol.js'
 
 /** 1-32 characters, none of them control or format characters. */
 const printableName = /^[^\p{C}]{1,32}$/u
@@ -160,10 +161,26 @@ function isSameOrigin (origin: string, host: string): boolean {
 function anonymous (request: FastifyRequest, tokens: ResumeTokens): Identity['user'] {
   const query = request.query as Record<string, unknown> | undefined
   const name = query?.name
-  const resumed = typeof query?.resume === 'string' ? tokens.verify(query.resume) : undefined
+  const token = resumeToken(request.headers['sec-websocket-protocol'])
+  const resumed = token === undefined ? undefined : tokens.verify(token)
   if (name === undefined || name === '') return resumed ?? guest()
   if (typeof name !== 'string' || !printableName.test(name) || name.trim() === '') throw new errorCodes.INVALID_NAME()
   return { id: resumed?.id ?? newId(fresh()), name }
+}
+
+/**
+ * The resume token a client offers as a WebSocket subprotocol,
+ * `fastify-rooms.resume.<token>`, beside `fastify-rooms`. Not in the URL,
+ * which access logs and proxies keep: whoever read it there could pose as
+ * the guest for a day.
+ */
+function resumeToken (protocols: string | undefined): string | undefined {
+  if (protocols === undefined) return undefined
+  for (const protocol of protocols.split(',')) {
+    const offered = protocol.trim()
+    if (offered.startsWith(RESUME_PROTOCOL)) return offered.slice(RESUME_PROTOCOL.length)
+  }
+  return undefined
 }
 
 /** Random bytes for a new user id: 96 bits. */

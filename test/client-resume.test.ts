@@ -6,26 +6,28 @@ import { eachAdapter } from './helpers/deployment.js'
 import { dropConnection, nextEvent } from './helpers/client.js'
 import { startTokenApp, token } from './fixtures/token-auth.js'
 
-/** The real ws client, keeping the URL of every connection the SDK opens and every welcome it gets. */
-function recording (): { WebSocket: WebSocketConstructor, urls: string[], welcomes: WelcomeFrame[] } {
+/** The real ws client, keeping the URL and subprotocols of every connection the SDK opens and every welcome it gets. */
+function recording (): { WebSocket: WebSocketConstructor, urls: string[], protocols: Array<string[] | undefined>, welcomes: WelcomeFrame[] } {
   const urls: string[] = []
+  const protocols: Array<string[] | undefined> = []
   const welcomes: WelcomeFrame[] = []
   class Recorded extends WebSocket {
-    constructor (url: string) {
+    constructor (url: string, offered?: string[]) {
       urls.push(url)
-      super(url)
+      protocols.push(offered)
+      super(url, offered)
       this.on('message', (data) => {
         const frame = JSON.parse(String(data)) as { type: string }
         if (frame.type === 'welcome') welcomes.push(frame as WelcomeFrame)
       })
     }
   }
-  return { WebSocket: Recorded as unknown as WebSocketConstructor, urls, welcomes }
+  return { WebSocket: Recorded as unknown as WebSocketConstructor, urls, protocols, welcomes }
 }
 
 eachAdapter(t, 'a dropped anonymous connection reconnects with its resume token and keeps its user id and name', async (t, deploy) => {
   const d = await deploy({ presenceIntervalMs: 0 })
-  const { WebSocket: Recorded, urls, welcomes } = recording()
+  const { WebSocket: Recorded, urls, protocols, welcomes } = recording()
   const client = await connect(d.node(0).wsUrl, { WebSocket: Recorded, name: 'ada', reconnect: { initialDelayMs: 5, maxDelayMs: 20 } })
   t.teardown(() => client.close())
   const first = client.user!
@@ -40,9 +42,9 @@ eachAdapter(t, 'a dropped anonymous connection reconnects with its resume token 
   await rejoined
   t.same(again.user, first, 'same user id and name')
   t.not(client.connectionId, '', 'a new connection')
-  t.same(urls.map((u) => new URL(u).searchParams.get('resume')), [null, resume], 'the first connection has no resume, the reconnect the token')
+  t.same(protocols, [undefined, ['fastify-rooms', `fastify-rooms.resume.${resume}`]], 'the first connection offers no subprotocol, the reconnect the token as one')
   t.same(urls.map((u) => new URL(u).searchParams.get('name')), ['ada', 'ada'])
-  t.same([...new URL(urls[1]!).searchParams.keys()].sort(), ['name', 'resume'], 'nothing else in the URL')
+  t.same(urls.map((u) => [...new URL(u).searchParams.keys()]), [['name'], ['name']], 'the token is not in the URL, which access logs keep')
   t.same(room.members.map((m) => m.id), [first.id], 'one member: the same user, not a newcomer')
 })
 
@@ -62,10 +64,12 @@ t.test('a resume token the server no longer accepts gives a fresh user, and the 
   const a = await startApp(t)
   const b = await startApp(t)
   const seen: string[] = []
+  const offered: Array<string[] | undefined> = []
   class Redirected extends WebSocket {
-    constructor (url: string) {
+    constructor (url: string, protocols?: string[]) {
       seen.push(url)
-      super(seen.length === 1 ? url : url.replace(a.wsUrl, b.wsUrl))
+      offered.push(protocols)
+      super(seen.length === 1 ? url : url.replace(a.wsUrl, b.wsUrl), protocols)
     }
   }
   const client = await connect(a.wsUrl, { WebSocket: Redirected as unknown as WebSocketConstructor, reconnect: { initialDelayMs: 5, maxDelayMs: 20 } })
@@ -75,7 +79,7 @@ t.test('a resume token the server no longer accepts gives a fresh user, and the 
   const rejoined = nextEvent((h) => room.on('joined', h), undefined, client)
   await dropConnection(a.app, client)
   await rejoined
-  t.ok(new URL(seen[1]!).searchParams.has('resume'), 'the token was offered')
+  t.match(offered[1], ['fastify-rooms', /^fastify-rooms\.resume\./], 'the token was offered')
   t.not(client.user!.id, first, 'a fresh anonymous user')
   t.same(room.members.map((m) => m.id), [client.user!.id])
 })

@@ -6,7 +6,7 @@ import { skipRedis, startRedis } from './helpers/redis.js'
 
 /** A guest's user id on an instance, after connecting with a resume token issued elsewhere. */
 async function resumedOn (node: Started, token: string): Promise<string> {
-  const socket = await TestSocket.open(`${node.wsUrl}?resume=${encodeURIComponent(token)}`)
+  const socket = await TestSocket.resume(node.wsUrl, token)
   await socket.close()
   return socket.welcome.user.id
 }

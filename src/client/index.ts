@@ -9,6 +9,7 @@ import {
   Room, type CatchUp, type EphemeralMessage, type Gap, type HistoryOptions, type HistoryPage, type LeftInfo, type PresenceChange, type PublishOptions, type RoomEvents, type RoomMessage, type RoomOwner, type RoomStatus
 } from './room.js'
 import { RoomList, type RoomCount, type RoomListChange, type RoomListOwner, type WatchRoomsOptions } from './roomlist.js'
+import { RESUME_PROTOCOL, SUBPROTOCOL } from './subprotocol.js'
 
 export type { AuthenticatedFrame, Member, MessageFrame, PresenceFrame, WelcomeFrame, ErrorCode }
 export { Room, RoomList, RoomsClientError }
@@ -30,7 +31,8 @@ export interface WebSocketLike {
   onerror: ((event: any) => void) | null
 }
 
-export type WebSocketConstructor = new (url: string) => WebSocketLike
+/** The browser's WebSocket, or `ws`'s: a second argument, when given, is the subprotocols to offer. */
+export type WebSocketConstructor = new (url: string, protocols?: string[]) => WebSocketLike
 
 export interface ReconnectOptions {
   /** First retry delay ceiling, ms (default 500). */
@@ -483,7 +485,8 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
   private openSocket (token: string | undefined): void {
     let socket: WebSocketLike
     try {
-      socket = new this.WebSocketImpl(this.resume === undefined ? this.url : withQuery(this.url, 'resume', this.resume))
+      // The resume token rides in the Sec-WebSocket-Protocol header, not the URL, which access logs keep.
+      socket = this.resume === undefined ? new this.WebSocketImpl(this.url) : new this.WebSocketImpl(this.url, [SUBPROTOCOL, RESUME_PROTOCOL + this.resume])
     } catch (err) {
       this.onSocketClosed(undefined, 1006, String(err), false)
       return
@@ -549,7 +552,7 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     this.connectionId = frame.connectionId
     this.user = frame.user
     this.heartbeatMs = frame.heartbeatMs
-    // Only an anonymous connection is resumed by URL: a token stays in band.
+    // Only an anonymous connection is resumed by its token (a subprotocol): a getToken client stays in band.
     this.resume = this.getToken === undefined ? frame.resume : undefined
     this.attempts = 0
     this.authRetry = false

@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net'
 import WebSocket from 'ws'
 import type { ServerFrame, WelcomeFrame } from '../../src/protocol.js'
+import { RESUME_PROTOCOL, SUBPROTOCOL } from '../../src/client/subprotocol.js'
 
 export type Frame = ServerFrame & Record<string, any>
 
@@ -65,9 +66,14 @@ export class TestSocket {
     }))
   }
 
+  /** Connect as the SDK reconnects a guest: offering its resume token as a subprotocol. */
+  static async resume (url: string, token: string): Promise<TestSocket> {
+    return await TestSocket.open(url, {}, [SUBPROTOCOL, RESUME_PROTOCOL + token])
+  }
+
   /** Connect without waiting for `welcome`: for connections that must authenticate in band first. */
-  static async connect (url: string, options: WebSocket.ClientOptions = {}): Promise<TestSocket> {
-    const ws = new WebSocket(url, options)
+  static async connect (url: string, options: WebSocket.ClientOptions = {}, protocols?: string[]): Promise<TestSocket> {
+    const ws = protocols === undefined ? new WebSocket(url, options) : new WebSocket(url, protocols, options)
     const socket = new TestSocket(ws)
     await new Promise<void>((resolve, reject) => {
       ws.once('open', () => resolve())
@@ -85,8 +91,8 @@ export class TestSocket {
   }
 
   /** Connect and wait for `welcome`. */
-  static async open (url: string, options: WebSocket.ClientOptions = {}): Promise<TestSocket> {
-    const socket = await TestSocket.connect(url, options)
+  static async open (url: string, options: WebSocket.ClientOptions = {}, protocols?: string[]): Promise<TestSocket> {
+    const socket = await TestSocket.connect(url, options, protocols)
     socket.welcome = await socket.next((f) => f.type === 'welcome', 'welcome') as WelcomeFrame
     return socket
   }
