@@ -20,7 +20,7 @@ export interface RoomsRegister {}
 export type RoomData = RoomsRegister extends { data: infer D } ? D : unknown
 
 /** Node runs a timer of more than this (about 24.8 days) after 1 ms, with a warning. */
-const MAX_TIMER_MS = 2 ** 31 - 1
+export const MAX_TIMER_MS = 2 ** 31 - 1
 
 /** The plain (non-function) options, with their defaults: the one source of their types. */
 export const SettingsSchema = Type.Object({

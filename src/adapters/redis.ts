@@ -11,6 +11,7 @@ import type { ControlCommand, PublishReceipt } from './adapter.js'
 import type { LinkMetrics } from '../metrics.js'
 import type { RoomCountWatcher } from './adapter.js'
 import { Partitions } from './partitions.js'
+import { MAX_TIMER_MS } from '../options.js'
 import { ShardSubscriber } from './shard-subscriber.js'
 
 export interface RedisAdapterOptions {
@@ -800,7 +801,7 @@ export class RedisAdapter implements Adapter {
   constructor (options: RedisAdapterOptions) {
     if (options.url === undefined && options.client === undefined && options.cluster === undefined) throw new TypeError('redisAdapter needs a url, a client or cluster nodes.')
     const { partitions = 64 } = options
-    if (options.cluster !== undefined && (!Number.isInteger(partitions) || partitions < 1 || partitions > 1024)) throw new TypeError('redisAdapter: partitions must be an integer from 1 to 1024.')
+    if (options.cluster !== undefined) wholeNumber(partitions, 'partitions', 1, 1024)
     this.options = options
     this.prefix = options.keyPrefix ?? 'fastify-rooms:'
     // A brace in the prefix would be taken for the hash tag, putting every key in one slot.
@@ -2235,16 +2236,13 @@ function outcome (call: Call): RoomsError {
   return call.sentAt !== 0 && call.unknown !== undefined ? call.unknown() : unavailable()
 }
 
-/** Create the Redis adapter: `adapter: redisAdapter({ url: 'redis://127.0.0.1:6379' })`. */
-/** Node runs a timer of more than this (about 24.8 days) after 1 ms. */
-const MAX_TIMER_MS = 2 ** 31 - 1
-
 /** An option that must be a whole number within bounds; a TypeError naming it otherwise, as for the other options. */
 function wholeNumber (value: number, name: string, min: number, max: number): number {
   if (!Number.isInteger(value) || value < min || value > max) throw new TypeError(`redisAdapter: ${name} must be a whole number from ${min} to ${max}.`)
   return value
 }
 
+/** Create the Redis adapter: `adapter: redisAdapter({ url: 'redis://127.0.0.1:6379' })`. */
 export function redisAdapter (options: RedisAdapterOptions): Adapter {
   return new RedisAdapter(options)
 }
