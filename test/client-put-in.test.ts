@@ -147,3 +147,108 @@ t.test('a server removal crossing leave() then join(): the new handle joins and 
   t.match(await message, { data: 'hello' })
   t.same((await app.rooms.get('r'))?.members.map((m) => m.name), ['ada'])
 })
+
+t.test('a join answered after leave() sent its leave: no second leave, so a put-in that lands in between stays', async (t) => {
+  let putIn = true
+  const { app, wsUrl } = await startApp(t, {
+    // The server puts the connection back in the room as soon as its leave is handled: before a second leave would come.
+    onLeave: ({ connectionId, room }) => {
+      if (!putIn) return
+      putIn = false
+      void app.rooms.join(connectionId, room)
+    }
+  })
+  const ada = await client(wsUrl, 'ada')
+  t.teardown(() => ada.close())
+  const put = nextEvent<Room<unknown>>((h) => ada.on('joined', h), () => true, ada)
+  const joining = ada.join('r').catch((err: { code: string }) => err.code)
+  const h1 = ada.room('r') as Room<unknown>
+  await h1.leave() // sent right after the join: the join's reply comes after leave() settled the handle
+  t.equal(await joining, 'NOT_IN_ROOM')
+  const h2 = await put
+  t.not(h2, h1)
+  await ada.ping() // anything the join's reply made the client send is handled by now
+  t.equal(h2.status, 'joined')
+  t.equal(ada.room('r'), h2)
+  t.same((await app.rooms.get('r'))?.members.map((m) => m.name), ['ada'], 'the server still has the put-in\'s membership')
+  const message = nextEvent((h) => h2.on('message', h), () => true, { client: ada, room: h2 })
+  await app.rooms.broadcast('r', 'hello')
+  t.match(await message, { data: 'hello' })
+})
+
+/** A store whose next join answers with the room's epoch but offset 1: a count below what a rejoin sent. */
+class LowerOnce extends HeldStore {
+  lower = false
+  override async join (...args: Parameters<HeldStore['join']>): ReturnType<HeldStore['join']> {
+    const result = await super.join(...args)
+    if (!this.lower) return result
+    this.lower = false
+    return { ...result, offset: 1 }
+  }
+}
+
+t.test('a same-epoch rejoin answered by a put-in counting below since: a gap, no history read, later messages arrive', async (t) => {
+  const store = new LowerOnce()
+  const { app, wsUrl } = await startApp(t, {
+    adapter: store,
+    onConnect: ({ connectionId, user }) => { if (user.name === 'ada') void app.rooms.join(connectionId, 'lobby') }
+  })
+  const ada = await client(wsUrl, 'ada')
+  t.teardown(() => ada.close())
+  const ra = ada.room('lobby') ?? await nextEvent<Room<unknown>>((h) => ada.on('joined', h), () => true, ada)
+  const third = nextOffset(ra, 3, ada)
+  for (let i = 1; i <= 3; i++) await app.rooms.broadcast('lobby', i)
+  await third
+  const epoch = ra.epoch
+  const log = record(ra)
+  store.lower = true // the put-in's join, on the next connection
+  const repeat = store.hold('room') // the rejoin, answered after the put-in
+  const asked = store.asked.length
+  const rejoined = nextEvent((h) => ra.on('joined', h), () => true, { client: ada, room: ra })
+  ada.reconnect()
+  await repeat.entered
+  repeat.release()
+  t.same(await rejoined, { recovered: false })
+  await ada.ping()
+  t.same(store.asked.slice(asked).filter((m) => m === 'history'), [], 'nothing to read below since: no history read')
+  t.same(log, ['gap 3-null', 'joined false'])
+  t.equal(ra.epoch, epoch)
+  const next = nextEvent<RoomMessage<unknown>>((h) => ra.on('message', h), () => true, { client: ada, room: ra })
+  await app.rooms.broadcast('lobby', 'after')
+  t.match(await next, { data: 'after', offset: 4 })
+})
+
+t.test('a put-in answering join(room, { history }) reads within the join\'s deadline: join() settles within requestTimeoutMs', async (t) => {
+  const store = new HeldStore()
+  const upgrades = gate()
+  let putIn = false
+  const { app, wsUrl } = await startApp(t, {
+    adapter: store,
+    onConnect: ({ connectionId, user }) => { if (putIn && user.name === 'ada') void app.rooms.join(connectionId, 'lobby') }
+  }, upgrades.setup)
+  const bob = await client(wsUrl, 'bob')
+  t.teardown(() => bob.close())
+  const rb = await bob.join('lobby')
+  for (let i = 0; i < 3; i++) await rb.publish(`old ${i}`)
+  const timeoutMs = 1000
+  const ada = await connect(wsUrl, { WebSocket, name: 'ada', requestTimeoutMs: timeoutMs, reconnect: { initialDelayMs: 5, maxDelayMs: 20 } })
+  t.teardown(() => ada.close())
+  upgrades.closed = true
+  const away = nextState(ada, 'reconnecting')
+  for (const socket of app.websocketServer.clients) socket.terminate()
+  await away
+  const started = Date.now()
+  const joining = ada.join('lobby', { history: 2 }) // waits for the connection, its deadline running
+  // Time passes before the connection is back (a timer, not a synchronisation: nothing is awaited through it).
+  await new Promise((resolve) => setTimeout(resolve, 700))
+  const read = store.hold('history') // the catch-up read: not answered in time
+  t.teardown(() => read.release())
+  putIn = true
+  upgrades.closed = false
+  const ra = await joining
+  t.ok(store.asked.includes('history'), 'the history was read after the put-in')
+  const elapsed = Date.now() - started
+  // The read gives up at the join's deadline; with a deadline of its own it would run to about 700 + 1000 ms.
+  t.ok(elapsed < timeoutMs + 350, `join() settled ${elapsed} ms after it was called`)
+  t.equal(ra.status, 'joined')
+})

@@ -132,6 +132,14 @@ interface JoinRequest {
    * it: its own reply, a repeat, then only settles the request.
    */
   answered?: true
+  /** When the join's answer is due (epoch ms): the catch-up a put-in answer needs reads within it too. */
+  deadline: number
+  /**
+   * Set when the handle was dropped with no leave sent for this membership
+   * (the server removed it, a refusal): a late reply is undone with one.
+   * Not after `leave()`, which sent its own.
+   */
+  undo?: true
 }
 
 interface Request {
@@ -180,6 +188,11 @@ const DISCONNECTED_CLOSE = 4003
 const DEFAULT_BACKOFF = { initialDelayMs: 500, maxDelayMs: 10_000 }
 /** Refusals of a rejoin that pass by themselves: the room is kept and joined again later. */
 const PASSING: ReadonlySet<string> = new Set(['UNAVAILABLE', 'RATE_LIMITED'])
+
+/** Full jitter: a delay anywhere below the ceiling, which doubles with each attempt up to `maxDelayMs`. */
+function backoffDelay ({ initialDelayMs, maxDelayMs }: { initialDelayMs: number, maxDelayMs: number }, attempts: number): number {
+  return Math.random() * Math.min(maxDelayMs, initialDelayMs * 2 ** attempts)
+}
 
 /**
  * The fastify-rooms client for browsers and Node. Create it with
@@ -346,6 +359,8 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
   stopRooms (list: RoomList): void {
     if (this.roomList !== list) return
     this.roomList = undefined
+    clearTimeout(this.roomListRetry?.timer)
+    this.roomListRetry = undefined
     if (this.state === 'open') this.request({ type: 'rooms', subscribe: false, limit: 1 }, undefined).catch(() => {})
   }
 
@@ -414,6 +429,12 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
 
   private sendQueued (item: Queued): void {
     clearTimeout(item.timer)
+    if (this.state !== 'closed' && (this.state !== 'open' || this.socket?.readyState !== OPEN)) {
+      // The socket is already closing (the server's close frame in, its close event still to come): request()
+      // would refuse it unsent, DISCONNECTED. Unsent, it is held for the reconnect like any publish.
+      this.enqueue(item)
+      return
+    }
     this.request(item.frame, item.frame.room, item.deadline).then((ack) => item.resolve(ack.offset as number), (err: RoomsClientError) => {
       // The room's rejoin, just before it, was refused for a passing reason:
       // this publish was not applied, and waits for the rejoin to succeed.
@@ -434,12 +455,12 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
   }
 
   /** @internal */
-  async loadHistory (room: Room<TData>, after: number, limit: number): Promise<HistoryPageFrame> {
+  async loadHistory (room: Room<TData>, after: number, limit: number, deadline?: number): Promise<HistoryPageFrame> {
     this.assertNotClosed()
     if (this.rooms.get(room.name) !== room) {
       throw new RoomsClientError('NOT_IN_ROOM', `Not in room "${room.name}": this handle has left it.`, room.name)
     }
-    return await this.request({ type: 'history', room: room.name, after, limit }, room.name)
+    return await this.request({ type: 'history', room: room.name, after, limit }, room.name, deadline)
   }
 
   /** @internal */
@@ -596,8 +617,7 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
       // A refusal that will not pass (FORBIDDEN: the server no longer offers the list) is not retried.
       if (err.code === 'FORBIDDEN') return
       const retry = this.roomListRetry ?? { attempts: 0, timer: undefined }
-      const { initialDelayMs, maxDelayMs } = this.reconnectOptions === false ? DEFAULT_BACKOFF : this.reconnectOptions
-      const delay = Math.random() * Math.min(maxDelayMs, initialDelayMs * 2 ** retry.attempts)
+      const delay = backoffDelay(this.reconnectOptions === false ? DEFAULT_BACKOFF : this.reconnectOptions, retry.attempts)
       retry.attempts++
       retry.timer = setTimeout(() => { retry.timer = undefined; this.subscribeRoomsAgain(list, socket) }, delay)
       this.roomListRetry = retry
@@ -612,8 +632,8 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     if (since !== undefined) frame.since = since
     if (history !== undefined) frame.history = history
     if (first !== undefined) clearTimeout(first.timer)
-    const join: JoinRequest = { handle: room, since, history }
-    this.request(frame, room.name, first?.deadline, join).then(() => {
+    const join: JoinRequest = { handle: room, since, history, deadline: first?.deadline ?? Date.now() + this.requestTimeoutMs }
+    this.request(frame, room.name, join.deadline, join).then(() => {
       // A put-in answered it: the catch-up settles the first join.
       if (join.answered === true || first === undefined || this.joining.get(room) !== first) return
       this.joining.delete(room)
@@ -654,8 +674,7 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
   /** Send a refused rejoin again after a backoff with full jitter, like a reconnect. */
   private retryRejoin (room: Room<TData>): void {
     const entry = this.rejoins.get(room) ?? { attempts: 0, timer: undefined }
-    const { initialDelayMs, maxDelayMs } = this.reconnectOptions === false ? DEFAULT_BACKOFF : this.reconnectOptions
-    const delay = Math.random() * Math.min(maxDelayMs, initialDelayMs * 2 ** entry.attempts)
+    const delay = backoffDelay(this.reconnectOptions === false ? DEFAULT_BACKOFF : this.reconnectOptions, entry.attempts)
     entry.attempts++
     clearTimeout(entry.timer)
     entry.timer = setTimeout(() => {
@@ -668,9 +687,10 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
 
   private onJoined (frame: JoinedFrame): void {
     const join = typeof frame.id === 'number' ? this.requests.get(frame.id)?.join : undefined
-    if (join !== undefined && !this.rooms.has(frame.room) && this.state === 'open') {
-      // A reply to a join whose handle is gone (removed by the server while the join was under way, timed
-      // out): the connection is a member that nothing reads, so undo it. Harmless when it already left.
+    if (join?.undo === true && this.state === 'open') {
+      // A reply to a join whose handle was dropped with no leave sent (removed by the server while the join was
+      // under way, refused): the connection is a member that nothing reads, so undo it. Not after leave(),
+      // whose own leave went out after this join: a second one could remove a later membership (a put-in).
       this.request({ type: 'leave', room: frame.room }, frame.room).catch(() => {})
     }
     // A reply to a join whose handle was dropped (timed out, left) must not touch a newer handle; one a
@@ -720,7 +740,7 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     for (const request of this.requests.values()) {
       if (request.join?.handle === room && request.join.answered !== true) return request.join
     }
-    if (this.rejoins.has(room)) return { handle: room, since: { offset: room.offset, epoch: room.epoch }, history: undefined }
+    if (this.rejoins.has(room)) return { handle: room, since: { offset: room.offset, epoch: room.epoch }, history: undefined, deadline: Date.now() + this.requestTimeoutMs }
     return undefined
   }
 
@@ -730,10 +750,12 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     const retried = this.rejoins.has(room)
     this.forgetRejoin(room)
     room.waitForCatchUp()
-    this.catchUp(room, room.catchUpFrom(frame, join.since, join.history), frame).then((read) => {
+    // The membership is live from this frame: publishes held since the rejoin was refused go now, before any the
+    // app makes during the read (publishTo sends those at once). Their messages wait with the room's other frames.
+    if (retried) this.sendHeld(room)
+    this.catchUp(room, room.catchUpFrom(frame, join.since, join.history), frame, join.deadline).then((read) => {
       if (this.rooms.get(room.name) !== room || this.state === 'closed') return
       room.applyCaughtUp(frame, join.since, join.history, read)
-      if (retried) this.sendHeld(room)
       const first = this.joining.get(room)
       if (join.since === undefined && first !== undefined) {
         this.joining.delete(room)
@@ -756,13 +778,14 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
    * refused the read (or the history was reset meanwhile); rejects only when
    * the connection dropped.
    */
-  private async catchUp (room: Room<TData>, from: number, frame: JoinedFrame): Promise<CatchUp | undefined> {
+  private async catchUp (room: Room<TData>, from: number, frame: JoinedFrame, deadline: number): Promise<CatchUp | undefined> {
     const read: CatchUp = { epoch: frame.epoch, messages: [] }
     const to = frame.offset
     let after = from
     try {
       while (after < to) {
-        const page = await this.loadHistory(room, after, Math.min(1000, to - after))
+        // Every page within the join's deadline: join() settles within requestTimeoutMs however many pages it takes.
+        const page = await this.loadHistory(room, after, Math.min(1000, to - after), deadline)
         // Another history than the joined frame's: its offsets name other messages.
         if (page.epoch !== read.epoch) return undefined
         const messages = page.messages.filter((m) => m.offset !== undefined && m.offset > after && m.offset <= to)
@@ -807,6 +830,10 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
   private removeRoom (room: Room<TData>, info: LeftInfo, queuedError: () => RoomsClientError): FirstJoin<TData> | undefined {
     this.rooms.delete(room.name)
     this.forgetRejoin(room)
+    if (info.cause !== 'leave') {
+      // No leave goes out for this membership: a join of it still under way is undone when its reply comes.
+      for (const request of this.requests.values()) if (request.join?.handle === room) request.join.undo = true
+    }
     const first = this.joining.get(room)
     this.joining.delete(room)
     clearTimeout(first?.timer)
@@ -981,9 +1008,8 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
       return
     }
     this.failDropped(info)
-    const ceiling = Math.min(options.maxDelayMs, options.initialDelayMs * 2 ** this.attempts)
+    const delayMs = backoffDelay(options, this.attempts)
     this.attempts++
-    const delayMs = Math.random() * ceiling
     // A `state` handler that closed the client or reconnected it has the last word: no timer of ours.
     if (!this.setState('reconnecting', { ...info, attempt: this.attempts, delayMs })) return
     this.retryTimer = setTimeout(() => this.open('reconnect'), delayMs)

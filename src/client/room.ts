@@ -135,7 +135,7 @@ export interface RoomOwner<TData> {
   publishTo: (room: Room<TData>, data: TData, ephemeral: boolean) => Promise<number | undefined>
   leaveRoom: (room: Room<TData>) => Promise<void>
   loadMembers: (room: Room<TData>, after: string, limit: number | undefined) => Promise<MembersPageFrame>
-  loadHistory: (room: Room<TData>, after: number, limit: number) => Promise<HistoryPageFrame>
+  loadHistory: (room: Room<TData>, after: number, limit: number, deadline?: number) => Promise<HistoryPageFrame>
 }
 
 /** A members page in flight, and the members that left while it was. */
@@ -366,7 +366,9 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
    */
   catchUpFrom (frame: JoinedFrame, since: Position | undefined, history: number | undefined): number {
     if (since === undefined) return history === undefined ? frame.offset : Math.max(0, frame.offset - history)
-    if (frame.epoch !== since.epoch || frame.offset < since.offset) return 0
+    // Another epoch: all of it is new. The same one counting below `since` (a reset told as a gap): nothing to read.
+    if (frame.epoch !== since.epoch) return 0
+    if (frame.offset < since.offset) return frame.offset
     return Math.max(since.offset, this.offset)
   }
 
