@@ -1,6 +1,6 @@
 import Type, { type Static } from 'typebox'
 import { Compile } from 'typebox/compile'
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
 import type { Counter, Gauge, Histogram, Registry as PromRegistry } from 'prom-client'
 import { ERROR_CODES, errorCodes, type ErrorCode } from './errors.js'
 import { describeErrors, RoomName } from './protocol.js'
@@ -24,7 +24,7 @@ export const MetricsSettingsSchema = Type.Object({
 })
 
 /** Guards the metrics route: a Fastify preHandler that throws (or replies) to refuse. */
-export type MetricsGuard = (request: FastifyRequest, reply: FastifyReply) => Promise<void> | void
+export type MetricsGuard = (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) => unknown
 
 /** The `metrics` option as an object; `metrics: true` is `{}`. */
 export type MetricsOptions = Partial<Static<typeof MetricsSettingsSchema>> & {

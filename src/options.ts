@@ -1,6 +1,6 @@
 import Type, { type Static, type TSchema } from 'typebox'
 import { Compile } from 'typebox/compile'
-import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
 import type { Adapter } from './adapters/adapter.js'
 import { errorCodes } from './errors.js'
 import { describeErrors, type Member } from './protocol.js'
@@ -153,7 +153,7 @@ export type PublishVerdict<TData = RoomData> = boolean | undefined | void | { da
  * Turns on `POST {prefix}/:room/messages` and authorizes it: a Fastify
  * preHandler that throws (or replies) to refuse, e.g. with a 401.
  */
-export type RestPublishGuard = (request: FastifyRequest, reply: FastifyReply) => Promise<void> | void
+export type RestPublishGuard = (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) => unknown
 
 /**
  * Options of `app.register(rooms, options)`; every field is optional. Passed

@@ -9,7 +9,7 @@ const MAC_BYTES = 16
 
 /**
  * Resume tokens of anonymous users. `welcome` hands one out; the client sends
- * it back as the `resume` query parameter of its next connection, which then
+ * it back as the subprotocol `fastify-rooms.resume.<token>` of its next connection (not in the URL), which then
  * keeps the same user id, so a reconnect is not a new person in its rooms.
  * A token is `id.name.expiry.mac`, each part base64url, signed with a secret
  * every node of the deployment shares (see `Adapter.secret`).

@@ -178,21 +178,26 @@ export class RoomList implements RoomCountWatcher {
       Promise.resolve().then(async () => await this.adapter.rooms({ prefix: prefix === '' ? undefined : prefix, limit })).then((page) => {
         if (this.closed) return
         const frame = JSON.stringify({ type: 'rooms', rooms: page.rooms, next: page.next, subscribed: true } satisfies RoomsPageFrame)
+        const stale: Watch[] = []
         for (const watch of group) {
           if (this.watchers.get(watch.peer.id) !== watch) continue
           watch.peer.sendEncoded(frame)
-          this.unhold(watch)
+          this.unhold(watch, stale)
         }
+        this.refresh(stale)
       }, (err: unknown) => {
         if (this.closed) return
         this.options.log.debug({ err }, 'fastify-rooms: room list resync failed; it is retried')
+        const stale: Watch[] = []
         for (const watch of group) {
           if (this.watchers.get(watch.peer.id) !== watch) continue
           // A resync came meanwhile: its page (sent once no page is in flight) replaces this one.
           if (!watch.stale) this.retrying.add(watch)
           // Meanwhile the updates it holds go out: they are newer than anything it has.
-          this.unhold(watch)
+          this.unhold(watch, stale)
         }
+        // Those a resync marked while the read was out share one read again, not one each.
+        this.refresh(stale)
         this.scheduleRetry()
       })
     }
@@ -244,7 +249,7 @@ export class RoomList implements RoomCountWatcher {
    * held goes with the next flush (values already newer stay), and a resync
    * that came meanwhile sends its fresh page.
    */
-  private unhold (watch: Watch): void {
+  private unhold (watch: Watch, stale?: Watch[]): void {
     if (watch.reading === 0 || --watch.reading > 0) return
     const held = watch.held
     watch.held = undefined
@@ -253,7 +258,10 @@ export class RoomList implements RoomCountWatcher {
       for (const [room, count] of held) if (!this.changed.has(room)) this.changed.set(room, count)
       this.schedule()
     }
-    if (watch.stale) this.refresh([watch])
+    if (!watch.stale) return
+    // Collected by a caller that releases many watches at once, to read their fresh page together.
+    if (stale !== undefined) stale.push(watch)
+    else this.refresh([watch])
   }
 
   /** A watch that ended: no retry, nothing held. */

@@ -1,5 +1,5 @@
 import Type, { type Static, type TSchema } from 'typebox'
-import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, FastifySchemaCompiler, preHandlerHookHandler } from 'fastify'
+import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, FastifySchemaCompiler, HookHandlerDoneFunction, preHandlerHookHandler } from 'fastify'
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { MAX_MEMBERS_PAGE, Member, MemberCursor, MessageFrame, RoomName, invalidRoomMessage, isRoomName } from './protocol.js'
 import { errorCodes, httpErrorOf, httpMessages, isRoomsError } from './errors.js'
@@ -117,9 +117,15 @@ export function restAccess (options: ResolvedOptions, credentials: Credentials):
  * `this`, so that a plain function that returns nothing lets the request
  * through instead of leaving Fastify waiting for a `done` it never calls.
  */
-export function guardHook (guard: (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply) => unknown): preHandlerHookHandler {
-  if (guard.length >= 3) return guard as unknown as preHandlerHookHandler
-  return async function (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply) { await guard.call(this, request, reply) } as preHandlerHookHandler
+export function guardHook (guard: (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) => unknown): preHandlerHookHandler {
+  // An async function with a done parameter is still awaited: Fastify refuses such a hook at registration.
+  if (guard.length >= 3 && guard.constructor.name !== 'AsyncFunction') return guard as unknown as preHandlerHookHandler
+  return async function (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply) {
+    // An async guard that refuses through done(err) rather than a throw is refused all the same.
+    let refused: unknown
+    await guard.call(this, request, reply, (err?: unknown) => { if (err !== undefined && err !== null) refused ??= err })
+    if (refused !== undefined) throw refused
+  } as preHandlerHookHandler
 }
 
 export interface RoutesOptions {

@@ -244,6 +244,16 @@ t.test('a preHandler written with a done callback (as @fastify/auth\'s), or one 
   })
   t.equal((await fetch(`${callbacks.url}/metrics`, { signal: AbortSignal.timeout(10_000) })).status, 403)
   t.equal((await scrape(callbacks.url, { headers: { authorization: 'Bearer scrape-secret' }, signal: AbortSignal.timeout(10_000) })).get('fastify_rooms_connections'), 0)
+  // An async guard with a done parameter: Fastify would refuse it as a hook at registration; it is awaited, and its done(err) refuses.
+  const asyncDone = await startApp(t, {
+    metrics: {
+      preHandler: async function (request: { headers: Record<string, unknown> }, _reply: unknown, done: (err?: Error) => void) {
+        if (request.headers.authorization !== 'Bearer scrape-secret') done(new errorCodes.FORBIDDEN('Scrapers only.'))
+      } as never
+    }
+  })
+  t.equal((await fetch(`${asyncDone.url}/metrics`, { signal: AbortSignal.timeout(10_000) })).status, 403)
+  t.equal((await scrape(asyncDone.url, { headers: { authorization: 'Bearer scrape-secret' }, signal: AbortSignal.timeout(10_000) })).get('fastify_rooms_connections'), 0)
   const withThis = await startApp(t, {
     metrics: {
       preHandler: async function (this: { hasDecorator: (name: string) => boolean }) { seen.push(this.hasDecorator('rooms')) } as never

@@ -1,5 +1,6 @@
 import t from 'tap'
 import Type from 'typebox'
+import { errorCodes } from '../src/index.js'
 import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
 
@@ -46,3 +47,19 @@ t.test('with a guard: 201 and a server message; the guard refuses with its own 4
 async function app (url: string): Promise<{ offset: number }> {
   return await (await fetch(`${url}/rooms/ops`)).json() as { offset: number }
 }
+
+t.test('guards written every way Fastify allows: a done callback, an async function that also names done (refusing through it), a plain function', async (t) => {
+  const refuse = (request: { headers: Record<string, unknown> }): Error | undefined =>
+    request.headers.authorization === 'Bearer ops-token' ? undefined : new errorCodes.FORBIDDEN('Publishing needs the ops token.')
+  const guards = {
+    callback: function (request: { headers: Record<string, unknown> }, _reply: unknown, done: (err?: Error) => void) { done(refuse(request)) },
+    // Fastify refuses an async hook with three parameters at registration; the plugin awaits it instead.
+    asyncWithDone: async function (request: { headers: Record<string, unknown> }, _reply: unknown, done: (err?: Error) => void) { const err = refuse(request); if (err !== undefined) done(err) },
+    plain: function (request: { headers: Record<string, unknown> }) { const err = refuse(request); if (err !== undefined) throw err }
+  }
+  for (const [name, guard] of Object.entries(guards)) {
+    const { url } = await startApp(t, { restPublish: guard as never })
+    t.match(await post(`${url}/rooms/r/messages`, { data: 1 }), { status: 403, body: { code: 'FORBIDDEN', message: 'Publishing needs the ops token.' } }, `${name}: refused`)
+    t.equal((await post(`${url}/rooms/r/messages`, { data: 1 }, { authorization: 'Bearer ops-token' })).status, 201, `${name}: let through`)
+  }
+})

@@ -179,6 +179,28 @@ t.test('a resync reads each page once for all the subscribers that want it, and 
   for (const s of subscribers) t.match(await s.next(unsolicitedPage, 'a fresh page'), { subscribed: true })
 })
 
+t.test('a resync that comes while a shared read is out: the subscribers it marked share one fresh read, not one each', async (t) => {
+  const adapter = new FlakyRooms()
+  const { wsUrl } = await startApp(t, { adapter, roomListIntervalMs: 10 })
+  const subscribers = await Promise.all([1, 2, 3].map(async () => await TestSocket.open(wsUrl)))
+  t.teardown(() => Promise.all(subscribers.map(async (s) => await s.close())))
+  for (const s of subscribers) t.match(await s.request({ type: 'rooms', subscribe: true }), { subscribed: true })
+  const first = adapter.hold()
+  const fresh = adapter.hold()
+  const before = adapter.reads
+  ;(adapter.watcher as RoomCountWatcher).resync()
+  await first.entered
+  ;(adapter.watcher as RoomCountWatcher).resync()
+  first.release()
+  await fresh.entered
+  fresh.release()
+  for (const s of subscribers) {
+    await s.next(unsolicitedPage, 'the first page')
+    await s.next(unsolicitedPage, 'the fresh page')
+  }
+  t.equal(adapter.reads - before, 2, 'two reads for three subscribers: the first, and one fresh page for all')
+})
+
 t.test('a resync retry stops when the subscription ends', async (t) => {
   const adapter = new FlakyRooms()
   const { wsUrl } = await startApp(t, { adapter, roomListIntervalMs: 10 })

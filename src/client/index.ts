@@ -687,10 +687,11 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
 
   private onJoined (frame: JoinedFrame): void {
     const join = typeof frame.id === 'number' ? this.requests.get(frame.id)?.join : undefined
-    if (join?.undo === true && this.state === 'open') {
+    if (join?.undo === true && !this.rooms.has(frame.room) && this.state === 'open') {
       // A reply to a join whose handle was dropped with no leave sent (removed by the server while the join was
       // under way, refused): the connection is a member that nothing reads, so undo it. Not after leave(),
-      // whose own leave went out after this join: a second one could remove a later membership (a put-in).
+      // whose own leave went out after this join, nor when a newer handle has the room (the app joined again,
+      // or the server put it back): a second leave could remove that later membership.
       this.request({ type: 'leave', room: frame.room }, frame.room).catch(() => {})
     }
     // A reply to a join whose handle was dropped (timed out, left) must not touch a newer handle; one a
@@ -753,7 +754,8 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     // The membership is live from this frame: publishes held since the rejoin was refused go now, before any the
     // app makes during the read (publishTo sends those at once). Their messages wait with the room's other frames.
     if (retried) this.sendHeld(room)
-    this.catchUp(room, room.catchUpFrom(frame, join.since, join.history), frame, join.deadline).then((read) => {
+    // A first join's caller waits within requestTimeoutMs; a rejoin has no caller, and its pages each get their own.
+    this.catchUp(room, room.catchUpFrom(frame, join.since, join.history), frame, join.since === undefined ? join.deadline : undefined).then((read) => {
       if (this.rooms.get(room.name) !== room || this.state === 'closed') return
       room.applyCaughtUp(frame, join.since, join.history, read)
       const first = this.joining.get(room)
@@ -778,7 +780,7 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
    * refused the read (or the history was reset meanwhile); rejects only when
    * the connection dropped.
    */
-  private async catchUp (room: Room<TData>, from: number, frame: JoinedFrame, deadline: number): Promise<CatchUp | undefined> {
+  private async catchUp (room: Room<TData>, from: number, frame: JoinedFrame, deadline: number | undefined): Promise<CatchUp | undefined> {
     const read: CatchUp = { epoch: frame.epoch, messages: [] }
     const to = frame.offset
     let after = from
