@@ -1,6 +1,6 @@
 import t from 'tap'
 import WebSocket from 'ws'
-import { MemoryAdapter } from '../src/index.js'
+import { LowerOnce } from './helpers/held-store.js'
 import { connect, type Gap } from '../src/client/index.js'
 import { nextEvent } from './helpers/client.js'
 import { startApp } from './helpers/server.js'
@@ -8,16 +8,6 @@ import { startApp } from './helpers/server.js'
 // A rejoin answered in the same epoch with an offset below the one the handle sent in `since` must not happen
 // (the same (epoch, offset) would name two messages). If a store does it, the handle does not lower its offset
 // silently: it is told as a reset, a gap that ends the old count (before: null).
-
-class LowerOnce extends MemoryAdapter {
-  lower = false
-  override async join (...args: Parameters<MemoryAdapter['join']>): ReturnType<MemoryAdapter['join']> {
-    const result = await super.join(...args)
-    if (!this.lower) return result
-    this.lower = false
-    return { ...result, offset: 1 }
-  }
-}
 
 t.test('a same-epoch rejoin answered below since: a gap says so, the offset is not lowered silently, later messages arrive', async (t) => {
   const store = new LowerOnce()

@@ -3,7 +3,7 @@ import WebSocket from 'ws'
 import { RoomsError } from '../src/index.js'
 import { connect, type Gap, type Room, type RoomMessage, type RoomsClient } from '../src/client/index.js'
 import { gate, nextEvent, nextState } from './helpers/client.js'
-import { HeldStore } from './helpers/held-store.js'
+import { HeldStore, LowerOnce } from './helpers/held-store.js'
 import { startApp } from './helpers/server.js'
 
 // app.rooms.join (a put-in) racing the client's own join of the same room: the put-in's unsolicited `joined`
@@ -175,17 +175,6 @@ t.test('a join answered after leave() sent its leave: no second leave, so a put-
   await app.rooms.broadcast('r', 'hello')
   t.match(await message, { data: 'hello' })
 })
-
-/** A store whose next join answers with the room's epoch but offset 1: a count below what a rejoin sent. */
-class LowerOnce extends HeldStore {
-  lower = false
-  override async join (...args: Parameters<HeldStore['join']>): ReturnType<HeldStore['join']> {
-    const result = await super.join(...args)
-    if (!this.lower) return result
-    this.lower = false
-    return { ...result, offset: 1 }
-  }
-}
 
 t.test('a same-epoch rejoin answered by a put-in counting below since: a gap, no history read, later messages arrive', async (t) => {
   const store = new LowerOnce()

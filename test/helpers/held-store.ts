@@ -65,3 +65,14 @@ export class HeldStore extends MemoryAdapter {
     return await super.publish(...args)
   }
 }
+
+/** A store whose next join, once armed (`lower = true`), answers with the room's epoch but offset 1: a count below what a rejoin sent. */
+export class LowerOnce extends HeldStore {
+  lower = false
+  override async join (...args: Parameters<HeldStore['join']>): ReturnType<HeldStore['join']> {
+    const result = await super.join(...args)
+    if (!this.lower) return result
+    this.lower = false
+    return { ...result, offset: 1 }
+  }
+}
