@@ -133,7 +133,8 @@ export const httpMessages = {
   roomForbidden: (room: string): string => `You may not see room "${room}".`,
   roomNotFound: (room: string): string => `Room "${room}" has no members.`,
   noHistory: (room: string): string => `Room "${room}" has no members and no stored messages.`,
-  bodyTooLarge: 'The request body is larger than the server accepts: send less per message.'
+  bodyTooLarge: 'The request body is larger than the server accepts: send less per message.',
+  guardRefused: 'This route\'s guard refused the request.'
 } as const
 
 /** Protocol codes a REST request can meet, each with its HTTP error; the rest are internal failures. */

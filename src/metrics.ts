@@ -23,7 +23,7 @@ export const MetricsSettingsSchema = Type.Object({
   rooms: Type.Array(RoomName, { default: [], maxItems: 1000 })
 })
 
-/** Guards the metrics route: a Fastify preHandler that throws (or replies) to refuse. */
+/** Guards the metrics route: a Fastify preHandler that throws, replies or calls `done(err)` to refuse; returning `false` refuses with 403. */
 export type MetricsGuard = (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) => unknown
 
 /** The `metrics` option as an object; `metrics: true` is `{}`. */

@@ -151,7 +151,8 @@ export type PublishVerdict<TData = RoomData> = boolean | undefined | void | { da
 
 /**
  * Turns on `POST {prefix}/:room/messages` and authorizes it: a Fastify
- * preHandler that throws (or replies) to refuse, e.g. with a 401.
+ * preHandler (async, plain, or calling `done`) that throws, replies or calls
+ * `done(err)` to refuse, e.g. with a 401; returning `false` refuses with 403.
  */
 export type RestPublishGuard = (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) => unknown
 

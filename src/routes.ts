@@ -112,20 +112,37 @@ export function restAccess (options: ResolvedOptions, credentials: Credentials):
 
 /**
  * An app's guard (`restPublish`, `metrics.preHandler`) as a route's
- * preHandler. One written with a `done` callback (as @fastify/auth's are)
- * goes to Fastify as it is; any other is awaited, with the instance as
- * `this`, so that a plain function that returns nothing lets the request
- * through instead of leaving Fastify waiting for a `done` it never calls.
+ * preHandler, called with the instance as `this`. It lets the request on
+ * once, however it is written: when it calls `done()` (as @fastify/auth's
+ * guards do), when its promise resolves, or, for a plain function that takes
+ * no `done`, when it returns. A throw, a rejection or `done(err)` refuses
+ * with that error, and so does a return of `false` (403 `FORBIDDEN`): a
+ * predicate must not let everyone in. Fastify's own runner would call the
+ * next step twice for a guard that both calls `done` and returns a promise,
+ * and an async guard taking `done` would let a predicate's `false` through.
  */
 export function guardHook (guard: (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) => unknown): preHandlerHookHandler {
-  // An async function with a done parameter is still awaited: Fastify refuses such a hook at registration.
-  if (guard.length >= 3 && guard.constructor.name !== 'AsyncFunction') return guard as unknown as preHandlerHookHandler
-  return async function (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply) {
-    // An async guard that refuses through done(err) rather than a throw is refused all the same.
-    let refused: unknown
-    await guard.call(this, request, reply, (err?: unknown) => { if (err !== undefined && err !== null) refused ??= err })
-    if (refused !== undefined) throw refused
-  } as preHandlerHookHandler
+  return function (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) {
+    let finished = false
+    const finish = (err?: unknown): void => {
+      if (finished) return
+      finished = true
+      done(err === undefined || err === null ? undefined : err as Error)
+    }
+    const verdict = (value: unknown): void => { finish(value === false ? new errorCodes.FORBIDDEN(httpMessages.guardRefused) : undefined) }
+    let result: unknown
+    try {
+      result = guard.call(this, request, reply, finish)
+    } catch (err) {
+      finish(err ?? new Error('The guard threw without an error'))
+      return
+    }
+    if (typeof (result as PromiseLike<unknown> | undefined)?.then === 'function') {
+      (result as PromiseLike<unknown>).then(verdict, (err: unknown) => { finish(err ?? new Error('The guard rejected without an error')) })
+    } else if (guard.length < 3) {
+      verdict(result)
+    }
+  }
 }
 
 export interface RoutesOptions {

@@ -254,6 +254,16 @@ t.test('a preHandler written with a done callback (as @fastify/auth\'s), or one 
   })
   t.equal((await fetch(`${asyncDone.url}/metrics`, { signal: AbortSignal.timeout(10_000) })).status, 403)
   t.equal((await scrape(asyncDone.url, { headers: { authorization: 'Bearer scrape-secret' }, signal: AbortSignal.timeout(10_000) })).get('fastify_rooms_connections'), 0)
+  // A predicate shaped like the admin guard, (request, reply, user): it gets done where it expects a user, and its false refuses.
+  const predicate = await startApp(t, {
+    metrics: {
+      preHandler: async function (request: { headers: Record<string, unknown> }, _reply: unknown, user: { role?: string } | undefined) {
+        return request.headers.authorization === 'Bearer scrape-secret' || user?.role === 'admin'
+      } as never
+    }
+  })
+  t.match(await (await fetch(`${predicate.url}/metrics`, { signal: AbortSignal.timeout(10_000) })).json(), { statusCode: 403, code: 'FORBIDDEN' })
+  t.equal((await scrape(predicate.url, { headers: { authorization: 'Bearer scrape-secret' }, signal: AbortSignal.timeout(10_000) })).get('fastify_rooms_connections'), 0)
   const withThis = await startApp(t, {
     metrics: {
       preHandler: async function (this: { hasDecorator: (name: string) => boolean }) { seen.push(this.hasDecorator('rooms')) } as never

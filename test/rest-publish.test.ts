@@ -48,18 +48,28 @@ async function app (url: string): Promise<{ offset: number }> {
   return await (await fetch(`${url}/rooms/ops`)).json() as { offset: number }
 }
 
-t.test('guards written every way Fastify allows: a done callback, an async function that also names done (refusing through it), a plain function', async (t) => {
-  const refuse = (request: { headers: Record<string, unknown> }): Error | undefined =>
-    request.headers.authorization === 'Bearer ops-token' ? undefined : new errorCodes.FORBIDDEN('Publishing needs the ops token.')
+t.test('guards written every way Fastify allows let a publish through once, and refuse by error, done(err) or false', async (t) => {
+  type Req = { headers: Record<string, unknown> }
+  const allowed = (request: Req): boolean => request.headers.authorization === 'Bearer ops-token'
+  const refuse = (request: Req): Error | undefined => allowed(request) ? undefined : new errorCodes.FORBIDDEN('Publishing needs the ops token.')
   const guards = {
-    callback: function (request: { headers: Record<string, unknown> }, _reply: unknown, done: (err?: Error) => void) { done(refuse(request)) },
-    // Fastify refuses an async hook with three parameters at registration; the plugin awaits it instead.
-    asyncWithDone: async function (request: { headers: Record<string, unknown> }, _reply: unknown, done: (err?: Error) => void) { const err = refuse(request); if (err !== undefined) done(err) },
-    plain: function (request: { headers: Record<string, unknown> }) { const err = refuse(request); if (err !== undefined) throw err }
+    callback: function (request: Req, _reply: unknown, done: (err?: Error) => void) { done(refuse(request)) },
+    // Fastify refuses an async hook with three parameters at registration; the plugin takes it all the same.
+    asyncWithDone: async function (request: Req, _reply: unknown, done: (err?: Error) => void) { const err = refuse(request); if (err !== undefined) done(err) },
+    plain: function (request: Req) { const err = refuse(request); if (err !== undefined) throw err },
+    // Calls done and returns a promise: Fastify's own runner would go on twice, and store the publish twice.
+    doneThenPromise: function (request: Req, _reply: unknown, done: (err?: Error) => void) { return Promise.resolve().then(() => done(refuse(request))) },
+    // Predicates: false refuses. One shaped like the admin guard gets done where it expects a user.
+    predicate: function (request: Req) { return allowed(request) },
+    asyncPredicate: async function (request: Req, _reply: unknown, user: { role?: string } | undefined) { return allowed(request) && user?.role !== 'guest' }
   }
   for (const [name, guard] of Object.entries(guards)) {
     const { url } = await startApp(t, { restPublish: guard as never })
-    t.match(await post(`${url}/rooms/r/messages`, { data: 1 }), { status: 403, body: { code: 'FORBIDDEN', message: 'Publishing needs the ops token.' } }, `${name}: refused`)
-    t.equal((await post(`${url}/rooms/r/messages`, { data: 1 }, { authorization: 'Bearer ops-token' })).status, 201, `${name}: let through`)
+    const refused = await post(`${url}/rooms/r/messages`, { data: 1 })
+    t.match(refused, { status: 403, body: { code: 'FORBIDDEN' } }, `${name}: refused`)
+    if (!name.toLowerCase().includes('predicate')) t.equal(refused.body.message, 'Publishing needs the ops token.', `${name}: with the guard's error`)
+    t.same(await post(`${url}/rooms/r/messages`, { data: 1 }, { authorization: 'Bearer ops-token' }), { status: 201, body: { offset: 1 } }, `${name}: let through`)
+    const stored = await (await fetch(`${url}/rooms/r/messages`)).json() as { messages: unknown[] }
+    t.equal(stored.messages.length, 1, `${name}: stored once`)
   }
 })
