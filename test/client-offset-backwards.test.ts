@@ -1,9 +1,12 @@
 import t from 'tap'
 import WebSocket from 'ws'
-import { LowerOnce } from './helpers/held-store.js'
+import { MemoryAdapter } from '../src/index.js'
+import { lowerOnce } from './helpers/held-store.js'
 import { connect, type Gap } from '../src/client/index.js'
 import { nextEvent } from './helpers/client.js'
 import { startApp } from './helpers/server.js'
+
+const LowerOnce = lowerOnce(MemoryAdapter)
 
 // A rejoin answered in the same epoch with an offset below the one the handle sent in `since` must not happen
 // (the same (epoch, offset) would name two messages). If a store does it, the handle does not lower its offset

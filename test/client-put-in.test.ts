@@ -3,7 +3,7 @@ import WebSocket from 'ws'
 import { RoomsError } from '../src/index.js'
 import { connect, type Gap, type Room, type RoomMessage, type RoomsClient } from '../src/client/index.js'
 import { gate, nextEvent, nextState } from './helpers/client.js'
-import { HeldStore, LowerOnce } from './helpers/held-store.js'
+import { HeldStore, lowerOnce } from './helpers/held-store.js'
 import { startApp } from './helpers/server.js'
 
 // app.rooms.join (a put-in) racing the client's own join of the same room: the put-in's unsolicited `joined`
@@ -177,7 +177,7 @@ t.test('a join answered after leave() sent its leave: no second leave, so a put-
 })
 
 t.test('a same-epoch rejoin answered by a put-in counting below since: a gap, no history read, later messages arrive', async (t) => {
-  const store = new LowerOnce()
+  const store = new (lowerOnce(HeldStore))()
   const { app, wsUrl } = await startApp(t, {
     adapter: store,
     onConnect: ({ connectionId, user }) => { if (user.name === 'ada') void app.rooms.join(connectionId, 'lobby') }

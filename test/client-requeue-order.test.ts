@@ -1,7 +1,7 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import WebSocket from 'ws'
 import { RoomsError } from '../src/index.js'
-import { connect, type WebSocketLike } from '../src/client/index.js'
+import { connect, type Room, type WebSocketLike } from '../src/client/index.js'
 import { gate, nextEvent, nextState } from './helpers/client.js'
 import { HeldStore } from './helpers/held-store.js'
 import { startApp } from './helpers/server.js'
@@ -67,36 +67,49 @@ class Pausing implements WebSocketLike {
   close (code?: number, reason?: string): void { this.ws.close(code, reason) }
 }
 
-t.test('a publish held again after a refused rejoin keeps its place before one the app made meanwhile', async (t) => {
-  let down = false
+const unavailable = (): RoomsError => new RoomsError('UNAVAILABLE', 'The message store is unreachable right now: retry in a moment.')
+
+/**
+ * A client (on Pausing) joined to 'r' whose connection is cut and whose rejoin the server then refuses
+ * (UNAVAILABLE). `whileAway` runs while it is disconnected. Resolves once the SDK has handled the refusal,
+ * with the frames after it held back; `server.down = false` lets the next rejoin through.
+ */
+async function refusedRejoin<T> (t: Test, whileAway: (room: Room) => T) {
+  const server = { down: false }
   const upgrades = gate()
   const { app, wsUrl } = await startApp(t, {
     onJoin: () => {
-      if (down) throw new RoomsError('UNAVAILABLE', 'The message store is unreachable right now: retry in a moment.')
+      if (server.down) throw unavailable()
       return true
     }
   }, upgrades.setup)
   const client = await connect(wsUrl, { WebSocket: Pausing, reconnect: { initialDelayMs: 5, maxDelayMs: 20 } })
   t.teardown(() => client.close())
   const room = await client.join('r')
-  const delivered: unknown[] = []
-  room.on('message', (m) => delivered.push(m.data))
 
   upgrades.closed = true
   const away = nextState(client, 'reconnecting')
   for (const socket of app.websocketServer.clients) socket.terminate()
   await away
-  const p1 = room.publish('p1') // held for the connection
-  down = true
-  // The rejoin's UNAVAILABLE and p1's NOT_IN_ROOM come back to back: the app publishes p2 between them.
+  const result = whileAway(room)
+  server.down = true
   const paused = new Promise<void>((resolve) => { Pausing.paused = resolve })
   Pausing.pauseAfter = (frame) => frame.includes('"UNAVAILABLE"')
   upgrades.closed = false
   await paused
   // The SDK handles the refusal in promise callbacks: let them run (a macrotask runs after every microtask).
   await new Promise((resolve) => setImmediate(resolve))
+  return { app, client, room, server, result }
+}
+
+t.test('a publish held again after a refused rejoin keeps its place before one the app made meanwhile', async (t) => {
+  // p1 is held for the connection; the rejoin's UNAVAILABLE and p1's NOT_IN_ROOM then come back to back,
+  // and the app publishes p2 between them.
+  const { client, room, server, result: p1 } = await refusedRejoin(t, (room) => room.publish('p1'))
+  const delivered: unknown[] = []
+  room.on('message', (m) => delivered.push(m.data))
   const p2 = room.publish('p2') // held: the room's rejoin is pending
-  down = false
+  server.down = false
   Pausing.resume()
   const both = nextEvent<{ offset: number }>((h) => room.on('message', h), () => delivered.length === 2, client)
   const offsets = await Promise.all([p1, p2])
@@ -115,7 +128,7 @@ t.test('publishes held since a refused rejoin go out when a put-in answers it, b
     onJoin: () => {
       if (!down) return true
       refused()
-      throw new RoomsError('UNAVAILABLE', 'The message store is unreachable right now: retry in a moment.')
+      throw unavailable()
     }
   })
   // A long backoff: the refused rejoin is not tried again during the test, only the put-in answers it.
@@ -145,32 +158,11 @@ t.test('publishes held since a refused rejoin go out when a put-in answers it, b
 })
 
 t.test('a publish held since a refused rejoin, sent when the rejoin succeeds on a socket already closed, is held again, not failed', async (t) => {
-  let down = false
-  const upgrades = gate()
-  const { app, wsUrl } = await startApp(t, {
-    onJoin: () => {
-      if (down) throw new RoomsError('UNAVAILABLE', 'The message store is unreachable right now: retry in a moment.')
-      return true
-    }
-  }, upgrades.setup)
-  const client = await connect(wsUrl, { WebSocket: Pausing, reconnect: { initialDelayMs: 5, maxDelayMs: 20 } })
-  t.teardown(() => client.close())
-  const room = await client.join('r')
-
-  upgrades.closed = true
-  const away = nextState(client, 'reconnecting')
-  for (const socket of app.websocketServer.clients) socket.terminate()
-  await away
-  down = true
   // Frames after the refusal are held back: the retried rejoin's reply, then the close, reach the SDK later.
-  const paused = new Promise<void>((resolve) => { Pausing.paused = resolve })
-  Pausing.pauseAfter = (frame) => frame.includes('"UNAVAILABLE"')
-  upgrades.closed = false
-  await paused
-  await new Promise((resolve) => setImmediate(resolve)) // the SDK handles the refusal in promise callbacks
+  const { app, room, server } = await refusedRejoin(t, () => undefined)
   const p1 = room.publish('p1') // held: the rejoin was refused
   const rejoined = new Promise<void>((resolve) => { Pausing.held = (frame) => { if (frame.includes('"joined"')) resolve() } })
-  down = false // the retried rejoin succeeds
+  server.down = false // the retried rejoin succeeds
   await rejoined
   const closed = new Promise<void>((resolve) => { Pausing.closedWhilePaused = resolve })
   for (const socket of app.websocketServer.clients) socket.close(1012, 'restarting')

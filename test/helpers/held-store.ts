@@ -66,13 +66,19 @@ export class HeldStore extends MemoryAdapter {
   }
 }
 
-/** A store whose next join, once armed (`lower = true`), answers with the room's epoch but offset 1: a count below what a rejoin sent. */
-export class LowerOnce extends HeldStore {
-  lower = false
-  override async join (...args: Parameters<HeldStore['join']>): ReturnType<HeldStore['join']> {
-    const result = await super.join(...args)
-    if (!this.lower) return result
-    this.lower = false
-    return { ...result, offset: 1 }
+/**
+ * A store whose next join, once armed (`lower = true`), answers with the room's epoch but offset 1: a count
+ * below what a rejoin sent. A mixin: on a plain MemoryAdapter, member publishes keep the adapter's
+ * synchronous path, which HeldStore's `publish` turns off.
+ */
+export function lowerOnce<B extends new (...args: any[]) => MemoryAdapter> (Base: B) {
+  return class extends Base {
+    lower = false
+    override async join (...args: Parameters<MemoryAdapter['join']>): ReturnType<MemoryAdapter['join']> {
+      const result = await super.join(...args)
+      if (!this.lower) return result
+      this.lower = false
+      return { ...result, offset: 1 }
+    }
   }
 }
