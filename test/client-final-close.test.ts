@@ -1,9 +1,11 @@
 import t from 'tap'
 import WebSocket from 'ws'
 import { connect, type LeftInfo, type RoomsClientError } from '../src/client/index.js'
+import { UNAUTHORIZED_REASONS } from '../src/index.js'
+import { ADA, scripted, startTokenApp, token } from './fixtures/token-auth.js'
 import { startApp } from './helpers/server.js'
 
-// A final close (the server's 4003, close()) while a publish is in flight: it was sent, so it may or may not
+// A final close (the server's 4003, a 4001 the client does not retry, close()) while a publish is in flight: it was sent, so it may or may not
 // have been applied. It rejects with the code that says why the client stopped (CLOSED), and a sentence that
 // says it may have been applied; the room handles end with `left` { cause: 'closed' }.
 
@@ -55,4 +57,28 @@ t.test('close() while a publish is in flight: CLOSED, "may or may not have been 
   t.match(await inFlight, { code: 'CLOSED', room: 'r', message: 'The client was closed. The request had been sent: it may or may not have been applied.' })
   t.match(lefts, [{ cause: 'closed', reason: 'client closed' }], 'left once')
   t.equal(room.status, 'left')
+})
+
+t.test('a final 4001 (token expired, refresh failed, no reconnect) while a publish is in flight: UNAUTHORIZED, "may or may not have been applied"', async (t) => {
+  const held = heldPublishes()
+  const { wsUrl } = await startTokenApp(t, { onPublish: held.hook })
+  t.teardown(() => held.release())
+  // Long enough to join and publish before it expires; the refresh fails, so the server closes 4001 at expiry.
+  const { getToken } = scripted(() => token(ADA.id, Date.now() + 1000), () => { throw new Error('token service down') })
+  const client = await connect(wsUrl, { WebSocket, getToken, reconnect: false })
+  t.teardown(() => client.close())
+  const room = await client.join('r')
+  const lefts: LeftInfo[] = []
+  room.on('left', (info) => lefts.push(info))
+  const inFlight = room.publish('sent').catch((err: RoomsClientError) => err)
+  await held.entered
+  t.match(await inFlight, {
+    code: 'UNAUTHORIZED',
+    room: 'r',
+    message: /refused the credentials.*may or may not have been applied/,
+    close: { code: 4001, reason: UNAUTHORIZED_REASONS.expired, byClient: false }
+  })
+  t.match(lefts, [{ cause: 'closed', error: { code: 'UNAUTHORIZED' } }], 'left once, with the reason')
+  t.equal(room.status, 'left')
+  t.equal(client.state, 'closed')
 })
