@@ -43,6 +43,13 @@ export interface ConnectionContext {
    * (`Adapter.orderedPublishes`) and no `onPublish` hook has to run first.
    */
   pipelinePublishes: boolean
+  /**
+   * Whether ws checks that text frames are UTF-8 (its default). An app's own
+   * @fastify/websocket may turn that off (`skipUTF8Validation`): a frame's
+   * text can then weigh more than its bytes (each bad byte reads as U+FFFD,
+   * three bytes), so the frame's length no longer bounds its data's.
+   */
+  utf8Checked: boolean
 }
 
 const OPEN = 1
@@ -497,7 +504,7 @@ export class Connection implements Peer {
   private handle (buffer: Buffer): void {
     const text = buffer.toString()
     const frame = parseClientFrame(text)
-    const size = buffer.length
+    const size = this.ctx.utf8Checked ? buffer.length : Buffer.byteLength(text)
     // Replies go out in frame order: any frame but a pipelined publish waits for the publishes in flight.
     const backlog = this.backlog
     const pending = backlog?.publishing === undefined || this.pipes(frame)

@@ -194,7 +194,8 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     },
     metrics: counters,
     roomList,
-    pipelinePublishes: adapter.orderedPublishes === true && options.onPublish === undefined
+    pipelinePublishes: adapter.orderedPublishes === true && options.onPublish === undefined,
+    utf8Checked: false
   }
   const state = { closing: false, connections: () => open.size }
   // Where the socket and REST routes are served, under the prefix of the context that registered the plugin: for the pages and the shutdown answer.
@@ -264,6 +265,8 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
   // Connection.onSocketError stands in for @fastify/websocket's default
   // errorHandler only; an application's own errorHandler keeps its listener.
   const onSocketError = ownWebsocketServers.has(app.websocketServer) ? Connection.onSocketError : undefined
+  // An app's own server may skip ws's UTF-8 check; unknown counts as skipped.
+  ctx.utf8Checked = (app.websocketServer as { options?: { skipUTF8Validation?: unknown } }).options?.skipUTF8Validation === false
 
   /** A publish by the server (`broadcast`, REST): the same checks as a member's publish, no `from`. */
   async function serverPublish (room: string, data: unknown, ephemeral = false): Promise<number | undefined> {

@@ -268,7 +268,7 @@ t.test('an authenticate that never answers is refused after authTimeoutMs and gi
   const { wsUrl, url } = await startApp(t, {
     maxConnections: 1,
     // Long enough that the second upgrade below reaches the limit while the first is checked, on a loaded machine.
-    authTimeoutMs: 1500,
+    authTimeoutMs: 4000,
     authenticate: async (request) => {
       calls++
       if (request.headers['x-hang'] !== undefined) await hanging

@@ -34,3 +34,26 @@ t.test('@fastify/websocket registered after the plugin fails at startup, before 
   // @fastify/websocket decorates `ws` a second time; avvio lets its synchronous throw escape as an uncaught exception.
   t.match(result.output, /FST_ERR_DEC_ALREADY_PRESENT/)
 })
+
+t.test('an app\'s own @fastify/websocket with skipUTF8Validation: data measured as sent on, not by the frame\'s bytes', async (t) => {
+  const { app, wsUrl } = await startApp(t, { maxMessageBytes: 700 }, async (app) => {
+    await app.register(websocket, { options: { skipUTF8Validation: true } })
+  })
+  const a = await TestSocket.open(wsUrl)
+  const b = await TestSocket.open(wsUrl)
+  t.teardown(() => Promise.all([a.close(), b.close()]))
+  await a.join('r')
+  await b.join('r')
+  // Each 0xff byte reads as U+FFFD, 3 bytes of UTF-8: 400 bytes of it are 1,200 bytes of data, in a 447-byte frame
+  // (read by the fast path); 650 of them, 1,950 bytes in a 697-byte frame (over 512 characters: the slow path).
+  for (const [id, n] of [[1, 400], [2, 650]] as const) {
+    const frame = Buffer.concat([Buffer.from(`{"type":"publish","room":"r","id":${id},"data":"`), Buffer.alloc(n, 0xff), Buffer.from('"}')])
+    t.ok(frame.length <= 700, `a frame of ${frame.length} bytes`)
+    a.ws.send(frame, { binary: false })
+    t.match(await a.next((f) => f.id === id), { type: 'error', code: 'PAYLOAD_TOO_LARGE', id }, `${n} bad bytes: refused`)
+  }
+  const offset = await app.rooms.broadcast('r', 'after')
+  t.match(await b.next((f) => f.type === 'message'), { data: 'after', offset }, 'nothing was published before it')
+  // Valid UTF-8 on the same server is measured as before: 300 x 'é' is 602 bytes of data.
+  t.match(await a.request({ type: 'publish', room: 'r', data: 'é'.repeat(300) }), { type: 'ack' })
+})
