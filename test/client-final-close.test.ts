@@ -1,6 +1,6 @@
 import t from 'tap'
 import WebSocket from 'ws'
-import { connect, type LeftInfo, type RoomsClientError } from '../src/client/index.js'
+import { connect, type LeftInfo, type Room, type RoomsClient, type RoomsClientError } from '../src/client/index.js'
 import { UNAUTHORIZED_REASONS } from '../src/index.js'
 import { ADA, scripted, startTokenApp, token } from './fixtures/token-auth.js'
 import { startApp } from './helpers/server.js'
@@ -18,17 +18,23 @@ function heldPublishes (): { hook: () => Promise<boolean>, entered: Promise<void
   return { hook: async () => { entered(); await released; return true }, entered: reached, release }
 }
 
+/** Join room 'r' and publish into it; resolves once the hook holds the publish: it is in flight. */
+async function publishInFlight (client: RoomsClient, held: { entered: Promise<void> }): Promise<{ room: Room, lefts: LeftInfo[], inFlight: Promise<unknown> }> {
+  const room = await client.join('r')
+  const lefts: LeftInfo[] = []
+  room.on('left', (info) => lefts.push(info))
+  const inFlight = room.publish('sent').catch((err: RoomsClientError) => err)
+  await held.entered
+  return { room, lefts, inFlight }
+}
+
 t.test('4003 while a publish is in flight: CLOSED, "may or may not have been applied"; the handle ends with cause closed', async (t) => {
   const held = heldPublishes()
   const { app, wsUrl } = await startApp(t, { onPublish: held.hook })
   t.teardown(() => held.release())
   const client = await connect(wsUrl, { WebSocket })
   t.teardown(() => client.close())
-  const room = await client.join('r')
-  const lefts: LeftInfo[] = []
-  room.on('left', (info) => lefts.push(info))
-  const inFlight = room.publish('sent').catch((err: RoomsClientError) => err)
-  await held.entered
+  const { room, lefts, inFlight } = await publishInFlight(client, held)
   await app.rooms.disconnect(client.connectionId, 'kicked by admin')
   t.match(await inFlight, {
     code: 'CLOSED',
@@ -48,11 +54,7 @@ t.test('close() while a publish is in flight: CLOSED, "may or may not have been 
   const { wsUrl } = await startApp(t, { onPublish: held.hook })
   t.teardown(() => held.release())
   const client = await connect(wsUrl, { WebSocket })
-  const room = await client.join('r')
-  const lefts: LeftInfo[] = []
-  room.on('left', (info) => lefts.push(info))
-  const inFlight = room.publish('sent').catch((err: RoomsClientError) => err)
-  await held.entered
+  const { room, lefts, inFlight } = await publishInFlight(client, held)
   client.close()
   t.match(await inFlight, { code: 'CLOSED', room: 'r', message: 'The client was closed. The request had been sent: it may or may not have been applied.' })
   t.match(lefts, [{ cause: 'closed', reason: 'client closed' }], 'left once')
@@ -67,11 +69,7 @@ t.test('a final 4001 (token expired, refresh failed, no reconnect) while a publi
   const { getToken } = scripted(() => token(ADA.id, Date.now() + 1000), () => { throw new Error('token service down') })
   const client = await connect(wsUrl, { WebSocket, getToken, reconnect: false })
   t.teardown(() => client.close())
-  const room = await client.join('r')
-  const lefts: LeftInfo[] = []
-  room.on('left', (info) => lefts.push(info))
-  const inFlight = room.publish('sent').catch((err: RoomsClientError) => err)
-  await held.entered
+  const { room, lefts, inFlight } = await publishInFlight(client, held)
   t.match(await inFlight, {
     code: 'UNAUTHORIZED',
     room: 'r',
