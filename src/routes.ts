@@ -1,3 +1,4 @@
+import { STATUS_CODES } from 'node:http'
 import Type, { type Static, type TSchema } from 'typebox'
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, FastifySchemaCompiler, HookHandlerDoneFunction, preHandlerHookHandler } from 'fastify'
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
@@ -117,16 +118,31 @@ export function restAccess (options: ResolvedOptions, credentials: Credentials):
  * guards do), when its promise resolves, or, for a plain function that takes
  * no `done`, when it returns. A throw, a rejection or `done(err)` refuses
  * with that error, and so does a return of `false` (403 `FORBIDDEN`): a
- * predicate must not let everyone in. Fastify's own runner would call the
- * next step twice for a guard that both calls `done` and returns a promise,
- * and an async guard taking `done` would let a predicate's `false` through.
+ * predicate must not let everyone in. A guard that replied (`reply.send`)
+ * has answered: the request goes no further, even when the reply is still
+ * in the app's async `onSend` hooks as the guard returns. Fastify's own
+ * runner would call the next step twice for a guard that both calls `done`
+ * and returns a promise, and an async guard taking `done` would let a
+ * predicate's `false` through.
  */
 export function guardHook (guard: (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) => unknown): preHandlerHookHandler {
   return function (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) {
     let finished = false
+    let replied = false
+    const send = reply.send
+    reply.send = function (this: FastifyReply, ...args: Parameters<FastifyReply['send']>) {
+      replied = true
+      return send.apply(this, args)
+    }
     const finish = (err?: unknown): void => {
-      if (finished) return
+      if (finished) {
+        // Too late to refuse: a guard whose done has no declared parameter (rest or default parameters) was taken at its return.
+        if (err !== undefined && err !== null) request.log.error({ err }, 'fastify-rooms: a route guard refused after it had let the request on; declare done as its third parameter')
+        return
+      }
       finished = true
+      reply.send = send
+      if (replied) return
       done(err === undefined || err === null ? undefined : err as Error)
     }
     const verdict = (value: unknown): void => { finish(value === false ? new errorCodes.FORBIDDEN(httpMessages.guardRefused) : undefined) }
@@ -139,7 +155,7 @@ export function guardHook (guard: (this: FastifyInstance, request: FastifyReques
     }
     if (typeof (result as PromiseLike<unknown> | undefined)?.then === 'function') {
       (result as PromiseLike<unknown>).then(verdict, (err: unknown) => { finish(err ?? new Error('The guard rejected without an error')) })
-    } else if (guard.length < 3) {
+    } else if (guard.length < 3 || result === false) {
       verdict(result)
     }
   }
@@ -315,8 +331,12 @@ function roomErrors (this: FastifyInstance, error: Error & { validationContext?:
       void reply.send(http)
       return
     }
-  } else if (error.statusCode !== undefined && error.statusCode < 500) {
-    void reply.send(error)
+  } else if (error.statusCode !== undefined && error.statusCode >= 400 && error.statusCode < 500) {
+    // An app's guard may refuse with any error of a 4xx status: one without a code gets its status's name.
+    const code = (error as { code?: unknown }).code
+    const status = error.statusCode
+    const name = STATUS_CODES[status] ?? 'Error'
+    void reply.code(status).send(typeof code === 'string' ? error : { statusCode: status, code: name.toUpperCase().replace(/[^A-Z]+/g, '_'), error: name, message: error.message })
     return
   }
   request.log.error({ err: error }, 'fastify-rooms: a REST request failed')

@@ -66,7 +66,7 @@ t.test('a final 4001 (token expired, refresh failed, no reconnect) while a publi
   const { wsUrl } = await startTokenApp(t, { onPublish: held.hook })
   t.teardown(() => held.release())
   // Long enough to join and publish before it expires; the refresh fails, so the server closes 4001 at expiry.
-  const { getToken } = scripted(() => token(ADA.id, Date.now() + 1000), () => { throw new Error('token service down') })
+  const { getToken } = scripted(() => token(ADA.id, Date.now() + 3000), () => { throw new Error('token service down') })
   const client = await connect(wsUrl, { WebSocket, getToken, reconnect: false })
   t.teardown(() => client.close())
   const { room, lefts, inFlight } = await publishInFlight(client, held)

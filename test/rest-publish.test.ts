@@ -5,7 +5,7 @@ import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
 
 async function post (url: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number, body: any }> {
-  const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) })
+  const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body), signal: AbortSignal.timeout(10_000) })
   return { status: res.status, body: await res.json() }
 }
 
@@ -61,7 +61,9 @@ t.test('guards written every way Fastify allows let a publish through once, and 
     doneThenPromise: function (request: Req, _reply: unknown, done: (err?: Error) => void) { return Promise.resolve().then(() => done(refuse(request))) },
     // Predicates: false refuses. One shaped like the admin guard gets done where it expects a user.
     predicate: function (request: Req) { return allowed(request) },
-    asyncPredicate: async function (request: Req, _reply: unknown, user: { role?: string } | undefined) { return allowed(request) && user?.role !== 'guest' }
+    asyncPredicate: async function (request: Req, _reply: unknown, user: { role?: string } | undefined) { return allowed(request) && user?.role !== 'guest' },
+    // Declares done, and refuses by returning false (Fastify would wait for done for ever).
+    donePredicate: function (request: Req, _reply: unknown, done: () => void) { if (!allowed(request)) return false; done() }
   }
   for (const [name, guard] of Object.entries(guards)) {
     const { url } = await startApp(t, { restPublish: guard as never })
@@ -72,4 +74,48 @@ t.test('guards written every way Fastify allows let a publish through once, and 
     const stored = await (await fetch(`${url}/rooms/r/messages`)).json() as { messages: unknown[] }
     t.equal(stored.messages.length, 1, `${name}: stored once`)
   }
+})
+
+t.test('a guard that replies refuses, also when the reply is still in an async onSend hook as the guard returns', async (t) => {
+  type Req = { headers: Record<string, unknown> }
+  type Rep = { code: (n: number) => { send: (body: unknown) => unknown } }
+  const unauthorized = { statusCode: 401, code: 'UNAUTHORIZED', error: 'Unauthorized', message: 'Publishing needs the ops token.' }
+  const allowed = (request: Req): boolean => request.headers.authorization === 'Bearer ops-token'
+  const guards = {
+    // Neither returns nor awaits the reply: it is not sent yet when the guard returns.
+    plain: function (request: Req, reply: Rep) { if (!allowed(request)) reply.code(401).send(unauthorized) },
+    async: async function (request: Req, reply: Rep) { if (!allowed(request)) void reply.code(401).send(unauthorized) }
+  }
+  for (const [name, guard] of Object.entries(guards)) {
+    const { url } = await startApp(t, { restPublish: guard as never }, (app) => {
+      app.addHook('onSend', async (_request, _reply, payload) => { await new Promise((resolve) => setImmediate(resolve)); return payload })
+    })
+    t.same(await post(`${url}/rooms/r/messages`, { data: 'sneaked' }), { status: 401, body: unauthorized }, `${name}: its answer`)
+    t.equal((await fetch(`${url}/rooms/r/messages`)).status, 404, `${name}: nothing stored`)
+    t.same(await post(`${url}/rooms/r/messages`, { data: 1 }, { authorization: 'Bearer ops-token' }), { status: 201, body: { offset: 1 } }, `${name}: let through`)
+  }
+})
+
+t.test('a guard refusing with an error of a 4xx status and no code: that status, the code named after it', async (t) => {
+  const { url } = await startApp(t, {
+    restPublish: function (_request: unknown, _reply: unknown, done: (err?: Error) => void) { done(Object.assign(new Error('Publishing needs the ops token.'), { statusCode: 401 })) } as never
+  })
+  t.same(await post(`${url}/rooms/r/messages`, { data: 1 }), { status: 401, body: { statusCode: 401, code: 'UNAUTHORIZED', error: 'Unauthorized', message: 'Publishing needs the ops token.' } })
+  const tooMany = await startApp(t, { restPublish: async () => { throw Object.assign(new Error('Slow down.'), { statusCode: 429 }) } })
+  t.same(await post(`${tooMany.url}/rooms/r/messages`, { data: 1 }), { status: 429, body: { statusCode: 429, code: 'TOO_MANY_REQUESTS', error: 'Too Many Requests', message: 'Slow down.' } })
+})
+
+t.test('a guard whose done is not a declared parameter is taken at its return; a later refusal is logged as an error', async (t) => {
+  const lines: Array<Record<string, any>> = []
+  const stream = { write: (line: string) => { lines.push(JSON.parse(line)) } }
+  let refused = (): void => {}
+  const logged = new Promise<void>((resolve) => { refused = resolve })
+  const { url } = await startApp(t, {
+    restPublish: function (...args: unknown[]) {
+      setImmediate(() => { (args[2] as (err: Error) => void)(new Error('too late')); refused() })
+    } as never
+  }, undefined, { logger: { level: 'error', stream } })
+  t.equal((await post(`${url}/rooms/r/messages`, { data: 1 })).status, 201, 'let on at its return, as a guard without done')
+  await logged
+  t.match(lines, [{ level: 50, msg: /a route guard refused after it had let the request on; declare done/, err: { message: 'too late' } }])
 })
