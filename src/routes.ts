@@ -127,23 +127,37 @@ export function restAccess (options: ResolvedOptions, credentials: Credentials):
  */
 export function guardHook (guard: (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) => unknown): preHandlerHookHandler {
   return function (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) {
-    let finished = false
+    let outcome: 'on' | 'refused' | 'replied' | undefined
     let replied = false
     const send = reply.send
     reply.send = function (this: FastifyReply, ...args: Parameters<FastifyReply['send']>) {
-      replied = true
-      return send.apply(this, args)
+      try {
+        const sent = send.apply(this, args)
+        replied = true
+        return sent
+      } catch (err) {
+        // A send that threw (a bad payload or header) answered nothing, unless it got as far as the headers.
+        replied = reply.sent || reply.raw.headersSent
+        throw err
+      }
     }
     const finish = (err?: unknown): void => {
-      if (finished) {
-        // Too late to refuse: a guard whose done has no declared parameter (rest or default parameters) was taken at its return.
-        if (err !== undefined && err !== null) request.log.error({ err }, 'fastify-rooms: a route guard refused after it had let the request on; declare done as its third parameter')
+      const refusal = err !== undefined && err !== null
+      if (outcome !== undefined) {
+        // Too late to refuse. A guard whose done is not a declared parameter (rest or default parameters) was taken at its return.
+        if (refusal && outcome !== 'refused') {
+          const hint = guard.length < 3 ? '; declare done as its third parameter' : ''
+          request.log.error({ err }, outcome === 'on' ? `fastify-rooms: a route guard refused after it had let the request on${hint}` : 'fastify-rooms: a route guard failed after it had replied')
+        }
         return
       }
-      finished = true
       reply.send = send
-      if (replied) return
-      done(err === undefined || err === null ? undefined : err as Error)
+      outcome = replied ? 'replied' : refusal ? 'refused' : 'on'
+      if (outcome === 'replied') {
+        if (refusal) request.log.error({ err }, 'fastify-rooms: a route guard failed after it had replied')
+        return
+      }
+      done(refusal ? err as Error : undefined)
     }
     const verdict = (value: unknown): void => { finish(value === false ? new errorCodes.FORBIDDEN(httpMessages.guardRefused) : undefined) }
     let result: unknown
@@ -282,7 +296,8 @@ export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { regist
       summary: 'Publish to a room as the server (no from); guarded by the restPublish option',
       params: RoomParams,
       body: PublishBody,
-      response: { 201: PublishResult, 400: HttpError, 401: HttpError, 403: HttpError, 413: HttpError }
+      // No schema for 401 and 403: they are the guard's answers too, in whatever shape it replies.
+      response: { 201: PublishResult, 400: HttpError, 413: HttpError }
     }
   }, async (request, reply) => {
     const offset = await publish.serverPublish(request.params.room, request.body.data)
@@ -331,16 +346,24 @@ function roomErrors (this: FastifyInstance, error: Error & { validationContext?:
       void reply.send(http)
       return
     }
-  } else if (error.statusCode !== undefined && error.statusCode >= 400 && error.statusCode < 500) {
-    // An app's guard may refuse with any error of a 4xx status: one without a code gets its status's name.
-    const code = (error as { code?: unknown }).code
-    const status = error.statusCode
+  } else if (isClientStatus(error)) {
+    // An app's guard may refuse with any error of a 4xx status (Fastify reads `status` too): without a code, its status names it.
+    const status = Number(error.statusCode ?? (error as { status?: unknown }).status)
     const name = STATUS_CODES[status] ?? 'Error'
-    void reply.code(status).send(typeof code === 'string' ? error : { statusCode: status, code: name.toUpperCase().replace(/[^A-Z]+/g, '_'), error: name, message: error.message })
+    const code = (error as { code?: unknown }).code
+    void reply.code(status).send(typeof code === 'string' && typeof error.message === 'string'
+      ? error
+      : { statusCode: status, code: typeof code === 'string' ? code : name.toUpperCase().replace(/[^A-Z]+/g, '_'), error: name, message: typeof error.message === 'string' ? error.message : name })
     return
   }
   request.log.error({ err: error }, 'fastify-rooms: a REST request failed')
   void reply.send(new errorCodes.INTERNAL())
+}
+
+/** An error of a 4xx status, given as `statusCode` or (as http-errors and Fastify allow) `status`. */
+function isClientStatus (error: { statusCode?: unknown, status?: unknown }): boolean {
+  const status = Number(error.statusCode ?? error.status)
+  return Number.isInteger(status) && status >= 400 && status < 500
 }
 
 function isRead (request: FastifyRequest): boolean {

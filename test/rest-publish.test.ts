@@ -101,8 +101,38 @@ t.test('a guard refusing with an error of a 4xx status and no code: that status,
     restPublish: function (_request: unknown, _reply: unknown, done: (err?: Error) => void) { done(Object.assign(new Error('Publishing needs the ops token.'), { statusCode: 401 })) } as never
   })
   t.same(await post(`${url}/rooms/r/messages`, { data: 1 }), { status: 401, body: { statusCode: 401, code: 'UNAUTHORIZED', error: 'Unauthorized', message: 'Publishing needs the ops token.' } })
-  const tooMany = await startApp(t, { restPublish: async () => { throw Object.assign(new Error('Slow down.'), { statusCode: 429 }) } })
-  t.same(await post(`${tooMany.url}/rooms/r/messages`, { data: 1 }), { status: 429, body: { statusCode: 429, code: 'TOO_MANY_REQUESTS', error: 'Too Many Requests', message: 'Slow down.' } })
+  const tooMany = await startApp(t, { restPublish: async () => { throw Object.assign(new Error('Slow down.'), { statusCode: '429' }) } })
+  t.strictSame(await post(`${tooMany.url}/rooms/r/messages`, { data: 1 }), { status: 429, body: { statusCode: 429, code: 'TOO_MANY_REQUESTS', error: 'Too Many Requests', message: 'Slow down.' } }, 'a statusCode given as a string')
+  // As http-errors makes them: `status`, and no message of its own here.
+  const httpErrors = await startApp(t, { restPublish: async () => { throw { status: 403 } } }) // eslint-disable-line no-throw-literal
+  t.same(await post(`${httpErrors.url}/rooms/r/messages`, { data: 1 }), { status: 403, body: { statusCode: 403, code: 'FORBIDDEN', error: 'Forbidden', message: 'Forbidden' } }, 'status, no message')
+})
+
+t.test('a guard\'s reply in its own shape is sent as it is; a reply that fails (a bad payload) is a 500, not a request left hanging', async (t) => {
+  const own = await startApp(t, { restPublish: async (_request, reply) => { await reply.code(401).send({ error: 'no' }) } })
+  t.same(await post(`${own.url}/rooms/r/messages`, { data: 1 }), { status: 401, body: { error: 'no' } })
+  const lines: Array<Record<string, any>> = []
+  const broken = await startApp(t, {
+    // An object as text/plain: Fastify's send throws (FST_ERR_REP_INVALID_PAYLOAD_TYPE), so nothing was answered.
+    restPublish: ((_request: unknown, reply: { code: (n: number) => { type: (t: string) => { send: (body: unknown) => void } } }) => { reply.code(401).type('text/plain').send({ error: 'no' }) }) as never
+  }, undefined, { logger: { level: 'error', stream: { write: (line: string) => { lines.push(JSON.parse(line)) } } } })
+  t.match(await post(`${broken.url}/rooms/r/messages`, { data: 1 }), { status: 500, body: { code: 'INTERNAL' } })
+  t.equal((await fetch(`${broken.url}/rooms/r/messages`)).status, 404, 'nothing stored')
+  t.match(lines, [{ level: 50, err: { code: 'FST_ERR_REP_INVALID_PAYLOAD_TYPE' } }], 'the real error is in the log')
+})
+
+t.test('the first word of a guard wins: done() then false lets on (logged); done(err) then false refuses once', async (t) => {
+  const lines: Array<Record<string, any>> = []
+  const logger = { level: 'error', stream: { write: (line: string) => { lines.push(JSON.parse(line)) } } }
+  const on = await startApp(t, { restPublish: function (_request: unknown, _reply: unknown, done: () => void) { done(); return false } as never }, undefined, { logger })
+  t.equal((await post(`${on.url}/rooms/r/messages`, { data: 1 })).status, 201)
+  t.match(lines, [{ level: 50, msg: 'fastify-rooms: a route guard refused after it had let the request on' }], 'logged, with no hint about declaring done')
+  lines.length = 0
+  const refused = await startApp(t, {
+    restPublish: function (_request: unknown, _reply: unknown, done: (err: Error) => void) { done(new errorCodes.FORBIDDEN('No.')); return false } as never
+  }, undefined, { logger })
+  t.match(await post(`${refused.url}/rooms/r/messages`, { data: 1 }), { status: 403, body: { message: 'No.' } })
+  t.same(lines, [], 'nothing logged')
 })
 
 t.test('a guard whose done is not a declared parameter is taken at its return; a later refusal is logged as an error', async (t) => {
