@@ -9,7 +9,7 @@
  */
 import WebSocket from 'ws'
 
-export type Kind = 'rooms' | 'rooms-quiet' | 'rooms-nohistory' | 'rooms-redis' | 'rooms-cluster' | 'ws-stringify' | 'ws-preframed' | 'ws-coalesced' | 'ws-coalesced-from' | 'fastify-websocket' | 'socketio' | 'socketio-redis'
+export type Kind = 'rooms' | 'rooms-quiet' | 'rooms-nohistory' | 'rooms-redis' | 'rooms-cluster' | 'ws-stringify' | 'ws-preframed' | 'ws-coalesced' | 'ws-coalesced-from' | 'fastify-websocket' | 'fastify-coalesced' | 'socketio' | 'socketio-redis'
 
 export interface BenchClient {
   /** Join a room; resolves when the server confirmed it (`joined`, or the Socket.IO ack). */

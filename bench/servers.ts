@@ -82,11 +82,13 @@ async function start (kind: string): Promise<number> {
       await new Promise<void>((resolve) => http.listen({ port: 0, host: '127.0.0.1', backlog: BACKLOG }, resolve))
       return (http.address() as { port: number }).port
     }
-    case 'fastify-websocket': {
-      // The stack fastify-rooms stands on, with the plain handler: what Fastify and @fastify/websocket cost alone.
+    case 'fastify-websocket':
+    case 'fastify-coalesced': {
+      // The stack fastify-rooms stands on, with a plain handler: what Fastify and @fastify/websocket cost
+      // alone, under the stringify-once handler or the coalescing baseline's (which does a join's work).
       const app = Fastify({ logger: false })
       await app.register(websocket)
-      const handle = mapOfSets(false)
+      const handle = kind === 'fastify-coalesced' ? coalescedServer(presenceIntervalMs) : mapOfSets(false)
       app.get('/', { websocket: true }, (socket) => handle(socket))
       await app.listen({ port: 0, host: '127.0.0.1', backlog: BACKLOG })
       return (app.server.address() as { port: number }).port

@@ -42,6 +42,7 @@ export const labels: Record<Kind, string> = {
   'ws-coalesced': 'ws, pre-framed and coalesced',
   'ws-coalesced-from': 'ws, pre-framed and coalesced, with `from` in each message',
   'fastify-websocket': 'Fastify + @fastify/websocket, same handler as plain ws',
+  'fastify-coalesced': 'Fastify + @fastify/websocket, the pre-framed and coalesced handler',
   socketio: 'Socket.IO 4',
   'socketio-redis': 'Socket.IO 4, @socket.io/redis-adapter (2 instances)'
 }
@@ -54,7 +55,7 @@ export const clusterKinds: Kind[] = ['rooms-cluster']
 /** The plain ws servers; a ratio's baseline is the strongest of those a workload runs. */
 export const plainWs: Kind[] = ['ws-stringify', 'ws-preframed', 'ws-coalesced']
 /** Servers that send presence, so their members' counts must converge. */
-export const presenceKinds: Kind[] = ['rooms', 'rooms-redis', 'rooms-cluster', 'ws-coalesced', 'ws-coalesced-from']
+export const presenceKinds: Kind[] = ['rooms', 'rooms-redis', 'rooms-cluster', 'ws-coalesced', 'ws-coalesced-from', 'fastify-coalesced']
 
 // rooms-nohistory (opt-in) shows what keeping history for recovery costs the fan-out: the baselines keep none.
 // ws-coalesced-from (opt-in) is the coalescing baseline with the publisher as `from` in each message, as
@@ -65,7 +66,9 @@ const fanoutKinds: Kind[] = ['rooms', 'rooms-nohistory', 'rooms-redis', 'ws-stri
 const scaledFanoutKinds: Kind[] = [...fanoutKinds, 'rooms-cluster']
 // The storm with Redis takes many minutes at full size on current code: run it with --kinds=rooms-redis.
 // Only ws-coalesced does the same work as fastify-rooms on a join (member page, presence diffs).
-const joinKinds: Kind[] = ['rooms', 'rooms-quiet', 'rooms-redis', 'ws-coalesced']
+// fastify-coalesced (opt-in) is the coalescing baseline's handler on Fastify and @fastify/websocket, the stack
+// fastify-rooms must stand on: what that stack alone adds to a connect and join.
+const joinKinds: Kind[] = ['rooms', 'rooms-quiet', 'rooms-redis', 'ws-coalesced', 'fastify-coalesced']
 const memoryKinds: Kind[] = ['rooms', 'rooms-quiet', 'rooms-redis', 'ws-stringify', 'ws-coalesced', 'fastify-websocket', 'socketio']
 const stormKinds: Kind[] = ['rooms', 'rooms-redis', 'ws-coalesced']
 
@@ -80,8 +83,8 @@ export function workloads (smoke: boolean, scale = 1): Workload[] {
     // are all on one instance, so each publish reaches one. An odd number puts half on each: the difference is what receiving costs.
     { name: 'shard-999-spread', title: s('Sharding, each room on both instances: 999 rooms x 4 members (2 on each), 30 messages each, window 2', 'Sharding, each room on both instances: 19 rooms x 2 members, 5 messages each, window 2 (smoke)'), group: 'shard', kinds: ['rooms-redis', 'rooms-cluster'], rooms: s(999, 19), members: s(4, 2), window: 2, messages: s(30, 5), durationMs: s(120_000, 20_000), optIn: true },
     { name: 'fanout-window1', title: s('Fan-out, 1 room x 1,000 members, window 1 (one message in flight)', 'Fan-out, 1 room x 10 members, window 1 (smoke)'), group: 'fanout', kinds: fanoutKinds, rooms: 1, members: s(1000, 10), window: 1, durationMs: s(4000, 150), optInKinds: ['rooms-nohistory', 'ws-coalesced-from'] },
-    { name: 'join-100', title: s('Connect and join, 5,000 connections into rooms of 100, presence on', 'Connect and join, 20 connections into rooms of 10 (smoke)'), group: 'join', kinds: joinKinds, rooms: s(50, 2), members: s(100, 10) },
-    { name: 'join-1000', title: s('Connect and join, 5,000 connections into rooms of 1,000, presence on', 'Connect and join, 30 connections into one room (smoke)'), group: 'join', kinds: joinKinds, rooms: s(5, 1), members: s(1000, 30) },
+    { name: 'join-100', title: s('Connect and join, 5,000 connections into rooms of 100, presence on', 'Connect and join, 20 connections into rooms of 10 (smoke)'), group: 'join', kinds: joinKinds, rooms: s(50, 2), members: s(100, 10), optInKinds: ['fastify-coalesced'] },
+    { name: 'join-1000', title: s('Connect and join, 5,000 connections into rooms of 1,000, presence on', 'Connect and join, 30 connections into one room (smoke)'), group: 'join', kinds: joinKinds, rooms: s(5, 1), members: s(1000, 30), optInKinds: ['fastify-coalesced'] },
     { name: 'memory-10000', title: s('10,000 idle joined connections, rooms of 100', '50 idle joined connections (smoke)'), group: 'memory', kinds: memoryKinds, rooms: s(100, 5), members: s(100, 10) },
     { name: 'storm', title: s('Join storm: 5,000 joins in 10 s into a room of 10,000 members, presence on', 'Join storm: 20 joins in 0.1 s into a room of 40 members (smoke)'), group: 'storm', kinds: stormKinds, rooms: 1, members: s(10_000, 40), joins: s(5000, 20), joinRate: s(500, 200), reps: 1, optInKinds: ['rooms-redis'] },
     // 19,000, not 20,000: this machine caps every process at 20,000 open files and cannot raise it.
