@@ -141,11 +141,12 @@ export function guardHook (guard: (this: FastifyInstance, request: FastifyReques
         throw err
       }
     }
-    const finish = (err?: unknown): void => {
+    /** `byFalse`: the refusal is the guard's own `false`, which means nothing more once it replied. */
+    const finish = (err?: unknown, byFalse = false): void => {
       const refusal = err !== undefined && err !== null
       if (outcome !== undefined) {
         // Too late to refuse. A guard whose done is not a declared parameter (rest or default parameters) was taken at its return.
-        if (refusal && outcome !== 'refused') {
+        if (refusal && outcome !== 'refused' && !(byFalse && outcome === 'replied')) {
           const hint = guard.length < 3 ? '; declare done as its third parameter' : ''
           request.log.error({ err }, outcome === 'on' ? `fastify-rooms: a route guard refused after it had let the request on${hint}` : 'fastify-rooms: a route guard failed after it had replied')
         }
@@ -154,12 +155,12 @@ export function guardHook (guard: (this: FastifyInstance, request: FastifyReques
       reply.send = send
       outcome = replied ? 'replied' : refusal ? 'refused' : 'on'
       if (outcome === 'replied') {
-        if (refusal) request.log.error({ err }, 'fastify-rooms: a route guard failed after it had replied')
+        if (refusal && !byFalse) request.log.error({ err }, 'fastify-rooms: a route guard failed after it had replied')
         return
       }
       done(refusal ? err as Error : undefined)
     }
-    const verdict = (value: unknown): void => { finish(value === false ? new errorCodes.FORBIDDEN(httpMessages.guardRefused) : undefined) }
+    const verdict = (value: unknown): void => { finish(value === false ? new errorCodes.FORBIDDEN(httpMessages.guardRefused) : undefined, true) }
     let result: unknown
     try {
       result = guard.call(this, request, reply, finish)

@@ -133,6 +133,10 @@ t.test('the first word of a guard wins: done() then false lets on (logged); done
   }, undefined, { logger })
   t.match(await post(`${refused.url}/rooms/r/messages`, { data: 1 }), { status: 403, body: { message: 'No.' } })
   t.same(lines, [], 'nothing logged')
+  // Replied, then false: the reply is the answer, and false adds nothing worth a log line.
+  const replied = await startApp(t, { restPublish: async (_request, reply) => { await reply.code(401).send({ error: 'no' }); return false } }, undefined, { logger })
+  t.same(await post(`${replied.url}/rooms/r/messages`, { data: 1 }), { status: 401, body: { error: 'no' } })
+  t.same(lines, [], 'nothing logged')
 })
 
 t.test('a guard whose done is not a declared parameter is taken at its return; a later refusal is logged as an error', async (t) => {
