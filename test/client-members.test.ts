@@ -120,3 +120,31 @@ eachAdapter(t, 'loadMoreMembers refusals: disconnected DISCONNECTED, a bad limit
   await room.leave()
   await t.rejects(room.loadMoreMembers(), { code: 'NOT_IN_ROOM', room: 'r' })
 })
+
+eachAdapter(t, 'a rejoin reads the new first page in the server\'s order: ids above U+FFFF and in U+E000-U+FFFF, no change reported where none happened', async (t, deploy) => {
+  // By code point (the server's order on every adapter): a < U+FF01 < the emoji; JavaScript's < puts the emoji before U+FF01.
+  const users = ['a', '\uFF01', '\u{1F600}']
+  const d = await deploy({ ...options, presenceGraceMs: 10_000, authenticate: (request: { query: unknown }) => ({ id: (request.query as { u: string }).u, name: 'n' }) })
+  const clients: RoomsClient[] = []
+  for (const u of users) {
+    const c = await connect(`${d.node(0).wsUrl}?u=${encodeURIComponent(u)}`, { WebSocket, reconnect: { initialDelayMs: 5, maxDelayMs: 20 } })
+    t.teardown(() => c.close())
+    await c.join('r')
+    clients.push(c)
+  }
+  const room = clients[0]!.room('r')!
+  // The first to join learns of the others from their diffs.
+  if (room.count < users.length) await nextEvent((h) => room.on('presence', h), () => room.count === users.length, clients[0]!)
+  while (!room.membersComplete) await room.loadMoreMembers()
+  t.same(ids(room.members), users, 'every member, in the server\'s order')
+  const changes: PresenceChange[] = []
+  room.on('presence', (change) => changes.push(change))
+  const rejoined = nextEvent((h) => room.on('joined', h), undefined, clients[0]!)
+  clients[0]!.reconnect() // nobody joins or leaves meanwhile
+  await rejoined
+  t.same(changes, [], 'no join or leave reported')
+  t.same(ids(room.members), ['a', '\uFF01'], 'the new first page; the emoji past it is not known until loaded')
+  t.equal(room.count, 3)
+  await room.loadMoreMembers()
+  t.same(ids(room.members), users)
+})

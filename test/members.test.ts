@@ -140,3 +140,22 @@ t.test('a subclass that rewrites join\'s members page has its page written, in a
     t.same(joined.members.map((m: { name: string }) => m.name), Array.from({ length: Math.min(PAGE, sockets.length) }, () => 'user'), `${user.id}'s joined`)
   }
 })
+
+eachAdapter(t, 'member ids are ordered by code point (UTF-8 bytes), the same on every adapter', async (t, deploy) => {
+  // JavaScript's < puts the emoji (a surrogate pair, 0xD83D...) before U+FF01; by code point it comes after.
+  const ids = ['a', 'z', '\uFF01', '\u{1F600}']
+  const d = await deploy({
+    membersPageSize: 2,
+    authenticate: (request: { query: unknown }) => ({ id: (request.query as { u: string }).u, name: 'n' })
+  })
+  const sockets = await Promise.all(ids.map(async (id) => await TestSocket.open(`${d.node(0).wsUrl}?u=${encodeURIComponent(id)}`)))
+  t.teardown(() => Promise.all(sockets.map(async (s) => await s.close())))
+  for (const s of sockets) await s.join('r')
+  const joined = await sockets[0]!.join('r')
+  t.same(joined.members.map((m: { id: string }) => m.id), ['a', 'z'])
+  const rest = await sockets[0]!.request({ type: 'members', room: 'r', after: joined.membersNext })
+  t.same(rest.members.map((m: { id: string }) => m.id), ['\uFF01', '\u{1F600}'], 'then U+FF01, then the emoji')
+  const after = encodeURIComponent('\uFF01')
+  const page = await (await fetch(`${d.node(0).url}/rooms/r?u=a&membersAfter=${after}`, { signal: AbortSignal.timeout(10_000) })).json()
+  t.same(page.members.map((m: { id: string }) => m.id), ['\u{1F600}'], 'REST pages the same way')
+})

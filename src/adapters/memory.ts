@@ -9,6 +9,7 @@ import type {
 } from './adapter.js'
 import type { ControlCommand, PublishesNow } from './adapter.js'
 import type { RoomCountWatcher } from './adapter.js'
+import { compareCodePoints } from '../client/order.js'
 
 interface UserEntry {
   member: Member
@@ -278,7 +279,7 @@ export class MemoryAdapter implements Adapter, PublishesNow {
 
   async rooms (query: RoomQuery): Promise<RoomPage> {
     const { prefix = '', after, limit } = query
-    const from = after !== undefined && after >= prefix ? after : prefix
+    const from = after !== undefined && compareCodePoints(after, prefix) >= 0 ? after : prefix
     let i = lowerBound(this.active, from)
     if (i < this.active.length && this.active[i] === after) i++
     const rooms: RoomPage['rooms'] = []
@@ -439,12 +440,13 @@ function dropConnection (entry: UserEntry, connectionId: string): boolean {
   return false
 }
 
+/** Where `value` goes in `sorted`, by code point: Redis's order, so pages match across adapters. */
 function lowerBound (sorted: string[], value: string): number {
   let lo = 0
   let hi = sorted.length
   while (lo < hi) {
     const mid = (lo + hi) >>> 1
-    if ((sorted[mid] as string) < value) lo = mid + 1
+    if (compareCodePoints(sorted[mid] as string, value) < 0) lo = mid + 1
     else hi = mid
   }
   return lo

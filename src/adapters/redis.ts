@@ -13,6 +13,7 @@ import type { RoomCountWatcher } from './adapter.js'
 import { Partitions } from './partitions.js'
 import { MAX_TIMER_MS } from '../options.js'
 import { ShardSubscriber } from './shard-subscriber.js'
+import { compareCodePoints } from '../client/order.js'
 
 export interface RedisAdapterOptions {
   /** `redis://host:port/db`; the adapter opens its own two connections. */
@@ -1330,7 +1331,7 @@ export class RedisAdapter implements Adapter {
 
   async rooms (query: RoomQuery): Promise<RoomPage> {
     const { prefix = '', after, limit } = query
-    const start = after !== undefined && after >= prefix ? `(${after}` : `[${prefix}`
+    const start = after !== undefined && compareCodePoints(after, prefix) >= 0 ? `(${after}` : `[${prefix}`
     // One more than asked tells whether there is a next page. Each partition
     // lists its own rooms; the page is the first of them all, in Redis's byte order.
     const { bases } = this.partitions

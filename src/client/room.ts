@@ -1,6 +1,7 @@
 import type { HistoryPageFrame, JoinedFrame, Member, MembersPageFrame, MessageFrame, Position, PresenceFrame } from '../protocol.js'
 import { Emitter } from './emitter.js'
 import { RoomsClientError } from './errors.js'
+import { compareCodePoints } from './order.js'
 
 /** A message as the app sees it. */
 export interface RoomMessage<TData = unknown> {
@@ -191,7 +192,7 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
    * else the pages loaded so far (and whoever joined since).
    */
   get members (): Member[] {
-    this.sorted ??= [...this.known.values()].sort((a, b) => a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
+    this.sorted ??= [...this.known.values()].sort((a, b) => compareCodePoints(a.id, b.id))
     return this.sorted
   }
 
@@ -423,7 +424,7 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
    */
   private rejoinChange (frame: JoinedFrame): PresenceChange {
     const self = this.owner.user?.id
-    const covered = (id: string, next: string | null): boolean => next === null || id <= next
+    const covered = (id: string, next: string | null): boolean => next === null || compareCodePoints(id, next) <= 0
     const page = new Set(frame.members.map((m) => m.id))
     const joins = frame.members.filter((m) => !this.known.has(m.id) && m.id !== self && covered(m.id, this.membersNext))
     const leaves = [...this.known.values()].filter((m) => !page.has(m.id) && covered(m.id, frame.membersNext))

@@ -1,5 +1,6 @@
 import type { RoomCount, RoomCountsFrame, RoomsPageFrame } from '../protocol.js'
 import { Emitter } from './emitter.js'
+import { compareCodePoints } from './order.js'
 
 export type { RoomCount }
 
@@ -57,7 +58,7 @@ export class RoomList extends Emitter<RoomListEvents> {
 
   /** The rooms sorted by name. */
   list (): RoomCount[] {
-    return [...this.rooms].map(([name, count]) => ({ name, count })).sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0)
+    return [...this.rooms].map(([name, count]) => ({ name, count })).sort((a, b) => compareCodePoints(a.name, b.name))
   }
 
   /** Load the next page of rooms into the list; resolves false when there was none. */
