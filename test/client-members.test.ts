@@ -3,6 +3,8 @@ import WebSocket from 'ws'
 import { connect, type Member, type PresenceChange, type RoomsClient } from '../src/client/index.js'
 import { eachAdapter, type Deployment } from './helpers/deployment.js'
 import { dropConnection, gate, nextEvent } from './helpers/client.js'
+import { startApp } from './helpers/server.js'
+import { RoomsError } from '../src/index.js'
 
 /** Pages of two members, presence on the next tick, departures without grace. */
 const options = { membersPageSize: 2, presenceIntervalMs: 0, presenceGraceMs: 0 }
@@ -147,4 +149,43 @@ eachAdapter(t, 'a rejoin reads the new first page in the server\'s order: ids ab
   t.equal(room.count, 3)
   await room.loadMoreMembers()
   t.same(ids(room.members), users)
+})
+
+t.test('loadMoreMembers and history while a rejoin refused for a passing reason waits: UNAVAILABLE, not NOT_IN_ROOM; after the rejoin they work', async (t) => {
+  let down = false
+  let refused = (): void => {}
+  const refusal = new Promise<void>((resolve) => { refused = resolve })
+  const { app, wsUrl } = await startApp(t, {
+    ...options,
+    onJoin: () => {
+      if (!down) return true
+      refused()
+      throw new RoomsError('UNAVAILABLE', 'The message store is unreachable right now: retry in a moment.')
+    }
+  })
+  const others = await Promise.all(['ada', 'bob'].map(async (name) => await connect(wsUrl, { WebSocket, name })))
+  t.teardown(() => others.forEach((c) => c.close()))
+  for (const c of others) await c.join('r')
+  // A long backoff: the refused rejoin is not sent again until the test reconnects.
+  const carol = await connect(wsUrl, { WebSocket, name: 'carol', reconnect: { initialDelayMs: 60_000, maxDelayMs: 60_000 } })
+  t.teardown(() => carol.close())
+  const room = await carol.join('r')
+  await app.rooms.broadcast('r', 'one')
+  if (room.offset < 1) await nextEvent((h) => room.on('message', h), undefined, carol)
+  t.equal(room.membersComplete, false)
+
+  down = true
+  carol.reconnect()
+  await refusal
+  await carol.ping() // its reply follows the refusal's, which the SDK has handled by then
+  t.equal(room.status, 'joined', 'the handle stays, its rejoin waits')
+  await t.rejects(room.loadMoreMembers(), { name: 'RoomsClientError', code: 'UNAVAILABLE', room: 'r', message: /being rejoined.*retry after the room's next joined event/ })
+  await t.rejects(room.history(), { code: 'UNAVAILABLE', room: 'r' })
+
+  down = false
+  const rejoined = nextEvent((h) => room.on('joined', h), undefined, carol)
+  carol.reconnect()
+  await rejoined
+  t.same((await room.history()).messages.map((m) => m.data), ['one'])
+  t.equal((await room.loadMoreMembers()).length > 0, true)
 })

@@ -69,3 +69,21 @@ t.test('room.history while disconnected rejects with DISCONNECTED', async (t) =>
   await dropped
   await t.rejects(room.history(), { code: 'DISCONNECTED', room: 'r' })
 })
+
+t.test('room.history with a before past the handle\'s offset, over trimmed history: nothing past the offset, which is still on its way to the handlers', async (t) => {
+  const { app, wsUrl } = await startApp(t, { historySize: 2 })
+  const ada = await client(wsUrl, 'ada')
+  t.teardown(() => ada.close())
+  const room = await ada.join('r')
+  const first = nextEvent((h) => room.on('message', h), undefined, ada)
+  await app.rooms.broadcast('r', 1)
+  await first
+  // 2..6 are sent to the socket in this turn; the handle reads none of them before history() is called.
+  const more = Promise.all([2, 3, 4, 5, 6].map(async (n) => await app.rooms.broadcast('r', n)))
+  t.equal(room.offset, 1)
+  const page = room.history({ before: 100 })
+  await more
+  // The store kept 5 and 6 only: asked for what follows 0, it answers from 5.
+  t.same(data(await page), [], 'not 5, which the message handler gets')
+  t.equal(room.offset, 6)
+})

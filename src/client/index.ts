@@ -445,10 +445,7 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
 
   /** @internal */
   async loadMembers (room: Room<TData>, after: string, limit: number | undefined): Promise<MembersPageFrame> {
-    this.assertNotClosed()
-    if (this.rooms.get(room.name) !== room) {
-      throw new RoomsClientError('NOT_IN_ROOM', `Not in room "${room.name}": this handle has left it.`, room.name)
-    }
+    this.assertMember(room)
     const frame: Record<string, unknown> = { type: 'members', room: room.name, after }
     if (limit !== undefined) frame.limit = limit
     return await this.request(frame, room.name)
@@ -456,11 +453,23 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
 
   /** @internal */
   async loadHistory (room: Room<TData>, after: number, limit: number, deadline?: number): Promise<HistoryPageFrame> {
+    this.assertMember(room)
+    return await this.request({ type: 'history', room: room.name, after, limit }, room.name, deadline)
+  }
+
+  /**
+   * A read needs the server to hold the membership: not once the handle left, nor while its rejoin,
+   * refused for a passing reason, waits to be sent again (the server would answer NOT_IN_ROOM though
+   * the handle stays joined). Such reads are not held, as publishes are: they fail at once.
+   */
+  private assertMember (room: Room<TData>): void {
     this.assertNotClosed()
     if (this.rooms.get(room.name) !== room) {
       throw new RoomsClientError('NOT_IN_ROOM', `Not in room "${room.name}": this handle has left it.`, room.name)
     }
-    return await this.request({ type: 'history', room: room.name, after, limit }, room.name, deadline)
+    if (this.rejoins.has(room)) {
+      throw new RoomsClientError('UNAVAILABLE', `Room "${room.name}" is being rejoined (the server refused the rejoin for a passing reason; it is sent again): retry after the room's next joined event.`, room.name)
+    }
   }
 
   /** @internal */

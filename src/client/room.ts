@@ -277,7 +277,8 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
     const messages: Array<RoomMessage<TData>> = []
     for (const frame of page.messages) {
       // Past the history limits the store answers from its oldest retained message, which may be past `before`.
-      if (frame.offset === undefined || frame.offset >= before) continue
+      // Nor past the handle's offset: those may still be on their way to the handlers.
+      if (frame.offset === undefined || frame.offset > end) continue
       const message: RoomMessage<TData> = { room: this.name, data: frame.data as TData, offset: frame.offset, epoch: page.epoch, ts: frame.ts }
       if (frame.from !== undefined) message.from = frame.from
       messages.push(message)
