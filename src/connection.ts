@@ -470,7 +470,7 @@ export class Connection implements Peer {
         return
       }
       backlog.bytes += buffer.length
-      ;(backlog.queue ??= []).push(buffer)
+      ;(backlog.queue ??= []).push(ownBytes(buffer))
       return
     }
     this.handle(buffer)
@@ -487,8 +487,9 @@ export class Connection implements Peer {
     this.tokens = Math.min(frameBurst, this.tokens + (now - this.refilledAt) * maxFramesPerSecond / 1000)
     this.refilledAt = now
     if (this.tokens >= 1) {
+      // A client with half its burst back (at least one frame's worth: a burst of 1 has no half) has backed off.
+      if (this.tokens >= Math.max(1, frameBurst / 2)) this.refused = 0
       this.tokens -= 1
-      if (this.tokens >= frameBurst / 2) this.refused = 0
       return true
     }
     if (++this.refused > frameBurst) {
@@ -942,4 +943,16 @@ function closeReason (reason: string): string {
     cut += char
   }
   return cut + '...'
+}
+
+/**
+ * A frame's bytes in a buffer of their own. ws hands over a frame as a view
+ * into the TCP read it came in (up to 64 KiB): a small frame kept waiting
+ * would hold the whole read, past what `maxBufferedBytes` counts.
+ */
+function ownBytes (buffer: Buffer): Buffer {
+  if (buffer.byteLength === buffer.buffer.byteLength) return buffer
+  const copy = Buffer.allocUnsafeSlow(buffer.byteLength)
+  buffer.copy(copy)
+  return copy
 }

@@ -1,6 +1,11 @@
 import t from 'tap'
+import type { Socket } from 'node:net'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { setFlagsFromString } from 'node:v8'
+import { runInNewContext } from 'node:vm'
+import WebSocket from 'ws'
 import { serverClosed, serverSocketOf, startApp } from './helpers/server.js'
-import { TestSocket } from './helpers/socket.js'
+import { TestSocket, writeAtOnce } from './helpers/socket.js'
 import { eachAdapter } from './helpers/deployment.js'
 
 // Memory only: maxConnections counts the connections of one instance.
@@ -101,4 +106,49 @@ t.test('frames waiting behind a slow hook are capped at maxBufferedBytes; past i
   release()
   t.match(await a.next((f) => f.id === 'j'), { type: 'joined', room: 'slow' })
   for (let i = 1; i <= 3; i++) t.match(await a.next((f) => f.id === i), { type: 'ack', offset: i }, `queued publish ${i} handled in order`)
+})
+
+t.test('rate limit: a client that backed off after a refusal is not closed at its next one, also with a burst of 1', async (t) => {
+  const { wsUrl } = await startApp(t, { maxFramesPerSecond: 20, frameBurst: 1 })
+  const a = await TestSocket.open(wsUrl)
+  t.teardown(() => a.close())
+  for (const round of [1, 2, 3]) {
+    // In one TCP write, so that no refill comes between them: the second is past the burst of 1.
+    writeAtOnce(a.ws, [{ type: 'ping', id: `${round}a` }, { type: 'ping', id: `${round}b` }])
+    t.match(await a.next((f) => f.id === `${round}b`), { type: 'error', code: 'RATE_LIMITED' }, `round ${round}: the second is refused`)
+    t.match(await a.next((f) => f.id === `${round}a`), { type: 'pong' })
+    // Not a synchronisation: the client backs off, three refills' worth, before its next frames.
+    await sleep(150)
+  }
+  t.equal(a.ws.readyState, a.ws.OPEN, 'still open: it backed off after each refusal')
+})
+
+t.test('a small frame waiting behind a slow hook holds its own bytes, not the whole TCP read it came in', async (t) => {
+  setFlagsFromString('--expose-gc')
+  const gc = runInNewContext('gc') as () => void
+  let entered!: () => void
+  const reached = new Promise<void>((resolve) => { entered = resolve })
+  let release!: () => void
+  const gate = new Promise<void>((resolve) => { release = resolve })
+  const { wsUrl } = await startApp(t, { maxFramesPerSecond: 1e6, frameBurst: 1e6, onJoin: async ({ room }) => { if (room === 'slow') { entered(); await gate } } })
+  const a = await TestSocket.open(wsUrl)
+  t.teardown(async () => { release(); await a.close() })
+  a.send({ type: 'join', room: 'slow', id: 'j' })
+  await reached
+  gc()
+  const before = process.memoryUsage().arrayBuffers
+  const { Sender } = WebSocket as unknown as { Sender: { frame: (data: Buffer, options: object) => Buffer[] } }
+  const framed = (opcode: number, data: Buffer): Buffer[] => Sender.frame(data, { fin: true, opcode, mask: true, readOnly: false, rsv1: false })
+  const N = 60
+  for (let i = 0; i < N; i++) {
+    // In one TCP write: a ping, which waits behind the hook, and 60 KB of binary frame, refused at once.
+    ;(a.ws as unknown as { _socket: Socket })._socket.write(Buffer.concat([...framed(1, Buffer.from(JSON.stringify({ type: 'ping', id: i }))), ...framed(2, Buffer.alloc(60_000))]))
+    t.match(await a.next((f) => f.type === 'error' && f.code === 'INVALID_FRAME'), { code: 'INVALID_FRAME' })
+  }
+  gc()
+  const grew = process.memoryUsage().arrayBuffers - before
+  t.ok(grew < 1024 * 1024, `${N} waiting pings hold ${Math.round(grew / 1024)} KiB of buffers (their reads: ${Math.round(N * 60_000 / 1024)} KiB)`)
+  release()
+  t.match(await a.next((f) => f.id === 'j'), { type: 'joined' })
+  for (let i = 0; i < N; i++) t.match(await a.next((f) => f.id === i), { type: 'pong' })
 })
