@@ -487,8 +487,9 @@ export class Connection implements Peer {
     this.tokens = Math.min(frameBurst, this.tokens + (now - this.refilledAt) * maxFramesPerSecond / 1000)
     this.refilledAt = now
     if (this.tokens >= 1) {
-      // A client with half its burst back (at least one frame's worth: a burst of 1 has no half) has backed off.
-      if (this.tokens >= Math.max(1, frameBurst / 2)) this.refused = 0
+      // A client with half its burst back has backed off; with a burst of 1 or 2, its whole burst (half of
+      // that would be every accepted frame, and a steady flood would never be closed).
+      if (this.tokens >= Math.max(Math.min(frameBurst, 2), frameBurst / 2)) this.refused = 0
       this.tokens -= 1
       return true
     }

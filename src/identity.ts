@@ -113,8 +113,14 @@ function bearer (request: FastifyRequest): string | undefined {
   return token === '' ? undefined : token
 }
 
+/** In unicode mode a well-formed pair is one code point, outside this class: only a lone surrogate matches. */
+const LONE_SURROGATE = /[\ud800-\udfff]/u
+
 function checkUser (user: unknown, what: string): Member {
   if (!memberValidator.Check(user)) throw new Error(`fastify-rooms: ${what} an object with a non-empty string id and a string name.`)
+  // Redis stores an id as UTF-8, where a lone surrogate becomes U+FFFD: two users would share one record, and
+  // member pages would sort and page differently on each adapter.
+  if (LONE_SURROGATE.test(user.id)) throw new Error(`fastify-rooms: ${what} an object whose id is well-formed text (no lone surrogate).`)
   // Every frame that carries the user is JSON: a BigInt, a cycle or a throwing
   // toJSON must fail here, as the app's error, not later in a frame's encoding.
   try {

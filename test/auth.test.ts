@@ -167,15 +167,16 @@ t.test('verifyToken resolving with something malformed is INTERNAL and close 101
   const logged: Array<Record<string, any>> = []
   const stream = { write: (line: string) => { logged.push(JSON.parse(line)) } }
   // The last: a user JSON cannot encode (an ORM row's BigInt column), which once crashed the process at the welcome.
-  const results: unknown[] = [{ user: { name: 'no id' } }, { user: ADA, expiresAt: 'soon' }, null, { user: { ...ADA, rowId: 10n } }]
+  // Then an id with a lone surrogate: Redis would store it as U+FFFD, one record for several users.
+  const results: unknown[] = [{ user: { name: 'no id' } }, { user: ADA, expiresAt: 'soon' }, null, { user: { ...ADA, rowId: 10n } }, { user: { id: 'a\ud800', name: 'lone' } }]
   const { wsUrl, app } = await startApp(t, { verifyToken: () => results.shift() as never }, undefined, { logger: { level: 'error', stream } })
-  for (let i = 0; i < 4; i++) {
+  for (let i = 0; i < 5; i++) {
     const s = await TestSocket.connect(wsUrl)
     s.send({ type: 'auth', token: TOKEN, id: i })
     t.same(await s.closed, { code: 1011, reason: 'Server error while checking credentials' })
     t.match(s.frames, [{ type: 'error', code: 'INTERNAL', id: i }])
   }
-  t.match(logged.map((l) => l.err?.message), [/verifyToken must resolve with a user/, /expiresAt as epoch milliseconds/, /verifyToken must resolve with \{ user/, /JSON\.stringify can encode \(.*BigInt/])
+  t.match(logged.map((l) => l.err?.message), [/verifyToken must resolve with a user/, /expiresAt as epoch milliseconds/, /verifyToken must resolve with \{ user/, /JSON\.stringify can encode \(.*BigInt/, /id is well-formed text \(no lone surrogate\)/])
   await until(() => app.rooms.connections === 0, 'every refused connection is gone')
 })
 

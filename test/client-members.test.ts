@@ -182,6 +182,18 @@ t.test('loadMoreMembers and history while a rejoin refused for a passing reason 
   await t.rejects(room.loadMoreMembers(), { name: 'RoomsClientError', code: 'UNAVAILABLE', room: 'r', message: /being rejoined.*retry after the room's next joined event/ })
   await t.rejects(room.history(), { code: 'UNAVAILABLE', room: 'r' })
 
+  // Reads sent as the connection opens go out just behind the rejoin, and are answered after its refusal.
+  const sent = new Promise<unknown[]>((resolve) => {
+    const off = carol.on('state', (state) => {
+      if (state !== 'open') return
+      off()
+      resolve([room.history().catch((err: unknown) => err), room.loadMoreMembers().catch((err: unknown) => err)])
+    })
+  })
+  carol.reconnect()
+  t.match(await Promise.all(await sent), [{ code: 'UNAVAILABLE', room: 'r' }, { code: 'UNAVAILABLE', room: 'r' }], 'in flight when the rejoin was refused: UNAVAILABLE too')
+  t.equal(room.status, 'joined')
+
   down = false
   const rejoined = nextEvent((h) => room.on('joined', h), undefined, carol)
   carol.reconnect()

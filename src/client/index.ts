@@ -448,13 +448,13 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     this.assertMember(room)
     const frame: Record<string, unknown> = { type: 'members', room: room.name, after }
     if (limit !== undefined) frame.limit = limit
-    return await this.request(frame, room.name)
+    return await this.request(frame, room.name).catch((err: unknown) => { throw this.readError(room, err) })
   }
 
   /** @internal */
   async loadHistory (room: Room<TData>, after: number, limit: number, deadline?: number): Promise<HistoryPageFrame> {
     this.assertMember(room)
-    return await this.request({ type: 'history', room: room.name, after, limit }, room.name, deadline)
+    return await this.request({ type: 'history', room: room.name, after, limit }, room.name, deadline).catch((err: unknown) => { throw this.readError(room, err) })
   }
 
   /**
@@ -467,9 +467,18 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     if (this.rooms.get(room.name) !== room) {
       throw new RoomsClientError('NOT_IN_ROOM', `Not in room "${room.name}": this handle has left it.`, room.name)
     }
-    if (this.rejoins.has(room)) {
-      throw new RoomsClientError('UNAVAILABLE', `Room "${room.name}" is being rejoined (the server refused the rejoin for a passing reason; it is sent again): retry after the room's next joined event.`, room.name)
-    }
+    // Disconnected, the request itself rejects with DISCONNECTED.
+    if (this.rejoins.has(room) && this.state === 'open') throw this.rejoinPending(room)
+  }
+
+  /** A read sent just behind a rejoin that the server then refused for a passing reason: answered NOT_IN_ROOM, but the handle stays. */
+  private readError (room: Room<TData>, err: unknown): unknown {
+    const refusedBehindRejoin = (err as RoomsClientError).code === 'NOT_IN_ROOM' && this.rejoins.has(room) && this.rooms.get(room.name) === room
+    return refusedBehindRejoin ? this.rejoinPending(room) : err
+  }
+
+  private rejoinPending (room: Room<TData>): RoomsClientError {
+    return new RoomsClientError('UNAVAILABLE', `Room "${room.name}" is being rejoined (the server refused the rejoin for a passing reason; it is sent again): retry after the room's next joined event.`, room.name)
   }
 
   /** @internal */
