@@ -489,7 +489,7 @@ export class Connection implements Peer {
     if (this.tokens >= 1) {
       // A client with half its burst back has backed off; with a burst of 1 or 2, its whole burst (half of
       // that would be every accepted frame, and a steady flood would never be closed).
-      if (this.tokens >= Math.max(Math.min(frameBurst, 2), frameBurst / 2)) this.refused = 0
+      if (this.tokens >= (frameBurst <= 2 ? frameBurst : frameBurst / 2)) this.refused = 0
       this.tokens -= 1
       return true
     }

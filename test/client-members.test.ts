@@ -187,11 +187,12 @@ t.test('loadMoreMembers and history while a rejoin refused for a passing reason 
     const off = carol.on('state', (state) => {
       if (state !== 'open') return
       off()
-      resolve([room.history().catch((err: unknown) => err), room.loadMoreMembers().catch((err: unknown) => err)])
+      resolve([room.history().catch((err: unknown) => err), room.loadMoreMembers().catch((err: unknown) => err), room.publish('typing', { ephemeral: true }).catch((err: unknown) => err)])
     })
   })
   carol.reconnect()
-  t.match(await Promise.all(await sent), [{ code: 'UNAVAILABLE', room: 'r' }, { code: 'UNAVAILABLE', room: 'r' }], 'in flight when the rejoin was refused: UNAVAILABLE too')
+  t.match(await Promise.all(await sent), [{ code: 'UNAVAILABLE', room: 'r' }, { code: 'UNAVAILABLE', room: 'r' }, { code: 'DISCONNECTED', room: 'r', message: /not held, so it was not published/ }],
+    'in flight when the rejoin was refused: reads UNAVAILABLE, an ephemeral publish DISCONNECTED, as if made while the rejoin waits')
   t.equal(room.status, 'joined')
 
   down = false

@@ -172,3 +172,19 @@ t.test('rate limit: with a burst of 2, a client that never lets its bucket fill 
   t.equal(sixth, undefined, 'the sixth is not answered: the connection closed first')
   t.equal((await a.closed).code, 1008)
 })
+
+t.test('rate limit: with a burst of 3, half of it back (1.5 frames) counts as backed off', async (t) => {
+  const { wsUrl } = await startApp(t, { maxFramesPerSecond: 1, frameBurst: 3 })
+  const a = await TestSocket.open(wsUrl)
+  t.teardown(() => a.close())
+  writeAtOnce(a.ws, [1, 2, 3, 4, 5].map((n) => ({ type: 'ping', id: `p${n}` })))
+  t.match(await a.next((f) => f.id === 'p5'), { code: 'RATE_LIMITED' }, 'two refused')
+  // Not a synchronisation: more than half the burst refills (1.5 s), less than all of it (3 s).
+  await sleep(1700)
+  // The first is accepted with half the burst back: the count starts again, so the two refusals after it
+  // are answered (four in all would have closed the connection instead of answering the last).
+  writeAtOnce(a.ws, [6, 7, 8].map((n) => ({ type: 'ping', id: `p${n}` })))
+  t.match(await a.next((f) => f.id === 'p6'), { type: 'pong' })
+  t.match(await a.next((f) => f.id === 'p8'), { code: 'RATE_LIMITED' })
+  t.equal(a.ws.readyState, a.ws.OPEN)
+})

@@ -399,8 +399,11 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     const ready = this.state === 'open' && this.socket?.readyState === OPEN && !this.rejoins.has(room)
     if (ephemeral) {
       // Worth nothing later (a typing indicator): never held for the connection or the rejoin.
-      if (!ready) throw new RoomsClientError('DISCONNECTED', `Not in room "${room.name}" on a live connection right now: an ephemeral publish is not held, so it was not sent.`, room.name)
-      await this.request({ type: 'publish', room: room.name, data, ephemeral: true }, room.name)
+      if (!ready) throw this.ephemeralNotSent(room)
+      await this.request({ type: 'publish', room: room.name, data, ephemeral: true }, room.name).catch((err: unknown) => {
+        // Sent just behind a rejoin the server then refused for a passing reason: as if made while it waits.
+        throw this.behindRefusedRejoin(room, err) ? this.ephemeralNotSent(room) : err
+      })
       return undefined
     }
     const frame = { type: 'publish' as const, room: room.name, data }
@@ -468,13 +471,21 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
       throw new RoomsClientError('NOT_IN_ROOM', `Not in room "${room.name}": this handle has left it.`, room.name)
     }
     // Disconnected, the request itself rejects with DISCONNECTED.
-    if (this.rejoins.has(room) && this.state === 'open') throw this.rejoinPending(room)
+    if (this.rejoins.has(room) && this.state === 'open' && this.socket?.readyState === OPEN) throw this.rejoinPending(room)
   }
 
-  /** A read sent just behind a rejoin that the server then refused for a passing reason: answered NOT_IN_ROOM, but the handle stays. */
+  /** A read sent just behind a rejoin that the server then refused for a passing reason is answered as one made while it waits. */
   private readError (room: Room<TData>, err: unknown): unknown {
-    const refusedBehindRejoin = (err as RoomsClientError).code === 'NOT_IN_ROOM' && this.rejoins.has(room) && this.rooms.get(room.name) === room
-    return refusedBehindRejoin ? this.rejoinPending(room) : err
+    return this.behindRefusedRejoin(room, err) ? this.rejoinPending(room) : err
+  }
+
+  /** A request's NOT_IN_ROOM that only says the rejoin sent just before it was refused for a passing reason: the handle stays. */
+  private behindRefusedRejoin (room: Room<TData>, err: unknown): boolean {
+    return (err as RoomsClientError).code === 'NOT_IN_ROOM' && this.rejoins.has(room) && this.rooms.get(room.name) === room
+  }
+
+  private ephemeralNotSent (room: Room<TData>): RoomsClientError {
+    return new RoomsClientError('DISCONNECTED', `Not in room "${room.name}" on a live connection right now: an ephemeral publish is not held, so it was not published.`, room.name)
   }
 
   private rejoinPending (room: Room<TData>): RoomsClientError {
