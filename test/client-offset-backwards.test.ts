@@ -6,14 +6,13 @@ import { connect, type Gap } from '../src/client/index.js'
 import { nextEvent } from './helpers/client.js'
 import { startApp } from './helpers/server.js'
 
-const LowerOnce = lowerOnce(MemoryAdapter)
 
 // A rejoin answered in the same epoch with an offset below the one the handle sent in `since` must not happen
 // (the same (epoch, offset) would name two messages). If a store does it, the handle does not lower its offset
 // silently: it is told as a reset, a gap that ends the old count (before: null).
 
 t.test('a same-epoch rejoin answered below since: a gap says so, the offset is not lowered silently, later messages arrive', async (t) => {
-  const store = new LowerOnce()
+  const store = lowerOnce(new MemoryAdapter())
   const { app, wsUrl } = await startApp(t, { adapter: store })
   const client = await connect(wsUrl, { WebSocket, reconnect: { initialDelayMs: 5, maxDelayMs: 20 } })
   t.teardown(() => client.close())

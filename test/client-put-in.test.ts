@@ -177,7 +177,7 @@ t.test('a join answered after leave() sent its leave: no second leave, so a put-
 })
 
 t.test('a same-epoch rejoin answered by a put-in counting below since: a gap, no history read, later messages arrive', async (t) => {
-  const store = new (lowerOnce(HeldStore))()
+  const store = lowerOnce(new HeldStore())
   const { app, wsUrl } = await startApp(t, {
     adapter: store,
     onConnect: ({ connectionId, user }) => { if (user.name === 'ada') void app.rooms.join(connectionId, 'lobby') }

@@ -67,18 +67,19 @@ export class HeldStore extends MemoryAdapter {
 }
 
 /**
- * A store whose next join, once armed (`lower = true`), answers with the room's epoch but offset 1: a count
- * below what a rejoin sent. A mixin: on a plain MemoryAdapter, member publishes keep the adapter's
+ * Arm `store` so that its next join, once `lower` is set, answers with the
+ * room's epoch but offset 1: a count below what a rejoin sent. Any memory
+ * store: on a plain MemoryAdapter, member publishes keep the adapter's
  * synchronous path, which HeldStore's `publish` turns off.
  */
-export function lowerOnce<B extends new (...args: any[]) => MemoryAdapter> (Base: B) {
-  return class extends Base {
-    lower = false
-    override async join (...args: Parameters<MemoryAdapter['join']>): ReturnType<MemoryAdapter['join']> {
-      const result = await super.join(...args)
-      if (!this.lower) return result
-      this.lower = false
-      return { ...result, offset: 1 }
-    }
+export function lowerOnce<T extends MemoryAdapter> (store: T): T & { lower: boolean } {
+  const armed = Object.assign(store, { lower: false })
+  const join = store.join.bind(store)
+  armed.join = async (...args) => {
+    const result = await join(...args)
+    if (!armed.lower) return result
+    armed.lower = false
+    return { ...result, offset: 1 }
   }
+  return armed
 }
