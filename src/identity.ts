@@ -3,6 +3,7 @@ import { Compile } from 'typebox/compile'
 import { Member } from './protocol.js'
 import { unauthorized } from './errors.js'
 import type { ResolvedOptions } from './options.js'
+import { LONE_SURROGATE } from './json-span.js'
 
 const memberValidator = Compile(Member)
 
@@ -112,9 +113,6 @@ function bearer (request: FastifyRequest): string | undefined {
   const token = header.slice(7).trim()
   return token === '' ? undefined : token
 }
-
-/** In unicode mode a well-formed pair is one code point, outside this class: only a lone surrogate matches. */
-const LONE_SURROGATE = /[\ud800-\udfff]/u
 
 function checkUser (user: unknown, what: string): Member {
   if (!memberValidator.Check(user)) throw new Error(`fastify-rooms: ${what} an object with a non-empty string id and a string name.`)

@@ -26,7 +26,7 @@ const MAX_DEPTH = 64
 /** The most significant digits a decimal may have for its text to be the shortest one of its double (DBL_DIG). */
 const EXACT_DIGITS = 15
 /** In unicode mode a well-formed pair is one code point, outside this class: only a lone surrogate matches. */
-const LONE_SURROGATE = /[\ud800-\udfff]/u
+export const LONE_SURROGATE = /[\ud800-\udfff]/u
 
 /** Returned by the matchers where the text is not the encoder's: the caller encodes instead. */
 const NO = -1

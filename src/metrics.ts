@@ -1,10 +1,11 @@
 import Type, { type Static } from 'typebox'
 import { Compile } from 'typebox/compile'
-import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { Counter, Gauge, Histogram, Registry as PromRegistry } from 'prom-client'
 import { ERROR_CODES, errorCodes, type ErrorCode } from './errors.js'
 import { describeErrors, RoomName } from './protocol.js'
 import { guardHook, type RestAccess } from './routes.js'
+import type { RestPublishGuard } from './options.js'
 
 /**
  * Prometheus metrics, opt-in. The hot paths (every frame in and out, every
@@ -23,8 +24,8 @@ export const MetricsSettingsSchema = Type.Object({
   rooms: Type.Array(RoomName, { default: [], maxItems: 1000 })
 })
 
-/** Guards the metrics route: a Fastify preHandler that throws, replies or calls `done(err)` to refuse; returning `false` refuses with 403. */
-export type MetricsGuard = (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) => unknown
+/** Guards the metrics route: run as `restPublish`'s guard is (throw, reply or `done(err)` refuses; so does `false`, with 403). */
+export type MetricsGuard = RestPublishGuard
 
 /** The `metrics` option as an object; `metrics: true` is `{}`. */
 export type MetricsOptions = Partial<Static<typeof MetricsSettingsSchema>> & {

@@ -125,7 +125,7 @@ export function restAccess (options: ResolvedOptions, credentials: Credentials):
  * and returns a promise, and an async guard taking `done` would let a
  * predicate's `false` through.
  */
-export function guardHook (guard: (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) => unknown): preHandlerHookHandler {
+export function guardHook (guard: RestPublishGuard): preHandlerHookHandler {
   return function (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) {
     let outcome: 'on' | 'refused' | 'replied' | undefined
     let replied = false

@@ -396,7 +396,7 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     }
     // A socket the server has closed (its close frame in, the close event still to come) is not ready: the
     // publish waits for the reconnect, as it does once `state` says so.
-    const ready = this.state === 'open' && this.socket?.readyState === OPEN && !this.rejoins.has(room)
+    const ready = this.live && !this.rejoins.has(room)
     if (ephemeral) {
       // Worth nothing later (a typing indicator): never held for the connection or the rejoin.
       if (!ready) throw this.ephemeralNotSent(room)
@@ -432,7 +432,7 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
 
   private sendQueued (item: Queued): void {
     clearTimeout(item.timer)
-    if (this.state !== 'closed' && (this.state !== 'open' || this.socket?.readyState !== OPEN)) {
+    if (this.state !== 'closed' && !this.live) {
       // The socket is already closing (the server's close frame in, its close event still to come): request()
       // would refuse it unsent, DISCONNECTED. Unsent, it is held for the reconnect like any publish.
       this.enqueue(item)
@@ -471,7 +471,7 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
       throw new RoomsClientError('NOT_IN_ROOM', `Not in room "${room.name}": this handle has left it.`, room.name)
     }
     // Disconnected, the request itself rejects with DISCONNECTED.
-    if (this.rejoins.has(room) && this.state === 'open' && this.socket?.readyState === OPEN) throw this.rejoinPending(room)
+    if (this.rejoins.has(room) && this.live) throw this.rejoinPending(room)
   }
 
   /** A read sent just behind a rejoin that the server then refused for a passing reason is answered as one made while it waits. */
@@ -937,11 +937,19 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     request.resolve(frame)
   }
 
+  /**
+   * Whether a frame can go out now: the state is open and so is the socket (not so between the
+   * server's close frame and the close event, when the state still says open).
+   */
+  private get live (): boolean {
+    return this.state === 'open' && this.socket?.readyState === OPEN
+  }
+
   /** Send a request and wait for its reply until `deadline` (epoch ms). */
   private async request (frame: Record<string, unknown>, room: string | undefined, deadline = Date.now() + this.requestTimeoutMs, join?: JoinRequest): Promise<any> {
     this.assertNotClosed()
     const socket = this.socket
-    if (socket === undefined || socket.readyState !== OPEN || this.state !== 'open') {
+    if (socket === undefined || !this.live) {
       throw new RoomsClientError('DISCONNECTED', 'Not connected: the request was not sent.', room)
     }
     const wait = deadline - Date.now()
