@@ -4,6 +4,12 @@ import { errorCodes } from '../src/index.js'
 import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
 
+/** An app logger at `error` that keeps each line, parsed, in order. */
+function logLines (): { lines: Array<Record<string, any>>, logger: { level: string, stream: { write: (line: string) => void } } } {
+  const lines: Array<Record<string, any>> = []
+  return { lines, logger: { level: 'error', stream: { write: (line: string) => { lines.push(JSON.parse(line)) } } } }
+}
+
 async function post (url: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number, body: any }> {
   const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body), signal: AbortSignal.timeout(10_000) })
   return { status: res.status, body: await res.json() }
@@ -111,19 +117,18 @@ t.test('a guard refusing with an error of a 4xx status and no code: that status,
 t.test('a guard\'s reply in its own shape is sent as it is; a reply that fails (a bad payload) is a 500, not a request left hanging', async (t) => {
   const own = await startApp(t, { restPublish: async (_request, reply) => { await reply.code(401).send({ error: 'no' }) } })
   t.same(await post(`${own.url}/rooms/r/messages`, { data: 1 }), { status: 401, body: { error: 'no' } })
-  const lines: Array<Record<string, any>> = []
+  const { lines, logger } = logLines()
   const broken = await startApp(t, {
     // An object as text/plain: Fastify's send throws (FST_ERR_REP_INVALID_PAYLOAD_TYPE), so nothing was answered.
     restPublish: ((_request: unknown, reply: { code: (n: number) => { type: (t: string) => { send: (body: unknown) => void } } }) => { reply.code(401).type('text/plain').send({ error: 'no' }) }) as never
-  }, undefined, { logger: { level: 'error', stream: { write: (line: string) => { lines.push(JSON.parse(line)) } } } })
+  }, undefined, { logger })
   t.match(await post(`${broken.url}/rooms/r/messages`, { data: 1 }), { status: 500, body: { code: 'INTERNAL' } })
   t.equal((await fetch(`${broken.url}/rooms/r/messages`)).status, 404, 'nothing stored')
   t.match(lines, [{ level: 50, err: { code: 'FST_ERR_REP_INVALID_PAYLOAD_TYPE' } }], 'the real error is in the log')
 })
 
 t.test('the first word of a guard wins: done() then false lets on (logged); done(err) then false refuses once', async (t) => {
-  const lines: Array<Record<string, any>> = []
-  const logger = { level: 'error', stream: { write: (line: string) => { lines.push(JSON.parse(line)) } } }
+  const { lines, logger } = logLines()
   const on = await startApp(t, { restPublish: function (_request: unknown, _reply: unknown, done: () => void) { done(); return false } as never }, undefined, { logger })
   t.equal((await post(`${on.url}/rooms/r/messages`, { data: 1 })).status, 201)
   t.match(lines, [{ level: 50, msg: 'fastify-rooms: a route guard refused after it had let the request on' }], 'logged, with no hint about declaring done')
@@ -140,15 +145,14 @@ t.test('the first word of a guard wins: done() then false lets on (logged); done
 })
 
 t.test('a guard whose done is not a declared parameter is taken at its return; a later refusal is logged as an error', async (t) => {
-  const lines: Array<Record<string, any>> = []
-  const stream = { write: (line: string) => { lines.push(JSON.parse(line)) } }
+  const { lines, logger } = logLines()
   let refused = (): void => {}
   const logged = new Promise<void>((resolve) => { refused = resolve })
   const { url } = await startApp(t, {
     restPublish: function (...args: unknown[]) {
       setImmediate(() => { (args[2] as (err: Error) => void)(new Error('too late')); refused() })
     } as never
-  }, undefined, { logger: { level: 'error', stream } })
+  }, undefined, { logger })
   t.equal((await post(`${url}/rooms/r/messages`, { data: 1 })).status, 201, 'let on at its return, as a guard without done')
   await logged
   t.match(lines, [{ level: 50, msg: /a route guard refused after it had let the request on; declare done/, err: { message: 'too late' } }])
