@@ -378,7 +378,7 @@ export type { Adapter, AdapterConfig, AdapterListener, RoomCountWatcher, Control
 export { RoomsError, forbidden, errorCodes, ERROR_CODES, UNAUTHORIZED_REASONS, type ErrorCode, type UnauthorizedReason } from './errors.js'
 export type {
   RoomsOptions, RoomsHooks, TokenIdentity, ConnectContext, DisconnectContext, JoinContext, LeaveContext, LeaveCause, PublishContext, PublishVerdict,
-  RestPublishGuard, RoomsRegister, RoomData, SchemaData, Settings
+  RestPublishGuard, RouteGuard, RoomsRegister, RoomData, SchemaData, Settings
 } from './options.js'
 export type { MetricsOptions, MetricsGuard, AdapterMetrics, LinkMetrics } from './metrics.js'
 export type { AdminOptions, AdminGuard } from './admin.js'

@@ -5,7 +5,7 @@ import type { Counter, Gauge, Histogram, Registry as PromRegistry } from 'prom-c
 import { ERROR_CODES, errorCodes, type ErrorCode } from './errors.js'
 import { describeErrors, RoomName } from './protocol.js'
 import { guardHook, type RestAccess } from './routes.js'
-import type { RestPublishGuard } from './options.js'
+import type { RouteGuard } from './options.js'
 
 /**
  * Prometheus metrics, opt-in. The hot paths (every frame in and out, every
@@ -25,7 +25,7 @@ export const MetricsSettingsSchema = Type.Object({
 })
 
 /** Guards the metrics route: run as `restPublish`'s guard is (throw, reply or `done(err)` refuses; so does `false`, with 403). */
-export type MetricsGuard = RestPublishGuard
+export type MetricsGuard = RouteGuard
 
 /** The `metrics` option as an object; `metrics: true` is `{}`. */
 export type MetricsOptions = Partial<Static<typeof MetricsSettingsSchema>> & {

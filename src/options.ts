@@ -1,11 +1,12 @@
 import Type, { type Static, type TSchema } from 'typebox'
 import { Compile } from 'typebox/compile'
-import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction, RouteGenericInterface } from 'fastify'
 import type { Adapter } from './adapters/adapter.js'
 import { errorCodes } from './errors.js'
 import { describeErrors, type Member } from './protocol.js'
 import { resolveMetricsOptions, type MetricsOptions, type ResolvedMetricsOptions } from './metrics.js'
 import { resolveAdminOptions, type AdminOptions, type ResolvedAdminOptions } from './admin.js'
+import type { PublishBody, RoomParams } from './routes.js'
 
 /**
  * Declaration-merging hook for the type of published `data`. Apps that pass a
@@ -150,11 +151,19 @@ export interface RoomsHooks<TData = RoomData, TUser extends Member = Member> {
 export type PublishVerdict<TData = RoomData> = boolean | undefined | void | { data: TData }
 
 /**
- * Turns on `POST {prefix}/:room/messages` and authorizes it: a Fastify
- * preHandler (async, plain, or calling `done`) that throws, replies or calls
- * `done(err)` to refuse, e.g. with a 401; returning `false` refuses with 403.
+ * A Fastify preHandler guarding one of the plugin's HTTP routes (async, plain,
+ * or calling `done`): it throws, replies or calls `done(err)` to refuse, e.g.
+ * with a 401; returning `false` refuses with 403. `Route` types the request
+ * as the route's schema has already checked it.
  */
-export type RestPublishGuard = (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) => unknown
+export type RouteGuard<Route extends RouteGenericInterface = RouteGenericInterface> = (this: FastifyInstance, request: FastifyRequest<Route>, reply: FastifyReply, done: HookHandlerDoneFunction) => unknown
+
+/**
+ * Turns on `POST {prefix}/:room/messages` and authorizes it. It runs after the
+ * route's schema, so `request.params.room` is a valid room name and
+ * `request.body.data` is there (not yet checked against `dataSchema`).
+ */
+export type RestPublishGuard = RouteGuard<{ Params: Static<typeof RoomParams>, Body: Static<typeof PublishBody> }>
 
 /**
  * Options of `app.register(rooms, options)`; every field is optional. Passed

@@ -1,11 +1,11 @@
 import { STATUS_CODES } from 'node:http'
 import Type, { type Static, type TSchema } from 'typebox'
-import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, FastifySchemaCompiler, HookHandlerDoneFunction, preHandlerHookHandler } from 'fastify'
+import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, FastifySchemaCompiler, HookHandlerDoneFunction, preHandlerHookHandler, RouteGenericInterface } from 'fastify'
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { MAX_MEMBERS_PAGE, Member, MemberCursor, MessageFrame, RoomName, invalidRoomMessage, isRoomName } from './protocol.js'
 import { errorCodes, httpErrorOf, httpMessages, isRoomsError } from './errors.js'
 import type { Credentials } from './identity.js'
-import type { ResolvedOptions, RestPublishGuard } from './options.js'
+import type { ResolvedOptions, RestPublishGuard, RouteGuard } from './options.js'
 import type { Registry } from './registry.js'
 
 export const HttpError = Type.Object({
@@ -125,7 +125,7 @@ export function restAccess (options: ResolvedOptions, credentials: Credentials):
  * and returns a promise, and an async guard taking `done` would let a
  * predicate's `false` through.
  */
-export function guardHook (guard: RestPublishGuard): preHandlerHookHandler {
+export function guardHook<Route extends RouteGenericInterface> (guard: RouteGuard<Route>): preHandlerHookHandler {
   return function (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) {
     let outcome: 'on' | 'refused' | 'replied' | undefined
     let replied = false
@@ -163,7 +163,8 @@ export function guardHook (guard: RestPublishGuard): preHandlerHookHandler {
     const verdict = (value: unknown): void => { finish(value === false ? new errorCodes.FORBIDDEN(httpMessages.guardRefused) : undefined, true) }
     let result: unknown
     try {
-      result = guard.call(this, request, reply, finish)
+      // The route's schema has checked the request against `Route` by now.
+      result = guard.call(this, request as FastifyRequest<Route>, reply, finish)
     } catch (err) {
       finish(err ?? new Error('The guard threw without an error'))
       return
