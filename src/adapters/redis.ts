@@ -513,13 +513,35 @@ elseif cmd == 'renew' then
   local score = redis.call('ZSCORE', p .. 'nodes', ARGV[3])
   if ARGV[5] == '1' and (not score or tonumber(score) < 0) then return 'REAPED' end
   if score and tonumber(score) < 0 then return 'WAIT' end
+  -- A node registering: a reaper's silence before it (no node ran) is not an outage (see 'dead').
+  if ARGV[5] ~= '1' then
+    redis.call('HSET', p .. 'reaper', 'last', now())
+    redis.call('PEXPIRE', p .. 'reaper', tonumber(ARGV[4]) * 10)
+  end
   redis.call('ZADD', p .. 'nodes', now() + tonumber(ARGV[4]), ARGV[3])
   return 'OK'
 elseif cmd == 'dead' then
-  -- (global) mark every node whose lease expired as being forgotten, and name
-  -- them (with those a reaper before did not finish): each partition forgets
-  -- them, then 'unregister'
-  local dead = redis.call('ZRANGEBYSCORE', p .. 'nodes', '-inf', now())
+  -- (global) lease ms: mark every node whose lease expired as being
+  -- forgotten, and name them (with those a reaper before did not finish):
+  -- each partition forgets them, then 'unregister'.
+  -- Every node asks every third of a lease (and a node's registration counts
+  -- as asking), so a longer silence means Redis, or every node's link to it, was
+  -- away: the nodes could not renew either, and the first reaper back would
+  -- take healthy ones for dead. Nobody new is marked for a lease then, while
+  -- they reconnect and renew.
+  local t, lease = now(), tonumber(ARGV[3])
+  local reaper = p .. 'reaper'
+  local last, hold = unpack(redis.call('HMGET', reaper, 'last', 'hold'))
+  hold = tonumber(hold) or 0
+  if last and t - tonumber(last) > lease * 0.6 then
+    hold = t + lease
+    redis.call('HSET', reaper, 'hold', hold)
+  end
+  redis.call('HSET', reaper, 'last', t)
+  -- Outlives any hold; once no node runs, nothing is left to reap.
+  redis.call('PEXPIRE', reaper, lease * 10)
+  if t < hold then return redis.call('ZRANGEBYSCORE', p .. 'nodes', '-inf', '(0') end
+  local dead = redis.call('ZRANGEBYSCORE', p .. 'nodes', '-inf', t)
   for _, node in ipairs(dead) do redis.call('ZADD', p .. 'nodes', -1, node) end
   return dead
 elseif cmd == 'retire' then
@@ -542,6 +564,7 @@ elseif cmd == 'unregister' then
     local score = redis.call('ZSCORE', p .. 'nodes', ARGV[i])
     if score and tonumber(score) < 0 then redis.call('ZREM', p .. 'nodes', ARGV[i]) end
   end
+  if redis.call('EXISTS', p .. 'nodes') == 0 then redis.call('DEL', p .. 'reaper') end
   return 1
 end
 return redis.error_reply('unknown command ' .. cmd)
@@ -887,7 +910,8 @@ export class RedisAdapter implements Adapter {
       // A leave refused with the link up (its slot was migrating, its shard failing over) is not left for the next outage.
       await Promise.all([this.renew(), sub === undefined ? undefined : this.subLink?.call('ping', async () => await sub.ping()), this.down ? undefined : this.finishLeaves()])
     })
-    every(Math.max(this.leaseMs / 2, 10), async () => await this.reap())
+    // As often as leases are renewed: a silence of the reapers longer than that tells of an outage (see 'dead').
+    every(Math.max(this.leaseMs / 3, 10), async () => await this.reap())
   }
 
   /**
@@ -897,7 +921,7 @@ export class RedisAdapter implements Adapter {
    * A reaper that stops half way leaves the marks: the next round finishes.
    */
   private async reap (): Promise<void> {
-    const dead = await this.globalCall('dead') as string[]
+    const dead = await this.globalCall('dead', this.leaseMs) as string[]
     if (dead.length > 0) await this.forgetNodes(dead)
   }
 
@@ -1230,8 +1254,6 @@ export class RedisAdapter implements Adapter {
 
   async join (room: string, connectionId: string, member: Member): Promise<JoinResult> {
     await this.usable()
-    // A leave of this membership still owed would undo the join once done.
-    this.pendingLeaves.delete(connectionId + '\n' + room)
     const breaks = this.subscriberBreaks
     const since = this.breakSeq
     const subscription = await this.subscribe(room)
@@ -1240,6 +1262,9 @@ export class RedisAdapter implements Adapter {
       void this.release(room)
       throw unavailable()
     }
+    // A leave of this membership still owed would undo the join once done. Dropped only now: a join
+    // that failed before this point sent nothing, and the membership the leave is owed for is still there.
+    this.pendingLeaves.delete(connectionId + '\n' + room)
     let reply: [string, number, string, string, number, number, string, ...string[]]
     try {
       reply = await this.call('join', room, connectionId, member.id, JSON.stringify(member), this.config.nodeId, this.config.maxMembersPerRoom, newEpoch(), this.config.membersPageSize) as typeof reply
@@ -1400,6 +1425,11 @@ export class RedisAdapter implements Adapter {
   private failure (err: unknown, what: string): Error {
     if (err instanceof RoomsError) return err
     if (this.closed || isTransient(err)) return unavailable()
+    if (refusesWrites(err)) {
+      // Nothing was written, and it passes once the operator acts: retryable, but the operator must hear of it.
+      this.config.log.warn({ err: withoutArguments(err), nodeId: this.config.nodeId, command: what }, 'fastify-rooms: Redis refuses writes')
+      return unavailable()
+    }
     this.config.log.error({ err: withoutArguments(err), nodeId: this.config.nodeId, command: what }, 'fastify-rooms: Redis refused a command')
     return internal()
   }
@@ -1666,9 +1696,10 @@ export class RedisAdapter implements Adapter {
    * their order), so thousands of members cost one round trip.
    */
   private async finishLeaves (): Promise<void> {
-    await Promise.all([...this.pendingLeaves].map(async ([key, { room, connectionId }]) => {
-      await this.call('leave', room, connectionId, this.config.nodeId)
-      this.pendingLeaves.delete(key)
+    await Promise.all([...this.pendingLeaves].map(async ([key, owed]) => {
+      await this.call('leave', owed.room, owed.connectionId, this.config.nodeId)
+      // Not a leave owed since (a join and a leave again while this one was in flight): that one is still owed.
+      if (this.pendingLeaves.get(key) === owed) this.pendingLeaves.delete(key)
     }))
   }
 
@@ -1800,12 +1831,16 @@ export class RedisAdapter implements Adapter {
     if (lost.length > 0) this.listener.reset(room, lost)
   }
 
-  /** Remove a connection from a room in Redis, now or, while Redis is away, once it is back. */
+  /**
+   * Remove a connection from a room in Redis, now or, when Redis refuses
+   * (away, or refusing writes), at the next upkeep round till it takes it: a
+   * leave given up would leave the member there for as long as this node runs.
+   */
   private async forgetRemote (room: string, connectionId: string): Promise<void> {
     try {
       await this.call('leave', room, connectionId, this.config.nodeId)
-    } catch (err) {
-      if (!(err instanceof RoomsError && err.code === 'UNAVAILABLE')) throw err
+    } catch {
+      // failure() has logged a refusal that is not a passing one.
       this.pendingLeaves.set(connectionId + '\n' + room, { room, connectionId })
     }
   }
@@ -2341,6 +2376,15 @@ function results (replies: Array<[Error | null, unknown]> | null): unknown[] {
 function isCutOff (err: unknown): boolean {
   const message = err instanceof Error ? err.message : ''
   return /Connection is closed|ECONNRESET|EPIPE|Command aborted/i.test(message)
+}
+
+/**
+ * Redis refusing every write for now: too few replicas (`min-replicas-to-write`),
+ * a failed save (`stop-writes-on-bgsave-error`), `maxmemory` reached. Raised at a
+ * script's first write, so the script wrote nothing.
+ */
+function refusesWrites (err: unknown): boolean {
+  return /^(NOREPLICAS|MISCONF|OOM)\b/.test(err instanceof Error ? err.message : '')
 }
 
 /** A lost connection, or a Redis that cannot answer for now (loading, busy script, failover). */

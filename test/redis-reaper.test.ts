@@ -1,0 +1,94 @@
+import t from 'tap'
+import { Redis } from 'ioredis'
+import { redisAdapter } from '../src/index.js'
+import { startApp } from './helpers/server.js'
+import { TestSocket } from './helpers/socket.js'
+import { skipRedis, startRedis } from './helpers/redis.js'
+import { childInstance } from './helpers/child-instance.js'
+
+type Frame = Record<string, any>
+const ids = (members: Array<{ id: string }>): string[] => members.map((m) => m.id)
+const presences = (socket: TestSocket): Frame[] => socket.frames.filter((f) => f.type === 'presence')
+
+/**
+ * Redis refusing writes for a while (`min-replicas-to-write` with its replica
+ * gone; also a failed save, `maxmemory`) refused a leave with an error that is
+ * not a lost connection: the leave was dropped, and the member stayed in the
+ * room, in its count and in every other member's list for as long as its
+ * instance ran. It is owed now, and done once Redis takes writes again.
+ */
+t.test('a leave Redis refuses while it refuses writes is done once it takes them again', { skip: skipRedis }, async (t) => {
+  const redis = await startRedis(t)
+  const admin = new Redis(redis.url)
+  t.teardown(() => admin.disconnect())
+  // A short lease: the owed leaves are done at each upkeep round, every third of it.
+  const adapter = (): ReturnType<typeof redisAdapter> => redisAdapter({ url: redis.url, leaseMs: 1500 })
+  const a = await startApp(t, { adapter: adapter() })
+  const b = await startApp(t, { adapter: adapter() })
+  const ada = await TestSocket.open(a.wsUrl)
+  const bob = await TestSocket.open(b.wsUrl)
+  t.teardown(() => { ada.close(); bob.close() })
+  await ada.join('r')
+  await bob.join('r')
+  const bobId = bob.welcome.user.id as string
+  await ada.next((f) => f.type === 'presence' && ids(f.joins).includes(bobId), 'bob\'s join')
+
+  // No replica is connected: every write command is refused with NOREPLICAS.
+  await admin.config('SET', 'min-replicas-to-write', '1')
+  t.teardown(async () => await admin.config('SET', 'min-replicas-to-write', '0'))
+  const left = await bob.request({ type: 'leave', room: 'r' })
+  t.match(left, { type: 'left', room: 'r' }, 'bob is out of the room at once; its leave in Redis is owed')
+  const refused = await ada.request({ type: 'publish', room: 'r', data: 'while refused' })
+  t.match(refused, { type: 'error', code: 'UNAVAILABLE' }, 'a publish is refused as retryable: the script wrote nothing')
+
+  await admin.config('SET', 'min-replicas-to-write', '0')
+  const diff = await ada.next((f) => f.type === 'presence' && ids(f.leaves).includes(bobId), 'bob\'s leave, once Redis takes writes')
+  t.equal(diff.count, 1, 'the count has dropped')
+  const room = await a.app.rooms.get('r')
+  t.same(room === null ? null : { count: room.count, members: ids(room.members) }, { count: 1, members: [ada.welcome.user.id] }, 'Redis no longer holds bob')
+})
+
+/**
+ * Redis paused for longer than the lease, its data kept, every instance
+ * alive: no instance could renew its lease, and the first reaper back took
+ * the others for dead (their members left and were closed with 1012). After
+ * such a silence nobody is reaped for a lease; a really dead instance is
+ * reaped after it, which is also what tells the test the reaping ran.
+ */
+t.test('a Redis stalled for longer than the lease makes no instance reap another', { skip: skipRedis }, async (t) => {
+  const redis = await startRedis(t)
+  const leaseMs = 1500
+  const adapter = (): ReturnType<typeof redisAdapter> => redisAdapter({ url: redis.url, leaseMs, commandTimeoutMs: 500 })
+  const a = await startApp(t, { adapter: adapter(), presenceIntervalMs: 0 })
+  const b = await startApp(t, { adapter: adapter(), presenceIntervalMs: 0 })
+  const doomed = await childInstance(t, { REDIS_URL: redis.url, LEASE_MS: String(leaseMs) })
+  const ada = await TestSocket.open(a.wsUrl)
+  const bob = await TestSocket.open(b.wsUrl)
+  const cy = await TestSocket.open(doomed.wsUrl)
+  t.teardown(() => { ada.close(); bob.close(); cy.close() })
+  for (const socket of [ada, bob, cy]) await socket.join('r')
+  const cyId = cy.welcome.user.id as string
+  await ada.next((f) => f.type === 'presence' && f.count === 3, 'all three in the room')
+
+  const pid = redis.pid()
+  if (pid === undefined) throw new Error('redis-server is not running')
+  process.kill(pid, 'SIGSTOP')
+  let stopped = true
+  t.teardown(() => { if (stopped) process.kill(pid, 'SIGCONT') })
+  // The doomed instance dies during the pause; the others' leases run out in it too.
+  doomed.child.kill('SIGKILL')
+  await new Promise((resolve) => doomed.child.once('exit', resolve))
+  // Paused for a lease and a half, timed by a timer: Redis gives no event while it is stopped.
+  await new Promise((resolve) => setTimeout(resolve, leaseMs * 1.5))
+  process.kill(pid, 'SIGCONT')
+  stopped = false
+
+  const diff = await ada.next((f) => f.type === 'presence' && ids(f.leaves).includes(cyId), 'the dead instance\'s member leaving')
+  t.same(ids(diff.leaves), [cyId], 'only the dead instance\'s member left')
+  t.equal(diff.count, 2, 'ada and bob are still counted')
+  t.same(presences(ada).flatMap((f) => ids(f.leaves)), [cyId], 'ada saw no other leave')
+  t.equal(ada.ws.readyState, ada.ws.OPEN, 'ada\'s connection is open')
+  t.equal(bob.ws.readyState, bob.ws.OPEN, 'bob\'s connection is open')
+  const room = await b.app.rooms.get('r')
+  t.same(room === null ? null : ids(room.members).sort(), [ada.welcome.user.id, bob.welcome.user.id].sort(), 'Redis holds ada and bob')
+})
