@@ -3,7 +3,7 @@ import { Redis } from 'ioredis'
 import { redisAdapter } from '../src/index.js'
 import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
-import { skipRedis, startRedis } from './helpers/redis.js'
+import { clientsNamed, skipRedis, startRedis } from './helpers/redis.js'
 import { childInstance } from './helpers/child-instance.js'
 
 type Frame = Record<string, any>
@@ -46,6 +46,45 @@ t.test('a leave Redis refuses while it refuses writes is done once it takes them
   t.equal(diff.count, 1, 'the count has dropped')
   const room = await a.app.rooms.get('r')
   t.same(room === null ? null : { count: room.count, members: ids(room.members) }, { count: 1, members: [ada.welcome.user.id] }, 'Redis no longer holds bob')
+})
+
+/**
+ * A leave Redis refuses for good (here a key of the wrong type; an ACL or a
+ * script error alike) stays owed and is retried, but it must not hold up
+ * anything else: it made every recovery of the instance fail, so after any
+ * cut of its link the instance answered UNAVAILABLE to every join for good.
+ */
+t.test('a leave Redis refuses for good does not hold up the instance\'s recovery', { skip: skipRedis }, async (t) => {
+  const redis = await startRedis(t)
+  const admin = new Redis(redis.url)
+  t.teardown(() => admin.disconnect())
+  const waiters: Array<{ match: (line: Record<string, any>) => boolean, resolve: () => void }> = []
+  const stream = {
+    write: (text: string): void => {
+      const line = JSON.parse(text) as Record<string, any>
+      for (const waiter of waiters.filter((w) => w.match(line))) { waiters.splice(waiters.indexOf(waiter), 1); waiter.resolve() }
+    }
+  }
+  const logged = async (msg: string): Promise<void> => {
+    const guard = new Promise<never>((_resolve, reject) => setTimeout(() => reject(new Error(`no log line "${msg}" within 15 s`)), 15_000).unref())
+    await Promise.race([new Promise<void>((resolve) => waiters.push({ match: (line) => String(line.msg).includes(msg), resolve })), guard])
+  }
+  const a = await startApp(t, { adapter: redisAdapter({ url: redis.url, leaseMs: 1500 }) }, undefined, { logger: { level: 'warn', stream } })
+  const ada = await TestSocket.open(a.wsUrl)
+  t.teardown(() => ada.close())
+  await ada.join('x')
+  await admin.del('fastify-rooms:r:x:conns')
+  await admin.set('fastify-rooms:r:x:conns', 'not a hash')
+  t.match(await ada.request({ type: 'leave', room: 'x' }), { type: 'left', room: 'x' }, 'the leave is answered; Redis owes it')
+
+  const nodeId = ada.welcome.connectionId.slice(0, ada.welcome.connectionId.indexOf('-'))
+  const cmd = await clientsNamed(admin, `fastify-rooms:${nodeId}:cmd`)
+  t.equal(cmd.length, 1, 'one command connection')
+  await admin.client('KILL', 'ID', cmd[0]!.id!)
+  await logged('the link to Redis is back')
+  const bob = await TestSocket.open(a.wsUrl)
+  t.teardown(() => bob.close())
+  t.match(await bob.join('ok'), { type: 'joined', room: 'ok' }, 'the instance takes joins again')
 })
 
 /**

@@ -99,6 +99,25 @@ local function now ()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- (global) Note that a node asked about leases (renewed or reaped), and
+-- whether reaping is held. Every node renews and reaps every third of its
+-- lease, so a silence of half a lease (or no note at all: a fresh Redis, or
+-- one that lost it) means Redis, or every node's link to it, may have been
+-- away: the nodes could not renew either, and the first reaper back would
+-- take healthy ones for dead. Nobody new is marked for a lease after, while
+-- they reconnect and renew. Returns the time, and till when reaping is held.
+local function note_leases (lease)
+  local reaper, t = p .. 'reaper', now()
+  local last, hold = unpack(redis.call('HMGET', reaper, 'last', 'hold'))
+  hold = tonumber(hold) or 0
+  if not last or t - tonumber(last) > lease / 2 then
+    hold = t + lease
+    redis.call('HSET', reaper, 'hold', hold)
+  end
+  redis.call('HSET', reaper, 'last', t)
+  return t, hold
+end
+
 -- The least recently published room other than this one, or nil.
 local function oldest_other (room)
   local two = redis.call('ZRANGE', rooms_with_history, 0, 1)
@@ -513,33 +532,15 @@ elseif cmd == 'renew' then
   local score = redis.call('ZSCORE', p .. 'nodes', ARGV[3])
   if ARGV[5] == '1' and (not score or tonumber(score) < 0) then return 'REAPED' end
   if score and tonumber(score) < 0 then return 'WAIT' end
-  -- A node registering: a reaper's silence before it (no node ran) is not an outage (see 'dead').
-  if ARGV[5] ~= '1' then
-    redis.call('HSET', p .. 'reaper', 'last', now())
-    redis.call('PEXPIRE', p .. 'reaper', tonumber(ARGV[4]) * 10)
-  end
-  redis.call('ZADD', p .. 'nodes', now() + tonumber(ARGV[4]), ARGV[3])
+  local t = note_leases(tonumber(ARGV[4]))
+  redis.call('ZADD', p .. 'nodes', t + tonumber(ARGV[4]), ARGV[3])
   return 'OK'
 elseif cmd == 'dead' then
   -- (global) lease ms: mark every node whose lease expired as being
   -- forgotten, and name them (with those a reaper before did not finish):
-  -- each partition forgets them, then 'unregister'.
-  -- Every node asks every third of a lease (and a node's registration counts
-  -- as asking), so a longer silence means Redis, or every node's link to it, was
-  -- away: the nodes could not renew either, and the first reaper back would
-  -- take healthy ones for dead. Nobody new is marked for a lease then, while
-  -- they reconnect and renew.
-  local t, lease = now(), tonumber(ARGV[3])
-  local reaper = p .. 'reaper'
-  local last, hold = unpack(redis.call('HMGET', reaper, 'last', 'hold'))
-  hold = tonumber(hold) or 0
-  if last and t - tonumber(last) > lease * 0.6 then
-    hold = t + lease
-    redis.call('HSET', reaper, 'hold', hold)
-  end
-  redis.call('HSET', reaper, 'last', t)
-  -- Outlives any hold; once no node runs, nothing is left to reap.
-  redis.call('PEXPIRE', reaper, lease * 10)
+  -- each partition forgets them, then 'unregister'. None is marked while
+  -- reaping is held after an outage (see note_leases).
+  local t, hold = note_leases(tonumber(ARGV[3]))
   if t < hold then return redis.call('ZRANGEBYSCORE', p .. 'nodes', '-inf', '(0') end
   local dead = redis.call('ZRANGEBYSCORE', p .. 'nodes', '-inf', t)
   for _, node in ipairs(dead) do redis.call('ZADD', p .. 'nodes', -1, node) end
@@ -768,8 +769,10 @@ export class RedisAdapter implements Adapter {
   private listener!: AdapterListener
   private config!: AdapterConfig
   private readonly subscriptions = new Map<string, Subscription>()
-  /** Leaves that failed while Redis was away, done when it is back. */
+  /** Leaves that Redis refused (away, or refusing writes), done at the upkeep rounds till it takes them. */
   private readonly pendingLeaves = new Map<string, { room: string, connectionId: string }>()
+  /** When finishLeaves last logged the refusals of owed leaves. */
+  private owedLoggedAt = 0
   /** Local memberships, to re-register them after an outage. */
   private readonly local = new Map<string, LocalMember>()
   /**
@@ -1425,6 +1428,8 @@ export class RedisAdapter implements Adapter {
   private failure (err: unknown, what: string): Error {
     if (err instanceof RoomsError) return err
     if (this.closed || isTransient(err)) return unavailable()
+    // Retried every round, and logged by finishLeaves once a minute at most.
+    if (what === OWED_LEAVE) return refusesWrites(err) ? unavailable() : internal()
     if (refusesWrites(err)) {
       // Nothing was written, and it passes once the operator acts: retryable, but the operator must hear of it.
       this.config.log.warn({ err: withoutArguments(err), nodeId: this.config.nodeId, command: what }, 'fastify-rooms: Redis refuses writes')
@@ -1693,14 +1698,26 @@ export class RedisAdapter implements Adapter {
 
   /**
    * Do the leaves Redis refused earlier. Sent together (one connection keeps
-   * their order), so thousands of members cost one round trip.
+   * their order), so thousands of members cost one round trip. One refused
+   * again stays owed for the next round and holds up nothing else; the
+   * refusals are logged once a minute at most, not once per leave and round.
    */
   private async finishLeaves (): Promise<void> {
+    let refused = 0
+    let error: unknown
     await Promise.all([...this.pendingLeaves].map(async ([key, owed]) => {
-      await this.call('leave', owed.room, owed.connectionId, this.config.nodeId)
-      // Not a leave owed since (a join and a leave again while this one was in flight): that one is still owed.
-      if (this.pendingLeaves.get(key) === owed) this.pendingLeaves.delete(key)
+      try {
+        await this.cmd.call(OWED_LEAVE, async () => await this.script(this.partitions.base(owed.room), 'leave', owed.room, owed.connectionId, this.config.nodeId))
+        // Not a leave owed since (a join and a leave again while this one was in flight): that one is still owed.
+        if (this.pendingLeaves.get(key) === owed) this.pendingLeaves.delete(key)
+      } catch (err) {
+        refused++
+        error ??= err
+      }
     }))
+    if (refused === 0 || this.down || Date.now() - this.owedLoggedAt < 60_000) return
+    this.owedLoggedAt = Date.now()
+    this.config.log.warn({ err: error, nodeId: this.config.nodeId, owed: this.pendingLeaves.size }, 'fastify-rooms: Redis refused leaves this instance owes; their members stay listed until it takes them, retried every leaseMs/3')
   }
 
   /**
@@ -2377,6 +2394,9 @@ function isCutOff (err: unknown): boolean {
   const message = err instanceof Error ? err.message : ''
   return /Connection is closed|ECONNRESET|EPIPE|Command aborted/i.test(message)
 }
+
+/** What a retried owed leave is called in the command link: its refusals are logged by finishLeaves. */
+const OWED_LEAVE = 'owed leave'
 
 /**
  * Redis refusing every write for now: too few replicas (`min-replicas-to-write`),
