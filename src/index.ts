@@ -296,7 +296,8 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
   if (options.rest) await app.register(routes, { prefix: options.prefix, registry, access: restAccess(options, credentials), membersPageSize: options.membersPageSize, publish: options.restPublish === undefined ? undefined : { guard: options.restPublish, serverPublish: async (room, data) => await serverPublish(room, data) as number, bodyLimit: options.maxFrameBytes } })
   if (metrics !== undefined) await metrics.serve(app, { connections: () => open.size, registry }, restAccess(options, credentials))
   if (options.demo !== false) {
-    await app.register(page, { prefix: options.demo === true ? '/' : options.demo, path: wsPath, restPrefix: options.rest ? restPrefix : false })
+    // Without its trailing slash ('/chat/' is '/chat'): the page answers both `/chat/` and, with a redirect to it, `/chat`.
+    await app.register(page, { prefix: options.demo === true ? '' : options.demo.replace(/\/+$/, ''), path: wsPath, restPrefix: options.rest ? restPrefix : false })
   }
   if (options.admin !== undefined && counters !== undefined) {
     await app.register(admin, {
