@@ -110,6 +110,8 @@ $('text').addEventListener('input', () => {
 
 $('more-members').addEventListener('click', async () => {
   const view = views.get(current)
+  // No room shown (the last one was left): nothing to load.
+  if (view === undefined) return
   try {
     await view.room.loadMoreMembers()
   } catch (err) {
@@ -267,6 +269,7 @@ function clearRoom () {
   $('send').querySelector('button').disabled = true
   $('members').replaceChildren()
   $('count').textContent = ''
+  $('more-members').hidden = true
 }
 
 /** A member's name, with a short id when another member of the room has the same name. */
