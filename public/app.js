@@ -10,6 +10,8 @@ const HISTORY = 50
 const TYPING_MS = 2000
 
 let client
+/** Set from a login's submit until it fails: one connection per login, however often Enter is pressed. */
+let loggingIn = false
 /** The live room list (server-pushed counts), or undefined when the server does not offer it. */
 let roomList
 /** Lines of a room's log the page keeps. */
@@ -27,6 +29,7 @@ $('nickname').value = localStorage.getItem('nickname') ?? ''
 
 $('login').addEventListener('submit', async (event) => {
   event.preventDefault()
+  if (loggingIn) return
   const name = $('nickname').value.trim()
   setError('login-error', '')
   $('nickname').removeAttribute('aria-invalid')
@@ -36,10 +39,14 @@ $('login').addEventListener('submit', async (event) => {
     $('nickname').focus()
     return
   }
+  loggingIn = true
+  $('login').querySelector('button').disabled = true
   showState('connecting')
   try {
     client = await connect(wsUrl, { name })
   } catch (err) {
+    loggingIn = false
+    $('login').querySelector('button').disabled = false
     showState('closed')
     setError('login-error', `Could not connect: ${await refusal(err, name)}`)
     $('nickname').focus()

@@ -53,3 +53,48 @@ t.test('leaving the last room hides "Load more" of its members, and a stray clic
   t.equal(await page.textContent('#room-error'), '', 'no error shown')
   t.same(errors, [], 'no errors in the page')
 })
+
+t.test('a double click on "Enter" logs in once: one connection, the page\'s own user', { skip }, async (t) => {
+  const { app, url } = await demoApp(t)
+  const errors: string[] = []
+  const page = await open(t, errors)
+  // Counts the sockets the page opens: the SDK takes the global WebSocket when connect() is called.
+  await page.addInitScript(() => {
+    const Native = window.WebSocket
+    const w = window as unknown as { sockets: number }
+    w.sockets = 0
+    window.WebSocket = class extends Native {
+      constructor (url: string | URL, protocols?: string | string[]) {
+        super(url, protocols)
+        w.sockets++
+      }
+    }
+  })
+  await page.goto(url)
+  await page.fill('#nickname', 'ada')
+  // Both clicks are dispatched when dblclick returns; each submit's connect() opens its socket at once.
+  await page.dblclick('#login button')
+  await page.waitForSelector('#room-title:text("# lobby")')
+  t.equal(await page.evaluate(() => (window as unknown as { sockets: number }).sockets), 1, 'one socket opened')
+  await page.fill('#text', 'hi')
+  await page.press('#text', 'Enter')
+  await page.waitForSelector('#messages li.me .text:text-is("hi")')
+  t.equal(app.rooms.connections, 1, 'one connection on the server')
+  t.same(await page.locator('#members li').allTextContents(), ['ada (you)'], 'one member, the page\'s own user')
+  t.same(errors, [], 'no errors in the page')
+})
+
+t.test('a login that fails can be tried again', { skip }, async (t) => {
+  const { url, gate } = await demoApp(t)
+  const errors: string[] = []
+  const page = await open(t, errors)
+  gate.refuse = true
+  await page.goto(url)
+  await page.fill('#nickname', 'ada')
+  await page.click('#login button')
+  await page.waitForSelector('#login-error:text("Could not connect: away for the test")')
+  gate.refuse = false
+  await page.click('#login button')
+  await page.waitForSelector('#room-title:text("# lobby")')
+  t.same(errors, [], 'no errors in the page')
+})
