@@ -134,15 +134,35 @@ $('send').addEventListener('submit', async (event) => {
   if (text === '' || view === undefined) return
   typingSent = 0
   setError('room-error', '')
+  // Handed to the SDK, which sends it once (holding it while reconnecting): the box is cleared at once, so that
+  // pressing Send again cannot send it twice, and is free for the next message meanwhile.
+  $('text').value = ''
+  sending++
+  showSending()
   try {
     await view.room.publish({ text })
-    // Cleared only once accepted, and only if nothing else was typed meanwhile.
-    if ($('text').value.trim() === text) $('text').value = ''
   } catch (err) {
-    if ($('text').value === '') $('text').value = text
-    setError('room-error', `Not sent: ${err.message}`)
+    // Back in the box to fix or send again, unless something else was typed there meanwhile, or another room is shown.
+    if ($('text').value === '' && view.room.name === current) {
+      $('text').value = text
+      setError('room-error', `Not sent: ${err.message}`)
+    } else {
+      setError('room-error', `Not sent to # ${view.room.name} ("${text.length > 40 ? `${text.slice(0, 40)}...` : text}"): ${err.message}`)
+    }
+  } finally {
+    sending--
+    showSending()
   }
 })
+
+/** Publishes handed to the SDK and not yet answered. */
+let sending = 0
+
+/** Publishes that wait for the connection are said so under the box. */
+function showSending () {
+  const waiting = sending > 0 && client.state !== 'open'
+  $('sending').textContent = waiting ? `${sending} ${sending === 1 ? 'message waits' : 'messages wait'} for the connection, to be sent once it is back.` : ''
+}
 
 for (const [button, pane] of [['toggle-rooms', 'rooms-pane'], ['toggle-members', 'members-pane']]) {
   $(button).addEventListener('click', () => togglePane(pane, !$(pane).classList.contains('open')))
@@ -415,6 +435,7 @@ const recovery = { gaps: new Set(), after: false }
 
 function onState (state, change) {
   showState(state)
+  showSending()
   clearInterval(countdown)
   if (state === 'reconnecting') {
     recovery.after = true

@@ -98,3 +98,40 @@ t.test('a login that fails can be tried again', { skip }, async (t) => {
   await page.waitForSelector('#room-title:text("# lobby")')
   t.same(errors, [], 'no errors in the page')
 })
+
+t.test('Send pressed twice while reconnecting sends the message once: the box is cleared when the SDK holds it, and the page says it waits', { skip }, async (t) => {
+  const { app, url, gate } = await demoApp(t, { maxMessageBytes: 100 })
+  const errors: string[] = []
+  const page = await open(t, errors)
+  await enter(page, url, 'ada')
+  // The server refuses the reconnects until the test lets them through: the page stays reconnecting.
+  gate.refuse = true
+  for (const socket of app.websocketServer.clients) socket.terminate()
+  await page.waitForSelector('#state:text-is("reconnecting")')
+  await page.fill('#text', 'hello')
+  await page.press('#text', 'Enter')
+  // The submit handler clears the box before it awaits the publish: done when the key press is.
+  t.equal(await page.inputValue('#text'), '', 'the box is cleared once the publish is handed to the SDK')
+  await page.waitForSelector('#sending:text-is("1 message waits for the connection, to be sent once it is back.")')
+  await page.press('#text', 'Enter')
+  await page.click('#send button')
+  t.equal(await page.textContent('#sending'), '1 message waits for the connection, to be sent once it is back.', 'pressing Send again sends nothing more')
+  // One that the server will refuse: it waits too, then comes back into the box.
+  const long = 'x'.repeat(150)
+  await page.fill('#text', long)
+  await page.press('#text', 'Enter')
+  await page.waitForSelector('#sending:text-is("2 messages wait for the connection, to be sent once it is back.")')
+  gate.refuse = false
+  await page.waitForSelector('#state:text-is("open")')
+  await page.waitForSelector('#room-error:text("Not sent")')
+  t.match(await page.textContent('#room-error'), /larger than 100 bytes/, 'the server\'s reason')
+  t.equal(await page.inputValue('#text'), long, 'the refused text is back in the box')
+  // The server handles a connection's frames in order: once this one is shown, any second "hello" would be too.
+  await page.fill('#text', 'marker')
+  await page.press('#text', 'Enter')
+  await page.waitForSelector('#messages li.me .text:text-is("marker")')
+  t.same(await page.locator('#messages li.me .text').allTextContents(), ['hello', 'marker'], 'hello sent once, before what followed')
+  t.equal(await page.textContent('#sending'), '', 'nothing waits any more')
+  t.equal(await page.textContent('#room-error'), '')
+  t.same(errors, [], 'no errors in the page')
+})
