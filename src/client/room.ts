@@ -161,6 +161,8 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
   private readonly owner: RoomOwner<TData>
   /** Members this handle knows: the pages loaded, kept up to date by presence. */
   private readonly known = new Map<string, Member>()
+  /** This client's user id when the last `joined` was applied: after a reconnect that gave a fresh user, the former one. */
+  private self: string | undefined
   private sorted: Member[] | undefined
   /** The cursor of the next members page; null when every page is loaded. */
   private membersNext: string | null = null
@@ -295,6 +297,7 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
    */
   applyJoined (frame: JoinedFrame, since: Position | undefined, history: number | undefined): void {
     const change = since === undefined ? undefined : this.rejoinChange(frame)
+    this.self = this.owner.user?.id
     this.known.clear()
     for (const member of frame.members) this.known.set(member.id, member)
     this.sorted = undefined
@@ -422,13 +425,17 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
    * handle had loaded but unknown to it joined; a known member inside the
    * page's range but not in it left. Known members past the page are dropped
    * without a leave: whether they are still there is unknown until loaded.
+   * This client's own user is in neither: not the one it has now as a join,
+   * nor, when the reconnect gave it a fresh user (a resume token the server
+   * no longer accepts, as after a restart that lost its key), the one it had
+   * as a leave. Both are this client, which `welcome` and `client.user` tell.
    */
   private rejoinChange (frame: JoinedFrame): PresenceChange {
     const self = this.owner.user?.id
     const covered = (id: string, next: string | null): boolean => next === null || compareCodePoints(id, next) <= 0
     const page = new Set(frame.members.map((m) => m.id))
     const joins = frame.members.filter((m) => !this.known.has(m.id) && m.id !== self && covered(m.id, this.membersNext))
-    const leaves = [...this.known.values()].filter((m) => !page.has(m.id) && covered(m.id, frame.membersNext))
+    const leaves = [...this.known.values()].filter((m) => !page.has(m.id) && m.id !== self && m.id !== this.self && covered(m.id, frame.membersNext))
     return { room: this.name, joins, leaves, count: frame.count }
   }
 
