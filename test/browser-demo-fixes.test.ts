@@ -135,3 +135,23 @@ t.test('Send pressed twice while reconnecting sends the message once: the box is
   t.equal(await page.textContent('#room-error'), '')
   t.same(errors, [], 'no errors in the page')
 })
+
+t.test('after a restart that loses the guests\' ids (no resumeSecret), the page does not announce its own former user as gone', { skip }, async (t) => {
+  const first = await demoApp(t)
+  const port = (first.app.server.address() as { port: number }).port
+  const errors: string[] = []
+  const page = await open(t, errors)
+  await enter(page, first.url, 'ada')
+  await (await bot(t, first.ws, 'carol')).join('lobby')
+  await page.waitForSelector('#messages .event:text-is("carol joined")')
+  await first.app.close()
+  const again = Fastify()
+  t.teardown(async () => await again.close())
+  await again.register(rooms, { demo: true, heartbeatMs: 1000, presenceIntervalMs: 0 })
+  await again.listen({ port, host: '127.0.0.1' })
+  // A rejoin tells `gap`, then `presence`, then `joined`, which the banner waits for.
+  await page.waitForSelector('#banner:text-is("Reconnected: some messages could not be recovered in # lobby.")')
+  t.same(await page.locator('#messages .event').allTextContents(), ['carol joined', 'reconnected: some messages could not be recovered (after #0)', 'carol left'], 'carol left; ada did not')
+  t.same(await page.locator('#members li').allTextContents(), ['ada (you)'])
+  t.same(errors, [], 'no errors in the page')
+})
