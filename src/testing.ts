@@ -41,7 +41,10 @@ export interface RoomsTestSocket {
   readonly closed: Promise<CloseInfo>
   /** Send a frame as it is: a string goes out unchanged (to test bad input). */
   send: (frame: ClientFrame | Record<string, unknown> | string) => void
-  /** Wait for (or take) the first unread frame of `type` that `match` accepts. */
+  /**
+   * Wait for (or take) the first unread frame of `type` that `match` accepts.
+   * Never a reply to this socket's own `request` or `join`: those go to the call.
+   */
   next: <T extends ServerFrame['type']>(type: T, match?: (frame: FrameOf<T>) => boolean) => Promise<FrameOf<T>>
   /** Unread frames, optionally of one type, without consuming them. */
   pending: <T extends ServerFrame['type']>(type?: T) => Array<FrameOf<T>>
@@ -170,8 +173,13 @@ export async function injectRooms (app: FastifyInstance, options: InjectOptions 
   connectionId = welcome.connectionId
 
   let nextId = 1
+  // The ids `request` made up. A frame carrying one is the answer to that call, never an
+  // event for `next`: a pending `next('left')` must not take the reply to `leave`.
+  const requestIds = new Set<string>()
+  const isReply = (f: ServerFrame): boolean => 'id' in f && typeof f.id === 'string' && requestIds.has(f.id)
   const request = async (frame: ClientFrame | Record<string, unknown>): Promise<ServerFrame> => {
     const id = `t${nextId++}`
+    requestIds.add(id)
     send({ ...frame, id })
     return await wait(`the reply to ${String(frame.type)}`, (f) => 'id' in f && f.id === id)
   }
@@ -180,7 +188,7 @@ export async function injectRooms (app: FastifyInstance, options: InjectOptions 
     welcome,
     closed,
     send,
-    next: async (type, match) => await wait(`a ${type} frame`, (f) => f.type === type && (match === undefined || match(f as never))) as never,
+    next: async (type, match) => await wait(`a ${type} frame`, (f) => f.type === type && !isReply(f) && (match === undefined || match(f as never))) as never,
     pending: (type) => unread.filter((f) => type === undefined || f.type === type) as never,
     request,
     async join (room, joinOptions = {}) {

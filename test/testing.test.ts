@@ -114,3 +114,26 @@ t.test('injectRooms: a refused token, or no welcome in time, cuts the server\'s 
   await serverClosed(1)
   t.pass('so is one that got no welcome in time')
 })
+
+t.test('injectRooms: a pending next() does not take the reply to request() or join(); the event it waits for still comes to it', async (t) => {
+  const app = await build(t)
+  // Far below tap's timeout: a reply taken by the wrong wait fails here, saying which.
+  const ada = await injectRooms(app, { query: { name: 'ada' }, timeoutMs: 2000 })
+  const putIn = ada.next('joined')
+  t.match(await ada.join('lobby'), { type: 'joined', room: 'lobby', id: 't1' }, 'join gets its own reply')
+  t.equal(await app.rooms.join(ada.welcome.connectionId, 'vip'), true)
+  t.match(await putIn, { type: 'joined', room: 'vip' }, 'next(\'joined\') gets the server\'s join')
+  t.notOk('id' in await putIn, 'the unsolicited one, without an id')
+
+  const kicked = ada.next('left')
+  t.match(await ada.request({ type: 'leave', room: 'lobby' }), { type: 'left', room: 'lobby', id: 't2' }, 'request gets the reply to leave')
+  t.equal(await app.rooms.removeFromRoom(ada.welcome.connectionId, 'vip', 'go away'), true)
+  t.same(await kicked, { type: 'left', room: 'vip', reason: 'go away' }, 'next(\'left\') gets the removal')
+
+  const refused = ada.next('error')
+  await t.rejects(ada.join('bad room'), { name: 'RoomsTestError', code: 'INVALID_ROOM' }, 'join rejects with its error reply')
+  ada.send('not json')
+  t.match(await refused, { code: 'INVALID_FRAME' }, 'next(\'error\') gets the error no request asked for')
+  t.same(ada.pending(), [], 'nothing left over')
+  await ada.close()
+})
