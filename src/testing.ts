@@ -118,7 +118,8 @@ export async function injectRooms (app: FastifyInstance, options: InjectOptions 
   let serverSocket: WebSocket | undefined
   const upgradeContext = { headers: options.headers ?? {}, [kServerSocket]: (socket: WebSocket) => { serverSocket = socket } }
   watchServerSockets(app)
-  const ws = await app.injectWS(`${options.path ?? '/ws'}${query}`, upgradeContext, {
+  const url = `${options.path ?? '/ws'}${query}`
+  const upgrade = app.injectWS(url, upgradeContext, {
     onInit (ws) {
       ws.on('message', (data) => {
         const frame = JSON.parse(data.toString()) as ServerFrame
@@ -152,6 +153,12 @@ export async function injectRooms (app: FastifyInstance, options: InjectOptions 
         onClosed(closedWith)
       })
     }
+  })
+  const ws = await bounded(upgrade, timeoutMs, () => new Error(`The upgrade of ${url} got no answer within ${timeoutMs} ms: ` +
+    'an authenticate or a hook (onRequest, preValidation...) that never finishes, or an app already closed?'), (late) => {
+    // Answered after all: cut both ends, so nothing stays open behind the rejection.
+    late.terminate()
+    serverSocket?.terminate()
   })
   const send = (frame: ClientFrame | Record<string, unknown> | string): void => ws.send(typeof frame === 'string' ? frame : JSON.stringify(frame))
   if (options.token !== undefined) send({ type: 'auth', token: options.token })
@@ -201,6 +208,29 @@ export async function injectRooms (app: FastifyInstance, options: InjectOptions 
       return await closed
     }
   }
+}
+
+/**
+ * `promise`, or a rejection with `timedOut()` after `ms`. Whatever it resolves
+ * with after that goes to `late`; a rejection after it is dropped.
+ */
+async function bounded<T> (promise: Promise<T>, ms: number, timedOut: () => Error, late: (value: T) => void): Promise<T> {
+  return await new Promise<T>((resolve, reject) => {
+    let over = false
+    const timer = setTimeout(() => {
+      over = true
+      reject(timedOut())
+    }, ms)
+    promise.then((value) => {
+      if (over) return late(value)
+      clearTimeout(timer)
+      resolve(value)
+    }, (err: unknown) => {
+      if (over) return
+      clearTimeout(timer)
+      reject(err)
+    })
+  })
 }
 
 /** Marks an injected upgrade's request with the function that takes the server's end of its socket. */

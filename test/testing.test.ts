@@ -137,3 +137,68 @@ t.test('injectRooms: a pending next() does not take the reply to request() or jo
   t.same(ada.pending(), [], 'nothing left over')
   await ada.close()
 })
+
+/** `promise` settled, or a clear failure after `ms`: a helper that hangs fails the test rather than stalling it. */
+async function settled<T> (promise: Promise<T>, ms: number, what: string): Promise<PromiseSettledResult<T>> {
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const guard = new Promise<never>((resolve, reject) => { timer = setTimeout(() => reject(new Error(`${what} did not settle within ${ms} ms`)), ms) })
+  try {
+    return await Promise.race([Promise.allSettled([promise]).then(([result]) => result as PromiseSettledResult<T>), guard])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+t.test('injectRooms: timeoutMs bounds the upgrade too: a hook or authenticate that never finishes, a closed app', async (t) => {
+  const upgradeTimedOut = /The upgrade of \/ws got no answer within 200 ms/
+  await t.test('authenticate that does not resolve (authTimeoutMs far longer)', async (t) => {
+    // Held until the test ends, not forever: the plugin's authTimeoutMs timer would keep the process up.
+    let letIn!: () => void
+    const gate = new Promise<void>((resolve) => { letIn = resolve })
+    const app = await build(t, { authTimeoutMs: 60_000, authenticate: async () => { await gate; return { id: 'ada', name: 'ada' } } })
+    t.teardown(letIn)
+    const result = await settled(injectRooms(app, { timeoutMs: 200 }), 5000, 'injectRooms')
+    t.match(result, { status: 'rejected', reason: { message: upgradeTimedOut } })
+  })
+  await t.test('an onRequest hook of the app that does not call done', async (t) => {
+    const app = Fastify()
+    const held: Array<() => void> = []
+    t.teardown(async () => {
+      for (const done of held) done()
+      await app.close()
+    })
+    app.addHook('onRequest', (request, reply, done) => { if (request.url.startsWith('/ws')) held.push(done); else done() })
+    await app.register(rooms, { presenceIntervalMs: 0 })
+    const result = await settled(injectRooms(app, { timeoutMs: 200 }), 5000, 'injectRooms')
+    t.match(result, { status: 'rejected', reason: { message: upgradeTimedOut } })
+  })
+  await t.test('an app already closed', async (t) => {
+    const app = Fastify()
+    await app.register(rooms, { presenceIntervalMs: 0 })
+    await app.close()
+    const result = await settled(injectRooms(app, { timeoutMs: 200 }), 5000, 'injectRooms')
+    t.match(result, { status: 'rejected', reason: { message: upgradeTimedOut } })
+  })
+})
+
+t.test('injectRooms: an upgrade answered after timeoutMs is cut at both ends, not left open', async (t) => {
+  let letIn!: () => void
+  const gate = new Promise<void>((resolve) => { letIn = resolve })
+  // A close timeout far longer than any guard here: a server socket left open would show.
+  const app = await build(t, {
+    closeTimeoutMs: 60_000,
+    authTimeoutMs: 60_000,
+    authenticate: async () => { await gate; return { id: 'ada', name: 'ada' } }
+  })
+  await app.ready()
+  const opened = new Promise<WebSocket>((resolve) => app.websocketServer.once('connection', resolve))
+  const result = await settled(injectRooms(app, { timeoutMs: 200 }), 5000, 'injectRooms')
+  t.match(result, { status: 'rejected', reason: { message: /got no answer within 200 ms/ } })
+  letIn()
+  const serverSocket = await settled(opened, 5000, 'the late upgrade')
+  t.equal(serverSocket.status, 'fulfilled', 'the upgrade completed after the rejection')
+  const socket = (serverSocket as PromiseFulfilledResult<WebSocket>).value
+  const closed = socket.readyState === WebSocket.CLOSED ? Promise.resolve() : new Promise<void>((resolve) => socket.once('close', () => resolve()))
+  t.equal((await settled(closed, 5000, 'the server\'s end of the late socket')).status, 'fulfilled', 'the helper cut it')
+  t.equal(app.websocketServer.clients.size, 0, 'no connection is left on the server')
+})
