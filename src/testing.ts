@@ -76,6 +76,17 @@ interface Waiter {
   what: string
 }
 
+/** What a wait is for: `what` reads after "waiting for" ("a message frame"), `none` opens its timeout ("No message frame"). */
+interface Wanted {
+  what: string
+  none: string
+  /** Said after the timeout's first clause, when there is more to say about why. */
+  why?: () => string | undefined
+}
+
+/** The most characters of unread frames a timeout message lists; whole frames only. */
+const UNREAD_SHOWN = 500
+
 /**
  * Open a connection to fastify-rooms on `app` without a port, through
  * @fastify/websocket's `injectWS`, and resolve once `welcome` came. The
@@ -95,7 +106,7 @@ export async function injectRooms (app: FastifyInstance, options: InjectOptions 
   let onClosed!: (info: CloseInfo) => void
   const closed = new Promise<CloseInfo>((resolve) => { onClosed = resolve })
 
-  const wait = async (what: string, match: (frame: ServerFrame) => boolean): Promise<ServerFrame> => {
+  const wait = async ({ what, none, why }: Wanted, match: (frame: ServerFrame) => boolean): Promise<ServerFrame> => {
     const i = unread.findIndex(match)
     if (i !== -1) return unread.splice(i, 1)[0] as ServerFrame
     if (closedWith !== undefined) throw new Error(`The socket closed (${show(closedWith)}) before ${what} came.`)
@@ -107,7 +118,8 @@ export async function injectRooms (app: FastifyInstance, options: InjectOptions 
         what,
         timer: setTimeout(() => {
           waiters.splice(waiters.indexOf(waiter), 1)
-          reject(new Error(`No ${what} within ${timeoutMs} ms; unread: ${JSON.stringify(unread).slice(0, 300)}`))
+          const reason = why?.()
+          reject(new Error(`${none} within ${timeoutMs} ms${reason === undefined ? '' : `: ${reason}`}; ${describeUnread(unread)}`))
         }, timeoutMs)
       }
       waiters.push(waiter)
@@ -164,7 +176,10 @@ export async function injectRooms (app: FastifyInstance, options: InjectOptions 
   if (options.token !== undefined) send({ type: 'auth', token: options.token })
   let welcome: WelcomeFrame | ErrorFrame
   try {
-    welcome = await wait('welcome', (f) => f.type === 'welcome' || f.type === 'error') as WelcomeFrame | ErrorFrame
+    const why = (): string | undefined => options.token === undefined && awaitsToken(serverSocket)
+      ? 'the server is waiting for an auth frame (verifyToken is configured and the upgrade carried no credentials): pass injectRooms a `token`'
+      : undefined
+    welcome = await wait({ what: 'the welcome', none: 'No welcome from the server', why }, (f) => f.type === 'welcome' || f.type === 'error') as WelcomeFrame | ErrorFrame
   } catch (err) {
     ws.terminate()
     serverSocket?.terminate()
@@ -188,14 +203,14 @@ export async function injectRooms (app: FastifyInstance, options: InjectOptions 
     const id = `t${nextId++}`
     requestIds.add(id)
     send({ ...frame, id })
-    return await wait(`the reply to ${String(frame.type)}`, (f) => 'id' in f && f.id === id)
+    return await wait({ what: `the reply to ${String(frame.type)}`, none: `No reply to ${String(frame.type)}` }, (f) => 'id' in f && f.id === id)
   }
   return {
     ws,
     welcome,
     closed,
     send,
-    next: async (type, match) => await wait(`a ${type} frame`, (f) => f.type === type && !isReply(f) && (match === undefined || match(f as never))) as never,
+    next: async (type, match) => await wait({ what: `a ${type} frame`, none: `No ${type} frame${match === undefined ? '' : ' that the match accepts'}` }, (f) => f.type === type && !isReply(f) && (match === undefined || match(f as never))) as never,
     pending: (type) => unread.filter((f) => type === undefined || f.type === type) as never,
     request,
     async join (room, joinOptions = {}) {
@@ -263,6 +278,36 @@ function release (app: FastifyInstance, connectionId: string): void {
   for (const socket of app.websocketServer?.clients ?? []) {
     if (connectionOf(socket)?.id === connectionId) socket.terminate()
   }
+}
+
+/**
+ * True when the server's end of an injected socket is waiting for its `auth`
+ * frame: with `verifyToken`, a connection whose upgrade carried no
+ * credentials gets no `welcome` until a token comes in band.
+ */
+function awaitsToken (serverSocket: WebSocket | undefined): boolean {
+  const connection = serverSocket === undefined ? undefined : connectionOf(serverSocket)
+  // Connection's own state: 'pending' is exactly "no auth frame yet" (see AuthState in connection.ts).
+  return (connection as unknown as { auth?: unknown } | undefined)?.auth === 'pending'
+}
+
+/** The unread frames for a timeout message: whole frames, as many as fit in UNREAD_SHOWN characters, then a count by type. */
+function describeUnread (unread: readonly ServerFrame[]): string {
+  if (unread.length === 0) return 'nothing unread'
+  const shown: string[] = []
+  let length = 0
+  for (const frame of unread) {
+    const json = JSON.stringify(frame)
+    if (length + json.length > UNREAD_SHOWN) break
+    shown.push(json)
+    length += json.length
+  }
+  const rest = unread.slice(shown.length)
+  const counts = new Map<string, number>()
+  for (const frame of rest) counts.set(frame.type, (counts.get(frame.type) ?? 0) + 1)
+  const more = [...counts].map(([type, n]) => `${n} ${type} frame${n === 1 ? '' : 's'}`).join(', ')
+  if (shown.length === 0) return `unread: ${more}, too long to list here; see pending()`
+  return `unread: [${shown.join(',')}]${rest.length === 0 ? '' : ` and ${rest.length} more (${more}); see pending()`}`
 }
 
 function show ({ code, reason }: CloseInfo): string {

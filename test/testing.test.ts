@@ -65,7 +65,7 @@ t.test('injectRooms: a token in band with verifyToken; a bad one rejects with UN
   const ada = await injectRooms(app, { token: 'good' })
   t.equal(ada.welcome.user.id, 'ada')
   await t.rejects(injectRooms(app, { token: 'forged' }), { name: 'RoomsTestError', code: 'UNAUTHORIZED' })
-  await t.rejects(injectRooms(app, { timeoutMs: 100 }), /closed \(code 4001|No welcome within 100 ms/)
+  await t.rejects(injectRooms(app, { timeoutMs: 100 }), /closed \(code 4001|No welcome from the server within 100 ms/)
   await ada.close()
 })
 
@@ -109,7 +109,7 @@ t.test('injectRooms: a refused token, or no welcome in time, cuts the server\'s 
   await serverClosed(0)
   t.pass('the refused connection is closed on the server at once')
 
-  await t.rejects(injectRooms(app, { timeoutMs: 100 }), /No welcome within 100 ms/)
+  await t.rejects(injectRooms(app, { timeoutMs: 100 }), /No welcome from the server within 100 ms/)
   t.equal(serverSockets.length, 2)
   await serverClosed(1)
   t.pass('so is one that got no welcome in time')
@@ -201,4 +201,60 @@ t.test('injectRooms: an upgrade answered after timeoutMs is cut at both ends, no
   const closed = socket.readyState === WebSocket.CLOSED ? Promise.resolve() : new Promise<void>((resolve) => socket.once('close', () => resolve()))
   t.equal((await settled(closed, 5000, 'the server\'s end of the late socket')).status, 'fulfilled', 'the helper cut it')
   t.equal(app.websocketServer.clients.size, 0, 'no connection is left on the server')
+})
+
+t.test('injectRooms: a timeout says what it waited for in a sentence, and lists whole unread frames', async (t) => {
+  let release!: () => void
+  const held = new Promise<void>((resolve) => { release = resolve })
+  const app = await build(t, { onPublish: async ({ data }) => { if (data === 'hold') await held } })
+  t.teardown(() => release())
+  const ada = await injectRooms(app, { query: { name: 'ada' }, timeoutMs: 200 })
+  await t.rejects(ada.next('message'), { message: 'No message frame within 200 ms; nothing unread' })
+  // In a room of its own: the held publish, once let go, sends ada nothing.
+  const carl = await injectRooms(app, { query: { name: 'carl' }, timeoutMs: 200 })
+  await carl.join('held')
+  await t.rejects(carl.request({ type: 'publish', room: 'held', data: 'hold' }), { message: 'No reply to publish within 200 ms; nothing unread' })
+  release()
+  await carl.close()
+  await ada.join('lobby')
+
+  // Ten frames of about 110 characters: more than the message lists.
+  for (let i = 0; i < 10; i++) await app.rooms.broadcast('lobby', { text: 'x'.repeat(40) })
+  const flood = await settled(ada.next('message', (m) => m.offset === 99), 5000, 'next')
+  t.equal(flood.status, 'rejected')
+  const message = (flood as PromiseRejectedResult).reason.message as string
+  const parts = /^No message frame that the match accepts within 200 ms; unread: (\[.*\]) and (\d+) more \((\d+) message frames\); see pending\(\)$/.exec(message)
+  t.ok(parts, `the message reads as expected: ${message}`)
+  const [, listed, more, ofType] = parts ?? []
+  const frames = JSON.parse(listed ?? 'null') as unknown[]
+  t.ok(frames.length > 0, 'some frames are listed')
+  t.same(frames, ada.pending().slice(0, frames.length), 'each listed whole, in order')
+  t.equal(frames.length + Number(more), ada.pending().length, 'the rest counted')
+  t.equal(more, ofType)
+
+  const bob = await injectRooms(app, { query: { name: 'bob' }, timeoutMs: 200 })
+  await bob.join('lobby', { history: 0 })
+  await app.rooms.broadcast('lobby', { text: 'y'.repeat(600) })
+  await bob.next('message', (m) => (m.data as { text: string }).text.length === 600)
+  await app.rooms.broadcast('lobby', { text: 'y'.repeat(600) })
+  await t.rejects(bob.next('pong'), { message: 'No pong frame within 200 ms; unread: 1 message frame, too long to list here; see pending()' })
+  await Promise.all([ada.close(), bob.close()])
+})
+
+t.test('injectRooms: no welcome because no token was given, with verifyToken: the timeout says to pass one', async (t) => {
+  let answer!: () => void
+  const answered = new Promise<void>((resolve) => { answer = resolve })
+  const app = await build(t, {
+    authTimeoutMs: 60_000,
+    verifyToken: async (token) => {
+      if (token === 'slow') await answered
+      return { user: { id: token, name: token } }
+    }
+  })
+  t.teardown(() => answer())
+  await t.rejects(injectRooms(app, { timeoutMs: 200 }), {
+    message: 'No welcome from the server within 200 ms: the server is waiting for an auth frame (verifyToken is configured and the upgrade carried no credentials): pass injectRooms a `token`; nothing unread'
+  })
+  await t.rejects(injectRooms(app, { token: 'slow', timeoutMs: 200 }), { message: 'No welcome from the server within 200 ms; nothing unread' }, 'not when a token was given')
+  await t.rejects(injectRooms(app, { headers: { authorization: 'Bearer slow' }, timeoutMs: 200 }), /^The upgrade of \/ws got no answer within 200 ms/, 'a Bearer header is checked at the upgrade')
 })
