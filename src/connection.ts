@@ -153,6 +153,11 @@ export class Connection implements Peer {
     this.tokens = ctx.options.frameBurst
   }
 
+  /** Waiting for its first `auth` frame (in-band tokens; the upgrade carried no credentials): read by the test helper's timeout messages. */
+  get awaitsToken (): boolean {
+    return this.auth === 'pending'
+  }
+
   /** Set by every frame, and by what the peer sent since the last round; cleared by each heartbeat round. */
   get alive (): boolean {
     return (this.flags & ALIVE) !== 0

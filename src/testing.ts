@@ -286,9 +286,7 @@ function release (app: FastifyInstance, connectionId: string): void {
  * credentials gets no `welcome` until a token comes in band.
  */
 function awaitsToken (serverSocket: WebSocket | undefined): boolean {
-  const connection = serverSocket === undefined ? undefined : connectionOf(serverSocket)
-  // Connection's own state: 'pending' is exactly "no auth frame yet" (see AuthState in connection.ts).
-  return (connection as unknown as { auth?: unknown } | undefined)?.auth === 'pending'
+  return (serverSocket === undefined ? undefined : connectionOf(serverSocket))?.awaitsToken === true
 }
 
 /** The unread frames for a timeout message: whole frames, as many as fit in UNREAD_SHOWN characters, then a count by type. */
