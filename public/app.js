@@ -148,6 +148,8 @@ $('send').addEventListener('submit', async (event) => {
       setError('room-error', `Not sent: ${err.message}`)
     } else {
       setError('room-error', `Not sent to # ${view.room.name} ("${text.length > 40 ? `${text.slice(0, 40)}...` : text}"): ${err.message}`)
+      // The error line goes with the next Send or reconnect: the whole text stays in its room's log, to copy.
+      addEvent(view, `Not sent: "${text}" (${err.message})`, 'bad')
     }
   } finally {
     sending--

@@ -136,6 +136,32 @@ t.test('Send pressed twice while reconnecting sends the message once: the box is
   t.same(errors, [], 'no errors in the page')
 })
 
+t.test('a held message refused while something else was typed stays in its room\'s log, whole', { skip }, async (t) => {
+  const { app, url, gate } = await demoApp(t, { maxMessageBytes: 100 })
+  const errors: string[] = []
+  const page = await open(t, errors)
+  await enter(page, url, 'ada')
+  gate.refuse = true
+  for (const socket of app.websocketServer.clients) socket.terminate()
+  await page.waitForSelector('#state:text-is("reconnecting")')
+  const long = `Meeting moved to Thursday: ${'x'.repeat(120)}`
+  await page.fill('#text', long)
+  await page.press('#text', 'Enter')
+  await page.waitForSelector('#sending:text-is("1 message waits for the connection, to be sent once it is back.")')
+  await page.fill('#text', 'and also')
+  gate.refuse = false
+  const line = await page.waitForSelector('#messages li.event.bad:text("Not sent")')
+  t.ok((await line.textContent())?.startsWith(`Not sent: "${long}" (`), 'the whole text')
+  t.match(await line.textContent(), /larger than 100 bytes/, 'the server\'s reason')
+  t.equal(await page.inputValue('#text'), 'and also', 'what was typed meanwhile stays in the box')
+  // A reconnect clears the error line under the box; the log keeps the text.
+  for (const socket of app.websocketServer.clients) socket.terminate()
+  await page.waitForSelector('#state:text-is("reconnecting")')
+  await page.waitForSelector('#state:text-is("open")')
+  t.equal(await page.locator('#messages li.event.bad').count(), 1, 'still in the log after a reconnect')
+  t.same(errors, [], 'no errors in the page')
+})
+
 t.test('after a restart that loses the guests\' ids (no resumeSecret), the page does not announce its own former user as gone', { skip }, async (t) => {
   const first = await demoApp(t)
   const port = (first.app.server.address() as { port: number }).port
