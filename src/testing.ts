@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
 import type {} from '@fastify/websocket'
 import type { WebSocket } from 'ws'
@@ -196,11 +197,14 @@ export async function injectRooms (app: FastifyInstance, options: InjectOptions 
 
   let nextId = 1
   // The ids `request` made up. A frame carrying one is the answer to that call, never an
-  // event for `next`: a pending `next('left')` must not take the reply to `leave`.
+  // event for `next`: a pending `next('left')` must not take the reply to `leave`. A prefix
+  // no test writes by hand, so that a frame the test sends itself with an id of its own
+  // (`id: 't1'`) is still the test's to read with `next`.
+  const idPrefix = `injectRooms-${randomBytes(4).toString('hex')}-`
   const requestIds = new Set<string>()
   const isReply = (f: ServerFrame): boolean => 'id' in f && typeof f.id === 'string' && requestIds.has(f.id)
   const request = async (frame: ClientFrame | Record<string, unknown>): Promise<ServerFrame> => {
-    const id = `t${nextId++}`
+    const id = `${idPrefix}${nextId++}`
     requestIds.add(id)
     send({ ...frame, id })
     return await wait({ what: `the reply to ${String(frame.type)}`, none: `No reply to ${String(frame.type)}` }, (f) => 'id' in f && f.id === id)

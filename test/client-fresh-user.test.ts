@@ -42,3 +42,37 @@ t.test('a reconnect that gives a fresh user (a restart lost the resume key): the
     'carol, gone with the restart, is a leave; neither of ada\'s users is a join or a leave')
   t.notOk(changes.some((c) => c.leaves.some((m) => m.id === former)), 'the former user is not a leave')
 })
+
+t.test('a fresh user while the former one is still in its grace: the end of that grace is no leave either', async (t) => {
+  const app = Fastify()
+  await app.register(rooms, { presenceIntervalMs: 0, presenceGraceMs: 300 })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  t.teardown(async () => await app.close())
+  const wsUrl = `ws://127.0.0.1:${(app.server.address() as { port: number }).port}/ws`
+  // A token the server does not accept (expired, or signed by another deployment's key): the reconnect is a fresh user.
+  let forget = false
+  class Forgetful extends WebSocket {
+    constructor (url: string, protocols?: string[]) {
+      super(url, forget ? protocols?.map((p) => p.startsWith('fastify-rooms.resume.') ? 'fastify-rooms.resume.not-a-token' : p) : protocols)
+    }
+  }
+  const carol = await connect(wsUrl, { name: 'carol', WebSocket: WebSocket as unknown as WebSocketConstructor, reconnect: false })
+  t.teardown(() => carol.close())
+  await carol.join('r')
+  const ada = await connect(wsUrl, { name: 'ada', WebSocket: Forgetful as unknown as WebSocketConstructor, reconnect: { initialDelayMs: 5, maxDelayMs: 20 } })
+  t.teardown(() => ada.close())
+  const room = await ada.join('r')
+  const former = ada.user!.id
+  const changes: PresenceChange[] = []
+  room.on('presence', (change) => changes.push(change))
+  const rejoined = nextEvent((h) => room.on('joined', h), undefined, { client: ada, room, what: 'the rejoin' })
+  forget = true
+  ada.reconnect()
+  await rejoined
+  t.not(ada.user!.id, former, 'a fresh user (the case under test)')
+  t.ok(room.members.some((m) => m.id === former), 'the former user is still listed, in its grace')
+  // Its grace ends: the server's diff takes it out, and the count drops to ada and carol.
+  await nextEvent<number>((h) => room.on('count', h), (count) => count === 2, { client: ada, room, what: 'the end of the former user\'s grace' })
+  t.notOk(room.members.some((m) => m.id === former), 'the former user is gone from the list')
+  t.same(changes.flatMap((c) => c.leaves.map((m) => m.id)), [], 'and was never told as a leave')
+})

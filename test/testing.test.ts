@@ -115,18 +115,29 @@ t.test('injectRooms: a refused token, or no welcome in time, cuts the server\'s 
   t.pass('so is one that got no welcome in time')
 })
 
+t.test('injectRooms: a frame the test sends with an id of its own is the test\'s to read with next()', async (t) => {
+  const app = await build(t)
+  const ada = await injectRooms(app, { query: { name: 'ada' }, timeoutMs: 2000 })
+  await ada.join('a')
+  // The ids a test writes by hand (t1, 1, ...) are not the helper's.
+  ada.send({ type: 'join', room: 'b', id: 't1' })
+  t.match(await ada.next('joined'), { type: 'joined', room: 'b', id: 't1' })
+  ada.send({ type: 'join', room: 'c', id: 1 })
+  t.match(await ada.next('joined'), { type: 'joined', room: 'c', id: 1 })
+})
+
 t.test('injectRooms: a pending next() does not take the reply to request() or join(); the event it waits for still comes to it', async (t) => {
   const app = await build(t)
   // Far below tap's timeout: a reply taken by the wrong wait fails here, saying which.
   const ada = await injectRooms(app, { query: { name: 'ada' }, timeoutMs: 2000 })
   const putIn = ada.next('joined')
-  t.match(await ada.join('lobby'), { type: 'joined', room: 'lobby', id: 't1' }, 'join gets its own reply')
+  t.match(await ada.join('lobby'), { type: 'joined', room: 'lobby', id: /^injectRooms-[0-9a-f]{8}-1$/ }, 'join gets its own reply')
   t.equal(await app.rooms.join(ada.welcome.connectionId, 'vip'), true)
   t.match(await putIn, { type: 'joined', room: 'vip' }, 'next(\'joined\') gets the server\'s join')
   t.notOk('id' in await putIn, 'the unsolicited one, without an id')
 
   const kicked = ada.next('left')
-  t.match(await ada.request({ type: 'leave', room: 'lobby' }), { type: 'left', room: 'lobby', id: 't2' }, 'request gets the reply to leave')
+  t.match(await ada.request({ type: 'leave', room: 'lobby' }), { type: 'left', room: 'lobby', id: /^injectRooms-[0-9a-f]{8}-2$/ }, 'request gets the reply to leave')
   t.equal(await app.rooms.removeFromRoom(ada.welcome.connectionId, 'vip', 'go away'), true)
   t.same(await kicked, { type: 'left', room: 'vip', reason: 'go away' }, 'next(\'left\') gets the removal')
 

@@ -163,6 +163,11 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
   private readonly known = new Map<string, Member>()
   /** This client's user id when the last `joined` was applied: after a reconnect that gave a fresh user, the former one. */
   private self: string | undefined
+  /**
+   * The users this client was before reconnects that gave it a fresh one: still
+   * listed while their grace runs, and never announced as leaving when it ends.
+   */
+  private formerSelves: Set<string> | undefined
   private sorted: Member[] | undefined
   /** The cursor of the next members page; null when every page is loaded. */
   private membersNext: string | null = null
@@ -297,7 +302,9 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
    */
   applyJoined (frame: JoinedFrame, since: Position | undefined, history: number | undefined): void {
     const change = since === undefined ? undefined : this.rejoinChange(frame)
-    this.self = this.owner.user?.id
+    const self = this.owner.user?.id
+    if (this.self !== undefined && this.self !== self) (this.formerSelves ??= new Set()).add(this.self)
+    this.self = self
     this.known.clear()
     for (const member of frame.members) this.known.set(member.id, member)
     this.sorted = undefined
@@ -486,7 +493,7 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
       const known = this.known.get(member.id)
       if (known === undefined) continue
       this.known.delete(member.id)
-      leaves.push(known)
+      if (this.formerSelves?.has(member.id) !== true) leaves.push(known)
     }
     for (const member of frame.joins) {
       this.paging?.gone.delete(member.id)
