@@ -31,6 +31,18 @@ async function open (t: Test, errors: string[]): Promise<Page> {
   return page
 }
 
+/** The demo page logged in as ada, its socket cut and its reconnects refused (`gate.refuse`) until the test lets them through. */
+async function reconnectingPage (t: Test): Promise<{ app: FastifyInstance, page: Page, gate: { refuse: boolean }, errors: string[] }> {
+  const { app, url, gate } = await demoApp(t, { maxMessageBytes: 100 })
+  const errors: string[] = []
+  const page = await open(t, errors)
+  await enter(page, url, 'ada')
+  gate.refuse = true
+  for (const socket of app.websocketServer.clients) socket.terminate()
+  await page.waitForSelector('#state:text-is("reconnecting")')
+  return { app, page, gate, errors }
+}
+
 async function bot (t: Test, ws: string, name: string): Promise<RoomsClient> {
   const client = await connect(ws, { name, WebSocket: WebSocket as any, reconnect: false })
   t.teardown(() => client.close())
@@ -100,14 +112,8 @@ t.test('a login that fails can be tried again', { skip }, async (t) => {
 })
 
 t.test('Send pressed twice while reconnecting sends the message once: the box is cleared when the SDK holds it, and the page says it waits', { skip }, async (t) => {
-  const { app, url, gate } = await demoApp(t, { maxMessageBytes: 100 })
-  const errors: string[] = []
-  const page = await open(t, errors)
-  await enter(page, url, 'ada')
   // The server refuses the reconnects until the test lets them through: the page stays reconnecting.
-  gate.refuse = true
-  for (const socket of app.websocketServer.clients) socket.terminate()
-  await page.waitForSelector('#state:text-is("reconnecting")')
+  const { page, gate, errors } = await reconnectingPage(t)
   await page.fill('#text', 'hello')
   await page.press('#text', 'Enter')
   // The submit handler clears the box before it awaits the publish: done when the key press is.
@@ -137,13 +143,7 @@ t.test('Send pressed twice while reconnecting sends the message once: the box is
 })
 
 t.test('a held message refused while something else was typed stays in its room\'s log, whole', { skip }, async (t) => {
-  const { app, url, gate } = await demoApp(t, { maxMessageBytes: 100 })
-  const errors: string[] = []
-  const page = await open(t, errors)
-  await enter(page, url, 'ada')
-  gate.refuse = true
-  for (const socket of app.websocketServer.clients) socket.terminate()
-  await page.waitForSelector('#state:text-is("reconnecting")')
+  const { app, page, gate, errors } = await reconnectingPage(t)
   const long = `Meeting moved to Thursday: ${'x'.repeat(120)}`
   await page.fill('#text', long)
   await page.press('#text', 'Enter')

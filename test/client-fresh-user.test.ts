@@ -2,7 +2,7 @@ import t, { type Test } from 'tap'
 import Fastify, { type FastifyInstance } from 'fastify'
 import WebSocket from 'ws'
 import rooms from '../src/index.js'
-import { connect, type PresenceChange, type WebSocketConstructor } from '../src/client/index.js'
+import { connect, type PresenceChange, type Room, type RoomsClient, type WebSocketConstructor } from '../src/client/index.js'
 import { nextEvent } from './helpers/client.js'
 
 /** The in-memory server with no resumeSecret: a restart signs with another random key, so the guests' tokens are lost. */
@@ -14,17 +14,22 @@ async function start (t: Test, port = 0): Promise<FastifyInstance> {
   return app
 }
 
+/** Carol, then ada (reconnecting at once, through `WebSocketImpl`), both in room r: ada's handle and her first user id. */
+async function carolAndAda (t: Test, wsUrl: string, WebSocketImpl: unknown = WebSocket): Promise<{ ada: RoomsClient, room: Room, former: string }> {
+  const carol = await connect(wsUrl, { name: 'carol', WebSocket: WebSocket as unknown as WebSocketConstructor, reconnect: false })
+  t.teardown(() => carol.close())
+  await carol.join('r')
+  const ada = await connect(wsUrl, { name: 'ada', WebSocket: WebSocketImpl as WebSocketConstructor, reconnect: { initialDelayMs: 5, maxDelayMs: 20 } })
+  t.teardown(() => ada.close())
+  const room = await ada.join('r')
+  return { ada, room, former: ada.user!.id }
+}
+
 t.test('a reconnect that gives a fresh user (a restart lost the resume key): the former user is not told as a leave, as the new one is not as a join', async (t) => {
   const first = await start(t)
   const port = (first.server.address() as { port: number }).port
   const wsUrl = `ws://127.0.0.1:${port}/ws`
-  const carol = await connect(wsUrl, { name: 'carol', WebSocket: WebSocket as unknown as WebSocketConstructor, reconnect: false })
-  t.teardown(() => carol.close())
-  await carol.join('r')
-  const ada = await connect(wsUrl, { name: 'ada', WebSocket: WebSocket as unknown as WebSocketConstructor, reconnect: { initialDelayMs: 5, maxDelayMs: 20 } })
-  t.teardown(() => ada.close())
-  const room = await ada.join('r')
-  const former = ada.user!.id
+  const { ada, room, former } = await carolAndAda(t, wsUrl)
   t.same(room.members.map((m) => m.name).sort(), ['ada', 'carol'])
 
   const changes: PresenceChange[] = []
@@ -56,13 +61,7 @@ t.test('a fresh user while the former one is still in its grace: the end of that
       super(url, forget ? protocols?.map((p) => p.startsWith('fastify-rooms.resume.') ? 'fastify-rooms.resume.not-a-token' : p) : protocols)
     }
   }
-  const carol = await connect(wsUrl, { name: 'carol', WebSocket: WebSocket as unknown as WebSocketConstructor, reconnect: false })
-  t.teardown(() => carol.close())
-  await carol.join('r')
-  const ada = await connect(wsUrl, { name: 'ada', WebSocket: Forgetful as unknown as WebSocketConstructor, reconnect: { initialDelayMs: 5, maxDelayMs: 20 } })
-  t.teardown(() => ada.close())
-  const room = await ada.join('r')
-  const former = ada.user!.id
+  const { ada, room, former } = await carolAndAda(t, wsUrl, Forgetful)
   const changes: PresenceChange[] = []
   room.on('presence', (change) => changes.push(change))
   const rejoined = nextEvent((h) => room.on('joined', h), undefined, { client: ada, room, what: 'the rejoin' })
