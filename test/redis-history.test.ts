@@ -69,8 +69,8 @@ t.test('redis history, bounds and errors', { skip: skipRedis }, async (t) => {
     await ada.close()
     await eventually(async () => await app.rooms.get('ttl'), (room) => room === null, 'ada is gone')
     await app.rooms.broadcast('quiet', 1)
-    // The instance's own keys (its lease, the resume secret) live while it runs; every key of a room expires.
-    const roomKeys = async (): Promise<string[]> => (await keysOf(`${prefix}*`)).filter((k) => k !== `${prefix}nodes` && k !== `${prefix}secret` && !k.startsWith(`${prefix}n:`))
+    // The instances' own keys (leases, the reaper's note, the resume secret) live while they run; every key of a room expires.
+    const roomKeys = async (): Promise<string[]> => (await keysOf(`${prefix}*`)).filter((k) => k !== `${prefix}nodes` && k !== `${prefix}reaper` && k !== `${prefix}secret` && !k.startsWith(`${prefix}n:`))
     const keys = await roomKeys()
     t.ok(keys.length > 0, `keys while the history lives: ${keys.join(', ')}`)
     for (const key of keys) {
