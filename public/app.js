@@ -160,6 +160,14 @@ $('send').addEventListener('submit', async (event) => {
 /** Publishes handed to the SDK and not yet answered. */
 let sending = 0
 
+// The SDK holds them in this page only: a reload or a closed tab would drop them without a word, so the browser asks first.
+window.addEventListener('beforeunload', (event) => {
+  if (sending === 0) return
+  event.preventDefault()
+  // What browsers before 2023 (and Safari) look for.
+  event.returnValue = ''
+})
+
 /** Publishes that wait for the connection are said so under the box. */
 function showSending () {
   const waiting = sending > 0 && client.state !== 'open'

@@ -913,7 +913,7 @@ export class RedisAdapter implements Adapter {
       // A leave refused with the link up (its slot was migrating, its shard failing over) is not left for the next outage.
       await Promise.all([this.renew(), sub === undefined ? undefined : this.subLink?.call('ping', async () => await sub.ping()), this.down ? undefined : this.finishLeaves()])
     })
-    // As often as leases are renewed: a silence of the reapers longer than that tells of an outage (see 'dead').
+    // As often as leases are renewed: a silence of the reapers longer than that tells of an outage (see note_leases).
     every(Math.max(this.leaseMs / 3, 10), async () => await this.reap())
   }
 
@@ -1401,7 +1401,12 @@ export class RedisAdapter implements Adapter {
   }
 
   private async baseCall (base: string, cmd: string, ...args: Array<string | number>): Promise<unknown> {
-    return await this.cmd.call(cmd, async () => await this.script(base, cmd, ...args))
+    return await this.namedCall(cmd, base, cmd, ...args)
+  }
+
+  /** A script call the link and `failure` know by `what` instead of its command (owed leaves are logged their own way). */
+  private async namedCall (what: string, base: string, cmd: string, ...args: Array<string | number>): Promise<unknown> {
+    return await this.cmd.call(what, async () => await this.script(base, cmd, ...args))
   }
 
   /**
@@ -1707,7 +1712,7 @@ export class RedisAdapter implements Adapter {
     let error: unknown
     await Promise.all([...this.pendingLeaves].map(async ([key, owed]) => {
       try {
-        await this.cmd.call(OWED_LEAVE, async () => await this.script(this.partitions.base(owed.room), 'leave', owed.room, owed.connectionId, this.config.nodeId))
+        await this.namedCall(OWED_LEAVE, this.partitions.base(owed.room), 'leave', owed.room, owed.connectionId, this.config.nodeId)
         // Not a leave owed since (a join and a leave again while this one was in flight): that one is still owed.
         if (this.pendingLeaves.get(key) === owed) this.pendingLeaves.delete(key)
       } catch (err) {
