@@ -1,12 +1,21 @@
 import t, { type Test } from 'tap'
 import { once } from 'node:events'
 import { Cluster, type ClusterOptions } from 'ioredis'
-import { ShardSubscriber } from '../src/adapters/shard-subscriber.js'
+import { ShardSubscriber, type ShardSubscriberOptions } from '../src/adapters/shard-subscriber.js'
 import { slotOf } from '../src/adapters/slot.js'
 import { skipCluster, startCluster, type RedisCluster } from './helpers/cluster.js'
 import { clientsNamed, eventually } from './helpers/redis.js'
 
 const TIMEOUT_MS = 1000
+/** How long a master stays down while the subscriber's connections to it and its CLUSTER SLOTS are counted. */
+const DOWN_WINDOW_MS = 4000
+/**
+ * Bound on each of those per second. Measured with twenty slots on the dead master: retried together, about 1
+ * connection and 1-1.75 CLUSTER SLOTS a second; retried each on its own timer (before), about 19 connections, but
+ * already only 1-1.5 CLUSTER SLOTS (a slot skipped the question when another had just asked it), so the second bound
+ * guards that rate rather than telling the two apart.
+ */
+const MAX_PER_SECOND = 4
 const silent = { debug: () => {}, warn: () => {} }
 /** What the shard subscriber needs of the cluster client: a few retries while a failover is in progress. */
 const CLUSTER_OPTIONS: ClusterOptions = { retryDelayOnFailover: 200, retryDelayOnClusterDown: 200, slotsRefreshTimeout: TIMEOUT_MS }
@@ -71,7 +80,7 @@ async function channelsOnEveryMaster (c: RedisCluster, perMaster: number, offset
   return byPort
 }
 
-function open (t: Test, c: RedisCluster, options: Partial<{ verifyIntervalMs: number, timeoutMs: number }> = {}): { sub: ShardSubscriber, rec: Recorder, client: Cluster } {
+function open (t: Test, c: RedisCluster, options: Partial<Pick<ShardSubscriberOptions, 'verifyIntervalMs' | 'timeoutMs' | 'log'>> = {}): { sub: ShardSubscriber, rec: Recorder, client: Cluster } {
   const client = new Cluster(c.seeds, CLUSTER_OPTIONS)
   // While a test has a node down, the client's retries report errors: expected.
   client.on('error', () => {})
@@ -170,6 +179,54 @@ t.test('sharded pub/sub receiving on a real cluster', { skip: skipCluster }, asy
     await killed.restart()
     await roundTrip(client, rec, channels, 'restarted')
     t.equal(rec.events.filter((e) => e.kind === 'broken').length, doomedRooms.length, 'the restart broke nothing')
+  })
+
+  t.test('while a master is down, its slots retry together: one reconnection and one CLUSTER SLOTS per round, not per slot', async (t) => {
+    // Each connection the subscriber tries to the dead master fails, and it says so (debug): those are counted.
+    const failedConnections: string[] = []
+    const log = {
+      ...silent,
+      debug: (fields: unknown, message?: unknown) => { if (message === 'fastify-rooms: shard subscriber connection error') failedConnections.push((fields as { shard: string }).shard) }
+    }
+    const { sub, rec, client } = open(t, c, { log })
+    // Twenty slots on the master to kill: each on its own retry timer, they reconnected to it about twenty times a second.
+    const byPort = await channelsOnEveryMaster(c, 20, 500)
+    const channels = [...byPort.values()].flat()
+    const [doomedPort, doomed] = [...byPort][0]!
+    await sub.subscribe(channels)
+    const survivors = c.seeds.map((s) => s.port).filter((port) => port !== doomedPort)
+    const slotsCalls = async (): Promise<number> => {
+      const stats = await Promise.all(survivors.map(async (port) => await c.node(port).info('commandstats')))
+      return stats.reduce((sum, text) => sum + Number(/cmdstat_cluster\|slots:calls=(\d+)/.exec(text)?.[1] ?? 0), 0)
+    }
+    const flaggedFailed = async (): Promise<boolean> => {
+      const line = String(await c.node(survivors[0]!).call('CLUSTER', 'NODES')).split('\n').find((l) => l.includes(`:${doomedPort}@`))
+      return line?.split(' ')[2]?.split(',').includes('fail') === true
+    }
+    const toDoomed = (): number => failedConnections.filter((shard) => shard === `127.0.0.1:${doomedPort}`).length
+    let [slots, connections, seconds] = [0, 0, 0]
+    const killed = await c.killMaster(doomed[0]!, {
+      whileDown: async () => {
+        await rec.until(() => rec.named('broken').length === doomed.length, 'the dead master\'s channels are broken')
+        // By the time the others flag it failed (cluster-node-timeout), the first quick retries are over: what is counted is the steady state.
+        await eventually(flaggedFailed, (failed) => failed, `the others flag ${doomedPort} as failed`, 10_000)
+        const [slotsBefore, connectionsBefore] = [await slotsCalls(), toDoomed()]
+        const started = performance.now()
+        // A fixed window, for the counting only: what is measured is a rate while the master stays down.
+        await new Promise((resolve) => setTimeout(resolve, DOWN_WINDOW_MS))
+        ;[slots, connections, seconds] = [await slotsCalls() - slotsBefore, toDoomed() - connectionsBefore, (performance.now() - started) / 1000]
+      }
+    })
+    const rate = (n: number): string => `${n} in ${seconds.toFixed(1)} s of down time`
+    t.ok(connections > 0 && slots > 0, `it keeps trying (${rate(connections)} connections, ${rate(slots)} CLUSTER SLOTS): that is how it finds the promoted replica`)
+    t.ok(connections <= MAX_PER_SECOND * seconds, `connections to the dead master: ${rate(connections)}, at most ${MAX_PER_SECOND} a second`)
+    t.ok(slots <= MAX_PER_SECOND * seconds, `CLUSTER SLOTS: ${rate(slots)}, at most ${MAX_PER_SECOND} a second`)
+    await rec.until(() => rec.named('restored').length === doomed.length, 'every channel of the dead master is restored on the promoted replica')
+    t.same(rec.named('broken'), [...doomed].sort(), 'only the dead master\'s channels broke')
+    t.same(rec.named('restored'), [...doomed].sort())
+    t.equal(sub.ready, true)
+    await roundTrip(client, rec, channels, 'after')
+    await killed.restart()
   })
 
   t.test('a manual failover (CLUSTER FAILOVER): the channels of the demoted master are broken, then restored', async (t) => {

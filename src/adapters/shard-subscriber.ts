@@ -74,7 +74,6 @@ interface SlotGroup {
   failures: number
   /** The topology generation the last attempt used: a failed attempt refreshes it only if nobody has since. */
   generation: number
-  retry: NodeJS.Timeout | undefined
 }
 
 interface Waiter {
@@ -92,9 +91,9 @@ function isConfirmed (group: SlotGroup, channel: string): boolean {
   return group.live.has(channel) && !group.leaving.has(channel)
 }
 
-/** Retry delay after `failures` failed attempts in a row, with jitter so a reconnect storm spreads out. */
-function backoff (failures: number): number {
-  return Math.min(1000, 25 * 2 ** Math.min(failures, 6)) * (0.5 + Math.random())
+/** Delay before retry round `round` (1, 2, ...) of a failure, with jitter so the app's instances spread out. */
+function backoff (round: number): number {
+  return Math.min(1000, 25 * 2 ** Math.min(round, 6)) * (0.5 + Math.random())
 }
 
 class Timeout extends Error {}
@@ -134,6 +133,15 @@ export class ShardSubscriber {
   #owners: Array<string | undefined> = []
   #generation = 0
   #refreshing: Promise<void> | undefined
+  /**
+   * Groups whose last attempt failed. They retry together, in rounds: a
+   * master down fails all its slots at once, and retried one by one they
+   * would each reconnect to it and keep asking the cluster where it went.
+   */
+  readonly #failing = new Set<SlotGroup>()
+  #retry: NodeJS.Timeout | undefined
+  /** Retry rounds since no group was failing (or since a MOVED): the delay before the next grows with it. */
+  #rounds = 0
   readonly #sweep: NodeJS.Timeout | undefined
   #closed = false
 
@@ -189,7 +197,7 @@ export class ShardSubscriber {
     }, (missing) => {
       for (const channel of missing) this.#channels.get(channel)?.broken.add(channel)
     })
-    for (const group of touched) void this.#sync(group)
+    for (const group of touched) this.#kick(group)
     await confirmed
   }
 
@@ -215,7 +223,7 @@ export class ShardSubscriber {
       const group = this.#groups.get(slots.get(channel)!)
       return group === undefined || !group.live.has(channel)
     })
-    for (const group of touched) void this.#sync(group)
+    for (const group of touched) this.#kick(group)
     await gone
   }
 
@@ -224,7 +232,7 @@ export class ShardSubscriber {
     if (this.#closed) return
     this.#closed = true
     clearInterval(this.#sweep)
-    for (const group of this.#groups.values()) clearTimeout(group.retry)
+    clearTimeout(this.#retry)
     for (const waiter of [...this.#subscribing, ...this.#unsubscribing]) {
       clearTimeout(waiter.timer)
       waiter.reject(storeUnavailable())
@@ -254,7 +262,7 @@ export class ShardSubscriber {
     const slot = slotOf(channel)
     let group = this.#groups.get(slot)
     if (group === undefined) {
-      group = { slot, wanted: new Set(), live: new Set(), leaving: new Set(), broken: new Set(), shard: undefined, syncing: false, again: false, failures: 0, generation: -1, retry: undefined }
+      group = { slot, wanted: new Set(), live: new Set(), leaving: new Set(), broken: new Set(), shard: undefined, syncing: false, again: false, failures: 0, generation: -1 }
       this.#groups.set(slot, group)
     }
     return group
@@ -292,15 +300,18 @@ export class ShardSubscriber {
     }
   }
 
-  /** Bring one slot's subscription in line with what is wanted; one run at a time per slot, retried with backoff until it holds. */
+  /** Sync a group now, unless it is failing: then its next retry round takes the change along. */
+  #kick (group: SlotGroup): void {
+    if (group.syncing || !this.#failing.has(group)) void this.#sync(group)
+  }
+
+  /** Bring one slot's subscription in line with what is wanted; one run at a time per slot, retried in rounds until it holds. */
   async #sync (group: SlotGroup): Promise<void> {
     if (group.syncing) {
       group.again = true
       return
     }
     group.syncing = true
-    clearTimeout(group.retry)
-    group.retry = undefined
     let redirects = 0
     try {
       do {
@@ -310,24 +321,48 @@ export class ShardSubscriber {
         } catch (err) {
           const moved = err instanceof Error ? MOVED.exec(err.message) : null
           if (moved === null || ++redirects > 5) throw err
-          // The shard named its slot's new master: no need to ask the cluster.
+          // The shard named its slot's new master: no need to ask the cluster, and the others may follow it soon.
           this.#owners[group.slot] = this.#mapped(moved[1]!)
+          this.#rounds = 0
           group.again = true
         }
       } while (group.again && !this.#closed)
       group.failures = 0
+      this.#healed(group)
     } catch (err) {
       group.failures++
       this.#log.debug({ err, slot: group.slot, failures: group.failures }, 'fastify-rooms: shard subscription failed; retrying')
-      if (!this.#closed) {
-        group.retry = setTimeout(() => { void this.#sync(group) }, backoff(group.failures))
-        group.retry.unref()
-      }
+      if (!this.#closed) this.#retryLater(group)
     } finally {
       group.syncing = false
       this.#forget(group)
       this.#settle()
     }
+  }
+
+  /**
+   * A failed group waits for the next retry round, where every failing group
+   * tries again at once, so that they share one CLUSTER SLOTS and one new
+   * connection per master.
+   */
+  #retryLater (group: SlotGroup): void {
+    this.#failing.add(group)
+    if (this.#retry !== undefined) return
+    this.#rounds = Math.min(this.#rounds + 1, 6)
+    this.#retry = setTimeout(() => {
+      this.#retry = undefined
+      // One still running from before joins the next round if it fails again.
+      for (const failing of [...this.#failing]) if (!failing.syncing) void this.#sync(failing)
+    }, backoff(this.#rounds))
+    this.#retry.unref()
+  }
+
+  /** Once no group is failing, the next failure is retried quickly again. */
+  #healed (group: SlotGroup): void {
+    if (!this.#failing.delete(group) || this.#failing.size > 0) return
+    this.#rounds = 0
+    clearTimeout(this.#retry)
+    this.#retry = undefined
   }
 
   async #step (group: SlotGroup): Promise<void> {
@@ -409,7 +444,7 @@ export class ShardSubscriber {
   /** Drop a group that holds nothing and wants nothing. */
   #forget (group: SlotGroup): void {
     if (group.wanted.size > 0 || group.live.size > 0 || group.syncing || this.#groups.get(group.slot) !== group) return
-    clearTimeout(group.retry)
+    this.#healed(group)
     this.#groups.delete(group.slot)
     const shard = group.shard
     if (shard !== undefined) {
@@ -499,7 +534,7 @@ export class ShardSubscriber {
       this.#broke(group, live)
       // Its master may be failing over: ask the cluster where the slot went before the next attempt.
       group.failures = Math.max(group.failures, 1)
-      void this.#sync(group)
+      this.#kick(group)
     }
   }
 

@@ -65,8 +65,12 @@ export interface RedisCluster {
   nodes: () => Promise<ClusterNodeInfo[]>
   /** The master serving a slot, or a key's or shard channel's slot. */
   ownerOf: (slotOrKey: number | string) => Promise<ClusterNodeInfo>
-  /** SIGKILL the master serving a slot (or a key's slot); resolves once its replica took over and the cluster is ok. */
-  killMaster: (slotOrKey: number | string) => Promise<KilledMaster>
+  /**
+   * SIGKILL the master serving a slot (or a key's slot); resolves once its replica took over and the cluster is ok.
+   * `whileDown` runs between the kill and the takeover, which waits for it: a test sees the master down for as long
+   * as it needs, up to about 10 s (later, the replica counts its data as too old to take over).
+   */
+  killMaster: (slotOrKey: number | string, options?: { whileDown?: () => Promise<void> }) => Promise<KilledMaster>
   /** CLUSTER FAILOVER on the replica of the master serving a slot: the two swap roles, nothing is lost; resolves once settled. */
   failover: (slotOrKey: number | string) => Promise<{ promoted: ClusterNodeInfo, demoted: ClusterNodeInfo }>
   /** Move a slot and its keys to another master, live (IMPORTING/MIGRATING, MIGRATE in batches, SETSLOT NODE on every master). */
@@ -271,13 +275,24 @@ export async function startCluster (t: Teardown, { nodeTimeoutMs = NODE_TIMEOUT_
     return owner
   }
 
-  const killMaster = async (slotOrKey: number | string): Promise<KilledMaster> => {
+  const killMaster = async (slotOrKey: number | string, { whileDown }: { whileDown?: () => Promise<void> } = {}): Promise<KilledMaster> => {
     const slot = slotFor(slotOrKey)
     const view = await nodes()
     const master = view.find((n) => n.role === 'master' && serves(n, slot))
     const replica = view.find((n) => n.masterOf === master?.id)
     if (master === undefined || replica === undefined) throw new Error(`slot ${slot} has no master with a replica to promote`)
-    await kill(master.port)
+    if (whileDown === undefined) {
+      await kill(master.port)
+    } else {
+      const failover = async (allowed: boolean): Promise<unknown> => await node(replica.port).call('CONFIG', 'SET', 'cluster-replica-no-failover', allowed ? 'no' : 'yes')
+      await failover(false)
+      try {
+        await kill(master.port)
+        await whileDown()
+      } finally {
+        await failover(true)
+      }
+    }
     await waitSettled(`replica ${replica.port} took over slot ${slot} from killed master ${master.port}`)
     const promoted = await ownerOf(slot)
     if (promoted.port !== replica.port) throw new Error(`slot ${slot} went to ${promoted.port}, not to the killed master's replica ${replica.port}`)
