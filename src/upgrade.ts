@@ -50,6 +50,9 @@ export function upgradeGuard (options: ResolvedOptions, credentials: Credentials
 
   function admit (raw: IncomingMessage): void {
     const socket = raw.socket as Duplex | undefined
+    // Reset by the client while the app's earlier hooks ran: its close event is past, so nothing would
+    // ever uncount it, and ws refuses a dead socket without calling the handler that would.
+    if (socket?.destroyed === true) return
     const gone = (): void => { admitted.delete(raw) }
     socket?.once('close', gone)
     admitted.set(raw, () => socket?.off('close', gone))

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { once } from 'node:events'
-import { connect } from 'node:net'
+import { connect, type Socket } from 'node:net'
 import { UNAUTHORIZED_REASONS, type RoomsOptions } from '../src/index.js'
 import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
@@ -256,6 +256,42 @@ t.test('a plain GET or HEAD of the socket path (a keep-alive socket that stays o
   const [answer] = await once(bad, 'data') as [Buffer]
   t.match(answer.toString(), /^HTTP\/1\.1 400/, 'ws refuses the handshake')
   await once(bad, 'close')
+  const s = await TestSocket.open(wsUrl)
+  t.teardown(() => s.close())
+  t.equal(s.welcome.type, 'welcome', 'the one place is free')
+})
+
+t.test('an upgrade the client resets while the app\'s own hooks run takes no place under maxConnections for good', async (t) => {
+  let entered = (): void => {}
+  const inHook = new Promise<void>((resolve) => { entered = resolve })
+  let release = (): void => {}
+  const released = new Promise<void>((resolve) => { release = resolve })
+  t.teardown(() => release())
+  let passed = (): void => {}
+  const passedGuard = new Promise<void>((resolve) => { passed = resolve })
+  let serverSide: Socket | undefined
+  const { wsUrl, url } = await startApp(t, { maxConnections: 1 }, (app) => {
+    // As a session store or a rate limiter would: an async hook before the plugin's own checks.
+    app.addHook('onRequest', async (request) => {
+      if (request.headers['x-slow'] === undefined) return
+      serverSide = request.raw.socket
+      entered()
+      await released
+    })
+    // Runs after the plugin's check (preValidation): that check has been made when this is reached.
+    app.addHook('preHandler', async (request) => { if (request.headers['x-slow'] !== undefined) passed() })
+  })
+  const client = connect(Number(new URL(url).port), '127.0.0.1')
+  t.teardown(() => client.destroy())
+  await once(client, 'connect')
+  client.write('GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nx-slow: 1\r\n\r\n')
+  await inHook
+  // Not events.once: the socket's ECONNRESET error, which comes first, would reject it.
+  const closed = new Promise((resolve) => serverSide!.once('close', resolve))
+  client.resetAndDestroy()
+  await closed
+  release()
+  await passedGuard
   const s = await TestSocket.open(wsUrl)
   t.teardown(() => s.close())
   t.equal(s.welcome.type, 'welcome', 'the one place is free')
