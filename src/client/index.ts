@@ -128,12 +128,20 @@ interface JoinRequest {
   since: Position | undefined
   history: number | undefined
   /**
-   * Set when a put-in `joined` (`app.rooms.join` racing this join) answered
-   * it: its own reply, a repeat, then only settles the request.
+   * Set once a `joined` with nothing replayed answered it (a put-in racing
+   * this join, or its own reply in `read` mode) and the catch-up began: a
+   * later reply only settles the request.
    */
   answered?: true
   /** When the join's answer is due (epoch ms): the catch-up a put-in answer needs reads within it too. */
   deadline: number
+  /**
+   * Set on a first join with `history` sent while the server may still hold
+   * the room for this connection (see `stray`): it goes without `history`,
+   * and its reply, which may be a repeat with nothing replayed, is answered
+   * as a put-in is, by reading the history asked for over the socket.
+   */
+  read?: true
   /**
    * Set when the handle was dropped with no leave sent for this membership
    * (the server removed it, a refusal): a late reply is undone with one.
@@ -222,6 +230,14 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
   private readonly joining = new Map<Room<TData>, FirstJoin<TData>>()
   /** Rejoins refused for a passing reason, tried again: attempts so far and the timer of the next one. */
   private readonly rejoins = new Map<Room<TData>, { attempts: number, timer: ReturnType<typeof setTimeout> | undefined }>()
+  /**
+   * Rooms this connection may still be in on the server though no handle has
+   * them: a leave was sent and not confirmed yet, or was refused (RATE_LIMITED
+   * frames are not handled) or timed out. A join of such a room may be
+   * answered as a repeat of that membership, which replays nothing. The value
+   * names the leave, so that an older leave's answer does not clear a newer one.
+   */
+  private readonly stray = new Map<string, object>()
   /** New handles holding the messages that came with their first `joined`. */
   private readonly holding = new Set<Room<TData>>()
   private readonly requests = new Map<number, Request>()
@@ -499,11 +515,30 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     first?.reject(new RoomsClientError('NOT_IN_ROOM', `Left room "${room.name}" before it was joined.`, room.name))
     if (this.state !== 'open') return
     try {
-      await this.request({ type: 'leave', room: room.name }, room.name)
+      await this.sendLeave(room.name)
     } catch (err) {
       // Either way the connection is no longer in the room.
       const code = (err as RoomsClientError).code
       if (code !== 'DISCONNECTED' && code !== 'NOT_IN_ROOM') throw err
+    }
+  }
+
+  /**
+   * Leave a room no handle holds any more. Until the server confirms it, the
+   * room is stray: the connection may still be in it.
+   */
+  private async sendLeave (name: string): Promise<void> {
+    const leave = {}
+    this.stray.set(name, leave)
+    const settled = (): void => { if (this.stray.get(name) === leave) this.stray.delete(name) }
+    try {
+      await this.request({ type: 'leave', room: name }, name)
+      settled()
+    } catch (err) {
+      // Not a member, or this connection is gone: out of the room either way. Any other answer keeps it stray.
+      const code = (err as RoomsClientError).code
+      if (code === 'NOT_IN_ROOM' || code === 'DISCONNECTED') settled()
+      throw err
     }
   }
 
@@ -613,6 +648,8 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     // that anything it sends then follows them; the server handles a
     // connection's frames in order, so the publishes follow the joins.
     for (const room of [...this.rejoins.keys()]) this.forgetRejoin(room)
+    // A new connection is in no room but those the server puts it in, which come as `joined`.
+    this.stray.clear()
     for (const room of this.rooms.values()) this.sendJoin(room)
     for (const item of this.queue.splice(0)) this.sendQueued(item)
     this.resubscribeRooms()
@@ -659,9 +696,12 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     const history = first?.history
     const frame: Record<string, unknown> = { type: 'join', room: room.name }
     if (since !== undefined) frame.since = since
-    if (history !== undefined) frame.history = history
+    // A repeat would bring no history: read it instead, whichever way the server answers (see `stray`).
+    const read = history !== undefined && history > 0 && this.stray.has(room.name)
+    if (history !== undefined && !read) frame.history = history
     if (first !== undefined) clearTimeout(first.timer)
     const join: JoinRequest = { handle: room, since, history, deadline: first?.deadline ?? Date.now() + this.requestTimeoutMs }
+    if (read) join.read = true
     this.request(frame, room.name, join.deadline, join).then(() => {
       // A put-in answered it: the catch-up settles the first join.
       if (join.answered === true || first === undefined || this.joining.get(room) !== first) return
@@ -693,7 +733,7 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     }
     if (err.code === 'TIMEOUT' && this.state === 'open') {
       // The join may still be applied: undo it so that the server does not keep a member nobody reads.
-      this.request({ type: 'leave', room: room.name }, room.name).catch(() => {})
+      this.sendLeave(room.name).catch(() => {})
     }
     this.removeRoom(room, { cause: 'refused', reason: err.message, error: err }, () => err)
     if (first !== undefined) first.reject(err)
@@ -721,11 +761,14 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
       // under way, refused): the connection is a member that nothing reads, so undo it. Not after leave(),
       // whose own leave went out after this join, nor when a newer handle has the room (the app joined again,
       // or the server put it back): a second leave could remove that later membership.
-      this.request({ type: 'leave', room: frame.room }, frame.room).catch(() => {})
+      this.sendLeave(frame.room).catch(() => {})
     }
     // A reply to a join whose handle was dropped (timed out, left) must not touch a newer handle; one a
     // put-in answered was applied already.
-    if (join !== undefined && join.answered !== true && this.rooms.get(frame.room) === join.handle) {
+    if (join?.read === true && join.answered !== true && this.rooms.get(frame.room) === join.handle) {
+      // Perhaps a repeat of the membership a refused leave kept: nothing replayed either way.
+      this.answerWithoutReplay(join, frame)
+    } else if (join !== undefined && join.answered !== true && this.rooms.get(frame.room) === join.handle) {
       const retried = this.rejoins.has(join.handle)
       this.forgetRejoin(join.handle)
       join.handle.applyJoined(frame, join.since, join.history)
@@ -751,7 +794,7 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     const existing = this.rooms.get(frame.room)
     if (existing !== undefined) {
       const join = this.pendingJoin(existing)
-      if (join !== undefined) this.answerWithPutIn(join, frame)
+      if (join !== undefined) this.answerWithoutReplay(join, frame)
       return
     }
     const room = new Room<TData>(this, frame.room)
@@ -774,7 +817,13 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     return undefined
   }
 
-  private answerWithPutIn (join: JoinRequest, frame: JoinedFrame): void {
+  /**
+   * Take `frame` as the answer to `join`, the membership live from it, and
+   * read over the socket what the join's reply would have replayed: `frame`
+   * is a put-in that won the race with the join (whose own reply will be a
+   * repeat), or the reply to a join sent in `read` mode.
+   */
+  private answerWithoutReplay (join: JoinRequest, frame: JoinedFrame): void {
     const room = join.handle as Room<TData>
     join.answered = true
     const retried = this.rejoins.has(room)

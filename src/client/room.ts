@@ -352,10 +352,11 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
   }
 
   /**
-   * The server put this connection in the room (`app.rooms.join`) while this
-   * handle's own join was in flight, and that `joined` is its answer: the
-   * membership is live, but nothing was replayed. Frames of the room wait
-   * until `applyCaughtUp` (or `dropCatchUp`).
+   * This handle's join was answered with nothing replayed: by a put-in
+   * (`app.rooms.join`) that won the race with it, or by a repeat of a
+   * membership the server kept after an earlier handle was dropped. The
+   * membership is live. Frames of the room wait until `applyCaughtUp` (or
+   * `dropCatchUp`).
    * @internal
    */
   waitForCatchUp (): void {
@@ -372,8 +373,8 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
   }
 
   /**
-   * Where the replay a put-in `joined` lacks begins: the join would have had
-   * `from < offset <= frame.offset` replayed.
+   * Where the replay a put-in or repeat `joined` lacks begins: the join
+   * would have had `from < offset <= frame.offset` replayed.
    * @internal
    */
   catchUpFrom (frame: JoinedFrame, since: Position | undefined, history: number | undefined): number {
@@ -385,12 +386,13 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
   }
 
   /**
-   * Apply a put-in `joined` that answered this handle's join, with the stored
-   * messages read in place of the replay it lacked (undefined: they could not
-   * be read), then the frames that waited meanwhile. The outcome is the one a
-   * reply to the join would have had: the requested history on a first join,
-   * what was missed on a rejoin (`recovered: true` when all of it was read),
-   * and a `gap` for what could not be read.
+   * Apply a put-in or repeat `joined` that answered this handle's join,
+   * with the stored messages read in place of the replay it lacked
+   * (undefined: they could not be read), then the frames that waited
+   * meanwhile. The outcome is the one a reply to the join would have had:
+   * the requested history on a first join, what was missed on a rejoin
+   * (`recovered: true` when all of it was read), and a `gap` for what could
+   * not be read.
    * @internal
    */
   applyCaughtUp (frame: JoinedFrame, since: Position | undefined, history: number | undefined, read: CatchUp | undefined): void {
