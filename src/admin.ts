@@ -8,7 +8,7 @@ import { errorCodes } from './errors.js'
 import { AdminStats, Rates } from './admin-stats.js'
 import type { Metrics } from './metrics.js'
 import { describeErrors, type Member } from './protocol.js'
-import { HttpError, type RestAccess } from './routes.js'
+import { HttpError, sendRefusal, type RestAccess } from './routes.js'
 
 /**
  * Decides who is an admin: called like a Fastify preHandler, with the user the
@@ -142,11 +142,8 @@ export const admin: FastifyPluginAsync<AdminPluginOptions> = async (app, options
 }
 
 /** Errors in Fastify's shape; an unexpected one (a guard's bug, say) is logged and answered with a generic 500. */
-function adminErrors (this: FastifyInstance, error: Error & { statusCode?: number }, request: FastifyRequest, reply: FastifyReply): void {
-  if (error.statusCode !== undefined && error.statusCode < 500) {
-    void reply.send(error)
-    return
-  }
+function adminErrors (this: FastifyInstance, error: unknown, request: FastifyRequest, reply: FastifyReply): void {
+  if (sendRefusal(error, reply)) return
   request.log.error({ err: error }, 'fastify-rooms: an admin request failed')
   void reply.send(new errorCodes.INTERNAL())
 }

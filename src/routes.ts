@@ -342,24 +342,32 @@ function roomErrors (this: FastifyInstance, error: Error & { validationContext?:
     void reply.send(new errorCodes.PAYLOAD_TOO_LARGE(httpMessages.bodyTooLarge))
     return
   }
-  if (isRoomsError(error)) {
-    const http = httpErrorOf(error)
-    if (http !== undefined) {
-      void reply.send(http)
-      return
-    }
-  } else if (isClientStatus(error)) {
-    // An app's guard may refuse with any error of a 4xx status (Fastify reads `status` too): without a code, its status names it.
-    const status = Number(error.statusCode ?? (error as { status?: unknown }).status)
-    const name = STATUS_CODES[status] ?? 'Error'
-    const code = (error as { code?: unknown }).code
-    void reply.code(status).send(typeof code === 'string' && typeof error.message === 'string'
-      ? error
-      : { statusCode: status, code: typeof code === 'string' ? code : name.toUpperCase().replace(/[^A-Z]+/g, '_'), error: name, message: typeof error.message === 'string' ? error.message : name })
-    return
-  }
+  if (sendRefusal(error, reply)) return
   request.log.error({ err: error }, 'fastify-rooms: a REST request failed')
   void reply.send(new errorCodes.INTERNAL())
+}
+
+/**
+ * Answer a refusal in Fastify's error shape: the plugin's own (UNAUTHORIZED,
+ * FORBIDDEN...) or any 4xx an app's guard threw, Error or not. False for
+ * anything else, which the caller logs and answers with a generic 500.
+ */
+export function sendRefusal (error: unknown, reply: FastifyReply): boolean {
+  if (isRoomsError(error)) {
+    const http = httpErrorOf(error)
+    if (http === undefined) return false
+    void reply.send(http)
+    return true
+  }
+  if (typeof error !== 'object' || error === null || !isClientStatus(error)) return false
+  // An app's guard may refuse with any error of a 4xx status (Fastify reads `status` too): without a code, its status names it.
+  const { statusCode, status, code, message } = error as { statusCode?: unknown, status?: unknown, code?: unknown, message?: unknown }
+  const number = Number(statusCode ?? status)
+  const name = STATUS_CODES[number] ?? 'Error'
+  void reply.code(number).send(error instanceof Error && typeof code === 'string'
+    ? error
+    : { statusCode: number, code: typeof code === 'string' ? code : name.toUpperCase().replace(/[^A-Z]+/g, '_'), error: name, message: typeof message === 'string' ? message : name })
+  return true
 }
 
 /** An error of a 4xx status, given as `statusCode` or (as http-errors and Fastify allow) `status`. */
