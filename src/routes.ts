@@ -364,6 +364,9 @@ export function sendRefusal (error: unknown, reply: FastifyReply): boolean {
   const { statusCode, status, code, message } = error as { statusCode?: unknown, status?: unknown, code?: unknown, message?: unknown }
   const number = Number(statusCode ?? status)
   const name = STATUS_CODES[number] ?? 'Error'
+  // As Fastify's own handler does: a Basic-auth 401 needs its WWW-Authenticate, a 429 its Retry-After.
+  const headers = (error as { headers?: unknown }).headers
+  if (typeof headers === 'object' && headers !== null) void reply.headers(headers as Record<string, string>)
   void reply.code(number).send(error instanceof Error && typeof code === 'string'
     ? error
     : { statusCode: number, code: typeof code === 'string' ? code : name.toUpperCase().replace(/[^A-Z]+/g, '_'), error: name, message: typeof message === 'string' ? message : name })

@@ -207,7 +207,7 @@ t.test('the guard fails closed: only true lets a request in; undefined, null, 0,
 t.test('a guard may refuse with any 4xx, Error or not, statusCode or status: every admin route answers that status in Fastify\'s shape; a 3xx thrown is a bug, a generic 500', async (t) => {
   const refusals: Record<string, unknown> = {
     plain: { statusCode: 401, message: 'Admin key needed.' },
-    status: Object.assign(new Error('Admins only.'), { status: 403 }),
+    status: Object.assign(new Error('Admins only.'), { status: 403, headers: { 'www-authenticate': 'Basic realm="rooms-admin"' } }),
     coded: Object.assign(new Error('Slow down.'), { statusCode: 429, code: 'SLOW_DOWN' }),
     redirect: Object.assign(new Error('moved'), { statusCode: 302 })
   }
@@ -223,7 +223,9 @@ t.test('a guard may refuse with any 4xx, Error or not, statusCode or status: eve
   for (const route of adminRoutes(url)) {
     const plain = await get(route, { 'x-refuse': 'plain' })
     t.same({ status: plain.status, body: plain.body }, { status: 401, body: { statusCode: 401, code: 'UNAUTHORIZED', error: 'Unauthorized', message: 'Admin key needed.' } }, `${route}, a plain object`)
-    t.match((await get(route, { 'x-refuse': 'status' })), { status: 403, body: { statusCode: 403, code: 'FORBIDDEN', error: 'Forbidden', message: 'Admins only.' } }, `${route}, an Error with status`)
+    const status = await get(route, { 'x-refuse': 'status' })
+    t.match(status, { status: 403, body: { statusCode: 403, code: 'FORBIDDEN', error: 'Forbidden', message: 'Admins only.' } }, `${route}, an Error with status`)
+    t.equal(status.headers.get('www-authenticate'), 'Basic realm="rooms-admin"', `${route}, with the error's headers`)
     t.match((await get(route, { 'x-refuse': 'coded' })), { status: 429, body: { statusCode: 429, code: 'SLOW_DOWN', message: 'Slow down.' } }, `${route}, an Error with its own code`)
     t.match((await get(route, { 'x-refuse': 'redirect' })), { status: 500, body: { statusCode: 500, code: 'INTERNAL' } }, `${route}, a 3xx`)
   }
