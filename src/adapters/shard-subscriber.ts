@@ -74,6 +74,23 @@ interface SlotGroup {
   failures: number
   /** The topology generation the last attempt used: a failed attempt refreshes it only if nobody has since. */
   generation: number
+  /** The retry round it waits for, while its last attempt failed. */
+  round: Round | undefined
+}
+
+/**
+ * The groups whose last attempt failed while one master served them (or
+ * none was known): they retry together, in rounds. A master down fails all
+ * its slots at once, and retried one by one they would each reconnect to it
+ * and keep asking the cluster where it went. Per master, so that one that
+ * stays down does not slow the retries of a slot of another.
+ */
+interface Round {
+  master: string
+  groups: Set<SlotGroup>
+  timer: NodeJS.Timeout | undefined
+  /** Rounds run since this master's slots began failing (or since a MOVED): the delay before the next grows with it. */
+  count: number
 }
 
 interface Waiter {
@@ -133,15 +150,8 @@ export class ShardSubscriber {
   #owners: Array<string | undefined> = []
   #generation = 0
   #refreshing: Promise<void> | undefined
-  /**
-   * Groups whose last attempt failed. They retry together, in rounds: a
-   * master down fails all its slots at once, and retried one by one they
-   * would each reconnect to it and keep asking the cluster where it went.
-   */
-  readonly #failing = new Set<SlotGroup>()
-  #retry: NodeJS.Timeout | undefined
-  /** Retry rounds since no group was failing (or since a MOVED): the delay before the next grows with it. */
-  #rounds = 0
+  /** Retry rounds by the master (`host:port`, or '' when unknown) that served their groups when they failed. */
+  readonly #rounds = new Map<string, Round>()
   readonly #sweep: NodeJS.Timeout | undefined
   #closed = false
 
@@ -232,7 +242,7 @@ export class ShardSubscriber {
     if (this.#closed) return
     this.#closed = true
     clearInterval(this.#sweep)
-    clearTimeout(this.#retry)
+    for (const round of this.#rounds.values()) clearTimeout(round.timer)
     for (const waiter of [...this.#subscribing, ...this.#unsubscribing]) {
       clearTimeout(waiter.timer)
       waiter.reject(storeUnavailable())
@@ -262,7 +272,7 @@ export class ShardSubscriber {
     const slot = slotOf(channel)
     let group = this.#groups.get(slot)
     if (group === undefined) {
-      group = { slot, wanted: new Set(), live: new Set(), leaving: new Set(), broken: new Set(), shard: undefined, syncing: false, again: false, failures: 0, generation: -1 }
+      group = { slot, wanted: new Set(), live: new Set(), leaving: new Set(), broken: new Set(), shard: undefined, syncing: false, again: false, failures: 0, generation: -1, round: undefined }
       this.#groups.set(slot, group)
     }
     return group
@@ -302,7 +312,7 @@ export class ShardSubscriber {
 
   /** Sync a group now, unless it is failing: then its next retry round takes the change along. */
   #kick (group: SlotGroup): void {
-    if (group.syncing || !this.#failing.has(group)) void this.#sync(group)
+    if (group.syncing || group.round === undefined) void this.#sync(group)
   }
 
   /** Bring one slot's subscription in line with what is wanted; one run at a time per slot, retried in rounds until it holds. */
@@ -323,7 +333,7 @@ export class ShardSubscriber {
           if (moved === null || ++redirects > 5) throw err
           // The shard named its slot's new master: no need to ask the cluster, and the others may follow it soon.
           this.#owners[group.slot] = this.#mapped(moved[1]!)
-          this.#rounds = 0
+          for (const round of this.#rounds.values()) round.count = 0
           group.again = true
         }
       } while (group.again && !this.#closed)
@@ -341,28 +351,39 @@ export class ShardSubscriber {
   }
 
   /**
-   * A failed group waits for the next retry round, where every failing group
-   * tries again at once, so that they share one CLUSTER SLOTS and one new
-   * connection per master.
+   * A failed group waits for the next retry round of its master, where every
+   * group failing there tries again at once, so that they share one CLUSTER
+   * SLOTS and one new connection.
    */
   #retryLater (group: SlotGroup): void {
-    this.#failing.add(group)
-    if (this.#retry !== undefined) return
-    this.#rounds = Math.min(this.#rounds + 1, 6)
-    this.#retry = setTimeout(() => {
-      this.#retry = undefined
+    const master = this.#owners[group.slot] ?? ''
+    let round = this.#rounds.get(master)
+    if (round === undefined) this.#rounds.set(master, round = { master, groups: new Set(), timer: undefined, count: 0 })
+    if (group.round !== round) {
+      this.#healed(group)
+      group.round = round
+      round.groups.add(group)
+    }
+    if (round.timer !== undefined) return
+    round.count = Math.min(round.count + 1, 6)
+    const next = round
+    round.timer = setTimeout(() => {
+      next.timer = undefined
       // One still running from before joins the next round if it fails again.
-      for (const failing of [...this.#failing]) if (!failing.syncing) void this.#sync(failing)
-    }, backoff(this.#rounds))
-    this.#retry.unref()
+      for (const failing of [...next.groups]) if (!failing.syncing) void this.#sync(failing)
+    }, backoff(round.count))
+    round.timer.unref()
   }
 
-  /** Once no group is failing, the next failure is retried quickly again. */
+  /** Out of its round; a master whose slots all healed is retried quickly again at its next failure. */
   #healed (group: SlotGroup): void {
-    if (!this.#failing.delete(group) || this.#failing.size > 0) return
-    this.#rounds = 0
-    clearTimeout(this.#retry)
-    this.#retry = undefined
+    const round = group.round
+    if (round === undefined) return
+    group.round = undefined
+    round.groups.delete(group)
+    if (round.groups.size > 0) return
+    clearTimeout(round.timer)
+    this.#rounds.delete(round.master)
   }
 
   async #step (group: SlotGroup): Promise<void> {
