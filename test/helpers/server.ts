@@ -57,3 +57,16 @@ export function serverSocketOf (app: FastifyInstance, client: { ws: WebSocket })
   if (found === undefined) throw new Error(`no server-side socket for the client on port ${port}`)
   return found
 }
+
+/**
+ * Resolve once every WebSocket the app has open now has closed on the
+ * server (each one's `close` event, as `serverClosed`). For after the clients
+ * closed, or were closed, with no handle on their server sides: a socket
+ * whose close has run is out of `app.websocketServer.clients` already (ws
+ * drops it in the same `close` event as the plugin lets go of its
+ * connection), so what is left is exactly what the server has still to see
+ * go. Fails after 10 s for a socket that stays open.
+ */
+export async function serverSocketsClosed (app: FastifyInstance, what = 'the server side of every socket to close'): Promise<void> {
+  await Promise.all(serverSockets(app).map(async (socket) => await serverClosed(socket, what)))
+}
