@@ -1,9 +1,8 @@
 import t from 'tap'
 import { once } from 'node:events'
 import { UNAUTHORIZED_REASONS, type TokenIdentity } from '../src/index.js'
-import { startApp } from './helpers/server.js'
+import { serverClosed, serverSocketOf, serverSocketsClosed, startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
-import { until } from './helpers/until.js'
 
 const ADA = { id: 'u-ada', name: 'ada' }
 
@@ -33,6 +32,7 @@ t.test('at expiresAt without a refresh: UNAUTHORIZED and close 4001 "token expir
   const { wsUrl, app } = await startApp(t, { verifyToken })
   const expiresAt = Date.now() + 500
   const s = await TestSocket.connect(wsUrl)
+  const onServer = serverSocketOf(app, s)
   const welcome = await s.authenticate(token(ADA.id, expiresAt))
   t.equal(welcome.expiresAt, expiresAt)
   await s.join('lobby')
@@ -41,7 +41,8 @@ t.test('at expiresAt without a refresh: UNAUTHORIZED and close 4001 "token expir
   t.same(closed, { code: 4001, reason: UNAUTHORIZED_REASONS.expired })
   t.match(closed.reason, /token expired/i)
   t.match(s.frames.at(-1), { type: 'error', code: 'UNAUTHORIZED', message: UNAUTHORIZED_REASONS.expired })
-  await until(() => app.rooms.connections === 0, 'the server saw the close')
+  await serverClosed(onServer, 'the server to see the close')
+  t.equal(app.rooms.connections, 0)
   t.equal(await app.rooms.get('lobby'), null, 'it left its rooms')
 })
 
@@ -137,7 +138,8 @@ t.test('a refresh for another user, a bad refresh token, or an expired one close
     t.match(await s.request({ type: 'auth', token: refresh }), { type: 'error', code: 'UNAUTHORIZED', id: 2, message: reason }, what)
     t.same(await s.closed, { code: 4001, reason }, what)
   }
-  await until(() => app.rooms.connections === 0, 'the server saw the closes')
+  await serverSocketsClosed(app, 'the server to see the closes')
+  t.equal(app.rooms.connections, 0)
   t.equal(await app.rooms.get('lobby'), null, 'each left its rooms')
 })
 
@@ -158,12 +160,14 @@ t.test('a refresh whose verifyToken never answers is refused after authTimeoutMs
     verifyToken: async (token) => token === 'hang' ? await new Promise<never>(() => {}) : verifyToken(token)
   })
   const s = await TestSocket.connect(wsUrl)
+  const onServer = serverSocketOf(app, s)
   await s.authenticate(token(ADA.id))
   await s.join('lobby')
   s.send({ type: 'auth', token: 'hang', id: 'r1' })
   const closed = await s.closed
   t.same(closed, { code: 4001, reason: UNAUTHORIZED_REASONS.unanswered })
   t.match(s.frames.at(-1), { type: 'error', id: 'r1', code: 'UNAUTHORIZED', message: UNAUTHORIZED_REASONS.unanswered })
-  await until(() => app.rooms.connections === 0, 'the server saw the close')
+  await serverClosed(onServer, 'the server to see the close')
+  t.equal(app.rooms.connections, 0)
   t.equal(await app.rooms.get('lobby'), null, 'it left its rooms')
 })

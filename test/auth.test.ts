@@ -2,12 +2,28 @@ import t from 'tap'
 import { once } from 'node:events'
 import { connect, type Socket } from 'node:net'
 import { UNAUTHORIZED_REASONS, type RoomsOptions } from '../src/index.js'
-import { startApp } from './helpers/server.js'
+import { serverClosed, serverSocketOf, serverSocketsClosed, startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
-import { until } from './helpers/until.js'
+import { WAIT_MS } from './helpers/until.js'
+import { waitUntil } from './helpers/waiters.js'
 
 const ADA = { id: 'u-ada', name: 'ada', email: 'ada@example.com' }
 const TOKEN = 'tok-ada-5f1c0e'
+
+/** A count the app's hooks bump and the test waits on: each bump wakes the waits, nothing polls. */
+function counter (): { bump: () => number, value: () => number, reaches: (n: number, what: string) => Promise<void> } {
+  let n = 0
+  const waiters = new Set<() => void>()
+  return {
+    bump: () => {
+      n++
+      for (const wake of [...waiters]) wake()
+      return n
+    },
+    value: () => n,
+    reaches: async (target, what) => await waitUntil(waiters, () => n === target, WAIT_MS, () => `timed out waiting until ${what} (${n}, not ${target})`)
+  }
+}
 
 /** verifyToken over a fixed table: a known token is its user, anything else throws. */
 function tokens (table: Record<string, { user: typeof ADA, expiresAt?: number }> = { [TOKEN]: { user: ADA } }): NonNullable<RoomsOptions['verifyToken']> {
@@ -60,12 +76,14 @@ t.test('a silent client is refused after authTimeoutMs and held no room state', 
   const { wsUrl, app } = await startApp(t, { verifyToken: tokens(), authTimeoutMs: 100 })
   const opened = Date.now()
   const s = await TestSocket.connect(wsUrl)
+  const onServer = serverSocketOf(app, s)
   t.equal(app.rooms.connections, 1, 'it counts as a connection while it waits')
   const closed = await s.closed
   t.ok(Date.now() - opened >= 90, 'not before the timeout')
   t.match(s.frames, [{ type: 'error', code: 'UNAUTHORIZED', message: UNAUTHORIZED_REASONS.timeout }])
   t.same(closed, { code: 4001, reason: UNAUTHORIZED_REASONS.timeout })
-  await until(() => app.rooms.connections === 0, 'the connection is gone')
+  await serverClosed(onServer, 'the server to see the connection go')
+  t.equal(app.rooms.connections, 0, 'the connection is gone')
   t.same(await app.rooms.list(), { rooms: [], next: null })
 })
 
@@ -177,17 +195,18 @@ t.test('verifyToken resolving with something malformed is INTERNAL and close 101
     t.match(s.frames, [{ type: 'error', code: 'INTERNAL', id: i }])
   }
   t.match(logged.map((l) => l.err?.message), [/verifyToken must resolve with a user/, /expiresAt as epoch milliseconds/, /verifyToken must resolve with \{ user/, /JSON\.stringify can encode \(.*BigInt/, /id is well-formed text \(no lone surrogate\)/])
-  await until(() => app.rooms.connections === 0, 'every refused connection is gone')
+  await serverSocketsClosed(app, 'the server to see every refused connection go')
+  t.equal(app.rooms.connections, 0, 'every refused connection is gone')
 })
 
 t.test('upgrades whose credentials are being checked count against maxConnections: a slow authenticate cannot let a crowd in', async (t) => {
-  let calls = 0
+  const calls = counter()
   let release = (): void => {}
   const released = new Promise<void>((resolve) => { release = resolve })
   const { wsUrl, app } = await startApp(t, {
     maxConnections: 2,
     authenticate: async () => {
-      const n = ++calls
+      const n = calls.bump()
       // A third check would mean a third upgrade got past the limit: let them all through, and the test sees it accepted.
       if (n === 3) release()
       await released
@@ -195,7 +214,7 @@ t.test('upgrades whose credentials are being checked count against maxConnection
     }
   })
   const first = [TestSocket.open(wsUrl), TestSocket.open(wsUrl)]
-  await until(() => calls === 2, 'both upgrades are being checked')
+  await calls.reaches(2, 'both upgrades are being checked')
   const refused = await TestSocket.refused(wsUrl)
   t.same(refused.status, 503)
   t.equal(refused.body.code, 'TOO_MANY_CONNECTIONS')
@@ -203,7 +222,7 @@ t.test('upgrades whose credentials are being checked count against maxConnection
   const sockets = await Promise.all(first)
   t.teardown(() => Promise.all(sockets.map(async (s) => await s.close())))
   t.same(sockets.map((s) => s.welcome.user.id).sort(), ['u-1', 'u-2'])
-  t.equal(calls, 2, 'the refused upgrade was never checked')
+  t.equal(calls.value(), 2, 'the refused upgrade was never checked')
   t.equal(app.rooms.connections, 2)
   const late = await TestSocket.refused(wsUrl)
   t.equal(late.status, 503, 'and the two open ones still count')
@@ -212,32 +231,34 @@ t.test('upgrades whose credentials are being checked count against maxConnection
 t.test('connections waiting to authenticate count against maxConnections', async (t) => {
   const { wsUrl, app } = await startApp(t, { verifyToken: tokens(), maxConnections: 2 })
   const a = await TestSocket.connect(wsUrl)
+  const aOnServer = serverSocketOf(app, a)
   const b = await TestSocket.connect(wsUrl)
   t.teardown(() => Promise.all([a.close(), b.close()]))
   const refused = await TestSocket.refused(wsUrl)
   t.equal(refused.status, 503)
   t.equal(refused.body.code, 'TOO_MANY_CONNECTIONS')
   await a.close()
-  await until(() => app.rooms.connections === 1, 'the first one is gone')
+  await serverClosed(aOnServer, 'the server to see the first one go')
+  t.equal(app.rooms.connections, 1, 'the first one is gone')
   const c = await TestSocket.connect(wsUrl)
   t.teardown(() => c.close())
   await c.authenticate(TOKEN)
 })
 
 t.test('upgrades waiting in the app\'s own hooks count against maxConnections too', async (t) => {
-  let entered = 0
+  const entered = counter()
   let release = (): void => {}
   const released = new Promise<void>((resolve) => { release = resolve })
   const { wsUrl, app } = await startApp(t, { maxConnections: 2 }, (app) => {
     app.addHook('preHandler', async (request) => {
       if (request.headers['x-wait'] === undefined) return
       // A third upgrade here would mean it got past the limit: let them all through, and the test sees it accepted.
-      if (++entered === 3) release()
+      if (entered.bump() === 3) release()
       await released
     })
   })
   const first = [TestSocket.open(wsUrl, { headers: { 'x-wait': '1' } }), TestSocket.open(wsUrl, { headers: { 'x-wait': '1' } })]
-  await until(() => entered === 2, 'both upgrades wait in the hook')
+  await entered.reaches(2, 'both upgrades wait in the hook')
   const refused = await TestSocket.refused(wsUrl, { headers: { 'x-wait': '1' } })
   t.equal(refused.status, 503)
   t.equal(refused.body.code, 'TOO_MANY_CONNECTIONS')
@@ -301,19 +322,19 @@ t.test('an authenticate that never answers is refused after authTimeoutMs and gi
   let unhang = (): void => {}
   const hanging = new Promise<void>((resolve) => { unhang = resolve })
   t.teardown(() => unhang())
-  let calls = 0
+  const calls = counter()
   const { wsUrl, url } = await startApp(t, {
     maxConnections: 1,
     // Long enough that the second upgrade below reaches the limit while the first is checked, on a loaded machine.
     authTimeoutMs: 4000,
     authenticate: async (request) => {
-      calls++
+      calls.bump()
       if (request.headers['x-hang'] !== undefined) await hanging
       return ADA
     }
   })
   const hung = TestSocket.refused(wsUrl, { headers: { 'x-hang': '1' } })
-  await until(() => calls === 1, 'authenticate is checking the upgrade')
+  await calls.reaches(1, 'authenticate is checking the upgrade')
   t.equal((await TestSocket.refused(wsUrl)).status, 503, 'its place is taken while it is checked')
   t.same(await hung, { status: 401, body: { statusCode: 401, code: 'UNAUTHORIZED', error: 'Unauthorized', message: 'Authentication failed: the upgrade request carried no valid credentials.' } })
   const s = await TestSocket.open(wsUrl)
@@ -343,9 +364,11 @@ t.test('a connection closed while its token is being verified is never welcomed 
     }
   })
   const s = await TestSocket.connect(wsUrl)
+  const onServer = serverSocketOf(app, s)
   s.send({ type: 'auth', token: TOKEN })
   await s.close()
-  await until(() => app.rooms.connections === 0, 'the server saw the close')
+  await serverClosed(onServer, 'the server to see the close')
+  t.equal(app.rooms.connections, 0)
   release()
   await done
   const other = await TestSocket.connect(wsUrl)
@@ -367,7 +390,8 @@ t.test('threat model: before auth no hook runs, no room state is made, and a ref
     s.send(frame)
     t.equal((await s.closed).code, 4001)
   }
-  await until(() => app.rooms.connections === 0, 'both are gone')
+  await serverSocketsClosed(app, 'the server to see both go')
+  t.equal(app.rooms.connections, 0, 'both are gone')
   t.same(calls, [])
   t.same(await app.rooms.list(), { rooms: [], next: null })
   t.equal(await app.rooms.history('lobby'), null, 'no history either')

@@ -2,8 +2,8 @@ import t from 'tap'
 import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
 import WebSocket from 'ws'
-import { startApp } from './helpers/server.js'
-import { guard, until } from './helpers/until.js'
+import { serverSocketsClosed, startApp } from './helpers/server.js'
+import { guard } from './helpers/until.js'
 
 // Same as --expose-gc, for this file only.
 setFlagsFromString('--expose-gc')
@@ -41,7 +41,7 @@ t.test('10,000 connect/join/publish/disconnect cycles leave the registry empty, 
     await Promise.all(Array.from({ length: concurrency }, async () => {
       while (next < cycles) await cycle(wsUrl, next++)
     }))
-    await until(() => app.rooms.connections === 0, 'every connection is gone server-side')
+    await serverSocketsClosed(app, 'every connection to go server-side')
   }
   await run(500, 20) // warm up: JIT, pools, buffers
   gc()

@@ -6,9 +6,8 @@ import Fastify from 'fastify'
 import { Registry } from 'prom-client'
 import type WebSocket from 'ws'
 import rooms, { errorCodes, ERROR_CODES, MemoryAdapter, redisAdapter, type RoomsOptions } from '../src/index.js'
-import { startApp, type Started } from './helpers/server.js'
+import { serverSocketsClosed, startApp, type Started } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
-import { until } from './helpers/until.js'
 import { skipRedis, startRedis } from './helpers/redis.js'
 
 type Samples = Map<string, number>
@@ -138,7 +137,7 @@ t.test('every metric moves when its event happens; per-room series only for the 
 
   await ada.close()
   await bob.close()
-  await until(() => app.rooms.connections === 0, 'both connections are gone')
+  await serverSocketsClosed(app, 'the server to see both connections go')
   now = await scrape(url)
   t.equal(now.get('fastify_rooms_connections'), 0)
   t.equal(now.get('fastify_rooms_rooms'), 0)

@@ -1,12 +1,12 @@
 import t from 'tap'
-import { Writable } from 'node:stream'
 import v8 from 'node:v8'
 import { runInNewContext } from 'node:vm'
 import websocket from '@fastify/websocket'
 import type { FastifyInstance } from 'fastify'
 import { TestSocket } from './helpers/socket.js'
-import { startApp } from './helpers/server.js'
+import { serverClosed, serverSocketOf, serverSocketsClosed, startApp } from './helpers/server.js'
 import { until } from './helpers/until.js'
+import { logSink } from './helpers/log.js'
 
 // tap runs this file through node without --expose-gc: turn it on for a new context.
 v8.setFlagsFromString('--expose-gc')
@@ -29,6 +29,7 @@ function watchUpgrades (app: FastifyInstance, into: Upgrade[]): void {
 
 /** Collect, turn by turn (a WeakRef target lives to the end of the job that made it), until `gone` holds. */
 async function collectedUntil (gone: () => boolean, what: string): Promise<void> {
+  // Polled: no event says an object was collected (a FinalizationRegistry callback, too, comes only after a gc() that found it unreachable).
   await until(() => {
     (gc as () => void)()
     return gone()
@@ -82,37 +83,28 @@ t.test('once a connection closes, nothing of its upgrade is left', async (t) => 
   const member = await TestSocket.open(wsUrl)
   await member.join('lobby')
   await member.close()
-  await until(() => app.rooms.connections === 0, 'the server saw the close')
+  // Not by a handle on the server's socket: held by the test, it would keep what is checked below from being collected.
+  await serverSocketsClosed(app, 'the server to see the close')
+  t.equal(app.rooms.connections, 0)
   await collectedUntil(() => upgrades.every((u) => Object.values(u).every((ref: WeakRef<object>) => ref.deref() === undefined)), 'the whole upgrade is collected')
   t.pass('request, reply, IncomingMessage and ServerResponse collected')
 })
-
-/** A pino destination that keeps every line. */
-function logSink (): { stream: Writable, lines: Array<Record<string, any>> } {
-  const lines: Array<Record<string, any>> = []
-  const stream = new Writable({
-    write (chunk: Buffer, _encoding, done) {
-      for (const line of chunk.toString().split('\n')) if (line !== '') lines.push(JSON.parse(line))
-      done()
-    }
-  })
-  return { stream, lines }
-}
 
 /** A frame the server must refuse at the protocol level: clients must mask, this one is not masked. */
 const UNMASKED_TEXT = Buffer.from([0x81, 0x02, 0x68, 0x69])
 
 t.test('a socket error is logged with the request\'s logger and the socket terminated, as @fastify/websocket does (a peer\'s protocol violation at info)', async (t) => {
-  const { stream, lines } = logSink()
+  const { stream, line } = logSink()
   const { app, wsUrl } = await startApp(t, {}, undefined, { logger: { level: 'info', stream } })
   const member = await TestSocket.open(wsUrl)
+  const onServer = serverSocketOf(app, member)
   await member.join('lobby')
   ;(member.ws as unknown as { _socket: { write: (b: Buffer) => void } })._socket.write(UNMASKED_TEXT)
   const closed = await member.closed
   t.equal(closed.code, 1002, 'ws refuses the frame with 1002')
-  await until(() => app.rooms.connections === 0, 'the server let go of the connection')
-  await until(() => lines.some((l) => l.err?.code === 'WS_ERR_EXPECTED_MASK'), 'the error is logged')
-  const logged = lines.find((l) => l.err?.code === 'WS_ERR_EXPECTED_MASK') as Record<string, any>
+  await serverClosed(onServer, 'the server to let go of the connection')
+  t.equal(app.rooms.connections, 0)
+  const logged = await line((l) => l.err?.code === 'WS_ERR_EXPECTED_MASK', 'the error is logged')
   // The peer's doing, like a 4xx: at error level any client could fill the app's error log (see logs.test).
   t.equal(logged.level, 30, 'logged at info')
   t.match(logged.reqId, /.+/, 'with the request\'s logger')
@@ -129,9 +121,11 @@ t.test('an application\'s own @fastify/websocket errorHandler still runs, with t
     })
   })
   const member = await TestSocket.open(wsUrl)
+  const onServer = serverSocketOf(app, member)
   await member.join('lobby')
   ;(member.ws as unknown as { _socket: { write: (b: Buffer) => void } })._socket.write(UNMASKED_TEXT)
   await member.closed
-  await until(() => app.rooms.connections === 0, 'the server let go of the connection')
+  await serverClosed(onServer, 'the server to let go of the connection')
+  t.equal(app.rooms.connections, 0)
   t.same(seen, [{ code: 'WS_ERR_EXPECTED_MASK', request: true, reply: true }], 'the custom errorHandler ran once')
 })
