@@ -1,7 +1,7 @@
 import t from 'tap'
 import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
-import { until } from './helpers/until.js'
+import { logSink } from './helpers/log.js'
 
 const GOOD = 'tok-good-2b7e151628aed2a6'
 const FRESH = 'tok-fresh-abf7158809cf4f3c'
@@ -9,16 +9,14 @@ const BAD = 'tok-bad-762e7160f38b4da5'
 const ADA = { id: 'u-ada', name: 'ada' }
 
 t.test('the connection lifecycle is logged at info, and no log line or upgrade URL carries a token', async (t) => {
-  const lines: string[] = []
-  const stream = { write: (line: string) => { lines.push(line) } }
+  const log = logSink()
   const { wsUrl, url } = await startApp(t, {
     verifyToken: (token) => {
       if (token === GOOD || token === FRESH) return { user: ADA, expiresAt: Date.now() + 60_000 }
       throw new Error(`unknown token ${token}`)
     }
-  }, undefined, { logger: { level: 'info', stream } })
-  const logged = (): Array<Record<string, any>> => lines.map((l) => JSON.parse(l))
-  const find = (msg: string): Array<Record<string, any>> => logged().filter((l) => l.msg === msg)
+  }, undefined, { logger: { level: 'info', stream: log.stream } })
+  const find = (msg: string): Array<Record<string, any>> => log.lines.filter((l) => l.msg === msg)
 
   const ada = await TestSocket.connect(wsUrl)
   const { connectionId } = await ada.authenticate(GOOD)
@@ -33,7 +31,7 @@ t.test('the connection lifecycle is logged at info, and no log line or upgrade U
   t.equal((await fetch(`${url}/rooms`, { headers: { authorization: `Bearer ${BAD}` } })).status, 401)
   await ada.close()
   await bearer.close()
-  await until(() => find('fastify-rooms: disconnected').length === 3, 'three disconnects are logged')
+  await log.logged(() => find('fastify-rooms: disconnected').length === 3, 'three disconnects are logged')
 
   t.match(find('fastify-rooms: connected'), [
     { level: 30, connectionId, userId: ADA.id, expiresAt: Number },
@@ -45,10 +43,10 @@ t.test('the connection lifecycle is logged at info, and no log line or upgrade U
   t.match(closes.find((l) => l.connectionId === connectionId), { level: 30, userId: ADA.id, code: 1005, reason: '', durationMs: Number })
   t.ok(closes.every((l) => l.durationMs >= 0))
   t.match(closes.find((l) => l.userId === undefined), { code: 4001, reason: /token was not accepted/ }, 'the refused one')
-  const urls = logged().filter((l) => l.req !== undefined).map((l) => l.req.url as string)
+  const urls = log.lines.filter((l) => l.req !== undefined).map((l) => l.req.url as string)
   t.ok(urls.length >= 4, 'requests are logged, with their URLs')
-  for (const line of lines) {
+  for (const line of log.raw) {
     for (const token of [GOOD, FRESH, BAD]) t.notOk(line.includes(token), `no token in ${line.slice(0, 120)}`)
   }
-  t.notOk(lines.some((l) => l.includes('tok-')), 'not even part of one')
+  t.notOk(log.raw.some((l) => l.includes('tok-')), 'not even part of one')
 })

@@ -1,23 +1,17 @@
 import t from 'tap'
 import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
-import { until } from './helpers/until.js'
+import { logSink } from './helpers/log.js'
 
 const USER = { id: 'u-4f1c9a2e77', name: 'Grace', email: 'grace@example.test' }
 
-/** An app's log lines, parsed, kept in order. */
-function sink (): { lines: Array<Record<string, any>>, stream: { write: (line: string) => void } } {
-  const lines: Array<Record<string, any>> = []
-  return { lines, stream: { write: (line: string) => { lines.push(JSON.parse(line)) } } }
-}
-
 t.test('our log lines go through the app\'s pino settings: its redaction applies', async (t) => {
-  const { lines, stream } = sink()
+  const { lines, stream, logged } = logSink()
   const { wsUrl } = await startApp(t, { authenticate: () => USER }, undefined, { logger: { level: 'info', stream, redact: ['userId'] } })
   const grace = await TestSocket.open(wsUrl)
   t.equal(grace.welcome.user.id, USER.id, 'the client still sees its id')
   await grace.close()
-  await until(() => lines.some((l) => l.msg === 'fastify-rooms: disconnected'), 'the disconnect is logged')
+  await logged(() => lines.some((l) => l.msg === 'fastify-rooms: disconnected'), 'the disconnect is logged')
   const lifecycle = lines.filter((l) => /^fastify-rooms: (connected|disconnected)$/.test(l.msg))
   t.match(lifecycle, [
     { level: 30, msg: 'fastify-rooms: connected', connectionId: grace.welcome.connectionId, userId: '[Redacted]' },
@@ -28,7 +22,7 @@ t.test('our log lines go through the app\'s pino settings: its redaction applies
 })
 
 t.test('errors carry their code: every error frame at debug, failures at error', async (t) => {
-  const { lines, stream } = sink()
+  const { lines, stream } = logSink()
   const { wsUrl } = await startApp(t, {
     authenticate: () => USER,
     onJoin: ({ room }) => { if (room === 'broken') throw new Error('the hook failed') }
@@ -49,12 +43,12 @@ t.test('errors carry their code: every error frame at debug, failures at error',
 })
 
 t.test('a peer that breaks the WebSocket protocol (a frame over maxFrameBytes) is logged at info, not as the server\'s error', async (t) => {
-  const { lines, stream } = sink()
+  const { lines, stream, logged } = logSink()
   const { wsUrl } = await startApp(t, { maxFrameBytes: 1024, maxMessageBytes: 512 }, undefined, { logger: { level: 'info', stream } })
   const big = await TestSocket.open(wsUrl)
   big.ws.send('x'.repeat(5000))
   t.equal((await big.closed).code, 1009)
-  await until(() => lines.some((l) => l.msg === 'fastify-rooms: disconnected'), 'the close is logged')
+  await logged(() => lines.some((l) => l.msg === 'fastify-rooms: disconnected'), 'the close is logged')
   t.match(lines.filter((l) => /WebSocket protocol/.test(l.msg)), [{ level: 30, connectionId: big.welcome.connectionId, err: { code: 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH' } }])
   t.same(lines.filter((l) => l.level >= 50), [], 'no error line')
 })
