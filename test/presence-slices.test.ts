@@ -1,7 +1,7 @@
 import t from 'tap'
 import { TestSocket } from './helpers/socket.js'
 import { startApp } from './helpers/server.js'
-import { until } from './helpers/until.js'
+import { guard } from './helpers/until.js'
 
 // A diff to a room of more than 1,000 members (the registry's PRESENCE_SLICE) is written 1,000 members
 // per turn of the event loop. 3,100 members: four slices, the first member in the first, the last in the
@@ -42,12 +42,20 @@ t.test('a diff to a room larger than a slice', async (t) => {
   t.equal(sockets.length, MEMBERS)
 
   await t.test('reaches every member once, in order', async (t) => {
-    // No event says the last diff arrived: the counts are polled.
-    await until(() => {
-      const closed = sockets.find((s) => s.closedWith !== undefined)
-      if (closed !== undefined) throw new Error(`a member was closed: ${JSON.stringify(closed.closedWith)}`)
-      return sockets.every((s) => lastCount(s) === MEMBERS)
-    }, `every member counts ${MEMBERS}`, 30_000)
+    // Each member's wait ends with the frame that brings its count to MEMBERS (counts only grow); any member closed fails it at once.
+    const counts = async (s: TestSocket): Promise<void> => {
+      if (lastCount(s) === MEMBERS) return
+      await new Promise<void>((resolve) => {
+        // After TestSocket's own listener: the frame is in `frames` already.
+        const onMessage = (): void => {
+          if (lastCount(s) !== MEMBERS) return
+          s.ws.off('message', onMessage)
+          resolve()
+        }
+        s.ws.on('message', onMessage)
+      })
+    }
+    await guard(Promise.all(sockets.map(counts)), `every member to count ${MEMBERS}`, { ms: 30_000, abort: sockets.map((s) => s.closed) })
     // Its own join may come back in its first diff (its `joined` was made mid-batch): only the others count.
     const seen = new Map<string, number>()
     let decreasing = 0

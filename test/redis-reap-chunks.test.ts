@@ -5,7 +5,7 @@ import { FORGET_CHUNK } from '../src/adapters/redis.js'
 import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
 import { eventually, skipRedis, startRedis } from './helpers/redis.js'
-import { until } from './helpers/until.js'
+import { guard } from './helpers/until.js'
 import { childInstance } from './helpers/child-instance.js'
 
 /**
@@ -47,11 +47,15 @@ t.test('a dead instance with many members is reaped in bounded script calls, and
   // Every leave the watcher hears, by room, from the kill on.
   const left = new Map<string, Set<string>>(rooms.map((room) => [room, new Set()]))
   const lastCount = new Map<string, number>()
+  const everyoneLeft = (): boolean => rooms.every((room) => left.get(room)!.size === SOCKETS && lastCount.get(room) === 1)
+  let heardAll = (): void => {}
+  const allHeard = new Promise<void>((resolve) => { heardAll = resolve })
   watcher.ws.on('message', (raw) => {
     const frame = JSON.parse(raw.toString())
     if (frame.type !== 'presence') return
     for (const member of frame.leaves) left.get(frame.room)?.add(member.id)
     lastCount.set(frame.room, frame.count)
+    if (everyoneLeft()) heardAll()
   })
 
   // The reaper's script calls, as Redis runs them.
@@ -70,7 +74,7 @@ t.test('a dead instance with many members is reaped in bounded script calls, and
   await probed
 
   child.kill('SIGKILL')
-  await until(() => rooms.every((room) => left.get(room)!.size === SOCKETS && lastCount.get(room) === 1), 'the watcher heard every doomed member leave every room', 30_000)
+  await guard(allHeard, 'the watcher to hear every doomed member leave every room', { ms: 30_000, abort: [watcher.closed] })
   const heard = rooms.map((room) => [...left.get(room)!].sort())
   t.same(heard, rooms.map(() => [...doomedIds].sort()), 'presence told the watcher of every doomed member\'s leave, in every room')
 
