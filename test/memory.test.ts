@@ -128,6 +128,7 @@ t.test('a closed connection leaves nothing behind: rooms, adapter state, its use
   many.ws.terminate()
   await tab1.close()
   await tab2.close()
+  // Polled: no event says an object was collected (a FinalizationRegistry callback, too, comes only after a gc() that found it unreachable).
   await until(() => {
     gc()
     return sockets.every((ref) => ref.deref() === undefined) && refs.every((ref) => ref.deref() === undefined)

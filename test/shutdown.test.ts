@@ -28,7 +28,7 @@ t.test('app.close(): every client gets 1001, every member is removed, no handle 
   t.same(roomsAtClose, { rooms: [], next: null }, 'no member was left in any room')
   t.equal(app.rooms.connections, 0)
   for (const kind of ['TCPServerWrap', 'TCPSocketWrap', 'Timeout']) {
-    // Node releases a closed handle a turn or two after its close callback.
+    // Node releases a closed handle a turn or two after its close callback: no event says so, so this is polled.
     await until(() => (resources()[kind] ?? 0) <= (before[kind] ?? 0), `no ${kind} is left open`)
     t.equal(resources()[kind] ?? 0, before[kind] ?? 0, `no ${kind} left open`)
   }
