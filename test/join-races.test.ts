@@ -3,9 +3,8 @@ import { once } from 'node:events'
 import type WebSocket from 'ws'
 import type { FastifyInstance } from 'fastify'
 import { HeldStore } from './helpers/held-store.js'
-import { startApp } from './helpers/server.js'
+import { serverClosed, serverSocketOf, startApp } from './helpers/server.js'
 import { TestSocket, type Frame } from './helpers/socket.js'
-import { until } from './helpers/until.js'
 
 /** Resolves once the server has handled the next frame of its newest connection (this listener runs after the plugin's). */
 async function serverRead (app: FastifyInstance): Promise<void> {
@@ -109,13 +108,15 @@ t.test('a client join that waited for app.rooms.join on a connection that closed
   const asked: string[] = []
   const { wsUrl, app } = await startApp(t, { adapter, onJoin: ({ room }) => { asked.push(room); return true } })
   const c = await TestSocket.open(wsUrl)
+  const onServer = serverSocketOf(app, c)
   const held = adapter.hold('join')
   const serverJoin = app.rooms.join(c.welcome.connectionId, 'r')
   await held.entered
   c.send({ type: 'join', room: 'r' })
   await serverRead(app)
   c.ws.terminate()
-  await until(() => app.rooms.connections === 0, 'the server saw the connection close')
+  await serverClosed(onServer, 'the server to see the connection close')
+  t.equal(app.rooms.connections, 0)
   held.release()
   t.equal(await serverJoin, false)
   t.same(asked, [], 'onJoin is not asked for a connection that is gone')
@@ -231,15 +232,25 @@ t.test('an overtaken join whose successor fails undoes itself in the store: no m
   const first = adapter.hold('join')
   const second = adapter.hold('join')
   const overtaken = app.rooms.join(id, 'r')
+  let overtakenEnded = false
+  overtaken.then(() => { overtakenEnded = true }, () => { overtakenEnded = true })
   await first.entered
   t.equal(await app.rooms.leave(id, 'r'), true)
   const failing = app.rooms.join(id, 'r')
+  // Awaited below, after the release: marked handled now, so its refusal is not reported as unhandled meanwhile.
+  failing.catch(() => {})
   await second.entered
-  // The first join's answer comes while the second is still out (the memory store answers in
-  // microtasks: one turn of the event loop lets the first join end as far as it can); then the
-  // second's answer is lost.
+  // The first join's answer comes while the second is still out; then the second's answer is lost.
   first.release()
+  // Every microtask the answer set off has run once this turn ends: the first join has gone as far
+  // as it can without waiting for the store or for the second join.
   await new Promise((resolve) => setImmediate(resolve))
+  // The race is set up only if the first join has its answer and is waiting on the second (its undo
+  // waits for a newer join to end): it has not ended, and the store owes nothing but the second join.
+  // Otherwise (its answer not taken yet, or a store call of its own still out) the second's failure
+  // would come first, and the undo would find no newer join: the scenario would not be tested.
+  t.same(adapter.unanswered, ['join'], 'the store owes only the held second join: the first has its answer')
+  t.equal(overtakenEnded, false, 'the overtaken join has not ended: it waits for the join that overtook it')
   second.release(new Error('the reply was lost'))
   await t.rejects(failing, { message: 'the reply was lost' })
   t.equal(await overtaken, false)

@@ -13,6 +13,8 @@ type Gated = 'join' | 'room' | 'history' | 'publish'
 export class HeldStore extends MemoryAdapter {
   /** The gated methods called so far, in order, recorded as each call begins. */
   readonly asked: Gated[] = []
+  /** The methods of the gated calls begun and not answered yet (held, or still at work), one entry a call. */
+  readonly unanswered: Gated[] = []
   private readonly held = new Map<Gated, Array<{ reached: () => void, released: Promise<Error | undefined> }>>()
 
   hold (method: Gated): { entered: Promise<void>, release: (err?: Error) => void } {
@@ -26,6 +28,17 @@ export class HeldStore extends MemoryAdapter {
     return { entered, release }
   }
 
+  /** A call begins: recorded in `asked`, and in `unanswered` until `answered`. */
+  private begin (method: Gated): void {
+    this.asked.push(method)
+    this.unanswered.push(method)
+  }
+
+  /** Called as a call settles, in the same turn as its promise (no await of its own: the calls keep their timing). */
+  private answered (method: Gated): void {
+    this.unanswered.splice(this.unanswered.indexOf(method), 1)
+  }
+
   private async pass (method: Gated): Promise<void> {
     const gate = this.held.get(method)?.shift()
     if (gate === undefined) return
@@ -35,34 +48,50 @@ export class HeldStore extends MemoryAdapter {
   }
 
   override async join (...args: Parameters<MemoryAdapter['join']>): ReturnType<MemoryAdapter['join']> {
-    this.asked.push('join')
+    this.begin('join')
     try {
-      return await super.join(...args)
+      try {
+        return await super.join(...args)
+      } finally {
+        // A refusal (ROOM_FULL) is held too.
+        await this.pass('join')
+      }
     } finally {
-      // A refusal (ROOM_FULL) is held too.
-      await this.pass('join')
+      this.answered('join')
     }
   }
 
   override async room (...args: Parameters<MemoryAdapter['room']>): ReturnType<MemoryAdapter['room']> {
-    this.asked.push('room')
-    const result = await super.room(...args)
-    await this.pass('room')
-    return result
+    this.begin('room')
+    try {
+      const result = await super.room(...args)
+      await this.pass('room')
+      return result
+    } finally {
+      this.answered('room')
+    }
   }
 
   /** Held before it reads, so what is published meanwhile is in its page. */
   override async history (...args: Parameters<MemoryAdapter['history']>): ReturnType<MemoryAdapter['history']> {
-    this.asked.push('history')
-    await this.pass('history')
-    return await super.history(...args)
+    this.begin('history')
+    try {
+      await this.pass('history')
+      return await super.history(...args)
+    } finally {
+      this.answered('history')
+    }
   }
 
   /** Held before it stores, as `history`. */
   override async publish (...args: Parameters<MemoryAdapter['publish']>): ReturnType<MemoryAdapter['publish']> {
-    this.asked.push('publish')
-    await this.pass('publish')
-    return await super.publish(...args)
+    this.begin('publish')
+    try {
+      await this.pass('publish')
+      return await super.publish(...args)
+    } finally {
+      this.answered('publish')
+    }
   }
 }
 
