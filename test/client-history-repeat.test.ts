@@ -5,6 +5,7 @@ import { RoomsError } from '../src/index.js'
 import { connect, type Gap, type Room, type RoomMessage, type RoomsClient, type RoomsClientError } from '../src/client/index.js'
 import { nextEvent } from './helpers/client.js'
 import { HeldStore } from './helpers/held-store.js'
+import { fillWait, LIMITS, slowJoins } from './helpers/refused-leave.js'
 import { serverSockets, startApp } from './helpers/server.js'
 import { guard } from './helpers/until.js'
 
@@ -13,39 +14,11 @@ import { guard } from './helpers/until.js'
 // RATE_LIMITED, here for not fitting behind a slow hook: room.leave(), or the leave undoing a timed-out join).
 // A repeat replays nothing; the SDK, which knows the leave went unconfirmed, reads the history asked for itself.
 
-/** An onJoin that holds joins of `slow` until the test opens the gate: the connection's next frames wait behind it. */
-function slowJoins (): { entered: Promise<void>, release: () => void, onJoin: (ctx: { room: string }) => Promise<boolean> } {
-  let entered!: () => void
-  let release!: () => void
-  const reached = new Promise<void>((resolve) => { entered = resolve })
-  const gate = new Promise<void>((resolve) => { release = resolve })
-  return {
-    entered: reached,
-    release,
-    onJoin: async ({ room }) => {
-      if (room === 'slow') {
-        entered()
-        await gate
-      }
-      return true
-    }
-  }
-}
-
-/**
- * Fill the 1 KiB that may wait behind the slow hook: a publish frame of about 1,000 bytes, so that the next
- * frame does not fit. Its data is over `maxMessageBytes` (64): once handled it is refused, small, rather than
- * come back as a large message that the server, with its buffers at 1 KiB, would take for a slow consumer.
- */
-function fillWait (room: Room<unknown> | undefined): void {
-  if (room === undefined) throw new Error('no handle to publish through')
-  room.publish('x'.repeat(950)).catch(() => {})
-}
-
-const LIMITS = { maxBufferedBytes: 1024, maxMessageBytes: 64 }
+// The SDK sends a refused leave again after a backoff: a day's ceiling keeps it from coming during a test.
+const NO_RETRY_NOW = { initialDelayMs: 86_400_000, maxDelayMs: 86_400_000, maxAttempts: 0 }
 
 async function client (url: string, name: string, requestTimeoutMs?: number): Promise<RoomsClient<unknown>> {
-  return await connect(url, { WebSocket, name, reconnect: false, ...(requestTimeoutMs === undefined ? {} : { requestTimeoutMs }) })
+  return await connect(url, { WebSocket, name, reconnect: NO_RETRY_NOW, ...(requestTimeoutMs === undefined ? {} : { requestTimeoutMs }) })
 }
 
 /** What a handle tells, in order, as short strings. */

@@ -197,6 +197,9 @@ const DEFAULT_BACKOFF = { initialDelayMs: 500, maxDelayMs: 10_000 }
 /** Refusals of a rejoin that pass by themselves: the room is kept and joined again later. */
 const PASSING: ReadonlySet<string> = new Set(['UNAVAILABLE', 'RATE_LIMITED'])
 
+/** A leave the server has not confirmed (see `stray`): its retries so far and the timer of the next one. */
+interface StrayLeave { attempts: number, timer: ReturnType<typeof setTimeout> | undefined }
+
 /** Full jitter: a delay anywhere below the ceiling, which doubles with each attempt up to `maxDelayMs`. */
 function backoffDelay ({ initialDelayMs, maxDelayMs }: { initialDelayMs: number, maxDelayMs: number }, attempts: number): number {
   return Math.random() * Math.min(maxDelayMs, initialDelayMs * 2 ** attempts)
@@ -235,9 +238,10 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
    * them: a leave was sent and not confirmed yet, or was refused (RATE_LIMITED
    * frames are not handled) or timed out. A join of such a room may be
    * answered as a repeat of that membership, which replays nothing. The value
-   * names the leave, so that an older leave's answer does not clear a newer one.
+   * names the leave, so that an older leave's answer does not clear a newer one,
+   * and holds its retry: a leave refused for a passing reason is sent again.
    */
-  private readonly stray = new Map<string, object>()
+  private readonly stray = new Map<string, StrayLeave>()
   /** New handles holding the messages that came with their first `joined`. */
   private readonly holding = new Set<Room<TData>>()
   private readonly requests = new Map<number, Request>()
@@ -527,8 +531,9 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
    * Leave a room no handle holds any more. Until the server confirms it, the
    * room is stray: the connection may still be in it.
    */
-  private async sendLeave (name: string): Promise<void> {
-    const leave = {}
+  private async sendLeave (name: string, leave: StrayLeave = { attempts: 0, timer: undefined }): Promise<void> {
+    const older = this.stray.get(name)
+    if (older !== leave) clearTimeout(older?.timer)
     this.stray.set(name, leave)
     const settled = (): void => { if (this.stray.get(name) === leave) this.stray.delete(name) }
     try {
@@ -538,8 +543,31 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
       // Not a member, or this connection is gone: out of the room either way. Any other answer keeps it stray.
       const code = (err as RoomsClientError).code
       if (code === 'NOT_IN_ROOM' || code === 'DISCONNECTED') settled()
+      // Otherwise the server keeps a member nobody reads, present to everyone else until the connection ends.
+      else if ((PASSING.has(code) || code === 'TIMEOUT') && this.stray.get(name) === leave) this.retryLeave(name, leave)
       throw err
     }
+  }
+
+  /** Send a refused leave again after a backoff with full jitter, as a refused rejoin is. */
+  private retryLeave (name: string, leave: StrayLeave): void {
+    const delay = backoffDelay(this.reconnectOptions === false ? DEFAULT_BACKOFF : this.reconnectOptions, leave.attempts)
+    leave.attempts++
+    clearTimeout(leave.timer)
+    leave.timer = setTimeout(() => {
+      leave.timer = undefined
+      // Not once a handle has the room again (joined again, or put in): the leave would end that membership.
+      // A join sent before this fires is harmless: the server handles it after the refused leave, which
+      // changed nothing. A newer leave, or a new connection (in no such room), has taken over.
+      if (this.stray.get(name) !== leave || this.rooms.has(name) || !this.live) return
+      this.sendLeave(name, leave).catch(() => {})
+    }, delay)
+  }
+
+  /** Stop the retries of refused leaves and forget them: the connection they were for is gone. */
+  private forgetStray (): void {
+    for (const leave of this.stray.values()) clearTimeout(leave.timer)
+    this.stray.clear()
   }
 
   /**
@@ -649,7 +677,7 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     // connection's frames in order, so the publishes follow the joins.
     for (const room of [...this.rejoins.keys()]) this.forgetRejoin(room)
     // A new connection is in no room but those the server puts it in, which come as `joined`.
-    this.stray.clear()
+    this.forgetStray()
     for (const room of this.rooms.values()) this.sendJoin(room)
     for (const item of this.queue.splice(0)) this.sendQueued(item)
     this.resubscribeRooms()
@@ -1179,6 +1207,7 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     this.joining.clear()
     this.holding.clear()
     for (const room of [...this.rejoins.keys()]) this.forgetRejoin(room)
+    this.forgetStray()
     clearTimeout(this.roomListRetry?.timer)
     this.roomListRetry = undefined
     this.settleReady?.reject(error)
