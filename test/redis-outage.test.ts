@@ -4,8 +4,7 @@ import WebSocket from 'ws'
 import { redisAdapter, type RedisAdapterOptions, type RoomsOptions } from '../src/index.js'
 import { startApp, type Started } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
-import { clientsNamed, eventually, skipRedis, startRedis, type RedisServer } from './helpers/redis.js'
-import { guard } from './helpers/until.js'
+import { clientsNamed, eventually, monitorRedis, skipRedis, startRedis, type RedisServer } from './helpers/redis.js'
 import { logSink, type LogSink } from './helpers/log.js'
 
 const named = { authenticate: (r: { headers: Record<string, unknown> }) => ({ id: String(r.headers['x-user']), name: String(r.headers['x-user']) }) }
@@ -58,26 +57,16 @@ t.test('redis adapter under faults', { skip: skipRedis }, async (t) => {
    * The monitor is a client of type normal: cut a connection by its id, not
    * with CLIENT KILL TYPE normal, or the monitor goes too.
    */
-  async function scriptCalls (t: Test): Promise<{ calls: string[][], shown: () => Promise<void> }> {
-    const monitor = await inspect.monitor()
-    t.teardown(() => monitor.disconnect())
-    const calls: string[][] = []
-    const marks = new Map<string, () => void>()
-    monitor.on('monitor', (_time: string, args: string[]) => {
-      if (/^eval(sha)?$/i.test(String(args[0]))) calls.push(args)
-      else if (String(args[0]).toLowerCase() === 'echo') marks.get(String(args[1]))?.()
-    })
+  async function scriptCalls (t: Test): Promise<{ calls: () => string[][], shown: () => Promise<void> }> {
+    const monitor = await monitorRedis(t, redis.port)
     let n = 0
     const shown = async (): Promise<void> => {
       const mark = `outage-mark-${++n}`
-      const seen = new Promise<void>((resolve) => marks.set(mark, resolve))
+      const seen = monitor.seen((args) => args[0]?.toLowerCase() === 'echo' && args[1] === mark, 'what Redis ran')
       await inspect.echo(mark)
-      await guard(seen, 'the monitor to show what Redis ran')
-      marks.delete(mark)
+      await seen
     }
-    // Listening before the test goes on.
-    await shown()
-    return { calls, shown }
+    return { calls: () => monitor.commands.filter((args) => /^eval(sha)?$/i.test(String(args[0]))), shown }
   }
 
   /** The id (CLIENT LIST) of an instance's command connection now. */
@@ -111,7 +100,7 @@ t.test('redis adapter under faults', { skip: skipRedis }, async (t) => {
       let cut = 0
       for (let round = 0; round < MAX_ROUNDS && cut < ROUNDS; round++) {
         const connection = await commandConnection(nodeA)
-        const from = monitor.calls.length
+        const from = monitor.calls().length
         // While every client is paused, the batch waits in Redis, then the kill behind it: on resume
         // Redis runs the whole batch and then the kill, which drops the batch's replies unsent.
         await inspect.call('CLIENT', 'PAUSE', String(PAUSE_MS), 'ALL')
@@ -126,7 +115,7 @@ t.test('redis adapter under faults', { skip: skipRedis }, async (t) => {
         await Promise.all(batch)
         await ready(a)
         await monitor.shown()
-        const publishes = monitor.calls.slice(from).filter((args) => args[5] === prefix && args[6] === 'publish' && args[7] === nodeA)
+        const publishes = monitor.calls().slice(from).filter((args) => args[5] === prefix && args[6] === 'publish' && args[7] === nodeA)
         const ran = new Set(publishes.filter((args) => args[9] === '0').map((args) => args.slice(-2).join()))
         const again = publishes.filter((args) => args[9] === '1' && ran.has(args.slice(-2).join())).length
         if (again > 0) cut++
@@ -393,7 +382,7 @@ t.test('redis adapter under faults', { skip: skipRedis }, async (t) => {
       // The instance is already subscribed to the room, so ada's join goes straight to the script.
       await anchor.join(room)
       const connection = await commandConnection(ada.welcome.connectionId.split('-')[0] as string)
-      const from = monitor.calls.length
+      const from = monitor.calls().length
       await inspect.call('CLIENT', 'PAUSE', String(PAUSE_MS), 'ALL')
       const joined = ada.join(room)
       // Answered after the instance handled ada's frame (frames are handled in arrival order), so the kill follows the join.
@@ -403,7 +392,7 @@ t.test('redis adapter under faults', { skip: skipRedis }, async (t) => {
       await ready(a)
       await ready(b)
       await monitor.shown()
-      const ran = monitor.calls.slice(from).some((args) => args[5] === prefix && args[6] === 'join' && args[8] === ada.welcome.connectionId)
+      const ran = monitor.calls().slice(from).some((args) => args[5] === prefix && args[6] === 'join' && args[8] === ada.welcome.connectionId)
       if (!ran || answer.type !== 'error') {
         await Promise.all([watcher.close(), anchor.close(), ada.close()])
         t.comment(`attempt ${attempt}: the join ${ran ? 'ran' : 'did not run'} and answered ${answer.type}: not cut off in flight, again in a fresh room`)

@@ -4,7 +4,7 @@ import { redisAdapter } from '../src/index.js'
 import { FORGET_CHUNK } from '../src/adapters/redis.js'
 import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
-import { eventually, skipRedis, startRedis } from './helpers/redis.js'
+import { eventually, monitorRedis, skipRedis, startRedis } from './helpers/redis.js'
 import { guard } from './helpers/until.js'
 import { childInstance } from './helpers/child-instance.js'
 
@@ -58,20 +58,10 @@ t.test('a dead instance with many members is reaped in bounded script calls, and
     if (everyoneLeft()) heardAll()
   })
 
-  // The reaper's script calls, as Redis runs them.
-  // (monitor() opens a connection of its own: the client it is asked of is closed too.)
+  // The reaper's script calls, as Redis runs them: the monitor is listening before the kill.
   const probe = new Redis(redis.url)
   t.teardown(() => probe.disconnect())
-  const monitor = await probe.monitor()
-  t.teardown(() => monitor.disconnect())
-  const forgets: string[][] = []
-  monitor.on('monitor', (_time: string, args: string[]) => {
-    if (/^eval(sha)?$/i.test(String(args[0])) && args.includes('forget')) forgets.push(args)
-  })
-  // A round trip through the monitor: it is listening before the kill.
-  const probed = new Promise<void>((resolve) => monitor.on('monitor', (_time: string, args: string[]) => { if (args[1] === 'reap-chunks-probe') resolve() }))
-  await probe.echo('reap-chunks-probe')
-  await probed
+  const monitor = await monitorRedis(t, redis.port)
 
   child.kill('SIGKILL')
   await guard(allHeard, 'the watcher to hear every doomed member leave every room', { ms: 30_000, abort: [watcher.closed] })
@@ -88,6 +78,11 @@ t.test('a dead instance with many members is reaped in bounded script calls, and
   t.same(listing.rooms, rooms.map((name) => ({ name, count: 1 })).sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0), 'GET /rooms lists every room with the watcher alone')
 
   // Several bounded calls, not one: Redis ran other clients' commands between them.
+  // Every call Redis ran before this ECHO is on the monitor once the ECHO's line is.
+  const done = monitor.seen((args) => args[0]?.toLowerCase() === 'echo' && args[1] === 'reap-chunks-done', 'the calls of the reaping')
+  await probe.echo('reap-chunks-done')
+  await done
+  const forgets = monitor.commands.filter((args) => /^eval(sha)?$/i.test(String(args[0])) && args.includes('forget'))
   const nodes = new Set(forgets.flatMap((args) => args.slice(8)))
   t.equal(nodes.size, 1, 'every forget call was for the dead instance')
   const dead = [...nodes][0]!

@@ -1,9 +1,10 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
-import { createServer } from 'node:net'
+import { connect, createServer } from 'node:net'
 import { once } from 'node:events'
 import { tmpdir } from 'node:os'
 import { readFileSync } from 'node:fs'
 import { needs } from './needs.js'
+import { guard } from './until.js'
 
 export const REDIS_SERVER = '/usr/bin/redis-server'
 
@@ -151,4 +152,93 @@ export async function eventually<T> (ask: () => Promise<T>, done: (value: T) => 
     if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}; last answer: ${JSON.stringify(value)}`)
     await new Promise((resolve) => setTimeout(resolve, 5))
   }
+}
+
+export interface RedisMonitor {
+  /** Every command Redis ran since the monitor started, as its arguments, in the order Redis ran them. */
+  readonly commands: string[][]
+  /** The first command (run since the monitor started) that matches, once Redis has run it; fails after 10 s. */
+  seen: (match: (args: string[]) => boolean, what: string) => Promise<string[]>
+}
+
+/** One argument list of a MONITOR line, `"SET" "k" "v\\x00"`: Redis quotes each one and escapes it as sdscatrepr does. */
+function monitorArgs (text: string): string[] {
+  const args: string[] = []
+  let at = text.indexOf('"')
+  while (at !== -1 && at < text.length) {
+    let arg = ''
+    let i = at + 1
+    for (; i < text.length && text[i] !== '"'; i++) {
+      if (text[i] !== '\\') {
+        arg += text[i]
+        continue
+      }
+      const next = text[++i]
+      if (next === 'x') {
+        arg += String.fromCharCode(parseInt(text.slice(i + 1, i + 3), 16))
+        i += 2
+      } else {
+        arg += ({ n: '\n', r: '\r', t: '\t', a: '\x07', b: '\b' } as Record<string, string>)[next as string] ?? next
+      }
+    }
+    args.push(arg)
+    at = text.indexOf('"', i + 1)
+  }
+  return args
+}
+
+/**
+ * Watch what a Redis runs (MONITOR), on a raw connection closed at teardown.
+ * Not ioredis's monitor(): it enters monitoring mode a microtask after
+ * MONITOR's +OK, so a command line that comes in the same read is taken for
+ * the reply to a command it never sent, and it throws "Command queue state
+ * error" out of band (seen in redis-reap-chunks on a busy Redis). Resolves
+ * once Redis has answered MONITOR: everything it runs from then on is seen.
+ * A MONITOR connection is of type normal: CLIENT KILL TYPE normal cuts it.
+ */
+export async function monitorRedis (t: { teardown: (fn: () => unknown) => void }, port: number): Promise<RedisMonitor> {
+  const socket = connect(port, '127.0.0.1')
+  t.teardown(() => socket.destroy())
+  const commands: string[][] = []
+  const waiters = new Set<() => void>()
+  let buffered = ''
+  let started: (() => void) | undefined
+  let failed: ((err: Error) => void) | undefined
+  const ready = new Promise<void>((resolve, reject) => { started = resolve; failed = reject })
+  socket.on('error', (err) => failed?.(err))
+  socket.on('data', (chunk: Buffer) => {
+    buffered += chunk.toString('latin1')
+    let end: number
+    while ((end = buffered.indexOf('\r\n')) !== -1) {
+      const line = buffered.slice(0, end)
+      buffered = buffered.slice(end + 2)
+      if (started !== undefined) {
+        if (line !== '+OK') failed?.(new Error(`MONITOR answered ${line}`))
+        else started()
+        started = undefined
+        continue
+      }
+      // +<time> [<db> <source>] "arg" ...
+      commands.push(monitorArgs(line.slice(line.indexOf('] ') + 2)))
+    }
+    for (const wake of [...waiters]) wake()
+  })
+  socket.write('MONITOR\r\n')
+  await guard(ready, 'Redis to answer MONITOR')
+  failed = undefined
+  const seen = async (match: (args: string[]) => boolean, what: string): Promise<string[]> => {
+    const find = (): string[] | undefined => commands.find(match)
+    const found = find()
+    if (found !== undefined) return found
+    let wake = (): void => {}
+    try {
+      return await guard(new Promise<string[]>((resolve) => {
+        wake = () => { const args = find(); if (args !== undefined) resolve(args) }
+        waiters.add(wake)
+      }), `the monitor to show ${what}`)
+    } finally {
+      waiters.delete(wake)
+    }
+  }
+  return { commands, seen }
 }
