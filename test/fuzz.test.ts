@@ -8,6 +8,8 @@ import { guard, until } from './helpers/until.js'
 
 const FUZZERS = 20
 const FRAMES_EACH = 5_000
+/** A guard on the waits that queue behind the whole flood (not a synchronisation). */
+const FLOOD_MS = 60_000
 const rand = seeded(0xF022)
 const int = (n: number): number => Math.floor(rand() * n)
 const pick = <T>(list: readonly T[]): T => list[int(list.length)] as T
@@ -77,9 +79,11 @@ t.test(`fuzz: ${FUZZERS * FRAMES_EACH} seeded hostile frames from ${FUZZERS} con
       sent++
     }
   }
-  // The calm publisher runs alongside, awaiting each ack.
+  // The calm publisher runs alongside, awaiting each ack. Its first publish
+  // queues behind up to 100,000 hostile frames, some of them deep JSON: on a
+  // loaded machine that took more than the usual 10 s guard.
   const calmAcks: number[] = []
-  for (let i = 0; i < 300; i++) calmAcks.push((await calm[0]!.request({ type: 'publish', room: 'calm', data: { calm: i } })).offset)
+  for (let i = 0; i < 300; i++) calmAcks.push((await calm[0]!.request({ type: 'publish', room: 'calm', data: { calm: i } }, FLOOD_MS)).offset)
 
   // Let every open fuzzer's frames be handled: one ping round trip each.
   const open = fuzzers.filter((f) => !f.closed)
@@ -93,7 +97,7 @@ t.test(`fuzz: ${FUZZERS * FRAMES_EACH} seeded hostile frames from ${FUZZERS} con
     f.ws.on('message', onMessage)
     f.ws.once('close', () => resolve())
     f.ws.send(JSON.stringify({ type: 'ping', id }))
-  }), `the pong of ${f.user}`)))
+  }), `the pong of ${f.user}`, { ms: FLOOD_MS })))
   const stillOpen = fuzzers.filter((f) => !f.closed)
 
   t.ok(sent >= FUZZERS * FRAMES_EACH * 0.5, `${sent} frames sent (connections closed for oversized frames send no more)`)

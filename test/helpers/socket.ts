@@ -116,8 +116,8 @@ export class TestSocket {
     this.ws.send(typeof frame === 'string' ? frame : JSON.stringify(frame))
   }
 
-  /** Wait for the first unread frame that matches. */
-  async next (match: (frame: Frame) => boolean = () => true, what = 'a frame'): Promise<Frame> {
+  /** Wait for the first unread frame that matches; fail after `ms`. */
+  async next (match: (frame: Frame) => boolean = () => true, what = 'a frame', ms = WAIT_MS): Promise<Frame> {
     const i = this.unread.findIndex(match)
     if (i !== -1) return (this.unread.splice(i, 1) as [Frame])[0]
     if (this.closedWith !== undefined) {
@@ -127,17 +127,17 @@ export class TestSocket {
       const timer = setTimeout(() => {
         this.waiters.splice(this.waiters.indexOf(waiter), 1)
         reject(new Error(`timed out waiting for ${what}; unread: ${JSON.stringify(this.unread).slice(0, 500)}`))
-      }, WAIT_MS)
+      }, ms)
       const waiter: Waiter = { what, match, resolve, reject, timer }
       this.waiters.push(waiter)
     })
   }
 
-  /** Send a frame with a fresh id and wait for the reply carrying it. */
-  async request (frame: Record<string, unknown>): Promise<Frame> {
+  /** Send a frame with a fresh id and wait for the reply carrying it, at most `ms`. */
+  async request (frame: Record<string, unknown>, ms = WAIT_MS): Promise<Frame> {
     const id = this.nextId++
     this.send({ ...frame, id })
-    return await this.next((f) => 'id' in f && f.id === id, `the reply to ${JSON.stringify(frame).slice(0, 80)}`)
+    return await this.next((f) => 'id' in f && f.id === id, `the reply to ${JSON.stringify(frame).slice(0, 80)}`, ms)
   }
 
   async join (room: string, extra: Record<string, unknown> = {}): Promise<Frame> {
