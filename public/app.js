@@ -74,7 +74,8 @@ async function refusal (err, name) {
   try {
     const res = await fetch(`${config.path}?name=${encodeURIComponent(name)}`, { headers: { accept: 'application/json' } })
     const body = await res.json()
-    if (!res.ok && typeof body.message === 'string') return body.message
+    // 426: the GET passed every check an upgrade gets, so nothing there refused it.
+    if (!res.ok && res.status !== 426 && typeof body.message === 'string') return body.message
   } catch {}
   return err.message
 }

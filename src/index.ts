@@ -3,7 +3,7 @@ import type { IncomingMessage, Server } from 'node:http'
 import type { Duplex } from 'node:stream'
 import fp from 'fastify-plugin'
 import websocket from '@fastify/websocket'
-import type { FastifyPluginAsync, RegisterOptions } from 'fastify'
+import type { FastifyPluginAsync, FastifySchema, RegisterOptions } from 'fastify'
 import type { TSchema } from 'typebox'
 import { memoryAdapter } from './adapters/memory.js'
 import type { HistoryPage, RoomInfo, RoomPage, RoomQuery } from './adapters/adapter.js'
@@ -275,22 +275,32 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
   }
 
   const guard = upgradeGuard(options, credentials, state, resume)
-  app.get(options.path, {
-    websocket: true,
+  app.route({
+    method: 'GET',
+    url: options.path,
+    // `wsHandler` rather than `websocket: true`, which answers a plain GET with an empty 404: one that
+    // passed every check of an upgrade gets 426 in Fastify's shape, so a page that repeats its refused
+    // upgrade as a GET (to read why) learns that nothing refused it.
+    schema: { hide: true } as FastifySchema,
+    handler: async (_request, reply) => {
+      void reply.header('upgrade', 'websocket')
+      throw new errorCodes.UPGRADE_REQUIRED()
+    },
     preValidation: guard.hook,
     preHandler: guard.ready,
     onResponse: async (request) => {
       // Only refusals get here (an accepted upgrade is hijacked): end their socket, see above.
       guard.release(request)
       if (request.headers.upgrade !== undefined) request.raw.socket.end()
+    },
+    wsHandler: (socket, request) => {
+      const identity = guard.takeIdentity(request)
+      const connection = new Connection(socket, request, `${nodeId}-${(++sequence).toString(36)}`, ctx)
+      releaseUpgrade(socket, onSocketError)
+      if (ctx.keepRequest) releaseHead(request)
+      open.add(connection)
+      connection.start(identity)
     }
-  }, (socket, request) => {
-    const identity = guard.takeIdentity(request)
-    const connection = new Connection(socket, request, `${nodeId}-${(++sequence).toString(36)}`, ctx)
-    releaseUpgrade(socket, onSocketError)
-    if (ctx.keepRequest) releaseHead(request)
-    open.add(connection)
-    connection.start(identity)
   })
 
   if (options.rest) await app.register(routes, { prefix: options.prefix, registry, access: restAccess(options, credentials), membersPageSize: options.membersPageSize, publish: options.restPublish === undefined ? undefined : { guard: options.restPublish, serverPublish: async (room, data) => await serverPublish(room, data) as number, bodyLimit: options.maxFrameBytes } })

@@ -224,6 +224,12 @@ export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { regist
   const app = parent.withTypeProvider<TypeBoxTypeProvider>()
   app.setValidatorCompiler(queryValidatorCompiler)
   app.setErrorHandler(roomErrors)
+  // Fastify's own 404 has no `code`: under the prefix every answer is in the contract's shape. Its
+  // hooks are this context's, so without credentials a path no route serves is a 401 like any other.
+  // At the root prefix the app's paths are not ours: its own 404 handler stays.
+  if (app.prefix !== '' && app.prefix !== '/') {
+    app.setNotFoundHandler(async (request) => { throw new errorCodes.NOT_FOUND(request.method, request.url.split('?', 1)[0] as string) })
+  }
   const users = new WeakMap<FastifyRequest, Member>()
   if (access !== undefined) {
     // onRequest, before any validation: without credentials nothing is answered but 401.

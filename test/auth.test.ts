@@ -270,7 +270,12 @@ t.test('upgrades waiting in the app\'s own hooks count against maxConnections to
 
 t.test('a plain GET or HEAD of the socket path (a keep-alive socket that stays open) takes no place under maxConnections; a handshake ws refuses gives its place back', async (t) => {
   const { wsUrl, url } = await startApp(t, { maxConnections: 1 })
-  for (const method of ['GET', 'HEAD']) t.equal((await fetch(`${url}/ws`, { method })).status, 404, method)
+  for (const method of ['GET', 'HEAD']) {
+    const plain = await fetch(`${url}/ws`, { method })
+    t.equal(plain.status, 426, `${method}: Upgrade Required`)
+    t.equal(plain.headers.get('upgrade'), 'websocket')
+    if (method === 'GET') t.same(await plain.json(), { statusCode: 426, code: 'UPGRADE_REQUIRED', error: 'Upgrade Required', message: 'This path takes WebSocket connections: open it with a WebSocket client.' }, 'in Fastify\'s shape')
+  }
   const bad = connect(Number(new URL(url).port), '127.0.0.1')
   t.teardown(() => bad.destroy())
   bad.write('GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 12\r\n\r\n')

@@ -52,7 +52,47 @@ t.test('REST: past maxParamLength, a path no route serves stays a 404 (POST /roo
   t.equal((await fetch(`${url}/rooms/${'b'.repeat(120)}/messages`, post)).status, 414, 'the route exists: the name is too long for it')
   const response = await fetch(`${url}/rooms/${'b'.repeat(120)}`, post)
   t.equal(response.status, 404)
-  t.match(await response.json(), { statusCode: 404 })
+  t.match(await response.json(), { statusCode: 404, code: 'NOT_FOUND', error: 'Not Found' })
+})
+
+t.test('REST: a path under the prefix that no route serves is a 404 in the contract\'s shape, with a code; elsewhere the app\'s 404 stays', async (t) => {
+  const { url } = await startApp(t, {}, (app) => {
+    app.setNotFoundHandler(async (_request, reply) => await reply.code(404).send({ mine: true }))
+  })
+  const cases: Array<[string, string]> = [
+    ['GET', '/rooms/a/b/c'], ['GET', '/rooms/a/elsewhere'], ['GET', `/rooms/${'a'.repeat(300)}/elsewhere`],
+    ['PUT', '/rooms/a'], ['DELETE', '/rooms'], ['POST', '/rooms/a/messages'], ['GET', '/rooms/a/b?x=1']
+  ]
+  for (const [method, path] of cases) {
+    const response = await fetch(`${url}${path}`, { method })
+    t.equal(response.status, 404, `${method} ${path}`)
+    const route = path.split('?')[0]!
+    t.same(await response.json(), { statusCode: 404, code: 'NOT_FOUND', error: 'Not Found', message: `No route serves ${method} ${route}: the REST API has GET /, GET /:room and /:room/messages under its prefix.` }, `${method} ${path}: Fastify's shape`)
+  }
+  t.same(await (await fetch(`${url}/roomsx`)).json(), { mine: true }, 'a path outside the prefix gets the app\'s own 404')
+  t.same(await (await fetch(`${url}/elsewhere/rooms/a/b`)).json(), { mine: true })
+})
+
+t.test('REST at the root prefix: the app\'s paths are not ours, so its own 404 handler answers them', async (t) => {
+  const { url } = await startApp(t, { prefix: '/' }, (app) => {
+    app.setNotFoundHandler(async (_request, reply) => await reply.code(404).send({ mine: true }))
+  })
+  t.same(await (await fetch(`${url}/`)).json(), { rooms: [], next: null }, 'the listing is at /')
+  for (const path of ['/a/b/c', '/a/elsewhere']) t.same(await (await fetch(`${url}${path}`)).json(), { mine: true }, path)
+})
+
+t.test('REST: with authentication, a path no route serves is 401 without credentials and 404 with them', async (t) => {
+  const { url } = await startApp(t, { authenticate: async (request) => request.headers['x-user'] === undefined ? null : { id: String(request.headers['x-user']), name: 'Ada' } })
+  const anonymous = await fetch(`${url}/rooms/a/b/c`)
+  t.equal(anonymous.status, 401, 'nothing but 401 without credentials')
+  t.match(await anonymous.json(), { code: 'UNAUTHORIZED' })
+  const known = await fetch(`${url}/rooms/a/b/c`, { headers: { 'x-user': 'ada' } })
+  t.equal(known.status, 404)
+  t.match(await known.json(), { statusCode: 404, code: 'NOT_FOUND' })
+  // As plugin.md says: Fastify's router answers a path it cannot decode before any hook, and names no room.
+  const undecodable = await fetch(`${url}/rooms/%`)
+  t.equal(undecodable.status, 400)
+  t.match(await undecodable.json(), { statusCode: 400, code: 'FST_ERR_BAD_URL' })
 })
 
 /** A user-written adapter (through the public interface) whose store fails with internal detail in its error. */
