@@ -113,6 +113,8 @@ declare module 'fastify' {
 
 /** The 503 body of an upgrade refused during shutdown, in Fastify's error shape. */
 const SHUTTING_DOWN_BODY = JSON.stringify({ statusCode: 503, code: 'SHUTTING_DOWN', error: 'Service Unavailable', message: new errorCodes.SHUTTING_DOWN().message })
+/** The answer to a plain GET of the socket's path that passed every check of an upgrade. */
+const upgradeRequired = { statusCode: 426, code: 'UPGRADE_REQUIRED', error: 'Upgrade Required', message: new errorCodes.UPGRADE_REQUIRED().message }
 
 /** A path under a context's prefix, joined as Fastify joins them: `/chat/` and `/ws` make `/chat/ws`. */
 function underPrefix (prefix: string, path: string): string {
@@ -282,9 +284,10 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     // passed every check of an upgrade gets 426 in Fastify's shape, so a page that repeats its refused
     // upgrade as a GET (to read why) learns that nothing refused it.
     schema: { hide: true } as FastifySchema,
-    handler: async (_request, reply) => {
-      void reply.header('upgrade', 'websocket')
-      throw new errorCodes.UPGRADE_REQUIRED()
+    handler: async (request, reply) => {
+      // HTTP/2 forbids the header (Node throws on it); sent, not thrown: an answer, not an error to log.
+      if (request.raw.httpVersionMajor === 1) void reply.header('upgrade', 'websocket')
+      return await reply.code(426).send(upgradeRequired)
     },
     preValidation: guard.hook,
     preHandler: guard.ready,
@@ -303,7 +306,7 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     }
   })
 
-  if (options.rest) await app.register(routes, { prefix: options.prefix, registry, access: restAccess(options, credentials), membersPageSize: options.membersPageSize, publish: options.restPublish === undefined ? undefined : { guard: options.restPublish, serverPublish: async (room, data) => await serverPublish(room, data) as number, bodyLimit: options.maxFrameBytes } })
+  if (options.rest) await app.register(routes, { prefix: options.prefix, registry, access: restAccess(options, credentials), membersPageSize: options.membersPageSize, ownPrefix: options.prefix.replace(/\/+$/, '') !== '', publish: options.restPublish === undefined ? undefined : { guard: options.restPublish, serverPublish: async (room, data) => await serverPublish(room, data) as number, bodyLimit: options.maxFrameBytes } })
   if (metrics !== undefined) await metrics.serve(app, { connections: () => open.size, registry }, restAccess(options, credentials))
   if (options.demo !== false) {
     // Without its trailing slash ('/chat/' is '/chat'): the page answers both `/chat/` and, with a redirect to it, `/chat`.

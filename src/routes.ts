@@ -189,6 +189,8 @@ export interface RoutesOptions {
     serverPublish: (room: string, data: unknown) => Promise<number>
     bodyLimit: number
   } | undefined
+  /** The routes have a path segment of their own (`prefix` is not `/`): unserved paths below it are theirs to answer. */
+  ownPrefix: boolean
 }
 
 /** A whole number as a query writes it: digits only (the schema bounds its value; an `after` past the last offset is an empty page). */
@@ -220,16 +222,10 @@ const queryValidatorCompiler: FastifySchemaCompiler<TSchema> = (route) => {
  * The REST API: room listing and room details. Registered in its own
  * encapsulated context, so its validator and error handler stay ours.
  */
-export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { registry, membersPageSize, access, publish }) => {
+export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { registry, membersPageSize, access, publish, ownPrefix }) => {
   const app = parent.withTypeProvider<TypeBoxTypeProvider>()
   app.setValidatorCompiler(queryValidatorCompiler)
   app.setErrorHandler(roomErrors)
-  // Fastify's own 404 has no `code`: under the prefix every answer is in the contract's shape. Its
-  // hooks are this context's, so without credentials a path no route serves is a 401 like any other.
-  // At the root prefix the app's paths are not ours: its own 404 handler stays.
-  if (app.prefix !== '' && app.prefix !== '/') {
-    app.setNotFoundHandler(async (request) => { throw new errorCodes.NOT_FOUND(request.method, request.url.split('?', 1)[0] as string) })
-  }
   const users = new WeakMap<FastifyRequest, Member>()
   if (access !== undefined) {
     // onRequest, before any validation: without credentials nothing is answered but 401.
@@ -251,7 +247,9 @@ export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { regist
     app.log.warn({ maxParamLength }, `fastify-rooms: room names longer than ${maxParamLength} characters will get 414 from the REST routes; create Fastify with { routerOptions: { maxParamLength: 256 } }`)
   }
 
-  tooLongForRouter(app, maxParamLength, publish !== undefined)
+  // Below a prefix of its own, an unserved path is ours to answer; where the REST routes share their
+  // parent's prefix (`prefix: '/'`), the other paths there are the app's, and so is their 404.
+  tooLongForRouter(app, maxParamLength, publish !== undefined, ownPrefix)
 
   app.get('/', {
     schema: {
@@ -317,13 +315,21 @@ export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { regist
  * The router refuses a path parameter longer than `maxParamLength` with its
  * own 414 before any route runs; a wildcard is not length-limited, so paths
  * the `:room` routes could not take land here and get the contract's answer.
+ * So do the GET (and, with `restPublish`, POST) paths no route serves: below
+ * a prefix of the plugin's own, a 404 `NOT_FOUND` with a code, which
+ * Fastify's own 404 lacks. It is a route, not a not-found handler: an app may
+ * have its own 404 handler at the same prefix, and Fastify takes only one.
  */
-function tooLongForRouter (app: FastifyInstance, maxParamLength: number, withPublish: boolean): void {
+function tooLongForRouter (app: FastifyInstance, maxParamLength: number, withPublish: boolean, ownPrefix: boolean): void {
   const handler = async (request: FastifyRequest<{ Params: { '*': string } }>, reply: FastifyReply): Promise<void> => {
     const [room, rest, ...more] = request.params['*'].split('/')
     // Only paths a `:room` route serves: GET /:room and /:room/messages, POST /:room/messages.
     const served = rest === 'messages' || (rest === undefined && request.method !== 'POST')
-    if (more.length > 0 || !served || room === undefined || room === '') return await reply.callNotFound()
+    if (more.length > 0 || !served || room === undefined || room === '') {
+      if (!ownPrefix) return await reply.callNotFound()
+      const path = request.url.split('?', 1)[0] as string
+      throw new errorCodes.NOT_FOUND(request.method, path.length > 200 ? `${path.slice(0, 200)}...` : path)
+    }
     if (!isRoomName(room)) throw new errorCodes.INVALID_ROOM(invalidRoomMessage(room))
     throw new errorCodes.ROOM_NAME_TOO_LONG(room.length, maxParamLength)
   }

@@ -73,7 +73,7 @@ export function upgradeGuard (options: ResolvedOptions, credentials: Credentials
     if (state.connections() + admitted.size >= options.maxConnections) throw new errorCodes.TOO_MANY_CONNECTIONS(options.maxConnections)
     // A plain GET of the path gets the same checks, so that a page can learn
     // why its upgrade was refused (a browser cannot read that answer), then a
-    // 404; it is no connection, and never counts as one.
+    // 426; it is no connection, and never counts as one.
     const upgrade = request.ws
     if (upgrade) admit(request.raw)
     try {

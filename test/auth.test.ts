@@ -1,6 +1,9 @@
 import t from 'tap'
 import { once } from 'node:events'
 import { connect, type Socket } from 'node:net'
+import http2 from 'node:http2'
+import Fastify from 'fastify'
+import rooms from '../src/index.js'
 import { UNAUTHORIZED_REASONS, type RoomsOptions } from '../src/index.js'
 import { serverClosed, serverSocketOf, serverSocketsClosed, startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
@@ -285,6 +288,31 @@ t.test('a plain GET or HEAD of the socket path (a keep-alive socket that stays o
   const s = await TestSocket.open(wsUrl)
   t.teardown(() => s.close())
   t.equal(s.welcome.type, 'welcome', 'the one place is free')
+})
+
+t.test('over HTTP/2, a plain GET or HEAD of the socket path is a 426 without the Upgrade header HTTP/2 forbids, and the server stays up', async (t) => {
+  const app = Fastify({ http2: true })
+  await app.register(rooms)
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  t.teardown(async () => await app.close())
+  const client = http2.connect(`http://127.0.0.1:${(app.server.address() as { port: number }).port}`)
+  t.teardown(() => client.close())
+  const ask = async (method: string, path: string): Promise<{ status: unknown, headers: http2.IncomingHttpHeaders, body: string }> => await new Promise((resolve, reject) => {
+    const request = client.request({ ':method': method, ':path': path })
+    let headers: http2.IncomingHttpHeaders = {}
+    let body = ''
+    request.on('response', (h) => { headers = h })
+    request.on('data', (chunk: Buffer) => { body += chunk.toString() })
+    request.on('end', () => resolve({ status: headers[':status'], headers, body }))
+    request.on('error', reject)
+  })
+  for (const method of ['GET', 'HEAD']) {
+    const answer = await ask(method, '/ws')
+    t.equal(answer.status, 426, method)
+    t.equal(answer.headers.upgrade, undefined, `${method}: no Upgrade header`)
+    if (method === 'GET') t.match(JSON.parse(answer.body), { statusCode: 426, code: 'UPGRADE_REQUIRED' })
+  }
+  t.match(JSON.parse((await ask('GET', '/rooms')).body), { rooms: [] }, 'the server still answers')
 })
 
 t.test('an upgrade the client resets while the app\'s own hooks run takes no place under maxConnections for good', async (t) => {

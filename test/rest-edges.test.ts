@@ -1,6 +1,7 @@
 import t from 'tap'
 import Type from 'typebox'
-import { MemoryAdapter, type EncodedPublish } from '../src/index.js'
+import Fastify from 'fastify'
+import rooms, { MemoryAdapter, type EncodedPublish } from '../src/index.js'
 import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
 
@@ -55,13 +56,13 @@ t.test('REST: past maxParamLength, a path no route serves stays a 404 (POST /roo
   t.match(await response.json(), { statusCode: 404, code: 'NOT_FOUND', error: 'Not Found' })
 })
 
-t.test('REST: a path under the prefix that no route serves is a 404 in the contract\'s shape, with a code; elsewhere the app\'s 404 stays', async (t) => {
-  const { url } = await startApp(t, {}, (app) => {
+t.test('REST: a GET path under the prefix that no route serves is a 404 in the contract\'s shape, with a code; other methods and paths keep the app\'s 404', async (t) => {
+  const { url } = await startApp(t, { restPublish: async () => {} }, (app) => {
     app.setNotFoundHandler(async (_request, reply) => await reply.code(404).send({ mine: true }))
   })
   const cases: Array<[string, string]> = [
-    ['GET', '/rooms/a/b/c'], ['GET', '/rooms/a/elsewhere'], ['GET', `/rooms/${'a'.repeat(300)}/elsewhere`],
-    ['PUT', '/rooms/a'], ['DELETE', '/rooms'], ['POST', '/rooms/a/messages'], ['GET', '/rooms/a/b?x=1']
+    ['GET', '/rooms/a/b/c'], ['GET', '/rooms/a/elsewhere'], ['GET', `/rooms/${'a'.repeat(150)}/elsewhere`],
+    ['POST', '/rooms/a'], ['POST', '/rooms/a/b/messages'], ['GET', '/rooms/a/b?x=1']
   ]
   for (const [method, path] of cases) {
     const response = await fetch(`${url}${path}`, { method })
@@ -69,16 +70,32 @@ t.test('REST: a path under the prefix that no route serves is a 404 in the contr
     const route = path.split('?')[0]!
     t.same(await response.json(), { statusCode: 404, code: 'NOT_FOUND', error: 'Not Found', message: `No route serves ${method} ${route}: the REST API has GET /, GET /:room and /:room/messages under its prefix.` }, `${method} ${path}: Fastify's shape`)
   }
-  t.same(await (await fetch(`${url}/roomsx`)).json(), { mine: true }, 'a path outside the prefix gets the app\'s own 404')
-  t.same(await (await fetch(`${url}/elsewhere/rooms/a/b`)).json(), { mine: true })
+  const long = await (await fetch(`${url}/rooms/a/${'b'.repeat(1_000)}`)).json()
+  t.match(long, { code: 'NOT_FOUND', message: `No route serves GET /rooms/a/${'b'.repeat(191)}...: the REST API` }, 'a long path is cut short in the message')
+  for (const [method, path] of [['PUT', '/rooms/a'], ['DELETE', '/rooms'], ['GET', '/roomsx'], ['GET', '/elsewhere/rooms/a/b']]) {
+    t.same(await (await fetch(`${url}${path}`, { method })).json(), { mine: true }, `${method} ${path}: the app's own 404`)
+  }
 })
 
-t.test('REST at the root prefix: the app\'s paths are not ours, so its own 404 handler answers them', async (t) => {
-  const { url } = await startApp(t, { prefix: '/' }, (app) => {
-    app.setNotFoundHandler(async (_request, reply) => await reply.code(404).send({ mine: true }))
+t.test('REST: an app\'s own 404 handler at the REST prefix, or at the prefix the REST routes share, still boots and keeps its paths', async (t) => {
+  const mine = async (_request: unknown, reply: { code: (n: number) => { send: (body: unknown) => Promise<unknown> } }): Promise<unknown> => await reply.code(404).send({ mine: true })
+  // Its own routes under /rooms, with its own 404 handler there.
+  const sameprefix = await startApp(t, {}, async (app) => {
+    await app.register(async (child) => { child.setNotFoundHandler(mine) }, { prefix: '/rooms' })
   })
-  t.same(await (await fetch(`${url}/`)).json(), { rooms: [], next: null }, 'the listing is at /')
-  for (const path of ['/a/b/c', '/a/elsewhere']) t.same(await (await fetch(`${url}${path}`)).json(), { mine: true }, path)
+  t.same(await (await fetch(`${sameprefix.url}/rooms`)).json(), { rooms: [], next: null }, 'booted, with the listing')
+  t.equal((await fetch(`${sameprefix.url}/rooms/a/b`)).status, 404)
+  // The REST routes at the prefix of the app's own context (`prefix: '/'` inside /api), which has its own 404 handler.
+  const app = Fastify({ logger: false })
+  await app.register(async (api) => {
+    api.setNotFoundHandler(mine)
+    await api.register(rooms, { prefix: '/' })
+  }, { prefix: '/api' })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  t.teardown(async () => await app.close())
+  const base = `http://127.0.0.1:${(app.server.address() as { port: number }).port}/api`
+  t.same(await (await fetch(`${base}/`)).json(), { rooms: [], next: null })
+  t.same(await (await fetch(`${base}/x/y`)).json(), { mine: true }, 'an unserved path there is the app\'s')
 })
 
 t.test('REST: with authentication, a path no route serves is 401 without credentials and 404 with them', async (t) => {
