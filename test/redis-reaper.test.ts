@@ -1,11 +1,11 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { Redis } from 'ioredis'
 import { createServer, connect, type Server, type Socket } from 'node:net'
 import { once } from 'node:events'
 import { redisAdapter } from '../src/index.js'
-import { startApp } from './helpers/server.js'
+import { startApp, type Started } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
-import { clientsNamed, skipRedis, startRedis } from './helpers/redis.js'
+import { clientsNamed, monitorRedis, skipRedis, startRedis } from './helpers/redis.js'
 import { childInstance } from './helpers/child-instance.js'
 
 type Frame = Record<string, any>
@@ -89,6 +89,38 @@ t.test('a leave Redis refuses for good does not hold up the instance\'s recovery
   t.match(await bob.join('ok'), { type: 'joined', room: 'ok' }, 'the instance takes joins again')
 })
 
+const stallAdapter = (url: string, leaseMs: number): ReturnType<typeof redisAdapter> => redisAdapter({ url, leaseMs, commandTimeoutMs: 500 })
+
+/** Three instances on one Redis, with a member each in room `r`: ada on a, bob on b, cy on a child process the test can kill. */
+async function threeInRoom (t: Test, url: string, leaseMs: number): Promise<{ a: Started, b: Started, doomed: Awaited<ReturnType<typeof childInstance>>, ada: TestSocket, bob: TestSocket, cyId: string }> {
+  const a = await startApp(t, { adapter: stallAdapter(url, leaseMs), presenceIntervalMs: 0 })
+  const b = await startApp(t, { adapter: stallAdapter(url, leaseMs), presenceIntervalMs: 0 })
+  const doomed = await childInstance(t, { REDIS_URL: url, LEASE_MS: String(leaseMs) })
+  const ada = await TestSocket.open(a.wsUrl)
+  const bob = await TestSocket.open(b.wsUrl)
+  const cy = await TestSocket.open(doomed.wsUrl)
+  t.teardown(() => { ada.close(); bob.close(); cy.close() })
+  for (const socket of [ada, bob, cy]) await socket.join('r')
+  await ada.next((f) => f.type === 'presence' && f.count === 3, 'all three in the room')
+  return { a, b, doomed, ada, bob, cyId: cy.welcome.user.id as string }
+}
+
+/**
+ * The dead instance's member leaves, and nobody else: ada and bob are still
+ * connected and still in Redis (asked through `instance`). The leave is also the
+ * barrier: it comes once every reaper has had its rounds.
+ */
+async function onlyTheDeadLeft (t: Test, instance: Started, { ada, bob, cyId }: { ada: TestSocket, bob: TestSocket, cyId: string }): Promise<Frame> {
+  const diff = await ada.next((f) => f.type === 'presence' && ids(f.leaves).includes(cyId), 'the dead instance\'s member leaving')
+  t.same(ids(diff.leaves), [cyId], 'only the dead instance\'s member left')
+  t.same(presences(ada).flatMap((f) => ids(f.leaves)), [cyId], 'ada saw no other leave')
+  t.equal(ada.ws.readyState, ada.ws.OPEN, 'ada\'s connection is open')
+  t.equal(bob.ws.readyState, bob.ws.OPEN, 'bob\'s connection is open')
+  const room = await instance.app.rooms.get('r')
+  t.same(room === null ? null : ids(room.members).sort(), [ada.welcome.user.id, bob.welcome.user.id].sort(), 'Redis holds ada and bob')
+  return diff
+}
+
 /**
  * Redis paused for longer than the lease, its data kept, every instance
  * alive: no instance could renew its lease, and the first reaper back took
@@ -99,17 +131,7 @@ t.test('a leave Redis refuses for good does not hold up the instance\'s recovery
 t.test('a Redis stalled for longer than the lease makes no instance reap another', { skip: skipRedis }, async (t) => {
   const redis = await startRedis(t)
   const leaseMs = 1500
-  const adapter = (): ReturnType<typeof redisAdapter> => redisAdapter({ url: redis.url, leaseMs, commandTimeoutMs: 500 })
-  const a = await startApp(t, { adapter: adapter(), presenceIntervalMs: 0 })
-  const b = await startApp(t, { adapter: adapter(), presenceIntervalMs: 0 })
-  const doomed = await childInstance(t, { REDIS_URL: redis.url, LEASE_MS: String(leaseMs) })
-  const ada = await TestSocket.open(a.wsUrl)
-  const bob = await TestSocket.open(b.wsUrl)
-  const cy = await TestSocket.open(doomed.wsUrl)
-  t.teardown(() => { ada.close(); bob.close(); cy.close() })
-  for (const socket of [ada, bob, cy]) await socket.join('r')
-  const cyId = cy.welcome.user.id as string
-  await ada.next((f) => f.type === 'presence' && f.count === 3, 'all three in the room')
+  const three = await threeInRoom(t, redis.url, leaseMs)
 
   const pid = redis.pid()
   if (pid === undefined) throw new Error('redis-server is not running')
@@ -117,21 +139,15 @@ t.test('a Redis stalled for longer than the lease makes no instance reap another
   let stopped = true
   t.teardown(() => { if (stopped) process.kill(pid, 'SIGCONT') })
   // The doomed instance dies during the pause; the others' leases run out in it too.
-  doomed.child.kill('SIGKILL')
-  await new Promise((resolve) => doomed.child.once('exit', resolve))
+  three.doomed.child.kill('SIGKILL')
+  await new Promise((resolve) => three.doomed.child.once('exit', resolve))
   // Paused for a lease and a half, timed by a timer: Redis gives no event while it is stopped.
   await new Promise((resolve) => setTimeout(resolve, leaseMs * 1.5))
   process.kill(pid, 'SIGCONT')
   stopped = false
 
-  const diff = await ada.next((f) => f.type === 'presence' && ids(f.leaves).includes(cyId), 'the dead instance\'s member leaving')
-  t.same(ids(diff.leaves), [cyId], 'only the dead instance\'s member left')
+  const diff = await onlyTheDeadLeft(t, three.b, three)
   t.equal(diff.count, 2, 'ada and bob are still counted')
-  t.same(presences(ada).flatMap((f) => ids(f.leaves)), [cyId], 'ada saw no other leave')
-  t.equal(ada.ws.readyState, ada.ws.OPEN, 'ada\'s connection is open')
-  t.equal(bob.ws.readyState, bob.ws.OPEN, 'bob\'s connection is open')
-  const room = await b.app.rooms.get('r')
-  t.same(room === null ? null : ids(room.members).sort(), [ada.welcome.user.id, bob.welcome.user.id].sort(), 'Redis holds ada and bob')
 })
 
 /**
@@ -182,40 +198,19 @@ t.test('an instance registering while the others are cut off from Redis does not
   await once(partition.server, 'listening')
   t.teardown(() => { partition.split(); partition.server.close() })
   const leaseMs = 3000
-  const adapter = (url: string): ReturnType<typeof redisAdapter> => redisAdapter({ url, leaseMs, commandTimeoutMs: 500 })
-  const a = await startApp(t, { adapter: adapter(partition.url), presenceIntervalMs: 0 })
-  const b = await startApp(t, { adapter: adapter(partition.url), presenceIntervalMs: 0 })
-  const doomed = await childInstance(t, { REDIS_URL: partition.url, LEASE_MS: String(leaseMs) })
-  const ada = await TestSocket.open(a.wsUrl)
-  const bob = await TestSocket.open(b.wsUrl)
-  const cy = await TestSocket.open(doomed.wsUrl)
-  t.teardown(() => { ada.close(); bob.close(); cy.close() })
-  for (const socket of [ada, bob, cy]) await socket.join('r')
-  const cyId = cy.welcome.user.id as string
-  await ada.next((f) => f.type === 'presence' && f.count === 3, 'all three in the room')
+  const three = await threeInRoom(t, partition.url, leaseMs)
 
   partition.split()
-  doomed.child.kill('SIGKILL')
-  await new Promise((resolve) => doomed.child.once('exit', resolve))
+  three.doomed.child.kill('SIGKILL')
+  await new Promise((resolve) => three.doomed.child.once('exit', resolve))
   // Cut off for a lease and a half, timed by a timer: nothing tells of a lease running out in Redis.
   await new Promise((resolve) => setTimeout(resolve, leaseMs * 1.5))
   // Its registration is the first lease call Redis sees after the silence. The others come back only after
   // its first round of reaping (any 'dead' call now is the new instance's): a reaper that did not hold reaps them.
-  const watcher = new Redis(redis.port)
-  await watcher.ping()
-  const monitor = await watcher.monitor()
-  t.teardown(() => { monitor.disconnect(); watcher.disconnect() })
-  const reaped = new Promise<void>((resolve) => monitor.on('monitor', (time: string, args: string[]) => { if (args[6] === 'dead') resolve() }))
-  await startApp(t, { adapter: adapter(redis.url), presenceIntervalMs: 0 })
-  await reaped
+  const monitor = await monitorRedis(t, redis.port)
+  await startApp(t, { adapter: stallAdapter(redis.url, leaseMs), presenceIntervalMs: 0 })
+  await monitor.seen((args) => args[6] === 'dead', 'the new instance\'s first round of reaping')
   partition.mend()
 
-  // The barrier: the dead instance's member is reaped once the hold ends; by then every reaper has had its rounds.
-  const diff = await ada.next((f) => f.type === 'presence' && ids(f.leaves).includes(cyId), 'the dead instance\'s member leaving')
-  t.same(ids(diff.leaves), [cyId], 'only the dead instance\'s member left')
-  t.same(presences(ada).flatMap((f) => ids(f.leaves)), [cyId], 'ada saw no other leave')
-  t.equal(ada.ws.readyState, ada.ws.OPEN, 'ada\'s connection is open')
-  t.equal(bob.ws.readyState, bob.ws.OPEN, 'bob\'s connection is open')
-  const room = await a.app.rooms.get('r')
-  t.same(room === null ? null : ids(room.members).sort(), [ada.welcome.user.id, bob.welcome.user.id].sort(), 'Redis holds ada and bob')
+  await onlyTheDeadLeft(t, three.a, three)
 })
