@@ -61,6 +61,21 @@ async function strayMember (t: Test, adapter?: HeldStore): Promise<{ app: Fastif
   return { app, ada, rb }
 }
 
+/**
+ * strayMember, then ada's join('lobby', { history: 2 }) with the SDK's read of that history held in the store:
+ * resolves once the read waits, so what the test does before `read.release()` comes while join() is unresolved.
+ * Undefined (a failed assert) if join() resolved first.
+ */
+async function joinWithReadHeld (t: Test): Promise<{ ada: RoomsClient<unknown>, rb: Room<unknown>, read: ReturnType<HeldStore['hold']>, joining: Promise<Room<unknown>> } | undefined> {
+  const store = new HeldStore()
+  const { ada, rb } = await strayMember(t, store)
+  const read = store.hold('history')
+  const joining = ada.join('lobby', { history: 2 })
+  const first = await Promise.race([read.entered.then(() => 'read'), joining.then(() => 'joined')])
+  t.equal(first, 'read', 'the history asked for is read before join() resolves')
+  return first === 'read' ? { ada, rb, read, joining } : undefined
+}
+
 t.test('a leave the server refused, then join(room, { history }): the last n messages, then live ones, each once, in order', async (t) => {
   const { ada, rb } = await strayMember(t)
   // Delivered to ada's connection for a room it has no handle for.
@@ -78,14 +93,10 @@ t.test('a leave the server refused, then join(room, { history }): the last n mes
 })
 
 t.test('a leave the server refused, then join(room, { history }) while messages keep coming: none lost, none twice', async (t) => {
-  const store = new HeldStore()
-  const { ada, rb } = await strayMember(t, store)
-  // The SDK's read of the history waits in the store while live messages 5-6 go out to ada's membership.
-  const read = store.hold('history')
-  const joining = ada.join('lobby', { history: 2 })
-  const first = await Promise.race([read.entered.then(() => 'read'), joining.then(() => 'joined')])
-  t.equal(first, 'read', 'the history asked for is read before join() resolves')
-  if (first !== 'read') return
+  const held = await joinWithReadHeld(t)
+  if (held === undefined) return
+  const { ada, rb, read, joining } = held
+  // Live messages 5-6 go out to ada's membership while the SDK's read of the history waits.
   await rb.publish('live 5')
   await rb.publish('live 6')
   read.release()
@@ -98,13 +109,9 @@ t.test('a leave the server refused, then join(room, { history }) while messages 
 })
 
 t.test('a leave the server refused, then join(room, { history }) and a history that cannot be read: a gap names it', async (t) => {
-  const store = new HeldStore()
-  const { ada, rb } = await strayMember(t, store)
-  const read = store.hold('history')
-  const joining = ada.join('lobby', { history: 2 })
-  const first = await Promise.race([read.entered.then(() => 'read'), joining.then(() => 'joined')])
-  t.equal(first, 'read', 'the history asked for is read before join() resolves')
-  if (first !== 'read') return
+  const held = await joinWithReadHeld(t)
+  if (held === undefined) return
+  const { ada, rb, read, joining } = held
   read.release(new RoomsError('UNAVAILABLE', 'The message store is unreachable right now: retry in a moment.'))
   const room = await joining
   const gaps: Gap[] = []
