@@ -1400,6 +1400,7 @@ export class RedisAdapter implements Adapter {
     return await this.baseCall(this.partitions.base(room), cmd, room, ...args)
   }
 
+  /** One call of the script on a partition, known to the link and `failure` by its command, as every call but an owed leave is. */
   private async baseCall (base: string, cmd: string, ...args: Array<string | number>): Promise<unknown> {
     return await this.namedCall(cmd, base, cmd, ...args)
   }
