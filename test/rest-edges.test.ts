@@ -1,6 +1,6 @@
 import t from 'tap'
 import Type from 'typebox'
-import Fastify from 'fastify'
+import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify'
 import rooms, { MemoryAdapter, type EncodedPublish } from '../src/index.js'
 import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
@@ -78,7 +78,7 @@ t.test('REST: a GET path under the prefix that no route serves is a 404 in the c
 })
 
 t.test('REST: an app\'s own 404 handler at the REST prefix, or at the prefix the REST routes share, still boots and keeps its paths', async (t) => {
-  const mine = async (_request: unknown, reply: { code: (n: number) => { send: (body: unknown) => Promise<unknown> } }): Promise<unknown> => await reply.code(404).send({ mine: true })
+  const mine = async (_request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> => await reply.code(404).send({ mine: true })
   // Its own routes under /rooms, with its own 404 handler there.
   const sameprefix = await startApp(t, {}, async (app) => {
     await app.register(async (child) => { child.setNotFoundHandler(mine) }, { prefix: '/rooms' })
