@@ -8,7 +8,7 @@ import { errorCodes } from './errors.js'
 import { AdminStats, Rates } from './admin-stats.js'
 import type { Metrics } from './metrics.js'
 import { describeErrors, type Member } from './protocol.js'
-import { HttpError, sendRefusal, type RestAccess } from './routes.js'
+import { HttpError, answer, sendRefusal, type RestAccess } from './routes.js'
 
 /**
  * Decides who is an admin: called like a Fastify preHandler, with the user the
@@ -145,5 +145,5 @@ export const admin: FastifyPluginAsync<AdminPluginOptions> = async (app, options
 function adminErrors (this: FastifyInstance, error: unknown, request: FastifyRequest, reply: FastifyReply): void {
   if (sendRefusal(error, reply)) return
   request.log.error({ err: error }, 'fastify-rooms: an admin request failed')
-  void reply.send(new errorCodes.INTERNAL())
+  answer(reply, new errorCodes.INTERNAL())
 }

@@ -111,7 +111,7 @@ export const errorCodes = {
   /** Upgrade: `allowedOrigins` is set and the Origin header is not in it. */
   ORIGIN_NOT_ALLOWED: createError<[string]>('ORIGIN_NOT_ALLOWED', 'Origin %s is not allowed to open a connection.', 403),
   /** REST: a GET (or REST publish POST) path under the prefix that no route serves (`/rooms/a/b`). */
-  NOT_FOUND: createError<[string, string]>('NOT_FOUND', 'No route serves %s %s: the REST API has GET /, GET /:room and /:room/messages under its prefix.', 404),
+  NOT_FOUND: createError<[string, string]>('NOT_FOUND', 'No route serves %s %s.', 404),
   /** A plain HTTP GET of the socket's path that passed every check of an upgrade: it is no upgrade. */
   UPGRADE_REQUIRED: createError('UPGRADE_REQUIRED', 'This path takes WebSocket connections: open it with a WebSocket client.', 426),
   /** REST: the room has no members (and, for history, no stored messages). */

@@ -231,6 +231,8 @@ export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { regist
     // onRequest, before any validation: without credentials nothing is answered but 401.
     app.addHook('onRequest', async (request, reply) => {
       if (access.publicReads && isRead(request)) return
+      // At a prefix shared with the app (`prefix: '/'`), a path no route of ours serves is the app's: its 404, not our 401.
+      if (!ownPrefix && unservedPath(request)) return
       users.set(request, await access.identify(request, reply))
     })
   }
@@ -322,10 +324,8 @@ export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { regist
  */
 function tooLongForRouter (app: FastifyInstance, maxParamLength: number, withPublish: boolean, ownPrefix: boolean): void {
   const handler = async (request: FastifyRequest<{ Params: { '*': string } }>, reply: FastifyReply): Promise<void> => {
-    const [room, rest, ...more] = request.params['*'].split('/')
-    // Only paths a `:room` route serves: GET /:room and /:room/messages, POST /:room/messages.
-    const served = rest === 'messages' || (rest === undefined && request.method !== 'POST')
-    if (more.length > 0 || !served || room === undefined || room === '') {
+    const room = roomOfPath(request.params['*'], request.method)
+    if (room === undefined) {
       if (!ownPrefix) return await reply.callNotFound()
       const path = request.url.split('?', 1)[0] as string
       throw new errorCodes.NOT_FOUND(request.method, path.length > 200 ? `${path.slice(0, 200)}...` : path)
@@ -338,6 +338,32 @@ function tooLongForRouter (app: FastifyInstance, maxParamLength: number, withPub
 }
 
 /**
+ * The room of a path below the prefix that a `:room` route serves (GET /:room
+ * and /:room/messages, POST /:room/messages), or undefined for any other path.
+ */
+function roomOfPath (path: string, method: string): string | undefined {
+  const [room, rest, ...more] = path.split('/')
+  const served = rest === 'messages' || (rest === undefined && method !== 'POST')
+  return more.length > 0 || !served || room === '' ? undefined : room
+}
+
+/** A request the wildcard route took for a path no route of ours serves. */
+function unservedPath (request: FastifyRequest): boolean {
+  const path = (request.params as { '*'?: unknown })['*']
+  return typeof path === 'string' && roomOfPath(path, request.method) === undefined
+}
+
+/**
+ * Answer with an error's status in Fastify's shape, as a body: an Error sent
+ * from inside an error handler goes on to the app's own error handler, which
+ * may log it as a failure or reshape it.
+ */
+export function answer (reply: FastifyReply, error: Error & { statusCode?: number, code?: string }): void {
+  const status = error.statusCode ?? 500
+  void reply.code(status).send({ statusCode: status, code: error.code ?? 'INTERNAL', error: STATUS_CODES[status] ?? 'Error', message: error.message })
+}
+
+/**
  * Errors in Fastify's shape. A bad room name in the path is `INVALID_ROOM`, as
  * on the socket; protocol errors keep their code with an HTTP status; anything
  * unexpected (an adapter's own error text, say) is logged and answered with a
@@ -346,17 +372,17 @@ function tooLongForRouter (app: FastifyInstance, maxParamLength: number, withPub
 function roomErrors (this: FastifyInstance, error: Error & { validationContext?: string, statusCode?: number }, request: FastifyRequest, reply: FastifyReply): void {
   if (error.validationContext === 'params') {
     const room = (request.params as { room?: unknown }).room
-    void reply.send(new errorCodes.INVALID_ROOM(invalidRoomMessage(room)))
+    answer(reply, new errorCodes.INVALID_ROOM(invalidRoomMessage(room)))
     return
   }
   if ((error as { code?: string }).code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
     // The same limit as a frame's, so the same code as on the socket.
-    void reply.send(new errorCodes.PAYLOAD_TOO_LARGE(httpMessages.bodyTooLarge))
+    answer(reply, new errorCodes.PAYLOAD_TOO_LARGE(httpMessages.bodyTooLarge))
     return
   }
   if (sendRefusal(error, reply)) return
   request.log.error({ err: error }, 'fastify-rooms: a REST request failed')
-  void reply.send(new errorCodes.INTERNAL())
+  answer(reply, new errorCodes.INTERNAL())
 }
 
 /**
@@ -368,7 +394,7 @@ export function sendRefusal (error: unknown, reply: FastifyReply): boolean {
   if (isRoomsError(error)) {
     const http = httpErrorOf(error)
     if (http === undefined) return false
-    void reply.send(http)
+    answer(reply, http)
     return true
   }
   if (typeof error !== 'object' || error === null || !isClientStatus(error)) return false
@@ -379,9 +405,7 @@ export function sendRefusal (error: unknown, reply: FastifyReply): boolean {
   // As Fastify's own handler does: a Basic-auth 401 needs its WWW-Authenticate, a 429 its Retry-After.
   const headers = (error as { headers?: unknown }).headers
   if (typeof headers === 'object' && headers !== null) void reply.headers(headers as Record<string, string>)
-  void reply.code(number).send(error instanceof Error && typeof code === 'string'
-    ? error
-    : { statusCode: number, code: typeof code === 'string' ? code : name.toUpperCase().replace(/[^A-Z]+/g, '_'), error: name, message: typeof message === 'string' ? message : name })
+  void reply.code(number).send({ statusCode: number, code: typeof code === 'string' ? code : name.toUpperCase().replace(/[^A-Z]+/g, '_'), error: name, message: typeof message === 'string' ? message : name })
   return true
 }
 

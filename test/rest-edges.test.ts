@@ -68,10 +68,10 @@ t.test('REST: a GET path under the prefix that no route serves is a 404 in the c
     const response = await fetch(`${url}${path}`, { method })
     t.equal(response.status, 404, `${method} ${path}`)
     const route = path.split('?')[0]!
-    t.same(await response.json(), { statusCode: 404, code: 'NOT_FOUND', error: 'Not Found', message: `No route serves ${method} ${route}: the REST API has GET /, GET /:room and /:room/messages under its prefix.` }, `${method} ${path}: Fastify's shape`)
+    t.same(await response.json(), { statusCode: 404, code: 'NOT_FOUND', error: 'Not Found', message: `No route serves ${method} ${route}.` }, `${method} ${path}: Fastify's shape`)
   }
   const long = await (await fetch(`${url}/rooms/a/${'b'.repeat(1_000)}`)).json()
-  t.match(long, { code: 'NOT_FOUND', message: `No route serves GET /rooms/a/${'b'.repeat(191)}...: the REST API` }, 'a long path is cut short in the message')
+  t.match(long, { code: 'NOT_FOUND', message: `No route serves GET /rooms/a/${'b'.repeat(191)}....` }, 'a long path is cut short in the message')
   for (const [method, path] of [['PUT', '/rooms/a'], ['DELETE', '/rooms'], ['GET', '/roomsx'], ['GET', '/elsewhere/rooms/a/b']]) {
     t.same(await (await fetch(`${url}${path}`, { method })).json(), { mine: true }, `${method} ${path}: the app's own 404`)
   }
@@ -96,6 +96,44 @@ t.test('REST: an app\'s own 404 handler at the REST prefix, or at the prefix the
   const base = `http://127.0.0.1:${(app.server.address() as { port: number }).port}/api`
   t.same(await (await fetch(`${base}/`)).json(), { rooms: [], next: null })
   t.same(await (await fetch(`${base}/x/y`)).json(), { mine: true }, 'an unserved path there is the app\'s')
+})
+
+t.test('REST at the root prefix, with authentication: the app\'s unserved paths get its own 404, not the REST routes\' 401', async (t) => {
+  const { url } = await startApp(t, { prefix: '/', authenticate: async (request) => request.headers['x-user'] === undefined ? null : { id: String(request.headers['x-user']), name: 'Ada' } }, (app) => {
+    app.setNotFoundHandler(async (_request, reply) => await reply.code(404).send({ mine: true }))
+  })
+  for (const path of ['/x/y', '/assets/app.js', '/a/b/c']) {
+    const response = await fetch(`${url}${path}`)
+    t.equal(response.status, 404, path)
+    t.same(await response.json(), { mine: true }, `${path}: the app's 404`)
+  }
+  t.equal((await fetch(`${url}/`)).status, 401, 'the listing still needs credentials')
+  t.equal((await fetch(`${url}/lobby`)).status, 401, 'so does a room')
+  t.equal((await fetch(`${url}/lobby/messages`)).status, 401, 'and its history')
+})
+
+t.test('REST errors are answered by the plugin: an app\'s own error handler never sees them', async (t) => {
+  const seen: string[] = []
+  const { url } = await startApp(t, { authenticate: async (request) => request.headers['x-user'] === undefined ? null : { id: String(request.headers['x-user']), name: 'Ada' } }, (app) => {
+    app.setErrorHandler(async (error: { code?: string }, _request, reply) => {
+      seen.push(String(error.code))
+      return await reply.code(500).send({ reshaped: true })
+    })
+  })
+  const user = { headers: { 'x-user': 'ada' } }
+  const cases: Array<[string, RequestInit, number, string]> = [
+    ['/rooms/a/b/c', user, 404, 'NOT_FOUND'],
+    ['/rooms/a%20b', user, 400, 'INVALID_ROOM'],
+    ['/rooms?limit=0', user, 400, 'FST_ERR_VALIDATION'],
+    ['/rooms/nobody', user, 404, 'ROOM_NOT_FOUND'],
+    ['/rooms', {}, 401, 'UNAUTHORIZED']
+  ]
+  for (const [path, init, status, code] of cases) {
+    const response = await fetch(`${url}${path}`, init)
+    t.equal(response.status, status, path)
+    t.match(await response.json(), { statusCode: status, code }, `${path}: ${code} in Fastify's shape`)
+  }
+  t.same(seen, [], 'the app\'s error handler was not called')
 })
 
 t.test('REST: with authentication, a path no route serves is 401 without credentials and 404 with them', async (t) => {
