@@ -227,12 +227,16 @@ export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { regist
   app.setValidatorCompiler(queryValidatorCompiler)
   app.setErrorHandler(roomErrors)
   const users = new WeakMap<FastifyRequest, Member>()
-  if (access !== undefined) {
-    // onRequest, before any validation: without credentials nothing is answered but 401.
+  if (access !== undefined || !ownPrefix) {
     app.addHook('onRequest', async (request, reply) => {
-      if (access.publicReads && isRead(request)) return
-      // At a prefix shared with the app (`prefix: '/'`), a path no route of ours serves is the app's: its 404, not our 401.
-      if (!ownPrefix && unservedPath(request)) return
+      // At a prefix shared with the app (`prefix: '/'`), a path no route of ours serves is the app's: its
+      // 404 at once, before our credentials check (a 401) or our reading of a POST body.
+      if (!ownPrefix && unservedPath(request)) {
+        reply.callNotFound()
+        return reply
+      }
+      // Before any validation: without credentials nothing is answered but 401.
+      if (access === undefined || (access.publicReads && isRead(request))) return
       users.set(request, await access.identify(request, reply))
     })
   }

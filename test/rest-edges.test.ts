@@ -99,13 +99,17 @@ t.test('REST: an app\'s own 404 handler at the REST prefix, or at the prefix the
 })
 
 t.test('REST at the root prefix, with authentication: the app\'s unserved paths get its own 404, not the REST routes\' 401', async (t) => {
-  const { url } = await startApp(t, { prefix: '/', authenticate: async (request) => request.headers['x-user'] === undefined ? null : { id: String(request.headers['x-user']), name: 'Ada' } }, (app) => {
+  const { url } = await startApp(t, { prefix: '/', restPublish: async () => {}, authenticate: async (request) => request.headers['x-user'] === undefined ? null : { id: String(request.headers['x-user']), name: 'Ada' } }, (app) => {
     app.setNotFoundHandler(async (_request, reply) => await reply.code(404).send({ mine: true }))
   })
   for (const path of ['/x/y', '/assets/app.js', '/a/b/c']) {
     const response = await fetch(`${url}${path}`)
     t.equal(response.status, 404, path)
     t.same(await response.json(), { mine: true }, `${path}: the app's 404`)
+  }
+  for (const [body, type] of [['{"data":1}', 'application/json'], ['{', 'application/json'], ['<a/>', 'application/xml'], [`{"data":"${'x'.repeat(2_000_000)}"}`, 'application/json']]) {
+    const response = await fetch(`${url}/api/upload`, { method: 'POST', headers: { 'content-type': type }, body })
+    t.same([response.status, await response.json()], [404, { mine: true }], `a POST of ${type} (${body.length} bytes) to the app's path: its 404, its body unread`)
   }
   t.equal((await fetch(`${url}/`)).status, 401, 'the listing still needs credentials')
   t.equal((await fetch(`${url}/lobby`)).status, 401, 'so does a room')
