@@ -20,12 +20,19 @@ eachAdapter(t, 'presence diffs of joins and leaves across two users, with counts
   const ada = await TestSocket.open(d.node(0).wsUrl, as('tok-ada'))
   const b = await TestSocket.open(d.node(1).wsUrl, as('tok-bob'))
   const c = await TestSocket.open(d.node(0).wsUrl, as('tok-cy'))
-  t.teardown(() => Promise.all([ada.close(), b.close(), c.close()]))
+  // Ada's second tab, on bob's node: one member with ada, it shows when that node has sent its diff of bob's join.
+  const ada2 = await TestSocket.open(d.node(1).wsUrl, as('tok-ada'))
+  t.teardown(() => Promise.all([ada.close(), b.close(), c.close(), ada2.close()]))
   await ada.join('r')
+  await ada2.join('r')
   const joined = await b.join('r')
   t.same(joined.members, [{ id: 'u-ada', name: 'ada' }, bob])
   t.equal(joined.membersNext, null, 'one page holds them all')
   t.same(await ada.next((f) => f.type === 'presence'), { type: 'presence', room: 'r', joins: [bob], leaves: [], count: 2 })
+  // Bob's node's diff of his own join first: ada's diff above came from ada's node, and when that node
+  // flushes first, cy's join can reach bob's node before it flushes; then one diff names bob and cy,
+  // and bob gets it (it is newer than his `joined`). Sent alone, it is older, and bob gets nothing.
+  await ada2.next((f) => f.type === 'presence' && f.joins.some((m: { id: string }) => m.id === bob.id))
   await c.join('r')
   t.same(await b.next((f) => f.type === 'presence'), { type: 'presence', room: 'r', joins: [cy], leaves: [], count: 3 }, 'the joiner is not told of its own join: its first diff is the next one')
   // ada's diff of cy first: each node batches cy's join on its own timer, and when bob's node flushes
