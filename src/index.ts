@@ -21,7 +21,7 @@ import { ResumeTokens } from './resume.js'
 import { RoomList } from './roomlist.js'
 import { directFrame, historyPage, membersPage, roomName, roomQuery, text } from './arguments.js'
 import { RESUME_PROTOCOL, SUBPROTOCOL } from './client/subprotocol.js'
-import { DEFAULT_PAGE, restAccess, routes } from './routes.js'
+import { DEFAULT_PAGE, answer, restAccess, routes } from './routes.js'
 import { releaseHead, upgradeGuard } from './upgrade.js'
 
 /**
@@ -113,8 +113,6 @@ declare module 'fastify' {
 
 /** The 503 body of an upgrade refused during shutdown, in Fastify's error shape. */
 const SHUTTING_DOWN_BODY = JSON.stringify({ statusCode: 503, code: 'SHUTTING_DOWN', error: 'Service Unavailable', message: new errorCodes.SHUTTING_DOWN().message })
-/** The answer to a plain GET of the socket's path that passed every check of an upgrade. */
-const upgradeRequired = { statusCode: 426, code: 'UPGRADE_REQUIRED', error: 'Upgrade Required', message: new errorCodes.UPGRADE_REQUIRED().message }
 
 /** A path under a context's prefix, joined as Fastify joins them: `/chat/` and `/ws` make `/chat/ws`. */
 function underPrefix (prefix: string, path: string): string {
@@ -287,7 +285,8 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     handler: async (request, reply) => {
       // HTTP/2 forbids the header (Node throws on it); sent, not thrown: an answer, not an error to log.
       if (request.raw.httpVersionMajor === 1) void reply.header('upgrade', 'websocket')
-      return await reply.code(426).send(upgradeRequired)
+      answer(reply, new errorCodes.UPGRADE_REQUIRED())
+      return reply
     },
     preValidation: guard.hook,
     preHandler: guard.ready,

@@ -253,9 +253,7 @@ export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { regist
     app.log.warn({ maxParamLength }, `fastify-rooms: room names longer than ${maxParamLength} characters will get 414 from the REST routes; create Fastify with { routerOptions: { maxParamLength: 256 } }`)
   }
 
-  // Below a prefix of its own, an unserved path is ours to answer; where the REST routes share their
-  // parent's prefix (`prefix: '/'`), the other paths there are the app's, and so is their 404.
-  tooLongForRouter(app, maxParamLength, publish !== undefined, ownPrefix)
+  tooLongForRouter(app, maxParamLength, publish !== undefined)
 
   app.get('/', {
     schema: {
@@ -321,16 +319,16 @@ export const routes: FastifyPluginAsync<RoutesOptions> = async (parent, { regist
  * The router refuses a path parameter longer than `maxParamLength` with its
  * own 414 before any route runs; a wildcard is not length-limited, so paths
  * the `:room` routes could not take land here and get the contract's answer.
- * So do the GET (and, with `restPublish`, POST) paths no route serves: below
- * a prefix of the plugin's own, a 404 `NOT_FOUND` with a code, which
- * Fastify's own 404 lacks. It is a route, not a not-found handler: an app may
- * have its own 404 handler at the same prefix, and Fastify takes only one.
+ * So do the GET (and, with `restPublish`, POST) paths no route serves: a
+ * 404 `NOT_FOUND` with a code, which Fastify's own 404 lacks. It is a route,
+ * not a not-found handler: an app may have its own 404 handler at the same
+ * prefix, and Fastify takes only one. (At a prefix shared with the app, the
+ * onRequest hook has handed such paths to the app's 404 before this runs.)
  */
-function tooLongForRouter (app: FastifyInstance, maxParamLength: number, withPublish: boolean, ownPrefix: boolean): void {
-  const handler = async (request: FastifyRequest<{ Params: { '*': string } }>, reply: FastifyReply): Promise<void> => {
+function tooLongForRouter (app: FastifyInstance, maxParamLength: number, withPublish: boolean): void {
+  const handler = async (request: FastifyRequest<{ Params: { '*': string } }>): Promise<void> => {
     const room = roomOfPath(request.params['*'], request.method)
     if (room === undefined) {
-      if (!ownPrefix) return await reply.callNotFound()
       const path = request.url.split('?', 1)[0] as string
       throw new errorCodes.NOT_FOUND(request.method, path.length > 200 ? `${path.slice(0, 200)}...` : path)
     }
@@ -362,7 +360,7 @@ function unservedPath (request: FastifyRequest): boolean {
  * from inside an error handler goes on to the app's own error handler, which
  * may log it as a failure or reshape it.
  */
-export function answer (reply: FastifyReply, error: Error & { statusCode?: number, code?: string }): void {
+export function answer (reply: FastifyReply, error: { statusCode?: number, code?: string, message: string }): void {
   const status = error.statusCode ?? 500
   void reply.code(status).send({ statusCode: status, code: error.code ?? 'INTERNAL', error: STATUS_CODES[status] ?? 'Error', message: error.message })
 }
@@ -409,7 +407,7 @@ export function sendRefusal (error: unknown, reply: FastifyReply): boolean {
   // As Fastify's own handler does: a Basic-auth 401 needs its WWW-Authenticate, a 429 its Retry-After.
   const headers = (error as { headers?: unknown }).headers
   if (typeof headers === 'object' && headers !== null) void reply.headers(headers as Record<string, string>)
-  void reply.code(number).send({ statusCode: number, code: typeof code === 'string' ? code : name.toUpperCase().replace(/[^A-Z]+/g, '_'), error: name, message: typeof message === 'string' ? message : name })
+  answer(reply, { statusCode: number, code: typeof code === 'string' ? code : name.toUpperCase().replace(/[^A-Z]+/g, '_'), message: typeof message === 'string' ? message : name })
   return true
 }
 

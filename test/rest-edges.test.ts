@@ -5,6 +5,11 @@ import rooms, { MemoryAdapter, type EncodedPublish } from '../src/index.js'
 import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
 
+/** Credentials as a request header: `x-user` names the user. */
+const byHeader = async (request: FastifyRequest): Promise<{ id: string, name: string } | null> => request.headers['x-user'] === undefined ? null : { id: String(request.headers['x-user']), name: 'Ada' }
+/** The app's own 404 handler, told apart from the plugin's answers by its body. */
+const mine = async (_request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> => await reply.code(404).send({ mine: true })
+
 t.test('onPublish output passes the same limits as client data: maxMessageBytes and dataSchema', async (t) => {
   const { wsUrl } = await startApp(t, {
     maxMessageBytes: 100,
@@ -58,7 +63,7 @@ t.test('REST: past maxParamLength, a path no route serves stays a 404 (POST /roo
 
 t.test('REST: a GET path under the prefix that no route serves is a 404 in the contract\'s shape, with a code; other methods and paths keep the app\'s 404', async (t) => {
   const { url } = await startApp(t, { restPublish: async () => {} }, (app) => {
-    app.setNotFoundHandler(async (_request, reply) => await reply.code(404).send({ mine: true }))
+    app.setNotFoundHandler(mine)
   })
   const cases: Array<[string, string]> = [
     ['GET', '/rooms/a/b/c'], ['GET', '/rooms/a/elsewhere'], ['GET', `/rooms/${'a'.repeat(150)}/elsewhere`],
@@ -78,7 +83,6 @@ t.test('REST: a GET path under the prefix that no route serves is a 404 in the c
 })
 
 t.test('REST: an app\'s own 404 handler at the REST prefix, or at the prefix the REST routes share, still boots and keeps its paths', async (t) => {
-  const mine = async (_request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> => await reply.code(404).send({ mine: true })
   // Its own routes under /rooms, with its own 404 handler there.
   const sameprefix = await startApp(t, {}, async (app) => {
     await app.register(async (child) => { child.setNotFoundHandler(mine) }, { prefix: '/rooms' })
@@ -99,8 +103,8 @@ t.test('REST: an app\'s own 404 handler at the REST prefix, or at the prefix the
 })
 
 t.test('REST at the root prefix, with authentication: the app\'s unserved paths get its own 404, not the REST routes\' 401', async (t) => {
-  const { url } = await startApp(t, { prefix: '/', restPublish: async () => {}, authenticate: async (request) => request.headers['x-user'] === undefined ? null : { id: String(request.headers['x-user']), name: 'Ada' } }, (app) => {
-    app.setNotFoundHandler(async (_request, reply) => await reply.code(404).send({ mine: true }))
+  const { url } = await startApp(t, { prefix: '/', restPublish: async () => {}, authenticate: byHeader }, (app) => {
+    app.setNotFoundHandler(mine)
   })
   for (const path of ['/x/y', '/assets/app.js', '/a/b/c']) {
     const response = await fetch(`${url}${path}`)
@@ -118,7 +122,7 @@ t.test('REST at the root prefix, with authentication: the app\'s unserved paths 
 
 t.test('REST errors are answered by the plugin: an app\'s own error handler never sees them', async (t) => {
   const seen: string[] = []
-  const { url } = await startApp(t, { authenticate: async (request) => request.headers['x-user'] === undefined ? null : { id: String(request.headers['x-user']), name: 'Ada' } }, (app) => {
+  const { url } = await startApp(t, { authenticate: byHeader }, (app) => {
     app.setErrorHandler(async (error: { code?: string }, _request, reply) => {
       seen.push(String(error.code))
       return await reply.code(500).send({ reshaped: true })
@@ -141,7 +145,7 @@ t.test('REST errors are answered by the plugin: an app\'s own error handler neve
 })
 
 t.test('REST: with authentication, a path no route serves is 401 without credentials and 404 with them', async (t) => {
-  const { url } = await startApp(t, { authenticate: async (request) => request.headers['x-user'] === undefined ? null : { id: String(request.headers['x-user']), name: 'Ada' } })
+  const { url } = await startApp(t, { authenticate: byHeader })
   const anonymous = await fetch(`${url}/rooms/a/b/c`)
   t.equal(anonymous.status, 401, 'nothing but 401 without credentials')
   t.match(await anonymous.json(), { code: 'UNAUTHORIZED' })
