@@ -584,6 +584,14 @@ type Client = (Redis | Cluster) & {
 const RESEND_WITHIN_MS = 2_000
 
 /**
+ * On a cluster, a call refused before it went out (its master's connection
+ * was down) is sent again this often, within RESEND_WITHIN_MS, the slots
+ * read again first: what ioredis' retryDelayOnFailover did, which is off
+ * (see Link).
+ */
+const RETRY_MS = 100
+
+/**
  * A room's presence changes of the last PRESENCE_LOG_MS, at most PRESENCE_LOG
  * of them, stay in Redis: a node whose subscription broke replays those its
  * members missed; when they are no longer all there, its members rejoin (1012).
@@ -871,6 +879,9 @@ export class RedisAdapter implements Adapter {
       const redis = new Cluster(cluster, {
         ...this.options.clusterOptions,
         enableOfflineQueue: false,
+        // ioredis would send a call cut off by a closed master connection again, after the Link settled it: a join
+        // the node already undid would run. The Link resends what is safe to send again (see Link.send).
+        retryDelayOnFailover: 0,
         // Replicas lag: history and offsets are read where they are written.
         scaleReads: 'master',
         clusterRetryStrategy: retryStrategy,
@@ -888,7 +899,9 @@ export class RedisAdapter implements Adapter {
     this.redis.on('error', (err: Error) => config.log.debug({ err, nodeId: config.nodeId }, 'fastify-rooms: redis connection error'))
     const fail = (err: unknown, what: string): Error => this.failure(err, what)
     // On a cluster the command link does not resend: a publish cut off in flight may have run on a master that is gone.
-    this.cmd = new Link(this.redis, this.commandTimeoutMs, fail, () => this.linkLost(), () => this.maybeRecover(), cluster === undefined, config.metrics?.redisLink('command'))
+    this.cmd = new Link(this.redis, this.commandTimeoutMs, fail, () => this.linkLost(), () => this.maybeRecover(), cluster === undefined, config.metrics?.redisLink('command'), (master) => {
+      config.log.warn({ nodeId: config.nodeId, master }, 'fastify-rooms: a Redis Cluster master stopped answering; its calls settle and its connection is made again')
+    })
     const sub = this.sub
     if (sub !== undefined) {
       sub.on('error', (err: Error) => config.log.debug({ err, nodeId: config.nodeId }, 'fastify-rooms: redis subscriber error'))
@@ -2115,12 +2128,14 @@ interface Call {
   /** When it was last sent (0: never). */
   sentAt: number
   /**
-   * On a cluster: a node connection closed while it was in flight. ioredis
-   * then sends it again, and when its retries run out the error names only
-   * the last attempt (TRYAGAIN, CLUSTERDOWN), though an earlier one may have run.
+   * On a cluster: a node connection closed while it was in flight, so this
+   * attempt may have run, whatever error ends it (ioredis may have retried
+   * it after a TRYAGAIN or CLUSTERDOWN, and names only the last attempt).
    */
   cut?: boolean
-  /** For a call held after a cut: when it gives up. */
+  /** On a cluster: an earlier attempt was cut off, so the call may have run. */
+  ran?: boolean
+  /** For a call held after a cut (one Redis), or sent again (a cluster): when it gives up. */
   until?: number
 }
 
@@ -2133,6 +2148,13 @@ interface Call {
  * connection is back within RESEND_WITHIN_MS and fails after that. A call
  * unanswered for `timeoutMs` breaks the connection the same way (a hung
  * Redis, or a connection the network dropped without a word).
+ *
+ * On a cluster, a call is sent again, as ioredis would, when it was refused
+ * before it went out (its master's connection was down), or when it is a
+ * publish; any other call cut off in flight fails. A call unanswered for
+ * `timeoutMs` has the masters asked whether they answer: only the
+ * connections of those that do not are broken, so a frozen master costs the
+ * calls to it alone.
  */
 class Link {
   private readonly client: Redis | Cluster
@@ -2151,14 +2173,22 @@ class Link {
   private server: string | undefined
   private readonly resends: boolean
   private readonly metrics: LinkMetrics | undefined
+  /** On a cluster: calls waiting RETRY_MS to be sent again, oldest first, and the timer that sends them. */
+  private retrying: Call[] = []
+  private retryTimer: NodeJS.Timeout | undefined
+  /** On a cluster: the masters are being asked whether they answer. */
+  private probing = false
+  private readonly onHung: (master: string) => void
 
   /**
    * @param resends whether calls on this link may be sent again after a
    *   break (the command link's publishes): only then is the server checked
    * @param metrics where round trips and state changes go, when metrics are on
+   * @param onHung on a cluster, told the address of a master whose connection is broken for not answering
    */
-  constructor (client: Redis | Cluster, timeoutMs: number, failure: (err: unknown, what: string) => Error, onLost: () => void, onReady: () => void, resends = false, metrics?: LinkMetrics) {
+  constructor (client: Redis | Cluster, timeoutMs: number, failure: (err: unknown, what: string) => Error, onLost: () => void, onReady: () => void, resends = false, metrics?: LinkMetrics, onHung: (master: string) => void = () => {}) {
     this.client = client
+    this.onHung = onHung
     this.metrics = metrics
     metrics?.state(client.status === 'ready')
     this.resends = resends
@@ -2208,10 +2238,13 @@ class Link {
   close (): void {
     clearInterval(this.watchdog)
     clearTimeout(this.timer)
+    clearTimeout(this.retryTimer)
     // A publish that went out may have run, as when its time to be sent again is up (`expire`).
     for (const call of [...this.inflight, ...this.held]) call.reject(outcome(call))
+    for (const call of this.retrying) call.reject(lost(call))
     this.inflight.clear()
     this.held = []
+    this.retrying = []
   }
 
   private send (call: Call): void {
@@ -2224,9 +2257,49 @@ class Link {
       if (this.inflight.delete(call)) call.resolve(value)
     }, (err: unknown) => {
       if (!this.inflight.delete(call)) return
-      // A publish whose connection (to one shard of a cluster) broke under it may have run.
-      if (call.unknown !== undefined && !(call.resend && this.resends) && (isCutOff(err) || call.cut === true)) call.reject(call.unknown())
+      if (this.client.isCluster) {
+        this.failedOnCluster(call, err)
+        return
+      }
+      // A publish whose connection broke under it may have run.
+      if (call.unknown !== undefined && !call.resend && isCutOff(err)) call.reject(call.unknown())
       else call.reject(this.ready ? this.failure(err, call.what) : unavailable())
+    })
+  }
+
+  /**
+   * A call on a cluster failed: send it again if that is safe and its time
+   * is not up, else fail it. Refused before it went out, it did not run; a
+   * publish runs once however often it is sent; anything else cut off in
+   * flight may have run, and sending it again after the caller was answered
+   * (a join it undid) would act behind its back.
+   */
+  private failedOnCluster (call: Call, err: unknown): void {
+    const cut = call.cut === true
+    call.cut = false
+    const unsent = !cut && notSent(err)
+    if (cut || (!unsent && isCutOff(err))) call.ran = true
+    call.until ??= call.sentAt + RESEND_WITHIN_MS
+    // Sent again only for a broken connection: an error Redis gave (a script's) would come back the same.
+    if ((unsent || (call.resend && isCutOff(err))) && this.ready && Date.now() + RETRY_MS < call.until) {
+      this.retrying.push(call)
+      this.retryTimer ??= setTimeout(() => this.retry(), RETRY_MS)
+      return
+    }
+    call.reject(call.ran === true ? lost(call) : this.ready ? this.failure(err, call.what) : unavailable())
+  }
+
+  /** Send the calls waiting to be sent again, in the order they failed, once the cluster's slots are read again. */
+  private retry (): void {
+    const cluster = this.client as Cluster
+    cluster.refreshSlotsCache(() => {
+      this.retryTimer = undefined
+      const calls = this.retrying
+      this.retrying = []
+      for (const call of calls) {
+        if (this.ready) this.send(call)
+        else call.reject(lost(call))
+      }
     })
   }
 
@@ -2249,10 +2322,48 @@ class Link {
   private check (): void {
     const oldest = this.inflight.values().next().value
     if (oldest === undefined || Date.now() - oldest.sentAt < this.timeoutMs) return
+    if (this.client.isCluster) {
+      this.probe(oldest)
+      return
+    }
+    this.breakAll()
+  }
+
+  private breakAll (): void {
     this.cut()
     // Ends the socket, destroys it if that does not finish; 'close' and a reconnection follow.
     this.client.disconnect(true)
   }
+
+  /**
+   * On a cluster: ask every master for a PONG, and break the connections of
+   * those that give none within a second (half `timeoutMs` at most): their
+   * calls fail as cut off (see send), and ioredis connects again when a call
+   * needs that master. When every master answers and `oldest` is still
+   * unanswered, it is not a master's fault: the whole link breaks, as on one
+   * Redis.
+   */
+  private probe (oldest: Call): void {
+    if (this.probing) return
+    this.probing = true
+    const wait = Math.max(1, Math.min(1_000, Math.floor(this.timeoutMs / 2)))
+    // A connection still being made holds its calls (ioredis queues them until it is ready): to a frozen master,
+    // it never gets there. With a call waiting this long, it counts as not answering.
+    const masters = (this.client as Cluster).nodes('master').filter((node) => node.status === 'ready' || node.status === 'connect' || node.status === 'connecting')
+    void Promise.all(masters.map(async (node) => node.status === 'ready' && await answers(node, wait))).then((answered) => {
+      this.probing = false
+      if (!this.ready) return
+      const hung = masters.filter((_, i) => !answered[i])
+      for (const node of hung) {
+        this.onHung(`${node.options.host ?? ''}:${node.options.port ?? ''}`)
+        // Closed at once: ending it would wait for the frozen peer up to ioredis' disconnectTimeout, with the calls unsettled.
+        if (typeof node.stream?.destroy === 'function') node.stream.destroy()
+        else node.disconnect()
+      }
+      if (hung.length === 0 && this.inflight.has(oldest)) this.breakAll()
+    })
+  }
+
 
   private async resume (): Promise<void> {
     let same = true
@@ -2293,6 +2404,22 @@ class Link {
 /** The error for a call that failed for a lost connection: whether it went out decides whether it may have run. */
 function outcome (call: Call): RoomsError {
   return call.sentAt !== 0 && call.unknown !== undefined ? call.unknown() : unavailable()
+}
+
+/** The error for a call on a cluster that is given up on: whether an attempt was cut off decides whether it may have run. */
+function lost (call: Call): RoomsError {
+  return call.ran === true && call.unknown !== undefined ? call.unknown() : unavailable()
+}
+
+/** Whether a node answers a PING within `ms` (an error is an answer too). */
+async function answers (node: Redis, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<boolean>((resolve) => { timer = setTimeout(() => resolve(false), ms) })
+  try {
+    return await Promise.race([node.ping().then(() => true, () => true), late])
+  } finally {
+    clearTimeout(timer)
+  }
 }
 
 /** An option that must be a whole number within bounds; a TypeError naming it otherwise, as for the other options. */
@@ -2393,6 +2520,12 @@ function results (replies: Array<[Error | null, unknown]> | null): unknown[] {
     if (err !== null) throw err
     return value
   })
+}
+
+/** On a cluster: ioredis refused the call before writing it, its master's connection being down. */
+function notSent (err: unknown): boolean {
+  const message = err instanceof Error ? err.message : ''
+  return /^(Connection is closed\.|Stream isn't writeable and enableOfflineQueue options is false|Cluster isn't ready and enableOfflineQueue options is false)$/.test(message)
 }
 
 /** The connection broke after the command was sent: it may or may not have run. */
