@@ -880,8 +880,10 @@ export class RedisAdapter implements Adapter {
         ...this.options.clusterOptions,
         enableOfflineQueue: false,
         // ioredis would send a call cut off by a closed master connection again, after the Link settled it: a join
-        // the node already undid would run. The Link resends what is safe to send again (see Link.send).
+        // the node already undid would run. The Link resends what is safe to send again (see Link.failedOnCluster).
         retryDelayOnFailover: 0,
+        // A node connection that reconnected by itself would drop the calls written on it without settling them.
+        clusterNodeRetryStrategy: undefined,
         // Replicas lag: history and offsets are read where they are written.
         scaleReads: 'master',
         clusterRetryStrategy: retryStrategy,
@@ -898,9 +900,9 @@ export class RedisAdapter implements Adapter {
     // Every retry emits an error: debug only; a lost or restored link is one warn line each.
     this.redis.on('error', (err: Error) => config.log.debug({ err, nodeId: config.nodeId }, 'fastify-rooms: redis connection error'))
     const fail = (err: unknown, what: string): Error => this.failure(err, what)
-    // On a cluster the command link does not resend: a publish cut off in flight may have run on a master that is gone.
-    this.cmd = new Link(this.redis, this.commandTimeoutMs, fail, () => this.linkLost(), () => this.maybeRecover(), cluster === undefined, config.metrics?.redisLink('command'), (master) => {
-      config.log.warn({ nodeId: config.nodeId, master }, 'fastify-rooms: a Redis Cluster master stopped answering; its calls settle and its connection is made again')
+    // On a cluster the command link does not hold publishes for the connection to come back: it resends them by itself (see Link).
+    this.cmd = new Link(this.redis, this.commandTimeoutMs, fail, () => this.linkLost(), () => this.maybeRecover(), cluster === undefined, config.metrics?.redisLink('command'), (node) => {
+      config.log.warn({ nodeId: config.nodeId, node }, 'fastify-rooms: a Redis Cluster node stopped answering; its calls settle and its connection is made again')
     })
     const sub = this.sub
     if (sub !== undefined) {
@@ -1128,12 +1130,12 @@ export class RedisAdapter implements Adapter {
     const call = packed.subarray(0, at)
     // No async step of its own: each would add a promise and a turn of microtasks to every call. The wait for replicas only where there are some to wait for.
     const issue = (again: boolean): Promise<unknown> => this.script(
-      // On a cluster ioredis itself resends a call cut off by a master's death,
-      // to the promoted replica, which may have it already: the script always checks.
+      // On a cluster the Link resends a call cut off by a master's death, to
+      // the promoted replica, which may have it already: the script always checks.
       base, 'publish', nodeId, (this.unsettled[0] as Batch).firstId, again || this.shards !== undefined ? '1' : '0',
       historyTtlMs, this.historyRooms, this.historyBytes, call, batch.firstId, batch.lastId
     )
-    const called = this.cmd.call('publish', issue, { resend: true, unknown: maybePublished })
+    const called = this.cmd.call('publish', issue, { resend: true, unknown: maybePublished, key: base })
     const answered = this.waitReplicas === 0
       ? called
       : called.then(async (offsets) => {
@@ -2108,7 +2110,7 @@ export class RedisAdapter implements Adapter {
 }
 
 /** A call that may be sent again has run once it went out: it must say what its unknown outcome is. */
-type CallOptions = { resend: true, unknown: () => RoomsError } | { resend?: false, unknown?: () => RoomsError }
+type CallOptions = { resend: true, unknown: () => RoomsError, key?: string } | { resend?: false, unknown?: () => RoomsError, key?: undefined }
 
 /** A call on a Link: settled by the link whatever becomes of the connection. */
 interface Call {
@@ -2119,6 +2121,8 @@ interface Call {
   reject: (err: Error) => void
   /** Sent again after a cut rather than failed (the script applies it once whatever the number of sends). */
   resend: boolean
+  /** On a cluster, for a `resend` call: its partition's key base. Such calls of one base are sent in order. */
+  key: string | undefined
   /**
    * The error for a call that went out and was cut off: one that changes what
    * clients see (a publish) may have run, which UNAVAILABLE would deny.
@@ -2152,8 +2156,8 @@ interface Call {
  * On a cluster, a call is sent again, as ioredis would, when it was refused
  * before it went out (its master's connection was down), or when it is a
  * publish; any other call cut off in flight fails. A call unanswered for
- * `timeoutMs` has the masters asked whether they answer: only the
- * connections of those that do not are broken, so a frozen master costs the
+ * `timeoutMs` has the node connections asked whether they answer (see
+ * probe): only those that do not are broken, so a frozen master costs the
  * calls to it alone.
  */
 class Link {
@@ -2178,15 +2182,19 @@ class Link {
   private retryTimer: NodeJS.Timeout | undefined
   /** On a cluster: the masters are being asked whether they answer. */
   private probing = false
-  private readonly onHung: (master: string) => void
+  private readonly onHung: (node: string) => void
+  /** On a cluster: every node connection that has not ended, and since when those being made are. */
+  private readonly nodes = new Set<Redis>()
+  private readonly connecting = new Map<Redis, number>()
 
   /**
-   * @param resends whether calls on this link may be sent again after a
-   *   break (the command link's publishes): only then is the server checked
+   * @param resends on one Redis, whether calls on this link may be sent
+   *   again after a break (the command link's publishes): only then is the
+   *   server checked. On a cluster the link resends by itself (see failedOnCluster).
    * @param metrics where round trips and state changes go, when metrics are on
-   * @param onHung on a cluster, told the address of a master whose connection is broken for not answering
+   * @param onHung on a cluster, told the address of a node whose connection is broken for not answering
    */
-  constructor (client: Redis | Cluster, timeoutMs: number, failure: (err: unknown, what: string) => Error, onLost: () => void, onReady: () => void, resends = false, metrics?: LinkMetrics, onHung: (master: string) => void = () => {}) {
+  constructor (client: Redis | Cluster, timeoutMs: number, failure: (err: unknown, what: string) => Error, onLost: () => void, onReady: () => void, resends = false, metrics?: LinkMetrics, onHung: (node: string) => void = () => {}) {
     this.client = client
     this.onHung = onHung
     this.metrics = metrics
@@ -2208,8 +2216,26 @@ class Link {
     })
     if (client.isCluster) {
       const cluster = client as Cluster
-      // Any node's, not only the one a call went to: a call retried after a MOVED is on another node than the one it ran on first.
-      const watch = (node: Redis): void => { node.on('close', () => { for (const call of this.inflight) call.cut = true }) }
+      const watch = (node: Redis): void => {
+        this.nodes.add(node)
+        let ready = node.status === 'ready'
+        node.on('connecting', () => { this.connecting.set(node, Date.now()) })
+        node.on('ready', () => {
+          ready = true
+          this.connecting.delete(node)
+        })
+        node.on('close', () => {
+          // Any node's, not only the one a call went to: a call retried after a MOVED is on another node than the one it
+          // ran on first. Not one that never was ready: ioredis holds calls until then, so none of them went out.
+          if (ready) for (const call of this.inflight) call.cut = true
+          ready = false
+          this.connecting.delete(node)
+        })
+        node.on('end', () => {
+          this.nodes.delete(node)
+          this.connecting.delete(node)
+        })
+      }
       cluster.on('+node', watch)
       for (const node of cluster.nodes()) watch(node)
     }
@@ -2219,15 +2245,19 @@ class Link {
     return this.client.status === 'ready'
   }
 
-  call<T> (what: string, issue: (again: boolean) => Promise<T>, { resend = false, unknown }: CallOptions = {}): Promise<T> {
+  call<T> (what: string, issue: (again: boolean) => Promise<T>, { resend = false, unknown, key }: CallOptions = {}): Promise<T> {
     if (!this.ready) return Promise.reject(unavailable())
     return new Promise<T>((resolve, reject) => {
-      const call: Call = { what, issue, resolve, reject, resend, unknown, sentAt: 0 }
+      const call: Call = { what, issue, resolve, reject, resend, unknown, key, sentAt: 0 }
       if (resend && this.held.length > 0) {
         // The connection is back, and the calls cut off on it wait to be sent
         // again: one made now goes after them, or it would overtake them.
         call.until = Date.now() + RESEND_WITHIN_MS
         this.held.push(call)
+      } else if (key !== undefined && this.retrying.some((waiting) => waiting.key === key)) {
+        // The same on a cluster, for the publishes of one partition (so of one master).
+        call.until = Date.now() + RESEND_WITHIN_MS
+        this.retrying.push(call)
       } else {
         this.send(call)
       }
@@ -2297,7 +2327,7 @@ class Link {
       const calls = this.retrying
       this.retrying = []
       for (const call of calls) {
-        if (this.ready) this.send(call)
+        if (this.ready && Date.now() < (call.until as number)) this.send(call)
         else call.reject(lost(call))
       }
     })
@@ -2336,33 +2366,44 @@ class Link {
   }
 
   /**
-   * On a cluster: ask every master for a PONG, and break the connections of
-   * those that give none within a second (half `timeoutMs` at most): their
-   * calls fail as cut off (see send), and ioredis connects again when a call
-   * needs that master. When every master answers and `oldest` is still
-   * unanswered, it is not a master's fault: the whole link breaks, as on one
-   * Redis.
+   * On a cluster: ask every node connection for a PONG, and break those that
+   * give none within a second (half `timeoutMs` at most): their calls fail as
+   * cut off (see send), and ioredis connects again when a call needs that
+   * master. A connection still being made holds its calls (ioredis queues
+   * them until it is ready), and to a frozen master it never gets there: one
+   * being made for as long as the PONGs were waited for counts as not
+   * answering. Connections out of the cluster's pool count too: one to a
+   * master just replaced is closed gently, which waits on a frozen peer. When
+   * every connection answers and `oldest` is still unanswered, it is not one
+   * master's fault: the whole link breaks, as on one Redis.
    */
   private probe (oldest: Call): void {
     if (this.probing) return
     this.probing = true
     const wait = Math.max(1, Math.min(1_000, Math.floor(this.timeoutMs / 2)))
-    // A connection still being made holds its calls (ioredis queues them until it is ready): to a frozen master,
-    // it never gets there. With a call waiting this long, it counts as not answering.
-    const masters = (this.client as Cluster).nodes('master').filter((node) => node.status === 'ready' || node.status === 'connect' || node.status === 'connecting')
-    void Promise.all(masters.map(async (node) => node.status === 'ready' && await answers(node, wait))).then((answered) => {
+    const asked = [...this.nodes].filter((node) => node.status === 'ready')
+    void Promise.all(asked.map(async (node) => await answers(node, wait))).then((answered) => {
       this.probing = false
       if (!this.ready) return
-      const hung = masters.filter((_, i) => !answered[i])
+      const now = Date.now()
+      const hung = asked.filter((_, i) => !answered[i])
+      let young = false
+      for (const [node, since] of this.connecting) {
+        if (node.status !== 'connect' && node.status !== 'connecting') continue
+        if (now - since >= wait) hung.push(node)
+        else young = true
+      }
       for (const node of hung) {
         this.onHung(`${node.options.host ?? ''}:${node.options.port ?? ''}`)
         // Closed at once: ending it would wait for the frozen peer up to ioredis' disconnectTimeout, with the calls unsettled.
         if (typeof node.stream?.destroy === 'function') node.stream.destroy()
         else node.disconnect()
       }
-      if (hung.length === 0 && this.inflight.has(oldest)) this.breakAll()
+      // A connection being made for less long may hold it: the next check asks again.
+      if (hung.length === 0 && !young && this.inflight.has(oldest)) this.breakAll()
     })
   }
+
 
 
   private async resume (): Promise<void> {
