@@ -1,11 +1,9 @@
 import t from 'tap'
-import { redisAdapter } from '../src/index.js'
 import { Partitions } from '../src/adapters/partitions.js'
-import { slotOf } from '../src/adapters/slot.js'
-import { skipCluster, startCluster, type ClusterNodeInfo } from './helpers/cluster.js'
+import { skipCluster, startCluster } from './helpers/cluster.js'
+import { instanceBeside, serves, sparedMaster } from './helpers/cluster-instance.js'
 import { eventually } from './helpers/redis.js'
 import { logSink } from './helpers/log.js'
-import { startApp, type Started } from './helpers/server.js'
 import { TestSocket, type Frame } from './helpers/socket.js'
 
 /**
@@ -31,29 +29,17 @@ const MARGIN_MS = 3500
  */
 const PATIENCE_MS = 30_000
 
-const serves = (node: ClusterNodeInfo, slot: number): boolean => node.slots.some(([first, last]) => slot >= first && slot <= last)
-const nodeOf = (socket: TestSocket): string => socket.welcome.connectionId.slice(0, socket.welcome.connectionId.indexOf('-'))
 const messages = (socket: TestSocket, room: string): Array<[unknown, unknown]> => socket.frames.filter((f) => f.type === 'message' && f.room === room).map((f) => [f.data, f.offset])
 
 t.test('a join into a room of a failing slot is answered by the slot\'s first round once it is served again', { skip: skipCluster }, async (t) => {
   const c = await startCluster(t)
-  const masters = (await c.nodes()).filter((n) => n.role === 'master')
-  // A master carrying none of the instance's own keys and channels (a shard holding one takes the whole instance down,
-  // and then every join answers UNAVAILABLE at once): not the leases' slot nor the `all` channel's (fixed by their hash
-  // tags), nor the instance's own channel's (its node id is random: an instance whose channel lands there is replaced).
-  const victim = masters.find((m) => !serves(m, slotOf('{global}')) && !serves(m, slotOf('{all}')))
-  if (victim === undefined) throw new Error('every master carries the leases or the all channel')
+  // A master carrying none of the instance's own keys and channels: a shard holding one takes the whole instance
+  // down, and then every join answers UNAVAILABLE at once.
+  const victim = await sparedMaster(c)
   const prefix = 'failing:'
   const parts = new Partitions(prefix, 64)
   const sink = logSink()
-  let a: Started
-  for (;;) {
-    a = await startApp(t, { adapter: redisAdapter({ cluster: c.seeds, keyPrefix: prefix, commandTimeoutMs: PATIENCE_MS }) }, undefined, { logger: { level: 'debug', stream: sink.stream } })
-    const probe = await TestSocket.open(a.wsUrl)
-    await probe.close()
-    if (!serves(victim, slotOf(`{n:${nodeOf(probe)}}`))) break
-    await a.app.close()
-  }
+  const a = await instanceBeside(t, c, victim, { keyPrefix: prefix, commandTimeoutMs: PATIENCE_MS }, sink)
   const [old, x, y, z] = await Promise.all([0, 1, 2, 3].map(async () => await TestSocket.open(a.wsUrl))) as [TestSocket, TestSocket, TestSocket, TestSocket]
   t.teardown(async () => await Promise.all([old, x, y, z].map(async (s) => await s.close())))
   // Three rooms of one partition on that master, so of one slot: the instance holds the first one's subscription.

@@ -1,11 +1,11 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { redisAdapter } from '../src/index.js'
 import { Partitions } from '../src/adapters/partitions.js'
 import { slotOf } from '../src/adapters/slot.js'
-import type { Test } from 'tap'
 import { skipCluster, startCluster, NODE_TIMEOUT_MS as FAILOVER_NODE_TIMEOUT_MS, type ClusterNodeInfo, type RedisCluster } from './helpers/cluster.js'
 import { clientsNamed, eventually } from './helpers/redis.js'
 import { logSink, type LogSink } from './helpers/log.js'
+import { instanceBeside, nodeOf, serves, sparedMaster } from './helpers/cluster-instance.js'
 import { startApp, type Started } from './helpers/server.js'
 import { TestSocket, type Frame } from './helpers/socket.js'
 
@@ -30,8 +30,6 @@ const NODE_TIMEOUT_MS = 60_000
 /** Room for a loaded 2-core machine on top of the bound: a guard against a hang, not a measure of speed. */
 const MARGIN_MS = 4000
 
-const serves = (node: ClusterNodeInfo, slot: number): boolean => node.slots.some(([first, last]) => slot >= first && slot <= last)
-const nodeOf = (socket: TestSocket): string => socket.welcome.connectionId.slice(0, socket.welcome.connectionId.indexOf('-'))
 const ids = (info: { members: Array<{ id: string }> } | null): string[] => (info?.members ?? []).map((m) => m.id).sort()
 
 interface Setup {
@@ -55,20 +53,11 @@ interface Setup {
  */
 async function setup (t: Test, nodeTimeoutMs: number): Promise<Setup> {
   const c = await startCluster(t, { nodeTimeoutMs })
-  const masters = (await c.nodes()).filter((n) => n.role === 'master')
-  const victim = masters.find((m) => !serves(m, slotOf('{global}')) && !serves(m, slotOf('{all}')))
-  if (victim === undefined) throw new Error('every master carries the leases or the all channel')
+  const victim = await sparedMaster(c)
   const prefix = 'hung:'
   const parts = new Partitions(prefix, 64)
   const sink = logSink()
-  let a: Started
-  for (;;) {
-    a = await startApp(t, { adapter: redisAdapter({ cluster: c.seeds, keyPrefix: prefix, commandTimeoutMs: COMMAND_TIMEOUT_MS }) }, undefined, { logger: { level: 'debug', stream: sink.stream } })
-    const probe = await TestSocket.open(a.wsUrl)
-    await probe.close()
-    if (!serves(victim, slotOf(`{n:${nodeOf(probe)}}`))) break
-    await a.app.close()
-  }
+  const a = await instanceBeside(t, c, victim, { keyPrefix: prefix, commandTimeoutMs: COMMAND_TIMEOUT_MS }, sink)
   const on = (node: ClusterNodeInfo, name: string, n: number): string[] => {
     const rooms: string[] = []
     for (let i = 0; rooms.length < n; i++) if (serves(node, parts.slot(parts.base(`${name}${i}`)))) rooms.push(`${name}${i}`)
@@ -87,7 +76,7 @@ async function setup (t: Test, nodeTimeoutMs: number): Promise<Setup> {
     t.teardown(thaw)
     return { thaw }
   }
-  return { c, victim, a: a!, sink, on, freeze }
+  return { c, victim, a, sink, on, freeze }
 }
 
 const lostTheLink = (sink: LogSink): boolean => sink.lines.some((line) => /lost the link to Redis/.test(line.msg))
