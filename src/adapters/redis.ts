@@ -2123,6 +2123,8 @@ interface Call {
   resend: boolean
   /** On a cluster, for a `resend` call: its partition's key base. Such calls of one base are sent in order. */
   key: string | undefined
+  /** Its place in the order calls were made. */
+  seq: number
   /**
    * The error for a call that went out and was cut off: one that changes what
    * clients see (a publish) may have run, which UNAVAILABLE would deny.
@@ -2180,6 +2182,12 @@ class Link {
   /** On a cluster: calls waiting RETRY_MS to be sent again, oldest first, and the timer that sends them. */
   private retrying: Call[] = []
   private retryTimer: NodeJS.Timeout | undefined
+  /**
+   * On a cluster: per partition, its publishes waiting to be sent again and
+   * those made after them, in the order they were made (see failedOnCluster).
+   */
+  private readonly queues = new Map<string, Call[]>()
+  private seq = 0
   /** On a cluster: the masters are being asked whether they answer. */
   private probing = false
   private readonly onHung: (node: string) => void
@@ -2248,16 +2256,16 @@ class Link {
   call<T> (what: string, issue: (again: boolean) => Promise<T>, { resend = false, unknown, key }: CallOptions = {}): Promise<T> {
     if (!this.ready) return Promise.reject(unavailable())
     return new Promise<T>((resolve, reject) => {
-      const call: Call = { what, issue, resolve, reject, resend, unknown, key, sentAt: 0 }
+      const call: Call = { what, issue, resolve, reject, resend, unknown, key, seq: ++this.seq, sentAt: 0 }
       if (resend && this.held.length > 0) {
         // The connection is back, and the calls cut off on it wait to be sent
         // again: one made now goes after them, or it would overtake them.
         call.until = Date.now() + RESEND_WITHIN_MS
         this.held.push(call)
-      } else if (key !== undefined && this.retrying.some((waiting) => waiting.key === key)) {
+      } else if (key !== undefined && this.queues.has(key)) {
         // The same on a cluster, for the publishes of one partition (so of one master).
         call.until = Date.now() + RESEND_WITHIN_MS
-        this.retrying.push(call)
+        this.enqueue(call, key)
       } else {
         this.send(call)
       }
@@ -2271,10 +2279,11 @@ class Link {
     clearTimeout(this.retryTimer)
     // A publish that went out may have run, as when its time to be sent again is up (`expire`).
     for (const call of [...this.inflight, ...this.held]) call.reject(outcome(call))
-    for (const call of this.retrying) call.reject(lost(call))
+    for (const call of [...this.retrying, ...[...this.queues.values()].flat()]) call.reject(lost(call))
     this.inflight.clear()
     this.held = []
     this.retrying = []
+    this.queues.clear()
   }
 
   private send (call: Call): void {
@@ -2284,11 +2293,15 @@ class Link {
     const started = this.metrics === undefined ? 0 : performance.now()
     call.issue(again).then((value) => {
       this.metrics?.roundTrip(performance.now() - started)
-      if (this.inflight.delete(call)) call.resolve(value)
+      if (!this.inflight.delete(call)) return
+      call.resolve(value)
+      // Its connection works: the publishes of its partition that waited behind it go now.
+      if (call.key !== undefined && this.queues.has(call.key) && !this.busy(call.key)) this.drain(call.key)
     }, (err: unknown) => {
       if (!this.inflight.delete(call)) return
       if (this.client.isCluster) {
         this.failedOnCluster(call, err)
+        if (call.key !== undefined && this.queues.has(call.key)) this.retryTimer ??= setTimeout(() => this.retry(), RETRY_MS)
         return
       }
       // A publish whose connection broke under it may have run.
@@ -2312,14 +2325,50 @@ class Link {
     call.until ??= call.sentAt + RESEND_WITHIN_MS
     // Sent again only for a broken connection: an error Redis gave (a script's) would come back the same.
     if ((unsent || (call.resend && isCutOff(err))) && this.ready && Date.now() + RETRY_MS < call.until) {
-      this.retrying.push(call)
-      this.retryTimer ??= setTimeout(() => this.retry(), RETRY_MS)
+      if (call.key !== undefined) {
+        this.enqueue(call, call.key)
+      } else {
+        this.retrying.push(call)
+        this.retryTimer ??= setTimeout(() => this.retry(), RETRY_MS)
+      }
       return
     }
     call.reject(call.ran === true ? lost(call) : this.ready ? this.failure(err, call.what) : unavailable())
   }
 
-  /** Send the calls waiting to be sent again, in the order they failed, once the cluster's slots are read again. */
+  /**
+   * Queue a publish of a partition, in the order publishes were made. While
+   * its queue is not empty, a partition's publishes go out only when none of
+   * them is in flight, all together and in order (see drain). One sent on a
+   * connection still being made waits on it while ioredis refuses those after
+   * it: sent again as soon as they are refused, they could overtake it.
+   */
+  private enqueue (call: Call, key: string): void {
+    let queue = this.queues.get(key)
+    if (queue === undefined) this.queues.set(key, queue = [])
+    let at = queue.length
+    while (at > 0 && (queue[at - 1] as Call).seq > call.seq) at--
+    queue.splice(at, 0, call)
+    this.retryTimer ??= setTimeout(() => this.retry(), RETRY_MS)
+  }
+
+  /** Whether a publish of this partition is in flight. */
+  private busy (key: string): boolean {
+    for (const call of this.inflight) if (call.key === key) return true
+    return false
+  }
+
+  /** Send a partition's queued publishes, in order; those whose time is up fail. */
+  private drain (key: string): void {
+    const queue = this.queues.get(key) as Call[]
+    this.queues.delete(key)
+    for (const call of queue) {
+      if (this.ready && Date.now() < (call.until as number)) this.send(call)
+      else call.reject(lost(call))
+    }
+  }
+
+  /** Send the calls waiting to be sent again, once the cluster's slots are read again: each partition's in order. */
   private retry (): void {
     const cluster = this.client as Cluster
     cluster.refreshSlotsCache(() => {
@@ -2330,6 +2379,8 @@ class Link {
         if (this.ready && Date.now() < (call.until as number)) this.send(call)
         else call.reject(lost(call))
       }
+      // A partition with a publish in flight waits for its answer (see send).
+      for (const key of [...this.queues.keys()]) if (!this.busy(key)) this.drain(key)
     })
   }
 
@@ -2350,6 +2401,8 @@ class Link {
 
   /** The oldest call waited too long: settle what is in flight as for a break, and reconnect. */
   private check (): void {
+    // Calls waiting to be sent again always have a round to come, whatever broke meanwhile: their time runs out there.
+    if (this.queues.size > 0 || this.retrying.length > 0) this.retryTimer ??= setTimeout(() => this.retry(), RETRY_MS)
     const oldest = this.inflight.values().next().value
     if (oldest === undefined || Date.now() - oldest.sentAt < this.timeoutMs) return
     if (this.client.isCluster) {
@@ -2367,7 +2420,7 @@ class Link {
 
   /**
    * On a cluster: ask every node connection for a PONG, and break those that
-   * give none within a second (half `timeoutMs` at most): their calls fail as
+   * give none within two seconds (`timeoutMs` at most): their calls fail as
    * cut off (see send), and ioredis connects again when a call needs that
    * master. A connection still being made holds its calls (ioredis queues
    * them until it is ready), and to a frozen master it never gets there: one
@@ -2380,7 +2433,8 @@ class Link {
   private probe (oldest: Call): void {
     if (this.probing) return
     this.probing = true
-    const wait = Math.max(1, Math.min(1_000, Math.floor(this.timeoutMs / 2)))
+    // Longer than a WAIT for replicas can take (see replicated): a PING sent behind one is answered after it.
+    const wait = Math.max(1, Math.min(2_000, this.timeoutMs))
     const asked = [...this.nodes].filter((node) => node.status === 'ready')
     void Promise.all(asked.map(async (node) => await answers(node, wait))).then((answered) => {
       this.probing = false
