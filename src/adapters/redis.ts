@@ -2188,6 +2188,8 @@ class Link {
    */
   private readonly queues = new Map<string, Call[]>()
   private seq = 0
+  /** On a cluster: per partition, the latest publish (by `seq`) Redis answered. */
+  private readonly answered = new Map<string, number>()
   /** On a cluster: the masters are being asked whether they answer. */
   private probing = false
   private readonly onHung: (node: string) => void
@@ -2262,7 +2264,7 @@ class Link {
         // again: one made now goes after them, or it would overtake them.
         call.until = Date.now() + RESEND_WITHIN_MS
         this.held.push(call)
-      } else if (key !== undefined && this.queues.has(key)) {
+      } else if (key !== undefined && this.queues.size !== 0 && this.queues.has(key)) {
         // The same on a cluster, for the publishes of one partition (so of one master).
         call.until = Date.now() + RESEND_WITHIN_MS
         this.enqueue(call, key)
@@ -2295,8 +2297,10 @@ class Link {
       this.metrics?.roundTrip(performance.now() - started)
       if (!this.inflight.delete(call)) return
       call.resolve(value)
+      if (call.key === undefined || !this.client.isCluster) return
+      if (call.seq > (this.answered.get(call.key) ?? 0)) this.answered.set(call.key, call.seq)
       // Its connection works: the publishes of its partition that waited behind it go now.
-      if (call.key !== undefined && this.queues.has(call.key) && !this.busy(call.key)) this.drain(call.key)
+      if (this.queues.size !== 0 && this.queues.has(call.key) && !this.busy(call.key)) this.drain(call.key)
     }, (err: unknown) => {
       if (!this.inflight.delete(call)) return
       if (this.client.isCluster) {
@@ -2323,8 +2327,11 @@ class Link {
     const unsent = !cut && notSent(err)
     if (cut || (!unsent && isCutOff(err))) call.ran = true
     call.until ??= call.sentAt + RESEND_WITHIN_MS
+    // A later publish of its partition went another way (to a new master) and was answered: sent again now, this
+    // one would come after it.
+    const overtaken = call.key !== undefined && (this.answered.get(call.key) ?? 0) > call.seq
     // Sent again only for a broken connection: an error Redis gave (a script's) would come back the same.
-    if ((unsent || (call.resend && isCutOff(err))) && this.ready && Date.now() + RETRY_MS < call.until) {
+    if ((unsent || (call.resend && isCutOff(err))) && !overtaken && this.ready && Date.now() + RETRY_MS < call.until) {
       if (call.key !== undefined) {
         this.enqueue(call, call.key)
       } else {
@@ -2379,8 +2386,21 @@ class Link {
         if (this.ready && Date.now() < (call.until as number)) this.send(call)
         else call.reject(lost(call))
       }
-      // A partition with a publish in flight waits for its answer (see send).
-      for (const key of [...this.queues.keys()]) if (!this.busy(key)) this.drain(key)
+      // A partition with a publish in flight waits for its answer (see send); those of its queue whose time is up fail now.
+      const now = Date.now()
+      for (const [key, queue] of [...this.queues]) {
+        if (!this.busy(key)) {
+          this.drain(key)
+          continue
+        }
+        const waiting = queue.filter((call) => {
+          if (now < (call.until as number)) return true
+          call.reject(lost(call))
+          return false
+        })
+        if (waiting.length === 0) this.queues.delete(key)
+        else this.queues.set(key, waiting)
+      }
     })
   }
 
