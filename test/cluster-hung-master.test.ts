@@ -212,12 +212,14 @@ const cutOff = (name: string, refuse: boolean): void => {
     await bob.join(room)
     const answers: Array<Promise<Frame>> = []
     let reopened: Promise<unknown> = Promise.resolve()
+    // The instance's command connection to the room's master, looked up beforehand: the kill follows a publish at once.
+    const [cmd] = await clientsNamed(master, `fastify-rooms:${nodeOf(bob)}:cmd`)
+    const clients = String(String(await master.call('CLIENT', 'LIST')).trim().split('\n').length)
     for (let i = 0; i < 200; i++) {
       answers.push(bob.request({ type: 'publish', room, data: `m${i}` }, 20_000))
       if (i === 60) {
-        if (refuse) await master.call('CONFIG', 'SET', 'maxclients', String(String(await master.call('CLIENT', 'LIST')).trim().split('\n').length))
-        // The instance's command connection to the room's master, cut with publishes in flight and more to come.
-        const [cmd] = await clientsNamed(master, `fastify-rooms:${nodeOf(bob)}:cmd`)
+        if (refuse) await master.call('CONFIG', 'SET', 'maxclients', clients)
+        // Cut with publishes in flight and more to come.
         await master.call('CLIENT', 'KILL', 'ID', cmd!.id!)
         if (refuse) reopened = new Promise((resolve) => setTimeout(resolve, 400)).then(async () => await master.call('CONFIG', 'SET', 'maxclients', '10000'))
       }

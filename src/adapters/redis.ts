@@ -2365,14 +2365,23 @@ class Link {
     return false
   }
 
-  /** Send a partition's queued publishes, in order; those whose time is up fail. */
+  /** Send a partition's queued publishes, in order; those whose time is up, or that a later one overtook, fail. */
   private drain (key: string): void {
     const queue = this.queues.get(key) as Call[]
     this.queues.delete(key)
     for (const call of queue) {
-      if (this.ready && Date.now() < (call.until as number)) this.send(call)
+      if (this.ready && !this.expired(call, key, Date.now())) this.send(call)
       else call.reject(lost(call))
     }
+  }
+
+  /**
+   * A queued publish that must not go out: its time is up, or a later
+   * publish of its partition, sent another way (to a new master) while it
+   * waited, was answered first.
+   */
+  private expired (call: Call, key: string, now: number): boolean {
+    return now >= (call.until as number) || call.seq < (this.answered.get(key) ?? 0)
   }
 
   /** Send the calls waiting to be sent again, once the cluster's slots are read again: each partition's in order. */
@@ -2394,7 +2403,7 @@ class Link {
           continue
         }
         const waiting = queue.filter((call) => {
-          if (now < (call.until as number)) return true
+          if (!this.expired(call, key, now)) return true
           call.reject(lost(call))
           return false
         })
