@@ -2451,8 +2451,9 @@ class Link {
    * On a cluster: ask every node connection for a PONG, and break those that
    * give none within two seconds (`timeoutMs` at most): their calls fail as
    * cut off (see send), and ioredis connects again when a call needs that
-   * master. A connection still being made holds its calls (ioredis queues
-   * them until it is ready), and to a frozen master it never gets there: one
+   * master. A connection still being made holds the call that started it
+   * (ioredis queues it until it is ready, and refuses the others), and to a
+   * frozen master it never gets there: one
    * being made for as long as the PONGs were waited for counts as not
    * answering. Connections out of the cluster's pool count too: one to a
    * master just replaced is closed gently, which waits on a frozen peer. When
