@@ -2305,7 +2305,7 @@ class Link {
       if (!this.inflight.delete(call)) return
       if (this.client.isCluster) {
         this.failedOnCluster(call, err)
-        if (call.key !== undefined && this.queues.has(call.key)) this.retryTimer ??= setTimeout(() => this.retry(), RETRY_MS)
+        if (call.key !== undefined && this.queues.has(call.key)) this.soon()
         return
       }
       // A publish whose connection broke under it may have run.
@@ -2327,16 +2327,13 @@ class Link {
     const unsent = !cut && notSent(err)
     if (cut || (!unsent && isCutOff(err))) call.ran = true
     call.until ??= call.sentAt + RESEND_WITHIN_MS
-    // A later publish of its partition went another way (to a new master) and was answered: sent again now, this
-    // one would come after it.
-    const overtaken = call.key !== undefined && (this.answered.get(call.key) ?? 0) > call.seq
     // Sent again only for a broken connection: an error Redis gave (a script's) would come back the same.
-    if ((unsent || (call.resend && isCutOff(err))) && !overtaken && this.ready && Date.now() + RETRY_MS < call.until) {
+    if ((unsent || (call.resend && isCutOff(err))) && !this.overtaken(call) && this.ready && Date.now() + RETRY_MS < call.until) {
       if (call.key !== undefined) {
         this.enqueue(call, call.key)
       } else {
         this.retrying.push(call)
-        this.retryTimer ??= setTimeout(() => this.retry(), RETRY_MS)
+        this.soon()
       }
       return
     }
@@ -2356,6 +2353,11 @@ class Link {
     let at = queue.length
     while (at > 0 && (queue[at - 1] as Call).seq > call.seq) at--
     queue.splice(at, 0, call)
+    this.soon()
+  }
+
+  /** Have a round of sending again (retry) come in RETRY_MS, unless one is due already. */
+  private soon (): void {
     this.retryTimer ??= setTimeout(() => this.retry(), RETRY_MS)
   }
 
@@ -2365,23 +2367,31 @@ class Link {
     return false
   }
 
-  /** Send a partition's queued publishes, in order; those whose time is up, or that a later one overtook, fail. */
+  /** Send a partition's queued publishes, in order (see sendAgain). */
   private drain (key: string): void {
     const queue = this.queues.get(key) as Call[]
     this.queues.delete(key)
-    for (const call of queue) {
-      if (this.ready && !this.expired(call, key, Date.now())) this.send(call)
-      else call.reject(lost(call))
-    }
+    for (const call of queue) this.sendAgain(call)
+  }
+
+  /** Send a waiting call, unless it must not go out any more (see expired): then it fails. */
+  private sendAgain (call: Call): void {
+    if (this.ready && !this.expired(call, Date.now())) this.send(call)
+    else call.reject(lost(call))
+  }
+
+  /** A waiting call that must not go out: its time is up, or it was overtaken. */
+  private expired (call: Call, now: number): boolean {
+    return now >= (call.until as number) || this.overtaken(call)
   }
 
   /**
-   * A queued publish that must not go out: its time is up, or a later
-   * publish of its partition, sent another way (to a new master) while it
-   * waited, was answered first.
+   * A publish that a later one of its partition, sent another way (to a new
+   * master), overtook: that one was answered first, so sent now, this one
+   * would come after it.
    */
-  private expired (call: Call, key: string, now: number): boolean {
-    return now >= (call.until as number) || call.seq < (this.answered.get(key) ?? 0)
+  private overtaken (call: Call): boolean {
+    return call.key !== undefined && call.seq < (this.answered.get(call.key) ?? 0)
   }
 
   /** Send the calls waiting to be sent again, once the cluster's slots are read again: each partition's in order. */
@@ -2391,10 +2401,7 @@ class Link {
       this.retryTimer = undefined
       const calls = this.retrying
       this.retrying = []
-      for (const call of calls) {
-        if (this.ready && Date.now() < (call.until as number)) this.send(call)
-        else call.reject(lost(call))
-      }
+      for (const call of calls) this.sendAgain(call)
       // A partition with a publish in flight waits for its answer (see send); those of its queue whose time is up fail now.
       const now = Date.now()
       for (const [key, queue] of [...this.queues]) {
@@ -2403,7 +2410,7 @@ class Link {
           continue
         }
         const waiting = queue.filter((call) => {
-          if (!this.expired(call, key, now)) return true
+          if (!this.expired(call, now)) return true
           call.reject(lost(call))
           return false
         })
@@ -2431,7 +2438,7 @@ class Link {
   /** The oldest call waited too long: settle what is in flight as for a break, and reconnect. */
   private check (): void {
     // Calls waiting to be sent again always have a round to come, whatever broke meanwhile: their time runs out there.
-    if (this.queues.size > 0 || this.retrying.length > 0) this.retryTimer ??= setTimeout(() => this.retry(), RETRY_MS)
+    if (this.queues.size > 0 || this.retrying.length > 0) this.soon()
     const oldest = this.inflight.values().next().value
     if (oldest === undefined || Date.now() - oldest.sentAt < this.timeoutMs) return
     if (this.client.isCluster) {
