@@ -1,13 +1,12 @@
 import { redisAdapter, type RedisAdapterOptions } from '../../src/index.js'
 import { slotOf } from '../../src/adapters/slot.js'
-import type { ClusterNodeInfo, RedisCluster } from './cluster.js'
+import { serves, type ClusterNodeInfo, type RedisCluster } from './cluster.js'
 import type { LogSink } from './log.js'
 import { startApp, type Started } from './server.js'
 import { TestSocket } from './socket.js'
 
 interface Teardown { teardown: (fn: () => unknown) => void }
 
-export const serves = (node: ClusterNodeInfo, slot: number): boolean => node.slots.some(([first, last]) => slot >= first && slot <= last)
 /** The instance a connection is on: its connection id's prefix. */
 export const nodeOf = (socket: TestSocket): string => socket.welcome.connectionId.slice(0, socket.welcome.connectionId.indexOf('-'))
 

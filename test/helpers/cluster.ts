@@ -112,7 +112,8 @@ function parseNodes (text: string): ClusterNodeInfo[] {
   })
 }
 
-const serves = (node: ClusterNodeInfo, slot: number): boolean => node.slots.some(([first, last]) => slot >= first && slot <= last)
+/** Whether a master serves a slot. */
+export const serves = (node: ClusterNodeInfo, slot: number): boolean => node.slots.some(([first, last]) => slot >= first && slot <= last)
 
 /**
  * Start a real Redis Cluster of 3 masters and 3 replicas for one test file
