@@ -788,8 +788,17 @@ export class RedisAdapter implements Adapter {
    * holds the lowest publish id not settled: the script forgets ids below it.
    */
   private readonly unsettled: Batch[] = []
-  /** Publishes of this turn of the event loop not sent yet, by the key base of their partition (see publish). */
+  /**
+   * Publishes not sent yet, by the key base of their partition: this turn's
+   * (see publish), and on a cluster also those made while the partition's
+   * call is in flight (see sendBatch).
+   */
   private readonly batches = new Map<string, Batch>()
+  /**
+   * On a cluster: the partitions with a publish call in flight, and for each
+   * its full batches made since, waiting their turn, oldest first.
+   */
+  private readonly publishing = new Map<string, Batch[]>()
   /** An endTurn is due at the end of this turn of the event loop (publishes to send, WAITs owed). */
   private turnEndScheduled = false
   private lastPublishId = 0
@@ -1108,7 +1117,45 @@ export class RedisAdapter implements Adapter {
   private sendBatch (base: string): void {
     const batch = this.batches.get(base)
     if (batch === undefined) return
+    if (this.shards !== undefined) {
+      // One call in flight per partition, the next one sent once it is answered. ioredis sends a call Redis refused
+      // for now (TRYAGAIN while the slot migrates, CLUSTERDOWN) again by itself, later and by way of a random
+      // master: a later call of the partition would overtake it, and a room's offsets would not follow its frames.
+      // Meanwhile the publishes gather in one batch (and full ones wait their turn): one call for all of them.
+      const waiting = this.publishing.get(base)
+      if (waiting !== undefined) {
+        if (batch.count >= MAX_BATCH || batch.bytes >= MAX_BATCH_BYTES) {
+          this.batches.delete(base)
+          waiting.push(batch)
+        }
+        return
+      }
+      this.publishing.set(base, [])
+    }
     this.batches.delete(base)
+    this.sendNow(base, batch)
+  }
+
+  /** On a cluster: the partition's call was answered (or failed), so its next goes, if any. */
+  private sendNext (base: string): void {
+    const next = this.publishing.get(base)?.shift() ?? this.batches.get(base)
+    if (next === undefined) {
+      this.publishing.delete(base)
+      return
+    }
+    if (next === this.batches.get(base)) this.batches.delete(base)
+    if (this.closed) {
+      // Closing: what waited was never sent.
+      this.settle(next)
+      this.fail(next, unavailable())
+      this.sendNext(base)
+      return
+    }
+    this.sendNow(base, next)
+  }
+
+  /** Send a batch of a partition as one script call, and answer its publishes with the reply. */
+  private sendNow (base: string, batch: Batch): void {
     const { historyTtlMs, nodeId } = this.config
     // Each room's publishes behind `<count>|<room bytes>|<room><epoch>`, its epoch if the call starts one: a fresh one per room.
     let size = 0
@@ -1136,6 +1183,10 @@ export class RedisAdapter implements Adapter {
       historyTtlMs, this.historyRooms, this.historyBytes, call, batch.firstId, batch.lastId
     )
     const called = this.cmd.call('publish', issue, { resend: true, unknown: maybePublished, key: base })
+    if (this.shards !== undefined) {
+      const next = (): void => this.sendNext(base)
+      called.then(next, next)
+    }
     const answered = this.waitReplicas === 0
       ? called
       : called.then(async (offsets) => {
