@@ -1182,7 +1182,7 @@ export class RedisAdapter implements Adapter {
       base, 'publish', nodeId, (this.unsettled[0] as Batch).firstId, again || this.shards !== undefined ? '1' : '0',
       historyTtlMs, this.historyRooms, this.historyBytes, call, batch.firstId, batch.lastId
     )
-    const called = this.cmd.call('publish', issue, { resend: true, unknown: maybePublished, key: base })
+    const called = this.cmd.call('publish', issue, { resend: true, unknown: maybePublished })
     if (this.shards !== undefined) {
       const next = (): void => this.sendNext(base)
       called.then(next, next)
@@ -2161,7 +2161,7 @@ export class RedisAdapter implements Adapter {
 }
 
 /** A call that may be sent again has run once it went out: it must say what its unknown outcome is. */
-type CallOptions = { resend: true, unknown: () => RoomsError, key?: string } | { resend?: false, unknown?: () => RoomsError, key?: undefined }
+type CallOptions = { resend: true, unknown: () => RoomsError } | { resend?: false, unknown?: () => RoomsError }
 
 /** A call on a Link: settled by the link whatever becomes of the connection. */
 interface Call {
@@ -2172,10 +2172,6 @@ interface Call {
   reject: (err: Error) => void
   /** Sent again after a cut rather than failed (the script applies it once whatever the number of sends). */
   resend: boolean
-  /** On a cluster, for a `resend` call: its partition's key base. Such calls of one base are sent in order. */
-  key: string | undefined
-  /** Its place in the order calls were made. */
-  seq: number
   /**
    * The error for a call that went out and was cut off: one that changes what
    * clients see (a publish) may have run, which UNAVAILABLE would deny.
@@ -2208,7 +2204,9 @@ interface Call {
  *
  * On a cluster, a call is sent again, as ioredis would, when it was refused
  * before it went out (its master's connection was down), or when it is a
- * publish; any other call cut off in flight fails. A call unanswered for
+ * publish; any other call cut off in flight fails. A publish sent again
+ * keeps its place: the adapter sends a partition's next publish call only
+ * once the one before is answered or failed (see RedisAdapter.sendBatch). A call unanswered for
  * `timeoutMs` has the node connections asked whether they answer (see
  * probe): only those that do not are broken, so a frozen master costs the
  * calls to it alone.
@@ -2233,14 +2231,6 @@ class Link {
   /** On a cluster: calls waiting RETRY_MS to be sent again, oldest first, and the timer that sends them. */
   private retrying: Call[] = []
   private retryTimer: NodeJS.Timeout | undefined
-  /**
-   * On a cluster: per partition, its publishes waiting to be sent again and
-   * those made after them, in the order they were made (see failedOnCluster).
-   */
-  private readonly queues = new Map<string, Call[]>()
-  private seq = 0
-  /** On a cluster: per partition, the latest publish (by `seq`) Redis answered. */
-  private readonly answered = new Map<string, number>()
   /** On a cluster: the masters are being asked whether they answer. */
   private probing = false
   private readonly onHung: (node: string) => void
@@ -2306,19 +2296,15 @@ class Link {
     return this.client.status === 'ready'
   }
 
-  call<T> (what: string, issue: (again: boolean) => Promise<T>, { resend = false, unknown, key }: CallOptions = {}): Promise<T> {
+  call<T> (what: string, issue: (again: boolean) => Promise<T>, { resend = false, unknown }: CallOptions = {}): Promise<T> {
     if (!this.ready) return Promise.reject(unavailable())
     return new Promise<T>((resolve, reject) => {
-      const call: Call = { what, issue, resolve, reject, resend, unknown, key, seq: ++this.seq, sentAt: 0 }
+      const call: Call = { what, issue, resolve, reject, resend, unknown, sentAt: 0 }
       if (resend && this.held.length > 0) {
         // The connection is back, and the calls cut off on it wait to be sent
         // again: one made now goes after them, or it would overtake them.
         call.until = Date.now() + RESEND_WITHIN_MS
         this.held.push(call)
-      } else if (key !== undefined && this.queues.size !== 0 && this.queues.has(key)) {
-        // The same on a cluster, for the publishes of one partition (so of one master).
-        call.until = Date.now() + RESEND_WITHIN_MS
-        this.enqueue(call, key)
       } else {
         this.send(call)
       }
@@ -2332,11 +2318,10 @@ class Link {
     clearTimeout(this.retryTimer)
     // A publish that went out may have run, as when its time to be sent again is up (`expire`).
     for (const call of [...this.inflight, ...this.held]) call.reject(outcome(call))
-    for (const call of [...this.retrying, ...[...this.queues.values()].flat()]) call.reject(lost(call))
+    for (const call of this.retrying) call.reject(lost(call))
     this.inflight.clear()
     this.held = []
     this.retrying = []
-    this.queues.clear()
   }
 
   private send (call: Call): void {
@@ -2348,15 +2333,10 @@ class Link {
       this.metrics?.roundTrip(performance.now() - started)
       if (!this.inflight.delete(call)) return
       call.resolve(value)
-      if (call.key === undefined || !this.client.isCluster) return
-      if (call.seq > (this.answered.get(call.key) ?? 0)) this.answered.set(call.key, call.seq)
-      // Its connection works: the publishes of its partition that waited behind it go now.
-      if (this.queues.size !== 0 && this.queues.has(call.key) && !this.busy(call.key)) this.drain(call.key)
     }, (err: unknown) => {
       if (!this.inflight.delete(call)) return
       if (this.client.isCluster) {
         this.failedOnCluster(call, err)
-        if (call.key !== undefined && this.queues.has(call.key)) this.soon()
         return
       }
       // A publish whose connection broke under it may have run.
@@ -2379,32 +2359,12 @@ class Link {
     if (cut || (!unsent && isCutOff(err))) call.ran = true
     call.until ??= call.sentAt + RESEND_WITHIN_MS
     // Sent again only for a broken connection: an error Redis gave (a script's) would come back the same.
-    if ((unsent || (call.resend && isCutOff(err))) && !this.overtaken(call) && this.ready && Date.now() + RETRY_MS < call.until) {
-      if (call.key !== undefined) {
-        this.enqueue(call, call.key)
-      } else {
-        this.retrying.push(call)
-        this.soon()
-      }
+    if ((unsent || (call.resend && isCutOff(err))) && this.ready && Date.now() + RETRY_MS < call.until) {
+      this.retrying.push(call)
+      this.soon()
       return
     }
     call.reject(call.ran === true ? lost(call) : this.ready ? this.failure(err, call.what) : unavailable())
-  }
-
-  /**
-   * Queue a publish of a partition, in the order publishes were made. While
-   * its queue is not empty, a partition's publishes go out only when none of
-   * them is in flight, all together and in order (see drain). One sent on a
-   * connection still being made waits on it while ioredis refuses those after
-   * it: sent again as soon as they are refused, they could overtake it.
-   */
-  private enqueue (call: Call, key: string): void {
-    let queue = this.queues.get(key)
-    if (queue === undefined) this.queues.set(key, queue = [])
-    let at = queue.length
-    while (at > 0 && (queue[at - 1] as Call).seq > call.seq) at--
-    queue.splice(at, 0, call)
-    this.soon()
   }
 
   /** Have a round of sending again (retry) come in RETRY_MS, unless one is due already. */
@@ -2412,40 +2372,13 @@ class Link {
     this.retryTimer ??= setTimeout(() => this.retry(), RETRY_MS)
   }
 
-  /** Whether a publish of this partition is in flight. */
-  private busy (key: string): boolean {
-    for (const call of this.inflight) if (call.key === key) return true
-    return false
-  }
-
-  /** Send a partition's queued publishes, in order (see sendAgain). */
-  private drain (key: string): void {
-    const queue = this.queues.get(key) as Call[]
-    this.queues.delete(key)
-    for (const call of queue) this.sendAgain(call)
-  }
-
-  /** Send a waiting call, unless it must not go out any more (see expired): then it fails. */
+  /** Send a waiting call, unless its time to be sent again is up: then it fails. */
   private sendAgain (call: Call): void {
-    if (this.ready && !this.expired(call, Date.now())) this.send(call)
+    if (this.ready && Date.now() < (call.until as number)) this.send(call)
     else call.reject(lost(call))
   }
 
-  /** A waiting call that must not go out: its time is up, or it was overtaken. */
-  private expired (call: Call, now: number): boolean {
-    return now >= (call.until as number) || this.overtaken(call)
-  }
-
-  /**
-   * A publish that a later one of its partition, sent another way (to a new
-   * master), overtook: that one was answered first, so sent now, this one
-   * would come after it.
-   */
-  private overtaken (call: Call): boolean {
-    return call.key !== undefined && call.seq < (this.answered.get(call.key) ?? 0)
-  }
-
-  /** Send the calls waiting to be sent again, once the cluster's slots are read again: each partition's in order. */
+  /** Send the calls waiting to be sent again, once the cluster's slots are read again. */
   private retry (): void {
     const cluster = this.client as Cluster
     cluster.refreshSlotsCache(() => {
@@ -2453,21 +2386,6 @@ class Link {
       const calls = this.retrying
       this.retrying = []
       for (const call of calls) this.sendAgain(call)
-      // A partition with a publish in flight waits for its answer (see send); those of its queue whose time is up fail now.
-      const now = Date.now()
-      for (const [key, queue] of [...this.queues]) {
-        if (!this.busy(key)) {
-          this.drain(key)
-          continue
-        }
-        const waiting = queue.filter((call) => {
-          if (!this.expired(call, now)) return true
-          call.reject(lost(call))
-          return false
-        })
-        if (waiting.length === 0) this.queues.delete(key)
-        else this.queues.set(key, waiting)
-      }
     })
   }
 
@@ -2489,7 +2407,7 @@ class Link {
   /** The oldest call waited too long: settle what is in flight as for a break, and reconnect. */
   private check (): void {
     // Calls waiting to be sent again always have a round to come, whatever broke meanwhile: their time runs out there.
-    if (this.queues.size > 0 || this.retrying.length > 0) this.soon()
+    if (this.retrying.length > 0) this.soon()
     const oldest = this.inflight.values().next().value
     if (oldest === undefined || Date.now() - oldest.sentAt < this.timeoutMs) return
     if (this.client.isCluster) {
