@@ -38,6 +38,8 @@ interface Setup {
   victim: ClusterNodeInfo
   a: Started
   sink: LogSink
+  /** The instance's partitions. */
+  parts: Partitions
   /** `n` rooms whose slot `node` serves, named `name0`, `name1`... */
   on: (node: ClusterNodeInfo, name: string, n: number) => string[]
   /** SIGSTOP the victim; `thaw` (SIGCONT) is also run at teardown. */
@@ -76,16 +78,18 @@ async function setup (t: Test, nodeTimeoutMs: number): Promise<Setup> {
     t.teardown(thaw)
     return { thaw }
   }
-  return { c, victim, a, sink, on, freeze }
+  return { c, victim, a, sink, parts, on, freeze }
 }
 
 const lostTheLink = (sink: LogSink): boolean => sink.lines.some((line) => /lost the link to Redis/.test(line.msg))
 
 t.test('a frozen master costs the instance its calls to that master only', { skip: skipCluster }, async (t) => {
-  const { c, victim, a, sink, on, freeze } = await setup(t, NODE_TIMEOUT_MS)
+  const { c, victim, a, sink, parts, on, freeze } = await setup(t, NODE_TIMEOUT_MS)
   const other = (await c.nodes()).find((m) => m.role === 'master' && m.port !== victim.port && !serves(m, slotOf('{global}')))!
   const [frozen, refused] = on(victim, 'frozen', 2) as [string, string]
   const [live, fresh] = on(other, 'live', 2) as [string, string]
+  // On the frozen master too, in another partition than `frozen`: its publishes do not wait for ada's.
+  const flooded = on(victim, 'flooded', 20).find((room) => parts.base(room) !== parts.base(frozen))!
   const [ada, bob, cy, dee, eve] = await Promise.all([0, 1, 2, 3, 4].map(async () => await TestSocket.open(a.wsUrl))) as [TestSocket, TestSocket, TestSocket, TestSocket, TestSocket]
   t.teardown(async () => await Promise.all([ada, bob, cy, dee, eve].map(async (s) => await s.close())))
   for (const room of [frozen, live]) t.match(await ada.join(room), { type: 'joined', count: 1 })
@@ -99,12 +103,20 @@ t.test('a frozen master costs the instance its calls to that master only', { ski
   const stuck = ada.request({ type: 'publish', room: frozen, data: 'stuck' }, COMMAND_TIMEOUT_MS * 4 + MARGIN_MS)
   const entering = eve.request({ type: 'join', room: frozen }, COMMAND_TIMEOUT_MS * 4 + MARGIN_MS)
   const joining = cy.request({ type: 'join', room: refused }, COMMAND_TIMEOUT_MS * 4 + MARGIN_MS)
+  // Server publishes, more than four script calls' worth (256 a call): they wait for the partition's call in flight
+  // and are refused with it, not sent one full call after another, each waiting as long again.
+  const flood = Promise.all(Array.from({ length: 1100 }, async (_, i) => await a.app.rooms.broadcast(flooded, `flood ${i}`).then(
+    () => 'acked', (err: { code: string, message: string }) => err.code === 'INTERNAL' && /may or may not have been published/.test(err.message) ? 'unknown outcome' : err.code)))
+    .then((outcomes) => ({ outcomes, waited: performance.now() - stopped }))
   const answer = await stuck
   const waited = performance.now() - stopped
   t.match(answer, { type: 'error', code: 'INTERNAL', message: /may or may not have been published/ }, 'the publish on the frozen master is answered as one that may have run')
   t.ok(waited < COMMAND_TIMEOUT_MS * 2 + MARGIN_MS, `after about commandTimeoutMs: ${Math.round(waited)} ms`)
   t.match(await entering, { type: 'error', code: 'UNAVAILABLE', room: frozen }, 'the join sent to the frozen master answers UNAVAILABLE')
   t.match(await joining, { type: 'error', code: 'UNAVAILABLE', room: refused }, 'the join whose subscription waits on the frozen master answers UNAVAILABLE')
+  const { outcomes, waited: floodWaited } = await flood
+  t.same([...new Set(outcomes)].filter((o) => o !== 'UNAVAILABLE' && o !== 'unknown outcome'), [], 'the server publishes are refused, or of unknown outcome')
+  t.ok(floodWaited < COMMAND_TIMEOUT_MS * 2 + MARGIN_MS, `all ${outcomes.length} answered about as soon as one: ${Math.round(floodWaited)} ms`)
 
   // The rest of the cluster is untouched: joins, publishes and deliveries in rooms on the other masters.
   t.match(await dee.join(fresh), { type: 'joined', room: fresh, count: 1 }, 'a join into a new room on another master')

@@ -622,7 +622,10 @@ const unavailable = storeUnavailable
  * may have been stored and delivered, so it is INTERNAL with a sentence that
  * says what to do.
  */
-const maybePublished = (): RoomsError => new RoomsError('INTERNAL', 'The message store became unreachable while publishing: the message may or may not have been published. Check the room\'s history before publishing it again.')
+const MAYBE_PUBLISHED = 'The message store became unreachable while publishing: the message may or may not have been published. Check the room\'s history before publishing it again.'
+const maybePublished = (): RoomsError => new RoomsError('INTERNAL', MAYBE_PUBLISHED)
+/** A publish call failed for want of an answer from its Redis (not for an error Redis gave). */
+const unanswered = (err: unknown): boolean => err instanceof RoomsError && (err.code === 'UNAVAILABLE' || err.message === MAYBE_PUBLISHED)
 /** The same for a message that is not stored (ephemeral, `direct`): there is no history to check. */
 const maybeDelivered = (): RoomsError => new RoomsError('INTERNAL', 'The message store became unreachable while sending: the message may or may not have been delivered.')
 /**
@@ -678,7 +681,7 @@ interface RoomBatch {
   receipts: PublishReceipt[]
 }
 
-/** A partition's publishes of this turn of the event loop, not sent yet: one script call. */
+/** A partition's publishes not sent yet, made in this turn of the event loop (on a cluster, since its call in flight went out): one script call. */
 interface Batch {
   /** Its first publish's id, the lowest of its ids (ids only grow). */
   firstId: number
@@ -891,6 +894,11 @@ export class RedisAdapter implements Adapter {
         // ioredis would send a call cut off by a closed master connection again, after the Link settled it: a join
         // the node already undid would run. The Link resends what is safe to send again (see Link.failedOnCluster).
         retryDelayOnFailover: 0,
+        // ioredis sends a call Redis refused for now (TRYAGAIN, CLUSTERDOWN) again by itself, a delay apart, up to
+        // maxRedirections times, and nothing stops it once the Link gave up on the call: a publish answered "may or
+        // may not" could then be applied after a later one. Capped so that ioredis gives up first, within half of
+        // commandTimeoutMs.
+        maxRedirections: redirections(this.commandTimeoutMs, this.options.clusterOptions),
         // A node connection that reconnected by itself would drop the calls written on it without settling them.
         clusterNodeRetryStrategy: undefined,
         // Replicas lag: history and offsets are read where they are written.
@@ -981,7 +989,8 @@ export class RedisAdapter implements Adapter {
    * Publishes wait for the end of this turn of the event loop, then each
    * partition's go to Redis in one script call (so one call on one Redis),
    * and all of them in one write: the messages a room got together reach
-   * every node in one pub/sub message.
+   * every node in one pub/sub message. On a cluster a partition's call waits
+   * until the one before it is answered (see sendBatch).
    */
   publish (room: string, message: EncodedPublish): Promise<number | undefined> {
     // No closure of its own: `capture` hands over the promise's resolvers.
@@ -999,7 +1008,7 @@ export class RedisAdapter implements Adapter {
     }
   }
 
-  /** Refused while Redis is unreachable; an ephemeral one is sent at once, any other joins this turn's call. */
+  /** Refused while Redis is unreachable; an ephemeral one is sent at once, any other joins its partition's next call. */
   private take (room: string, message: EncodedPublish, receipt: PublishReceipt): void {
     if (!this.cmd.ready) {
       this.answer(receipt, undefined, unavailable())
@@ -1010,7 +1019,12 @@ export class RedisAdapter implements Adapter {
     }
   }
 
-  /** Not stored, not numbered: straight to the nodes with members, with this node's clock, after the room's publishes before it. */
+  /**
+   * Not stored, not numbered: straight to the nodes with members, with this
+   * node's clock. After the room's publishes before it on one Redis; on a
+   * cluster those may still wait for their partition's call in flight (see
+   * sendBatch), and it does not: ephemeral messages are not ordered with stored ones.
+   */
   private async publishEphemeral (room: string, message: EncodedPublish): Promise<undefined> {
     this.sendBatch(this.partitions.base(room))
     const frame = messageFrame(room, message, undefined, Date.now())
@@ -1138,20 +1152,28 @@ export class RedisAdapter implements Adapter {
 
   /** On a cluster: the partition's call was answered (or failed), so its next goes, if any. */
   private sendNext (base: string): void {
+    if (this.closed) this.refuseWaiting(base)
     const next = this.publishing.get(base)?.shift() ?? this.batches.get(base)
     if (next === undefined) {
       this.publishing.delete(base)
       return
     }
     if (next === this.batches.get(base)) this.batches.delete(base)
-    if (this.closed) {
-      // Closing: what waited was never sent.
-      this.settle(next)
-      this.fail(next, unavailable())
-      this.sendNext(base)
-      return
-    }
     this.sendNow(base, next)
+  }
+
+  /** On a cluster: refuse the partition's publishes waiting for its call in flight. None went out: UNAVAILABLE. */
+  private refuseWaiting (base: string): void {
+    const waiting = this.publishing.get(base)?.splice(0) ?? []
+    const open = this.batches.get(base)
+    if (open !== undefined) {
+      this.batches.delete(base)
+      waiting.push(open)
+    }
+    for (const batch of waiting) {
+      this.settle(batch)
+      this.fail(batch, unavailable())
+    }
   }
 
   /** Send a batch of a partition as one script call, and answer its publishes with the reply. */
@@ -1184,8 +1206,12 @@ export class RedisAdapter implements Adapter {
     )
     const called = this.cmd.call('publish', issue, { resend: true, unknown: maybePublished })
     if (this.shards !== undefined) {
-      const next = (): void => this.sendNext(base)
-      called.then(next, next)
+      called.then(() => this.sendNext(base), (err: unknown) => {
+        // Its master did not answer (within commandTimeoutMs, or a resend's 2 s), or refused for now: those waiting
+        // behind it would wait as long again, each call in turn, and their queue would grow meanwhile.
+        if (unanswered(err)) this.refuseWaiting(base)
+        this.sendNext(base)
+      })
     }
     const answered = this.waitReplicas === 0
       ? called
@@ -2500,6 +2526,12 @@ class Link {
     this.timer = setTimeout(() => this.expire(), Math.min(...this.held.map((call) => call.until as number)) - now)
     this.timer.unref()
   }
+}
+
+/** ioredis' maxRedirections, at most what fits its retries of one call (TRYAGAIN, CLUSTERDOWN) in half of `timeoutMs`. */
+function redirections (timeoutMs: number, options: ClusterOptions | undefined): number {
+  const { maxRedirections = 16, retryDelayOnTryAgain = 100, retryDelayOnClusterDown = 100 } = options ?? {}
+  return Math.max(2, Math.min(maxRedirections, Math.floor(timeoutMs / 2 / Math.max(retryDelayOnTryAgain, retryDelayOnClusterDown, 1))))
 }
 
 /** The error for a call that failed for a lost connection: whether it went out decides whether it may have run. */
