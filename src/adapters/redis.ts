@@ -624,8 +624,13 @@ const unavailable = storeUnavailable
  */
 const MAYBE_PUBLISHED = 'The message store became unreachable while publishing: the message may or may not have been published. Check the room\'s history before publishing it again.'
 const maybePublished = (): RoomsError => new RoomsError('INTERNAL', MAYBE_PUBLISHED)
-/** A publish call failed for want of an answer from its Redis (not for an error Redis gave). */
-const unanswered = (err: unknown): boolean => err instanceof RoomsError && (err.code === 'UNAVAILABLE' || err.message === MAYBE_PUBLISHED)
+/**
+ * A publish call that its Redis did not serve: unreachable, refusing for now
+ * (TRYAGAIN or CLUSTERDOWN past ioredis' retries, LOADING, READONLY...: both
+ * UNAVAILABLE), or cut off in flight (may or may not). Not one that Redis
+ * answered with an error of the script's (INTERNAL).
+ */
+const notServed = (err: unknown): boolean => err instanceof RoomsError && (err.code === 'UNAVAILABLE' || err.message === MAYBE_PUBLISHED)
 /** The same for a message that is not stored (ephemeral, `direct`): there is no history to check. */
 const maybeDelivered = (): RoomsError => new RoomsError('INTERNAL', 'The message store became unreachable while sending: the message may or may not have been delivered.')
 /**
@@ -894,11 +899,6 @@ export class RedisAdapter implements Adapter {
         // ioredis would send a call cut off by a closed master connection again, after the Link settled it: a join
         // the node already undid would run. The Link resends what is safe to send again (see Link.failedOnCluster).
         retryDelayOnFailover: 0,
-        // ioredis sends a call Redis refused for now (TRYAGAIN, CLUSTERDOWN) again by itself, a delay apart, up to
-        // maxRedirections times, and nothing stops it once the Link gave up on the call: a publish answered "may or
-        // may not" could then be applied after a later one. Capped so that ioredis gives up first, within half of
-        // commandTimeoutMs.
-        maxRedirections: redirections(this.commandTimeoutMs, this.options.clusterOptions),
         // A node connection that reconnected by itself would drop the calls written on it without settling them.
         clusterNodeRetryStrategy: undefined,
         // Replicas lag: history and offsets are read where they are written.
@@ -1209,7 +1209,7 @@ export class RedisAdapter implements Adapter {
       called.then(() => this.sendNext(base), (err: unknown) => {
         // Its master did not answer (within commandTimeoutMs, or a resend's 2 s), or refused for now: those waiting
         // behind it would wait as long again, each call in turn, and their queue would grow meanwhile.
-        if (unanswered(err)) this.refuseWaiting(base)
+        if (notServed(err)) this.refuseWaiting(base)
         this.sendNext(base)
       })
     }
@@ -2526,12 +2526,6 @@ class Link {
     this.timer = setTimeout(() => this.expire(), Math.min(...this.held.map((call) => call.until as number)) - now)
     this.timer.unref()
   }
-}
-
-/** ioredis' maxRedirections, at most what fits its retries of one call (TRYAGAIN, CLUSTERDOWN) in half of `timeoutMs`. */
-function redirections (timeoutMs: number, options: ClusterOptions | undefined): number {
-  const { maxRedirections = 16, retryDelayOnTryAgain = 100, retryDelayOnClusterDown = 100 } = options ?? {}
-  return Math.max(2, Math.min(maxRedirections, Math.floor(timeoutMs / 2 / Math.max(retryDelayOnTryAgain, retryDelayOnClusterDown, 1))))
 }
 
 /** The error for a call that failed for a lost connection: whether it went out decides whether it may have run. */
