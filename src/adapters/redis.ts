@@ -1153,13 +1153,14 @@ export class RedisAdapter implements Adapter {
   /** On a cluster: the partition's call was answered (or failed), so its next goes, if any. */
   private sendNext (base: string): void {
     if (this.closed) this.refuseWaiting(base)
-    const next = this.publishing.get(base)?.shift() ?? this.batches.get(base)
-    if (next === undefined) {
-      this.publishing.delete(base)
+    const full = this.publishing.get(base)?.shift()
+    if (full !== undefined) {
+      this.sendNow(base, full)
       return
     }
-    if (next === this.batches.get(base)) this.batches.delete(base)
-    this.sendNow(base, next)
+    this.publishing.delete(base)
+    // The open one at the end of this turn: with the publishes made until then, in one write with the other calls.
+    if (this.batches.has(base)) this.scheduleTurnEnd()
   }
 
   /** On a cluster: refuse the partition's publishes waiting for its call in flight. None went out: UNAVAILABLE. */
