@@ -799,7 +799,7 @@ export class RedisAdapter implements Adapter {
   /**
    * Publishes not sent yet, by the key base of their partition: this turn's
    * (see publish), and on a cluster also those made while the partition's
-   * call is in flight (see sendBatch).
+   * call is in flight and until the end of the turn it is answered in (see sendBatch).
    */
   private readonly batches = new Map<string, Batch>()
   /**
