@@ -1132,7 +1132,7 @@ export class RedisAdapter implements Adapter {
     const batch = this.batches.get(base)
     if (batch === undefined) return
     if (this.shards !== undefined) {
-      // One call in flight per partition, the next one sent once it is answered. ioredis sends a call Redis refused
+      // One call in flight per partition, the next one sent once it is answered or has failed. ioredis sends a call Redis refused
       // for now (TRYAGAIN while the slot migrates, CLUSTERDOWN) again by itself, later and by way of a random
       // master: a later call of the partition would overtake it, and a room's offsets would not follow its frames.
       // Meanwhile the publishes gather in one batch (and full ones wait their turn): one call for all of them.
