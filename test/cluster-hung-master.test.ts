@@ -153,9 +153,9 @@ t.test('a frozen master costs the instance its calls to that master only', { ski
 t.test('a frozen master that its replica replaces: the instance never breaks its whole link, and nothing acked is lost', { skip: skipCluster }, async (t) => {
   // The cluster's short node timeout: the replica takes over a second or two after the freeze, while the
   // instance's calls to the frozen master still wait, and its connections to that master are still being closed.
-  const { c, victim, a, sink, on, freeze } = await setup(t, FAILOVER_NODE_TIMEOUT_MS)
+  const { c, victim, a, sink, parts, on, freeze } = await setup(t, FAILOVER_NODE_TIMEOUT_MS)
   const [room] = on(victim, 'frozen', 1) as [string]
-  const slot = new Partitions('hung:', 64).slot(new Partitions('hung:', 64).base(room))
+  const slot = parts.slot(parts.base(room))
   const ada = await TestSocket.open(a.wsUrl)
   t.teardown(async () => await ada.close())
   t.match(await ada.join(room), { type: 'joined', count: 1 })

@@ -1132,10 +1132,10 @@ export class RedisAdapter implements Adapter {
     const batch = this.batches.get(base)
     if (batch === undefined) return
     if (this.shards !== undefined) {
-      // One call in flight per partition, the next one sent once it is answered or has failed. ioredis sends a call Redis refused
-      // for now (TRYAGAIN while the slot migrates, CLUSTERDOWN) again by itself, later and by way of a random
-      // master: a later call of the partition would overtake it, and a room's offsets would not follow its frames.
-      // Meanwhile the publishes gather in one batch (and full ones wait their turn): one call for all of them.
+      // One call in flight per partition, the next one sent once it is answered or has failed. ioredis sends a
+      // call Redis refused for now (TRYAGAIN while the slot migrates, CLUSTERDOWN) again by itself, later and by
+      // way of a random master: a later call of the partition would overtake it, and a room's offsets would not
+      // follow its frames. Meanwhile the publishes gather in one batch (and full ones wait their turn).
       const waiting = this.publishing.get(base)
       if (waiting !== undefined) {
         if (batch.count >= MAX_BATCH || batch.bytes >= MAX_BATCH_BYTES) {
@@ -2233,10 +2233,10 @@ interface Call {
  * before it went out (its master's connection was down), or when it is a
  * publish; any other call cut off in flight fails. A publish sent again
  * keeps its place: the adapter sends a partition's next publish call only
- * once the one before is answered or failed (see RedisAdapter.sendBatch). A call unanswered for
- * `timeoutMs` has the node connections asked whether they answer (see
- * probe): only those that do not are broken, so a frozen master costs the
- * calls to it alone.
+ * once the one before is answered or failed (see RedisAdapter.sendBatch).
+ * A call unanswered for `timeoutMs` has the node connections asked whether
+ * they answer (see probe): only those that do not are broken, so a frozen
+ * master costs the calls to it alone.
  */
 class Link {
   private readonly client: Redis | Cluster
@@ -2399,12 +2399,6 @@ class Link {
     this.retryTimer ??= setTimeout(() => this.retry(), RETRY_MS)
   }
 
-  /** Send a waiting call, unless its time to be sent again is up: then it fails. */
-  private sendAgain (call: Call): void {
-    if (this.ready && Date.now() < (call.until as number)) this.send(call)
-    else call.reject(lost(call))
-  }
-
   /** Send the calls waiting to be sent again, once the cluster's slots are read again. */
   private retry (): void {
     const cluster = this.client as Cluster
@@ -2412,7 +2406,11 @@ class Link {
       this.retryTimer = undefined
       const calls = this.retrying
       this.retrying = []
-      for (const call of calls) this.sendAgain(call)
+      for (const call of calls) {
+        // Unless its time to be sent again is up: then it fails.
+        if (this.ready && Date.now() < (call.until as number)) this.send(call)
+        else call.reject(lost(call))
+      }
     })
   }
 
