@@ -207,6 +207,40 @@ t.test('a frozen master that its replica replaces: the instance never breaks its
   }
 })
 
+t.test('a frozen master nobody replaces takes the cluster down: the instance refuses calls meanwhile, never breaks its whole link, and works on once it thaws', { skip: skipCluster }, async (t) => {
+  // The short node timeout flags the frozen master as failing and the cluster as down (CLUSTERDOWN from every
+  // master), with no replica to take over. ioredis reads the slots again from a random node after each CLUSTERDOWN,
+  // and a read sent to the frozen one waits a whole slotsRefreshTimeout: a call held for that is not the link's fault.
+  const { c, victim, a, sink, on, freeze } = await setup(t, FAILOVER_NODE_TIMEOUT_MS)
+  const replica = (await c.nodes()).find((n) => n.masterOf === victim.id)!
+  await c.node(replica.port).call('CONFIG', 'SET', 'cluster-replica-no-failover', 'yes')
+  t.teardown(async () => await c.node(replica.port).call('CONFIG', 'SET', 'cluster-replica-no-failover', 'no'))
+  const other = (await c.nodes()).find((m) => m.role === 'master' && m.port !== victim.port && !serves(m, slotOf('{global}')))!
+  const [live] = on(other, 'live', 1) as [string]
+  const [ada, bob] = await Promise.all([TestSocket.open(a.wsUrl), TestSocket.open(a.wsUrl)])
+  t.teardown(async () => await Promise.all([ada.close(), bob.close()]))
+  t.match(await ada.join(live), { type: 'joined', count: 1 })
+  t.match(await bob.join(live), { type: 'joined', count: 2 })
+  const { thaw } = freeze()
+  const observer = c.node(other.port)
+  await eventually(async () => String(await observer.call('CLUSTER', 'INFO')), (info) => info.includes('cluster_state:fail'), `${other.port} finds the cluster down`, 30_000)
+  // A publish every 100 ms for three seconds, each refused: the cluster is down.
+  const answers: Array<Promise<Frame>> = []
+  for (let i = 0; i < 30; i++) {
+    answers.push(bob.request({ type: 'publish', room: live, data: `down${i}` }, COMMAND_TIMEOUT_MS * 4 + MARGIN_MS))
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  const all = await Promise.all(answers)
+  t.same(all.filter((f) => !(f.type === 'error' && f.code === 'UNAVAILABLE')), [], 'every publish while the cluster is down is refused UNAVAILABLE')
+  t.notOk(lostTheLink(sink), 'the instance never took its whole link to the cluster for lost')
+  thaw()
+  await eventually(async () => String(await observer.call('CLUSTER', 'INFO')), (info) => info.includes('cluster_state:ok'), `${other.port} finds the cluster ok again`, 30_000)
+  await eventually(async () => await bob.request({ type: 'publish', room: live, data: 'after' }), (f) => f.type === 'ack', 'a publish acked once the cluster is back', 30_000)
+  t.match(await ada.next((f) => f.type === 'message' && f.data === 'after', 'the publish made after the thaw'), { room: live })
+  t.equal(ada.closedWith, undefined, 'the members were not disconnected')
+  t.notOk(lostTheLink(sink), 'nor after the thaw')
+})
+
 /**
  * Publishes of one room, cut off with their master connection while more are
  * made, then sent again: acked offsets follow the order they were made, and

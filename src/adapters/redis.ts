@@ -585,9 +585,9 @@ const RESEND_WITHIN_MS = 2_000
 
 /**
  * On a cluster, a call refused before it went out (its master's connection
- * was down) is sent again this often, within RESEND_WITHIN_MS, the slots
- * read again first: what ioredis' retryDelayOnFailover did, which is off
- * (see Link).
+ * was down) or refused CLUSTERDOWN is sent again this often, within
+ * RESEND_WITHIN_MS, the slots read again first: what ioredis'
+ * retryDelayOnFailover and retryDelayOnClusterDown did, which are off (see Link).
  */
 const RETRY_MS = 100
 
@@ -899,6 +899,10 @@ export class RedisAdapter implements Adapter {
         // ioredis would send a call cut off by a closed master connection again, after the Link settled it: a join
         // the node already undid would run. The Link resends what is safe to send again (see Link.failedOnCluster).
         retryDelayOnFailover: 0,
+        // Nor a call Redis refused with CLUSTERDOWN: ioredis holds it for a slot read from a random node, and a read
+        // sent to a frozen one waits slotsRefreshTimeout, so a call would look unanswered while every connection
+        // answers, and the Link would break them all (see Link.probe). The Link sends it again instead (notSent).
+        retryDelayOnClusterDown: 0,
         // A node connection that reconnected by itself would drop the calls written on it without settling them.
         clusterNodeRetryStrategy: undefined,
         // Replicas lag: history and offsets are read where they are written.
@@ -2230,7 +2234,8 @@ interface Call {
  * Redis, or a connection the network dropped without a word).
  *
  * On a cluster, a call is sent again, as ioredis would, when it was refused
- * before it went out (its master's connection was down), or when it is a
+ * before it went out (its master's connection was down) or without being
+ * run (CLUSTERDOWN: the slot read is not timed as the call's), or when it is a
  * publish; any other call cut off in flight fails. A publish sent again
  * keeps its place: the adapter sends a partition's next publish call only
  * once the one before is answered or failed (see RedisAdapter.sendBatch).
@@ -2648,10 +2653,14 @@ function results (replies: Array<[Error | null, unknown]> | null): unknown[] {
   })
 }
 
-/** On a cluster: ioredis refused the call before writing it, its master's connection being down. */
+/**
+ * On a cluster: ioredis refused the call before writing it, its master's
+ * connection being down, or Redis refused it without running it, the
+ * cluster being down (CLUSTERDOWN, a master failing and not replaced yet).
+ */
 function notSent (err: unknown): boolean {
   const message = err instanceof Error ? err.message : ''
-  return /^(Connection is closed\.|Stream isn't writeable and enableOfflineQueue options is false|Cluster isn't ready and enableOfflineQueue options is false)$/.test(message)
+  return /^(Connection is closed\.|Stream isn't writeable and enableOfflineQueue options is false|Cluster isn't ready and enableOfflineQueue options is false)$|^CLUSTERDOWN\b/.test(message)
 }
 
 /** The connection broke after the command was sent: it may or may not have run. */
