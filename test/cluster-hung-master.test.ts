@@ -211,7 +211,7 @@ t.test('a frozen master nobody replaces takes the cluster down: the instance ref
   // The short node timeout flags the frozen master as failing and the cluster as down (CLUSTERDOWN from every
   // master), with no replica to take over. ioredis reads the slots again from a random node after each CLUSTERDOWN,
   // and a read sent to the frozen one waits a whole slotsRefreshTimeout: a call held for that is not the link's fault.
-  const { c, victim, a, sink, on, freeze } = await setup(t, FAILOVER_NODE_TIMEOUT_MS)
+  const { c, victim, a, sink, parts, on, freeze } = await setup(t, FAILOVER_NODE_TIMEOUT_MS)
   const replica = (await c.nodes()).find((n) => n.masterOf === victim.id)!
   await c.node(replica.port).call('CONFIG', 'SET', 'cluster-replica-no-failover', 'yes')
   t.teardown(async () => await c.node(replica.port).call('CONFIG', 'SET', 'cluster-replica-no-failover', 'no'))
@@ -235,6 +235,42 @@ t.test('a frozen master nobody replaces takes the cluster down: the instance ref
   t.notOk(lostTheLink(sink), 'the instance never took its whole link to the cluster for lost')
   thaw()
   await eventually(async () => String(await observer.call('CLUSTER', 'INFO')), (info) => info.includes('cluster_state:ok'), `${other.port} finds the cluster ok again`, 30_000)
+  t.match(await bob.request({ type: 'publish', room: live, data: 'back' }), { type: 'ack' }, 'a publish is acked once the cluster is back')
+
+  // Down again, and thawed as soon as the cluster is found down: the masters keep the FAIL flag, and the cluster
+  // down, for twice the node timeout from the flag (then they clear it, as the master serves its slots again).
+  // A server publish every 100 ms until then, each to a room of another partition (so that none waits for
+  // another's call): one refused CLUSTERDOWN is sent again till the cluster is back, and acked.
+  const seen = new Set<string>()
+  const spread = on(other, 'thaw', 400).filter((room) => !seen.has(parts.base(room)) && seen.add(parts.base(room)) !== undefined).slice(0, 20)
+  const again = freeze()
+  await eventually(async () => String(await observer.call('CLUSTER', 'INFO')), (info) => info.includes('cluster_state:fail'), `${other.port} finds the cluster down again`, 30_000)
+  again.thaw()
+  const made: Array<{ at: number, answer: Promise<string> }> = []
+  let back = false
+  /** When the last CLUSTER INFO that found the cluster down was sent. */
+  let downAt = performance.now()
+  const polling = (async () => {
+    const deadline = performance.now() + 30_000
+    while (!back) {
+      const sent = performance.now()
+      if (String(await observer.call('CLUSTER', 'INFO')).includes('cluster_state:ok')) back = true
+      else downAt = sent
+      if (performance.now() > deadline) throw new Error(`${other.port} did not find the cluster ok again within 30 s of the thaw`)
+    }
+  })()
+  for (let i = 0; !back && i < 300; i++) {
+    const answer = a.app.rooms.broadcast(spread[i % spread.length]!, `thaw${i}`).then(() => 'acked', (err: { code: string }) => err.code)
+    made.push({ at: performance.now(), answer })
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  await polling
+  const thawed = await Promise.all(made.map(async (m) => ({ at: m.at, outcome: await m.answer })))
+  t.same(thawed.filter(({ outcome }) => outcome !== 'acked' && outcome !== 'UNAVAILABLE'), [], 'each publish around the thaw is acked or refused UNAVAILABLE')
+  // Made before a CLUSTER INFO that still found the cluster down, with 50 ms to spare: refused at least once.
+  const refusedFirst = thawed.filter(({ at }) => at < downAt - 50)
+  const resent = refusedFirst.filter(({ outcome }) => outcome === 'acked')
+  t.ok(resent.length > 0, `a publish refused CLUSTERDOWN is sent again and acked once the cluster is back (${resent.length} of ${refusedFirst.length})`)
   await eventually(async () => await bob.request({ type: 'publish', room: live, data: 'after' }), (f) => f.type === 'ack', 'a publish acked once the cluster is back', 30_000)
   t.match(await ada.next((f) => f.type === 'message' && f.data === 'after', 'the publish made after the thaw'), { room: live })
   t.equal(ada.closedWith, undefined, 'the members were not disconnected')

@@ -626,7 +626,7 @@ const MAYBE_PUBLISHED = 'The message store became unreachable while publishing: 
 const maybePublished = (): RoomsError => new RoomsError('INTERNAL', MAYBE_PUBLISHED)
 /**
  * A publish call that its Redis did not serve: unreachable, refusing for now
- * (TRYAGAIN or CLUSTERDOWN past ioredis' retries, LOADING, READONLY...: both
+ * (TRYAGAIN past ioredis' retries, CLUSTERDOWN past the Link's, LOADING, READONLY...: both
  * UNAVAILABLE), or cut off in flight (may or may not). Not one that Redis
  * answered with an error of the script's (INTERNAL).
  */
@@ -1136,10 +1136,10 @@ export class RedisAdapter implements Adapter {
     const batch = this.batches.get(base)
     if (batch === undefined) return
     if (this.shards !== undefined) {
-      // One call in flight per partition, the next one sent once it is answered or has failed. ioredis sends a
-      // call Redis refused for now (TRYAGAIN while the slot migrates, CLUSTERDOWN) again by itself, later and by
-      // way of a random master: a later call of the partition would overtake it, and a room's offsets would not
-      // follow its frames. Meanwhile the publishes gather in one batch (and full ones wait their turn).
+      // One call in flight per partition, the next one sent once it is answered or has failed. A call Redis
+      // refused for now is sent again later (TRYAGAIN while the slot migrates, by ioredis by way of a random
+      // master; CLUSTERDOWN, by the Link): a later call of the partition would overtake it, and a room's offsets
+      // would not follow its frames. Meanwhile the publishes gather in one batch (and full ones wait their turn).
       const waiting = this.publishing.get(base)
       if (waiting !== undefined) {
         if (batch.count >= MAX_BATCH || batch.bytes >= MAX_BATCH_BYTES) {
@@ -1468,9 +1468,12 @@ export class RedisAdapter implements Adapter {
     const groups = [...this.partitions.group(page)]
     const counted = new Map<string, number>()
     await Promise.all(groups.map(async ([base, group]) => {
-      const pipeline = this.redis.pipeline()
-      for (const name of group) pipeline.hlen(`${base}r:${name}:members`)
-      const counts = await this.cmd.call('rooms', async () => results(await pipeline.exec()))
+      // A pipeline per send: one that settled answers every exec() with the same result, and the Link may send again.
+      const counts = await this.cmd.call('rooms', async () => {
+        const pipeline = this.redis.pipeline()
+        for (const name of group) pipeline.hlen(`${base}r:${name}:members`)
+        return results(await pipeline.exec())
+      })
       for (const [i, name] of group.entries()) counted.set(name, Number(counts[i]))
     }))
     const counts = page.map((name) => counted.get(name))
@@ -2214,7 +2217,8 @@ interface Call {
   /**
    * On a cluster: a node connection closed while it was in flight, so this
    * attempt may have run, whatever error ends it (ioredis may have retried
-   * it after a TRYAGAIN or CLUSTERDOWN, and names only the last attempt).
+   * it after a MOVED, ASK or TRYAGAIN, and names only the last error),
+   * except CLUSTERDOWN (see clusterDown).
    */
   cut?: boolean
   /** On a cluster: an earlier attempt was cut off, so the call may have run. */
@@ -2379,7 +2383,8 @@ class Link {
 
   /**
    * A call on a cluster failed: send it again if that is safe and its time
-   * is not up, else fail it. Refused before it went out, it did not run; a
+   * is not up, else fail it. Refused before it went out or refused
+   * CLUSTERDOWN, it did not run; a
    * publish runs once however often it is sent; anything else cut off in
    * flight may have run, and sending it again after the caller was answered
    * (a join it undid) would act behind its back.
@@ -2387,8 +2392,9 @@ class Link {
   private failedOnCluster (call: Call, err: unknown): void {
     const cut = call.cut === true
     call.cut = false
-    const unsent = !cut && notSent(err)
-    if (cut || (!unsent && isCutOff(err))) call.ran = true
+    // A CLUSTERDOWN ends an attempt that ran nowhere, whatever connection closed meanwhile.
+    const unsent = clusterDown(err) || (!cut && notSent(err))
+    if (!unsent && (cut || isCutOff(err))) call.ran = true
     call.until ??= call.sentAt + RESEND_WITHIN_MS
     // Sent again only for a broken connection: an error Redis gave (a script's) would come back the same.
     if ((unsent || (call.resend && isCutOff(err))) && this.ready && Date.now() + RETRY_MS < call.until) {
@@ -2653,14 +2659,20 @@ function results (replies: Array<[Error | null, unknown]> | null): unknown[] {
   })
 }
 
-/**
- * On a cluster: ioredis refused the call before writing it, its master's
- * connection being down, or Redis refused it without running it, the
- * cluster being down (CLUSTERDOWN, a master failing and not replaced yet).
- */
+/** On a cluster: ioredis refused the call before writing it, its master's connection being down. */
 function notSent (err: unknown): boolean {
   const message = err instanceof Error ? err.message : ''
-  return /^(Connection is closed\.|Stream isn't writeable and enableOfflineQueue options is false|Cluster isn't ready and enableOfflineQueue options is false)$|^CLUSTERDOWN\b/.test(message)
+  return /^(Connection is closed\.|Stream isn't writeable and enableOfflineQueue options is false|Cluster isn't ready and enableOfflineQueue options is false)$/.test(message)
+}
+
+/**
+ * On a cluster: Redis refused the call without running it, the cluster being
+ * down (a master failing and not replaced yet). ioredis passes it on at once
+ * (retryDelayOnClusterDown is off), after following only MOVED, ASK and
+ * TRYAGAIN, none of which ran it: no attempt of the call ran.
+ */
+function clusterDown (err: unknown): boolean {
+  return /^CLUSTERDOWN\b/.test(err instanceof Error ? err.message : '')
 }
 
 /** The connection broke after the command was sent: it may or may not have run. */
@@ -2684,6 +2696,6 @@ function refusesWrites (err: unknown): boolean {
 /** A lost connection, or a Redis that cannot answer for now (loading, busy script, failover). */
 function isTransient (err: unknown): boolean {
   const message = err instanceof Error ? err.message : ''
-  // 'Too many Cluster redirections': ioredis gave up following a cluster in the middle of a failover or a slot move (MOVED, ASK, TRYAGAIN, CLUSTERDOWN).
+  // 'Too many Cluster redirections': ioredis gave up following a cluster in the middle of a failover or a slot move (MOVED, ASK, TRYAGAIN).
   return /^(LOADING|BUSY|TRYAGAIN|MASTERDOWN|READONLY|CLUSTERDOWN)\b|Connection is closed|Stream isn't writeable|ECONNREFUSED|ECONNRESET|max retries|EPIPE|Command aborted|Too many Cluster redirections/i.test(message)
 }
