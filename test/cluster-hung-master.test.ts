@@ -209,8 +209,9 @@ t.test('a frozen master that its replica replaces: the instance never breaks its
 
 t.test('a frozen master nobody replaces takes the cluster down: the instance refuses calls meanwhile, never breaks its whole link, and works on once it thaws', { skip: skipCluster }, async (t) => {
   // The short node timeout flags the frozen master as failing and the cluster as down (CLUSTERDOWN from every
-  // master), with no replica to take over. ioredis reads the slots again from a random node after each CLUSTERDOWN,
-  // and a read sent to the frozen one waits a whole slotsRefreshTimeout: a call held for that is not the link's fault.
+  // master), with no replica to take over. A call refused CLUSTERDOWN is sent again after a read of the slots from a
+  // random node, and one sent to the frozen node waits a whole slotsRefreshTimeout: that wait is not the call's, and
+  // not the link's fault (when ioredis did the resending, the call looked unanswered and the link was broken).
   const { c, victim, a, sink, parts, on, freeze } = await setup(t, FAILOVER_NODE_TIMEOUT_MS)
   const replica = (await c.nodes()).find((n) => n.masterOf === victim.id)!
   await c.node(replica.port).call('CONFIG', 'SET', 'cluster-replica-no-failover', 'yes')
@@ -239,8 +240,9 @@ t.test('a frozen master nobody replaces takes the cluster down: the instance ref
 
   // Down again, and thawed as soon as the cluster is found down: the masters keep the FAIL flag, and the cluster
   // down, for twice the node timeout from the flag (then they clear it, as the master serves its slots again).
-  // A server publish every 100 ms until then, each to a room of another partition (so that none waits for
-  // another's call): one refused CLUSTERDOWN is sent again till the cluster is back, and acked.
+  // A server publish every 110 ms until then, each to a room of another partition than the 19 before it (so that
+  // none waits for another's call, which is given up 2 s after its first send): one refused CLUSTERDOWN is sent again
+  // till the cluster is back, and acked.
   const seen = new Set<string>()
   const spread = on(other, 'thaw', 400).filter((room) => !seen.has(parts.base(room)) && seen.add(parts.base(room)) !== undefined).slice(0, 20)
   const again = freeze()
@@ -259,16 +261,20 @@ t.test('a frozen master nobody replaces takes the cluster down: the instance ref
       if (performance.now() > deadline) throw new Error(`${other.port} did not find the cluster ok again within 30 s of the thaw`)
     }
   })()
+  polling.catch(() => {}) // awaited below, once the publishing stops
+  const refusals = async (): Promise<number> => Number(/errorstat_CLUSTERDOWN:count=(\d+)/.exec(String(await observer.call('INFO', 'errorstats')))?.[1] ?? 0)
+  const refusedBefore = await refusals()
   for (let i = 0; !back && i < 300; i++) {
     const answer = a.app.rooms.broadcast(spread[i % spread.length]!, `thaw${i}`).then(() => 'acked', (err: { code: string }) => err.code)
     made.push({ at: performance.now(), answer })
-    await new Promise((resolve) => setTimeout(resolve, 100))
+    await new Promise((resolve) => setTimeout(resolve, 110))
   }
   await polling
   const thawed = await Promise.all(made.map(async (m) => ({ at: m.at, outcome: await m.answer })))
   t.same(thawed.filter(({ outcome }) => outcome !== 'acked' && outcome !== 'UNAVAILABLE'), [], 'each publish around the thaw is acked or refused UNAVAILABLE')
-  // Made before a CLUSTER INFO that still found the cluster down, with 50 ms to spare: refused at least once.
-  const refusedFirst = thawed.filter(({ at }) => at < downAt - 50)
+  t.ok(await refusals() > refusedBefore, 'the master refused calls CLUSTERDOWN meanwhile')
+  // Made before a CLUSTER INFO that still found the cluster down, with 300 ms to spare: refused at least once.
+  const refusedFirst = thawed.filter(({ at }) => at < downAt - 300)
   const resent = refusedFirst.filter(({ outcome }) => outcome === 'acked')
   t.ok(resent.length > 0, `a publish refused CLUSTERDOWN is sent again and acked once the cluster is back (${resent.length} of ${refusedFirst.length})`)
   await eventually(async () => await bob.request({ type: 'publish', room: live, data: 'after' }), (f) => f.type === 'ack', 'a publish acked once the cluster is back', 30_000)

@@ -901,7 +901,7 @@ export class RedisAdapter implements Adapter {
         retryDelayOnFailover: 0,
         // Nor a call Redis refused with CLUSTERDOWN: ioredis holds it for a slot read from a random node, and a read
         // sent to a frozen one waits slotsRefreshTimeout, so a call would look unanswered while every connection
-        // answers, and the Link would break them all (see Link.probe). The Link sends it again instead (notSent).
+        // answers, and the Link would break them all (see Link.probe). The Link sends it again instead (clusterDown).
         retryDelayOnClusterDown: 0,
         // A node connection that reconnected by itself would drop the calls written on it without settling them.
         clusterNodeRetryStrategy: undefined,
