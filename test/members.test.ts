@@ -121,6 +121,47 @@ eachAdapter(t, 'each joined carries the first page as it is then, in a room larg
   await look('u02', 'after the room shrank to one page')
 })
 
+eachAdapter(t, 'joined pages stay right through a long run of joins and leaves in every part of the room', async (t, deploy) => {
+  const d = await deploy(options)
+  const open = new Map<string, TestSocket>()
+  t.teardown(() => Promise.all([...open.values()].map(async (s) => await s.close())))
+  const present = new Set<string>()
+  const expected = (): { ids: string[], next: string | null } => {
+    const ids = [...present].sort()
+    return { ids: ids.slice(0, PAGE), next: ids.length > PAGE ? ids[PAGE - 1]! : null }
+  }
+  // A fixed sequence (the MINSTD generator: exact in doubles), so that a failure repeats.
+  let seed = 7
+  const pick = (): string => {
+    seed = (seed * 48271) % 2147483647
+    return users[seed % users.length]!.id
+  }
+  for (let step = 0; step < 60; step++) {
+    const id = pick()
+    const socket = open.get(id)
+    if (socket === undefined) {
+      const s = await TestSocket.open(d.node(step % 2).wsUrl, as(id))
+      open.set(id, s)
+      present.add(id)
+      const joined = await s.join('churn')
+      t.same({ ids: joined.members.map((m: { id: string }) => m.id), next: joined.membersNext }, expected(), `step ${step}: ${id} joins`)
+      t.same(joined.members, joined.members.map((m: { id: string }) => users.find((u) => u.id === m.id)), `step ${step}: whole members`)
+    } else {
+      t.match(await socket.request({ type: 'leave', room: 'churn' }), { type: 'left' })
+      present.delete(id)
+      open.delete(id)
+      await socket.close()
+      const [other] = present
+      if (other === undefined) continue
+      // Another tab of a member joins: nothing changes, and its joined shows the page as it is now.
+      const tab = await TestSocket.open(d.node(step % 2).wsUrl, as(other))
+      const joined = await tab.join('churn')
+      await tab.close()
+      t.same({ ids: joined.members.map((m: { id: string }) => m.id), next: joined.membersNext }, expected(), `step ${step}: after ${id} left`)
+    }
+  }
+})
+
 /** A user-written adapter that shows only first names in joined pages. */
 class FirstNames extends MemoryAdapter {
   override async join (...args: Parameters<MemoryAdapter['join']>): ReturnType<MemoryAdapter['join']> {
