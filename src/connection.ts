@@ -778,13 +778,37 @@ export class Connection implements Peer {
    * without holding the upgrade's request and reply.
    */
   static onSocketError (this: WebSocket, error: Error): void {
-    const log = connectionOf(this)?.log
+    const connection = connectionOf(this)
     // ws's refusals of what the peer sent (a frame over maxPayload, bad
     // UTF-8, a bad opcode) are the peer's doing, as a 4xx is: at error level,
     // any client could fill the app's error log.
-    if (/^WS_ERR_/.test(String((error as { code?: unknown }).code))) log?.info({ err: error, connectionId: connectionOf(this)?.id }, 'fastify-rooms: the peer broke the WebSocket protocol; ws closed the connection')
-    else log?.error(error)
+    if (connection !== undefined && /^WS_ERR_/.test(String((error as { code?: unknown }).code))) {
+      connection.log.info({ err: error, connectionId: connection.id }, 'fastify-rooms: the peer broke the WebSocket protocol; ws closed the connection')
+      connection.endRefused()
+      return
+    }
+    connection?.log.error(error)
     this.terminate()
+  }
+
+  /**
+   * ws refused what the peer sent and queued its close frame (1009, 1007,
+   * 1002) behind the replies this turn wrote to the corked TCP socket. Cut at
+   * once, the socket would drop them all and the peer would see 1006. So they
+   * go out now, the TCP connection ends after them (ws stopped reading the
+   * peer, so it would never see the answer to its close), and the socket is
+   * cut only if the peer has not closed within `closeTimeoutMs`.
+   */
+  private endRefused (): void {
+    const { raw, socket } = this
+    if (raw === undefined) {
+      socket.terminate()
+      return
+    }
+    while (raw.writableCorked > 0) raw.uncork()
+    raw.end()
+    clearTimeout(this.timer)
+    this.timer = setTimeout(() => socket.terminate(), this.ctx.options.closeTimeoutMs).unref()
   }
 
   private onClose (code: number, reason: Buffer): void {

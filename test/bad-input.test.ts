@@ -1,7 +1,8 @@
 import t, { type Test } from 'tap'
 import Type from 'typebox'
-import { startApp } from './helpers/server.js'
-import { TestSocket } from './helpers/socket.js'
+import type { Socket } from 'node:net'
+import { serverSockets, startApp } from './helpers/server.js'
+import { TestSocket, writeAtOnce } from './helpers/socket.js'
 
 /** Send something bad, expect exactly this error, then prove the connection still works. */
 async function expectError (t: Test, socket: TestSocket, bad: unknown, expected: Record<string, unknown>): Promise<void> {
@@ -110,6 +111,47 @@ t.test('a text frame that is not valid UTF-8 closes with 1007; the member leaves
   t.equal((await a.closed).code, 1007)
   t.match(await b.next((f) => f.type === 'presence' && f.leaves.length > 0), { leaves: [{ id: a.welcome.user.id }] })
   t.equal((await app.rooms.get('r'))?.count, 1)
+})
+
+// ws refuses these before the plugin sees them, and queues its close frame behind the replies of the same turn.
+t.test('frames ws refuses, read with good ones in one turn: the good ones are answered, then the close has its code', async (t) => {
+  const { wsUrl } = await startApp(t, { maxMessageBytes: 1000, maxFrameBytes: 4000 })
+  const tooLarge = { type: 'publish', room: 'elsewhere', data: 'x'.repeat(5000) }
+  const notUtf8 = Buffer.from([0x7b, 0xff, 0xfe, 0x7d])
+  for (const [bad, code] of [[tooLarge, 1009], [notUtf8, 1007]] as const) {
+    const a = await TestSocket.open(wsUrl)
+    const b = await TestSocket.open(wsUrl)
+    t.teardown(() => b.close())
+    const room = `r${code}`
+    await a.join(room)
+    await b.join(room)
+    // A ping (a reply) and a publish (an ack and a fan-out to a and b), then the refused frame: one TCP write.
+    writeAtOnce(a.ws, [{ type: 'ping', id: 'p' }, { type: 'publish', room, id: 'm', data: 'before' }, bad])
+    const closed = await a.closed
+    t.equal(closed.code, code, `closed ${code}`)
+    t.match(a.frames.find((f) => f.id === 'p'), { type: 'pong' }, `${code}: the ping before it was answered`)
+    t.match(a.frames.find((f) => f.id === 'm'), { type: 'ack', offset: 1 }, `${code}: the publish before it was acked`)
+    t.match(a.frames.find((f) => f.type === 'message'), { data: 'before' }, `${code}: and delivered to the sender`)
+    t.match(await b.next((f) => f.type === 'message'), { data: 'before' }, `${code}: and to the other member`)
+  }
+})
+
+t.test('a peer that does not answer the close of a refused frame is cut after closeTimeoutMs, not ws\'s 30 s; the close frame was sent', async (t) => {
+  const { wsUrl, app } = await startApp(t, { maxMessageBytes: 1000, maxFrameBytes: 4000, closeTimeoutMs: 200 })
+  const a = await TestSocket.open(wsUrl)
+  t.teardown(() => a.ws.terminate())
+  const [server] = serverSockets(app)
+  // Not events.once: that rejects on the socket's 'error', which ws emits for the refused frame.
+  const cut = new Promise<void>((resolve) => server!.once('close', () => resolve()))
+  // It reads nothing more for now: neither the close frame nor the end of the connection.
+  const client = (a.ws as unknown as { _socket: Socket })._socket
+  client.pause()
+  const sent = Date.now()
+  writeAtOnce(a.ws, [{ type: 'publish', room: 'r', data: 'x'.repeat(5000) }])
+  await Promise.race([cut, new Promise<never>((_resolve, reject) => setTimeout(() => reject(new Error('the server kept the socket for 5 s')), 5000).unref())])
+  t.ok(Date.now() - sent >= 190, 'the server waited for the peer before it cut the socket')
+  client.resume()
+  t.equal((await a.closed).code, 1009, 'what the peer reads then is the close frame')
 })
 
 t.test('INVALID_DATA names the failing path', async (t) => {

@@ -8,7 +8,7 @@ export type Frame = ServerFrame & Record<string, any>
 /** A client's frames in one TCP write (masked, as a client must), so the server reads them all in one turn of its event loop. */
 export function writeAtOnce (ws: WebSocket, frames: unknown[]): void {
   const { Sender } = WebSocket as unknown as { Sender: { frame: (data: Buffer, options: object) => Buffer[] } }
-  const bytes = frames.flatMap((frame) => Sender.frame(Buffer.from(JSON.stringify(frame)), { fin: true, opcode: 1, mask: true, readOnly: false, rsv1: false }))
+  const bytes = frames.flatMap((frame) => Sender.frame(Buffer.isBuffer(frame) ? frame : Buffer.from(JSON.stringify(frame)), { fin: true, opcode: 1, mask: true, readOnly: false, rsv1: false }))
   ;(ws as unknown as { _socket: Socket })._socket.write(Buffer.concat(bytes))
 }
 
