@@ -370,6 +370,28 @@ export class Connection implements Peer {
     this.socket.send(frame, { binary: false })
   }
 
+  /**
+   * A promise while the TCP socket holds more than half of `maxBufferedBytes`
+   * unsent, settled once it has written them all (`drain`) or closes: a
+   * writer of many frames at once (a join's replay) waits on it, so that what
+   * the server sends in bulk never makes a reading member a slow consumer.
+   * Undefined when it can take more, and on ws's own path, which cannot tell.
+   */
+  backlogged (): Promise<void> | undefined {
+    const { raw, socket } = this
+    // Without writableNeedDrain no `drain` is coming: under the stream's highWaterMark, nothing to wait for.
+    if (raw === undefined || socket.readyState !== OPEN || !raw.writableNeedDrain || raw.writableLength <= this.ctx.options.maxBufferedBytes / 2) return undefined
+    return new Promise((resolve) => {
+      const done = (): void => {
+        raw.off('drain', done)
+        raw.off('close', done)
+        resolve()
+      }
+      raw.on('drain', done)
+      raw.on('close', done)
+    })
+  }
+
   /** Close a slow consumer: its unsent data passed maxBufferedBytes. */
   private slow (): boolean {
     return this.socket.bufferedAmount > this.ctx.options.maxBufferedBytes && this.closeSlow()

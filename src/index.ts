@@ -158,6 +158,7 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     presenceIntervalMs: options.presenceIntervalMs,
     presenceGraceMs: options.presenceGraceMs,
     membersPageSize: options.membersPageSize,
+    maxBufferedBytes: options.maxBufferedBytes,
     metrics: counters
   })
   const nodeId = randomBytes(4).toString('hex')

@@ -23,6 +23,12 @@ export interface Peer {
   close (code: number, reason: string): void
   /** One of its memberships that got `joined` ended (for the `onLeave` hook). */
   left? (room: string, cause: LeaveCause): void
+  /**
+   * A promise while the connection holds more unsent bytes than it should be
+   * given before it reads, settled once they are written or it closes;
+   * undefined when it can take more now (or cannot tell).
+   */
+  backlogged? (): Promise<void> | undefined
 }
 
 interface Pending {
@@ -113,6 +119,11 @@ export interface RegistryOptions {
   presenceGraceMs: number
   /** Members in the first page of `joined`. */
   membersPageSize: number
+  /**
+   * A joining member whose frames waiting for the end of its join (its
+   * `joined` and replay) pass this many bytes is a slow consumer.
+   */
+  maxBufferedBytes: number
   /** Counts publishes and fan-out; absent when metrics are off. */
   metrics?: Metrics | undefined
 }
@@ -325,6 +336,16 @@ export class Registry implements AdapterListener {
       if (message.offset > membership.lastOffset) {
         membership.lastOffset = message.offset
         peer.sendEncoded(message.frame)
+        // A replay can be larger than maxBufferedBytes (100 messages of 64 KiB are 6.4 MiB): written at once, it
+        // would close the member as a slow consumer, and again at each reconnect. It waits for the member to read.
+        const backlog = peer.backlogged?.()
+        if (backlog === undefined) continue
+        await backlog
+        if (this.peers.get(peer.id)?.get(room) !== membership) {
+          // Closed, or removed from the room (and told `left`), while it read: its join is undone, as before `joined`.
+          await this.undoJoin(membership)
+          return
+        }
       }
     }
     membership.lastOffset = Math.max(membership.lastOffset, result.offset)
@@ -853,7 +874,13 @@ export class Registry implements AdapterListener {
   private deliver (membership: Membership, offset: number, framed: Buffer, payload: Buffer, presenceSeq?: number): void {
     // Fan-out hot path: no allocation for a live member.
     if (membership.pending !== undefined) {
-      membership.pending.push({ offset, framed, payload, presenceSeq })
+      const { pending } = membership
+      pending.push({ offset, framed, payload, presenceSeq })
+      // Now and then (a sum over the waiting frames), not at each: what waits for a member that does not read
+      // its replay is unsent data, held by this node, as much as what its socket holds.
+      if ((pending.length & 63) === 0 && waitingBytes(pending) > this.options.maxBufferedBytes) {
+        membership.peer.close(1013, 'Slow consumer: reconnect and resume with since')
+      }
     } else if (offset === UNORDERED) {
       if (presenceSeq !== undefined) {
         // Already reflected by the member list or by a later frame.
@@ -913,6 +940,12 @@ class CountedReceipt implements PublishReceipt {
   failed (err: Error): void {
     this.receipt.failed(err)
   }
+}
+
+function waitingBytes (pending: readonly Pending[]): number {
+  let bytes = 0
+  for (const item of pending) bytes += item.payload.length
+  return bytes
 }
 
 /** Whether a membership got its `joined`: only those count as having been in the room (`onLeave`). */

@@ -1,5 +1,7 @@
 import t from 'tap'
-import { startApp } from './helpers/server.js'
+import { HeldStore } from './helpers/held-store.js'
+import { serverClosed, startApp } from './helpers/server.js'
+import { eventually } from './helpers/redis.js'
 import { TestSocket } from './helpers/socket.js'
 import { guard } from './helpers/until.js'
 
@@ -60,4 +62,55 @@ t.test('a slow reader that does read its buffer sees close code 1013', async (t)
   await closing
   slow.resumeReading()
   t.equal((await slow.closed).code, 1013)
+})
+
+/** Offsets of the `message` frames a socket got, in order. */
+const offsets = (s: TestSocket, room: string): number[] => s.frames.filter((f) => f.type === 'message' && f.room === room).map((f) => f.offset as number)
+
+t.test('a join whose replay is larger than maxBufferedBytes: a member that reads gets all of it, then the live messages, each once and in order', async (t) => {
+  const maxBufferedBytes = 256 * 1024
+  // 40 messages of 30 KB: 1.2 MB, more than four times the limit.
+  const { wsUrl } = await startApp(t, { maxBufferedBytes, historySize: 100, maxFramesPerSecond: 1e6, frameBurst: 10_000 })
+  const publisher = await TestSocket.open(wsUrl)
+  t.teardown(() => publisher.close())
+  const { epoch } = await publisher.join('big')
+  const N = 40
+  for (let i = 1; i <= N; i++) t.equal((await publisher.request({ type: 'publish', room: 'big', data: String(i).padEnd(30_000, 'x') })).offset, i)
+  for (const join of [{ history: N }, { since: { offset: 0, epoch } }, { since: { offset: 0, epoch: 'another' } }]) {
+    const what = JSON.stringify(join)
+    const reader = await TestSocket.open(wsUrl)
+    reader.send({ type: 'join', room: 'big', id: 'j', ...join })
+    // Published while the replay is read: they follow it.
+    const live = Array.from({ length: 5 }, async () => await publisher.request({ type: 'publish', room: 'big', data: 'live' }))
+    const last = ((await Promise.all(live)).map((ack) => ack.offset as number)).sort((a, b) => a - b).at(-1)!
+    await reader.next((f) => f.type === 'message' && f.offset === last, `${what}: the last live message`)
+    t.equal(reader.frames.find((f) => f.id === 'j')?.type, 'joined', `${what}: joined`)
+    t.same(offsets(reader, 'big'), Array.from({ length: last }, (_, i) => i + 1), `${what}: every offset once, in order`)
+    t.equal(reader.ws.readyState, reader.ws.OPEN, `${what}: still open`)
+    await reader.close()
+  }
+})
+
+t.test('what is published to a joiner while its join is answered waits for it up to maxBufferedBytes: past that it is a slow consumer (1013)', async (t) => {
+  const maxBufferedBytes = 64 * 1024
+  const adapter = new HeldStore()
+  const { wsUrl, app } = await startApp(t, { adapter, maxBufferedBytes, closeTimeoutMs: 200, historySize: 0, maxFramesPerSecond: 1e6, frameBurst: 10_000, authenticate: (r) => ({ id: String(r.headers['x-user']), name: String(r.headers['x-user']) }) })
+  const publisher = await TestSocket.open(wsUrl, { headers: { 'x-user': 'pub' } })
+  t.teardown(() => publisher.close())
+  await publisher.join('busy')
+  const joiner = await TestSocket.open(wsUrl, { headers: { 'x-user': 'joiner' } })
+  const serverSide = [...app.websocketServer.clients].at(-1)!
+  // The store answers the join late (a slow store, or a replay the joiner is slow to read): frames wait behind it.
+  const held = adapter.hold('join')
+  t.teardown(() => held.release())
+  joiner.send({ type: 'join', room: 'busy', id: 'j' })
+  await held.entered
+  // 2 KB each: 33 of them pass the limit; the check comes every 64 waiting frames.
+  for (let n = 1; n <= 64; n++) await publisher.request({ type: 'publish', room: 'busy', data: 'y'.repeat(2000) })
+  const closed = await guard(joiner.closed, 'the joiner to be closed')
+  t.equal(closed.code, 1013, 'closed as a slow consumer')
+  held.release()
+  t.equal(offsets(publisher, 'busy').length, 64, 'the publisher got every message')
+  await serverClosed(serverSide, 'the joiner\'s socket to close')
+  await eventually(async () => (await app.rooms.get('busy'))?.count, (count) => count === 1, 'the joiner to be out of the room')
 })
