@@ -190,6 +190,8 @@ const UNORDERED = -1
 export class Registry implements AdapterListener {
   private readonly rooms = new Map<string, LocalRoom>()
   private readonly peers = new Map<string, PeerEntry>()
+  /** Live members answering a repeated `join`: their diffs and ephemeral messages wait until it is written. */
+  private readonly holding = new Map<Membership, Pending[]>()
   private readonly adapter: Adapter
   private readonly options: RegistryOptions
   private readonly removals = new Set<Promise<void>>()
@@ -273,13 +275,8 @@ export class Registry implements AdapterListener {
         await this.join(peer, room, request)
         return
       }
-      const info = await this.adapter.room(room, { limit: this.options.membersPageSize })
-      if (this.peers.get(peer.id)?.get(room) !== existing) throw removedWhileJoining(room)
-      // A diff still under way would otherwise reach this member after the newer state below.
-      this.catchUp(existing)
-      const joined: JoinedFrame = { type: 'joined', room, count: info?.count ?? 1, members: info?.members ?? [peer.user], membersNext: info?.membersNext ?? null, offset: existing.lastOffset, epoch: info?.epoch ?? '' }
-      if (request.id !== undefined) joined.id = request.id
-      peer.sendEncoded(JSON.stringify(joined))
+      // A connection's frames are handled one at a time: no other answer of this kind is under way.
+      await this.answerAgain(existing, request)
       return
     }
     if (entry.size >= this.options.maxRoomsPerConnection) {
@@ -296,6 +293,35 @@ export class Registry implements AdapterListener {
       await joining
     } finally {
       this.joins.delete(membership)
+    }
+  }
+
+  /**
+   * Answer a `join` of a room the connection is in already: `joined` again,
+   * from the room as the store has it now. Diffs written to the member while
+   * the room is read could be newer than what the read returns, and the
+   * `joined` after them would take them back (a client replaces its member
+   * list with it): they wait, and follow it.
+   */
+  private async answerAgain (existing: Membership, request: JoinRequest): Promise<void> {
+    const { peer, room } = existing
+    const held: Pending[] = []
+    this.holding.set(existing, held)
+    try {
+      const info = await this.adapter.room(room, { limit: this.options.membersPageSize })
+      this.holding.delete(existing)
+      if (this.peers.get(peer.id)?.get(room) !== existing) throw removedWhileJoining(room)
+      // A diff still under way would otherwise reach this member after the newer state below.
+      this.catchUp(existing)
+      const joined: JoinedFrame = { type: 'joined', room, count: info?.count ?? 1, members: info?.members ?? [peer.user], membersNext: info?.membersNext ?? null, offset: existing.lastOffset, epoch: info?.epoch ?? '' }
+      if (request.id !== undefined) joined.id = request.id
+      peer.sendEncoded(JSON.stringify(joined))
+    } finally {
+      this.holding.delete(existing)
+      // The member is live whether the read worked or failed: it gets what waited, after the reply.
+      if (this.peers.get(peer.id)?.get(room) === existing) {
+        for (const item of held) this.deliver(existing, item.offset, item.framed, item.payload, item.presenceSeq)
+      }
     }
   }
 
@@ -882,6 +908,11 @@ export class Registry implements AdapterListener {
         membership.peer.close(1013, 'Slow consumer: reconnect and resume with since')
       }
     } else if (offset === UNORDERED) {
+      const held = this.holding.size === 0 ? undefined : this.holding.get(membership)
+      if (held !== undefined) {
+        held.push({ offset, framed, payload, presenceSeq })
+        return
+      }
       if (presenceSeq !== undefined) {
         // Already reflected by the member list or by a later frame.
         if (presenceSeq <= membership.presenceSeq) return

@@ -256,3 +256,49 @@ t.test('an overtaken join whose successor fails undoes itself in the store: no m
   t.equal(await overtaken, false)
   t.equal(await app.rooms.get('r'), null, 'the store lists nobody')
 })
+
+/** What a client believes of a room from its `joined` and `presence` frames, applied in the order they came. */
+function believed (frames: Frame[], room: string): { members: string[], count: number } {
+  let members = new Set<string>()
+  let count = 0
+  for (const f of frames) {
+    if (f.room !== room) continue
+    if (f.type === 'joined') {
+      members = new Set(f.members.map((m: { id: string }) => m.id))
+      count = f.count
+    } else if (f.type === 'presence') {
+      for (const m of f.leaves) members.delete(m.id)
+      for (const m of f.joins) members.add(m.id)
+      count = f.count
+    }
+  }
+  return { members: [...members].sort(), count }
+}
+
+t.test('a repeated join is not older than the diffs its member has: those written while the room was read follow its joined', async (t) => {
+  const users = new Map(['cy', 'dan', 'eve'].map((name) => [name, { id: `u-${name}`, name }]))
+  const adapter = new HeldStore()
+  const { app, wsUrl } = await startApp(t, { adapter, authenticate: (request) => users.get(String(request.headers['x-user'])) })
+  const as = (name: string): { headers: Record<string, string> } => ({ headers: { 'x-user': name } })
+  const [cy, dan, eve] = await Promise.all(['cy', 'dan', 'eve'].map(async (name) => await TestSocket.open(wsUrl, as(name))))
+  t.teardown(() => Promise.all([cy!.close(), dan!.close(), eve!.close()]))
+  await cy!.join('r')
+  await dan!.join('r')
+  await eve!.join('r')
+  await cy!.next((f) => f.type === 'presence' && f.joins.some((m: { id: string }) => m.id === 'u-eve'))
+  // cy joins again (as the SDK does on some rejoins); the store has read the room (dan in it) and holds the answer.
+  const held = adapter.hold('room')
+  t.teardown(() => held.release())
+  cy!.send({ type: 'join', room: 'r', id: 'again' })
+  await held.entered
+  await dan!.request({ type: 'leave', room: 'r' })
+  // eve's diff says the server has written dan's leave to the room's members.
+  await eve!.next((f) => f.type === 'presence' && f.leaves.some((m: { id: string }) => m.id === 'u-dan'))
+  held.release()
+  const joined = await cy!.next((f) => f.id === 'again')
+  t.same(joined.members.map((m: { id: string }) => m.id), ['u-cy', 'u-dan', 'u-eve'], 'the reply is the room as the store read it')
+  await cy!.next((f) => f.type === 'presence' && f.leaves.some((m: { id: string }) => m.id === 'u-dan'), 'the diff of dan\'s leave, after the reply')
+  t.same(believed(cy!.frames, 'r'), { members: ['u-cy', 'u-eve'], count: 2 }, 'what cy believes is the room')
+  t.same((await app.rooms.get('r'))?.members.map((m) => m.id), ['u-cy', 'u-eve'])
+})
+
