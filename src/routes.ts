@@ -210,9 +210,13 @@ const queryValidatorCompiler: FastifySchemaCompiler<TSchema> = (route) => {
     const query = value as Record<string, unknown>
     for (const key of integers) {
       const raw = query[key]
-      if (raw !== undefined && (typeof raw !== 'string' || !DIGITS.test(raw))) {
+      if (raw === undefined) continue
+      if (typeof raw !== 'string' || !DIGITS.test(raw)) {
         return { error: [{ keyword: 'type', instancePath: `/${key}`, schemaPath: `#/properties/${key}/type`, params: { type: 'integer' }, message: 'must be a whole number written in digits' }] }
       }
+      // Digits past about 309 of them read as Infinity, which is no integer: as large as a number can safely be
+      // instead, which the schema's maximum refuses where there is one (an `after` past every offset is an empty page).
+      if (Number(raw) > Number.MAX_SAFE_INTEGER) query[key] = String(Number.MAX_SAFE_INTEGER)
     }
     return check(value)
   }
