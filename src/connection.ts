@@ -59,6 +59,14 @@ const BUSY = 2
 const CLOSED = 4
 const REFRESHING = 8
 const noop = (): void => {}
+/** The close code ws sends with each of its refusals of a peer's frame (see ws's receiver): too large, not UTF-8, or else a protocol error. */
+function refusalCode (code: string): number {
+  if (code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH' || code === 'WS_ERR_UNSUPPORTED_DATA_PAYLOAD_LENGTH') return 1009
+  if (code === 'WS_ERR_INVALID_UTF8') return 1007
+  if (code === 'WS_ERR_TOO_MANY_BUFFERED_PARTS') return 1008
+  return 1002
+}
+
 /** The longest wait setTimeout holds (2^31-1 ms, about 24.8 days); longer ones fire at once. */
 const MAX_TIMER_MS = 2 ** 31 - 1
 /** A WebSocket close reason is at most 123 bytes of UTF-8. */
@@ -804,9 +812,10 @@ export class Connection implements Peer {
     // ws's refusals of what the peer sent (a frame over maxPayload, bad
     // UTF-8, a bad opcode) are the peer's doing, as a 4xx is: at error level,
     // any client could fill the app's error log.
-    if (connection !== undefined && /^WS_ERR_/.test(String((error as { code?: unknown }).code))) {
+    const code = String((error as { code?: unknown }).code)
+    if (connection !== undefined && code.startsWith('WS_ERR_')) {
       connection.log.info({ err: error, connectionId: connection.id }, 'fastify-rooms: the peer broke the WebSocket protocol; ws closed the connection')
-      connection.endRefused()
+      connection.endRefused(refusalCode(code))
       return
     }
     connection?.log.error(error)
@@ -821,7 +830,7 @@ export class Connection implements Peer {
    * peer, so it would never see the answer to its close), and the socket is
    * cut only if the peer has not closed within `closeTimeoutMs`.
    */
-  private endRefused (): void {
+  private endRefused (code: number): void {
     const { raw, socket } = this
     if (raw === undefined) {
       socket.terminate()
@@ -829,6 +838,9 @@ export class Connection implements Peer {
     }
     while (raw.writableCorked > 0) raw.uncork()
     raw.end()
+    // Ended as a close of the server's would be: nothing it sent is handled from now on (a token being
+    // verified does not welcome it), and no timer of its own outlives the one below.
+    if (!this.closed) this.end(code, '', true, true)
     clearTimeout(this.timer)
     this.timer = setTimeout(() => socket.terminate(), this.ctx.options.closeTimeoutMs).unref()
   }

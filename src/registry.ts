@@ -40,7 +40,22 @@ interface Pending {
 }
 
 /**
- * One connection in one room. Until its `joined` is written it is not live:
+ * What is published for a joining member until its join is written out
+ * (`joined`, then the replay): it follows, in order, each offset once. Made
+ * for the join only, so a live member pays nothing for it.
+ */
+interface Waiting {
+  items: Pending[]
+  /** The items before it are written (after the replay, while the member reads them). */
+  next: number
+  /** Bytes of the payloads not written yet: past maxBufferedBytes the member is a slow consumer. */
+  bytes: number
+  /** Its `joined` is written: it is in the room, for its leave's `onLeave` and grace, though frames still wait. */
+  joined: boolean
+}
+
+/**
+ * One connection in one room. Until its join is written out it is not live:
  * frames for it wait in `pending`, so that the joiner sees `joined`, then the
  * replayed history, then everything published meanwhile, each offset once.
  */
@@ -55,8 +70,8 @@ interface Membership {
    * after the member list that already reflects it.
    */
   presenceSeq: number
-  /** Frames waiting for `joined`; undefined once the member is live (no field per member for that). */
-  pending: Pending[] | undefined
+  /** Frames waiting for the join to be written out; undefined once the member is live (no field per member for that). */
+  pending: Waiting | undefined
 }
 
 /** The members of a room on this node. */
@@ -283,7 +298,7 @@ export class Registry implements AdapterListener {
       throw new RoomsError('TOO_MANY_ROOMS', `You are in ${entry.size} rooms, the most one connection may join: leave one first.`, room)
     }
     const local = this.localRoom(room)
-    const membership: Membership = { peer, room: local.name, lastOffset: 0, presenceSeq: 0, pending: [] }
+    const membership: Membership = { peer, room: local.name, lastOffset: 0, presenceSeq: 0, pending: { items: [], next: 0, bytes: 0, joined: false } }
     entry.add(membership)
     local.members.set(peer.id, membership)
     // For whoever waits on it: a repeated join, app.rooms.join, an overtaken join's undo, shutdown.
@@ -298,21 +313,23 @@ export class Registry implements AdapterListener {
 
   /**
    * Answer a `join` of a room the connection is in already: `joined` again,
-   * from the room as the store has it now. Diffs written to the member while
-   * the room is read could be newer than what the read returns, and the
-   * `joined` after them would take them back (a client replaces its member
-   * list with it): they wait, and follow it.
+   * from the room as the store has it now. Diffs made while the room is read
+   * could be newer than what the read returns, and the `joined` after them
+   * would take them back (a client replaces its member list with it): they
+   * wait, and follow it.
    */
   private async answerAgain (existing: Membership, request: JoinRequest): Promise<void> {
     const { peer, room } = existing
+    // A diff under way as the read begins is older than what it reads: it goes before the reply, whether its
+    // slice reached this member during the read (held, then skipped as seen) or has yet to (skipped then).
+    const older = this.writing.filter((job) => job.room === room)
     const held: Pending[] = []
     this.holding.set(existing, held)
     try {
       const info = await this.adapter.room(room, { limit: this.options.membersPageSize })
       this.holding.delete(existing)
       if (this.peers.get(peer.id)?.get(room) !== existing) throw removedWhileJoining(room)
-      // A diff still under way would otherwise reach this member after the newer state below.
-      this.catchUp(existing)
+      for (const job of older) this.writeLive(existing, UNORDERED, job.framed, job.payload, job.seq)
       const joined: JoinedFrame = { type: 'joined', room, count: info?.count ?? 1, members: info?.members ?? [peer.user], membersNext: info?.membersNext ?? null, offset: existing.lastOffset, epoch: info?.epoch ?? '' }
       if (request.id !== undefined) joined.id = request.id
       peer.sendEncoded(JSON.stringify(joined))
@@ -352,6 +369,8 @@ export class Registry implements AdapterListener {
     if (request.id !== undefined) joined.id = request.id
     if (replay.recovered !== undefined) joined.recovered = replay.recovered
     peer.sendEncoded(result.membersJson === undefined ? JSON.stringify(joined) : encodeJoined(joined, result.membersJson))
+    const waiting = membership.pending as Waiting
+    waiting.joined = true
     // The replay ends at the adapter's offset: everything published after its
     // answer is pending. A page read by count can reach past it (over a hole
     // in history, a message delivered but not kept), and taking those would
@@ -362,24 +381,36 @@ export class Registry implements AdapterListener {
       if (message.offset > membership.lastOffset) {
         membership.lastOffset = message.offset
         peer.sendEncoded(message.frame)
-        // A replay can be larger than maxBufferedBytes (100 messages of 64 KiB are 6.4 MiB): written at once, it
-        // would close the member as a slow consumer, and again at each reconnect. It waits for the member to read.
-        const backlog = peer.backlogged?.()
-        if (backlog === undefined) continue
-        await backlog
-        if (this.peers.get(peer.id)?.get(room) !== membership) {
-          // Closed, or removed from the room (and told `left`), while it read: its join is undone, as before `joined`.
-          await this.undoJoin(membership)
-          return
-        }
+        if (!await this.readOn(membership)) return
       }
     }
     membership.lastOffset = Math.max(membership.lastOffset, result.offset)
-    const pending = membership.pending
-    membership.pending = undefined
     membership.presenceSeq = result.presenceSeq
-    for (const item of pending as Pending[]) this.deliver(membership, item.offset, item.framed, item.payload, item.presenceSeq)
+    // What was published meanwhile, and while these are read: the member goes live once none waits.
+    while (waiting.next < waiting.items.length) {
+      const item = waiting.items[waiting.next++] as Pending
+      waiting.bytes -= item.payload.length
+      this.writeLive(membership, item.offset, item.framed, item.payload, item.presenceSeq)
+      if (!await this.readOn(membership)) return
+    }
+    membership.pending = undefined
     if (result.present === true) this.rejoined(peer, room)
+  }
+
+  /**
+   * A join's replay, and what waited for it, can be larger than
+   * maxBufferedBytes (100 messages of 64 KiB are 6.4 MiB): written at once,
+   * they would close the member as a slow consumer, and again at each
+   * reconnect. Once its socket holds enough, the join waits for the member to
+   * read. False when it left meanwhile (closed, or removed from the room):
+   * it had its `joined`, so its leave is done as any member's.
+   */
+  private async readOn (membership: Membership): Promise<boolean> {
+    const { peer, room } = membership
+    const backlog = peer.backlogged?.()
+    if (backlog === undefined) return true
+    await backlog
+    return this.peers.get(peer.id)?.get(room) === membership
   }
 
   /**
@@ -797,13 +828,6 @@ export class Registry implements AdapterListener {
     this.busy.set(room, setTimeout(end, this.options.presenceIntervalMs))
   }
 
-  /** Write to this member now any diff under way that has not reached it yet (its slice skips it then). */
-  private catchUp (membership: Membership): void {
-    for (const job of this.writing) {
-      if (job.room === membership.room) this.deliver(membership, UNORDERED, job.framed, job.payload, job.seq)
-    }
-  }
-
   /** Rooms with a member on this node, and this node's memberships: read by the metrics at a scrape. */
   localCounts (): { rooms: number, members: number } {
     let members = 0
@@ -898,16 +922,21 @@ export class Registry implements AdapterListener {
   }
 
   private deliver (membership: Membership, offset: number, framed: Buffer, payload: Buffer, presenceSeq?: number): void {
-    // Fan-out hot path: no allocation for a live member.
-    if (membership.pending !== undefined) {
-      const { pending } = membership
-      pending.push({ offset, framed, payload, presenceSeq })
-      // Now and then (a sum over the waiting frames), not at each: what waits for a member that does not read
-      // its replay is unsent data, held by this node, as much as what its socket holds.
-      if ((pending.length & 63) === 0 && waitingBytes(pending) > this.options.maxBufferedBytes) {
-        membership.peer.close(1013, 'Slow consumer: reconnect and resume with since')
-      }
-    } else if (offset === UNORDERED) {
+    const waiting = membership.pending
+    if (waiting === undefined) {
+      this.writeLive(membership, offset, framed, payload, presenceSeq)
+      return
+    }
+    waiting.items.push({ offset, framed, payload, presenceSeq })
+    waiting.bytes += payload.length
+    // Unsent data of the member's, held by this node as much as what its socket holds.
+    if (waiting.bytes > this.options.maxBufferedBytes) membership.peer.close(1013, 'Slow consumer: reconnect and resume with since')
+  }
+
+  /** Write a frame to a live member, unless it has it (an offset at or below its last) or a newer state of it. */
+  private writeLive (membership: Membership, offset: number, framed: Buffer, payload: Buffer, presenceSeq?: number): void {
+    // Fan-out hot path: no allocation.
+    if (offset === UNORDERED) {
       const held = this.holding.size === 0 ? undefined : this.holding.get(membership)
       if (held !== undefined) {
         held.push({ offset, framed, payload, presenceSeq })
@@ -973,15 +1002,9 @@ class CountedReceipt implements PublishReceipt {
   }
 }
 
-function waitingBytes (pending: readonly Pending[]): number {
-  let bytes = 0
-  for (const item of pending) bytes += item.payload.length
-  return bytes
-}
-
-/** Whether a membership got its `joined`: only those count as having been in the room (`onLeave`). */
+/** Whether a membership got its `joined`: only those count as having been in the room (`onLeave`, grace). */
 function live (membership: Membership): boolean {
-  return membership.pending === undefined
+  return membership.pending === undefined || membership.pending.joined
 }
 
 function removedWhileJoining (room: string): RoomsError {

@@ -1,7 +1,7 @@
 import t, { type Test } from 'tap'
 import Type from 'typebox'
 import type { Socket } from 'node:net'
-import { serverSockets, startApp } from './helpers/server.js'
+import { serverSocketOf, serverSockets, startApp } from './helpers/server.js'
 import { TestSocket, writeAtOnce } from './helpers/socket.js'
 
 /** Send something bad, expect exactly this error, then prove the connection still works. */
@@ -153,6 +153,47 @@ t.test('a peer that does not answer the close of a refused frame is cut after cl
   client.resume()
   t.equal((await a.closed).code, 1009, 'what the peer reads then is the close frame')
 })
+
+for (const when of ['its token', 'a refresh of its token'] as const) {
+  t.test(`a frame ws refuses while verifyToken checks ${when}: the connection is still cut after closeTimeoutMs, and not welcomed`, async (t) => {
+    let release = (): void => {}
+    let checking = (): void => {}
+    const checked = new Promise<void>((resolve) => { checking = resolve })
+    let calls = 0
+    const { wsUrl, app } = await startApp(t, {
+      maxMessageBytes: 1000,
+      maxFrameBytes: 4000,
+      closeTimeoutMs: 200,
+      verifyToken: async (token: string) => {
+        calls++
+        if (calls === (when === 'its token' ? 1 : 2)) {
+          checking()
+          await new Promise<void>((resolve) => { release = resolve })
+        }
+        return { user: { id: token, name: token } }
+      }
+    })
+    const a = await TestSocket.connect(wsUrl)
+    t.teardown(() => a.ws.terminate())
+    const server = serverSocketOf(app, a)
+    if (when === 'a refresh of its token') await a.authenticate('ada')
+    a.send({ type: 'auth', token: 'ada' })
+    await checked
+    const cut = new Promise<void>((resolve) => server.once('close', () => resolve()))
+    // The server has refused the frame once ws reports it (after the plugin's own listener).
+    const refused = new Promise<void>((resolve) => server.once('error', () => resolve()))
+    const client = (a.ws as unknown as { _socket: Socket })._socket
+    client.pause()
+    writeAtOnce(a.ws, [{ type: 'publish', room: 'r', data: 'x'.repeat(5000) }])
+    await refused
+    release()
+    await Promise.race([cut, new Promise<never>((_resolve, reject) => setTimeout(() => reject(new Error('the server kept the socket for 5 s')), 5000).unref())])
+    client.resume()
+    await a.closed
+    t.equal(a.frames.filter((f) => f.type === 'welcome').length, when === 'its token' ? 0 : 1, 'no welcome after the refusal')
+    t.equal(app.rooms.connections, 0)
+  })
+}
 
 t.test('INVALID_DATA names the failing path', async (t) => {
   const dataSchema = Type.Object({ text: Type.String({ maxLength: 10 }), tags: Type.Optional(Type.Array(Type.String())) })

@@ -1,5 +1,6 @@
 import t from 'tap'
 import { TestSocket } from './helpers/socket.js'
+import { HeldStore } from './helpers/held-store.js'
 import { startApp } from './helpers/server.js'
 import { guard } from './helpers/until.js'
 
@@ -20,7 +21,9 @@ function lastCount (socket: TestSocket): number {
 }
 
 t.test('a diff to a room larger than a slice', async (t) => {
-  const { wsUrl } = await startApp(t, { presenceIntervalMs: 1000 })
+  // Holds a call only when a test asks it to (the repeated join's room read, below).
+  const adapter = new HeldStore()
+  const { wsUrl } = await startApp(t, { adapter, presenceIntervalMs: 1000 })
   const sockets: TestSocket[] = []
   t.teardown(async () => { await Promise.all(sockets.map(async (s) => await s.close())) })
   const first = await TestSocket.open(wsUrl)
@@ -105,5 +108,27 @@ t.test('a diff to a room larger than a slice', async (t) => {
     t.equal(joined.type, 'joined')
     t.equal(joined.count, MEMBERS + 2)
     t.ok(last.frames.indexOf(diff) < last.frames.indexOf(joined), 'the diff came before the answer')
+  })
+
+  await t.test('follows the answer to a repeated join when it was made while the room was read', async (t) => {
+    const leaver = await TestSocket.open(wsUrl)
+    const id = leaver.welcome.user.id
+    await leaver.join('big')
+    await last.next((f) => f.type === 'presence' && (f.joins as Array<{ id: string }>).some((u) => u.id === id), 'the diff of its join at the last member')
+    // The store reads the room (the leaver in it) and holds its answer; the leaver goes, and the diff of that
+    // is under way (at the first member) as the answer is written: it is newer than the answer, and follows it.
+    const held = adapter.hold('room')
+    t.teardown(() => held.release())
+    const answer = last.request({ type: 'join', room: 'big' })
+    await held.entered
+    const isLeave = (f: Frame): boolean => f.type === 'presence' && (f.leaves as Array<{ id: string }>).some((u) => u.id === id)
+    const reachedFirst = first.next(isLeave, 'the diff of the leave at the first member')
+    await leaver.request({ type: 'leave', room: 'big' })
+    await reachedFirst
+    held.release()
+    const [joined, diff] = await Promise.all([answer, last.next(isLeave, 'the diff of the leave at the last member')])
+    t.ok((joined.members as Array<{ id: string }>).length > 0)
+    t.ok(last.frames.indexOf(joined) < last.frames.indexOf(diff), 'the answer came first, the newer diff after it')
+    await leaver.close()
   })
 })

@@ -1,6 +1,9 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
+import type { Socket } from 'node:net'
+import type { FastifyInstance } from 'fastify'
+import type { RoomsOptions } from '../src/index.js'
 import { HeldStore } from './helpers/held-store.js'
-import { serverClosed, startApp } from './helpers/server.js'
+import { serverClosed, serverSocketOf, startApp } from './helpers/server.js'
 import { eventually } from './helpers/redis.js'
 import { TestSocket } from './helpers/socket.js'
 import { guard } from './helpers/until.js'
@@ -113,4 +116,58 @@ t.test('what is published to a joiner while its join is answered waits for it up
   t.equal(offsets(publisher, 'busy').length, 64, 'the publisher got every message')
   await serverClosed(serverSide, 'the joiner\'s socket to close')
   await eventually(async () => (await app.rooms.get('busy'))?.count, (count) => count === 1, 'the joiner to be out of the room')
+})
+
+/** A room of 100 messages of 60 KB (6 MB), and a member that joins with all of them as its replay but reads nothing yet. */
+async function bigReplay (t: Test, extra: Partial<RoomsOptions> = {}): Promise<{ app: FastifyInstance, publisher: TestSocket, reader: TestSocket, leaves: Array<{ room: string, cause: string }> }> {
+  const leaves: Array<{ room: string, cause: string }> = []
+  const { wsUrl, app } = await startApp(t, { maxBufferedBytes: 256 * 1024, historySize: 100, maxFramesPerSecond: 1e6, frameBurst: 10_000, closeTimeoutMs: 300, onLeave: ({ room, cause }) => { leaves.push({ room, cause }) }, ...extra })
+  const publisher = await TestSocket.open(wsUrl)
+  t.teardown(() => publisher.close())
+  await publisher.join('big')
+  for (let i = 1; i <= 100; i++) await publisher.request({ type: 'publish', room: 'big', data: String(i).padEnd(60_000, 'x') })
+  const reader = await TestSocket.open(wsUrl)
+  t.teardown(() => reader.close())
+  reader.stopReading()
+  reader.send({ type: 'join', room: 'big', id: 'j', history: 100 })
+  // Its socket full, the server's replay waits for it to read (ws' own Sender is not in the way: the plugin writes to the TCP socket).
+  const raw = (serverSocketOf(app, reader) as unknown as { _socket: Socket })._socket
+  await eventually(async () => raw.listenerCount('drain'), (n) => n > 0, 'the replay to wait for the reader')
+  return { app, publisher, reader, leaves }
+}
+
+t.test('what is published while a replay waits follows it once the member reads: no 1013 for the two together', async (t) => {
+  const { reader, publisher } = await bigReplay(t)
+  // 240 KB meanwhile, under the 256 KiB limit; with what is left of the replay, more than it.
+  for (let i = 0; i < 8; i++) await publisher.request({ type: 'publish', room: 'big', data: 'live'.padEnd(30_000, 'y') })
+  reader.resumeReading()
+  await reader.next((f) => f.type === 'message' && f.offset === 108, 'the last live message')
+  t.same(offsets(reader, 'big'), Array.from({ length: 108 }, (_, i) => i + 1), 'every offset once, in order')
+})
+
+t.test('a member removed from the room while its replay waits has had its joined: it gets left, and onLeave', async (t) => {
+  const { app, reader, leaves } = await bigReplay(t)
+  t.equal(await app.rooms.removeFromRoom(reader.welcome.connectionId, 'big'), true)
+  reader.resumeReading()
+  await reader.next((f) => f.type === 'left', 'left')
+  await eventually(async () => leaves.length, (n) => n > 0, 'onLeave')
+  t.same(leaves, [{ room: 'big', cause: 'removed' }])
+  t.equal((await app.rooms.get('big'))?.count, 1, 'only the publisher is in the room')
+})
+
+t.test('a member that drops while its replay waits has had its joined: it stays present for the grace time, then leaves', async (t) => {
+  const { app, reader, publisher, leaves } = await bigReplay(t, { presenceGraceMs: 500 })
+  const dropped = Date.now()
+  reader.ws.terminate()
+  await publisher.next((f) => f.type === 'presence' && f.leaves.length > 0, 'the leave')
+  t.ok(Date.now() - dropped >= 490, 'not before the grace time')
+  await eventually(async () => leaves.length, (n) => n > 0, 'onLeave')
+  t.same(leaves, [{ room: 'big', cause: 'closed' }])
+  t.equal((await app.rooms.get('big'))?.count, 1)
+})
+
+t.test('app.close() while a replay waits for a member that does not read ends within closeTimeoutMs', async (t) => {
+  const { app } = await bigReplay(t)
+  await guard(app.close(), 'app.close()')
+  t.pass('closed')
 })
