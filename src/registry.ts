@@ -45,7 +45,8 @@ interface Pending {
  * for the join only, so a live member pays nothing for it.
  */
 interface Waiting {
-  items: Pending[]
+  /** In order; a written one is let go (undefined) at once, and the written ones are cut off now and then. */
+  items: Array<Pending | undefined>
   /** The items before it are written (after the replay, while the member reads them). */
   next: number
   /** Bytes of the payloads not written yet: past maxBufferedBytes the member is a slow consumer. */
@@ -388,7 +389,13 @@ export class Registry implements AdapterListener {
     membership.presenceSeq = result.presenceSeq
     // What was published meanwhile, and while these are read: the member goes live once none waits.
     while (waiting.next < waiting.items.length) {
-      const item = waiting.items[waiting.next++] as Pending
+      const item = waiting.items[waiting.next] as Pending
+      waiting.items[waiting.next++] = undefined
+      if (waiting.next === 1024) {
+        // A room that publishes as fast as the member reads keeps this loop going: what is written goes.
+        waiting.items.splice(0, waiting.next)
+        waiting.next = 0
+      }
       waiting.bytes -= item.payload.length
       this.writeLive(membership, item.offset, item.framed, item.payload, item.presenceSeq)
       if (!await this.readOn(membership)) return
@@ -402,14 +409,14 @@ export class Registry implements AdapterListener {
    * maxBufferedBytes (100 messages of 64 KiB are 6.4 MiB): written at once,
    * they would close the member as a slow consumer, and again at each
    * reconnect. Once its socket holds enough, the join waits for the member to
-   * read. False when it left meanwhile (closed, or removed from the room):
-   * it had its `joined`, so its leave is done as any member's.
+   * read. False when it has left (closed, or removed from the room): it had
+   * its `joined`, so its leave is done as any member's.
    */
   private async readOn (membership: Membership): Promise<boolean> {
     const { peer, room } = membership
     const backlog = peer.backlogged?.()
-    if (backlog === undefined) return true
-    await backlog
+    if (backlog !== undefined) await backlog
+    // Also without a wait: a write can close the peer (a slow consumer), which takes it out at once.
     return this.peers.get(peer.id)?.get(room) === membership
   }
 
