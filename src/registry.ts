@@ -414,9 +414,9 @@ export class Registry implements AdapterListener {
    */
   private async readOn (membership: Membership): Promise<boolean> {
     const { peer, room } = membership
-    const backlog = peer.backlogged?.()
-    if (backlog !== undefined) await backlog
-    // Also without a wait: a write can close the peer (a slow consumer), which takes it out at once.
+    // Awaited even when undefined: a write that closed the peer (a slow consumer on ws's own path) queued its
+    // removal as a microtask, which runs before this continues.
+    await peer.backlogged?.()
     return this.peers.get(peer.id)?.get(room) === membership
   }
 
