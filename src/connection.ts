@@ -413,7 +413,10 @@ export class Connection implements Peer {
     return raw.writableLength > this.ctx.options.maxBufferedBytes && this.closeSlow()
   }
 
-  private closeSlow (): boolean {
+  /** Close a slow consumer (see `Peer.closeSlow`): logged and counted, whoever found it slow. */
+  closeSlow (): true {
+    // Found slow again by the same turn's writes (or the registry's queue): once is logged and counted.
+    if (this.closed) return true
     this.ctx.log.warn({ connectionId: this.id, bufferedAmount: this.socket.bufferedAmount }, 'fastify-rooms: closing a slow consumer')
     this.ctx.metrics?.slowConsumer()
     this.close(1013, 'Slow consumer: reconnect and resume with since')

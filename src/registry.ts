@@ -21,6 +21,8 @@ export interface Peer {
   sendFramed (framed: Buffer, payload: Buffer | readonly Buffer[]): void
   /** Close the connection: it handles no more frames and leaves its rooms now, not when the peer answers. */
   close (code: number, reason: string): void
+  /** Close it as a slow consumer (1013): more of its unsent data is held than maxBufferedBytes. */
+  closeSlow (): void
   /** One of its memberships that got `joined` ended (for the `onLeave` hook). */
   left? (room: string, cause: LeaveCause): void
   /**
@@ -937,7 +939,7 @@ export class Registry implements AdapterListener {
     waiting.items.push({ offset, framed, payload, presenceSeq })
     waiting.bytes += payload.length
     // Unsent data of the member's, held by this node as much as what its socket holds.
-    if (waiting.bytes > this.options.maxBufferedBytes) membership.peer.close(1013, 'Slow consumer: reconnect and resume with since')
+    if (waiting.bytes > this.options.maxBufferedBytes) membership.peer.closeSlow()
   }
 
   /** Write a frame to a live member, unless it has it (an offset at or below its last) or a newer state of it. */

@@ -97,7 +97,7 @@ t.test('a join whose replay is larger than maxBufferedBytes: a member that reads
 t.test('what is published to a joiner while its join is answered waits for it up to maxBufferedBytes: past that it is a slow consumer (1013)', async (t) => {
   const maxBufferedBytes = 64 * 1024
   const adapter = new HeldStore()
-  const { wsUrl, app } = await startApp(t, { adapter, maxBufferedBytes, closeTimeoutMs: 200, historySize: 0, maxFramesPerSecond: 1e6, frameBurst: 10_000, authenticate: (r) => ({ id: String(r.headers['x-user']), name: String(r.headers['x-user']) }) })
+  const { url, wsUrl, app } = await startApp(t, { adapter, metrics: true, maxBufferedBytes, closeTimeoutMs: 200, historySize: 0, maxFramesPerSecond: 1e6, frameBurst: 10_000, authenticate: (r) => ({ id: String(r.headers['x-user']), name: String(r.headers['x-user']) }) })
   const publisher = await TestSocket.open(wsUrl, { headers: { 'x-user': 'pub' } })
   t.teardown(() => publisher.close())
   await publisher.join('busy')
@@ -112,6 +112,7 @@ t.test('what is published to a joiner while its join is answered waits for it up
   for (let n = 1; n <= 64; n++) await publisher.request({ type: 'publish', room: 'busy', data: 'y'.repeat(2000) })
   const closed = await guard(joiner.closed, 'the joiner to be closed')
   t.equal(closed.code, 1013, 'closed as a slow consumer')
+  t.match(await (await fetch(`${url}/metrics`)).text(), /^fastify_rooms_slow_consumers_total 1$/m, 'counted once, as any slow consumer')
   held.release()
   t.equal(offsets(publisher, 'busy').length, 64, 'the publisher got every message')
   await serverClosed(serverSide, 'the joiner\'s socket to close')
