@@ -8,7 +8,7 @@ import { errorCodes } from './errors.js'
 import { AdminStats, Rates } from './admin-stats.js'
 import type { Metrics } from './metrics.js'
 import { describeErrors, type Member } from './protocol.js'
-import { HttpError, answer, sendRefusal, type RestAccess } from './routes.js'
+import { HttpError, answerErrors, type RestAccess } from './routes.js'
 
 /**
  * Decides who is an admin: called like a Fastify preHandler, with the user the
@@ -104,7 +104,7 @@ export const admin: FastifyPluginAsync<AdminPluginOptions> = async (app, options
     framesSent: counters.framesSent
   }))
   app.addHook('onClose', async () => { rates.stop() })
-  app.setErrorHandler(adminErrors)
+  app.setErrorHandler(answerErrors('an admin request'))
   const shell = new Set(['', '/', '/admin.js', '/style.css'].map((url) => app.prefix + url))
   const isShell = (request: FastifyRequest): boolean => {
     const url = request.routeOptions.url ?? ''
@@ -141,9 +141,3 @@ export const admin: FastifyPluginAsync<AdminPluginOptions> = async (app, options
   await app.register(fastifyStatic, { root: clientDir, prefix: '/client/', decorateReply: false })
 }
 
-/** Errors in Fastify's shape; an unexpected one (a guard's bug, say) is logged and answered with a generic 500. */
-function adminErrors (this: FastifyInstance, error: unknown, request: FastifyRequest, reply: FastifyReply): void {
-  if (sendRefusal(error, reply)) return
-  request.log.error({ err: error }, 'fastify-rooms: an admin request failed')
-  answer(reply, new errorCodes.INTERNAL())
-}

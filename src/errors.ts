@@ -130,6 +130,14 @@ export const errorCodes = {
   SHUTTING_DOWN: createError('SHUTTING_DOWN', 'The server is shutting down; reconnect to another instance.', 503)
 } as const
 
+/** The contract's HTTP answers among them: everything but the app's own mistakes (`FST_ROOMS_*`). */
+const CONTRACT_ERRORS = Object.entries(errorCodes).filter(([code]) => !code.startsWith('FST_')).map(([, HttpError]) => HttpError)
+
+/** An error the plugin raised as one of the contract's HTTP answers, to send as it is. */
+export function isContractError (err: unknown): err is Error & { statusCode: number, code: string } {
+  return CONTRACT_ERRORS.some((HttpError) => err instanceof HttpError)
+}
+
 /** The sentences of the HTTP errors whose code has more than one cause. */
 export const httpMessages = {
   upgradeUnauthorized: 'Authentication failed: the upgrade request carried no valid credentials.',

@@ -3,7 +3,7 @@ import Type, { type Static, type TSchema } from 'typebox'
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, FastifySchemaCompiler, HookHandlerDoneFunction, preHandlerHookHandler, RouteGenericInterface } from 'fastify'
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { MAX_MEMBERS_PAGE, Member, MemberCursor, MessageFrame, RoomName, invalidRoomMessage, isRoomName } from './protocol.js'
-import { errorCodes, httpErrorOf, httpMessages, isRoomsError } from './errors.js'
+import { errorCodes, httpErrorOf, httpMessages, isContractError, isRoomsError } from './errors.js'
 import type { Credentials } from './identity.js'
 import type { ResolvedOptions, RestPublishGuard, RouteGuard } from './options.js'
 import type { Registry } from './registry.js'
@@ -389,6 +389,25 @@ function roomErrors (this: FastifyInstance, error: Error & { validationContext?:
   if (sendRefusal(error, reply)) return
   request.log.error({ err: error }, 'fastify-rooms: a REST request failed')
   answer(reply, new errorCodes.INTERNAL())
+}
+
+/**
+ * The error handler of the plugin's routes outside REST (the socket's path,
+ * metrics, the admin view), set on them so that the app's own never gets
+ * their errors: the contract's answers as they are, a refusal (the plugin's,
+ * or an app hook's or guard's 4xx) in Fastify's shape, anything else logged
+ * as `what` failing and answered with a generic 500.
+ */
+export function answerErrors (what: string): (error: unknown, request: FastifyRequest, reply: FastifyReply) => void {
+  return (error, request, reply) => {
+    if (isContractError(error)) {
+      answer(reply, error)
+      return
+    }
+    if (sendRefusal(error, reply)) return
+    request.log.error({ err: error }, `fastify-rooms: ${what} failed`)
+    answer(reply, new errorCodes.INTERNAL())
+  }
 }
 
 /**

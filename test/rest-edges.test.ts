@@ -4,6 +4,7 @@ import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify'
 import rooms, { MemoryAdapter, type EncodedPublish } from '../src/index.js'
 import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
+import type WebSocket from 'ws'
 
 /** Credentials as a request header: `x-user` names the user. */
 const byHeader = async (request: FastifyRequest): Promise<{ id: string, name: string } | null> => request.headers['x-user'] === undefined ? null : { id: String(request.headers['x-user']), name: 'Ada' }
@@ -141,6 +142,48 @@ t.test('REST errors are answered by the plugin: an app\'s own error handler neve
     t.equal(response.status, status, path)
     t.match(await response.json(), { statusCode: status, code }, `${path}: ${code} in Fastify's shape`)
   }
+  t.same(seen, [], 'the app\'s error handler was not called')
+})
+
+t.test('refused upgrades and the metrics route are answered by the plugin too: an app\'s own error handler never sees them', async (t) => {
+  const seen: string[] = []
+  const { url, wsUrl } = await startApp(t, {
+    maxConnections: 1,
+    metrics: true,
+    authenticate: async (request) => {
+      // The app's bug (a malformed user): logged by the plugin, a generic 500 to the client.
+      if (request.headers['x-user'] === 'broken') return { id: 42 } as unknown as { id: string, name: string }
+      return await byHeader(request)
+    }
+  }, (app) => {
+    app.setErrorHandler(async (error: { code?: string }, _request, reply) => {
+      seen.push(String(error.code))
+      return await reply.code(500).send({ reshaped: true })
+    })
+  })
+  const ada = { headers: { 'x-user': 'ada' } }
+  const refusals: Array<[string, WebSocket.ClientOptions, number, string]> = [
+    ['no credentials', {}, 401, 'UNAUTHORIZED'],
+    ['another site', { headers: { ...ada.headers, origin: 'https://elsewhere.example' } }, 403, 'ORIGIN_NOT_ALLOWED'],
+    ['a malformed user', { headers: { 'x-user': 'broken' } }, 500, 'INTERNAL']
+  ]
+  for (const [what, options, status, code] of refusals) {
+    const refused = await TestSocket.refused(wsUrl, options)
+    t.equal(refused.status, status, `upgrade with ${what}`)
+    t.match(refused.body, { statusCode: status, code }, `upgrade with ${what}: ${code} in Fastify's shape`)
+    // What a page does to learn why its upgrade was refused: the same answer to a plain GET.
+    const plain = await fetch(`${url}/ws`, options as RequestInit)
+    t.equal(plain.status, status, `plain GET with ${what}`)
+    t.match(await plain.json(), { statusCode: status, code }, `plain GET with ${what}: ${code} in Fastify's shape`)
+  }
+  const one = await TestSocket.open(wsUrl, ada)
+  t.teardown(() => one.close())
+  const full = await TestSocket.refused(wsUrl, ada)
+  t.equal(full.status, 503, 'upgrade past maxConnections')
+  t.match(full.body, { statusCode: 503, code: 'TOO_MANY_CONNECTIONS' }, 'past maxConnections: TOO_MANY_CONNECTIONS in Fastify\'s shape')
+  const metrics = await fetch(`${url}/metrics`)
+  t.equal(metrics.status, 401, 'the metrics route without credentials')
+  t.match(await metrics.json(), { statusCode: 401, code: 'UNAUTHORIZED' }, 'the metrics route: UNAUTHORIZED in Fastify\'s shape')
   t.same(seen, [], 'the app\'s error handler was not called')
 })
 
