@@ -16,7 +16,7 @@ import { resolveOptions, type RoomData, type RoomsOptions, type SchemaData } fro
 import { page } from './page.js'
 import { checkPublish, compileDataValidator, type Member } from './protocol.js'
 import { Registry } from './registry.js'
-import { releaseUpgrade } from './release.js'
+import { releaseUpgrade, untrack } from './release.js'
 import { ResumeTokens } from './resume.js'
 import { RoomList } from './roomlist.js'
 import { directFrame, historyPage, membersPage, roomName, roomQuery, text } from './arguments.js'
@@ -255,7 +255,9 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     await adapter.close()
   })
 
-  if (!app.hasDecorator('websocketServer')) {
+  // Only a registration that adds @fastify/websocket itself has its preClose run before @fastify/websocket's.
+  const closesFirst = !app.hasDecorator('websocketServer')
+  if (closesFirst) {
     if (ownWebsocket.has(app.server)) {
       throw new errorCodes.FST_ROOMS_WEBSOCKET_NOT_AT_ROOT()
     }
@@ -302,6 +304,7 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
       const identity = guard.takeIdentity(request)
       const connection = new Connection(socket, request, `${nodeId}-${(++sequence).toString(36)}`, ctx)
       releaseUpgrade(socket, onSocketError)
+      if (!closesFirst) untrack(app.websocketServer, socket)
       if (ctx.keepRequest) releaseHead(request)
       open.add(connection)
       connection.start(identity)

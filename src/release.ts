@@ -41,3 +41,15 @@ function replaceErrorListener (socket: WebSocket, onError: (this: WebSocket, err
   socket.removeListener('error', theirs[0] as (...args: unknown[]) => void)
   socket.on('error', onError)
 }
+
+/**
+ * Take a socket of ours out of the client list of a WebSocket server the
+ * application registered. @fastify/websocket's default `preClose`, added
+ * before ours, closes every listed client with no code: our clients would
+ * get 1005 instead of the contract's 1001, and no reason. Our own `preClose`
+ * closes ours. Skipped where the list is not a Set (ws's `clientTracking`
+ * off, or a shape this does not know).
+ */
+export function untrack (server: { clients?: unknown }, socket: WebSocket): void {
+  if (server.clients instanceof Set) server.clients.delete(socket)
+}

@@ -157,7 +157,10 @@ export async function injectRooms (app: FastifyInstance, options: InjectOptions 
         unread.push(frame)
       })
       ws.on('close', (code, reason) => {
-        if (connectionId !== undefined) release(app, connectionId)
+        // Let the server see the close now: over injectWS's in-memory streams its socket learns of the end of the
+        // closing handshake only at ws's close timeout (30 s), and the connection would stay in its rooms until then.
+        // The close frames have been exchanged (this end saw the close), so the cut reports the code the server got.
+        if (connectionId !== undefined) serverSocket?.terminate()
         closedWith = { code, reason: reason.toString() }
         for (const waiter of waiters.splice(0)) {
           clearTimeout(waiter.timer)
@@ -269,19 +272,6 @@ function watchServerSockets (app: FastifyInstance): void {
     const take = (request as { [kServerSocket]?: (socket: WebSocket) => void } | undefined)?.[kServerSocket]
     if (typeof take === 'function') take(socket)
   })
-}
-
-/**
- * Let the server see an injected socket's close now. Over injectWS's pair of
- * in-memory streams, the server's socket learns of the end of the closing
- * handshake only at ws's close timeout (30 s), and the connection would stay
- * in its rooms until then. The close frame has been exchanged (the client
- * saw the close), so ending the server's socket reports the code it got.
- */
-function release (app: FastifyInstance, connectionId: string): void {
-  for (const socket of app.websocketServer?.clients ?? []) {
-    if (connectionOf(socket)?.id === connectionId) socket.terminate()
-  }
 }
 
 /**

@@ -26,10 +26,18 @@ const as = (user: string): { headers: Record<string, string> } => ({ headers: { 
 const leaveOf = (user: string, room: string) => (f: Record<string, any>): boolean =>
   f.type === 'presence' && f.room === room && f.leaves.some((m: { id: string }) => m.id === user)
 
+/** Every socket the app's WebSocket server accepted: with @fastify/websocket registered by the app, the plugin's are not in its `clients`. */
+const accepted = new WeakMap<FastifyInstance, WebSocket[]>()
+function watch (app: FastifyInstance): void {
+  const sockets: WebSocket[] = []
+  accepted.set(app, sockets)
+  app.websocketServer.on('connection', (socket: WebSocket) => { sockets.push(socket) })
+}
+
 /** The server's end of a test client's socket (the one whose remote port is the client's local port). */
 function serverSide (app: FastifyInstance, client: TestSocket): WebSocket {
   const port = (client.ws as unknown as { _socket: Socket })._socket.localPort
-  for (const ws of app.websocketServer.clients) {
+  for (const ws of accepted.get(app) ?? []) {
     if ((ws as unknown as { _socket?: Socket })._socket?.remotePort === port) return ws
   }
   throw new Error(`no server socket for the client on port ${String(port)}`)
@@ -87,6 +95,7 @@ async function closedByServer (t: Test, c: Case): Promise<void> {
     onDisconnect: ({ code, reason, user }) => { if (user.id === 'ada') disconnects.push({ code, reason }) },
     ...c.options
   }, c.setup)
+  watch(app)
   const ada = await TestSocket.open(wsUrl, as('ada'))
   const bob = await TestSocket.open(wsUrl, as('bob'))
   ada.ws.on('error', () => {})
@@ -211,6 +220,7 @@ t.test('a token refresh that fails after the server\'s close leaves the close as
       throw new Error('the identity service failed')
     }
   }, undefined, { logger: { level: 'error', stream: { write: (line: string) => { logged.push(line) } } } })
+  watch(app)
   const ada = await TestSocket.connect(wsUrl)
   const welcome = await ada.authenticate('good')
   const server = serverSide(app, ada)

@@ -1,6 +1,8 @@
 import t, { type Test } from 'tap'
 import Fastify, { type FastifyInstance } from 'fastify'
 import WebSocket from 'ws'
+import websocket from '@fastify/websocket'
+import { once } from 'node:events'
 import rooms from '../src/index.js'
 import { TestSocket } from './helpers/socket.js'
 import { until } from './helpers/until.js'
@@ -32,6 +34,31 @@ t.test('app.close(): every client gets 1001, every member is removed, no handle 
     await until(() => (resources()[kind] ?? 0) <= (before[kind] ?? 0), `no ${kind} is left open`)
     t.equal(resources()[kind] ?? 0, before[kind] ?? 0, `no ${kind} left open`)
   }
+})
+
+t.test('app.close() with @fastify/websocket registered by the app, then two registrations (plugin.md\'s two-registrations): every rooms client gets 1001, the app\'s own sockets are closed as before', async (t) => {
+  const codes: number[] = []
+  const app = Fastify()
+  await app.register(websocket)
+  for (const name of ['support', 'sales']) {
+    await app.register(async (context) => {
+      await context.register(rooms, { path: `/${name}/ws`, prefix: `/${name}/rooms`, onDisconnect: ({ code }) => { codes.push(code) } })
+    })
+  }
+  app.get('/echo', { websocket: true }, (socket) => { socket.on('message', (data) => socket.send(data)) })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const base = `ws://127.0.0.1:${(app.server.address() as { port: number }).port}`
+  const clients = [await TestSocket.open(`${base}/support/ws`), await TestSocket.open(`${base}/sales/ws`)]
+  for (const c of clients) await c.join('r')
+  const own = new WebSocket(`${base}/echo`)
+  await once(own, 'open')
+  t.equal(app.websocketServer.clients.size, 1, 'app.websocketServer.clients lists the app\'s own socket (and, since this fix, none of the plugin\'s)')
+  const ownClosed = once(own, 'close')
+  await app.close()
+  for (const c of clients) t.same(await c.closed, { code: 1001, reason: 'Server shutting down' }, 'a rooms client gets 1001')
+  t.same(codes, [1001, 1001], 'onDisconnect hears 1001 at shutdown')
+  const [code] = await ownClosed
+  t.equal(code, 1005, '@fastify/websocket closed the app\'s own socket itself (with no code, as it always has)')
 })
 
 /** An app this test file closes itself (no teardown close), and its socket URL. */

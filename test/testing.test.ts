@@ -1,6 +1,7 @@
 import t from 'tap'
 import Fastify, { type FastifyInstance } from 'fastify'
 import WebSocket from 'ws'
+import websocket from '@fastify/websocket'
 import rooms, { type RoomsOptions } from '../src/index.js'
 import { injectRooms, RoomsTestError } from '../src/testing.js'
 
@@ -30,6 +31,20 @@ t.test('injectRooms: welcome, join, publish, messages and presence between two s
   t.equal(bob.pending('message').length, 1, 'its own message is still unread')
   t.same(await bob.close(), { code: 1000, reason: '' })
   t.ok(await ada.next('presence', (p) => p.leaves.some((m) => m.name === 'bob')), 'and leave at once: the server saw the close')
+  await ada.close()
+})
+
+t.test('injectRooms: the same when the app registered @fastify/websocket itself: a close reaches the server at once', async (t) => {
+  const app = Fastify()
+  await app.register(websocket)
+  await app.register(rooms, { presenceIntervalMs: 0 })
+  t.teardown(async () => await app.close())
+  const ada = await injectRooms(app, { query: { name: 'ada' } })
+  const bob = await injectRooms(app, { query: { name: 'bob' } })
+  await ada.join('lobby')
+  await bob.join('lobby')
+  t.same(await bob.close(), { code: 1000, reason: '' })
+  t.ok(await ada.next('presence', (p) => p.leaves.some((m) => m.name === 'bob')), 'ada sees bob leave at once: the server saw the close')
   await ada.close()
 })
 
