@@ -413,12 +413,15 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
       // The epoch's retained messages follow, as the server's replay would have them; unread, the next message's offset tells what was lost.
       this.applyJoined({ ...frame, recovered: false }, since, undefined)
     } else {
-      const first = stored?.[0]?.offset
-      if (frame.offset <= from || first === from + 1) {
+      // The read skips what history lacks: its start dropped by the limits, or a hole anywhere (a message over
+      // maxHistoryBytes, delivered but not kept), the end included. Only an unbroken run up to frame.offset is
+      // delivered; what comes before it is one gap, told before `joined` as the server tells a since it cannot replay.
+      let run = frame.offset + 1
+      for (let i = (stored?.length ?? 0) - 1; i >= 0 && stored?.[i]?.offset === run - 1; i--) run--
+      if (frame.offset <= from || run === from + 1) {
         this.applyJoined({ ...frame, recovered: true }, since, undefined)
       } else {
-        // Read in part (the history limits dropped its start) or not at all: a gap up to the first offset read.
-        this.applyJoined({ ...frame, offset: first === undefined ? frame.offset : first - 1, recovered: false }, since, undefined)
+        this.applyJoined({ ...frame, offset: run - 1, recovered: false }, since, undefined)
       }
     }
     for (const message of stored ?? []) this.applyMessage(message)
