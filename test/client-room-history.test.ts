@@ -1,9 +1,11 @@
 import t from 'tap'
 import WebSocket from 'ws'
-import { connect, type HistoryPage, type RoomsClient } from '../src/client/index.js'
+import { MemoryAdapter } from '../src/index.js'
+import { connect, type Gap, type HistoryPage, type RoomMessage, type RoomsClient } from '../src/client/index.js'
 import { eachAdapter } from './helpers/deployment.js'
 import { startApp } from './helpers/server.js'
-import { nextEvent } from './helpers/client.js'
+import { dropConnection, gate, nextEvent } from './helpers/client.js'
+import { eventually } from './helpers/redis.js'
 
 async function client (url: string, name: string): Promise<RoomsClient<number>> {
   return await connect<number>(url, { WebSocket, name, reconnect: false })
@@ -86,4 +88,42 @@ t.test('room.history with a before past the handle\'s offset, over trimmed histo
   // The store kept 5 and 6 only: asked for what follows 0, it answers from 5.
   t.same(data(await page), [], 'not 5, which the message handler gets')
   t.equal(room.offset, 6)
+})
+
+t.test('room.history sent right behind a rejoin that finds the history reset: no message of the new epoch, which the handlers get', async (t) => {
+  let now = 1_000_000
+  const upgrades = gate()
+  const { app, wsUrl } = await startApp(t, { adapter: new MemoryAdapter({ now: () => now }), historyTtlMs: 1000 }, upgrades.setup)
+  const ada = await connect(wsUrl, { WebSocket, name: 'ada', reconnect: { initialDelayMs: 5, maxDelayMs: 20 } })
+  t.teardown(() => ada.close())
+  const room = await ada.join('r')
+  const last = nextEvent<RoomMessage>((h) => room.on('message', h), (m) => m.offset === 20, ada)
+  for (let n = 1; n <= 20; n++) await app.rooms.broadcast('r', n)
+  await last
+  const oldEpoch = room.epoch
+  upgrades.closed = true
+  await dropConnection(app, ada)
+  // The history expires; once the member is gone too the room is forgotten, and a new epoch begins.
+  now += 1000
+  await eventually(async () => await app.rooms.history('r'), (page) => page === null, 'room r forgotten')
+  for (let n = 1; n <= 5; n++) await app.rooms.broadcast('r', 100 + n)
+  const newEpoch = (await app.rooms.history('r'))?.epoch
+  t.not(newEpoch, oldEpoch, 'the epoch changed')
+
+  const delivered: string[] = []
+  const gaps: Gap[] = []
+  room.on('message', (m) => delivered.push(`${m.epoch}/${m.offset}`))
+  room.on('gap', (gap) => gaps.push(gap))
+  // Asked while the handle still counts in the old epoch (offset 20), sent right behind the rejoin.
+  let page: Promise<HistoryPage> | undefined
+  ada.on('state', (state) => { if (state === 'open') page = room.history() })
+  const rejoined = nextEvent((h) => room.on('joined', h), () => true, { client: ada, room })
+  upgrades.closed = false
+  t.same(await rejoined, { recovered: false })
+  const read = await (page as Promise<HistoryPage>)
+  await ada.ping()
+  t.same(delivered, [1, 2, 3, 4, 5].map((o) => `${String(newEpoch)}/${o}`), 'the new epoch, through the handlers')
+  t.match(gaps, [{ epoch: oldEpoch, after: 20, before: null, currentEpoch: newEpoch }])
+  t.equal(read.epoch, newEpoch)
+  t.same(read.messages.map((m) => `${m.epoch}/${m.offset}`), [], 'none of them in the page as well')
 })

@@ -114,7 +114,10 @@ export interface HistoryOptions {
 
 /** Stored messages of a room, oldest first. */
 export interface HistoryPage<TData = unknown> {
-  /** The epoch the offsets belong to; another than the handle's means the room's history was reset. */
+  /**
+   * The epoch the offsets belong to. Another than the handle's when `history()` was called means the room's history
+   * was reset: `messages` is then empty, as `before` named offsets of the old epoch.
+   */
   epoch: string
   /** At most `limit` messages, the latest ones before `before` that are still stored. */
   messages: Array<RoomMessage<TData>>
@@ -280,8 +283,12 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
     const end = Math.min(before - 1, this.offset)
     const after = Math.max(0, end - limit)
     if (end - after === 0) return { epoch: this.epoch, messages: [] }
+    const epoch = this.epoch
     const page = await this.owner.loadHistory(this, after, end - after)
     const messages: Array<RoomMessage<TData>> = []
+    // `before` and `end` count in the epoch of the call. A page of another (a rejoin sent before this read found the
+    // history reset) has offsets naming other messages, whose retained ones come through the handlers after the rejoin.
+    if (page.epoch !== epoch) return { epoch: page.epoch, messages }
     for (const frame of page.messages) {
       // Past the history limits the store answers from its oldest retained message, which may be past `before`.
       // Nor past the handle's offset: those may still be on their way to the handlers.
