@@ -103,3 +103,25 @@ t.test('the handlers of a new handle, attached once join() resolved, get the mes
   t.same(delivered, ['same read as joined'])
   t.equal(room.offset, 2)
 })
+
+for (const how of ['room.leave()', 'client.close()']) {
+  t.test(`a message handler that calls ${how} during the history replay: nothing after left`, async (t) => {
+    const { app, wsUrl } = await startApp(t)
+    for (let n = 1; n <= 10; n++) await app.rooms.broadcast('r', n)
+    const client = await connect(wsUrl, { WebSocket })
+    t.teardown(() => client.close())
+    const room = await client.join('r', { history: 10 })
+    const events: string[] = []
+    const left = nextEvent((h) => room.on('left', h))
+    room.on('left', (info) => events.push(`left ${info.cause}`))
+    room.on('message', (m) => {
+      events.push(`msg ${m.offset}`)
+      if (m.offset !== 3) return
+      if (how === 'room.leave()') room.leave().catch(() => {})
+      else client.close()
+    })
+    // Left in the middle of the held messages: their delivery is over by the time this runs.
+    await left
+    t.same(events, ['msg 1', 'msg 2', 'msg 3', `left ${how === 'room.leave()' ? 'leave' : 'closed'}`])
+  })
+}

@@ -551,7 +551,11 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
     if (!this.turnOver) return false
     const held = this.held
     this.held = undefined
-    for (const message of held) this.emitMessage(message)
+    for (const message of held) {
+      // A handler that left (room.leave(), client.close()) ends the delivery: nothing follows `left`.
+      if (this.status === 'left') break
+      this.emitMessage(message)
+    }
     return true
   }
 
