@@ -3,7 +3,7 @@ import WebSocket from 'ws'
 import { connect, type LeftInfo, type Room, type RoomsClient, type RoomsClientError } from '../src/client/index.js'
 import { UNAUTHORIZED_REASONS } from '../src/index.js'
 import { ADA, scripted, startTokenApp, token } from './fixtures/token-auth.js'
-import { startApp } from './helpers/server.js'
+import { startApp, type Started } from './helpers/server.js'
 
 // A final close (the server's 4003, a 4001 the client does not retry, close()) while a publish is in flight: it was sent, so it may or may not
 // have been applied. It rejects with the code that says why the client stopped (CLOSED), and a sentence that
@@ -80,3 +80,29 @@ t.test('a final 4001 (token expired, refresh failed, no reconnect) while a publi
   t.equal(room.status, 'left')
   t.equal(client.state, 'closed')
 })
+
+// plugin.md: room.leave() resolves when the server confirmed or the connection is gone; it rejects only with TIMEOUT or a
+// refusal. A leave sent behind the held publish is in flight, unanswered, when the client stops for good.
+for (const { end, stop } of [
+  { end: 'close()', stop: async (client: RoomsClient) => { client.close() } },
+  { end: 'a 4003', stop: async (client: RoomsClient, app: Started['app']) => { await app.rooms.disconnect(client.connectionId, 'kicked by admin') } },
+  { end: 'a final 4001', stop: async () => {} }
+]) {
+  t.test(`${end} while room.leave() is in flight: leave() resolves, the connection is gone`, async (t) => {
+    const held = heldPublishes()
+    const tokens = end === 'a final 4001'
+    const { app, wsUrl } = tokens ? await startTokenApp(t, { onPublish: held.hook }) : await startApp(t, { onPublish: held.hook })
+    t.teardown(() => held.release())
+    // With tokens: long enough to join and publish before it expires; the refresh fails, so the server closes 4001 at expiry.
+    const { getToken } = scripted(() => token(ADA.id, Date.now() + 3000), () => { throw new Error('token service down') })
+    const client = await connect(wsUrl, { WebSocket, reconnect: false, ...(tokens ? { getToken } : {}) })
+    t.teardown(() => client.close())
+    const { room, lefts, inFlight } = await publishInFlight(client, held)
+    const leaving = room.leave().then(() => 'resolved', (err: RoomsClientError) => `rejected ${err.code}: ${err.message}`)
+    await stop(client, app)
+    t.equal(await leaving, 'resolved')
+    t.match(await inFlight, { code: tokens ? 'UNAUTHORIZED' : 'CLOSED' }, 'the publish in flight rejects as before')
+    t.equal(client.state, 'closed')
+    t.match(lefts, [{ cause: 'leave' }], 'left once, by the leave')
+  })
+}

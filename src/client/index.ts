@@ -196,6 +196,8 @@ const DISCONNECTED_CLOSE = 4003
 const DEFAULT_BACKOFF = { initialDelayMs: 500, maxDelayMs: 10_000 }
 /** Refusals of a rejoin that pass by themselves: the room is kept and joined again later. */
 const PASSING: ReadonlySet<string> = new Set(['UNAVAILABLE', 'RATE_LIMITED'])
+/** Answers to a leave that mean the connection is out of the room all the same: `room.leave()` resolves on them. */
+const LEFT_ANYWAY: ReadonlySet<ClientErrorCode> = new Set(['NOT_IN_ROOM', 'DISCONNECTED', 'CLOSED', 'UNAUTHORIZED'])
 
 /** A leave the server has not confirmed (see `stray`): its retries so far and the timer of the next one. */
 interface StrayLeave { attempts: number, timer: ReturnType<typeof setTimeout> | undefined }
@@ -521,9 +523,9 @@ export class RoomsClient<TData = unknown> extends Emitter<ClientEvents<TData>> i
     try {
       await this.sendLeave(room.name)
     } catch (err) {
-      // Either way the connection is no longer in the room.
-      const code = (err as RoomsClientError).code
-      if (code !== 'DISCONNECTED' && code !== 'NOT_IN_ROOM') throw err
+      // Not in the room, or the connection is gone (dropped, or ended for good by close(), a 4003 or a final 4001):
+      // either way the connection is no longer in the room.
+      if (!LEFT_ANYWAY.has((err as RoomsClientError).code)) throw err
     }
   }
 
