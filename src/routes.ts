@@ -3,7 +3,7 @@ import Type, { type Static, type TSchema } from 'typebox'
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, FastifySchemaCompiler, HookHandlerDoneFunction, preHandlerHookHandler, RouteGenericInterface } from 'fastify'
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { MAX_MEMBERS_PAGE, Member, MemberCursor, MessageFrame, RoomName, invalidRoomMessage, isRoomName } from './protocol.js'
-import { errorCodes, httpErrorOf, httpMessages, isContractError, isRoomsError } from './errors.js'
+import { errorCodes, httpErrorOf, httpMessages, isContractError, isRoomsError, thrownByHook } from './errors.js'
 import type { Credentials } from './identity.js'
 import type { ResolvedOptions, RestPublishGuard, RouteGuard } from './options.js'
 import type { Registry } from './registry.js'
@@ -104,7 +104,7 @@ export function restAccess (options: ResolvedOptions, credentials: Credentials):
         verdict = await onJoin({ connectionId: '', user, room, request })
       } catch (err) {
         if (isRoomsError(err) && err.code === 'FORBIDDEN') throw new errorCodes.FORBIDDEN(err.message)
-        throw err
+        throw thrownByHook('onJoin', err)
       }
       if (verdict === false) throw new errorCodes.FORBIDDEN(httpMessages.roomForbidden(room))
     }
