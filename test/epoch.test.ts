@@ -5,6 +5,7 @@ import rooms, { redisAdapter } from '../src/index.js'
 import { eachAdapter } from './helpers/deployment.js'
 import { TestSocket } from './helpers/socket.js'
 import { skipRedis, startRedis } from './helpers/redis.js'
+import { guard } from './helpers/until.js'
 
 /** An app on a given port (0: any), which the test restarts on the same port to lose its memory. */
 async function listen (port: number, options: Parameters<typeof rooms>[1] = {}): Promise<{ app: FastifyInstance, port: number, wsUrl: string }> {
@@ -71,6 +72,41 @@ t.test('epoch change, Redis adapter: Redis loses its data, Ann and Ben on differ
   admin.on('error', () => {})
   t.teardown(() => admin.disconnect())
   await epochChange(t, () => [a.wsUrl, b.wsUrl], async () => { await admin.flushall() })
+})
+
+t.test('Redis loses its data under live members: the first answer in a new epoch closes the room\'s members here with 1012, never mixing epochs', { skip: skipRedis }, async (t) => {
+  const redis = await startRedis(t)
+  // A lease far longer than the test: the adapter's own check, at its renewals, cannot be what closes them.
+  const { app, wsUrl } = await listen(0, { adapter: redisAdapter({ url: redis.url, leaseMs: 600_000 }) })
+  t.teardown(async () => await app.close())
+  const admin = new Redis(redis.url)
+  t.teardown(() => admin.disconnect())
+
+  t.test('a repeated join is not answered with the new epoch and the old offset', async (t) => {
+    const ann = await TestSocket.open(wsUrl)
+    const { epoch: old } = await ann.join('r1')
+    for (const data of [1, 2, 3]) await ann.request({ type: 'publish', room: 'r1', data })
+    await admin.flushall()
+    ann.send({ type: 'join', room: 'r1', id: 'again' })
+    t.match(await guard(ann.closed, 'ann\'s close'), { code: 1012 })
+    t.same(ann.frames.filter((f) => f.type === 'joined' && f.epoch !== old), [], 'no joined of another epoch')
+  })
+
+  t.test('another connection\'s join, answered in the new epoch, closes the members of the old one and goes on in it', async (t) => {
+    const ann = await TestSocket.open(wsUrl)
+    const { epoch: old } = await ann.join('r2')
+    await ann.request({ type: 'publish', room: 'r2', data: 'old' })
+    await admin.flushall()
+    const ben = await TestSocket.open(wsUrl)
+    t.teardown(() => ben.close())
+    const joined = await ben.join('r2')
+    t.not(joined.epoch, old, 'ben joins the new epoch')
+    t.match(await guard(ann.closed, 'ann\'s close'), { code: 1012 }, 'ann, in the old epoch, is closed to rejoin with since')
+    t.match(await ben.request({ type: 'publish', room: 'r2', data: 'new' }), { type: 'ack', offset: 1 })
+    t.same(ann.frames.filter((f) => (f.type === 'joined' && f.epoch !== old) || (f.type === 'message' && f.data !== 'old')), [], 'ann got nothing of the new epoch')
+    const again = await ben.join('r2')
+    t.match(again, { type: 'joined', epoch: joined.epoch, offset: 1 }, 'ben\'s repeated join answers in its epoch')
+  })
 })
 
 t.test('an old epoch with a trimmed new history replays what is retained, from its first offset', async (t) => {
