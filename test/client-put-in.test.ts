@@ -1,6 +1,7 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
+import type { FastifyInstance } from 'fastify'
 import WebSocket from 'ws'
-import { RoomsError } from '../src/index.js'
+import { RoomsError, type RoomsOptions } from '../src/index.js'
 import { connect, type Gap, type Room, type RoomMessage, type RoomsClient } from '../src/client/index.js'
 import { gate, nextEvent, nextState } from './helpers/client.js'
 import { HeldStore, lowerOnce } from './helpers/held-store.js'
@@ -87,13 +88,18 @@ t.test('a put-in that wins the race with join(room, { history }) and a history t
   t.match(gaps[0], { room: 'lobby', epoch: ra.epoch, currentEpoch: ra.epoch, after: 1, before: 4 })
 })
 
-t.test('a rejoin after a reconnect answered by the onConnect put-in: what was missed is replayed before the live messages, no gap', async (t) => {
+/**
+ * Ada, whom the onConnect put-in (the pattern plugin.md recommends) puts in the lobby, gets 1 and 2, drops, and misses
+ * what the server publishes while she is away (`missed`); she comes back, and her rejoin, answered after the put-in as
+ * a repeat, is held in its room read until the test releases it.
+ */
+async function rejoinAfterPutIn (t: Test, options: RoomsOptions, missed: unknown[]): Promise<{ app: FastifyInstance, ada: RoomsClient<unknown>, ra: Room<unknown>, log: string[], repeat: ReturnType<HeldStore['hold']> }> {
   const store = new HeldStore()
   const upgrades = gate()
   const { app, wsUrl } = await startApp(t, {
     adapter: store,
-    // The pattern plugin.md recommends: the server puts every connection of ada in the lobby.
-    onConnect: ({ connectionId, user }) => { if (user.name === 'ada') void app.rooms.join(connectionId, 'lobby') }
+    onConnect: ({ connectionId, user }) => { if (user.name === 'ada') void app.rooms.join(connectionId, 'lobby') },
+    ...options
   }, upgrades.setup)
   const ada = await client(wsUrl, 'ada')
   t.teardown(() => ada.close())
@@ -105,18 +111,23 @@ t.test('a rejoin after a reconnect answered by the onConnect put-in: what was mi
   await app.rooms.broadcast('lobby', 2)
   await second
 
-  // Away (the server publishes meanwhile): the messages 3-5 are missed.
   upgrades.closed = true
   const away = nextState(ada, 'reconnecting')
   for (const socket of app.websocketServer.clients) socket.terminate()
   await away
-  for (let i = 3; i <= 5; i++) await app.rooms.broadcast('lobby', i)
+  for (const data of missed) await app.rooms.broadcast('lobby', data)
   const repeat = store.hold('room')
   const open = nextState(ada, 'open')
   upgrades.closed = false
   await open
-  // The put-in answered first; the rejoin waits in its room read while 6 and 7 go out live.
   await repeat.entered
+  return { app, ada, ra, log, repeat }
+}
+
+t.test('a rejoin after a reconnect answered by the onConnect put-in: what was missed is replayed before the live messages, no gap', async (t) => {
+  // Away, the messages 3-5 are missed.
+  const { app, ada, ra, log, repeat } = await rejoinAfterPutIn(t, {}, [3, 4, 5])
+  // The put-in answered first; the rejoin waits in its room read while 6 and 7 go out live.
   await app.rooms.broadcast('lobby', 6)
   await app.rooms.broadcast('lobby', 7)
   const last = nextOffset(ra, 7, ada)
@@ -132,35 +143,9 @@ for (const { where, missed, stored, expected } of [
   { where: 'at the end', missed: [3, 'big'], stored: [1, 2, 3], expected: ['gap 2-5', 'joined false', 'msg 5'] }
 ]) {
   t.test(`a rejoin answered by the onConnect put-in over a history hole ${where}: not recovered, the hole and what precedes it a gap, each offset once`, async (t) => {
-    const store = new HeldStore()
-    const upgrades = gate()
-    const { app, wsUrl } = await startApp(t, {
-      adapter: store,
-      // A message over the whole budget is delivered to the members but not kept: a hole in history.
-      maxHistoryBytes: 8192,
-      onConnect: ({ connectionId, user }) => { if (user.name === 'ada') void app.rooms.join(connectionId, 'lobby') }
-    }, upgrades.setup)
-    const ada = await client(wsUrl, 'ada')
-    t.teardown(() => ada.close())
-    const ra = ada.room('lobby') ?? await nextEvent<Room<unknown>>((h) => ada.on('joined', h), () => true, ada)
-    const log = record(ra)
-    const second = nextOffset(ra, 2, ada)
-    await app.rooms.broadcast('lobby', 1)
-    await app.rooms.broadcast('lobby', 2)
-    await second
-
-    upgrades.closed = true
-    const away = nextState(ada, 'reconnecting')
-    for (const socket of app.websocketServer.clients) socket.terminate()
-    await away
-    for (const data of missed) await app.rooms.broadcast('lobby', data === 'big' ? 'x'.repeat(9000) : data)
+    // A message over the whole budget is delivered to the members but not kept: a hole in history.
+    const { app, ada, ra, log, repeat } = await rejoinAfterPutIn(t, { maxHistoryBytes: 8192 }, missed.map((data) => data === 'big' ? 'x'.repeat(9000) : data))
     t.same((await app.rooms.history('lobby'))?.messages.map((m) => m.offset), stored, 'offset 4 is not kept')
-    const repeat = store.hold('room')
-    const open = nextState(ada, 'open')
-    upgrades.closed = false
-    await open
-    // The put-in answers first; the rejoin, a repeat, waits in its room read.
-    await repeat.entered
     const live = 3 + missed.length // published while the rejoin waits: live for the put-in's membership
     const last = nextOffset(ra, live, ada)
     await app.rooms.broadcast('lobby', live)
