@@ -225,9 +225,27 @@ export function resolveOptions (input: RoomsOptions<unknown> = {}): ResolvedOpti
   if (!settings.publicUserFields.includes('id') || !settings.publicUserFields.includes('name')) {
     throw new errorCodes.FST_ROOMS_INVALID_OPTION('publicUserFields must include "id" and "name", the fields every member has.')
   }
+  for (const origin of settings.allowedOrigins ?? []) {
+    // Compared as they are with the Origin header, which browsers send in one form: an entry in another never matches.
+    const written = origin === 'null' ? origin : originOf(origin)
+    if (written !== origin) {
+      throw new errorCodes.FST_ROOMS_INVALID_OPTION(`allowedOrigins: "${origin}" is not an origin as browsers send it: ${written === undefined ? 'write it as scheme://host[:port], such as "https://app.example.com"' : `write it as "${written}"`}.`)
+    }
+  }
   if (dataSchema !== undefined && (dataSchema === null || typeof dataSchema !== 'object')) {
     throw new errorCodes.FST_ROOMS_INVALID_OPTION('dataSchema must be a TypeBox schema.')
   }
   return { ...settings, adapter, dataSchema, authenticate, verifyToken, onJoin, onPublish, onConnect, onDisconnect, onLeave, restPublish, metrics: resolveMetricsOptions(metrics),
     admin: resolveAdminOptions(admin, { authenticated: authenticate !== undefined || verifyToken !== undefined, rest: settings.rest, roomList: settings.roomList ?? settings.rest }) }
+}
+
+/** An origin as a browser writes it in `Origin` (scheme, host and port, lower case, no default port); undefined when it has none. */
+function originOf (text: string): string | undefined {
+  let origin: string
+  try {
+    origin = new URL(text).origin
+  } catch {
+    return undefined
+  }
+  return origin === 'null' ? undefined : origin
 }

@@ -19,7 +19,12 @@ t.test('invalid options fail registration with FST_ROOMS_INVALID_OPTION and a se
     [{ maxBufferedBytez: 1 << 20 }, /"maxBufferedBytez" is not an option of fastify-rooms/],
     [{ bogus: 1, other: 2 }, /"bogus", "other" are not options of fastify-rooms/],
     [{ adapter: memoryAdapter }, /adapter must be an adapter object.*called, not the function itself/],
-    [{ adapter: {} }, /adapter must be an adapter object/]
+    [{ adapter: {} }, /adapter must be an adapter object/],
+    // An entry no browser's Origin header can equal would refuse every page without a word.
+    [{ allowedOrigins: ['https://app.example.com/'] }, /allowedOrigins: "https:\/\/app.example.com\/" is not an origin as browsers send it: write it as "https:\/\/app.example.com"/],
+    [{ allowedOrigins: ['https://app.example.com', 'app.example.com'] }, /allowedOrigins: "app.example.com" is not an origin/],
+    [{ allowedOrigins: ['*'] }, /allowedOrigins: "\*" is not an origin/],
+    [{ allowedOrigins: ['HTTPS://App.Example.com:443'] }, /write it as "https:\/\/app.example.com"/]
   ]
   for (const [options, message] of cases) {
     const app = Fastify()
@@ -35,7 +40,7 @@ t.test('invalid options fail registration with FST_ROOMS_INVALID_OPTION and a se
 t.test('Fastify\'s own register options pass; the largest timer Node runs as asked is accepted', async (t) => {
   const app = Fastify()
   t.teardown(async () => await app.close())
-  await app.register(rooms, { logLevel: 'warn', heartbeatMs: 2 ** 31 - 1 } as never)
+  await app.register(rooms, { logLevel: 'warn', heartbeatMs: 2 ** 31 - 1, allowedOrigins: ['https://app.example.com', 'http://localhost:3000', 'null'] } as never)
   await app.ready()
   t.ok(app.hasDecorator('rooms'))
 })
