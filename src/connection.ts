@@ -775,7 +775,9 @@ export class Connection implements Peer {
 
   private fail (err: unknown, frame: ClientFrame): void {
     const room = 'room' in frame ? frame.room : undefined
-    if (isRoomsError(err)) {
+    // UNAUTHORIZED is always followed by a 4001 close (refuse()); one that gets here came from elsewhere (an adapter
+    // of the app's), which cannot keep that contract: it is a failure like any other.
+    if (isRoomsError(err) && err.code !== 'UNAUTHORIZED') {
       this.sendError(err.room === undefined && room !== undefined ? new RoomsError(err.code, err.message, room) : err, frame.id)
       return
     }

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { MemoryAdapter, type EncodedPublish } from '../src/index.js'
+import { MemoryAdapter, RoomsError, type EncodedPublish } from '../src/index.js'
 import { startApp } from './helpers/server.js'
 import { TestSocket } from './helpers/socket.js'
 import { waitUntil } from './helpers/waiters.js'
@@ -43,6 +43,29 @@ t.test('an adapter that throws gives the client INTERNAL and leaves everyone els
   t.match(logged.find((l) => l.room === 'broken'), { connectionId: a.welcome.connectionId, err: { message: /store timeout/ } })
   t.match(logged.find((l) => l.room === 'unjoinable'), { err: { message: 'store refused' } })
   await t.rejects(app.rooms.broadcast('broken', 1), /store timeout/, 'the server API passes adapter errors to the app')
+})
+
+/** A user-written adapter that refuses a call with UNAUTHORIZED, a code whose contract (a 4001 close) only the plugin can keep. */
+class UnauthorizedStore extends MemoryAdapter {
+  override async leave (...args: Parameters<MemoryAdapter['leave']>): ReturnType<MemoryAdapter['leave']> {
+    if (args[0] === 'guarded') throw new RoomsError('UNAUTHORIZED', 'Your session ended.')
+    return await super.leave(...args)
+  }
+
+  override async publish (room: string, message: EncodedPublish): Promise<number | undefined> {
+    if (room === 'guarded') throw new RoomsError('UNAUTHORIZED', 'Your session ended.')
+    return await super.publish(room, message)
+  }
+}
+
+t.test('an adapter that throws a RoomsError UNAUTHORIZED gives INTERNAL: the contract always closes UNAUTHORIZED with 4001, which an adapter cannot do', async (t) => {
+  const { wsUrl } = await startApp(t, { adapter: new UnauthorizedStore() })
+  const a = await TestSocket.open(wsUrl)
+  t.teardown(() => a.close())
+  await a.join('guarded')
+  t.match(await a.request({ type: 'publish', room: 'guarded', data: 1 }), { type: 'error', code: 'INTERNAL', room: 'guarded' })
+  t.match(await a.request({ type: 'leave', room: 'guarded' }), { type: 'error', code: 'INTERNAL', room: 'guarded' })
+  t.match(await a.join('other'), { type: 'joined' }, 'the connection is open and goes on')
 })
 
 t.test('a join whose replay fails after the store recorded it leaves no member behind', async (t) => {
