@@ -120,8 +120,28 @@ for (const how of ['room.leave()', 'client.close()']) {
       if (how === 'room.leave()') room.leave().catch(() => {})
       else client.close()
     })
+    // A second handler of the same event: the handle stops receiving at once, not after this message's handlers.
+    room.on('message', (m) => events.push(`second ${m.offset}`))
     // Left in the middle of the held messages: their delivery is over by the time this runs.
     await left
-    t.same(events, ['msg 1', 'msg 2', 'msg 3', `left ${how === 'room.leave()' ? 'leave' : 'closed'}`])
+    t.same(events, ['msg 1', 'second 1', 'msg 2', 'second 2', 'msg 3', `left ${how === 'room.leave()' ? 'leave' : 'closed'}`])
   })
 }
+
+t.test('a message handler that leaves on a live message: the handlers after it do not get that message', async (t) => {
+  const { app, wsUrl } = await startApp(t)
+  const client = await connect(wsUrl, { WebSocket })
+  t.teardown(() => client.close())
+  const room = await client.join('r')
+  const events: string[] = []
+  const left = nextEvent((h) => room.on('left', h))
+  room.on('message', (m) => {
+    events.push(`first ${String(m.data)}`)
+    room.leave().catch(() => {})
+  })
+  room.on('message', (m) => events.push(`second ${String(m.data)}`))
+  room.on('left', () => events.push('left'))
+  await app.rooms.broadcast('r', 'live')
+  await left
+  t.same(events, ['first live', 'left'])
+})

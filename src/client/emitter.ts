@@ -17,10 +17,16 @@ export class Emitter<Events extends Record<string, (...args: any[]) => void>> {
     this.handlers.get(event)?.delete(handler)
   }
 
+  /** Whether an event still goes to the handlers left to call: a subclass stops an event one of them ended. */
+  protected receiving (_event: keyof Events): boolean {
+    return true
+  }
+
   protected emit<K extends keyof Events> (event: K, ...args: Parameters<Events[K]>): void {
     const set = this.handlers.get(event)
     if (set === undefined) return
     for (const handler of [...set]) {
+      if (!this.receiving(event)) return
       try {
         handler(...args)
       } catch (err) {

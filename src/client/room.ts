@@ -564,6 +564,11 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
     else this.emitMessage(message)
   }
 
+  /** A handle that has left stops receiving at once: a handler that left stops the message it was given, too. */
+  protected override receiving (event: keyof RoomEvents<TData>): boolean {
+    return this.status !== 'left' || (event !== 'message' && event !== 'ephemeral' && event !== 'gap')
+  }
+
   private emitMessage (message: RoomMessage<TData> | EphemeralMessage<TData> | HeldGap): void {
     if ('gap' in message) this.emit('gap', message.gap)
     else if ('ephemeral' in message) this.emit('ephemeral', message)
