@@ -81,8 +81,6 @@ interface Membership {
 interface LocalRoom {
   readonly name: string
   readonly members: Map<string, Membership>
-  /** The epoch its members here joined in; undefined until the first join's answer, and after a reset. */
-  epoch: string | undefined
 }
 
 /**
@@ -334,13 +332,6 @@ export class Registry implements AdapterListener {
       const info = await this.adapter.room(room, { limit: this.options.membersPageSize })
       this.holding.delete(existing)
       if (this.peers.get(peer.id)?.get(room) !== existing) throw removedWhileJoining(room)
-      if (info === null || info.epoch !== this.rooms.get(room)?.epoch) {
-        // The store lost the room, or began it again: its offset counts in the epoch it joined in, which this
-        // answer is not. It goes with the room's other members here, to rejoin with `since`.
-        this.adoptEpoch(room, info?.epoch)
-        this.reset(room, [peer.id])
-        return
-      }
       for (const job of older) this.writeLive(existing, UNORDERED, job.framed, job.payload, job.seq)
       const joined: JoinedFrame = { type: 'joined', room, count: info?.count ?? 1, members: info?.members ?? [peer.user], membersNext: info?.membersNext ?? null, offset: existing.lastOffset, epoch: info?.epoch ?? '' }
       if (request.id !== undefined) joined.id = request.id
@@ -361,7 +352,6 @@ export class Registry implements AdapterListener {
     let replay: Replay
     try {
       result = await this.adapter.join(room, peer.id, peer.user)
-      this.adoptEpoch(room, result.epoch, membership)
       replay = await this.replay(room, request, result)
     } catch (err) {
       this.forget(membership)
@@ -370,8 +360,6 @@ export class Registry implements AdapterListener {
       if (result !== undefined) await this.undoJoin(membership)
       throw err
     }
-    // A newer answer about the room, in another epoch, came during the replay's read: this one is out of date.
-    if (this.peers.get(peer.id)?.get(room) === membership && this.rooms.get(room)?.epoch !== result.epoch) this.reset(room, [peer.id])
     if (this.peers.get(peer.id)?.get(room) !== membership) {
       // The connection closed, or the server removed it from the room, while
       // the adapter was answering: undo the join. A removed connection still
@@ -935,30 +923,6 @@ export class Registry implements AdapterListener {
     return ended
   }
 
-  /**
-   * Take the epoch of the store's latest answer about a room (a join's, a
-   * room read's; undefined when the store has no such room) as the epoch of
-   * its members here. A store that lost the room (Redis emptied) answers in a
-   * new epoch before the adapter learns of the loss (the Redis adapter, at
-   * its next lease renewal). Members of two epochs would be mixed, and the
-   * offsets of one would name messages of the other: the members that joined
-   * in the old one are closed as on a reset, to rejoin with `since`. Answers
-   * come in the order the store gave them, so the latest is the newest; a
-   * member whose join the store has yet to answer is left to its answer.
-   */
-  private adoptEpoch (room: string, epoch: string | undefined, joiner?: Membership): void {
-    const local = this.rooms.get(room)
-    if (local === undefined || local.epoch === epoch) return
-    const old = local.epoch
-    local.epoch = epoch
-    if (old === undefined) return
-    const stale: string[] = []
-    for (const [id, membership] of local.members) {
-      if (membership !== joiner && live(membership)) stale.push(id)
-    }
-    if (stale.length > 0) this.reset(room, stale)
-  }
-
   reset (room: string, connections: readonly string[]): void {
     const peers = connections.flatMap((id) => this.peers.get(id)?.peer ?? [])
     this.options.log.warn({ room, connections: peers.length }, 'fastify-rooms: cluster state was lost; disconnecting local members so they rejoin')
@@ -1002,7 +966,7 @@ export class Registry implements AdapterListener {
   private localRoom (room: string): LocalRoom {
     let local = this.rooms.get(room)
     if (local === undefined) {
-      local = { name: room, members: new Map(), epoch: undefined }
+      local = { name: room, members: new Map() }
       this.rooms.set(room, local)
     }
     return local

@@ -92,6 +92,14 @@ t.test('Redis loses its data under live members: the first answer in a new epoch
     t.same(ann.frames.filter((f) => f.type === 'joined' && f.epoch !== old), [], 'no joined of another epoch')
   })
 
+  t.test('a read of the room that finds it gone (app.rooms.get, as GET /rooms/:room) closes its members here', async (t) => {
+    const ann = await TestSocket.open(wsUrl)
+    await ann.join('r3')
+    await admin.flushall()
+    t.equal(await app.rooms.get('r3'), null)
+    t.match(await guard(ann.closed, 'ann\'s close'), { code: 1012 })
+  })
+
   t.test('another connection\'s join, answered in the new epoch, closes the members of the old one and goes on in it', async (t) => {
     const ann = await TestSocket.open(wsUrl)
     const { epoch: old } = await ann.join('r2')

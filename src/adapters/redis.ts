@@ -1449,6 +1449,11 @@ export class RedisAdapter implements Adapter {
 
   async room (room: string, query: MembersQuery): Promise<RoomInfo | null> {
     const reply = await this.call('room', room, query.after ?? '', query.limit) as [number, string, number, string, ...string[]] | null
+    // A room with members here that the store no longer has, or has in another epoch, was lost (Redis emptied)
+    // before the lease renewal found out: its members here rejoin now, as a join in another epoch makes them do.
+    // Without it, a member's repeated join would pair the new epoch with its old offset.
+    const subscription = this.subscriptions.get(room)
+    if (subscription !== undefined && subscription.joined > 0 && subscription.epoch !== undefined && subscription.epoch !== reply?.[1]) this.lose(room)
     if (reply === null) return null
     const [offset, epoch, count, next, ...members] = reply
     return { name: room, count, members: members.map((m) => JSON.parse(m) as Member), membersNext: next === '' ? null : next, offset, epoch }
