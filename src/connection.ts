@@ -8,7 +8,7 @@ import {
   type AuthenticatedFrame, type AuthFrame, type ClientFrame, type DataValidator, type EncodedPublish, type ErrorFrame, type FrameError, type JoinFrame, type Member,
   type PublishFrame, type RequestId, type WelcomeFrame
 } from './protocol.js'
-import { isRoomsError, RoomsError, forbidden, thrownByHook, tokensNotEnabled, unauthorized } from './errors.js'
+import { isRoomsError, RoomsError, forbidden, tokensNotEnabled, unauthorized } from './errors.js'
 import { publicView, type Credentials, type Identity } from './identity.js'
 import { notInRoom, type Peer, type Registry } from './registry.js'
 import type { PublishReceipt } from './adapters/adapter.js'
@@ -703,7 +703,7 @@ export class Connection implements Peer {
     if (underWay !== undefined) await underWay
     if (this.closed) return
     if (options.onJoin !== undefined && !registry.isJoined(this, frame.room)) {
-      const verdict = await askHook('onJoin', options.onJoin, { connectionId: this.id, user: this.fullUser as Member, room: frame.room, request: this.request as FastifyRequest })
+      const verdict = await options.onJoin({ connectionId: this.id, user: this.fullUser as Member, room: frame.room, request: this.request as FastifyRequest })
       if (verdict === false) throw forbidden(`You may not join room "${frame.room}".`)
     }
     if (this.closed) return
@@ -735,7 +735,7 @@ export class Connection implements Peer {
     const { options, validateData } = this.ctx
     const { room } = frame
     const onPublish = options.onPublish as NonNullable<ResolvedOptions['onPublish']>
-    const verdict = await askHook('onPublish', onPublish, { connectionId: this.id, user: this.fullUser as Member, room, data: frame.data as never, request: this.request as FastifyRequest })
+    const verdict = await onPublish({ connectionId: this.id, user: this.fullUser as Member, room, data: frame.data as never, request: this.request as FastifyRequest })
     if (verdict === false) throw forbidden(`You may not publish to room "${room}".`)
     // The hook took its time: the member may have been removed from the room, or closed, meanwhile.
     if (this.closed || !this.ctx.registry.isMember(this, room)) throw notInRoom(room)
@@ -936,15 +936,6 @@ interface Backlog {
   publishing: Pipelined[] | undefined
   /** The frame waiting for `publishing` to empty, when one is. */
   afterPublishes: (() => void) | undefined
-}
-
-/** Run a refusing hook: what it throws goes on as `thrownByHook` takes it. */
-async function askHook<Context, Verdict> (hook: 'onJoin' | 'onPublish', run: (context: Context) => Verdict | Promise<Verdict>, context: Context): Promise<Verdict> {
-  try {
-    return await run(context)
-  } catch (err) {
-    throw thrownByHook(hook, err)
-  }
 }
 
 function emptyBacklog (): Backlog {

@@ -49,19 +49,6 @@ export function forbidden (message = 'You are not allowed to do that.'): RoomsEr
 }
 
 /**
- * What a refusing hook (`onJoin`, `onPublish`) threw, as the plugin takes it:
- * `forbidden()` refuses; anything else, a RoomsError of another code
- * included, is the app's failure, answered `INTERNAL` and logged. Other codes
- * have meanings a hook cannot give them (`UNAUTHORIZED` closes with 4001,
- * `UNAVAILABLE` tells the client to retry), and they would differ between
- * the socket and REST.
- */
-export function thrownByHook (hook: 'onJoin' | 'onPublish', err: unknown): unknown {
-  if (!isRoomsError(err) || err.code === 'FORBIDDEN') return err
-  return new Error(`${hook} threw a RoomsError of code ${err.code}: a hook refuses with forbidden() only`, { cause: err })
-}
-
-/**
  * Why a connection is refused with `UNAUTHORIZED`. Each sentence is both the
  * `error` frame's message and the reason of the 4001 close that follows, so it
  * stays under the 123 bytes a close reason may hold, and never quotes the token.

@@ -21,7 +21,7 @@ import { ResumeTokens } from './resume.js'
 import { RoomList } from './roomlist.js'
 import { directFrame, historyPage, membersPage, roomName, roomQuery, text } from './arguments.js'
 import { RESUME_PROTOCOL, SUBPROTOCOL } from './client/subprotocol.js'
-import { DEFAULT_PAGE, answer, answerErrors, restAccess, routes } from './routes.js'
+import { DEFAULT_PAGE, answer, contractErrors, restAccess, routes } from './routes.js'
 import { releaseHead, upgradeGuard } from './upgrade.js'
 
 /**
@@ -294,7 +294,7 @@ const roomsPlugin: FastifyPluginAsync<RoomsOptions> = async (app, input) => {
     preValidation: guard.hook,
     preHandler: guard.ready,
     // The contract's refusals (401, 403, 503), not what the app's own error handler makes of them.
-    errorHandler: answerErrors('an upgrade request'),
+    errorHandler: contractErrors,
     onResponse: async (request) => {
       // Only refusals get here (an accepted upgrade is hijacked): end their socket, see above.
       guard.release(request)

@@ -4,7 +4,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { Counter, Gauge, Histogram, Registry as PromRegistry } from 'prom-client'
 import { ERROR_CODES, errorCodes, type ErrorCode } from './errors.js'
 import { describeErrors, RoomName } from './protocol.js'
-import { answerErrors, guardHook, type RestAccess } from './routes.js'
+import { contractErrors, guardHook, type RestAccess } from './routes.js'
 import type { RouteGuard } from './options.js'
 
 /**
@@ -221,7 +221,7 @@ export class Metrics implements AdapterMetrics {
       : access === undefined ? undefined : async (request: FastifyRequest, reply: FastifyReply) => { await access.identify(request, reply) }
     // The default check's 401 is the contract's, not what the app's error handler makes of it; an app's own guard
     // answers as the app does (its errors go to the app's handler).
-    const errorHandler = guard === undefined ? answerErrors('a metrics request') : undefined
+    const errorHandler = guard === undefined ? contractErrors : undefined
     app.get(path, { preHandler: check, ...(errorHandler === undefined ? {} : { errorHandler }) }, async (_request, reply) => {
       void reply.type(register.contentType)
       return await register.metrics()

@@ -3,7 +3,7 @@ import Type, { type Static, type TSchema } from 'typebox'
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, FastifySchemaCompiler, HookHandlerDoneFunction, preHandlerHookHandler, RouteGenericInterface } from 'fastify'
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { MAX_MEMBERS_PAGE, Member, MemberCursor, MessageFrame, RoomName, invalidRoomMessage, isRoomName } from './protocol.js'
-import { errorCodes, httpErrorOf, httpMessages, isContractError, isRoomsError, thrownByHook } from './errors.js'
+import { errorCodes, httpErrorOf, httpMessages, isContractError, isRoomsError } from './errors.js'
 import type { Credentials } from './identity.js'
 import type { ResolvedOptions, RestPublishGuard, RouteGuard } from './options.js'
 import type { Registry } from './registry.js'
@@ -104,7 +104,7 @@ export function restAccess (options: ResolvedOptions, credentials: Credentials):
         verdict = await onJoin({ connectionId: '', user, room, request })
       } catch (err) {
         if (isRoomsError(err) && err.code === 'FORBIDDEN') throw new errorCodes.FORBIDDEN(err.message)
-        throw thrownByHook('onJoin', err)
+        throw err
       }
       if (verdict === false) throw new errorCodes.FORBIDDEN(httpMessages.roomForbidden(room))
     }
@@ -392,11 +392,22 @@ function roomErrors (this: FastifyInstance, error: Error & { validationContext?:
 }
 
 /**
- * The error handler of the plugin's routes outside REST (the socket's path,
- * metrics, the admin view), set on them so that the app's own never gets
- * their errors: the contract's answers as they are, a refusal (the plugin's,
- * or an app hook's or guard's 4xx) in Fastify's shape, anything else logged
- * as `what` failing and answered with a generic 500.
+ * The error handler of the socket's path and of the metrics route: the
+ * contract's answers (401, 403, 503...) as they are, whatever the app's own
+ * error handler would make of them; anything else (an error of the app's
+ * own hooks, such as a load-shedding 503) goes on to the app's error
+ * handler, as on the app's own routes.
+ */
+export function contractErrors (error: unknown, _request: FastifyRequest, reply: FastifyReply): void {
+  if (!isContractError(error)) throw error
+  answer(reply, error)
+}
+
+/**
+ * The error handler of the admin view, whose guard is the plugin's to run:
+ * the contract's answers as they are, a refusal (the plugin's, or the guard's
+ * 4xx) in Fastify's shape, anything else logged as `what` failing and
+ * answered with a generic 500.
  */
 export function answerErrors (what: string): (error: unknown, request: FastifyRequest, reply: FastifyReply) => void {
   return (error, request, reply) => {

@@ -160,6 +160,10 @@ t.test('refused upgrades and the metrics route are answered by the plugin too: a
       seen.push(String(error.code))
       return await reply.code(500).send({ reshaped: true })
     })
+    // The app's own load shedding: its errors stay the app's to answer, on the plugin's socket path too.
+    app.addHook('onRequest', async (request) => {
+      if (request.headers['x-busy'] !== undefined) throw Object.assign(new Error('busy'), { statusCode: 503, code: 'APP_BUSY' })
+    })
   })
   const ada = { headers: { 'x-user': 'ada' } }
   const refusals: Array<[string, WebSocket.ClientOptions, number, string]> = [
@@ -185,6 +189,9 @@ t.test('refused upgrades and the metrics route are answered by the plugin too: a
   t.equal(metrics.status, 401, 'the metrics route without credentials')
   t.match(await metrics.json(), { statusCode: 401, code: 'UNAUTHORIZED' }, 'the metrics route: UNAUTHORIZED in Fastify\'s shape')
   t.same(seen, [], 'the app\'s error handler was not called')
+  const busy = await TestSocket.refused(wsUrl, { headers: { ...ada.headers, 'x-busy': '1' } })
+  t.same(busy, { status: 500, body: { reshaped: true } }, 'an error of the app\'s own hook is the app\'s handler\'s to answer')
+  t.same(seen, ['APP_BUSY'])
 })
 
 t.test('REST: with authentication, a path no route serves is 401 without credentials and 404 with them', async (t) => {
