@@ -9,6 +9,9 @@ import type { WebSocket } from 'ws'
  */
 const CAPTURING_ERROR_LISTENER = 'errorHandler.call(this, error, socket, request, reply)'
 
+/** The body of ws 8's per-socket `close` listener that keeps its server's client list. */
+const TRACKING_CLOSE_LISTENER = 'this.clients.delete(ws)'
+
 /**
  * Let go of what @fastify/websocket (11.3.6) keeps of an upgrade for the
  * socket's whole life, without forking it: the TCP socket's `_httpMessage`
@@ -51,5 +54,10 @@ function replaceErrorListener (socket: WebSocket, onError: (this: WebSocket, err
  * off, or a shape this does not know).
  */
 export function untrack (server: { clients?: unknown }, socket: WebSocket): void {
-  if (server.clients instanceof Set) server.clients.delete(socket)
+  if (!(server.clients instanceof Set) || !server.clients.delete(socket)) return
+  // ws's own close listener for the list would still look at it when the socket closes and, the list being empty,
+  // tell the server's close once more for each of ours: it goes with the entry, found by its source as above.
+  for (const listener of socket.listeners('close')) {
+    if (Function.prototype.toString.call(listener).includes(TRACKING_CLOSE_LISTENER)) socket.off('close', listener as () => void)
+  }
 }

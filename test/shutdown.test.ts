@@ -54,8 +54,13 @@ t.test('app.close() with @fastify/websocket registered by the app, then two regi
   await once(own, 'open')
   t.equal(app.websocketServer.clients.size, 1, 'app.websocketServer.clients lists the app\'s own socket (and, since this fix, none of the plugin\'s)')
   const ownClosed = once(own, 'close')
+  let serverCloses = 0
+  app.websocketServer.on('close', () => { serverCloses++ })
   await app.close()
   for (const c of clients) t.same(await c.closed, { code: 1001, reason: 'Server shutting down' }, 'a rooms client gets 1001')
+  // ws tells of its server's close on the next tick of the last listed socket's close.
+  await new Promise((resolve) => setImmediate(resolve))
+  t.equal(serverCloses, 1, 'app.websocketServer emits close once')
   t.same(codes, [1001, 1001], 'onDisconnect hears 1001 at shutdown')
   const [code] = await ownClosed
   t.equal(code, 1005, '@fastify/websocket closed the app\'s own socket itself (with no code, as it always has)')
