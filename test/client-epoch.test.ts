@@ -2,7 +2,11 @@ import t, { type Test } from 'tap'
 import WebSocket from 'ws'
 import Fastify, { type FastifyInstance } from 'fastify'
 import rooms, { type RoomsOptions } from '../src/index.js'
-import { connect, type Gap, type RoomsClient } from '../src/client/index.js'
+import { connect, type Gap, type Room, type RoomMessage, type RoomsClient } from '../src/client/index.js'
+import { gate, nextEvent, nextState } from './helpers/client.js'
+import { HeldStore } from './helpers/held-store.js'
+import { eventually } from './helpers/redis.js'
+import { startApp } from './helpers/server.js'
 
 /**
  * The plugin (memory adapter) listening on `port`; 0 picks one. While
@@ -139,3 +143,53 @@ t.test('a second rejoin before any message of the new epoch names its missing of
     { room: 'r', epoch: newEpoch, after: 0, before: 4, currentEpoch: newEpoch }
   ], 'offsets 1 to 3 of the new epoch are named once')
 })
+
+for (const answer of ['the server\'s replay', 'an onConnect put-in (the SDK reads what it missed)']) {
+  t.test(`a hole in the new epoch's history (a message delivered but not kept), rejoin answered by ${answer}: a gap names it, every other message once`, async (t) => {
+    const putIn = answer !== 'the server\'s replay'
+    let now = 1_000_000
+    const store = new HeldStore({ now: () => now })
+    const upgrades = gate()
+    const { app, wsUrl } = await startApp(t, {
+      adapter: store,
+      historyTtlMs: 1000,
+      // A message over the whole budget is delivered to the members but not kept.
+      maxHistoryBytes: 8192,
+      onConnect: ({ connectionId, user }) => { if (putIn && user.name === 'ada') void app.rooms.join(connectionId, 'lobby') }
+    }, upgrades.setup)
+    const ada = await connect(wsUrl, { WebSocket, name: 'ada', reconnect: { initialDelayMs: 5, maxDelayMs: 20 } })
+    t.teardown(() => ada.close())
+    const room = putIn ? (ada.room('lobby') ?? await nextEvent<Room<unknown>>((h) => ada.on('joined', h), () => true, ada)) : await ada.join('lobby')
+    const log: string[] = []
+    room.on('message', (m) => log.push(`msg ${m.offset}`))
+    room.on('gap', (g) => log.push(`gap ${g.epoch === g.currentEpoch ? 'new' : 'old'} ${g.after}-${String(g.before)}`))
+    const two = nextEvent<RoomMessage<unknown>>((h) => room.on('message', h), (m) => m.offset === 2, ada)
+    await app.rooms.broadcast('lobby', 1)
+    await app.rooms.broadcast('lobby', 2)
+    await two
+    upgrades.closed = true
+    const away = nextState(ada, 'reconnecting')
+    for (const socket of app.websocketServer.clients) socket.terminate()
+    await away
+    // Ada's grace ends, the room empties, its history expires: the room is forgotten, and begins again in a new epoch.
+    now += 1000
+    await eventually(async () => await app.rooms.history('lobby'), (page) => page === null, 'the room forgotten')
+    await app.rooms.broadcast('lobby', 'n1')
+    await app.rooms.broadcast('lobby', 'x'.repeat(9000))
+    await app.rooms.broadcast('lobby', 'n3')
+    t.same((await app.rooms.history('lobby'))?.messages.map((m) => m.offset), [1, 3], 'offset 2 of the new epoch is not kept')
+    const read = putIn ? store.hold('room') : undefined
+    const open = nextState(ada, 'open')
+    upgrades.closed = false
+    await open
+    if (read !== undefined) {
+      await read.entered
+      read.release()
+    }
+    const last = nextEvent<RoomMessage<unknown>>((h) => room.on('message', h), (m) => m.offset === 4, ada)
+    await app.rooms.broadcast('lobby', 'n4')
+    await last
+    await ada.ping()
+    t.same(log, ['msg 1', 'msg 2', 'gap old 2-null', 'msg 1', 'gap new 1-3', 'msg 3', 'msg 4'])
+  })
+}

@@ -32,6 +32,8 @@ export interface RoomMessage<TData = unknown> {
  *   the new epoch follows through `message`, from its first offset.
  * - `after === 0` in the current epoch: the new epoch's first messages (up to
  *   `before`) were dropped by the history limits before this client rejoined.
+ * - Any other jump in offsets, in the current epoch: a replay skipped a
+ *   message that was delivered live but not kept (over `maxHistoryBytes`).
  */
 export interface Gap {
   room: string
@@ -186,8 +188,12 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
    */
   private waiting: Array<MessageFrame | PresenceFrame> | undefined
   private turnOver = true
-  /** Set after an epoch change: the first message tells whether the new epoch's start was dropped. */
-  private epochStart = false
+  /**
+   * Set by a first join with `history`: `offset` was counted back from the
+   * joined offset, so the first message may start past it (less history was
+   * kept than asked for), which is no gap. Any other jump in offsets is one.
+   */
+  private countedBack = false
   private leftInfo: LeftInfo | undefined
 
   /** @internal */
@@ -323,6 +329,7 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
     if (since === undefined) {
       // The replayed history (the last `history` offsets) follows; later ones are live.
       this.offset = history === undefined ? frame.offset : Math.max(0, frame.offset - history)
+      this.countedBack = this.offset < frame.offset
       this.epoch = frame.epoch
       this.status = 'joined'
       this.hold()
@@ -330,20 +337,18 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
       // Another epoch; or the same one counting lower than what this handle delivered, which must not happen: its
       // offsets would name messages already delivered again, so it is told as a reset rather than lowered silently.
       this.emit('gap', { room: this.name, epoch: since.epoch, after: since.offset, before: null, currentEpoch: frame.epoch })
+      this.countedBack = false
       if (frame.epoch === since.epoch) {
         // Nothing is replayed: count on from the server's offset.
         this.offset = frame.offset
-        this.epochStart = false
       } else {
-        // Every retained message of the new epoch follows, from its first offset.
+        // Every retained message of the new epoch follows, from its first offset: a first past 1 is a gap from 0.
         this.offset = 0
         this.epoch = frame.epoch
-        this.epochStart = true
       }
     } else {
-      // Same epoch: this answer settles what was missed (a gap, or the replay that follows), so an
-      // epoch begun by an earlier rejoin with no message since must not name its start again.
-      this.epochStart = false
+      // Same epoch: this answer settles what was missed (a gap, or the replay that follows).
+      this.countedBack = false
       if (frame.recovered !== true) {
         // Never a gap naming offsets this handle delivered since it sent `since`.
         const after = Math.max(since.offset, this.offset)
@@ -415,6 +420,7 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
         // The history asked for could not be read: told as a gap, among the held messages, so that handlers attached after join() hear it.
         this.deliver({ gap: { room: this.name, epoch: frame.epoch, after: this.offset, before: frame.offset + 1, currentEpoch: frame.epoch } })
         this.offset = frame.offset
+        this.countedBack = false
       }
     } else if (frame.epoch !== since.epoch || frame.offset < since.offset) {
       // The epoch's retained messages follow, as the server's replay would have them; unread, the next message's offset tells what was lost.
@@ -474,10 +480,12 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
     const offset = frame.offset
     // A replay can overlap what the handle already has; each offset is shown once.
     if (offset <= this.offset) return
-    if (this.epochStart && offset > 1) {
-      this.emit('gap', { room: this.name, epoch: this.epoch, after: 0, before: offset, currentEpoch: this.epoch })
+    // Offsets of an epoch come one after another, live or replayed: a jump is what history no longer held (the start
+    // of a new epoch, a hole where a message was delivered but not kept), told before the message after it.
+    if (offset > this.offset + 1 && !this.countedBack) {
+      this.deliver({ gap: { room: this.name, epoch: this.epoch, after: this.offset, before: offset, currentEpoch: this.epoch } })
     }
-    this.epochStart = false
+    this.countedBack = false
     this.offset = offset
     const message: RoomMessage<TData> = { room: this.name, data: frame.data as TData, offset, epoch: this.epoch, ts: frame.ts }
     if (frame.from !== undefined) message.from = frame.from
