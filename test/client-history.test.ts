@@ -2,7 +2,8 @@ import t from 'tap'
 import WebSocket from 'ws'
 import { connect, type WebSocketConstructor, type WebSocketLike } from '../src/client/index.js'
 import { startApp } from './helpers/server.js'
-import { nextEvent } from './helpers/client.js'
+import { gate, nextEvent, nextState } from './helpers/client.js'
+import { connectionOf } from '../src/connection.js'
 
 /** The real ws client, keeping every frame the SDK sends. */
 function recording (): { WebSocket: WebSocketConstructor, sent: Array<Record<string, unknown>> } {
@@ -144,4 +145,55 @@ t.test('a message handler that leaves on a live message: the handlers after it d
   await app.rooms.broadcast('r', 'live')
   await left
   t.same(events, ['first live', 'left'])
+})
+
+t.test('a gap handler that leaves during a rejoin: nothing of the rejoin follows left (no presence, count or joined)', async (t) => {
+  const upgrades = gate()
+  const { app, wsUrl } = await startApp(t, { historySize: 1 }, upgrades.setup)
+  const bob = await connect(wsUrl, { WebSocket, name: 'bob' })
+  t.teardown(() => bob.close())
+  const bobs = await bob.join('r')
+  const ada = await connect(wsUrl, { WebSocket, name: 'ada', reconnect: { initialDelayMs: 5, maxDelayMs: 20 } })
+  t.teardown(() => ada.close())
+  const room = await ada.join('r')
+  const log: string[] = []
+  room.on('gap', (gap) => {
+    log.push(`gap ${gap.after}-${String(gap.before)}`)
+    room.leave().catch(() => {})
+  })
+  room.on('left', (info) => log.push(`left ${info.cause}`))
+  room.on('joined', (info) => log.push(`joined ${String(info.recovered)}`))
+  room.on('presence', () => log.push('presence'))
+  room.on('count', () => log.push('count'))
+  room.on('message', (m) => log.push(`msg ${m.offset}`))
+  const first = nextEvent((h) => room.on('message', h))
+  await app.rooms.broadcast('r', 1)
+  await first
+  upgrades.closed = true
+  const away = nextState(ada, 'reconnecting')
+  for (const socket of app.websocketServer.clients) if (connectionOf(socket)?.user.name === 'ada') socket.terminate()
+  await away
+  // Missed while away: 2-4 (history keeps 1 message, so the rejoin is a gap) and bob's leave (a presence change and a count).
+  for (const n of [2, 3, 4]) await app.rooms.broadcast('r', n)
+  await bobs.leave()
+  const left = nextEvent((h) => room.on('left', h))
+  upgrades.closed = false
+  await left
+  await ada.ping()
+  t.same(log, ['msg 1', 'gap 1-5', 'left leave'])
+})
+
+t.test('room.history() called as join({ history }) resolves: the page ends where the handlers are, not past the held replay', async (t) => {
+  const { app, wsUrl } = await startApp(t)
+  for (const n of [1, 2, 3, 4]) await app.rooms.broadcast('r', n)
+  const ada = await connect(wsUrl, { WebSocket, name: 'ada' })
+  t.teardown(() => ada.close())
+  const room = await ada.join('r', { history: 2 })
+  const delivered: number[] = []
+  room.on('message', (m) => delivered.push(m.offset))
+  // Called in the same turn: 3 and 4 are held for the handlers just attached.
+  const page = await room.history({ limit: 10 })
+  await ada.ping()
+  t.same(page.messages.map((m) => m.offset), [1, 2], 'what the replay delivers is not in the page')
+  t.same(delivered, [3, 4])
 })

@@ -281,12 +281,13 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
    */
   async history (options: HistoryOptions = {}): Promise<HistoryPage<TData>> {
     const { limit = 100 } = options
-    const before = options.before === undefined ? this.offset + 1 : options.before
+    const delivered = this.delivered()
+    const before = options.before === undefined ? delivered + 1 : options.before
     if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new TypeError(`history limit must be a whole number from 1 to 1000, got ${String(limit)}.`)
     if (!Number.isInteger(before) || before < 1) throw new TypeError(`history before must be an offset (a whole number of at least 1), got ${String(before)}.`)
     if (this.status !== 'joined') throw this.notJoined()
-    // Past the handle's offset a page would take messages still on their way to the handlers.
-    const end = Math.min(before - 1, this.offset)
+    // Past what the handlers got a page would take messages still on their way to them.
+    const end = Math.min(before - 1, delivered)
     const after = Math.max(0, end - limit)
     if (end - after === 0) return { epoch: this.epoch, messages: [] }
     const epoch = this.epoch
@@ -304,6 +305,14 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
       messages.push(message)
     }
     return { epoch: page.epoch, messages }
+  }
+
+  /** The last offset the handlers got: below `offset` while a first join's messages are held for the app's turn. */
+  private delivered (): number {
+    for (const message of this.held ?? []) {
+      if ('offset' in message) return message.offset - 1
+    }
+    return this.offset
   }
 
   /**
@@ -572,9 +581,12 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
     else this.emitMessage(message)
   }
 
-  /** A handle that has left stops receiving at once: a handler that left stops the message it was given, too. */
+  /**
+   * A handle that has left stops receiving at once: a handler that left stops the event it was given, and what was
+   * still to follow it in the same frame (a rejoin's `presence`, `count` and `joined` after its `gap`), too.
+   */
   protected override receiving (event: keyof RoomEvents<TData>): boolean {
-    return this.status !== 'left' || (event !== 'message' && event !== 'ephemeral' && event !== 'gap')
+    return this.status !== 'left' || event === 'left'
   }
 
   private emitMessage (message: RoomMessage<TData> | EphemeralMessage<TData> | HeldGap): void {
