@@ -778,7 +778,8 @@ export class Connection implements Peer {
     // UNAUTHORIZED is always followed by a 4001 close (refuse()); one that gets here came from elsewhere (an adapter
     // of the app's), which cannot keep that contract: it is a failure like any other.
     if (isRoomsError(err) && err.code !== 'UNAUTHORIZED') {
-      this.sendError(err.room === undefined && room !== undefined ? new RoomsError(err.code, err.message, room) : err, frame.id)
+      // About the frame's room, even when a hook's call about another room (app.rooms.join) threw it.
+      this.sendError(room !== undefined && err.room !== room ? new RoomsError(err.code, err.message, room) : err, frame.id)
       return
     }
     this.ctx.log.error({ err, connectionId: this.id, room, type: frame.type, code: 'INTERNAL' }, 'fastify-rooms: a hook or the adapter failed')

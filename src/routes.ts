@@ -91,7 +91,9 @@ export function restAccess (options: ResolvedOptions, credentials: Credentials):
     async identify (request, reply) {
       const identity = await credentials.identify(request).catch((err: unknown) => {
         if (isRoomsError(err)) return null
-        throw err
+        // The app's bug (a malformed user): its details go to the log, not to the client, as for an upgrade.
+        request.log.error({ err }, 'fastify-rooms: checking the credentials of a request failed')
+        throw new errorCodes.INTERNAL()
       })
       if (identity !== null) return identity.user
       if (credentials.tokens) void reply.header('www-authenticate', 'Bearer')
@@ -384,6 +386,10 @@ function roomErrors (this: FastifyInstance, error: Error & { validationContext?:
   if ((error as { code?: string }).code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
     // The same limit as a frame's, so the same code as on the socket.
     answer(reply, new errorCodes.PAYLOAD_TOO_LARGE(httpMessages.bodyTooLarge))
+    return
+  }
+  if (isContractError(error)) {
+    answer(reply, error)
     return
   }
   if (sendRefusal(error, reply)) return

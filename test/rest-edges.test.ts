@@ -188,6 +188,11 @@ t.test('refused upgrades and the metrics route are answered by the plugin too: a
   const metrics = await fetch(`${url}/metrics`)
   t.equal(metrics.status, 401, 'the metrics route without credentials')
   t.match(await metrics.json(), { statusCode: 401, code: 'UNAUTHORIZED' }, 'the metrics route: UNAUTHORIZED in Fastify\'s shape')
+  for (const path of ['/metrics', '/rooms']) {
+    const broken = await fetch(`${url}${path}`, { headers: { 'x-user': 'broken' } })
+    t.equal(broken.status, 500, `${path} with a malformed user`)
+    t.match(await broken.json(), { statusCode: 500, code: 'INTERNAL', message: /has been logged/ }, `${path}: the generic INTERNAL, not the app's bug`)
+  }
   t.same(seen, [], 'the app\'s error handler was not called')
   const busy = await TestSocket.refused(wsUrl, { headers: { ...ada.headers, 'x-busy': '1' } })
   t.same(busy, { status: 500, body: { reshaped: true } }, 'an error of the app\'s own hook is the app\'s handler\'s to answer')
