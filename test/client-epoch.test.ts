@@ -3,7 +3,7 @@ import WebSocket from 'ws'
 import Fastify, { type FastifyInstance } from 'fastify'
 import rooms, { type RoomsOptions } from '../src/index.js'
 import { connect, type Gap, type Room, type RoomMessage, type RoomsClient } from '../src/client/index.js'
-import { gate, nextEvent, nextState } from './helpers/client.js'
+import { dropConnection, gate, nextEvent, nextState } from './helpers/client.js'
 import { HeldStore } from './helpers/held-store.js'
 import { eventually } from './helpers/redis.js'
 import { startApp } from './helpers/server.js'
@@ -168,9 +168,7 @@ for (const answer of ['the server\'s replay', 'an onConnect put-in (the SDK read
     await app.rooms.broadcast('lobby', 2)
     await two
     upgrades.closed = true
-    const away = nextState(ada, 'reconnecting')
-    for (const socket of app.websocketServer.clients) socket.terminate()
-    await away
+    await dropConnection(app, ada)
     // Ada's grace ends, the room empties, its history expires: the room is forgotten, and begins again in a new epoch.
     now += 1000
     await eventually(async () => await app.rooms.history('lobby'), (page) => page === null, 'the room forgotten')

@@ -3,7 +3,7 @@ import type { FastifyInstance } from 'fastify'
 import WebSocket from 'ws'
 import { RoomsError, type RoomsOptions } from '../src/index.js'
 import { connect, type Gap, type Room, type RoomMessage, type RoomsClient } from '../src/client/index.js'
-import { gate, nextEvent, nextState } from './helpers/client.js'
+import { dropConnection, gate, nextEvent, nextState } from './helpers/client.js'
 import { HeldStore, lowerOnce } from './helpers/held-store.js'
 import { startApp } from './helpers/server.js'
 
@@ -112,9 +112,7 @@ async function rejoinAfterPutIn (t: Test, options: RoomsOptions, missed: unknown
   await second
 
   upgrades.closed = true
-  const away = nextState(ada, 'reconnecting')
-  for (const socket of app.websocketServer.clients) socket.terminate()
-  await away
+  await dropConnection(app, ada)
   for (const data of missed) await app.rooms.broadcast('lobby', data)
   const repeat = store.hold('room')
   const open = nextState(ada, 'open')
