@@ -1,6 +1,6 @@
 import t from 'tap'
 import WebSocket from 'ws'
-import { connect, type WebSocketConstructor, type WebSocketLike } from '../src/client/index.js'
+import { connect, type HistoryPage, type WebSocketConstructor, type WebSocketLike } from '../src/client/index.js'
 import { startApp } from './helpers/server.js'
 import { gate, nextEvent, nextState } from './helpers/client.js'
 import { connectionOf } from '../src/connection.js'
@@ -196,4 +196,22 @@ t.test('room.history() called as join({ history }) resolves: the page ends where
   await ada.ping()
   t.same(page.messages.map((m) => m.offset), [1, 2], 'what the replay delivers is not in the page')
   t.same(delivered, [3, 4])
+})
+
+t.test('room.history() called from the first message handler of a join({ history }) replay: the page ends at that message', async (t) => {
+  const { app, wsUrl } = await startApp(t)
+  for (const n of [1, 2, 3, 4]) await app.rooms.broadcast('r', n)
+  const ada = await connect(wsUrl, { WebSocket, name: 'ada' })
+  t.teardown(() => ada.close())
+  const room = await ada.join('r', { history: 3 })
+  const delivered: number[] = []
+  let page: Promise<HistoryPage> | undefined
+  // "Load what came before" on the first message: 3 and 4 are still being released to the handlers.
+  room.on('message', (m) => {
+    delivered.push(m.offset)
+    page ??= room.history({ limit: 10 })
+  })
+  await ada.ping()
+  t.same(delivered, [2, 3, 4])
+  t.same((await page)?.messages.map((m) => m.offset), [1, 2], 'nothing the handlers are still to get')
 })

@@ -181,6 +181,8 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
   private paging: Paging | undefined
   /** Messages received before the app could attach handlers to a new handle. */
   private held: Array<RoomMessage<TData> | EphemeralMessage<TData> | HeldGap> | undefined
+  /** How many of `held` the handlers got so far, while they are released. */
+  private heldAt = 0
   /**
    * Frames of the room that came while the client reads what a put-in
    * `joined` (one that answered this handle's join) did not replay: applied
@@ -309,8 +311,12 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
 
   /** The last offset the handlers got: below `offset` while a first join's messages are held for the app's turn. */
   private delivered (): number {
-    for (const message of this.held ?? []) {
+    const held = this.held ?? []
+    for (let i = this.heldAt; i < held.length; i++) {
+      const message = held[i] as RoomMessage<TData> | EphemeralMessage<TData> | HeldGap
       if ('offset' in message) return message.offset - 1
+      // A gap still to be told: the handlers got up to its start.
+      if ('gap' in message) return message.gap.after
     }
     return this.offset
   }
@@ -567,12 +573,14 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
     if (this.held === undefined) return true
     if (!this.turnOver) return false
     const held = this.held
-    this.held = undefined
-    for (const message of held) {
+    // Held until emitted: a handler's room.history() pages only up to what is still to come.
+    while (this.heldAt < held.length) {
       // A handler that left (room.leave(), client.close()) ends the delivery: nothing follows `left`.
       if (this.status === 'left') break
-      this.emitMessage(message)
+      this.emitMessage(held[this.heldAt++] as RoomMessage<TData> | EphemeralMessage<TData> | HeldGap)
     }
+    this.held = undefined
+    this.heldAt = 0
     return true
   }
 
@@ -603,6 +611,7 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
    */
   private hold (): void {
     this.held = []
+    this.heldAt = 0
     this.turnOver = false
     queueMicrotask(() => { this.turnOver = true })
     setTimeout(() => this.release(), 0)
