@@ -215,3 +215,34 @@ t.test('room.history() called from the first message handler of a join({ history
   t.same(delivered, [2, 3, 4])
   t.same((await page)?.messages.map((m) => m.offset), [1, 2], 'nothing the handlers are still to get')
 })
+
+t.test('room.history() from the handlers of a join({ history }) replay over a hole: each page ends where the handlers are, a held gap included', async (t) => {
+  // 2 is over maxHistoryBytes: delivered to the members of the moment, not kept. The replay is 1, a gap 1-3, 3, 4.
+  const { app, wsUrl } = await startApp(t, { maxHistoryBytes: 8192 })
+  for (const data of ['a', 'x'.repeat(9000), 'c', 'd']) await app.rooms.broadcast('r', data)
+  const ada = await connect(wsUrl, { WebSocket, name: 'ada' })
+  t.teardown(() => ada.close())
+  const room = await ada.join('r', { history: 4 })
+  const log: string[] = []
+  const pages: Array<Promise<HistoryPage>> = []
+  room.on('message', (m) => { log.push(`msg ${m.offset}`); pages.push(room.history({ limit: 10 })) })
+  room.on('gap', (g) => { log.push(`gap ${g.after}-${String(g.before)}`); pages.push(room.history({ limit: 10 })) })
+  await ada.ping()
+  t.same(log, ['msg 1', 'gap 1-3', 'msg 3', 'msg 4'])
+  t.same((await Promise.all(pages)).map((p) => p.messages.map((m) => m.offset)), [[1], [1], [1, 3], [1, 3, 4]])
+})
+
+t.test('a held replay released again from one of its handlers (the SDK\'s own release, as a WebSocket that delivers frames inside send() would cause) is delivered once', async (t) => {
+  const { app, wsUrl } = await startApp(t)
+  for (let n = 1; n <= 4; n++) await app.rooms.broadcast('r', n)
+  const ada = await connect(wsUrl, { WebSocket, name: 'ada' })
+  t.teardown(() => ada.close())
+  const room = await ada.join('r', { history: 4 })
+  const log: number[] = []
+  room.on('message', (m) => {
+    log.push(m.offset)
+    if (m.offset === 2) room.release()
+  })
+  await ada.ping()
+  t.same(log, [1, 2, 3, 4], 'each once, in order')
+})

@@ -573,14 +573,17 @@ export class Room<TData = unknown> extends Emitter<RoomEvents<TData>> {
     if (this.held === undefined) return true
     if (!this.turnOver) return false
     const held = this.held
-    // Held until emitted: a handler's room.history() pages only up to what is still to come.
-    while (this.heldAt < held.length) {
+    // Held until emitted: a handler's room.history() pages only up to what is still to come. A nested release (from
+    // a handler) takes over the rest: this one stops once `held` is no longer the same.
+    while (this.held === held && this.heldAt < held.length) {
       // A handler that left (room.leave(), client.close()) ends the delivery: nothing follows `left`.
       if (this.status === 'left') break
       this.emitMessage(held[this.heldAt++] as RoomMessage<TData> | EphemeralMessage<TData> | HeldGap)
     }
-    this.held = undefined
-    this.heldAt = 0
+    if (this.held === held || this.held === undefined) {
+      this.held = undefined
+      this.heldAt = 0
+    }
     return true
   }
 
