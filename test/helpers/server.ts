@@ -27,6 +27,7 @@ export async function startApp (t: Teardown, options: RoomsOptions = {}, setup?:
   const app = Fastify({ logger: false, routerOptions: { maxParamLength: 256 }, ...serverOptions })
   if (setup !== undefined) await setup(app)
   await app.register(rooms, { ...TEST_DEFAULTS, ...options })
+  track(app)
   await app.listen({ port: 0, host: '127.0.0.1' })
   t.teardown(async () => await app.close())
   const { port } = app.server.address() as { port: number }
@@ -34,9 +35,24 @@ export async function startApp (t: Teardown, options: RoomsOptions = {}, setup?:
   return { app, url, wsUrl: `ws://127.0.0.1:${port}${options.path ?? '/ws'}` }
 }
 
+/**
+ * The WebSocket server's open sockets, each until its `close` event has run (the listener comes after the plugin's,
+ * as ws's own list's does). With @fastify/websocket registered by the app, the plugin's sockets are not in
+ * `app.websocketServer.clients`: this sees them all the same.
+ */
+const accepted = new WeakMap<FastifyInstance, Set<WebSocket>>()
+function track (app: FastifyInstance): void {
+  const open = new Set<WebSocket>()
+  accepted.set(app, open)
+  app.websocketServer.on('connection', (socket: WebSocket) => {
+    open.add(socket)
+    socket.on('close', () => open.delete(socket))
+  })
+}
+
 /** The server side of every WebSocket open on the app now. */
 export function serverSockets (app: FastifyInstance): WebSocket[] {
-  return [...app.websocketServer.clients]
+  return [...(accepted.get(app) ?? app.websocketServer.clients)]
 }
 
 /**
@@ -62,9 +78,8 @@ export function serverSocketOf (app: FastifyInstance, client: { ws: WebSocket })
  * Resolve once every WebSocket the app has open now has closed on the
  * server (each one's `close` event, as `serverClosed`). For after the clients
  * closed, or were closed, with no handle on their server sides: a socket
- * whose close has run is out of `app.websocketServer.clients` already (ws
- * drops it in the same `close` event as the plugin lets go of its
- * connection), so what is left is exactly what the server has still to see
+ * whose close has run is out of `serverSockets` already (dropped in the
+ * same `close` event as the plugin lets go of its connection), so what is left is exactly what the server has still to see
  * go. Fails after 10 s for a socket that stays open.
  */
 export async function serverSocketsClosed (app: FastifyInstance, what = 'the server side of every socket to close'): Promise<void> {
