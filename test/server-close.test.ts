@@ -2,11 +2,10 @@ import t from 'tap'
 import type { Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import websocket from '@fastify/websocket'
-import type { Socket } from 'node:net'
 import type WebSocket from 'ws'
 import type { RoomsOptions } from '../src/index.js'
 import { HeldStore } from './helpers/held-store.js'
-import { startApp } from './helpers/server.js'
+import { serverSocketOf, startApp } from './helpers/server.js'
 import { TestSocket, writeAtOnce } from './helpers/socket.js'
 import { setTimeout as sleep } from 'node:timers/promises'
 
@@ -25,23 +24,6 @@ const byHeader = { authenticate: (r: { headers: Record<string, unknown> }) => ({
 const as = (user: string): { headers: Record<string, string> } => ({ headers: { 'x-user': user } })
 const leaveOf = (user: string, room: string) => (f: Record<string, any>): boolean =>
   f.type === 'presence' && f.room === room && f.leaves.some((m: { id: string }) => m.id === user)
-
-/** Every socket the app's WebSocket server accepted: with @fastify/websocket registered by the app, the plugin's are not in its `clients`. */
-const accepted = new WeakMap<FastifyInstance, WebSocket[]>()
-function watch (app: FastifyInstance): void {
-  const sockets: WebSocket[] = []
-  accepted.set(app, sockets)
-  app.websocketServer.on('connection', (socket: WebSocket) => { sockets.push(socket) })
-}
-
-/** The server's end of a test client's socket (the one whose remote port is the client's local port). */
-function serverSide (app: FastifyInstance, client: TestSocket): WebSocket {
-  const port = (client.ws as unknown as { _socket: Socket })._socket.localPort
-  for (const ws of accepted.get(app) ?? []) {
-    if ((ws as unknown as { _socket?: Socket })._socket?.remotePort === port) return ws
-  }
-  throw new Error(`no server socket for the client on port ${String(port)}`)
-}
 
 /**
  * Resolves once the server has read a frame containing `marker` from this
@@ -95,7 +77,6 @@ async function closedByServer (t: Test, c: Case): Promise<void> {
     onDisconnect: ({ code, reason, user }) => { if (user.id === 'ada') disconnects.push({ code, reason }) },
     ...c.options
   }, c.setup)
-  watch(app)
   const ada = await TestSocket.open(wsUrl, as('ada'))
   const bob = await TestSocket.open(wsUrl, as('bob'))
   ada.ws.on('error', () => {})
@@ -103,7 +84,7 @@ async function closedByServer (t: Test, c: Case): Promise<void> {
   t.teardown(() => bob.close())
   await ada.join('r')
   await bob.join('r')
-  const server = serverSide(app, ada)
+  const server = serverSocketOf(app, ada)
   const closed = cut(server)
   // Ada ignores the close frame: it never reads it, and goes on sending.
   ada.stopReading()
@@ -220,10 +201,9 @@ t.test('a token refresh that fails after the server\'s close leaves the close as
       throw new Error('the identity service failed')
     }
   }, undefined, { logger: { level: 'error', stream: { write: (line: string) => { logged.push(line) } } } })
-  watch(app)
   const ada = await TestSocket.connect(wsUrl)
   const welcome = await ada.authenticate('good')
-  const server = serverSide(app, ada)
+  const server = serverSocketOf(app, ada)
   const wasCut = cut(server)
   ada.send({ type: 'auth', token: 'refresh', id: 'r1' })
   await checking
