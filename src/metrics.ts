@@ -222,7 +222,7 @@ export class Metrics implements AdapterMetrics {
     // The default check's 401 is the contract's, not what the app's error handler makes of it; an app's own guard
     // answers as the app does (its errors go to the app's handler).
     const errorHandler = guard === undefined ? contractErrors : undefined
-    app.get(path, { preHandler: check, ...(errorHandler === undefined ? {} : { errorHandler }) }, async (_request, reply) => {
+    app.get(path, { preHandler: check, errorHandler }, async (_request, reply) => {
       void reply.type(register.contentType)
       return await register.metrics()
     })

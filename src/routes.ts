@@ -388,14 +388,10 @@ function roomErrors (this: FastifyInstance, error: Error & { validationContext?:
     answer(reply, new errorCodes.PAYLOAD_TOO_LARGE(httpMessages.bodyTooLarge))
     return
   }
-  if (isContractError(error)) {
-    answer(reply, error)
-    return
-  }
-  if (sendRefusal(error, reply)) return
-  request.log.error({ err: error }, 'fastify-rooms: a REST request failed')
-  answer(reply, new errorCodes.INTERNAL())
+  restErrors(error, request, reply)
 }
+
+const restErrors = answerErrors('a REST request')
 
 /**
  * The error handler of the socket's path and of the metrics route: the
@@ -410,10 +406,10 @@ export function contractErrors (error: unknown, _request: FastifyRequest, reply:
 }
 
 /**
- * The error handler of the admin view, whose guard is the plugin's to run:
- * the contract's answers as they are, a refusal (the plugin's, or the guard's
- * 4xx) in Fastify's shape, anything else logged as `what` failing and
- * answered with a generic 500.
+ * The error handler of the admin view, whose guard is the plugin's to run, and
+ * the end of REST's: the contract's answers as they are, a refusal (the
+ * plugin's, or a guard's 4xx) in Fastify's shape, anything else logged as
+ * `what` failing and answered with a generic 500.
  */
 export function answerErrors (what: string): (error: unknown, request: FastifyRequest, reply: FastifyReply) => void {
   return (error, request, reply) => {
