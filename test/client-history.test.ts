@@ -1,9 +1,22 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import WebSocket from 'ws'
-import { connect, type HistoryPage, type WebSocketConstructor, type WebSocketLike } from '../src/client/index.js'
+import { connect, type HistoryPage, type Room, type RoomsClient, type WebSocketConstructor, type WebSocketLike } from '../src/client/index.js'
+import type { RoomsOptions } from '../src/index.js'
 import { startApp } from './helpers/server.js'
 import { gate, nextEvent, nextState } from './helpers/client.js'
 import { connectionOf } from '../src/connection.js'
+
+/**
+ * The messages `published` in room r, then a client that joins it with `history`: the room handle as join()
+ * resolves, in the turn whose replay is still held for the handlers the test attaches next.
+ */
+async function joinedWithHistory (t: Test, published: unknown[], history: number, options: RoomsOptions = {}): Promise<{ client: RoomsClient<unknown>, room: Room<unknown> }> {
+  const { app, wsUrl } = await startApp(t, options)
+  for (const data of published) await app.rooms.broadcast('r', data)
+  const client = await connect(wsUrl, { WebSocket })
+  t.teardown(() => client.close())
+  return { client, room: await client.join('r', { history }) }
+}
 
 /** The real ws client, keeping every frame the SDK sends. */
 function recording (): { WebSocket: WebSocketConstructor, sent: Array<Record<string, unknown>> } {
@@ -107,11 +120,7 @@ t.test('the handlers of a new handle, attached once join() resolved, get the mes
 
 for (const how of ['room.leave()', 'client.close()']) {
   t.test(`a message handler that calls ${how} during the history replay: nothing after left`, async (t) => {
-    const { app, wsUrl } = await startApp(t)
-    for (let n = 1; n <= 10; n++) await app.rooms.broadcast('r', n)
-    const client = await connect(wsUrl, { WebSocket })
-    t.teardown(() => client.close())
-    const room = await client.join('r', { history: 10 })
+    const { client, room } = await joinedWithHistory(t, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 10)
     const events: string[] = []
     const left = nextEvent((h) => room.on('left', h))
     room.on('left', (info) => events.push(`left ${info.cause}`))
@@ -184,11 +193,7 @@ t.test('a gap handler that leaves during a rejoin: nothing of the rejoin follows
 })
 
 t.test('room.history() called as join({ history }) resolves: the page ends where the handlers are, not past the held replay', async (t) => {
-  const { app, wsUrl } = await startApp(t)
-  for (const n of [1, 2, 3, 4]) await app.rooms.broadcast('r', n)
-  const ada = await connect(wsUrl, { WebSocket, name: 'ada' })
-  t.teardown(() => ada.close())
-  const room = await ada.join('r', { history: 2 })
+  const { client: ada, room } = await joinedWithHistory(t, [1, 2, 3, 4], 2)
   const delivered: number[] = []
   room.on('message', (m) => delivered.push(m.offset))
   // Called in the same turn: 3 and 4 are held for the handlers just attached.
@@ -199,11 +204,7 @@ t.test('room.history() called as join({ history }) resolves: the page ends where
 })
 
 t.test('room.history() called from the first message handler of a join({ history }) replay: the page ends at that message', async (t) => {
-  const { app, wsUrl } = await startApp(t)
-  for (const n of [1, 2, 3, 4]) await app.rooms.broadcast('r', n)
-  const ada = await connect(wsUrl, { WebSocket, name: 'ada' })
-  t.teardown(() => ada.close())
-  const room = await ada.join('r', { history: 3 })
+  const { client: ada, room } = await joinedWithHistory(t, [1, 2, 3, 4], 3)
   const delivered: number[] = []
   let page: Promise<HistoryPage> | undefined
   // "Load what came before" on the first message: 3 and 4 are still being released to the handlers.
@@ -218,11 +219,7 @@ t.test('room.history() called from the first message handler of a join({ history
 
 t.test('room.history() from the handlers of a join({ history }) replay over a hole: each page ends where the handlers are, a held gap included', async (t) => {
   // 2 is over maxHistoryBytes: delivered to the members of the moment, not kept. The replay is 1, a gap 1-3, 3, 4.
-  const { app, wsUrl } = await startApp(t, { maxHistoryBytes: 8192 })
-  for (const data of ['a', 'x'.repeat(9000), 'c', 'd']) await app.rooms.broadcast('r', data)
-  const ada = await connect(wsUrl, { WebSocket, name: 'ada' })
-  t.teardown(() => ada.close())
-  const room = await ada.join('r', { history: 4 })
+  const { client: ada, room } = await joinedWithHistory(t, ['a', 'x'.repeat(9000), 'c', 'd'], 4, { maxHistoryBytes: 8192 })
   const log: string[] = []
   const pages: Array<Promise<HistoryPage>> = []
   room.on('message', (m) => { log.push(`msg ${m.offset}`); pages.push(room.history({ limit: 10 })) })
@@ -233,11 +230,7 @@ t.test('room.history() from the handlers of a join({ history }) replay over a ho
 })
 
 t.test('a held replay released again from one of its handlers (the SDK\'s own release, as a WebSocket that delivers frames inside send() would cause) is delivered once', async (t) => {
-  const { app, wsUrl } = await startApp(t)
-  for (let n = 1; n <= 4; n++) await app.rooms.broadcast('r', n)
-  const ada = await connect(wsUrl, { WebSocket, name: 'ada' })
-  t.teardown(() => ada.close())
-  const room = await ada.join('r', { history: 4 })
+  const { client: ada, room } = await joinedWithHistory(t, [1, 2, 3, 4], 4)
   const log: number[] = []
   room.on('message', (m) => {
     log.push(m.offset)
